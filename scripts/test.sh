@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds, and runs the whole test suite: the optimised build first, then the
+# unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+jobs=$(nproc 2>/dev/null || echo 2)
+
+bash scripts/build.sh build
+ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900
+
+if [[ "${VLMCHECK_SKIP_ASAN:-0}" != 1 ]]; then
+  BUILD_TYPE=Debug bash scripts/build.sh build-asan -DVLMCHECK_SANITIZE=ON -DVLMCHECK_BENCH=OFF -DVLMCHECK_CUDA=OFF
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -LE slow
+fi
