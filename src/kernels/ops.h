@@ -1,0 +1,88 @@
+// Backend-neutral op interface. Activations are f32, row-major, PyTorch order; weights stay in their
+// stored format (f32/f16/bf16 dense, or MLX affine-quantized) and are read directly by the kernels.
+// Every op has a scalar reference (src/kernels/cpu/ref/) that is always built; the CPU backend picks a
+// SIMD path at run time (AVX2 / AVX-512 / AVX512-BF16) when the CPU has it. All ops run multithreaded
+// over ThreadPool::global(). Shapes are written as [rows, cols].
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/quant.h"
+#include "core/tensor.h"
+
+namespace vlm::ops {
+
+// A Linear/Embedding weight matrix [out, in] in its stored format.
+struct Weight {
+  Tensor dense;           // f32/f16/bf16 [out, in], used when !quantized
+  QuantizedMatrix quant;  // used when quantized
+  bool quantized = false;
+  int64_t rows() const { return quantized ? quant.rows : dense.dim(0); }  // out
+  int64_t cols() const { return quantized ? quant.cols : dense.dim(1); }  // in
+  size_t nbytes() const { return quantized ? quant.nbytes() : dense.nbytes(); }
+};
+
+// y[n, out] = x[n, in] · Wᵀ (+ bias[out] if bias is defined, any float dtype).
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
+
+// out[i, :] = row ids[i] of the table (dense or quantized), as f32, times `scale`.
+void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
+
+// y = x / sqrt(mean(x²) + eps) * (weight + offset); offset is 1 for Gemma's (1 + w) norms, else 0.
+// x, y: [n, d]; weight [d] any float dtype. In-place (x == y) allowed.
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
+// LayerNorm with optional bias (undefined tensor = no bias).
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
+
+// Rotary embedding, HF "rotate_half" convention: the first rotary_dim dims of each head are split into
+// two halves [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]; angle = position * inv_freq[i].
+// x: [n_tokens, n_heads, head_dim]; inv_freq: [rotary_dim / 2]; positions: [n_tokens].
+// attention_scaling multiplies cos and sin (Llama-3 / YaRN style scalings), 1 normally.
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+          const int64_t* positions, float attention_scaling = 1.0f);
+// M-RoPE (Qwen2-VL): frequency index i uses positions[section(i)], sections as in mrope_section
+// (e.g. {16, 24, 24} over head_dim/2 frequencies); positions: [3, n_tokens].
+void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling = 1.0f);
+
+enum class Activation { kSilu, kGeluTanh, kGeluErf, kQuickGelu, kRelu };
+// In place on n values.
+void activate(float* x, int64_t n, Activation act);
+// gate[i] = act(gate[i]) * up[i] (SwiGLU / GeGLU), n values.
+void gated_activate(float* gate, const float* up, int64_t n, Activation act);
+
+// Row softmax in place: x [n, d].
+void softmax(float* x, int64_t n, int64_t d);
+
+// Attention of q over k/v already laid out as [tokens, heads, head_dim] (keys contiguous per token).
+// q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd]. GQA: query head h reads
+// kv head h / (n_heads / n_kv_heads). Query i sits at absolute position q_pos0 + i, key j at
+// k_pos[j] (absolute positions, so rotating caches can pass their ring order). Masking: with
+// `causal`, key j is visible iff k_pos[j] <= q_pos; with sliding_window W > 0 also
+// q_pos - k_pos[j] < W; `bidirectional_group` (optional, per absolute position offset
+// group_base..) lets keys of the same non-zero group as the query be visible regardless of order
+// (Gemma 3 image tokens, PaliGemma prefix). softcap > 0: scores = softcap * tanh(scores / softcap).
+struct AttentionMask {
+  bool causal = true;
+  int64_t sliding_window = 0;
+  // Optional: group id per absolute position (0 = none); same non-zero id = mutually visible.
+  const int32_t* group_of_position = nullptr;
+  int64_t group_positions = 0;  // length of group_of_position
+};
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out);
+
+// Elementwise helpers.
+void add(float* y, const float* x, int64_t n);             // y += x
+void scale(float* y, float s, int64_t n);                  // y *= s
+void mul(float* y, const float* x, int64_t n);             // y *= x
+void softcap(float* x, int64_t n, float cap);              // x = cap * tanh(x / cap)
+
+// Which SIMD path the CPU backend uses ("avx512bf16", "avx512", "avx2", "scalar"); VLMCHECK_KERNELS
+// =scalar forces the reference path (the conformance tests compare the two).
+const char* cpu_kernel_path();
+void force_scalar_kernels(bool on);
+
+}  // namespace vlm::ops

@@ -1,0 +1,44 @@
+// The decoder every VLM family shares, seen from generation: embed token ids, run the layers over
+// n new positions with a KV cache, and produce logits. Families (src/models/<family>/) implement it
+// and register themselves by model_type in the registry (registry.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/kv_cache.h"
+
+namespace vlm {
+
+// Positions of the new tokens: dims == 1 → positions[n]; dims == 3 → M-RoPE [3, n] (t, h, w).
+struct Positions {
+  const int64_t* data = nullptr;
+  int64_t n = 0;
+  int dims = 1;
+};
+
+struct LayerCacheInfo {
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t sliding_window = 0;  // 0 = full attention
+};
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t hidden_size() const = 0;
+  virtual std::vector<LayerCacheInfo> cache_layout() const = 0;
+  // out: [n, hidden] f32 — the input embeddings, including any family scaling (Gemma's sqrt(hidden)).
+  virtual void embed(const int32_t* ids, int64_t n, float* out) const = 0;
+  // Runs the decoder on n embeddings [n, hidden] at `positions`, appending to `cache`. Writes logits
+  // [n, vocab] when all_logits, else only the last position's [vocab].
+  virtual void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                       const ops::AttentionMask& mask, float* logits, bool all_logits) = 0;
+  // Bytes of weights held (stored format).
+  virtual size_t weight_bytes() const = 0;
+};
+
+}  // namespace vlm
