@@ -1,0 +1,48 @@
+// Helpers shared by the CPU kernels (reference and SIMD paths): reading small per-channel vectors
+// (norm weights, biases, quantization scales) of any float dtype as f32, and a parallel-for over
+// the global pool that stays serial for work too small to be worth waking the workers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+
+namespace vlm::ops::cpu {
+
+// Element i of a float tensor (f32/f16/bf16), as f32. Used on scales/biases, never in inner loops
+// of the fast paths.
+inline float load_f32(const void* data, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
+// A whole (small) float tensor as an f32 vector; empty when `t` is undefined.
+inline std::vector<float> vector_f32(const Tensor& t) {
+  std::vector<float> out;
+  if (!t.defined()) return out;
+  out.resize(static_cast<size_t>(t.numel()));
+  convert_to_f32(t.dtype(), t.raw(), out.data(), out.size());
+  return out;
+}
+
+// fn(begin, end) over [0, n); runs on the calling thread alone when n * cost_per_item is small
+// (a pool round trip costs a few microseconds).
+inline void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int64_t, int64_t)>& fn) {
+  constexpr int64_t kSerialWork = 1 << 15;
+  if (n <= 0) return;
+  if (n * cost_per_item <= kSerialWork) {
+    fn(0, n);
+    return;
+  }
+  int64_t grain = std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, cost_per_item));
+  ThreadPool::global().parallel_for(n, fn, std::min(grain, std::max<int64_t>(1, n / 2)));
+}
+
+}  // namespace vlm::ops::cpu

@@ -1,0 +1,213 @@
+// The op entry points of kernels/ops.h for the CPU: argument validation (typed errors naming the op
+// and the expected vs actual values), then dispatch to the SIMD table for this CPU or the scalar
+// reference. The path is detected once; VLMCHECK_KERNELS=scalar or force_scalar_kernels(true)
+// selects the reference (the conformance tests run every op both ways).
+#include "kernels/ops.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "core/error.h"
+#include "kernels/cpu/cpu_dispatch.h"
+#include "kernels/cpu/ref/ref_ops.h"
+
+namespace vlm::ops {
+
+namespace {
+
+enum class Path { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
+
+Path detect_path() {
+  __builtin_cpu_init();
+  bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (avx512) return __builtin_cpu_supports("avx512bf16") ? Path::kAvx512Bf16 : Path::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Path::kAvx2;
+  return Path::kScalar;
+}
+
+Path hardware_path() {
+  static const Path p = detect_path();
+  return p;
+}
+
+std::atomic<bool>& forced_scalar() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("VLMCHECK_KERNELS");
+    return env != nullptr && std::strcmp(env, "scalar") == 0;
+  }()};
+  return on;
+}
+
+Path active_path() { return forced_scalar().load(std::memory_order_relaxed) ? Path::kScalar : hardware_path(); }
+
+const cpu::KernelTable& ref_table() {
+  static const cpu::KernelTable t = [] {
+    cpu::KernelTable r;
+    r.linear = ref::linear;
+    r.embedding = ref::embedding;
+    r.rms_norm = ref::rms_norm;
+    r.layer_norm = ref::layer_norm;
+    r.rope = ref::rope;
+    r.mrope = ref::mrope;
+    r.activate = ref::activate;
+    r.gated_activate = ref::gated_activate;
+    r.softmax = ref::softmax;
+    r.attention = ref::attention;
+    r.add = ref::add;
+    r.scale = ref::scale;
+    r.mul = ref::mul;
+    r.softcap = ref::softcap;
+    return r;
+  }();
+  return t;
+}
+
+const cpu::KernelTable* simd_table() {
+  switch (active_path()) {
+    case Path::kAvx512Bf16: return &cpu::avx512_table(true);
+    case Path::kAvx512: return &cpu::avx512_table(false);
+    case Path::kAvx2: return &cpu::avx2_table();
+    case Path::kScalar: return nullptr;
+  }
+  return nullptr;
+}
+
+// The implementation of op `member` for the active path: SIMD when it has one, else reference.
+template <typename Fn>
+Fn pick(Fn cpu::KernelTable::*member) {
+  const cpu::KernelTable* t = simd_table();
+  if (t != nullptr && t->*member != nullptr) return t->*member;
+  return ref_table().*member;
+}
+
+bool is_float_dtype(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+void check_vector(const Tensor& t, int64_t want, const char* op, const char* name) {
+  if (!t.defined()) return;
+  if (!is_float_dtype(t.dtype()) || !t.is_contiguous() || t.numel() != want || t.device() != Device::kCpu)
+    throw_error(ErrorKind::kInvalidArgument, "[{}] {} is {}, expected a contiguous f32/f16/bf16 cpu vector of {}", op,
+                name, t.describe(), want);
+}
+
+void check_weight(const Weight& w, const char* op) {
+  if (w.quantized) {
+    w.quant.validate(op);
+    if (w.quant.packed.device() != Device::kCpu || !w.quant.packed.is_contiguous() ||
+        !w.quant.scales.is_contiguous() || !w.quant.biases.is_contiguous())
+      throw_error(ErrorKind::kInvalidArgument, "[{}] quantized weight must be contiguous cpu tensors (packed {})", op,
+                  w.quant.packed.describe());
+    return;
+  }
+  const Tensor& d = w.dense;
+  if (!d.defined() || d.ndim() != 2 || !is_float_dtype(d.dtype()) || !d.is_contiguous() || d.device() != Device::kCpu)
+    throw_error(ErrorKind::kInvalidArgument, "[{}] weight is {}, expected a contiguous 2-D f32/f16/bf16 cpu matrix",
+                op, d.defined() ? d.describe() : std::string("undefined"));
+}
+
+}  // namespace
+
+const char* cpu_kernel_path() {
+  switch (active_path()) {
+    case Path::kAvx512Bf16: return "avx512bf16";
+    case Path::kAvx512: return "avx512";
+    case Path::kAvx2: return "avx2";
+    case Path::kScalar: return "scalar";
+  }
+  return "scalar";
+}
+
+void force_scalar_kernels(bool on) { forced_scalar().store(on); }
+
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
+  check_weight(w, "linear");
+  check_vector(bias, w.rows(), "linear", "bias");
+  VLM_CHECK(n >= 0, ErrorKind::kInvalidArgument, "[linear] token count {} < 0", n);
+  if (n == 0) return;
+  pick(&cpu::KernelTable::linear)(x, n, w, bias, y);
+}
+
+void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
+  check_weight(table, "embedding");
+  for (int64_t i = 0; i < n; ++i)
+    VLM_CHECK(ids[i] >= 0 && ids[i] < table.rows(), ErrorKind::kInvalidArgument,
+              "[embedding] token id {} at index {} is outside the table of {} rows", ids[i], i, table.rows());
+  if (n <= 0) return;
+  pick(&cpu::KernelTable::embedding)(table, ids, n, scale, out);
+}
+
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
+  VLM_CHECK(weight.defined(), ErrorKind::kInvalidArgument, "[rms_norm] weight is undefined");
+  check_vector(weight, d, "rms_norm", "weight");
+  if (n <= 0 || d <= 0) return;
+  pick(&cpu::KernelTable::rms_norm)(x, n, d, weight, eps, offset, y);
+}
+
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
+  check_vector(weight, d, "layer_norm", "weight");
+  check_vector(bias, d, "layer_norm", "bias");
+  if (n <= 0 || d <= 0) return;
+  pick(&cpu::KernelTable::layer_norm)(x, n, d, weight, bias, eps, y);
+}
+
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+          const int64_t* positions, float attention_scaling) {
+  VLM_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim, ErrorKind::kInvalidArgument,
+            "[rope] rotary_dim {} must be even and in (0, head_dim {}]", rotary_dim, head_dim);
+  if (n_tokens <= 0 || n_heads <= 0) return;
+  pick(&cpu::KernelTable::rope)(x, n_tokens, n_heads, head_dim, rotary_dim, inv_freq, positions, attention_scaling);
+}
+
+void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+  int64_t total = std::accumulate(sections.begin(), sections.end(), int64_t{0});
+  VLM_CHECK(head_dim % 2 == 0 && total == head_dim / 2 && !sections.empty(), ErrorKind::kInvalidArgument,
+            "[mrope] mrope_section sums to {}, expected head_dim / 2 = {}", total, head_dim / 2);
+  for (int s : sections)
+    VLM_CHECK(s >= 0, ErrorKind::kInvalidArgument, "[mrope] negative mrope_section entry {}", s);
+  if (n_tokens <= 0 || n_heads <= 0) return;
+  pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, sections, attention_scaling);
+}
+
+void activate(float* x, int64_t n, Activation act) {
+  if (n > 0) pick(&cpu::KernelTable::activate)(x, n, act);
+}
+void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
+  if (n > 0) pick(&cpu::KernelTable::gated_activate)(gate, up, n, act);
+}
+void softmax(float* x, int64_t n, int64_t d) {
+  if (n > 0 && d > 0) pick(&cpu::KernelTable::softmax)(x, n, d);
+}
+
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out) {
+  VLM_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, ErrorKind::kInvalidArgument,
+            "[attention] {} query heads is not a multiple of {} kv heads", n_heads, n_kv_heads);
+  VLM_CHECK(head_dim > 0 && nq >= 0 && nk >= 0, ErrorKind::kInvalidArgument,
+            "[attention] head_dim {}, nq {}, nk {} must be positive", head_dim, nq, nk);
+  VLM_CHECK(softcap >= 0.0f && mask.sliding_window >= 0, ErrorKind::kInvalidArgument,
+            "[attention] softcap {} and sliding_window {} must be >= 0", softcap, mask.sliding_window);
+  if (nq == 0) return;
+  pick(&cpu::KernelTable::attention)(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap,
+                                     mask, out);
+}
+
+void add(float* y, const float* x, int64_t n) {
+  if (n > 0) pick(&cpu::KernelTable::add)(y, x, n);
+}
+void scale(float* y, float s, int64_t n) {
+  if (n > 0) pick(&cpu::KernelTable::scale)(y, s, n);
+}
+void mul(float* y, const float* x, int64_t n) {
+  if (n > 0) pick(&cpu::KernelTable::mul)(y, x, n);
+}
+void softcap(float* x, int64_t n, float cap) {
+  VLM_CHECK(cap > 0.0f, ErrorKind::kInvalidArgument, "[softcap] cap {} must be > 0", cap);
+  if (n > 0) pick(&cpu::KernelTable::softcap)(x, n, cap);
+}
+
+}  // namespace vlm::ops

@@ -1,0 +1,383 @@
+// Every op of kernels/ops.h against a straightforward double-precision loop written here, on fresh
+// random inputs, on both the scalar reference and the SIMD path of this CPU (the suite is
+// parameterised by force_scalar_kernels). Tolerances are NMSE bounds: f32 accumulation over a few
+// hundred terms gives ~1e-13; we allow 1e-10 (weights in f16/bf16/quantized are read exactly, so
+// their bound is the same).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "test_kernels_util.h"
+
+using namespace vlm;
+using namespace vlm::test;
+
+namespace {
+
+constexpr double kTol = 1e-10;
+
+class KernelOps : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { ops::force_scalar_kernels(GetParam()); }
+  void TearDown() override { ops::force_scalar_kernels(false); }
+  std::mt19937 rng_{1234};
+};
+
+std::vector<double> linear_oracle(const std::vector<float>& x, int64_t n, const ops::Weight& w, const Tensor& bias) {
+  std::vector<double> y(static_cast<size_t>(n * w.rows()));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < w.rows(); ++r) {
+      double acc = bias.defined() ? value_at(bias, r) : 0.0;
+      for (int64_t c = 0; c < w.cols(); ++c) acc += weight_at(w, r, c) * x[t * w.cols() + c];
+      y[t * w.rows() + r] = acc;
+    }
+  return y;
+}
+
+void check_linear(std::mt19937& rng, const ops::Weight& w, int64_t n, bool with_bias, const std::string& what) {
+  std::vector<float> x = random_vec(rng, static_cast<size_t>(n * w.cols()));
+  Tensor bias = with_bias ? random_tensor(rng, {w.rows()}, DType::kBF16) : Tensor();
+  std::vector<float> y(static_cast<size_t>(n * w.rows()), NAN);
+  ops::linear(x.data(), n, w, bias, y.data());
+  EXPECT_LT(nmse(y.data(), linear_oracle(x, n, w, bias)), kTol) << what << " n=" << n;
+}
+
+}  // namespace
+
+TEST_P(KernelOps, LinearDenseAllDtypesGemvAndGemm) {
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t n : {1, 3, 17})
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{37, 96}, {64, 257}, {130, 512}})
+        check_linear(rng_, dense_weight(random_tensor(rng_, {rows, cols}, dt)), n, n == 3,
+                     std::string(dtype_name(dt)) + " " + std::to_string(rows) + "x" + std::to_string(cols));
+}
+
+TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128})
+      for (int64_t n : {1, 5}) {
+        DType sd = group == 64 ? DType::kBF16 : (group == 32 ? DType::kF16 : DType::kF32);
+        ops::Weight w = random_quantized(rng_, 19, 256, bits, group, sd);
+        check_linear(rng_, w, n, n == 5, "q" + std::to_string(bits) + " g" + std::to_string(group));
+      }
+}
+
+TEST_P(KernelOps, LinearQuantizedPrefillSizedGemm) {
+  ops::Weight w = random_quantized(rng_, 96, 384, 4, 64, DType::kBF16);
+  check_linear(rng_, w, 40, true, "q4 g64 gemm");
+  ops::Weight w8 = random_quantized(rng_, 96, 384, 8, 32, DType::kBF16);
+  check_linear(rng_, w8, 33, false, "q8 g32 gemm");
+}
+
+TEST_P(KernelOps, EmbeddingDenseAndQuantizedRowsWithScale) {
+  for (bool quant : {false, true}) {
+    ops::Weight table = quant ? random_quantized(rng_, 50, 128, 6, 32, DType::kBF16)
+                              : dense_weight(random_tensor(rng_, {50, 128}, DType::kBF16));
+    std::vector<int32_t> ids = {3, 49, 0, 3, 17};
+    std::vector<float> out(ids.size() * 128);
+    ops::embedding(table, ids.data(), static_cast<int64_t>(ids.size()), 2.5f, out.data());
+    std::vector<double> want(out.size());
+    for (size_t i = 0; i < ids.size(); ++i)
+      for (int64_t c = 0; c < 128; ++c) want[i * 128 + c] = 2.5 * weight_at(table, ids[i], c);
+    EXPECT_LT(nmse(out.data(), want), kTol) << (quant ? "quantized" : "dense");
+  }
+}
+
+TEST_P(KernelOps, RmsNormPlainAndGemmaOffsetInPlace) {
+  for (float offset : {0.0f, 1.0f})
+    for (int64_t d : {64, 576, 1000}) {
+      int64_t n = 7;
+      std::vector<float> x = random_vec(rng_, static_cast<size_t>(n * d), -3.0f, 3.0f);
+      Tensor w = random_tensor(rng_, {d}, DType::kBF16, 0.5f, 1.5f);
+      std::vector<double> want(x.size());
+      for (int64_t i = 0; i < n; ++i) {
+        double ss = 0;
+        for (int64_t c = 0; c < d; ++c) ss += double(x[i * d + c]) * x[i * d + c];
+        double inv = 1.0 / std::sqrt(ss / d + 1e-6);
+        for (int64_t c = 0; c < d; ++c) want[i * d + c] = x[i * d + c] * inv * (value_at(w, c) + offset);
+      }
+      ops::rms_norm(x.data(), n, d, w, 1e-6f, offset, x.data());  // in place
+      EXPECT_LT(nmse(x.data(), want), kTol) << "d=" << d << " offset=" << offset;
+    }
+}
+
+TEST_P(KernelOps, LayerNormWithAndWithoutBias) {
+  for (bool with_bias : {false, true}) {
+    int64_t n = 5, d = 300;
+    std::vector<float> x = random_vec(rng_, static_cast<size_t>(n * d), 2.0f, 6.0f);  // large mean
+    Tensor w = random_tensor(rng_, {d}, DType::kF32, 0.5f, 1.5f);
+    Tensor b = with_bias ? random_tensor(rng_, {d}, DType::kF16) : Tensor();
+    std::vector<float> y(x.size());
+    ops::layer_norm(x.data(), n, d, w, b, 1e-5f, y.data());
+    std::vector<double> want(x.size());
+    for (int64_t i = 0; i < n; ++i) {
+      double mean = 0, var = 0;
+      for (int64_t c = 0; c < d; ++c) mean += x[i * d + c];
+      mean /= d;
+      for (int64_t c = 0; c < d; ++c) var += (x[i * d + c] - mean) * (x[i * d + c] - mean);
+      var /= d;
+      for (int64_t c = 0; c < d; ++c)
+        want[i * d + c] =
+            (x[i * d + c] - mean) / std::sqrt(var + 1e-5) * value_at(w, c) + (with_bias ? value_at(b, c) : 0.0);
+    }
+    EXPECT_LT(nmse(y.data(), want), kTol);
+  }
+}
+
+namespace {
+// HF apply_rotary_pos_emb on the first `rot` dims: q*cos + rotate_half(q)*sin, with cos/sin of
+// length rot = cat(freqs, freqs); angle[i] per token given by `angle_of(t, i)`.
+template <typename AngleFn>
+std::vector<double> rope_oracle(const std::vector<float>& x, int64_t nt, int64_t nh, int64_t hd, int64_t rot,
+                                double att, AngleFn angle_of) {
+  std::vector<double> out(x.begin(), x.end());
+  int64_t half = rot / 2;
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* xh = x.data() + (t * nh + h) * hd;
+      double* oh = out.data() + (t * nh + h) * hd;
+      for (int64_t i = 0; i < rot; ++i) {
+        double a = angle_of(t, i % half);
+        double rotated = i < half ? -double(xh[i + half]) : double(xh[i - half]);
+        oh[i] = xh[i] * std::cos(a) * att + rotated * std::sin(a) * att;
+      }
+    }
+  return out;
+}
+}  // namespace
+
+TEST_P(KernelOps, RopeFullAndPartialRotaryWithScaling) {
+  for (auto [hd, rot] : {std::pair<int64_t, int64_t>{64, 64}, {128, 64}, {80, 32}}) {
+    int64_t nt = 6, nh = 3;
+    std::vector<float> x = random_vec(rng_, static_cast<size_t>(nt * nh * hd));
+    std::vector<float> inv_freq(static_cast<size_t>(rot / 2));
+    for (int64_t i = 0; i < rot / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / rot));
+    std::vector<int64_t> pos = {0, 1, 7, 300, 4095, 2};
+    float att = rot == 32 ? 1.25f : 1.0f;
+    auto want = rope_oracle(x, nt, nh, hd, rot, att, [&](int64_t t, int64_t i) {
+      return static_cast<double>(static_cast<float>(pos[t]) * inv_freq[i]);  // HF forms the angle in f32
+    });
+    ops::rope(x.data(), nt, nh, hd, rot, inv_freq.data(), pos.data(), att);
+    EXPECT_LT(nmse(x.data(), want), kTol) << "head_dim " << hd << " rotary " << rot;
+  }
+}
+
+TEST_P(KernelOps, MropeFollowsHfSectionLayout) {
+  int64_t nt = 5, nh = 2, hd = 128;
+  std::vector<int> sections = {16, 24, 24};
+  std::vector<float> x = random_vec(rng_, static_cast<size_t>(nt * nh * hd));
+  std::vector<float> inv_freq(64);
+  for (int i = 0; i < 64; ++i) inv_freq[i] = static_cast<float>(std::pow(1e6, -2.0 * i / 128));
+  // Three distinct position streams (temporal, height, width).
+  std::vector<int64_t> pos3 = {4, 4, 4, 9, 10, /*h*/ 4, 5, 6, 9, 10, /*w*/ 4, 7, 8, 9, 10};
+  // HF: cos [3, ..., head_dim] split by mrope_section * 2 = [16,24,24,16,24,24], chunk j from stream j % 3.
+  std::vector<int> stream_of_dim(128);
+  {
+    std::vector<int> split = {16, 24, 24, 16, 24, 24};
+    int d = 0;
+    for (size_t j = 0; j < split.size(); ++j)
+      for (int k = 0; k < split[j]; ++k) stream_of_dim[d++] = static_cast<int>(j % 3);
+  }
+  std::vector<double> want(x.begin(), x.end());
+  for (int64_t t = 0; t < nt; ++t)
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* xh = x.data() + (t * nh + h) * hd;
+      for (int64_t i = 0; i < hd; ++i) {
+        double a = static_cast<float>(pos3[stream_of_dim[i] * nt + t]) * inv_freq[i % 64];
+        double rotated = i < 64 ? -double(xh[i + 64]) : double(xh[i - 64]);
+        want[(t * nh + h) * hd + i] = xh[i] * std::cos(a) + rotated * std::sin(a);
+      }
+    }
+  ops::mrope(x.data(), nt, nh, hd, inv_freq.data(), pos3.data(), sections);
+  EXPECT_LT(nmse(x.data(), want), kTol);
+}
+
+namespace {
+double act_oracle(double x, ops::Activation a) {
+  switch (a) {
+    case ops::Activation::kSilu: return x / (1 + std::exp(-x));
+    case ops::Activation::kGeluTanh:
+      return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+    case ops::Activation::kGeluErf: return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    case ops::Activation::kQuickGelu: return x / (1 + std::exp(-1.702 * x));
+    case ops::Activation::kRelu: return x > 0 ? x : 0;
+  }
+  return NAN;
+}
+}  // namespace
+
+TEST_P(KernelOps, ActivationsAndGatedActivations) {
+  for (auto act : {ops::Activation::kSilu, ops::Activation::kGeluTanh, ops::Activation::kGeluErf,
+                   ops::Activation::kQuickGelu, ops::Activation::kRelu}) {
+    int64_t n = 1000 + 7;
+    std::vector<float> x = random_vec(rng_, static_cast<size_t>(n), -8.0f, 8.0f);
+    std::vector<float> up = random_vec(rng_, static_cast<size_t>(n));
+    std::vector<double> want(x.size()), want_gated(x.size());
+    for (int64_t i = 0; i < n; ++i) {
+      want[i] = act_oracle(x[i], act);
+      want_gated[i] = want[i] * up[i];
+    }
+    std::vector<float> g = x;
+    ops::activate(x.data(), n, act);
+    ops::gated_activate(g.data(), up.data(), n, act);
+    EXPECT_LT(nmse(x.data(), want), kTol) << static_cast<int>(act);
+    EXPECT_LT(nmse(g.data(), want_gated), kTol) << static_cast<int>(act);
+  }
+}
+
+TEST_P(KernelOps, SoftmaxRowsIncludingLargeLogits) {
+  int64_t n = 4, d = 333;
+  std::vector<float> x = random_vec(rng_, static_cast<size_t>(n * d), -30.0f, 30.0f);
+  for (int64_t c = 0; c < d; ++c) x[d + c] += 1000.0f;  // overflows exp without max subtraction
+  std::vector<double> want(x.size());
+  for (int64_t i = 0; i < n; ++i) {
+    double mx = *std::max_element(x.begin() + i * d, x.begin() + (i + 1) * d), sum = 0;
+    for (int64_t c = 0; c < d; ++c) sum += std::exp(double(x[i * d + c]) - mx);
+    for (int64_t c = 0; c < d; ++c) want[i * d + c] = std::exp(double(x[i * d + c]) - mx) / sum;
+  }
+  ops::softmax(x.data(), n, d);
+  EXPECT_LT(nmse(x.data(), want), kTol);
+  for (float v : x) ASSERT_TRUE(std::isfinite(v));
+}
+
+namespace {
+struct AttnCase {
+  const char* name;
+  int64_t nq, nk, q_pos0, n_heads, n_kv, hd;
+  float softcap;
+  ops::AttentionMask mask;
+  std::vector<int64_t> k_pos;  // empty = 0..nk-1
+};
+
+bool oracle_visible(const ops::AttentionMask& m, int64_t qp, int64_t kp) {
+  bool same_group = m.group_of_position && qp < m.group_positions && kp < m.group_positions &&
+                    m.group_of_position[qp] != 0 && m.group_of_position[qp] == m.group_of_position[kp];
+  if (same_group) return true;
+  bool ok = !m.causal || kp <= qp;
+  if (m.sliding_window > 0) ok = ok && (qp - kp) < m.sliding_window;
+  return ok;
+}
+}  // namespace
+
+TEST_P(KernelOps, AttentionMasksGqaSoftcapAndRingPositions) {
+  static const int32_t groups[12] = {0, 0, 1, 1, 1, 1, 0, 0, 2, 2, 0, 0};
+  std::vector<AttnCase> cases = {
+      {"causal prefill gqa", 9, 9, 0, 4, 2, 64, 0.0f, {}, {}},
+      {"decode against cache", 1, 40, 39, 14, 2, 64, 0.0f, {}, {}},
+      {"chunked prefill offset", 5, 12, 7, 2, 1, 32, 0.0f, {}, {}},
+      {"sliding window", 12, 12, 0, 2, 2, 16, 0.0f, {true, 4, nullptr, 0}, {}},
+      {"softcap", 6, 6, 0, 2, 1, 48, 30.0f, {}, {}},
+      {"bidirectional groups", 12, 12, 0, 2, 1, 16, 0.0f, {true, 0, groups, 12}, {}},
+      {"non-causal", 4, 7, 0, 3, 3, 8, 0.0f, {false, 0, nullptr, 0}, {}},
+      {"ring order cache", 1, 6, 20, 2, 1, 16, 0.0f, {true, 5, nullptr, 0}, {0, 1, 2, 3, 20, 16}},
+  };
+  for (const AttnCase& c : cases) {
+    std::vector<float> q = random_vec(rng_, static_cast<size_t>(c.nq * c.n_heads * c.hd), -2.0f, 2.0f);
+    std::vector<float> k = random_vec(rng_, static_cast<size_t>(c.nk * c.n_kv * c.hd), -2.0f, 2.0f);
+    std::vector<float> v = random_vec(rng_, static_cast<size_t>(c.nk * c.n_kv * c.hd));
+    std::vector<int64_t> kpos = c.k_pos;
+    if (kpos.empty()) {
+      kpos.resize(static_cast<size_t>(c.nk));
+      std::iota(kpos.begin(), kpos.end(), int64_t{0});
+    }
+    float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    std::vector<float> out(q.size(), NAN);
+    ops::attention(q.data(), c.nq, c.q_pos0, k.data(), v.data(), kpos.data(), c.nk, c.n_heads, c.n_kv, c.hd, scale,
+                   c.softcap, c.mask, out.data());
+    std::vector<double> want(q.size(), 0.0);
+    for (int64_t i = 0; i < c.nq; ++i)
+      for (int64_t h = 0; h < c.n_heads; ++h) {
+        int64_t kvh = h / (c.n_heads / c.n_kv);
+        std::vector<double> s(static_cast<size_t>(c.nk), -INFINITY);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < c.nk; ++j) {
+          if (!oracle_visible(c.mask, c.q_pos0 + i, kpos[j])) continue;
+          double dot = 0;
+          for (int64_t d = 0; d < c.hd; ++d)
+            dot += double(q[(i * c.n_heads + h) * c.hd + d]) * k[(j * c.n_kv + kvh) * c.hd + d];
+          dot *= scale;
+          if (c.softcap > 0) dot = c.softcap * std::tanh(dot / c.softcap);
+          s[j] = dot;
+          mx = std::max(mx, dot);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < c.nk; ++j) sum += std::isinf(s[j]) ? 0 : std::exp(s[j] - mx);
+        for (int64_t j = 0; j < c.nk; ++j) {
+          if (std::isinf(s[j])) continue;
+          double p = std::exp(s[j] - mx) / sum;
+          for (int64_t d = 0; d < c.hd; ++d)
+            want[(i * c.n_heads + h) * c.hd + d] += p * v[(j * c.n_kv + kvh) * c.hd + d];
+        }
+      }
+    EXPECT_LT(nmse(out.data(), want), kTol) << c.name;
+  }
+}
+
+TEST_P(KernelOps, AttentionWithNoVisibleKeyGivesZeros) {
+  std::vector<float> q = random_vec(rng_, 16), k = random_vec(rng_, 32), v = random_vec(rng_, 32);
+  std::vector<int64_t> kpos = {5, 6};  // both in the query's future
+  std::vector<float> out(16, NAN);
+  ops::attention(q.data(), 1, 2, k.data(), v.data(), kpos.data(), 2, 1, 1, 16, 0.25f, 0.0f, {}, out.data());
+  for (float o : out) EXPECT_EQ(o, 0.0f);
+}
+
+TEST_P(KernelOps, ElementwiseHelpers) {
+  int64_t n = 1029;
+  std::vector<float> y = random_vec(rng_, static_cast<size_t>(n)), x = random_vec(rng_, static_cast<size_t>(n));
+  std::vector<double> want(y.size());
+  auto run = [&](auto op, auto f, const char* what) {
+    std::vector<float> yy = y;
+    for (int64_t i = 0; i < n; ++i) want[i] = f(double(y[i]), double(x[i]));
+    op(yy.data());
+    EXPECT_LT(nmse(yy.data(), want), kTol) << what;
+  };
+  run([&](float* p) { ops::add(p, x.data(), n); }, [](double a, double b) { return a + b; }, "add");
+  run([&](float* p) { ops::mul(p, x.data(), n); }, [](double a, double b) { return a * b; }, "mul");
+  run([&](float* p) { ops::scale(p, -1.75f, n); }, [](double a, double) { return a * -1.75; }, "scale");
+  run([&](float* p) { ops::softcap(p, n, 0.5f); }, [](double a, double) { return 0.5 * std::tanh(a / 0.5); },
+      "softcap");
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, KernelOps, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? std::string("scalar") : std::string("simd"); });
+
+TEST(KernelErrors, BadArgumentsThrowTypedErrorsNamingTheOp) {
+  std::mt19937 rng(7);
+  ops::Weight w = dense_weight(random_tensor(rng, {4, 8}, DType::kBF16));
+  std::vector<float> x(8, 1.0f), y(4);
+  Tensor bad_bias = random_tensor(rng, {5}, DType::kF32);
+  try {
+    ops::linear(x.data(), 1, w, bad_bias, y.data());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("[linear] bias"), std::string::npos) << e.what();
+  }
+  std::vector<int32_t> ids = {1, 4};
+  std::vector<float> out(16);
+  EXPECT_THROW(ops::embedding(w, ids.data(), 2, 1.0f, out.data()), Error);
+  Tensor wrong_norm = random_tensor(rng, {7}, DType::kF32);
+  EXPECT_THROW(ops::rms_norm(x.data(), 1, 8, wrong_norm, 1e-6f, 0.0f, x.data()), Error);
+  std::vector<float> inv(4, 1.0f);
+  std::vector<int64_t> pos = {0};
+  EXPECT_THROW(ops::rope(x.data(), 1, 1, 8, 9, inv.data(), pos.data()), Error);
+  std::vector<int64_t> pos3 = {0, 0, 0};
+  EXPECT_THROW(ops::mrope(x.data(), 1, 1, 8, inv.data(), pos3.data(), {1, 1, 1}), Error);
+  EXPECT_THROW(ops::attention(x.data(), 1, 0, x.data(), x.data(), pos.data(), 1, 3, 2, 8, 1.0f, 0.0f, {}, y.data()),
+               Error);
+  ops::Weight q = random_quantized(rng, 4, 64, 4, 64, DType::kBF16);
+  q.quant.spec.bits = 7;
+  EXPECT_THROW(ops::linear(x.data(), 1, q, Tensor(), y.data()), Error);
+}
+
+TEST(KernelPath, ReportsAPathAndForcingScalarSticks) {
+  std::string native = ops::cpu_kernel_path();
+  EXPECT_TRUE(native == "avx512bf16" || native == "avx512" || native == "avx2" || native == "scalar") << native;
+  ops::force_scalar_kernels(true);
+  EXPECT_STREQ(ops::cpu_kernel_path(), "scalar");
+  ops::force_scalar_kernels(false);
+  EXPECT_EQ(std::string(ops::cpu_kernel_path()), native);
+}
