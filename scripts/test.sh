@@ -11,7 +11,7 @@ bash scripts/build.sh build
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900
 
 if [[ "${VLMCHECK_SKIP_ASAN:-0}" != 1 ]]; then
-  BUILD_TYPE=Debug bash scripts/build.sh build-asan -DVLMCHECK_SANITIZE=ON -DVLMCHECK_BENCH=OFF -DVLMCHECK_CUDA=OFF
+  BUILD_TYPE=RelWithDebInfo bash scripts/build.sh build-asan -DVLMCHECK_SANITIZE=ON -DVLMCHECK_BENCH=OFF -DVLMCHECK_CUDA=OFF
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -LE slow
 fi
