@@ -1,0 +1,394 @@
+// Standard, rotating, quantized and quantized+rotating KV caches (semantics in kv_cache.h).
+//
+// Storage is a slot array: slot i holds one token's K row and V row ([n_kv_heads, head_dim] each),
+// either as f32 or as MLX-affine packed codes + f32 scales/biases per group. Rotating caches
+// reorder slots exactly where mlx reorders its arrays, so the slot order is mlx's array order and
+// the masks can be expressed the same way mlx expresses them.
+#include "generate/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "generate/kv_quant.h"
+
+namespace vlm {
+
+namespace {
+constexpr int64_t kGrowStep = 256;  // mlx grows caches in steps of 256 tokens
+
+bool valid_kv_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8; }
+}  // namespace
+
+void KVCacheOptions::validate() const {
+  if (max_kv_size && *max_kv_size <= keep)
+    throw_error(ErrorKind::kInvalidArgument, "max_kv_size must be greater than the {} kept tokens, got {}", keep,
+                *max_kv_size);
+  if (keep < 0) throw_error(ErrorKind::kInvalidArgument, "kv cache keep must be >= 0, got {}", keep);
+  if (kv_bits && !valid_kv_bits(*kv_bits))
+    throw_error(ErrorKind::kInvalidArgument,
+                "kv_bits must be one of 2, 3, 4, 5, 6, 8 (MLX affine quantization), got {}", *kv_bits);
+  if (kv_group_size != 32 && kv_group_size != 64 && kv_group_size != 128)
+    throw_error(ErrorKind::kInvalidArgument, "kv_group_size must be 32, 64 or 128, got {}", kv_group_size);
+  if (quantized_kv_start < 0)
+    throw_error(ErrorKind::kInvalidArgument, "quantized_kv_start must be >= 0, got {}", quantized_kv_start);
+}
+
+// ---- slot storage ---------------------------------------------------------------------------------
+
+struct KVLayer::Store {
+  int64_t row = 0;         // values per K (or V) row
+  bool quantized = false;
+  int bits = 0, group = 0;
+  int64_t words = 0, groups = 0;  // quantized: u32 words and groups per row
+  int64_t slot_bytes = 0;
+  int64_t capacity = 0;
+  HostBuffer k{nullptr, HostDeleter{0, MemCategory::kKvCache}};
+  HostBuffer v{nullptr, HostDeleter{0, MemCategory::kKvCache}};
+
+  Store(int64_t row_, bool quantized_, int bits_, int group_) : row(row_), quantized(quantized_), bits(bits_), group(group_) {
+    if (quantized) {
+      words = kvq::packed_words(row, bits);
+      groups = row / group;
+      slot_bytes = words * 4 + groups * 8;  // codes, then scales, then biases (f32)
+    } else {
+      slot_bytes = row * 4;
+    }
+  }
+  uint8_t* kslot(int64_t s) const { return static_cast<uint8_t*>(k.get()) + s * slot_bytes; }
+  uint8_t* vslot(int64_t s) const { return static_cast<uint8_t*>(v.get()) + s * slot_bytes; }
+
+  void grow(int64_t slots, int64_t keep_slots) {
+    if (slots <= capacity) return;
+    int64_t cap = (slots + kGrowStep - 1) / kGrowStep * kGrowStep;
+    size_t bytes = static_cast<size_t>(cap * slot_bytes);
+    HostBuffer nk = make_host_buffer(bytes, MemCategory::kKvCache);
+    HostBuffer nv = make_host_buffer(bytes, MemCategory::kKvCache);
+    if (keep_slots > 0) {
+      std::memcpy(nk.get(), k.get(), static_cast<size_t>(keep_slots * slot_bytes));
+      std::memcpy(nv.get(), v.get(), static_cast<size_t>(keep_slots * slot_bytes));
+    }
+    k = std::move(nk);
+    v = std::move(nv);
+    capacity = cap;
+  }
+
+  void write(int64_t s, const float* kr, const float* vr) {
+    if (!quantized) {
+      std::memcpy(kslot(s), kr, static_cast<size_t>(row) * 4);
+      std::memcpy(vslot(s), vr, static_cast<size_t>(row) * 4);
+      return;
+    }
+    quantize_into(kslot(s), kr);
+    quantize_into(vslot(s), vr);
+  }
+  void quantize_into(uint8_t* slot, const float* x) const {
+    auto* codes = reinterpret_cast<uint32_t*>(slot);
+    auto* scales = reinterpret_cast<float*>(slot + words * 4);
+    kvq::quantize_row(x, row, bits, group, codes, scales, scales + groups);
+  }
+  void read_row(const uint8_t* slot, float* out) const {
+    if (!quantized) {
+      std::memcpy(out, slot, static_cast<size_t>(row) * 4);
+      return;
+    }
+    auto* codes = reinterpret_cast<const uint32_t*>(slot);
+    auto* scales = reinterpret_cast<const float*>(slot + words * 4);
+    kvq::dequantize_row(codes, scales, scales + groups, row, bits, group, out);
+  }
+  size_t nbytes() const { return static_cast<size_t>(2 * capacity * slot_bytes); }
+};
+
+// ---- KVLayer --------------------------------------------------------------------------------------
+
+KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
+  VLM_CHECK(config.n_kv_heads > 0 && config.head_dim > 0, ErrorKind::kInvalidArgument,
+            "kv cache layer: n_kv_heads {} and head_dim {} must be positive", config.n_kv_heads, config.head_dim);
+  VLM_CHECK(config.max_size >= 0 && (config.max_size == 0 || config.max_size > config.keep) && config.keep >= 0,
+            ErrorKind::kInvalidArgument, "kv cache layer: rotating size {} must exceed keep {}", config.max_size,
+            config.keep);
+  if (config.bits) {
+    VLM_CHECK(valid_kv_bits(*config.bits), ErrorKind::kInvalidArgument,
+              "kv_bits must be one of 2, 3, 4, 5, 6, 8, got {}", *config.bits);
+    VLM_CHECK(config.group_size == 32 || config.group_size == 64 || config.group_size == 128,
+              ErrorKind::kInvalidArgument, "kv_group_size must be 32, 64 or 128, got {}", config.group_size);
+    // Groups run along head_dim and must not straddle heads (mlx requires the same).
+    VLM_CHECK(config.head_dim % config.group_size == 0, ErrorKind::kInvalidArgument,
+              "kv_group_size {} does not divide the model's head_dim {}; pick a group size that does",
+              config.group_size, config.head_dim);
+  }
+  row_ = config.n_kv_heads * config.head_dim;
+  bool quant_now = config.bits && config.quantize_start <= 0;
+  store_ = std::make_unique<Store>(row_, quant_now, config.bits.value_or(0), config.group_size);
+  quantized_ = quant_now;
+}
+
+KVLayer::~KVLayer() = default;
+
+size_t KVLayer::nbytes() const { return store_->nbytes() + pos_.capacity() * sizeof(int64_t); }
+
+void KVLayer::ensure_capacity(int64_t slots) {
+  store_->grow(slots, size_);
+  if (static_cast<int64_t>(pos_.size()) < store_->capacity) pos_.resize(static_cast<size_t>(store_->capacity));
+}
+
+void KVLayer::write_slot(int64_t slot, const float* k, const float* v) { store_->write(slot, k, v); }
+
+void KVLayer::reorder(const std::vector<int64_t>& order) {
+  auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group);
+  fresh->grow(std::max<int64_t>(static_cast<int64_t>(order.size()), 1), 0);
+  std::vector<int64_t> pos(static_cast<size_t>(fresh->capacity), 0);
+  const size_t sb = static_cast<size_t>(store_->slot_bytes);
+  for (size_t i = 0; i < order.size(); ++i) {
+    std::memcpy(fresh->kslot(static_cast<int64_t>(i)), store_->kslot(order[i]), sb);
+    std::memcpy(fresh->vslot(static_cast<int64_t>(i)), store_->vslot(order[i]), sb);
+    pos[i] = pos_[static_cast<size_t>(order[i])];
+  }
+  store_ = std::move(fresh);
+  pos_ = std::move(pos);
+  size_ = static_cast<int64_t>(order.size());
+}
+
+void KVLayer::read(int64_t begin, int64_t count, float* k, float* v) const {
+  VLM_CHECK(begin >= 0 && count >= 0 && begin + count <= size_, ErrorKind::kInvalidArgument,
+            "kv cache read [{}, {}) outside the {} held entries", begin, begin + count, size_);
+  ThreadPool::global().parallel_for(
+      count,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          store_->read_row(store_->kslot(begin + i), k + i * row_);
+          store_->read_row(store_->vslot(begin + i), v + i * row_);
+        }
+      },
+      16);
+}
+
+void KVLayer::to_quantized() {
+  if (quantized_ || !config_.bits) return;
+  auto fresh = std::make_unique<Store>(row_, true, *config_.bits, config_.group_size);
+  fresh->grow(std::max<int64_t>(store_->capacity, 1), 0);
+  Store* src = store_.get();
+  Store* dst = fresh.get();
+  ThreadPool::global().parallel_for(
+      size_,
+      [&](int64_t b, int64_t e) {
+        for (int64_t s = b; s < e; ++s)
+          dst->write(s, reinterpret_cast<const float*>(src->kslot(s)), reinterpret_cast<const float*>(src->vslot(s)));
+      },
+      16);
+  store_ = std::move(fresh);
+  quantized_ = true;
+}
+
+bool KVLayer::is_trimmable() const { return !rotating() || offset_ < config_.max_size; }
+
+void KVLayer::trim(int64_t n) {
+  VLM_CHECK(n >= 0 && n <= offset_, ErrorKind::kInvalidArgument, "kv cache trim of {} tokens, but {} are held", n,
+            offset_);
+  VLM_CHECK(is_trimmable(), ErrorKind::kInvalidArgument,
+            "kv cache trim: this rotating cache (size {}) has already evicted tokens (offset {})", config_.max_size,
+            offset_);
+  // Nothing was evicted, so slots are positions 0..offset-1 in order.
+  offset_ -= n;
+  size_ -= n;
+  idx_ = size_;
+}
+
+void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k_pos, const LayerAttentionSpec& spec,
+                     const ops::AttentionMask& mask, float* out) {
+  const float* kp;
+  const float* vp;
+  if (!quantized_) {
+    kp = reinterpret_cast<const float*>(store_->kslot(0));
+    vp = reinterpret_cast<const float*>(store_->vslot(0));
+  } else {
+    // Dequantize the held entries into scratch: [size, n_kv_heads, head_dim] f32 each.
+    size_t need = static_cast<size_t>(size_ * row_) * sizeof(float);
+    if (need > scratch_bytes_) {
+      size_t bytes = std::max(need, scratch_bytes_ * 3 / 2);
+      scratch_k_ = make_host_buffer(bytes, MemCategory::kScratch);
+      scratch_v_ = make_host_buffer(bytes, MemCategory::kScratch);
+      scratch_bytes_ = bytes;
+    }
+    read(0, size_, static_cast<float*>(scratch_k_.get()), static_cast<float*>(scratch_v_.get()));
+    kp = static_cast<const float*>(scratch_k_.get());
+    vp = static_cast<const float*>(scratch_v_.get());
+  }
+  ops::attention(q, n, q_pos0, kp, vp, k_pos, size_, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.scale,
+                 spec.softcap, mask, out);
+}
+
+void KVLayer::update_standard(const float* k, const float* v, int64_t n) {
+  ensure_capacity(size_ + n);
+  for (int64_t i = 0; i < n; ++i) {
+    write_slot(size_ + i, k + i * row_, v + i * row_);
+    pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
+  }
+  size_ += n;
+  offset_ += n;
+  idx_ = size_;
+}
+
+// mlx RotatingKVCache._update_in_place (one token).
+void KVLayer::update_rotating_in_place(const float* k, const float* v) {
+  const int64_t m = config_.max_size, keep = config_.keep;
+  if (size_ > m) {
+    // A previous multi-token update left up to M-1+S entries in temporal order: keep the sinks and
+    // the most recent M-keep.
+    std::vector<int64_t> order;
+    for (int64_t i = 0; i < keep; ++i) order.push_back(i);
+    for (int64_t i = size_ - (m - keep); i < size_; ++i) order.push_back(i);
+    reorder(order);
+    idx_ = m;
+  }
+  if (idx_ == m) idx_ = keep;  // wrap past the sinks
+  if (idx_ >= size_) {         // still filling
+    ensure_capacity(idx_ + 1);
+    size_ = idx_ + 1;
+  }
+  write_slot(idx_, k, v);
+  pos_[static_cast<size_t>(idx_)] = offset_;
+  offset_ += 1;
+  idx_ += 1;
+}
+
+// mlx RotatingKVCache._update_concat (several tokens).
+void KVLayer::update_rotating_concat(const float* k, const float* v, int64_t n) {
+  const int64_t m = config_.max_size, keep = config_.keep;
+  if (size_ > 0) {
+    if (idx_ != size_) {  // wrapped ring: sinks, then oldest (from idx) to the end, then keep..idx
+      std::vector<int64_t> order;
+      for (int64_t i = 0; i < keep; ++i) order.push_back(i);
+      for (int64_t i = idx_; i < size_; ++i) order.push_back(i);
+      for (int64_t i = keep; i < idx_; ++i) order.push_back(i);
+      reorder(order);
+    }
+    int64_t trim = size_ - m + 1;  // at most M-1 old entries stay, so each new token sees M entries
+    if (trim > 0) {
+      std::vector<int64_t> order;
+      for (int64_t i = 0; i < keep; ++i) order.push_back(i);
+      for (int64_t i = keep + trim; i < size_; ++i) order.push_back(i);
+      reorder(order);
+    }
+  }
+  ensure_capacity(size_ + n);
+  for (int64_t i = 0; i < n; ++i) {
+    write_slot(size_ + i, k + i * row_, v + i * row_);
+    pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
+  }
+  size_ += n;
+  offset_ += n;
+  idx_ = size_;
+}
+
+void KVLayer::update_and_attend(const float* q, const float* k, const float* v, int64_t n,
+                                const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) {
+  VLM_CHECK(n > 0, ErrorKind::kInvalidArgument, "kv cache update with {} tokens", n);
+  VLM_CHECK(spec.n_kv_heads == config_.n_kv_heads && spec.head_dim == config_.head_dim, ErrorKind::kInvalidArgument,
+            "kv cache layer holds [{} kv heads, head_dim {}] but the attention spec has [{}, {}]", config_.n_kv_heads,
+            config_.head_dim, spec.n_kv_heads, spec.head_dim);
+  const int64_t q_pos0 = offset_;
+  const int64_t window = spec.sliding_window > 0 ? spec.sliding_window : mask.sliding_window;
+  ops::AttentionMask m = mask;
+
+  if (!rotating()) {
+    update_standard(k, v, n);
+    m.sliding_window = window;
+    attend(q, n, q_pos0, pos_.data(), spec, m, out);
+  } else if (n == 1) {
+    update_rotating_in_place(k, v);
+    // Every held entry is visible to the new token (mlx passes no mask for one token), except what
+    // the layer's own window, when narrower than the ring, excludes.
+    m.sliding_window = (window > 0 && window < config_.max_size) ? window : 0;
+    attend(q, n, q_pos0, pos_.data(), spec, m, out);
+  } else {
+    update_rotating_concat(k, v, n);
+    // Mask by storage index, as mlx does: query i sits at index L+i (L entries held before the new
+    // ones) and sees indices within a window of max_size (or the layer's own, narrower window).
+    const int64_t l = size_ - n;
+    std::vector<int64_t> index_pos(static_cast<size_t>(size_));
+    for (int64_t j = 0; j < size_; ++j) index_pos[static_cast<size_t>(j)] = j;
+    m.sliding_window = (window > 0 && window < config_.max_size) ? window : config_.max_size;
+    std::vector<int32_t> groups;
+    if (mask.group_of_position) {  // bidirectional groups are per absolute position: re-index them
+      groups.resize(static_cast<size_t>(size_));
+      for (int64_t j = 0; j < size_; ++j) {
+        int64_t p = pos_[static_cast<size_t>(j)];
+        groups[static_cast<size_t>(j)] = p < mask.group_positions ? mask.group_of_position[p] : 0;
+      }
+      m.group_of_position = groups.data();
+      m.group_positions = size_;
+    }
+    attend(q, n, l, index_pos.data(), spec, m, out);
+  }
+
+  // mlx-vlm converts a cache once its offset reaches quantized_kv_start (after the step).
+  if (config_.bits && !quantized_ && offset_ >= config_.quantize_start) to_quantized();
+}
+
+// ---- the whole cache ------------------------------------------------------------------------------
+
+bool LayeredKVCache::is_trimmable() const {
+  return std::all_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->is_trimmable(); });
+}
+
+void LayeredKVCache::trim(int64_t n) {
+  VLM_CHECK(is_trimmable(), ErrorKind::kInvalidArgument, "kv cache is not trimmable (a rotating layer evicted tokens)");
+  for (auto& l : layers_) l->trim(n);
+}
+
+std::string LayeredKVCache::describe() const {
+  std::vector<std::string> kinds;
+  for (const auto& l : layers_) {
+    const KVLayerConfig& c = l->config();
+    std::string s = c.max_size > 0 ? fmt::format("rotating({}, keep {})", c.max_size, c.keep) : "standard";
+    if (c.bits) s += fmt::format(" quantized({}-bit, g{}, from {})", *c.bits, c.group_size, c.quantize_start);
+    if (std::find(kinds.begin(), kinds.end(), s) == kinds.end()) kinds.push_back(s);
+  }
+  std::string out;
+  for (size_t i = 0; i < kinds.size(); ++i) out += (i ? " + " : "") + kinds[i];
+  return out.empty() ? "empty" : out;
+}
+
+bool max_kv_size_ignored(const std::vector<LayerCacheInfo>& layers, const KVCacheOptions& options) {
+  if (!options.max_kv_size) return false;
+  return std::any_of(layers.begin(), layers.end(), [](const LayerCacheInfo& l) { return l.sliding_window > 0; });
+}
+
+std::unique_ptr<LayeredKVCache> make_layered_kv_cache(const std::vector<LayerCacheInfo>& layers,
+                                                      const KVCacheOptions& options) {
+  options.validate();
+  // A layout with windowed layers is the model's own (mlx: the model defines make_cache), and there
+  // max_kv_size does not apply.
+  const bool own_layout =
+      std::any_of(layers.begin(), layers.end(), [](const LayerCacheInfo& l) { return l.sliding_window > 0; });
+  std::vector<std::unique_ptr<KVLayer>> out;
+  out.reserve(layers.size());
+  for (const LayerCacheInfo& info : layers) {
+    KVLayerConfig c;
+    c.n_kv_heads = info.n_kv_heads;
+    c.head_dim = info.head_dim;
+    c.sliding_window = info.sliding_window;
+    if (info.sliding_window > 0) {
+      c.max_size = info.sliding_window;
+      c.keep = 0;
+    } else if (options.max_kv_size && !own_layout) {
+      c.max_size = *options.max_kv_size;
+      c.keep = options.keep;
+    }
+    c.bits = options.kv_bits;
+    c.group_size = options.kv_group_size;
+    c.quantize_start = options.quantized_kv_start;
+    out.push_back(std::make_unique<KVLayer>(c));
+  }
+  return std::make_unique<LayeredKVCache>(std::move(out));
+}
+
+std::unique_ptr<KVCache> make_kv_cache(const std::vector<LayerCacheInfo>& layers, const KVCacheOptions& options) {
+  return make_layered_kv_cache(layers, options);
+}
+
+}  // namespace vlm
