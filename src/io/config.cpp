@@ -65,7 +65,9 @@ AffineQuantSpec read_spec(const Json& obj, const AffineQuantSpec& fallback, cons
   return s;
 }
 
-QuantizationConfig parse_quantization(const Json& raw, const std::string& path) {
+}  // namespace
+
+QuantizationConfig QuantizationConfig::from_config(const Json& raw, const std::string& path) {
   QuantizationConfig q;
   // MLX writes the same dict under both names; "quantization" is MLX's own, so it wins.
   const Json* src = json_find(raw, "quantization");
@@ -100,7 +102,13 @@ QuantizationConfig parse_quantization(const Json& raw, const std::string& path) 
   return q;
 }
 
-}  // namespace
+std::string QuantizationConfig::summary() const {
+  if (!present) return "";
+  std::string s = fmt::format("{} {}-bit", mode, default_spec.bits);
+  if (mode == "affine") s += fmt::format(" g{}", default_spec.group_size);
+  if (!overrides.empty()) s += fmt::format(", {} module override{}", overrides.size(), overrides.size() == 1 ? "" : "s");
+  return s;
+}
 
 std::optional<AffineQuantSpec> QuantizationConfig::spec_for(const std::string& module_path) const {
   auto it = overrides.find(module_path);
@@ -159,7 +167,7 @@ ModelConfig ModelConfig::load(const std::string& config_json_path) {
     if (t) c.torch_dtype = dtype_of(*t);
   }
 
-  c.quantization = parse_quantization(c.raw, what);
+  c.quantization = QuantizationConfig::from_config(c.raw, what);
   append_token_ids(c.raw, "eos_token_id", what, c.eos_token_ids);
   if (const Json* t = json_find(c.raw, "text_config"); t && t->is_object())
     append_token_ids(*t, "eos_token_id", what + " text_config", c.eos_token_ids);

@@ -24,6 +24,11 @@ struct QuantizationConfig {
   // The spec for a module path: override if any, else the default. (Whether a module IS quantized is
   // decided by the presence of "<path>.scales" in the weights, per MLX's loader rule.)
   std::optional<AffineQuantSpec> spec_for(const std::string& module_path) const;
+  // From a whole config.json object: "quantization", else "quantization_config". A non-MLX scheme
+  // (quant_method gptq/awq/...) keeps its name in `mode` and has no overrides. `what` names the file.
+  static QuantizationConfig from_config(const Json& config, const std::string& what);
+  // "affine 4-bit g64", "affine 4-bit g64, 3 module overrides", "gptq 4-bit", "" when absent.
+  std::string summary() const;
 };
 
 struct ModelConfig {
