@@ -26,6 +26,15 @@ struct KernelTable {
   void (*softcap)(float*, int64_t, float) = nullptr;
 };
 
+// Names of every op in KernelTable, in member order. The static_assert ties the list to the struct,
+// so a new op cannot be added without naming it here — and the conformance test
+// (tests/unit/test_kernels_conformance.cpp) fails for any name it has no case for.
+inline constexpr const char* kKernelOps[] = {"linear",    "embedding",      "rms_norm", "layer_norm", "rope",
+                                             "mrope",     "activate",       "gated_activate",         "softmax",
+                                             "attention", "add",            "scale",    "mul",        "softcap"};
+static_assert(sizeof(KernelTable) == sizeof(kKernelOps) / sizeof(kKernelOps[0]) * sizeof(void (*)()),
+              "every KernelTable member needs a name in kKernelOps");
+
 // The AVX-512 table (null entries fall back to the reference); only called when the CPU has
 // AVX-512F/BW/VL/DQ. `bf16` says whether AVX512_BF16 is usable too.
 const KernelTable& avx512_table(bool bf16);

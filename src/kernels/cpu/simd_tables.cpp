@@ -1,14 +1,36 @@
-// Placeholder SIMD tables: every entry null, so each op falls back to the scalar reference until its
-// vectorised version lands (see simd_*.cpp).
+// The SIMD dispatch tables. Compiled for baseline x86-64 (no target attributes here) so building
+// the tables is safe on any CPU; the entries point into the target-attributed kernel files.
+// No AVX2-only kernels exist yet: on AVX2 machines every op runs the scalar reference.
 #include "kernels/cpu/cpu_dispatch.h"
+#include "kernels/cpu/simd_avx512.h"
 
 namespace vlm::ops::cpu {
-const KernelTable& avx512_table(bool) {
-  static const KernelTable t;
+
+const KernelTable& avx512_table(bool /*bf16*/) {
+  static const KernelTable t = [] {
+    KernelTable k;
+    k.linear = avx512::linear;
+    k.embedding = avx512::embedding;
+    k.rms_norm = avx512::rms_norm;
+    k.layer_norm = avx512::layer_norm;
+    k.rope = avx512::rope;
+    k.mrope = avx512::mrope;
+    k.activate = avx512::activate;
+    k.gated_activate = avx512::gated_activate;
+    k.softmax = avx512::softmax;
+    k.attention = avx512::attention;
+    k.add = avx512::add;
+    k.scale = avx512::scale;
+    k.mul = avx512::mul;
+    k.softcap = avx512::softcap;
+    return k;
+  }();
   return t;
 }
+
 const KernelTable& avx2_table() {
   static const KernelTable t;
   return t;
 }
+
 }  // namespace vlm::ops::cpu

@@ -1,0 +1,29 @@
+// AVX-512 kernels of the CPU backend (compiled with function-level target attributes, so the rest
+// of the binary stays baseline x86-64; only called after cpu_kernel_path() saw AVX-512F/BW/VL/DQ).
+// Signatures mirror kernels/ops.h; arguments arrive validated by kernels/ops.cpp.
+#pragma once
+
+#include "kernels/ops.h"
+
+namespace vlm::ops::cpu::avx512 {
+
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
+void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+          const int64_t* positions, float attention_scaling);
+void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling);
+void activate(float* x, int64_t n, Activation act);
+void gated_activate(float* gate, const float* up, int64_t n, Activation act);
+void softmax(float* x, int64_t n, int64_t d);
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out);
+void add(float* y, const float* x, int64_t n);
+void scale(float* y, float s, int64_t n);
+void mul(float* y, const float* x, int64_t n);
+void softcap(float* x, int64_t n, float cap);
+
+}  // namespace vlm::ops::cpu::avx512

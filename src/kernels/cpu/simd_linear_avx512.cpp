@@ -1,0 +1,431 @@
+// AVX-512 linear (y = x·Wᵀ + b) for every stored weight format, reading the stored bytes directly.
+//
+// Decode (n < kGemmMinTokens): one pass over W per token, memory-bandwidth bound. Each 32-element
+// chunk of a row is decoded in registers into two f32 vectors and FMA'd against the activations in
+// f32 (activations are never rounded to bf16, so results match the scalar reference to f32
+// accumulation-order noise). Formats whose natural decode yields (even, odd) element pairs — bf16
+// (shift / mask of a dword), 4-bit and 2-bit (nibbles / crumbs of a byte) — use a copy of x permuted
+// the same way per chunk, so no shuffle is needed in the inner loop. Quantized rows accumulate
+// Σ q·x per group and apply the group's scale once; the bias term is b·Σx with Σx per group
+// precomputed once per token. 3/5/6-bit bit streams are unpacked with permutexvar + variable shifts.
+// Four rows are processed together so eight independent FMA chains hide latency.
+//
+// Prefill (n >= kGemmMinTokens): blocked GEMM. For a block of 32 output rows and kKc inputs the
+// weights are decoded once to f32 and transposed into a panel Wp[k][32] (L1/L2 resident), then a
+// 6-token x 32-row register-tiled microkernel (12 zmm accumulators, x broadcast from memory)
+// sweeps all tokens. Decode cost is amortised over the tokens, so every format runs at the f32
+// FMA rate.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/quant.h"
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/simd_avx512.h"
+
+// GCC 12 reports a false -Wmaybe-uninitialized inside its own _mm512_reduce_* helpers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+
+namespace vlm::ops::cpu::avx512 {
+namespace {
+
+constexpr int64_t kGemmMinTokens = 8;
+constexpr int64_t kKc = 256;  // panel depth: 256 x 32 f32 = 32 KiB
+constexpr int kNr = 32;       // panel width (output rows)
+constexpr int kMr = 6;        // microkernel tokens
+
+enum class Fmt { kF32, kF16, kBF16, kQ2, kQ3, kQ4, kQ5, kQ6, kQ8 };
+
+Fmt format_of(const Weight& w) {
+  if (!w.quantized) {
+    switch (w.dense.dtype()) {
+      case DType::kF16: return Fmt::kF16;
+      case DType::kBF16: return Fmt::kBF16;
+      default: return Fmt::kF32;
+    }
+  }
+  switch (w.quant.spec.bits) {
+    case 2: return Fmt::kQ2;
+    case 3: return Fmt::kQ3;
+    case 4: return Fmt::kQ4;
+    case 5: return Fmt::kQ5;
+    case 6: return Fmt::kQ6;
+    default: return Fmt::kQ8;
+  }
+}
+
+constexpr bool is_paired(Fmt f) { return f == Fmt::kBF16 || f == Fmt::kQ4 || f == Fmt::kQ2; }
+constexpr bool is_quant(Fmt f) { return f != Fmt::kF32 && f != Fmt::kF16 && f != Fmt::kBF16; }
+constexpr int bits_of(Fmt f) {
+  switch (f) {
+    case Fmt::kQ2: return 2;
+    case Fmt::kQ3: return 3;
+    case Fmt::kQ4: return 4;
+    case Fmt::kQ5: return 5;
+    case Fmt::kQ6: return 6;
+    case Fmt::kQ8: return 8;
+    default: return 0;
+  }
+}
+
+// Lane i of half h of a 32-element bit-stream chunk starts at bit p = (16h + i) * bits: dword
+// p / 32 of the chunk, shift p % 32.
+template <int B>
+struct StreamIdx {
+  __m512i word[2], word_next[2], shift[2], shift_next[2];
+  StreamIdx() {
+    alignas(64) int32_t w[16], wn[16], s[16], sn[16];
+    for (int h = 0; h < 2; ++h) {
+      for (int i = 0; i < 16; ++i) {
+        int p = (16 * h + i) * B;
+        w[i] = p / 32;
+        wn[i] = std::min(p / 32 + 1, 15);
+        s[i] = p % 32;
+        sn[i] = 32 - p % 32;  // a shift of 32 yields 0: no spill when the value fits one dword
+      }
+      word[h] = _mm512_load_si512(w);
+      word_next[h] = _mm512_load_si512(wn);
+      shift[h] = _mm512_load_si512(s);
+      shift_next[h] = _mm512_load_si512(sn);
+    }
+  }
+};
+
+// Decodes chunk c (elements 32c .. 32c+31) of a row into two f32 vectors: (even, odd) elements for
+// paired formats, (0-15, 16-31) otherwise. Quantized formats give the raw codes.
+template <Fmt F>
+inline void decode_chunk(const void* row, int64_t c, __m512& a, __m512& b) {
+  if constexpr (F == Fmt::kF32) {
+    const float* p = static_cast<const float*>(row) + 32 * c;
+    a = _mm512_loadu_ps(p);
+    b = _mm512_loadu_ps(p + 16);
+  } else if constexpr (F == Fmt::kF16) {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + 32 * c;
+    a = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    b = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
+  } else if constexpr (F == Fmt::kBF16) {
+    __m512i v = _mm512_loadu_si512(static_cast<const uint16_t*>(row) + 32 * c);
+    a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    b = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  } else if constexpr (F == Fmt::kQ4) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(row) + 16 * c)));
+    a = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+    b = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+  } else if constexpr (F == Fmt::kQ2) {
+    __m128i v8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(row) + 8 * c));
+    __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(v8, v8));  // lane l: byte l/2
+    v = _mm512_srlv_epi32(v, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+    a = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(3)));
+    b = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(v, 2), _mm512_set1_epi32(3)));
+  } else if constexpr (F == Fmt::kQ8) {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + 32 * c;
+    a = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    b = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
+  } else {
+    constexpr int B = bits_of(F);
+    static const StreamIdx<B> idx;
+    const __m512i mask = _mm512_set1_epi32((1 << B) - 1);
+    __m512i v = _mm512_maskz_loadu_epi32(static_cast<__mmask16>((1u << B) - 1u),
+                                         static_cast<const uint32_t*>(row) + B * c);
+    __m512 out[2];
+    for (int h = 0; h < 2; ++h) {
+      __m512i lo = _mm512_srlv_epi32(_mm512_permutexvar_epi32(idx.word[h], v), idx.shift[h]);
+      __m512i hi = _mm512_sllv_epi32(_mm512_permutexvar_epi32(idx.word_next[h], v), idx.shift_next[h]);
+      out[h] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_or_si512(lo, hi), mask));
+    }
+    a = out[0];
+    b = out[1];
+  }
+}
+
+// Per-token activations prepared for the row kernels: x permuted per chunk into (even, odd) halves
+// for paired formats, and Σx per quantization group.
+struct PreparedX {
+  std::vector<float> perm;
+  std::vector<float> group_sum;
+};
+
+void prepare_x(const float* x, int64_t k, Fmt f, int group, PreparedX& p) {
+  if (is_paired(f)) {
+    p.perm.resize(static_cast<size_t>(k));
+    int64_t full = k / 32 * 32;
+    for (int64_t c = 0; c < full; c += 32)
+      for (int l = 0; l < 16; ++l) {
+        p.perm[c + l] = x[c + 2 * l];
+        p.perm[c + 16 + l] = x[c + 2 * l + 1];
+      }
+    for (int64_t i = full; i < k; ++i) p.perm[i] = x[i];
+  }
+  if (is_quant(f)) {
+    p.group_sum.resize(static_cast<size_t>(k / group));
+    for (int64_t g = 0; g < k / group; ++g) {
+      float s = 0.0f;
+      for (int j = 0; j < group; ++j) s += x[g * group + j];
+      p.group_sum[g] = s;
+    }
+  }
+}
+
+const void* row_ptr(const Weight& w, int64_t r) {
+  if (w.quantized) return w.quant.packed.data<uint32_t>() + r * w.quant.words_per_row();
+  return static_cast<const char*>(w.dense.raw()) + r * w.cols() * dtype_size(w.dense.dtype());
+}
+
+float scalar_at(const void* row, Fmt f, int64_t i) {
+  switch (f) {
+    case Fmt::kF16: return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    case Fmt::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    default: return static_cast<const float*>(row)[i];
+  }
+}
+
+// out[0..R) = dot(W[r0 + i], x) for R consecutive rows (decode path).
+template <Fmt F, int R>
+void dot_rows(const Weight& w, int64_t r0, const float* x, const PreparedX& px, float* out) {
+  const int64_t k = w.cols();
+  const float* xv = is_paired(F) ? px.perm.data() : x;
+  const void* rows[R];
+  for (int i = 0; i < R; ++i) rows[i] = row_ptr(w, r0 + i);
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  float tail[R] = {};
+  if constexpr (!is_quant(F)) {
+    __m512 acc2[R];
+    for (int i = 0; i < R; ++i) acc2[i] = _mm512_setzero_ps();
+    const int64_t chunks = k / 32;
+    for (int64_t c = 0; c < chunks; ++c) {
+      __m512 x0 = _mm512_loadu_ps(xv + 32 * c), x1 = _mm512_loadu_ps(xv + 32 * c + 16);
+      for (int i = 0; i < R; ++i) {
+        __m512 a, b;
+        decode_chunk<F>(rows[i], c, a, b);
+        acc[i] = _mm512_fmadd_ps(a, x0, acc[i]);
+        acc2[i] = _mm512_fmadd_ps(b, x1, acc2[i]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      acc[i] = _mm512_add_ps(acc[i], acc2[i]);
+      for (int64_t j = chunks * 32; j < k; ++j) tail[i] += scalar_at(rows[i], F, j) * x[j];
+    }
+  } else {
+    const QuantizedMatrix& m = w.quant;
+    const int gs = m.spec.group_size;
+    const int64_t groups = k / gs, chunks_per_group = gs / 32;
+    const DType sd = m.scales.dtype();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 qa[R], qb[R];
+      for (int i = 0; i < R; ++i) qa[i] = qb[i] = _mm512_setzero_ps();
+      for (int64_t cc = 0; cc < chunks_per_group; ++cc) {
+        const int64_t c = g * chunks_per_group + cc;
+        __m512 x0 = _mm512_loadu_ps(xv + 32 * c), x1 = _mm512_loadu_ps(xv + 32 * c + 16);
+        for (int i = 0; i < R; ++i) {
+          __m512 a, b;
+          decode_chunk<F>(rows[i], c, a, b);
+          qa[i] = _mm512_fmadd_ps(a, x0, qa[i]);
+          qb[i] = _mm512_fmadd_ps(b, x1, qb[i]);
+        }
+      }
+      for (int i = 0; i < R; ++i) {
+        const int64_t gi = (r0 + i) * groups + g;
+        float s = load_f32(m.scales.raw(), sd, gi), bb = load_f32(m.biases.raw(), sd, gi);
+        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_add_ps(qa[i], qb[i]), acc[i]);
+        tail[i] += bb * px.group_sum[g];
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + tail[i];
+}
+
+template <Fmt F>
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const int64_t rows = w.rows(), k = w.cols();
+  const int group = w.quantized ? w.quant.spec.group_size : 32;
+  constexpr int R = 4;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * k;
+    float* yt = y + t * rows;
+    PreparedX px;
+    prepare_x(xt, k, F, group, px);
+    const int64_t blocks = (rows + R - 1) / R;
+    parallel_for(blocks, R * k, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = b * R;
+        float out[R];
+        if (r + R <= rows) {
+          dot_rows<F, R>(w, r, xt, px, out);
+          for (int i = 0; i < R; ++i) yt[r + i] = out[i] + (bias ? bias[r + i] : 0.0f);
+        } else {
+          for (int64_t rr = r; rr < rows; ++rr) {
+            dot_rows<F, 1>(w, rr, xt, px, out);
+            yt[rr] = out[0] + (bias ? bias[rr] : 0.0f);
+          }
+        }
+      }
+    });
+  }
+}
+
+// ---- GEMM ----------------------------------------------------------------------------------------
+
+// Row r, inputs [k0, k0 + kc) as f32 in natural order (kc a multiple of 32 unless it reaches the end
+// of a dense row; k0 a multiple of the group size for quantized rows).
+template <Fmt F>
+void decode_segment(const Weight& w, int64_t r, int64_t k0, int64_t kc, float* out) {
+  const void* row = row_ptr(w, r);
+  const int64_t c0 = k0 / 32, chunks = kc / 32;
+  const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  float s = 1.0f, b = 0.0f;
+  int64_t chunks_per_group = 1, groups = 0;
+  if constexpr (is_quant(F)) {
+    chunks_per_group = w.quant.spec.group_size / 32;
+    groups = w.cols() / w.quant.spec.group_size;
+  }
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t cc = c0 + c;
+    __m512 a, bb;
+    decode_chunk<F>(row, cc, a, bb);
+    if constexpr (is_paired(F)) {
+      __m512 lo = _mm512_permutex2var_ps(a, lo_idx, bb), hi = _mm512_permutex2var_ps(a, hi_idx, bb);
+      a = lo;
+      bb = hi;
+    }
+    if constexpr (is_quant(F)) {
+      if (cc % chunks_per_group == 0 || c == 0) {
+        const int64_t gi = r * groups + cc / chunks_per_group;
+        s = load_f32(w.quant.scales.raw(), w.quant.scales.dtype(), gi);
+        b = load_f32(w.quant.biases.raw(), w.quant.biases.dtype(), gi);
+      }
+      a = _mm512_fmadd_ps(a, _mm512_set1_ps(s), _mm512_set1_ps(b));
+      bb = _mm512_fmadd_ps(bb, _mm512_set1_ps(s), _mm512_set1_ps(b));
+    }
+    _mm512_storeu_ps(out + 32 * c, a);
+    _mm512_storeu_ps(out + 32 * c + 16, bb);
+  }
+  for (int64_t j = chunks * 32; j < kc; ++j) out[j] = scalar_at(row, F, k0 + j);  // dense tails only
+}
+
+// y[t, 0..32) (+)= x[t, 0..kc) · panel, for MT tokens; masks select valid rows of the 32.
+template <int MT>
+void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, __mmask16 m0,
+                  __mmask16 m1, const float* init /* bias at k0 == 0, or null for zero */, bool first) {
+  __m512 c0[MT], c1[MT];
+  for (int t = 0; t < MT; ++t) {
+    if (first) {
+      c0[t] = init ? _mm512_maskz_loadu_ps(m0, init) : _mm512_setzero_ps();
+      c1[t] = init ? _mm512_maskz_loadu_ps(m1, init + 16) : _mm512_setzero_ps();
+    } else {
+      c0[t] = _mm512_maskz_loadu_ps(m0, y + t * ldy);
+      c1[t] = _mm512_maskz_loadu_ps(m1, y + t * ldy + 16);
+    }
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 w0 = _mm512_load_ps(panel + k * kNr), w1 = _mm512_load_ps(panel + k * kNr + 16);
+    for (int t = 0; t < MT; ++t) {
+      __m512 xb = _mm512_set1_ps(x[t * ldx + k]);
+      c0[t] = _mm512_fmadd_ps(xb, w0, c0[t]);
+      c1[t] = _mm512_fmadd_ps(xb, w1, c1[t]);
+    }
+  }
+  for (int t = 0; t < MT; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, m0, c0[t]);
+    _mm512_mask_storeu_ps(y + t * ldy + 16, m1, c1[t]);
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, __mmask16, __mmask16,
+                         const float*, bool);
+constexpr MicroFn kMicro[kMr + 1] = {nullptr,         micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
+                                     micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
+
+template <Fmt F>
+void gemm(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const int64_t rows = w.rows(), k = w.cols();
+  const int64_t blocks = (rows + kNr - 1) / kNr;
+  parallel_for(blocks, n * k * kNr, [&](int64_t b0, int64_t b1) {
+    // Thread-local scratch: decoded rows [32][kKc] and the transposed panel [kKc][32].
+    thread_local std::vector<float> seg, panel_store;
+    seg.resize(static_cast<size_t>(kNr * kKc));
+    panel_store.resize(static_cast<size_t>(kNr * kKc + 16));
+    float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(panel_store.data()) + 63) & ~uintptr_t{63});
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kNr, nr = std::min<int64_t>(kNr, rows - r0);
+      const __mmask16 m0 = static_cast<__mmask16>(nr >= 16 ? 0xffff : (1u << nr) - 1u);
+      const __mmask16 m1 = static_cast<__mmask16>(nr >= 32 ? 0xffff : nr <= 16 ? 0 : (1u << (nr - 16)) - 1u);
+      for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+        const int64_t kc = std::min(kKc, k - k0);
+        for (int64_t i = 0; i < nr; ++i) decode_segment<F>(w, r0 + i, k0, kc, seg.data() + i * kKc);
+        for (int64_t kk = 0; kk < kc; ++kk) {
+          float* dst = panel + kk * kNr;
+          for (int64_t i = 0; i < nr; ++i) dst[i] = seg[i * kKc + kk];
+          for (int64_t i = nr; i < kNr; ++i) dst[i] = 0.0f;
+        }
+        const float* init = bias ? bias + r0 : nullptr;
+        for (int64_t t = 0; t < n; t += kMr) {
+          const int64_t mt = std::min<int64_t>(kMr, n - t);
+          kMicro[mt](panel, kc, x + t * k + k0, k, y + t * rows + r0, rows, m0, m1, init, k0 == 0);
+        }
+      }
+    }
+  });
+}
+
+template <Fmt F>
+void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  if (n >= kGemmMinTokens)
+    gemm<F>(x, n, w, bias, y);
+  else
+    gemv<F>(x, n, w, bias, y);
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
+  std::vector<float> bias = vector_f32(bias_t);
+  const float* b = bias.empty() ? nullptr : bias.data();
+  switch (format_of(w)) {
+    case Fmt::kF32: return linear_fmt<Fmt::kF32>(x, n, w, b, y);
+    case Fmt::kF16: return linear_fmt<Fmt::kF16>(x, n, w, b, y);
+    case Fmt::kBF16: return linear_fmt<Fmt::kBF16>(x, n, w, b, y);
+    case Fmt::kQ2: return linear_fmt<Fmt::kQ2>(x, n, w, b, y);
+    case Fmt::kQ3: return linear_fmt<Fmt::kQ3>(x, n, w, b, y);
+    case Fmt::kQ4: return linear_fmt<Fmt::kQ4>(x, n, w, b, y);
+    case Fmt::kQ5: return linear_fmt<Fmt::kQ5>(x, n, w, b, y);
+    case Fmt::kQ6: return linear_fmt<Fmt::kQ6>(x, n, w, b, y);
+    case Fmt::kQ8: return linear_fmt<Fmt::kQ8>(x, n, w, b, y);
+  }
+}
+
+void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
+  const int64_t d = table.cols();
+  auto run = [&](auto fmt_tag) {
+    constexpr Fmt F = decltype(fmt_tag)::value;
+    parallel_for(n, d, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* o = out + i * d;
+        decode_segment<F>(table, ids[i], 0, d, o);
+        if (scale != 1.0f)
+          for (int64_t c = 0; c < d; ++c) o[c] *= scale;
+      }
+    });
+  };
+  switch (format_of(table)) {
+    case Fmt::kF32: return run(std::integral_constant<Fmt, Fmt::kF32>{});
+    case Fmt::kF16: return run(std::integral_constant<Fmt, Fmt::kF16>{});
+    case Fmt::kBF16: return run(std::integral_constant<Fmt, Fmt::kBF16>{});
+    case Fmt::kQ2: return run(std::integral_constant<Fmt, Fmt::kQ2>{});
+    case Fmt::kQ3: return run(std::integral_constant<Fmt, Fmt::kQ3>{});
+    case Fmt::kQ4: return run(std::integral_constant<Fmt, Fmt::kQ4>{});
+    case Fmt::kQ5: return run(std::integral_constant<Fmt, Fmt::kQ5>{});
+    case Fmt::kQ6: return run(std::integral_constant<Fmt, Fmt::kQ6>{});
+    case Fmt::kQ8: return run(std::integral_constant<Fmt, Fmt::kQ8>{});
+  }
+}
+
+}  // namespace vlm::ops::cpu::avx512
+
+#pragma GCC pop_options

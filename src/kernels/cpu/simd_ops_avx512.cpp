@@ -1,0 +1,318 @@
+// AVX-512 versions of the non-matrix ops: norms, RoPE, activations, softmax, attention and the
+// elementwise helpers. exp is a Cody-Waite range reduction + degree-7 Taylor polynomial + scalef
+// (< 2 ulp on the clamped range); tanh derives from it with an odd polynomial near 0, where
+// 1 - 2/(e^{2x}+1) would cancel. GELU with erf keeps the libm erf (no vector erf here). RoPE angles
+// and their cos/sin are formed exactly as in the reference, once per token, shared by all heads.
+#include <immintrin.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/ref/ref_ops.h"
+#include "kernels/cpu/simd_avx512.h"
+
+// GCC 12 reports a false -Wmaybe-uninitialized inside its own _mm512_reduce_* helpers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+
+namespace vlm::ops::cpu::avx512 {
+namespace {
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-104.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 tanh_ps(__m512 x) {
+  __m512 ax = _mm512_abs_ps(x);
+  __m512 e = exp_ps(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
+  __m512 big = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  // |x| < 0.125: x - x³/3 + 2x⁵/15 - 17x⁷/315 (next term < 1e-9 relative).
+  __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-17.0f / 315.0f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.0f / 15.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3.0f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.0f));
+  __m512 small = _mm512_mul_ps(p, ax);
+  __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.125f), _CMP_LT_OQ), big, small);
+  return _mm512_or_ps(r, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));  // restore the sign
+}
+
+inline __m512 act_ps(__m512 x, Activation act) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  switch (act) {
+    case Activation::kSilu: return _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    case Activation::kQuickGelu:
+      return _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)))));
+    case Activation::kGeluTanh: {
+      __m512 inner = _mm512_mul_ps(
+          _mm512_set1_ps(0.7978845608028654f),
+          _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), _mm512_mul_ps(x, x)), x, x));
+      return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, tanh_ps(inner)));
+    }
+    case Activation::kRelu: return _mm512_max_ps(x, _mm512_setzero_ps());
+    case Activation::kGeluErf: break;  // handled by the callers (scalar erf)
+  }
+  return x;
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// y += s * x
+inline void axpy(float* y, float s, const float* x, int64_t n) {
+  const __m512 vs = _mm512_set1_ps(s);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(vs, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
+void rotate_token(float* xt, int64_t n_heads, int64_t head_dim, int64_t half, const float* cs, const float* sn) {
+  for (int64_t h = 0; h < n_heads; ++h) {
+    float* x1p = xt + h * head_dim;
+    float* x2p = x1p + half;
+    for (int64_t i = 0; i < half; i += 16) {
+      __mmask16 m = tail_mask(half - i);
+      __m512 x1 = _mm512_maskz_loadu_ps(m, x1p + i), x2 = _mm512_maskz_loadu_ps(m, x2p + i);
+      __m512 c = _mm512_maskz_loadu_ps(m, cs + i), s = _mm512_maskz_loadu_ps(m, sn + i);
+      _mm512_mask_storeu_ps(x1p + i, m, _mm512_fmsub_ps(x1, c, _mm512_mul_ps(x2, s)));
+      _mm512_mask_storeu_ps(x2p + i, m, _mm512_fmadd_ps(x2, c, _mm512_mul_ps(x1, s)));
+    }
+  }
+}
+
+}  // namespace
+
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
+  std::vector<float> w = vector_f32(weight);
+  for (float& v : w) v += offset;
+  parallel_for(n, d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xi = x + i * d;
+      float* yi = y + i * d;
+      float inv = 1.0f / std::sqrt(dot(xi, xi, d) / static_cast<float>(d) + eps);
+      const __m512 vinv = _mm512_set1_ps(inv);
+      for (int64_t c = 0; c < d; c += 16) {
+        __mmask16 m = tail_mask(d - c);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xi + c), vinv);
+        _mm512_mask_storeu_ps(yi + c, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w.data() + c)));
+      }
+    }
+  });
+}
+
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
+  std::vector<float> w = vector_f32(weight), b = vector_f32(bias);
+  if (w.empty()) w.assign(static_cast<size_t>(d), 1.0f);
+  if (b.empty()) b.assign(static_cast<size_t>(d), 0.0f);
+  parallel_for(n, d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xi = x + i * d;
+      float* yi = y + i * d;
+      __m512 s = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(d - c), xi + c));
+      const float mean = _mm512_reduce_add_ps(s) / static_cast<float>(d);
+      const __m512 vm = _mm512_set1_ps(mean);
+      __m512 v2 = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c += 16) {
+        __mmask16 m = tail_mask(d - c);
+        __m512 dv = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, xi + c), vm);
+        v2 = _mm512_fmadd_ps(dv, dv, v2);
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(v2) / static_cast<float>(d) + eps));
+      for (int64_t c = 0; c < d; c += 16) {
+        __mmask16 m = tail_mask(d - c);
+        __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xi + c), vm), inv);
+        v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, w.data() + c), _mm512_maskz_loadu_ps(m, b.data() + c));
+        _mm512_mask_storeu_ps(yi + c, m, v);
+      }
+    }
+  });
+}
+
+void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
+          const int64_t* positions, float attention_scaling) {
+  const int64_t half = rotary_dim / 2;
+  parallel_for(n_tokens, n_heads * head_dim * 2 + half * 40, [&](int64_t t0, int64_t t1) {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        float angle = static_cast<float>(positions[t]) * inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle))) * attention_scaling;
+        sn[i] = static_cast<float>(std::sin(static_cast<double>(angle))) * attention_scaling;
+      }
+      rotate_token(x + t * n_heads * head_dim, n_heads, head_dim, half, cs.data(), sn.data());
+    }
+  });
+}
+
+void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+  const int64_t half = head_dim / 2;
+  std::vector<int> section_of;
+  for (size_t s = 0; s < sections.size(); ++s) section_of.insert(section_of.end(), sections[s], static_cast<int>(s % 3));
+  parallel_for(n_tokens, n_heads * head_dim * 2 + half * 40, [&](int64_t t0, int64_t t1) {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        float angle = static_cast<float>(positions3[section_of[i] * n_tokens + t]) * inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle))) * attention_scaling;
+        sn[i] = static_cast<float>(std::sin(static_cast<double>(angle))) * attention_scaling;
+      }
+      rotate_token(x + t * n_heads * head_dim, n_heads, head_dim, half, cs.data(), sn.data());
+    }
+  });
+}
+
+void activate(float* x, int64_t n, Activation act) {
+  if (act == Activation::kGeluErf) return ref::activate(x, n, act);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += 16) {
+      __mmask16 m = tail_mask(i1 - i);
+      _mm512_mask_storeu_ps(x + i, m, act_ps(_mm512_maskz_loadu_ps(m, x + i), act));
+    }
+  });
+}
+
+void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
+  if (act == Activation::kGeluErf) return ref::gated_activate(gate, up, n, act);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += 16) {
+      __mmask16 m = tail_mask(i1 - i);
+      __m512 g = act_ps(_mm512_maskz_loadu_ps(m, gate + i), act);
+      _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+  });
+}
+
+void softmax(float* x, int64_t n, int64_t d) {
+  parallel_for(n, d * 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* xr = x + r * d;
+      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int64_t c = 0; c < d; c += 16)
+        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask(d - c), xr + c));
+      const float m = _mm512_reduce_max_ps(mx);
+      if (m == -std::numeric_limits<float>::infinity()) {
+        for (int64_t c = 0; c < d; ++c) xr[c] = 0.0f;
+        continue;
+      }
+      const __m512 vm = _mm512_set1_ps(m);
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c += 16) {
+        __mmask16 k = tail_mask(d - c);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xr + c), vm));
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+        _mm512_mask_storeu_ps(xr + c, k, e);
+      }
+      const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+      for (int64_t c = 0; c < d; c += 16) {
+        __mmask16 k = tail_mask(d - c);
+        _mm512_mask_storeu_ps(xr + c, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + c), inv));
+      }
+    }
+  });
+}
+
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out) {
+  const int64_t group = n_heads / n_kv_heads;
+  parallel_for(nq * n_heads, nk * head_dim * 2, [&](int64_t w0, int64_t w1) {
+    std::vector<float> p(static_cast<size_t>(nk));
+    std::vector<int64_t> vis(static_cast<size_t>(nk));
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i = w / n_heads, h = w % n_heads, kvh = h / group, qp = q_pos0 + i;
+      const float* qi = q + (i * n_heads + h) * head_dim;
+      float* oi = out + (i * n_heads + h) * head_dim;
+      int64_t nv = 0;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < nk; ++j) {
+        if (!ref::key_visible(mask, qp, k_pos[j])) continue;
+        float s = dot(qi, k + (j * n_kv_heads + kvh) * head_dim, head_dim) * scale;
+        if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
+        vis[nv] = j;
+        p[nv++] = s;
+        mx = std::max(mx, s);
+      }
+      for (int64_t c = 0; c < head_dim; ++c) oi[c] = 0.0f;
+      if (nv == 0) continue;
+      const __m512 vm = _mm512_set1_ps(mx);
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < nv; j += 16) {
+        __mmask16 m = tail_mask(nv - j);
+        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.data() + j), vm));
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+        _mm512_mask_storeu_ps(p.data() + j, m, e);
+      }
+      const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+      for (int64_t j = 0; j < nv; ++j) axpy(oi, p[j] * inv, v + (vis[j] * n_kv_heads + kvh) * head_dim, head_dim);
+    }
+  });
+}
+
+void add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + i), _mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+void scale(float* y, float s, int64_t n) {
+  const __m512 vs = _mm512_set1_ps(s);
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), vs));
+  }
+}
+void mul(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + i), _mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+void softcap(float* x, int64_t n, float cap) {
+  const __m512 vc = _mm512_set1_ps(cap), vinv = _mm512_set1_ps(1.0f / cap);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i += 16) {
+      __mmask16 m = tail_mask(i1 - i);
+      __m512 t = tanh_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv));
+      _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(t, vc));
+    }
+  });
+}
+
+}  // namespace vlm::ops::cpu::avx512
+
+#pragma GCC pop_options

@@ -1,0 +1,207 @@
+// Backend conformance in one table (after ggml's test-backend-ops): every op of the CPU dispatch
+// table runs on model-shaped random inputs twice — on the scalar reference (force_scalar_kernels)
+// and on this CPU's SIMD path — and the two must agree within the op's NMSE bound. An op listed in
+// kKernelOps without a case here is a failure, so new ops cannot skip conformance.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "kernels/cpu/cpu_dispatch.h"
+#include "test_kernels_util.h"
+
+using namespace vlm;
+using namespace vlm::test;
+
+namespace {
+
+struct Case {
+  std::string op;    // name in kKernelOps
+  std::string what;  // shape / variant
+  double tol;        // NMSE bound between the two paths
+  // Runs the op on fresh copies of its inputs and returns the output (same inputs on both paths).
+  std::function<std::vector<float>()> run;
+};
+
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+std::vector<Case> build_cases() {
+  std::vector<Case> cases;
+  auto rng = std::make_shared<std::mt19937>(99);
+  // linear: every stored format, decode (n = 1), small batch (n = 3) and prefill (n = 37) shapes.
+  struct LinearShape {
+    int64_t rows, cols;
+  };
+  std::vector<std::pair<std::string, ops::Weight>> weights;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    weights.emplace_back(dtype_name(dt), dense_weight(random_tensor(*rng, {200, 576}, dt)));
+  weights.emplace_back("bf16 ragged", dense_weight(random_tensor(*rng, {45, 200}, DType::kBF16)));
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128})
+      weights.emplace_back("q" + std::to_string(bits) + "g" + std::to_string(group),
+                           random_quantized(*rng, 70, 640, bits, group, DType::kBF16));
+  for (auto& [name, w] : weights)
+    for (int64_t n : {1, 3, 37}) {
+      auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(n * w.cols())));
+      Tensor bias = n == 3 ? random_tensor(*rng, {w.rows()}, DType::kF32) : Tensor();
+      cases.push_back({"linear", name + " n=" + std::to_string(n), 1e-11, [w, x, n, bias] {
+                         std::vector<float> y(static_cast<size_t>(n * w.rows()));
+                         ops::linear(x->data(), n, w, bias, y.data());
+                         return y;
+                       }});
+    }
+  for (auto& [name, w] : weights) {
+    std::vector<int32_t> ids = {0, static_cast<int32_t>(w.rows() - 1), 5, 5};
+    cases.push_back({"embedding", name, 1e-14, [w, ids] {
+                       std::vector<float> out(ids.size() * w.cols());
+                       ops::embedding(w, ids.data(), static_cast<int64_t>(ids.size()), 1.5f, out.data());
+                       return out;
+                     }});
+  }
+  for (int64_t d : {576, 896, 1001}) {
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(9 * d), -4.0f, 4.0f));
+    Tensor w = random_tensor(*rng, {d}, DType::kBF16);
+    Tensor b = random_tensor(*rng, {d}, DType::kF32);
+    for (float offset : {0.0f, 1.0f})
+      cases.push_back({"rms_norm", "d=" + std::to_string(d), 1e-12, [x, w, d, offset] {
+                         std::vector<float> y(x->size());
+                         ops::rms_norm(x->data(), 9, d, w, 1e-6f, offset, y.data());
+                         return y;
+                       }});
+    cases.push_back({"layer_norm", "d=" + std::to_string(d), 1e-12, [x, w, b, d] {
+                       std::vector<float> y(x->size());
+                       ops::layer_norm(x->data(), 9, d, w, b, 1e-5f, y.data());
+                       return y;
+                     }});
+  }
+  for (auto [hd, rot] : {std::pair<int64_t, int64_t>{64, 64}, {128, 128}, {96, 48}}) {
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(11 * 5 * hd)));
+    auto inv = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(rot / 2), 0.0f, 1.0f));
+    auto pos = std::make_shared<std::vector<int64_t>>(11);
+    std::iota(pos->begin(), pos->end(), int64_t{100});
+    cases.push_back({"rope", "hd=" + std::to_string(hd) + " rot=" + std::to_string(rot), 1e-13, [=] {
+                       std::vector<float> y = *x;
+                       ops::rope(y.data(), 11, 5, hd, rot, inv->data(), pos->data(), 1.1f);
+                       return y;
+                     }});
+  }
+  {
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(7 * 4 * 128)));
+    auto inv = std::make_shared<std::vector<float>>(random_vec(*rng, 64, 0.0f, 1.0f));
+    auto pos = std::make_shared<std::vector<int64_t>>(21);
+    for (size_t i = 0; i < pos->size(); ++i) (*pos)[i] = static_cast<int64_t>((i * 7) % 13);
+    cases.push_back({"mrope", "qwen2-vl sections", 1e-13, [=] {
+                       std::vector<float> y = *x;
+                       ops::mrope(y.data(), 7, 4, 128, inv->data(), pos->data(), {16, 24, 24});
+                       return y;
+                     }});
+  }
+  for (auto act : {ops::Activation::kSilu, ops::Activation::kGeluTanh, ops::Activation::kGeluErf,
+                   ops::Activation::kQuickGelu, ops::Activation::kRelu}) {
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, 4864 + 3, -10.0f, 10.0f));
+    auto up = std::make_shared<std::vector<float>>(random_vec(*rng, 4864 + 3));
+    std::string name = "act " + std::to_string(static_cast<int>(act));
+    cases.push_back({"activate", name, 1e-12, [=] {
+                       std::vector<float> y = *x;
+                       ops::activate(y.data(), static_cast<int64_t>(y.size()), act);
+                       return y;
+                     }});
+    cases.push_back({"gated_activate", name, 1e-12, [=] {
+                       std::vector<float> y = *x;
+                       ops::gated_activate(y.data(), up->data(), static_cast<int64_t>(y.size()), act);
+                       return y;
+                     }});
+  }
+  {
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, 6 * 1003, -20.0f, 20.0f));
+    cases.push_back({"softmax", "6x1003", 1e-12, [=] {
+                       std::vector<float> y = *x;
+                       ops::softmax(y.data(), 6, 1003);
+                       return y;
+                     }});
+  }
+  {
+    static const int32_t groups[40] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+                                       0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    struct A {
+      std::string what;
+      int64_t nq, nk, q0, nh, nkv, hd;
+      float cap;
+      ops::AttentionMask mask;
+    };
+    for (const A& a : std::vector<A>{{"prefill gqa causal", 24, 24, 0, 14, 2, 64, 0.0f, {}},
+                                     {"decode", 1, 40, 39, 14, 2, 64, 0.0f, {}},
+                                     {"sliding window + softcap", 30, 30, 0, 8, 4, 128, 50.0f, {true, 8, nullptr, 0}},
+                                     {"image groups", 20, 20, 0, 4, 1, 72, 0.0f, {true, 0, groups, 40}}}) {
+      auto q = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2));
+      auto k = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(a.nk * a.nkv * a.hd), -2, 2));
+      auto v = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(a.nk * a.nkv * a.hd)));
+      auto kp = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(a.nk));
+      std::iota(kp->begin(), kp->end(), int64_t{0});
+      cases.push_back({"attention", a.what, 1e-12, [=] {
+                         std::vector<float> out(q->size());
+                         ops::attention(q->data(), a.nq, a.q0, k->data(), v->data(), kp->data(), a.nk, a.nh, a.nkv,
+                                        a.hd, 0.125f, a.cap, a.mask, out.data());
+                         return out;
+                       }});
+    }
+  }
+  {
+    auto y = std::make_shared<std::vector<float>>(random_vec(*rng, 2053, -40.0f, 40.0f));
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, 2053));
+    auto n = static_cast<int64_t>(y->size());
+    cases.push_back({"add", "2053", 1e-14, [=] {
+                       std::vector<float> r = *y;
+                       ops::add(r.data(), x->data(), n);
+                       return r;
+                     }});
+    cases.push_back({"mul", "2053", 1e-14, [=] {
+                       std::vector<float> r = *y;
+                       ops::mul(r.data(), x->data(), n);
+                       return r;
+                     }});
+    cases.push_back({"scale", "2053", 1e-14, [=] {
+                       std::vector<float> r = *y;
+                       ops::scale(r.data(), 0.37f, n);
+                       return r;
+                     }});
+    cases.push_back({"softcap", "2053 cap 30", 1e-12, [=] {
+                       std::vector<float> r = *y;
+                       ops::softcap(r.data(), n, 30.0f);
+                       return r;
+                     }});
+  }
+  return cases;
+}
+
+}  // namespace
+
+TEST(KernelConformance, EveryOpHasACase) {
+  std::set<std::string> covered;
+  for (const Case& c : build_cases()) covered.insert(c.op);
+  for (const char* op : ops::cpu::kKernelOps) EXPECT_TRUE(covered.count(op)) << "no conformance case for op " << op;
+  for (const std::string& op : covered) {
+    bool known = false;
+    for (const char* k : ops::cpu::kKernelOps) known = known || op == k;
+    EXPECT_TRUE(known) << "case for unknown op " << op;
+  }
+}
+
+TEST(KernelConformance, SimdPathMatchesScalarReference) {
+  std::string path = ops::cpu_kernel_path();
+  if (path == "scalar") GTEST_SKIP() << "this CPU (or VLMCHECK_KERNELS=scalar) has only the reference path";
+  std::map<std::string, int> per_op;
+  for (const Case& c : build_cases()) {
+    ops::force_scalar_kernels(true);
+    std::vector<float> want = c.run();
+    ops::force_scalar_kernels(false);
+    std::vector<float> got = c.run();
+    ASSERT_EQ(got.size(), want.size());
+    double e = nmse(got.data(), to_double(want));
+    EXPECT_LE(e, c.tol) << c.op << " [" << c.what << "] on " << path;
+    ++per_op[c.op];
+  }
+  for (auto& [op, n] : per_op) RecordProperty(op, n);
+}
