@@ -1,0 +1,307 @@
+// HfTokenizer: loads tokenizer.json (simdjson; the 11 MB Qwen file in tens of milliseconds) and
+// runs HF's encode pipeline — added tokens → normalizer → normalized added tokens → pre-tokenizer
+// → model → post-processor — and decode (id → token, skip specials, decoder chain). When a
+// tokenizer_config.json is given, add_bos_token / add_eos_token are honoured as transformers 5's
+// TokenizersBackend does: if either key is present, or tokenizer.json has no post_processor, the
+// post-processor becomes "[bos] $A [eos]" with the config's bos/eos tokens.
+#include "text/tokenizer.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <unordered_map>
+
+#include <simdjson.h>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/mapped_file.h"
+#include "text/tokenizer/added_tokens.h"
+#include "text/tokenizer/models.h"
+#include "text/tokenizer/stages.h"
+#include "text/unicode.h"
+
+namespace vlm {
+namespace {
+
+using tok::JsonElement;
+using tok::JsonPath;
+
+class HfTokenizer final : public Tokenizer {
+ public:
+  HfTokenizer(const std::string& json_path, const std::string& config_path);
+
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
+  std::optional<int32_t> token_to_id(std::string_view token) const override {
+    auto it = added_by_content_.find(std::string(token));
+    if (it != added_by_content_.end()) return it->second;
+    return model_->token_to_id(token);
+  }
+  std::string id_to_token(int32_t id) const override {
+    const std::string* s = token_string(id);
+    return s ? *s : std::string();
+  }
+  int64_t vocab_size() const override { return vocab_size_; }
+  bool is_special(int32_t id) const override {
+    auto it = added_by_id_.find(id);
+    return it != added_by_id_.end() && special_contents_.count(added_[it->second].content) > 0;
+  }
+  std::vector<int32_t> special_ids() const override { return special_ids_; }
+  std::optional<std::string> bos_token() const override { return bos_; }
+  std::optional<std::string> eos_token() const override { return eos_; }
+
+ private:
+  const std::string* token_string(int32_t id) const {
+    auto it = added_by_id_.find(id);
+    if (it != added_by_id_.end()) return &added_[it->second].content;
+    return model_->id_to_token(id);
+  }
+  void load_config(const std::string& config_path);
+
+  std::string path_;
+  std::unique_ptr<tok::Normalizer> normalizer_;
+  std::unique_ptr<tok::PreTokenizer> pre_tokenizer_;
+  std::unique_ptr<tok::Model> model_;
+  std::unique_ptr<tok::PostProcessor> post_processor_;
+  std::unique_ptr<tok::Decoder> decoder_;
+  std::vector<tok::AddedToken> added_;
+  std::unordered_map<int32_t, size_t> added_by_id_;
+  std::unordered_map<std::string, int32_t> added_by_content_;
+  std::unordered_map<std::string, bool> special_contents_;
+  std::vector<int32_t> special_ids_;
+  tok::AddedTokenMatcher raw_matcher_, normalized_matcher_;
+  int64_t vocab_size_ = 0;
+  std::optional<std::string> bos_, eos_;
+  bool had_post_processor_ = false;
+};
+
+HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config_path) : path_(json_path) {
+  simdjson::padded_string text;
+  {
+    // Read through MappedFile so errors name the path; simdjson needs its own padded copy.
+    auto file = MappedFile::open(json_path, LoadMode::kLazy, MemCategory::kOther);
+    text = simdjson::padded_string(reinterpret_cast<const char*>(file->data()), file->size());
+  }
+  simdjson::dom::parser parser;
+  JsonElement root;
+  if (auto err = parser.parse(text).get(root)) {
+    throw_error(ErrorKind::kFormat, "{}: not valid JSON: {}", json_path, simdjson::error_message(err));
+  }
+  const JsonPath at{&path_, ""};
+  if (!root.is_object()) tok::json_fail(at, "expected a JSON object");
+
+  model_ = tok::make_model(tok::json_require(root, "model", at), at.child("model"));
+  if (auto n = tok::json_member(root, "normalizer")) normalizer_ = tok::make_normalizer(*n, at.child("normalizer"));
+  if (auto p = tok::json_member(root, "pre_tokenizer")) {
+    pre_tokenizer_ = tok::make_pre_tokenizer(*p, at.child("pre_tokenizer"));
+  }
+  if (auto p = tok::json_member(root, "post_processor")) {
+    post_processor_ = tok::make_post_processor(*p, at.child("post_processor"));
+    had_post_processor_ = true;
+  }
+  if (auto d = tok::json_member(root, "decoder")) decoder_ = tok::make_decoder(*d, at.child("decoder"));
+
+  // Added tokens.
+  if (auto arr_el = tok::json_member(root, "added_tokens")) {
+    const JsonPath aat = at.child("added_tokens");
+    simdjson::dom::array arr;
+    if (arr_el->get_array().get(arr)) tok::json_fail(aat, "expected an array");
+    size_t i = 0;
+    for (JsonElement e : arr) {
+      const JsonPath tat = aat.index(i++);
+      tok::AddedToken t;
+      const int64_t id = tok::json_as_int(tok::json_require(e, "id", tat), tat.child("id"));
+      if (id < 0 || id > INT32_MAX) tok::json_fail(tat.child("id"), fmt::format("id {} is out of range", id));
+      t.id = static_cast<int32_t>(id);
+      t.content = tok::json_as_string(tok::json_require(e, "content", tat), tat.child("content"));
+      t.single_word = tok::json_bool_or(e, "single_word", tat, false);
+      t.lstrip = tok::json_bool_or(e, "lstrip", tat, false);
+      t.rstrip = tok::json_bool_or(e, "rstrip", tat, false);
+      t.normalized = tok::json_bool_or(e, "normalized", tat, true);
+      t.special = tok::json_bool_or(e, "special", tat, false);
+      if (t.content.empty()) continue;  // HF ignores empty added tokens
+      auto existing = added_by_content_.find(t.content);
+      if (existing != added_by_content_.end()) {
+        // Same content listed twice: HF keeps one entry per content; the later flags win.
+        added_[added_by_id_[existing->second]] = t;
+        continue;
+      }
+      added_by_content_[t.content] = t.id;
+      added_by_id_[t.id] = added_.size();
+      if (t.special) special_contents_[t.content] = true;
+      added_.push_back(std::move(t));
+    }
+  }
+  std::vector<const tok::AddedToken*> raw, norm;
+  std::vector<std::string> raw_pat, norm_pat;
+  for (const tok::AddedToken& t : added_) {
+    if (t.normalized) {
+      norm.push_back(&t);
+      norm_pat.push_back(normalizer_ ? normalizer_->normalize(t.content) : t.content);
+    } else {
+      raw.push_back(&t);
+      raw_pat.push_back(t.content);
+    }
+    if (t.special) special_ids_.push_back(t.id);
+  }
+  std::sort(special_ids_.begin(), special_ids_.end());
+  raw_matcher_.build(raw, raw_pat);
+  normalized_matcher_.build(norm, norm_pat);
+
+  // Vocabulary size as HF's get_vocab_size(with_added_tokens=true): distinct token strings.
+  vocab_size_ = model_->vocab_size();
+  for (const tok::AddedToken& t : added_) {
+    if (!model_->token_to_id(t.content)) ++vocab_size_;
+  }
+
+  if (!config_path.empty()) load_config(config_path);
+}
+
+std::optional<std::string> config_token(const Json& cfg, const std::string& key, const std::string& what) {
+  const Json* v = json_find(cfg, key);
+  if (!v || v->is_null()) return std::nullopt;
+  if (v->is_string()) return v->get<std::string>();
+  if (v->is_object()) {
+    // Older files serialise AddedToken objects: {"content": "<s>", "__type": "AddedToken", ...}.
+    if (auto c = json_string(*v, "content", what + ": " + key)) return c;
+  }
+  throw_error(ErrorKind::kFormat, "{}: {}: expected a string or {{\"content\": ...}}", what, key);
+}
+
+void HfTokenizer::load_config(const std::string& config_path) {
+  const Json cfg = read_json_file(config_path);
+  if (!cfg.is_object()) throw_error(ErrorKind::kFormat, "{}: expected a JSON object", config_path);
+  bos_ = config_token(cfg, "bos_token", config_path);
+  eos_ = config_token(cfg, "eos_token", config_path);
+  const auto add_bos = json_bool(cfg, "add_bos_token", config_path);
+  const auto add_eos = json_bool(cfg, "add_eos_token", config_path);
+  if (!add_bos && !add_eos && had_post_processor_) return;
+  // transformers' update_post_processor: "[bos:0] $A:0 [eos:0]".
+  std::vector<int32_t> prefix, suffix;
+  auto resolve = [&](const std::optional<std::string>& token, const char* key) {
+    auto id = token_to_id(*token);
+    if (!id) {
+      throw_error(ErrorKind::kFormat, "{}: {} \"{}\" is not in the vocabulary of {}", config_path, key, *token, path_);
+    }
+    return *id;
+  };
+  if (add_bos.value_or(false) && bos_) prefix.push_back(resolve(bos_, "bos_token"));
+  if (add_eos.value_or(false) && eos_) suffix.push_back(resolve(eos_, "eos_token"));
+  post_processor_ = tok::make_bos_eos_processor(std::move(prefix), std::move(suffix));
+}
+
+std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  size_t bad = 0;
+  if (!unicode::is_valid_utf8(text, &bad)) {
+    throw_error(ErrorKind::kInvalidArgument, "tokenizer {}: input text is not valid UTF-8 (byte offset {})", path_, bad);
+  }
+  tok::Pieces pieces;
+  pieces.push_back(tok::Piece{std::string(text), -1, true});
+  // 1. Added tokens that match the raw text.
+  raw_matcher_.split(pieces);
+  // 2. Normalize what is left, then match the normalized added tokens.
+  if (normalizer_) {
+    for (tok::Piece& p : pieces)
+      if (p.id < 0) p.text = normalizer_->normalize(p.text);
+  }
+  normalized_matcher_.split(pieces);
+  // 3. Pre-tokenize, 4. run the model on each word.
+  if (pre_tokenizer_) pre_tokenizer_->pre_tokenize(pieces);
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  for (const tok::Piece& p : pieces) {
+    if (p.id >= 0) {
+      ids.push_back(p.id);
+    } else if (!p.text.empty()) {
+      model_->tokenize(p.text, ids);
+    }
+  }
+  // 5. Special tokens around the sequence.
+  if (add_special_tokens && post_processor_) post_processor_->process(ids);
+  return ids;
+}
+
+std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    const std::string* s = token_string(id);
+    if (!s) continue;  // unknown ids are dropped, as HF does
+    if (skip_special_tokens && special_contents_.count(*s)) continue;
+    tokens.push_back(*s);
+  }
+  if (decoder_) {
+    decoder_->decode_chain(tokens);
+    std::string out;
+    for (const auto& t : tokens) out += t;
+    return out;
+  }
+  std::string out;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i) out.push_back(' ');
+    out += tokens[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> Tokenizer::from_files(const std::string& tokenizer_json, const std::string& tokenizer_config_json) {
+  return std::make_unique<HfTokenizer>(tokenizer_json, tokenizer_config_json);
+}
+
+std::unique_ptr<Tokenizer> Tokenizer::from_folder(const std::string& folder) {
+  namespace fs = std::filesystem;
+  const fs::path dir(folder);
+  const fs::path json = dir / "tokenizer.json";
+  if (!fs::is_regular_file(json)) {
+    throw_error(ErrorKind::kNotFound, "{}: no tokenizer.json in this folder", folder);
+  }
+  const fs::path cfg = dir / "tokenizer_config.json";
+  return from_files(json.string(), fs::is_regular_file(cfg) ? cfg.string() : std::string());
+}
+
+// ---- streaming ---------------------------------------------------------------------------------
+
+StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens)
+    : tok_(tok), skip_special_(skip_special_tokens) {}
+
+namespace {
+// "<0xAB>": a byte-fallback token. HF's ByteFallback decoder turns a whole run of them into text
+// only once the run ends, and an invalid run becomes one U+FFFD per byte — so text that depends on
+// a run still growing may change and must not be emitted yet.
+bool is_byte_token(const std::string& t) {
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>';
+}
+}  // namespace
+
+std::string StreamingDecoder::push(int32_t id) {
+  ids_.push_back(id);
+  const std::string token = tok_.id_to_token(id);
+  if (token.empty() || (skip_special_ && tok_.is_special(id))) return {};  // decodes to nothing
+  if (is_byte_token(token)) return {};
+  // Decoding the whole sequence keeps the output exactly equal to decode(all ids) for every
+  // decoder (Metaspace and WordPiece treat the first token specially; byte fallback and byte-level
+  // tokens join across token boundaries). A trailing U+FFFD may still become a character when more
+  // bytes arrive, so text is held back until it no longer ends in one.
+  const std::string text = tok_.decode(ids_, skip_special_);
+  if (text.size() < emitted_bytes_) return {};
+  std::string_view view(text);
+  size_t end = unicode::complete_utf8_prefix(view);
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
+  if (view.substr(0, end).ends_with(kReplacement)) return {};
+  if (end <= emitted_bytes_) return {};
+  std::string out(view.substr(emitted_bytes_, end - emitted_bytes_));
+  emitted_bytes_ = end;
+  return out;
+}
+
+std::string StreamingDecoder::flush() {
+  const std::string text = tok_.decode(ids_, skip_special_);
+  if (text.size() <= emitted_bytes_) return {};
+  std::string out = text.substr(emitted_bytes_);
+  emitted_bytes_ = text.size();
+  return out;
+}
+
+}  // namespace vlm

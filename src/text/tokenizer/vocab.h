@@ -1,0 +1,168 @@
+// Compact hash tables for the hot paths of encoding: token string → id (keys stored in one arena,
+// open addressing, lookups by string_view without allocation) and (id, id) → merge (rank, new id).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace vlm::tok {
+
+inline uint64_t hash_bytes(std::string_view s) {
+  // 64-bit FNV-1a over 8-byte words, then a final avalanche (keys are short; this is enough).
+  uint64_t h = 0xcbf29ce484222325ull ^ s.size();
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+    h ^= h >> 29;
+  }
+  uint64_t tail = 0;
+  if (i < s.size()) std::memcpy(&tail, s.data() + i, s.size() - i);
+  h = (h ^ tail) * 0x9E3779B97F4A7C15ull;
+  h ^= h >> 32;
+  h *= 0xD6E8FEB86659FD93ull;
+  h ^= h >> 32;
+  return h;
+}
+
+class StringIdMap {
+ public:
+  void reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+  }
+  // Inserts or overwrites; returns true if the key was new.
+  bool insert(std::string_view key, int32_t id) {
+    if ((count_ + 1) * 2 > slots_.size()) grow();
+    const uint64_t h = hash_bytes(key);
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      Slot& s = slots_[i];
+      if (s.len == kEmpty) {
+        s = Slot{static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size()), id,
+                 static_cast<uint32_t>(h >> 32)};
+        arena_.append(key);
+        ++count_;
+        return true;
+      }
+      if (s.hash_hi == static_cast<uint32_t>(h >> 32) && key_of(s) == key) {
+        s.id = id;
+        return false;
+      }
+    }
+  }
+  const int32_t* find(std::string_view key) const {
+    if (slots_.empty()) return nullptr;
+    const uint64_t h = hash_bytes(key);
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.len == kEmpty) return nullptr;
+      if (s.hash_hi == static_cast<uint32_t>(h >> 32) && key_of(s) == key) return &s.id;
+    }
+  }
+  size_t size() const { return count_; }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (const Slot& s : slots_)
+      if (s.len != kEmpty) f(key_of(s), s.id);
+  }
+
+ private:
+  static constexpr uint32_t kEmpty = 0xFFFFFFFFu;
+  struct Slot {
+    uint32_t off = 0, len = kEmpty;
+    int32_t id = -1;
+    uint32_t hash_hi = 0;
+  };
+  std::string_view key_of(const Slot& s) const { return std::string_view(arena_).substr(s.off, s.len); }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    const size_t cap = old.empty() ? 16 : old.size() * 2;
+    slots_.assign(cap, Slot{});
+    mask_ = cap - 1;
+    for (const Slot& s : old) {
+      if (s.len == kEmpty) continue;
+      const uint64_t h = hash_bytes(key_of(s));
+      size_t i = h & mask_;
+      while (slots_[i].len != kEmpty) i = (i + 1) & mask_;
+      slots_[i] = s;
+    }
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t count_ = 0;
+  std::string arena_;
+};
+
+// (left id, right id) → (rank, merged id).
+class PairMap {
+ public:
+  struct Value {
+    int32_t rank;
+    int32_t new_id;
+  };
+  void reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    keys_.assign(cap, kEmpty);
+    vals_.assign(cap, Value{0, 0});
+    mask_ = cap - 1;
+  }
+  static uint64_t key(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+  // Keeps the first insertion for a pair (HF builds a HashMap from merges in order; a duplicate merge
+  // line overwrites in HF — see bpe.cpp, which resolves duplicates before calling this).
+  void set(int32_t a, int32_t b, Value v) {
+    if ((count_ + 1) * 2 > keys_.size()) grow();
+    const uint64_t k = key(a, b);
+    size_t i = mix(k) & mask_;
+    while (keys_[i] != kEmpty && keys_[i] != k) i = (i + 1) & mask_;
+    if (keys_[i] == kEmpty) ++count_;
+    keys_[i] = k;
+    vals_[i] = v;
+  }
+  const Value* find(int32_t a, int32_t b) const {
+    if (keys_.empty()) return nullptr;
+    const uint64_t k = key(a, b);
+    for (size_t i = mix(k) & mask_;; i = (i + 1) & mask_) {
+      if (keys_[i] == k) return &vals_[i];
+      if (keys_[i] == kEmpty) return nullptr;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  static uint64_t mix(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return k;
+  }
+  void grow() {
+    std::vector<uint64_t> ok = std::move(keys_);
+    std::vector<Value> ov = std::move(vals_);
+    const size_t cap = ok.empty() ? 16 : ok.size() * 2;
+    keys_.assign(cap, kEmpty);
+    vals_.assign(cap, Value{0, 0});
+    mask_ = cap - 1;
+    for (size_t j = 0; j < ok.size(); ++j) {
+      if (ok[j] == kEmpty) continue;
+      size_t i = mix(ok[j]) & mask_;
+      while (keys_[i] != kEmpty) i = (i + 1) & mask_;
+      keys_[i] = ok[j];
+      vals_[i] = ov[j];
+    }
+  }
+  std::vector<uint64_t> keys_;
+  std::vector<Value> vals_;
+  size_t mask_ = 0;
+  size_t count_ = 0;
+};
+
+}  // namespace vlm::tok
