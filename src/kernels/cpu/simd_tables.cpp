@@ -6,8 +6,8 @@
 
 namespace vlm::ops::cpu {
 
-const KernelTable& avx512_table(bool /*bf16*/) {
-  static const KernelTable t = [] {
+const KernelTable& avx512_table(bool bf16) {
+  static const KernelTable plain = [] {
     KernelTable k;
     k.linear = avx512::linear;
     k.embedding = avx512::embedding;
@@ -25,7 +25,12 @@ const KernelTable& avx512_table(bool /*bf16*/) {
     k.softcap = avx512::softcap;
     return k;
   }();
-  return t;
+  static const KernelTable with_bf16 = [] {
+    KernelTable k = plain;
+    k.linear = avx512::linear_bf16;
+    return k;
+  }();
+  return bf16 ? with_bf16 : plain;
 }
 
 const KernelTable& avx2_table() {

@@ -1,0 +1,282 @@
+// Kernel benchmark: the machine's measured limits and how close the CPU kernels get to them.
+//   1. read bandwidth: AVX-512 sum over a 1 GiB buffer on all pool threads (the decode roofline);
+//   2. FMA peak: register-only f32 FMAs on all threads (the compute roofline);
+//   3. matrix throughput: ops::linear as GEMM at a prefill-like size (f32, bf16, 4-bit g64);
+//   4. decode GEMV: one token through every linear of a SmolLM2-135M-shaped and a
+//      Qwen2.5-0.5B-shaped model (all layers + tied LM head, real sizes, random weights) in bf16 and
+//      MLX 4-bit g64 — bytes read per token / time = effective GB/s, and its fraction of (1);
+//   5. prefill GEMM on the same model shapes (all linears, 256 tokens), GFLOP/s vs (2).
+// Each measurement: warm-up, repetitions, median with min/max; raw samples printed at the end.
+// Usage: bench_kernels [--reps N] [--quick]   (--quick: fewer reps, skips the Qwen prefill)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/quant.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "kernels/ops.h"
+
+using namespace vlm;
+
+namespace {
+
+// Wall time is what a user sees; process CPU time divided by the pool size says what the kernels
+// would do with the cores to themselves (this dev machine is shared, so both are reported).
+double process_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+struct Stats {
+  std::string name;
+  std::vector<double> samples;      // wall seconds
+  std::vector<double> cpu_samples;  // process CPU seconds / threads
+  double median() const {
+    std::vector<double> s = samples;
+    std::sort(s.begin(), s.end());
+    return s[s.size() / 2];
+  }
+  double min() const { return *std::min_element(samples.begin(), samples.end()); }
+  double max() const { return *std::max_element(samples.begin(), samples.end()); }
+  double cpu_median() const {
+    std::vector<double> s = cpu_samples;
+    std::sort(s.begin(), s.end());
+    return s[s.size() / 2];
+  }
+};
+
+std::vector<Stats> g_all;
+
+Stats measure(const std::string& name, int warmup, int reps, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  Stats st{name, {}, {}};
+  const double threads = ThreadPool::global().num_threads();
+  for (int i = 0; i < reps; ++i) {
+    double c0 = process_cpu_seconds();
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    st.samples.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    st.cpu_samples.push_back((process_cpu_seconds() - c0) / threads);
+  }
+  g_all.push_back(st);
+  return st;
+}
+
+// Fast deterministic fill (xorshift), so 1 GiB of weights does not take minutes.
+struct Rng {
+  uint64_t s = 0x9e3779b97f4a7c15ull;
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+  float uniform() { return static_cast<float>(next() >> 40) / static_cast<float>(1 << 24) * 2.0f - 1.0f; }
+};
+
+__attribute__((target("avx512f"))) float sum_avx512(const float* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+__attribute__((target("avx512f,fma"))) float fma_loop(int64_t iters) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
+  const __m512 m = _mm512_set1_ps(0.9999f), a = _mm512_set1_ps(1e-4f);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], m, a);
+  __m512 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+ops::Weight make_dense(int64_t rows, int64_t cols, DType dt, Rng& rng) {
+  std::vector<float> tmp(static_cast<size_t>(cols));
+  Tensor t = Tensor::empty({rows, cols}, dt, MemCategory::kWeights);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& v : tmp) v = rng.uniform() * 0.05f;
+    convert_from_f32(tmp.data(), dt, static_cast<char*>(t.raw()) + r * cols * dtype_size(dt), tmp.size());
+  }
+  ops::Weight w;
+  w.dense = t;
+  return w;
+}
+
+ops::Weight make_q(int64_t rows, int64_t cols, int bits, int group, Rng& rng) {
+  ops::Weight w;
+  w.quantized = true;
+  QuantizedMatrix& m = w.quant;
+  m.rows = rows;
+  m.cols = cols;
+  m.spec = {bits, group};
+  m.packed = Tensor::empty({rows, cols * bits / 32}, DType::kU32, MemCategory::kWeights);
+  for (int64_t i = 0; i < m.packed.numel(); ++i) m.packed.data<uint32_t>()[i] = static_cast<uint32_t>(rng.next());
+  m.scales = Tensor::empty({rows, cols / group}, DType::kBF16, MemCategory::kWeights);
+  m.biases = Tensor::empty({rows, cols / group}, DType::kBF16, MemCategory::kWeights);
+  for (int64_t i = 0; i < m.scales.numel(); ++i) {
+    m.scales.data<uint16_t>()[i] = f32_to_bf16(rng.uniform() * 0.01f);
+    m.biases.data<uint16_t>()[i] = f32_to_bf16(rng.uniform() * 0.1f);
+  }
+  return w;
+}
+
+struct ModelShape {
+  const char* name;
+  int64_t hidden, intermediate, layers, heads, kv_heads, head_dim, vocab;
+};
+
+struct Model {
+  std::vector<ops::Weight> linears;  // every per-layer linear, then the tied LM head
+  double bytes = 0, flops_per_token = 0;
+};
+
+Model build_model(const ModelShape& s, bool quant, Rng& rng) {
+  Model m;
+  auto add = [&](int64_t out, int64_t in) {
+    m.linears.push_back(quant ? make_q(out, in, 4, 64, rng) : make_dense(out, in, DType::kBF16, rng));
+    m.bytes += static_cast<double>(m.linears.back().nbytes());
+    m.flops_per_token += 2.0 * static_cast<double>(out) * static_cast<double>(in);
+  };
+  const int64_t q = s.heads * s.head_dim, kv = s.kv_heads * s.head_dim;
+  for (int64_t l = 0; l < s.layers; ++l) {
+    add(q, s.hidden);
+    add(kv, s.hidden);
+    add(kv, s.hidden);
+    add(s.hidden, q);
+    add(s.intermediate, s.hidden);
+    add(s.intermediate, s.hidden);
+    add(s.hidden, s.intermediate);
+  }
+  add(s.vocab, s.hidden);  // tied LM head (reads the whole embedding)
+  return m;
+}
+
+void run_model(const Model& m, const float* x, int64_t n, float* y) {
+  for (const ops::Weight& w : m.linears) ops::linear(x, n, w, Tensor(), y);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 7;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  if (quick) reps = std::min(reps, 3);
+  ThreadPool& pool = ThreadPool::global();
+  const int threads = pool.num_threads();
+  char date[64];
+  std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  std::printf("# bench_kernels  %s  threads=%d  kernel path=%s  reps=%d\n\n", date, threads, ops::cpu_kernel_path(),
+              reps);
+
+  // 1. Read bandwidth.
+  const int64_t n_floats = (int64_t{1} << 30) / 4;
+  Tensor buf = Tensor::empty({n_floats}, DType::kF32, MemCategory::kOther);
+  float* p = buf.data<float>();
+  pool.parallel_for(n_floats, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] = 1.0f;
+  });
+  std::vector<float> partial(static_cast<size_t>(threads));
+  Stats bw = measure("read bandwidth 1 GiB", 1, reps, [&] {
+    pool.parallel_for(threads, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        int64_t chunk = n_floats / threads;
+        partial[t] = sum_avx512(p + t * chunk, chunk);
+      }
+    });
+  });
+  buf = Tensor();
+  const double bw_gbs = 1.073741824 / bw.median();
+  std::printf("read bandwidth (AVX-512 sum, 1 GiB, %d threads): %.1f GB/s (min %.1f, max %.1f)\n", threads, bw_gbs,
+              1.073741824 / bw.max(), 1.073741824 / bw.min());
+
+  // 2. FMA peak.
+  const int64_t iters = 20'000'000;
+  Stats pk = measure("f32 FMA peak", 1, reps, [&] {
+    pool.parallel_for(threads, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) partial[t] = fma_loop(iters);
+    });
+  });
+  const double peak = 2.0 * 16 * 12 * static_cast<double>(iters) * threads / pk.median() / 1e9;
+  std::printf("f32 FMA peak (register-only, %d threads): %.0f GFLOP/s\n\n", threads, peak);
+
+  // 3. GEMM at a prefill-like size: 512 tokens through a 4864 x 896 matrix (Qwen2.5-0.5B MLP up).
+  Rng rng;
+  {
+    const int64_t n = 512, out = 4864, in = 896;
+    std::vector<float> x(static_cast<size_t>(n * in)), y(static_cast<size_t>(n * out));
+    for (auto& v : x) v = rng.uniform();
+    const double flops = 2.0 * n * out * in;
+    std::printf("| GEMM %lld x %lld x %lld | median ms | GFLOP/s | of FMA peak |\n|---|---:|---:|---:|\n",
+                static_cast<long long>(n), static_cast<long long>(out), static_cast<long long>(in));
+    struct G {
+      const char* name;
+      ops::Weight w;
+    };
+    std::vector<G> gs = {{"f32", make_dense(out, in, DType::kF32, rng)},
+                         {"bf16", make_dense(out, in, DType::kBF16, rng)},
+                         {"q4 g64", make_q(out, in, 4, 64, rng)},
+                         {"q8 g64", make_q(out, in, 8, 64, rng)}};
+    for (auto& g : gs) {
+      Stats st = measure(std::string("gemm ") + g.name, 1, reps, [&] { ops::linear(x.data(), n, g.w, Tensor(), y.data()); });
+      double gf = flops / st.median() / 1e9;
+      std::printf("| %s | %.2f (%.2f-%.2f) | %.0f | %.0f%% |\n", g.name, st.median() * 1e3, st.min() * 1e3,
+                  st.max() * 1e3, gf, 100.0 * gf / peak);
+    }
+    std::printf("\n");
+  }
+
+  // 4./5. Model-shaped decode and prefill.
+  const ModelShape shapes[] = {{"SmolLM2-135M", 576, 1536, 30, 9, 3, 64, 49152},
+                               {"Qwen2.5-0.5B", 896, 4864, 24, 14, 2, 64, 151936}};
+  std::printf("| model | weights | MB read/token | decode ms/token (min-max) | GB/s | of measured BW | prefill 256 tok GFLOP/s | of FMA peak |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
+  for (const ModelShape& s : shapes) {
+    for (bool quant : {false, true}) {
+      Model m = build_model(s, quant, rng);
+      int64_t max_out = 0;
+      for (auto& w : m.linears) max_out = std::max(max_out, w.rows());
+      std::vector<float> x(static_cast<size_t>(256 * s.intermediate)), y(static_cast<size_t>(256 * max_out));
+      for (auto& v : x) v = rng.uniform();
+      const std::string tag = std::string(s.name) + (quant ? " q4g64" : " bf16");
+      Stats dec = measure("decode " + tag, 2, reps * 2, [&] { run_model(m, x.data(), 1, y.data()); });
+      double gbs = m.bytes / dec.median() / 1e9;
+      double pf_gflops = 0;
+      if (!(quick && s.hidden > 600)) {
+        Stats pf = measure("prefill256 " + tag, 1, std::max(2, reps / 2), [&] { run_model(m, x.data(), 256, y.data()); });
+        pf_gflops = m.flops_per_token * 256 / pf.median() / 1e9;
+      }
+      std::printf("| %s | %s | %.0f | %.2f (%.2f-%.2f) | %.1f | %.0f%% | %.0f | %.0f%% |\n", s.name,
+                  quant ? "4-bit g64 (bf16 scales)" : "bf16", m.bytes / 1e6, dec.median() * 1e3, dec.min() * 1e3,
+                  dec.max() * 1e3, gbs, 100.0 * gbs / bw_gbs, pf_gflops, 100.0 * pf_gflops / peak);
+    }
+  }
+
+  std::printf("\nraw samples (seconds):\n");
+  for (const Stats& st : g_all) {
+    std::printf("  %-34s", st.name.c_str());
+    for (double v : st.samples) std::printf(" %.6f", v);
+    std::printf("\n");
+  }
+  return 0;
+}
