@@ -210,6 +210,12 @@ int main(int argc, char** argv) {
   std::printf("read bandwidth (AVX-512 sum, 1 GiB, %d threads): %.1f GB/s (min %.1f, max %.1f)\n", threads, bw_gbs,
               1.073741824 / bw.max(), 1.073741824 / bw.min());
 
+  // Pool round trip: the fixed cost of every multithreaded kernel call.
+  Stats rt = measure("pool round trip x1000", 1, reps, [&] {
+    for (int i = 0; i < 1000; ++i) pool.parallel_for(threads, [](int64_t, int64_t) {});
+  });
+  std::printf("ThreadPool parallel_for round trip: %.1f us (wall, median of %d x 1000)\n", rt.median() * 1e3, reps);
+
   // 2. FMA peak.
   const int64_t iters = 20'000'000;
   Stats pk = measure("f32 FMA peak", 1, reps, [&] {

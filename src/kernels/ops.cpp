@@ -1,7 +1,7 @@
 // The op entry points of kernels/ops.h for the CPU: argument validation (typed errors naming the op
 // and the expected vs actual values), then dispatch to the SIMD table for this CPU or the scalar
-// reference. The path is detected once; VLMCHECK_KERNELS=scalar or force_scalar_kernels(true)
-// selects the reference (the conformance tests run every op both ways).
+// reference. The path is detected once; VLMCHECK_KERNELS=<path> or set_cpu_kernel_path() select a
+// lower one (the conformance tests run every op on every path this CPU has).
 #include "kernels/ops.h"
 
 #include <atomic>
@@ -34,15 +34,44 @@ Path hardware_path() {
   return p;
 }
 
-std::atomic<bool>& forced_scalar() {
-  static std::atomic<bool> on{[] {
-    const char* env = std::getenv("VLMCHECK_KERNELS");
-    return env != nullptr && std::strcmp(env, "scalar") == 0;
-  }()};
-  return on;
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::kAvx512Bf16: return "avx512bf16";
+    case Path::kAvx512: return "avx512";
+    case Path::kAvx2: return "avx2";
+    case Path::kScalar: return "scalar";
+  }
+  return "scalar";
 }
 
-Path active_path() { return forced_scalar().load(std::memory_order_relaxed) ? Path::kScalar : hardware_path(); }
+// Paths are ordered: a CPU that runs one runs every lower one.
+bool parse_path(const std::string& name, Path& out) {
+  for (Path p : {Path::kScalar, Path::kAvx2, Path::kAvx512, Path::kAvx512Bf16})
+    if (name == path_name(p)) {
+      out = p;
+      return true;
+    }
+  return false;
+}
+
+constexpr int kAuto = -1;
+
+// The selected path (a Path value) or kAuto; starts from VLMCHECK_KERNELS.
+std::atomic<int>& selected_path() {
+  static std::atomic<int> sel{[] {
+    const char* env = std::getenv("VLMCHECK_KERNELS");
+    Path p;
+    if (env != nullptr && parse_path(env, p) && static_cast<int>(p) <= static_cast<int>(hardware_path()))
+      return static_cast<int>(p);
+    return kAuto;
+  }()};
+  return sel;
+}
+
+Path active_path() {
+  int sel = selected_path().load(std::memory_order_relaxed);
+  return sel == kAuto ? hardware_path() : static_cast<Path>(sel);
+}
 
 const cpu::KernelTable& ref_table() {
   static const cpu::KernelTable t = [] {
@@ -110,17 +139,26 @@ void check_weight(const Weight& w, const char* op) {
 
 }  // namespace
 
-const char* cpu_kernel_path() {
-  switch (active_path()) {
-    case Path::kAvx512Bf16: return "avx512bf16";
-    case Path::kAvx512: return "avx512";
-    case Path::kAvx2: return "avx2";
-    case Path::kScalar: return "scalar";
+const char* cpu_kernel_path() { return path_name(active_path()); }
+
+void force_scalar_kernels(bool on) { selected_path().store(on ? static_cast<int>(Path::kScalar) : kAuto); }
+
+bool set_cpu_kernel_path(const std::string& name) {
+  if (name == "auto") {
+    selected_path().store(kAuto);
+    return true;
   }
-  return "scalar";
+  Path p;
+  if (!parse_path(name, p) || static_cast<int>(p) > static_cast<int>(hardware_path())) return false;
+  selected_path().store(static_cast<int>(p));
+  return true;
 }
 
-void force_scalar_kernels(bool on) { forced_scalar().store(on); }
+std::vector<std::string> cpu_kernel_paths() {
+  std::vector<std::string> out;
+  for (int p = static_cast<int>(hardware_path()); p >= 0; --p) out.emplace_back(path_name(static_cast<Path>(p)));
+  return out;
+}
 
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
   check_weight(w, "linear");

@@ -1,11 +1,11 @@
 // Backend conformance in one table (after ggml's test-backend-ops): every op of the CPU dispatch
-// table runs on model-shaped random inputs twice — on the scalar reference (force_scalar_kernels)
-// and on this CPU's SIMD path — and the two must agree within the op's NMSE bound. An op listed in
+// table runs on model-shaped random inputs on the scalar reference and on every SIMD path this CPU
+// can run (avx2, avx512, avx512bf16 via set_cpu_kernel_path), and each must agree with the reference
+// within the op's NMSE bound. An op listed in
 // kKernelOps without a case here is a failure, so new ops cannot skip conformance.
 #include <gtest/gtest.h>
 
 #include <functional>
-#include <map>
 #include <numeric>
 #include <set>
 
@@ -38,6 +38,9 @@ std::vector<Case> build_cases() {
   for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
     weights.emplace_back(dtype_name(dt), dense_weight(random_tensor(*rng, {200, 576}, dt)));
   weights.emplace_back("bf16 ragged", dense_weight(random_tensor(*rng, {45, 200}, DType::kBF16)));
+  // Large enough that decode runs multithreaded (kernels keep small jobs on the calling thread).
+  weights.emplace_back("bf16 threaded", dense_weight(random_tensor(*rng, {1024, 576}, DType::kBF16)));
+  weights.emplace_back("q4g64 threaded", random_quantized(*rng, 1024, 576, 4, 64, DType::kBF16));
   for (int bits : {2, 3, 4, 5, 6, 8})
     for (int group : {32, 64, 128})
       weights.emplace_back("q" + std::to_string(bits) + "g" + std::to_string(group),
@@ -191,19 +194,20 @@ TEST(KernelConformance, EveryOpHasACase) {
   }
 }
 
-TEST(KernelConformance, SimdPathMatchesScalarReference) {
-  std::string path = ops::cpu_kernel_path();
-  if (path == "scalar") GTEST_SKIP() << "this CPU (or VLMCHECK_KERNELS=scalar) has only the reference path";
-  std::map<std::string, int> per_op;
-  for (const Case& c : build_cases()) {
-    ops::force_scalar_kernels(true);
+TEST(KernelConformance, EverySimdPathMatchesScalarReference) {
+  std::vector<std::string> paths = ops::cpu_kernel_paths();
+  if (paths.size() == 1) GTEST_SKIP() << "this CPU has only the reference path";
+  const std::vector<Case> cases = build_cases();
+  for (const Case& c : cases) {
+    ASSERT_TRUE(ops::set_cpu_kernel_path("scalar"));
     std::vector<float> want = c.run();
-    ops::force_scalar_kernels(false);
-    std::vector<float> got = c.run();
-    ASSERT_EQ(got.size(), want.size());
-    double e = nmse(got.data(), to_double(want));
-    EXPECT_LE(e, c.tol) << c.op << " [" << c.what << "] on " << path;
-    ++per_op[c.op];
+    for (const std::string& path : paths) {
+      if (path == "scalar") continue;
+      ASSERT_TRUE(ops::set_cpu_kernel_path(path));
+      std::vector<float> got = c.run();
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_LE(nmse(got.data(), to_double(want)), c.tol) << c.op << " [" << c.what << "] on " << path;
+    }
   }
-  for (auto& [op, n] : per_op) RecordProperty(op, n);
+  ops::set_cpu_kernel_path("auto");
 }

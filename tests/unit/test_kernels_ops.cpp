@@ -19,10 +19,12 @@ namespace {
 
 constexpr double kTol = 1e-10;
 
-class KernelOps : public ::testing::TestWithParam<bool> {
+class KernelOps : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { ops::force_scalar_kernels(GetParam()); }
-  void TearDown() override { ops::force_scalar_kernels(false); }
+  void SetUp() override {
+    if (!ops::set_cpu_kernel_path(GetParam())) GTEST_SKIP() << "this CPU has no " << GetParam() << " path";
+  }
+  void TearDown() override { ops::set_cpu_kernel_path("auto"); }
   std::mt19937 rng_{1234};
 };
 
@@ -349,8 +351,8 @@ TEST_P(KernelOps, ElementwiseHelpers) {
       "softcap");
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, KernelOps, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? std::string("scalar") : std::string("simd"); });
+INSTANTIATE_TEST_SUITE_P(Paths, KernelOps, ::testing::Values("scalar", "avx2", "avx512", "avx512bf16"),
+                         [](const auto& info) { return info.param; });
 
 TEST(KernelErrors, BadArgumentsThrowTypedErrorsNamingTheOp) {
   std::mt19937 rng(7);
@@ -381,9 +383,17 @@ TEST(KernelErrors, BadArgumentsThrowTypedErrorsNamingTheOp) {
   EXPECT_THROW(ops::linear(x.data(), 1, q, Tensor(), y.data()), Error);
 }
 
-TEST(KernelPath, ReportsAPathAndForcingScalarSticks) {
+TEST(KernelPath, SelectingPathsAndForcingScalar) {
+  std::vector<std::string> paths = ops::cpu_kernel_paths();
+  ASSERT_FALSE(paths.empty());
+  EXPECT_EQ(paths.back(), "scalar");
   std::string native = ops::cpu_kernel_path();
-  EXPECT_TRUE(native == "avx512bf16" || native == "avx512" || native == "avx2" || native == "scalar") << native;
+  EXPECT_EQ(native, paths.front());
+  for (const std::string& p : paths) {
+    EXPECT_TRUE(ops::set_cpu_kernel_path(p));
+    EXPECT_EQ(std::string(ops::cpu_kernel_path()), p);
+  }
+  EXPECT_FALSE(ops::set_cpu_kernel_path("neon"));
   ops::force_scalar_kernels(true);
   EXPECT_STREQ(ops::cpu_kernel_path(), "scalar");
   ops::force_scalar_kernels(false);

@@ -1,7 +1,8 @@
 // The SIMD dispatch tables. Compiled for baseline x86-64 (no target attributes here) so building
 // the tables is safe on any CPU; the entries point into the target-attributed kernel files.
-// No AVX2-only kernels exist yet: on AVX2 machines every op runs the scalar reference.
+// The AVX2 table vectorises linear and embedding; its other ops run the scalar reference.
 #include "kernels/cpu/cpu_dispatch.h"
+#include "kernels/cpu/simd_avx2.h"
 #include "kernels/cpu/simd_avx512.h"
 
 namespace vlm::ops::cpu {
@@ -34,7 +35,12 @@ const KernelTable& avx512_table(bool bf16) {
 }
 
 const KernelTable& avx2_table() {
-  static const KernelTable t;
+  static const KernelTable t = [] {
+    KernelTable k;
+    k.linear = avx2::linear;
+    k.embedding = avx2::embedding;
+    return k;
+  }();
   return t;
 }
 

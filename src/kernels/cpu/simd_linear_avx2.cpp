@@ -1,0 +1,348 @@
+// AVX2 linear: the same two strategies as simd_linear_avx512.cpp at 8 lanes.
+// Decode: each 32-element chunk of a row decodes into four __m256; bf16, 4-bit and 2-bit chunks come
+// out as (even, odd) element pairs per 16 elements, matched by a per-16 permuted copy of x;
+// quantized rows accumulate Σq·x per group, apply the scale once, and add b·Σx. Prefill: rows are
+// decoded to f32, transposed into 16-row panels and swept by a 6-token x 16-row microkernel
+// (12 ymm accumulators).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "core/quant.h"
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/simd_avx2.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace vlm::ops::cpu::avx2 {
+namespace {
+
+constexpr int64_t kGemmMinTokens = 8;
+constexpr int64_t kKc = 256;
+constexpr int kNr = 16;
+constexpr int kMr = 6;
+
+enum class Fmt { kF32, kF16, kBF16, kQ2, kQ3, kQ4, kQ5, kQ6, kQ8 };
+
+Fmt format_of(const Weight& w) {
+  if (!w.quantized) {
+    switch (w.dense.dtype()) {
+      case DType::kF16: return Fmt::kF16;
+      case DType::kBF16: return Fmt::kBF16;
+      default: return Fmt::kF32;
+    }
+  }
+  switch (w.quant.spec.bits) {
+    case 2: return Fmt::kQ2;
+    case 3: return Fmt::kQ3;
+    case 4: return Fmt::kQ4;
+    case 5: return Fmt::kQ5;
+    case 6: return Fmt::kQ6;
+    default: return Fmt::kQ8;
+  }
+}
+
+constexpr bool is_paired(Fmt f) { return f == Fmt::kBF16 || f == Fmt::kQ4 || f == Fmt::kQ2; }
+constexpr bool is_quant(Fmt f) { return f != Fmt::kF32 && f != Fmt::kF16 && f != Fmt::kBF16; }
+constexpr int bits_of(Fmt f) {
+  return f == Fmt::kQ2 ? 2 : f == Fmt::kQ3 ? 3 : f == Fmt::kQ4 ? 4 : f == Fmt::kQ5 ? 5 : f == Fmt::kQ6 ? 6 : 8;
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Permute/shift tables for a 32-element chunk of a B-bit stream (B dwords): lane i of quarter q
+// starts at bit (8q + i) * B; only the chunk's B dwords are loaded (masked: never past the row).
+template <int B>
+struct StreamIdx8 {
+  __m256i word[4], word_next[4], shift[4], shift_next[4], load_mask;
+  StreamIdx8() {
+    alignas(32) int32_t w[8], wn[8], s[8], sn[8], lm[8];
+    for (int q = 0; q < 4; ++q) {
+      for (int i = 0; i < 8; ++i) {
+        int bit = (8 * q + i) * B;
+        w[i] = bit / 32;
+        wn[i] = std::min(bit / 32 + 1, 7);
+        s[i] = bit % 32;
+        sn[i] = 32 - bit % 32;  // shifting by 32 gives 0: no spill
+      }
+      word[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+      word_next[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wn));
+      shift[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
+      shift_next[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(sn));
+    }
+    for (int i = 0; i < 8; ++i) lm[i] = i < B ? -1 : 0;
+    load_mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lm));
+  }
+};
+
+// Chunk c (32 elements) of a row as four vectors v[0..3]: for paired formats v[2h], v[2h+1] are the
+// even / odd elements of the h-th 16; otherwise elements 8i..8i+7 in v[i].
+template <Fmt F>
+inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
+  if constexpr (F == Fmt::kF32) {
+    const float* p = static_cast<const float*>(row) + 32 * c;
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(p + 8 * i);
+  } else if constexpr (F == Fmt::kF16) {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + 32 * c;
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * i)));
+  } else if constexpr (F == Fmt::kBF16) {
+    const uint16_t* p = static_cast<const uint16_t*>(row) + 32 * c;
+    for (int h = 0; h < 2; ++h) {
+      __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 * h));
+      v[2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+      v[2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+  } else if constexpr (F == Fmt::kQ4) {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + 16 * c;
+    for (int h = 0; h < 2; ++h) {
+      __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
+      v[2 * h] = _mm256_cvtepi32_ps(_mm256_and_si256(w, _mm256_set1_epi32(15)));
+      v[2 * h + 1] = _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4));
+    }
+  } else if constexpr (F == Fmt::kQ2) {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + 8 * c;
+    for (int h = 0; h < 2; ++h) {
+      __m128i b4 = _mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(p + 4 * h));
+      __m256i w = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b4, b4));  // lane l: byte l/2
+      w = _mm256_srlv_epi32(w, _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
+      v[2 * h] = _mm256_cvtepi32_ps(_mm256_and_si256(w, _mm256_set1_epi32(3)));
+      v[2 * h + 1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(w, 2), _mm256_set1_epi32(3)));
+    }
+  } else if constexpr (F == Fmt::kQ8) {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + 32 * c;
+    for (int i = 0; i < 4; ++i)
+      v[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * i))));
+  } else {
+    // 3/5/6-bit stream: the chunk is B dwords; lane i of quarter q starts at bit (8q + i) * B.
+    constexpr int B = bits_of(F);
+    static const StreamIdx8<B> idx;
+    const uint32_t* p = static_cast<const uint32_t*>(row) + B * c;
+    __m256i words = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), idx.load_mask);
+    const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
+    for (int q = 0; q < 4; ++q) {
+      __m256i lo = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(words, idx.word[q]), idx.shift[q]);
+      __m256i hi = _mm256_sllv_epi32(_mm256_permutevar8x32_epi32(words, idx.word_next[q]), idx.shift_next[q]);
+      v[q] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_or_si256(lo, hi), mask));
+    }
+  }
+}
+
+const void* row_ptr(const Weight& w, int64_t r) {
+  if (w.quantized) return w.quant.packed.data<uint32_t>() + r * w.quant.words_per_row();
+  return static_cast<const char*>(w.dense.raw()) + r * w.cols() * dtype_size(w.dense.dtype());
+}
+
+float scalar_at(const void* row, Fmt f, int64_t i) {
+  switch (f) {
+    case Fmt::kF16: return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    case Fmt::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
+    default: return static_cast<const float*>(row)[i];
+  }
+}
+
+// x permuted per 16 elements into (even 8, odd 8) for paired formats; Σx per group.
+void prepare_x(const float* x, int64_t k, Fmt f, int group, std::vector<float>& perm, std::vector<float>& gsum) {
+  if (is_paired(f)) {
+    perm.assign(x, x + k);
+    for (int64_t c = 0; c + 16 <= k / 32 * 32; c += 16)
+      for (int l = 0; l < 8; ++l) {
+        perm[c + l] = x[c + 2 * l];
+        perm[c + 8 + l] = x[c + 2 * l + 1];
+      }
+  }
+  if (is_quant(f)) {
+    gsum.assign(static_cast<size_t>(k / group), 0.0f);
+    for (int64_t c = 0; c < k; ++c) gsum[c / group] += x[c];
+  }
+}
+
+template <Fmt F>
+float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const float* gsum) {
+  const int64_t k = w.cols();
+  const void* row = row_ptr(w, r);
+  __m256 acc = _mm256_setzero_ps();
+  float tail = 0.0f;
+  if constexpr (!is_quant(F)) {
+    __m256 a[4] = {acc, acc, acc, acc};
+    const int64_t chunks = k / 32;
+    for (int64_t c = 0; c < chunks; ++c) {
+      __m256 v[4];
+      decode_chunk<F>(row, c, v);
+      for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
+    }
+    acc = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+    for (int64_t j = chunks * 32; j < k; ++j) tail += scalar_at(row, F, j) * x[j];
+  } else {
+    const QuantizedMatrix& m = w.quant;
+    const int64_t gs = m.spec.group_size, groups = k / gs;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int64_t c = g * gs / 32; c < (g + 1) * gs / 32; ++c) {
+        __m256 v[4];
+        decode_chunk<F>(row, c, v);
+        for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
+      }
+      const int64_t gi = r * groups + g;
+      float s = load_f32(m.scales.raw(), m.scales.dtype(), gi), b = load_f32(m.biases.raw(), m.biases.dtype(), gi);
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
+                            acc);
+      tail += b * gsum[g];
+    }
+  }
+  return hsum(acc) + tail;
+}
+
+template <Fmt F>
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const int64_t rows = w.rows(), k = w.cols();
+  std::vector<float> perm, gsum;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xt = x + t * k;
+    prepare_x(xt, k, F, w.quantized ? w.quant.spec.group_size : 32, perm, gsum);
+    const float* xv = is_paired(F) ? perm.data() : xt;
+    float* yt = y + t * rows;
+    parallel_for(rows, k, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) yt[r] = dot_row<F>(w, r, xt, xv, gsum.data()) + (bias ? bias[r] : 0.0f);
+    });
+  }
+}
+
+// Row r, inputs [k0, k0 + kc), f32 natural order.
+template <Fmt F>
+void decode_segment(const Weight& w, int64_t r, int64_t k0, int64_t kc, float* out) {
+  const void* row = row_ptr(w, r);
+  const int64_t chunks = kc / 32;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t cc = k0 / 32 + c;
+    __m256 v[4];
+    decode_chunk<F>(row, cc, v);
+    alignas(32) float tmp[32];
+    for (int i = 0; i < 4; ++i) _mm256_store_ps(tmp + 8 * i, v[i]);
+    float* o = out + 32 * c;
+    if constexpr (is_paired(F)) {
+      for (int h = 0; h < 2; ++h)
+        for (int l = 0; l < 8; ++l) {
+          o[16 * h + 2 * l] = tmp[16 * h + l];
+          o[16 * h + 2 * l + 1] = tmp[16 * h + 8 + l];
+        }
+    } else {
+      for (int i = 0; i < 32; ++i) o[i] = tmp[i];
+    }
+    if constexpr (is_quant(F)) {
+      const int64_t gs = w.quant.spec.group_size, gi = r * (w.cols() / gs) + cc * 32 / gs;
+      float s = load_f32(w.quant.scales.raw(), w.quant.scales.dtype(), gi);
+      float b = load_f32(w.quant.biases.raw(), w.quant.biases.dtype(), gi);
+      for (int i = 0; i < 32; ++i) o[i] = o[i] * s + b;
+    }
+  }
+  for (int64_t j = chunks * 32; j < kc; ++j) out[j] = scalar_at(row, F, k0 + j);
+}
+
+template <int MT>
+void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, int nr,
+                  const float* init, bool first) {
+  __m256 c0[MT], c1[MT];
+  alignas(32) float buf[MT][16];
+  for (int t = 0; t < MT; ++t) {
+    for (int i = 0; i < 16; ++i) buf[t][i] = i < nr ? (first ? (init ? init[i] : 0.0f) : y[t * ldy + i]) : 0.0f;
+    c0[t] = _mm256_load_ps(buf[t]);
+    c1[t] = _mm256_load_ps(buf[t] + 8);
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 w0 = _mm256_load_ps(panel + k * kNr), w1 = _mm256_load_ps(panel + k * kNr + 8);
+    for (int t = 0; t < MT; ++t) {
+      __m256 xb = _mm256_broadcast_ss(x + t * ldx + k);
+      c0[t] = _mm256_fmadd_ps(xb, w0, c0[t]);
+      c1[t] = _mm256_fmadd_ps(xb, w1, c1[t]);
+    }
+  }
+  for (int t = 0; t < MT; ++t) {
+    _mm256_store_ps(buf[t], c0[t]);
+    _mm256_store_ps(buf[t] + 8, c1[t]);
+    for (int i = 0; i < nr; ++i) y[t * ldy + i] = buf[t][i];
+  }
+}
+
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int, const float*, bool);
+constexpr MicroFn kMicro[kMr + 1] = {nullptr,         micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
+                                     micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
+
+template <Fmt F>
+void gemm(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const int64_t rows = w.rows(), k = w.cols();
+  parallel_for((rows + kNr - 1) / kNr, n * k * kNr, [&](int64_t b0, int64_t b1) {
+    std::vector<float> seg(static_cast<size_t>(kNr * kKc));
+    std::vector<float> panel_store(static_cast<size_t>(kNr * kKc + 8));
+    float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(panel_store.data()) + 31) & ~uintptr_t{31});
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kNr;
+      const int nr = static_cast<int>(std::min<int64_t>(kNr, rows - r0));
+      for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+        const int64_t kc = std::min(kKc, k - k0);
+        for (int i = 0; i < nr; ++i) decode_segment<F>(w, r0 + i, k0, kc, seg.data() + i * kKc);
+        for (int64_t kk = 0; kk < kc; ++kk)
+          for (int i = 0; i < kNr; ++i) panel[kk * kNr + i] = i < nr ? seg[i * kKc + kk] : 0.0f;
+        for (int64_t t = 0; t < n; t += kMr) {
+          const int64_t mt = std::min<int64_t>(kMr, n - t);
+          kMicro[mt](panel, kc, x + t * k + k0, k, y + t * rows + r0, rows, nr, bias ? bias + r0 : nullptr, k0 == 0);
+        }
+      }
+    }
+  });
+}
+
+template <Fmt F>
+void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  if (n >= kGemmMinTokens)
+    gemm<F>(x, n, w, bias, y);
+  else
+    gemv<F>(x, n, w, bias, y);
+}
+
+template <typename Fn>
+void with_format(const Weight& w, Fn&& fn) {
+  switch (format_of(w)) {
+    case Fmt::kF32: return fn(std::integral_constant<Fmt, Fmt::kF32>{});
+    case Fmt::kF16: return fn(std::integral_constant<Fmt, Fmt::kF16>{});
+    case Fmt::kBF16: return fn(std::integral_constant<Fmt, Fmt::kBF16>{});
+    case Fmt::kQ2: return fn(std::integral_constant<Fmt, Fmt::kQ2>{});
+    case Fmt::kQ3: return fn(std::integral_constant<Fmt, Fmt::kQ3>{});
+    case Fmt::kQ4: return fn(std::integral_constant<Fmt, Fmt::kQ4>{});
+    case Fmt::kQ5: return fn(std::integral_constant<Fmt, Fmt::kQ5>{});
+    case Fmt::kQ6: return fn(std::integral_constant<Fmt, Fmt::kQ6>{});
+    case Fmt::kQ8: return fn(std::integral_constant<Fmt, Fmt::kQ8>{});
+  }
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
+  std::vector<float> bias = vector_f32(bias_t);
+  const float* b = bias.empty() ? nullptr : bias.data();
+  with_format(w, [&](auto tag) { linear_fmt<decltype(tag)::value>(x, n, w, b, y); });
+}
+
+void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
+  const int64_t d = table.cols();
+  with_format(table, [&](auto tag) {
+    parallel_for(n, d, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float* o = out + i * d;
+        decode_segment<decltype(tag)::value>(table, ids[i], 0, d, o);
+        if (scale != 1.0f)
+          for (int64_t c = 0; c < d; ++c) o[c] *= scale;
+      }
+    });
+  });
+}
+
+}  // namespace vlm::ops::cpu::avx2
+
+#pragma GCC pop_options
