@@ -3,6 +3,7 @@
 // own Jinja interpreter (src/text/jinja/) with the variables transformers passes.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -24,7 +25,13 @@ struct ChatRenderOptions {
   Json extra;      // object of extra kwargs (enable_thinking, ...), passed as template variables
   // Special-token strings from tokenizer_config.json (bos_token, eos_token, pad_token, unk_token ...).
   Json special_tokens;
+  // Seconds since the epoch that strftime_now() formats (local time); unset: now. For reproducible tests.
+  std::optional<int64_t> now_unix;
 };
+
+// transformers' `special_tokens_map` from a parsed tokenizer_config.json: bos/eos/unk/sep/pad/cls/mask_token and
+// additional_special_tokens, as strings (AddedToken objects give their "content"); absent or null ones omitted.
+Json special_tokens_from_config(const Json& tokenizer_config);
 
 // messages: transformers' format, a JSON list of {"role", "content"} where content is a string or a
 // list of {"type": "text", "text": ...} / {"type": "image"} items. Errors: Error(kFormat) with the
