@@ -56,10 +56,19 @@ def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         cases = json.load(f)
     results = []
+    compiled = {}  # (template, now) -> compiled template or the exception compiling it raised
     for case in cases:
         try:
-            env = make_env(case.get("now"))
-            out = env.from_string(case["template"]).render(**case["vars"])
+            key = (case["template"], case.get("now"))
+            if key not in compiled:
+                try:
+                    compiled[key] = make_env(case.get("now")).from_string(case["template"])
+                except Exception as e:
+                    compiled[key] = e
+            tmpl = compiled[key]
+            if isinstance(tmpl, Exception):
+                raise tmpl
+            out = tmpl.render(**case["vars"])
             results.append({"ok": True, "out": out})
         except Exception as e:  # any failure is a result to compare, not a crash of the oracle
             results.append({"ok": False, "type": type(e).__name__, "message": str(e),
