@@ -65,6 +65,12 @@ struct GenerationResult {
   std::string finish_reason;  // "stop" | "length"
   int64_t peak_host_bytes = 0, peak_gpu_bytes = 0;
   int64_t cached_prompt_tokens = 0;  // reused from a prompt cache
+  // Additions (generator.h): what actually ran.
+  uint64_t seed = 0;                 // the seed used (drawn from the OS when params.seed is unset)
+  std::string kv_cache;              // LayeredKVCache::describe()
+  int64_t thinking_tokens_forced = 0;  // tokens forced by thinking_budget
+  int64_t peak_rss_bytes = 0;        // process VmHWM at the end (includes everything loaded before)
+  std::vector<std::string> warnings;  // e.g. max_kv_size ignored for a windowed model
 };
 
 // Called with each new piece of text (complete UTF-8) and the token that produced it; return false to stop.

@@ -121,9 +121,9 @@ KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
               config.group_size, config.head_dim);
   }
   row_ = config.n_kv_heads * config.head_dim;
-  bool quant_now = config.bits && config.quantize_start <= 0;
-  store_ = std::make_unique<Store>(row_, quant_now, config.bits.value_or(0), config.group_size);
-  quantized_ = quant_now;
+  // Always starts in f32: like mlx's maybe_quantize_kv_cache, conversion happens after an update
+  // (so even with quantize_start 0 the first chunk attends in full precision).
+  store_ = std::make_unique<Store>(row_, false, config.bits.value_or(0), config.group_size);
 }
 
 KVLayer::~KVLayer() = default;

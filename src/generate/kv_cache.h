@@ -14,9 +14,10 @@
 // * Quantized (bits, group_size): K and V rows stored MLX-affine quantized along head_dim
 //   (kv_quant.h); attention dequantizes the held entries into scratch and runs ops::attention,
 //   which equals mlx's quantized_matmul attention up to float summation order. A layer created with
-//   a quantization start N stays f32 until its offset reaches N after an update, then converts all
-//   held entries at once; later tokens are quantized on insert (mlx-vlm's maybe_quantize_kv_cache,
-//   default N = 5000).
+//   a quantization start N stays f32 until its offset reaches N at the end of an update, then
+//   converts all held entries at once; later tokens are quantized on insert (mlx-vlm's
+//   maybe_quantize_kv_cache after every step, default N = 5000; with N = 0 the first chunk still
+//   attends in full precision, as in mlx).
 // * Quantized + rotating: the rotating rules over a quantized store (mlx raises "NYI" for this).
 //
 // make_kv_cache picks per layer (mlx's make_prompt_cache + the model's own make_cache):

@@ -1,8 +1,9 @@
 // MLX affine quantization of KV rows (engine_facts.md §1.5), as mlx-lm's QuantizedKVCache applies it
 // with mx.quantize: groups of `group_size` consecutive values along head_dim, one (scale, bias) per
 // group, codes packed little-endian into u32 words (element 0 in the low bits; 3/5/6-bit rows are
-// one bit stream). The rule, including the "edge" snapping that makes 0 exactly representable and
-// round-half-to-even, follows mlx/ops.cpp affine_quantize; decoding is w = scale * q + bias.
+// one bit stream). The per-group arithmetic is core's quantize_affine_group (MLX's Metal kernel:
+// edge snapping so 0 is exact, w_max clamped at >= 0, half-away rounding); decoding is
+// w = scale * q + bias.
 //
 // Scales and biases are kept in f32 here (our activations are f32; MLX keeps them in the keys' own
 // dtype, usually bf16).

@@ -1,0 +1,75 @@
+// The sampler chain, in mlx-vlm / mlx-lm order (engine_facts.md §1.2, mlx_lm/sample_utils.py):
+//
+//   logits ─ logit_bias ─ repetition ─ presence ─ frequency ─ user processors   (make_logits_processors)
+//          ─ logprobs = logits - logsumexp(logits)
+//          ─ top_p ─ min_p ─ top_k        (filters on the UNSCALED logprobs; removed = -inf)
+//          ─ temperature 0 ? argmax : categorical(logprobs / temperature)      (make_sampler)
+//
+// A custom Sampler (GenerationParams::sampler) replaces the filters + draw. Semantics copied
+// exactly, including the corners:
+// * repetition (CTRL): for each distinct token among the last `context` of the history (prompt ids
+//   first, then generated): logit < 0 ? logit * p : logit / p. Presence subtracts once per distinct
+//   token; frequency once per occurrence. context 0 means the whole history (Python's tokens[-0:]).
+// * top_p: sort ascending (stable: ties ordered by token id), cumulative sum of probabilities; keep
+//   tokens whose inclusive cumulative sum is > 1 - top_p. Active only for 0 < top_p < 1.
+// * min_p: keep tokens with logprob >= max + log(min_p), and always the min_tokens_to_keep best.
+//   Active for min_p != 0.
+// * top_k: keep the k largest (ties at the boundary go to the lower token id); active for
+//   0 < k < vocab (mlx raises for k >= vocab; keeping everything is the same distribution).
+// * argmax returns the first maximal id (mlx.argmax).
+// Draws use our own xoshiro256** generator seeded through splitmix64, so a seed gives the same
+// tokens on every platform (not the same stream as MLX's threefry; no engine can promise that).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "generate/generate.h"
+
+namespace vlm {
+
+// xoshiro256** seeded by splitmix64(seed).
+class Rng {
+ public:
+  explicit Rng(uint64_t seed);
+  uint64_t next();
+  double uniform();  // [0, 1) with 53 random bits
+
+ private:
+  uint64_t s_[4];
+};
+
+// ---- logits processors (edit logits [vocab] in place) ---------------------------------------------
+LogitsProcessor make_logit_bias_processor(const std::map<int32_t, float>& bias);
+LogitsProcessor make_repetition_penalty(float penalty, int64_t context_size);
+LogitsProcessor make_presence_penalty(float penalty, int64_t context_size);
+LogitsProcessor make_frequency_penalty(float penalty, int64_t context_size);
+// The built-in processors the params enable, in mlx order, followed by params.logits_processors.
+std::vector<LogitsProcessor> make_logits_processors(const GenerationParams& params);
+
+// ---- log-probabilities and filters (in place over logprobs [vocab]) --------------------------------
+void log_softmax_inplace(float* x, int64_t vocab);  // x - logsumexp(x)
+void apply_top_p(float* logprobs, int64_t vocab, float top_p);
+void apply_min_p(float* logprobs, int64_t vocab, float min_p, int64_t min_tokens_to_keep = 1);
+void apply_top_k(float* logprobs, int64_t vocab, int64_t top_k);
+int32_t argmax(const float* x, int64_t vocab);
+// One draw from softmax(logprobs / temperature) (temperature > 0).
+int32_t sample_categorical(const float* logprobs, int64_t vocab, float temperature, Rng& rng);
+
+// The built-in sampler of make_sampler(temp, top_p, min_p, top_k) as a Sampler (it owns its Rng).
+Sampler make_sampler(float temperature, float top_p, float min_p, int64_t top_k, uint64_t seed);
+
+// The whole chain for one generation: processors over the history, log-softmax, then the sampler
+// (params.sampler when set, else make_sampler from the params with `seed`).
+class SamplingChain {
+ public:
+  SamplingChain(const GenerationParams& params, uint64_t seed);
+  // logits [vocab] (modified in place: processors, then turned into logprobs) -> next token id.
+  int32_t next(const std::vector<int32_t>& history, float* logits, int64_t vocab);
+
+ private:
+  std::vector<LogitsProcessor> processors_;
+  Sampler sampler_;
+};
+
+}  // namespace vlm
