@@ -2,6 +2,8 @@
 // See resample.h for the contract; comments below say where PIL's exact arithmetic matters.
 #include "image/resample.h"
 
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstring>
 
@@ -136,10 +138,53 @@ inline uint8_t clip8(int32_t acc) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
+// One output pixel of the horizontal pass, scalar: PIL's loop exactly.
+template <int C>
+inline void convolve_pixel_scalar(const uint8_t* s, const int32_t* k, int count, uint8_t* dst) {
+  int32_t ss[C];
+  for (int ch = 0; ch < C; ++ch) ss[ch] = 1 << (kPrecisionBits - 1);
+  for (int x = 0; x < count; ++x)
+    for (int ch = 0; ch < C; ++ch) ss[ch] += s[x * C + ch] * k[x];
+  for (int ch = 0; ch < C; ++ch) dst[ch] = clip8(ss[ch]);
+}
+
+// AVX2 version for 3 and 4 channels: two taps per step, each pixel widened to 4 int32 lanes
+// (R, G, B, pad) and multiplied by its tap weight with 32-bit products, so every sum is the same
+// integer PIL computes (integer addition is exact in any order). `avail` bytes are readable from s.
+template <int C>
+__attribute__((target("avx2"))) void convolve_pixel_avx2(const uint8_t* s, const int32_t* k, int count,
+                                                        size_t avail, uint8_t* dst) {
+  // C == 3: bytes [R0 G0 B0 R1 G1 B1 ..] → [R0 G0 B0 0 R1 G1 B1 0]; C == 4: identity.
+  const __m128i spread = C == 3 ? _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1)
+                                : _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
+  __m256i acc = _mm256_setzero_si256();
+  int x = 0;
+  for (; x + 1 < count && size_t(x) * C + 8 <= avail; x += 2) {
+    const __m128i px = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + size_t(x) * C)), spread);
+    const __m256i v = _mm256_cvtepu8_epi32(px);
+    const __m256i w = _mm256_setr_m128i(_mm_set1_epi32(k[x]), _mm_set1_epi32(k[x + 1]));
+    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, w));
+  }
+  alignas(16) int32_t lanes[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lanes),
+                  _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)));
+  for (int ch = 0; ch < C; ++ch) {
+    int32_t ss = (1 << (kPrecisionBits - 1)) + lanes[ch];
+    for (int t = x; t < count; ++t) ss += s[size_t(t) * C + ch] * k[t];
+    dst[ch] = clip8(ss);
+  }
+}
+
+bool have_avx2() {
+  static const bool v = __builtin_cpu_supports("avx2");
+  return v;
+}
+
 // Horizontal pass: out row y = convolution of in row (y + row_offset). in/out: [h, w, C] u8.
 template <int C>
 void resample_horizontal(const Image& in, Image& out, int row_offset, const Coeffs& c) {
   const int ow = out.width();
+  const bool simd = (C == 3 || C == 4) && have_avx2();
   ThreadPool::global().parallel_for(out.height(), [&](int64_t y0, int64_t y1) {
     for (int64_t y = y0; y < y1; ++y) {
       const uint8_t* src = in.row(static_cast<int>(y) + row_offset);
@@ -147,21 +192,33 @@ void resample_horizontal(const Image& in, Image& out, int row_offset, const Coef
       for (int xx = 0; xx < ow; ++xx) {
         const int xmin = c.bounds[size_t(xx) * 2], xcount = c.bounds[size_t(xx) * 2 + 1];
         const int32_t* k = &c.kk[size_t(xx) * c.ksize];
-        int32_t ss[C];
-        for (int ch = 0; ch < C; ++ch) ss[ch] = 1 << (kPrecisionBits - 1);
         const uint8_t* s = src + size_t(xmin) * C;
-        for (int x = 0; x < xcount; ++x)
-          for (int ch = 0; ch < C; ++ch) ss[ch] += s[x * C + ch] * k[x];
-        for (int ch = 0; ch < C; ++ch) dst[size_t(xx) * C + ch] = clip8(ss[ch]);
+        if (simd)
+          convolve_pixel_avx2<C>(s, k, xcount, in.row_bytes() - size_t(xmin) * C, dst + size_t(xx) * C);
+        else
+          convolve_pixel_scalar<C>(s, k, xcount, dst + size_t(xx) * C);
       }
     }
   }, 8);
+}
+
+// acc[i] += s[i] * w over a row; AVX2 takes 8 bytes at a time.
+__attribute__((target("avx2"))) void accumulate_row_avx2(int32_t* acc, const uint8_t* s, int32_t w, int n) {
+  const __m256i wv = _mm256_set1_epi32(w);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)));
+    __m256i* a = reinterpret_cast<__m256i*>(acc + i);
+    _mm256_storeu_si256(a, _mm256_add_epi32(_mm256_loadu_si256(a), _mm256_mullo_epi32(v, wv)));
+  }
+  for (; i < n; ++i) acc[i] += s[i] * w;
 }
 
 // Vertical pass: out row yy = sum over in rows bounds[yy]... (bounds already relative to `in`).
 template <int C>
 void resample_vertical(const Image& in, Image& out, const Coeffs& c) {
   const int rowlen = out.width() * C;
+  const bool simd = have_avx2();
   ThreadPool::global().parallel_for(out.height(), [&](int64_t y0, int64_t y1) {
     std::vector<int32_t> acc(static_cast<size_t>(rowlen));
     for (int64_t yy = y0; yy < y1; ++yy) {
@@ -172,8 +229,11 @@ void resample_vertical(const Image& in, Image& out, const Coeffs& c) {
       // are exact) and streams through memory.
       for (int y = 0; y < ycount; ++y) {
         const uint8_t* s = in.row(ymin + y);
-        const int32_t w = k[y];
-        for (int i = 0; i < rowlen; ++i) acc[i] += s[i] * w;
+        if (simd) {
+          accumulate_row_avx2(acc.data(), s, k[y], rowlen);
+        } else {
+          for (int i = 0; i < rowlen; ++i) acc[i] += s[i] * k[y];
+        }
       }
       uint8_t* dst = out.row(static_cast<int>(yy));
       for (int i = 0; i < rowlen; ++i) dst[i] = clip8(acc[i]);
@@ -352,19 +412,37 @@ Image expand_to_square(const Image& src, std::array<uint8_t, 4> fill) {
   return pad_image(src, s, s, (s - src.width()) / 2, (s - src.height()) / 2, fill);
 }
 
-Tensor rescale_to_chw(const Image& src, double scale) {
+namespace {
+
+// out[c] plane of [C, H, W] f32 = lut[c * 256 + u8]; rows split across the pool.
+Tensor chw_from_lut(const Image& src, const std::vector<float>& lut) {
   const int C = src.channels(), H = src.height(), W = src.width();
   Tensor t = Tensor::empty({C, H, W}, DType::kF32, MemCategory::kImage);
-  float* out = t.data<float>();  // [C, H, W]
-  float lut[256];               // float32(double(v) * scale): numpy's float64 multiply, then astype
-  for (int v = 0; v < 256; ++v) lut[v] = static_cast<float>(static_cast<double>(v) * scale);
+  float* out = t.data<float>();
   const size_t plane = size_t(H) * W;
-  for (int y = 0; y < H; ++y) {
-    const uint8_t* s = src.row(y);
-    for (int x = 0; x < W; ++x)
-      for (int c = 0; c < C; ++c) out[c * plane + size_t(y) * W + x] = lut[s[size_t(x) * C + c]];
-  }
+  ThreadPool::global().parallel_for(H, [&](int64_t y0, int64_t y1) {
+    for (int64_t y = y0; y < y1; ++y) {
+      const uint8_t* s = src.row(static_cast<int>(y));
+      for (int c = 0; c < C; ++c) {
+        float* d = out + c * plane + size_t(y) * W;
+        const float* l = &lut[size_t(c) * 256];
+        for (int x = 0; x < W; ++x) d[x] = l[s[size_t(x) * C + c]];
+      }
+    }
+  }, 16);
   return t;
+}
+
+// float32(double(v) * scale): numpy's float64 multiply followed by astype(float32).
+float rescaled(int v, double scale) { return static_cast<float>(static_cast<double>(v) * scale); }
+
+}  // namespace
+
+Tensor rescale_to_chw(const Image& src, double scale) {
+  std::vector<float> lut(size_t(src.channels()) * 256);
+  for (int c = 0; c < src.channels(); ++c)
+    for (int v = 0; v < 256; ++v) lut[size_t(c) * 256 + v] = rescaled(v, scale);
+  return chw_from_lut(src, lut);
 }
 
 void normalize_chw(Tensor& chw, const std::vector<float>& mean, const std::vector<float>& std) {
@@ -384,9 +462,17 @@ void normalize_chw(Tensor& chw, const std::vector<float>& mean, const std::vecto
 }
 
 Tensor to_normalized_chw(const Image& src, const std::vector<float>& mean, const std::vector<float>& std, double scale) {
-  Tensor t = rescale_to_chw(src, scale);
-  normalize_chw(t, mean, std);
-  return t;
+  const int C = src.channels();
+  VLM_CHECK(static_cast<int>(mean.size()) == C && static_cast<int>(std.size()) == C, ErrorKind::kInvalidArgument,
+            "normalize: {} channels but {} means and {} stds", C, mean.size(), std.size());
+  // Each output value depends only on (channel, u8 value), so a 256-entry table per channel holds the
+  // exact float32 results of rescale followed by normalize.
+  std::vector<float> lut(size_t(C) * 256);
+  for (int c = 0; c < C; ++c) {
+    VLM_CHECK(std[c] != 0.0f, ErrorKind::kInvalidArgument, "normalize: std[{}] is zero", c);
+    for (int v = 0; v < 256; ++v) lut[size_t(c) * 256 + v] = (rescaled(v, scale) - mean[c]) / std[c];
+  }
+  return chw_from_lut(src, lut);
 }
 
 }  // namespace vlm
