@@ -1,0 +1,56 @@
+// The generation loop (mlx-vlm generate_step + stream_generate, engine_facts.md §1.2):
+//
+//   prompt ids ─ chunked prefill (prefill_step_size tokens at a time, all but the last token)
+//              ─ last prompt token → logits → SamplingChain → token 0          (TTFT ends here)
+//              ─ decode: feed the previous token → logits → next token, until an EOS id, max_tokens,
+//                or the stream callback asks to stop
+//
+// * EOS ids: config.json eos_token_id ∪ generation_config.json eos_token_id ∪ the tokenizer's
+//   eos_token ∪ params.extra_eos_ids (collect_eos_ids). The EOS token ends the text and is not part
+//   of it (mlx breaks before yielding it).
+// * The token history seen by logits processors is the whole prompt followed by the generated ids.
+//   (Current mlx-vlm, with chunked prefill, only hands the processors the last prompt chunk; mlx-lm
+//   and older mlx-vlm hand them the prompt. We keep the prompt, as the issue specifies.)
+// * thinking_budget (mlx-vlm ThinkingBudgetCriteria): with enable_thinking, counting starts when
+//   the thinking start token is generated, or from the start when the prompt already opened a
+//   thinking block (its last start token has no end token after it). Once more than `budget`
+//   thinking tokens were produced, the next tokens are forced to "\n" then the end token, replacing
+//   what the sampler would have drawn.
+// * Timings: ttft_s = tokenize + image stages + prefill up to the first sampled token (mlx's
+//   prompt_tps also counts everything up to the first token); prompt_tps = prompt tokens / that
+//   prefill time; generation_tps = generated tokens / time since the first token (as mlx).
+// * Memory: the tracker's peaks are reset at the start; peak_host_bytes is the tracked host peak
+//   during this generation (weights stay counted), peak_rss_bytes the process's VmHWM.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "generate/generate.h"
+#include "generate/kv_cache.h"
+#include "generate/prompt_cache.h"
+#include "text/tokenizer.h"
+
+namespace vlm {
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt_ids;
+  StageTimes times;  // stages already spent by the caller (tokenize, images); counted into TTFT
+};
+
+// The stop ids for a model folder: config + generation_config + tokenizer eos + extra ids, deduplicated.
+std::vector<int32_t> collect_eos_ids(const LoadedModel& model, const Tokenizer& tokenizer,
+                                     const std::vector<int32_t>& extra_ids);
+
+// The KV cache options a GenerationParams asks for.
+KVCacheOptions kv_cache_options(const GenerationParams& params);
+
+// Runs one generation. `prompt_cache` (optional) is reused and updated (see prompt_cache.h);
+// without it a fresh cache lives for this call. Throws Error(kInvalidArgument) for bad params or an
+// empty prompt; kCancelled is never thrown (a callback returning false ends with finish "stop").
+GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, const std::vector<int32_t>& eos_ids,
+                          const GenerateRequest& request, const GenerationParams& params,
+                          const StreamCallback& on_piece = {}, PromptCache* prompt_cache = nullptr);
+
+}  // namespace vlm
