@@ -2,8 +2,8 @@
 //
 // Layouts PIL reads sample-for-sample are decoded directly, so the pixels are exactly PIL's: contiguous
 // 8-bit gray (L), gray+alpha (LA), RGB, RGBA (unassociated alpha; associated alpha is un-premultiplied
-// as PIL's RGBa→RGB does), 8-bit palette (P, colormap high bytes), 16-bit gray (I;16, clipped on
-// convert). Everything else (YCbCr/JPEG-in-TIFF, CMYK, planar, 1/2/4-bit, 16-bit colour, float) goes
+// as PIL's RGBa→RGB does), 8-bit palette (P, colormap high bytes), 8-bit CMYK (PIL's formula on
+// convert), 16-bit gray (I;16, clipped on convert). Everything else (YCbCr/JPEG-in-TIFF, planar, 1/2/4-bit, 16-bit colour, float) goes
 // through libtiff's TIFFRGBAImage, which may differ from PIL by rounding. The TIFF Orientation tag is
 // what PIL's getexif reads for TIFF, so the decode keeps file order and reports the tag.
 #include <tiffio.h>
@@ -134,6 +134,7 @@ RawImage decode_tiff(std::span<const uint8_t> bytes, const DecodeContext& ctx) {
   else if (contig8 && photometric == PHOTOMETRIC_RGB && spp == 3) raw.mode = RawMode::kRGB;
   else if (contig8 && photometric == PHOTOMETRIC_RGB && spp == 4) raw.mode = RawMode::kRGBA;
   else if (contig8 && photometric == PHOTOMETRIC_PALETTE && spp == 1) raw.mode = RawMode::kP;
+  else if (contig8 && photometric == PHOTOMETRIC_SEPARATED && spp == 4) raw.mode = RawMode::kCMYK;
   else if (planar == PLANARCONFIG_CONTIG && bits == 16 && sample_format == SAMPLEFORMAT_UINT &&
            photometric == PHOTOMETRIC_MINISBLACK && spp == 1)
     raw.mode = RawMode::kI16;

@@ -152,6 +152,9 @@ emit("t_rgba.tif", save(rgba, "TIFF", compression="tiff_deflate"))
 emit("t_l.tif", save(gray, "TIFF"))
 emit("t_p.tif", save(pal, "TIFF"))
 emit("t_i16.tif", save(g16.convert("I;16"), "TIFF"))
+emit("t_cmyk.tif", save(Image.fromarray(content(40, 52, 4), "CMYK"), "TIFF"))
+emit("t_la.tif", save(Image.fromarray(content(30, 41, 2), "LA"), "TIFF"))
+emit("t_jpeg.tif", save(rgb, "TIFF", compression="jpeg", quality=90))
 for o in (2, 3, 6, 7, 8):
     emit(f"t_orient{o}.tif", save(small, "TIFF", tiffinfo={274: o}), tiff_orientation=True)
 
