@@ -2,7 +2,9 @@
 // stored format (f32/f16/bf16 dense, or MLX affine-quantized) and are read directly by the kernels.
 // Every op has a scalar reference (src/kernels/cpu/ref/) that is always built; the CPU backend picks a
 // SIMD path at run time (AVX2 / AVX-512 / AVX512-BF16) when the CPU has it. All ops run multithreaded
-// over ThreadPool::global(). Shapes are written as [rows, cols].
+// over ThreadPool::global() — so never call an op from inside a ThreadPool::global() job (the pool
+// runs one parallel_for at a time; a nested one would wait on itself). Small jobs stay on the
+// calling thread. Shapes are written as [rows, cols].
 #pragma once
 
 #include <cstdint>

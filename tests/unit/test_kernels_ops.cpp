@@ -39,12 +39,13 @@ std::vector<double> linear_oracle(const std::vector<float>& x, int64_t n, const 
   return y;
 }
 
-// The AVX512_BF16 4-bit decode kernel dots x as x_hi + x_lo (two bf16, ~16 significant bits), see
-// src/kernels/cpu/simd_q4_bf16.cpp: its bound is 1e-9 instead of f32's 1e-10 (bf16-rounded
+// The AVX512_BF16 2/4/8-bit decode kernels dot x as x_hi + x_lo (two bf16, ~16 significant bits),
+// see src/kernels/cpu/simd_quant_bf16.cpp: their bound is 1e-9 instead of f32's 1e-10 (bf16-rounded
 // activations would give ~1e-6).
 double linear_tol(const ops::Weight& w) {
-  bool q4_bf16 = w.quantized && w.quant.spec.bits == 4 && std::string(ops::cpu_kernel_path()) == "avx512bf16";
-  return q4_bf16 ? 1e-9 : kTol;
+  int bits = w.quantized ? w.quant.spec.bits : 0;
+  bool bf16_kernel = (bits == 2 || bits == 4 || bits == 8) && std::string(ops::cpu_kernel_path()) == "avx512bf16";
+  return bf16_kernel ? 1e-9 : kTol;
 }
 
 void check_linear(std::mt19937& rng, const ops::Weight& w, int64_t n, bool with_bias, const std::string& what) {

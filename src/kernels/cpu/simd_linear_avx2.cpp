@@ -109,7 +109,7 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
   } else if constexpr (F == Fmt::kQ2) {
     const uint8_t* p = static_cast<const uint8_t*>(row) + 8 * c;
     for (int h = 0; h < 2; ++h) {
-      __m128i b4 = _mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(p + 4 * h));
+      __m128i b4 = _mm_loadu_si32(p + 4 * h);
       __m256i w = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b4, b4));  // lane l: byte l/2
       w = _mm256_srlv_epi32(w, _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
       v[2 * h] = _mm256_cvtepi32_ps(_mm256_and_si256(w, _mm256_set1_epi32(3)));

@@ -401,9 +401,9 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, fl
 }
 
 void linear_bf16(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
-  if (w.quantized && w.quant.spec.bits == 4 && n < kGemmMinTokens) {
+  if (w.quantized && n < kGemmMinTokens) {
     std::vector<float> bias = vector_f32(bias_t);
-    return q4_gemv_bf16(x, n, w, bias.empty() ? nullptr : bias.data(), y);
+    if (quant_gemv_bf16(x, n, w, bias.empty() ? nullptr : bias.data(), y)) return;
   }
   avx512::linear(x, n, w, bias_t, y);
 }

@@ -1,0 +1,224 @@
+// 2/4/8-bit MLX GEMV (decode) on AVX512_BF16: the hot path of quantized decode.
+//
+// Why: decoding nibbles to f32 costs ~8 uops per 32 weights (zero-extend, mask, shift, two
+// int->float converts, two FMAs), which on this 2-core machine caps 4-bit decode near half the
+// memory roofline. Here each nibble becomes an exact bf16 with one shift and one ternary-logic op —
+// 0x3F80 | (q << 3) is the bf16 value 1 + q/16 — and vdpbf16ps does 32 multiply-adds per uop.
+// 2-bit codes work the same way (1 + q/4); an 8-bit code is split into its two nibbles, the high
+// one dotted against 16·x (exact in bf16), so Σ pieces = 17·x + q·x/16 (see Layout below).
+// Activations are NOT rounded to bf16: x is split into x_hi = bf16(x) and x_lo = bf16(x - x_hi),
+// which together carry ~16 significant bits, and both are dotted (products are exact in f32; the
+// accumulation is f32). So the result differs from the scalar reference by ~1e-6 relative, far
+// below bf16 rounding of x (documented in docs/PERFORMANCE.md, checked by the conformance test).
+//
+// Arithmetic: with f = 1 + q/16, w = s·q + b = 16·s·f + (b − 16·s), so per row
+//   y = 16 Σ_g s_g·(Σ_{c∈g} f_c x_c) + Σ_g (b_g − 16 s_g)·X_g,   X_g = Σ_{c∈g} x_c (f32, per token).
+// Layout: a 64-byte load holds 128 codes; 16-bit lane j holds codes 4j..4j+3 (nibble t = code 4j+t),
+// so x is pre-permuted per 128-block into four 32-lane bf16 vectors x_t[j] = x[4j + t]. f32 lane i
+// of the dot accumulates codes 8i..8i+7, all in group (8i)/group_size, so one per-lane scale vector
+// (permutexvar of the block's 1, 2 or 4 group scales) applies each group's scale.
+#include <immintrin.h>
+
+#include <utility>
+#include <vector>
+
+#include "core/quant.h"
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/simd_avx512.h"
+
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")
+
+namespace vlm::ops::cpu::avx512 {
+namespace {
+
+// Per-format constants. A 64-byte block holds 32 16-bit lanes of P "pieces" of 16/P bits each;
+// piece t of lane j is turned into the bf16 1 + piece/2^PB (PB = piece bits) by
+// ternarylogic(shift(v), keep, 0x3F80). For 2- and 4-bit codes a piece is a code; for 8-bit codes
+// the two nibbles of a byte are pieces (low nibble weighted 1, high nibble weighted 16 through x).
+template <int BITS>
+struct Layout {
+  static constexpr int kPieceBits = BITS == 8 ? 4 : BITS;
+  static constexpr int kPieces = 16 / kPieceBits;               // pieces per 16-bit lane
+  static constexpr int kCodes = 512 / BITS;                     // codes per 64-byte block
+  static constexpr int kCodesPerF32Lane = kCodes / 16;          // codes feeding one f32 lane
+  static constexpr float kUnit = static_cast<float>(1 << kPieceBits);  // f = 1 + piece / kUnit
+  // Σ_t f_t·x_t over a code's pieces = kOffset·x + q·x / kUnit  (kOffset = 1, or 17 for 8-bit).
+  static constexpr float kOffset = BITS == 8 ? 17.0f : 1.0f;
+};
+
+struct Prepared {
+  std::vector<uint16_t> xh, xl;  // [blocks][pieces][32] bf16
+  std::vector<float> group_sum;  // [groups]
+  int64_t blocks = 0;
+};
+
+// x_t[j] (piece t of 16-bit lane j) multiplies the code that piece belongs to; for 8-bit codes the
+// high-nibble piece carries 16·x (exact in bf16).
+template <int BITS>
+void prepare(const float* x, int64_t k, int group, Prepared& p) {
+  using L = Layout<BITS>;
+  p.blocks = (k + L::kCodes - 1) / L::kCodes;
+  p.xh.assign(static_cast<size_t>(p.blocks * 32 * L::kPieces), 0);
+  p.xl.assign(p.xh.size(), 0);
+  for (int64_t c = 0; c < k; ++c) {
+    const int64_t b = c / L::kCodes, within = c % L::kCodes;
+    for (int half = 0; half < (BITS == 8 ? 2 : 1); ++half) {
+      int64_t lane, t;
+      float v = x[c];
+      if constexpr (BITS == 8) {
+        lane = within / 2;                  // bytes 2j, 2j+1 share lane j
+        t = (within % 2) * 2 + half;        // pieces: lo(2j), hi(2j), lo(2j+1), hi(2j+1)
+        if (half) v *= 16.0f;
+      } else {
+        lane = within / L::kPieces;
+        t = within % L::kPieces;
+      }
+      const int64_t idx = (b * L::kPieces + t) * 32 + lane;
+      const uint16_t h = f32_to_bf16(v);
+      p.xh[idx] = h;
+      p.xl[idx] = f32_to_bf16(v - bf16_to_f32(h));  // v - v_hi is exact in f32
+    }
+  }
+  p.group_sum.resize(static_cast<size_t>(k / group));
+  for (int64_t g = 0; g < k / group; ++g) {
+    float s = 0.0f;
+    for (int j = 0; j < group; ++j) s += x[g * group + j];
+    p.group_sum[g] = s;
+  }
+}
+
+// Up to 16 consecutive scale/bias values starting at `p` (n valid) as f32.
+inline __m512 load_group_values(const void* p, DType dt, int64_t n) {
+  const __mmask16 m = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+  switch (dt) {
+    case DType::kBF16:
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p))), 16));
+    case DType::kF16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p)));
+    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p));
+  }
+}
+
+// Piece t of every 16-bit lane as the bf16 1 + piece / 2^PB.
+template <int PB, int T>
+inline __m512bh piece(__m512i v) {
+  constexpr int kShift = PB * T - (7 - PB);  // piece bits [PB*T, PB*T+PB) -> mantissa bits [7-PB, 7)
+  const __m512i keep = _mm512_set1_epi16(static_cast<int16_t>(((1 << PB) - 1) << (7 - PB)));
+  const __m512i one = _mm512_set1_epi16(0x3F80);
+  __m512i s;
+  if constexpr (kShift < 0)
+    s = _mm512_slli_epi16(v, -kShift);
+  else
+    s = _mm512_srli_epi16(v, kShift);
+  return (__m512bh)_mm512_ternarylogic_epi32(s, keep, one, 0xEA);  // (s & keep) | one
+}
+
+template <int BITS, int R>
+void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* out) {
+  using L = Layout<BITS>;
+  constexpr int P = L::kPieces;
+  const int64_t cols = m.cols, row_bytes = cols * BITS / 8;
+  const int gs = m.spec.group_size;
+  const int64_t groups = cols / gs;
+  const DType sd = m.scales.dtype();
+  const size_t ssize = dtype_size(sd);
+  const __m512i lane_codes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(L::kCodesPerF32Lane));
+  const __m128i log2_gs = _mm_cvtsi32_si128(__builtin_ctz(static_cast<unsigned>(gs)));
+
+  const uint8_t* rows[R];
+  const char* srow[R];
+  for (int i = 0; i < R; ++i) {
+    rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
+    srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
+  }
+  __m512 total[R];
+  for (int i = 0; i < R; ++i) total[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < p.blocks; ++b) {
+    const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
+    const __mmask64 bm = valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << valid) - 1);
+    const uint16_t* xh = p.xh.data() + b * 32 * P;
+    const uint16_t* xl = p.xl.data() + b * 32 * P;
+    // f32 lane i covers codes first + kCodesPerF32Lane*i ...: its group relative to g0.
+    const int64_t first = b * L::kCodes, g0 = first / gs, ng = std::min<int64_t>(16, groups - g0);
+    const __m512i lane_group =
+        _mm512_srl_epi32(_mm512_add_epi32(lane_codes, _mm512_set1_epi32(static_cast<int>(first % gs))), log2_gs);
+    __m512bh h[P], l[P];
+    for (int t = 0; t < P; ++t) {
+      h[t] = (__m512bh)_mm512_loadu_si512(xh + 32 * t);
+      l[t] = (__m512bh)_mm512_loadu_si512(xl + 32 * t);
+    }
+    for (int i = 0; i < R; ++i) {
+      const __m512i v = _mm512_maskz_loadu_epi8(bm, rows[i] + 64 * b);
+      __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps(), e = _mm512_setzero_ps();
+      [&]<int... T>(std::integer_sequence<int, T...>) {
+        ((T % 2 == 0 ? (a = _mm512_dpbf16_ps(a, piece<L::kPieceBits, T>(v), h[T]),
+                        d = _mm512_dpbf16_ps(d, piece<L::kPieceBits, T>(v), l[T]))
+                     : (c = _mm512_dpbf16_ps(c, piece<L::kPieceBits, T>(v), h[T]),
+                        e = _mm512_dpbf16_ps(e, piece<L::kPieceBits, T>(v), l[T]))),
+         ...);
+      }(std::make_integer_sequence<int, P>{});
+      const __m512 acc = _mm512_add_ps(_mm512_add_ps(a, c), _mm512_add_ps(d, e));
+      const __m512 s = _mm512_permutexvar_ps(lane_group, load_group_values(srow[i] + g0 * ssize, sd, ng));
+      total[i] = _mm512_fmadd_ps(acc, s, total[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    // Σ_g (b_g − kUnit·kOffset·s_g)·X_g, sixteen groups at a time.
+    const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
+    __m512 bt = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t n = std::min<int64_t>(16, groups - g);
+      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+      __m512 s = load_group_values(srow[i] + g * ssize, sd, n), bb = load_group_values(brow + g * ssize, sd, n);
+      __m512 xs = _mm512_maskz_loadu_ps(mk, p.group_sum.data() + g);
+      bt = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(L::kUnit * L::kOffset), s, bb), xs, bt);
+    }
+    out[i] = L::kUnit * _mm512_reduce_add_ps(total[i]) + _mm512_reduce_add_ps(bt);
+  }
+}
+
+template <int BITS>
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const QuantizedMatrix& m = w.quant;
+  const int64_t rows = m.rows, k = m.cols;
+  constexpr int R = 4;
+  Prepared p;
+  for (int64_t t = 0; t < n; ++t) {
+    prepare<BITS>(x + t * k, k, m.spec.group_size, p);
+    float* yt = y + t * rows;
+    parallel_for((rows + R - 1) / R, R * k / 2, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t r = b * R;
+        float out[R];
+        if (r + R <= rows) {
+          rows_dot<BITS, R>(m, r, p, out);
+          for (int i = 0; i < R; ++i) yt[r + i] = out[i] + (bias ? bias[r + i] : 0.0f);
+        } else {
+          for (int64_t rr = r; rr < rows; ++rr) {
+            rows_dot<BITS, 1>(m, rr, p, out);
+            yt[rr] = out[0] + (bias ? bias[rr] : 0.0f);
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace
+
+bool quant_gemv_bf16(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  switch (w.quant.spec.bits) {
+    case 2: gemv<2>(x, n, w, bias, y); return true;
+    case 4: gemv<4>(x, n, w, bias, y); return true;
+    case 8: gemv<8>(x, n, w, bias, y); return true;
+    default: return false;
+  }
+}
+
+}  // namespace vlm::ops::cpu::avx512
+
+#pragma GCC pop_options
