@@ -44,16 +44,20 @@ class HfTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return vocab_size_; }
   bool is_special(int32_t id) const override {
     auto it = added_by_id_.find(id);
-    return it != added_by_id_.end() && special_contents_.count(added_[it->second].content) > 0;
+    return it != added_by_id_.end() && added_[it->second].special;
   }
   std::vector<int32_t> special_ids() const override { return special_ids_; }
   std::optional<std::string> bos_token() const override { return bos_; }
   std::optional<std::string> eos_token() const override { return eos_; }
 
  private:
+  // HF simple_id_to_token: a normalized added token decodes as its normalized form.
   const std::string* token_string(int32_t id) const {
     auto it = added_by_id_.find(id);
-    if (it != added_by_id_.end()) return &added_[it->second].content;
+    if (it != added_by_id_.end()) {
+      const tok::AddedToken& t = added_[it->second];
+      return t.normalized && normalizer_ ? &decode_forms_[it->second] : &t.content;
+    }
     return model_->id_to_token(id);
   }
   void load_config(const std::string& config_path);
@@ -65,6 +69,7 @@ class HfTokenizer final : public Tokenizer {
   std::unique_ptr<tok::PostProcessor> post_processor_;
   std::unique_ptr<tok::Decoder> decoder_;
   std::vector<tok::AddedToken> added_;
+  std::vector<std::string> decode_forms_;  // per added token: normalized content (when normalized)
   std::unordered_map<int32_t, size_t> added_by_id_;
   std::unordered_map<std::string, int32_t> added_by_content_;
   std::unordered_map<std::string, bool> special_contents_;
@@ -135,9 +140,10 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
   std::vector<const tok::AddedToken*> raw, norm;
   std::vector<std::string> raw_pat, norm_pat;
   for (const tok::AddedToken& t : added_) {
+    decode_forms_.push_back(t.normalized && normalizer_ ? normalizer_->normalize(t.content) : t.content);
     if (t.normalized) {
       norm.push_back(&t);
-      norm_pat.push_back(normalizer_ ? normalizer_->normalize(t.content) : t.content);
+      norm_pat.push_back(decode_forms_.back());
     } else {
       raw.push_back(&t);
       raw_pat.push_back(t.content);

@@ -216,7 +216,12 @@ bool is_control(char32_t c) {
   }
 }
 
-bool is_combining_mark(char32_t c) { return category(c) == UTF8PROC_CATEGORY_MN; }
+bool is_mark(char32_t c) {
+  const auto cat = category(c);
+  return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_MC || cat == UTF8PROC_CATEGORY_ME;
+}
+
+bool is_nonspacing_mark(char32_t c) { return category(c) == UTF8PROC_CATEGORY_MN; }
 
 bool is_cjk(char32_t c) {
   return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||

@@ -42,7 +42,8 @@ inline bool is_alphanumeric(char32_t c) { return is_alphabetic(c) || is_numeric(
 bool is_punctuation(char32_t c);   // ASCII punctuation or categories Pc Pd Ps Pe Pi Pf Po
 bool is_word_char(char32_t c);     // Rust regex `\w`: Alphabetic, M, Nd, Pc, Join_Control
 bool is_control(char32_t c);       // category Cc/Cf/Co/Cn... as BERT's _is_control
-bool is_combining_mark(char32_t c);  // category Mn
+bool is_mark(char32_t c);            // categories Mn, Mc, Me (unicode-normalization is_combining_mark)
+bool is_nonspacing_mark(char32_t c); // category Mn
 bool is_cjk(char32_t c);           // BERT's CJK ideograph ranges
 
 enum class NormForm { kNFC, kNFD, kNFKC, kNFKD };

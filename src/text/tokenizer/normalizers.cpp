@@ -1,7 +1,5 @@
 // Normalizers (HF tokenizers `normalizers`): Unicode forms, Lowercase, Replace, Prepend, Strip,
 // StripAccents, BertNormalizer and Sequence. They rewrite one span of text; offsets are not kept.
-#include <utf8proc.h>
-
 #include "text/tokenizer/regex.h"
 #include "text/tokenizer/stages.h"
 #include "text/unicode.h"
@@ -88,20 +86,21 @@ class Strip final : public Normalizer {
   bool left_, right_;
 };
 
-std::string strip_accents(std::string_view s) {
+// Drops marks: StripAccents removes every General_Category=Mark character, BertNormalizer only Mn.
+std::string strip_marks(std::string_view s, bool (*is_mark)(char32_t)) {
   std::string out;
   out.reserve(s.size());
   size_t pos = 0;
   while (pos < s.size()) {
     const char32_t c = unicode::decode_utf8(s, pos);
-    if (!unicode::is_combining_mark(c)) unicode::append_utf8(out, c);
+    if (!is_mark(c)) unicode::append_utf8(out, c);
   }
   return out;
 }
 
 class StripAccents final : public Normalizer {
  public:
-  std::string normalize(std::string_view s) const override { return strip_accents(s); }
+  std::string normalize(std::string_view s) const override { return strip_marks(s, unicode::is_mark); }
 };
 
 class BertNormalizer final : public Normalizer {
@@ -116,9 +115,7 @@ class BertNormalizer final : public Normalizer {
       const char32_t c = unicode::decode_utf8(s, pos);
       if (clean_) {
         if (c == 0 || c == 0xFFFD || unicode::is_control(c)) continue;
-        const bool ws = c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
-                        utf8proc_category(static_cast<utf8proc_int32_t>(c)) == UTF8PROC_CATEGORY_ZS;
-        if (ws) {
+        if (unicode::is_whitespace(c)) {
           out.push_back(' ');
           continue;
         }
@@ -131,7 +128,7 @@ class BertNormalizer final : public Normalizer {
       }
       unicode::append_utf8(out, c);
     }
-    if (strip_) out = strip_accents(unicode::normalize(out, unicode::NormForm::kNFD));
+    if (strip_) out = strip_marks(unicode::normalize(out, unicode::NormForm::kNFD), unicode::is_nonspacing_mark);
     if (lower_) out = unicode::to_lower(out);
     return out;
   }
