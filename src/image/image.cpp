@@ -6,6 +6,7 @@
 #include "image/image.h"
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -236,20 +237,21 @@ Image convert_raw(const RawImage& raw, int out_c) {
 }
 
 std::vector<uint8_t> read_whole_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status))
+    throw_error(ErrorKind::kNotFound, "{}: image file not found", path);
+  VLM_CHECK(!std::filesystem::is_directory(status), ErrorKind::kIo, "{}: is a directory, not an image file", path);
   std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    std::error_code ec;
-    std::ifstream probe(path);
-    throw_error(probe.good() ? ErrorKind::kIo : ErrorKind::kNotFound, "{}: cannot open image file: {}", path,
-                std::strerror(errno));
-  }
+  VLM_CHECK(f.good(), ErrorKind::kIo, "{}: cannot open image file for reading", path);
   f.seekg(0, std::ios::end);
   const auto size = f.tellg();
   VLM_CHECK(size >= 0, ErrorKind::kIo, "{}: cannot determine the file size", path);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   f.seekg(0);
   if (size > 0) f.read(reinterpret_cast<char*>(bytes.data()), size);
-  VLM_CHECK(f.good() || size == 0, ErrorKind::kIo, "{}: read failed", path);
+  VLM_CHECK(size == 0 || f.good(), ErrorKind::kIo, "{}: read failed after {} of {} bytes", path,
+            static_cast<int64_t>(f.gcount()), static_cast<int64_t>(size));
   return bytes;
 }
 

@@ -342,6 +342,7 @@ TEST(ImageErrors, EmptyUnknownAndMissingFiles) {
   EXPECT_EQ(error_kind_of([&] { decode_image_file(dir / "notes.png"); }, &msg), ErrorKind::kUnsupported);
   EXPECT_NE(msg.find("notes.png"), std::string::npos);
   EXPECT_EQ(error_kind_of([&] { decode_image_file(dir / "absent.png"); }), ErrorKind::kNotFound);
+  EXPECT_EQ(error_kind_of([&] { decode_image_file(dir.path()); }), ErrorKind::kIo);
 }
 
 // A PNG whose IHDR claims `w`x`h` followed by a tiny IDAT: the guard must fire from the header alone.
