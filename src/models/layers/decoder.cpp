@@ -1,0 +1,343 @@
+// The shared decoder: tensor table from the spec, and the forward pass (see decoder.h for the math).
+// All activations are f32; weights are read in their stored format by the kernels.
+#include "models/layers/decoder.h"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace vlm {
+
+// ---- config helpers -------------------------------------------------------------------------------
+
+int64_t require_int(const Json& obj, const char* key, const std::string& what) {
+  std::optional<int64_t> v = json_int(obj, key, what);
+  VLM_CHECK(v.has_value(), ErrorKind::kFormat, "{}: required field '{}' is missing", what, key);
+  VLM_CHECK(*v > 0, ErrorKind::kFormat, "{}: field '{}' must be positive, got {}", what, key, *v);
+  return *v;
+}
+
+ops::Activation parse_activation(const std::string& name, const std::string& what) {
+  if (name == "silu" || name == "swish") return ops::Activation::kSilu;
+  if (name == "gelu_pytorch_tanh" || name == "gelu_new" || name == "gelu_fast") return ops::Activation::kGeluTanh;
+  if (name == "gelu") return ops::Activation::kGeluErf;  // transformers' "gelu" is the exact erf form
+  if (name == "quick_gelu") return ops::Activation::kQuickGelu;
+  if (name == "relu") return ops::Activation::kRelu;
+  throw_error(ErrorKind::kUnsupported, "{}: activation '{}' is not supported", what, name);
+}
+
+std::vector<std::string> read_layer_types(const Json& text, int64_t n_layers, const std::string& what) {
+  std::vector<std::string> types;
+  const Json* lt = json_find(text, "layer_types");
+  if (!lt || lt->is_null()) return types;
+  VLM_CHECK(lt->is_array() && static_cast<int64_t>(lt->size()) == n_layers, ErrorKind::kFormat,
+            "{}: layer_types must list {} layer types (num_hidden_layers)", what, n_layers);
+  for (const Json& t : *lt) {
+    VLM_CHECK(t.is_string(), ErrorKind::kFormat, "{}: layer_types entries must be strings", what);
+    types.push_back(t.get<std::string>());
+  }
+  return types;
+}
+
+DecoderSpec read_common_spec(const Json& text, const std::string& family, const std::string& what) {
+  DecoderSpec s;
+  s.family = family;
+  s.vocab_size = require_int(text, "vocab_size", what);
+  s.hidden_size = require_int(text, "hidden_size", what);
+  s.intermediate_size = require_int(text, "intermediate_size", what);
+  s.n_heads = require_int(text, "num_attention_heads", what);
+  const int64_t n_layers = require_int(text, "num_hidden_layers", what);
+  s.n_kv_heads = json_int(text, "num_key_value_heads", what).value_or(s.n_heads);
+  VLM_CHECK(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, ErrorKind::kFormat,
+            "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", what, s.n_heads, s.n_kv_heads);
+  // head_dim may be absent or null (then hidden / heads).
+  const Json* hd = json_find(text, "head_dim");
+  s.head_dim = (hd && !hd->is_null()) ? require_int(text, "head_dim", what) : s.hidden_size / s.n_heads;
+  s.rms_norm_eps = static_cast<float>(json_number(text, "rms_norm_eps", what).value_or(1e-6));
+  s.tie_word_embeddings = json_bool(text, "tie_word_embeddings", what).value_or(false);
+  s.activation = parse_activation(json_string(text, "hidden_act", what).value_or("silu"), what + " hidden_act");
+  s.qkv_bias = s.o_bias = json_bool(text, "attention_bias", what).value_or(false);
+  s.mlp_bias = json_bool(text, "mlp_bias", what).value_or(false);
+
+  std::vector<std::string> types = read_layer_types(text, n_layers, what);
+  const Json* sw = json_find(text, "sliding_window");
+  const int64_t window = (sw && sw->is_number_integer()) ? sw->get<int64_t>() : 0;
+  s.layers.resize(static_cast<size_t>(n_layers));
+  for (int64_t i = 0; i < n_layers; ++i) {
+    DecoderLayerSpec& l = s.layers[static_cast<size_t>(i)];
+    RopeOverrides ov;
+    if (!types.empty()) {
+      ov.layer_type = types[static_cast<size_t>(i)];
+      if (types[static_cast<size_t>(i)] == "sliding_attention") {
+        VLM_CHECK(window > 0, ErrorKind::kFormat, "{}: layer {} is sliding_attention but sliding_window is unset",
+                  what, i);
+        l.sliding_window = window;
+      }
+    }
+    l.rope = parse_rope(text, s.head_dim, ov, what);
+  }
+  return s;
+}
+
+void apply_legacy_windows(DecoderSpec& s, const Json& text, const std::function<bool(int)>& is_sliding,
+                          const std::string& what) {
+  if (!read_layer_types(text, static_cast<int64_t>(s.layers.size()), what).empty()) return;
+  const Json* sw = json_find(text, "sliding_window");
+  if (!sw || sw->is_null()) return;
+  VLM_CHECK(sw->is_number_integer() && sw->get<int64_t>() > 0, ErrorKind::kFormat,
+            "{}: sliding_window must be a positive integer or null", what);
+  for (int i = 0; i < static_cast<int>(s.layers.size()); ++i) {
+    if (is_sliding(i)) s.layers[static_cast<size_t>(i)].sliding_window = sw->get<int64_t>();
+  }
+}
+
+// ---- model ----------------------------------------------------------------------------------------
+
+namespace {
+
+std::string layer_path(int i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
+
+// Gemma's normalizer is sqrt(hidden) cast to the activation dtype; checkpoints stored in bf16/f16 run in
+// that dtype in transformers and mlx, so the factor is rounded the same way (f32 checkpoints: exact).
+float round_to_dtype(float v, DType t) {
+  if (t == DType::kBF16) return bf16_to_f32(f32_to_bf16(v));
+  if (t == DType::kF16) return f16_to_f32(f32_to_f16(v));
+  return v;
+}
+
+}  // namespace
+
+DecoderModel::DecoderModel(DecoderSpec spec, const ModelConfig& config, const Checkpoint& checkpoint,
+                           const std::string& adapter_path)
+    : spec_(std::move(spec)) {
+  const DecoderSpec& s = spec_;
+  const int64_t h = s.hidden_size, hd = s.head_dim, q_out = s.n_heads * hd, kv_out = s.n_kv_heads * hd;
+  const int64_t inter = s.intermediate_size;
+  VLM_CHECK(s.layers.size() > 0, ErrorKind::kFormat, "{}: the {} config has no layers", config.path, s.family);
+  table_ = std::make_unique<TensorTable>(checkpoint, config.quantization, DecoderLayout::detect(checkpoint),
+                                         s.family);
+  TensorTable& t = *table_;
+  t.matrix("model.embed_tokens", s.vocab_size, h);
+  // The head: required unless tied; a tied model may still carry a copy (mlx-vlm Gemma 3 writes one).
+  t.matrix("lm_head", s.vocab_size, h, /*required=*/!s.tie_word_embeddings);
+  t.vector("model.norm.weight", h);
+  std::vector<LoraTarget> lora_targets;
+  auto linear = [&](const std::string& m, int64_t out, int64_t in, bool bias) {
+    t.matrix(m, out, in, true, bias);
+    lora_targets.push_back({m, t.actual(m), out, in});
+  };
+  for (int i = 0; i < static_cast<int>(s.layers.size()); ++i) {
+    t.vector(layer_path(i, "input_layernorm.weight"), h);
+    t.vector(layer_path(i, "post_attention_layernorm.weight"), h);
+    if (s.sandwich_norms) {
+      t.vector(layer_path(i, "pre_feedforward_layernorm.weight"), h);
+      t.vector(layer_path(i, "post_feedforward_layernorm.weight"), h);
+    }
+    if (s.fused_qkv) {
+      linear(layer_path(i, "self_attn.qkv_proj"), q_out + 2 * kv_out, h, s.qkv_bias);
+    } else {
+      linear(layer_path(i, "self_attn.q_proj"), q_out, h, s.qkv_bias);
+      linear(layer_path(i, "self_attn.k_proj"), kv_out, h, s.qkv_bias);
+      linear(layer_path(i, "self_attn.v_proj"), kv_out, h, s.qkv_bias);
+    }
+    linear(layer_path(i, "self_attn.o_proj"), h, q_out, s.o_bias);
+    if (s.qk_norm) {
+      t.vector(layer_path(i, "self_attn.q_norm.weight"), hd);
+      t.vector(layer_path(i, "self_attn.k_norm.weight"), hd);
+    }
+    if (s.fused_gate_up) {
+      linear(layer_path(i, "mlp.gate_up_proj"), 2 * inter, h, s.mlp_bias);
+    } else {
+      linear(layer_path(i, "mlp.gate_proj"), inter, h, s.mlp_bias);
+      linear(layer_path(i, "mlp.up_proj"), inter, h, s.mlp_bias);
+    }
+    linear(layer_path(i, "mlp.down_proj"), h, inter, s.mlp_bias);
+  }
+  t.resolve();
+  if (!adapter_path.empty()) adapter_ = LoraAdapter::load(adapter_path, lora_targets);
+
+  embed_ = &t.weight("model.embed_tokens");
+  head_.weight = t.has("lm_head") ? &t.weight("lm_head") : embed_;
+  head_.out = s.vocab_size;
+  final_norm_ = t.tensor("model.norm.weight");
+  if (s.embed_scale != 1.0f) {
+    DType stored = embed_->quantized ? embed_->quant.scales.dtype() : embed_->dense.dtype();
+    spec_.embed_scale = round_to_dtype(s.embed_scale, stored);
+  }
+  layers_.resize(s.layers.size());
+  for (int i = 0; i < static_cast<int>(s.layers.size()); ++i) {
+    Layer& L = layers_[static_cast<size_t>(i)];
+    L.input_norm = t.tensor(layer_path(i, "input_layernorm.weight"));
+    L.post_attn_norm = t.tensor(layer_path(i, "post_attention_layernorm.weight"));
+    L.pre_ffn_norm = t.tensor(layer_path(i, "pre_feedforward_layernorm.weight"));
+    L.post_ffn_norm = t.tensor(layer_path(i, "post_feedforward_layernorm.weight"));
+    L.q_norm = t.tensor(layer_path(i, "self_attn.q_norm.weight"));
+    L.k_norm = t.tensor(layer_path(i, "self_attn.k_norm.weight"));
+    if (s.fused_qkv) {
+      L.qkv = make_linear(layer_path(i, "self_attn.qkv_proj"), q_out + 2 * kv_out);
+    } else {
+      L.q = make_linear(layer_path(i, "self_attn.q_proj"), q_out);
+      L.k = make_linear(layer_path(i, "self_attn.k_proj"), kv_out);
+      L.v = make_linear(layer_path(i, "self_attn.v_proj"), kv_out);
+    }
+    L.o = make_linear(layer_path(i, "self_attn.o_proj"), h);
+    if (s.fused_gate_up) {
+      L.gate_up = make_linear(layer_path(i, "mlp.gate_up_proj"), 2 * inter);
+    } else {
+      L.gate = make_linear(layer_path(i, "mlp.gate_proj"), inter);
+      L.up = make_linear(layer_path(i, "mlp.up_proj"), inter);
+    }
+    L.down = make_linear(layer_path(i, "mlp.down_proj"), h);
+  }
+}
+
+DecoderModel::Linear DecoderModel::make_linear(const std::string& module, int64_t out) {
+  Linear l;
+  l.weight = &table_->weight(module);
+  l.bias = table_->bias(module);
+  l.lora = adapter_ ? adapter_->find(module) : nullptr;
+  l.out = out;
+  return l;
+}
+
+void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float* y) const {
+  ops::linear(x, n, *l.weight, l.bias, y);
+  if (!l.lora) return;
+  // y += scale · (x·Aᵀ)·Bᵀ — the adapter stays a separate low-rank term.
+  const LoraModule& m = *l.lora;
+  Tensor t = Tensor::empty({n, m.rank}, DType::kF32);
+  Tensor d = Tensor::empty({n, l.out}, DType::kF32);
+  ops::linear(x, n, m.a, Tensor(), t.data<float>());
+  ops::linear(t.data<float>(), n, m.b, Tensor(), d.data<float>());
+  ops::scale(d.data<float>(), m.scale, n * l.out);
+  ops::add(y, d.data<float>(), n * l.out);
+}
+
+std::vector<LayerCacheInfo> DecoderModel::cache_layout() const {
+  std::vector<LayerCacheInfo> out;
+  for (const DecoderLayerSpec& l : spec_.layers) out.push_back({spec_.n_kv_heads, spec_.head_dim, l.sliding_window});
+  return out;
+}
+
+void DecoderModel::embed(const int32_t* ids, int64_t n, float* out) const {
+  for (int64_t i = 0; i < n; ++i) {
+    VLM_CHECK(ids[i] >= 0 && ids[i] < spec_.vocab_size, ErrorKind::kInvalidArgument,
+              "{}: token id {} at position {} is outside the vocabulary [0, {})", spec_.family, ids[i], i,
+              spec_.vocab_size);
+  }
+  ops::embedding(*embed_, ids, n, spec_.embed_scale, out);
+}
+
+void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
+                                   const ops::AttentionMask& mask) {
+  const DecoderSpec& s = spec_;
+  const Layer& L = layers_[static_cast<size_t>(i)];
+  const DecoderLayerSpec& ls = s.layers[static_cast<size_t>(i)];
+  const int64_t h = s.hidden_size, hd = s.head_dim, H = s.n_heads, KV = s.n_kv_heads;
+  Tensor hbuf = Tensor::empty({n, h}, DType::kF32);
+  Tensor qb = Tensor::empty({n, H * hd}, DType::kF32), kb = Tensor::empty({n, KV * hd}, DType::kF32);
+  Tensor vb = Tensor::empty({n, KV * hd}, DType::kF32), ab = Tensor::empty({n, H * hd}, DType::kF32);
+  float *hx = hbuf.data<float>(), *q = qb.data<float>(), *k = kb.data<float>(), *v = vb.data<float>();
+  float* a = ab.data<float>();
+
+  ops::rms_norm(x, n, h, L.input_norm, s.rms_norm_eps, s.norm_offset, hx);  // "input_layernorm"
+  if (s.fused_qkv) {
+    // qkv_proj rows are [q | k | v]; split each token's row.
+    const int64_t w = (H + 2 * KV) * hd;
+    Tensor fused = Tensor::empty({n, w}, DType::kF32);
+    run_linear(L.qkv, hx, n, fused.data<float>());
+    for (int64_t t = 0; t < n; ++t) {
+      const float* row = fused.data<float>() + t * w;
+      std::memcpy(q + t * H * hd, row, sizeof(float) * H * hd);
+      std::memcpy(k + t * KV * hd, row + H * hd, sizeof(float) * KV * hd);
+      std::memcpy(v + t * KV * hd, row + (H + KV) * hd, sizeof(float) * KV * hd);
+    }
+  } else {
+    run_linear(L.q, hx, n, q);
+    run_linear(L.k, hx, n, k);
+    run_linear(L.v, hx, n, v);
+  }
+  if (s.qk_norm) {  // per-head RMSNorm over head_dim ("q_norm", "k_norm")
+    ops::rms_norm(q, n * H, hd, L.q_norm, s.rms_norm_eps, s.norm_offset, q);
+    ops::rms_norm(k, n * KV, hd, L.k_norm, s.rms_norm_eps, s.norm_offset, k);
+  }
+  const RopeTable& r = ls.rope;
+  if (positions.dims == 3 && !r.mrope_section.empty()) {
+    VLM_CHECK(r.rotary_dim == hd, ErrorKind::kUnsupported, "{}: M-RoPE with partial rotary is not supported",
+              s.family);
+    ops::mrope(q, n, H, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+    ops::mrope(k, n, KV, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+  } else {
+    // Text positions (dims == 1); for M-RoPE models all three rows are equal for text, use the first.
+    ops::rope(q, n, H, hd, r.rotary_dim, r.inv_freq.data(), positions.data, r.attention_scaling);
+    ops::rope(k, n, KV, hd, r.rotary_dim, r.inv_freq.data(), positions.data, r.attention_scaling);
+  }
+  LayerAttentionSpec spec;
+  spec.n_heads = H;
+  spec.n_kv_heads = KV;
+  spec.head_dim = hd;
+  spec.scale = s.attn_scale > 0 ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
+  spec.softcap = s.attn_softcap;
+  spec.sliding_window = ls.sliding_window;
+  cache.layer(i).update_and_attend(q, k, v, n, spec, mask, a);
+  run_linear(L.o, a, n, hx);  // "o_proj"
+  if (s.sandwich_norms) ops::rms_norm(hx, n, h, L.post_attn_norm, s.rms_norm_eps, s.norm_offset, hx);
+  ops::add(x, hx, n * h);
+}
+
+void DecoderModel::mlp_block(int i, float* x, int64_t n) {
+  const DecoderSpec& s = spec_;
+  const Layer& L = layers_[static_cast<size_t>(i)];
+  const int64_t h = s.hidden_size, I = s.intermediate_size;
+  Tensor hbuf = Tensor::empty({n, h}, DType::kF32);
+  Tensor gb = Tensor::empty({n, I}, DType::kF32), ub = Tensor::empty({n, I}, DType::kF32);
+  float *hx = hbuf.data<float>(), *g = gb.data<float>(), *u = ub.data<float>();
+  ops::rms_norm(x, n, h, s.sandwich_norms ? L.pre_ffn_norm : L.post_attn_norm, s.rms_norm_eps, s.norm_offset, hx);
+  if (s.fused_gate_up) {
+    // gate_up_proj rows are [gate | up] (Phi-3 chunks the output in two, gate first).
+    Tensor fused = Tensor::empty({n, 2 * I}, DType::kF32);
+    run_linear(L.gate_up, hx, n, fused.data<float>());
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(g + t * I, fused.data<float>() + t * 2 * I, sizeof(float) * I);
+      std::memcpy(u + t * I, fused.data<float>() + t * 2 * I + I, sizeof(float) * I);
+    }
+  } else {
+    run_linear(L.gate, hx, n, g);
+    run_linear(L.up, hx, n, u);
+  }
+  ops::gated_activate(g, u, n * I, s.activation);
+  run_linear(L.down, g, n, hx);  // "down_proj"
+  if (s.sandwich_norms) ops::rms_norm(hx, n, h, L.post_ffn_norm, s.rms_norm_eps, s.norm_offset, hx);
+  ops::add(x, hx, n * h);
+}
+
+void DecoderModel::forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                           const ops::AttentionMask& mask, float* logits, bool all_logits) {
+  const DecoderSpec& s = spec_;
+  VLM_CHECK(n > 0, ErrorKind::kInvalidArgument, "{}: forward needs at least one token", s.family);
+  VLM_CHECK(positions.n == n && positions.data && (positions.dims == 1 || positions.dims == 3),
+            ErrorKind::kInvalidArgument, "{}: positions must cover the {} new tokens (got n={}, dims={})", s.family, n,
+            positions.n, positions.dims);
+  VLM_CHECK(cache.num_layers() == static_cast<int>(layers_.size()), ErrorKind::kInvalidArgument,
+            "{}: KV cache has {} layers, model has {}", s.family, cache.num_layers(), layers_.size());
+  const int64_t h = s.hidden_size;
+  Tensor xb = Tensor::empty({n, h}, DType::kF32);
+  float* x = xb.data<float>();
+  std::memcpy(x, embeds, sizeof(float) * n * h);
+  for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
+    attention_block(i, x, n, positions, cache, mask);
+    mlp_block(i, x, n);
+  }
+  const int64_t rows = all_logits ? n : 1;
+  float* last = x + (n - rows) * h;
+  ops::rms_norm(last, rows, h, final_norm_, s.rms_norm_eps, s.norm_offset, last);  // "model.norm"
+  run_linear(head_, last, rows, logits);                                           // "lm_head"
+  if (s.final_softcap > 0) ops::softcap(logits, rows * s.vocab_size, s.final_softcap);
+}
+
+size_t DecoderModel::weight_bytes() const { return table_->weight_bytes() + (adapter_ ? adapter_->nbytes() : 0); }
+
+}  // namespace vlm

@@ -1,0 +1,123 @@
+// The pre-norm transformer decoder every supported text family is an instance of. A family turns its
+// config into a DecoderSpec (which features are on, per-layer windows and RoPE) — behaviour comes from
+// config fields, never from model names — and DecoderModel declares the matching tensor table, loads it
+// and runs it:
+//
+//   x = embed(ids) * embed_scale
+//   per layer i:  h = norm(x, input_layernorm)
+//                 q, k, v = q_proj(h), k_proj(h), v_proj(h)     (or one fused qkv_proj)
+//                 q, k = q_norm(q), k_norm(k)                   (per head, when qk_norm)
+//                 q, k = rope(q), rope(k)                       (layer's own frequencies, partial rotary)
+//                 a = o_proj(cache.update_and_attend(q, k, v))  (scale, softcap, sliding window per layer)
+//                 a = norm(a, post_attention_layernorm)         (sandwich norms only: Gemma 2/3)
+//                 x += a
+//                 h = norm(x, post_attention_layernorm | pre_feedforward_layernorm)
+//                 m = down_proj(act(gate_proj(h)) * up_proj(h)) (or one fused gate_up_proj, gate first)
+//                 m = norm(m, post_feedforward_layernorm)       (sandwich norms only)
+//                 x += m
+//   logits = softcap(lm_head(norm(x, model.norm)))             (lm_head = embed_tokens when tied/absent)
+//
+// Module names are HF's, so activations can be diffed against transformers layer by layer.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "kernels/ops.h"
+#include "models/language_model.h"
+#include "models/layers/lora.h"
+#include "models/layers/rope.h"
+#include "models/layers/tensor_table.h"
+
+namespace vlm {
+
+struct DecoderLayerSpec {
+  int64_t sliding_window = 0;  // 0 = full attention
+  RopeTable rope;
+};
+
+struct DecoderSpec {
+  std::string family;  // for messages
+  int64_t vocab_size = 0, hidden_size = 0, intermediate_size = 0;
+  int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float rms_norm_eps = 1e-6f;
+  float norm_offset = 0.0f;  // 1 for Gemma's (1 + w) RMSNorm
+  ops::Activation activation = ops::Activation::kSilu;
+  float embed_scale = 1.0f;  // Gemma: sqrt(hidden), rounded to the embedding's stored dtype
+  bool qkv_bias = false, o_bias = false, mlp_bias = false;
+  bool qk_norm = false;
+  bool fused_qkv = false, fused_gate_up = false;  // Phi-3
+  bool sandwich_norms = false;                    // Gemma 2/3 pre/post attention and feed-forward norms
+  float attn_scale = 0.0f;                        // 0 = 1/sqrt(head_dim)
+  float attn_softcap = 0.0f, final_softcap = 0.0f;
+  bool tie_word_embeddings = false;  // also used when lm_head is absent (mlx-community drops it when tied)
+  std::vector<DecoderLayerSpec> layers;
+};
+
+// Common fields of a HF text config (sizes, eps, tie, activation from hidden_act, attention_bias,
+// mlp_bias, one RoPE table per layer, windows from layer_types + sliding_window when present).
+// Families adjust the result. `what` names the config file in errors.
+DecoderSpec read_common_spec(const Json& text, const std::string& family, const std::string& what);
+// Required integer field, with the error naming the key.
+int64_t require_int(const Json& obj, const char* key, const std::string& what);
+ops::Activation parse_activation(const std::string& name, const std::string& what);
+// layer_types ("sliding_attention" / "full_attention"...) when present: one entry per layer.
+std::vector<std::string> read_layer_types(const Json& text, int64_t n_layers, const std::string& what);
+// Older configs without layer_types: layers for which is_sliding(i) holds get the config's
+// sliding_window (an integer > 0, else nothing is windowed). No-op when layer_types is present.
+void apply_legacy_windows(DecoderSpec& spec, const Json& text, const std::function<bool(int)>& is_sliding,
+                          const std::string& what);
+
+class DecoderModel final : public LanguageModel {
+ public:
+  // Declares the tensor table for `spec`, resolves it against the checkpoint (throwing one error that
+  // names every missing / mis-shaped / unused tensor) and attaches the LoRA adapter if any.
+  // Weights are borrowed views that keep their files alive, so the checkpoint object itself need not
+  // outlive the model.
+  DecoderModel(DecoderSpec spec, const ModelConfig& config, const Checkpoint& checkpoint,
+               const std::string& adapter_path);
+
+  int64_t vocab_size() const override { return spec_.vocab_size; }
+  int64_t hidden_size() const override { return spec_.hidden_size; }
+  std::vector<LayerCacheInfo> cache_layout() const override;
+  void embed(const int32_t* ids, int64_t n, float* out) const override;
+  void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+               const ops::AttentionMask& mask, float* logits, bool all_logits) override;
+  size_t weight_bytes() const override;
+
+  const DecoderSpec& spec() const { return spec_; }
+  const LoraAdapter* adapter() const { return adapter_.get(); }
+
+ private:
+  struct Linear {
+    const ops::Weight* weight = nullptr;
+    Tensor bias;
+    const LoraModule* lora = nullptr;
+    int64_t out = 0;
+  };
+  struct Layer {
+    Tensor input_norm, post_attn_norm, pre_ffn_norm, post_ffn_norm, q_norm, k_norm;
+    Linear q, k, v, qkv, o, gate, up, gate_up, down;
+  };
+  Linear make_linear(const std::string& module, int64_t out);
+  void run_linear(const Linear& l, const float* x, int64_t n, float* y) const;
+  void attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
+                       const ops::AttentionMask& mask);
+  void mlp_block(int i, float* x, int64_t n);
+
+  DecoderSpec spec_;
+  std::unique_ptr<TensorTable> table_;
+  std::unique_ptr<LoraAdapter> adapter_;
+  const ops::Weight* embed_ = nullptr;
+  Linear head_;
+  Tensor final_norm_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace vlm
