@@ -199,15 +199,40 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t
   pick(&cpu::KernelTable::rope)(x, n_tokens, n_heads, head_dim, rotary_dim, inv_freq, positions, attention_scaling);
 }
 
-void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
-           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+namespace {
+void check_mrope(int64_t head_dim, const std::vector<int>& sections, const char* op) {
   int64_t total = std::accumulate(sections.begin(), sections.end(), int64_t{0});
   VLM_CHECK(head_dim % 2 == 0 && total == head_dim / 2 && !sections.empty(), ErrorKind::kInvalidArgument,
-            "[mrope] mrope_section sums to {}, expected head_dim / 2 = {}", total, head_dim / 2);
-  for (int s : sections)
-    VLM_CHECK(s >= 0, ErrorKind::kInvalidArgument, "[mrope] negative mrope_section entry {}", s);
+            "[{}] mrope_section sums to {}, expected head_dim / 2 = {}", op, total, head_dim / 2);
+  for (int s : sections) VLM_CHECK(s >= 0, ErrorKind::kInvalidArgument, "[{}] negative mrope_section entry {}", op, s);
+}
+}  // namespace
+
+void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+  check_mrope(head_dim, sections, "mrope");
   if (n_tokens <= 0 || n_heads <= 0) return;
-  pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, sections, attention_scaling);
+  // HF splits cos/sin (two copies of the half) by mrope_section * 2 and takes chunk j from stream
+  // j % 3, which gives frequency i the stream of the section it falls in.
+  std::vector<int> stream_of;
+  for (size_t s = 0; s < sections.size(); ++s) stream_of.insert(stream_of.end(), sections[s], static_cast<int>(s % 3));
+  pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, stream_of.data(),
+                                 attention_scaling);
+}
+
+void mrope_interleaved(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+                       const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+  check_mrope(head_dim, sections, "mrope_interleaved");
+  VLM_CHECK(sections.size() == 3, ErrorKind::kInvalidArgument,
+            "[mrope_interleaved] mrope_section has {} entries, expected 3 (t, h, w)", sections.size());
+  if (n_tokens <= 0 || n_heads <= 0) return;
+  std::vector<int> stream_of(static_cast<size_t>(head_dim / 2), 0);
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    if (i % 3 == 1 && i < 3 * int64_t{sections[1]}) stream_of[i] = 1;
+    if (i % 3 == 2 && i < 3 * int64_t{sections[2]}) stream_of[i] = 2;
+  }
+  pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, stream_of.data(),
+                                 attention_scaling);
 }
 
 void activate(float* x, int64_t n, Activation act) {

@@ -48,6 +48,11 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t
 // (e.g. {16, 24, 24} over head_dim/2 frequencies); positions: [3, n_tokens].
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
            const int64_t* positions3, const std::vector<int>& sections, float attention_scaling = 1.0f);
+// Interleaved M-RoPE (Qwen3-VL, Qwen3.5; HF apply_interleaved_mrope): frequency i takes the height
+// stream when i % 3 == 1 and i < 3 * sections[1], the width stream when i % 3 == 2 and
+// i < 3 * sections[2], the temporal stream otherwise (e.g. sections {24, 20, 20}). Same arguments.
+void mrope_interleaved(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
+                       const int64_t* positions3, const std::vector<int>& sections, float attention_scaling = 1.0f);
 
 enum class Activation { kSilu, kGeluTanh, kGeluErf, kQuickGelu, kRelu };
 // In place on n values.

@@ -103,6 +103,11 @@ std::vector<Case> build_cases() {
                        ops::mrope(y.data(), 7, 4, 128, inv->data(), pos->data(), {16, 24, 24});
                        return y;
                      }});
+    cases.push_back({"mrope", "qwen3-vl interleaved", 1e-13, [=] {
+                       std::vector<float> y = *x;
+                       ops::mrope_interleaved(y.data(), 7, 4, 128, inv->data(), pos->data(), {24, 20, 20});
+                       return y;
+                     }});
   }
   for (auto act : {ops::Activation::kSilu, ops::Activation::kGeluTanh, ops::Activation::kGeluErf,
                    ops::Activation::kQuickGelu, ops::Activation::kRelu}) {

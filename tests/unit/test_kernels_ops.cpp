@@ -206,6 +206,34 @@ TEST_P(KernelOps, MropeFollowsHfSectionLayout) {
   EXPECT_LT(nmse(x.data(), want), kTol);
 }
 
+// Qwen3-VL: HF apply_interleaved_mrope overwrites freqs[0][..., 1:3*s1:3] with the height stream and
+// freqs[0][..., 2:3*s2:3] with the width stream.
+TEST_P(KernelOps, InterleavedMropeFollowsHfLayout) {
+  int64_t nt = 4, nh = 3, hd = 128;
+  std::vector<int> sections = {24, 20, 20};
+  std::vector<float> x = random_vec(rng_, static_cast<size_t>(nt * nh * hd));
+  std::vector<float> inv_freq(64);
+  for (int i = 0; i < 64; ++i) inv_freq[i] = static_cast<float>(std::pow(5e6, -2.0 * i / 128));
+  std::vector<int64_t> pos3 = {3, 3, 8, 20, /*h*/ 3, 4, 9, 21, /*w*/ 3, 5, 10, 22};
+  std::vector<double> want(x.begin(), x.end());
+  for (int64_t t = 0; t < nt; ++t) {
+    std::vector<double> freqs_t(64);
+    for (int i = 0; i < 64; ++i) freqs_t[i] = static_cast<float>(pos3[t]) * inv_freq[i];
+    for (int dim = 1; dim <= 2; ++dim)
+      for (int i = dim; i < sections[dim] * 3; i += 3) freqs_t[i] = static_cast<float>(pos3[dim * nt + t]) * inv_freq[i];
+    for (int64_t h = 0; h < nh; ++h) {
+      const float* xh = x.data() + (t * nh + h) * hd;
+      for (int64_t i = 0; i < hd; ++i) {
+        double a = freqs_t[i % 64];
+        double rotated = i < 64 ? -double(xh[i + 64]) : double(xh[i - 64]);
+        want[(t * nh + h) * hd + i] = xh[i] * std::cos(a) + rotated * std::sin(a);
+      }
+    }
+  }
+  ops::mrope_interleaved(x.data(), nt, nh, hd, inv_freq.data(), pos3.data(), sections);
+  EXPECT_LT(nmse(x.data(), want), kTol);
+}
+
 namespace {
 double act_oracle(double x, ops::Activation a) {
   switch (a) {
@@ -377,6 +405,7 @@ TEST(KernelErrors, BadArgumentsThrowTypedErrorsNamingTheOp) {
   EXPECT_THROW(ops::rope(x.data(), 1, 1, 8, 9, inv.data(), pos.data()), Error);
   std::vector<int64_t> pos3 = {0, 0, 0};
   EXPECT_THROW(ops::mrope(x.data(), 1, 1, 8, inv.data(), pos3.data(), {1, 1, 1}), Error);
+  EXPECT_THROW(ops::mrope_interleaved(x.data(), 1, 1, 8, inv.data(), pos3.data(), {2, 2}), Error);
   EXPECT_THROW(ops::attention(x.data(), 1, 0, x.data(), x.data(), pos.data(), 1, 3, 2, 8, 1.0f, 0.0f, {}, y.data()),
                Error);
   ops::Weight q = random_quantized(rng, 4, 64, 4, 64, DType::kBF16);

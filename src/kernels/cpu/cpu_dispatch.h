@@ -13,8 +13,9 @@ struct KernelTable {
   void (*rms_norm)(const float*, int64_t, int64_t, const Tensor&, float, float, float*) = nullptr;
   void (*layer_norm)(const float*, int64_t, int64_t, const Tensor&, const Tensor&, float, float*) = nullptr;
   void (*rope)(float*, int64_t, int64_t, int64_t, int64_t, const float*, const int64_t*, float) = nullptr;
-  void (*mrope)(float*, int64_t, int64_t, int64_t, const float*, const int64_t*, const std::vector<int>&,
-                float) = nullptr;
+  // M-RoPE with the position stream (0 = t, 1 = h, 2 = w) of every frequency given explicitly
+  // (stream_of: [head_dim / 2]); ops.cpp derives it for the chunked and the interleaved layouts.
+  void (*mrope)(float*, int64_t, int64_t, int64_t, const float*, const int64_t*, const int*, float) = nullptr;
   void (*activate)(float*, int64_t, Activation) = nullptr;
   void (*gated_activate)(float*, const float*, int64_t, Activation) = nullptr;
   void (*softmax)(float*, int64_t, int64_t) = nullptr;

@@ -179,15 +179,13 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t
 }
 
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
-           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+           const int64_t* positions3, const int* stream_of, float attention_scaling) {
   const int64_t half = head_dim / 2;
-  std::vector<int> section_of;
-  for (size_t s = 0; s < sections.size(); ++s) section_of.insert(section_of.end(), sections[s], static_cast<int>(s % 3));
   parallel_for(n_tokens, n_heads * head_dim * 2 + half * 40, [&](int64_t t0, int64_t t1) {
     std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t i = 0; i < half; ++i) {
-        float angle = static_cast<float>(positions3[section_of[i] * n_tokens + t]) * inv_freq[i];
+        float angle = static_cast<float>(positions3[stream_of[i] * n_tokens + t]) * inv_freq[i];
         cs[i] = static_cast<float>(std::cos(static_cast<double>(angle))) * attention_scaling;
         sn[i] = static_cast<float>(std::sin(static_cast<double>(angle))) * attention_scaling;
       }

@@ -77,22 +77,13 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t
 }
 
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
-           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
+           const int64_t* positions3, const int* stream_of, float attention_scaling) {
   const int64_t half = head_dim / 2;
-  // Frequency i takes its position from stream section_of[i] (0 = temporal, 1 = height, 2 = width):
-  // HF splits cos/sin (length head_dim = two copies of the half) by mrope_section * 2 and takes
-  // chunk j from stream j % 3, which gives both halves the same per-frequency stream.
-  std::vector<int> section_of(static_cast<size_t>(half));
-  {
-    int64_t i = 0;
-    for (size_t s = 0; s < sections.size(); ++s)
-      for (int k = 0; k < sections[s]; ++k) section_of[static_cast<size_t>(i++)] = static_cast<int>(s % 3);
-  }
   cpu::parallel_for(n_tokens, n_heads * head_dim * 4, [&](int64_t t0, int64_t t1) {
     std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t i = 0; i < half; ++i) {
-        int64_t pos = positions3[section_of[i] * n_tokens + t];
+        int64_t pos = positions3[stream_of[i] * n_tokens + t];
         float angle = static_cast<float>(pos) * inv_freq[i];
         cs[i] = static_cast<float>(std::cos(static_cast<double>(angle))) * attention_scaling;
         sn[i] = static_cast<float>(std::sin(static_cast<double>(angle))) * attention_scaling;

@@ -14,8 +14,9 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
 void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
           const int64_t* positions, float attention_scaling);
+// stream_of[i] (0 = temporal, 1 = height, 2 = width) picks the position row of frequency i.
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
-           const int64_t* positions3, const std::vector<int>& sections, float attention_scaling);
+           const int64_t* positions3, const int* stream_of, float attention_scaling);
 void activate(float* x, int64_t n, Activation act);
 void gated_activate(float* gate, const float* up, int64_t n, Activation act);
 void softmax(float* x, int64_t n, int64_t d);
