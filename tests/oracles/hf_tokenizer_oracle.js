@@ -24,15 +24,30 @@ async function main() {
   }
   if (req.bench) {
     const text = fs.readFileSync(req.bench.text_file, 'utf8');
-    out.bench = { load_ms: [], encode_s: [], bytes: Buffer.byteLength(text, 'utf8'), tokens: 0 };
+    // Wall time and process CPU time (user + system; CPU time is robust on a shared machine).
+    const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+    const b = { load_ms: [], load_cpu_ms: [], encode_s: [], encode_cpu_s: [], bytes: Buffer.byteLength(text, 'utf8'), tokens: 0 };
+    out.bench = b;
     for (let r = 0; r < req.bench.reps; ++r) {
-      let t0 = process.hrtime.bigint();
+      let t0 = process.hrtime.bigint(), c0 = cpu();
       Tokenizer.fromFile(req.tokenizer);
-      out.bench.load_ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      t0 = process.hrtime.bigint();
+      b.load_ms.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      b.load_cpu_ms.push((cpu() - c0) * 1e3);
+      t0 = process.hrtime.bigint(); c0 = cpu();
       const enc = await tok.encode(text, null, { addSpecialTokens: false });
-      out.bench.encode_s.push(Number(process.hrtime.bigint() - t0) / 1e9);
-      out.bench.tokens = enc.getIds().length;
+      b.encode_s.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      b.encode_cpu_s.push(cpu() - c0);
+      b.tokens = enc.getIds().length;
+    }
+    // The same text as a sequence of ~1 KB prompts (sequential awaits: one encode at a time).
+    if (req.bench.chunks) {
+      b.chunks_s = []; b.chunks_cpu_s = [];
+      for (let r = 0; r < req.bench.reps; ++r) {
+        const t0 = process.hrtime.bigint(), c0 = cpu();
+        for (const c of req.bench.chunks) await tok.encode(c, null, { addSpecialTokens: false });
+        b.chunks_s.push(Number(process.hrtime.bigint() - t0) / 1e9);
+        b.chunks_cpu_s.push(cpu() - c0);
+      }
     }
   }
   fs.writeFileSync(resultPath, JSON.stringify(out));

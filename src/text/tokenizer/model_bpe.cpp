@@ -81,8 +81,10 @@ BpeModel::BpeModel(JsonElement m, const JsonPath& at) {
   std::vector<std::pair<std::string_view, int32_t>> entries;
   entries.reserve(vocab.size());
   for (auto [key, value] : vocab) {
-    const int64_t id = json_as_int(value, vat.child(key));
-    if (id < 0 || id > INT32_MAX) json_fail(vat.child(key), fmt::format("id {} is out of range", id));
+    int64_t id = -1;
+    if (value.get_int64().get(id) || id < 0 || id > INT32_MAX) {
+      json_fail(vat.child(key), "expected a token id (integer in [0, 2^31))");
+    }
     vocab_.insert(key, static_cast<int32_t>(id));
     entries.emplace_back(key, static_cast<int32_t>(id));
     max_id = std::max(max_id, id);
@@ -105,37 +107,62 @@ BpeModel::BpeModel(JsonElement m, const JsonPath& at) {
   }
   merges_.reserve(merges.size());
   const size_t prefix_len = has_prefix_ ? prefix_.size() : 0;
-  int32_t rank = 0;
-  std::string joined;
-  for (JsonElement e : merges) {
+  // Pass 1: split every merge into its two token strings (views into the parsed JSON).
+  struct Merge {
     std::string_view a, b;
-    std::string_view line;
-    simdjson::dom::array pair;
-    if (!e.get_string().get(line)) {
-      const size_t sp = line.find(' ');
-      if (sp == std::string_view::npos || line.find(' ', sp + 1) != std::string_view::npos) {
-        json_fail(mat.index(rank), fmt::format("merge \"{}\" is not two tokens separated by one space", line));
+    uint64_t ha, hb, hj;
+    std::string joined;
+  };
+  std::vector<Merge> list(merges.size());
+  {
+    size_t rank = 0;
+    for (JsonElement e : merges) {
+      std::string_view line;
+      simdjson::dom::array pair;
+      Merge& mg = list[rank];
+      if (!e.get_string().get(line)) {
+        const size_t sp = line.find(' ');
+        if (sp == std::string_view::npos || line.find(' ', sp + 1) != std::string_view::npos) {
+          json_fail(mat.index(rank), fmt::format("merge \"{}\" is not two tokens separated by one space", line));
+        }
+        mg.a = line.substr(0, sp);
+        mg.b = line.substr(sp + 1);
+      } else if (!e.get_array().get(pair) && pair.size() == 2 && !pair.at(0).get_string().get(mg.a) &&
+                 !pair.at(1).get_string().get(mg.b)) {
+      } else {
+        json_fail(mat.index(rank), "expected \"a b\" or [\"a\", \"b\"]");
       }
-      a = line.substr(0, sp);
-      b = line.substr(sp + 1);
-    } else if (!e.get_array().get(pair) && pair.size() == 2) {
-      a = json_as_string(pair.at(0).value_unsafe(), mat.index(rank).index(0));
-      b = json_as_string(pair.at(1).value_unsafe(), mat.index(rank).index(1));
-    } else {
-      json_fail(mat.index(rank), "expected \"a b\" or [\"a\", \"b\"]");
+      ++rank;
     }
-    const int32_t* ia = vocab_.find(a);
-    const int32_t* ib = vocab_.find(b);
-    if (!ia || !ib) {
-      json_fail(mat.index(rank), fmt::format("merge token \"{}\" is not in the vocabulary", !ia ? a : b));
+  }
+  // Pass 2: resolve ids in batches, prefetching the hash slots of a batch before probing them.
+  constexpr size_t kBatch = 32;
+  for (size_t base = 0; base < list.size(); base += kBatch) {
+    const size_t end = std::min(list.size(), base + kBatch);
+    for (size_t i = base; i < end; ++i) {
+      Merge& mg = list[i];
+      mg.ha = hash_bytes(mg.a);
+      mg.hb = hash_bytes(mg.b);
+      mg.joined.assign(mg.a);
+      if (prefix_len <= mg.b.size()) mg.joined.append(mg.b.substr(prefix_len));
+      mg.hj = hash_bytes(mg.joined);
+      vocab_.prefetch(mg.ha);
+      vocab_.prefetch(mg.hb);
+      vocab_.prefetch(mg.hj);
     }
-    joined.assign(a);
-    if (prefix_len <= b.size()) joined.append(b.substr(prefix_len));
-    const int32_t* inew = vocab_.find(joined);
-    if (!inew) json_fail(mat.index(rank), fmt::format("merged token \"{}\" is not in the vocabulary", joined));
-    // A later duplicate overwrites an earlier one, as HF's HashMap collect does.
-    merges_.set(*ia, *ib, PairMap::Value{rank, *inew});
-    ++rank;
+    for (size_t i = base; i < end; ++i) {
+      Merge& mg = list[i];
+      const int32_t* ia = vocab_.find_hashed(mg.a, mg.ha);
+      const int32_t* ib = vocab_.find_hashed(mg.b, mg.hb);
+      if (!ia || !ib) {
+        json_fail(mat.index(i), fmt::format("merge token \"{}\" is not in the vocabulary", !ia ? mg.a : mg.b));
+      }
+      const int32_t* inew = vocab_.find_hashed(mg.joined, mg.hj);
+      if (!inew) json_fail(mat.index(i), fmt::format("merged token \"{}\" is not in the vocabulary", mg.joined));
+      // A later duplicate overwrites an earlier one, as HF's HashMap collect does.
+      merges_.set(*ia, *ib, PairMap::Value{static_cast<int32_t>(i), *inew});
+      std::string().swap(mg.joined);
+    }
   }
   if (unk_token_ && !vocab_.find(*unk_token_)) {
     json_fail(at.child("unk_token"), fmt::format("unk token \"{}\" is not in the vocabulary", *unk_token_));
