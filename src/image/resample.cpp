@@ -91,6 +91,7 @@ Filter filter_of(ResampleFilter f) {
 // Per output position: first source index, tap count, and ksize fixed-point weights.
 struct Coeffs {
   int ksize = 0;
+  int precision = kPrecisionBits;  // fractional bits of kk (PIL: 22; torch's int16 weights: 14-15)
   std::vector<int> bounds;   // [out, 2]: xmin, xcount
   std::vector<int32_t> kk;   // [out, ksize]
 };
@@ -133,19 +134,19 @@ Coeffs precompute_coeffs(int in_size, float in0, float in1, int out_size, const 
   return c;
 }
 
-inline uint8_t clip8(int32_t acc) {
-  const int32_t v = acc >> kPrecisionBits;  // arithmetic shift, as PIL's table index
+inline uint8_t clip8(int32_t acc, int precision) {
+  const int32_t v = acc >> precision;  // arithmetic shift, as PIL's table index
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
 // One output pixel of the horizontal pass, scalar: PIL's loop exactly.
 template <int C>
-inline void convolve_pixel_scalar(const uint8_t* s, const int32_t* k, int count, uint8_t* dst) {
+inline void convolve_pixel_scalar(const uint8_t* s, const int32_t* k, int count, int prec, uint8_t* dst) {
   int32_t ss[C];
-  for (int ch = 0; ch < C; ++ch) ss[ch] = 1 << (kPrecisionBits - 1);
+  for (int ch = 0; ch < C; ++ch) ss[ch] = 1 << (prec - 1);
   for (int x = 0; x < count; ++x)
     for (int ch = 0; ch < C; ++ch) ss[ch] += s[x * C + ch] * k[x];
-  for (int ch = 0; ch < C; ++ch) dst[ch] = clip8(ss[ch]);
+  for (int ch = 0; ch < C; ++ch) dst[ch] = clip8(ss[ch], prec);
 }
 
 // AVX2 version for 3 and 4 channels: two taps per step, each pixel widened to 4 int32 lanes
@@ -153,7 +154,7 @@ inline void convolve_pixel_scalar(const uint8_t* s, const int32_t* k, int count,
 // integer PIL computes (integer addition is exact in any order). `avail` bytes are readable from s.
 template <int C>
 __attribute__((target("avx2"))) void convolve_pixel_avx2(const uint8_t* s, const int32_t* k, int count,
-                                                        size_t avail, uint8_t* dst) {
+                                                        size_t avail, int prec, uint8_t* dst) {
   // C == 3: bytes [R0 G0 B0 R1 G1 B1 ..] → [R0 G0 B0 0 R1 G1 B1 0]; C == 4: identity.
   const __m128i spread = C == 3 ? _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1)
                                 : _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -1, -1, -1, -1, -1, -1, -1, -1);
@@ -169,9 +170,9 @@ __attribute__((target("avx2"))) void convolve_pixel_avx2(const uint8_t* s, const
   _mm_store_si128(reinterpret_cast<__m128i*>(lanes),
                   _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1)));
   for (int ch = 0; ch < C; ++ch) {
-    int32_t ss = (1 << (kPrecisionBits - 1)) + lanes[ch];
+    int32_t ss = (1 << (prec - 1)) + lanes[ch];
     for (int t = x; t < count; ++t) ss += s[size_t(t) * C + ch] * k[t];
-    dst[ch] = clip8(ss);
+    dst[ch] = clip8(ss, prec);
   }
 }
 
@@ -194,9 +195,9 @@ void resample_horizontal(const Image& in, Image& out, int row_offset, const Coef
         const int32_t* k = &c.kk[size_t(xx) * c.ksize];
         const uint8_t* s = src + size_t(xmin) * C;
         if (simd)
-          convolve_pixel_avx2<C>(s, k, xcount, in.row_bytes() - size_t(xmin) * C, dst + size_t(xx) * C);
+          convolve_pixel_avx2<C>(s, k, xcount, in.row_bytes() - size_t(xmin) * C, c.precision, dst + size_t(xx) * C);
         else
-          convolve_pixel_scalar<C>(s, k, xcount, dst + size_t(xx) * C);
+          convolve_pixel_scalar<C>(s, k, xcount, c.precision, dst + size_t(xx) * C);
       }
     }
   }, 8);
@@ -224,7 +225,7 @@ void resample_vertical(const Image& in, Image& out, const Coeffs& c) {
     for (int64_t yy = y0; yy < y1; ++yy) {
       const int ymin = c.bounds[size_t(yy) * 2], ycount = c.bounds[size_t(yy) * 2 + 1];
       const int32_t* k = &c.kk[size_t(yy) * c.ksize];
-      std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
+      std::fill(acc.begin(), acc.end(), 1 << (c.precision - 1));
       // Row-wise accumulation gives the same integer sums as PIL's per-pixel loop (integer adds
       // are exact) and streams through memory.
       for (int y = 0; y < ycount; ++y) {
@@ -236,21 +237,17 @@ void resample_vertical(const Image& in, Image& out, const Coeffs& c) {
         }
       }
       uint8_t* dst = out.row(static_cast<int>(yy));
-      for (int i = 0; i < rowlen; ++i) dst[i] = clip8(acc[i]);
+      for (int i = 0; i < rowlen; ++i) dst[i] = clip8(acc[i], c.precision);
     }
   }, 4);
 }
 
+// The two-pass driver shared by both backends: horizontal pass over just the rows the vertical pass
+// reads (rows are independent, so this equals a full-height pass), uint8 between passes.
 template <int C>
-Image resample_inner(const Image& src, int out_w, int out_h, const Filter& f, const ResampleBox& box) {
-  // PIL's tests, including its quirk of comparing the box's far edge with the *output* size.
-  const bool need_h = out_w != src.width() || box[0] != 0 || box[2] != out_w;
-  const bool need_v = out_h != src.height() || box[1] != 0 || box[3] != out_h;
-  Coeffs ch = precompute_coeffs(src.width(), box[0], box[2], out_w, f);
-  Coeffs cv = precompute_coeffs(src.height(), box[1], box[3], out_h, f);
+Image two_pass(const Image& src, int out_w, int out_h, Coeffs& ch, Coeffs& cv, bool need_h, bool need_v) {
   const int ybox_first = cv.bounds[0];
   const int ybox_last = cv.bounds[size_t(out_h) * 2 - 2] + cv.bounds[size_t(out_h) * 2 - 1];
-
   Image tmp;
   const Image* cur = &src;
   if (need_h) {
@@ -265,6 +262,24 @@ Image resample_inner(const Image& src, int out_w, int out_h, const Filter& f, co
     return out;
   }
   return need_h ? std::move(tmp) : src.clone();
+}
+
+Image two_pass_any(const Image& src, int out_w, int out_h, Coeffs& ch, Coeffs& cv, bool need_h, bool need_v) {
+  switch (src.channels()) {
+    case 1: return two_pass<1>(src, out_w, out_h, ch, cv, need_h, need_v);
+    case 2: return two_pass<2>(src, out_w, out_h, ch, cv, need_h, need_v);
+    case 3: return two_pass<3>(src, out_w, out_h, ch, cv, need_h, need_v);
+    default: return two_pass<4>(src, out_w, out_h, ch, cv, need_h, need_v);
+  }
+}
+
+Image resample_pil_filtered(const Image& src, int out_w, int out_h, const Filter& f, const ResampleBox& box) {
+  // PIL's tests, including its quirk of comparing the box's far edge with the *output* size.
+  const bool need_h = out_w != src.width() || box[0] != 0 || box[2] != out_w;
+  const bool need_v = out_h != src.height() || box[1] != 0 || box[3] != out_h;
+  Coeffs ch = precompute_coeffs(src.width(), box[0], box[2], out_w, f);
+  Coeffs cv = precompute_coeffs(src.height(), box[1], box[3], out_h, f);
+  return two_pass_any(src, out_w, out_h, ch, cv, need_h, need_v);
 }
 
 // PIL's ImagingScaleAffine (resize with NEAREST): positions accumulate by repeated addition.
@@ -352,15 +367,90 @@ Image resize_pil(const Image& src, int out_w, int out_h, ResampleFilter filter, 
     premultiply(pre);
     in = &pre;
   }
-  Image out;
-  switch (C) {
-    case 1: out = resample_inner<1>(*in, out_w, out_h, f, box); break;
-    case 2: out = resample_inner<2>(*in, out_w, out_h, f, box); break;
-    case 3: out = resample_inner<3>(*in, out_w, out_h, f, box); break;
-    default: out = resample_inner<4>(*in, out_w, out_h, f, box); break;
-  }
+  Image out = resample_pil_filtered(*in, out_w, out_h, f, box);
   if (alpha) unpremultiply(out);
   return out;
+}
+
+// ---- torchvision backend ----------------------------------------------------------------------------
+namespace {
+
+// ATen's antialiasing filters (aten/src/ATen/native/cpu/UpSampleKernel.cpp, HelperInterpCubic/Linear::
+// aa_filter): Keys a = -0.5 written as cubic_convolution1/2, which rounds differently from PIL's form.
+double aten_bicubic_aa(double x) {
+  constexpr double A = -0.5;
+  x = std::abs(x);
+  if (x < 1.0) return ((A + 2) * x - (A + 3)) * x * x + 1;
+  if (x < 2.0) return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+  return 0.0;
+}
+double aten_bilinear_aa(double x) {
+  x = std::abs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// _compute_index_ranges_int16_weights: double weights (PIL-style bounds, align_corners=False scale
+// in/out), then one precision for the whole axis chosen from the largest weight so that weights fit
+// int16, rounded half away from zero. The uint8 kernels (AVX2 and generic) sum int16 x uint8 products
+// in int32 from 1 << (precision - 1) and saturate (acc >> precision) to uint8.
+Coeffs aten_int16_coeffs(int in_size, int out_size, double (*filter)(double), int interp_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double support = scale >= 1.0 ? (interp_size * 0.5) * scale : interp_size * 0.5;
+  const int max_interp = static_cast<int>(std::ceil(support)) * 2 + 1;
+  const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+  std::vector<double> w(size_t(out_size) * max_interp, 0.0);
+  Coeffs c;
+  c.ksize = max_interp;
+  c.bounds.resize(size_t(out_size) * 2);
+  double wt_max = 0.0;
+  for (int i = 0; i < out_size; ++i) {
+    const double center = scale * (i + 0.5);
+    const int64_t xmin = std::max<int64_t>(static_cast<int64_t>(center - support + 0.5), 0);
+    int64_t xsize = std::min<int64_t>(static_cast<int64_t>(center + support + 0.5), in_size) - xmin;
+    xsize = std::clamp<int64_t>(xsize, 0, max_interp);
+    double* wp = &w[size_t(i) * max_interp];
+    double total = 0.0;
+    for (int64_t j = 0; j < xsize; ++j) {
+      wp[j] = filter((static_cast<double>(j + xmin) - center + 0.5) * invscale);
+      total += wp[j];
+    }
+    if (total != 0.0)
+      for (int64_t j = 0; j < xsize; ++j) {
+        wp[j] /= total;
+        wt_max = std::max(wt_max, wp[j]);
+      }
+    c.bounds[size_t(i) * 2] = static_cast<int>(xmin);
+    c.bounds[size_t(i) * 2 + 1] = static_cast<int>(xsize);
+  }
+  int prec = 0;
+  for (prec = 0; prec < 22; ++prec)
+    if (static_cast<int>(0.5 + wt_max * (1 << (prec + 1))) >= (1 << 15)) break;
+  c.precision = prec;
+  c.kk.resize(w.size());
+  for (size_t j = 0; j < w.size(); ++j) {
+    const double v = w[j] * (1 << prec);
+    c.kk[j] = static_cast<int16_t>(v < 0 ? static_cast<int>(-0.5 + v) : static_cast<int>(0.5 + v));
+  }
+  return c;
+}
+
+}  // namespace
+
+Image resize_torchvision(const Image& src, int out_w, int out_h, ResampleFilter filter) {
+  VLM_CHECK(out_w > 0 && out_h > 0, ErrorKind::kInvalidArgument, "resize: output size {}x{} must be positive", out_w,
+            out_h);
+  VLM_CHECK(!src.empty() && src.channels() >= 1 && src.channels() <= 4, ErrorKind::kInvalidArgument,
+            "resize: source must be a non-empty 1-4 channel image");
+  VLM_CHECK(filter == ResampleFilter::kBilinear || filter == ResampleFilter::kBicubic, ErrorKind::kInvalidArgument,
+            "resize (torchvision backend): {} is not available; torchvision antialiased resize offers bilinear and "
+            "bicubic",
+            resample_filter_name(filter));
+  if (out_w == src.width() && out_h == src.height()) return src.clone();
+  const bool cubic = filter == ResampleFilter::kBicubic;
+  Coeffs ch = aten_int16_coeffs(src.width(), out_w, cubic ? aten_bicubic_aa : aten_bilinear_aa, cubic ? 4 : 2);
+  Coeffs cv = aten_int16_coeffs(src.height(), out_h, cubic ? aten_bicubic_aa : aten_bilinear_aa, cubic ? 4 : 2);
+  // No premultiplication: torchvision resizes every channel of a tensor alike.
+  return two_pass_any(src, out_w, out_h, ch, cv, out_w != src.width(), out_h != src.height());
 }
 
 Image center_crop(const Image& src, int out_w, int out_h) {
@@ -471,6 +561,24 @@ Tensor to_normalized_chw(const Image& src, const std::vector<float>& mean, const
   for (int c = 0; c < C; ++c) {
     VLM_CHECK(std[c] != 0.0f, ErrorKind::kInvalidArgument, "normalize: std[{}] is zero", c);
     for (int v = 0; v < 256; ++v) lut[size_t(c) * 256 + v] = (rescaled(v, scale) - mean[c]) / std[c];
+  }
+  return chw_from_lut(src, lut);
+}
+
+Tensor to_normalized_chw_torchvision(const Image& src, const std::vector<float>& mean, const std::vector<float>& std,
+                                     double rescale_factor) {
+  const int C = src.channels();
+  VLM_CHECK(static_cast<int>(mean.size()) == C && static_cast<int>(std.size()) == C, ErrorKind::kInvalidArgument,
+            "normalize: {} channels but {} means and {} stds", C, mean.size(), std.size());
+  VLM_CHECK(rescale_factor != 0.0, ErrorKind::kInvalidArgument, "normalize: rescale factor is zero");
+  // transformers' fast processors fuse the two steps: torch.tensor(mean) (float32) * (1.0 / rescale_factor),
+  // likewise std, then F.normalize on the float32 image: (x - mean') / std' in float32.
+  const float inv = static_cast<float>(1.0 / rescale_factor);
+  std::vector<float> lut(size_t(C) * 256);
+  for (int c = 0; c < C; ++c) {
+    const float m = mean[c] * inv, s = std[c] * inv;
+    VLM_CHECK(s != 0.0f, ErrorKind::kInvalidArgument, "normalize: std[{}] is zero", c);
+    for (int v = 0; v < 256; ++v) lut[size_t(c) * 256 + v] = (static_cast<float>(v) - m) / s;
   }
   return chw_from_lut(src, lut);
 }

@@ -34,6 +34,13 @@ using ResampleBox = std::array<float, 4>;
 Image resize_pil(const Image& src, int out_w, int out_h, ResampleFilter filter,
                  std::optional<ResampleBox> box = std::nullopt);
 
+// torchvision.transforms.v2.functional.resize(uint8 [c, h, w] tensor, antialias=True) on CPU, the
+// resize transformers 5's default "fast" processors run (Qwen2-VL, CLIP, SigLIP, Gemma 3): ATen's
+// antialiased separable bilinear/bicubic with int16 fixed-point weights (precision chosen per axis),
+// uint8 between passes, no alpha premultiplication. Differs from resize_pil by at most a level or so.
+// Written from ATen's UpSampleKernel.cpp; not checked against torch on this machine (no torch here).
+Image resize_torchvision(const Image& src, int out_w, int out_h, ResampleFilter filter);
+
 // transformers image_transforms.center_crop on [h, w, c]: crops the centred (out_h, out_w) window,
 // zero-padding first where the crop is larger than the image (same offsets as transformers).
 Image center_crop(const Image& src, int out_w, int out_h);
@@ -51,5 +58,10 @@ void normalize_chw(Tensor& chw, const std::vector<float>& mean, const std::vecto
 // rescale_to_chw then normalize_chw: the PIL-backend processor tail.
 Tensor to_normalized_chw(const Image& src, const std::vector<float>& mean, const std::vector<float>& std,
                          double scale = 1.0 / 255.0);
+
+// The fast-processor tail: rescale and normalize fused as transformers does it — float32 mean and std
+// multiplied by 1/rescale_factor, then (float(x) - mean') / std' in float32. [c, h, w] f32 out.
+Tensor to_normalized_chw_torchvision(const Image& src, const std::vector<float>& mean, const std::vector<float>& std,
+                                     double rescale_factor = 1.0 / 255.0);
 
 }  // namespace vlm

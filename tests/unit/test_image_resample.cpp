@@ -45,6 +45,11 @@ mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 x = (x - mean) / std
 x.transpose(2, 0, 1).astype(np.float32).tofile(os.path.join(d, "norm_out.raw"))
+# transformers fast processors: torch.tensor(mean) (float32) * (1/rescale), then float32 (x - m) / s
+m32 = mean * np.float32(1.0 / (1 / 255))
+s32 = std * np.float32(1.0 / (1 / 255))
+y = (a.astype(np.float32) - m32) / s32
+y.transpose(2, 0, 1).astype(np.float32).tofile(os.path.join(d, "norm_tv_out.raw"))
 )PY";
 
 std::string run_python(const std::string& script, const std::string& arg) {
@@ -155,10 +160,48 @@ TEST(ResamplePil, BitExactWithPilResizeForEveryFilter) {
   const std::string want = test::read_file(dir / "norm_out.raw");
   ASSERT_EQ(want.size(), t.nbytes());
   EXPECT_EQ(std::memcmp(want.data(), t.raw(), want.size()), 0);
+  // torchvision-backend tail: fused float32 mean/std
+  Tensor tv = to_normalized_chw_torchvision(norm_in, mean, stdv);
+  const std::string want_tv = test::read_file(dir / "norm_tv_out.raw");
+  ASSERT_EQ(want_tv.size(), tv.nbytes());
+  EXPECT_EQ(std::memcmp(want_tv.data(), tv.raw(), want_tv.size()), 0);
   // the unfused steps give the same bits as the fused table
   Tensor u = rescale_to_chw(norm_in);
   normalize_chw(u, mean, stdv);
   EXPECT_EQ(std::memcmp(want.data(), u.raw(), want.size()), 0);
+}
+
+// No torch on this machine, so the torchvision-backend resize is checked against the verified PIL
+// resize: both compute the same antialiased convolution, differing only in weight precision (int16
+// with a per-axis shift vs PIL's 22 bits) and in how the cubic is written, so outputs agree within one
+// level on nearly every byte (two passes can stack to two). A wrong bound, support or pass order would
+// show as large differences.
+TEST(ResampleTorchvision, AgreesWithPilWithinWeightPrecision) {
+  const std::vector<std::array<int, 4>> sizes = {{640, 480, 224, 224}, {1000, 750, 384, 384}, {333, 517, 448, 448},
+                                                 {64, 48, 224, 224},   {37, 41, 36, 41},     {4032, 3024, 28, 28},
+                                                 {1920, 1080, 980, 560}, {5, 300, 300, 5},   {97, 61, 97, 30}};
+  for (const auto& s : sizes)
+    for (ResampleFilter f : {ResampleFilter::kBilinear, ResampleFilter::kBicubic}) {
+      SCOPED_TRACE(::testing::Message() << s[0] << "x" << s[1] << " -> " << s[2] << "x" << s[3] << " "
+                                        << resample_filter_name(f));
+      Image src = make_image(s[0], s[1], 3, static_cast<uint32_t>(s[0] * 7 + s[1]));
+      Image a = resize_torchvision(src, s[2], s[3], f);
+      Image b = resize_pil(src, s[2], s[3], f);
+      ASSERT_EQ(a.size_bytes(), b.size_bytes());
+      size_t differing = 0;
+      int max_diff = 0;
+      for (size_t i = 0; i < a.size_bytes(); ++i) {
+        const int d = std::abs(int(a.data()[i]) - int(b.data()[i]));
+        differing += d != 0;
+        max_diff = std::max(max_diff, d);
+      }
+      EXPECT_LE(max_diff, 2);
+      EXPECT_LT(double(differing) / a.size_bytes(), 0.10) << differing << " of " << a.size_bytes();
+    }
+  Image src = make_image(20, 10, 3, 3);
+  EXPECT_THROW(resize_torchvision(src, 10, 5, ResampleFilter::kLanczos), Error);
+  Image same = resize_torchvision(src, 20, 10, ResampleFilter::kBicubic);
+  EXPECT_EQ(std::memcmp(same.data(), src.data(), src.size_bytes()), 0);
 }
 
 TEST(ResamplePil, CenterCropAndPadFollowTransformers) {
