@@ -26,7 +26,8 @@ struct Weight {
   size_t nbytes() const { return quantized ? quant.nbytes() : dense.nbytes(); }
 };
 
-// y[n, out] = x[n, in] · Wᵀ (+ bias[out] if bias is defined, any float dtype).
+// y[n, out] = x[n, in] · Wᵀ (+ bias[out] if bias is defined, any float dtype). x and y must not
+// overlap. n < 8 runs as GEMV per token (memory-bound), n >= 8 as a blocked GEMM (compute-bound).
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
 
 // out[i, :] = row ids[i] of the table (dense or quantized), as f32, times `scale`.
