@@ -1,0 +1,170 @@
+// Tokenizer loading errors (typed vlm::Error naming the file and JSON field), input validation, and
+// transformers' tokenizer_config.json rule for add_bos_token / add_eos_token, whose expected ids come
+// from HF tokenizers running the post-processor transformers builds ("[bos] $A [eos]").
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "test_text_tokenizer_oracle.h"
+#include "text/tokenizer.h"
+
+namespace vlm::test {
+namespace {
+
+const char* kMinimal = R"({
+  "version": "1.0", "added_tokens": [{"id": 0, "content": "<s>", "special": true, "normalized": false,
+                                      "lstrip": false, "rstrip": false, "single_word": false}],
+  "normalizer": null, "pre_tokenizer": PRE, "post_processor": null, "decoder": null,
+  "model": {"type": "BPE", "vocab": {"<s>": 0, "a": 1, "b": 2, "ab": 3}, "merges": MERGES}
+})";
+
+std::string minimal(const std::string& pre, const std::string& merges = R"(["a b"])") {
+  std::string s = kMinimal;
+  s.replace(s.find("PRE"), 3, pre);
+  s.replace(s.find("MERGES"), 6, merges);
+  return s;
+}
+
+// Loads `json` from a temp file and returns the error (or fails the test if none is thrown).
+Error load_error(const std::string& json, std::string* path_out = nullptr) {
+  TempDir tmp;
+  const std::string path = tmp / "tokenizer.json";
+  write_file(path, json);
+  if (path_out) *path_out = path;
+  try {
+    Tokenizer::from_files(path);
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no error for " << json;
+  return Error(ErrorKind::kInternal, "");
+}
+
+TEST(TokenizerErrors, MinimalFileLoadsAndEncodes) {
+  TempDir tmp;
+  write_file(tmp / "tokenizer.json", minimal("null"));
+  auto tok = Tokenizer::from_files(tmp / "tokenizer.json");
+  EXPECT_EQ(tok->encode("ab<s>ba", true), (std::vector<int32_t>{3, 0, 2, 1}));
+}
+
+TEST(TokenizerErrors, RegexThatDoesNotCompileNamesFileAndField) {
+  std::string path;
+  const Error e = load_error(minimal(R"({"type": "Split", "pattern": {"Regex": "(unclosed[a-"}, "behavior": "Isolated", "invert": false})"), &path);
+  EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+  EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("pre_tokenizer.pattern.Regex"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("does not compile"), std::string::npos) << e.what();
+}
+
+TEST(TokenizerErrors, MalformedJsonAndFields) {
+  struct BadCase {
+    std::string json, expect;
+  };
+  const std::vector<BadCase> cases = {
+      {"{\"model\": {\"type\": \"BPE\", \"vocab\": {", "not valid JSON"},
+      {"[1, 2]", "expected a JSON object"},
+      {R"({"added_tokens": []})", "model: required field is missing"},
+      {minimal(R"({"type": "NoSuchPreTokenizer"})"), "pre_tokenizer.type: unsupported pre_tokenizer \"NoSuchPreTokenizer\""},
+      {minimal(R"({"type": "Split", "pattern": {"Regex": "a"}, "behavior": "Sideways", "invert": false})"), "unknown split behavior"},
+      {minimal("null", R"(["a c"])"), "model.merges[0]: merge token \"c\" is not in the vocabulary"},
+      {minimal("null", R"(["b a"])"), "merged token \"ba\" is not in the vocabulary"},
+      {minimal("null", R"(["a b c"])"), "is not two tokens separated by one space"},
+      {minimal("null", R"([7])"), "expected \"a b\" or [\"a\", \"b\"]"},
+      {minimal(R"({"type": "Metaspace", "replacement": "ab"})"), "expected exactly one character"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": -3}, "merges": []}})", "model.vocab.a"},
+      {R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]], "unk_id": 5}})", "unk_id 5 is outside the vocabulary"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "dropout": 0.1}})", "dropout is not supported"},
+      {R"({"model": {"type": "WordLevel", "vocab": {"a": 0}}})", "unsupported model type \"WordLevel\""},
+  };
+  for (const BadCase& c : cases) {
+    const Error e = load_error(c.json);
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat) << e.what();
+    EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << "message: " << e.what() << "\nexpected: " << c.expect;
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TokenizerErrors, MissingFilesAndBadInput) {
+  TempDir tmp;
+  try {
+    Tokenizer::from_folder(tmp.path());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+    EXPECT_NE(std::string(e.what()).find(tmp.path()), std::string::npos);
+  }
+  EXPECT_THROW(Tokenizer::from_files(tmp / "nope.json"), Error);
+  write_file(tmp / "tokenizer.json", minimal("null"));
+  auto tok = Tokenizer::from_files(tmp / "tokenizer.json");
+  try {
+    tok->encode("ab\xC3(", false);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("byte offset 2"), std::string::npos) << e.what();
+  }
+  // Unknown ids decode to nothing, as in HF; id_to_token is empty out of range.
+  EXPECT_EQ(tok->decode({1, 999, -4, 2}, false), "a b");
+  EXPECT_EQ(tok->id_to_token(999), "");
+  EXPECT_EQ(tok->token_to_id("ab"), 3);
+  EXPECT_FALSE(tok->token_to_id("zz").has_value());
+}
+
+// transformers 5 (TokenizersBackend.update_post_processor): when tokenizer_config.json sets
+// add_bos_token or add_eos_token, or tokenizer.json has no post_processor, the post-processor
+// becomes TemplateProcessing "[bos:0] $A:0 [eos:0]" with the flags that are true.
+TEST(TokenizerConfig, AddBosEosFollowsTransformers) {
+  ASSERT_FALSE(oracle_dir().empty());
+  const std::string llama2 = lenml_model_dir("llama2") + "/tokenizer.json";
+  const Json base = parse_json(read_file(llama2), llama2);
+  auto tmpl = [](bool bos, bool eos) {
+    Json single = Json::array();
+    Json specials = Json::object();
+    if (bos) {
+      single.push_back({{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}});
+      specials["<s>"] = {{"id", "<s>"}, {"ids", Json::array({1})}, {"tokens", Json::array({"<s>"})}};
+    }
+    single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
+    if (eos) {
+      single.push_back({{"SpecialToken", {{"id", "</s>"}, {"type_id", 0}}}});
+      specials["</s>"] = {{"id", "</s>"}, {"ids", Json::array({2})}, {"tokens", Json::array({"</s>"})}};
+    }
+    return Json{{"type", "TemplateProcessing"}, {"single", single}, {"pair", single}, {"special_tokens", specials}};
+  };
+  struct ConfigCase {
+    const char* name;
+    Json post_processor;  // in tokenizer.json
+    Json config;          // tokenizer_config.json
+    Json oracle_post;     // what transformers runs
+    std::optional<std::string> bos, eos;
+  };
+  const std::vector<ConfigCase> cases = {
+      {"explicit_bos_eos", tmpl(true, false), {{"add_bos_token", true}, {"add_eos_token", true}, {"bos_token", "<s>"}, {"eos_token", "</s>"}}, tmpl(true, true), "<s>", "</s>"},
+      {"explicit_false_drops_bos", tmpl(true, false), {{"add_bos_token", false}, {"bos_token", "<s>"}}, tmpl(false, false), "<s>", std::nullopt},
+      {"no_keys_keeps_file", tmpl(true, false), {{"bos_token", {{"__type", "AddedToken"}, {"content", "<s>"}}}, {"eos_token", "</s>"}}, tmpl(true, false), "<s>", "</s>"},
+      {"no_post_processor_no_keys", nullptr, {{"bos_token", "<s>"}}, tmpl(false, false), "<s>", std::nullopt},
+      {"eos_only", nullptr, {{"add_eos_token", true}, {"eos_token", "</s>"}}, tmpl(false, true), std::nullopt, "</s>"},
+  };
+  const std::vector<std::string> texts = {"Hello world", "", " <s> inside</s>", "数字 123"};
+  for (const ConfigCase& c : cases) {
+    TempDir tmp;
+    Json ours = base;
+    ours["post_processor"] = c.post_processor;
+    write_file(tmp / "model/tokenizer.json", ours.dump());
+    write_file(tmp / "model/tokenizer_config.json", c.config.dump());
+    Json theirs = base;
+    theirs["post_processor"] = c.oracle_post;
+    write_file(tmp / "oracle.json", theirs.dump());
+    const Json res = run_oracle(tmp / "oracle.json", texts, {}, tmp);
+    ASSERT_TRUE(res.is_object());
+    auto tok = Tokenizer::from_folder(tmp / "model");
+    for (size_t i = 0; i < texts.size(); ++i) {
+      EXPECT_EQ(tok->encode(texts[i], true), res["ids_special"][i].get<std::vector<int32_t>>()) << c.name << ": " << texts[i];
+      EXPECT_EQ(tok->encode(texts[i], false), res["ids"][i].get<std::vector<int32_t>>()) << c.name << ": " << texts[i];
+    }
+    EXPECT_EQ(tok->bos_token(), c.bos) << c.name;
+    EXPECT_EQ(tok->eos_token(), c.eos) << c.name;
+  }
+}
+
+}  // namespace
+}  // namespace vlm::test
