@@ -1,8 +1,10 @@
 // Image-path benchmark: decode + PIL-exact resize + rescale/normalise of a 12 MP JPEG (made here with
 // TurboJPEG from a synthetic photo-like pattern, 4:2:0, quality 92), into
 //   (a) a 512x512 tile (SmolVLM-like; LANCZOS as Idefics3's processor uses, and BICUBIC), and
-//   (b) the Qwen2.5-VL smart_resize size (factor 28, max_pixels 12845056 → 4004x2996, BICUBIC).
-// Prints per stage: median, min and max over N runs after one warm-up, plus the raw samples (ms).
+//   (b) the Qwen2.5-VL smart_resize size (factor 28, max_pixels 12845056 → 4004x2996, BICUBIC), with
+//       both the PIL-exact resize and the torchvision-backend one transformers 5 uses by default.
+// Prints per stage: median, min and max wall time over N runs after one warm-up, the raw samples (ms),
+// and the process CPU time (all threads), which stays meaningful when other jobs share the cores.
 //
 // usage: bench_image [runs=7] [threads=0 (pool default)]
 #include <turbojpeg.h>
@@ -119,28 +121,30 @@ int main(int argc, char** argv) {
   const std::vector<float> qstd = {0.26862954f, 0.26130258f, 0.27577711f};
   const auto [qh, qw] = smart_resize(H, W, 28, 56 * 56, 12845056);
 
-  Stats decode{"decode (TurboJPEG, PIL-identical)", {}};
-  Stats tile_lz{"resize 512x512 LANCZOS", {}}, tile_bc{"resize 512x512 BICUBIC", {}};
-  Stats tile_norm{"rescale+normalize 512x512 -> [3,512,512]", {}};
-  Stats qwen_rs{"resize " + std::to_string(qw) + "x" + std::to_string(qh) + " BICUBIC (Qwen2.5-VL)", {}};
-  Stats qwen_norm{"rescale+normalize " + std::to_string(qw) + "x" + std::to_string(qh), {}};
-  Stats total_tile{"total: decode+512 LANCZOS+normalize", {}}, total_qwen{"total: decode+Qwen resize+normalize", {}};
+  Stats decode{"decode (TurboJPEG, PIL-identical)", {}, {}};
+  Stats tile_lz{"resize 512x512 LANCZOS", {}, {}}, tile_bc{"resize 512x512 BICUBIC", {}, {}};
+  Stats tile_norm{"rescale+normalize 512x512 -> [3,512,512]", {}, {}};
+  Stats qwen_rs{"resize " + std::to_string(qw) + "x" + std::to_string(qh) + " BICUBIC (Qwen2.5-VL)", {}, {}};
+  Stats qwen_tv{"resize " + std::to_string(qw) + "x" + std::to_string(qh) + " BICUBIC torchvision backend", {}, {}};
+  Stats qwen_norm{"rescale+normalize " + std::to_string(qw) + "x" + std::to_string(qh), {}, {}};
+  Stats total_tile{"total: decode+512 LANCZOS+normalize", {}, {}}, total_qwen{"total: decode+Qwen resize+normalize", {}, {}};
 
   for (int r = 0; r <= runs; ++r) {
     vlm::DecodedImage d;
     vlm::Image a, b, q;
     vlm::Tensor ta, tq;
-    double c[6];
+    double c[7];
     const double t_dec = time_ms([&] { d = vlm::decode_image_bytes(jpeg, "bench.jpg"); }, &c[0]);
     const double t_lz = time_ms([&] { a = vlm::resize_pil(d.image, 512, 512, vlm::ResampleFilter::kLanczos); }, &c[1]);
     const double t_bc = time_ms([&] { b = vlm::resize_pil(d.image, 512, 512, vlm::ResampleFilter::kBicubic); }, &c[2]);
     const double t_an = time_ms([&] { ta = vlm::to_normalized_chw(a, mean, stdv); }, &c[3]);
     const double t_q = time_ms([&] { q = vlm::resize_pil(d.image, qw, qh, vlm::ResampleFilter::kBicubic); }, &c[4]);
     const double t_qn = time_ms([&] { tq = vlm::to_normalized_chw(q, qmean, qstd); }, &c[5]);
+    const double t_tv = time_ms([&] { q = vlm::resize_torchvision(d.image, qw, qh, vlm::ResampleFilter::kBicubic); }, &c[6]);
     if (r == 0) continue;  // warm-up
-    const double wall[6] = {t_dec, t_lz, t_bc, t_an, t_q, t_qn};
-    Stats* per[6] = {&decode, &tile_lz, &tile_bc, &tile_norm, &qwen_rs, &qwen_norm};
-    for (int i = 0; i < 6; ++i) {
+    const double wall[7] = {t_dec, t_lz, t_bc, t_an, t_q, t_qn, t_tv};
+    Stats* per[7] = {&decode, &tile_lz, &tile_bc, &tile_norm, &qwen_rs, &qwen_norm, &qwen_tv};
+    for (int i = 0; i < 7; ++i) {
       per[i]->ms.push_back(wall[i]);
       per[i]->cpu.push_back(c[i]);
     }
@@ -149,7 +153,7 @@ int main(int argc, char** argv) {
     total_qwen.ms.push_back(t_dec + t_q + t_qn);
     total_qwen.cpu.push_back(c[0] + c[4] + c[5]);
   }
-  for (const Stats* s : {&decode, &tile_lz, &tile_bc, &tile_norm, &qwen_rs, &qwen_norm, &total_tile, &total_qwen})
+  for (const Stats* s : {&decode, &tile_lz, &tile_bc, &tile_norm, &qwen_rs, &qwen_tv, &qwen_norm, &total_tile, &total_qwen})
     report(*s);
   return 0;
 }
