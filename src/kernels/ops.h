@@ -27,7 +27,8 @@ struct Weight {
 };
 
 // y[n, out] = x[n, in] · Wᵀ (+ bias[out] if bias is defined, any float dtype). x and y must not
-// overlap. n < 8 runs as GEMV per token (memory-bound), n >= 8 as a blocked GEMM (compute-bound).
+// overlap. Few tokens run as GEMV (memory-bound: n < 8, or n < 16 for 2/4/8-bit weights on
+// AVX512_BF16, which read each row once per four tokens), more as a blocked GEMM (compute-bound).
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
 
 // out[i, :] = row ids[i] of the table (dense or quantized), as f32, times `scale`.

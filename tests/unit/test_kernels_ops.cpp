@@ -79,6 +79,7 @@ TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
 TEST_P(KernelOps, LinearQuantizedPrefillSizedGemm) {
   ops::Weight w = random_quantized(rng_, 96, 384, 4, 64, DType::kBF16);
   check_linear(rng_, w, 40, true, "q4 g64 gemm");
+  check_linear(rng_, w, 13, true, "q4 g64 multi-token decode");
   ops::Weight w8 = random_quantized(rng_, 96, 384, 8, 32, DType::kBF16);
   check_linear(rng_, w8, 33, false, "q8 g32 gemm");
 }

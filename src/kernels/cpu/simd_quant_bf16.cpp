@@ -19,7 +19,6 @@
 // (permutexvar of the block's 1, 2 or 4 group scales) applies each group's scale.
 #include <immintrin.h>
 
-#include <utility>
 #include <vector>
 
 #include "core/quant.h"
@@ -102,17 +101,15 @@ inline __m512 load_group_values(const void* p, DType dt, int64_t n) {
   }
 }
 
-// Piece t of every 16-bit lane as the bf16 1 + piece / 2^PB.
-template <int PB, int T>
-inline __m512bh piece(__m512i v) {
-  constexpr int kShift = PB * T - (7 - PB);  // piece bits [PB*T, PB*T+PB) -> mantissa bits [7-PB, 7)
+// Piece t of every 16-bit lane as the bf16 1 + piece / 2^PB (t is a constant after unrolling, so
+// the shifts are immediates).
+template <int PB>
+inline __m512bh piece(__m512i v, int t) {
+  const int shift = PB * t - (7 - PB);  // piece bits [PB*t, PB*t+PB) -> mantissa bits [7-PB, 7)
   const __m512i keep = _mm512_set1_epi16(static_cast<int16_t>(((1 << PB) - 1) << (7 - PB)));
   const __m512i one = _mm512_set1_epi16(0x3F80);
-  __m512i s;
-  if constexpr (kShift < 0)
-    s = _mm512_slli_epi16(v, -kShift);
-  else
-    s = _mm512_srli_epi16(v, kShift);
+  const __m512i s = shift < 0 ? _mm512_slli_epi16(v, static_cast<unsigned>(-shift))
+                              : _mm512_srli_epi16(v, static_cast<unsigned>(shift));
   return (__m512bh)_mm512_ternarylogic_epi32(s, keep, one, 0xEA);  // (s & keep) | one
 }
 
@@ -154,13 +151,14 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
     for (int i = 0; i < R; ++i) {
       const __m512i v = _mm512_maskz_loadu_epi8(bm, rows[i] + 64 * b);
       __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps(), e = _mm512_setzero_ps();
-      [&]<int... T>(std::integer_sequence<int, T...>) {
-        ((T % 2 == 0 ? (a = _mm512_dpbf16_ps(a, piece<L::kPieceBits, T>(v), h[T]),
-                        d = _mm512_dpbf16_ps(d, piece<L::kPieceBits, T>(v), l[T]))
-                     : (c = _mm512_dpbf16_ps(c, piece<L::kPieceBits, T>(v), h[T]),
-                        e = _mm512_dpbf16_ps(e, piece<L::kPieceBits, T>(v), l[T]))),
-         ...);
-      }(std::make_integer_sequence<int, P>{});
+#pragma GCC unroll 8
+      for (int t = 0; t < P; t += 2) {  // two independent chains per half (P is even)
+        const __m512bh f0 = piece<L::kPieceBits>(v, t), f1 = piece<L::kPieceBits>(v, t + 1);
+        a = _mm512_dpbf16_ps(a, f0, h[t]);
+        d = _mm512_dpbf16_ps(d, f0, l[t]);
+        c = _mm512_dpbf16_ps(c, f1, h[t + 1]);
+        e = _mm512_dpbf16_ps(e, f1, l[t + 1]);
+      }
       const __m512 acc = _mm512_add_ps(_mm512_add_ps(a, c), _mm512_add_ps(d, e));
       const __m512 s = _mm512_permutexvar_ps(lane_group, load_group_values(srow[i] + g0 * ssize, sd, ng));
       total[i] = _mm512_fmadd_ps(acc, s, total[i]);
@@ -181,28 +179,105 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
   }
 }
 
+// One row against NT tokens (2 <= n < 8 decode, e.g. a short prompt suffix after a prompt-cache hit):
+// each block of codes is loaded and turned into bf16 pieces once and dotted against every token, so
+// the row is read once instead of NT times.
+template <int BITS, int NT>
+void row_dot_tokens(const QuantizedMatrix& m, int64_t r, const Prepared* const* p, float* out) {
+  using L = Layout<BITS>;
+  constexpr int P = L::kPieces;
+  const int64_t cols = m.cols, row_bytes = cols * BITS / 8;
+  const int gs = m.spec.group_size;
+  const int64_t groups = cols / gs;
+  const DType sd = m.scales.dtype();
+  const size_t ssize = dtype_size(sd);
+  const __m512i lane_codes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(L::kCodesPerF32Lane));
+  const __m128i log2_gs = _mm_cvtsi32_si128(__builtin_ctz(static_cast<unsigned>(gs)));
+  const uint8_t* row = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + r * m.words_per_row());
+  const char* srow = static_cast<const char*>(m.scales.raw()) + r * groups * ssize;
+  __m512 total[NT];
+  for (int j = 0; j < NT; ++j) total[j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < p[0]->blocks; ++b) {
+    const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
+    const __mmask64 bm = valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << valid) - 1);
+    const int64_t first = b * L::kCodes, g0 = first / gs, ng = std::min<int64_t>(16, groups - g0);
+    const __m512i lane_group =
+        _mm512_srl_epi32(_mm512_add_epi32(lane_codes, _mm512_set1_epi32(static_cast<int>(first % gs))), log2_gs);
+    const __m512i v = _mm512_maskz_loadu_epi8(bm, row + 64 * b);
+    __m512 hi[NT], lo[NT];
+    for (int j = 0; j < NT; ++j) hi[j] = lo[j] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int t = 0; t < P; ++t) {
+      const __m512bh f = piece<L::kPieceBits>(v, t);
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        const uint16_t* xh = p[j]->xh.data() + (b * P + t) * 32;
+        const uint16_t* xl = p[j]->xl.data() + (b * P + t) * 32;
+        hi[j] = _mm512_dpbf16_ps(hi[j], f, (__m512bh)_mm512_loadu_si512(xh));
+        lo[j] = _mm512_dpbf16_ps(lo[j], f, (__m512bh)_mm512_loadu_si512(xl));
+      }
+    }
+    const __m512 s = _mm512_permutexvar_ps(lane_group, load_group_values(srow + g0 * ssize, sd, ng));
+    for (int j = 0; j < NT; ++j) total[j] = _mm512_fmadd_ps(_mm512_add_ps(hi[j], lo[j]), s, total[j]);
+  }
+  const char* brow = static_cast<const char*>(m.biases.raw()) + r * groups * ssize;
+  for (int j = 0; j < NT; ++j) {
+    __m512 bt = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t n = std::min<int64_t>(16, groups - g);
+      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+      __m512 sv = load_group_values(srow + g * ssize, sd, n), bb = load_group_values(brow + g * ssize, sd, n);
+      __m512 xs = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
+      bt = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(L::kUnit * L::kOffset), sv, bb), xs, bt);
+    }
+    out[j] = L::kUnit * _mm512_reduce_add_ps(total[j]) + _mm512_reduce_add_ps(bt);
+  }
+}
+
 template <int BITS>
 void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
   const QuantizedMatrix& m = w.quant;
   const int64_t rows = m.rows, k = m.cols;
   constexpr int R = 4;
-  Prepared p;
-  for (int64_t t = 0; t < n; ++t) {
-    prepare<BITS>(x + t * k, k, m.spec.group_size, p);
-    float* yt = y + t * rows;
+  if (n == 1) {
+    Prepared p;
+    prepare<BITS>(x, k, m.spec.group_size, p);
     parallel_for((rows + R - 1) / R, R * k / 2, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r = b * R;
         float out[R];
         if (r + R <= rows) {
           rows_dot<BITS, R>(m, r, p, out);
-          for (int i = 0; i < R; ++i) yt[r + i] = out[i] + (bias ? bias[r + i] : 0.0f);
+          for (int i = 0; i < R; ++i) y[r + i] = out[i] + (bias ? bias[r + i] : 0.0f);
         } else {
           for (int64_t rr = r; rr < rows; ++rr) {
             rows_dot<BITS, 1>(m, rr, p, out);
-            yt[rr] = out[0] + (bias ? bias[rr] : 0.0f);
+            y[rr] = out[0] + (bias ? bias[rr] : 0.0f);
           }
         }
+      }
+    });
+    return;
+  }
+  // Several tokens: groups of up to four share each pass over the rows.
+  constexpr int kMaxNt = 4;
+  std::vector<Prepared> prep(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) prepare<BITS>(x + t * k, k, m.spec.group_size, prep[t]);
+  for (int64_t t0 = 0; t0 < n; t0 += kMaxNt) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxNt, n - t0));
+    const Prepared* ps[kMaxNt];
+    for (int j = 0; j < nt; ++j) ps[j] = &prep[t0 + j];
+    parallel_for(rows, k * nt / 4, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kMaxNt];
+        switch (nt) {
+          case 1: row_dot_tokens<BITS, 1>(m, r, ps, out); break;
+          case 2: row_dot_tokens<BITS, 2>(m, r, ps, out); break;
+          case 3: row_dot_tokens<BITS, 3>(m, r, ps, out); break;
+          default: row_dot_tokens<BITS, 4>(m, r, ps, out); break;
+        }
+        for (int j = 0; j < nt; ++j) y[(t0 + j) * rows + r] = out[j] + (bias ? bias[r] : 0.0f);
       }
     });
   }
