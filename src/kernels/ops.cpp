@@ -56,15 +56,21 @@ bool parse_path(const std::string& name, Path& out) {
 
 constexpr int kAuto = -1;
 
+// The path VLMCHECK_KERNELS names (a Path value), or kAuto when unset or not runnable here.
+int env_path() {
+  static const int p = [] {
+    const char* env = std::getenv("VLMCHECK_KERNELS");
+    Path parsed;
+    if (env != nullptr && parse_path(env, parsed) && static_cast<int>(parsed) <= static_cast<int>(hardware_path()))
+      return static_cast<int>(parsed);
+    return kAuto;
+  }();
+  return p;
+}
+
 // The selected path (a Path value) or kAuto; starts from VLMCHECK_KERNELS.
 std::atomic<int>& selected_path() {
-  static std::atomic<int> sel{[] {
-    const char* env = std::getenv("VLMCHECK_KERNELS");
-    Path p;
-    if (env != nullptr && parse_path(env, p) && static_cast<int>(p) <= static_cast<int>(hardware_path()))
-      return static_cast<int>(p);
-    return kAuto;
-  }()};
+  static std::atomic<int> sel{env_path()};
   return sel;
 }
 
@@ -141,7 +147,7 @@ void check_weight(const Weight& w, const char* op) {
 
 const char* cpu_kernel_path() { return path_name(active_path()); }
 
-void force_scalar_kernels(bool on) { selected_path().store(on ? static_cast<int>(Path::kScalar) : kAuto); }
+void force_scalar_kernels(bool on) { selected_path().store(on ? static_cast<int>(Path::kScalar) : env_path()); }
 
 bool set_cpu_kernel_path(const std::string& name) {
   if (name == "auto") {

@@ -93,7 +93,8 @@ void softcap(float* x, int64_t n, float cap);              // x = cap * tanh(x /
 // Which SIMD path the CPU backend uses ("avx512bf16", "avx512", "avx2", "scalar"); VLMCHECK_KERNELS
 // =scalar forces the reference path (the conformance tests compare the two).
 const char* cpu_kernel_path();
-void force_scalar_kernels(bool on);  // true: the scalar reference; false: back to the best path
+// true: the scalar reference; false: back to the default (VLMCHECK_KERNELS if set, else the best).
+void force_scalar_kernels(bool on);
 // Selects a CPU path by name ("scalar", "avx2", "avx512", "avx512bf16", or "auto" for the best one)
 // for tests and benchmarks that compare paths; returns false and changes nothing if this CPU cannot
 // run it. VLMCHECK_KERNELS accepts the same names.

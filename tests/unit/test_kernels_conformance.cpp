@@ -215,5 +215,5 @@ TEST(KernelConformance, EverySimdPathMatchesScalarReference) {
       EXPECT_LE(nmse(got.data(), to_double(want)), c.tol) << c.op << " [" << c.what << "] on " << path;
     }
   }
-  ops::set_cpu_kernel_path("auto");
+  ops::force_scalar_kernels(false);  // back to the default path
 }
