@@ -5,12 +5,6 @@
 
 namespace vlm::cli {
 
-void register_run(CLI::App& root, Action& action) {
-  auto* cmd = root.add_subcommand("run", "Check every cached VLM (or --models) on an image and write reports");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return not_built("run", "the checker (issue: The checker)"); }; });
-}
-
 void register_generate(CLI::App& root, Action& action) {
   auto* cmd = root.add_subcommand("generate", "Generate text from one model for a prompt and images");
   cmd->allow_extras();
@@ -23,12 +17,6 @@ void register_tokenize(CLI::App& root, Action& action) {
   cmd->callback([&action] { action = [] { return not_built("tokenize", "tokenizers and chat templates"); }; });
 }
 
-void register_report(CLI::App& root, Action& action) {
-  auto* cmd = root.add_subcommand("report", "Re-render every report from results.jsonl");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return not_built("report", "the report renderers"); }; });
-}
-
 void register_bench(CLI::App& root, Action& action) {
   auto* cmd = root.add_subcommand("bench", "Prompt/decode tokens/s, TTFT, load time and memory vs the roofline");
   cmd->allow_extras();
@@ -39,13 +27,6 @@ void register_models(CLI::App& root, Action& action) {
   auto* cmd = root.add_subcommand("models", "List the models found in the Hugging Face cache");
   cmd->allow_extras();
   cmd->callback([&action] { action = [] { return not_built("models", "cache discovery"); }; });
-}
-
-void register_worker(CLI::App& root, Action& action) {
-  auto* cmd = root.add_subcommand("worker", "Internal: run one model's job for `vlmcheck run`");
-  cmd->group("");  // hidden from --help
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return not_built("worker", "the checker's worker mode"); }; });
 }
 
 }  // namespace vlm::cli
