@@ -28,7 +28,8 @@ using tok::JsonPath;
 
 class HfTokenizer final : public Tokenizer {
  public:
-  HfTokenizer(const std::string& json_path, const std::string& config_path);
+  // `json_text` null: read `json_path`; otherwise parse the text and use json_path as its name.
+  HfTokenizer(const std::string& json_path, const std::string& config_path, const std::string_view* json_text = nullptr);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
@@ -49,6 +50,7 @@ class HfTokenizer final : public Tokenizer {
   std::vector<int32_t> special_ids() const override { return special_ids_; }
   std::optional<std::string> bos_token() const override { return bos_; }
   std::optional<std::string> eos_token() const override { return eos_; }
+  bool window_decode_safe() const override { return window_decode_safe_; }
 
  private:
   // HF simple_id_to_token: a normalized added token decodes as its normalized form.
@@ -78,11 +80,40 @@ class HfTokenizer final : public Tokenizer {
   int64_t vocab_size_ = 0;
   std::optional<std::string> bos_, eos_;
   bool had_post_processor_ = false;
+  bool window_decode_safe_ = true;
 };
 
-HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config_path) : path_(json_path) {
+// Walks the decoder chain in order: after a step that joins all tokens into one (Fuse, ByteLevel),
+// a Replace (its matches may span tokens) or a Strip of more than one leading character changes
+// text by absolute position, so a window decode no longer equals the tail of the full decode.
+bool decoder_window_safe(JsonElement d, bool& fused) {
+  // Called after make_decoder validated the chain.
+  std::string_view type;
+  if (auto t = tok::json_member(d, "type"); !t || t->get_string().get(type)) type = {};
+  if (type == "Sequence") {
+    simdjson::dom::array arr;
+    if (auto ds = tok::json_member(d, "decoders"); ds && !ds->get_array().get(arr)) {
+      for (JsonElement x : arr)
+        if (!decoder_window_safe(x, fused)) return false;
+    }
+    return true;
+  }
+  if (type == "Fuse" || type == "ByteLevel") fused = true;
+  if (fused && type == "Replace") return false;
+  if (fused && type == "Strip") {
+    int64_t start = 0;
+    if (auto st = tok::json_member(d, "start"); st && st->get_int64().get(start)) start = 0;
+    if (start > 1) return false;
+  }
+  return true;
+}
+
+HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config_path, const std::string_view* json_text)
+    : path_(json_path) {
   simdjson::padded_string text;
-  {
+  if (json_text) {
+    text = simdjson::padded_string(json_text->data(), json_text->size());
+  } else {
     // Read through MappedFile so errors name the path; simdjson needs its own padded copy.
     auto file = MappedFile::open(json_path, LoadMode::kLazy, MemCategory::kOther);
     text = simdjson::padded_string(reinterpret_cast<const char*>(file->data()), file->size());
@@ -104,7 +135,11 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
     post_processor_ = tok::make_post_processor(*p, at.child("post_processor"));
     had_post_processor_ = true;
   }
-  if (auto d = tok::json_member(root, "decoder")) decoder_ = tok::make_decoder(*d, at.child("decoder"));
+  if (auto d = tok::json_member(root, "decoder")) {
+    decoder_ = tok::make_decoder(*d, at.child("decoder"));  // validates the types first
+    bool fused = false;
+    window_decode_safe_ = decoder_window_safe(*d, fused);
+  }
 
   // Added tokens.
   if (auto arr_el = tok::json_member(root, "added_tokens")) {
@@ -256,6 +291,10 @@ std::unique_ptr<Tokenizer> Tokenizer::from_files(const std::string& tokenizer_js
   return std::make_unique<HfTokenizer>(tokenizer_json, tokenizer_config_json);
 }
 
+std::unique_ptr<Tokenizer> Tokenizer::from_json_text(std::string_view json_text, const std::string& origin) {
+  return std::make_unique<HfTokenizer>(origin, std::string(), &json_text);
+}
+
 std::unique_ptr<Tokenizer> Tokenizer::from_folder(const std::string& folder) {
   namespace fs = std::filesystem;
   const fs::path dir(folder);
@@ -269,9 +308,6 @@ std::unique_ptr<Tokenizer> Tokenizer::from_folder(const std::string& folder) {
 
 // ---- streaming ---------------------------------------------------------------------------------
 
-StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens)
-    : tok_(tok), skip_special_(skip_special_tokens) {}
-
 namespace {
 // "<0xAB>": a byte-fallback token. HF's ByteFallback decoder turns a whole run of them into text
 // only once the run ends, and an invalid run becomes one U+FFFD per byte — so text that depends on
@@ -281,33 +317,60 @@ bool is_byte_token(const std::string& t) {
 }
 }  // namespace
 
+StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens)
+    : tok_(tok), skip_special_(skip_special_tokens) {}
+
+std::string StreamingDecoder::window_text() const {
+  return tok_.decode(std::vector<int32_t>(ids_.begin() + static_cast<std::ptrdiff_t>(window_start_), ids_.end()),
+                     skip_special_);
+}
+
 std::string StreamingDecoder::push(int32_t id) {
   ids_.push_back(id);
   const std::string token = tok_.id_to_token(id);
   if (token.empty() || (skip_special_ && tok_.is_special(id))) return {};  // decodes to nothing
   if (is_byte_token(token)) return {};
-  // Decoding the whole sequence keeps the output exactly equal to decode(all ids) for every
-  // decoder (Metaspace and WordPiece treat the first token specially; byte fallback and byte-level
-  // tokens join across token boundaries). A trailing U+FFFD may still become a character when more
-  // bytes arrive, so text is held back until it no longer ends in one.
-  const std::string text = tok_.decode(ids_, skip_special_);
-  if (text.size() < emitted_bytes_) return {};
-  std::string_view view(text);
-  size_t end = unicode::complete_utf8_prefix(view);
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-  if (view.substr(0, end).ends_with(kReplacement)) return {};
-  if (end <= emitted_bytes_) return {};
-  std::string out(view.substr(emitted_bytes_, end - emitted_bytes_));
-  emitted_bytes_ = end;
-  return out;
+  std::string text = tok_.window_decode_safe() ? window_text() : std::string();
+  std::string fresh;
+  if (tok_.window_decode_safe() && (!has_context_ || text.starts_with(context_text_))) {
+    fresh = text.substr(has_context_ ? context_text_.size() : 0);
+  } else {
+    // The window's context decoded differently inside the window (not expected for HF's
+    // decoders): fall back to the full decode, of which everything emitted so far is a prefix.
+    const std::string full = tok_.decode(ids_, skip_special_);
+    fresh = full.size() > emitted_bytes_ ? full.substr(emitted_bytes_) : std::string();
+  }
+  // A trailing U+FFFD may be an incomplete character that the next byte-level token completes.
+  if (fresh.empty() || std::string_view(fresh).ends_with(kReplacement)) return {};
+  emitted_bytes_ += fresh.size();
+  // The new window starts at this token, which becomes the context of the next decode.
+  window_start_ = ids_.size() - 1;
+  context_text_ = tok_.decode({id}, skip_special_);
+  has_context_ = true;
+  return fresh;
 }
 
 std::string StreamingDecoder::flush() {
-  const std::string text = tok_.decode(ids_, skip_special_);
-  if (text.size() <= emitted_bytes_) return {};
-  std::string out = text.substr(emitted_bytes_);
-  emitted_bytes_ = text.size();
-  return out;
+  std::string text = tok_.window_decode_safe() ? window_text() : std::string();
+  std::string fresh;
+  if (tok_.window_decode_safe() && (!has_context_ || text.starts_with(context_text_))) {
+    fresh = text.substr(has_context_ ? context_text_.size() : 0);
+  } else {
+    const std::string full = tok_.decode(ids_, skip_special_);
+    fresh = full.size() > emitted_bytes_ ? full.substr(emitted_bytes_) : std::string();
+  }
+  emitted_bytes_ += fresh.size();
+  // Should more ids follow, the last token that decodes to something is the next context.
+  for (size_t k = ids_.size(); k-- > window_start_;) {
+    if (!tok_.id_to_token(ids_[k]).empty() && !(skip_special_ && tok_.is_special(ids_[k]))) {
+      window_start_ = k;
+      context_text_ = tok_.decode({ids_[k]}, skip_special_);
+      has_context_ = true;
+      break;
+    }
+  }
+  return fresh;
 }
 
 }  // namespace vlm

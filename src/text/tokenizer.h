@@ -21,6 +21,9 @@ class Tokenizer {
                                                const std::string& tokenizer_config_json = "");
   // tokenizer.json + tokenizer_config.json from a model folder.
   static std::unique_ptr<Tokenizer> from_folder(const std::string& folder);
+  // tokenizer.json content already in memory (no tokenizer_config.json); `origin` names it in
+  // errors. Used by the fuzzer and by tests that build tokenizers on the fly.
+  static std::unique_ptr<Tokenizer> from_json_text(std::string_view json_text, const std::string& origin);
 
   // Special tokens written in the text are recognised (as HF does for added tokens).
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const = 0;
@@ -33,10 +36,17 @@ class Tokenizer {
   // From tokenizer_config.json (content strings), when present.
   virtual std::optional<std::string> bos_token() const = 0;
   virtual std::optional<std::string> eos_token() const = 0;
+  // True when decoding a window of ids that starts at a context token reproduces the full decode
+  // beyond that token (StreamingDecoder relies on it). False for decoder chains that rewrite the
+  // fused text position-dependently (Replace, or Strip of more than one leading char, after a
+  // Fuse/ByteLevel step); StreamingDecoder then decodes everything on each push.
+  virtual bool window_decode_safe() const { return true; }
 };
 
 // Incremental detokenizer: push ids one at a time, get back only complete UTF-8 text; the
-// concatenation of all pushes plus flush() equals decode(all ids).
+// concatenation of all pushes plus flush() equals decode(all ids). Cost per push is independent of
+// the sequence length: it decodes a window that starts at the last emitted token (kept as context,
+// as HF's DecodeStream does) and returns the text the window adds beyond that context.
 class StreamingDecoder {
  public:
   StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens);
@@ -44,10 +54,15 @@ class StreamingDecoder {
   std::string flush();
 
  private:
+  std::string window_text() const;  // decode(ids_[window_start_..])
+
   const Tokenizer& tok_;
   bool skip_special_;
   std::vector<int32_t> ids_;
-  size_t emitted_bytes_ = 0;
+  size_t emitted_bytes_ = 0;  // total bytes returned so far
+  size_t window_start_ = 0;   // first id of the decode window
+  std::string context_text_;  // decode of the window's context (ids_[window_start_]) when set
+  bool has_context_ = false;
 };
 
 }  // namespace vlm
