@@ -201,6 +201,19 @@ int main(int argc, char** argv) {
               "%.2f MB/s   wall samples(s): %s\n",
               text_mb / e.median, text_mb / e.max, text_mb / e.min, text_mb / ec.median, text_mb / cold_s,
               samples(enc_s).c_str());
+  // Streaming detokenization of the benchmark ids (one push per id), checked against decode().
+  {
+    const double c0 = cpu_seconds();
+    const auto t0 = Clock::now();
+    vlm::StreamingDecoder stream(*tok, false);
+    std::string streamed;
+    for (int32_t id : ids) streamed += stream.push(id);
+    streamed += stream.flush();
+    const double ws = std::chrono::duration<double>(Clock::now() - t0).count(), cs = cpu_seconds() - c0;
+    const bool same = streamed == tok->decode(ids, false);
+    std::printf("vlmcheck  stream-decode %zu ids: wall %.3f s, cpu %.3f s (%.0f ids/s cpu); equals decode(): %s\n",
+                ids.size(), ws, cs, static_cast<double>(ids.size()) / cs, same ? "yes" : "NO");
+  }
   const Stats k = stats(chunk_s), kc = stats(chunk_cpu_s);
   std::printf("vlmcheck  encode %zu x ~1KB prompts: wall median %8.2f MB/s  cpu median %8.2f MB/s   wall samples(s): %s\n",
               chunks.size(), text_mb / k.median, text_mb / kc.median, samples(chunk_s).c_str());
