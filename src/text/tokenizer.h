@@ -38,8 +38,8 @@ class Tokenizer {
   virtual std::optional<std::string> eos_token() const = 0;
   // True when decoding a window of ids that starts at a context token reproduces the full decode
   // beyond that token (StreamingDecoder relies on it). False for decoder chains that rewrite the
-  // fused text position-dependently (Replace, or Strip of more than one leading char, after a
-  // Fuse/ByteLevel step); StreamingDecoder then decodes everything on each push.
+  // fused text position-dependently (Replace, or Strip of leading chars, after a Fuse/ByteLevel
+  // step, as Llama 2's chain has); StreamingDecoder then decodes everything on each push.
   virtual bool window_decode_safe() const { return true; }
 };
 

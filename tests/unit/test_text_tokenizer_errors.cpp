@@ -168,3 +168,33 @@ TEST(TokenizerConfig, AddBosEosFollowsTransformers) {
 
 }  // namespace
 }  // namespace vlm::test
+
+namespace vlm::test {
+namespace {
+
+// Regression (found by fuzz_tokenizer): with Metaspace "first" + Strip after Fuse, a window starting
+// at a "▁" context token decodes that token to nothing, so a window decode stripped the next space.
+// decode() itself is checked against HF in test_text_tokenizer_components; here the stream must equal it.
+TEST(StreamingDecoder, EqualsDecodeWhenStripFollowsFuse) {
+  std::string vocab = "{\"<unk>\":0";
+  for (int b = 0; b < 256; ++b) vocab += fmt::format(",\"<0x{:02X}>\":{}", b, b + 1);
+  vocab += ",\"\\u2581\":257,\"a\":258}";
+  const std::string json = R"({"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,
+    "decoder":{"type":"Sequence","decoders":[{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"first","split":true},
+      {"type":"ByteFallback"},{"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},
+    "model":{"type":"BPE","unk_token":"<unk>","byte_fallback":true,"vocab":)" + vocab + R"(,"merges":[]}})";
+  auto tok = Tokenizer::from_json_text(json, "inline");
+  const std::vector<std::vector<int32_t>> cases = {{246, 257, 257}, {257, 257, 258, 257}, {258, 257, 257, 257, 246, 257, 258}};
+  for (const auto& ids : cases) {
+    for (bool skip : {false, true}) {
+      StreamingDecoder stream(*tok, skip);
+      std::string text;
+      for (int32_t id : ids) text += stream.push(id);
+      text += stream.flush();
+      EXPECT_EQ(text, tok->decode(ids, skip));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace vlm::test
