@@ -145,6 +145,23 @@ def family_configs(vocab, ids_of):
                               partial_rotary_factor=0.5, original_max_position_embeddings=256, sliding_window=None,
                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                "partial_rotary_factor": 0.5}), "default")
+    # RoPE scalings whose frequencies change with the sequence length: the 26-token prompt stays inside the
+    # original length and greedy decoding crosses it, so the per-forward switch is exercised.
+    c["llama_dynamic"] = ("llama", dict(common, num_hidden_layers=3, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                        max_position_embeddings=32,
+                                        rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                         "rope_theta": 10000.0}), "dynamic")
+    c["qwen2_yarn"] = ("qwen2", dict(common, num_hidden_layers=3, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                     rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                      "original_max_position_embeddings": 16}), "yarn")
+    c["phi3_longrope"] = ("phi3", dict(common, num_hidden_layers=3, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                       partial_rotary_factor=0.5, original_max_position_embeddings=32,
+                                       sliding_window=None,
+                                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                                        "partial_rotary_factor": 0.5,
+                                                        "original_max_position_embeddings": 32,
+                                                        "short_factor": [1.0, 1.2, 1.5, 2.0],
+                                                        "long_factor": [1.0, 2.5, 6.0, 12.0]}), "longrope")
     return c
 
 

@@ -111,13 +111,20 @@ TEST_P(TextParity, LogitsAndGreedyTokensMatchTransformers) {
   const std::string name = GetParam();
   Reference ref = read_reference(fixture(name));
   LoadedModel m = load_model(fixture(name), {});
+  // phi3_longrope: its prompt (26 tokens) uses the short factors and decoding crosses the original length
+  // (32) after 7 tokens. At that step transformers 5.17's Phi-3 drops the KV cache (prepare_inputs_for_
+  // generation's LongRoPE reset) and continues from the new token alone — its 8th token is what a model
+  // that has forgotten the whole context produces (checked by hand) — so only the tokens before the switch
+  // are comparable. The switch to long factors itself is transformers' per-forward rule (rope.h).
+  if (name == "phi3_longrope") ref.greedy.resize(7);
   ModelRun run = run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
   expect_matches_reference(run, ref, m.language_model->vocab_size(), name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TextParity,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                                           "gemma3_text_legacy", "phi3"));
+                                           "gemma3_text_legacy", "phi3", "llama_dynamic", "qwen2_yarn",
+                                           "phi3_longrope"));
 
 TEST(TextParityChunked, ChunkedPrefillAcrossSlidingWindowsMatches) {
   // Chunks of 5 and 3 straddle the window of 8 in different places; the result must not depend on them.

@@ -220,12 +220,12 @@ TEST(ModelsLoading, MissingConfigFieldIsNamed) {
 TEST(ModelsLoading, UnsupportedRopeTypeIsNamed) {
   test::TempDir dir;
   std::string folder = make_variant(dir, "llama", read_all(fixture("llama") + "/model.safetensors"), [](Json& c) {
-    c["rope_parameters"] = {{"rope_type", "dynamic"}, {"factor", 2.0}, {"rope_theta", 10000.0}};
+    c["rope_parameters"] = {{"rope_type", "proportional"}, {"factor", 2.0}, {"rope_theta", 10000.0}};
   });
   ErrorKind kind{};
   std::string msg = load_error(folder, &kind);
   EXPECT_EQ(kind, ErrorKind::kUnsupported);
-  EXPECT_NE(msg.find("rope_type 'dynamic'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rope_type 'proportional'"), std::string::npos) << msg;
 }
 
 TEST(ModelsLoading, NoDecoderEmbeddingListsTheLayoutsTried) {

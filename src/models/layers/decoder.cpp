@@ -2,6 +2,7 @@
 // All activations are f32; weights are read in their stored format by the kernels.
 #include "models/layers/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -272,8 +273,11 @@ void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& 
     ops::mrope(k, n, KV, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
   } else {
     // Text positions (dims == 1); for M-RoPE models all three rows are equal for text, use the first.
-    ops::rope(q, n, H, hd, r.rotary_dim, r.inv_freq.data(), positions.data, r.attention_scaling);
-    ops::rope(k, n, KV, hd, r.rotary_dim, r.inv_freq.data(), positions.data, r.attention_scaling);
+    const int64_t max_pos = *std::max_element(positions.data, positions.data + n);
+    std::vector<float> scratch;
+    const float* inv_freq = r.inv_freq_for(max_pos, scratch);
+    ops::rope(q, n, H, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
+    ops::rope(k, n, KV, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
   }
   LayerAttentionSpec spec;
   spec.n_heads = H;

@@ -3,8 +3,8 @@
 //                   layer type ({"sliding_attention": {...}, "full_attention": {...}}, Gemma 3);
 //   older Hub:      "rope_theta" + "rope_scaling": {"rope_type" | "type", "factor", ...} (+ family fields
 //                   such as Gemma 3's rope_local_base_freq, passed in as overrides by the family).
-// The result is the inverse-frequency table HF's rope initialisers compute (default, linear, llama3, and
-// M-RoPE sections), ready for ops::rope / ops::mrope.
+// The result is the inverse-frequency table HF's rope initialisers compute (default, linear, dynamic NTK,
+// llama3, yarn, longrope, and M-RoPE sections), ready for ops::rope / ops::mrope.
 #pragma once
 
 #include <optional>
@@ -22,6 +22,19 @@ struct RopeTable {
   std::vector<float> inv_freq;     // [rotary_dim / 2]
   float attention_scaling = 1.0f;  // multiplies cos and sin (1 for the supported types)
   std::vector<int> mrope_section;  // non-empty: M-RoPE (t, h, w) sections over inv_freq
+  // LongRoPE (Phi-3/3.5 "longrope", legacy "su"): inv_freq holds the short-factor table; a forward whose
+  // largest position + 1 exceeds original_max_positions uses long_inv_freq instead (transformers'
+  // dynamic update: the choice is made per forward call, already-cached keys keep their rotation).
+  std::vector<float> long_inv_freq;
+  int64_t original_max_positions = 0;
+  // Dynamic NTK ("dynamic"): a forward whose largest position + 1 = L exceeds dynamic_max_positions uses
+  // theta' = theta * (factor * L / max - (factor - 1))^(d / (d - 2)) (transformers recomputes per forward as
+  // the sequence grows; already-cached keys keep their rotation).
+  double dynamic_factor = 0.0;
+  int64_t dynamic_max_positions = 0;
+
+  // The frequencies for a forward whose largest position is max_position; `scratch` holds computed ones.
+  const float* inv_freq_for(int64_t max_position, std::vector<float>& scratch) const;
 };
 
 struct RopeOverrides {
