@@ -257,6 +257,30 @@ TEST(TextParityLayouts, VlmCheckpointLayoutsGiveIdenticalLogits) {
   }
 }
 
+TEST(TextParityLayouts, LazyLoadAndTiedHeadCopyGiveIdenticalLogits) {
+  // mmap'd (lazy) weights, and a tied model that also carries an lm_head copy (mlx-vlm writes one for
+  // Gemma 3): both must reproduce the reference.
+  Reference ref = read_reference(fixture("gemma3_text"));
+  LoadOptions lazy;
+  lazy.mode = LoadMode::kLazy;
+  LoadedModel m = load_model(fixture("gemma3_text"), lazy);
+  expect_matches_reference(run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
+                           m.language_model->vocab_size(), "gemma3_text lazy");
+
+  test::TempDir dir;
+  auto f = SafetensorsFile::open(fixture("gemma3_text") + "/model.safetensors", LoadMode::kEager);
+  std::vector<RawTensor> ts;
+  for (const TensorInfo& info : f->tensors()) {
+    ts.push_back(raw("language_model." + info.name, f->tensor(info.name)));
+    if (info.name == "model.embed_tokens.weight") ts.push_back(raw("language_model.lm_head.weight", f->tensor(info.name)));
+  }
+  test::write_file(dir / "config.json", read_json_file(fixture("gemma3_text") + "/config.json").dump());
+  write_safetensors(dir / "model.safetensors", ts);
+  LoadedModel c = load_model(dir.path(), {});
+  expect_matches_reference(run_model(*c.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
+                           c.language_model->vocab_size(), "gemma3_text + lm_head copy");
+}
+
 TEST(TextParityQuantized, MlxQuantizedMatchesItsDequantizedTwin) {
   struct Case {
     const char* name;
