@@ -76,17 +76,16 @@ void Console::redraw() {
 
 void Console::done_model(const ModelResult& r) {
   const auto& a = r.assessment;
-  std::string status = a.execution == "completed" ? paint(a.usability, a.usability == "usable" ? "32" : "33")
-                                                  : paint(a.execution, "31");
   std::string obs;
   for (const auto& o : a.observations) obs += (obs.empty() ? "" : "+") + o;
   std::string extra = r.failure ? fmt::format(" phase={} stage=\"{}\" code={}{}", r.failure->phase, r.failure->stage,
                                               r.failure->code, r.failure->signal.empty() ? "" : " signal=" + r.failure->signal)
                                 : "";
-  line(fmt::format("[RUN {}/{}] SUMMARY model={} execution={} usability={} maintainer={} observations={}{} ({:.2f}s)",
-                   index_, total_, r.model, a.execution, a.usability, a.maintainer_status, obs.empty() ? "-" : obs,
-                   extra, r.timing.total_time_s));
-  (void)status;
+  // Machine-parsable key=value fields stay uncoloured; only the leading tag is painted.
+  const char* tag_colour = a.execution != "completed" ? "31" : a.usability == "usable" ? "32" : "33";
+  line(fmt::format("{} SUMMARY model={} execution={} usability={} maintainer={} observations={}{} ({:.2f}s)",
+                   paint(fmt::format("[RUN {}/{}]", index_, total_), tag_colour), r.model, a.execution, a.usability,
+                   a.maintainer_status, obs.empty() ? "-" : obs, extra, r.timing.total_time_s));
 }
 
 void Console::summary_table(const std::vector<ModelResult>& results) {
