@@ -5,12 +5,6 @@
 
 namespace vlm::cli {
 
-void register_generate(CLI::App& root, Action& action) {
-  auto* cmd = root.add_subcommand("generate", "Generate text from one model for a prompt and images");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return not_built("generate", "the language-model engine"); }; });
-}
-
 void register_tokenize(CLI::App& root, Action& action) {
   auto* cmd = root.add_subcommand("tokenize", "Render the chat template and print the prompt token ids");
   cmd->allow_extras();
