@@ -17,10 +17,4 @@ void register_bench(CLI::App& root, Action& action) {
   cmd->callback([&action] { action = [] { return not_built("bench", "the engine benchmarks"); }; });
 }
 
-void register_models(CLI::App& root, Action& action) {
-  auto* cmd = root.add_subcommand("models", "List the models found in the Hugging Face cache");
-  cmd->allow_extras();
-  cmd->callback([&action] { action = [] { return not_built("models", "cache discovery"); }; });
-}
-
 }  // namespace vlm::cli
