@@ -1,0 +1,102 @@
+// `vlmcheck bench`: prompt and decode tokens/s, TTFT, load time and peak memory for a model folder
+// (or cached repo id) or a synthetic model of a real shape, against the memory-bandwidth and compute
+// rooflines measured in the same run.
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "cli/command.h"
+#include "cli/exit_codes.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "generate/benchmark.h"
+#include "io/hf_cache.h"
+#include "kernels/ops.h"
+
+namespace vlm::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string model, synthetic, dtype = "bf16", revision, work_dir;
+  int bits = 0, group_size = 64, threads = 0;
+  BenchOptions options;
+  bool json = false, keep = false;
+};
+
+int run_bench(const BenchArgs& a) {
+  if (a.threads > 0) ThreadPool::set_global_threads(a.threads);
+  VLM_CHECK(a.model.empty() != a.synthetic.empty(), ErrorKind::kInvalidArgument,
+            "bench: give exactly one of --model or --synthetic");
+  std::string folder, label;
+  std::string tmp;
+  if (!a.synthetic.empty()) {
+    const SyntheticShape& shape = find_synthetic_shape(a.synthetic);
+    SyntheticOptions so;
+    if (a.dtype == "bf16") so.dtype = DType::kBF16;
+    else if (a.dtype == "f16") so.dtype = DType::kF16;
+    else if (a.dtype == "f32") so.dtype = DType::kF32;
+    else throw_error(ErrorKind::kInvalidArgument, "--dtype must be bf16, f16 or f32, got '{}'", a.dtype);
+    if (a.bits) so.quant = AffineQuantSpec{a.bits, a.group_size};
+    if (so.quant) validate_quant_spec(*so.quant, "--bits/--group-size");
+    std::string base = a.work_dir.empty() ? std::filesystem::temp_directory_path().string() : a.work_dir;
+    tmp = fmt::format("{}/vlmcheck-bench-{}-{}{}", base, shape.name, a.dtype,
+                      a.bits ? fmt::format("-q{}g{}", a.bits, a.group_size) : "");
+    fmt::print(stderr, "bench: writing synthetic {} checkpoint to {}\n", shape.name, tmp);
+    write_synthetic_checkpoint(shape, so, tmp);
+    folder = tmp;
+    label = fmt::format("synthetic:{} {}{}", shape.name, a.dtype,
+                        a.bits ? fmt::format(" mlx-{}bit-g{}", a.bits, a.group_size) : "");
+  } else {
+    folder = resolve_model(a.model, a.revision).snapshot;
+    label = a.model;
+  }
+  BenchResult r = run_benchmark(folder, label, a.options);
+  if (!tmp.empty() && !a.keep) std::filesystem::remove_all(tmp);
+  if (a.json) {
+    fmt::print("{}\n", r.to_json().dump(2));
+    return kExitOk;
+  }
+  fmt::print("model            {}\n", r.model);
+  fmt::print("kernels          {} ({} threads)\n", r.kernel_path, r.threads);
+  fmt::print("load             {:.3f} s\n", r.load_s);
+  fmt::print("prefill          {} tokens, TTFT {:.3f} s, {:.1f} tok/s, {:.1f} GFLOP/s = {:.0f}% of f32 peak "
+             "{:.0f} GFLOP/s\n",
+             r.prompt_tokens, r.ttft_s, r.prompt_tps, r.prefill_gflops, 100 * r.prefill_fraction_of_peak,
+             r.f32_gflops);
+  fmt::print("decode           {:.2f} tok/s (min {:.2f}, max {:.2f}) over {} tokens\n", r.decode_tps,
+             r.decode_tps_min, r.decode_tps_max, r.gen_tokens);
+  fmt::print("decode roofline  {:.1f} MB/token at {:.1f} GB/s = {:.2f} tok/s; achieved {:.0f}%\n",
+             static_cast<double>(r.decode_bytes_per_token) / 1e6, r.bandwidth_gbs, r.decode_roofline_tps,
+             100 * r.decode_roofline_fraction);
+  fmt::print("memory           peak tracked host {:.1f} MB, peak RSS {:.1f} MB\n",
+             static_cast<double>(r.peak_host_bytes) / 1e6, static_cast<double>(r.peak_rss_bytes) / 1e6);
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& root, Action& action) {
+  auto* cmd = root.add_subcommand("bench", "Prompt/decode tokens/s, TTFT, load time and memory vs the roofline");
+  auto args = std::make_shared<BenchArgs>();
+  cmd->add_option("--model", args->model, "Model folder or cached repo id");
+  cmd->add_option("--revision", args->revision, "Branch, tag or commit of a cached repo");
+  cmd->add_option("--synthetic", args->synthetic,
+                  "Synthetic model of a real shape: smollm2-135m, qwen2.5-0.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b");
+  cmd->add_option("--dtype", args->dtype, "Synthetic weight dtype: bf16, f16, f32")->capture_default_str();
+  cmd->add_option("--bits", args->bits, "Synthetic MLX affine quantization bits (2,3,4,5,6,8; 0 = none)");
+  cmd->add_option("--group-size", args->group_size, "Synthetic quantization group size")->capture_default_str();
+  cmd->add_option("--prompt-tokens", args->options.prompt_tokens, "Prompt length")->capture_default_str();
+  cmd->add_option("--gen-tokens", args->options.gen_tokens, "Decode steps")->capture_default_str();
+  cmd->add_option("--repetitions", args->options.repetitions, "Repetitions (median reported)")->capture_default_str();
+  cmd->add_option("--prefill-step-size", args->options.prefill_step_size, "Chunked prefill size")
+      ->capture_default_str();
+  cmd->add_flag("--lazy-load", args->options.lazy_load, "mmap the weights instead of reading them");
+  cmd->add_option("--threads", args->threads, "Threads (default: all cores)");
+  cmd->add_option("--work-dir", args->work_dir, "Where synthetic checkpoints are written (default: $TMPDIR)");
+  cmd->add_flag("--keep", args->keep, "Keep the synthetic checkpoint");
+  cmd->add_flag("--json", args->json, "One JSON object on stdout");
+  cmd->callback([&action, args] { action = [args] { return run_bench(*args); }; });
+}
+
+}  // namespace vlm::cli

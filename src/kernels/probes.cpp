@@ -1,0 +1,166 @@
+// Roofline probes. Bandwidth: sum of 64-byte vectors with four independent accumulators per thread
+// over disjoint slices (read-only traffic, as decode is). Compute: 12 independent FMA chains per
+// thread, long enough that loop overhead is noise; bf16 uses vdpbf16ps (2 FLOPs × 32 lanes per op).
+#include "kernels/probes.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "core/memory.h"
+#include "core/thread_pool.h"
+
+namespace vlm {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+__attribute__((target("avx512f"))) uint64_t sum_avx512(const uint64_t* p, int64_t n_words) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n_words; i += 32) {
+    a0 = _mm512_add_epi64(a0, _mm512_load_si512(p + i));
+    a1 = _mm512_add_epi64(a1, _mm512_load_si512(p + i + 8));
+    a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
+    a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
+  }
+  __m512i s = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
+  uint64_t out = static_cast<uint64_t>(_mm512_reduce_add_epi64(s));
+  for (; i < n_words; ++i) out += p[i];
+  return out;
+}
+
+__attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n_words) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n_words; i += 16) {
+    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                     _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  uint64_t out = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  for (; i < n_words; ++i) out += p[i];
+  return out;
+}
+
+uint64_t sum_words(const uint64_t* p, int64_t n) {
+  if (__builtin_cpu_supports("avx512f")) return sum_avx512(p, n);
+  if (__builtin_cpu_supports("avx2")) return sum_avx2(p, n);
+  uint64_t s = 0;
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  return s;
+}
+
+constexpr int64_t kFmaIters = 20'000'000;
+
+__attribute__((target("avx512f"))) float fma_loop_avx512(float seed) {
+  __m512 x = _mm512_set1_ps(seed), y = _mm512_set1_ps(0.999999f);
+  __m512 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(seed * static_cast<float>(i + 1));
+  for (int64_t it = 0; it < kFmaIters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], y, x);
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) float bf16_loop(float seed) {
+  __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80);  // bf16 1.0 in every lane
+  __m512bh y = (__m512bh)_mm512_set1_epi16(0x3c00);
+  __m512 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(seed * static_cast<float>(i));
+  for (int64_t it = 0; it < kFmaIters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) float fma_loop_avx2(float seed) {
+  __m256 x = _mm256_set1_ps(seed), y = _mm256_set1_ps(0.999999f);
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(seed * static_cast<float>(i + 1));
+  for (int64_t it = 0; it < kFmaIters; ++it)
+    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], y, x);
+  __m256 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, a[i]);
+  alignas(32) float l[8];
+  _mm256_store_ps(l, s);
+  return l[0] + l[7];
+}
+
+// Runs fn on every pool thread at once and returns the wall time.
+double timed_on_all_threads(const std::function<void()>& fn) {
+  ThreadPool& pool = ThreadPool::global();
+  auto t0 = Clock::now();
+  pool.parallel_for(pool.num_threads(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) fn();
+  });
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+BandwidthProbe probe_read_bandwidth(int64_t bytes, int repetitions) {
+  ThreadPool& pool = ThreadPool::global();
+  const int threads = pool.num_threads();
+  const int64_t words = bytes / 8;
+  HostBuffer buf = make_host_buffer(static_cast<size_t>(words * 8), MemCategory::kScratch);
+  auto* p = static_cast<uint64_t*>(buf.get());
+  pool.parallel_for(words, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) p[i] = static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull;
+  }, 1 << 16);
+  std::atomic<uint64_t> sink{0};
+  BandwidthProbe out;
+  out.bytes = words * 8;
+  out.threads = threads;
+  // Slices are a multiple of 64 bytes so aligned loads stay aligned.
+  const int64_t slice = ((words + threads - 1) / threads + 7) / 8 * 8;
+  for (int r = 0; r < repetitions; ++r) {
+    auto t0 = Clock::now();
+    pool.parallel_for(threads, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        int64_t begin = t * slice, end = std::min(words, begin + slice);
+        if (begin < end) sink += sum_words(p + begin, end - begin);
+      }
+    });
+    double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    out.read_gbs = std::max(out.read_gbs, static_cast<double>(out.bytes) / s / 1e9);
+  }
+  if (sink.load() == 42) out.threads = -out.threads;  // keep the sums observable
+  return out;
+}
+
+ComputeProbe probe_compute() {
+  ComputeProbe out;
+  out.threads = ThreadPool::global().num_threads();
+  std::atomic<float> sink{0};
+  const double ops_per_thread = static_cast<double>(kFmaIters) * 12;
+  if (__builtin_cpu_supports("avx512f")) {
+    out.isa = "avx512";
+    double s = timed_on_all_threads([&] { sink = sink + fma_loop_avx512(1e-3f); });
+    out.f32_gflops = ops_per_thread * 16 * 2 * out.threads / s / 1e9;
+    if (__builtin_cpu_supports("avx512bf16")) {
+      double sb = timed_on_all_threads([&] { sink = sink + bf16_loop(1e-3f); });
+      out.bf16_gflops = ops_per_thread * 32 * 2 * out.threads / sb / 1e9;
+    }
+  } else if (__builtin_cpu_supports("avx2")) {
+    out.isa = "avx2";
+    double s = timed_on_all_threads([&] { sink = sink + fma_loop_avx2(1e-3f); });
+    out.f32_gflops = ops_per_thread * 8 * 2 * out.threads / s / 1e9;
+  } else {
+    out.isa = "scalar";
+  }
+  return out;
+}
+
+}  // namespace vlm
