@@ -431,28 +431,6 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       }
       return Value::iter(std::move(out), "generator", false);
     };
-    auto min_max = [](Interpreter& in, const Value& v, CallArgs& a, bool want_max) {
-      auto b = bind(want_max ? "max" : "min", a, {"case_sensitive", "attribute"});
-      bool cs = b[0] && b[0]->truthy();
-      ValueList items = in.iterate(v);
-      if (items.empty()) return Value::undefined("", "", "No aggregated item, sequence was empty.");
-      size_t best = 0;
-      Value best_key;
-      for (size_t i = 0; i < items.size(); ++i) {
-        Value k = b[1] && !b[1]->is_none() ? attr_lookup(in, items[i], *b[1]) : items[i];
-        if (!cs) k = ignore_case(k);
-        if (i == 0) {
-          best_key = k;
-          continue;
-        }
-        int c = compare_values(k, best_key);
-        if (want_max ? c > 0 : c < 0) {
-          best = i;
-          best_key = k;
-        }
-      }
-      return items[best];
-    };
     t["max"] = [](Interpreter& in, const Value& v, CallArgs& a) {
       auto b = bind("max", a, {"case_sensitive", "attribute"});
       bool cs = b[0] && b[0]->truthy();
@@ -470,7 +448,6 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       }
       return items[best];
     };
-    (void)min_max;
     t["min"] = [](Interpreter& in, const Value& v, CallArgs& a) {
       auto b = bind("min", a, {"case_sensitive", "attribute"});
       bool cs = b[0] && b[0]->truthy();
@@ -716,11 +693,6 @@ const std::unordered_map<std::string, TestFn>& tests() {
       if (v.is_object()) return v.obj() == o.obj();
       return v.kind() == Kind::kInt && v.as_int() == o.as_int() && v.as_int() >= -5 && v.as_int() <= 256;
     };
-    auto cmp = [](const char* name, int want) {
-      (void)name;
-      return want;
-    };
-    (void)cmp;
     t["eq"] = [](Interpreter&, const Value& v, CallArgs& a) {
       auto b = bind("eq", a, {"other"});
       return py_equal(v, opt_or(b[0], Value()));
@@ -1050,6 +1022,7 @@ ScopePtr make_global_scope() {
   });
   fn("namespace", [](Interpreter& in, CallArgs& a) {
     auto ns = std::make_shared<Namespace>();
+    in.on_release([ns] { ns->attrs.clear(); });
     if (a.args.size() > 1) rt_fail("namespace expected at most 1 positional argument");
     if (a.args.size() == 1) {
       const Value& src = a.args[0];
@@ -1063,9 +1036,7 @@ ScopePtr make_global_scope() {
         }
       }
     }
-    for (auto& kw : a.kwargs) {
-      if (!kw.second.is_undefined() || true) ns->set_attr(kw.first, kw.second);
-    }
+    for (auto& kw : a.kwargs) ns->set_attr(kw.first, kw.second);
     return Value::object(ns);
   });
   fn("raise_exception", [](Interpreter&, CallArgs& a) -> Value {

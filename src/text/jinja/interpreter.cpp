@@ -75,7 +75,10 @@ class Macro : public Object {
     return false;
   }
 
+  void release() { closure_.reset(); }
+
   Value call(Interpreter& in, CallArgs& a) override {
+    if (!closure_) rt_fail("macro '" + name_ + "' called after its template finished rendering");
     auto scope = child_of(closure_);
     const auto& params = def_.params;
     ValueList extra;
@@ -146,6 +149,7 @@ class LoopObject : public Object {
   bool callable() const override { return true; }
   Value call(Interpreter& in, CallArgs& a) override {
     if (!s_->node->recursive) rt_fail("Tried to call non recursive loop.  Maybe you forgot the 'recursive' modifier.");
+    if (!s_->scope) rt_fail("loop() called after its template finished rendering");
     if (a.args.size() != 1 || !a.kwargs.empty()) rt_fail("loop() takes exactly one argument");
     return Value::string(in.render_loop(*s_->node, a.args[0], s_->scope, s_->depth + 1));
   }
@@ -525,11 +529,16 @@ Interpreter::Flow Interpreter::exec(const Node& n, const ScopePtr& scope, std::s
         assign(*n.a, v, scope);
         return Flow::kNormal;
       }
-      case NodeKind::kMacro:
-        scope->set(n.name, Value::object(std::make_shared<Macro>(n, scope, n.name)));
+      case NodeKind::kMacro: {
+        auto m = std::make_shared<Macro>(n, scope, n.name);
+        on_release([m] { m->release(); });
+        scope->set(n.name, Value::object(m));
         return Flow::kNormal;
+      }
       case NodeKind::kCallBlock: {
-        Value caller = Value::object(std::make_shared<Macro>(n, scope, "caller"));
+        auto caller_macro = std::make_shared<Macro>(n, scope, "caller");
+        on_release([caller_macro] { caller_macro->release(); });
+        Value caller = Value::object(caller_macro);
         const Node& call_node = *n.a;
         Value callee = eval(*call_node.a, scope);
         CallArgs args;
@@ -569,8 +578,11 @@ Interpreter::Flow Interpreter::exec_for(const Node& n, const ScopePtr& scope, st
   Value iterable = override_iter ? *override_iter : eval(*n.b, scope);
   auto shared = std::make_shared<LoopObject::Shared>();
   shared->node = &n;
-  shared->scope = scope;
   shared->depth = depth;
+  if (n.recursive) {  // only loop(...) needs the scope; a loop object kept past the loop could otherwise cycle
+    shared->scope = scope;
+    on_release([shared] { shared->scope.reset(); });
+  }
   ValueList all = iterate(iterable);
   charge(static_cast<int64_t>(all.size()));
   if (n.c) {

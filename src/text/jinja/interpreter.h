@@ -50,6 +50,14 @@ using ScopePtr = std::shared_ptr<Scope>;
 class Interpreter {
  public:
   Interpreter(const std::string& origin, const RenderOptions& opts) : origin_(origin), opts_(opts) {}
+  // Breaks the reference cycles a render can build (a macro holds the scope that holds it; a namespace can hold
+  // itself), so every value is freed when the render ends.
+  ~Interpreter() {
+    for (auto& r : releasers_) r();
+  }
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
+  void on_release(std::function<void()> f) { releasers_.push_back(std::move(f)); }
 
   enum class Flow { kNormal, kBreak, kContinue };
   Flow exec_body(const NodeList& body, const ScopePtr& scope, std::string& out);
@@ -83,6 +91,7 @@ class Interpreter {
   const RenderOptions& opts_;
   int64_t iterations_ = 0;
   int call_depth_ = 0;
+  std::vector<std::function<void()>> releasers_;
 };
 
 // Builtins (builtins.cpp, methods.cpp).
