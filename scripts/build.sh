@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 dir=${1:-build}
 shift || true
 jobs=$(nproc 2>/dev/null || echo 2)
+# ccache: paths relative to the checkout, so a fresh clone in another folder hits the same cache entries.
+export CCACHE_BASEDIR="$(pwd)" CCACHE_NOHASHDIR=1
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo} "$@" >/dev/null
 cmake --build "$dir" -j "$jobs"

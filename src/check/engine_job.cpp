@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/memory.h"
 #include "generate/generator.h"
+#include "generate/prompt.h"
 #include "image/image.h"
 #include "io/config.h"
 #include "io/hf_cache.h"
@@ -119,30 +120,15 @@ std::vector<int32_t> extra_eos_ids(const Json& generation, const Tokenizer& tok)
 // The conversation (DESIGN.md): --messages as given, else one user message with the image item (when
 // the model takes images) followed by the prompt text; a plain string for text-only models, as
 // their templates expect. Rendered with the checkpoint's own template, add_generation_prompt=true.
-std::string render_conversation(const std::string& folder, const EngineJob& job, bool use_image) {
-  Json messages;
-  if (!job.messages.is_null()) {
-    messages = job.messages;
-  } else if (use_image) {
-    messages = Json::array({Json{{"role", "user"},
-                                 {"content", Json::array({Json{{"type", "image"}},
-                                                          Json{{"type", "text"}, {"text", job.prompt}}})}}});
-  } else {
-    messages = Json::array({Json{{"role", "user"}, {"content", job.prompt}}});
-  }
-  std::optional<ChatTemplate> tmpl = ChatTemplate::from_folder(folder);
-  VLM_CHECK(tmpl.has_value(), ErrorKind::kNotFound,
-            "{}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json chat_template)",
-            folder);
-  ChatRenderOptions ro;
-  ro.add_generation_prompt = true;
-  if (std::filesystem::exists(folder + "/tokenizer_config.json"))
-    ro.special_tokens = special_tokens_from_config(read_json_file(folder + "/tokenizer_config.json"));
-  ro.extra = Json::object();
-  bool thinking = job.generation.value("enable_thinking", false);
-  if (tmpl->source.find("enable_thinking") != std::string::npos) ro.extra["enable_thinking"] = thinking;
-  if (thinking && tmpl->source.find("thinking_mode") != std::string::npos) ro.extra["thinking_mode"] = "enabled";
-  return render_chat_template(*tmpl, messages, ro);
+// The rendered prompt and its ids, through the same path as `vlmcheck generate` / `tokenize`.
+RenderedPrompt render_conversation(const std::string& folder, const Tokenizer& tok, const EngineJob& job,
+                                   bool use_image) {
+  PromptRequest req;
+  req.prompt = job.prompt;
+  req.messages = job.messages;
+  req.num_images = use_image ? 1 : 0;
+  req.enable_thinking = job.generation.value("enable_thinking", false);
+  return render_prompt(folder, tok, req);
 }
 
 }  // namespace
@@ -269,8 +255,9 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       if (!ProcessorConfig::load_from_folder(resolved.snapshot) && config.has_vision())
         notes.push_back("neither preprocessor_config.json nor processor_config.json is present");
       diag["snapshot_notes"] = notes;
-      rendered = render_conversation(resolved.snapshot, job, use_image);
-      ids = tok->encode(rendered, /*add_special_tokens=*/false);  // the template writes BOS itself
+      RenderedPrompt rp = render_conversation(resolved.snapshot, *tok, job, use_image);
+      rendered = std::move(rp.text);
+      ids = std::move(rp.ids);  // encoded without adding special tokens: the template writes BOS itself
       return 0;
     });
     t.prompt_prep_time_s = seconds_since(t0);

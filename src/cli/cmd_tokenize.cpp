@@ -9,6 +9,9 @@
 // --no-chat-template the text is encoded as is with add_special_tokens=True, so BOS/EOS are added as the
 // tokenizer's post-processor and tokenizer_config.json say; special tokens written in the text are recognised.
 //
+// Thinking: templates that read `enable_thinking` get it (false unless --enable-thinking), as mlx-vlm and
+// `vlmcheck generate` pass it; the rendering is src/generate/prompt.h's, shared with generate.
+//
 // Content form: the conversation from --prompt/--system/--image uses content lists (DESIGN.md) when the template
 // reads content items (its source mentions "type") or there are images. Text-only templates (Qwen3, Llama 3)
 // never do and concatenate `message.content` as a string, so they get the prompt as plain-string content; and if
@@ -25,6 +28,7 @@
 #include "cli/exit_codes.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "generate/prompt.h"
 #include "io/hf_cache.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -39,57 +43,9 @@ struct TokenizeOptions {
   bool prompt_given = false, system_given = false;
   std::vector<std::string> images;
   bool no_chat_template = false;
+  bool enable_thinking = false;
   bool json = false;
 };
-
-// transformers' messages format: a list of {"role": str, "content": str | [{"type": "text", "text": str} |
-// {"type": "image"} | ...]}. Other keys (tool_calls, reasoning_content, ...) pass through to the template.
-Json read_messages(const std::string& path) {
-  Json m = read_json_file(path);
-  VLM_CHECK(m.is_array(), ErrorKind::kFormat, "{}: --messages must hold a JSON list of messages, got {}", path,
-            m.type_name());
-  for (size_t i = 0; i < m.size(); ++i) {
-    const Json& msg = m[i];
-    VLM_CHECK(msg.is_object(), ErrorKind::kFormat, "{}: message {} must be an object, got {}", path, i,
-              msg.type_name());
-    VLM_CHECK(msg.contains("role") && msg["role"].is_string(), ErrorKind::kFormat,
-              "{}: message {} needs a string \"role\"", path, i);
-    if (!msg.contains("content")) continue;  // assistant tool-call turns may omit it
-    const Json& c = msg["content"];
-    VLM_CHECK(c.is_string() || c.is_array() || c.is_null(), ErrorKind::kFormat,
-              "{}: message {} \"content\" must be a string or a list of items, got {}", path, i, c.type_name());
-    if (c.is_array())
-      for (size_t k = 0; k < c.size(); ++k)
-        VLM_CHECK(c[k].is_object() && c[k].contains("type") && c[k]["type"].is_string(), ErrorKind::kFormat,
-                  "{}: message {} content item {} must be an object with a string \"type\"", path, i, k);
-  }
-  return m;
-}
-
-size_t count_image_items(const Json& messages) {
-  size_t n = 0;
-  for (const auto& msg : messages)
-    if (msg.contains("content") && msg["content"].is_array())
-      for (const auto& item : msg["content"])
-        if (item.value("type", "") == "image") ++n;
-  return n;
-}
-
-// DESIGN.md: an optional system message, then one user message with one image item per --image followed by
-// the prompt text. `as_list` false gives the plain-string content that text-only templates expect.
-Json build_messages(const TokenizeOptions& o, bool as_list) {
-  Json messages = Json::array();
-  if (o.system_given) messages.push_back({{"role", "system"}, {"content", o.system}});
-  if (!as_list) {
-    messages.push_back({{"role", "user"}, {"content", o.prompt}});
-    return messages;
-  }
-  Json content = Json::array();
-  for (size_t i = 0; i < o.images.size(); ++i) content.push_back({{"type", "image"}});
-  content.push_back({{"type", "text"}, {"text", o.prompt}});
-  messages.push_back({{"role", "user"}, {"content", content}});
-  return messages;
-}
 
 void require_utf8(const std::string& s, const char* flag) {
   try {
@@ -106,55 +62,26 @@ int run_tokenize(const TokenizeOptions& o) {
   const std::string& folder = r.snapshot;
   std::unique_ptr<Tokenizer> tok = Tokenizer::from_folder(folder);
 
-  std::string prompt;
-  std::vector<int32_t> ids;
-  size_t images = o.images.size();
-  if (o.no_chat_template) {
-    prompt = o.prompt;
-    ids = tok->encode(prompt, /*add_special_tokens=*/true);
-  } else {
-    Json messages = o.messages_file.empty() ? Json() : read_messages(o.messages_file);
-    if (!o.messages_file.empty()) {
-      size_t items = count_image_items(messages);
-      if (items != images)
-        throw_error(ErrorKind::kInvalidArgument,
-                    "{}: the conversation has {} image item(s) but {} --image path(s) were given; each image item "
-                    "takes the next --image",
-                    o.messages_file, items, images);
-    }
-    std::optional<ChatTemplate> tmpl = ChatTemplate::from_folder(folder, o.template_name);
-    if (!tmpl)
-      throw_error(ErrorKind::kNotFound,
-                  "{}: no chat template (looked for chat_template.jinja, chat_template.json and the chat_template "
-                  "field of tokenizer_config.json); use --no-chat-template to encode --prompt as is",
-                  folder);
-    // Templates that never look at an item's "type" are text templates: they get plain-string content.
-    bool as_list = images > 0 || tmpl->source.find("type") != std::string::npos;
-    if (o.messages_file.empty()) messages = build_messages(o, as_list);
-    ChatRenderOptions ro;
-    ro.add_generation_prompt = true;
-    std::string cfg_path = folder + "/tokenizer_config.json";
-    if (std::filesystem::exists(cfg_path)) ro.special_tokens = special_tokens_from_config(read_json_file(cfg_path));
-    if (!o.template_kwargs.empty()) {
-      ro.extra = parse_json(o.template_kwargs, "--chat-template-kwargs");
-      VLM_CHECK(ro.extra.is_object(), ErrorKind::kInvalidArgument,
-                "--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {}",
-                ro.extra.type_name());
-    }
-    try {
-      prompt = render_chat_template(*tmpl, messages, ro);
-    } catch (const Error& e) {
-      // Text-only templates (Qwen3, Llama 3) concatenate `message.content` as a string and fail on the content
-      // list; without images the same conversation with string content is what they are meant to get.
-      if (e.kind() != ErrorKind::kFormat || !o.messages_file.empty() || images > 0 || !as_list) throw;
-      try {
-        prompt = render_chat_template(*tmpl, build_messages(o, false), ro);
-      } catch (const Error&) {
-        throw e;
-      }
-    }
-    ids = tok->encode(prompt, /*add_special_tokens=*/false);
+  // One way in: the same conversation, template variables and encoding rule as `vlmcheck generate`.
+  PromptRequest req;
+  req.prompt = o.prompt;
+  req.system = o.system;
+  req.has_system = o.system_given;
+  req.messages_file = o.messages_file;
+  req.num_images = o.images.size();
+  req.no_chat_template = o.no_chat_template;
+  req.enable_thinking = o.enable_thinking;
+  req.template_name = o.template_name;
+  if (!o.template_kwargs.empty()) {
+    req.template_kwargs = parse_json(o.template_kwargs, "--chat-template-kwargs");
+    VLM_CHECK(req.template_kwargs.is_object(), ErrorKind::kInvalidArgument,
+              "--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {}",
+              req.template_kwargs.type_name());
   }
+  RenderedPrompt rendered = render_prompt(folder, *tok, req);
+  const std::string& prompt = rendered.text;
+  const std::vector<int32_t>& ids = rendered.ids;
+  const size_t images = o.images.size();
   if (images > 0)
     throw_error(ErrorKind::kUnsupported,
                 "image expansion not built yet: the prompt rendered ({} image item(s)), but turning each image "
@@ -193,6 +120,8 @@ void register_tokenize(CLI::App& root, Action& action) {
                                 "Encode --prompt as is (special tokens recognised, BOS as the tokenizer config says)");
   cmd->add_option("--chat-template-kwargs", o->template_kwargs,
                   "A JSON object of extra template variables, e.g. '{\"enable_thinking\": false}'");
+  cmd->add_flag("--enable-thinking", o->enable_thinking,
+                "Pass enable_thinking=true to templates that read it (they get false otherwise, as mlx-vlm does)");
   cmd->add_option("--chat-template-name", o->template_name, "Which named chat template to use (default: default)");
   cmd->add_flag("--json", o->json, "Print {\"prompt\": ..., \"ids\": [...]} as one JSON line");
   messages->excludes(prompt)->excludes(system)->excludes(no_tmpl);

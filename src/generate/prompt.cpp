@@ -30,12 +30,10 @@ Json read_messages_file(const std::string& path) {
   return m;
 }
 
-Json build_messages(const PromptRequest& r) {
+Json build_messages(const PromptRequest& r, bool as_list) {
   Json messages = Json::array();
   if (r.has_system) messages.push_back({{"role", "system"}, {"content", r.system}});
-  if (r.num_images == 0) {
-    // Text only: a plain string, as text models' templates expect (many print `content` as is,
-    // which would show a list's repr) and as transformers' own text-only calls pass it.
+  if (!as_list) {
     messages.push_back({{"role", "user"}, {"content", r.prompt}});
     return messages;
   }
@@ -64,10 +62,14 @@ RenderedPrompt render_prompt(const std::string& folder, const Tokenizer& tok, co
     out.ids = tok.encode(out.text, /*add_special_tokens=*/true);
     return out;
   }
-  out.messages = r.messages_file.empty() ? build_messages(r) : read_messages_file(r.messages_file);
-  if (!r.messages_file.empty()) {
+  const bool given_conversation = !r.messages.is_null() || !r.messages_file.empty();
+  if (given_conversation) {
+    out.messages = !r.messages.is_null() ? r.messages : read_messages_file(r.messages_file);
+    VLM_CHECK(out.messages.is_array(), ErrorKind::kInvalidArgument, "the conversation must be a JSON list of messages");
     size_t items = count_image_items(out.messages);
-    VLM_CHECK(items == r.num_images, ErrorKind::kInvalidArgument,
+    // A conversation from a file pairs its image items with --image paths; an in-memory one (the checker's)
+    // may carry image items a text-only model renders without an image.
+    VLM_CHECK(r.messages_file.empty() || items == r.num_images, ErrorKind::kInvalidArgument,
               "{}: the conversation has {} image item(s) but {} --image path(s) were given; each image item takes "
               "the next --image",
               r.messages_file, items, r.num_images);
@@ -87,7 +89,27 @@ RenderedPrompt render_prompt(const std::string& folder, const Tokenizer& tok, co
     ro.extra["thinking_mode"] = "enabled";
   if (r.template_kwargs.is_object())
     for (const auto& [k, v] : r.template_kwargs.items()) ro.extra[k] = v;  // explicit kwargs win
-  out.text = render_chat_template(*tmpl, out.messages, ro);
+  if (given_conversation) {
+    out.text = render_chat_template(*tmpl, out.messages, ro);
+  } else {
+    // Content form: DESIGN.md's content list when there are images or the template reads content items
+    // (its source mentions "type"); text templates (Qwen3, Llama 3) get the plain string they concatenate.
+    // A list-reading template that still fails on the list without images gets the string form once more.
+    const bool as_list = r.num_images > 0 || tmpl->source.find("type") != std::string::npos;
+    out.messages = build_messages(r, as_list);
+    try {
+      out.text = render_chat_template(*tmpl, out.messages, ro);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kFormat || r.num_images > 0 || !as_list) throw;
+      Json plain = build_messages(r, false);
+      try {
+        out.text = render_chat_template(*tmpl, plain, ro);
+      } catch (const Error&) {
+        throw e;
+      }
+      out.messages = std::move(plain);
+    }
+  }
   out.ids = tok.encode(out.text, /*add_special_tokens=*/false);
   return out;
 }

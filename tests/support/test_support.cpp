@@ -12,6 +12,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <algorithm>
 
 namespace vlm::test {
 
@@ -48,6 +49,19 @@ std::string read_file(const std::string& path) {
 }
 
 std::string source_dir() { return VLM_SOURCE_DIR; }
+
+size_t comparable_greedy_tokens(const Json& config, size_t prompt_len, size_t n) {
+  const Json* rope = nullptr;
+  for (const char* key : {"rope_parameters", "rope_scaling"})
+    if (config.contains(key) && config[key].is_object()) rope = &config[key];
+  if (!rope) return n;
+  const std::string type = rope->value("rope_type", rope->value("type", std::string()));
+  if (type != "longrope") return n;
+  const int64_t original =
+      config.value("original_max_position_embeddings", rope->value("original_max_position_embeddings", int64_t{0}));
+  if (original <= 0 || static_cast<int64_t>(prompt_len + n) <= original) return n;
+  return std::min<size_t>(n, static_cast<size_t>(std::max<int64_t>(0, original - static_cast<int64_t>(prompt_len) + 1)));
+}
 std::string vlmcheck_binary() { return VLM_BINARY; }
 
 ProcessResult run_vlmcheck(const std::vector<std::string>& args, const std::vector<std::string>& env,

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "core/json.h"
+
 namespace vlm::test {
 
 // A fresh directory under $TMPDIR, removed (recursively) on destruction.
@@ -34,6 +36,11 @@ struct ProcessResult {
 ProcessResult run_vlmcheck(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
                            const std::string& cwd = "");
 std::string source_dir();   // repository root
+
+// How many of a text fixture's reference greedy tokens transformers 5.17 produced with the full context.
+// Its Phi-3 drops the KV cache when LongRoPE decoding first crosses original_max_position_embeddings and
+// continues from the new token alone, so only the tokens up to that step are comparable.
+size_t comparable_greedy_tokens(const Json& config, size_t prompt_len, size_t n);
 std::string vlmcheck_binary();
 
 }  // namespace vlm::test

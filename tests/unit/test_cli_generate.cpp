@@ -40,7 +40,9 @@ TEST(CliGenerate, GreedyTokensEqualTheTransformersReferenceForEveryFamily) {
     if (!fs::exists(entry.path() / "config.json") || !fs::exists(entry.path() / "reference.json")) continue;
     Json ref = read_json_file((entry.path() / "reference.json").string());
     if (ref.value("prompt", "") != "Describe the small red boat.") continue;
-    const auto want = ref["greedy_tokens"].get<std::vector<int32_t>>();
+    auto want = ref["greedy_tokens"].get<std::vector<int32_t>>();
+    want.resize(test::comparable_greedy_tokens(read_json_file((entry.path() / "config.json").string()),
+                                               ref["input_ids"].size(), want.size()));
     Json out = run_json(with(base(name), {"--max-tokens", std::to_string(want.size())}));
     ASSERT_FALSE(out.is_null()) << name;
     EXPECT_EQ(out["prompt_ids"].get<std::vector<int32_t>>(), ref["input_ids"].get<std::vector<int32_t>>()) << name;
