@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-BUILD_TYPE=Release bash scripts/build.sh build-release
-exec ./build-release/vlmcheck run "$@"
+bash scripts/build.sh build   # the same optimised build the tests use, so nothing compiles twice
+exec ./build/vlmcheck run "$@"

@@ -94,7 +94,7 @@ std::string now_local_iso8601() {
   char buf[64];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S%z", &tm);
   std::string s = buf;  // +0100 → +01:00
-  if (s.size() >= 5) s.insert(s.size() - 2, ":");
+  if (s.size() >= 5) s = s.substr(0, s.size() - 2) + ":" + s.substr(s.size() - 2);
   return s;
 }
 

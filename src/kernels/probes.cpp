@@ -29,8 +29,11 @@ __attribute__((target("avx512f"))) uint64_t sum_avx512(const uint64_t* p, int64_
     a2 = _mm512_add_epi64(a2, _mm512_load_si512(p + i + 16));
     a3 = _mm512_add_epi64(a3, _mm512_load_si512(p + i + 24));
   }
-  __m512i s = _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3));
-  uint64_t out = static_cast<uint64_t>(_mm512_reduce_add_epi64(s));
+  // Horizontal sum through memory (gcc 12's _mm512_reduce_* trips -Wuninitialized in its own header).
+  alignas(64) uint64_t lanes[8];
+  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(a0, a1), _mm512_add_epi64(a2, a3)));
+  uint64_t out = 0;
+  for (uint64_t v : lanes) out += v;
   for (; i < n_words; ++i) out += p[i];
   return out;
 }
@@ -70,7 +73,9 @@ __attribute__((target("avx512f"))) float fma_loop_avx512(float seed) {
     for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], y, x);
   __m512 s = a[0];
   for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
-  return _mm512_reduce_add_ps(s);
+  alignas(64) float l[16];
+  _mm512_store_ps(l, s);
+  return l[0] + l[15];
 }
 
 __attribute__((target("avx512f,avx512bf16"))) float bf16_loop(float seed) {
@@ -82,7 +87,9 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_loop(float seed) {
     for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbf16_ps(a[i], x, y);
   __m512 s = a[0];
   for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
-  return _mm512_reduce_add_ps(s);
+  alignas(64) float l[16];
+  _mm512_store_ps(l, s);
+  return l[0] + l[15];
 }
 
 __attribute__((target("avx2,fma"))) float fma_loop_avx2(float seed) {

@@ -50,7 +50,9 @@ Fit fit(const Sampler& sampler, const std::vector<float>& lp, const std::vector<
 // chi2 below df + 8 sqrt(2 df) (a false alarm is ~1e-9 likely); TV below 0.01 at 200k draws.
 void expect_fits(const Fit& f, const char* what) {
   EXPECT_FALSE(f.impossible_drawn) << what << ": drew a token the chain must have removed";
-  if (f.df > 0) EXPECT_LT(f.chi2, f.df + 8 * std::sqrt(2.0 * f.df)) << what << " (df " << f.df << ")";
+  if (f.df > 0) {
+    EXPECT_LT(f.chi2, f.df + 8 * std::sqrt(2.0 * f.df)) << what << " (df " << f.df << ")";
+  }
   EXPECT_LT(f.tv, 0.01) << what;
 }
 

@@ -248,7 +248,7 @@ class Lexer {
       }
       if (c >= '0' && c <= '9') {
         pos = lex_number(pos);
-      } else if (c == '_' || (c | 0x20) >= 'a' && (c | 0x20) <= 'z') {
+      } else if (c == '_' || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) {
         size_t e = pos;
         while (e < n && (src_[e] == '_' || std::isalnum(static_cast<unsigned char>(src_[e])))) ++e;
         push(Tok::kName, pos, src_.substr(pos, e - pos));
