@@ -27,7 +27,8 @@ struct Fd {
 }
 }  // namespace
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, LoadMode mode, MemCategory category) {
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, LoadMode mode, MemCategory category,
+                                             size_t align_at) {
   Fd f;
   f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (f.fd < 0) throw_open_error(path, errno);
@@ -48,8 +49,10 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, LoadMode m
     m->data_ = static_cast<const uint8_t*>(p);
     MemoryTracker::instance().on_map(static_cast<int64_t>(m->size_));
   } else {
-    m->owned_ = make_host_buffer(m->size_, category);
-    auto* dst = static_cast<uint8_t*>(m->owned_.get());
+    // The buffer is 64-byte aligned; shifting the file by `shift` bytes puts offset align_at on a boundary.
+    const size_t shift = (64 - align_at % 64) % 64;
+    m->owned_ = make_host_buffer(m->size_ + shift, category);
+    auto* dst = static_cast<uint8_t*>(m->owned_.get()) + shift;
     size_t done = 0;
     while (done < m->size_) {
       ssize_t r = ::pread(f.fd, dst + done, m->size_ - done, static_cast<off_t>(done));

@@ -16,9 +16,11 @@ enum class LoadMode { kLazy, kEager };
 
 class MappedFile {
  public:
-  // Opens `path`; throws Error(kNotFound / kIo) naming the path.
+  // Opens `path`; throws Error(kNotFound / kIo) naming the path. In eager mode the byte at file offset
+  // `align_at` lands on a 64-byte boundary of the buffer (safetensors passes its data-region start, so
+  // tensors written unpadded by MLX are still naturally aligned in memory).
   static std::shared_ptr<MappedFile> open(const std::string& path, LoadMode mode,
-                                          MemCategory category = MemCategory::kWeights);
+                                          MemCategory category = MemCategory::kWeights, size_t align_at = 0);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

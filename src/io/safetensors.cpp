@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <unordered_map>
@@ -66,10 +67,22 @@ struct SafetensorsFile::Impl {
   std::map<std::string, std::string> metadata;
 };
 
+namespace {
+// 8 + header length, read from the file's first 8 bytes (0 when unreadable: open() then reports why).
+size_t data_region_offset(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return 0;
+  uint64_t n = 0;
+  size_t got = std::fread(&n, 1, 8, f);
+  std::fclose(f);
+  return got == 8 && n < (uint64_t{1} << 40) ? static_cast<size_t>(8 + n) : 0;
+}
+}  // namespace
+
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path, LoadMode mode) {
   auto impl = std::make_shared<Impl>();
   impl->path = path;
-  impl->file = MappedFile::open(path, mode, MemCategory::kWeights);
+  impl->file = MappedFile::open(path, mode, MemCategory::kWeights, data_region_offset(path));
   const uint8_t* bytes = impl->file->data();
   const size_t size = impl->file->size();
 
@@ -215,8 +228,13 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
 Tensor SafetensorsFile::tensor(const std::string& name) const {
   const TensorInfo* info = find(name);
   if (!info) throw_error(ErrorKind::kNotFound, "{}: no tensor \"{}\"", impl_->path, name);
-  // The view keeps the mapping (or eager buffer) alive; data may be unaligned (MLX files).
-  return Tensor::borrow(impl_->file->data() + info->data_begin, info->shape, info->dtype, impl_->file);
+  // The view keeps the mapping (or eager buffer) alive. Kernels rely on natural alignment: eager buffers
+  // put the data region on a 64-byte boundary, but a mapping keeps the file's layout, and MLX writes the
+  // header unpadded — such a tensor is copied into aligned memory instead (counted as weights).
+  const uint8_t* p = impl_->file->data() + info->data_begin;
+  Tensor view = Tensor::borrow(p, info->shape, info->dtype, impl_->file);
+  if (reinterpret_cast<uintptr_t>(p) % dtype_size(info->dtype) == 0) return view;
+  return view.clone(MemCategory::kWeights);
 }
 
 // ---- Checkpoint ------------------------------------------------------------------------------------

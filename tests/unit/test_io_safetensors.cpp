@@ -97,6 +97,33 @@ TEST(Safetensors, LazyAndEagerGiveTheSameBytes) {
   for (const auto& t : tensors) EXPECT_EQ(bytes_of(lazy->tensor(t.name)), bytes_of(eager->tensor(t.name)));
 }
 
+TEST(Safetensors, UnpaddedMlxHeadersStillGiveNaturallyAlignedTensors) {
+  // MLX writes the header unpadded, so the data region can start at any byte. Eager buffers place it on a
+  // 64-byte boundary (views, no copies); mmap'd files keep the file layout, so misaligned tensors come back as
+  // aligned copies with the same bytes.
+  TempDir dir;
+  std::vector<StTensor> tensors = {st_random("q", "U32", {8, 16}, 1), st_random("s", "BF16", {8, 3}, 2),
+                                   st_random("f", "F32", {5, 7}, 3)};
+  StOptions opt;
+  opt.pad_header_to_8 = false;
+  std::string bytes = st_build(tensors, opt);
+  // Grow the header with spaces until the data region starts at an odd offset.
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  std::string header = bytes.substr(8, n), data = bytes.substr(8 + n);
+  while ((8 + header.size()) % 2 == 0) header += ' ';
+  write_file(dir / "m.safetensors", st_raw(header, data));
+  for (LoadMode mode : {LoadMode::kLazy, LoadMode::kEager}) {
+    auto f = SafetensorsFile::open(dir / "m.safetensors", mode);
+    for (const auto& t : tensors) {
+      Tensor v = f->tensor(t.name);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(v.raw()) % dtype_size(v.dtype()), 0u) << t.name;
+      EXPECT_EQ(bytes_of(v), t.data) << t.name;
+      if (mode == LoadMode::kEager) EXPECT_FALSE(v.is_owned()) << t.name << ": eager views need no copy";
+    }
+  }
+}
+
 TEST(Safetensors, BorrowedViewOutlivesTheFileObject) {
   TempDir dir;
   auto t0 = st_random("w", "F32", {64, 64}, 9);
