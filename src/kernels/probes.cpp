@@ -65,45 +65,68 @@ uint64_t sum_words(const uint64_t* p, int64_t n) {
 
 constexpr int64_t kFmaIters = 20'000'000;
 
+// Twelve independent accumulators written out as named variables: an array indexed in a loop is not
+// fully unrolled at -O2 and would round-trip through memory, measuring store forwarding instead of FMAs.
+#define VLM_PROBE_12(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+
 __attribute__((target("avx512f"))) float fma_loop_avx512(float seed) {
-  __m512 x = _mm512_set1_ps(seed), y = _mm512_set1_ps(0.999999f);
-  __m512 a[12];
-  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(seed * static_cast<float>(i + 1));
-  for (int64_t it = 0; it < kFmaIters; ++it)
-    for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], y, x);
-  __m512 s = a[0];
-  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  const __m512 x = _mm512_set1_ps(seed), y = _mm512_set1_ps(0.999999f);
+#define DECL(i) __m512 a##i = _mm512_set1_ps(seed * (i + 1));
+  VLM_PROBE_12(DECL)
+#undef DECL
+  for (int64_t it = 0; it < kFmaIters; ++it) {
+#define STEP(i) a##i = _mm512_fmadd_ps(a##i, y, x);
+    VLM_PROBE_12(STEP)
+#undef STEP
+  }
+  __m512 s = _mm512_setzero_ps();
+#define SUM(i) s = _mm512_add_ps(s, a##i);
+  VLM_PROBE_12(SUM)
+#undef SUM
   alignas(64) float l[16];
   _mm512_store_ps(l, s);
   return l[0] + l[15];
 }
 
 __attribute__((target("avx512f,avx512bf16"))) float bf16_loop(float seed) {
-  __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80);  // bf16 1.0 in every lane
-  __m512bh y = (__m512bh)_mm512_set1_epi16(0x3c00);
-  __m512 a[12];
-  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(seed * static_cast<float>(i));
-  for (int64_t it = 0; it < kFmaIters; ++it)
-    for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbf16_ps(a[i], x, y);
-  __m512 s = a[0];
-  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80);  // bf16 1.0 in every lane
+  const __m512bh y = (__m512bh)_mm512_set1_epi16(0x3c00);
+#define DECL(i) __m512 a##i = _mm512_set1_ps(seed * i);
+  VLM_PROBE_12(DECL)
+#undef DECL
+  for (int64_t it = 0; it < kFmaIters; ++it) {
+#define STEP(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
+    VLM_PROBE_12(STEP)
+#undef STEP
+  }
+  __m512 s = _mm512_setzero_ps();
+#define SUM(i) s = _mm512_add_ps(s, a##i);
+  VLM_PROBE_12(SUM)
+#undef SUM
   alignas(64) float l[16];
   _mm512_store_ps(l, s);
   return l[0] + l[15];
 }
 
 __attribute__((target("avx2,fma"))) float fma_loop_avx2(float seed) {
-  __m256 x = _mm256_set1_ps(seed), y = _mm256_set1_ps(0.999999f);
-  __m256 a[12];
-  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(seed * static_cast<float>(i + 1));
-  for (int64_t it = 0; it < kFmaIters; ++it)
-    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], y, x);
-  __m256 s = a[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, a[i]);
+  const __m256 x = _mm256_set1_ps(seed), y = _mm256_set1_ps(0.999999f);
+#define DECL(i) __m256 a##i = _mm256_set1_ps(seed * (i + 1));
+  VLM_PROBE_12(DECL)
+#undef DECL
+  for (int64_t it = 0; it < kFmaIters; ++it) {
+#define STEP(i) a##i = _mm256_fmadd_ps(a##i, y, x);
+    VLM_PROBE_12(STEP)
+#undef STEP
+  }
+  __m256 s = _mm256_setzero_ps();
+#define SUM(i) s = _mm256_add_ps(s, a##i);
+  VLM_PROBE_12(SUM)
+#undef SUM
   alignas(32) float l[8];
   _mm256_store_ps(l, s);
   return l[0] + l[7];
 }
+#undef VLM_PROBE_12
 
 // Runs fn on every pool thread at once and returns the wall time.
 double timed_on_all_threads(const std::function<void()>& fn) {

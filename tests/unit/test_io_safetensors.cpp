@@ -119,7 +119,9 @@ TEST(Safetensors, UnpaddedMlxHeadersStillGiveNaturallyAlignedTensors) {
       Tensor v = f->tensor(t.name);
       EXPECT_EQ(reinterpret_cast<uintptr_t>(v.raw()) % dtype_size(v.dtype()), 0u) << t.name;
       EXPECT_EQ(bytes_of(v), t.data) << t.name;
-      if (mode == LoadMode::kEager) EXPECT_FALSE(v.is_owned()) << t.name << ": eager views need no copy";
+      if (mode == LoadMode::kEager) {
+        EXPECT_FALSE(v.is_owned()) << t.name << ": eager views need no copy";
+      }
     }
   }
 }
