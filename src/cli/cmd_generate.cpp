@@ -183,11 +183,7 @@ int run_generate(GenerateOptions& o) {
   pr.num_images = o.images.size();
   pr.no_chat_template = o.no_chat_template;
   pr.enable_thinking = p.enable_thinking;
-  if (!o.template_kwargs.empty()) {
-    pr.template_kwargs = parse_json(o.template_kwargs, "--chat-template-kwargs");
-    VLM_CHECK(pr.template_kwargs.is_object(), ErrorKind::kInvalidArgument,
-              "--chat-template-kwargs must be a JSON object, got {}", pr.template_kwargs.type_name());
-  }
+  pr.template_kwargs = parse_template_kwargs(o.template_kwargs);
   RenderedPrompt prompt = render_prompt(resolved.snapshot, *tok, pr);
   p.extra_eos_ids = resolve_eos_tokens(o.eos_tokens, *tok);
   std::vector<int32_t> eos = collect_eos_ids(model, *tok, p.extra_eos_ids);

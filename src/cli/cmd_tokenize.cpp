@@ -72,12 +72,7 @@ int run_tokenize(const TokenizeOptions& o) {
   req.no_chat_template = o.no_chat_template;
   req.enable_thinking = o.enable_thinking;
   req.template_name = o.template_name;
-  if (!o.template_kwargs.empty()) {
-    req.template_kwargs = parse_json(o.template_kwargs, "--chat-template-kwargs");
-    VLM_CHECK(req.template_kwargs.is_object(), ErrorKind::kInvalidArgument,
-              "--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {}",
-              req.template_kwargs.type_name());
-  }
+  req.template_kwargs = parse_template_kwargs(o.template_kwargs);
   RenderedPrompt rendered = render_prompt(folder, *tok, req);
   const std::string& prompt = rendered.text;
   const std::vector<int32_t>& ids = rendered.ids;

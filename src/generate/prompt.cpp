@@ -8,6 +8,15 @@
 
 namespace vlm {
 
+Json parse_template_kwargs(const std::string& text) {
+  if (text.empty()) return Json();
+  Json kwargs = parse_json(text, "--chat-template-kwargs");
+  VLM_CHECK(kwargs.is_object(), ErrorKind::kInvalidArgument,
+            "--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {}",
+            kwargs.type_name());
+  return kwargs;
+}
+
 Json read_messages_file(const std::string& path) {
   Json m = read_json_file(path);
   VLM_CHECK(m.is_array(), ErrorKind::kFormat, "{}: --messages must hold a JSON list of messages, got {}", path,

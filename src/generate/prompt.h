@@ -39,6 +39,10 @@ struct RenderedPrompt {
   Json messages;  // the conversation rendered (null with no_chat_template)
 };
 
+// --chat-template-kwargs: a JSON object of extra template variables (null when `text` is empty).
+// Throws Error(kFormat) for invalid JSON and Error(kInvalidArgument) for anything but an object.
+Json parse_template_kwargs(const std::string& text);
+
 // transformers' messages format, validated (errors name the file and the message index).
 Json read_messages_file(const std::string& path);
 // DESIGN.md's conversation for --system/--prompt/--image: the user content is a list of image items then
