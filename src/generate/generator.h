@@ -30,6 +30,7 @@
 #include "generate/generate.h"
 #include "generate/kv_cache.h"
 #include "generate/prompt_cache.h"
+#include "models/vision_model.h"
 #include "text/tokenizer.h"
 
 namespace vlm {
@@ -37,6 +38,10 @@ namespace vlm {
 struct GenerateRequest {
   std::vector<int32_t> prompt_ids;
   StageTimes times;  // stages already spent by the caller (tokenize, images); counted into TTFT
+  // A VLM prompt (vision_model.h): when set, prefill feeds its embeddings, positions and bidirectional groups
+  // instead of embedding prompt_ids (which stay the token history for penalties); decode continues at
+  // position n + rope_delta. Prefill chunks never split a bidirectional group. Prompt caching is skipped.
+  const MultimodalPrompt* multimodal = nullptr;
 };
 
 // The stop ids for a model folder: config + generation_config + tokenizer eos + extra ids, deduplicated.

@@ -17,6 +17,10 @@ std::map<std::string, LanguageModelFactory>& factories() {
   static std::map<std::string, LanguageModelFactory> m;
   return m;
 }
+std::map<std::string, VisionModelFactory>& vision_factories() {
+  static std::map<std::string, VisionModelFactory> m;
+  return m;
+}
 std::recursive_mutex& registry_mutex() {
   static std::recursive_mutex m;
   return m;
@@ -47,6 +51,20 @@ void register_language_model(const std::vector<std::string>& model_types, Langua
   }
 }
 
+void register_vision_model(const std::vector<std::string>& model_types, VisionModelFactory factory) {
+  std::lock_guard<std::recursive_mutex> lock(registry_mutex());
+  for (const std::string& t : model_types) {
+    VLM_CHECK(!vision_factories().count(t), ErrorKind::kInternal, "vision model_type '{}' is registered twice", t);
+    vision_factories()[t] = factory;
+  }
+}
+
+bool has_vision_model(const std::string& model_type) {
+  register_builtin_families();
+  std::lock_guard<std::recursive_mutex> lock(registry_mutex());
+  return vision_factories().count(model_type) > 0;
+}
+
 bool is_supported_model_type(const std::string& model_type) {
   register_builtin_families();
   std::lock_guard<std::recursive_mutex> lock(registry_mutex());
@@ -69,10 +87,13 @@ LoadedModel load_model(const std::string& folder, const LoadOptions& options) {
   m.folder = folder;
   m.config = ModelConfig::load(folder + "/config.json");
   LanguageModelFactory factory;
+  VisionModelFactory vision_factory;
   {
     std::lock_guard<std::recursive_mutex> lock(registry_mutex());
     auto it = factories().find(m.config.model_type);
     if (it != factories().end()) factory = it->second;
+    auto vit = vision_factories().find(m.config.model_type);
+    if (vit != vision_factories().end()) vision_factory = vit->second;
   }
   if (!factory) {
     std::string list;
@@ -86,6 +107,7 @@ LoadedModel load_model(const std::string& folder, const LoadOptions& options) {
   }
   m.checkpoint = std::make_shared<Checkpoint>(Checkpoint::open(folder, options.mode));
   m.language_model = factory(m.config, *m.checkpoint, options);
+  if (vision_factory && !options.text_only) m.vision = vision_factory(m.config, *m.checkpoint, options);
   return m;
 }
 

@@ -11,20 +11,23 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 #include "models/language_model.h"
+#include "models/vision_model.h"
 
 namespace vlm {
 
 struct LoadOptions {
   LoadMode mode = LoadMode::kEager;  // --lazy-load selects kLazy
   std::string adapter_path;          // LoRA adapter folder ("" = none)
+  bool text_only = false;            // skip the vision tower of a VLM (text prompts only)
 };
 
-// A loaded model: its configs, weights and the language model (vision parts arrive with the vision work).
+// A loaded model: its configs, weights, the language model and, for VLMs, the vision model.
 struct LoadedModel {
   std::string folder;
   ModelConfig config;
   std::shared_ptr<Checkpoint> checkpoint;
   std::unique_ptr<LanguageModel> language_model;
+  std::unique_ptr<VisionModel> vision;  // null for text-only models (and with LoadOptions.text_only)
 };
 
 using LanguageModelFactory =
@@ -33,6 +36,13 @@ using LanguageModelFactory =
 // Registers a family for one or more model_type values (text model types such as "qwen2", and VLM
 // model types whose language part it implements).
 void register_language_model(const std::vector<std::string>& model_types, LanguageModelFactory factory);
+using VisionModelFactory =
+    std::function<std::unique_ptr<VisionModel>(const ModelConfig&, const Checkpoint&, const LoadOptions&)>;
+// Registers the vision half of a VLM model_type (its language half is registered with
+// register_language_model under the same model_type). load_model builds both.
+void register_vision_model(const std::vector<std::string>& model_types, VisionModelFactory factory);
+bool has_vision_model(const std::string& model_type);
+
 bool is_supported_model_type(const std::string& model_type);
 std::vector<std::string> supported_model_types();
 
