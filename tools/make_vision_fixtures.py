@@ -242,9 +242,10 @@ def family_specs():
 
     def gemma3_config(vocab, t):
         ids = dict(bos=t("<bos>"), eos=t("<end_of_turn>"), pad=t("<pad>"))
-        text = dict(text_cfg(vocab, ids, num_hidden_layers=3, tie_word_embeddings=True,
+        text = dict(text_cfg(vocab, ids, num_hidden_layers=4, tie_word_embeddings=True,
                              hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24, sliding_window=8,
-                             layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                             layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                          "sliding_attention"],
                              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                               "full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                  "rope_theta": 1000000.0}}),
@@ -264,7 +265,10 @@ def family_specs():
                            proc_class="Gemma3Processor", proc=dict(image_seq_length=16),
                            extra_special={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                                           "eoi_token": "<end_of_image>"},
-                           config=gemma3_config, cases=chat_cases)
+                           config=gemma3_config, cases=chat_cases, max_seeds=80)
+    # No pan-and-scan fixture: transformers 5.17's Gemma3Processor passes do_pan_and_scan=False from its call
+    # defaults over the image processor config, so a config that enables it still yields one 256-token image
+    # (observed with a 3:1 image and min crop size 8); the checker matches that default.
 
     pali_specials = ["<pad>", "<eos>", "<bos>", "<image>"]
 
@@ -572,7 +576,7 @@ def make_family(name, spec, out_root, image_dir, log):
     image_token_id = cfg_dict.get("image_token_id", cfg_dict.get("image_token_index"))
     eos_ids = {t(spec["eos"])}
     best = None
-    for seed in range(MAX_SEEDS):
+    for seed in range(spec.get("max_seeds", MAX_SEEDS)):
         cfg = cfg_cls(spec["model_type"], **cfg_dict)
         torch.manual_seed(seed)
         model = model_class(spec["model_type"])._from_config(cfg, attn_implementation="eager").float()
