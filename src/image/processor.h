@@ -15,7 +15,19 @@
 // Two pixel backends exist because transformers 5 has two: "torchvision" (the default "fast" processors
 // for Qwen2-VL, CLIP, SigLIP, Gemma 3) and "pil" (the slow ones, default for Idefics3). Each family uses
 // transformers' default unless ProcessorOptions.backend overrides it; ProcessedImage.backend records which
-// one produced the pixels.
+// one produced the pixels. The torchvision backend has no LANCZOS for tensors: like transformers, it resizes
+// with BICUBIC instead.
+//
+// Token strings come from where the HF processor reads them: tokenizer_config.json attributes (top level or
+// "extra_special_tokens": image_token, boi_token, eoi_token, bos_token) and processor fields, with the HF
+// class defaults. Per family (src/image/processors/<family>.cpp):
+//   qwen2_vl, qwen2_5_vl  smart_resize; --max-pixels/--min-pixels replace size.longest_edge/shortest_edge;
+//                         --resize-shape H W resizes to (H, W) rounded to multiples of patch*merge, no budget.
+//   idefics3              longest-edge resize, tiles of max_image_size + a global image; --resize-shape H W
+//                         replaces the longest-edge resize (then tiling as usual), which sets the tile count.
+//   llava                 shortest-edge resize + centre crop (LlavaImageProcessor's do_pad square first);
+//   gemma3, paligemma     resize to size. These three encode one fixed resolution: --resize-shape must equal
+//                         it (Error(kInvalidArgument) otherwise), --max/min-pixels are ignored.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +51,10 @@ struct ProcessorOptions {
   std::optional<int64_t> max_pixels, min_pixels;  // dynamic-resolution families (Qwen2-VL); others ignore
   std::optional<int> resize_height, resize_width;  // --resize-shape: fixed processed size (W = H when one value)
   std::optional<PixelBackend> backend;             // default: the family's transformers default
+  // Gemma 3 pan-and-scan. Gemma3Processor passes do_pan_and_scan=False (and its crop parameters 256 / 4 /
+  // 1.2) to the image processor unless the caller asks, so the image processor config's own values never
+  // apply; unset = off, as transformers.
+  std::optional<bool> pan_and_scan;
 };
 
 struct ProcessedImage {
@@ -74,20 +90,26 @@ class ImageProcessor {
   virtual std::string placeholder() const = 0;
   // The token that carries image features after expansion ("<|image_pad|>", "<image>", "<image_soft_token>").
   virtual std::string image_token() const = 0;
-  // Whether the HF processor encodes the expanded text with add_special_tokens=True (it does for every
-  // family; the tokenizer's own rules decide whether a BOS is actually added — engine_facts "Behaviour of the
-  // reference" item 8).
+  // Whether the expanded text is encoded with the tokenizer's special tokens (add_special_tokens=True; the
+  // tokenizer's own rules decide whether a BOS is actually added — engine_facts "Behaviour of the reference"
+  // item 8). False for PaliGemma, whose processor turns the tokenizer's BOS/EOS off and writes the BOS itself.
   virtual bool encode_with_special_tokens() const { return true; }
   virtual std::string family() const = 0;
 };
 
 // Builds the processor for a checkpoint. `model_config` is config.json; `image_processor` and `processor`
-// are the objects ProcessorConfig (io/config.h) found (either may be empty JSON). `what` names the folder in
-// errors. Throws Error(kUnsupported) for a model_type without an image processor, Error(kFormat) for a
-// missing/ill-typed field (naming the file and field).
+// are the objects ProcessorConfig (io/config.h) found (either may be empty JSON); `tokenizer_config` is
+// tokenizer_config.json (TokenizerConfig::raw; may be empty: HF's default token strings are used). `what`
+// names the folder in errors. Throws Error(kUnsupported) for a model_type without an image processor,
+// Error(kFormat) for a missing/ill-typed field (naming the file and field), Error(kInvalidArgument) for an
+// option the family cannot honour.
 std::unique_ptr<ImageProcessor> make_image_processor(const Json& model_config, const Json& image_processor,
                                                      const Json& processor, const ProcessorOptions& options,
-                                                     const std::string& what);
+                                                     const std::string& what,
+                                                     const Json& tokenizer_config = Json::object());
+
+// The model_types make_image_processor knows, for messages and discovery.
+std::vector<std::string> image_processor_model_types();
 
 // Qwen2-VL smart_resize: (height, width) rounded to multiples of `factor` within [min_pixels, max_pixels].
 // Throws Error(kInvalidArgument) where transformers' smart_resize raises (aspect ratio above 200, ...).
