@@ -6,7 +6,9 @@
 //   - pixels equal the reference within 1e-3 absolute for the torchvision backend, bit-exact for PIL;
 //   - the backend we pick is the one reference.json says produced the pixels;
 //   - our expanded prompt, encoded by Hugging Face `tokenizers` (the npm binding of the library transformers
-//     uses) with the fixture's tokenizer.json, gives exactly the reference input_ids.
+//     uses) with the fixture's tokenizer.json, gives exactly the reference input_ids;
+//   - where this executable is also linked to vlm_text (tests/CMakeLists.txt defines VLM_TEST_LINKS_TEXT for
+//     it then), our own vlm::Tokenizer encodes the expanded prompt to the same ids, end to end.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,6 +21,9 @@
 #include "image/processor.h"
 #include "support/test_support.h"
 #include "test_text_tokenizer_oracle.h"
+#if defined(VLM_TEST_LINKS_TEXT)
+#include "text/tokenizer.h"
+#endif
 
 namespace vlm {
 namespace {
@@ -200,6 +205,16 @@ TEST_P(FixtureTest, PixelsAndInputIdsMatchTransformers) {
     EXPECT_EQ(got, want_ids[i]) << name << " case " << ref["cases"][i]["name"] << ": expanded prompt\n"
                                 << texts[i].substr(0, 400);
   }
+#if defined(VLM_TEST_LINKS_TEXT)
+  const auto tokenizer = Tokenizer::from_folder(dir);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::vector<int32_t> ours = tokenizer->encode(texts[i], proc->encode_with_special_tokens());
+    EXPECT_EQ(std::vector<int64_t>(ours.begin(), ours.end()), want_ids[i])
+        << name << " case " << ref["cases"][i]["name"] << " through vlm::Tokenizer";
+  }
+  std::printf("[ fixture ] %-14s input_ids identical through HF tokenizers and vlm::Tokenizer (%zu cases)\n",
+              name.c_str(), texts.size());
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(Vision, FixtureTest, ::testing::ValuesIn(fixture_names()),
