@@ -57,6 +57,7 @@ constexpr Entry kFamilies[] = {
     {"qwen2_vl", proc::make_qwen2_vl},      // Qwen2VLProcessor + Qwen2VLImageProcessor
     {"qwen2_5_vl", proc::make_qwen2_vl},    // Qwen2_5_VLProcessor + Qwen2VLImageProcessor
     {"idefics3", proc::make_idefics3},      // Idefics3Processor (Idefics3, SmolVLM)
+    {"smolvlm", proc::make_smolvlm},        // SmolVLMProcessor (SmolVLM2): Idefics3's steps, tokenizer tokens
     {"llava", proc::make_llava},            // LlavaProcessor + CLIPImageProcessor / LlavaImageProcessor
     {"gemma3", proc::make_gemma3},          // Gemma3Processor + Gemma3ImageProcessor
     {"paligemma", proc::make_paligemma},    // PaliGemmaProcessor + SiglipImageProcessor

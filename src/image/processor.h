@@ -23,7 +23,7 @@
 // class defaults. Per family (src/image/processors/<family>.cpp):
 //   qwen2_vl, qwen2_5_vl  smart_resize; --max-pixels/--min-pixels replace size.longest_edge/shortest_edge;
 //                         --resize-shape H W resizes to (H, W) rounded to multiples of patch*merge, no budget.
-//   idefics3              longest-edge resize, tiles of max_image_size + a global image; --resize-shape H W
+//   idefics3, smolvlm     longest-edge resize, tiles of max_image_size + a global image; --resize-shape H W
 //                         replaces the longest-edge resize (then tiling as usual), which sets the tile count.
 //   llava                 shortest-edge resize + centre crop (LlavaImageProcessor's do_pad square first);
 //   gemma3, paligemma     resize to size. These three encode one fixed resolution: --resize-shape must equal

@@ -41,6 +41,7 @@ TEST(ImageProcessorSelect, ByModelTypeWithTheFamilyDefaultBackend) {
   const std::pair<const char*, PixelBackend> cases[] = {{"qwen2_vl", PixelBackend::kTorchvision},
                                                         {"qwen2_5_vl", PixelBackend::kTorchvision},
                                                         {"idefics3", PixelBackend::kPil},
+                                                        {"smolvlm", PixelBackend::kPil},
                                                         {"llava", PixelBackend::kTorchvision},
                                                         {"gemma3", PixelBackend::kTorchvision},
                                                         {"paligemma", PixelBackend::kTorchvision}};
@@ -54,12 +55,12 @@ TEST(ImageProcessorSelect, ByModelTypeWithTheFamilyDefaultBackend) {
     EXPECT_EQ(p->process(gray(300, 200)).backend, backend);
     ProcessorOptions other;
     other.backend = backend == PixelBackend::kPil ? PixelBackend::kTorchvision : PixelBackend::kPil;
-    if (std::string(type) == "idefics3") continue;  // LANCZOS: the torchvision backend substitutes bicubic
+    if (std::string(type) == "idefics3" || std::string(type) == "smolvlm") continue;  // LANCZOS: the torchvision backend substitutes bicubic
     EXPECT_EQ(make_image_processor({{"model_type", type}}, ip, processor, other, "ckpt")->process(gray(300, 200)).backend,
               *other.backend);
   }
   const auto types = image_processor_model_types();
-  EXPECT_EQ(types.size(), 6u);
+  EXPECT_EQ(types.size(), 7u);
 }
 
 TEST(ImageProcessorSelect, UnknownOrMissingModelTypeIsTyped) {
@@ -185,6 +186,16 @@ TEST(ImageProcessorTokens, TakenFromTokenizerConfig) {
   gi.push_back(g->process(gray(40, 30)));
   EXPECT_EQ(g->expand_prompt("x<boi>y", gi), "x\n\n<boi><soft><soft><eoi>\n\ny");
   EXPECT_EQ(g->placeholder(), "<boi>");
+  // Idefics3Processor hard-codes its tokens; SmolVLMProcessor takes them from the tokenizer.
+  const Json itok = {{"image_token", "<img>"}, {"fake_image_token", "<f>"}, {"global_image_token", "<g>"}};
+  const Json ip = {{"size", {{"longest_edge", 32}}}, {"max_image_size", {{"longest_edge", 32}}}};
+  auto idefics = make_image_processor({{"model_type", "idefics3"}}, ip, {{"image_seq_len", 2}}, {}, "/i", itok);
+  auto smol = make_image_processor({{"model_type", "smolvlm"}}, ip, {{"image_seq_len", 2}}, {}, "/s", itok);
+  std::vector<ProcessedImage> ii;
+  ii.push_back(idefics->process(gray(20, 20)));  // within one tile: no split
+  EXPECT_EQ(idefics->expand_prompt("A<image>B", ii),
+            "A<fake_token_around_image><global-img><image><image><fake_token_around_image>B");
+  EXPECT_EQ(smol->expand_prompt("A<img>B", ii), "A<f><g><img><img><f>B");
   // PaliGemma: no <image> in the text → image tokens + BOS + text + "\n", encoded without special tokens.
   auto pg = make_image_processor({{"model_type", "paligemma"}},
                                  {{"size", {{"height", 28}, {"width", 28}}}, {"image_seq_length", 3}}, {}, {}, "/pg",

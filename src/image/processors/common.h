@@ -95,6 +95,7 @@ inline PixelBackend pick_backend(const ProcessorOptions& o, PixelBackend family_
 // Factories, one per family file.
 std::unique_ptr<ImageProcessor> make_qwen2_vl(const Sources& s, const ProcessorOptions& o);
 std::unique_ptr<ImageProcessor> make_idefics3(const Sources& s, const ProcessorOptions& o);
+std::unique_ptr<ImageProcessor> make_smolvlm(const Sources& s, const ProcessorOptions& o);
 std::unique_ptr<ImageProcessor> make_llava(const Sources& s, const ProcessorOptions& o);
 std::unique_ptr<ImageProcessor> make_gemma3(const Sources& s, const ProcessorOptions& o);
 std::unique_ptr<ImageProcessor> make_paligemma(const Sources& s, const ProcessorOptions& o);

@@ -1,5 +1,6 @@
-// Idefics3 / SmolVLM (model_type idefics3): Idefics3ImageProcessor (PIL backend by default in transformers
-// 5: its LANCZOS has no tensor implementation) and Idefics3Processor's prompt string.
+// Idefics3 / SmolVLM (model_type idefics3) and SmolVLM2 (model_type smolvlm): Idefics3ImageProcessor /
+// SmolVLMImageProcessor (the same steps; PIL backend by default in transformers 5: LANCZOS has no tensor
+// implementation) and Idefics3Processor's / SmolVLMProcessor's prompt string.
 //
 // Pixels (Idefics3ImageProcessorPil._preprocess):
 //   1. resize so the longest edge is size.longest_edge (up or down; the other edge int() of the aspect
@@ -13,7 +14,9 @@
 //   per row: per col "<fake_token_around_image><row_r_col_c>" + image_seq_len × "<image>", then "\n";
 //   then "\n<fake_token_around_image><global-img>" + image_seq_len × "<image>" + "<fake_token_around_image>";
 //   an unsplit image: "<fake_token_around_image><global-img>" + image_seq_len × "<image>" +
-//   "<fake_token_around_image>". The token strings are fixed in Idefics3Processor.
+//   "<fake_token_around_image>". The token strings are fixed in Idefics3Processor; SmolVLMProcessor reads
+//   them from the tokenizer (fake_image_token, image_token, global_image_token) with those defaults.
+// The smolvlm path has no parity fixture yet (the idefics3 fixtures cover the shared code).
 #include <cmath>
 #include <cstring>
 
@@ -74,7 +77,8 @@ std::pair<int, int> vision_encoder_size(int height, int width, int m) {
 
 class Idefics3Processor final : public ImageProcessor {
  public:
-  Idefics3Processor(const Sources& s, const ProcessorOptions& o) : options_(o) {
+  Idefics3Processor(const Sources& s, const ProcessorOptions& o, bool smolvlm)
+      : options_(o), family_(smolvlm ? "smolvlm" : "idefics3") {
     const Json& ip = s.image_processor;
     const std::string w = s.image_what();
     do_resize_ = read_bool(ip, "do_resize", true, w);
@@ -94,6 +98,12 @@ class Idefics3Processor final : public ImageProcessor {
     // Idefics3Processor(image_seq_len=169); processor_config.json carries the checkpoint's value.
     const Json& pj = json_find(s.processor, "image_seq_len") ? s.processor : s.image_processor;
     image_seq_len_ = read_positive(pj, "image_seq_len", 169, s.processor_what());
+    if (smolvlm) {
+      const std::string tw = s.tokenizer_what();
+      fake_ = tokenizer_token(s.tokenizer_config, "fake_image_token", fake_, tw);
+      image_ = tokenizer_token(s.tokenizer_config, "image_token", image_, tw);
+      global_ = tokenizer_token(s.tokenizer_config, "global_image_token", global_, tw);
+    }
   }
 
   ProcessedImage process(const Image& rgb) const override {
@@ -164,26 +174,28 @@ class Idefics3Processor final : public ImageProcessor {
   }
 
   std::string expand_prompt(const std::string& text, const std::vector<ProcessedImage>& images) const override {
-    const std::string run = repeat(kImageToken, image_seq_len_);
-    return replace_placeholders(text, kImageToken, images.size(), [&](size_t i) {
+    const std::string run = repeat(image_, image_seq_len_);
+    return replace_placeholders(text, image_, images.size(), [&](size_t i) {
       const ProcessedImage& im = images[i];
       std::string s;
-      if (im.rows == 0 && im.cols == 0) return std::string(kFakeToken) + kGlobalImg + run + kFakeToken;
+      if (im.rows == 0 && im.cols == 0) return fake_ + global_ + run + fake_;
       for (int r = 0; r < im.rows; ++r) {
         for (int c = 0; c < im.cols; ++c)
-          s += std::string(kFakeToken) + "<row_" + std::to_string(r + 1) + "_col_" + std::to_string(c + 1) + ">" + run;
+          s += fake_ + "<row_" + std::to_string(r + 1) + "_col_" + std::to_string(c + 1) + ">" + run;
         s += "\n";
       }
-      s += std::string("\n") + kFakeToken + kGlobalImg + run + kFakeToken;
+      s += "\n" + fake_ + global_ + run + fake_;
       return s;
     }, family());
   }
-  std::string placeholder() const override { return kImageToken; }
-  std::string image_token() const override { return kImageToken; }
-  std::string family() const override { return "idefics3"; }
+  std::string placeholder() const override { return image_; }
+  std::string image_token() const override { return image_; }
+  std::string family() const override { return family_; }
 
  private:
   ProcessorOptions options_;
+  std::string family_;
+  std::string fake_ = kFakeToken, image_ = kImageToken, global_ = kGlobalImg;
   bool do_resize_ = true, do_split_ = true;
   int64_t longest_edge_ = 4 * 364;
   std::optional<std::pair<int, int>> fixed_size_;
@@ -197,7 +209,10 @@ class Idefics3Processor final : public ImageProcessor {
 }  // namespace
 
 std::unique_ptr<ImageProcessor> make_idefics3(const Sources& s, const ProcessorOptions& o) {
-  return std::make_unique<Idefics3Processor>(s, o);
+  return std::make_unique<Idefics3Processor>(s, o, false);
+}
+std::unique_ptr<ImageProcessor> make_smolvlm(const Sources& s, const ProcessorOptions& o) {
+  return std::make_unique<Idefics3Processor>(s, o, true);
 }
 
 }  // namespace vlm::proc
