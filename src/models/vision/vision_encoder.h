@@ -29,6 +29,14 @@ namespace vlm {
 std::string detect_prefix(const Checkpoint& checkpoint, const std::vector<std::string>& candidates,
                           const std::string& probe_suffix, const std::string& what);
 
+// Idefics3 / SmolVLM position ids for a grid_h x grid_w patch grid (`patch_mask` [grid_h, grid_w] u8, null = all
+// real): transformers' Idefics3VisionEmbeddings bucketing — real patch (r, c) gets
+// bucket(r, nb_h) * N + bucket(c, nb_w), bucket(i, nb) = min(N - 1, floor(i * N / nb)), with nb_h / nb_w the real
+// patches down the first column / along the first row and N = `patches_per_side` (image_size / patch_size);
+// padded patches get 0. [grid_h * grid_w] row-major.
+std::vector<int32_t> bucketed_position_ids(const uint8_t* patch_mask, int64_t grid_h, int64_t grid_w,
+                                           int64_t patches_per_side);
+
 class ViTEncoder {
  public:
   // `vision_config`: the config.json "vision_config" object (hidden_size, intermediate_size, num_hidden_layers,
@@ -41,7 +49,9 @@ class ViTEncoder {
   ~ViTEncoder();
 
   // pixels: [3, h, w] f32 (one tile). `patch_mask` (optional, Idefics3): [h/patch, w/patch] u8, 1 = patch has
-  // real pixels — only those patches are kept, positions follow HF's bucketing. Returns the hidden states after
+  // real pixels; as in transformers, every patch is still computed and returned, padded
+  // ones keep position id 0 and are masked out as attention keys; positions of real patches follow HF's
+  // bucketing (bucketed_position_ids). Returns the hidden states after
   // encoder layer `layer` (HF hidden_states index: 0 = embeddings, L = last layer; negative counts from the end
   // as HF does), [n_tokens, hidden] f32 (n_tokens includes CLIP's class token at row 0); when
   // `apply_post_layernorm` the post_layernorm is applied (SigLIP last_hidden_state).
@@ -69,8 +79,11 @@ class QwenVisionEncoder {
   ~QwenVisionEncoder();
 
   // patches: [grid_t*grid_h*grid_w, 3*T*P*P] f32 in the processor's order. Returns the merger output,
-  // [grid_t*grid_h*grid_w / merge², lm_hidden] f32, in the processor's (prompt) order.
-  Tensor forward(const Tensor& patches, int64_t grid_t, int64_t grid_h, int64_t grid_w) const;
+  // [grid_t*grid_h*grid_w / merge², lm_hidden] f32, in the processor's (prompt) order. `last_hidden` (optional)
+  // receives the last block's output before the merger, [grid_t*grid_h*grid_w, embed_dim] f32, in transformers'
+  // row order (Qwen2.5-VL: window order, as its last_hidden_state; Qwen2-VL: processor order).
+  Tensor forward(const Tensor& patches, int64_t grid_t, int64_t grid_h, int64_t grid_w,
+                 Tensor* last_hidden = nullptr) const;
 
   int64_t out_hidden_size() const;
   int64_t spatial_merge_size() const;

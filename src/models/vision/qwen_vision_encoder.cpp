@@ -1,0 +1,330 @@
+// QwenVisionEncoder: the Qwen2-VL and Qwen2.5-VL ViTs (transformers' modeling_qwen2_vl.py and
+// modeling_qwen2_5_vl.py, Qwen2VisionTransformerPretrainedModel / Qwen2_5_VisionTransformerPretrainedModel):
+//
+//   x = Conv3d_{T,P,P}(patches)                 one linear: a patch row is already flattened (c, t, y, x)
+//   Qwen2.5: rows regrouped by window: merge units (merge x merge patches) ordered window by window
+//   per block:  x += proj(attention(rope2d(q), rope2d(k), v of qkv(norm1(x))))  within segments:
+//                   one segment per frame (Qwen2-VL; Qwen2.5 fullatt_block_indexes), else one per window
+//               x += mlp(norm2(x))          Qwen2-VL: LayerNorm, fc2(quick_gelu(fc1));
+//                                           Qwen2.5: RMSNorm, down(silu(gate) * up), all with biases
+//   merged = mlp.2(gelu(mlp.0(ln_q(x) viewed [n / merge², merge² * dim])))
+//   Qwen2.5: merged rows put back in processor order (argsort of the window index)
+//
+// 2-D RoPE: head_dim/4 frequencies 1/10000^(2i/(head_dim/2)); a patch's first head_dim/4 rotary pairs turn with its
+// row, the next head_dim/4 with its column (rotate_half convention) — ops::mrope with sections {hd/4, hd/4}.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+#include "models/layers/decoder.h"
+#include "models/vision/vision_common.h"
+#include "models/vision/vision_encoder.h"
+#include "models/vision/vision_weights.h"
+
+namespace vlm {
+
+using vision::Buffer;
+
+namespace {
+
+struct QwenBlock {
+  Tensor n1_w, n1_b, n2_w, n2_b;  // biases: Qwen2-VL's LayerNorm only
+  ops::Weight qkv, proj, fc1, fc2, gate, up, down;
+  Tensor qkv_b, proj_b, fc1_b, fc2_b, gate_b, up_b, down_b;
+};
+
+}  // namespace
+
+struct QwenVisionEncoder::Impl {
+  std::string what;
+  bool v25 = false;  // Qwen2.5-VL block flavour and window attention
+  int64_t dim = 0, out = 0, inter = 0, depth = 0, heads = 0, head_dim = 0;
+  int64_t patch = 14, temporal = 2, merge = 2, channels = 3, window = 0;
+  std::vector<int64_t> full_blocks;
+  double theta = 10000.0;
+  ops::Activation act = ops::Activation::kQuickGelu;
+  static constexpr float kEps = 1e-6f;  // every norm in both towers
+
+  ops::Weight patch_w;
+  std::vector<QwenBlock> blocks;
+  Tensor ln_q_w, ln_q_b;
+  ops::Weight mlp0, mlp2;
+  Tensor mlp0_b, mlp2_b;
+  std::vector<float> inv_freq;  // [head_dim / 2]: the head_dim/4 frequencies twice (row half, column half)
+  size_t bytes = 0;
+
+  void norm(const float* x, int64_t n, const Tensor& w, const Tensor& b, float* y) const {
+    if (v25) {
+      ops::rms_norm(x, n, dim, w, kEps, 0.0f, y);
+    } else {
+      ops::layer_norm(x, n, dim, w, b, kEps, y);
+    }
+  }
+  void run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
+                 const std::vector<int64_t>& segments) const;
+};
+
+QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::string& model_type,
+                                     const Checkpoint& checkpoint, const std::string& prefix, const std::string& what)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  const Json& cfg = vision_config;
+  VLM_CHECK(cfg.is_object(), ErrorKind::kFormat, "{}: vision_config must be an object", what);
+  if (model_type == "qwen2_5_vl") {
+    m.v25 = true;
+  } else {
+    VLM_CHECK(model_type == "qwen2_vl", ErrorKind::kUnsupported,
+              "{}: the Qwen vision tower supports qwen2_vl and qwen2_5_vl, not '{}'", what, model_type);
+  }
+  m.what = fmt::format("{}: vision tower ({})", what, model_type);
+  const std::string& w = m.what;
+  m.depth = vision::config_int(cfg, "depth", 32, w);
+  m.heads = vision::config_int(cfg, "num_heads", 16, w);
+  m.patch = vision::config_int(cfg, "patch_size", 14, w);
+  m.temporal = vision::config_int(cfg, "temporal_patch_size", 2, w);
+  m.merge = vision::config_int(cfg, "spatial_merge_size", 2, w);
+  m.channels = vision::config_int_any(cfg, {"in_channels", "in_chans"}, 3, w);
+  if (m.v25) {
+    // Qwen2_5_VLVisionConfig: hidden_size is the ViT width, out_hidden_size the language model's.
+    m.dim = vision::config_int(cfg, "hidden_size", 3584, w);
+    m.out = vision::config_int(cfg, "out_hidden_size", 3584, w);
+    m.inter = vision::config_int(cfg, "intermediate_size", 3420, w);
+    m.window = vision::config_int(cfg, "window_size", 112, w);
+    m.act = parse_activation(json_string(cfg, "hidden_act", w).value_or("silu"), w + " hidden_act");
+    const Json* fb = json_find(cfg, "fullatt_block_indexes");
+    if (fb == nullptr || fb->is_null()) {
+      m.full_blocks = {7, 15, 23, 31};  // the config class default
+    } else {
+      VLM_CHECK(fb->is_array(), ErrorKind::kFormat, "{}: fullatt_block_indexes must be a list of integers", w);
+      for (const Json& v : *fb) {
+        VLM_CHECK(v.is_number_integer(), ErrorKind::kFormat, "{}: fullatt_block_indexes must be integers", w);
+        m.full_blocks.push_back(v.get<int64_t>());
+      }
+    }
+    VLM_CHECK(m.window / m.merge / m.patch > 0, ErrorKind::kFormat,
+              "{}: window_size {} is smaller than one merge unit ({} x {} px)", w, m.window, m.merge, m.patch);
+  } else {
+    // Qwen2VLVisionConfig: embed_dim is the ViT width, hidden_size the language model's.
+    m.dim = vision::config_int(cfg, "embed_dim", 1280, w);
+    m.out = vision::config_int(cfg, "hidden_size", 3584, w);
+    const double ratio = vision::config_number(cfg, "mlp_ratio", 4.0, w);
+    m.inter = static_cast<int64_t>(static_cast<double>(m.dim) * ratio);  // int(dim * mlp_ratio), as transformers
+    m.act = parse_activation(json_string(cfg, "hidden_act", w).value_or("quick_gelu"), w + " hidden_act");
+  }
+  // transformers 5 writes the tower's RoPE as rope_parameters {"rope_theta", "rope_type": "axial"}; older configs
+  // have neither and use VisionRotaryEmbedding's theta of 10000.
+  if (const Json* rp = json_find(cfg, "rope_parameters"); rp != nullptr && rp->is_object()) {
+    m.theta = vision::config_number(*rp, "rope_theta", 10000.0, w + " rope_parameters");
+    const std::string type = json_string(*rp, "rope_type", w).value_or("axial");
+    VLM_CHECK(type == "axial" || type == "default", ErrorKind::kUnsupported,
+              "{}: vision rope_type '{}' is not supported (axial only)", w, type);
+  } else {
+    m.theta = vision::config_number(cfg, "rope_theta", 10000.0, w);
+  }
+  VLM_CHECK(m.dim % m.heads == 0 && (m.dim / m.heads) % 4 == 0, ErrorKind::kFormat,
+            "{}: width {} over {} heads does not give a head_dim divisible by 4 (2-D RoPE)", w, m.dim, m.heads);
+  m.head_dim = m.dim / m.heads;
+
+  const int64_t D = m.dim, unit = m.merge * m.merge, merged = D * unit;
+  VisionWeights t(checkpoint, prefix, w);
+  m.patch_w = t.conv("patch_embed.proj", D, m.channels, m.temporal, m.patch);
+  m.blocks.resize(static_cast<size_t>(m.depth));
+  for (int64_t i = 0; i < m.depth; ++i) {
+    QwenBlock& B = m.blocks[static_cast<size_t>(i)];
+    const std::string p = fmt::format("blocks.{}.", i);
+    B.n1_w = t.tensor(p + "norm1.weight", {D});
+    B.n2_w = t.tensor(p + "norm2.weight", {D});
+    if (!m.v25) {
+      B.n1_b = t.tensor(p + "norm1.bias", {D});
+      B.n2_b = t.tensor(p + "norm2.bias", {D});
+    }
+    B.qkv = t.matrix(p + "attn.qkv", 3 * D, D);
+    B.qkv_b = t.tensor(p + "attn.qkv.bias", {3 * D});
+    B.proj = t.matrix(p + "attn.proj", D, D);
+    B.proj_b = t.tensor(p + "attn.proj.bias", {D});
+    if (m.v25) {
+      B.gate = t.matrix(p + "mlp.gate_proj", m.inter, D);
+      B.gate_b = t.tensor(p + "mlp.gate_proj.bias", {m.inter});
+      B.up = t.matrix(p + "mlp.up_proj", m.inter, D);
+      B.up_b = t.tensor(p + "mlp.up_proj.bias", {m.inter});
+      B.down = t.matrix(p + "mlp.down_proj", D, m.inter);
+      B.down_b = t.tensor(p + "mlp.down_proj.bias", {D});
+    } else {
+      B.fc1 = t.matrix(p + "mlp.fc1", m.inter, D);
+      B.fc1_b = t.tensor(p + "mlp.fc1.bias", {m.inter});
+      B.fc2 = t.matrix(p + "mlp.fc2", D, m.inter);
+      B.fc2_b = t.tensor(p + "mlp.fc2.bias", {D});
+    }
+  }
+  m.ln_q_w = t.tensor("merger.ln_q.weight", {D});
+  if (!m.v25) m.ln_q_b = t.tensor("merger.ln_q.bias", {D});
+  m.mlp0 = t.matrix("merger.mlp.0", merged, merged);
+  m.mlp0_b = t.tensor("merger.mlp.0.bias", {merged});
+  m.mlp2 = t.matrix("merger.mlp.2", m.out, merged);
+  m.mlp2_b = t.tensor("merger.mlp.2.bias", {m.out});
+  t.finish();
+  m.bytes = t.bytes();
+
+  // VisionRotaryEmbedding(head_dim / 2): inv_freq = 1 / theta^(arange(0, dim, 2) / dim), float32.
+  const int64_t rdim = m.head_dim / 2, quarter = m.head_dim / 4;
+  m.inv_freq.resize(static_cast<size_t>(2 * quarter));
+  for (int64_t i = 0; i < quarter; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(rdim);
+    const float f = 1.0f / std::pow(static_cast<float>(m.theta), e);
+    m.inv_freq[static_cast<size_t>(i)] = m.inv_freq[static_cast<size_t>(quarter + i)] = f;
+  }
+}
+
+QwenVisionEncoder::~QwenVisionEncoder() = default;
+
+int64_t QwenVisionEncoder::out_hidden_size() const { return impl_->out; }
+int64_t QwenVisionEncoder::spatial_merge_size() const { return impl_->merge; }
+size_t QwenVisionEncoder::weight_bytes() const { return impl_->bytes; }
+
+// One block in place on x [n, dim]; `segments` are the attention boundaries [0, s1, ..., n] (tokens attend only
+// within their segment).
+void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
+                                        const std::vector<int64_t>& segments) const {
+  const int64_t D = dim;
+  Buffer h(n, D), qkv(n, 3 * D), q(n, D), k(n, D), v(n, D), a(n, D);
+  norm(x, n, B.n1_w, B.n1_b, h.p);
+  ops::linear(h.p, n, B.qkv, B.qkv_b, qkv.p);
+  // qkv rows are (3, heads, head_dim): split into contiguous q, k, v [n, heads, head_dim].
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = qkv.p + i * 3 * D;
+    std::memcpy(q.p + i * D, r, static_cast<size_t>(D) * sizeof(float));
+    std::memcpy(k.p + i * D, r + D, static_cast<size_t>(D) * sizeof(float));
+    std::memcpy(v.p + i * D, r + 2 * D, static_cast<size_t>(D) * sizeof(float));
+  }
+  const std::vector<int> sections = {static_cast<int>(head_dim / 4), static_cast<int>(head_dim / 4)};
+  ops::mrope(q.p, n, heads, head_dim, inv_freq.data(), positions3, sections);
+  ops::mrope(k.p, n, heads, head_dim, inv_freq.data(), positions3, sections);
+  ops::AttentionMask mask;
+  mask.causal = false;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  int64_t longest = 0;
+  for (size_t s = 1; s < segments.size(); ++s) longest = std::max(longest, segments[s] - segments[s - 1]);
+  std::vector<int64_t> k_pos(static_cast<size_t>(longest));
+  for (int64_t j = 0; j < longest; ++j) k_pos[static_cast<size_t>(j)] = j;
+  for (size_t s = 1; s < segments.size(); ++s) {
+    const int64_t b = segments[s - 1], len = segments[s] - b;
+    if (len == 0) continue;
+    ops::attention(q.p + b * D, len, 0, k.p + b * D, v.p + b * D, k_pos.data(), len, heads, heads, head_dim, scale,
+                   0.0f, mask, a.p + b * D);
+  }
+  ops::linear(a.p, n, B.proj, B.proj_b, h.p);
+  ops::add(x, h.p, n * D);
+
+  norm(x, n, B.n2_w, B.n2_b, h.p);
+  Buffer f(n, inter);
+  if (v25) {
+    Buffer u(n, inter);
+    ops::linear(h.p, n, B.gate, B.gate_b, f.p);
+    ops::linear(h.p, n, B.up, B.up_b, u.p);
+    ops::gated_activate(f.p, u.p, n * inter, act);
+    ops::linear(f.p, n, B.down, B.down_b, h.p);
+  } else {
+    ops::linear(h.p, n, B.fc1, B.fc1_b, f.p);
+    ops::activate(f.p, n * inter, act);
+    ops::linear(f.p, n, B.fc2, B.fc2_b, h.p);
+  }
+  ops::add(x, h.p, n * D);
+}
+
+Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t grid_h, int64_t grid_w,
+                                  Tensor* last_hidden) const {
+  const Impl& m = *impl_;
+  const int64_t k_in = m.channels * m.temporal * m.patch * m.patch;
+  VLM_CHECK(grid_t > 0 && grid_h > 0 && grid_w > 0 && grid_h % m.merge == 0 && grid_w % m.merge == 0,
+            ErrorKind::kInvalidArgument, "{}: grid {}x{}x{} is not a positive multiple of spatial_merge_size {}",
+            m.what, grid_t, grid_h, grid_w, m.merge);
+  const int64_t n = grid_t * grid_h * grid_w;
+  VLM_CHECK(patches.defined() && patches.dtype() == DType::kF32 && patches.is_contiguous() && patches.ndim() == 2 &&
+                patches.dim(0) == n && patches.dim(1) == k_in,
+            ErrorKind::kInvalidArgument, "{}: patches must be f32[{}, {}] for grid {}x{}x{}, got {}", m.what, n, k_in,
+            grid_t, grid_h, grid_w, patches.defined() ? patches.describe() : std::string("nothing"));
+  const int64_t D = m.dim, unit = m.merge * m.merge, n_units = n / unit;
+  const int64_t units_h = grid_h / m.merge, units_w = grid_w / m.merge;
+
+  // Row (y) and column (x) of every patch. The processor orders patches (t, y/merge, x/merge, y%merge, x%merge).
+  std::vector<int64_t> row(static_cast<size_t>(n)), col(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t local = i % (grid_h * grid_w), u = local / unit, within = local % unit;
+    row[static_cast<size_t>(i)] = (u / units_w) * m.merge + within / m.merge;
+    col[static_cast<size_t>(i)] = (u % units_w) * m.merge + within % m.merge;
+  }
+
+  // The order blocks see merge units in (window_index) and the attention segments, in patch rows.
+  std::vector<int64_t> order(static_cast<size_t>(n_units));
+  std::vector<int64_t> frames = {0}, windows = {0};
+  for (int64_t f = 1; f <= grid_t; ++f) frames.push_back(f * grid_h * grid_w);
+  if (m.v25) {
+    const int64_t ws = m.window / m.merge / m.patch;  // window side in merge units
+    // transformers pads each side up to the next multiple of ws, always adding padding (a whole empty window row
+    // when already a multiple); empty windows are dropped by unique_consecutive, as here.
+    const int64_t nwh = units_h / ws + 1, nww = units_w / ws + 1;
+    int64_t next = 0;
+    for (int64_t f = 0; f < grid_t; ++f) {
+      for (int64_t wh = 0; wh < nwh; ++wh) {
+        for (int64_t ww = 0; ww < nww; ++ww) {
+          int64_t count = 0;
+          for (int64_t a = 0; a < ws; ++a) {
+            for (int64_t b = 0; b < ws; ++b) {
+              const int64_t r = wh * ws + a, c = ww * ws + b;
+              if (r >= units_h || c >= units_w) continue;
+              order[static_cast<size_t>(next++)] = f * units_h * units_w + r * units_w + c;
+              ++count;
+            }
+          }
+          if (count > 0) windows.push_back(windows.back() + count * unit);
+        }
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < n_units; ++j) order[static_cast<size_t>(j)] = j;
+  }
+
+  // Patch embedding, then rows regrouped into block order (identity for Qwen2-VL).
+  Buffer embedded(n, D);
+  ops::linear(patches.data<float>(), n, m.patch_w, Tensor(), embedded.p);
+  Tensor hidden = Tensor::empty({n, D}, DType::kF32);
+  float* x = hidden.data<float>();
+  std::vector<int64_t> positions3(static_cast<size_t>(3 * n), 0);  // rows: y, x, unused
+  for (int64_t j = 0; j < n_units; ++j) {
+    const int64_t src = order[static_cast<size_t>(j)] * unit;
+    std::memcpy(x + j * unit * D, embedded.p + src * D, static_cast<size_t>(unit * D) * sizeof(float));
+    for (int64_t e = 0; e < unit; ++e) {
+      positions3[static_cast<size_t>(j * unit + e)] = row[static_cast<size_t>(src + e)];
+      positions3[static_cast<size_t>(n + j * unit + e)] = col[static_cast<size_t>(src + e)];
+    }
+  }
+  embedded = Buffer();
+
+  for (int64_t i = 0; i < m.depth; ++i) {
+    const bool full =
+        !m.v25 || std::find(m.full_blocks.begin(), m.full_blocks.end(), i) != m.full_blocks.end();
+    m.run_block(m.blocks[static_cast<size_t>(i)], x, n, positions3.data(), full ? frames : windows);
+  }
+  if (last_hidden != nullptr) *last_hidden = hidden.clone();
+
+  // Merger: norm every patch, then each merge unit's rows concatenated into one row [unit * D].
+  m.norm(x, n, m.ln_q_w, m.ln_q_b, x);
+  Buffer mid(n_units, unit * D);
+  ops::linear(x, n_units, m.mlp0, m.mlp0_b, mid.p);
+  ops::activate(mid.p, n_units * unit * D, ops::Activation::kGeluErf);
+  Buffer merged(n_units, m.out);
+  ops::linear(mid.p, n_units, m.mlp2, m.mlp2_b, merged.p);
+  // Back to processor order: unit order[j] is merged row j.
+  Tensor out = Tensor::empty({n_units, m.out}, DType::kF32);
+  for (int64_t j = 0; j < n_units; ++j) {
+    std::memcpy(out.data<float>() + order[static_cast<size_t>(j)] * m.out, merged.p + j * m.out,
+                static_cast<size_t>(m.out) * sizeof(float));
+  }
+  return out;
+}
+
+}  // namespace vlm
