@@ -12,6 +12,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pil python3-numpy python3-jinja2 python3-regex
   nodejs npm
+  chromium  # the real-browser test of reports/results.html (tests/unit/test_cli_browser.cpp)
 )
 
 missing=()
