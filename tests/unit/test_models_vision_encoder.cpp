@@ -400,6 +400,28 @@ TEST(VisionEncoder, IdeficsPaddedPatchesAreComputedButMaskedAsKeys) {
                ref_vit(ck, s, "model.vision_model.", pix, 4, 3, 2, false, &pos_all), kTol, "idefics3 no mask");
 }
 
+TEST(VisionEncoder, PositionGridFromTheTableWhenConfigHasNoImageSize) {
+  // PaliGemma's Hub configs omit image_size (class default 224) while the table is sized for the real input: the
+  // grid comes from the table's row count then.
+  VitShape s;
+  s.model_type = "siglip_vision_model";
+  s.act = "gelu_pytorch_tanh";
+  TinyCheckpoint ck(17);
+  add_vit_weights(ck, s, "vision_tower.");
+  test::TempDir dir;
+  Checkpoint cp = Checkpoint::open(ck.write(dir), LoadMode::kEager);
+  Json cfg = s.config();
+  cfg.erase("image_size");
+  ViTEncoder enc(cfg, cp, "vision_tower.", -1, "no image_size");
+  const auto pix = random_pixels(3 * 16 * 16, 18);
+  expect_close(enc.forward(pix.data(), 16, 16, -1, true), ref_vit(ck, s, "vision_tower.", pix, 4, 4, -1, true), kTol,
+               "siglip grid from table");
+  // With image_size present, a table of another size is a mis-shaped tensor.
+  Json wrong = s.config();
+  wrong["image_size"] = 20;
+  EXPECT_THROW(ViTEncoder(wrong, cp, "vision_tower.", -1, "wrong image_size"), Error);
+}
+
 // ---- loading errors --------------------------------------------------------------------------------------------
 
 TEST(VisionEncoder, EveryMissingMisshapedAndUnusedTensorInOneError) {

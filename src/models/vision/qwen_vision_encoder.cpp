@@ -190,15 +190,19 @@ size_t QwenVisionEncoder::weight_bytes() const { return impl_->bytes; }
 void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
                                         const std::vector<int64_t>& segments) const {
   const int64_t D = dim;
-  Buffer h(n, D), qkv(n, 3 * D), q(n, D), k(n, D), v(n, D), a(n, D);
+  Buffer h(n, D), q(n, D), k(n, D), v(n, D), a(n, D);
   norm(x, n, B.n1_w, B.n1_b, h.p);
-  ops::linear(h.p, n, B.qkv, B.qkv_b, qkv.p);
-  // qkv rows are (3, heads, head_dim): split into contiguous q, k, v [n, heads, head_dim].
-  for (int64_t i = 0; i < n; ++i) {
-    const float* r = qkv.p + i * 3 * D;
-    std::memcpy(q.p + i * D, r, static_cast<size_t>(D) * sizeof(float));
-    std::memcpy(k.p + i * D, r + D, static_cast<size_t>(D) * sizeof(float));
-    std::memcpy(v.p + i * D, r + 2 * D, static_cast<size_t>(D) * sizeof(float));
+  {
+    // qkv rows are (3, heads, head_dim): split into contiguous q, k, v [n, heads, head_dim], then freed (large
+    // images have tens of thousands of patches).
+    Buffer qkv(n, 3 * D);
+    ops::linear(h.p, n, B.qkv, B.qkv_b, qkv.p);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* r = qkv.p + i * 3 * D;
+      std::memcpy(q.p + i * D, r, static_cast<size_t>(D) * sizeof(float));
+      std::memcpy(k.p + i * D, r + D, static_cast<size_t>(D) * sizeof(float));
+      std::memcpy(v.p + i * D, r + 2 * D, static_cast<size_t>(D) * sizeof(float));
+    }
   }
   const std::vector<int> sections = {static_cast<int>(head_dim / 4), static_cast<int>(head_dim / 4)};
   ops::mrope(q.p, n, heads, head_dim, inv_freq.data(), positions3, sections);
@@ -284,6 +288,8 @@ Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t
         }
       }
     }
+    VLM_CHECK(next == n_units, ErrorKind::kInternal, "{}: window index covers {} of {} merge units", m.what, next,
+              n_units);
   } else {
     for (int64_t j = 0; j < n_units; ++j) order[static_cast<size_t>(j)] = j;
   }
