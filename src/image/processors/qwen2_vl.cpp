@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "image/processors/common.h"
 
 namespace vlm::proc {
@@ -79,19 +80,23 @@ class Qwen2VLProcessor final : public ImageProcessor {
     const float* src = chw.data<float>();
     float* dst = out.pixels.data<float>();
     const int64_t bh_n = out.grid_h / M, bw_n = out.grid_w / M;
-    int64_t r = 0;
-    for (int64_t bh = 0; bh < bh_n; ++bh)
-      for (int64_t bw = 0; bw < bw_n; ++bw)
-        for (int64_t mh = 0; mh < M; ++mh)
-          for (int64_t mw = 0; mw < M; ++mw, ++r) {
-            const int64_t y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
-            float* row = dst + r * cols;
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t t = 0; t < T; ++t)  // every temporal slot holds the same frame
-                for (int64_t py = 0; py < P; ++py)
-                  std::memcpy(row + ((c * T + t) * P + py) * P, src + (c * h + y0 + py) * w + x0,
-                              size_t(P) * sizeof(float));
-          }
+    // One row of merge blocks per work item: rows bh*bw_n*M*M .. (bh+1)*bw_n*M*M of the output.
+    ThreadPool::global().parallel_for(bh_n, [&](int64_t b0, int64_t b1) {
+      for (int64_t bh = b0; bh < b1; ++bh) {
+        int64_t r = bh * bw_n * M * M;
+        for (int64_t bw = 0; bw < bw_n; ++bw)
+          for (int64_t mh = 0; mh < M; ++mh)
+            for (int64_t mw = 0; mw < M; ++mw, ++r) {
+              const int64_t y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
+              float* row = dst + r * cols;
+              for (int64_t c = 0; c < C; ++c)
+                for (int64_t t = 0; t < T; ++t)  // every temporal slot holds the same frame
+                  for (int64_t py = 0; py < P; ++py)
+                    std::memcpy(row + ((c * T + t) * P + py) * P, src + (c * h + y0 + py) * w + x0,
+                                size_t(P) * sizeof(float));
+            }
+      }
+    });
     out.image_tokens = rows / (M * M);
     out.n_tiles = 1;
     return out;
