@@ -38,6 +38,11 @@ void register_builtin_families() {
     families::register_gemma2();
     families::register_gemma3();
     families::register_phi3();
+    families::register_llava();
+    families::register_idefics3();
+    families::register_gemma3_vlm();
+    families::register_paligemma();
+    families::register_qwen2_vl();
   });
 }
 
@@ -58,6 +63,25 @@ void register_vision_model(const std::vector<std::string>& model_types, VisionMo
     vision_factories()[t] = factory;
   }
 }
+
+namespace families {
+
+std::unique_ptr<LanguageModel> make_registered_language_model(const std::string& model_type,
+                                                              const ModelConfig& config,
+                                                              const Checkpoint& checkpoint,
+                                                              const LoadOptions& options) {
+  LanguageModelFactory factory;
+  {
+    std::lock_guard<std::recursive_mutex> lock(registry_mutex());
+    auto it = factories().find(model_type);
+    if (it != factories().end()) factory = it->second;
+  }
+  VLM_CHECK(factory != nullptr, ErrorKind::kUnsupported, "{}: the text model_type '{}' is not supported",
+            config.path, model_type);
+  return factory(config, checkpoint, options);
+}
+
+}  // namespace families
 
 bool has_vision_model(const std::string& model_type) {
   register_builtin_families();

@@ -1,0 +1,228 @@
+// Shared VLM pieces: text model by text_config.model_type, connector weight reader, prompt assembly.
+#include "models/llava/vlm_common.h"
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "models/families.h"
+
+namespace vlm::vlm_common {
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+}  // namespace
+
+std::unique_ptr<LanguageModel> make_text_model(const ModelConfig& config, const Checkpoint& checkpoint,
+                                               const LoadOptions& options, const std::string& default_text_type,
+                                               const std::vector<std::pair<std::string, std::string>>& aliases) {
+  const Json& text = config.text();
+  std::string type = default_text_type;
+  // A nested text_config names its own model_type; the flat older layout (Qwen2-VL on the Hub) carries the
+  // VLM's model_type at the top level, which is not a text decoder.
+  if (&text != &config.raw) {
+    if (std::optional<std::string> t = json_string(text, "model_type", config.path + " text_config")) type = *t;
+  }
+  for (const auto& [from, to] : aliases) {
+    if (type == from) type = to;
+  }
+  VLM_CHECK(type != config.model_type, ErrorKind::kFormat, "{}: text_config.model_type '{}' names the VLM itself",
+            config.path, type);
+  // transformers reads tie_word_embeddings from the top-level VLM config when the text config does not set it;
+  // the decoder reads the text config only, so hand it a copy that carries the top-level value. (The decoder
+  // uses the config during construction only.)
+  const Json* tie = json_find(config.raw, "tie_word_embeddings");
+  if (&text != &config.raw && tie && tie->is_boolean() && !json_find(text, "tie_word_embeddings")) {
+    ModelConfig patched = config;
+    for (const char* k : {"text_config", "llm_config"}) {
+      if (Json* t = json_find(patched.raw, k) ? &patched.raw[k] : nullptr; t && t->is_object()) {
+        (*t)["tie_word_embeddings"] = *tie;
+        break;
+      }
+    }
+    return families::make_registered_language_model(type, patched, checkpoint, options);
+  }
+  return families::make_registered_language_model(type, config, checkpoint, options);
+}
+
+WeightReader::WeightReader(const Checkpoint& checkpoint, const QuantizationConfig& quantization, std::string prefix,
+                           std::string what)
+    : checkpoint_(checkpoint), quantization_(quantization), prefix_(std::move(prefix)), what_(std::move(what)) {}
+
+bool WeightReader::has(const std::string& name) const { return checkpoint_.has(prefix_ + name); }
+
+const TensorInfo& WeightReader::require(const std::string& full, const std::string& expect) const {
+  VLM_CHECK(checkpoint_.has(full), ErrorKind::kFormat, "{}: tensor '{}' ({}) is missing", what_, full, expect);
+  return checkpoint_.info(full);
+}
+
+ops::Weight WeightReader::linear(const std::string& module, int64_t out, int64_t in) {
+  const std::string base = prefix_ + module;
+  const std::string wname = base + ".weight";
+  const TensorInfo& info = require(wname, fmt::format("[{}, {}]", out, in));
+  ops::Weight w;
+  used_.insert(wname);
+  if (checkpoint_.has(base + ".scales")) {
+    // MLX affine, as the decoder's tensor table reads it: quantized iff .scales exists, spec from the config.
+    std::optional<AffineQuantSpec> spec = quantization_.spec_for(base);
+    VLM_CHECK(spec.has_value(), ErrorKind::kFormat,
+              "{}: '{}' has .scales but the config's quantization marks it unquantized", what_, base);
+    VLM_CHECK(checkpoint_.has(base + ".biases"), ErrorKind::kFormat, "{}: '{}.biases' is missing", what_, base);
+    const Shape packed = {out, in * spec->bits / 32}, scales = {out, in / spec->group_size};
+    VLM_CHECK(info.dtype == DType::kU32 && info.shape == packed, ErrorKind::kFormat,
+              "{}: '{}' expected u32{} for {}-bit [{}, {}], got {}{}", what_, wname, shape_str(packed), spec->bits,
+              out, in, dtype_name(info.dtype), shape_str(info.shape));
+    const TensorInfo& sinfo = checkpoint_.info(base + ".scales");
+    VLM_CHECK(sinfo.shape == scales && is_float(sinfo.dtype), ErrorKind::kFormat,
+              "{}: '{}.scales' expected float{}, got {}{}", what_, base, shape_str(scales), dtype_name(sinfo.dtype),
+              shape_str(sinfo.shape));
+    used_.insert(base + ".scales");
+    used_.insert(base + ".biases");
+    w.quantized = true;
+    w.quant.packed = checkpoint_.get(wname);
+    w.quant.scales = checkpoint_.get(base + ".scales");
+    w.quant.biases = checkpoint_.get(base + ".biases");
+    w.quant.spec = *spec;
+    w.quant.rows = out;
+    w.quant.cols = in;
+    w.quant.validate(base.c_str());
+  } else {
+    VLM_CHECK(is_float(info.dtype) && info.shape == (Shape{out, in}), ErrorKind::kFormat,
+              "{}: '{}' expected float[{}, {}], got {}{}", what_, wname, out, in, dtype_name(info.dtype),
+              shape_str(info.shape));
+    w.dense = checkpoint_.get(wname);
+  }
+  bytes_ += w.nbytes();
+  return w;
+}
+
+Tensor WeightReader::vector(const std::string& name, int64_t n) {
+  const std::string full = prefix_ + name;
+  const TensorInfo& info = require(full, fmt::format("[{}]", n));
+  VLM_CHECK(is_float(info.dtype) && info.shape == (Shape{n}), ErrorKind::kFormat,
+            "{}: '{}' expected float[{}], got {}{}", what_, full, n, dtype_name(info.dtype), shape_str(info.shape));
+  used_.insert(full);
+  Tensor t = checkpoint_.get(full);
+  bytes_ += t.nbytes();
+  return t;
+}
+
+Tensor WeightReader::matrix_f32(const std::string& name, int64_t rows, int64_t cols) {
+  const std::string full = prefix_ + name;
+  const TensorInfo& info = require(full, fmt::format("[{}, {}]", rows, cols));
+  VLM_CHECK(is_float(info.dtype) && info.shape == (Shape{rows, cols}), ErrorKind::kFormat,
+            "{}: '{}' expected float[{}, {}], got {}{}", what_, full, rows, cols, dtype_name(info.dtype),
+            shape_str(info.shape));
+  used_.insert(full);
+  Tensor t = checkpoint_.get(full);
+  bytes_ += t.nbytes();
+  return t.to_f32();
+}
+
+void WeightReader::check_all_used() const {
+  std::vector<std::string> unused;
+  for (const std::string& n : checkpoint_.names()) {
+    if (starts_with(n, prefix_) && !used_.count(n)) unused.push_back(n);
+  }
+  if (unused.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < unused.size() && i < 20; ++i) list += (i ? ", " : "") + unused[i];
+  if (unused.size() > 20) list += fmt::format(", ... ({} more)", unused.size() - 20);
+  throw_error(ErrorKind::kFormat, "{}: tensors under '{}' that the connector does not use: {}", what_, prefix_, list);
+}
+
+std::string find_prefix(const Checkpoint& checkpoint, const std::vector<std::string>& candidates,
+                        const std::string& probe, const std::string& what) {
+  std::string tried;
+  for (const std::string& c : candidates) {
+    if (checkpoint.has(c + probe)) return c;
+    tried += (tried.empty() ? "" : ", ") + c + probe;
+  }
+  throw_error(ErrorKind::kNotFound, "{}: {}: none of the expected tensors exists (tried {})", checkpoint.folder(),
+              what, tried);
+}
+
+int32_t read_image_token_id(const Json& config, const std::string& what) {
+  for (const char* key : {"image_token_id", "image_token_index"}) {
+    if (std::optional<int64_t> v = json_int(config, key, what)) {
+      VLM_CHECK(*v >= 0 && *v <= INT32_MAX, ErrorKind::kFormat, "{}: {} {} is out of range", what, key, *v);
+      return static_cast<int32_t>(*v);
+    }
+  }
+  throw_error(ErrorKind::kFormat, "{}: neither image_token_id nor image_token_index is set", what);
+}
+
+Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& ids, int32_t image_token_id,
+                         const std::vector<Tensor>& features, float feature_scale, const std::string& what,
+                         int64_t* image_tokens) {
+  const int64_t n = static_cast<int64_t>(ids.size()), h = lm.hidden_size();
+  std::vector<int32_t> llm_ids(ids);
+  int64_t count = 0;
+  for (int32_t& id : llm_ids) {
+    if (id == image_token_id) {
+      id = 0;
+      ++count;
+    }
+  }
+  int64_t rows = 0;
+  for (const Tensor& f : features) {
+    VLM_CHECK(f.ndim() == 2 && f.dim(1) == h && f.dtype() == DType::kF32 && f.is_contiguous(),
+              ErrorKind::kInvalidArgument, "{}: image features must be f32 [rows, {}], got {}{}", what, h,
+              dtype_name(f.dtype()), shape_str(f.shape()));
+    rows += f.dim(0);
+  }
+  VLM_CHECK(rows == count, ErrorKind::kInvalidArgument,
+            "{}: the prompt has {} image tokens but the images give {} feature rows", what, count, rows);
+  Tensor embeds = Tensor::empty({n, h}, DType::kF32);
+  float* e = embeds.data<float>();
+  if (n > 0) lm.embed(llm_ids.data(), n, e);
+  size_t fi = 0;
+  int64_t fr = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[static_cast<size_t>(i)] != image_token_id) continue;
+    while (fr == features[fi].dim(0)) {
+      ++fi;
+      fr = 0;
+    }
+    const float* src = features[fi].data<float>() + fr * h;
+    float* dst = e + i * h;
+    if (feature_scale == 1.0f) {
+      std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(h));
+    } else {
+      for (int64_t c = 0; c < h; ++c) dst[c] = src[c] * feature_scale;
+    }
+    ++fr;
+  }
+  if (image_tokens) *image_tokens = count;
+  return embeds;
+}
+
+std::vector<int64_t> positions_1d(int64_t n, int64_t offset) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = offset + i;
+  return p;
+}
+
+std::vector<int32_t> run_groups(int64_t n, const std::function<bool(int64_t)>& in_group) {
+  std::vector<int32_t> g(static_cast<size_t>(n), 0);
+  int32_t id = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!in_group(i)) continue;
+    if (i == 0 || g[static_cast<size_t>(i - 1)] == 0) ++id;
+    g[static_cast<size_t>(i)] = id;
+  }
+  return g;
+}
+
+void check_tiles(const ProcessedImage& image, const std::string& what) {
+  const Tensor& p = image.pixels;
+  VLM_CHECK(p.defined() && p.ndim() == 4 && p.dim(1) == 3 && p.dtype() == DType::kF32 && p.is_contiguous(),
+            ErrorKind::kInvalidArgument, "{}: image pixels must be f32 [n_tiles, 3, h, w], got {}{}", what,
+            p.defined() ? dtype_name(p.dtype()) : "undefined", p.defined() ? shape_str(p.shape()) : "");
+}
+
+}  // namespace vlm::vlm_common

@@ -1,0 +1,85 @@
+// What the VLM families (llava, idefics3, gemma3, paligemma, qwen2_vl) share on the model side: the language
+// model of a VLM built by its text config's model_type, connector weights resolved under the checkpoint's own
+// prefix (transformers 5 `model.multi_modal_projector.*`, Hub / mlx-community `multi_modal_projector.*`) dense or
+// MLX-quantized, and the prompt assembly every family's HF forward does (embed the ids, overwrite the image-token
+// rows with the image features, 1-D positions, bidirectional groups from runs of tokens).
+// Lives in the LLaVA folder because LLaVA is the plainest instance; the other families include it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+#include "core/tensor.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+#include "kernels/ops.h"
+#include "models/registry.h"
+#include "models/vision_model.h"
+
+namespace vlm::vlm_common {
+
+// The text decoder of a VLM: the family registered for text_config.model_type (`default_text_type` when the
+// config has none, as transformers' VLM configs default it), built from the same ModelConfig (whose text()
+// is that text config). `aliases` maps VLM-specific text types to the decoder that implements them
+// (e.g. "qwen2_vl_text" -> "qwen2").
+std::unique_ptr<LanguageModel> make_text_model(const ModelConfig& config, const Checkpoint& checkpoint,
+                                               const LoadOptions& options, const std::string& default_text_type,
+                                               const std::vector<std::pair<std::string, std::string>>& aliases = {});
+
+// Connector weights under one prefix. Every tensor taken is remembered so that check_all_used() can name
+// the ones under the prefix that nothing read (a checkpoint of another variant, a renamed module).
+class WeightReader {
+ public:
+  WeightReader(const Checkpoint& checkpoint, const QuantizationConfig& quantization, std::string prefix,
+               std::string what);
+  // "<prefix><module>.weight" [out, in]: dense (f32/f16/bf16) or MLX affine (u32 + scales + biases, decided
+  // by the presence of .scales). With `bias`, "<prefix><module>.bias" [out] is required too.
+  ops::Weight linear(const std::string& module, int64_t out, int64_t in);
+  Tensor vector(const std::string& name, int64_t n);              // float [n] as stored
+  Tensor matrix_f32(const std::string& name, int64_t rows, int64_t cols);  // float [rows, cols] → f32 copy
+  bool has(const std::string& name) const;
+  // Throws Error(kFormat) naming every tensor under the prefix that was not read.
+  void check_all_used() const;
+  const std::string& prefix() const { return prefix_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  const TensorInfo& require(const std::string& full, const std::string& expect) const;
+  const Checkpoint& checkpoint_;
+  const QuantizationConfig& quantization_;
+  std::string prefix_, what_;
+  std::set<std::string> used_;
+  size_t bytes_ = 0;
+};
+
+// The first candidate prefix under which `<prefix><probe>` exists; Error(kNotFound) listing what was tried.
+std::string find_prefix(const Checkpoint& checkpoint, const std::vector<std::string>& candidates,
+                        const std::string& probe, const std::string& what);
+
+// The config's image token id: image_token_id, else image_token_index (older LLaVA / PaliGemma / Gemma 3).
+int32_t read_image_token_id(const Json& config, const std::string& what);
+
+// Embeds `ids` (image tokens embedded as id 0, as transformers does when the image token lies outside the
+// vocabulary — the rows are overwritten anyway) and writes the rows of `features` (concatenated, in order)
+// at the positions holding `image_token_id`, each multiplied by `feature_scale`. Error(kInvalidArgument)
+// naming both counts when rows and image tokens differ.
+Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& ids, int32_t image_token_id,
+                         const std::vector<Tensor>& features, float feature_scale, const std::string& what,
+                         int64_t* image_tokens);
+
+// 1-D positions offset .. offset + n - 1.
+std::vector<int64_t> positions_1d(int64_t n, int64_t offset);
+
+// Bidirectional groups: every maximal run of positions where `in_group(i)` holds gets its own id (1, 2, ...),
+// other positions 0 (transformers' image_group_ids from token_type_ids, shifted so that 0 means none).
+std::vector<int32_t> run_groups(int64_t n, const std::function<bool(int64_t)>& in_group);
+
+// Features of an image tile-by-tile: `pixels` [n_tiles, 3, h, w] f32 (Error(kInvalidArgument) otherwise).
+void check_tiles(const ProcessedImage& image, const std::string& what);
+
+}  // namespace vlm::vlm_common

@@ -1,0 +1,108 @@
+// PaliGemma (1 and 2): the SigLIP tower's last_hidden_state and multi_modal_projector.linear (with bias). In
+// transformers 5.17 the Gemma / Gemma 2 decoder (from text_config) scales inside its embedding module, and the
+// image rows are the projector output as is: neither the old division of the features by sqrt(hidden_size)
+// nor a normalizer applied to the whole inputs_embeds exists any more (the fixtures' inputs_embeds show text rows
+// = embedding × sqrt(hidden), image rows = get_image_features). Positions are 1-based (PaliGemma's
+// position_ids = cache_position + 1, in prefill and decode alike). The prompt — image tokens, BOS, prefix and
+// "\n" — is one bidirectional block (prefix-LM: transformers ORs token_type_ids == 0 into the causal mask on the
+// first forward); generated tokens are causal.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "models/families.h"
+#include "models/layers/decoder.h"
+#include "models/llava/vlm_common.h"
+#include "models/vision/vision_encoder.h"
+
+namespace vlm::families {
+
+namespace {
+
+class PaliGemmaVision final : public VisionModel {
+ public:
+  PaliGemmaVision(const ModelConfig& config, const Checkpoint& ckpt) : what_(config.path) {
+    const Json& raw = config.raw;
+    const Json& vision = config.vision();
+    VLM_CHECK(vision.is_object(), ErrorKind::kFormat, "{}: vision_config is missing", what_);
+    image_token_id_ = vlm_common::read_image_token_id(raw, what_);
+    text_hidden_ = require_int(config.text(), "hidden_size", what_ + " text_config");
+    const int64_t proj_dim = json_int(vision, "projection_dim", what_ + " vision_config").value_or(text_hidden_);
+    VLM_CHECK(proj_dim == text_hidden_, ErrorKind::kFormat,
+              "{}: vision_config.projection_dim {} differs from the text hidden_size {}", what_, proj_dim, text_hidden_);
+    const std::string tower_prefix = vlm_common::find_prefix(
+        ckpt, {"model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower.vision_model.", "vision_tower."},
+        "embeddings.patch_embedding.weight", "PaliGemma vision tower");
+    tower_ = std::make_unique<ViTEncoder>(vision, ckpt, tower_prefix, -1, what_);
+    const std::string proj_prefix = vlm_common::find_prefix(ckpt, {"model.multi_modal_projector.", "multi_modal_projector."},
+                                                            "linear.weight", "PaliGemma multi_modal_projector");
+    vlm_common::WeightReader r(ckpt, config.quantization, proj_prefix, what_);
+    linear_ = r.linear("linear", text_hidden_, tower_->hidden_size());
+    bias_ = r.vector("linear.bias", text_hidden_);
+    r.check_all_used();
+    projector_bytes_ = r.bytes();
+  }
+
+  Tensor encode(const ProcessedImage& image) const override {
+    vlm_common::check_tiles(image, what_);
+    const Tensor& px = image.pixels;
+    const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3);
+    std::vector<Tensor> outs;
+    int64_t total = 0;
+    for (int64_t t = 0; t < tiles; ++t) {
+      Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true);  // [n_patches, dv]
+      Tensor out = Tensor::empty({hs.dim(0), text_hidden_}, DType::kF32);
+      ops::linear(hs.data<float>(), hs.dim(0), linear_, bias_, out.data<float>());
+      total += out.dim(0);
+      outs.push_back(out);
+    }
+    if (outs.size() == 1) return outs[0];
+    Tensor all = Tensor::empty({total, text_hidden_}, DType::kF32);
+    int64_t row = 0;
+    for (const Tensor& o : outs) {
+      std::copy_n(o.data<float>(), o.numel(), all.data<float>() + row * text_hidden_);
+      row += o.dim(0);
+    }
+    return all;
+  }
+
+  int32_t image_token_id() const override { return image_token_id_; }
+
+  MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
+                                const std::vector<ProcessedImage>& /*images*/,
+                                const std::vector<Tensor>& features) const override {
+    MultimodalPrompt p;
+    const int64_t n = static_cast<int64_t>(ids.size());
+    p.embeds = vlm_common::embed_and_scatter(lm, ids, image_token_id_, features, 1.0f, what_, &p.image_tokens);
+    p.positions = vlm_common::positions_1d(n, 1);
+    p.rope_delta = 1;
+    // Without a suffix every prompt token has token_type_ids 0 (transformers' BC path for a prompt without
+    // token_type_ids is the same): one bidirectional block. A single token needs no group.
+    if (n > 1) p.groups.assign(static_cast<size_t>(n), 1);
+    return p;
+  }
+
+  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
+
+ private:
+  std::string what_;
+  int32_t image_token_id_ = 0;
+  int64_t text_hidden_ = 0;
+  std::unique_ptr<ViTEncoder> tower_;
+  ops::Weight linear_;
+  Tensor bias_;
+  size_t projector_bytes_ = 0;
+};
+
+}  // namespace
+
+void register_paligemma() {
+  register_language_model({"paligemma"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
+    return vlm_common::make_text_model(config, ckpt, opt, "gemma");
+  });
+  register_vision_model({"paligemma"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
+    return std::make_unique<PaliGemmaVision>(config, ckpt);
+  });
+}
+
+}  // namespace vlm::families
