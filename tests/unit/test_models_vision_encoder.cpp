@@ -315,6 +315,16 @@ TEST(VisionEncoder, ClipLoadsOnlyTheLayersNeeded) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("only 2 were loaded"), std::string::npos) << e.what();
   }
+  // Several layers from one pass equal separate passes, in the order asked (repeats included).
+  std::vector<Tensor> many = full.forward_layers(pix.data(), 16, 16, {-1, 0, -2, 3, 1});
+  ASSERT_EQ(many.size(), 5u);
+  const std::vector<int> single = {-1, 0, -2, 3, 1};
+  for (size_t j = 0; j < single.size(); ++j) {
+    Tensor one = full.forward(pix.data(), 16, 16, single[j], false);
+    ASSERT_EQ(many[j].shape(), one.shape());
+    for (int64_t i = 0; i < one.numel(); ++i) ASSERT_EQ(many[j].data<float>()[i], one.data<float>()[i]) << j;
+  }
+  EXPECT_NE(many[0].data<float>(), many[3].data<float>());  // a repeated index is its own copy
   // Wrong image size: the tower has a fixed 4x4 grid.
   EXPECT_THROW(full.forward(pix.data(), 12, 12, -1, false), Error);
 }

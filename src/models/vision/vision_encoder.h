@@ -57,6 +57,10 @@ class ViTEncoder {
   // `apply_post_layernorm` the post_layernorm is applied (SigLIP last_hidden_state).
   Tensor forward(const float* pixels, int64_t h, int64_t w, int layer, bool apply_post_layernorm,
                  const uint8_t* patch_mask = nullptr) const;
+  // Several hidden_states indices from one pass (LLaVA's list-valued vision_feature_layer), one [n_tokens, hidden]
+  // f32 tensor per entry of `layers`, in the order given; same index rules as forward(), no post_layernorm.
+  std::vector<Tensor> forward_layers(const float* pixels, int64_t h, int64_t w, const std::vector<int>& layers,
+                                     const uint8_t* patch_mask = nullptr) const;
 
   int64_t hidden_size() const;
   int64_t patch_size() const;

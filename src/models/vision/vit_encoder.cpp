@@ -271,7 +271,20 @@ void ViTEncoder::Impl::run_layer(const VitLayer& L, float* x, int64_t n, const s
 Tensor ViTEncoder::forward(const float* pixels, int64_t h, int64_t w, int layer, bool apply_post_layernorm,
                            const uint8_t* patch_mask) const {
   const Impl& m = *impl_;
+  VLM_CHECK(!apply_post_layernorm || m.post_w.defined(), ErrorKind::kInvalidArgument,
+            "{}: post_layernorm requested but the checkpoint has none", m.what);
+  Tensor out = forward_layers(pixels, h, w, {layer}, patch_mask).front();
+  if (apply_post_layernorm) {
+    ops::layer_norm(out.data<float>(), out.dim(0), m.hidden, m.post_w, m.post_b, m.eps, out.data<float>());
+  }
+  return out;
+}
+
+std::vector<Tensor> ViTEncoder::forward_layers(const float* pixels, int64_t h, int64_t w,
+                                               const std::vector<int>& layers, const uint8_t* patch_mask) const {
+  const Impl& m = *impl_;
   VLM_CHECK(pixels != nullptr, ErrorKind::kInvalidArgument, "{}: no pixels", m.what);
+  VLM_CHECK(!layers.empty(), ErrorKind::kInvalidArgument, "{}: no layer requested", m.what);
   VLM_CHECK(h > 0 && w > 0 && h % m.patch == 0 && w % m.patch == 0, ErrorKind::kInvalidArgument,
             "{}: image {}x{} is not a whole number of {}-pixel patches", m.what, h, w, m.patch);
   const int64_t gh = h / m.patch, gw = w / m.patch, n_patches = gh * gw;
@@ -282,18 +295,22 @@ Tensor ViTEncoder::forward(const float* pixels, int64_t h, int64_t w, int layer,
     VLM_CHECK(patch_mask == nullptr, ErrorKind::kInvalidArgument, "{}: a patch mask needs a variable-grid tower",
               m.what);
   }
+  // hidden_states indices (negative ones count from the end, as in transformers).
   const int64_t L_all = m.n_layers_cfg;
-  const int64_t want = layer < 0 ? L_all + 1 + layer : layer;
-  VLM_CHECK(want >= 0 && want <= L_all, ErrorKind::kInvalidArgument, "{}: layer {} is outside hidden_states[0..{}]",
-            m.what, layer, L_all);
-  VLM_CHECK(want <= static_cast<int64_t>(m.layers.size()), ErrorKind::kInvalidArgument,
-            "{}: layer {} needs {} encoder layers, only {} were loaded", m.what, layer, want, m.layers.size());
-  VLM_CHECK(!apply_post_layernorm || m.post_w.defined(), ErrorKind::kInvalidArgument,
-            "{}: post_layernorm requested but the checkpoint has none", m.what);
+  std::vector<int64_t> wants;
+  for (int layer : layers) {
+    const int64_t want = layer < 0 ? L_all + 1 + layer : layer;
+    VLM_CHECK(want >= 0 && want <= L_all, ErrorKind::kInvalidArgument,
+              "{}: layer {} is outside hidden_states[0..{}]", m.what, layer, L_all);
+    VLM_CHECK(want <= static_cast<int64_t>(m.layers.size()), ErrorKind::kInvalidArgument,
+              "{}: layer {} needs {} encoder layers, only {} were loaded", m.what, layer, want, m.layers.size());
+    wants.push_back(want);
+  }
+  const int64_t last = *std::max_element(wants.begin(), wants.end());
 
   const int64_t D = m.hidden, extra = m.kind == VitKind::kClip ? 1 : 0, n = n_patches + extra;
-  Tensor out = Tensor::empty({n, D}, DType::kF32);
-  float* x = out.data<float>();
+  Tensor state = Tensor::empty({n, D}, DType::kF32);
+  float* x = state.data<float>();
   {
     Buffer patches(n_patches, m.channels * m.patch * m.patch);
     extract_patches(pixels, m.channels, h, w, m.patch, patches.p);
@@ -320,9 +337,21 @@ Tensor ViTEncoder::forward(const float* pixels, int64_t h, int64_t w, int layer,
     }
     if (static_cast<int64_t>(real_keys.size()) == n_patches) real_keys.clear();  // nothing masked
   }
-  for (int64_t i = 0; i < want; ++i) m.run_layer(m.layers[static_cast<size_t>(i)], x, n, real_keys);
-  if (apply_post_layernorm) ops::layer_norm(x, n, D, m.post_w, m.post_b, m.eps, x);
-  return out;
+  // Earlier states are copied as they pass; the deepest is handed over (copies only for repeated indices).
+  std::vector<Tensor> outs(wants.size());
+  for (int64_t i = 0; i < last; ++i) {
+    for (size_t j = 0; j < wants.size(); ++j) {
+      if (wants[j] == i) outs[j] = state.clone();
+    }
+    m.run_layer(m.layers[static_cast<size_t>(i)], x, n, real_keys);
+  }
+  bool handed = false;
+  for (size_t j = 0; j < wants.size(); ++j) {
+    if (wants[j] != last) continue;
+    outs[j] = handed ? state.clone() : state;
+    handed = true;
+  }
+  return outs;
 }
 
 }  // namespace vlm
