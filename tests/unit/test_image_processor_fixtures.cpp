@@ -152,6 +152,17 @@ TEST_P(FixtureTest, PixelsAndInputIdsMatchTransformers) {
     texts.push_back(proc->expand_prompt(c["prompt_text"].get<std::string>(), images));
     want_ids.push_back(c["input_ids"].get<std::vector<int64_t>>());
     if (images.empty()) continue;
+    // The feature rows the vision model will produce fill exactly the image tokens of the expanded prompt,
+    // and a lone image's count is the generator's image_tokens.
+    int64_t total_tokens = 0;
+    for (const ProcessedImage& im : images) total_tokens += im.image_tokens;
+    size_t in_text = 0;
+    const std::string tok = proc->image_token();
+    for (size_t p = texts.back().find(tok); p != std::string::npos; p = texts.back().find(tok, p + tok.size())) ++in_text;
+    EXPECT_EQ(static_cast<int64_t>(in_text), total_tokens);
+    if (images.size() == 1) {
+      EXPECT_EQ(images[0].image_tokens, c["image_tokens"][0].get<int64_t>());
+    }
 
     // Pixels: our per-image tensors concatenated along the first dimension, as the processor batches them
     // (Qwen rows of patches; tiles for the others; Idefics3 adds a leading batch dimension of 1).
