@@ -143,18 +143,22 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
     window_decode_safe_ = decoder_window_safe(*d, fused);
   }
 
-  // Added tokens.
+  // Added tokens. HF reads the "id" written in the file but does not use it (AddedVocabulary::add_tokens): a
+  // token already in the model's vocabulary, or added before, keeps that id; a new one gets the model's size
+  // (number of entries) or, once an added id reaches it, the largest added id + 1. For files HF wrote the two
+  // agree; for others (gaps, sparse or duplicate ids) this is what HF and transformers encode with.
   if (auto arr_el = tok::json_member(root, "added_tokens")) {
     const JsonPath aat = at.child("added_tokens");
     simdjson::dom::array arr;
     if (arr_el->get_array().get(arr)) tok::json_fail(aat, "expected an array");
+    const int64_t model_size = model_->vocab_size();
+    int64_t max_added = -1;
     size_t i = 0;
     for (JsonElement e : arr) {
       const JsonPath tat = aat.index(i++);
       tok::AddedToken t;
-      const int64_t id = tok::json_as_int(tok::json_require(e, "id", tat), tat.child("id"));
-      if (id < 0 || id > INT32_MAX) tok::json_fail(tat.child("id"), fmt::format("id {} is out of range", id));
-      t.id = static_cast<int32_t>(id);
+      const int64_t file_id = tok::json_as_int(tok::json_require(e, "id", tat), tat.child("id"));
+      if (file_id < 0 || file_id > INT32_MAX) tok::json_fail(tat.child("id"), fmt::format("id {} is out of range", file_id));
       t.content = tok::json_as_string(tok::json_require(e, "content", tat), tat.child("content"));
       t.single_word = tok::json_bool_or(e, "single_word", tat, false);
       t.lstrip = tok::json_bool_or(e, "lstrip", tat, false);
@@ -164,10 +168,25 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
       if (t.content.empty()) continue;  // HF ignores empty added tokens
       auto existing = added_by_content_.find(t.content);
       if (existing != added_by_content_.end()) {
-        // Same content listed twice: HF keeps one entry per content; the later flags win.
-        added_[added_by_id_[existing->second]] = t;
+        // Same content listed twice: HF keeps one entry per content and its id; the later flags win.
+        t.id = existing->second;
+        for (tok::AddedToken& a : added_)
+          if (a.content == t.content) a = t;
         continue;
       }
+      int64_t id;
+      if (auto in_model = model_->token_to_id(t.content)) {
+        id = *in_model;
+      } else if (max_added < 0) {
+        id = model_size;
+      } else {
+        id = max_added >= model_size || model_size == 0 ? max_added + 1 : model_size;
+      }
+      if (id > INT32_MAX) tok::json_fail(tat.child("id"), "added token ids run past 2^31 - 1");
+      max_added = std::max(max_added, id);
+      t.id = static_cast<int32_t>(id);
+      // Two contents can end up on one id only with sparse model ids; then, as in HF, both are matched in text
+      // and the id decodes to the later one (added_by_id_ is overwritten).
       added_by_content_[t.content] = t.id;
       added_by_id_[t.id] = added_.size();
       if (t.special) special_contents_[t.content] = true;
@@ -188,6 +207,7 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
     if (t.special) special_ids_.push_back(t.id);
   }
   std::sort(special_ids_.begin(), special_ids_.end());
+  special_ids_.erase(std::unique(special_ids_.begin(), special_ids_.end()), special_ids_.end());
   raw_matcher_.build(raw, raw_pat);
   normalized_matcher_.build(norm, norm_pat);
 

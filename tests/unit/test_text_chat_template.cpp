@@ -59,14 +59,38 @@ TEST(ChatTemplateDiscovery, NamedTemplateLists) {
   EXPECT_EQ(ChatTemplate::from_folder(dir.path(), "rag")->source, "R");
 }
 
+// Each malformed file is Error(kFormat) naming that file; a template that does not parse names its line:column.
 TEST(ChatTemplateDiscovery, MalformedFilesAreFormatErrors) {
+  auto expect_format_error = [](const std::string& folder, const std::string& file, const std::string& what) {
+    try {
+      auto t = ChatTemplate::from_folder(folder);
+      if (t) render_chat_template(*t, Json::array({{{"role", "user"}, {"content", "hi"}}}), ChatRenderOptions{});
+      ADD_FAILURE() << "no error for " << file;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kFormat) << e.what();
+      EXPECT_NE(std::string(e.what()).find(folder + "/" + file), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what() << "\nexpected: " << what;
+    }
+  };
   test::TempDir dir;
   test::write_file(dir / "tokenizer_config.json", R"({"chat_template": 42})");
-  EXPECT_THROW(ChatTemplate::from_folder(dir.path()), Error);
+  expect_format_error(dir.path(), "tokenizer_config.json", "chat_template must be a string or a list");
   test::write_file(dir / "tokenizer_config.json", R"({"chat_template": [{"name": "default"}]})");
-  EXPECT_THROW(ChatTemplate::from_folder(dir.path()), Error);
+  expect_format_error(dir.path(), "tokenizer_config.json", "list entries must be");
+  test::write_file(dir / "tokenizer_config.json", R"({"chat_template": "{% for m in messages %}{{ m.content }")");
+  expect_format_error(dir.path(), "tokenizer_config.json", "");
+  test::write_file(dir / "tokenizer_config.json", R"({"chat_template": "{% for m in messages %}{{ m.content }}"})");
+  expect_format_error(dir.path(), "tokenizer_config.json:1:", "");
   test::write_file(dir / "chat_template.json", "{not json");
-  EXPECT_THROW(ChatTemplate::from_folder(dir.path()), Error);
+  expect_format_error(dir.path(), "chat_template.json", "");
+  test::write_file(dir / "chat_template.json", R"(["a list"])");
+  expect_format_error(dir.path(), "chat_template.json", "expected a JSON object");
+  test::write_file(dir / "chat_template.json", R"({"template": "x"})");
+  expect_format_error(dir.path(), "chat_template.json", "missing field \"chat_template\"");
+  test::write_file(dir / "chat_template.jinja", "line 1\n{% if messages %}\n  {{ messages[0] | }}\n{% endif %}");
+  expect_format_error(dir.path(), "chat_template.jinja:3:", "");
+  test::write_file(dir / "chat_template.jinja", "{{ messages[0].content.nosuch() }}");
+  expect_format_error(dir.path(), "chat_template.jinja:1:", "");
   EXPECT_THROW(ChatTemplate::from_folder(dir / "missing"), Error);
 }
 

@@ -167,6 +167,14 @@ const std::vector<std::string> kTemplates = {
     "{% if %}{% endif %}", "{% for x in %}{% endfor %}", "{{ 1 + }}", "{% if t %}unclosed", "{{ s|nosuchfilter }}", "{{ s is nosuchtest }}", "{% endfor %}",
     "{{ 'unterminated }}", "{% break %}", "{{ x.0.1 }}", "{{ [1, 2 }}", "{% set 1 = 2 %}", "{% nosuchtag %}", "{{ {'a': 1 }} }}", "{{ lst[1:2:3:4] }}", "{#", "text {# unterminated", "{% raw %}", "{% raw %}unterminated raw", "{{ a b }}",
     "{% macro m(a=1, b) %}{% endmacro %}", "{{ 1 is is }}", "{{ ()|length }} {{ (1)|string }}",
+    // templates cannot touch files (transformers gives jinja2 no loader; we have no such tags)
+    "{% include '/etc/passwd' %}", "{% import 'macros.j2' as m %}{{ m.x() }}", "{% extends 'base.html' %}", "{% from 'x' import y %}",
+    // integer edges (each was undefined behaviour or an unbounded allocation before; see JinjaLimits)
+    "{{ range(-9223372036854775807 - 1, 9223372036854775807, 4611686018427387904)|list }}",
+    "{{ range(0, -10, -9223372036854775807 - 1)|list }} {{ range(5, 0, -9223372036854775807)|list }}",
+    "{{ 123|round(-400) }} {{ -5|round(-1) }} {{ 15|round(-1) }} {{ 25|round(-1) }}",
+    "{{ '%99999999999999999999d' % 1 }}", "{{ '{:99999999999999999999999}'.format(1) }}",
+    "{{ '{:.99999999999999999999999f}'.format(1.5) }}", "{{ '%.99999999999999999999f' % 1.5 }}",
 };
 
 TEST(JinjaDifferential, FeatureCorpusMatchesJinja2) {
@@ -218,6 +226,24 @@ TEST(JinjaLimits, LoopsRecursionAndOutputAreBounded) {
   expect_resource("{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}");
   expect_resource("{{ 'x' * 100000 }}");
   expect_resource("{% set s = namespace(v='ab') %}{% for i in range(20) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}");
+  // Sizes that come from numbers in the template are checked before anything is allocated, and products of
+  // them saturate instead of wrapping around (4 * 2**62 is 0 in 64 bits).
+  expect_resource("{{ 'abcd' * 4611686018427387904 }}");
+  expect_resource("{{ [1, 2, 3, 4] * 4611686018427387904 }}");
+  expect_resource("{{ 'x'|indent(10**15) }}");
+  expect_resource("{{ ('x\n' * 1000)|indent(1000) }}");
+  expect_resource("{{ 'x'|center(10**15) }}");
+  expect_resource("{{ 'x'.zfill(10**15) }}");
+  expect_resource("{{ 'x'.center(10**15) }}");
+  expect_resource("{{ {'a': 1}|tojson(indent=10**15) }}");
+  expect_resource("{{ [1]|batch(10**15, 0)|list }}");
+  // Python's integers are unbounded; ours stop at 64 bits with an error rather than a wrong number.
+  try {
+    jinja::Template("{{ 9223372036854775807|round(-1) }}", "round").render(Json::object());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+  }
   // Deeply nested syntax is refused before it can exhaust the stack.
   std::string deep(5000, '(');
   EXPECT_THROW(jinja::Template("{{ " + deep + "1" + std::string(5000, ')') + " }}", "deep"), Error);

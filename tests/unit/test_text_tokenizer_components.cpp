@@ -226,6 +226,14 @@ std::vector<Case> cases() {
     at.push_back(added(base + 6, "<|special|>x", true));
     at.push_back(added(base + 7, "\u2581sp", false, true));
     c.push_back({"added_tokens_plain", {{"added_tokens", at}}});
+    {
+      // HF ignores the ids written for added tokens (it numbers new ones from the model's size): gaps, a
+      // reversed order and an id that belongs to a model token all load as HF numbers them.
+      Json odd = at;
+      for (size_t k = 3; k < odd.size(); ++k) odd[k]["id"] = base + 100 - static_cast<int>(k) * 7;
+      odd[4]["id"] = 5;
+      c.push_back({"added_tokens_file_ids_ignored", {{"added_tokens", odd}}});
+    }
     c.push_back({"added_tokens_lowercase", {{"added_tokens", at}, {"normalizer", {{"type", "Lowercase"}}}}});
     c.push_back({"added_tokens_metaspace_first", {{"added_tokens", at}, {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}}}}});
     c.push_back({"added_tokens_prepend_normalizer", {{"added_tokens", at}, {"normalizer", {{"type", "Sequence"}, {"normalizers", Json::array({{{"type", "Prepend"}, {"prepend", "\u2581"}}, {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}}})}}}}});

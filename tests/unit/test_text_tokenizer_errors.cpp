@@ -83,6 +83,124 @@ TEST(TokenizerErrors, MalformedJsonAndFields) {
   }
 }
 
+// Every truncation of a real tokenizer.json (a fixture written by transformers) is a format error that names
+// the file: the parse never half-succeeds, crashes or throws anything but vlm::Error.
+TEST(TokenizerErrors, EveryTruncationOfARealFileIsAFormatError) {
+  const std::string path = source_dir() + "/tests/fixtures/text/qwen2/tokenizer.json";
+  const std::string src = read_file(path);
+  ASSERT_GT(src.size(), 1000u);
+  ASSERT_NO_THROW(Tokenizer::from_json_text(src, "qwen2/tokenizer.json"));
+  const size_t end = src.find_last_not_of(" \t\r\n") + 1;  // trailing whitespace may go
+  size_t checked = 0;
+  for (size_t cut = 0; cut < end; ++cut) {
+    try {
+      Tokenizer::from_json_text(std::string_view(src).substr(0, cut), "qwen2/tokenizer.json");
+      ADD_FAILURE() << "a file cut at byte " << cut << " of " << src.size() << " loaded";
+    } catch (const Error& e) {
+      ++checked;
+      if (e.kind() != ErrorKind::kFormat || std::string(e.what()).find("qwen2/tokenizer.json: not valid JSON") != 0) {
+        ADD_FAILURE() << "cut at " << cut << ": " << e.what();
+      }
+    }
+  }
+  EXPECT_EQ(checked, end);
+  // The same through the file loader: the message names the path on disk.
+  TempDir tmp;
+  write_file(tmp / "tokenizer.json", src.substr(0, src.size() / 2));
+  const Error e = load_error(src.substr(0, src.size() / 2));
+  EXPECT_NE(std::string(e.what()).find("/tokenizer.json: not valid JSON"), std::string::npos) << e.what();
+}
+
+// Fields of the wrong JSON type, or values out of range, anywhere in the file: Error(kFormat) naming the file
+// and the field's path.
+TEST(TokenizerErrors, WrongTypesNameTheField) {
+  const std::string bpe = R"("model": {"type": "BPE", "vocab": {"<s>": 0, "a": 1, "b": 2, "ab": 3}, "merges": ["a b"]})";
+  auto file = [&](const std::string& fields) { return "{" + fields + ", " + bpe + "}"; };
+  struct BadCase {
+    std::string json, expect;
+  };
+  const std::vector<BadCase> cases = {
+      {R"({"model": []})", "model: expected an object with a \"type\""},
+      {R"({"model": "BPE"})", "model: expected an object with a \"type\""},
+      {R"({"model": {"vocab": {"a": 0}}})", "model: no \"type\""},
+      {R"({"model": {"type": 7, "vocab": {}}})", "model.type: expected a string"},
+      {R"({"model": {"type": "BPE", "vocab": ["a", "b"], "merges": []}})", "model.vocab: expected an object"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": "0"}, "merges": []}})", "model.vocab.a: expected a token id"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 1.5}, "merges": []}})", "model.vocab.a: expected a token id"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 4294967296}, "merges": []}})", "model.vocab.a: expected a token id"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": {"a": "b"}}})", "model.merges: expected an array"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "byte_fallback": "yes"}})", "model.byte_fallback: expected true or false"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "unk_token": 0}})", "model.unk_token: expected a string"},
+      {R"({"model": {"type": "Unigram", "vocab": {"a": 0.0}}})", "model.vocab"},
+      {R"({"model": {"type": "Unigram", "vocab": [["a", "high"]]}})", "model.vocab[0]"},
+      {R"({"model": {"type": "Unigram", "vocab": [["a"]]}})", "model.vocab[0]"},
+      {R"({"model": {"type": "WordPiece", "vocab": {"[UNK]": 0, "a": "1"}}})", "model.vocab.a: expected an integer"},
+      {R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})", "model.unk_token: \"[UNK]\" is not in the vocabulary"},
+      {R"({"model": {"type": "SentencePiece", "vocab": {"a": 0}}})", "model.type: unsupported model type \"SentencePiece\""},
+      {file(R"("added_tokens": {"id": 0})"), "added_tokens: expected an array"},
+      {file(R"("added_tokens": [{"content": "<s>"}])"), "added_tokens[0].id: required field is missing"},
+      {file(R"("added_tokens": [{"id": "0", "content": "<s>"}])"), "added_tokens[0].id: expected an integer"},
+      {file(R"("added_tokens": [{"id": -1, "content": "<s>"}])"), "added_tokens[0].id: id -1 is out of range"},
+      {file(R"("added_tokens": [{"id": 0, "content": 5}])"), "added_tokens[0].content: expected a string"},
+      {file(R"("added_tokens": [{"id": 0, "content": "<s>", "special": "true"}])"), "added_tokens[0].special: expected true or false"},
+      {file(R"("normalizer": "NFC")"), "normalizer: expected an object with a \"type\""},
+      {file(R"("decoder": [{"type": "Fuse"}])"), "decoder: expected an object with a \"type\""},
+      {file(R"("normalizer": {"type": "Sequence", "normalizers": {"type": "NFC"}})"), "normalizer.normalizers: expected an array"},
+      {file(R"("normalizer": {"type": "Sequence", "normalizers": [{"type": "NFX"}]})"), "normalizer.normalizers[0].type: unsupported normalizer \"NFX\""},
+      {file(R"("normalizer": {"type": "Replace", "pattern": "a", "content": "b"})"), "normalizer.pattern: expected {\"String\": ...} or {\"Regex\": ...}"},
+      {file(R"("pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": 1}]})"), "pre_tokenizer.pretokenizers[0].individual_digits: expected true or false"},
+      {file(R"("pre_tokenizer": {"type": "Metaspace", "replacement": "_", "prepend_scheme": "sometimes"})"), "pre_tokenizer.prepend_scheme: expected always, first or never"},
+      {file(R"("post_processor": {"type": "TemplateProcessing", "single": "$A", "special_tokens": {}})"), "post_processor.single: expected an array"},
+      {file(R"("post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<x>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {}})"), "special token that special_tokens does not define"},
+      {file(R"("post_processor": {"type": "RobertaProcessing", "sep": ["</s>"], "cls": ["<s>", 0]})"), "post_processor.sep: expected [token, id]"},
+      {file(R"("post_processor": {"type": "Bert"})"), "post_processor.type: unsupported post_processor \"Bert\""},
+      {file(R"("decoder": {"type": "Strip", "content": " ", "start": -1, "stop": 0})"), "decoder: start and stop must be non-negative"},
+      {file(R"("decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": 3}]})"), "decoder.decoders[1].type: expected a string"},
+      {file(R"("decoder": {"type": "Replace", "pattern": {"Regex": "(?<"}, "content": ""})"), "decoder.pattern.Regex: regex \"(?<\" does not compile"},
+      {file(R"("normalizer": {"type": "Replace", "pattern": {"Regex": "[z-a]"}, "content": ""})"), "normalizer.pattern.Regex: regex \"[z-a]\" does not compile"},
+  };
+  for (const BadCase& c : cases) {
+    const Error e = load_error(c.json);
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat) << e.what();
+    EXPECT_NE(std::string(e.what()).find("/tokenizer.json: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(c.expect), std::string::npos) << "message: " << e.what() << "\nexpected: " << c.expect;
+  }
+}
+
+// Ids need not be dense: HF keeps its vocabulary in hash maps, so gaps and ids far beyond the vocabulary size load
+// and round-trip there. Ours must match it (found by fuzz_tokenizer: an id near 2^31 made us allocate an array of
+// that size). Expected ids and texts come from HF tokenizers.
+TEST(TokenizerIds, SparseIdsMatchHuggingFace) {
+  ASSERT_FALSE(oracle_dir().empty());
+  const std::string bpe = R"({"added_tokens": [{"id": 2100000000, "content": "<big>", "special": true, "normalized": false,
+      "lstrip": false, "rstrip": false, "single_word": false}],
+    "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+    "model": {"type": "BPE", "unk_token": "<unk>", "vocab": {"<unk>": 0, "a": 7, "b": 1000000, "ab": 2000000000, "c": 12},
+              "merges": ["a b"]}})";
+  const std::string wordpiece = R"({"added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+    "post_processor": null, "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+    "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+              "max_input_chars_per_word": 100, "vocab": {"[UNK]": 3, "ab": 9, "##c": 40, "c": 1999999999}}})";
+  const std::vector<std::string> texts = {"ab", "a b c", "abab <big> cab", "abc", "ccc ab", "x", ""};
+  const std::vector<std::vector<int32_t>> ids = {
+      {7, 1000000, 2000000000, 12, 2100000000}, {0, 1, 2, 8, 999999, 2000000001}, {9, 40, 1999999999, 3, 4, 40}, {}};
+  for (const std::string& json : {bpe, wordpiece}) {
+    TempDir tmp;
+    write_file(tmp / "tokenizer.json", json);
+    auto tok = Tokenizer::from_files(tmp / "tokenizer.json");
+    const Json res = run_oracle(tmp / "tokenizer.json", texts, ids, tmp);
+    ASSERT_TRUE(res.is_object());
+    EXPECT_EQ(tok->vocab_size(), res["vocab_size"].get<int64_t>());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      EXPECT_EQ(tok->encode(texts[i], false), res["ids"][i].get<std::vector<int32_t>>()) << texts[i];
+    }
+    for (size_t i = 0; i < ids.size(); ++i) {
+      EXPECT_EQ(tok->decode(ids[i], false), res["decoded"][i].get<std::string>()) << i;
+      EXPECT_EQ(tok->decode(ids[i], true), res["decoded_skip"][i].get<std::string>()) << i;
+    }
+  }
+}
+
 TEST(TokenizerErrors, MissingFilesAndBadInput) {
   TempDir tmp;
   try {

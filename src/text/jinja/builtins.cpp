@@ -246,8 +246,10 @@ const std::unordered_map<std::string, FilterFn>& filters() {
         cur.push_back(item);
       }
       if (!cur.empty()) {
-        if (b[1] && !b[1]->is_none())
+        if (b[1] && !b[1]->is_none()) {
+          if (n > static_cast<int64_t>(cur.size())) in.charge(n - static_cast<int64_t>(cur.size()));
           while (static_cast<int64_t>(cur.size()) < n) cur.push_back(*b[1]);
+        }
         out.push_back(Value::list(std::move(cur)));
       }
       return Value::iter(std::move(out), "generator", false);
@@ -256,9 +258,11 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       bind("capitalize", a, {});
       return Value::string(pystr::capitalize(v.to_str()));
     };
-    t["center"] = [](Interpreter&, const Value& v, CallArgs& a) {
+    t["center"] = [](Interpreter& in, const Value& v, CallArgs& a) {
       auto b = bind("center", a, {"width"});
-      return Value::string(pystr::pad(v.to_str(), to_int_arg(opt_or(b[0], Value::integer(80)), "width"), ' ', '^'));
+      const int64_t width = to_int_arg(opt_or(b[0], Value::integer(80)), "width");
+      in.check_size(static_cast<size_t>(std::max<int64_t>(0, width)));
+      return Value::string(pystr::pad(v.to_str(), width, ' ', '^'));
     };
     t["length"] = [](Interpreter&, const Value& v, CallArgs& a) {
       bind("length", a, {});
@@ -352,12 +356,16 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       }
       return Value::string(printf_format(v.to_str(), Value::tuple(a.args)));
     };
-    t["indent"] = [](Interpreter&, const Value& v, CallArgs& a) {
+    t["indent"] = [](Interpreter& in, const Value& v, CallArgs& a) {
       auto b = bind("indent", a, {"width", "first", "blank"});
-      std::string ind = b[0] && b[0]->is_string() ? b[0]->str()
-                                                  : std::string(static_cast<size_t>(std::max<int64_t>(
-                                                                    0, to_int_arg(opt_or(b[0], Value::integer(4)), "width"))),
-                                                                ' ');
+      std::string ind;
+      if (b[0] && b[0]->is_string()) {
+        ind = b[0]->str();
+      } else {
+        const int64_t width = std::max<int64_t>(0, to_int_arg(opt_or(b[0], Value::integer(4)), "width"));
+        in.check_size(static_cast<size_t>(width));  // before allocating: indent(10**15) is a resource error
+        ind.assign(static_cast<size_t>(width), ' ');
+      }
       bool first = b[1] && b[1]->truthy();
       bool blank = b[2] && b[2]->truthy();
       require_undefined_ok(v);
@@ -365,10 +373,16 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       std::vector<std::string> lines = pystr::splitlines(s, false);
       std::string rv;
       if (blank) {
-        for (size_t i = 0; i < lines.size(); ++i) rv += (i ? "\n" + ind : "") + lines[i];
+        for (size_t i = 0; i < lines.size(); ++i) {
+          rv += (i ? "\n" + ind : "") + lines[i];
+          in.check_size(rv.size());
+        }
       } else {
         rv = lines.empty() ? "" : lines[0];
-        for (size_t i = 1; i < lines.size(); ++i) rv += "\n" + (lines[i].empty() ? "" : ind + lines[i]);
+        for (size_t i = 1; i < lines.size(); ++i) {
+          rv += "\n" + (lines[i].empty() ? "" : ind + lines[i]);
+          in.check_size(rv.size());
+        }
       }
       if (first) rv = ind + rv;
       return Value::string(rv);
@@ -506,8 +520,11 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       if (method == "common") {
         if (v.is_int()) {
           if (prec >= 0) return Value::integer(v.as_int());
+          if (prec <= -20) return Value::integer(0);  // 10**20 / 2 exceeds every 64-bit integer
           double p = std::pow(10.0, static_cast<double>(-prec));
-          return Value::integer(static_cast<int64_t>(std::nearbyint(static_cast<double>(v.as_int()) / p) * p));
+          const double r = std::nearbyint(static_cast<double>(v.as_int()) / p) * p;
+          if (std::fabs(r) >= 9.2e18) rt_unsupported("integer beyond 64-bit range");
+          return Value::integer(static_cast<int64_t>(r));
         }
         return Value::floating(py_round(v.as_double(), prec));
       }
@@ -574,14 +591,18 @@ const std::unordered_map<std::string, FilterFn>& filters() {
       }
       return Value::string(pystr::encode(out));
     };
-    t["tojson"] = [](Interpreter&, const Value& v, CallArgs& a) {
+    t["tojson"] = [](Interpreter& in, const Value& v, CallArgs& a) {
       auto b = bind("tojson", a, {"ensure_ascii", "indent", "separators", "sort_keys"});
       JsonDumpOptions o;
       o.ensure_ascii = b[0] && b[0]->truthy();
       if (b[1] && !b[1]->is_none()) {
         o.has_indent = true;
         if (b[1]->is_string()) o.indent_str = b[1]->str();
-        else o.indent_str = std::string(static_cast<size_t>(std::max<int64_t>(0, to_int_arg(*b[1], "indent"))), ' ');
+        else {
+          const int64_t width = std::max<int64_t>(0, to_int_arg(*b[1], "indent"));
+          in.check_size(static_cast<size_t>(width));
+          o.indent_str.assign(static_cast<size_t>(width), ' ');
+        }
         o.item_sep = ",";
       }
       if (b[2] && !b[2]->is_none()) {
@@ -809,12 +830,15 @@ int64_t checked(__int128 v) {
 Value repeat(const Value& seq, int64_t n, Interpreter& in) {
   if (n <= 0) return seq.is_string() ? Value::string("") : seq.is_tuple() ? Value::tuple({}) : Value::list({});
   if (seq.is_string()) {
-    in.check_size(seq.str().size() * static_cast<size_t>(n));
+    // Saturating: 'abcd' * 2**62 must hit the limit, not wrap around to a small size.
+    const size_t len = seq.str().size();
+    in.check_size(len != 0 && static_cast<uint64_t>(n) > SIZE_MAX / len ? SIZE_MAX : len * static_cast<size_t>(n));
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.str();
     return Value::string(std::move(out));
   }
-  in.charge(static_cast<int64_t>(seq.items().size()) * n);
+  const int64_t len = static_cast<int64_t>(seq.items().size());
+  in.charge(len != 0 && n > INT64_MAX / len ? INT64_MAX : len * n);
   ValueList out;
   for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq.items().begin(), seq.items().end());
   return seq.is_tuple() ? Value::tuple(std::move(out)) : Value::list(std::move(out));
@@ -986,12 +1010,14 @@ ScopePtr make_global_scope() {
     }
     if (step == 0) rt_fail("range() arg 3 must not be zero");
     __int128 count = step > 0 ? (stop > start ? (static_cast<__int128>(stop) - start + step - 1) / step : 0)
-                              : (start > stop ? (static_cast<__int128>(start) - stop - step - 1) / -step : 0);
+                              : (start > stop ? (static_cast<__int128>(start) - stop - step - 1) / -static_cast<__int128>(step) : 0);
     // The sandbox's MAX_RANGE.
     if (count > 100000) rt_fail("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
     in.charge(static_cast<int64_t>(count));
     ValueList out;
-    for (int64_t i = 0; i < static_cast<int64_t>(count); ++i) out.push_back(Value::integer(start + i * step));
+    // Each value lies between start and stop, so it fits; the product may not (range(-2**63, 2**63-1, 2**62)).
+    for (int64_t i = 0; i < static_cast<int64_t>(count); ++i)
+      out.push_back(Value::integer(static_cast<int64_t>(start + static_cast<__int128>(i) * step)));
     return Value::list(std::move(out));
   });
   fn("dict", [](Interpreter& in, CallArgs& a) {

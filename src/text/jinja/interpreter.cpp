@@ -217,9 +217,10 @@ void Interpreter::fail_at(const Node& n, const RuntimeFail& f) const {
 }
 
 void Interpreter::charge(int64_t n) {
-  iterations_ += n;
-  if (iterations_ > opts_.limits.max_iterations)
+  // Compared before adding, so a huge n (a list repeated 2**62 times) cannot overflow the counter.
+  if (n > opts_.limits.max_iterations - iterations_)
     rt_resource("more than " + std::to_string(opts_.limits.max_iterations) + " loop iterations");
+  iterations_ += n;
 }
 
 void Interpreter::check_size(size_t bytes) const {

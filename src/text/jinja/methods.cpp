@@ -201,6 +201,7 @@ Value call_str_method(Interpreter& in, const std::string& s, const std::string& 
     int64_t width = int_arg(b[0], 0, m);
     int64_t len = static_cast<int64_t>(pystr::length(s));
     if (width <= len) return Value::string(s);
+    in.check_size(static_cast<size_t>(width));
     std::string zeros(static_cast<size_t>(width - len), '0');
     if (!s.empty() && (s[0] == '+' || s[0] == '-')) return Value::string(s.substr(0, 1) + zeros + s.substr(1));
     return Value::string(zeros + s);
@@ -398,12 +399,14 @@ std::string printf_format(const std::string& fmt, const Value& args) {
     std::string flags;
     while (i < fmt.size() && std::strchr("-+ #0", fmt[i]) && fmt[i]) flags.push_back(fmt[i++]);
     int width = -1, prec = -1;
+    // Digits saturate at 10^6 (anything over 4096 is refused below) so long digit runs cannot overflow.
     while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])))
-      width = std::max(width, 0) * 10 + (fmt[i++] - '0');
+      width = std::min(std::max(width, 0) * 10 + (fmt[i++] - '0'), 1'000'000);
     if (i < fmt.size() && fmt[i] == '.') {
       ++i;
       prec = 0;
-      while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i]))) prec = prec * 10 + (fmt[i++] - '0');
+      while (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])))
+        prec = std::min(prec * 10 + (fmt[i++] - '0'), 1'000'000);
     }
     if (i >= fmt.size()) rt_fail("incomplete format");
     char conv = fmt[i];
@@ -473,14 +476,15 @@ std::string apply_spec(const Value& v, const std::string& spec) {
     ++i;
   }
   int64_t width = -1;
-  while (i < u.size() && u[i] >= '0' && u[i] <= '9') width = std::max<int64_t>(width, 0) * 10 + (u[i++] - '0');
+  while (i < u.size() && u[i] >= '0' && u[i] <= '9')
+    width = std::min<int64_t>(std::max<int64_t>(width, 0) * 10 + (u[i++] - '0'), 1'000'000);
   char grouping = 0;
   if (i < u.size() && (u[i] == ',' || u[i] == '_')) grouping = static_cast<char>(u[i++]);
   int prec = -1;
   if (i < u.size() && u[i] == '.') {
     ++i;
     prec = 0;
-    while (i < u.size() && u[i] >= '0' && u[i] <= '9') prec = prec * 10 + static_cast<int>(u[i++] - '0');
+    while (i < u.size() && u[i] >= '0' && u[i] <= '9') prec = std::min(prec * 10 + static_cast<int>(u[i++] - '0'), 1'000'000);
   }
   char type = 0;
   if (i < u.size()) type = static_cast<char>(u[i++]);

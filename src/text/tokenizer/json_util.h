@@ -89,6 +89,7 @@ inline int64_t json_int_or(JsonElement obj, std::string_view key, const JsonPath
   return v ? json_as_int(*v, at.child(key)) : def;
 }
 inline std::string json_type_of(JsonElement obj, const JsonPath& at) {
+  if (!obj.is_object()) json_fail(at, "expected an object with a \"type\"");
   return std::string(json_as_string(json_require(obj, "type", at), at.child("type")));
 }
 

@@ -23,10 +23,7 @@ class BpeModel final : public Model {
     const int32_t* id = vocab_.find(token);
     return id ? std::optional<int32_t>(*id) : std::nullopt;
   }
-  const std::string* id_to_token(int32_t id) const override {
-    if (id < 0 || static_cast<size_t>(id) >= id_to_token_.size() || !has_token_[id]) return nullptr;
-    return &id_to_token_[id];
-  }
+  const std::string* id_to_token(int32_t id) const override { return id_to_token_.find(id); }
   int64_t vocab_size() const override { return static_cast<int64_t>(vocab_.size()); }
 
  private:
@@ -34,8 +31,7 @@ class BpeModel final : public Model {
   void apply_merges(std::vector<int32_t>& syms) const;
 
   StringIdMap vocab_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> has_token_;
+  IdTokenTable id_to_token_;
   PairMap merges_;
   std::array<int32_t, 256> byte_ids_{};
   std::optional<std::string> unk_token_;
@@ -77,24 +73,14 @@ BpeModel::BpeModel(JsonElement m, const JsonPath& at) {
   simdjson::dom::object vocab;
   if (json_require(m, "vocab", at).get_object().get(vocab)) json_fail(vat, "expected an object of token: id");
   vocab_.reserve(vocab.size());
-  int64_t max_id = -1;
-  std::vector<std::pair<std::string_view, int32_t>> entries;
-  entries.reserve(vocab.size());
   for (auto [key, value] : vocab) {
     int64_t id = -1;
     if (value.get_int64().get(id) || id < 0 || id > INT32_MAX) {
       json_fail(vat.child(key), "expected a token id (integer in [0, 2^31))");
     }
     vocab_.insert(key, static_cast<int32_t>(id));
-    entries.emplace_back(key, static_cast<int32_t>(id));
-    max_id = std::max(max_id, id);
   }
-  id_to_token_.resize(static_cast<size_t>(max_id + 1));
-  has_token_.assign(static_cast<size_t>(max_id + 1), false);
-  for (auto& [k, id] : entries) {
-    id_to_token_[id] = std::string(k);
-    has_token_[id] = true;
-  }
+  id_to_token_.build(vocab_);
   for (int b = 0; b < 256; ++b) {
     const int32_t* id = vocab_.find(fmt::format("<0x{:02X}>", b));
     byte_ids_[b] = id ? *id : -1;

@@ -164,15 +164,12 @@ class WordPieceModel final : public Model {
     const JsonPath vat = at.child("vocab");
     simdjson::dom::object vocab;
     if (json_require(m, "vocab", at).get_object().get(vocab)) json_fail(vat, "expected an object of token: id");
-    int64_t max_id = -1;
     for (auto [key, value] : vocab) {
       const int64_t id = json_as_int(value, vat.child(key));
       if (id < 0 || id > INT32_MAX) json_fail(vat.child(key), fmt::format("id {} is out of range", id));
       vocab_.insert(key, static_cast<int32_t>(id));
-      max_id = std::max(max_id, id);
     }
-    id_to_token_.resize(static_cast<size_t>(max_id + 1));
-    vocab_.for_each([&](std::string_view k, int32_t id) { id_to_token_[id] = std::string(k); });
+    id_to_token_.build(vocab_);
     unk_ = json_string_or(m, "unk_token", at, "[UNK]");
     prefix_ = json_string_or(m, "continuing_subword_prefix", at, "##");
     max_chars_ = static_cast<size_t>(json_int_or(m, "max_input_chars_per_word", at, 100));
@@ -222,14 +219,12 @@ class WordPieceModel final : public Model {
     const int32_t* id = vocab_.find(token);
     return id ? std::optional<int32_t>(*id) : std::nullopt;
   }
-  const std::string* id_to_token(int32_t id) const override {
-    return id >= 0 && static_cast<size_t>(id) < id_to_token_.size() ? &id_to_token_[id] : nullptr;
-  }
+  const std::string* id_to_token(int32_t id) const override { return id_to_token_.find(id); }
   int64_t vocab_size() const override { return static_cast<int64_t>(vocab_.size()); }
 
  private:
   StringIdMap vocab_;
-  std::vector<std::string> id_to_token_;
+  IdTokenTable id_to_token_;
   std::string unk_, prefix_;
   size_t max_chars_ = 100;
 };
@@ -238,6 +233,7 @@ class WordPieceModel final : public Model {
 
 std::unique_ptr<Model> make_model(JsonElement model, const JsonPath& at) {
   // HF infers the model from its fields when "type" is absent (older files); do the same.
+  if (!model.is_object()) json_fail(at, "expected an object with a \"type\" (BPE, Unigram or WordPiece)");
   std::string type;
   if (auto t = json_member(model, "type")) {
     type = json_as_string(*t, at.child("type"));
@@ -251,6 +247,10 @@ std::unique_ptr<Model> make_model(JsonElement model, const JsonPath& at) {
   if (type == "BPE") return make_bpe_model(model, at);
   if (type == "Unigram") return std::make_unique<UnigramModel>(model, at);
   if (type == "WordPiece") return std::make_unique<WordPieceModel>(model, at);
+  if (type.empty()) {
+    json_fail(at, "no \"type\", and no field that tells the model (merges: BPE, unk_id: Unigram, "
+                  "max_input_chars_per_word: WordPiece)");
+  }
   json_fail(at.child("type"), fmt::format("unsupported model type \"{}\" (supported: BPE, Unigram, WordPiece)", type));
 }
 

@@ -4,6 +4,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <new>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace vlm::tok {
@@ -206,6 +208,46 @@ class PairMap {
   HugeArray<Value> vals_;
   size_t mask_ = 0;
   size_t count_ = 0;
+};
+
+// id → token string of a model's vocabulary. Ids are normally dense (0..n-1), but tokenizer.json may
+// leave gaps or use ids far beyond the vocabulary size (HF keeps a hash map and accepts any u32), so
+// an array is used only when it stays within a small multiple of the entry count; sparse ids go to a
+// hash map instead of an allocation sized by the largest id (a fuzzer-found out-of-memory).
+class IdTokenTable {
+ public:
+  // From the final token → id map (a key listed twice in the file keeps its last id, as in HF).
+  void build(const StringIdMap& vocab) {
+    int64_t max_id = -1;
+    vocab.for_each([&](std::string_view, int32_t id) { max_id = std::max<int64_t>(max_id, id); });
+    const size_t n = vocab.size();
+    dense_ = max_id < 0 || static_cast<uint64_t>(max_id) < 2 * static_cast<uint64_t>(n) + 1024;
+    if (dense_) {
+      tokens_.assign(static_cast<size_t>(max_id + 1), std::string());
+      present_.assign(static_cast<size_t>(max_id + 1), false);
+      vocab.for_each([&](std::string_view k, int32_t id) {
+        tokens_[static_cast<size_t>(id)] = std::string(k);
+        present_[static_cast<size_t>(id)] = true;
+      });
+    } else {
+      sparse_.reserve(n);
+      vocab.for_each([&](std::string_view k, int32_t id) { sparse_[id] = std::string(k); });
+    }
+  }
+  const std::string* find(int32_t id) const {
+    if (dense_) {
+      if (id < 0 || static_cast<size_t>(id) >= tokens_.size() || !present_[static_cast<size_t>(id)]) return nullptr;
+      return &tokens_[static_cast<size_t>(id)];
+    }
+    auto it = sparse_.find(id);
+    return it == sparse_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  bool dense_ = true;
+  std::vector<std::string> tokens_;
+  std::vector<bool> present_;
+  std::unordered_map<int32_t, std::string> sparse_;
 };
 
 }  // namespace vlm::tok
