@@ -1,7 +1,8 @@
 // libFuzzer target for the image decoders (every format, detected by magic bytes) and the resize path
 // behind them. Any input must either decode or throw vlm::Error; crashes, leaks, sanitizer reports and
 // other exception types are bugs. The pixel limit is kept small so the fuzzer explores parsers rather
-// than allocating huge canvases.
+// than allocating huge canvases. Built by tests/fuzz/run_fuzz.sh against the image layer only:
+//   fuzz-links: vlm_image
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -16,7 +17,7 @@ extern "C" const char* __lsan_default_suppressions() { return "leak:libdav1d.so\
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   vlm::DecodeOptions opts;
-  opts.max_pixels = 1 << 20;
+  opts.max_pixels = 1 << 16;
   // The first byte picks options so both output layouts and the orientation switch get exercised.
   if (size > 0 && (data[0] & 1)) opts.output = vlm::ColorOutput::kRgba;
   if (size > 0 && (data[0] & 2)) opts.apply_exif_orientation = false;

