@@ -340,4 +340,15 @@ std::vector<const ModelResult*> sort_failures_first(const std::vector<ModelResul
   return v;
 }
 
+std::string rerun_summary(const Json& rerun) {
+  if (!rerun.is_object()) return "";
+  std::string how = fmt::format("\"{}\", max {} tokens, {}s limit", rerun.value("prompt", std::string()),
+                                rerun.value("max_tokens", 0), rerun.value("timeout_s", 0.0));
+  if (rerun.value("success", false))
+    return fmt::format("succeeded: {} chars in {:.2f}s ({})", rerun.value("output_chars", 0),
+                       rerun.value("generation_time_s", 0.0), how);
+  std::string phase = rerun.value("failure_phase", std::string());
+  return fmt::format("failed{}: {} ({})", phase.empty() ? "" : " in " + phase, rerun.value("error", std::string()), how);
+}
+
 }  // namespace vlm::check

@@ -39,6 +39,11 @@ Failure classify_failure(const std::string& phase, const std::string& error_kind
 // The normalised message used by signatures: first line, digits → N, "(N,N,…)" → "(N,...)".
 std::string normalize_failure_message(const std::string& message);
 
+// One line describing --rerun-triage evidence (ModelResult::rerun), "" when there was no rerun:
+// "succeeded: 212 chars in 1.84s (\"Describe this image briefly.\", max 100 tokens)" or
+// "failed in model_load: SIGSEGV (...)".
+std::string rerun_summary(const Json& rerun);
+
 struct Counts {
   int attempted = 0, evaluated = 0, completed = 0, crashed = 0, indeterminate = 0;
   int usable = 0, caveats = 0, unusable = 0, not_evaluated = 0;

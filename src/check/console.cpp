@@ -16,9 +16,12 @@ Console::Console(std::FILE* out, int color, int width) : out_(out) {
   tty_ = ::isatty(::fileno(out)) != 0;
   const char* no_color = std::getenv("NO_COLOR");
   const char* force = std::getenv("FORCE_COLOR");
+  // Flags beat the environment; NO_COLOR (no-color.org: "regardless of its value", when non-empty)
+  // beats FORCE_COLOR; otherwise colour only on a terminal.
   if (color == 1) color_ = true;
   else if (color == 0) color_ = false;
-  else color_ = (force && *force) || (tty_ && !(no_color && *no_color));
+  else if (no_color && *no_color) color_ = false;
+  else color_ = (force && *force) || tty_;
   width_ = width > 0 ? width : 100;
   if (width <= 0)
     if (const char* w = std::getenv("COLUMNS"); w && std::atoi(w) > 0) width_ = std::clamp(std::atoi(w), 60, 120);

@@ -190,6 +190,7 @@ std::string render_results_html(const RunRecords& run, const std::string& previe
     kv("Tokens", fmt::format("{} prompt + {} generated", r->metrics.prompt_tokens, r->metrics.generation_tokens));
     kv("Revision", r->model_provenance.resolved_revision);
     kv("Stop reason", r->timing.stop_reason);
+    kv("Triage rerun", rerun_summary(r->rerun));
     o += "</dl>\n";
     if (r->failure) {
       o += "<p>Failure message:</p><pre>" + e(r->failure->message) + "</pre>\n";

@@ -74,6 +74,7 @@ std::string fact_list(const ModelResult& r) {
                                 fmt_gb(m.post_cleanup_active_memory_gb), fmt_gb(m.model_size_gb)));
   kv("Stop reason", t.stop_reason);
   kv("Requested max tokens", std::to_string(r.requested_max_tokens));
+  kv("Triage rerun", rerun_summary(r.rerun));
   const auto& p = r.model_provenance;
   kv("Revision", (p.requested_revision.empty() ? "main" : p.requested_revision) + " → " +
                      (p.resolved_revision.empty() ? "(local folder)" : p.resolved_revision));
@@ -271,6 +272,7 @@ std::string render_diagnostics_md(const RunRecords& run) {
     o += fmt::format("- **Phase:** {}\n- **Stage:** {}\n- **Code:** {}\n- **Signature:** {}\n", f.phase, f.stage, f.code,
                      f.signature);
     if (!f.signal.empty()) o += "- **Signal:** " + f.signal + "\n";
+    if (!r->rerun.is_null()) o += "- **Triage rerun:** " + md_text(rerun_summary(r->rerun)) + "\n";
     o += "\n" + md_fence(f.message);
     if (!f.stderr_tail.empty())
       o += "\n<details>\n<summary>Worker stderr (tail)</summary>\n\n" + md_fence(f.stderr_tail) + "\n</details>\n";

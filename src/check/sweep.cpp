@@ -145,14 +145,26 @@ std::vector<std::string> declared_wrappers(const Json& diag, const Json& generat
   return out;
 }
 
-ModelResult build_result(const std::string& model, const WorkerRun& run, const PromptPlan& plan,
-                         const Json& generation, int64_t max_tokens, const std::string& context_marker,
-                         const QualityThresholds& q, double timeout_s) {
+ModelResult build_result(const std::string& model, const std::string& revision, const WorkerRun& run,
+                         const PromptPlan& plan, const Json& generation, int64_t max_tokens,
+                         const std::string& context_marker, const QualityThresholds& q, double timeout_s) {
   ModelResult r;
   r.model = model;
   r.timestamp = now_local_iso8601();
   r.requested_max_tokens = max_tokens;
   r.model_provenance.model = model;
+  r.model_provenance.requested_revision = revision;
+  if (!run.got_result) {
+    // The worker died before reporting its provenance: resolve the revision here, so crash reports
+    // and their reproduction commands still pin the exact snapshot. A model that does not resolve
+    // keeps an empty revision (its failure message says why).
+    try {
+      ResolvedModel rm = resolve_model(model, revision);
+      r.model_provenance.resolved_revision = rm.revision;
+      r.model_provenance.snapshot_path = sanitize_path(rm.snapshot);
+    } catch (const std::exception&) {
+    }
+  }
   if (run.got_result) {
     const EngineOutcome& o = run.outcome;
     r.metrics = o.metrics;
@@ -403,7 +415,8 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
       con.line(fmt::format("Interrupted while running {}; its partial run is not recorded", model));
       break;
     }
-    ModelResult r = build_result(model, wr, plan, generation, max_tokens, opts.context_marker, q, opts.timeout_s);
+    ModelResult r =
+        build_result(model, opts.revision, wr, plan, generation, max_tokens, opts.context_marker, q, opts.timeout_s);
     r.settings_hash = settings_hash(h, model);
     validate_assessment(model, r.assessment);
     jsonl.write(encode(r));  // results.jsonl first, flushed per model
@@ -427,13 +440,15 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
       job.generation["temperature"] = 0.0;
       job.lazy_load = opts.lazy_load;
       job.adapter_path = opts.adapter_path;
+      // check_models' fixed 60 s, unless the user asked for a tighter per-model limit.
+      const double rerun_timeout = std::min(60.0, opts.timeout_s);
       con.line("Rerun (triage): " + r.model);
-      WorkerRun wr = run_in_worker(opts.self_exe, job, 60.0, {}, g_stop);
+      WorkerRun wr = run_in_worker(opts.self_exe, job, rerun_timeout, {}, g_stop);
       bool ok = wr.got_result && wr.outcome.success;
       Json ev{{"success", ok},
               {"prompt", kTriagePrompt},
               {"max_tokens", 100},
-              {"timeout_s", 60},
+              {"timeout_s", rerun_timeout},
               {"failure_phase", ok ? "" : (wr.got_result ? wr.outcome.error_phase : wr.last_phase)},
               {"error", ok ? "" : (wr.got_result ? wr.outcome.error_message
                                                  : (wr.term_signal ? signal_name(wr.term_signal) : "no result"))},
@@ -551,11 +566,18 @@ int run_check(const RunOptions& opts) {
     VLM_CHECK(::stat(p.c_str(), &st) == 0, ErrorKind::kNotFound, "image {}: not found", p);
   }
   if (images.size() == 1) return run_one_image(opts, images.front(), opts.output_dir, demo_models, con);
-  // Several images: one complete run (records + reports) per image, in <output>/<image stem>/.
+  // Several images: one complete run (records + reports) per image, in <output>/<image stem>/;
+  // a stem met twice (a.jpg and a.png, or one name in two folders) gets -2, -3, ... .
   int rc = 0;
+  std::vector<std::string> used;
   for (const auto& img : images) {
-    con.heading("Image " + fs::path(img).filename().string());
-    rc = run_one_image(opts, img, opts.output_dir + "/" + slugify(fs::path(img).stem().string()), demo_models, con);
+    std::string base = slugify(fs::path(img).stem().string());
+    if (base.empty()) base = "image";
+    std::string sub = base;
+    for (int n = 2; std::find(used.begin(), used.end(), sub) != used.end(); ++n) sub = fmt::format("{}-{}", base, n);
+    used.push_back(sub);
+    con.heading("Image " + fs::path(img).filename().string() + " → " + sanitize_path(opts.output_dir + "/" + sub));
+    rc = run_one_image(opts, img, opts.output_dir + "/" + sub, demo_models, con);
     if (rc == 130) return rc;
   }
   return rc;

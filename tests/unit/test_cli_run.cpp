@@ -2,8 +2,9 @@
 // fake Hugging Face cache (HF_HUB_CACHE), with a checkpoint whose weights are corrupt, a worker that
 // crashes with a real SIGSEGV and one that hangs until the --timeout kill (the binary's documented
 // test-only fault hook), while the others complete and every report is written. results.jsonl is
-// validated against docs/results_schema.md's rules by the validator below; `vlmcheck report`
-// re-renders every report byte for byte; model output with <script> shows as text in the HTML.
+// validated against docs/results.schema.json by Ajv and against docs/results_schema.md's remaining
+// rules (test_cli_run_support.h) plus the axis rules restated below; `vlmcheck report` re-renders
+// every report byte for byte; model output with <script> shows as text in the HTML.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +13,7 @@
 #include <fcntl.h>
 
 #include <chrono>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -20,7 +22,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "check/sha256.h"
 #include "support/test_support.h"
+#include "test_cli_run_support.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -128,23 +132,13 @@ void validate_results(const std::vector<json>& lines) {
   }
 }
 
-const json* result_for(const std::vector<json>& lines, const std::string& model) {
-  for (const auto& l : lines)
-    if (l.value("_type", "") == "result" && l.value("model", "") == model) return &l;
-  return nullptr;
-}
+using vlm::test::report_files;
+using vlm::test::result_for;
 
-// Every report file under `dir` (relative path → content), the JSONL/history/logs excluded.
-std::map<std::string, std::string> report_files(const std::string& dir) {
-  std::map<std::string, std::string> out;
-  for (const auto& e : fs::recursive_directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    std::string rel = fs::relative(e.path(), dir).string();
-    if (rel == "results.jsonl" || rel == "results.history.jsonl" || rel == "vlmcheck.log" || rel == "environment.log")
-      continue;
-    out[rel] = read_file(e.path().string());
-  }
-  return out;
+// The hand-written rules above plus Ajv against docs/results.schema.json and the shared rules.
+void validate_results_file(const std::string& path) {
+  validate_results(read_jsonl(path));
+  vlm::test::expect_valid_results(path);
 }
 
 class RunSweep : public ::testing::Test {
@@ -197,7 +191,7 @@ TEST_F(RunSweep, ExitsZeroAndWritesEveryReport) {
 
 TEST_F(RunSweep, RowsTellWhatHappenedToEachModel) {
   auto lines = read_jsonl(out_ + "/results.jsonl");
-  validate_results(lines);
+  validate_results_file(out_ + "/results.jsonl");
   ASSERT_EQ(lines.back().value("_type", ""), "run_end");
   const json* crash = result_for(lines, "test-org/crashes-in-load");
   ASSERT_TRUE(crash);
@@ -206,6 +200,8 @@ TEST_F(RunSweep, RowsTellWhatHappenedToEachModel) {
   EXPECT_EQ((*crash)["failure"]["phase"], "model_load");
   EXPECT_EQ((*crash)["failure"]["stage"], "Crash");
   EXPECT_NE((*crash)["failure"]["stderr_tail"].get<std::string>().find("injecting fault"), std::string::npos);
+  // The worker died before reporting provenance; the parent still pins the snapshot it would have loaded.
+  EXPECT_EQ((*crash)["model_provenance"]["resolved_revision"], kSha);
   const json* hang = result_for(lines, "test-org/hangs-in-load");
   ASSERT_TRUE(hang);
   EXPECT_EQ((*hang)["failure"]["stage"], "Timeout");
@@ -225,6 +221,13 @@ TEST_F(RunSweep, RowsTellWhatHappenedToEachModel) {
     EXPECT_LE((*r)["metrics"]["generation_tokens"].get<int64_t>(), 24);
     EXPECT_GT((*r)["metrics"]["peak_rss_gb"].get<double>(), 0.0);
     EXPECT_GT((*r)["timing"]["first_token_latency_s"].get<double>(), 0.0);
+    // The rendered prompt is recorded with its hash (SHA-256 is pinned to FIPS vectors and sha256sum in
+    // test_check_analysis) and contains the exact user prompt.
+    const json& d = (*r)["prompt_diagnostics"];
+    std::string rendered = d["rendered_prompt"];
+    EXPECT_EQ(d["rendered_prompt_hash_sha256"], vlm::check::sha256_hex(rendered));
+    EXPECT_NE(rendered.find(lines[0]["prompt"].get<std::string>()), std::string::npos);
+    EXPECT_EQ(d["image_placeholder_count"], 0);  // text-only fixtures: no image tokens in their templates
   }
   // The assisted lane: the demo image carries a caption, keywords, date and GPS.
   EXPECT_EQ(lines[0]["eval_mode"], "assisted");
@@ -268,6 +271,47 @@ TEST_F(RunSweep, ModelOutputIsEscapedInHtml) {
   EXPECT_EQ(n, 1u);
   std::string gallery = read_file(*dir_ / "hostile/reports/model_gallery.md");
   EXPECT_NE(gallery.find("<script>alert('x')</script>"), std::string::npos);  // inside a code fence, verbatim
+}
+
+TEST_F(RunSweep, SchemaRejectsWhatTheDocForbids) {
+  ASSERT_EQ(result_->exit_code, 0);
+  // The schema is not vacuous: each edit below breaks one documented rule and Ajv must say where.
+  auto lines = read_jsonl(out_ + "/results.jsonl");
+  size_t ok_row = 0, failed_row = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (lines[i].value("model", "") == "test-org/qwen2-tiny") ok_row = i;
+    if (lines[i].contains("failure") && lines[i]["failure"].is_object()) failed_row = i;
+  }
+  ASSERT_GT(ok_row, 0u);
+  ASSERT_GT(failed_row, 0u);
+  struct Case {
+    const char* what;
+    std::function<void(std::vector<json>&)> edit;
+    const char* expect;  // a fragment of Ajv's message
+  };
+  std::vector<Case> cases = {
+      {"undocumented metric", [&](auto& l) { l[ok_row]["metrics"]["bogus_gb"] = 1.0; }, "/metrics must NOT have additional"},
+      {"illegal axis combination",
+       [&](auto& l) { l[ok_row]["assessment"]["maintainer_status"] = "actionable_failure"; }, "/assessment"},
+      {"failure on a completed row", [&](auto& l) { l[ok_row]["failure"] = lines[failed_row]["failure"]; }, "/failure must be null"},
+      {"negative time", [&](auto& l) { l[ok_row]["timing"]["decode_time_s"] = -0.5; }, "/timing/decode_time_s must be >= 0"},
+      {"unknown observation", [&](auto& l) { l[ok_row]["assessment"]["observations"] = {"looks_bad"}; }, "/assessment/observations/0"},
+      {"timestamp without offset", [&](auto& l) { l[0]["timestamp"] = "2026-11-26T05:09:26"; }, "/timestamp must match pattern"},
+      {"unknown line type", [&](auto& l) { l[ok_row]["_type"] = "comment"; }, "/_type must be equal to one of"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    auto edited = lines;
+    c.edit(edited);
+    std::string path = *dir_ / "edited.jsonl";
+    {
+      std::ofstream out(path);
+      for (const auto& l : edited) out << l.dump() << "\n";
+    }
+    json errors = vlm::test::schema_errors(path);
+    ASSERT_EQ(errors.size(), 1u) << errors.dump(2);
+    EXPECT_NE(errors[0].dump().find(c.expect), std::string::npos) << errors.dump(2);
+  }
 }
 
 TEST(RunCli, DryRunWritesNothing) {
@@ -326,7 +370,7 @@ TEST(RunCli, CtrlCStopsCleanlyWith130) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 130);
   auto lines = read_jsonl(out + "/results.jsonl");
-  validate_results(lines);
+  validate_results_file(out + "/results.jsonl");
   ASSERT_EQ(lines.back().value("_type", ""), "run_end");
   EXPECT_TRUE(lines.back()["interrupted"].get<bool>());
   EXPECT_TRUE(result_for(lines, "test-org/qwen2-tiny"));
@@ -342,7 +386,7 @@ TEST(RunCli, OutOfTheBoxRunsTheBundledDemo) {
                         {"HOME=" + (dir / "home"), "HF_HUB_CACHE=" + (dir / "empty-hub")}, dir.path());
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   auto lines = read_jsonl(dir / "output/results.jsonl");
-  validate_results(lines);
+  validate_results_file(dir / "output/results.jsonl");
   ASSERT_GE(lines.size(), 3u);
   EXPECT_EQ(lines[0]["image"]["name"], "sample.jpg");
   EXPECT_EQ(lines[1]["assessment"]["execution"], "completed") << lines[1]["failure"].dump();
