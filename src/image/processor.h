@@ -70,7 +70,9 @@ struct ProcessedImage {
   int rows = 0, cols = 0;                      // tiling grid (Idefics3 splits; Gemma 3 pan-and-scan crops)
   int n_tiles = 1;                             // tiles/crops fed to the encoder, global image included
   int processed_width = 0, processed_height = 0;  // size after resize (before tiling)
-  int64_t image_tokens = 0;  // placeholder tokens this image expands to in the prompt
+  // Copies of image_token() this image puts in the prompt = feature rows its encoder output must fill
+  // (wrappers such as <fake_token_around_image>, <row_i_col_j>, boi/eoi are not counted).
+  int64_t image_tokens = 0;
   PixelBackend backend = PixelBackend::kPil;
 };
 
