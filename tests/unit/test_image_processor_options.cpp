@@ -170,6 +170,24 @@ TEST(ImageProcessorOptions, ResizeShapePerFamily) {
   EXPECT_NO_THROW(make_image_processor({{"model_type", "gemma3"}}, {{"size", {{"height", 896}, {"width", 896}}}}, {}, same, "/g"));
 }
 
+TEST(ImageProcessorSelect, LlavaDefaultsFollowTheImageProcessorClass) {
+  // A SiglipImageProcessor config that leaves out do_center_crop gets SigLIP's square resize without a crop,
+  // not CLIP's 224-pixel centre crop.
+  const Json processor = {{"patch_size", 14}, {"vision_feature_select_strategy", "full"}};
+  auto sig = make_image_processor({{"model_type", "llava"}},
+                                  {{"image_processor_type", "SiglipImageProcessor"}, {"size", {{"height", 384}, {"width", 384}}}},
+                                  processor, {}, "/l");
+  const ProcessedImage s = sig->process(gray(500, 300));
+  EXPECT_EQ(s.processed_width, 384);
+  EXPECT_EQ(s.processed_height, 384);
+  EXPECT_EQ(s.image_tokens, (384 / 14) * (384 / 14));  // "full", no additional tokens configured
+  auto clip = make_image_processor({{"model_type", "llava"}}, {{"size", {{"shortest_edge", 336}}},
+                                   {"crop_size", {{"height", 336}, {"width", 336}}}}, processor, {}, "/l");
+  const ProcessedImage c = clip->process(gray(500, 300));
+  EXPECT_EQ(c.processed_width, 336);
+  EXPECT_EQ(c.processed_height, 336);
+}
+
 TEST(ImageProcessorTokens, TakenFromTokenizerConfig) {
   // transformers 5 keeps model-specific tokens under extra_special_tokens; older files at the top level.
   const Json tok = {{"extra_special_tokens", {{"image_token", "<|img|>"}}}};

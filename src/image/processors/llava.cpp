@@ -1,6 +1,7 @@
 // LLaVA-1.5 (model_type llava): CLIPImageProcessor (torchvision backend by default in transformers 5), or
-// LlavaImageProcessor when the config names it (do_pad: paste onto a square of the mean colour first), and
-// LlavaProcessor's expansion of "<image>".
+// LlavaImageProcessor when the config names it (do_pad: paste onto a square of the mean colour first), or
+// SiglipImageProcessor for SigLIP towers (its defaults: square resize, no crop), and LlavaProcessor's
+// expansion of "<image>".
 //
 // Pixels: resize the shortest edge to size.shortest_edge (long edge int(short * long / short)), centre crop
 // to crop_size, rescale + normalise (OpenAI CLIP mean/std).
@@ -17,6 +18,7 @@ namespace {
 
 const std::vector<float> kClipMean = {0.48145466f, 0.4578275f, 0.40821073f};
 const std::vector<float> kClipStd = {0.26862954f, 0.26130258f, 0.27577711f};
+const std::vector<float> kHalf = {0.5f, 0.5f, 0.5f};
 
 // get_resize_output_image_size(size=shortest_edge, default_to_square=False): (h, w).
 std::pair<int, int> shortest_edge_size(int height, int width, int64_t short_target) {
@@ -48,17 +50,22 @@ class LlavaProcessor final : public ImageProcessor {
   LlavaProcessor(const Sources& s, const ProcessorOptions& o) {
     const Json& ip = s.image_processor;
     const std::string w = s.image_what();
+    // Class defaults: LLaVA checkpoints name CLIPImageProcessor (or LlavaImageProcessor, same defaults), and
+    // a few SigLIP-tower ones SiglipImageProcessor (square resize, no crop, mean = std = 0.5).
+    const std::string type = json_string(ip, "image_processor_type", w).value_or("CLIPImageProcessor");
+    const bool siglip = type.rfind("Siglip", 0) == 0;
     do_resize_ = read_bool(ip, "do_resize", true, w);
-    size_ = read_size(ip, "size", false, w).value_or(SizeSpec{std::nullopt, std::nullopt, 224, std::nullopt});
-    do_crop_ = read_bool(ip, "do_center_crop", true, w);
+    size_ = read_size(ip, "size", siglip, w)
+                .value_or(siglip ? SizeSpec{224, 224, std::nullopt, std::nullopt}
+                                 : SizeSpec{std::nullopt, std::nullopt, 224, std::nullopt});
+    do_crop_ = read_bool(ip, "do_center_crop", !siglip, w);
     crop_ = read_size(ip, "crop_size", true, w).value_or(SizeSpec{224, 224, std::nullopt, std::nullopt});
     VLM_CHECK(!do_crop_ || (crop_.height && crop_.width), ErrorKind::kFormat,
               "{}: field \"crop_size\" must have \"height\" and \"width\"", w);
     VLM_CHECK(!do_resize_ || size_.shortest_edge || (size_.height && size_.width), ErrorKind::kFormat,
               "{}: field \"size\" must have \"shortest_edge\" or \"height\" and \"width\"", w);
     resample_ = read_resample(ip, "resample", ResampleFilter::kBicubic, w);
-    norm_ = read_normalization(ip, kClipMean, kClipStd, w);
-    const std::string type = json_string(ip, "image_processor_type", w).value_or("");
+    norm_ = read_normalization(ip, siglip ? kHalf : kClipMean, siglip ? kHalf : kClipStd, w);
     do_pad_ = type.rfind("LlavaImageProcessor", 0) == 0 && read_bool(ip, "do_pad", false, w);
     backend_ = pick_backend(o, PixelBackend::kTorchvision);
 
@@ -79,7 +86,10 @@ class LlavaProcessor final : public ImageProcessor {
     num_additional_ = read_int(s.processor, "num_additional_image_tokens", 0, pw);
     image_token_ = tokenizer_token(s.tokenizer_config, "image_token",
                                    json_string(s.processor, "image_token", pw).value_or("<image>"), s.tokenizer_what());
-    if (do_crop_) check_fixed_resize_shape(o, *crop_.height, *crop_.width, "llava");
+    if (do_crop_)
+      check_fixed_resize_shape(o, *crop_.height, *crop_.width, "llava");
+    else if (size_.height && size_.width)
+      check_fixed_resize_shape(o, *size_.height, *size_.width, "llava");
     else if (o.resize_height)
       throw_error(ErrorKind::kInvalidArgument, "--resize-shape: llava without centre crop keeps the aspect ratio; "
                                                "its size comes from the image processor's \"size\"");
