@@ -485,6 +485,8 @@ def to_storable(t):
 def write_reference(folder, spec, name, layout, processor, results, image_token_id, extra):
     tensors, cases = {}, []
     backend, ip_names, ip_mods = backend_of(processor.image_processor)
+    single_counts = {CASE_IMAGES[c][0]: sum(1 for t in r["inputs"]["input_ids"][0].tolist() if t == image_token_id)
+                     for c, r in results.items() if len(CASE_IMAGES[c]) == 1}
     for case, r in results.items():
         keys = {}
         listed = []
@@ -505,12 +507,9 @@ def write_reference(folder, spec, name, layout, processor, results, image_token_
                 tensors["%s.%s" % (case, k)] = to_storable(t)
                 listed.append("%s.%s" % (case, k))
         ids = r["inputs"]["input_ids"][0].tolist()
-        per_image = []
-        if CASE_IMAGES[case]:
-            # image tokens per image: contiguous runs of the image token separated by other tokens are not
-            # per-image (Idefics3 tiles), so count by the processor's own rule when available.
-            total = sum(1 for t in ids if t == image_token_id)
-            per_image = [total // len(CASE_IMAGES[case])] * len(CASE_IMAGES[case]) if total else []
+        # Tokens per image: the processor handles each image on its own, so an image's count is the image-token
+        # total of the single-image case that shows it (every image of a multi-image case has one).
+        per_image = [single_counts.get(p) for p in CASE_IMAGES[case]]
         cases.append(dict(name=case, images=CASE_IMAGES[case], messages=r["messages"], prompt_text=r["text"],
                           input_ids=ids, image_tokens_total=sum(1 for t in ids if t == image_token_id),
                           image_tokens=per_image, processor_keys=keys, greedy_tokens=r["tokens"],
