@@ -208,11 +208,9 @@ int main(int argc, char** argv) {
   });
   std::vector<float> partial(static_cast<size_t>(threads));
   Stats bw = measure("read bandwidth 1 GiB", 1, reps, [&] {
-    pool.parallel_for(threads, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        int64_t chunk = n_floats / threads;
-        partial[t] = sum_avx512(p + t * chunk, chunk);
-      }
+    pool.run_on_all_threads([&](int t) {
+      int64_t chunk = n_floats / threads;
+      partial[t] = sum_avx512(p + t * chunk, chunk);
     });
   });
   const double bw_gbs = 1.073741824 / bw.median();
@@ -228,9 +226,7 @@ int main(int argc, char** argv) {
   // 2. FMA peak.
   const int64_t iters = 20'000'000;
   Stats pk = measure("f32 FMA peak", 1, reps, [&] {
-    pool.parallel_for(threads, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) partial[t] = fma_loop(iters);
-    });
+    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop(iters); });
   });
   const double peak = 2.0 * 16 * 12 * static_cast<double>(iters) * threads / pk.median() / 1e9;
   std::printf("f32 FMA peak (register-only, %d threads): %.0f GFLOP/s\n\n", threads, peak);
@@ -242,17 +238,13 @@ int main(int argc, char** argv) {
   auto bw_probe = [&] {  // GB/s over a 256 MiB slice (rotating, so it is not cache-warm)
     const float* base = p + (probe_slice++ % 4) * probe_floats;
     auto t0 = std::chrono::steady_clock::now();
-    pool.parallel_for(threads, [&](int64_t t0_, int64_t t1_) {
-      for (int64_t t = t0_; t < t1_; ++t) partial[t] = sum_avx512(base + t * (probe_floats / threads), probe_floats / threads);
-    });
+    pool.run_on_all_threads([&](int t) { partial[t] = sum_avx512(base + t * (probe_floats / threads), probe_floats / threads); });
     return probe_floats * 4.0 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
   };
   auto fma_probe = [&] {  // GFLOP/s of ~20 ms of register-only FMAs
     const int64_t it = 1'000'000;
     auto t0 = std::chrono::steady_clock::now();
-    pool.parallel_for(threads, [&](int64_t t0_, int64_t t1_) {
-      for (int64_t t = t0_; t < t1_; ++t) partial[t] = fma_loop(it);
-    });
+    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop(it); });
     return 2.0 * 16 * 12 * it * threads / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
   };
   // Median over reps of (work / time) / probe, for `fn` preceded by `probe` each time.

@@ -132,9 +132,7 @@ __attribute__((target("avx2,fma"))) float fma_loop_avx2(float seed) {
 double timed_on_all_threads(const std::function<void()>& fn) {
   ThreadPool& pool = ThreadPool::global();
   auto t0 = Clock::now();
-  pool.parallel_for(pool.num_threads(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) fn();
-  });
+  pool.run_on_all_threads([&](int) { fn(); });
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -157,11 +155,9 @@ BandwidthProbe probe_read_bandwidth(int64_t bytes, int repetitions) {
   const int64_t slice = ((words + threads - 1) / threads + 7) / 8 * 8;
   for (int r = 0; r < repetitions; ++r) {
     auto t0 = Clock::now();
-    pool.parallel_for(threads, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        int64_t begin = t * slice, end = std::min(words, begin + slice);
-        if (begin < end) sink += sum_words(p + begin, end - begin);
-      }
+    pool.run_on_all_threads([&](int t) {
+      int64_t begin = t * slice, end = std::min(words, begin + slice);
+      if (begin < end) sink += sum_words(p + begin, end - begin);
     });
     double s = std::chrono::duration<double>(Clock::now() - t0).count();
     out.read_gbs = std::max(out.read_gbs, static_cast<double>(out.bytes) / s / 1e9);

@@ -33,11 +33,11 @@ inline std::vector<float> vector_f32(const Tensor& t) {
 }
 
 // fn(begin, end) over [0, n); runs on the calling thread alone when n * cost_per_item is small.
-// cost is in multiply-adds (or equivalent). A ThreadPool round trip (condition-variable wake-up and
-// join) measured 5-8 us on the 2-core dev machine, while one core does ~2.5e5 multiply-adds in about
-// that time, so smaller jobs stay on the caller.
+// cost is in multiply-adds (or equivalent). The pool hands a job to a spinning worker in well under
+// a microsecond (bench_thread_pool), in which one core does ~3e4 multiply-adds, so jobs below that
+// stay on the caller. Chunks are at least that big too; the pool balances them dynamically.
 inline void parallel_for(int64_t n, int64_t cost_per_item, const std::function<void(int64_t, int64_t)>& fn) {
-  constexpr int64_t kSerialWork = 1 << 18;
+  constexpr int64_t kSerialWork = 1 << 15;
   if (n <= 0) return;
   if (n * cost_per_item <= kSerialWork) {
     fn(0, n);

@@ -19,6 +19,7 @@
 // (permutexvar of the block's 1, 2 or 4 group scales) applies each group's scale.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "core/quant.h"
@@ -54,31 +55,84 @@ struct Prepared {
   int64_t blocks = 0;
 };
 
+// bf16 bits (low half of each 32-bit lane) of 16 floats, rounded exactly as core's f32_to_bf16:
+// nearest, ties to even; NaN -> quiet NaN.
+inline __m512i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i top = _mm512_srli_epi32(u, 16);
+  const __m512i rounding = _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(top, _mm512_set1_epi32(1)));
+  const __mmask16 nan =
+      _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  return _mm512_mask_mov_epi32(_mm512_srli_epi32(_mm512_add_epi32(u, rounding), 16), nan,
+                               _mm512_or_si512(top, _mm512_set1_epi32(0x40)));
+}
+
+// 32 floats (n valid, the rest read as 0) split into x_hi = bf16(x) and x_lo = bf16(x - x_hi), each
+// 32 bf16 lanes in natural order; `mul` scales x first (16 for 8-bit high nibbles, exact).
+inline void split_hi_lo(const float* x, int64_t n, float mul, __m512i& hi, __m512i& lo) {
+  __m256i h[2], l[2];
+  for (int half = 0; half < 2; ++half) {
+    const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(16, n - 16 * half));
+    const __mmask16 m = static_cast<__mmask16>((1u << valid) - 1u);
+    __m512 v = _mm512_maskz_loadu_ps(m, x + 16 * half);
+    if (mul != 1.0f) v = _mm512_mul_ps(v, _mm512_set1_ps(mul));
+    const __m512i hb = bf16_bits(v);
+    const __m512i lb = bf16_bits(_mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16))));
+    h[half] = _mm512_cvtepi32_epi16(hb);
+    l[half] = _mm512_cvtepi32_epi16(lb);
+  }
+  hi = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+  lo = _mm512_inserti64x4(_mm512_castsi256_si512(l[0]), l[1], 1);
+}
+
 // x_t[j] (piece t of 16-bit lane j) multiplies the code that piece belongs to; for 8-bit codes the
-// high-nibble piece carries 16·x (exact in bf16).
+// high-nibble piece carries 16·x (exact in bf16). Per 128-code block (2/4-bit: 32·P codes), the
+// block's x is split into bf16 halves in natural order, then 16-bit permutes gather x_t[j] =
+// x[P·j + t] (2/4-bit) or x[2j + u]·(1 or 16) (8-bit, t = 2u + high).
 template <int BITS>
 void prepare(const float* x, int64_t k, int group, Prepared& p) {
   using L = Layout<BITS>;
+  constexpr int P = L::kPieces;
   p.blocks = (k + L::kCodes - 1) / L::kCodes;
-  p.xh.assign(static_cast<size_t>(p.blocks * 32 * L::kPieces), 0);
-  p.xl.assign(p.xh.size(), 0);
-  for (int64_t c = 0; c < k; ++c) {
-    const int64_t b = c / L::kCodes, within = c % L::kCodes;
-    for (int half = 0; half < (BITS == 8 ? 2 : 1); ++half) {
-      int64_t lane, t;
-      float v = x[c];
-      if constexpr (BITS == 8) {
-        lane = within / 2;                  // bytes 2j, 2j+1 share lane j
-        t = (within % 2) * 2 + half;        // pieces: lo(2j), hi(2j), lo(2j+1), hi(2j+1)
-        if (half) v *= 16.0f;
-      } else {
-        lane = within / L::kPieces;
-        t = within % L::kPieces;
+  p.xh.resize(static_cast<size_t>(p.blocks * 32 * P));
+  p.xl.resize(p.xh.size());
+  alignas(64) int16_t idx_store[P][32];
+  for (int t = 0; t < P; ++t)
+    for (int j = 0; j < 32; ++j)
+      idx_store[t][j] = static_cast<int16_t>(BITS == 8 ? (2 * j + t / 2) % 64 : (P * j + t) % 64);
+  for (int64_t b = 0; b < p.blocks; ++b) {
+    const float* xb = x + b * L::kCodes;
+    const int64_t left = k - b * L::kCodes;
+    uint16_t* oh = p.xh.data() + b * 32 * P;
+    uint16_t* ol = p.xl.data() + b * 32 * P;
+    if constexpr (BITS == 8) {
+      // 64 codes: halves [0, 32) and [32, 64) of x and of 16·x.
+      __m512i h[2][2], l[2][2];  // [scaled][half]
+      for (int s = 0; s < 2; ++s)
+        for (int half = 0; half < 2; ++half)
+          split_hi_lo(xb + 32 * half, left - 32 * half, s ? 16.0f : 1.0f, h[s][half], l[s][half]);
+      for (int t = 0; t < P; ++t) {
+        const __m512i idx = _mm512_load_si512(idx_store[t]);
+        const int s = t % 2;
+        _mm512_storeu_si512(oh + 32 * t, _mm512_permutex2var_epi16(h[s][0], idx, h[s][1]));
+        _mm512_storeu_si512(ol + 32 * t, _mm512_permutex2var_epi16(l[s][0], idx, l[s][1]));
       }
-      const int64_t idx = (b * L::kPieces + t) * 32 + lane;
-      const uint16_t h = f32_to_bf16(v);
-      p.xh[idx] = h;
-      p.xl[idx] = f32_to_bf16(v - bf16_to_f32(h));  // v - v_hi is exact in f32
+    } else {
+      // 32·P codes in P vectors of 32; pair q (vectors 2q, 2q+1) feeds lanes [q·64/P, (q+1)·64/P).
+      __m512i h[P], l[P];
+      for (int v = 0; v < P; ++v) split_hi_lo(xb + 32 * v, left - 32 * v, 1.0f, h[v], l[v]);
+      constexpr int kLanesPerPair = 64 / P;
+      for (int t = 0; t < P; ++t) {
+        const __m512i idx = _mm512_load_si512(idx_store[t]);
+        __m512i rh = _mm512_setzero_si512(), rl = _mm512_setzero_si512();
+        for (int q = 0; q < P / 2; ++q) {
+          const __mmask32 lanes = static_cast<__mmask32>(((uint64_t{1} << kLanesPerPair) - 1) << (q * kLanesPerPair));
+          rh = _mm512_mask_mov_epi16(rh, lanes, _mm512_permutex2var_epi16(h[2 * q], idx, h[2 * q + 1]));
+          rl = _mm512_mask_mov_epi16(rl, lanes, _mm512_permutex2var_epi16(l[2 * q], idx, l[2 * q + 1]));
+        }
+        _mm512_storeu_si512(oh + 32 * t, rh);
+        _mm512_storeu_si512(ol + 32 * t, rl);
+      }
     }
   }
   p.group_sum.resize(static_cast<size_t>(k / group));
