@@ -6,6 +6,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -119,16 +120,17 @@ std::vector<int32_t> extra_eos_ids(const Json& generation, const Tokenizer& tok)
 
 // The conversation (DESIGN.md): --messages as given, else one user message with the image item (when
 // the model takes images) followed by the prompt text; a plain string for text-only models, as
-// their templates expect. Rendered with the checkpoint's own template, add_generation_prompt=true.
-// The rendered prompt and its ids, through the same path as `vlmcheck generate` / `tokenize`.
-RenderedPrompt render_conversation(const std::string& folder, const Tokenizer& tok, const EngineJob& job,
-                                   bool use_image) {
+// their templates expect. Rendered with the checkpoint's own template, add_generation_prompt=true;
+// for a VLM the image is decoded, processed and expanded by the model's own processor and encoded by its
+// vision tower. The same path as `vlmcheck generate` / `tokenize` (prepare_prompt).
+PreparedPrompt prepare_conversation(const std::string& folder, const Tokenizer& tok, const EngineJob& job,
+                                    bool use_image, const LoadedModel& model) {
   PromptRequest req;
   req.prompt = job.prompt;
   req.messages = job.messages;
-  req.num_images = use_image ? 1 : 0;
+  if (use_image) req.image_paths = {job.image_path};
   req.enable_thinking = job.generation.value("enable_thinking", false);
-  return render_prompt(folder, tok, req);
+  return prepare_prompt(folder, tok, req, model.vision.get(), model.language_model.get());
 }
 
 }  // namespace
@@ -210,17 +212,20 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       out.provenance.dtype = config.torch_dtype.value_or("");
       out.provenance.quantization = quantization_text(config);
       m.model_size_gb = static_cast<double>(folder_weight_bytes(resolved.snapshot)) / kGB;
-      if (job.image_path.empty() || !config.has_vision()) {
-        LoadOptions lo;
-        lo.mode = job.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
-        lo.adapter_path = job.adapter_path;
-        loaded = load_model(resolved.snapshot, lo);
-      } else {
+      const bool with_image = !job.image_path.empty() && config.has_vision();
+      if (with_image && !has_vision_model(config.model_type)) {
         // Weights are still validated (a corrupt file fails here), then the missing part is named.
         (void)Checkpoint::open(resolved.snapshot, LoadMode::kLazy);
         throw_error(ErrorKind::kUnsupported, "model_type '{}': the vision encoder is not built yet in vlmcheck",
                     config.model_type);
       }
+      LoadOptions lo;
+      lo.mode = job.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
+      lo.adapter_path = job.adapter_path;
+      lo.text_only = !with_image;  // a text-only run of a VLM needs no vision tower
+      loaded = load_model(resolved.snapshot, lo);
+      VLM_CHECK(!with_image || loaded.vision, ErrorKind::kUnsupported,
+                "model_type '{}' loaded without its vision model", config.model_type);
       return 0;
     });
     t.model_load_time_s = seconds_since(t0);
@@ -231,6 +236,7 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
     std::unique_ptr<Tokenizer> tok;
     std::string rendered;
     std::vector<int32_t> ids;
+    PreparedPrompt prepared;
     bool use_image = !job.image_path.empty() && config.has_vision();
     in_phase("prompt_prep", cb, [&] {
       tok = Tokenizer::from_folder(resolved.snapshot);
@@ -255,17 +261,36 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       if (!ProcessorConfig::load_from_folder(resolved.snapshot) && config.has_vision())
         notes.push_back("neither preprocessor_config.json nor processor_config.json is present");
       diag["snapshot_notes"] = notes;
-      RenderedPrompt rp = render_conversation(resolved.snapshot, *tok, job, use_image);
-      rendered = std::move(rp.text);
-      ids = std::move(rp.ids);  // encoded without adding special tokens: the template writes BOS itself
+      prepared = prepare_conversation(resolved.snapshot, *tok, job, use_image, loaded);
+      rendered = prepared.text;
+      ids = prepared.ids;  // the text-model rule (template writes BOS) or the VLM processor's rule
       return 0;
     });
-    t.prompt_prep_time_s = seconds_since(t0);
+    // Image decoding/processing and vision encoding are timed as their own stages (check_models §3.1).
+    t.image_preprocess_time_s = prepared.image_preprocess_s;
+    t.vision_encode_time_s = prepared.vision_encode_s;
+    t.prompt_prep_time_s =
+        std::max(0.0, seconds_since(t0) - prepared.image_preprocess_s - prepared.vision_encode_s);
+    m.image_tokens = prepared.image_tokens;
+    if (!prepared.image_info.empty()) {
+      const ImageInfo& img = prepared.image_info.front();
+      diag["processed_image_width"] = img.processed_width;
+      diag["processed_image_height"] = img.processed_height;
+      diag["image_tiles"] = img.tiles;
+      diag["image_backend"] = img.backend;
+    }
+    if (prepared.processor_encoding) diag["image_processor"] = prepared.processor_family;
     diag["rendered_prompt"] = rendered;
     diag["rendered_prompt_chars"] = utf8_length(rendered);
     diag["rendered_prompt_hash_sha256"] = sha256_hex(rendered);
     diag["rendered_prompt_preview"] = truncate_chars(rendered, 800, false);
-    diag["image_placeholder_count"] = count_image_placeholders(rendered);
+    // With the model's processor: its own placeholder (Qwen's <|image_pad|> included), and at least the images
+    // it expanded (PaliGemma's processor writes the image tokens itself). Else check_models' heuristic over the
+    // usual placeholder spellings.
+    diag["image_placeholder_count"] =
+        prepared.processor_encoding
+            ? std::max<int64_t>(prepared.placeholder_count, static_cast<int64_t>(prepared.images.size()))
+            : count_image_placeholders(rendered);
     diag["generate_kwargs"] = job.generation;
     m.prompt_tokens = static_cast<int64_t>(ids.size());
 
@@ -277,6 +302,9 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       std::vector<int32_t> eos = collect_eos_ids(loaded, *tok, params.extra_eos_ids);
       GenerateRequest req;
       req.prompt_ids = ids;
+      req.multimodal = prepared.multimodal ? &*prepared.multimodal : nullptr;
+      req.times.image_preprocess_s = prepared.image_preprocess_s;
+      req.times.vision_encode_s = prepared.vision_encode_s;
       int64_t n = 0;
       auto gen_start = Clock::now();
       std::optional<Clock::time_point> first;
@@ -292,9 +320,8 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       (void)gen_start;
       return generate(*loaded.language_model, *tok, eos, req, params, on_piece);
     });
-    t.generation_time_s = seconds_since(t0);
-    t.image_preprocess_time_s = g.times.image_preprocess_s;
-    t.vision_encode_time_s = g.times.vision_encode_s;
+    // generation_time_s covers image preprocessing + vision + prefill + decode (record.h).
+    t.generation_time_s = seconds_since(t0) + prepared.image_preprocess_s + prepared.vision_encode_s;
     t.prefill_time_s = g.times.prefill_s;
     t.decode_time_s = g.times.decode_s;
     t.first_token_latency_s = g.ttft_s;

@@ -6,6 +6,12 @@
 // (prompt/generation tokens and tokens-per-sec, peak memory) on stderr. With --json, stdout is one
 // JSON object with the text, ids, timings, memory, the resolved model and every effective
 // parameter; --stream then writes the pieces to stderr so stdout stays one object.
+//
+// Images: --image P (repeatable) fills the conversation's image items in order; the model's own processor
+// decodes, resizes and expands them (prepare_prompt), its vision tower encodes them, and --json reports each
+// image's original and processed size, tiles, image tokens and pixel backend. Without --image a VLM loads its
+// language model only (LoadOptions.text_only).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +23,7 @@
 
 #include "cli/command.h"
 #include "cli/exit_codes.h"
+#include "cli/image_flags.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/log.h"
@@ -24,6 +31,7 @@
 #include "core/thread_pool.h"
 #include "generate/generator.h"
 #include "generate/prompt.h"
+#include "io/config.h"
 #include "io/hf_cache.h"
 #include "models/registry.h"
 #include "text/tokenizer.h"
@@ -34,7 +42,8 @@ namespace {
 
 struct GenerateOptions {
   std::string model, revision, cache_dir, adapter_path;
-  std::vector<std::string> images;
+  ImageFlags image;
+  ProcessorOptions processor_options;
   std::string prompt, system, messages_file, template_kwargs;
   bool system_given = false, no_chat_template = false;
   GenerationParams params;
@@ -146,21 +155,31 @@ int run_generate(GenerateOptions& o) {
   if (o.device == "cuda")
     throw_error(ErrorKind::kUnsupported,
                 "--device cuda: not built yet (the CUDA backend has no language-model kernels yet); use --device cpu");
-  if (!o.images.empty())
-    throw_error(ErrorKind::kUnsupported,
-                "--image: vision not built yet (the vision encoders arrive with the vision work); text generation "
-                "works without --image");
   if (o.threads > 0) ThreadPool::set_global_threads(o.threads);
+  const std::vector<std::string>& images = o.image.images;
   GenerationParams& p = o.params;
   p.validate();
 
   // ---- model ----
   ResolvedModel resolved = resolve_model(o.model, o.revision, o.cache_dir);
+  if (!images.empty()) {
+    // Refuse before loading weights: a text-only model, or a VLM whose vision half vlmcheck lacks.
+    ModelConfig config = ModelConfig::load(resolved.snapshot + "/config.json");
+    VLM_CHECK(config.has_vision(), ErrorKind::kUnsupported,
+              "--image: {} (model_type '{}') is a text-only model (config.json has no vision_config)", resolved.model,
+              config.model_type);
+    VLM_CHECK(has_vision_model(config.model_type), ErrorKind::kUnsupported,
+              "--image: vlmcheck has no vision encoder for model_type '{}' yet; text prompts work without --image",
+              config.model_type);
+  }
   const Clock::time_point t_load = Clock::now();
   LoadOptions lo;
   lo.mode = o.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
   lo.adapter_path = o.adapter_path;
+  lo.text_only = images.empty();
   LoadedModel model = load_model(resolved.snapshot, lo);
+  VLM_CHECK(images.empty() || model.vision, ErrorKind::kUnsupported,
+            "--image: model_type '{}' loaded without a vision model", model.config.model_type);
   std::unique_ptr<Tokenizer> tok = Tokenizer::from_folder(resolved.snapshot);
   const double load_time_s = since(t_load);
 
@@ -180,16 +199,20 @@ int run_generate(GenerateOptions& o) {
   pr.system = o.system;
   pr.has_system = o.system_given;
   pr.messages_file = o.messages_file;
-  pr.num_images = o.images.size();
+  pr.image_paths = images;
+  pr.processor_options = o.processor_options;
   pr.no_chat_template = o.no_chat_template;
   pr.enable_thinking = p.enable_thinking;
   pr.template_kwargs = parse_template_kwargs(o.template_kwargs);
-  RenderedPrompt prompt = render_prompt(resolved.snapshot, *tok, pr);
+  PreparedPrompt prompt = prepare_prompt(resolved.snapshot, *tok, pr, model.vision.get(), model.language_model.get());
   p.extra_eos_ids = resolve_eos_tokens(o.eos_tokens, *tok);
   std::vector<int32_t> eos = collect_eos_ids(model, *tok, p.extra_eos_ids);
   GenerateRequest req;
   req.prompt_ids = prompt.ids;
-  req.times.tokenize_s = since(t_tok);
+  req.multimodal = prompt.multimodal ? &*prompt.multimodal : nullptr;
+  req.times.image_preprocess_s = prompt.image_preprocess_s;
+  req.times.vision_encode_s = prompt.vision_encode_s;
+  req.times.tokenize_s = std::max(0.0, since(t_tok) - prompt.image_preprocess_s - prompt.vision_encode_s);
 
   // ---- generate ----
   StreamCallback on_piece;
@@ -238,6 +261,8 @@ int run_generate(GenerateOptions& o) {
     out["wired_limit"] = wired;
     out["prompt"] = prompt.text;
     out["prompt_ids"] = prompt.ids;
+    out["images"] = images_json(prompt.image_info);
+    out["image_tokens"] = prompt.image_tokens;
     out["stop_token_ids"] = eos;
     out["params"] = params_json(p, r);
     out["warnings"] = r.warnings;
@@ -246,7 +271,11 @@ int run_generate(GenerateOptions& o) {
     if (!o.stream) fmt::print("{}", r.text);
     fmt::print("\n");
     std::fflush(stdout);
-    fmt::print(stderr, "==========\nPrompt: {} tokens, {:.3f} tokens-per-sec\nGeneration: {} tokens, {:.3f} tokens-per-sec\n"
+    fmt::print(stderr, "==========\n");
+    for (const ImageInfo& i : prompt.image_info)
+      fmt::print(stderr, "Image: {} ({}x{} -> {}x{}, {} tile(s), {} image tokens, {})\n", i.path, i.width, i.height,
+                 i.processed_width, i.processed_height, i.tiles, i.image_tokens, i.backend);
+    fmt::print(stderr, "Prompt: {} tokens, {:.3f} tokens-per-sec\nGeneration: {} tokens, {:.3f} tokens-per-sec\n"
                        "Peak memory: {:.3f} GB\n",
                r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps, r.peak_host_bytes / 1e9);
   }
@@ -263,7 +292,7 @@ void register_generate(CLI::App& root, Action& action) {
   cmd->add_option("--revision", o->revision, "Branch, tag, commit sha or unique sha prefix (cached repos)");
   cmd->add_option("--cache-dir", o->cache_dir, "Hub cache directory (default: HF_HUB_CACHE, HF_HOME/hub, ...)");
   cmd->add_option("--adapter-path", o->adapter_path, "A LoRA adapter folder (mlx-lm or PEFT format)");
-  cmd->add_option("--image", o->images, "An image (repeatable; vision is not built yet)");
+  add_image_flags(cmd, o->image);
   auto* prompt = cmd->add_option("--prompt", o->prompt, "The user's text");
   auto* system = cmd->add_option("--system", o->system, "A system message before the user's");
   auto* messages = cmd->add_option("--messages", o->messages_file,
@@ -341,6 +370,7 @@ void register_generate(CLI::App& root, Action& action) {
       p.kv_bits = bits;
     }
     if (!o->logit_bias_json.empty()) p.logit_bias = parse_logit_bias(o->logit_bias_json);
+    o->processor_options = image_processor_options(o->image);
     try {
       p.validate();
     } catch (const Error& e) {

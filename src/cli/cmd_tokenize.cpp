@@ -4,10 +4,16 @@
 //
 // BOS rule (transformers, text models): apply_chat_template(tokenize=True) encodes the rendered prompt with
 // add_special_tokens=False, because the template writes BOS itself where the model wants it (Gemma's
-// `{{ bos_token }}`, Llama 3's `bos_token + ...`). We follow that rule. (A VLM *processor* encodes with
-// add_special_tokens=True yet ends with a single BOS; that path arrives with image expansion.) With
-// --no-chat-template the text is encoded as is with add_special_tokens=True, so BOS/EOS are added as the
-// tokenizer's post-processor and tokenizer_config.json say; special tokens written in the text are recognised.
+// `{{ bos_token }}`, Llama 3's `bos_token + ...`). We follow that rule. With --no-chat-template the text is
+// encoded as is with add_special_tokens=True, so BOS/EOS are added as the tokenizer's post-processor and
+// tokenizer_config.json say; special tokens written in the text are recognised.
+//
+// VLM folders (config.json with a vision_config and a processor config) follow the processor instead, as
+// transformers' `processor(text=rendered, images=...)` does: --image files are decoded (EXIF orientation
+// applied) and processed, each image placeholder is expanded to the family's image tokens, and the expanded
+// text is encoded with the processor's special-token rule (prepare_prompt in src/generate/prompt.h). "prompt"
+// stays the rendered text before expansion; "ids" are what `generate` feeds the model; "images" reports each
+// image's sizes, tiles, image tokens and pixel backend.
 //
 // Thinking: templates that read `enable_thinking` get it (false unless --enable-thinking), as mlx-vlm and
 // `vlmcheck generate` pass it; the rendering is src/generate/prompt.h's, shared with generate.
@@ -26,6 +32,7 @@
 
 #include "cli/command.h"
 #include "cli/exit_codes.h"
+#include "cli/image_flags.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "generate/prompt.h"
@@ -41,7 +48,8 @@ struct TokenizeOptions {
   std::string model, revision, cache_dir;
   std::string prompt, system, messages_file, template_kwargs, template_name = "default";
   bool prompt_given = false, system_given = false;
-  std::vector<std::string> images;
+  ImageFlags image;
+  ProcessorOptions processor_options;
   bool no_chat_template = false;
   bool enable_thinking = false;
   bool json = false;
@@ -68,29 +76,31 @@ int run_tokenize(const TokenizeOptions& o) {
   req.system = o.system;
   req.has_system = o.system_given;
   req.messages_file = o.messages_file;
-  req.num_images = o.images.size();
+  req.image_paths = o.image.images;
+  req.processor_options = o.processor_options;
   req.no_chat_template = o.no_chat_template;
   req.enable_thinking = o.enable_thinking;
   req.template_name = o.template_name;
   req.template_kwargs = parse_template_kwargs(o.template_kwargs);
-  RenderedPrompt rendered = render_prompt(folder, *tok, req);
-  const std::string& prompt = rendered.text;
-  const std::vector<int32_t>& ids = rendered.ids;
-  const size_t images = o.images.size();
-  if (images > 0)
-    throw_error(ErrorKind::kUnsupported,
-                "image expansion not built yet: the prompt rendered ({} image item(s)), but turning each image "
-                "into the model's image tokens arrives with the vision encoders",
-                images);
+  PreparedPrompt prepared = prepare_prompt(folder, *tok, req);
+  const std::string& prompt = prepared.text;
+  const std::vector<int32_t>& ids = prepared.ids;
   if (o.json) {
     Json out = Json::object();
     out["prompt"] = prompt;
     out["ids"] = ids;
+    if (!o.image.images.empty()) {
+      out["images"] = images_json(prepared.image_info);
+      out["image_tokens"] = prepared.image_tokens;
+    }
     fmt::print("{}\n", out.dump(-1, ' ', false, Json::error_handler_t::strict));
   } else {
     fmt::print("prompt:\n{}\n\nids ({}):", prompt, ids.size());
     for (int32_t id : ids) fmt::print(" {}", id);
     fmt::print("\n");
+    for (const ImageInfo& i : prepared.image_info)
+      fmt::print("image: {} ({}x{} -> {}x{}, {} tile(s), {} image tokens, {})\n", i.path, i.width, i.height,
+                 i.processed_width, i.processed_height, i.tiles, i.image_tokens, i.backend);
   }
   return kExitOk;
 }
@@ -110,7 +120,7 @@ void register_tokenize(CLI::App& root, Action& action) {
   auto* system = cmd->add_option("--system", o->system, "A system message before the user's");
   auto* messages = cmd->add_option("--messages", o->messages_file,
                                    "A JSON file with a whole conversation in transformers' messages format");
-  cmd->add_option("--image", o->images, "An image for the next image item (repeatable)");
+  add_image_flags(cmd, o->image);
   auto* no_tmpl = cmd->add_flag("--no-chat-template", o->no_chat_template,
                                 "Encode --prompt as is (special tokens recognised, BOS as the tokenizer config says)");
   cmd->add_option("--chat-template-kwargs", o->template_kwargs,
@@ -126,6 +136,7 @@ void register_tokenize(CLI::App& root, Action& action) {
     o->system_given = system->count() > 0;
     if (o->messages_file.empty() && !o->prompt_given)
       throw CLI::ValidationError("--prompt", "give --prompt (or --messages FILE)");
+    o->processor_options = image_processor_options(o->image);
     action = [o] { return run_tokenize(*o); };
   });
 }

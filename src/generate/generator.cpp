@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <random>
 
@@ -75,6 +76,67 @@ class ThinkingBudget {
   int64_t count_ = 0;
 };
 
+// Where a multimodal prompt may be cut into prefill chunks: cut_ok[i] (0 < i < n) is false when a
+// bidirectional group has positions on both sides of the cut between i-1 and i (its earlier
+// positions must see its later ones, so the whole group has to be in the KV cache of one forward).
+std::vector<bool> allowed_cuts(const std::vector<int32_t>& groups, int64_t n) {
+  std::vector<bool> cut_ok(static_cast<size_t>(n + 1), true);
+  if (groups.empty()) return cut_ok;
+  std::map<int32_t, std::pair<int64_t, int64_t>> span;  // group id -> [first, last] position
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t g = groups[static_cast<size_t>(i)];
+    if (g == 0) continue;
+    auto [it, fresh] = span.try_emplace(g, i, i);
+    if (!fresh) it->second.second = i;
+  }
+  for (const auto& [g, s] : span)
+    for (int64_t i = s.first + 1; i <= s.second; ++i) cut_ok[static_cast<size_t>(i)] = false;
+  return cut_ok;
+}
+
+// Prefill chunks [begin, end) for a multimodal prompt of n positions: the text path's shape (chunks
+// of `step` over all but the last position, then the last one alone), with every cut moved so that
+// no bidirectional group is split — back to the group's start when that keeps the chunk non-empty,
+// else forward past the group's end (a group longer than `step` is fed whole).
+std::vector<std::pair<int64_t, int64_t>> multimodal_chunks(const std::vector<int32_t>& groups, int64_t n,
+                                                           int64_t step) {
+  const std::vector<bool> ok = allowed_cuts(groups, n);
+  int64_t last = n - 1;  // start of the final chunk (the text path feeds the last token alone)
+  while (last > 0 && !ok[static_cast<size_t>(last)]) --last;
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  int64_t done = 0;
+  while (done < last) {
+    int64_t end = std::min(done + step, last);
+    int64_t back = end;
+    while (back > done && !ok[static_cast<size_t>(back)]) --back;
+    if (back > done) {
+      end = back;
+    } else {
+      while (end < last && !ok[static_cast<size_t>(end)]) ++end;
+    }
+    chunks.emplace_back(done, end);
+    done = end;
+  }
+  chunks.emplace_back(last, n);
+  return chunks;
+}
+
+void check_multimodal(const MultimodalPrompt& mm, int64_t n, int64_t hidden) {
+  VLM_CHECK(mm.embeds.defined() && mm.embeds.dtype() == DType::kF32 && mm.embeds.ndim() == 2 &&
+                mm.embeds.dim(0) == n && mm.embeds.dim(1) == hidden,
+            ErrorKind::kInvalidArgument,
+            "generate: the multimodal prompt's embeds must be [{} prompt tokens, {} hidden] f32, got {}", n, hidden,
+            mm.embeds.defined() ? mm.embeds.describe() : std::string("none"));
+  VLM_CHECK(mm.dims == 1 || mm.dims == 3, ErrorKind::kInvalidArgument,
+            "generate: multimodal positions must have 1 or 3 rows (M-RoPE), got {}", mm.dims);
+  VLM_CHECK(static_cast<int64_t>(mm.positions.size()) == mm.dims * n, ErrorKind::kInvalidArgument,
+            "generate: multimodal positions hold {} values, expected {} ({} row(s) x {} tokens)",
+            mm.positions.size(), mm.dims * n, mm.dims, n);
+  VLM_CHECK(mm.groups.empty() || static_cast<int64_t>(mm.groups.size()) == n, ErrorKind::kInvalidArgument,
+            "generate: multimodal groups hold {} values, expected none or one per prompt token ({})", mm.groups.size(),
+            n);
+}
+
 void add_unique(std::vector<int32_t>& ids, int64_t id) {
   if (id >= 0 && id <= INT32_MAX && std::find(ids.begin(), ids.end(), static_cast<int32_t>(id)) == ids.end())
     ids.push_back(static_cast<int32_t>(id));
@@ -113,6 +175,10 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   for (int32_t id : prompt)
     VLM_CHECK(id >= 0 && id < vocab, ErrorKind::kInvalidArgument,
               "generate: prompt token id {} outside the model's vocabulary [0, {})", id, vocab);
+  const MultimodalPrompt* mm = request.multimodal;
+  if (mm) check_multimodal(*mm, static_cast<int64_t>(prompt.size()), hidden);
+  // A multimodal prompt's K/V depend on the images, not only on the ids: never reuse or update a prompt cache.
+  if (mm) prompt_cache = nullptr;
 
   MemoryTracker::instance().reset_peak_all();
   const Clock::time_point t_start = Clock::now();
@@ -148,9 +214,10 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
 
   // ---- buffers ----
   const int64_t step = std::min<int64_t>(params.prefill_step_size, std::max<int64_t>(1, res.prompt_tokens));
-  Tensor embeds = Tensor::empty({step, hidden}, DType::kF32, MemCategory::kScratch);
+  // Multimodal prompts bring their own embeddings; the buffer then only serves decode (one token).
+  Tensor embeds = Tensor::empty({mm ? 1 : step, hidden}, DType::kF32, MemCategory::kScratch);
   Tensor logits = Tensor::empty({vocab}, DType::kF32, MemCategory::kScratch);
-  std::vector<int64_t> positions(static_cast<size_t>(step));
+  std::vector<int64_t> positions(static_cast<size_t>(mm ? 3 : step));
   const ops::AttentionMask causal{};
 
   // Feeds ids[0, n) at the cache's current offset; logits of the last one land in `logits`.
@@ -163,15 +230,49 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (prompt_cache) prompt_cache->record(ids, n);
   };
 
+  // Multimodal prefill of prompt positions [begin, end): the prompt's own embeddings, positions (1 or
+  // 3 rows, sliced per chunk) and bidirectional groups (indexed by absolute position, which equals the
+  // prompt index since the cache starts empty).
+  std::vector<int64_t> chunk_positions;
+  auto feed_multimodal = [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin, total = res.prompt_tokens;
+    const int64_t* pos = mm->positions.data() + begin;
+    if (mm->dims == 3) {
+      chunk_positions.resize(static_cast<size_t>(3 * n));
+      for (int r = 0; r < 3; ++r)
+        std::copy_n(mm->positions.data() + r * total + begin, n, chunk_positions.data() + r * n);
+      pos = chunk_positions.data();
+    }
+    ops::AttentionMask mask{};
+    if (!mm->groups.empty()) {
+      mask.group_of_position = mm->groups.data();
+      mask.group_positions = total;
+    }
+    model.forward(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, *cache, mask,
+                  logits.data<float>(), false);
+  };
+  // Decode positions continue at (tokens so far + rope_delta), the same value in every RoPE row.
+  auto feed_decode_multimodal = [&](int32_t id) {
+    const int64_t p = cache->offset() + mm->rope_delta;
+    model.embed(&id, 1, embeds.data<float>());
+    for (int r = 0; r < mm->dims; ++r) positions[static_cast<size_t>(r)] = p;
+    model.forward(embeds.data<float>(), 1, Positions{positions.data(), 1, mm->dims}, *cache, causal,
+                  logits.data<float>(), false);
+  };
+
   // ---- prefill: all remaining prompt tokens but the last in chunks, then the last one ----
   const Clock::time_point t_prefill = Clock::now();
-  int64_t done = cached;
-  while (res.prompt_tokens - done > 1) {
-    int64_t n = std::min(step, res.prompt_tokens - done - 1);
-    feed(prompt.data() + done, n);
-    done += n;
+  if (mm) {
+    for (const auto& [begin, end] : multimodal_chunks(mm->groups, res.prompt_tokens, step)) feed_multimodal(begin, end);
+  } else {
+    int64_t done = cached;
+    while (res.prompt_tokens - done > 1) {
+      int64_t n = std::min(step, res.prompt_tokens - done - 1);
+      feed(prompt.data() + done, n);
+      done += n;
+    }
+    feed(prompt.data() + done, 1);
   }
-  feed(prompt.data() + done, 1);
 
   std::vector<int32_t> history = prompt;
   int32_t token = chain.next(history, logits.data<float>(), vocab);
@@ -203,7 +304,10 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       break;
     }
     if (n + 1 == params.max_tokens) break;
-    feed(&token, 1);
+    if (mm)
+      feed_decode_multimodal(token);
+    else
+      feed(&token, 1);
     int32_t sampled = chain.next(history, logits.data<float>(), vocab);
     if (forced) {
       token = *forced;

@@ -1,9 +1,13 @@
-// Conversation → chat template → prompt ids (rules in prompt.h).
+// Conversation (+ images) → chat template → placeholder expansion → prompt ids (+ multimodal prompt);
+// rules in prompt.h.
 #include "generate/prompt.h"
 
+#include <chrono>
 #include <filesystem>
 
 #include "core/error.h"
+#include "image/image.h"
+#include "io/config.h"
 #include "text/chat_template.h"
 
 namespace vlm {
@@ -120,6 +124,173 @@ RenderedPrompt render_prompt(const std::string& folder, const Tokenizer& tok, co
     }
   }
   out.ids = tok.encode(out.text, /*add_special_tokens=*/false);
+  return out;
+}
+
+}  // namespace vlm
+
+namespace vlm {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The VLM side of a model folder: its config.json (when present) and whether it declares a vision tower.
+struct FolderKind {
+  std::optional<ModelConfig> config;
+  bool vlm = false;
+};
+
+FolderKind inspect_folder(const std::string& folder) {
+  FolderKind k;
+  const std::string path = folder + "/config.json";
+  if (std::filesystem::exists(path)) {
+    k.config = ModelConfig::load(path);
+    k.vlm = k.config->has_vision();
+  }
+  return k;
+}
+
+// The family's image processor from the folder's own configs. `required`: images are to be processed, so a
+// missing processor is an error; otherwise (a text conversation) nullopt sends the prompt down the text rule.
+std::unique_ptr<ImageProcessor> build_processor(const std::string& folder, const FolderKind& kind,
+                                                const ProcessorOptions& options, bool required) {
+  if (!kind.config) {
+    VLM_CHECK(!required, ErrorKind::kNotFound,
+              "{}: expanding images needs the model's config.json (and its preprocessor_config.json or "
+              "processor_config.json); this folder has tokenizer files only",
+              folder);
+    return nullptr;
+  }
+  if (!kind.vlm) {
+    VLM_CHECK(!required, ErrorKind::kUnsupported,
+              "{}: model_type '{}' is a text-only model (config.json has no vision_config); it cannot take --image",
+              folder, kind.config->model_type);
+    return nullptr;
+  }
+  std::optional<ProcessorConfig> pc = ProcessorConfig::load_from_folder(folder);
+  if (!pc) {
+    VLM_CHECK(!required, ErrorKind::kNotFound,
+              "{}: model_type '{}' has a vision tower but neither preprocessor_config.json nor processor_config.json, "
+              "so its images cannot be processed as transformers would",
+              folder, kind.config->model_type);
+    return nullptr;
+  }
+  try {
+    return make_image_processor(kind.config->raw, pc->image_processor, pc->processor, options, folder);
+  } catch (const Error& e) {
+    if (required || e.kind() != ErrorKind::kUnsupported) throw;
+    return nullptr;  // a VLM family without an image processor yet: text prompts still work
+  }
+}
+
+size_t count_image_items_in(const Json& messages) {
+  size_t n = 0;
+  if (!messages.is_array()) return 0;
+  for (const auto& msg : messages)
+    if (msg.is_object() && msg.contains("content") && msg["content"].is_array())
+      for (const auto& item : msg["content"])
+        if (item.is_object() && item.value("type", "") == "image") ++n;
+  return n;
+}
+
+}  // namespace
+
+Json ImageInfo::to_json() const {
+  return Json{{"path", path},
+              {"width", width},
+              {"height", height},
+              {"processed_width", processed_width},
+              {"processed_height", processed_height},
+              {"tiles", tiles},
+              {"image_tokens", image_tokens},
+              {"backend", backend}};
+}
+
+PreparedPrompt prepare_prompt(const std::string& folder, const Tokenizer& tok, const PromptRequest& request,
+                              const VisionModel* vision, const LanguageModel* lm) {
+  PromptRequest r = request;
+  const size_t n_images = r.image_paths.size();
+  if (n_images > 0) r.num_images = n_images;
+  const FolderKind kind = inspect_folder(folder);
+
+  // ---- the text: chat template (or the raw prompt) ----
+  PreparedPrompt out;
+  const bool given_conversation = !r.messages.is_null() || !r.messages_file.empty();
+  // A VLM folder without a chat template (PaliGemma ships none): its processor takes the raw prompt.
+  if (!r.no_chat_template && kind.vlm && !given_conversation && !r.has_system &&
+      !ChatTemplate::from_folder(folder, r.template_name)) {
+    r.no_chat_template = true;
+    out.template_fallback = true;
+  }
+  RenderedPrompt rendered = render_prompt(folder, tok, r);
+  out.text = rendered.text;
+  out.messages = rendered.messages;
+  if (n_images > 0 && !r.messages.is_null()) {
+    const size_t items = count_image_items_in(r.messages);
+    VLM_CHECK(items == n_images, ErrorKind::kInvalidArgument,
+              "the conversation has {} image item(s) but {} image(s) were given; each image item takes the next image",
+              items, n_images);
+  }
+
+  // ---- the processor, or the text-model rule ----
+  std::unique_ptr<ImageProcessor> processor = build_processor(folder, kind, r.processor_options, n_images > 0);
+  if (!processor) {
+    out.ids = std::move(rendered.ids);
+    return out;
+  }
+  out.processor_encoding = true;
+  out.processor_family = processor->family();
+  const std::string placeholder = processor->placeholder();
+  if (!placeholder.empty())
+    for (size_t at = out.text.find(placeholder); at != std::string::npos; at = out.text.find(placeholder, at + 1))
+      ++out.placeholder_count;
+
+  // ---- images: decode upright, process ----
+  const Clock::time_point t_images = Clock::now();
+  out.images.reserve(n_images);
+  for (const std::string& path : r.image_paths) {
+    DecodedImage decoded = decode_image_file(path);
+    ProcessedImage processed = processor->process(decoded.image);
+    ImageInfo info;
+    info.path = path;
+    info.width = decoded.image.width();
+    info.height = decoded.image.height();
+    info.exif_orientation = decoded.exif_orientation;
+    info.processed_width = processed.processed_width;
+    info.processed_height = processed.processed_height;
+    info.tiles = processed.n_tiles;
+    info.image_tokens = processed.image_tokens;
+    info.backend = pixel_backend_name(processed.backend);
+    out.image_tokens += processed.image_tokens;
+    out.image_info.push_back(std::move(info));
+    out.images.push_back(std::move(processed));
+  }
+  out.image_preprocess_s = seconds_since(t_images);
+
+  // ---- expansion + encoding, as processor(text=..., images=...) ----
+  try {
+    out.expanded_text = processor->expand_prompt(out.text, out.images);
+  } catch (const Error& e) {
+    if (!r.no_chat_template || e.kind() != ErrorKind::kInvalidArgument) throw;
+    throw_error(ErrorKind::kInvalidArgument,
+                "{} (without a chat template the prompt goes to the {} processor as written: put its image "
+                "placeholder '{}' in --prompt once per image, or use the chat template)",
+                e.what(), processor->family(), processor->placeholder());
+  }
+  out.ids = tok.encode(out.expanded_text, processor->encode_with_special_tokens());
+
+  // ---- vision: features + the prompt the language model sees ----
+  if (vision && n_images > 0) {
+    VLM_CHECK(lm != nullptr, ErrorKind::kInternal, "prepare_prompt: a vision model needs its language model");
+    const Clock::time_point t_vision = Clock::now();
+    std::vector<Tensor> features;
+    features.reserve(n_images);
+    for (const ProcessedImage& img : out.images) features.push_back(vision->encode(img));
+    out.multimodal = vision->build_prompt(*lm, out.ids, out.images, features);
+    out.vision_encode_s = seconds_since(t_vision);
+  }
   return out;
 }
 
