@@ -50,7 +50,7 @@ class HfTokenizer final : public Tokenizer {
   std::vector<int32_t> special_ids() const override { return special_ids_; }
   std::optional<std::string> bos_token() const override { return bos_; }
   std::optional<std::string> eos_token() const override { return eos_; }
-  bool window_decode_safe() const override { return window_decode_safe_; }
+  int64_t stream_context_chars() const override { return stream_context_chars_; }
 
  private:
   // HF simple_id_to_token: a normalized added token decodes as its normalized form.
@@ -80,34 +80,37 @@ class HfTokenizer final : public Tokenizer {
   int64_t vocab_size_ = 0;
   std::optional<std::string> bos_, eos_;
   bool had_post_processor_ = false;
-  bool window_decode_safe_ = true;
+  int64_t stream_context_chars_ = 0;
 };
 
-// Walks the decoder chain in order: after a step that joins all tokens into one (Fuse, ByteLevel),
-// a Replace (its matches may span tokens) or a Strip of leading characters changes text by
-// absolute position, so a window decode no longer equals the tail of the full decode.
-bool decoder_window_safe(JsonElement d, bool& fused) {
+// Tokenizer::stream_context_chars for a decoder chain, walked in order: after a step that joins all tokens
+// into one (Fuse, ByteLevel), a Replace can match across the window's start, so windows are unusable (-1);
+// a Strip of leading characters only ever touches the first `start` characters of the whole text, so a
+// window whose context decodes to more characters than all those strips together is exact.
+int64_t decoder_stream_context(JsonElement d, bool& fused) {
   // Called after make_decoder validated the chain.
   std::string_view type;
   if (auto t = tok::json_member(d, "type"); !t || t->get_string().get(type)) type = {};
   if (type == "Sequence") {
+    int64_t need = 0;
     simdjson::dom::array arr;
     if (auto ds = tok::json_member(d, "decoders"); ds && !ds->get_array().get(arr)) {
-      for (JsonElement x : arr)
-        if (!decoder_window_safe(x, fused)) return false;
+      for (JsonElement x : arr) {
+        const int64_t n = decoder_stream_context(x, fused);
+        if (n < 0) return -1;
+        need = std::min<int64_t>(need + n, int64_t{1} << 40);
+      }
     }
-    return true;
+    return need;
   }
   if (type == "Fuse" || type == "ByteLevel") fused = true;
-  if (fused && type == "Replace") return false;
+  if (fused && type == "Replace") return -1;
   if (fused && type == "Strip") {
     int64_t start = 0;
     if (auto st = tok::json_member(d, "start"); st && st->get_int64().get(start)) start = 0;
-    // Even one stripped character breaks it when the context token decodes to nothing (a Metaspace
-    // "▁" at the window start), as the fuzzer found.
-    if (start > 0) return false;
+    return std::min<int64_t>(std::max<int64_t>(start, 0), int64_t{1} << 40);
   }
-  return true;
+  return 0;
 }
 
 HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config_path, const std::string_view* json_text)
@@ -140,7 +143,7 @@ HfTokenizer::HfTokenizer(const std::string& json_path, const std::string& config
   if (auto d = tok::json_member(root, "decoder")) {
     decoder_ = tok::make_decoder(*d, at.child("decoder"));  // validates the types first
     bool fused = false;
-    window_decode_safe_ = decoder_window_safe(*d, fused);
+    stream_context_chars_ = decoder_stream_context(*d, fused);
   }
 
   // Added tokens. HF reads the "id" written in the file but does not use it (AddedVocabulary::add_tokens): a
@@ -337,14 +340,51 @@ namespace {
 bool is_byte_token(const std::string& t) {
   return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>';
 }
+
+size_t code_points(std::string_view s) {
+  size_t n = 0;
+  for (char c : s) n += (static_cast<uint8_t>(c) & 0xC0) != 0x80;
+  return n;
+}
 }  // namespace
 
 StreamingDecoder::StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens)
     : tok_(tok), skip_special_(skip_special_tokens) {}
 
-std::string StreamingDecoder::window_text() const {
-  return tok_.decode(std::vector<int32_t>(ids_.begin() + static_cast<std::ptrdiff_t>(window_start_), ids_.end()),
+std::string StreamingDecoder::decode_range(size_t begin, size_t end) const {
+  return tok_.decode(std::vector<int32_t>(ids_.begin() + static_cast<std::ptrdiff_t>(begin),
+                                          ids_.begin() + static_cast<std::ptrdiff_t>(end)),
                      skip_special_);
+}
+
+// The next window starts far enough back that its context, ids_[window_start_ .. last], decodes on its own to
+// more than stream_context_chars() code points. Steps that depend on the position in the text — Metaspace's and
+// WordPiece's first-token rules, a Strip of leading characters after Fuse — then act inside the context, alike
+// in the window's decode and in the context's own, and the window's text after the context is what the full
+// decode adds. The span doubles while too short, so the search costs O(span) decoded tokens.
+void StreamingDecoder::set_context(size_t last) {
+  const size_t need = static_cast<size_t>(std::max<int64_t>(tok_.stream_context_chars(), 0));
+  size_t span = 1;
+  for (;;) {
+    const size_t begin = last + 1 >= span ? last + 1 - span : 0;
+    context_text_ = decode_range(begin, last + 1);
+    window_start_ = begin;
+    if (begin == 0 || code_points(context_text_) > need) break;
+    span *= 2;
+  }
+  has_context_ = true;
+}
+
+// The text that the ids after the context add: from the window when the chain allows one, else (or should
+// the context decode differently inside the window) from the full decode, of which all emitted text is a prefix.
+std::string StreamingDecoder::fresh_text() const {
+  if (tok_.stream_context_chars() >= 0) {
+    std::string text = decode_range(window_start_, ids_.size());
+    if (!has_context_) return text;
+    if (text.starts_with(context_text_)) return text.substr(context_text_.size());
+  }
+  const std::string full = tok_.decode(ids_, skip_special_);
+  return full.size() > emitted_bytes_ ? full.substr(emitted_bytes_) : std::string();
 }
 
 std::string StreamingDecoder::push(int32_t id) {
@@ -353,42 +393,21 @@ std::string StreamingDecoder::push(int32_t id) {
   if (token.empty() || (skip_special_ && tok_.is_special(id))) return {};  // decodes to nothing
   if (is_byte_token(token)) return {};
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-  std::string text = tok_.window_decode_safe() ? window_text() : std::string();
-  std::string fresh;
-  if (tok_.window_decode_safe() && (!has_context_ || text.starts_with(context_text_))) {
-    fresh = text.substr(has_context_ ? context_text_.size() : 0);
-  } else {
-    // The window's context decoded differently inside the window (not expected for HF's
-    // decoders): fall back to the full decode, of which everything emitted so far is a prefix.
-    const std::string full = tok_.decode(ids_, skip_special_);
-    fresh = full.size() > emitted_bytes_ ? full.substr(emitted_bytes_) : std::string();
-  }
+  std::string fresh = fresh_text();
   // A trailing U+FFFD may be an incomplete character that the next byte-level token completes.
   if (fresh.empty() || std::string_view(fresh).ends_with(kReplacement)) return {};
   emitted_bytes_ += fresh.size();
-  // The new window starts at this token, which becomes the context of the next decode.
-  window_start_ = ids_.size() - 1;
-  context_text_ = tok_.decode({id}, skip_special_);
-  has_context_ = true;
+  set_context(ids_.size() - 1);  // this token ends the next window's context
   return fresh;
 }
 
 std::string StreamingDecoder::flush() {
-  std::string text = tok_.window_decode_safe() ? window_text() : std::string();
-  std::string fresh;
-  if (tok_.window_decode_safe() && (!has_context_ || text.starts_with(context_text_))) {
-    fresh = text.substr(has_context_ ? context_text_.size() : 0);
-  } else {
-    const std::string full = tok_.decode(ids_, skip_special_);
-    fresh = full.size() > emitted_bytes_ ? full.substr(emitted_bytes_) : std::string();
-  }
+  std::string fresh = fresh_text();
   emitted_bytes_ += fresh.size();
-  // Should more ids follow, the last token that decodes to something is the next context.
+  // Should more ids follow, the last token that decodes to something ends the next context.
   for (size_t k = ids_.size(); k-- > window_start_;) {
     if (!tok_.id_to_token(ids_[k]).empty() && !(skip_special_ && tok_.is_special(ids_[k]))) {
-      window_start_ = k;
-      context_text_ = tok_.decode({ids_[k]}, skip_special_);
-      has_context_ = true;
+      set_context(k);
       break;
     }
   }

@@ -36,17 +36,17 @@ class Tokenizer {
   // From tokenizer_config.json (content strings), when present.
   virtual std::optional<std::string> bos_token() const = 0;
   virtual std::optional<std::string> eos_token() const = 0;
-  // True when decoding a window of ids that starts at a context token reproduces the full decode
-  // beyond that token (StreamingDecoder relies on it). False for decoder chains that rewrite the
-  // fused text position-dependently (Replace, or Strip of leading chars, after a Fuse/ByteLevel
-  // step, as Llama 2's chain has); StreamingDecoder then decodes everything on each push.
-  virtual bool window_decode_safe() const { return true; }
+  // How many code points the context of a StreamingDecoder window must decode to, beyond which decoding
+  // the window reproduces the full decode after the context: the sum of the leading-character Strips that
+  // follow a Fuse/ByteLevel step (Llama 2's chain strips 1), else 0. -1 when no window is exact (a Replace
+  // after Fuse can match across the window's start); StreamingDecoder then decodes everything on each push.
+  virtual int64_t stream_context_chars() const { return 0; }
 };
 
 // Incremental detokenizer: push ids one at a time, get back only complete UTF-8 text; the
 // concatenation of all pushes plus flush() equals decode(all ids). Cost per push is independent of
-// the sequence length: it decodes a window that starts at the last emitted token (kept as context,
-// as HF's DecodeStream does) and returns the text the window adds beyond that context.
+// the sequence length: it decodes a window that starts a little before the last emitted token (those
+// tokens are the context, as in HF's DecodeStream) and returns the text the window adds beyond it.
 class StreamingDecoder {
  public:
   StreamingDecoder(const Tokenizer& tok, bool skip_special_tokens);
@@ -54,14 +54,16 @@ class StreamingDecoder {
   std::string flush();
 
  private:
-  std::string window_text() const;  // decode(ids_[window_start_..])
+  std::string decode_range(size_t begin, size_t end) const;  // decode(ids_[begin, end))
+  void set_context(size_t last);
+  std::string fresh_text() const;
 
   const Tokenizer& tok_;
   bool skip_special_;
   std::vector<int32_t> ids_;
   size_t emitted_bytes_ = 0;  // total bytes returned so far
   size_t window_start_ = 0;   // first id of the decode window
-  std::string context_text_;  // decode of the window's context (ids_[window_start_]) when set
+  std::string context_text_;  // decode of the window's context (ids_[window_start_ .. last emitted]) when set
   bool has_context_ = false;
 };
 
