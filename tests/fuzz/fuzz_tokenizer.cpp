@@ -102,9 +102,9 @@ void exercise(const vlm::Tokenizer& tok, std::string_view text, const uint8_t* d
   std::vector<int32_t> ids;
   for (size_t i = 0; i + 1 < size; i += 2) ids.push_back(static_cast<int32_t>((data[i] << 8 | data[i + 1]) % 400) - 10);
   (void)tok.decode(ids, false);
-  // The stream is checked on the first 512 ids: for decoder chains that are not window-safe (Llama 2's Strip
-  // after Fuse) every push decodes everything so far, which is quadratic by design and would turn long inputs
-  // into timeouts rather than findings.
+  // The stream is checked on the first 512 ids: for decoder chains where no window is exact (a Replace after
+  // Fuse) every push decodes everything so far, which is quadratic by design and would turn long inputs into
+  // timeouts rather than findings.
   if (ids.size() > 512) ids.resize(512);
   for (bool skip : {false, true}) {
     const std::string full = tok.decode(ids, skip);
