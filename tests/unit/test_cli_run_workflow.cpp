@@ -11,6 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <signal.h>
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -148,6 +151,82 @@ TEST(RunWorkflow, RerunTriageAttachesEvidence) {
   EXPECT_TRUE(has(read_file(out + "/reports/results.html"), "<dt>Triage rerun</dt><dd>failed in model_load: SIGSEGV"));
   EXPECT_EQ((*result_for(lines, "test-org/crashes-in-load"))["failure"]["signal"], "SIGSEGV");
   vlm::test::expect_report_regenerates(out, c.dir / "again");
+}
+
+// Pids of `vlmcheck worker` processes whose parent is `parent`.
+std::vector<pid_t> worker_children(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string stat = read_file(e.path().string() + "/stat");
+    size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    pid_t ppid = 0;
+    if (std::sscanf(stat.c_str() + close + 2, "%*c %d", &ppid) != 1 || ppid != parent) continue;
+    std::string cmdline = read_file(e.path().string() + "/cmdline");
+    if (cmdline.find(std::string("worker") + '\0') != std::string::npos) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+TEST(RunWorkflow, AbortAndAnOutsideKillBecomeFailureRows) {
+  TempDir dir;
+  std::string cache = dir / "hub";
+  add_fixture_repo(cache, "test-org/qwen2-tiny", text_fixture("qwen2"));
+  add_fixture_repo(cache, "test-org/aborts-in-load", text_fixture("qwen2"));
+  add_fixture_repo(cache, "test-org/killed-in-load", text_fixture("qwen2"));
+  std::string out = dir / "out";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    setenv("HF_HUB_CACHE", cache.c_str(), 1);
+    setenv("VLMCHECK_ALLOW_FAULT_INJECTION", "1", 1);
+    setenv("VLMCHECK_WORKER_FAULT", "abort:aborts-in-load,hang:killed-in-load", 1);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    std::string bin = vlm::test::vlmcheck_binary(), img = demo_image();
+    execl(bin.c_str(), bin.c_str(), "run", "--image", img.c_str(), "--models", "test-org/aborts-in-load",
+          "test-org/killed-in-load", "test-org/qwen2-tiny", "--max-tokens", "6", "--timeout", "120", "--output-dir",
+          out.c_str(), "--no-color", nullptr);
+    _exit(127);
+  }
+  // The second model hangs in model_load: kill its worker from outside with SIGKILL, as the kernel's
+  // out-of-memory killer would.
+  bool killed = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (!killed && std::chrono::steady_clock::now() < deadline) {
+    if (fs::exists(out + "/results.jsonl") && read_jsonl(out + "/results.jsonl").size() >= 2) {
+      auto workers = worker_children(pid);
+      if (workers.size() == 1) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let it reach the hang
+        killed = kill(workers[0], SIGKILL) == 0;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(killed) << "never saw the hanging worker";
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  auto lines = read_jsonl(out + "/results.jsonl");
+  vlm::test::expect_valid_results(out + "/results.jsonl");
+  const json* ab = result_for(lines, "test-org/aborts-in-load");
+  ASSERT_TRUE(ab);
+  EXPECT_EQ((*ab)["failure"]["signal"], "SIGABRT");
+  EXPECT_EQ((*ab)["failure"]["stage"], "Crash");
+  EXPECT_EQ((*ab)["failure"]["phase"], "model_load");
+  const json* oom = result_for(lines, "test-org/killed-in-load");
+  ASSERT_TRUE(oom);
+  EXPECT_EQ((*oom)["failure"]["signal"], "SIGKILL");
+  EXPECT_EQ((*oom)["failure"]["stage"], "OOM");
+  EXPECT_TRUE(has((*oom)["failure"]["message"].get<std::string>(), "out-of-memory")) << (*oom)["failure"].dump();
+  EXPECT_EQ((*oom)["timing"]["stop_reason"], "crashed");
+  const json* ok = result_for(lines, "test-org/qwen2-tiny");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ((*ok)["assessment"]["execution"], "completed");  // the sweep went on
+  EXPECT_TRUE(fs::exists(out + "/issues/issue_test-org-killed-in-load.md"));
 }
 
 // Writes a copy of the demo image in another format with Debian's PIL.
