@@ -94,10 +94,14 @@ WorkerRun run_in_worker(const std::string& self_exe, const EngineJob& job, doubl
   if (pid == 0) {
     // Child: its own process group, so a terminal Ctrl-C reaches the parent, which stops it in order.
     ::setpgid(0, 0);
-    ::dup2(in_pipe[0], 0);
-    ::dup2(out_pipe[1], 1);
-    ::dup2(err_pipe[1], 2);
-    ::dup2(ev_pipe[1], 3);
+    // Lift the four ends above 3 first: when the parent runs with a standard fd closed, pipe2 hands
+    // out 0-3 itself, and a dup2 onto its own number would keep O_CLOEXEC or clobber another end.
+    int job = ::fcntl(in_pipe[0], F_DUPFD_CLOEXEC, 10), out = ::fcntl(out_pipe[1], F_DUPFD_CLOEXEC, 10);
+    int err = ::fcntl(err_pipe[1], F_DUPFD_CLOEXEC, 10), ev = ::fcntl(ev_pipe[1], F_DUPFD_CLOEXEC, 10);
+    ::dup2(job, 0);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    ::dup2(ev, 3);
     ::signal(SIGINT, SIG_DFL);
     ::signal(SIGPIPE, SIG_DFL);
     const char* argv[] = {"vlmcheck", "worker", "--job-fd", "0", "--event-fd", "3", nullptr};
