@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -162,6 +163,8 @@ int run_generate(GenerateOptions& o) {
 
   // ---- model ----
   ResolvedModel resolved = resolve_model(o.model, o.revision, o.cache_dir);
+  for (const std::string& path : images)  // fail before loading weights, as decoding later would
+    VLM_CHECK(std::filesystem::is_regular_file(path), ErrorKind::kNotFound, "--image {}: image file not found", path);
   if (!images.empty()) {
     // Refuse before loading weights: a text-only model, or a VLM whose vision half vlmcheck lacks.
     ModelConfig config = ModelConfig::load(resolved.snapshot + "/config.json");
