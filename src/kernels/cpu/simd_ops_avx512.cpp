@@ -5,6 +5,7 @@
 // and their cos/sin are formed exactly as in the reference, once per token, shared by all heads.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -244,9 +245,215 @@ void softmax(float* x, int64_t n, int64_t d) {
   });
 }
 
+namespace {
+
+// ---- attention ----------------------------------------------------------------------------------------
+// Few queries (decode): one pass per (query, head) over the keys, as bandwidth-bound as reading K/V once.
+// Many queries (prefill, vision towers): flash-style blocked attention. K is packed once per call,
+// transposed per kv head (Kt[kvh][d][j], keys padded to kAttKb with zeros), so a 4-query x 64-key score
+// tile is 16 register accumulators fed by one broadcast of q[d] and four loads of Kt per d. Per 64-key
+// block the running row max / sum are updated online (softmax rescale of the partial output), then
+// P·V adds into the output rows, 4 queries x 4 vectors of head_dim at a time. Work items are
+// (head, block of kAttQb queries) so each K/V block (20 KiB at head_dim 80) is reused by 64 queries
+// from L1/L2.
+constexpr int64_t kFlashMinQueries = 8;
+constexpr int64_t kAttKb = 64;  // keys per block: 4 vectors
+constexpr int64_t kAttQb = 64;  // queries per work item
+constexpr int kAttMq = 4;       // queries per register tile
+
+struct FlashArgs {
+  const float* q;
+  const float* kt;  // [n_kv_heads][head_dim][nk_pad]
+  const float* v;
+  const int64_t* k_pos;
+  int64_t nk, nk_pad, n_heads, n_kv_heads, head_dim, q_pos0;
+  float scale, softcap;
+  const AttentionMask* mask;  // null: every key visible
+};
+
+// s[t][0..64) = scale * q_t · k_j for MQ queries of head h against keys [kb0, kb0 + 64).
+template <int MQ>
+void flash_scores(const FlashArgs& a, int64_t h, int64_t i0, int64_t kb0, float* s) {
+  const int64_t kvh = h / (a.n_heads / a.n_kv_heads), hd = a.head_dim;
+  const float* kt = a.kt + kvh * hd * a.nk_pad + kb0;
+  const float* qr[MQ];
+  for (int t = 0; t < MQ; ++t) qr[t] = a.q + ((i0 + t) * a.n_heads + h) * hd;
+  __m512 acc[MQ][4];
+  for (int t = 0; t < MQ; ++t)
+    for (int c = 0; c < 4; ++c) acc[t][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < hd; ++d) {
+    const float* kr = kt + d * a.nk_pad;
+    const __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32),
+                 k3 = _mm512_loadu_ps(kr + 48);
+    for (int t = 0; t < MQ; ++t) {
+      const __m512 qb = _mm512_set1_ps(qr[t][d]);
+      acc[t][0] = _mm512_fmadd_ps(qb, k0, acc[t][0]);
+      acc[t][1] = _mm512_fmadd_ps(qb, k1, acc[t][1]);
+      acc[t][2] = _mm512_fmadd_ps(qb, k2, acc[t][2]);
+      acc[t][3] = _mm512_fmadd_ps(qb, k3, acc[t][3]);
+    }
+  }
+  const __m512 vs = _mm512_set1_ps(a.scale);
+  for (int t = 0; t < MQ; ++t)
+    for (int c = 0; c < 4; ++c) _mm512_storeu_ps(s + t * kAttKb + 16 * c, _mm512_mul_ps(acc[t][c], vs));
+}
+
+// o[t][c0 .. c0 + 16*NV) = alpha[t] * o[t] + Σ_j p[t][j] · v_j for MQ queries, keys [kb0, kb0 + kn); the last
+// of the NV vectors is masked to the head_dim tail.
+template <int MQ, int NV>
+void flash_pv_cols(const FlashArgs& a, int64_t h, int64_t kb0, int64_t kn, const float* p, const float* alpha,
+                   float* o, int64_t c0) {
+  const int64_t kvh = h / (a.n_heads / a.n_kv_heads), hd = a.head_dim, ldv = a.n_kv_heads * hd;
+  const __mmask16 last = tail_mask(hd - c0 - 16 * (NV - 1));
+  auto msk = [&](int c) { return c == NV - 1 ? last : static_cast<__mmask16>(0xffff); };
+  __m512 acc[MQ][NV];
+  for (int t = 0; t < MQ; ++t) {
+    const __m512 al = _mm512_set1_ps(alpha[t]);
+    for (int c = 0; c < NV; ++c) acc[t][c] = _mm512_mul_ps(al, _mm512_maskz_loadu_ps(msk(c), o + t * hd + c0 + 16 * c));
+  }
+  const float* vr = a.v + (kb0 * a.n_kv_heads + kvh) * hd + c0;
+  for (int64_t j = 0; j < kn; ++j, vr += ldv) {
+    __m512 vv[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = _mm512_maskz_loadu_ps(msk(c), vr + 16 * c);
+    for (int t = 0; t < MQ; ++t) {
+      const __m512 pb = _mm512_set1_ps(p[t * kAttKb + j]);
+      for (int c = 0; c < NV; ++c) acc[t][c] = _mm512_fmadd_ps(pb, vv[c], acc[t][c]);
+    }
+  }
+  for (int t = 0; t < MQ; ++t)
+    for (int c = 0; c < NV; ++c) _mm512_mask_storeu_ps(o + t * hd + c0 + 16 * c, msk(c), acc[t][c]);
+}
+
+// P·V over the whole head_dim: one column chunk of up to 5 vectors (head_dim <= 80: 20 accumulators), else
+// chunks of 4 vectors.
+template <int MQ>
+void flash_pv(const FlashArgs& a, int64_t h, int64_t kb0, int64_t kn, const float* p, const float* alpha, float* o) {
+  const int64_t hd = a.head_dim;
+  const int64_t nvec = (hd + 15) / 16;
+  int64_t c0 = 0;
+  int64_t left = nvec <= 5 ? nvec : 0;
+  if (nvec > 5) {
+    for (; hd - c0 > 64; c0 += 64) flash_pv_cols<MQ, 4>(a, h, kb0, kn, p, alpha, o, c0);
+    left = (hd - c0 + 15) / 16;
+  }
+  switch (left) {
+    case 1: return flash_pv_cols<MQ, 1>(a, h, kb0, kn, p, alpha, o, c0);
+    case 2: return flash_pv_cols<MQ, 2>(a, h, kb0, kn, p, alpha, o, c0);
+    case 3: return flash_pv_cols<MQ, 3>(a, h, kb0, kn, p, alpha, o, c0);
+    case 4: return flash_pv_cols<MQ, 4>(a, h, kb0, kn, p, alpha, o, c0);
+    default: return flash_pv_cols<MQ, 5>(a, h, kb0, kn, p, alpha, o, c0);
+  }
+}
+
+// Queries [i0, i0 + mq) (mq <= 4) of head h against key block [kb0, kb0 + kn): scores, mask, online softmax
+// update of mx/l, P·V into o ([mq][head_dim] running output).
+template <int MQ>
+void flash_tile(const FlashArgs& a, int64_t h, int64_t i0, int64_t kb0, int64_t kn, float* s, float* mx, float* l,
+                float* o) {
+  flash_scores<MQ>(a, h, i0, kb0, s);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  float alpha[MQ];
+  for (int t = 0; t < MQ; ++t) {
+    float* st = s + t * kAttKb;
+    const int64_t qp = a.q_pos0 + i0 + t;
+    __m512 bm = ninf;
+    for (int c = 0; c < 4; ++c) {
+      __m512 x = _mm512_loadu_ps(st + 16 * c);
+      if (a.softcap > 0.0f) {
+        const __m512 cap = _mm512_set1_ps(a.softcap);
+        x = _mm512_mul_ps(cap, tanh_ps(_mm512_div_ps(x, cap)));
+      }
+      __mmask16 valid = tail_mask(kn - 16 * c);
+      if (16 * c >= kn) valid = 0;
+      if (a.mask != nullptr)
+        for (int b = 0; b < 16; ++b)
+          if ((valid >> b) & 1u)
+            if (!ref::key_visible(*a.mask, qp, a.k_pos[kb0 + 16 * c + b])) valid &= static_cast<__mmask16>(~(1u << b));
+      x = _mm512_mask_blend_ps(valid, ninf, x);
+      _mm512_storeu_ps(st + 16 * c, x);
+      bm = _mm512_max_ps(bm, x);
+    }
+    const float block_max = _mm512_reduce_max_ps(bm);
+    const float m_new = std::max(mx[t], block_max);
+    if (m_new == -std::numeric_limits<float>::infinity()) {  // nothing visible yet: P = 0, o stays 0
+      alpha[t] = 1.0f;
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(st + 16 * c, _mm512_setzero_ps());
+      continue;
+    }
+    alpha[t] = mx[t] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(mx[t] - m_new);
+    const __m512 vm = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      const __m512 x = _mm512_loadu_ps(st + 16 * c);
+      const __mmask16 fin = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(fin, exp_ps(_mm512_sub_ps(x, vm)));
+      sum = _mm512_add_ps(sum, e);
+      _mm512_storeu_ps(st + 16 * c, e);
+    }
+    l[t] = l[t] * alpha[t] + _mm512_reduce_add_ps(sum);
+    mx[t] = m_new;
+  }
+  flash_pv<MQ>(a, h, kb0, kn, s, alpha, o);
+}
+
+void flash_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v,
+                     const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                     float scale, float softcap, const AttentionMask& mask, float* out) {
+  const int64_t nk_pad = (nk + kAttKb - 1) / kAttKb * kAttKb;
+  // kt: [n_kv_heads][head_dim][nk_pad], keys transposed per head, zero padding.
+  std::vector<float> kt(static_cast<size_t>(n_kv_heads * head_dim * nk_pad));
+  parallel_for(n_kv_heads * (nk_pad / kAttKb), kAttKb * head_dim, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t kvh = w / (nk_pad / kAttKb), j0 = (w % (nk_pad / kAttKb)) * kAttKb;
+      float* dst = kt.data() + kvh * head_dim * nk_pad + j0;
+      for (int64_t j = j0; j < j0 + kAttKb; ++j) {
+        const float* src = k + (j * n_kv_heads + kvh) * head_dim;
+        for (int64_t d = 0; d < head_dim; ++d) dst[d * nk_pad + (j - j0)] = j < nk ? src[d] : 0.0f;
+      }
+    }
+  });
+  const bool all_visible = !mask.causal && mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  FlashArgs a{q,       kt.data(), v,        k_pos, nk,      nk_pad, n_heads, n_kv_heads, head_dim, q_pos0,
+              scale,   softcap,   all_visible ? nullptr : &mask};
+  const int64_t qblocks = (nq + kAttQb - 1) / kAttQb;
+  parallel_for(n_heads * qblocks, kAttQb * nk * head_dim * 2, [&](int64_t w0, int64_t w1) {
+    std::vector<float> o(static_cast<size_t>(kAttQb * head_dim)), s(static_cast<size_t>(kAttMq * kAttKb));
+    float mx[kAttQb], l[kAttQb];
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t h = w / qblocks, q0 = (w % qblocks) * kAttQb, qn = std::min(kAttQb, nq - q0);
+      std::fill(o.begin(), o.end(), 0.0f);
+      std::fill(mx, mx + kAttQb, -std::numeric_limits<float>::infinity());
+      std::fill(l, l + kAttQb, 0.0f);
+      for (int64_t kb0 = 0; kb0 < nk; kb0 += kAttKb) {
+        const int64_t kn = std::min(kAttKb, nk - kb0);
+        for (int64_t t0 = 0; t0 < qn; t0 += kAttMq) {
+          float* ot = o.data() + t0 * head_dim;
+          switch (std::min<int64_t>(kAttMq, qn - t0)) {
+            case 4: flash_tile<4>(a, h, q0 + t0, kb0, kn, s.data(), mx + t0, l + t0, ot); break;
+            case 3: flash_tile<3>(a, h, q0 + t0, kb0, kn, s.data(), mx + t0, l + t0, ot); break;
+            case 2: flash_tile<2>(a, h, q0 + t0, kb0, kn, s.data(), mx + t0, l + t0, ot); break;
+            default: flash_tile<1>(a, h, q0 + t0, kb0, kn, s.data(), mx + t0, l + t0, ot); break;
+          }
+        }
+      }
+      for (int64_t t = 0; t < qn; ++t) {
+        float* dst = out + ((q0 + t) * n_heads + h) * head_dim;
+        const float inv = l[t] > 0.0f ? 1.0f / l[t] : 0.0f;
+        for (int64_t c = 0; c < head_dim; ++c) dst[c] = o[static_cast<size_t>(t * head_dim + c)] * inv;
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out) {
+  if (nq >= kFlashMinQueries) {
+    flash_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+    return;
+  }
   const int64_t group = n_heads / n_kv_heads;
   parallel_for(nq * n_heads, nk * head_dim * 2, [&](int64_t w0, int64_t w1) {
     std::vector<float> p(static_cast<size_t>(nk));
