@@ -19,6 +19,7 @@ void register_models(CLI::App& root, Action& action);
 void register_report(CLI::App& root, Action& action);
 void register_bench(CLI::App& root, Action& action);
 void register_worker(CLI::App& root, Action& action);
+void register_convert(CLI::App& root, Action& action);
 
 // For subcommands whose engine part has not landed yet: print why and return kExitUnsupported.
 int not_built(const char* command, const char* what);

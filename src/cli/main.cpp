@@ -44,6 +44,7 @@ int real_main(int argc, char** argv) {
   register_report(app, action);
   register_bench(app, action);
   register_worker(app, action);
+  register_convert(app, action);
 
   try {
     app.parse(argc, argv);
