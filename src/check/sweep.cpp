@@ -499,6 +499,9 @@ std::optional<DemoAssets> find_demo_assets() {
     roots.push_back(p / "assets");
   for (const auto& root : roots) {
     fs::path demo = fs::exists(root / "demo") ? root / "demo" : root;
+    // Preferred: the trained demo VLM with a held-out sample scene (docs/DEMO_MODEL.md), a model that sees.
+    if (fs::exists(demo / "vlm/config.json", ec) && fs::exists(demo / "scenes/scene_00.png", ec))
+      return DemoAssets{(demo / "scenes/scene_00.png").string(), fs::absolute(demo / "vlm").lexically_normal().string()};
     fs::path image = demo / "sample.jpg";
     if (!fs::exists(image, ec)) continue;
     DemoAssets a;
@@ -550,6 +553,9 @@ int run_check(const RunOptions& opts) {
         if (!any_cached && !demo->model.empty()) {
           con.line("No models in the Hugging Face cache: running the bundled demo model " + sanitize_path(demo->model));
           demo_models.push_back(demo->model);
+          // Its 4-bit conversion (`vlmcheck convert`, assets/demo/vlm-4bit) runs alongside when shipped.
+          if (fs::path q = fs::path(demo->model).parent_path() / "vlm-4bit"; fs::exists(q / "config.json"))
+            demo_models.push_back(q.string());
         }
       }
     } else {
