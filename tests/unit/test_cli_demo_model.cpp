@@ -19,6 +19,7 @@
 
 #include "core/json.h"
 #include "support/test_support.h"
+#include "test_cli_run_support.h"
 
 namespace vlm {
 namespace {
@@ -184,6 +185,8 @@ TEST(DemoModel, OutOfTheBoxRunUsesBothDemoModelsOnASampleScene) {
       if (!line.empty()) lines.push_back(Json::parse(line));
   }
   ASSERT_FALSE(lines.empty());
+  // docs/results.schema.json (Ajv) and the cross-line rules of docs/results_schema.md.
+  test::expect_valid_results(dir / "output/results.jsonl");
   EXPECT_EQ(lines[0]["image"]["name"], "scene_00.png");
   std::vector<std::string> models;
   for (const Json& l : lines) {
@@ -191,6 +194,7 @@ TEST(DemoModel, OutOfTheBoxRunUsesBothDemoModelsOnASampleScene) {
     const std::string model = l["model"].get<std::string>();
     models.push_back(fs::path(model).filename().string());
     EXPECT_EQ(l["assessment"]["execution"], "completed") << model << ": " << l["failure"].dump();
+    EXPECT_EQ(l["assessment"]["usability"], "usable") << model << ": " << l["assessment"].dump();
     const std::string text = l["generated_text"].get<std::string>();
     for (const Json& shape : truth["shapes"]) {
       EXPECT_NE(text.find(shape["shape"].get<std::string>()), std::string::npos) << model << ": " << text;
