@@ -70,9 +70,9 @@ void softmax(float* x, int64_t n, int64_t d);
 // kv head h / (n_heads / n_kv_heads). Query i sits at absolute position q_pos0 + i, key j at
 // k_pos[j] (absolute positions, so rotating caches can pass their ring order). Masking: with
 // `causal`, key j is visible iff k_pos[j] <= q_pos; with sliding_window W > 0 also
-// q_pos - k_pos[j] < W; `bidirectional_group` (optional, per absolute position offset
-// group_base..) lets keys of the same non-zero group as the query be visible regardless of order
-// (Gemma 3 image tokens, PaliGemma prefix). softcap > 0: scores = softcap * tanh(scores / softcap).
+// q_pos - k_pos[j] < W; `group_of_position` (optional, by absolute position) makes keys of the query's
+// non-zero group visible regardless of order (Gemma 3 image tokens, PaliGemma prefix) — the window still bounds
+// them, as transformers' Gemma 3 sliding layers do. softcap > 0: scores = softcap * tanh(scores / softcap).
 struct AttentionMask {
   bool causal = true;
   int64_t sliding_window = 0;

@@ -292,11 +292,11 @@ struct AttnCase {
   std::vector<int64_t> k_pos;  // empty = 0..nk-1
 };
 
+// transformers' rule (Gemma 3 sliding layers): (causal part OR same image block) AND inside the window.
 bool oracle_visible(const ops::AttentionMask& m, int64_t qp, int64_t kp) {
   bool same_group = m.group_of_position && qp < m.group_positions && kp < m.group_positions &&
                     m.group_of_position[qp] != 0 && m.group_of_position[qp] == m.group_of_position[kp];
-  if (same_group) return true;
-  bool ok = !m.causal || kp <= qp;
+  bool ok = same_group || !m.causal || kp <= qp;
   if (m.sliding_window > 0) ok = ok && (qp - kp) < m.sliding_window;
   return ok;
 }

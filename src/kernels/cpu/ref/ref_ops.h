@@ -32,14 +32,16 @@ void softcap(float* x, int64_t n, float cap);
 float activation_value(float x, Activation act);
 
 // True when key position kp is visible from query position qp under `mask` (ops.h semantics).
+// The window bounds every key, a same-group key included: transformers' Gemma 3 sliding layers AND the
+// window with (causal OR same image block), so a block longer than the window is not fully visible there.
 inline bool key_visible(const AttentionMask& mask, int64_t qp, int64_t kp) {
+  if (mask.sliding_window > 0 && qp - kp >= mask.sliding_window) return false;
   if (mask.group_of_position != nullptr && qp >= 0 && kp >= 0 && qp < mask.group_positions &&
       kp < mask.group_positions) {
     int32_t g = mask.group_of_position[qp];
     if (g != 0 && g == mask.group_of_position[kp]) return true;
   }
   if (mask.causal && kp > qp) return false;
-  if (mask.sliding_window > 0 && qp - kp >= mask.sliding_window) return false;
   return true;
 }
 
