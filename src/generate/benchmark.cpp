@@ -274,8 +274,9 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       // Decode reads every weight except the embedding table's unused rows; with a tied head the table is
       // read in full by the head, so weight_bytes counts it once either way.
       r.decode_bytes_per_token = r.weight_bytes + kv_per_token * mean_ctx;
-      // Prefill FLOPs per token: 2 per weight of every projection and the head, plus QKᵀ and PV
-      // over the mean causal context (P/2). From the config, so it holds for quantized weights too.
+      // Prefill FLOPs per token: 2 per weight of every projection, plus QKᵀ and PV over the mean causal
+      // context (P/2), plus the head spread over the prompt — forward(all_logits=false) computes logits for the
+      // last position of each prefill chunk only. From the config, so it holds for quantized weights too.
       const Json& t = model.config.text();
       const double h = t.value("hidden_size", 0.0), inter = t.value("intermediate_size", 0.0);
       const double nl = t.value("num_hidden_layers", 0.0), nh = t.value("num_attention_heads", 0.0);
@@ -283,7 +284,10 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       const double hd = t.value("head_dim", nh > 0 ? h / nh : 0.0);
       const double per_layer = h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * inter;
       const double attn = 4.0 * nh * hd * (static_cast<double>(options.prompt_tokens) / 2);
-      r.prefill_flops_per_token = 2.0 * (nl * per_layer + v * h) + nl * attn;
+      const double chunks = std::ceil(static_cast<double>(options.prompt_tokens) /
+                                      static_cast<double>(options.prefill_step_size));
+      r.prefill_flops_per_token = 2.0 * nl * per_layer + nl * attn +
+                                  2.0 * v * h * chunks / static_cast<double>(options.prompt_tokens);
     }
     keep = std::move(model);
   }

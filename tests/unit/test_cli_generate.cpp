@@ -191,9 +191,13 @@ TEST(CliGenerate, UnbuiltPartsSaySo) {
   auto cuda = test::run_vlmcheck({"generate", "--model", fixture("llama"), "--prompt", "hi", "--device", "cuda"});
   EXPECT_EQ(cuda.exit_code, cli::kExitUnsupported);
   EXPECT_NE(cuda.err.find("not built yet"), std::string::npos) << cuda.err;
-  auto img = test::run_vlmcheck({"generate", "--model", fixture("llama"), "--prompt", "hi", "--image", "x.jpg"});
-  EXPECT_EQ(img.exit_code, cli::kExitUnsupported);
-  EXPECT_NE(img.err.find("vision not built yet"), std::string::npos) << img.err;
+  const std::string scene = test::source_dir() + "/tests/fixtures/vision/images/scene.png";
+  auto img = test::run_vlmcheck({"generate", "--model", fixture("llama"), "--prompt", "hi", "--image", scene});
+  EXPECT_EQ(img.exit_code, cli::kExitUnsupported);  // a text-only model cannot take images
+  EXPECT_NE(img.err.find("text-only"), std::string::npos) << img.err;
+  auto no_file = test::run_vlmcheck({"generate", "--model", fixture("llama"), "--prompt", "hi", "--image", "x.jpg"});
+  EXPECT_EQ(no_file.exit_code, cli::kExitNotFound) << no_file.err;
+  EXPECT_NE(no_file.err.find("x.jpg"), std::string::npos) << no_file.err;
   auto missing = test::run_vlmcheck({"generate", "--model", "/nonexistent/model", "--prompt", "hi"});
   EXPECT_EQ(missing.exit_code, cli::kExitNotFound) << missing.err;
 }

@@ -163,13 +163,15 @@ TEST_F(TokenizeCli, RepoIdInHuggingFaceCache) {
   EXPECT_EQ(by_flag.dump(), by_folder.dump());
 }
 
-TEST_F(TokenizeCli, ImagesRenderThenStopUntilVisionLands) {
+// Image expansion needs the model's own processor and config; a folder with only tokenizer files says so (the
+// vision fixtures cover expansion itself, in test_cli_vision).
+TEST_F(TokenizeCli, ImagesNeedTheModelConfig) {
   test::TempDir dir;
   test::write_file(dir / "img.png", "not read yet");
   auto r = test::run_vlmcheck({"tokenize", "--model", package_folder("gemma3"), "--prompt", "What is this?", "--image",
                                dir / "img.png", "--json"});
-  EXPECT_EQ(r.exit_code, 5) << r.err;
-  EXPECT_NE(r.err.find("image expansion not built yet"), std::string::npos) << r.err;
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("config.json"), std::string::npos) << r.err;
   // A template error comes first: Gemma 3 refuses non-alternating roles, with its own message.
   Json bad = Json::array({{{"role", "user"}, {"content", Json::array({{{"type", "image"}}, {{"type", "text"}, {"text", "a"}}})}},
                           {{"role", "user"}, {"content", "b"}}});
