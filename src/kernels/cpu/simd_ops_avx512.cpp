@@ -253,7 +253,7 @@ namespace {
 // transposed per kv head (Kt[kvh][d][j], keys padded to kAttKb with zeros), so a 4-query x 64-key score
 // tile is 16 register accumulators fed by one broadcast of q[d] and four loads of Kt per d. Per 64-key
 // block the running row max / sum are updated online (softmax rescale of the partial output), then
-// P·V adds into the output rows, 4 queries x 4 vectors of head_dim at a time. Work items are
+// P·V adds into the output rows, 4 queries x up to 5 vectors of head_dim at a time. Work items are
 // (head, block of kAttQb queries) so each K/V block (20 KiB at head_dim 80) is reused by 64 queries
 // from L1/L2.
 constexpr int64_t kFlashMinQueries = 8;
