@@ -77,6 +77,35 @@ void Console::redraw() {
   live_ = true;
 }
 
+namespace {
+
+// Model output for a terminal: control characters other than newline shown as U+FFFD (an escape sequence in
+// a model's output must not drive the terminal), each line wrapped at `width` code points on spaces.
+std::vector<std::string> wrap_for_console(const std::string& text, size_t width) {
+  std::string clean;
+  clean.reserve(text.size());
+  for (unsigned char c : text) {
+    if (c == '\n' || c == '\t' || c >= 0x20) clean += c == '\t' ? ' ' : static_cast<char>(c);
+    else clean += "\xEF\xBF\xBD";
+  }
+  std::vector<std::string> out;
+  for (const std::string& para : split(clean, '\n')) {
+    std::string rest = para;
+    while (utf8_length(rest) > width) {
+      std::string head = truncate_chars(rest, width, false);
+      size_t cut = head.rfind(' ');
+      if (cut == std::string::npos || cut == 0) cut = head.size();
+      out.push_back(head.substr(0, cut));
+      rest = rest.substr(cut == head.size() ? cut : cut + 1);
+    }
+    out.push_back(rest);
+  }
+  while (!out.empty() && out.back().empty()) out.pop_back();
+  return out;
+}
+
+}  // namespace
+
 void Console::done_model(const ModelResult& r) {
   const auto& a = r.assessment;
   std::string obs;
@@ -89,6 +118,20 @@ void Console::done_model(const ModelResult& r) {
   line(fmt::format("{} SUMMARY model={} execution={} usability={} maintainer={} observations={}{} ({:.2f}s)",
                    paint(fmt::format("[RUN {}/{}]", index_, total_), tag_colour), r.model, a.execution, a.usability,
                    a.maintainer_status, obs.empty() ? "-" : obs, extra, r.timing.total_time_s));
+  if (r.failure) return;
+  // check_models §5.1: the generated text, wrapped at <= 100 columns, then the compact metrics.
+  for (const std::string& l : wrap_for_console(r.generated_text, 100)) line("  " + l);
+  const auto& t = r.timing;
+  const auto& m = r.metrics;
+  std::string stop = t.stop_reason == "max_tokens" ? ", stop=max_tokens" : "";
+  line(fmt::format("  Timing: {} total (gen={}, load={}, prep={}, first={}{}) | Memory: {} GB peak",
+                   fmt_seconds(t.total_time_s), fmt_seconds(t.generation_time_s), fmt_seconds(t.model_load_time_s),
+                   fmt_seconds(t.prompt_prep_time_s), fmt_seconds(t.first_token_latency_s), stop,
+                   fmt_gb(m.peak_memory_gb)));
+  line(fmt::format("  Tokens: {} ({} prompt{} + {} gen) | Speed: {} gen/s, {} prompt/s", fmt_int(m.total_tokens),
+                   fmt_int(m.prompt_tokens), m.image_tokens > 0 ? fmt::format(", {} image", fmt_int(m.image_tokens)) : "",
+                   fmt_int(m.generation_tokens), m.generation_tps_valid ? fmt_tps(m.generation_tps) : "-",
+                   fmt_tps(m.prompt_tps)));
 }
 
 void Console::summary_table(const std::vector<ModelResult>& results) {

@@ -206,10 +206,17 @@ TEST(DemoModel, OutOfTheBoxRunUsesBothDemoModelsOnASampleScene) {
   }
   std::sort(models.begin(), models.end());
   EXPECT_EQ(models, (std::vector<std::string>{"vlm", "vlm-4bit"}));
-  // The report a user opens (the gallery of answers) names the shapes too.
+  // The report a user opens (the gallery of answers) and results.html name the shapes too, and so does the
+  // console's per-model replay (check_models §5.1: the generated text after each SUMMARY line).
   const std::string gallery = test::read_file(dir / "output/reports/model_gallery.md");
-  for (const Json& shape : truth["shapes"])
-    EXPECT_NE(gallery.find(shape["shape"].get<std::string>()), std::string::npos) << gallery;
+  const std::string html = test::read_file(dir / "output/reports/results.html");
+  for (const Json& shape : truth["shapes"]) {
+    const std::string name = shape["shape"].get<std::string>();
+    EXPECT_NE(gallery.find(name), std::string::npos) << gallery;
+    EXPECT_NE(html.find(name), std::string::npos) << "results.html lacks " << name;
+    EXPECT_NE(r.out.find(" " + shape["colour"].get<std::string>() + " " + name), std::string::npos) << r.out;
+  }
+  EXPECT_NE(r.out.find("Tokens: "), std::string::npos) << r.out;
 }
 
 }  // namespace
