@@ -248,8 +248,8 @@ void softmax(float* x, int64_t n, int64_t d) {
 namespace {
 
 // ---- attention ----------------------------------------------------------------------------------------
-// Few queries (decode): one pass per (query, head) over the keys, as bandwidth-bound as reading K/V once.
-// Many queries (prefill, vision towers): flash-style blocked attention. K is packed once per call,
+// Few queries (decode) or masked attention: one pass per (query, head) over the keys. Many queries without a
+// mask (vision towers): flash-style blocked attention (it handles masks too, see attention()). K is packed once per call,
 // transposed per kv head (Kt[kvh][d][j], keys padded to kAttKb with zeros), so a 4-query x 64-key score
 // tile is 16 register accumulators fed by one broadcast of q[d] and four loads of Kt per d. Per 64-key
 // block the running row max / sum are updated online (softmax rescale of the partial output), then
@@ -450,7 +450,11 @@ void flash_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k,
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out) {
-  if (nq >= kFlashMinQueries) {
+  // The blocked path serves bidirectional attention (vision towers, where sequences are long). Masked prefill
+  // keeps the single-max path below: its online rescaling differs from it by ~1e-6 absolute, which the KV-cache
+  // tests (prefill vs cached decode at 1e-6) do not allow; extending it there needs an exact-max first pass.
+  const bool all_visible = !mask.causal && mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  if (nq >= kFlashMinQueries && all_visible) {
     flash_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
     return;
   }
