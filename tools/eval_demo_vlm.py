@@ -156,6 +156,36 @@ def evaluate_model(model, processor, seed, count, batch=100, device=None, max_ne
     return summary, records
 
 
+def evaluate_vlmcheck(binary, model, seed, count, workdir):
+    """The same held-out evaluation through vlmcheck's own engine: each scene is rendered here (PIL), written as
+    PNG and answered by `vlmcheck generate --json` with greedy decoding. Needs no torch."""
+    import subprocess  # noqa: PLC0415
+
+    os.makedirs(workdir, exist_ok=True)
+    summary, records = {}, []
+    scenes = [demo_scenes.scene(seed, i) for i in range(count)]
+    paths = []
+    for i, (im, truth) in enumerate(scenes):
+        path = os.path.join(workdir, "scene_%04d.png" % i)
+        im.save(path)
+        paths.append(path)
+        records.append({"index": i, "truth": truth, "outputs": {}, "scores": {}})
+    for style, prompt in demo_scenes.PROMPTS.items():
+        limit = 48 if style == "triage" else 160
+        scores = []
+        for i, path in enumerate(paths):
+            out = subprocess.run([binary, "generate", "--model", model, "--image", path, "--prompt", prompt,
+                                  "--temperature", "0", "--max-tokens", str(limit), "--json"],
+                                 capture_output=True, text=True, check=True)
+            text = json.loads(out.stdout)["text"].strip()
+            records[i]["outputs"][style] = text
+            records[i]["scores"][style] = score_text(text, scenes[i][1])
+            scores.append(records[i]["scores"][style])
+        summary[style] = {"model": aggregate(scores), "chance": chance_baseline([t for _, t in scenes], style),
+                          "max_new_tokens": limit}
+    return summary, records
+
+
 def format_summary(summary):
     lines = []
     for style, both in summary.items():
@@ -173,7 +203,19 @@ def main():
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--json-out")
+    ap.add_argument("--vlmcheck", help="evaluate through this vlmcheck binary instead of transformers (no torch)")
+    ap.add_argument("--workdir", default="/tmp/vlmcheck-demo-eval", help="where --vlmcheck writes the scenes")
     args = ap.parse_args()
+    if args.vlmcheck:
+        if not args.model:
+            ap.error("--vlmcheck needs --model")
+        summary, records = evaluate_vlmcheck(args.vlmcheck, args.model, args.seed, args.count, args.workdir)
+        print(format_summary(summary))
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump({"seed": args.seed, "count": args.count, "engine": "vlmcheck", "summary": summary,
+                           "records": records}, f, indent=1)
+        return
     if args.score:
         with open(args.score) as f:
             items = json.load(f)["outputs"]

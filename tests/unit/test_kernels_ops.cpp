@@ -312,6 +312,10 @@ TEST_P(KernelOps, AttentionMasksGqaSoftcapAndRingPositions) {
       {"softcap", 6, 6, 0, 2, 1, 48, 30.0f, {}, {}},
       {"bidirectional groups", 12, 12, 0, 2, 1, 16, 0.0f, {true, 0, groups, 12}, {}},
       {"non-causal", 4, 7, 0, 3, 3, 8, 0.0f, {false, 0, nullptr, 0}, {}},
+      // Unmasked with >= 8 queries: the AVX-512 blocked (flash) path the vision towers take — several 64-key
+      // blocks plus a partial one, a head size that is not a multiple of 16, GQA.
+      {"vision tower (blocked keys)", 19, 203, 0, 4, 2, 80, 0.0f, {false, 0, nullptr, 0}, {}},
+      {"vision tower (exact 64-key blocks)", 8, 128, 0, 2, 2, 64, 0.0f, {false, 0, nullptr, 0}, {}},
       {"ring order cache", 1, 6, 20, 2, 1, 16, 0.0f, {true, 5, nullptr, 0}, {0, 1, 2, 3, 20, 16}},
   };
   for (const AttnCase& c : cases) {
