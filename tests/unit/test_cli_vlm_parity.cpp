@@ -126,6 +126,16 @@ std::string rename_qwen(const std::string& n) {
   if (starts_with(n, "lm_head.")) return "language_model.lm_head." + n.substr(8);
   return n;
 }
+// mlx-vlm Idefics3 / SmolVLM (`Model.sanitize`): the "model." wrapper is dropped, text_model.* becomes
+// language_model.* (no inner ".model."), and lm_head moves under language_model.
+std::string rename_idefics3(const std::string& n) {
+  if (starts_with(n, "model.text_model.")) return "language_model." + n.substr(17);
+  if (starts_with(n, "model.")) return n.substr(6);
+  if (starts_with(n, "lm_head.")) return "language_model.lm_head." + n.substr(8);
+  return n;
+}
+// PaliGemma has no rename in mlx-vlm: its module tree (vision_tower.vision_model, language_model.model,
+// multi_modal_projector.linear) already spells the Hub names.
 std::string keep_name(const std::string& n) { return n; }
 
 // Channels-last convolution weights as MLX stores them: [O, I, kH, kW] -> [O, kH, kW, I], [O, I, T, kH, kW] ->
@@ -212,6 +222,9 @@ TEST(VlmParityMlx, QuantizedMlxLayoutMatchesItsDequantizedTwin) {
       {"qwen2_5_vl_hub", rename_qwen, false},
       {"gemma3_hub", keep_name, true},
       {"llava_hub", keep_name, false},
+      {"qwen2_vl_hub", rename_qwen, false},  // mlx-vlm Qwen2-VL's sanitize is Qwen2.5-VL's
+      {"idefics3_hub", rename_idefics3, false},
+      {"paligemma_hub", keep_name, false},
   };
   for (const MlxRecipe& r : recipes) {
     SCOPED_TRACE(r.fixture);
