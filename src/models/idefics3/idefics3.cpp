@@ -75,7 +75,6 @@ class Idefics3Vision final : public VisionModel {
                 shape_str(pm.shape()));
     }
     std::vector<Tensor> outs;
-    int64_t total = 0;
     for (int64_t t = 0; t < tiles; ++t) {
       // HF: a patch is attended iff any of its pixels is real (pixel_attention_mask summed over the patch).
       std::vector<uint8_t> patch_mask;
@@ -95,16 +94,9 @@ class Idefics3Vision final : public VisionModel {
       Tensor shuffled = pixel_shuffle(hs, scale_, what_);                    // [n / s², dv s²]
       Tensor out = Tensor::empty({shuffled.dim(0), text_hidden_}, DType::kF32);
       ops::linear(shuffled.data<float>(), shuffled.dim(0), proj_, Tensor(), out.data<float>());
-      total += out.dim(0);
       outs.push_back(out);
     }
-    Tensor all = Tensor::empty({total, text_hidden_}, DType::kF32);
-    int64_t row = 0;
-    for (const Tensor& o : outs) {
-      std::copy_n(o.data<float>(), o.numel(), all.data<float>() + row * text_hidden_);
-      row += o.dim(0);
-    }
-    return all;
+    return vlm_common::concat_rows(outs, text_hidden_);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }

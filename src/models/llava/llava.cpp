@@ -81,7 +81,6 @@ class LlavaVision final : public VisionModel {
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3), dv = tower_->hidden_size();
     const int64_t k = static_cast<int64_t>(layers_.size());
     std::vector<Tensor> per_tile;
-    int64_t total = 0;
     for (int64_t t = 0; t < tiles; ++t) {
       const float* tile = px.data<float>() + t * 3 * h * w;
       Tensor cat;  // [n_sel, dv * k]: the selected layers side by side (torch.cat(hs_pool, dim=-1))
@@ -99,17 +98,9 @@ class LlavaVision final : public VisionModel {
       ops::linear(cat.data<float>(), n_sel, linear_1_, bias_1_, mid.data<float>());
       ops::activate(mid.data<float>(), n_sel * text_hidden_, act_);
       ops::linear(mid.data<float>(), n_sel, linear_2_, bias_2_, out.data<float>());
-      total += n_sel;
       per_tile.push_back(out);
     }
-    if (per_tile.size() == 1) return per_tile[0];
-    Tensor all = Tensor::empty({total, text_hidden_}, DType::kF32);
-    int64_t row = 0;
-    for (const Tensor& t : per_tile) {
-      std::copy_n(t.data<float>(), t.numel(), all.data<float>() + row * text_hidden_);
-      row += t.dim(0);
-    }
-    return all;
+    return vlm_common::concat_rows(per_tile, text_hidden_);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }

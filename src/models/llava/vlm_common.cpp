@@ -1,6 +1,7 @@
 // Shared VLM pieces: text model by text_config.model_type, connector weight reader, prompt assembly.
 #include "models/llava/vlm_common.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -223,6 +224,19 @@ void check_tiles(const ProcessedImage& image, const std::string& what) {
   VLM_CHECK(p.defined() && p.ndim() == 4 && p.dim(1) == 3 && p.dtype() == DType::kF32 && p.is_contiguous(),
             ErrorKind::kInvalidArgument, "{}: image pixels must be f32 [n_tiles, 3, h, w], got {}{}", what,
             p.defined() ? dtype_name(p.dtype()) : "undefined", p.defined() ? shape_str(p.shape()) : "");
+}
+
+Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols) {
+  if (parts.size() == 1) return parts[0];
+  int64_t total = 0;
+  for (const Tensor& t : parts) total += t.dim(0);
+  Tensor all = Tensor::empty({total, cols}, DType::kF32);
+  int64_t row = 0;
+  for (const Tensor& t : parts) {
+    std::copy_n(t.data<float>(), t.numel(), all.data<float>() + row * cols);
+    row += t.dim(0);
+  }
+  return all;
 }
 
 }  // namespace vlm::vlm_common

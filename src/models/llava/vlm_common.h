@@ -82,4 +82,8 @@ std::vector<int32_t> run_groups(int64_t n, const std::function<bool(int64_t)>& i
 // Features of an image tile-by-tile: `pixels` [n_tiles, 3, h, w] f32 (Error(kInvalidArgument) otherwise).
 void check_tiles(const ProcessedImage& image, const std::string& what);
 
+// Per-tile feature blocks [n_i, cols] f32 stacked in order into one [sum n_i, cols] (the single block itself when
+// there is one).
+Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols);
+
 }  // namespace vlm::vlm_common

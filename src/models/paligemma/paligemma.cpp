@@ -48,22 +48,13 @@ class PaliGemmaVision final : public VisionModel {
     const Tensor& px = image.pixels;
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3);
     std::vector<Tensor> outs;
-    int64_t total = 0;
     for (int64_t t = 0; t < tiles; ++t) {
       Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true);  // [n_patches, dv]
       Tensor out = Tensor::empty({hs.dim(0), text_hidden_}, DType::kF32);
       ops::linear(hs.data<float>(), hs.dim(0), linear_, bias_, out.data<float>());
-      total += out.dim(0);
       outs.push_back(out);
     }
-    if (outs.size() == 1) return outs[0];
-    Tensor all = Tensor::empty({total, text_hidden_}, DType::kF32);
-    int64_t row = 0;
-    for (const Tensor& o : outs) {
-      std::copy_n(o.data<float>(), o.numel(), all.data<float>() + row * text_hidden_);
-      row += o.dim(0);
-    }
-    return all;
+    return vlm_common::concat_rows(outs, text_hidden_);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
