@@ -18,6 +18,8 @@ void add_image_flags(CLI::App* cmd, ImageFlags& f) {
   cmd->add_option("--image-backend", f.backend,
                   "Pixel path: pil or torchvision (default: what transformers uses for the family)")
       ->check(CLI::IsMember({"pil", "torchvision"}));
+  cmd->add_flag("--pan-and-scan", f.pan_and_scan,
+                "Gemma 3: add pan-and-scan crops of wide/tall images (transformers' do_pan_and_scan=True)");
 }
 
 ProcessorOptions image_processor_options(const ImageFlags& f) {
@@ -55,6 +57,10 @@ ProcessorOptions image_processor_options(const ImageFlags& f) {
   if (!f.backend.empty()) {
     need_image("--image-backend");
     o.backend = f.backend == "pil" ? PixelBackend::kPil : PixelBackend::kTorchvision;
+  }
+  if (f.pan_and_scan) {
+    need_image("--pan-and-scan");
+    o.pan_and_scan = true;
   }
   return o;
 }

@@ -1,5 +1,6 @@
 // The image flags `generate` and `tokenize` share: --image P (repeatable), the visual-token budget
-// (--max-pixels, --min-pixels, --resize-shape H [W]) and --image-backend pil|torchvision. Registered on
+// (--max-pixels, --min-pixels, --resize-shape H [W]), --image-backend pil|torchvision and --pan-and-scan
+// (Gemma 3 crops, off by default as in transformers' Gemma3Processor). Registered on
 // a subcommand by add_image_flags; validated (CLI::ValidationError naming the flag, exit 2) and turned
 // into the processor's options by image_processor_options. Also the --json "images" array.
 #pragma once
@@ -22,6 +23,7 @@ struct ImageFlags {
   std::optional<int64_t> max_pixels, min_pixels;
   std::vector<int64_t> resize_shape;  // H or H W
   std::string backend;                // "" = the family's transformers default
+  bool pan_and_scan = false;
 };
 
 void add_image_flags(CLI::App* cmd, ImageFlags& flags);

@@ -256,6 +256,31 @@ TEST(CliVision, ResizeShapeAndBackendAreApplied) {
   }
 }
 
+// --pan-and-scan (Gemma 3): transformers' Gemma3Processor defaults (min crop 256, at most 4 crops, ratio >= 1.2) on
+// the 1203x677 photo give 2 crops side by side (min(floor(1203/256), floor(1203/677 + 0.5)) = 2), each
+// with its own image sequence, and the prompt wraps them in its "Here is the original image ..." text.
+TEST(CliVision, PanAndScanAddsGemma3Crops) {
+  const std::string folder = vision_root() + "/gemma3";
+  if (!fs::is_directory(folder)) GTEST_SKIP() << "no gemma3 vision fixture";
+  const Json cfg = read_json_file(folder + "/config.json");
+  const int64_t per_image = cfg["mm_tokens_per_image"].get<int64_t>();
+  const std::string photo = vision_root() + "/processors/images/odd.png";
+  const std::vector<std::string> base = {"tokenize", "--model", folder, "--prompt", "What is this?", "--image", photo,
+                                         "--json"};
+  Json plain = run_json(base, "gemma3 without --pan-and-scan");
+  Json crops = run_json(cat(base, {"--pan-and-scan"}), "gemma3 --pan-and-scan");
+  ASSERT_FALSE(plain.is_null());
+  ASSERT_FALSE(crops.is_null());
+  EXPECT_EQ(image_tokens_of(plain), std::vector<int64_t>{per_image});
+  EXPECT_EQ(image_tokens_of(crops), std::vector<int64_t>{3 * per_image});
+  EXPECT_EQ(crops["images"][0]["tiles"], 3);
+  EXPECT_EQ(plain["prompt"].get<std::string>().find("Here is the original image"), std::string::npos);
+  EXPECT_NE(crops["ids"].size(), plain["ids"].size());
+  auto r = test::run_vlmcheck({"tokenize", "--model", folder, "--prompt", "x", "--pan-and-scan"});
+  EXPECT_EQ(r.exit_code, cli::kExitUsage) << r.err;
+  EXPECT_NE(r.err.find("--pan-and-scan"), std::string::npos) << r.err;
+}
+
 TEST(CliVision, BadImagesFailNamingTheFile) {
   auto fixtures = vision_fixtures();
   SKIP_WITHOUT_FIXTURES(fixtures);
