@@ -23,7 +23,9 @@
 namespace vlm::ops::cpu::avx512 {
 namespace {
 
+// Lanes [0, left) of a 16-lane vector; none when left <= 0 (a shift by a negative count would be undefined).
 inline __mmask16 tail_mask(int64_t left) {
+  if (left <= 0) return 0;
   return left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
