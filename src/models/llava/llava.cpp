@@ -108,10 +108,7 @@ class LlavaVision final : public VisionModel {
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
                                 const std::vector<ProcessedImage>& /*images*/,
                                 const std::vector<Tensor>& features) const override {
-    MultimodalPrompt p;
-    p.embeds = vlm_common::embed_and_scatter(lm, ids, image_token_id_, features, 1.0f, what_, &p.image_tokens);
-    p.positions = vlm_common::positions_1d(static_cast<int64_t>(ids.size()), 0);
-    return p;
+    return vlm_common::causal_prompt(lm, ids, image_token_id_, features, what_);
   }
 
   size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }

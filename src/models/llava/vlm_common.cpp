@@ -239,4 +239,12 @@ Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols) {
   return all;
 }
 
+MultimodalPrompt causal_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids, int32_t image_token_id,
+                               const std::vector<Tensor>& features, const std::string& what) {
+  MultimodalPrompt p;
+  p.embeds = embed_and_scatter(lm, ids, image_token_id, features, 1.0f, what, &p.image_tokens);
+  p.positions = positions_1d(static_cast<int64_t>(ids.size()), 0);
+  return p;
+}
+
 }  // namespace vlm::vlm_common

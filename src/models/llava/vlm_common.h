@@ -72,6 +72,10 @@ Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& id
                          const std::vector<Tensor>& features, float feature_scale, const std::string& what,
                          int64_t* image_tokens);
 
+// The plain causal prompt (LLaVA, Idefics3): features scattered at the image token, positions 0 .. n - 1, no groups.
+MultimodalPrompt causal_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids, int32_t image_token_id,
+                               const std::vector<Tensor>& features, const std::string& what);
+
 // 1-D positions offset .. offset + n - 1.
 std::vector<int64_t> positions_1d(int64_t n, int64_t offset);
 
