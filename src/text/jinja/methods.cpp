@@ -2,6 +2,7 @@
 // ImmutableSandboxedEnvironment allows: mutating methods (list.append, dict.update, ...) resolve to an undefined
 // that raises "access to attribute ... is unsafe" when called, as in the sandbox. Also str % args and
 // str.format with Python's format mini-language for the common specs.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -628,6 +629,9 @@ std::string str_format(const std::string& fmt, const CallArgs& args, Interpreter
     } else if (std::isdigit(static_cast<unsigned char>(head[0]))) {
       if (used_auto) rt_fail("cannot switch from automatic field numbering to manual field specification");
       used_manual = true;
+      // An index too long for size_t is out of range like any other (stoul would throw past the interpreter).
+      const size_t nd = std::min(head.find_first_not_of("0123456789"), head.size());
+      if (nd > 18) rt_fail("Replacement index " + head + " out of range");
       size_t k = std::stoul(head);
       if (k >= args.args.size()) rt_fail("Replacement index " + head + " out of range");
       v = args.args[k];
@@ -651,6 +655,7 @@ std::string str_format(const std::string& fmt, const CallArgs& args, Interpreter
         if (e == std::string::npos) rt_fail("Missing ']' in format string");
         std::string key = field.substr(p + 1, e - p - 1);
         bool digits = !key.empty() && key.find_first_not_of("0123456789") == std::string::npos;
+        if (digits && key.size() > 18) rt_fail("IndexError: " + key);
         v = in.getitem(v, digits ? Value::integer(std::stoll(key)) : Value::string(key));
         if (v.is_undefined()) rt_fail("KeyError: " + key);
         p = e + 1;
