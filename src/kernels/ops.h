@@ -90,6 +90,41 @@ void scale(float* y, float s, int64_t n);                  // y *= s
 void mul(float* y, const float* x, int64_t n);             // y *= x
 void softcap(float* x, int64_t n, float cap);              // x = cap * tanh(x / cap)
 
+// ---- devices --------------------------------------------------------------------------------------
+// Every op above runs on the calling thread's current device (kCpu unless a DeviceScope says
+// otherwise). On kCuda, every float buffer and every weight/norm/bias tensor an op takes must be
+// device memory (ops::empty(..., Device::kCuda) or to_device), while the small index arrays — token
+// ids, positions, k_pos, inv_freq, group_of_position, mrope sections — stay HOST memory: the CUDA
+// backend stages them onto the device itself, so callers (the decoder, the KV caches) pass the same
+// host arrays on both devices. CUDA ops are asynchronous on the backend's stream (one per process);
+// a copy to host memory, and synchronize(), wait for everything before them.
+Device current_device();
+class DeviceScope {
+ public:
+  explicit DeviceScope(Device d);  // throws Error(kUnsupported) for kCuda when no CUDA device is usable
+  ~DeviceScope();
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  Device previous_;
+};
+// A new owned, contiguous, uninitialised tensor on `device` (kCpu: Tensor::empty; kCuda: the CUDA
+// backend's caching allocator, reported to the MemoryTracker as GPU memory: active / peak / cache).
+Tensor empty(const Shape& shape, DType dtype, MemCategory category, Device device);
+// Copies between any two devices (blocking when the destination is the host).
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// `rows` rows of `width` bytes from src (row pitch src_pitch) to dst (pitch dst_pitch), both on the
+// current device (splitting fused qkv / gate_up outputs).
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows);
+// Waits for every op issued on the current device (no-op on kCpu).
+void synchronize();
+// A contiguous copy of t on `device` in its own dtype (t itself when it is already there; undefined
+// stays undefined).
+Tensor to_device(const Tensor& t, Device device, MemCategory category = MemCategory::kWeights);
+// The same weight (stored format kept: dense dtype, or packed codes + scales + biases) on `device`.
+Weight to_device(const Weight& w, Device device);
+
 // Which SIMD path the CPU backend uses ("avx512bf16", "avx512", "avx2", "scalar"); VLMCHECK_KERNELS
 // =scalar forces the reference path (the conformance tests compare the two).
 const char* cpu_kernel_path();

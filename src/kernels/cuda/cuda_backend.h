@@ -1,0 +1,41 @@
+// The CUDA backend as ops.cpp sees it: a kernel table with the CPU table's shape (one entry per op
+// of ops.h, same arguments and semantics, device pointers for float data and weights, host pointers
+// for index arrays — see ops.h "devices"), plus device memory, copies and the stream. Plain C++ (no
+// CUDA types), so ops.cpp and tests include it without nvcc. Implemented by the .cu files of this
+// folder when the build has nvcc; by kernels/cuda_stub.cpp (every call throws "built without CUDA")
+// otherwise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/memory.h"
+#include "core/tensor.h"
+#include "kernels/cpu/cpu_dispatch.h"
+
+namespace vlm::ops::cuda {
+
+// True when a CUDA device can run our kernels (compiled in, a device present, the context created).
+bool available();
+// Every op of ops.h on the GPU; all entries non-null. mrope takes the per-frequency stream table
+// (host, [head_dim / 2]) exactly like the CPU table's entry.
+const cpu::KernelTable& kernel_table();
+
+// Device memory from the caching allocator (freed blocks are kept for reuse and reported as cache).
+void* device_alloc(size_t bytes, MemCategory category);
+void device_free(void* p, size_t bytes, MemCategory category);
+// Returns every cached (free) block to the driver.
+void release_cache();
+
+// Copies: host<->device and device<->device on the backend stream; a copy whose destination is the
+// host waits for it to finish.
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows);
+void synchronize();
+
+// Roofline probes on the current GPU, measured when called: device-to-device copy bandwidth
+// (bytes read + written, GB/s) and dense bf16 matrix throughput through cuBLASLt (GFLOP/s).
+double probe_copy_bandwidth_gbs();
+double probe_bf16_matmul_gflops();
+
+}  // namespace vlm::ops::cuda
