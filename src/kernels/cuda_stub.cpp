@@ -1,10 +1,33 @@
-// The CUDA backend's stand-in for builds without nvcc: no devices, and a clear reason.
+// The CUDA backend's stand-in for builds without nvcc: no devices, a clear reason, and every entry of
+// kernels/cuda/cuda_backend.h throwing the same reason (ops.cpp only reaches them under
+// DeviceScope(kCuda), which already refuses, so these are a second line).
+#include "core/error.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace vlm {
 
+namespace {
+constexpr const char* kReason = "this vlmcheck was built without CUDA (nvcc not found at build time)";
+[[noreturn]] void unavailable() { throw_error(ErrorKind::kUnsupported, "{}", kReason); }
+}  // namespace
+
 bool cuda_compiled() { return false; }
 std::vector<GpuInfo> cuda_devices() { return {}; }
-std::string cuda_unavailable_reason() { return "this vlmcheck was built without CUDA (nvcc not found at build time)"; }
+std::string cuda_unavailable_reason() { return kReason; }
 
+namespace ops::cuda {
+
+bool available() { return false; }
+const cpu::KernelTable& kernel_table() { unavailable(); }
+void* device_alloc(size_t, MemCategory) { unavailable(); }
+void device_free(void*, size_t, MemCategory) {}
+void release_cache() {}
+void copy(void*, Device, const void*, Device, size_t) { unavailable(); }
+void copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { unavailable(); }
+void synchronize() {}
+double probe_copy_bandwidth_gbs() { unavailable(); }
+double probe_bf16_matmul_gflops() { unavailable(); }
+
+}  // namespace ops::cuda
 }  // namespace vlm
