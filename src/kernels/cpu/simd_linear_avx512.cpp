@@ -184,29 +184,72 @@ float scalar_at(const void* row, Fmt f, int64_t i) {
   }
 }
 
+// Software prefetch for the decode GEMVs. Rows are short (896 bf16 inputs = 1,792 bytes for
+// Qwen2.5-0.5B), so a group of R rows is R streams of a few dozen cache lines each: the hardware
+// prefetcher barely trains before a stream ends, and a 4864 x 896 GEMV streamed at half the rate of a
+// 896 x 4864 one (same bytes). Each chunk load therefore also prefetches the same offset in the row
+// kPrefetchGroups groups of R rows further on, so the next rows are in flight while these are summed.
+constexpr int64_t kPrefetchGroups = 2;
+
+int64_t row_bytes(const Weight& w) {
+  return w.quantized ? w.quant.words_per_row() * 4 : w.cols() * static_cast<int64_t>(dtype_size(w.dense.dtype()));
+}
+int64_t prefetch_distance(const Weight& w, int rows_per_group) { return kPrefetchGroups * rows_per_group * row_bytes(w); }
+
+// Bytes of one 32-element chunk in format F (the 3/5/6-bit streams: 4·B bytes).
+template <Fmt F>
+constexpr int chunk_bytes() {
+  switch (F) {
+    case Fmt::kF32: return 128;
+    case Fmt::kF16:
+    case Fmt::kBF16: return 64;
+    default: return 4 * bits_of(F);
+  }
+}
+
+// Prefetches chunk c's bytes `ahead` bytes further on (prefetches never fault, so running past the
+// matrix end is harmless). Chunks smaller than a line prefetch only when they start a new line.
+template <Fmt F>
+inline void prefetch_chunk(const void* row, int64_t c, int64_t ahead) {
+  constexpr int cb = chunk_bytes<F>();
+  const char* p = static_cast<const char*>(row) + c * cb + ahead;
+  if constexpr (cb >= 64) {
+    for (int off = 0; off < cb; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+  } else {
+    if (((c * cb) & 63) < cb) _mm_prefetch(p, _MM_HINT_T0);
+  }
+}
+
 // out[0..R) = dot(W[r0 + i], x) for R consecutive rows (decode path).
 template <Fmt F, int R>
 void dot_rows(const Weight& w, int64_t r0, const float* x, const PreparedX& px, float* out) {
   const int64_t k = w.cols();
   const float* xv = is_paired(F) ? px.perm.data() : x;
   const void* rows[R];
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) rows[i] = row_ptr(w, r0 + i);
   __m512 acc[R];
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   float tail[R] = {};
   if constexpr (!is_quant(F)) {
     __m512 acc2[R];
+#pragma GCC unroll 4
     for (int i = 0; i < R; ++i) acc2[i] = _mm512_setzero_ps();
     const int64_t chunks = k / 32;
+    const int64_t ahead = prefetch_distance(w, R);
     for (int64_t c = 0; c < chunks; ++c) {
       __m512 x0 = _mm512_loadu_ps(xv + 32 * c), x1 = _mm512_loadu_ps(xv + 32 * c + 16);
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
+        prefetch_chunk<F>(rows[i], c, ahead);
         __m512 a, b;
         decode_chunk<F>(rows[i], c, a, b);
         acc[i] = _mm512_fmadd_ps(a, x0, acc[i]);
         acc2[i] = _mm512_fmadd_ps(b, x1, acc2[i]);
       }
     }
+#pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
       acc[i] = _mm512_add_ps(acc[i], acc2[i]);
       for (int64_t j = chunks * 32; j < k; ++j) tail[i] += scalar_at(rows[i], F, j) * x[j];
@@ -216,19 +259,24 @@ void dot_rows(const Weight& w, int64_t r0, const float* x, const PreparedX& px, 
     const int gs = m.spec.group_size;
     const int64_t groups = k / gs, chunks_per_group = gs / 32;
     const DType sd = m.scales.dtype();
+    const int64_t ahead = prefetch_distance(w, R);
     for (int64_t g = 0; g < groups; ++g) {
       __m512 qa[R], qb[R];
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) qa[i] = qb[i] = _mm512_setzero_ps();
       for (int64_t cc = 0; cc < chunks_per_group; ++cc) {
         const int64_t c = g * chunks_per_group + cc;
         __m512 x0 = _mm512_loadu_ps(xv + 32 * c), x1 = _mm512_loadu_ps(xv + 32 * c + 16);
+#pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
+          prefetch_chunk<F>(rows[i], c, ahead);
           __m512 a, b;
           decode_chunk<F>(rows[i], c, a, b);
           qa[i] = _mm512_fmadd_ps(a, x0, qa[i]);
           qb[i] = _mm512_fmadd_ps(b, x1, qb[i]);
         }
       }
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const int64_t gi = (r0 + i) * groups + g;
         float s = load_f32(m.scales.raw(), sd, gi), bb = load_f32(m.biases.raw(), sd, gi);
@@ -237,6 +285,7 @@ void dot_rows(const Weight& w, int64_t r0, const float* x, const PreparedX& px, 
       }
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + tail[i];
 }
 
@@ -313,7 +362,10 @@ void decode_segment(const Weight& w, int64_t r, int64_t k0, int64_t kc, float* o
 template <int MT>
 void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, __mmask16 m0,
                   __mmask16 m1, const float* init /* bias at k0 == 0, or null for zero */, bool first) {
+  // Every loop over t is fully unrolled: at -O2 GCC leaves them rolled, which keeps c0/c1 in memory
+  // (a store-forwarding round trip per FMA) and ran this kernel at 42 % of the FMA peak instead of ~98 %.
   __m512 c0[MT], c1[MT];
+#pragma GCC unroll 8
   for (int t = 0; t < MT; ++t) {
     if (first) {
       c0[t] = init ? _mm512_maskz_loadu_ps(m0, init) : _mm512_setzero_ps();
@@ -325,12 +377,14 @@ void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, f
   }
   for (int64_t k = 0; k < kc; ++k) {
     __m512 w0 = _mm512_load_ps(panel + k * kNr), w1 = _mm512_load_ps(panel + k * kNr + 16);
+#pragma GCC unroll 8
     for (int t = 0; t < MT; ++t) {
       __m512 xb = _mm512_set1_ps(x[t * ldx + k]);
       c0[t] = _mm512_fmadd_ps(xb, w0, c0[t]);
       c1[t] = _mm512_fmadd_ps(xb, w1, c1[t]);
     }
   }
+#pragma GCC unroll 8
   for (int t = 0; t < MT; ++t) {
     _mm512_mask_storeu_ps(y + t * ldy, m0, c0[t]);
     _mm512_mask_storeu_ps(y + t * ldy + 16, m1, c1[t]);

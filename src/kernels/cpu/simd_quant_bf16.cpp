@@ -167,6 +167,8 @@ inline __m512bh piece(__m512i v, int t) {
   return (__m512bh)_mm512_ternarylogic_epi32(s, keep, one, 0xEA);  // (s & keep) | one
 }
 
+constexpr int64_t kPrefetchGroups = 2;
+
 template <int BITS, int R>
 void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* out) {
   using L = Layout<BITS>;
@@ -182,16 +184,19 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
 
   const uint8_t* rows[R];
   const char* srow[R];
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) {
     rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
     srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
   }
   __m512 total[R];
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) total[i] = _mm512_setzero_ps();
   // Sixteen consecutive group scales per row stay in a register (sv) until a block reaches past
   // them: one load per 16 groups instead of one per block.
   __m512 sv[R];
   int64_t gbase = -1;
+  const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
   for (int64_t b = 0; b < p.blocks; ++b) {
     const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
     const __mmask64 bm = valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << valid) - 1);
@@ -202,6 +207,7 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
     if (gbase < 0 || g_last >= gbase + 16) {
       gbase = first / gs;
       const int64_t ng = std::min<int64_t>(16, groups - gbase);
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) sv[i] = load_group_values(srow[i] + gbase * ssize, sd, ng);
     }
     // f32 lane i covers codes first + kCodesPerF32Lane*i ...: its group relative to gbase.
@@ -212,7 +218,11 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
       h[t] = (__m512bh)_mm512_loadu_si512(xh + 32 * t);
       l[t] = (__m512bh)_mm512_loadu_si512(xl + 32 * t);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < R; ++i) {
+      // The same block kPrefetchGroups groups of R rows on (see simd_linear_avx512.cpp: short rows
+      // are too short for the hardware prefetcher to train on).
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + 64 * b + ahead), _MM_HINT_T0);
       const __m512i v = _mm512_maskz_loadu_epi8(bm, rows[i] + 64 * b);
       __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps(), d = _mm512_setzero_ps(), e = _mm512_setzero_ps();
 #pragma GCC unroll 8
@@ -227,6 +237,7 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const Prepared& p, float* ou
       total[i] = _mm512_fmadd_ps(acc, _mm512_permutexvar_ps(lane_group, sv[i]), total[i]);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) {
     // Σ_g (b_g − kUnit·kOffset·s_g)·X_g, sixteen groups at a time.
     const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
@@ -260,6 +271,7 @@ void row_dot_tokens(const QuantizedMatrix& m, int64_t r, const Prepared* const* 
   const uint8_t* row = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + r * m.words_per_row());
   const char* srow = static_cast<const char*>(m.scales.raw()) + r * groups * ssize;
   __m512 total[NT];
+#pragma GCC unroll 4
   for (int j = 0; j < NT; ++j) total[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < p[0]->blocks; ++b) {
     const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
@@ -269,6 +281,7 @@ void row_dot_tokens(const QuantizedMatrix& m, int64_t r, const Prepared* const* 
         _mm512_srl_epi32(_mm512_add_epi32(lane_codes, _mm512_set1_epi32(static_cast<int>(first % gs))), log2_gs);
     const __m512i v = _mm512_maskz_loadu_epi8(bm, row + 64 * b);
     __m512 hi[NT], lo[NT];
+#pragma GCC unroll 4
     for (int j = 0; j < NT; ++j) hi[j] = lo[j] = _mm512_setzero_ps();
 #pragma GCC unroll 8
     for (int t = 0; t < P; ++t) {
@@ -282,9 +295,11 @@ void row_dot_tokens(const QuantizedMatrix& m, int64_t r, const Prepared* const* 
       }
     }
     const __m512 s = _mm512_permutexvar_ps(lane_group, load_group_values(srow + g0 * ssize, sd, ng));
+#pragma GCC unroll 4
     for (int j = 0; j < NT; ++j) total[j] = _mm512_fmadd_ps(_mm512_add_ps(hi[j], lo[j]), s, total[j]);
   }
   const char* brow = static_cast<const char*>(m.biases.raw()) + r * groups * ssize;
+#pragma GCC unroll 4
   for (int j = 0; j < NT; ++j) {
     __m512 bt = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g += 16) {
