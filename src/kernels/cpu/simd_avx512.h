@@ -8,11 +8,10 @@
 namespace vlm::ops::cpu::avx512 {
 
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
-// The same with the AVX512_BF16 decode kernels for 2/4/8-bit weights (only on CPUs that have it).
-void linear_bf16(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
-// 2/4/8-bit GEMV on AVX512_BF16 (simd_quant_bf16.cpp); bias is f32 [rows] or null. Returns false
-// (doing nothing) for other bit widths.
-bool quant_gemv_bf16(const float* x, int64_t n, const Weight& w, const float* bias, float* y);
+// 2/4/8-bit GEMV (n < 16 tokens) on AVX512-VNNI with 16-bit fixed-point activations
+// (simd_quant_vnni.cpp); bias is f32 [rows] or null. Returns false (doing nothing) when the CPU lacks
+// VNNI or for other bit widths.
+bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bias, float* y);
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);

@@ -250,6 +250,7 @@ void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, f
                   const float* init, bool first) {
   __m256 c0[MT], c1[MT];
   alignas(32) float buf[MT][16];
+#pragma GCC unroll 8
   for (int t = 0; t < MT; ++t) {
     for (int i = 0; i < 16; ++i) buf[t][i] = i < nr ? (first ? (init ? init[i] : 0.0f) : y[t * ldy + i]) : 0.0f;
     c0[t] = _mm256_load_ps(buf[t]);
@@ -257,12 +258,14 @@ void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, f
   }
   for (int64_t k = 0; k < kc; ++k) {
     __m256 w0 = _mm256_load_ps(panel + k * kNr), w1 = _mm256_load_ps(panel + k * kNr + 8);
+#pragma GCC unroll 8
     for (int t = 0; t < MT; ++t) {
       __m256 xb = _mm256_broadcast_ss(x + t * ldx + k);
       c0[t] = _mm256_fmadd_ps(xb, w0, c0[t]);
       c1[t] = _mm256_fmadd_ps(xb, w1, c1[t]);
     }
   }
+#pragma GCC unroll 8
   for (int t = 0; t < MT; ++t) {
     _mm256_store_ps(buf[t], c0[t]);
     _mm256_store_ps(buf[t] + 8, c1[t]);

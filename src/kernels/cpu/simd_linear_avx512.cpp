@@ -441,6 +441,10 @@ void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, f
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
   std::vector<float> bias = vector_f32(bias_t);
   const float* b = bias.empty() ? nullptr : bias.data();
+  // 2/4/8-bit weights on AVX512-VNNI: the integer-dot kernels (simd_quant_vnni.cpp) read each row
+  // once per four tokens, so they beat the GEMM (which first decodes panels to f32) up to ~16 tokens.
+  constexpr int64_t kQuantGemvMaxTokens = 16;
+  if (w.quantized && n < kQuantGemvMaxTokens && quant_gemv_vnni(x, n, w, b, y)) return;
   switch (format_of(w)) {
     case Fmt::kF32: return linear_fmt<Fmt::kF32>(x, n, w, b, y);
     case Fmt::kF16: return linear_fmt<Fmt::kF16>(x, n, w, b, y);
@@ -452,17 +456,6 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, fl
     case Fmt::kQ6: return linear_fmt<Fmt::kQ6>(x, n, w, b, y);
     case Fmt::kQ8: return linear_fmt<Fmt::kQ8>(x, n, w, b, y);
   }
-}
-
-void linear_bf16(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
-  // The bf16-dot kernels read each row once per four tokens, so for 2/4/8-bit weights they beat the
-  // GEMM (which first decodes panels to f32) up to ~16 tokens; measured crossover on this CPU.
-  constexpr int64_t kQuantGemvMaxTokens = 16;
-  if (w.quantized && n < kQuantGemvMaxTokens) {
-    std::vector<float> bias = vector_f32(bias_t);
-    if (quant_gemv_bf16(x, n, w, bias.empty() ? nullptr : bias.data(), y)) return;
-  }
-  avx512::linear(x, n, w, bias_t, y);
 }
 
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
