@@ -1,0 +1,298 @@
+// The CUDA backend's runtime side: device selection and availability, the one stream, the cuBLASLt
+// handle + workspace, the caching device allocator (reported to the MemoryTracker as GPU memory),
+// copies, the reusable scratch and staging buffers, and the error helpers of common.cuh.
+//
+// Allocator: requests are rounded up to size classes (powers of two up to 1 MiB, then multiples of
+// 2 MiB) and freed blocks of a class are kept for the next request of that class. Everything runs on
+// one stream, so a block freed by the host while a kernel still reads it is only handed to work that
+// the stream orders after that kernel. release_cache() (and an out-of-memory retry) gives cached
+// blocks back to the driver; cudaFree waits for the device first.
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "core/quant.h"
+#include "kernels/cuda/common.cuh"
+
+namespace vlm::ops::cuda {
+namespace detail {
+
+void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+
+void fail_cuda(cudaError_t e, const char* op, const char* what) {
+  ErrorKind kind = e == cudaErrorMemoryAllocation ? ErrorKind::kResource : ErrorKind::kInternal;
+  std::string msg = std::string("[cuda ") + op + "] " + what + ": " + cudaGetErrorName(e) + " (" +
+                    cudaGetErrorString(e) + ")";
+  cudaGetLastError();  // clear a non-sticky error so the next call does not report it again
+  fail(kind, msg);
+}
+
+void fail_cublas(cublasStatus_t s, const char* op, const char* what) {
+  ErrorKind kind = s == CUBLAS_STATUS_ALLOC_FAILED ? ErrorKind::kResource : ErrorKind::kInternal;
+  fail(kind, std::string("[cuda ") + op + "] " + what + ": cuBLASLt status " + std::to_string(static_cast<int>(s)) +
+                 " (" + cublasLtGetStatusString(s) + ")");
+}
+
+namespace {
+
+struct Context {
+  bool usable = false;
+  std::string reason;
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+};
+
+Context& context() {
+  static Context c = [] {
+    Context ctx;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+      cudaGetLastError();
+      ctx.reason = e != cudaSuccess ? std::string("no CUDA device: ") + cudaGetErrorString(e) : "no CUDA device found";
+      return ctx;
+    }
+    cudaDeviceProp p;
+    if ((e = cudaGetDeviceProperties(&p, 0)) != cudaSuccess || (e = cudaSetDevice(0)) != cudaSuccess ||
+        (e = cudaFree(nullptr)) != cudaSuccess) {
+      cudaGetLastError();
+      ctx.reason = std::string("CUDA device 0 unusable: ") + cudaGetErrorString(e);
+      return ctx;
+    }
+    if (p.major < 8) {  // we ship sm_90a code and compute_80/89 PTX
+      ctx.reason = std::string("CUDA device 0 (") + p.name + ") has compute capability " + std::to_string(p.major) +
+                   "." + std::to_string(p.minor) + ", the CUDA backend needs 8.0 or newer";
+      return ctx;
+    }
+    if ((e = cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking)) != cudaSuccess) {
+      cudaGetLastError();
+      ctx.reason = std::string("cannot create a CUDA stream: ") + cudaGetErrorString(e);
+      return ctx;
+    }
+    ctx.usable = true;
+    return ctx;
+  }();
+  return c;
+}
+
+Context& usable_context(const char* op) {
+  Context& c = context();
+  if (!c.usable) fail(ErrorKind::kUnsupported, std::string("[cuda ") + op + "] " + c.reason);
+  return c;
+}
+
+// ---- caching allocator ----------------------------------------------------------------------------
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmall = size_t{1} << 20, kLargeStep = size_t{2} << 20;
+  if (bytes <= kSmall) {
+    size_t c = 256;
+    while (c < bytes) c <<= 1;
+    return c;
+  }
+  return (bytes + kLargeStep - 1) / kLargeStep * kLargeStep;
+}
+
+struct Block {
+  size_t size;
+  MemCategory category;
+};
+
+struct Allocator {
+  std::mutex mu;
+  std::unordered_map<void*, Block> live;
+  std::multimap<size_t, void*> cached;  // class size -> block
+  size_t cached_bytes = 0;
+
+  // Caller holds mu.
+  void release_locked() {
+    for (auto& [size, p] : cached) {
+      cudaFree(p);  // errors here would be sticky faults already reported elsewhere
+      MemoryTracker::instance().on_cache_remove(MemDevice::kGpu, static_cast<int64_t>(size));
+    }
+    cached.clear();
+    cached_bytes = 0;
+  }
+};
+
+Allocator& allocator() {
+  static Allocator* a = new Allocator();  // never destroyed: tensors may be freed during static teardown
+  return *a;
+}
+
+// Scratch and staging buffers: grown on demand, never shrunk.
+struct Reusable {
+  void* p = nullptr;
+  size_t bytes = 0;
+};
+
+void* grow(Reusable& r, size_t bytes, MemCategory category) {
+  if (r.bytes >= bytes) return r.p;
+  if (r.p != nullptr) device_free(r.p, r.bytes, category);  // stream-ordered reuse makes this safe
+  r.p = nullptr;
+  r.bytes = 0;
+  size_t want = size_class(std::max<size_t>(bytes, 4096));
+  r.p = device_alloc(want, category);
+  r.bytes = want;
+  return r.p;
+}
+
+}  // namespace
+
+cudaStream_t stream(const char* op) { return usable_context(op).stream; }
+
+cublasLtHandle_t lt_handle(const char* op) {
+  Context& c = usable_context(op);
+  static std::once_flag once;
+  std::call_once(once, [&] { VLM_CUBLAS(cublasLtCreate(&c.lt), op); });
+  return c.lt;
+}
+
+size_t lt_workspace_bytes() { return size_t{32} << 20; }
+
+void* lt_workspace(const char* op) {
+  usable_context(op);
+  static void* ws = device_alloc(lt_workspace_bytes(), MemCategory::kScratch);
+  return ws;
+}
+
+void* scratch(size_t bytes, const char* op) {
+  usable_context(op);
+  static Reusable r;
+  return grow(r, bytes, MemCategory::kScratch);
+}
+
+void Staging::upload() {
+  static Reusable r;
+  if (bytes_.empty()) return;
+  cudaStream_t s = stream(op_);
+  base_ = static_cast<const char*>(grow(r, bytes_.size(), MemCategory::kOther));
+  VLM_CUDA(cudaMemcpyAsync(const_cast<char*>(base_), bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+}
+
+FloatKind float_kind(const Tensor& t, const char* op, const char* name) {
+  switch (t.dtype()) {
+    case DType::kF32: return kF32;
+    case DType::kF16: return kF16;
+    case DType::kBF16: return kBF16;
+    default: break;
+  }
+  fail(ErrorKind::kInvalidArgument,
+       std::string("[cuda ") + op + "] " + name + " is " + t.describe() + ", expected f32, f16 or bf16");
+}
+
+const void* device_ptr(const Tensor& t, const char* op, const char* name) {
+  if (!t.defined() || t.device() != Device::kCuda || !t.is_contiguous())
+    fail(ErrorKind::kInvalidArgument, std::string("[cuda ") + op + "] " + name + " is " +
+                                          (t.defined() ? t.describe() : std::string("undefined")) +
+                                          ", expected a contiguous tensor on the GPU");
+  return t.raw();
+}
+
+QuantView quant_view(const Weight& w, const char* op) {
+  const QuantizedMatrix& m = w.quant;
+  m.validate(op);
+  QuantView v;
+  v.packed = static_cast<const uint32_t*>(device_ptr(m.packed, op, "packed weight"));
+  v.scales = device_ptr(m.scales, op, "quantization scales");
+  v.biases = device_ptr(m.biases, op, "quantization biases");
+  v.scale_kind = float_kind(m.scales, op, "quantization scales");
+  v.bias_kind = float_kind(m.biases, op, "quantization biases");
+  v.bits = m.spec.bits;
+  v.group_size = m.spec.group_size;
+  v.words_per_row = m.words_per_row();
+  v.groups = m.cols / m.spec.group_size;
+  return v;
+}
+
+}  // namespace detail
+
+using detail::allocator;
+
+bool available() { return detail::context().usable; }
+
+void* device_alloc(size_t bytes, MemCategory category) {
+  detail::usable_context("device_alloc");
+  const size_t size = detail::size_class(bytes);
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  void* p = nullptr;
+  auto it = a.cached.find(size);
+  if (it != a.cached.end()) {
+    p = it->second;
+    a.cached.erase(it);
+    a.cached_bytes -= size;
+    MemoryTracker::instance().on_cache_remove(MemDevice::kGpu, static_cast<int64_t>(size));
+  } else {
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation && !a.cached.empty()) {  // give the cache back and retry once
+      cudaGetLastError();
+      a.release_locked();
+      e = cudaMalloc(&p, size);
+    }
+    if (e != cudaSuccess) {
+      size_t free_b = 0, total_b = 0;
+      cudaGetLastError();
+      cudaMemGetInfo(&free_b, &total_b);
+      cudaGetLastError();
+      detail::fail(e == cudaErrorMemoryAllocation ? ErrorKind::kResource : ErrorKind::kInternal,
+                   "[cuda device_alloc] cudaMalloc of " + std::to_string(size) + " bytes (" + std::to_string(bytes) +
+                       " asked, " + mem_category_name(category) + ") failed: " + cudaGetErrorString(e) + "; " +
+                       std::to_string(free_b >> 20) + " of " + std::to_string(total_b >> 20) + " MiB free");
+    }
+  }
+  a.live[p] = {size, category};
+  MemoryTracker::instance().on_alloc(MemDevice::kGpu, category, static_cast<int64_t>(size));
+  return p;
+}
+
+void device_free(void* p, size_t /*bytes*/, MemCategory /*category*/) {
+  if (p == nullptr) return;
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  auto it = a.live.find(p);
+  if (it == a.live.end()) return;  // not ours (or freed twice): called from deleters, so never throw
+  const detail::Block b = it->second;
+  a.live.erase(it);
+  a.cached.emplace(b.size, p);
+  a.cached_bytes += b.size;
+  MemoryTracker::instance().on_free(MemDevice::kGpu, b.category, static_cast<int64_t>(b.size));
+  MemoryTracker::instance().on_cache_add(MemDevice::kGpu, static_cast<int64_t>(b.size));
+}
+
+void release_cache() {
+  if (!available()) return;
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.release_locked();
+}
+
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device == Device::kCpu && src_device == Device::kCpu) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  cudaStream_t s = detail::stream("copy");
+  cudaMemcpyKind kind = dst_device == Device::kCpu   ? cudaMemcpyDeviceToHost
+                        : src_device == Device::kCpu ? cudaMemcpyHostToDevice
+                                                     : cudaMemcpyDeviceToDevice;
+  VLM_CUDA(cudaMemcpyAsync(dst, src, bytes, kind, s), "copy");
+  if (dst_device == Device::kCpu) VLM_CUDA(cudaStreamSynchronize(s), "copy");
+}
+
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows) {
+  if (width == 0 || rows == 0) return;
+  if (width > dst_pitch || width > src_pitch)
+    detail::fail(ErrorKind::kInvalidArgument, "[cuda copy_2d] row width " + std::to_string(width) +
+                                                  " exceeds a pitch (dst " + std::to_string(dst_pitch) + ", src " +
+                                                  std::to_string(src_pitch) + ")");
+  cudaStream_t s = detail::stream("copy_2d");
+  VLM_CUDA(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, s), "copy_2d");
+}
+
+void synchronize() {
+  if (!available()) return;
+  VLM_CUDA(cudaStreamSynchronize(detail::stream("synchronize")), "synchronize");
+}
+
+}  // namespace vlm::ops::cuda

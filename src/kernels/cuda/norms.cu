@@ -1,0 +1,75 @@
+// RMSNorm and LayerNorm on the GPU: one block per row, f32 block reductions, the reference's
+// formulas (rms = sqrt(mean(x²) + eps), y = x / rms * (w + offset); LayerNorm two-pass mean and
+// variance). Weights and biases of any float dtype are read as f32. In place (x == y) is allowed:
+// each element is read before the same thread writes it.
+#include "kernels/cuda/common.cuh"
+
+namespace vlm::ops::cuda::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void rms_norm_kernel(const float* x, int64_t d, const void* w, int wkind, float eps, float offset,
+                                float* y) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * d;
+  float* yr = y + blockIdx.x * d;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
+  ss = block_sum(ss, red);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
+    yr[c] = __fmul_rn(__fmul_rn(xr[c], inv), detail::load_float(w, wkind, c) + offset);
+}
+
+__global__ void layer_norm_kernel(const float* x, int64_t d, const void* w, int wkind, const void* b, int bkind,
+                                  float eps, float* y) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * d;
+  float* yr = y + blockIdx.x * d;
+  float sum = 0.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) sum += xr[c];
+  const float mean = block_sum(sum, red) / static_cast<float>(d);
+  float var = 0.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float t = xr[c] - mean;
+    var += t * t;
+  }
+  const float inv = 1.0f / sqrtf(block_sum(var, red) / static_cast<float>(d) + eps);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float v = __fmul_rn(xr[c] - mean, inv);
+    if (w != nullptr) v = __fmul_rn(v, detail::load_float(w, wkind, c));
+    if (b != nullptr) v = __fadd_rn(v, detail::load_float(b, bkind, c));
+    yr[c] = v;
+  }
+}
+
+void check_rows(int64_t n, const char* op) {
+  if (n > 0x7fffffff) detail::fail(ErrorKind::kInvalidArgument, std::string("[cuda ") + op + "] too many rows");
+}
+
+}  // namespace
+
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
+  if (n <= 0 || d <= 0) return;
+  check_rows(n, "rms_norm");
+  const void* w = detail::device_ptr(weight, "rms_norm", "weight");
+  const int wk = detail::float_kind(weight, "rms_norm", "weight");
+  cudaStream_t st = detail::stream("rms_norm");
+  rms_norm_kernel<<<static_cast<unsigned>(n), kThreads, 0, st>>>(x, d, w, wk, eps, offset, y);
+  VLM_CUDA_LAUNCHED("rms_norm");
+}
+
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
+  if (n <= 0 || d <= 0) return;
+  check_rows(n, "layer_norm");
+  const void* w = weight.defined() ? detail::device_ptr(weight, "layer_norm", "weight") : nullptr;
+  const void* b = bias.defined() ? detail::device_ptr(bias, "layer_norm", "bias") : nullptr;
+  const int wk = weight.defined() ? detail::float_kind(weight, "layer_norm", "weight") : 0;
+  const int bk = bias.defined() ? detail::float_kind(bias, "layer_norm", "bias") : 0;
+  cudaStream_t st = detail::stream("layer_norm");
+  layer_norm_kernel<<<static_cast<unsigned>(n), kThreads, 0, st>>>(x, d, w, wk, b, bk, eps, y);
+  VLM_CUDA_LAUNCHED("layer_norm");
+}
+
+}  // namespace vlm::ops::cuda::kernels

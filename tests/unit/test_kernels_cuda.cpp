@@ -1,0 +1,464 @@
+// CUDA backend conformance: every op of the kernel table (cpu::kKernelOps) has cases here that draw
+// fresh random inputs, run the op through cuda::kernel_table() on device buffers (outputs poisoned
+// with NaN first, so an element the kernel forgot to write fails), copy the result back and compare
+// it with the CPU scalar reference (ops::force_scalar_kernels(true)) by NMSE against the op's bound:
+//   f32 math (norms, rope, activations, softmax, attention, f32/f16/bf16-weight GEMV, quantized
+//   linear, f32 GEMM)                                  1e-11 .. 1e-14 (summation order, libm ulps)
+//   f16-weight GEMM (x rounded to f16 for cuBLASLt)   1e-7
+//   bf16-weight GEMM (x rounded to bf16 for cuBLASLt) 1e-5
+// An op without a case fails EveryOpHasACase, which runs without a GPU too; the GPU tests skip with
+// the reason when no CUDA device is usable (CPU-only CI). Also: the allocator's size classes, cache
+// and MemoryTracker reports, copies, copy_2d, and typed errors for unsupported shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <set>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "test_kernels_util.h"
+
+using namespace vlm;
+using namespace vlm::test;
+namespace cuda = vlm::ops::cuda;
+
+namespace {
+
+// ---- device helpers -------------------------------------------------------------------------------
+// A device copy of host bytes, freed (to the allocator's cache) with its last reference.
+std::shared_ptr<void> device_copy(const void* host, size_t bytes) {
+  void* p = cuda::device_alloc(bytes, MemCategory::kScratch);
+  std::shared_ptr<void> keep(p, [bytes](void* q) { cuda::device_free(q, bytes, MemCategory::kScratch); });
+  if (bytes > 0) cuda::copy(p, Device::kCuda, host, Device::kCpu, bytes);
+  return keep;
+}
+
+Tensor gpu_tensor(const Tensor& t) {
+  if (!t.defined()) return t;
+  std::shared_ptr<void> p = device_copy(t.raw(), t.nbytes());
+  return Tensor::borrow(p.get(), t.shape(), t.dtype(), p, Device::kCuda);
+}
+
+ops::Weight gpu_weight(const ops::Weight& w) {
+  ops::Weight g = w;
+  if (w.quantized) {
+    g.quant.packed = gpu_tensor(w.quant.packed);
+    g.quant.scales = gpu_tensor(w.quant.scales);
+    g.quant.biases = gpu_tensor(w.quant.biases);
+  } else {
+    g.dense = gpu_tensor(w.dense);
+  }
+  return g;
+}
+
+// A float buffer on the device; `poison` fills it with NaN (every element must be overwritten).
+struct DeviceFloats {
+  std::shared_ptr<void> mem;
+  size_t n;
+  DeviceFloats(const std::vector<float>& v) : mem(device_copy(v.data(), v.size() * 4)), n(v.size()) {}
+  static DeviceFloats poison(size_t n) {
+    return DeviceFloats(std::vector<float>(n, std::numeric_limits<float>::quiet_NaN()));
+  }
+  float* ptr() const { return static_cast<float*>(mem.get()); }
+  std::vector<float> host() const {
+    std::vector<float> v(n);
+    cuda::copy(v.data(), Device::kCpu, mem.get(), Device::kCuda, n * 4);
+    return v;
+  }
+};
+
+using Vec = std::shared_ptr<std::vector<float>>;
+Vec vec(std::mt19937& rng, size_t n, float lo = -1.0f, float hi = 1.0f) {
+  return std::make_shared<std::vector<float>>(random_vec(rng, n, lo, hi));
+}
+
+struct Case {
+  std::string op, what;
+  double tol;
+  std::function<std::vector<float>()> cpu;  // scalar reference on host data
+  std::function<std::vector<float>()> gpu;  // the CUDA table entry on device copies
+};
+
+const ops::cpu::KernelTable& table() { return cuda::kernel_table(); }
+
+// Same-shape elementwise op: `cpu_fn` mutates a host copy, `gpu_fn` a device copy.
+Case inplace_case(std::string op, std::string what, double tol, Vec x, std::function<void(float*, int64_t)> cpu_fn,
+                  std::function<void(float*, int64_t)> gpu_fn) {
+  return {op, what, tol,
+          [x, cpu_fn] {
+            std::vector<float> y = *x;
+            cpu_fn(y.data(), static_cast<int64_t>(y.size()));
+            return y;
+          },
+          [x, gpu_fn] {
+            DeviceFloats d(*x);
+            gpu_fn(d.ptr(), static_cast<int64_t>(x->size()));
+            return d.host();
+          }};
+}
+
+void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  std::vector<std::pair<std::string, ops::Weight>> weights;
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    weights.emplace_back(std::string(dtype_name(dt)) + " 200x576", dense_weight(random_tensor(rng, {200, 576}, dt)));
+  weights.emplace_back("bf16 45x200", dense_weight(random_tensor(rng, {45, 200}, DType::kBF16)));
+  weights.emplace_back("f16 odd 33x203", dense_weight(random_tensor(rng, {33, 203}, DType::kF16)));
+  weights.emplace_back("f32 odd 19x37", dense_weight(random_tensor(rng, {19, 37}, DType::kF32)));
+  weights.emplace_back("bf16 300x5632", dense_weight(random_tensor(rng, {300, 5632}, DType::kBF16)));
+  weights.emplace_back("q4g64 300x5632", random_quantized(rng, 300, 5632, 4, 64, DType::kBF16));
+  weights.emplace_back("q4g64 f16 scales", random_quantized(rng, 66, 256, 4, 64, DType::kF16));
+  weights.emplace_back("q3g32 f32 scales", random_quantized(rng, 66, 256, 3, 32, DType::kF32));
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128})
+      weights.emplace_back("q" + std::to_string(bits) + "g" + std::to_string(group) + " 70x640",
+                           random_quantized(rng, 70, 640, bits, group, DType::kBF16));
+  for (auto& [name, w] : weights) {
+    const bool big = w.cols() > 1000;
+    for (int64_t n : big ? std::vector<int64_t>{1, 5, 37} : std::vector<int64_t>{1, 3, 7, 37, 131}) {
+      Vec x = vec(rng, static_cast<size_t>(n * w.cols()));
+      Tensor bias;
+      if (n == 3) bias = random_tensor(rng, {w.rows()}, DType::kF32);
+      if (n == 37) bias = random_tensor(rng, {w.rows()}, DType::kBF16);
+      // GEMM (n >= 8) on 16-bit dense weights rounds x to the weight's dtype for cuBLASLt.
+      double tol = 1e-11;
+      if (!w.quantized && n >= 8 && w.dense.dtype() == DType::kBF16) tol = 1e-5;
+      if (!w.quantized && n >= 8 && w.dense.dtype() == DType::kF16) tol = 1e-7;
+      cases.push_back({"linear", name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : ""), tol,
+                       [w, x, n, bias] {
+                         std::vector<float> y(static_cast<size_t>(n * w.rows()));
+                         ops::linear(x->data(), n, w, bias, y.data());
+                         return y;
+                       },
+                       [w, x, n, bias] {
+                         ops::Weight gw = gpu_weight(w);
+                         DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * w.rows()));
+                         table().linear(gx.ptr(), n, gw, gpu_tensor(bias), gy.ptr());
+                         return gy.host();
+                       }});
+    }
+  }
+  // Embedding over a few of the same tables.
+  for (auto& [name, w] : weights) {
+    if (w.quantized && name.find("g64 70") == std::string::npos && name.find("scales") == std::string::npos) continue;
+    std::vector<int32_t> ids = {0, static_cast<int32_t>(w.rows() - 1), 5, 5, 17};
+    cases.push_back({"embedding", name, 1e-14,
+                     [w, ids] {
+                       std::vector<float> out(ids.size() * w.cols());
+                       ops::embedding(w, ids.data(), static_cast<int64_t>(ids.size()), 1.5f, out.data());
+                       return out;
+                     },
+                     [w, ids] {
+                       ops::Weight gw = gpu_weight(w);
+                       DeviceFloats out = DeviceFloats::poison(ids.size() * w.cols());
+                       table().embedding(gw, ids.data(), static_cast<int64_t>(ids.size()), 1.5f, out.ptr());
+                       return out.host();
+                     }});
+  }
+}
+
+void add_norm_rope_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  for (int64_t d : {576, 1001}) {
+    Vec x = vec(rng, static_cast<size_t>(9 * d), -4.0f, 4.0f);
+    for (DType wt : {DType::kBF16, DType::kF32}) {
+      Tensor w = random_tensor(rng, {d}, wt);
+      for (float offset : {0.0f, 1.0f})
+        cases.push_back({"rms_norm", "d=" + std::to_string(d) + " w " + dtype_name(wt) + " offset " +
+                                         std::to_string(static_cast<int>(offset)),
+                         1e-12,
+                         [x, w, d, offset] {
+                           std::vector<float> y(x->size());
+                           ops::rms_norm(x->data(), 9, d, w, 1e-6f, offset, y.data());
+                           return y;
+                         },
+                         [x, w, d, offset] {  // in place on the device (allowed by ops.h)
+                           DeviceFloats g(*x);
+                           table().rms_norm(g.ptr(), 9, d, gpu_tensor(w), 1e-6f, offset, g.ptr());
+                           return g.host();
+                         }});
+    }
+    Tensor w = random_tensor(rng, {d}, DType::kBF16), b = random_tensor(rng, {d}, DType::kF16);
+    for (int variant = 0; variant < 3; ++variant) {
+      Tensor wv = variant == 2 ? Tensor() : w, bv = variant == 1 ? Tensor() : b;
+      cases.push_back({"layer_norm",
+                       "d=" + std::to_string(d) + (wv.defined() ? " +w" : "") + (bv.defined() ? " +b" : ""), 1e-12,
+                       [x, wv, bv, d] {
+                         std::vector<float> y(x->size());
+                         ops::layer_norm(x->data(), 9, d, wv, bv, 1e-5f, y.data());
+                         return y;
+                       },
+                       [x, wv, bv, d] {
+                         DeviceFloats g(*x), y = DeviceFloats::poison(x->size());
+                         table().layer_norm(g.ptr(), 9, d, gpu_tensor(wv), gpu_tensor(bv), 1e-5f, y.ptr());
+                         return y.host();
+                       }});
+    }
+  }
+  for (auto [hd, rot] : {std::pair<int64_t, int64_t>{64, 64}, {128, 128}, {96, 48}, {256, 256}}) {
+    const int64_t nt = 11, nh = 5;
+    Vec x = vec(rng, static_cast<size_t>(nt * nh * hd));
+    Vec inv = vec(rng, static_cast<size_t>(rot / 2), 0.0f, 1.0f);
+    auto pos = std::make_shared<std::vector<int64_t>>(nt);
+    for (int64_t i = 0; i < nt; ++i) (*pos)[i] = (i * 7919) % 100003;  // large, unordered positions
+    cases.push_back(inplace_case(
+        "rope", "hd=" + std::to_string(hd) + " rot=" + std::to_string(rot), 1e-13, x,
+        [=](float* y, int64_t) { ops::rope(y, nt, nh, hd, rot, inv->data(), pos->data(), 1.1f); },
+        [=](float* y, int64_t) { table().rope(y, nt, nh, hd, rot, inv->data(), pos->data(), 1.1f); }));
+  }
+  {
+    const int64_t nt = 7, nh = 4, hd = 128;
+    Vec x = vec(rng, static_cast<size_t>(nt * nh * hd));
+    Vec inv = vec(rng, static_cast<size_t>(hd / 2), 0.0f, 1.0f);
+    auto pos = std::make_shared<std::vector<int64_t>>(3 * nt);
+    for (size_t i = 0; i < pos->size(); ++i) (*pos)[i] = static_cast<int64_t>((i * 7) % 13);
+    // Stream tables by ops.h's rules: chunked sections, and the interleaved layout.
+    std::vector<int> sections = {16, 24, 24}, inter = {24, 20, 20};
+    auto chunked = std::make_shared<std::vector<int>>();
+    for (size_t s = 0; s < sections.size(); ++s) chunked->insert(chunked->end(), sections[s], static_cast<int>(s % 3));
+    auto interleaved = std::make_shared<std::vector<int>>(hd / 2, 0);
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      if (i % 3 == 1 && i < 3 * inter[1]) (*interleaved)[i] = 1;
+      if (i % 3 == 2 && i < 3 * inter[2]) (*interleaved)[i] = 2;
+    }
+    cases.push_back(inplace_case(
+        "mrope", "qwen2-vl sections", 1e-13, x,
+        [=](float* y, int64_t) { ops::mrope(y, nt, nh, hd, inv->data(), pos->data(), sections, 0.9f); },
+        [=](float* y, int64_t) { table().mrope(y, nt, nh, hd, inv->data(), pos->data(), chunked->data(), 0.9f); }));
+    cases.push_back(inplace_case(
+        "mrope", "qwen3-vl interleaved", 1e-13, x,
+        [=](float* y, int64_t) { ops::mrope_interleaved(y, nt, nh, hd, inv->data(), pos->data(), inter, 1.0f); },
+        [=](float* y, int64_t) {
+          table().mrope(y, nt, nh, hd, inv->data(), pos->data(), interleaved->data(), 1.0f);
+        }));
+  }
+}
+
+void add_elementwise_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  for (auto act : {ops::Activation::kSilu, ops::Activation::kGeluTanh, ops::Activation::kGeluErf,
+                   ops::Activation::kQuickGelu, ops::Activation::kRelu}) {
+    Vec x = vec(rng, 4864 + 3, -10.0f, 10.0f), up = vec(rng, 4864 + 3);
+    const std::string name = "activation " + std::to_string(static_cast<int>(act));
+    cases.push_back(inplace_case(
+        "activate", name, 1e-12, x, [=](float* y, int64_t n) { ops::activate(y, n, act); },
+        [=](float* y, int64_t n) { table().activate(y, n, act); }));
+    cases.push_back(inplace_case(
+        "gated_activate", name, 1e-12, x, [=](float* y, int64_t n) { ops::gated_activate(y, up->data(), n, act); },
+        [=](float* y, int64_t n) {
+          DeviceFloats u(*up);
+          table().gated_activate(y, u.ptr(), n, act);
+        }));
+  }
+  {
+    Vec x = vec(rng, 7 * 1003, -20.0f, 20.0f);
+    for (int c = 0; c < 1003; ++c) (*x)[3 * 1003 + c] = -std::numeric_limits<float>::infinity();  // masked row
+    (*x)[5 * 1003 + 17] = -std::numeric_limits<float>::infinity();
+    cases.push_back(inplace_case(
+        "softmax", "7x1003 with a fully masked row", 1e-12, x, [](float* y, int64_t) { ops::softmax(y, 7, 1003); },
+        [](float* y, int64_t) { table().softmax(y, 7, 1003); }));
+  }
+  Vec y = vec(rng, 2053, -40.0f, 40.0f), x = vec(rng, 2053);
+  cases.push_back(inplace_case(
+      "add", "2053", 1e-14, y, [=](float* p, int64_t n) { ops::add(p, x->data(), n); },
+      [=](float* p, int64_t n) { table().add(p, DeviceFloats(*x).ptr(), n); }));
+  cases.push_back(inplace_case(
+      "mul", "2053", 1e-14, y, [=](float* p, int64_t n) { ops::mul(p, x->data(), n); },
+      [=](float* p, int64_t n) { table().mul(p, DeviceFloats(*x).ptr(), n); }));
+  cases.push_back(inplace_case(
+      "scale", "2053", 1e-14, y, [](float* p, int64_t n) { ops::scale(p, 0.37f, n); },
+      [](float* p, int64_t n) { table().scale(p, 0.37f, n); }));
+  cases.push_back(inplace_case(
+      "softcap", "2053 cap 30", 1e-12, y, [](float* p, int64_t n) { ops::softcap(p, n, 30.0f); },
+      [](float* p, int64_t n) { table().softcap(p, n, 30.0f); }));
+}
+
+void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  static const int32_t groups[40] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2, 2,
+                                     2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  struct A {
+    std::string what;
+    int64_t nq, nk, q0, nh, nkv, hd;
+    float cap;
+    ops::AttentionMask mask;
+    bool ring;  // keys in rotating-cache order (k_pos not sorted)
+  };
+  const std::vector<A> all = {
+      {"prefill gqa causal", 24, 24, 0, 14, 2, 64, 0.0f, {}, false},
+      {"decode", 1, 40, 39, 14, 2, 64, 0.0f, {}, false},
+      {"decode ring window", 1, 16, 47, 8, 2, 128, 0.0f, {true, 16, nullptr, 0}, true},
+      {"chunk after cache ring", 5, 16, 43, 4, 4, 64, 0.0f, {true, 12, nullptr, 0}, true},
+      {"sliding window + softcap", 30, 30, 0, 8, 4, 128, 50.0f, {true, 8, nullptr, 0}, false},
+      {"image groups", 20, 20, 0, 4, 1, 72, 0.0f, {true, 0, groups, 40}, false},
+      {"image groups + window", 24, 24, 0, 4, 2, 64, 0.0f, {true, 3, groups, 40}, false},
+      {"vision non-causal", 50, 50, 0, 6, 6, 80, 0.0f, {false, 0, nullptr, 0}, false},
+      {"head_dim 256 gqa", 9, 9, 0, 8, 1, 256, 30.0f, {}, false},
+      {"first query sees no key (zeros)", 4, 10, -1, 2, 1, 32, 0.0f, {}, false},
+      {"long decode", 1, 1500, 1499, 16, 2, 128, 0.0f, {}, false},
+  };
+  for (const A& a : all) {
+    Vec q = vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
+    Vec k = vec(rng, static_cast<size_t>(a.nk * a.nkv * a.hd), -2, 2);
+    Vec v = vec(rng, static_cast<size_t>(a.nk * a.nkv * a.hd));
+    auto kp = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(a.nk));
+    std::iota(kp->begin(), kp->end(), int64_t{0});
+    if (a.ring)  // a ring buffer holding the last nk positions before q0 + nq, rotated
+      for (int64_t j = 0; j < a.nk; ++j) (*kp)[j] = a.q0 + a.nq - a.nk + (j + 5) % a.nk;
+    cases.push_back({"attention", a.what, 1e-11,
+                     [=] {
+                       std::vector<float> out(q->size());
+                       ops::attention(q->data(), a.nq, a.q0, k->data(), v->data(), kp->data(), a.nk, a.nh, a.nkv,
+                                      a.hd, 0.125f, a.cap, a.mask, out.data());
+                       return out;
+                     },
+                     [=] {
+                       DeviceFloats gq(*q), gk(*k), gv(*v), out = DeviceFloats::poison(q->size());
+                       table().attention(gq.ptr(), a.nq, a.q0, gk.ptr(), gv.ptr(), kp->data(), a.nk, a.nh, a.nkv,
+                                         a.hd, 0.125f, a.cap, a.mask, out.ptr());
+                       return out.host();
+                     }});
+  }
+}
+
+std::vector<Case> build_cases() {
+  std::vector<Case> cases;
+  std::mt19937 rng(20261126);
+  add_linear_cases(cases, rng);
+  add_norm_rope_cases(cases, rng);
+  add_elementwise_cases(cases, rng);
+  add_attention_cases(cases, rng);
+  return cases;
+}
+
+}  // namespace
+
+// GTEST_SKIP returns from the function it is in, so this stays a macro used in test bodies.
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::available()) GTEST_SKIP() << "no usable CUDA device: " << cuda_unavailable_reason()
+
+namespace {
+
+}  // namespace
+
+TEST(CudaKernels, EveryOpHasACase) {
+  std::set<std::string> covered;
+  for (const Case& c : build_cases()) covered.insert(c.op);
+  for (const char* op : ops::cpu::kKernelOps) EXPECT_TRUE(covered.count(op)) << "no CUDA case for op " << op;
+  for (const std::string& op : covered) {
+    bool known = false;
+    for (const char* k : ops::cpu::kKernelOps) known = known || op == k;
+    EXPECT_TRUE(known) << "case for unknown op " << op;
+  }
+}
+
+// Runs without a GPU too: every case's reference output is finite and not all zeros, so the GPU
+// comparison cannot pass on degenerate inputs.
+TEST(CudaKernels, ReferenceOutputsAreNonTrivial) {
+  ops::force_scalar_kernels(true);
+  for (const Case& c : build_cases()) {
+    std::vector<float> want = c.cpu();
+    size_t nonzero = 0, nonfinite = 0;
+    for (float v : want) {
+      nonzero += v != 0.0f;
+      nonfinite += !std::isfinite(v);
+    }
+    EXPECT_GT(nonzero, want.size() / 2) << c.op << " [" << c.what << "]";
+    EXPECT_EQ(nonfinite, 0u) << c.op << " [" << c.what << "]";
+  }
+  ops::force_scalar_kernels(false);
+}
+
+TEST(CudaKernels, TableIsComplete) {
+  SKIP_WITHOUT_GPU();
+  const auto& t = cuda::kernel_table();
+  const void* const* entries = reinterpret_cast<const void* const*>(&t);
+  for (size_t i = 0; i < sizeof(t) / sizeof(void*); ++i)
+    EXPECT_NE(entries[i], nullptr) << "null CUDA entry " << ops::cpu::kKernelOps[i];
+}
+
+TEST(CudaKernels, EveryOpMatchesScalarReference) {
+  SKIP_WITHOUT_GPU();
+  std::map<std::string, double> worst;
+  for (const Case& c : build_cases()) {
+    ops::force_scalar_kernels(true);
+    std::vector<float> want = c.cpu();
+    ops::force_scalar_kernels(false);
+    std::vector<float> got = c.gpu();
+    ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
+    size_t unwritten = 0;
+    for (size_t i = 0; i < got.size(); ++i) unwritten += std::isnan(got[i]) && !std::isnan(want[i]);
+    EXPECT_EQ(unwritten, 0u) << c.op << " [" << c.what << "]: elements left unwritten (NaN poison) or NaN";
+    const double e = nmse(got.data(), std::vector<double>(want.begin(), want.end()));
+    EXPECT_LE(e, c.tol) << c.op << " [" << c.what << "]";
+    worst[c.op] = std::max(worst[c.op], e);
+  }
+  for (auto& [op, e] : worst) std::printf("  %-15s worst NMSE %.3g\n", op.c_str(), e);
+}
+
+TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {
+  SKIP_WITHOUT_GPU();
+  cuda::synchronize();
+  cuda::release_cache();
+  auto& tracker = MemoryTracker::instance();
+  const MemorySnapshot s0 = tracker.snapshot(MemDevice::kGpu);
+  void* p = cuda::device_alloc(3000, MemCategory::kKvCache);  // size class 4096
+  const MemorySnapshot s1 = tracker.snapshot(MemDevice::kGpu);
+  EXPECT_EQ(s1.active - s0.active, 4096);
+  EXPECT_EQ(s1.by_category[static_cast<int>(MemCategory::kKvCache)] -
+                s0.by_category[static_cast<int>(MemCategory::kKvCache)],
+            4096);
+  cuda::device_free(p, 3000, MemCategory::kKvCache);
+  const MemorySnapshot s2 = tracker.snapshot(MemDevice::kGpu);
+  EXPECT_EQ(s2.active, s0.active);
+  EXPECT_EQ(s2.cache - s0.cache, 4096);
+  void* q = cuda::device_alloc(4000, MemCategory::kScratch);  // same class: the cached block comes back
+  EXPECT_EQ(q, p);
+  EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).cache, s0.cache);
+  cuda::device_free(q, 4000, MemCategory::kScratch);
+  void* big = cuda::device_alloc((size_t{3} << 20) + 1, MemCategory::kWeights);  // rounds to 4 MiB
+  EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active - s0.active, int64_t{4} << 20);
+  cuda::device_free(big, (size_t{3} << 20) + 1, MemCategory::kWeights);
+  cuda::release_cache();
+  EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).cache, 0);
+  EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active, s0.active);
+}
+
+TEST(CudaKernels, CopiesAndCopy2d) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(5);
+  const std::vector<float> src = random_vec(rng, 6 * 10);  // 6 rows of 10
+  DeviceFloats a(src), b = DeviceFloats::poison(src.size());
+  cuda::copy(b.ptr(), Device::kCuda, a.ptr(), Device::kCuda, src.size() * 4);
+  EXPECT_EQ(b.host(), src);
+  // Columns 3..6 of every row into a packed [6, 4] block.
+  DeviceFloats c = DeviceFloats::poison(6 * 4);
+  cuda::copy_2d(c.ptr(), 4 * 4, a.ptr() + 3, 10 * 4, 4 * 4, 6);
+  std::vector<float> got = c.host();
+  for (int r = 0; r < 6; ++r)
+    for (int j = 0; j < 4; ++j) EXPECT_EQ(got[r * 4 + j], src[r * 10 + 3 + j]) << r << "," << j;
+  EXPECT_THROW(cuda::copy_2d(c.ptr(), 8, a.ptr(), 40, 16, 2), Error);  // width wider than the dst pitch
+}
+
+TEST(CudaKernels, UnsupportedShapesThrowTypedErrors) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> host(2 * 300, 1.0f);
+  DeviceFloats q(host), out = DeviceFloats::poison(host.size());
+  const int64_t kp[1] = {0};
+  try {
+    table().attention(q.ptr(), 1, 0, q.ptr(), q.ptr(), kp, 1, 2, 2, 300, 1.0f, 0.0f, {}, out.ptr());
+    FAIL() << "head_dim 300 should be refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("head_dim 300"), std::string::npos) << e.what();
+  }
+  std::mt19937 rng(1);
+  ops::Weight w = dense_weight(random_tensor(rng, {4, 8}, DType::kBF16));
+  const int32_t bad[1] = {4};
+  EXPECT_THROW(table().embedding(gpu_weight(w), bad, 1, 1.0f, out.ptr()), Error);
+  // A host weight handed to the GPU table is refused, not dereferenced.
+  EXPECT_THROW(table().linear(q.ptr(), 1, w, Tensor(), out.ptr()), Error);
+}
