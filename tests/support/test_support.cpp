@@ -48,7 +48,13 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-std::string source_dir() { return VLM_SOURCE_DIR; }
+// Both paths are fixed at build time; VLMCHECK_TEST_SOURCE_DIR / VLMCHECK_TEST_BINARY override them
+// when the test binaries run elsewhere (copied with the repository to the GPU machine, see
+// tools/cuda/make_device_bundle.sh).
+std::string source_dir() {
+  const char* env = std::getenv("VLMCHECK_TEST_SOURCE_DIR");
+  return env && *env ? env : VLM_SOURCE_DIR;
+}
 
 size_t comparable_greedy_tokens(const Json& config, size_t prompt_len, size_t n) {
   const Json* rope = nullptr;
@@ -62,7 +68,10 @@ size_t comparable_greedy_tokens(const Json& config, size_t prompt_len, size_t n)
   if (original <= 0 || static_cast<int64_t>(prompt_len + n) <= original) return n;
   return std::min<size_t>(n, static_cast<size_t>(std::max<int64_t>(0, original - static_cast<int64_t>(prompt_len) + 1)));
 }
-std::string vlmcheck_binary() { return VLM_BINARY; }
+std::string vlmcheck_binary() {
+  const char* env = std::getenv("VLMCHECK_TEST_BINARY");
+  return env && *env ? env : VLM_BINARY;
+}
 
 ProcessResult run_vlmcheck(const std::vector<std::string>& args, const std::vector<std::string>& env,
                            const std::string& cwd) {

@@ -2,7 +2,7 @@
 // random inputs, on both the scalar reference and the SIMD path of this CPU (the suite is
 // parameterised by force_scalar_kernels). Tolerances are NMSE bounds: f32 accumulation over a few
 // hundred terms gives ~1e-13; we allow 1e-10 (weights in f16/bf16/quantized are read exactly, so
-// their bound is the same; the one exception, 2/4/8-bit decode on AVX-512 VNNI, is noted at linear_tol).
+// their bound is the same; the one exception, quantized decode on AVX-512 VNNI, is noted at linear_tol).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -42,14 +42,15 @@ std::vector<double> linear_oracle(const std::vector<float>& x, int64_t n, const 
 // The AVX512_BF16 2/4/8-bit decode kernels dot x as x_hi + x_lo (two bf16, ~16 significant bits),
 // see src/kernels/cpu/simd_quant_bf16.cpp: their bound is 1e-9 instead of f32's 1e-10 (bf16-rounded
 // activations would give ~1e-6).
-// 2/4/8-bit weights with fewer than 16 tokens on the AVX-512 paths run the VNNI kernels, which
-// round activations to 16-bit fixed point per 32 values (simd_quant_vnni.cpp): NMSE ~1e-9 on these
-// uniform inputs, still 1,000x below bf16-rounded activations. Everything else accumulates exact
-// products in f32.
+// Quantized weights with fewer than 16 tokens on the AVX-512 paths run the VNNI kernels (3/5/6-bit
+// also need VBMI), which round activations to 16-bit fixed point per 32 values (simd_quant_vnni.cpp):
+// NMSE ~1e-9 on these uniform inputs, still 1,000x below bf16-rounded activations. Everything else
+// accumulates exact products in f32.
 double linear_tol(const ops::Weight& w, int64_t n) {
   const int bits = w.quantized ? w.quant.spec.bits : 0;
-  const bool vnni = (bits == 2 || bits == 4 || bits == 8) && n < 16 &&
-                    std::string(ops::cpu_kernel_path()).rfind("avx512", 0) == 0 && __builtin_cpu_supports("avx512vnni");
+  const bool stream = bits == 3 || bits == 5 || bits == 6;
+  const bool vnni = bits > 0 && n < 16 && std::string(ops::cpu_kernel_path()).rfind("avx512", 0) == 0 &&
+                    __builtin_cpu_supports("avx512vnni") && (!stream || __builtin_cpu_supports("avx512vbmi"));
   return vnni ? 1e-8 : kTol;
 }
 

@@ -8,9 +8,9 @@
 namespace vlm::ops::cpu::avx512 {
 
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
-// 2/4/8-bit GEMV (n < 16 tokens) on AVX512-VNNI with 16-bit fixed-point activations
-// (simd_quant_vnni.cpp); bias is f32 [rows] or null. Returns false (doing nothing) when the CPU lacks
-// VNNI or for other bit widths.
+// Quantized GEMV (n < 16 tokens) on AVX512-VNNI with 16-bit fixed-point activations
+// (simd_quant_vnni.cpp; 3/5/6-bit also need AVX512-VBMI); bias is f32 [rows] or null. Returns false
+// (doing nothing) when the CPU lacks them.
 bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bias, float* y);
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);

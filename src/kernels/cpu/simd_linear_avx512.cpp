@@ -441,7 +441,7 @@ void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, f
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
   std::vector<float> bias = vector_f32(bias_t);
   const float* b = bias.empty() ? nullptr : bias.data();
-  // 2/4/8-bit weights on AVX512-VNNI: the integer-dot kernels (simd_quant_vnni.cpp) read each row
+  // Quantized weights on AVX512-VNNI: the integer-dot kernels (simd_quant_vnni.cpp) read each row
   // once per four tokens, so they beat the GEMM (which first decodes panels to f32) up to ~16 tokens.
   constexpr int64_t kQuantGemvMaxTokens = 16;
   if (w.quantized && n < kQuantGemvMaxTokens && quant_gemv_vnni(x, n, w, b, y)) return;

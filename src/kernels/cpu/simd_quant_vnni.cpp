@@ -1,4 +1,6 @@
-// 2/4/8-bit MLX GEMV (decode) on AVX512-VNNI: codes times 16-bit activations with vpdpwssd.
+// MLX-quantized GEMV (decode) on AVX512-VNNI: codes times 16-bit activations with vpdpwssd. 2/4/8-bit
+// codes split into pieces of 16-bit lanes (below); 3/5/6-bit codes, which straddle bytes, are gathered
+// with AVX512-VBMI (see "3/5/6-bit").
 //
 // Why: the bf16-dot kernels (simd_quant_bf16.cpp) keep activations exact to ~16 bits by dotting
 // each code against two bf16 halves of x, which costs two vdpbf16ps per 32 codes plus the
@@ -56,16 +58,18 @@ struct PreparedQ {
   int64_t blocks = 0;
 };
 
-template <int BITS>
+// PIECES: the piece layout of the 2/4/8-bit kernels (PIECES = 16 / bits codes per 16-bit lane), or 0
+// for natural order (the 3/5/6-bit kernels gather codes into natural order instead).
+template <int PIECES>
 void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
-  using L = Layout16<BITS>;
-  constexpr int P = L::kPieces;
+  constexpr int P = PIECES > 0 ? PIECES : 1;
+  constexpr int kCodes = 32 * P;
   const int64_t groups = k / group;
-  p.blocks = (k + L::kCodes - 1) / L::kCodes;
+  p.blocks = (k + kCodes - 1) / kCodes;
   const int64_t chunks = k / kXChunk;  // k is a multiple of the group size, itself of 32
   p.xscale.assign(static_cast<size_t>(chunks + 16), 0.0f);
   p.group_sum.assign(static_cast<size_t>(groups), 0.0f);
-  std::vector<int16_t> natural(static_cast<size_t>(p.blocks * L::kCodes), 0);
+  std::vector<int16_t> natural(static_cast<size_t>(p.blocks * kCodes), 0);
   for (int64_t h = 0; h < chunks; ++h) {
     const float* xh = x + h * kXChunk;
     const __m512 v0 = _mm512_loadu_ps(xh), v1 = _mm512_loadu_ps(xh + 16);
@@ -82,11 +86,15 @@ void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(natural.data() + h * kXChunk + 16),
                         _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
   }
+  if (PIECES == 0) {
+    p.xq = std::move(natural);
+    return;
+  }
   // Piece layout: xq_t[j] = natural[P·j + t] within each block.
-  p.xq.resize(static_cast<size_t>(p.blocks * L::kCodes));
+  p.xq.resize(static_cast<size_t>(p.blocks * kCodes));
   for (int64_t b = 0; b < p.blocks; ++b) {
-    const int16_t* src = natural.data() + b * L::kCodes;
-    int16_t* dst = p.xq.data() + b * L::kCodes;
+    const int16_t* src = natural.data() + b * kCodes;
+    int16_t* dst = p.xq.data() + b * kCodes;
     for (int t = 0; t < P; ++t)
       for (int j = 0; j < 32; ++j) dst[32 * t + j] = src[P * j + t];
   }
@@ -231,7 +239,8 @@ void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* 
   const QuantizedMatrix& m = w.quant;
   const int64_t rows = m.rows, k = m.cols;
   std::vector<PreparedQ> prep(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) prepare_q<BITS>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
+  for (int64_t t = 0; t < n; ++t)
+    prepare_q<Layout16<BITS>::kPieces>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
   // Tokens in groups of up to four share each pass over the rows (a short prompt suffix after a
   // prompt-cache hit reads the weights about once per four tokens).
   constexpr int kMaxNt = 4;
@@ -253,6 +262,148 @@ void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* 
   }
 }
 
+// ---- 3/5/6-bit: codes gathered across byte boundaries -------------------------------------------
+// A 32-code chunk is 4·BITS bytes. vpermb copies, for 16-bit lane j, the two bytes holding bits
+// BITS·j .. BITS·j + BITS − 1 (bytes ⌊BITS·j/8⌋ and the next), vpsrlvw shifts the code down and an
+// and keeps BITS bits: 32 codes in natural order in three instructions, dotted by one vpdpwssd
+// against x in natural order. Each chunk lies in one quantization group and one x-scale chunk, so
+// its int32 sums convert with one broadcast s_g·xs.
+template <int BITS>
+struct StreamGather {
+  __m512i index, shift;
+  StreamGather() {
+    alignas(64) uint8_t ix[64];
+    alignas(64) uint16_t sh[32];
+    for (int j = 0; j < 32; ++j) {
+      ix[2 * j] = static_cast<uint8_t>(BITS * j / 8);
+      ix[2 * j + 1] = static_cast<uint8_t>(BITS * j / 8 + 1);  // past the chunk only where unused
+      sh[j] = static_cast<uint16_t>(BITS * j % 8);
+    }
+    index = _mm512_load_si512(ix);
+    shift = _mm512_load_si512(sh);
+  }
+};
+
+inline float scale_at(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+template <int BITS, int R, int NT>
+__attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix& m, int64_t r0,
+                                                            const PreparedQ* const* p, float* out /* [NT][R] */) {
+  constexpr int kChunkBytes = 4 * BITS;
+  static const StreamGather<BITS> gather;
+  const int64_t cols = m.cols, chunks = cols / 32;
+  const int gs = m.spec.group_size;
+  const int64_t groups = cols / gs;
+  const DType sd = m.scales.dtype();
+  const size_t ssize = dtype_size(sd);
+  const __mmask64 load_mask = (__mmask64{1} << kChunkBytes) - 1;
+  const __m512i code_mask = _mm512_set1_epi16(static_cast<int16_t>((1 << BITS) - 1));
+  const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
+  const uint8_t* rows[R];
+  const char* srow[R];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i) {
+    rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
+    srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
+  }
+  __m512 total[NT][R];
+#pragma GCC unroll 4
+  for (int j = 0; j < NT; ++j)
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t g = c * 32 / gs;
+    __m512i xq[NT];
+    float xs[NT];
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) {
+      xq[j] = _mm512_loadu_si512(p[j]->xq.data() + 32 * c);
+      xs[j] = p[j]->xscale[static_cast<size_t>(c)];
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* src = rows[i] + c * kChunkBytes;
+      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(reinterpret_cast<const char*>(src + ahead), _MM_HINT_T0);
+      const __m512i v = _mm512_maskz_loadu_epi8(load_mask, src);
+      const __m512i codes =
+          _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
+      const float s = scale_at(srow[i], sd, g);
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) {
+        const __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), codes, xq[j]);
+        total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(s * xs[j]), total[j][i]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i) {
+    const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) {
+      float bt = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) bt += scale_at(brow, sd, g) * p[j]->group_sum[static_cast<size_t>(g)];
+      out[j * R + i] = _mm512_reduce_add_ps(total[j][i]) + bt;
+    }
+  }
+}
+
+template <int BITS, int NT>
+void stream_row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
+                      int64_t t0) {
+  constexpr int R = NT == 1 ? 4 : 2;
+  const int64_t rows = m.rows;
+  float out[NT * R];
+  if (r + R <= rows) {
+    stream_rows_dot<BITS, R, NT>(m, r, p, out);
+    for (int j = 0; j < NT; ++j)
+      for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
+  } else {
+    for (int64_t rr = r; rr < rows; ++rr) {
+      stream_rows_dot<BITS, 1, NT>(m, rr, p, out);
+      for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + rr] = out[j] + (bias ? bias[rr] : 0.0f);
+    }
+  }
+}
+
+template <int BITS>
+void stream_gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  const QuantizedMatrix& m = w.quant;
+  const int64_t rows = m.rows, k = m.cols;
+  std::vector<PreparedQ> prep(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) prepare_q<0>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
+  constexpr int kMaxNt = 4;
+  for (int64_t t0 = 0; t0 < n; t0 += kMaxNt) {
+    const int nt = static_cast<int>(std::min<int64_t>(kMaxNt, n - t0));
+    const PreparedQ* ps[kMaxNt];
+    for (int j = 0; j < nt; ++j) ps[j] = &prep[static_cast<size_t>(t0 + j)];
+    const int R = nt == 1 ? 4 : 2;
+    parallel_for((rows + R - 1) / R, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        switch (nt) {
+          case 1: stream_row_block<BITS, 1>(m, b * R, ps, bias, y, t0); break;
+          case 2: stream_row_block<BITS, 2>(m, b * R, ps, bias, y, t0); break;
+          case 3: stream_row_block<BITS, 3>(m, b * R, ps, bias, y, t0); break;
+          default: stream_row_block<BITS, 4>(m, b * R, ps, bias, y, t0); break;
+        }
+      }
+    });
+  }
+}
+
+bool has_vbmi() {
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0;
+  }();
+  return v;
+}
+
 bool has_vnni() {
   static const bool v = [] {
     __builtin_cpu_init();
@@ -269,6 +420,13 @@ bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bi
     case 2: gemv<2>(x, n, w, bias, y); return true;
     case 4: gemv<4>(x, n, w, bias, y); return true;
     case 8: gemv<8>(x, n, w, bias, y); return true;
+    default: break;
+  }
+  if (!has_vbmi()) return false;
+  switch (w.quant.spec.bits) {
+    case 3: stream_gemv<3>(x, n, w, bias, y); return true;
+    case 5: stream_gemv<5>(x, n, w, bias, y); return true;
+    case 6: stream_gemv<6>(x, n, w, bias, y); return true;
     default: return false;
   }
 }
