@@ -1,6 +1,8 @@
 // `vlmcheck bench`: prompt and decode tokens/s, TTFT, load time and peak memory for a model folder
 // (or cached repo id) or a synthetic model of a real shape, against the memory-bandwidth and compute
-// rooflines measured in the same run.
+// rooflines measured in the same run. --device cuda runs the language model on the GPU (weights uploaded
+// after loading, counted in the load time) against the GPU's rooflines (copy bandwidth, bf16 matmul).
+#include <cstdlib>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "generate/benchmark.h"
+#include "generate/generator.h"
 #include "io/hf_cache.h"
 #include "kernels/ops.h"
 
@@ -21,10 +24,12 @@ struct BenchArgs {
   std::string model, synthetic, dtype = "bf16", revision, work_dir;
   int bits = 0, group_size = 64, threads = 0;
   BenchOptions options;
+  std::string device = "auto";
   bool json = false, keep = false;
 };
 
-int run_bench(const BenchArgs& a) {
+int run_bench(BenchArgs& a) {
+  a.options.device = resolve_device(a.device);  // before a synthetic checkpoint is written
   if (a.threads > 0) ThreadPool::set_global_threads(a.threads);
   VLM_CHECK(a.model.empty() != a.synthetic.empty(), ErrorKind::kInvalidArgument,
             "bench: give exactly one of --model or --synthetic");
@@ -58,12 +63,20 @@ int run_bench(const BenchArgs& a) {
     return kExitOk;
   }
   fmt::print("model            {}\n", r.model);
+  const bool gpu = r.device != "cpu";
+  fmt::print("device           {}\n", r.device);
   fmt::print("kernels          {} ({} threads)\n", r.kernel_path, r.threads);
-  fmt::print("load             {:.3f} s\n", r.load_s);
-  fmt::print("prefill          {} tokens, TTFT {:.3f} s, {:.1f} tok/s, {:.1f} GFLOP/s = {:.0f}% of f32 peak "
-             "{:.0f} GFLOP/s\n",
-             r.prompt_tokens, r.ttft_s, r.prompt_tps, r.prefill_gflops, 100 * r.prefill_fraction_of_peak,
-             r.f32_gflops);
+  fmt::print("load             {:.3f} s{}\n", r.load_s, gpu ? " (including the upload)" : "");
+  if (gpu)
+    fmt::print("prefill          {} tokens, TTFT {:.3f} s, {:.1f} tok/s, {:.1f} GFLOP/s = {:.0f}% of bf16 matmul "
+               "peak {:.0f} GFLOP/s\n",
+               r.prompt_tokens, r.ttft_s, r.prompt_tps, r.prefill_gflops, 100 * r.prefill_fraction_of_bf16_peak,
+               r.bf16_gflops);
+  else
+    fmt::print("prefill          {} tokens, TTFT {:.3f} s, {:.1f} tok/s, {:.1f} GFLOP/s = {:.0f}% of f32 peak "
+               "{:.0f} GFLOP/s\n",
+               r.prompt_tokens, r.ttft_s, r.prompt_tps, r.prefill_gflops, 100 * r.prefill_fraction_of_peak,
+               r.f32_gflops);
   fmt::print("decode           {:.2f} tok/s (min {:.2f}, max {:.2f}) over {} tokens\n", r.decode_tps,
              r.decode_tps_min, r.decode_tps_max, r.gen_tokens);
   fmt::print("decode roofline  {:.1f} MB/token at {:.1f} GB/s = {:.2f} tok/s; achieved {:.0f}%\n",
@@ -71,6 +84,7 @@ int run_bench(const BenchArgs& a) {
              100 * r.decode_roofline_fraction);
   fmt::print("memory           peak tracked host {:.1f} MB, peak RSS {:.1f} MB\n",
              static_cast<double>(r.peak_host_bytes) / 1e6, static_cast<double>(r.peak_rss_bytes) / 1e6);
+  if (gpu) fmt::print("gpu memory       peak tracked {:.1f} MB\n", static_cast<double>(r.peak_gpu_bytes) / 1e6);
   return kExitOk;
 }
 
@@ -82,7 +96,8 @@ void register_bench(CLI::App& root, Action& action) {
   cmd->add_option("--model", args->model, "Model folder or cached repo id");
   cmd->add_option("--revision", args->revision, "Branch, tag or commit of a cached repo");
   cmd->add_option("--synthetic", args->synthetic,
-                  "Synthetic model of a real shape: smollm2-135m, qwen2.5-0.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b");
+                  "Synthetic model of a real shape: smollm2-135m, qwen2.5-0.5b, qwen2.5-3b, qwen2.5-7b, llama3.2-1b, "
+                  "qwen2.5-vl-3b, qwen2.5-vl-7b, gemma-3-4b, smolvlm-256m (text decoders)");
   cmd->add_option("--dtype", args->dtype, "Synthetic weight dtype: bf16, f16, f32")->capture_default_str();
   cmd->add_option("--bits", args->bits, "Synthetic MLX affine quantization bits (2,3,4,5,6,8; 0 = none)");
   cmd->add_option("--group-size", args->group_size, "Synthetic quantization group size")->capture_default_str();
@@ -92,6 +107,11 @@ void register_bench(CLI::App& root, Action& action) {
   cmd->add_option("--prefill-step-size", args->options.prefill_step_size, "Chunked prefill size")
       ->capture_default_str();
   cmd->add_flag("--lazy-load", args->options.lazy_load, "mmap the weights instead of reading them");
+  if (const char* env = std::getenv("VLMCHECK_DEVICE"); env != nullptr && *env != '\0') args->device = env;
+  cmd->add_option("--device", args->device, "cpu, cuda, or auto (cuda when a GPU is usable; default VLMCHECK_DEVICE, "
+                                             "else auto)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   cmd->add_option("--threads", args->threads, "Threads (default: all cores)");
   cmd->add_option("--work-dir", args->work_dir, "Where synthetic checkpoints are written (default: $TMPDIR)");
   cmd->add_flag("--keep", args->keep, "Keep the synthetic checkpoint");

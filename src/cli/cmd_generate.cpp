@@ -11,9 +11,16 @@
 // decodes, resizes and expands them (prepare_prompt), its vision tower encodes them, and --json reports each
 // image's original and processed size, tiles, image tokens and pixel backend. Without --image a VLM loads its
 // language model only (LoadOptions.text_only).
+//
+// Devices: --device cpu|cuda|auto (default auto: cuda when a usable GPU is present; VLMCHECK_DEVICE sets
+// the default). The model loads on the host, then its language model moves to the device; a VLM's
+// vision tower and projector stay on the CPU (their features are host floats the language model takes
+// as input embeddings), and sampling stays on the host. --json reports "device", "vision_device" and,
+// on CUDA, the GPU memory (active / peak / allocator cache).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -56,7 +63,7 @@ struct GenerateOptions {
   std::string logit_bias_json;
   std::vector<std::string> eos_tokens;
   bool lazy_load = false, wired_limit = false, stream = false, json = false;
-  std::string device = "cpu";
+  std::string device = "auto";
   int threads = 0;
 };
 
@@ -153,9 +160,11 @@ Json params_json(const GenerationParams& p, const GenerationResult& r) {
 }
 
 int run_generate(GenerateOptions& o) {
-  if (o.device == "cuda")
-    throw_error(ErrorKind::kUnsupported,
-                "--device cuda: not built yet (the CUDA backend has no language-model kernels yet); use --device cpu");
+  // Refuse an unusable device, and what it cannot run, before loading any weights.
+  const Device device = resolve_device(o.device);
+  if (device != Device::kCpu && o.params.kv_bits)
+    throw_error(ErrorKind::kInvalidArgument,
+                "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
   if (o.threads > 0) ThreadPool::set_global_threads(o.threads);
   const std::vector<std::string>& images = o.image.images;
   GenerationParams& p = o.params;
@@ -183,6 +192,7 @@ int run_generate(GenerateOptions& o) {
   LoadedModel model = load_model(resolved.snapshot, lo);
   VLM_CHECK(images.empty() || model.vision, ErrorKind::kUnsupported,
             "--image: model_type '{}' loaded without a vision model", model.config.model_type);
+  model.language_model->to_device(device);  // the vision tower, if any, stays on the cpu
   std::unique_ptr<Tokenizer> tok = Tokenizer::from_folder(resolved.snapshot);
   const double load_time_s = since(t_load);
 
@@ -246,6 +256,10 @@ int run_generate(GenerateOptions& o) {
                         {"prefill_s", r.times.prefill_s},
                         {"decode_s", r.times.decode_s}};
     out["peak_memory_bytes"] = Json{{"host", r.peak_host_bytes}, {"gpu", r.peak_gpu_bytes}};
+    out["gpu_memory_bytes"] =
+        device == Device::kCpu
+            ? Json(nullptr)
+            : Json{{"active", r.gpu_active_bytes}, {"peak", r.peak_gpu_bytes}, {"cache", r.gpu_cache_bytes}};
     out["peak_rss_bytes"] = r.peak_rss_bytes;
     out["finish_reason"] = r.finish_reason;
     out["cached_prompt_tokens"] = r.cached_prompt_tokens;
@@ -259,7 +273,8 @@ int run_generate(GenerateOptions& o) {
                         {"model_type", model.config.model_type},
                         {"load_mode", o.lazy_load ? "lazy" : "eager"},
                         {"adapter_path", o.adapter_path}};
-    out["device"] = o.device;
+    out["device"] = r.device;
+    out["vision_device"] = model.vision ? Json("cpu") : Json(nullptr);
     out["threads"] = ThreadPool::global().num_threads();
     out["wired_limit"] = wired;
     out["prompt"] = prompt.text;
@@ -281,6 +296,8 @@ int run_generate(GenerateOptions& o) {
     fmt::print(stderr, "Prompt: {} tokens, {:.3f} tokens-per-sec\nGeneration: {} tokens, {:.3f} tokens-per-sec\n"
                        "Peak memory: {:.3f} GB\n",
                r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps, r.peak_host_bytes / 1e9);
+    if (device != Device::kCpu)
+      fmt::print(stderr, "Peak GPU memory: {:.3f} GB ({})\n", r.peak_gpu_bytes / 1e9, r.device);
   }
   return kExitOk;
 }
@@ -345,7 +362,12 @@ void register_generate(CLI::App& root, Action& action) {
   cmd->add_option("--thinking-end-token", p.thinking_end_token, "Marker that closes thinking")->capture_default_str();
   cmd->add_flag("--lazy-load", o->lazy_load, "Map the weights and let pages load on first use (default: read all)");
   cmd->add_flag("--wired-limit", o->wired_limit, "Lock the weights in RAM (mlock); a refusal is reported, not fatal");
-  cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  if (const char* env = std::getenv("VLMCHECK_DEVICE"); env != nullptr && *env != '\0') o->device = env;
+  cmd->add_option("--device", o->device,
+                  "cpu, cuda, or auto (cuda when a GPU is usable); the vision tower stays on the cpu. Default: "
+                  "VLMCHECK_DEVICE, else auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Worker threads (default: all cores)")->check(CLI::PositiveNumber);
   cmd->add_flag("--stream", o->stream, "Print the text as it is generated");
   cmd->add_flag("--json", o->json, "Print one JSON object with the text, timings, memory and parameters");

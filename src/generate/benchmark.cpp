@@ -16,6 +16,7 @@
 #include "core/thread_pool.h"
 #include "generate/kv_cache.h"
 #include "io/safetensors_writer.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "kernels/probes.h"
 #include "models/registry.h"
@@ -42,6 +43,28 @@ Json llama_like(int64_t hidden, int64_t inter, int64_t layers, int64_t heads, in
               {"hidden_act", "silu"}};
 }
 
+// Gemma 3's text config (older Hub layout: sliding_window_pattern + rope_local_base_freq).
+Json gemma3_like(int64_t hidden, int64_t inter, int64_t layers, int64_t heads, int64_t kv, int64_t head_dim,
+                 int64_t vocab, int64_t window, int64_t pattern) {
+  return Json{{"hidden_size", hidden},
+              {"intermediate_size", inter},
+              {"num_hidden_layers", layers},
+              {"num_attention_heads", heads},
+              {"num_key_value_heads", kv},
+              {"head_dim", head_dim},
+              {"query_pre_attn_scalar", head_dim},
+              {"vocab_size", vocab},
+              {"tie_word_embeddings", true},
+              {"sliding_window", window},
+              {"sliding_window_pattern", pattern},
+              {"rope_theta", 1000000.0},
+              {"rope_local_base_freq", 10000.0},
+              {"rope_scaling", {{"rope_type", "linear"}, {"factor", 8.0}}},
+              {"rms_norm_eps", 1e-6},
+              {"max_position_embeddings", 131072},
+              {"hidden_activation", "gelu_pytorch_tanh"}};
+}
+
 // xorshift64*: fast deterministic fill for hundreds of millions of values.
 struct Rng {
   uint64_t s;
@@ -65,9 +88,9 @@ Tensor random_matrix(const Shape& shape, float amplitude, uint64_t seed) {
   return t;
 }
 
-Tensor ones(int64_t n, DType dtype) {
+Tensor filled(int64_t n, float value, DType dtype) {
   Tensor t = Tensor::empty({n}, DType::kF32, MemCategory::kOther);
-  std::fill(t.data<float>(), t.data<float>() + n, 1.0f);
+  std::fill(t.data<float>(), t.data<float>() + n, value);
   return t.to(dtype, MemCategory::kOther);
 }
 
@@ -85,6 +108,19 @@ const std::vector<SyntheticShape>& synthetic_shapes() {
       {"qwen2.5-7b", "qwen2", llama_like(3584, 18944, 28, 28, 4, 152064, false, 1000000.0, 1e-6)},
       // Llama-3.2-1B: hidden 2048, 16 layers, 32 / 8 heads, tied.
       {"llama3.2-1b", "llama", llama_like(2048, 8192, 16, 32, 8, 128256, true, 500000.0, 1e-5)},
+      // The VLM targets, by their VLM names (text decoders only; the towers are bench_vision's).
+      // Qwen2.5-VL-3B-Instruct text_config: hidden 2048, 36 layers, 16 / 2 heads (head_dim 128),
+      // intermediate 11008, vocab 151936, tied.
+      {"qwen2.5-vl-3b", "qwen2", llama_like(2048, 11008, 36, 16, 2, 151936, true, 1000000.0, 1e-6)},
+      // Qwen2.5-VL-7B-Instruct: hidden 3584, 28 layers, 28 / 4 heads, intermediate 18944, vocab 152064,
+      // untied.
+      {"qwen2.5-vl-7b", "qwen2", llama_like(3584, 18944, 28, 28, 4, 152064, false, 1000000.0, 1e-6)},
+      // Gemma-3-4B-it text_config: hidden 2560, 34 layers, 8 / 4 heads of 256, intermediate 10240, vocab
+      // 262208, tied; sliding window 1024 with every 6th layer global (rope 10k local, 1M x8 linear global).
+      {"gemma-3-4b", "gemma3_text", gemma3_like(2560, 10240, 34, 8, 4, 256, 262208, 1024, 6)},
+      // SmolVLM-256M-Instruct text_config (SmolLM2-135M with SmolVLM's 49280-token vocabulary): hidden 576,
+      // 30 layers, 9 / 3 heads, intermediate 1536; untied (the checkpoint carries its own lm_head).
+      {"smolvlm-256m", "llama", llama_like(576, 1536, 30, 9, 3, 49280, false, 100000.0, 1e-5)},
   };
   return shapes;
 }
@@ -105,13 +141,18 @@ int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticO
   const Json& c = shape.config;
   const int64_t hidden = c["hidden_size"], inter = c["intermediate_size"], layers = c["num_hidden_layers"];
   const int64_t heads = c["num_attention_heads"], kv = c["num_key_value_heads"], vocab = c["vocab_size"];
-  const int64_t hd = hidden / heads;
+  const int64_t hd = c.value("head_dim", hidden / heads);
   const bool tied = c["tie_word_embeddings"];
   const bool qkv_bias = shape.model_type == "qwen2";
+  // Gemma 3: per-head q/k norms and sandwich norms, all (1 + w) norms, so w = 0 is the identity.
+  const bool gemma3 = shape.model_type == "gemma3_text";
+  const float norm_one = gemma3 ? 0.0f : 1.0f;
 
   Json config = c;
   config["model_type"] = shape.model_type;
-  config["architectures"] = Json::array({shape.model_type == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM"});
+  config["architectures"] = Json::array({gemma3                        ? "Gemma3ForCausalLM"
+                                         : shape.model_type == "qwen2" ? "Qwen2ForCausalLM"
+                                                                       : "LlamaForCausalLM"});
   config["torch_dtype"] = options.dtype == DType::kBF16 ? "bfloat16" : options.dtype == DType::kF16 ? "float16" : "float32";
   config["head_dim"] = hd;
   if (options.quant) {
@@ -155,10 +196,16 @@ int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticO
     add_linear(p + ".mlp.gate_proj", inter, hidden);
     add_linear(p + ".mlp.up_proj", inter, hidden);
     add_linear(p + ".mlp.down_proj", hidden, inter);
-    writer.add(p + ".input_layernorm.weight", ones(hidden, options.dtype));
-    writer.add(p + ".post_attention_layernorm.weight", ones(hidden, options.dtype));
+    writer.add(p + ".input_layernorm.weight", filled(hidden, norm_one, options.dtype));
+    writer.add(p + ".post_attention_layernorm.weight", filled(hidden, norm_one, options.dtype));
+    if (gemma3) {
+      writer.add(p + ".pre_feedforward_layernorm.weight", filled(hidden, norm_one, options.dtype));
+      writer.add(p + ".post_feedforward_layernorm.weight", filled(hidden, norm_one, options.dtype));
+      writer.add(p + ".self_attn.q_norm.weight", filled(hd, norm_one, options.dtype));
+      writer.add(p + ".self_attn.k_norm.weight", filled(hd, norm_one, options.dtype));
+    }
   }
-  writer.add("model.norm.weight", ones(hidden, options.dtype));
+  writer.add("model.norm.weight", filled(hidden, norm_one, options.dtype));
   if (!tied) add_linear("lm_head", vocab, hidden);
   writer.set_metadata("format", "pt");
   writer.write(folder + "/model.safetensors");
@@ -170,6 +217,7 @@ Json BenchResult::to_json() const {
   for (const auto& s : samples)
     samples_json.push_back({{"load_s", s.load_s}, {"prefill_s", s.prefill_s}, {"decode_s", s.decode_s}});
   return Json{{"model", model},
+              {"device", device},
               {"kernel_path", kernel_path},
               {"threads", threads},
               {"prompt_tokens", prompt_tokens},
@@ -183,7 +231,7 @@ Json BenchResult::to_json() const {
               {"weight_bytes", weight_bytes},
               {"decode_bytes_per_token", decode_bytes_per_token},
               {"prefill_flops_per_token", prefill_flops_per_token},
-              {"peak_memory_bytes", {{"host", peak_host_bytes}, {"rss", peak_rss_bytes}}},
+              {"peak_memory_bytes", {{"host", peak_host_bytes}, {"rss", peak_rss_bytes}, {"gpu", peak_gpu_bytes}}},
               {"roofline",
                {{"read_bandwidth_gbs", bandwidth_gbs},
                 {"f32_peak_gflops", f32_gflops},
@@ -209,30 +257,49 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
             ErrorKind::kInvalidArgument, "bench: prompt tokens, generated tokens and repetitions must be >= 1");
   BenchResult r;
   r.model = label;
-  r.kernel_path = ops::cpu_kernel_path();
+  const Device device = options.device;
+  const bool on_gpu = device != Device::kCpu;
+  { ops::DeviceScope probe(device); }  // refuses an unusable device before anything is loaded
+  // Waits for everything issued on the model's device (a no-op on the cpu) before a clock is read.
+  auto sync = [device] {
+    ops::DeviceScope scope(device);
+    ops::synchronize();
+  };
+  r.device = device_name(device);
+  r.kernel_path = on_gpu ? "cuda" : ops::cpu_kernel_path();
   r.threads = ThreadPool::global().num_threads();
   r.prompt_tokens = options.prompt_tokens;
   r.gen_tokens = options.gen_tokens;
 
-  BandwidthProbe bw = probe_read_bandwidth();
-  ComputeProbe cp = probe_compute();
-  r.bandwidth_gbs = bw.read_gbs;
-  r.f32_gflops = cp.f32_gflops;
-  r.bf16_gflops = cp.bf16_gflops;
+  if (on_gpu) {
+    r.bandwidth_gbs = ops::cuda::probe_copy_bandwidth_gbs();
+    r.bf16_gflops = ops::cuda::probe_bf16_matmul_gflops();
+  } else {
+    BandwidthProbe bw = probe_read_bandwidth();
+    ComputeProbe cp = probe_compute();
+    r.bandwidth_gbs = bw.read_gbs;
+    r.f32_gflops = cp.f32_gflops;
+    r.bf16_gflops = cp.bf16_gflops;
+  }
 
   MemoryTracker::instance().reset_peak_all();
   std::vector<double> loads, prefills, decodes;
   LoadedModel keep;
   for (int rep = 0; rep < options.repetitions; ++rep) {
     BenchSample s;
+    if (on_gpu) keep = LoadedModel{};  // one model on the GPU at a time: the peak is one model's
     auto t0 = Clock::now();
     LoadOptions lo;
     lo.mode = options.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
     LoadedModel model = load_model(folder, lo);
-    s.load_s = seconds_since(t0);
     LanguageModel& lm = *model.language_model;
+    lm.to_device(device);
+    sync();
+    s.load_s = seconds_since(t0);
     const int64_t vocab = lm.vocab_size(), hidden = lm.hidden_size();
-    auto cache = make_kv_cache(lm.cache_layout(), KVCacheOptions{});
+    KVCacheOptions kv;
+    kv.device = device;
+    auto cache = make_kv_cache(lm.cache_layout(), kv);
 
     // Prompt: deterministic pseudo-random ids.
     std::vector<int32_t> ids(static_cast<size_t>(options.prompt_tokens));
@@ -248,6 +315,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       for (int64_t i = 0; i < n; ++i) pos[i] = begin + i;
       lm.forward(emb.data(), n, Positions{pos.data(), n, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
     }
+    sync();  // (forward already waited for its logits; this keeps the clock honest regardless)
     s.prefill_s = seconds_since(t0);
 
     std::vector<float> emb(static_cast<size_t>(hidden));
@@ -258,6 +326,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       lm.embed(&next, 1, emb.data());
       lm.forward(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
     }
+    sync();
     s.decode_s = seconds_since(t0);
     for (float v : logits)
       VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
@@ -301,6 +370,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
   r.decode_tps_max = *std::max_element(tps.begin(), tps.end());
   r.peak_host_bytes = MemoryTracker::instance().snapshot(MemDevice::kHost).peak;
   r.peak_rss_bytes = process_memory().peak_rss;
+  r.peak_gpu_bytes = MemoryTracker::instance().snapshot(MemDevice::kGpu).peak;
   r.decode_roofline_tps = r.bandwidth_gbs * 1e9 / static_cast<double>(r.decode_bytes_per_token);
   r.decode_roofline_fraction = r.decode_tps / r.decode_roofline_tps;
   r.prefill_gflops = r.prefill_flops_per_token * r.prompt_tps / 1e9;

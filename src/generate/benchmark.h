@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/json.h"
 #include "core/quant.h"
+#include "core/tensor.h"
 
 namespace vlm {
 
@@ -40,6 +41,10 @@ struct BenchOptions {
   int repetitions = 3;
   bool lazy_load = false;
   int64_t prefill_step_size = 2048;
+  // Where the language model runs. On kCuda the weights are uploaded after loading (counted in load_s),
+  // clocks are read after ops::synchronize(), and the rooflines are the GPU's (device-to-device copy
+  // bandwidth, cuBLASLt bf16 matmul throughput) instead of the CPU probes.
+  Device device = Device::kCpu;
 };
 
 struct BenchSample {
@@ -48,7 +53,8 @@ struct BenchSample {
 
 struct BenchResult {
   std::string model;  // folder or synthetic name
-  std::string kernel_path;
+  std::string kernel_path;  // the CPU path, or "cuda"
+  std::string device = "cpu";
   int threads = 0;
   int64_t prompt_tokens = 0, gen_tokens = 0;
   std::vector<BenchSample> samples;  // raw, one per repetition
@@ -57,7 +63,9 @@ struct BenchResult {
   int64_t weight_bytes = 0;
   int64_t decode_bytes_per_token = 0;  // weights touched + mean KV read per decode step
   double prefill_flops_per_token = 0;
-  int64_t peak_host_bytes = 0, peak_rss_bytes = 0;
+  int64_t peak_host_bytes = 0, peak_rss_bytes = 0, peak_gpu_bytes = 0;
+  // CPU: read bandwidth and f32/bf16 FMA peaks (kernels/probes.h). CUDA: copy bandwidth and the bf16
+  // matmul peak (f32_gflops stays 0: not probed).
   double bandwidth_gbs = 0, f32_gflops = 0, bf16_gflops = 0;
   double decode_roofline_tps = 0, decode_roofline_fraction = 0;
   double prefill_gflops = 0, prefill_fraction_of_peak = 0, prefill_fraction_of_bf16_peak = 0;

@@ -64,6 +64,9 @@ struct GenerationResult {
   StageTimes times;
   std::string finish_reason;  // "stop" | "length"
   int64_t peak_host_bytes = 0, peak_gpu_bytes = 0;
+  // GPU memory at the end (MemoryTracker kGpu): live buffers and the caching allocator's free blocks.
+  int64_t gpu_active_bytes = 0, gpu_cache_bytes = 0;
+  std::string device = "cpu";  // where the language model ran (LanguageModel::device())
   int64_t cached_prompt_tokens = 0;  // reused from a prompt cache
   // Additions (generator.h): what actually ran.
   uint64_t seed = 0;                 // the seed used (drawn from the OS when params.seed is unset)

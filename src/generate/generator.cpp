@@ -15,6 +15,8 @@
 #include "core/tensor.h"
 #include "generate/sampler.h"
 #include "io/config.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace vlm {
 
@@ -156,6 +158,16 @@ std::vector<int32_t> collect_eos_ids(const LoadedModel& model, const Tokenizer& 
   return ids;
 }
 
+Device resolve_device(const std::string& name) {
+  if (name == "cpu") return Device::kCpu;
+  if (name == "auto") return ops::cuda::available() ? Device::kCuda : Device::kCpu;
+  if (name == "cuda") {
+    VLM_CHECK(ops::cuda::available(), ErrorKind::kUnsupported, "--device cuda: {}", cuda_unavailable_reason());
+    return Device::kCuda;
+  }
+  throw_error(ErrorKind::kInvalidArgument, "--device must be cpu, cuda or auto, got '{}'", name);
+}
+
 KVCacheOptions kv_cache_options(const GenerationParams& p) {
   KVCacheOptions o;
   o.max_kv_size = p.max_kv_size;
@@ -190,7 +202,8 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
 
   // ---- cache ----
   const std::vector<LayerCacheInfo> layout = model.cache_layout();
-  const KVCacheOptions kv_opts = kv_cache_options(params);
+  KVCacheOptions kv_opts = kv_cache_options(params);
+  kv_opts.device = model.device();  // K/V live where the decoder runs
   if (max_kv_size_ignored(layout, kv_opts))
     res.warnings.push_back(fmt::format(
         "max_kv_size {} ignored: this model has sliding-window layers and uses its own cache layout (as mlx-vlm)",
@@ -326,7 +339,11 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   res.generation_tps = res.times.decode_s > 0 ? static_cast<double>(res.generation_tokens) / res.times.decode_s : 0;
 
   res.peak_host_bytes = MemoryTracker::instance().snapshot(MemDevice::kHost).peak;
-  res.peak_gpu_bytes = MemoryTracker::instance().snapshot(MemDevice::kGpu).peak;
+  const MemorySnapshot gpu = MemoryTracker::instance().snapshot(MemDevice::kGpu);
+  res.peak_gpu_bytes = gpu.peak;
+  res.gpu_active_bytes = gpu.active;
+  res.gpu_cache_bytes = gpu.cache;
+  res.device = device_name(model.device());
   res.peak_rss_bytes = process_memory().peak_rss;
   return res;
 }

@@ -48,7 +48,13 @@ struct GenerateRequest {
 std::vector<int32_t> collect_eos_ids(const LoadedModel& model, const Tokenizer& tokenizer,
                                      const std::vector<int32_t>& extra_ids);
 
-// The KV cache options a GenerationParams asks for.
+// A --device value: "cpu", "cuda", or "auto" (cuda when the CUDA backend can run, else cpu). "cuda"
+// without a usable GPU throws Error(kUnsupported) with the backend's reason ("built without CUDA",
+// "no CUDA device: ..."); any other name Error(kInvalidArgument).
+Device resolve_device(const std::string& name);
+
+// The KV cache options a GenerationParams asks for (on the cpu; generate() puts them on the model's
+// device).
 KVCacheOptions kv_cache_options(const GenerationParams& params);
 
 // Runs one generation. `prompt_cache` (optional) is reused and updated (see prompt_cache.h);

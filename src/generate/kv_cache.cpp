@@ -14,6 +14,8 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "generate/kv_quant.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace vlm {
 
@@ -35,6 +37,13 @@ void KVCacheOptions::validate() const {
     throw_error(ErrorKind::kInvalidArgument, "kv_group_size must be 32, 64 or 128, got {}", kv_group_size);
   if (quantized_kv_start < 0)
     throw_error(ErrorKind::kInvalidArgument, "quantized_kv_start must be >= 0, got {}", quantized_kv_start);
+  if (kv_bits && device != Device::kCpu)
+    throw_error(ErrorKind::kUnsupported,
+                "kv_bits (--kv-bits): the quantized KV cache runs on the cpu only, not on {}; drop --kv-bits or use "
+                "--device cpu",
+                device_name(device));
+  if (device == Device::kCuda && !ops::cuda::available())
+    throw_error(ErrorKind::kUnsupported, "kv cache on cuda: {}", cuda_unavailable_reason());
 }
 
 // ---- slot storage ---------------------------------------------------------------------------------
@@ -43,13 +52,14 @@ struct KVLayer::Store {
   int64_t row = 0;         // values per K (or V) row
   bool quantized = false;
   int bits = 0, group = 0;
+  Device device = Device::kCpu;  // f32 stores may live on the GPU; quantized ones are host-only
   int64_t words = 0, groups = 0;  // quantized: u32 words and groups per row
   int64_t slot_bytes = 0;
   int64_t capacity = 0;
-  HostBuffer k{nullptr, HostDeleter{0, MemCategory::kKvCache}};
-  HostBuffer v{nullptr, HostDeleter{0, MemCategory::kKvCache}};
+  Tensor k, v;  // u8 [capacity * slot_bytes] on `device`
 
-  Store(int64_t row_, bool quantized_, int bits_, int group_) : row(row_), quantized(quantized_), bits(bits_), group(group_) {
+  Store(int64_t row_, bool quantized_, int bits_, int group_, Device device_)
+      : row(row_), quantized(quantized_), bits(bits_), group(group_), device(device_) {
     if (quantized) {
       words = kvq::packed_words(row, bits);
       groups = row / group;
@@ -58,38 +68,43 @@ struct KVLayer::Store {
       slot_bytes = row * 4;
     }
   }
-  uint8_t* kslot(int64_t s) const { return static_cast<uint8_t*>(k.get()) + s * slot_bytes; }
-  uint8_t* vslot(int64_t s) const { return static_cast<uint8_t*>(v.get()) + s * slot_bytes; }
+  uint8_t* kslot(int64_t s) const { return static_cast<uint8_t*>(k.raw()) + s * slot_bytes; }
+  uint8_t* vslot(int64_t s) const { return static_cast<uint8_t*>(v.raw()) + s * slot_bytes; }
 
   void grow(int64_t slots, int64_t keep_slots) {
     if (slots <= capacity) return;
     int64_t cap = (slots + kGrowStep - 1) / kGrowStep * kGrowStep;
-    size_t bytes = static_cast<size_t>(cap * slot_bytes);
-    HostBuffer nk = make_host_buffer(bytes, MemCategory::kKvCache);
-    HostBuffer nv = make_host_buffer(bytes, MemCategory::kKvCache);
+    Tensor nk = ops::empty({cap * slot_bytes}, DType::kU8, MemCategory::kKvCache, device);
+    Tensor nv = ops::empty({cap * slot_bytes}, DType::kU8, MemCategory::kKvCache, device);
     if (keep_slots > 0) {
-      std::memcpy(nk.get(), k.get(), static_cast<size_t>(keep_slots * slot_bytes));
-      std::memcpy(nv.get(), v.get(), static_cast<size_t>(keep_slots * slot_bytes));
+      const size_t bytes = static_cast<size_t>(keep_slots * slot_bytes);
+      ops::copy(nk.raw(), device, k.raw(), device, bytes);
+      ops::copy(nv.raw(), device, v.raw(), device, bytes);
     }
     k = std::move(nk);
     v = std::move(nv);
     capacity = cap;
   }
 
-  void write(int64_t s, const float* kr, const float* vr) {
-    if (!quantized) {
-      std::memcpy(kslot(s), kr, static_cast<size_t>(row) * 4);
-      std::memcpy(vslot(s), vr, static_cast<size_t>(row) * 4);
+  // `count` consecutive tokens' rows kr, vr ([count, row] f32, on `device`) into slots s, s+1, ...
+  void write(int64_t s, const float* kr, const float* vr, int64_t count = 1) {
+    if (!quantized) {  // slots are contiguous f32 rows: one copy each for K and V
+      const size_t bytes = static_cast<size_t>(count * row) * 4;
+      ops::copy(kslot(s), device, kr, device, bytes);
+      ops::copy(vslot(s), device, vr, device, bytes);
       return;
     }
-    quantize_into(kslot(s), kr);
-    quantize_into(vslot(s), vr);
+    for (int64_t i = 0; i < count; ++i) {
+      quantize_into(kslot(s + i), kr + i * row);
+      quantize_into(vslot(s + i), vr + i * row);
+    }
   }
   void quantize_into(uint8_t* slot, const float* x) const {
     auto* codes = reinterpret_cast<uint32_t*>(slot);
     auto* scales = reinterpret_cast<float*>(slot + words * 4);
     kvq::quantize_row(x, row, bits, group, codes, scales, scales + groups);
   }
+  // One host row (only called on host stores).
   void read_row(const uint8_t* slot, float* out) const {
     if (!quantized) {
       std::memcpy(out, slot, static_cast<size_t>(row) * 4);
@@ -121,9 +136,14 @@ KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
               config.group_size, config.head_dim);
   }
   row_ = config.n_kv_heads * config.head_dim;
+  // The quantized store packs and unpacks rows on the host (kv_quant.h), so it is CPU-only.
+  VLM_CHECK(!(config.bits && config.device != Device::kCpu), ErrorKind::kUnsupported,
+            "kv_bits (--kv-bits): the quantized KV cache runs on the cpu only, not on {}; drop --kv-bits or use "
+            "--device cpu",
+            device_name(config.device));
   // Always starts in f32: like mlx's maybe_quantize_kv_cache, conversion happens after an update
   // (so even with quantize_start 0 the first chunk attends in full precision).
-  store_ = std::make_unique<Store>(row_, false, config.bits.value_or(0), config.group_size);
+  store_ = std::make_unique<Store>(row_, false, config.bits.value_or(0), config.group_size, config.device);
 }
 
 KVLayer::~KVLayer() = default;
@@ -138,14 +158,20 @@ void KVLayer::ensure_capacity(int64_t slots) {
 void KVLayer::write_slot(int64_t slot, const float* k, const float* v) { store_->write(slot, k, v); }
 
 void KVLayer::reorder(const std::vector<int64_t>& order) {
-  auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group);
+  auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group, store_->device);
   fresh->grow(std::max<int64_t>(static_cast<int64_t>(order.size()), 1), 0);
   std::vector<int64_t> pos(static_cast<size_t>(fresh->capacity), 0);
-  const size_t sb = static_cast<size_t>(store_->slot_bytes);
-  for (size_t i = 0; i < order.size(); ++i) {
-    std::memcpy(fresh->kslot(static_cast<int64_t>(i)), store_->kslot(order[i]), sb);
-    std::memcpy(fresh->vslot(static_cast<int64_t>(i)), store_->vslot(order[i]), sb);
-    pos[i] = pos_[static_cast<size_t>(order[i])];
+  const int64_t sb = store_->slot_bytes;
+  const Device dev = store_->device;
+  // Orders are a few runs of consecutive slots (sinks, then ring segments): one copy per run.
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i + 1;
+    while (j < order.size() && order[j] == order[j - 1] + 1) ++j;
+    const size_t bytes = static_cast<size_t>(static_cast<int64_t>(j - i) * sb);
+    ops::copy(fresh->kslot(static_cast<int64_t>(i)), dev, store_->kslot(order[i]), dev, bytes);
+    ops::copy(fresh->vslot(static_cast<int64_t>(i)), dev, store_->vslot(order[i]), dev, bytes);
+    for (size_t t = i; t < j; ++t) pos[t] = pos_[static_cast<size_t>(order[t])];
+    i = j;
   }
   store_ = std::move(fresh);
   pos_ = std::move(pos);
@@ -155,6 +181,13 @@ void KVLayer::reorder(const std::vector<int64_t>& order) {
 void KVLayer::read(int64_t begin, int64_t count, float* k, float* v) const {
   VLM_CHECK(begin >= 0 && count >= 0 && begin + count <= size_, ErrorKind::kInvalidArgument,
             "kv cache read [{}, {}) outside the {} held entries", begin, begin + count, size_);
+  if (count == 0) return;
+  if (store_->device != Device::kCpu) {  // f32 rows on a device: two copies to the host
+    const size_t bytes = static_cast<size_t>(count * row_) * sizeof(float);
+    ops::copy(k, Device::kCpu, store_->kslot(begin), store_->device, bytes);
+    ops::copy(v, Device::kCpu, store_->vslot(begin), store_->device, bytes);
+    return;
+  }
   ThreadPool::global().parallel_for(
       count,
       [&](int64_t b, int64_t e) {
@@ -168,7 +201,7 @@ void KVLayer::read(int64_t begin, int64_t count, float* k, float* v) const {
 
 void KVLayer::to_quantized() {
   if (quantized_ || !config_.bits) return;
-  auto fresh = std::make_unique<Store>(row_, true, *config_.bits, config_.group_size);
+  auto fresh = std::make_unique<Store>(row_, true, *config_.bits, config_.group_size, Device::kCpu);
   fresh->grow(std::max<int64_t>(store_->capacity, 1), 0);
   Store* src = store_.get();
   Store* dst = fresh.get();
@@ -223,10 +256,8 @@ void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k
 
 void KVLayer::update_standard(const float* k, const float* v, int64_t n) {
   ensure_capacity(size_ + n);
-  for (int64_t i = 0; i < n; ++i) {
-    write_slot(size_ + i, k + i * row_, v + i * row_);
-    pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
-  }
+  store_->write(size_, k, v, n);
+  for (int64_t i = 0; i < n; ++i) pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
   size_ += n;
   offset_ += n;
   idx_ = size_;
@@ -275,10 +306,8 @@ void KVLayer::update_rotating_concat(const float* k, const float* v, int64_t n) 
     }
   }
   ensure_capacity(size_ + n);
-  for (int64_t i = 0; i < n; ++i) {
-    write_slot(size_ + i, k + i * row_, v + i * row_);
-    pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
-  }
+  store_->write(size_, k, v, n);
+  for (int64_t i = 0; i < n; ++i) pos_[static_cast<size_t>(size_ + i)] = offset_ + i;
   size_ += n;
   offset_ += n;
   idx_ = size_;
@@ -382,6 +411,7 @@ std::unique_ptr<LayeredKVCache> make_layered_kv_cache(const std::vector<LayerCac
     c.bits = options.kv_bits;
     c.group_size = options.kv_group_size;
     c.quantize_start = options.quantized_kv_start;
+    c.device = options.device;
     out.push_back(std::make_unique<KVLayer>(c));
   }
   return std::make_unique<LayeredKVCache>(std::move(out));

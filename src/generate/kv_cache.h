@@ -26,6 +26,12 @@
 //   otherwise                            -> standard
 // As in mlx, max_kv_size is ignored for models whose layout has windowed layers (there the model's
 // own cache layout wins; see KVCacheOptions::max_kv_size_ignored). kv_bits applies to every layer.
+//
+// Devices: the f32 store (standard and rotating) lives on KVCacheOptions::device — K/V rows are
+// written with ops::copy from the model's device buffers and attended with ops::attention there; the
+// positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices"). Rotating moves
+// are ops::copy calls of whole runs of slots. The quantized store packs rows on the host, so kv_bits
+// with a non-CPU device is refused (Error(kUnsupported) naming --kv-bits).
 #pragma once
 
 #include <cstdint>
@@ -46,6 +52,7 @@ struct KVCacheOptions {
   std::optional<int> kv_bits;          // quantized cache: 2, 3, 4, 5, 6 or 8
   int kv_group_size = 64;
   int64_t quantized_kv_start = 5000;   // quantize once offset >= this (0 = from the first update)
+  Device device = Device::kCpu;        // where K/V live: the model's device (LanguageModel::device())
   // Throws Error(kInvalidArgument) naming the option when a value is out of range.
   void validate() const;
 };
@@ -60,6 +67,7 @@ struct KVLayerConfig {
   std::optional<int> bits;       // quantize when offset reaches quantize_start
   int group_size = 64;
   int64_t quantize_start = 0;
+  Device device = Device::kCpu;  // where the f32 store lives (quantized stores: cpu only)
 };
 
 class KVLayer final : public LayerKVCache {

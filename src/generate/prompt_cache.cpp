@@ -13,7 +13,7 @@ bool same_layout(const std::vector<LayerCacheInfo>& a, const std::vector<LayerCa
 }
 bool same_options(const KVCacheOptions& a, const KVCacheOptions& b) {
   return a.max_kv_size == b.max_kv_size && a.keep == b.keep && a.kv_bits == b.kv_bits &&
-         a.kv_group_size == b.kv_group_size && a.quantized_kv_start == b.quantized_kv_start;
+         a.kv_group_size == b.kv_group_size && a.quantized_kv_start == b.quantized_kv_start && a.device == b.device;
 }
 }  // namespace
 

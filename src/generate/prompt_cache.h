@@ -8,7 +8,7 @@
 // * a rotating layer that has already evicted tokens (mlx: not trimmable);
 // * a layer already converted to quantized storage: a fresh run would hold those positions in full
 //   precision until quantized_kv_start is crossed again, so reuse would change the logits;
-// * different cache options or a different model layout.
+// * different cache options (the device included) or a different model layout.
 // At least one prompt token is always recomputed, since its logits start the generation.
 #pragma once
 

@@ -1,7 +1,9 @@
-// The op entry points of kernels/ops.h for the CPU: argument validation (typed errors naming the op
-// and the expected vs actual values), then dispatch to the SIMD table for this CPU or the scalar
-// reference. The path is detected once; VLMCHECK_KERNELS=<path> or set_cpu_kernel_path() select a
-// lower one (the conformance tests run every op on every path this CPU has).
+// The op entry points of kernels/ops.h: argument validation (typed errors naming the op and the
+// expected vs actual values), then dispatch to the current device's table — on the CPU the SIMD table
+// for this CPU or the scalar reference, on CUDA the CUDA backend's table (kernels/cuda/cuda_backend.h).
+// The CPU path is detected once; VLMCHECK_KERNELS=<path> or set_cpu_kernel_path() select a lower one
+// (the conformance tests run every op on every path this CPU has). The "devices" half of ops.h lives
+// at the end: the thread's current device, device memory, copies and uploads.
 #include "kernels/ops.h"
 
 #include <atomic>
@@ -10,12 +12,18 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/cpu_dispatch.h"
 #include "kernels/cpu/ref/ref_ops.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace vlm::ops {
 
 namespace {
+
+// The calling thread's device (ops.h: every op runs there). A plain thread_local read per op: one
+// load and a branch on the CPU path.
+thread_local Device t_current_device = Device::kCpu;
 
 enum class Path { kScalar, kAvx2, kAvx512, kAvx512Bf16 };
 
@@ -111,9 +119,11 @@ const cpu::KernelTable* simd_table() {
   return nullptr;
 }
 
-// The implementation of op `member` for the active path: SIMD when it has one, else reference.
+// The implementation of op `member` on the current device: the CUDA table under DeviceScope(kCuda);
+// on the CPU the active path's SIMD entry when it has one, else the reference.
 template <typename Fn>
 Fn pick(Fn cpu::KernelTable::*member) {
+  if (t_current_device == Device::kCuda) return cuda::kernel_table().*member;
   const cpu::KernelTable* t = simd_table();
   if (t != nullptr && t->*member != nullptr) return t->*member;
   return ref_table().*member;
@@ -121,26 +131,30 @@ Fn pick(Fn cpu::KernelTable::*member) {
 
 bool is_float_dtype(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 
+// Weights, norms and biases must live on the device the op runs on (shapes and dtypes only are read
+// here, never the data, so the checks hold for device tensors too).
 void check_vector(const Tensor& t, int64_t want, const char* op, const char* name) {
   if (!t.defined()) return;
-  if (!is_float_dtype(t.dtype()) || !t.is_contiguous() || t.numel() != want || t.device() != Device::kCpu)
-    throw_error(ErrorKind::kInvalidArgument, "[{}] {} is {}, expected a contiguous f32/f16/bf16 cpu vector of {}", op,
-                name, t.describe(), want);
+  const Device dev = t_current_device;
+  if (!is_float_dtype(t.dtype()) || !t.is_contiguous() || t.numel() != want || t.device() != dev)
+    throw_error(ErrorKind::kInvalidArgument, "[{}] {} is {}, expected a contiguous f32/f16/bf16 {} vector of {}", op,
+                name, t.describe(), device_name(dev), want);
 }
 
 void check_weight(const Weight& w, const char* op) {
+  const Device dev = t_current_device;
   if (w.quantized) {
     w.quant.validate(op);
-    if (w.quant.packed.device() != Device::kCpu || !w.quant.packed.is_contiguous() ||
-        !w.quant.scales.is_contiguous() || !w.quant.biases.is_contiguous())
-      throw_error(ErrorKind::kInvalidArgument, "[{}] quantized weight must be contiguous cpu tensors (packed {})", op,
-                  w.quant.packed.describe());
+    if (w.quant.packed.device() != dev || w.quant.scales.device() != dev || w.quant.biases.device() != dev ||
+        !w.quant.packed.is_contiguous() || !w.quant.scales.is_contiguous() || !w.quant.biases.is_contiguous())
+      throw_error(ErrorKind::kInvalidArgument, "[{}] quantized weight must be contiguous {} tensors (packed {})", op,
+                  device_name(dev), w.quant.packed.describe());
     return;
   }
   const Tensor& d = w.dense;
-  if (!d.defined() || d.ndim() != 2 || !is_float_dtype(d.dtype()) || !d.is_contiguous() || d.device() != Device::kCpu)
-    throw_error(ErrorKind::kInvalidArgument, "[{}] weight is {}, expected a contiguous 2-D f32/f16/bf16 cpu matrix",
-                op, d.defined() ? d.describe() : std::string("undefined"));
+  if (!d.defined() || d.ndim() != 2 || !is_float_dtype(d.dtype()) || !d.is_contiguous() || d.device() != dev)
+    throw_error(ErrorKind::kInvalidArgument, "[{}] weight is {}, expected a contiguous 2-D f32/f16/bf16 {} matrix",
+                op, d.defined() ? d.describe() : std::string("undefined"), device_name(dev));
 }
 
 }  // namespace
@@ -277,6 +291,77 @@ void mul(float* y, const float* x, int64_t n) {
 void softcap(float* x, int64_t n, float cap) {
   VLM_CHECK(cap > 0.0f, ErrorKind::kInvalidArgument, "[softcap] cap {} must be > 0", cap);
   if (n > 0) pick(&cpu::KernelTable::softcap)(x, n, cap);
+}
+
+// ---- devices --------------------------------------------------------------------------------------
+
+Device current_device() { return t_current_device; }
+
+DeviceScope::DeviceScope(Device d) : previous_(t_current_device) {
+  if (d == Device::kCuda && !cuda::available())
+    throw_error(ErrorKind::kUnsupported, "device cuda is not usable: {}", cuda_unavailable_reason());
+  t_current_device = d;
+}
+
+DeviceScope::~DeviceScope() { t_current_device = previous_; }
+
+Tensor empty(const Shape& shape, DType dtype, MemCategory category, Device device) {
+  if (device == Device::kCpu) return Tensor::empty(shape, dtype, category);
+  VLM_CHECK(cuda::available(), ErrorKind::kUnsupported, "ops::empty on cuda: {}", cuda_unavailable_reason());
+  const int64_t numel = shape_numel(shape);
+  VLM_CHECK(numel >= 0, ErrorKind::kInvalidArgument, "ops::empty: negative shape {}", shape_str(shape));
+  const size_t bytes = static_cast<size_t>(numel) * dtype_size(dtype);
+  // The caching allocator reports to the MemoryTracker (GPU); the keepalive hands the block back.
+  void* p = bytes > 0 ? cuda::device_alloc(bytes, category) : nullptr;
+  std::shared_ptr<void> keepalive(p, [bytes, category](void* q) {
+    if (q != nullptr) cuda::device_free(q, bytes, category);
+  });
+  return Tensor::borrow(p, shape, dtype, std::move(keepalive), Device::kCuda);
+}
+
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device == Device::kCpu && src_device == Device::kCpu) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  cuda::copy(dst, dst_device, src, src_device, bytes);
+}
+
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows) {
+  if (width == 0 || rows == 0) return;
+  if (t_current_device == Device::kCuda) {
+    cuda::copy_2d(dst, dst_pitch, src, src_pitch, width, rows);
+    return;
+  }
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  for (size_t r = 0; r < rows; ++r) std::memcpy(d + r * dst_pitch, s + r * src_pitch, width);
+}
+
+void synchronize() {
+  if (t_current_device == Device::kCuda) cuda::synchronize();
+}
+
+Tensor to_device(const Tensor& t, Device device, MemCategory category) {
+  if (!t.defined() || t.device() == device) return t;
+  // A strided host view is packed first; device tensors are always contiguous (ops::empty).
+  const Tensor src = t.is_contiguous() ? t : t.clone(category);
+  Tensor out = empty(src.shape(), src.dtype(), category, device);
+  copy(out.raw(), device, src.raw(), src.device(), src.nbytes());
+  return out;
+}
+
+Weight to_device(const Weight& w, Device device) {
+  Weight out = w;
+  if (w.quantized) {
+    out.quant.packed = to_device(w.quant.packed, device);
+    out.quant.scales = to_device(w.quant.scales, device);
+    out.quant.biases = to_device(w.quant.biases, device);
+  } else {
+    out.dense = to_device(w.dense, device);
+  }
+  return out;
 }
 
 }  // namespace vlm::ops

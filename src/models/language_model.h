@@ -1,6 +1,11 @@
 // The decoder every VLM family shares, seen from generation: embed token ids, run the layers over
 // n new positions with a KV cache, and produce logits. Families (src/models/<family>/) implement it
 // and register themselves by model_type in the registry (registry.h).
+//
+// Devices: a model loads on the host; to_device(kCuda) moves its weights to the GPU, after which
+// forward() runs there (under its own DeviceScope) while the interface stays host-facing: embed()
+// writes host floats, forward() reads host embeddings and writes host logits, and the KV cache passed
+// in must hold its storage on device() (KVCacheOptions::device).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+#include "core/tensor.h"
 #include "models/kv_cache.h"
 
 namespace vlm {
@@ -39,6 +46,14 @@ class LanguageModel {
                        const ops::AttentionMask& mask, float* logits, bool all_logits) = 0;
   // Bytes of weights held (stored format).
   virtual size_t weight_bytes() const = 0;
+  // Where the weights live and forward() runs.
+  virtual Device device() const { return Device::kCpu; }
+  // Moves the weights to `device` (a no-op when already there). Models that cannot run elsewhere keep
+  // this default, which refuses any device but the CPU with Error(kUnsupported).
+  virtual void to_device(Device device) {
+    VLM_CHECK(device == Device::kCpu, ErrorKind::kUnsupported, "this language model runs on the cpu only, not on {}",
+              device_name(device));
+  }
 };
 
 }  // namespace vlm

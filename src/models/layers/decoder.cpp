@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -160,15 +160,24 @@ DecoderModel::DecoderModel(DecoderSpec spec, const ModelConfig& config, const Ch
   t.resolve();
   if (!adapter_path.empty()) adapter_ = LoraAdapter::load(adapter_path, lora_targets);
 
+  embed_host_ = t.weight("model.embed_tokens");
+  if (s.embed_scale != 1.0f) {
+    DType stored = embed_host_.quantized ? embed_host_.quant.scales.dtype() : embed_host_.dense.dtype();
+    spec_.embed_scale = round_to_dtype(s.embed_scale, stored);
+  }
+  bind();
+}
+
+void DecoderModel::bind() {
+  const DecoderSpec& s = spec_;
+  const TensorTable& t = *table_;
+  const int64_t h = s.hidden_size, hd = s.head_dim, q_out = s.n_heads * hd, kv_out = s.n_kv_heads * hd;
+  const int64_t inter = s.intermediate_size;
   embed_ = &t.weight("model.embed_tokens");
   head_.weight = t.has("lm_head") ? &t.weight("lm_head") : embed_;
   head_.out = s.vocab_size;
   final_norm_ = t.tensor("model.norm.weight");
-  if (s.embed_scale != 1.0f) {
-    DType stored = embed_->quantized ? embed_->quant.scales.dtype() : embed_->dense.dtype();
-    spec_.embed_scale = round_to_dtype(s.embed_scale, stored);
-  }
-  layers_.resize(s.layers.size());
+  layers_.assign(s.layers.size(), Layer{});
   for (int i = 0; i < static_cast<int>(s.layers.size()); ++i) {
     Layer& L = layers_[static_cast<size_t>(i)];
     L.input_norm = t.tensor(layer_path(i, "input_layernorm.weight"));
@@ -200,8 +209,43 @@ DecoderModel::Linear DecoderModel::make_linear(const std::string& module, int64_
   l.weight = &table_->weight(module);
   l.bias = table_->bias(module);
   l.lora = adapter_ ? adapter_->find(module) : nullptr;
+  if (l.lora && device_ != Device::kCpu) {
+    auto [it, fresh] = lora_on_device_.try_emplace(module);
+    if (fresh) {
+      it->second = *l.lora;
+      it->second.a = ops::to_device(l.lora->a, device_);
+      it->second.b = ops::to_device(l.lora->b, device_);
+    }
+    l.lora = &it->second;
+  }
   l.out = out;
   return l;
+}
+
+void DecoderModel::to_device(Device device) {
+  if (device == device_) return;
+  // Refuses with the backend's reason (e.g. "built without CUDA") before anything is copied.
+  { ops::DeviceScope probe(device); }
+  const Device previous = device_;
+  // The embedding table is read on the device only as a tied head; untied, embed() reads its host view.
+  std::set<std::string> stay;
+  if (table_->has("lm_head")) stay.insert("model.embed_tokens");
+  table_->to_device(device, stay);
+  device_ = device;
+  lora_on_device_.clear();
+  try {
+    bind();
+  } catch (...) {  // the LoRA upload failed: back to the old device, whole
+    device_ = previous;
+    lora_on_device_.clear();
+    table_->to_device(previous, stay);
+    bind();
+    throw;
+  }
+}
+
+Tensor DecoderModel::scratch(const Shape& shape) const {
+  return ops::empty(shape, DType::kF32, MemCategory::kScratch, device_);
 }
 
 void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float* y) const {
@@ -209,8 +253,8 @@ void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float*
   if (!l.lora) return;
   // y += scale · (x·Aᵀ)·Bᵀ — the adapter stays a separate low-rank term.
   const LoraModule& m = *l.lora;
-  Tensor t = Tensor::empty({n, m.rank}, DType::kF32);
-  Tensor d = Tensor::empty({n, l.out}, DType::kF32);
+  Tensor t = scratch({n, m.rank});
+  Tensor d = scratch({n, l.out});
   ops::linear(x, n, m.a, Tensor(), t.data<float>());
   ops::linear(t.data<float>(), n, m.b, Tensor(), d.data<float>());
   ops::scale(d.data<float>(), m.scale, n * l.out);
@@ -229,7 +273,10 @@ void DecoderModel::embed(const int32_t* ids, int64_t n, float* out) const {
               "{}: token id {} at position {} is outside the vocabulary [0, {})", spec_.family, ids[i], i,
               spec_.vocab_size);
   }
-  ops::embedding(*embed_, ids, n, spec_.embed_scale, out);
+  // On the host on every device: the caller wants host floats, and n rows of the (mapped) table are
+  // cheaper to gather here than to gather on the GPU and copy back.
+  ops::DeviceScope host(Device::kCpu);
+  ops::embedding(embed_host_, ids, n, spec_.embed_scale, out);
 }
 
 void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
@@ -238,9 +285,9 @@ void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& 
   const Layer& L = layers_[static_cast<size_t>(i)];
   const DecoderLayerSpec& ls = s.layers[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, hd = s.head_dim, H = s.n_heads, KV = s.n_kv_heads;
-  Tensor hbuf = Tensor::empty({n, h}, DType::kF32);
-  Tensor qb = Tensor::empty({n, H * hd}, DType::kF32), kb = Tensor::empty({n, KV * hd}, DType::kF32);
-  Tensor vb = Tensor::empty({n, KV * hd}, DType::kF32), ab = Tensor::empty({n, H * hd}, DType::kF32);
+  Tensor hbuf = scratch({n, h});
+  Tensor qb = scratch({n, H * hd}), kb = scratch({n, KV * hd});
+  Tensor vb = scratch({n, KV * hd}), ab = scratch({n, H * hd});
   float *hx = hbuf.data<float>(), *q = qb.data<float>(), *k = kb.data<float>(), *v = vb.data<float>();
   float* a = ab.data<float>();
 
@@ -248,14 +295,13 @@ void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& 
   if (s.fused_qkv) {
     // qkv_proj rows are [q | k | v]; split each token's row.
     const int64_t w = (H + 2 * KV) * hd;
-    Tensor fused = Tensor::empty({n, w}, DType::kF32);
+    Tensor fused = scratch({n, w});
+    const float* f = fused.data<float>();
     run_linear(L.qkv, hx, n, fused.data<float>());
-    for (int64_t t = 0; t < n; ++t) {
-      const float* row = fused.data<float>() + t * w;
-      std::memcpy(q + t * H * hd, row, sizeof(float) * H * hd);
-      std::memcpy(k + t * KV * hd, row + H * hd, sizeof(float) * KV * hd);
-      std::memcpy(v + t * KV * hd, row + (H + KV) * hd, sizeof(float) * KV * hd);
-    }
+    const size_t pitch = sizeof(float) * w, qw = sizeof(float) * H * hd, kvw = sizeof(float) * KV * hd;
+    ops::copy_2d(q, qw, f, pitch, qw, n);
+    ops::copy_2d(k, kvw, f + H * hd, pitch, kvw, n);
+    ops::copy_2d(v, kvw, f + (H + KV) * hd, pitch, kvw, n);
   } else {
     run_linear(L.q, hx, n, q);
     run_linear(L.k, hx, n, k);
@@ -296,18 +342,17 @@ void DecoderModel::mlp_block(int i, float* x, int64_t n) {
   const DecoderSpec& s = spec_;
   const Layer& L = layers_[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, I = s.intermediate_size;
-  Tensor hbuf = Tensor::empty({n, h}, DType::kF32);
-  Tensor gb = Tensor::empty({n, I}, DType::kF32), ub = Tensor::empty({n, I}, DType::kF32);
+  Tensor hbuf = scratch({n, h});
+  Tensor gb = scratch({n, I}), ub = scratch({n, I});
   float *hx = hbuf.data<float>(), *g = gb.data<float>(), *u = ub.data<float>();
   ops::rms_norm(x, n, h, s.sandwich_norms ? L.pre_ffn_norm : L.post_attn_norm, s.rms_norm_eps, s.norm_offset, hx);
   if (s.fused_gate_up) {
     // gate_up_proj rows are [gate | up] (Phi-3 chunks the output in two, gate first).
-    Tensor fused = Tensor::empty({n, 2 * I}, DType::kF32);
+    Tensor fused = scratch({n, 2 * I});
     run_linear(L.gate_up, hx, n, fused.data<float>());
-    for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(g + t * I, fused.data<float>() + t * 2 * I, sizeof(float) * I);
-      std::memcpy(u + t * I, fused.data<float>() + t * 2 * I + I, sizeof(float) * I);
-    }
+    const size_t pitch = sizeof(float) * 2 * I, width = sizeof(float) * I;
+    ops::copy_2d(g, width, fused.data<float>(), pitch, width, n);
+    ops::copy_2d(u, width, fused.data<float>() + I, pitch, width, n);
   } else {
     run_linear(L.gate, hx, n, g);
     run_linear(L.up, hx, n, u);
@@ -328,18 +373,25 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
   VLM_CHECK(cache.num_layers() == static_cast<int>(layers_.size()), ErrorKind::kInvalidArgument,
             "{}: KV cache has {} layers, model has {}", s.family, cache.num_layers(), layers_.size());
   const int64_t h = s.hidden_size;
-  Tensor xb = Tensor::empty({n, h}, DType::kF32);
+  const bool on_host = device_ == Device::kCpu;
+  // Every op below runs on the model's device; on the CPU the scope only re-asserts the default.
+  ops::DeviceScope scope(device_);
+  Tensor xb = scratch({n, h});
   float* x = xb.data<float>();
-  std::memcpy(x, embeds, sizeof(float) * n * h);
+  ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
     attention_block(i, x, n, positions, cache, mask);
     mlp_block(i, x, n);
   }
   const int64_t rows = all_logits ? n : 1;
   float* last = x + (n - rows) * h;
+  // On a device the logits are computed there and only these `rows` come back.
+  Tensor lb = on_host ? Tensor() : scratch({rows, s.vocab_size});
+  float* out = on_host ? logits : lb.data<float>();
   ops::rms_norm(last, rows, h, final_norm_, s.rms_norm_eps, s.norm_offset, last);  // "model.norm"
-  run_linear(head_, last, rows, logits);                                           // "lm_head"
-  if (s.final_softcap > 0) ops::softcap(logits, rows * s.vocab_size, s.final_softcap);
+  run_linear(head_, last, rows, out);                                              // "lm_head"
+  if (s.final_softcap > 0) ops::softcap(out, rows * s.vocab_size, s.final_softcap);
+  if (!on_host) ops::copy(logits, Device::kCpu, out, device_, sizeof(float) * rows * s.vocab_size);
 }
 
 size_t DecoderModel::weight_bytes() const { return table_->weight_bytes() + (adapter_ ? adapter_->nbytes() : 0); }

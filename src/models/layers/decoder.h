@@ -18,10 +18,16 @@
 //   logits = softcap(lm_head(norm(x, model.norm)))             (lm_head = embed_tokens when tied/absent)
 //
 // Module names are HF's, so activations can be diffed against transformers layer by layer.
+//
+// Devices: to_device(kCuda) uploads every weight, norm, bias and LoRA A/B (TensorTable::to_device), then
+// forward() allocates its activations on the device and runs every op there; the embedding lookup
+// stays on the host (a host view of the table is kept: n rows per call, no round trip), forward()
+// uploads the host embeddings once per call and copies back only the logits rows it was asked for.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -90,6 +96,10 @@ class DecoderModel final : public LanguageModel {
   void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                const ops::AttentionMask& mask, float* logits, bool all_logits) override;
   size_t weight_bytes() const override;
+  Device device() const override { return device_; }
+  // Throws Error(kUnsupported) naming the reason when `device` cannot run (no CUDA); the model then
+  // stays whole on its old device.
+  void to_device(Device device) override;
 
   const DecoderSpec& spec() const { return spec_; }
   const LoraAdapter* adapter() const { return adapter_.get(); }
@@ -105,7 +115,11 @@ class DecoderModel final : public LanguageModel {
     Tensor input_norm, post_attn_norm, pre_ffn_norm, post_ffn_norm, q_norm, k_norm;
     Linear q, k, v, qkv, o, gate, up, gate_up, down;
   };
+  // Points embed_, head_, final_norm_ and layers_ at the table's current (device) tensors.
+  void bind();
   Linear make_linear(const std::string& module, int64_t out);
+  // f32 activations on the model's device.
+  Tensor scratch(const Shape& shape) const;
   void run_linear(const Linear& l, const float* x, int64_t n, float* y) const;
   void attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
                        const ops::AttentionMask& mask);
@@ -114,6 +128,9 @@ class DecoderModel final : public LanguageModel {
   DecoderSpec spec_;
   std::unique_ptr<TensorTable> table_;
   std::unique_ptr<LoraAdapter> adapter_;
+  std::map<std::string, LoraModule> lora_on_device_;  // adapter modules copied to device_ (by module)
+  Device device_ = Device::kCpu;
+  ops::Weight embed_host_;  // the embedding table's host view, for embed() on any device
   const ops::Weight* embed_ = nullptr;
   Linear head_;
   Tensor final_norm_;

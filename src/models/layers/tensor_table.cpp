@@ -215,4 +215,22 @@ size_t TensorTable::weight_bytes() const {
   return n;
 }
 
+void TensorTable::to_device(Device device, const std::set<std::string>& stay) {
+  if (device == device_) return;
+  // All copies are made before any entry changes, so a failed upload (out of device memory) leaves the
+  // table whole on its old device.
+  std::vector<ops::Weight> weights;
+  std::vector<Tensor> tensors;
+  weights.reserve(weights_.size());
+  tensors.reserve(tensors_.size());
+  for (const auto& [name, w] : weights_) weights.push_back(stay.count(name) ? w : ops::to_device(w, device));
+  for (const auto& [name, t] : tensors_)
+    tensors.push_back(stay.count(name) ? t : ops::to_device(t, device, MemCategory::kWeights));
+  size_t i = 0;
+  for (auto& [_, w] : weights_) w = std::move(weights[i++]);
+  i = 0;
+  for (auto& [_, t] : tensors_) t = std::move(tensors[i++]);
+  device_ = device;
+}
+
 }  // namespace vlm

@@ -4,11 +4,13 @@
 // `model.*`, VLM layouts `language_model.model.*` / `model.language_model.*` / `model.text_model.*`,
 // mlx-community names), decides per module whether it is MLX-quantized (by the presence of
 // `<module>.scales`, the MLX loader rule) and then reports every missing, mis-shaped and unused tensor by
-// name in one error, instead of failing later inside a kernel. Weights stay in their stored format.
+// name in one error, instead of failing later inside a kernel. Weights stay in their stored format, on
+// the host until to_device() uploads them (entries are replaced in place, so references stay valid).
 #pragma once
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,14 @@ class TensorTable {
   const DecoderLayout& layout() const { return layout_; }
   size_t weight_bytes() const;
 
+  // Copies every resolved weight (stored format kept) and vector to `device` and drops the previous
+  // views, except the entries named in `stay` (canonical names, e.g. an untied model's embedding table,
+  // which only the host-side lookup reads). The map entries are assigned in place, so references from
+  // weight() stay valid; tensor() and bias() return the new copies. Throws what ops::to_device throws
+  // (kUnsupported without CUDA), leaving the table as it was.
+  void to_device(Device device, const std::set<std::string>& stay = {});
+  Device device() const { return device_; }
+
  private:
   struct Entry {
     std::string canonical;
@@ -78,6 +88,7 @@ class TensorTable {
   std::map<std::string, Tensor> tensors_;       // vectors and biases by canonical tensor name
   std::vector<std::string> used_;               // actual names consumed
   std::vector<std::string> missing_, misshaped_;
+  Device device_ = Device::kCpu;
 };
 
 }  // namespace vlm

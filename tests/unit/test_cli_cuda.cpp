@@ -1,0 +1,328 @@
+// The language model on CUDA (`--device cuda`), end to end.
+// Everywhere: a vlmcheck without a usable GPU refuses `generate --device cuda` and `bench --device cuda`
+// with the backend's reason before loading weights or writing a synthetic checkpoint, and the default
+// device (auto) is the CPU there.
+// Where a GPU is usable (the other cases skip elsewhere): every text fixture of tests/fixtures/text (the
+// families, RoPE scalings and LoRA adapters) with its language model moved to CUDA — weights, KV cache and
+// every op on the GPU, logits copied back — against transformers' logits and greedy tokens, with the
+// tolerance of test_generate_parity_text (1e-3 relative per position); with chunked prefill and a rotating
+// cache against the same model on the CPU; every VLM fixture with its reference images (vision tower on the
+// CPU) against transformers; and the CLI's --json for cpu vs cuda.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "cli/exit_codes.h"
+#include "core/error.h"
+#include "core/json.h"
+#include "generate/kv_cache.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "models/registry.h"
+#include "support/test_support.h"
+#include "test_models_vlm_fixture.h"
+
+namespace vlm {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr double kLogitTol = 1e-3;  // test_generate_parity_text / test_cli_vlm_parity
+
+bool gpu() { return ops::cuda::available(); }
+
+std::string text_fixture(const std::string& name) { return test::source_dir() + "/tests/fixtures/text/" + name; }
+
+// Every text fixture with a transformers reference (families and LoRA adapters), by folder name.
+std::vector<std::string> text_fixtures() {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(test::source_dir() + "/tests/fixtures/text"))
+    if (fs::exists(e.path() / "reference.json")) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// max |a - b| / max |b|
+double rel_diff(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return num / den;
+}
+
+int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
+
+struct TextRun {
+  std::vector<float> prompt_logits;  // [n, vocab]
+  std::vector<int32_t> greedy;
+};
+
+// Prefill in chunks (0 = all at once) with every position's logits, then `steps` greedy tokens, through a
+// KV cache on the model's device.
+TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk,
+             KVCacheOptions options = {}) {
+  const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
+  options.device = lm.device();
+  std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), options);
+  TextRun r;
+  r.prompt_logits.resize(static_cast<size_t>(n * V));
+  if (chunk <= 0) chunk = n;
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t m = std::min(chunk, n - b);
+    std::vector<float> x(static_cast<size_t>(m * H));
+    std::vector<int64_t> pos(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) pos[static_cast<size_t>(i)] = b + i;
+    lm.embed(ids.data() + b, m, x.data());
+    lm.forward(x.data(), m, Positions{pos.data(), m, 1}, *cache, ops::AttentionMask{}, r.prompt_logits.data() + b * V,
+               true);
+  }
+  std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
+  std::vector<float> x(static_cast<size_t>(H));
+  for (int s = 0; s < steps; ++s) {
+    const int32_t tok = argmax(logits.data(), V);
+    r.greedy.push_back(tok);
+    if (s + 1 == steps) break;
+    int64_t p = n + s;
+    lm.embed(&tok, 1, x.data());
+    lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
+  }
+  return r;
+}
+
+double worst_position(const TextRun& run, const std::vector<std::vector<float>>& ref, int64_t vocab) {
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i)
+    worst = std::max(worst, rel_diff(run.prompt_logits.data() + static_cast<int64_t>(i) * vocab, ref[i].data(), vocab));
+  return worst;
+}
+
+// ---- everywhere -------------------------------------------------------------------------------------------
+
+TEST(CliCuda, GenerateOnCudaWithoutAGpuRefusesWithTheReasonBeforeLoading) {
+  if (gpu()) GTEST_SKIP() << "a CUDA device is usable here";
+  auto r = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi", "--device", "cuda"});
+  EXPECT_EQ(r.exit_code, cli::kExitUnsupported) << r.err;
+  EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(cuda_unavailable_reason()), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  // The same from the environment's default.
+  auto env = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi"},
+                                {"VLMCHECK_DEVICE=cuda"});
+  EXPECT_EQ(env.exit_code, cli::kExitUnsupported) << env.err;
+  EXPECT_NE(env.err.find(cuda_unavailable_reason()), std::string::npos) << env.err;
+}
+
+TEST(CliCuda, BenchOnCudaWithoutAGpuRefusesBeforeWritingTheSyntheticCheckpoint) {
+  if (gpu()) GTEST_SKIP() << "a CUDA device is usable here";
+  test::TempDir dir;
+  auto r = test::run_vlmcheck({"bench", "--synthetic", "smolvlm-256m", "--device", "cuda", "--work-dir", dir / ""});
+  EXPECT_EQ(r.exit_code, cli::kExitUnsupported) << r.err;
+  EXPECT_NE(r.err.find(cuda_unavailable_reason()), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(dir / "")) << "a checkpoint was written before the device was checked";
+}
+
+TEST(CliCuda, TheDefaultDeviceIsCudaExactlyWhenAGpuIsUsable) {
+  auto args = std::vector<std::string>{"generate", "--model", text_fixture("qwen2"), "--prompt", "hi",
+                                       "--max-tokens", "2", "--json"};
+  auto r = test::run_vlmcheck(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json out = Json::parse(r.out);
+  EXPECT_EQ(out["device"], gpu() ? "cuda" : "cpu");
+  EXPECT_TRUE(out["vision_device"].is_null());  // a text model has no tower
+  EXPECT_EQ(out["gpu_memory_bytes"].is_null(), !gpu());
+  auto cpu = test::run_vlmcheck(args, {"VLMCHECK_DEVICE=cpu"});
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_EQ(Json::parse(cpu.out)["device"], "cpu");
+  auto bad = test::run_vlmcheck(args, {"VLMCHECK_DEVICE=tpu"});
+  EXPECT_EQ(bad.exit_code, cli::kExitUsage) << bad.err;
+  EXPECT_NE(bad.err.find("tpu"), std::string::npos) << bad.err;
+}
+
+TEST(CliCuda, ALanguageModelRefusesAnUnusableDeviceAndStaysWhole) {
+  if (gpu()) GTEST_SKIP() << "a CUDA device is usable here";
+  LoadedModel m = load_model(text_fixture("llama"), {});
+  LanguageModel& lm = *m.language_model;
+  const Json ref = read_json_file(text_fixture("llama") + "/reference.json");
+  const auto ids = ref["input_ids"].get<std::vector<int32_t>>();
+  const TextRun before = run_text(lm, ids, 4, 0);
+  try {
+    lm.to_device(Device::kCuda);
+    FAIL() << "to_device(kCuda) did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find(cuda_unavailable_reason()), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(lm.device(), Device::kCpu);
+  const TextRun after = run_text(lm, ids, 4, 0);
+  EXPECT_EQ(after.prompt_logits, before.prompt_logits);  // bit-identical: nothing moved
+  EXPECT_EQ(after.greedy, before.greedy);
+  // A CUDA KV cache is refused the same way.
+  KVCacheOptions o;
+  o.device = Device::kCuda;
+  EXPECT_THROW(make_kv_cache(lm.cache_layout(), o), Error);
+}
+
+TEST(CliCuda, QuantizedKvCacheIsRefusedOffTheCpuNamingTheFlag) {
+  KVCacheOptions o;
+  o.kv_bits = 4;
+  o.device = Device::kCuda;
+  try {
+    o.validate();
+    FAIL() << "kv_bits on cuda validated";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("--kv-bits"), std::string::npos) << e.what();
+  }
+  if (!gpu()) GTEST_SKIP() << "the CLI case needs a GPU (without one --device cuda is refused first)";
+  auto r = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi", "--device", "cuda",
+                               "--kv-bits", "4"});
+  EXPECT_EQ(r.exit_code, cli::kExitUsage) << r.err;
+  EXPECT_NE(r.err.find("--kv-bits"), std::string::npos) << r.err;
+}
+
+// ---- on a GPU ---------------------------------------------------------------------------------------------
+
+class CudaTextParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaTextParity, LogitsAndGreedyTokensMatchTransformers) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  const std::string name = GetParam();
+  const Json ref = read_json_file(text_fixture(name) + "/reference.json");
+  const bool lora = ref.contains("base");
+  LoadOptions lo;
+  if (lora) lo.adapter_path = text_fixture(name);
+  const std::string folder = text_fixture(lora ? ref["base"].get<std::string>() : name);
+  LoadedModel m = load_model(folder, lo);
+  LanguageModel& lm = *m.language_model;
+  lm.to_device(Device::kCuda);
+  ASSERT_EQ(lm.device(), Device::kCuda);
+
+  const auto ids = ref["input_ids"].get<std::vector<int32_t>>();
+  const auto logits = ref["logits"].get<std::vector<std::vector<float>>>();
+  auto greedy = ref["greedy_tokens"].get<std::vector<int32_t>>();
+  greedy.resize(test::comparable_greedy_tokens(read_json_file(folder + "/config.json"), ids.size(), greedy.size()));
+  const int64_t V = lm.vocab_size();
+  const TextRun run = run_text(lm, ids, static_cast<int>(greedy.size()), 0);
+  const double worst = worst_position(run, logits, V);
+  EXPECT_LE(worst, kLogitTol);
+  EXPECT_EQ(run.greedy, greedy) << "reference min top-2 gap " << ref["greedy_min_gap"];
+  std::printf("[cuda parity] %-26s worst position rel diff %.2e, greedy %s\n", name.c_str(), worst,
+              run.greedy == greedy ? "identical" : "DIFFERENT");
+
+  // Chunked prefill (chunks straddle the fixtures' sliding windows of 8) gives the same answer.
+  const TextRun chunked = run_text(lm, ids, static_cast<int>(greedy.size()), 5);
+  EXPECT_LE(worst_position(chunked, logits, V), kLogitTol);
+  EXPECT_EQ(chunked.greedy, greedy);
+
+  // A rotating cache (ring moves are device copies) against the same model on the CPU.
+  KVCacheOptions rotating;
+  rotating.max_kv_size = 12;
+  const TextRun gpu_ring = run_text(lm, ids, static_cast<int>(greedy.size()), 4, rotating);
+  LoadedModel host = load_model(folder, lo);
+  const TextRun cpu_ring = run_text(*host.language_model, ids, static_cast<int>(greedy.size()), 4, rotating);
+  EXPECT_EQ(gpu_ring.greedy, cpu_ring.greedy);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  for (int64_t i = 0; i < n; ++i)
+    EXPECT_LE(rel_diff(gpu_ring.prompt_logits.data() + i * V, cpu_ring.prompt_logits.data() + i * V, V), kLogitTol)
+        << "position " << i;
+}
+
+std::string param_name(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTextParity, ::testing::ValuesIn(text_fixtures()), param_name);
+
+TEST(CudaTextParity, EveryFamilyIsCovered) { EXPECT_GE(text_fixtures().size(), 12u); }
+
+class CudaVlmParity : public ::testing::TestWithParam<std::string> {};
+
+// The vision tower and projector on the CPU, the language model on CUDA: the prompt's multimodal embeddings
+// are host floats the model uploads.
+TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  vlmtest::VlmFixture f = vlmtest::load_vision_fixture(GetParam());
+  LoadedModel m = load_model(f.folder, {});
+  ASSERT_NE(m.vision, nullptr);
+  LanguageModel& lm = *m.language_model;
+  lm.to_device(Device::kCuda);
+  const int64_t V = lm.vocab_size(), H = lm.hidden_size();
+  for (const vlmtest::VlmCase& c : f.cases) {
+    SCOPED_TRACE(GetParam() + " " + c.name);
+    std::vector<ProcessedImage> images = vlmtest::reference_images(f, c);
+    std::vector<Tensor> feats;
+    for (const ProcessedImage& im : images) feats.push_back(m.vision->encode(im));
+    MultimodalPrompt p = m.vision->build_prompt(lm, c.ids, images, feats);
+    const int64_t n = static_cast<int64_t>(c.ids.size());
+    KVCacheOptions o;
+    o.device = Device::kCuda;
+    std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), o);
+    ops::AttentionMask mask;
+    if (!p.groups.empty()) {
+      mask.group_of_position = p.groups.data();
+      mask.group_positions = static_cast<int64_t>(p.groups.size());
+    }
+    std::vector<float> logits(static_cast<size_t>(V));
+    lm.forward(p.embeds.data<float>(), n, Positions{p.positions.data(), n, p.dims}, *cache, mask, logits.data(),
+               false);
+    Tensor ref = f.get(c, "logits").to_f32();
+    ASSERT_EQ(ref.numel(), V);
+    const double diff = vlmtest::rel_diff(logits.data(), ref.data<float>(), V);
+    EXPECT_LE(diff, kLogitTol);
+    std::vector<int32_t> greedy;
+    std::vector<float> x(static_cast<size_t>(H));
+    for (size_t s = 0; s < c.greedy.size(); ++s) {
+      const int32_t tok = argmax(logits.data(), V);
+      greedy.push_back(tok);
+      if (s + 1 == c.greedy.size()) break;
+      int64_t pos = n + static_cast<int64_t>(s) + p.rope_delta;
+      lm.embed(&tok, 1, x.data());
+      lm.forward(x.data(), 1, Positions{&pos, 1, 1}, *cache, mask, logits.data(), false);
+    }
+    EXPECT_EQ(greedy, c.greedy) << "reference min top-2 gap " << c.min_gap;
+    std::printf("[cuda vlm parity] %-14s %-10s logits rel diff %.2e, greedy %s\n", GetParam().c_str(),
+                c.name.c_str(), diff, greedy == c.greedy ? "identical" : "DIFFERENT");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaVlmParity, ::testing::ValuesIn(vlmtest::vision_fixture_names()), param_name);
+
+TEST(CliCuda, GenerateWithAnImageRunsTheTowerOnTheCpuAndMatchesTheCpuRun) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  const std::string model = test::source_dir() + "/tests/fixtures/vision/qwen2_5_vl";
+  const std::string image = test::source_dir() + "/tests/fixtures/vision/images/scene.png";
+  auto args = std::vector<std::string>{"generate", "--model", model, "--prompt", "What is in the picture?", "--image",
+                                       image, "--max-tokens", "8", "--json", "--device"};
+  auto cpu = test::run_vlmcheck([&] { auto a = args; a.push_back("cpu"); return a; }());
+  auto cuda = test::run_vlmcheck([&] { auto a = args; a.push_back("cuda"); return a; }());
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  ASSERT_EQ(cuda.exit_code, 0) << cuda.err;
+  Json c = Json::parse(cpu.out), g = Json::parse(cuda.out);
+  EXPECT_EQ(g["device"], "cuda");
+  EXPECT_EQ(g["vision_device"], "cpu");
+  EXPECT_EQ(c["device"], "cpu");
+  EXPECT_EQ(g["prompt_ids"], c["prompt_ids"]);
+  EXPECT_EQ(g["tokens"], c["tokens"]);
+  EXPECT_GT(g["gpu_memory_bytes"]["peak"].get<int64_t>(), 0);
+  EXPECT_GE(g["gpu_memory_bytes"]["peak"].get<int64_t>(), g["gpu_memory_bytes"]["active"].get<int64_t>());
+}
+
+TEST(CliCuda, BenchOnCudaReportsTheGpuRoofline) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  test::TempDir dir;
+  auto r = test::run_vlmcheck({"bench", "--synthetic", "smolvlm-256m", "--device", "cuda", "--prompt-tokens", "64",
+                               "--gen-tokens", "8", "--repetitions", "1", "--work-dir", dir / "", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json out = Json::parse(r.out);
+  EXPECT_EQ(out["device"], "cuda");
+  EXPECT_EQ(out["kernel_path"], "cuda");
+  EXPECT_GT(out["roofline"]["read_bandwidth_gbs"].get<double>(), 0);
+  EXPECT_GT(out["roofline"]["bf16_peak_gflops"].get<double>(), 0);
+  EXPECT_GT(out["generation_tps"].get<double>(), 0);
+  EXPECT_GT(out["peak_memory_bytes"]["gpu"].get<int64_t>(), out["weight_bytes"].get<int64_t>() / 2);
+}
+
+}  // namespace
+}  // namespace vlm
