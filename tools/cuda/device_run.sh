@@ -11,7 +11,7 @@ root=$(pwd)
 bundle=${BUNDLE:-$root/build-devbundle}
 out=${OUT:-/tmp/vlmcheck-device-out}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export VLMCHECK_TEST_SOURCE_DIR="$root" VLMCHECK_TEST_BINARY="$bundle/bin/vlmcheck"
 summary=()
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1

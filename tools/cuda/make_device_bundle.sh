@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Packs binaries of a CUDA build for the GPU machine: stripped copies of the named executables in
 # OUT/bin and every shared library they need that is not the C runtime itself (libc, libm, the
-# loader) in OUT/lib — the GPU machine has its own CUDA driver and glibc but none of our Debian
-# packages. Run there from the repository root:
+# loader, the CUDA libraries) in OUT/lib — the GPU machine has its own CUDA toolkit, driver and glibc
+# but none of our Debian packages. Run there from the repository root:
 #   LD_LIBRARY_PATH=$PWD/OUT/lib VLMCHECK_TEST_SOURCE_DIR=$PWD VLMCHECK_TEST_BINARY=$PWD/OUT/bin/vlmcheck OUT/bin/<test>
 # Usage: tools/cuda/make_device_bundle.sh BUILD_DIR OUT_DIR exe...   (exe relative to BUILD_DIR)
 set -euo pipefail
@@ -18,6 +18,7 @@ done
 sort -u "$out/libs.txt" | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so.*|libm.so.*|ld-linux*|libpthread.so.*|libdl.so.*|librt.so.*|libcuda.so.*) continue ;;
+    libcublas*|libcudart*) continue ;;  # the GPU machine's own CUDA 13 toolkit provides these
   esac
   cp -L "$lib" "$out/lib/"
 done
