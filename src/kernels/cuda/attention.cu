@@ -1,8 +1,9 @@
 // Attention on the GPU (ops.h semantics): one block of 8 warps per (query, head). Each warp walks its
-// share of the keys (j = warp, warp + 8, ...) with an online softmax — the score is a warp-wide dot
-// product (head_dim spread over the lanes, up to 8 values each, so head_dim <= 256), the running max,
-// sum and value accumulator are rescaled per visible key — and the 8 partial states are merged through
-// shared memory at the end. The mask is the reference's key_visible rule, evaluated per key from the
+// share of the keys in tiles of 32 (tiles warp, warp + 8, ...) with an online softmax: every lane
+// scores one key of the tile (a full dot product with q from shared memory), one warp max / sum per
+// tile rescales the running state, then the tile's values are accumulated key by key with the lanes
+// spread over head_dim (up to 8 values each, so head_dim <= 256). The 8 partial states are merged
+// through shared memory at the end. The mask is the reference's key_visible rule, evaluated per key from the
 // absolute positions (k_pos may be in any order: rotating caches), so every mask case (causal, sliding
 // window, image groups, none) and GQA share one kernel. A query that sees no key gets zeros.
 // k_pos and group_of_position are host arrays (ops.h "devices"), staged to the device per call.
@@ -38,6 +39,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                      const float* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int64_t n_heads,
                      int64_t n_kv_heads, int64_t hd, float scale, float softcap, MaskArgs mask,
                      float* __restrict__ out) {
+  __shared__ float s_q[32 * kMaxPerLane];
   __shared__ float s_m[kWarps], s_l[kWarps];
   __shared__ float s_acc[kWarps][32 * kMaxPerLane];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -45,35 +47,44 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t kvh = h / (n_heads / n_kv_heads);
   const int64_t qp = q_pos0 + i;
   const float* qi = q + (i * n_heads + h) * hd;
+  for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) s_q[c] = qi[c];
+  __syncthreads();
 
-  float qr[kMaxPerLane], acc[kMaxPerLane];
+  float acc[kMaxPerLane];
 #pragma unroll
-  for (int e = 0; e < kMaxPerLane; ++e) {
-    const int64_t c = lane + 32 * e;
-    qr[e] = c < hd ? qi[c] : 0.0f;
-    acc[e] = 0.0f;
-  }
+  for (int e = 0; e < kMaxPerLane; ++e) acc[e] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j = warp; j < nk; j += kWarps) {
-    if (!key_visible(mask, qp, k_pos[j])) continue;  // uniform across the warp
-    const float* kj = k + (j * n_kv_heads + kvh) * hd;
-    const float* vj = v + (j * n_kv_heads + kvh) * hd;
-    float dot = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t c = lane + 32 * e;
-      if (c < hd) dot += qr[e] * kj[c];
+  const int64_t tiles = (nk + 31) / 32;
+  for (int64_t tile = warp; tile < tiles; tile += kWarps) {
+    // Scores: lane j of the warp owns key tile * 32 + j (invisible or past the end: -inf).
+    const int64_t j = tile * 32 + lane;
+    const bool valid = j < nk && key_visible(mask, qp, k_pos[j]);
+    float sc = -INFINITY;
+    if (valid) {
+      const float* kj = k + (j * n_kv_heads + kvh) * hd;
+      float dot = 0.0f;
+      for (int64_t c = 0; c < hd; ++c) dot += s_q[c] * kj[c];
+      sc = dot * scale;
+      if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
     }
-    float s = warp_sum(dot) * scale;
-    if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);  // 0 for the first visible key (m = -inf)
-    const float p = expf(s - m_new);
-    l = l * corr + p;
+    const float tile_max = warp_max(sc);
+    if (tile_max == -INFINITY) continue;  // no visible key in this tile (uniform across the warp)
+    const float m_new = fmaxf(m, tile_max);
+    const float corr = expf(m - m_new);  // 0 while nothing was seen (m = -inf)
+    const float p = valid ? expf(sc - m_new) : 0.0f;
+    l = l * corr + warp_sum(p);
 #pragma unroll
-    for (int e = 0; e < kMaxPerLane; ++e) {
-      const int64_t c = lane + 32 * e;
-      if (c < hd) acc[e] = acc[e] * corr + p * vj[c];
+    for (int e = 0; e < kMaxPerLane; ++e) acc[e] *= corr;
+    // Values: key by key, the lanes spread over head_dim (coalesced rows).
+    for (int jj = 0; jj < 32; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+      if (pj == 0.0f) continue;  // invisible, past the end, or underflowed: adds nothing
+      const float* vj = v + ((tile * 32 + jj) * n_kv_heads + kvh) * hd;
+#pragma unroll
+      for (int e = 0; e < kMaxPerLane; ++e) {
+        const int64_t c = lane + 32 * e;
+        if (c < hd) acc[e] += pj * vj[c];
+      }
     }
     m = m_new;
   }

@@ -205,10 +205,15 @@ bool linear_dense_cublaslt(const float* x, int64_t n, const Weight& w, float* y)
 bool linear_quant_gemv(const float* x, int64_t n, const Weight& w, float* y);
 // Any weight, any shape: tiled kernel (dequantizes weight tiles into shared memory).
 void linear_tiled(const float* x, int64_t n, const Weight& w, float* y);
-// y[n, out] (f32) = xb[n, in] · w[out, in]ᵀ through cuBLASLt, A and B of `ab_type`, f32 output and
-// scale; false (nothing launched) when cuBLASLt offers no algorithm. Also used by the bf16 probe.
+// y[n, out] (f32, rows ldy apart) = xb[n, in] · w[out, in]ᵀ through cuBLASLt, A and B of `ab_type`,
+// f32 output and scale; false (nothing launched) when cuBLASLt offers no algorithm. Also used by the
+// bf16 probe.
 bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out, float* y,
-               cublasComputeType_t compute);
+               int64_t ldy, cublasComputeType_t compute);
+// The f32 GEMM: CUBLAS_COMPUTE_32F_PEDANTIC (no TF32), else COMPUTE_32F; false when neither runs.
+bool lt_matmul_f32(const void* w, const float* x, int64_t n, int64_t in, int64_t out, float* y, int64_t ldy);
+// Quantized prefill: exact f32 dequantization of row chunks + lt_matmul_f32; false if it cannot run.
+bool linear_quant_gemm(const float* x, int64_t n, const Weight& w, float* y);
 // y[t, r] += bias[r] for t < n.
 void add_bias(float* y, int64_t n, int64_t out, const Tensor& bias);
 }  // namespace vlm::ops::cuda::kernels

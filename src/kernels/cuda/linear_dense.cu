@@ -8,7 +8,8 @@
 //   n >= 8 (prefill) f32 -> cuBLASLt SGEMM with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32);
 //                   f16/bf16 -> x rounded to the weight's dtype in scratch, cuBLASLt with f32 accumulation
 //                   and f32 output (x loses its low mantissa bits: NMSE ~1e-6 for bf16, ~1e-8 for f16);
-//                   quantized -> linear_quant.cu's tiled kernel.
+//                   quantized -> linear_quant.cu: row chunks of W dequantized exactly (the reference's
+//                   f32 s * q + b) into scratch, then the f32 cuBLASLt GEMM above.
 //   Whatever a fast path refuses (misaligned views, cuBLASLt finding no algorithm) runs on the tiled
 //   kernel, which takes any weight and any shape. The bias is added by one more small kernel.
 #include "kernels/cuda/common.cuh"
@@ -185,8 +186,9 @@ struct LtCall {
 // y[n, out] (f32) = x[n, in] · Wᵀ through cuBLASLt, in column-major terms D[out, n] = op(A)[out, in] ·
 // B[in, n] with A = W read as [in, out] (ld in) and transposed, B = x as [in, n] (ld in). Returns false
 // (nothing launched) when cuBLASLt has no algorithm for this compute type and these alignments.
+// y's rows are ldy apart (ldy >= out: a column block of a wider output).
 bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out, float* y,
-               cublasComputeType_t compute) {
+               int64_t ldy, cublasComputeType_t compute) {
   const char* op = "linear (cuBLASLt)";
   cublasLtHandle_t h = detail::lt_handle(op);
   LtCall c;
@@ -200,7 +202,7 @@ bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n,
   VLM_CUBLAS(cublasLtMatmulDescSetAttribute(c.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), op);
   VLM_CUBLAS(cublasLtMatrixLayoutCreate(&c.a, ab_type, in, out, in), op);
   VLM_CUBLAS(cublasLtMatrixLayoutCreate(&c.b, ab_type, in, n, in), op);
-  VLM_CUBLAS(cublasLtMatrixLayoutCreate(&c.c, CUDA_R_32F, out, n, out), op);
+  VLM_CUBLAS(cublasLtMatrixLayoutCreate(&c.c, CUDA_R_32F, out, n, ldy), op);
   VLM_CUBLAS(cublasLtMatmulPreferenceCreate(&c.pref), op);
   const size_t ws = detail::lt_workspace_bytes();
   VLM_CUBLAS(
@@ -227,6 +229,11 @@ bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n,
 }
 
 
+bool lt_matmul_f32(const void* w, const float* x, int64_t n, int64_t in, int64_t out, float* y, int64_t ldy) {
+  return lt_matmul(w, CUDA_R_32F, x, n, in, out, y, ldy, CUBLAS_COMPUTE_32F_PEDANTIC) ||
+         lt_matmul(w, CUDA_R_32F, x, n, in, out, y, ldy, CUBLAS_COMPUTE_32F);
+}
+
 bool linear_dense_gemv(const float* x, int64_t n, const Weight& w, float* y) {
   const int64_t in = w.cols(), out = w.rows();
   const void* wp = detail::device_ptr(w.dense, "linear", "weight");
@@ -248,8 +255,7 @@ bool linear_dense_cublaslt(const float* x, int64_t n, const Weight& w, float* y)
   const int kind = detail::float_kind(w.dense, "linear", "weight");
   if (!aligned16(wp) || !aligned16(x) || !aligned16(y) || in % 8 != 0 || out % 4 != 0) return false;
   if (kind == detail::kF32)
-    return lt_matmul(wp, CUDA_R_32F, x, n, in, out, y, CUBLAS_COMPUTE_32F_PEDANTIC) ||
-           lt_matmul(wp, CUDA_R_32F, x, n, in, out, y, CUBLAS_COMPUTE_32F);
+    return lt_matmul_f32(wp, x, n, in, out, y, out);
   // x rounded to the weight's 16-bit type (round to nearest even) in scratch.
   void* xb = detail::scratch(static_cast<size_t>(n * in) * 2, "linear");
   cudaStream_t st = detail::stream("linear");
@@ -259,7 +265,7 @@ bool linear_dense_cublaslt(const float* x, int64_t n, const Weight& w, float* y)
   else
     convert_kernel<<<detail::elementwise_blocks(n * in, 256), 256, 0, st>>>(x, n * in, static_cast<__half*>(xb));
   VLM_CUDA_LAUNCHED("linear (convert x)");
-  return lt_matmul(wp, kind == detail::kBF16 ? CUDA_R_16BF : CUDA_R_16F, xb, n, in, out, y, CUBLAS_COMPUTE_32F);
+  return lt_matmul(wp, kind == detail::kBF16 ? CUDA_R_16BF : CUDA_R_16F, xb, n, in, out, y, out, CUBLAS_COMPUTE_32F);
 }
 
 void add_bias(float* y, int64_t n, int64_t out, const Tensor& bias) {
@@ -284,7 +290,7 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, floa
   } else {
     bool done = false;
     if (w.quantized)
-      done = n < kGemvMaxN && linear_quant_gemv(x, n, w, y);
+      done = n < kGemvMaxN ? linear_quant_gemv(x, n, w, y) : linear_quant_gemm(x, n, w, y);
     else if (n < kGemvMaxN)
       done = linear_dense_gemv(x, n, w, y);
     else

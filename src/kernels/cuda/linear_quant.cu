@@ -10,7 +10,12 @@
 // which is exact for q < 2^23 and cheaper than an int->float conversion. One kernel per (bits, token
 // chunk of 4/2/1): 18 instantiations.
 //
-// Tiled (prefill, and any case a fast path refuses): 64 tokens x 64 output rows per 256-thread block,
+// GEMM (prefill, n >= 8): row chunks of W (<= 64 MiB as f32) are dequantized exactly as the reference
+// does (s * q + b in f32) into scratch, then multiplied by cuBLASLt's f32 GEMM (no TF32): the same
+// numbers as the CPU up to summation order, at SGEMM speed; the extra traffic (write + read 4 bytes
+// per weight) is small next to the GEMM at prefill sizes.
+//
+// Tiled (any case a fast path refuses): 64 tokens x 64 output rows per 256-thread block,
 // K in steps of 16; the weight tile is dequantized (or converted from f16/bf16) into shared memory
 // once and reused by all 64 tokens; each thread accumulates a 4x4 patch in f32. Simple, general,
 // correct for every shape; not tensor-core fast.
@@ -206,7 +211,45 @@ __global__ void __launch_bounds__(256) linear_tiled_kernel(const float* __restri
   }
 }
 
+// out[i, c] = W[r0 + i, c] as f32 for i < rows, rounded exactly like the reference (s * q, then + b).
+__global__ void dequant_rows_kernel(detail::QuantView q, int64_t r0, int64_t rows, int64_t in, float* out) {
+  const int64_t total = rows * in;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = r0 + i / in, c = i % in;
+    const int64_t g = r * q.groups + c / q.group_size;
+    const float s = detail::load_float(q.scales, q.scale_kind, g);
+    const float b = detail::load_float(q.biases, q.bias_kind, g);
+    const float v = static_cast<float>(detail::unpack_bits(q.packed + r * q.words_per_row, c, q.bits));
+    out[i] = __fadd_rn(__fmul_rn(s, v), b);
+  }
+}
+
 }  // namespace
+
+bool linear_quant_gemm(const float* x, int64_t n, const Weight& w, float* y) {
+  const detail::QuantView q = detail::quant_view(w, "linear");
+  const int64_t in = w.cols(), out = w.rows();
+  if ((reinterpret_cast<uintptr_t>(x) & 15u) != 0 || (reinterpret_cast<uintptr_t>(y) & 15u) != 0 || in % 4 != 0 ||
+      out % 4 != 0)
+    return false;
+  // Row chunks of at most 64 MiB of f32 weights; a multiple of 64 rows keeps y + r0 16-byte aligned.
+  constexpr int64_t kChunkBytes = int64_t{64} << 20;
+  int64_t chunk = std::max<int64_t>(64, kChunkBytes / 4 / in / 64 * 64);
+  chunk = std::min(chunk, out);
+  float* wf = static_cast<float*>(detail::scratch(static_cast<size_t>(chunk * in) * 4, "linear"));
+  cudaStream_t st = detail::stream("linear");
+  for (int64_t r0 = 0; r0 < out; r0 += chunk) {
+    const int64_t rows = std::min(chunk, out - r0);
+    dequant_rows_kernel<<<detail::elementwise_blocks(rows * in, 256), 256, 0, st>>>(q, r0, rows, in, wf);
+    VLM_CUDA_LAUNCHED("linear (dequantize chunk)");
+    if (!lt_matmul_f32(wf, x, n, in, rows, y + r0, out)) {
+      if (r0 == 0) return false;  // nothing written yet: the caller falls back to the tiled kernel
+      detail::fail(ErrorKind::kInternal, "[cuda linear] cuBLASLt refused a " + std::to_string(rows) +
+                                             "-row chunk after accepting the first one");
+    }
+  }
+  return true;
+}
 
 bool linear_quant_gemv(const float* x, int64_t n, const Weight& w, float* y) {
   const detail::QuantView q = detail::quant_view(w, "linear");

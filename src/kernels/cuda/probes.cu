@@ -91,7 +91,7 @@ double probe_bf16_matmul_gflops() {
   Timer timer(op);
   bool ok = true;
   auto run = [&] {
-    ok = ok && kernels::lt_matmul(a.p, CUDA_R_16BF, b.p, n, n, n, static_cast<float*>(c.p), CUBLAS_COMPUTE_32F);
+    ok = ok && kernels::lt_matmul(a.p, CUDA_R_16BF, b.p, n, n, n, static_cast<float*>(c.p), n, CUBLAS_COMPUTE_32F);
   };
   timer.seconds(run);  // warm-up (also the heuristic's first call)
   if (!ok) detail::fail(ErrorKind::kUnsupported, "[cuda probe_bf16_matmul] cuBLASLt has no bf16 algorithm here");
