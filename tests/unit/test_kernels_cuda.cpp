@@ -144,6 +144,41 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
                        }});
     }
   }
+  // Views: a weight that starts one row into its buffer (16-byte but not 256-byte aligned: cuBLASLt
+  // must be told) and x one float into its buffer (the vector loads must not be used).
+  {
+    Tensor full = random_tensor(rng, {45, 200}, DType::kBF16);
+    ops::Weight host_view = dense_weight(full.slice_rows(1, 45));
+    for (int64_t n : {1, 37}) {
+      Vec x = vec(rng, static_cast<size_t>(n * 200 + 1));
+      const double tol = n >= 8 ? 1e-5 : 1e-11;
+      cases.push_back({"linear", "bf16 row view, x at +1 float, n=" + std::to_string(n), tol,
+                       [host_view, x, n] {
+                         std::vector<float> y(static_cast<size_t>(n * 44));
+                         ops::linear(x->data() + 1, n, host_view, Tensor(), y.data());
+                         return y;
+                       },
+                       [full, x, n] {
+                         ops::Weight gw = dense_weight(gpu_tensor(full).slice_rows(1, 45));
+                         DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * 44));
+                         table().linear(gx.ptr() + 1, n, gw, Tensor(), gy.ptr());
+                         return gy.host();
+                       }});
+    }
+    Vec x = vec(rng, static_cast<size_t>(37 * 200));
+    cases.push_back({"linear", "bf16 row view, n=37 (cuBLASLt on a 16-byte aligned A)", 1e-5,
+                     [host_view, x] {
+                       std::vector<float> y(37 * 44);
+                       ops::linear(x->data(), 37, host_view, Tensor(), y.data());
+                       return y;
+                     },
+                     [full, x] {
+                       ops::Weight gw = dense_weight(gpu_tensor(full).slice_rows(1, 45));
+                       DeviceFloats gx(*x), gy = DeviceFloats::poison(37 * 44);
+                       table().linear(gx.ptr(), 37, gw, Tensor(), gy.ptr());
+                       return gy.host();
+                     }});
+  }
   // Embedding over a few of the same tables.
   for (auto& [name, w] : weights) {
     if (w.quantized && name.find("g64 70") == std::string::npos && name.find("scales") == std::string::npos) continue;
