@@ -332,6 +332,7 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"image groups + window", 24, 24, 0, 4, 2, 64, 0.0f, {true, 3, groups, 40}, false},
       {"vision non-causal", 50, 50, 0, 6, 6, 80, 0.0f, {false, 0, nullptr, 0}, false},
       {"head_dim 256 gqa", 9, 9, 0, 8, 1, 256, 30.0f, {}, false},
+      {"head_dim 66 (scalar key loads)", 7, 7, 0, 3, 1, 66, 0.0f, {}, false},
       {"first query sees no key (zeros)", 4, 10, -1, 2, 1, 32, 0.0f, {}, false},
       {"long decode", 1, 1500, 1499, 16, 2, 128, 0.0f, {}, false},
   };

@@ -37,9 +37,9 @@ __device__ __forceinline__ bool key_visible(const MaskArgs& m, int64_t qp, int64
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const float* __restrict__ q, int64_t q_pos0, const float* __restrict__ k,
                      const float* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int64_t n_heads,
-                     int64_t n_kv_heads, int64_t hd, float scale, float softcap, MaskArgs mask,
+                     int64_t n_kv_heads, int64_t hd, float scale, float softcap, MaskArgs mask, bool k_vec4,
                      float* __restrict__ out) {
-  __shared__ float s_q[32 * kMaxPerLane];
+  __shared__ __align__(16) float s_q[32 * kMaxPerLane];
   __shared__ float s_m[kWarps], s_l[kWarps];
   __shared__ float s_acc[kWarps][32 * kMaxPerLane];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -63,7 +63,19 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (valid) {
       const float* kj = k + (j * n_kv_heads + kvh) * hd;
       float dot = 0.0f;
-      for (int64_t c = 0; c < hd; ++c) dot += s_q[c] * kj[c];
+      if (k_vec4) {  // head_dim % 4 == 0 and k 16-byte aligned: every key row is too
+        const float4* k4 = reinterpret_cast<const float4*>(kj);
+        const float4* q4 = reinterpret_cast<const float4*>(s_q);
+        for (int64_t c = 0; c < hd / 4; ++c) {
+          const float4 a = q4[c], b = __ldg(k4 + c);
+          dot += a.x * b.x;
+          dot += a.y * b.y;
+          dot += a.z * b.z;
+          dot += a.w * b.w;
+        }
+      } else {
+        for (int64_t c = 0; c < hd; ++c) dot += s_q[c] * kj[c];
+      }
       sc = dot * scale;
       if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
     }
@@ -140,8 +152,9 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
   MaskArgs m{mask.causal ? 1 : 0, mask.sliding_window, has_groups ? st.device<int32_t>(h_groups) : nullptr,
              has_groups ? mask.group_positions : 0};
   const int64_t* kp = nk > 0 ? st.device<int64_t>(h_kpos) : nullptr;
+  const bool k_vec4 = head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(k) & 15u) == 0;
   attention_kernel<<<static_cast<unsigned>(nq * n_heads), kWarps * 32, 0, detail::stream("attention")>>>(
-      q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, out);
+      q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, k_vec4, out);
   VLM_CUDA_LAUNCHED("attention");
 }
 
