@@ -161,12 +161,56 @@ void* scratch(size_t bytes, const char* op) {
   return grow(r, bytes, MemCategory::kScratch);
 }
 
+namespace {
+
+// Pinned host slots for the staging copies. A copy from pageable memory may make the driver wait for
+// the stream before it returns, which would stall the host once per op; from pinned memory the copy
+// is truly asynchronous. Slots are used round-robin; an event per slot says when the copy out of it
+// has run, so a slot is only rewritten after that (a wait only when the GPU is kSlots ops behind).
+// Uploads larger than a slot (long k_pos arrays) fall back to a pageable copy.
+struct PinnedSlots {
+  static constexpr int kSlots = 16;
+  static constexpr size_t kSlotBytes = size_t{64} << 10;
+  char* host = nullptr;
+  cudaEvent_t done[kSlots] = {};
+  bool used[kSlots] = {};
+  int next = 0;
+  bool ok = false;
+
+  explicit PinnedSlots(const char* op) {
+    if (cudaHostAlloc(reinterpret_cast<void**>(&host), kSlots * kSlotBytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      host = nullptr;
+      return;  // pageable copies still work
+    }
+    for (int i = 0; i < kSlots; ++i) VLM_CUDA(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming), op);
+    MemoryTracker::instance().on_alloc(MemDevice::kHost, MemCategory::kOther,
+                                       static_cast<int64_t>(kSlots * kSlotBytes));
+    ok = true;
+  }
+};
+
+}  // namespace
+
 void Staging::upload() {
   static Reusable r;
   if (bytes_.empty()) return;
   cudaStream_t s = stream(op_);
+  static PinnedSlots pinned(op_);
   base_ = static_cast<const char*>(grow(r, bytes_.size(), MemCategory::kOther));
-  VLM_CUDA(cudaMemcpyAsync(const_cast<char*>(base_), bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+  char* dst = const_cast<char*>(base_);
+  if (!pinned.ok || bytes_.size() > PinnedSlots::kSlotBytes) {
+    VLM_CUDA(cudaMemcpyAsync(dst, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+    return;
+  }
+  const int slot = pinned.next;
+  pinned.next = (slot + 1) % PinnedSlots::kSlots;
+  if (pinned.used[slot]) VLM_CUDA(cudaEventSynchronize(pinned.done[slot]), op_);
+  char* src = pinned.host + static_cast<size_t>(slot) * PinnedSlots::kSlotBytes;
+  std::memcpy(src, bytes_.data(), bytes_.size());
+  VLM_CUDA(cudaMemcpyAsync(dst, src, bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+  VLM_CUDA(cudaEventRecord(pinned.done[slot], s), op_);
+  pinned.used[slot] = true;
 }
 
 FloatKind float_kind(const Tensor& t, const char* op, const char* name) {
