@@ -335,6 +335,7 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"head_dim 66 (scalar key loads)", 7, 7, 0, 3, 1, 66, 0.0f, {}, false},
       {"first query sees no key (zeros)", 4, 10, -1, 2, 1, 32, 0.0f, {}, false},
       {"long decode", 1, 1500, 1499, 16, 2, 128, 0.0f, {}, false},
+      {"9000 keys (k_pos over a pinned staging slot)", 2, 9000, 8998, 4, 2, 64, 0.0f, {}, false},
   };
   for (const A& a : all) {
     Vec q = vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
