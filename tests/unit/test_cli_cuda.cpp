@@ -17,9 +17,11 @@
 #include "cli/exit_codes.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "generate/benchmark.h"
 #include "generate/kv_cache.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "models/layers/decoder.h"
 #include "models/registry.h"
 #include "support/test_support.h"
 #include "test_models_vlm_fixture.h"
@@ -322,6 +324,45 @@ TEST(CliCuda, BenchOnCudaReportsTheGpuRoofline) {
   EXPECT_GT(out["roofline"]["bf16_peak_gflops"].get<double>(), 0);
   EXPECT_GT(out["generation_tps"].get<double>(), 0);
   EXPECT_GT(out["peak_memory_bytes"]["gpu"].get<int64_t>(), out["weight_bytes"].get<int64_t>() / 2);
+}
+
+// The bench targets include Gemma 3 (sliding layers, per-head norms, sandwich norms): its synthetic
+// writer, shrunk to test size, must produce a checkpoint the gemma3_text family resolves with no missing or
+// unused tensor, with the layer pattern of the config (every 6th layer global), that runs to finite logits
+// (and on a GPU, to the CPU's logits).
+TEST(CudaBenchShapes, TheGemma3SyntheticCheckpointLoadsWithItsSlidingPattern) {
+  SyntheticShape shape = find_synthetic_shape("gemma-3-4b");
+  EXPECT_EQ(shape.model_type, "gemma3_text");
+  const int64_t window = shape.config["sliding_window"], pattern = shape.config["sliding_window_pattern"];
+  for (const char* name : {"qwen2.5-vl-3b", "qwen2.5-vl-7b", "smolvlm-256m"}) EXPECT_NO_THROW(find_synthetic_shape(name));
+  shape.config["hidden_size"] = 64;
+  shape.config["intermediate_size"] = 96;
+  shape.config["num_hidden_layers"] = 7;
+  shape.config["num_attention_heads"] = 2;
+  shape.config["num_key_value_heads"] = 1;
+  shape.config["head_dim"] = 32;
+  shape.config["vocab_size"] = 300;
+  test::TempDir dir;
+  write_synthetic_checkpoint(shape, SyntheticOptions{}, dir / "gemma3");
+  LoadedModel m = load_model(dir / "gemma3", {});
+  auto* dec = dynamic_cast<DecoderModel*>(m.language_model.get());
+  ASSERT_NE(dec, nullptr);
+  const DecoderSpec& spec = dec->spec();
+  EXPECT_TRUE(spec.qk_norm);
+  EXPECT_TRUE(spec.sandwich_norms);
+  EXPECT_EQ(spec.head_dim, 32);
+  ASSERT_EQ(spec.layers.size(), 7u);
+  for (size_t i = 0; i < spec.layers.size(); ++i)
+    EXPECT_EQ(spec.layers[i].sliding_window, (static_cast<int64_t>(i) + 1) % pattern == 0 ? 0 : window) << i;
+  const std::vector<int32_t> ids = {1, 17, 42, 299, 5, 8};
+  const TextRun cpu = run_text(*m.language_model, ids, 4, 0);
+  for (float v : cpu.prompt_logits) ASSERT_TRUE(std::isfinite(v));
+  if (!gpu()) return;
+  m.language_model->to_device(Device::kCuda);
+  const TextRun cuda = run_text(*m.language_model, ids, 4, 0);
+  const int64_t V = m.language_model->vocab_size();
+  for (size_t i = 0; i < ids.size(); ++i)
+    EXPECT_LE(rel_diff(cuda.prompt_logits.data() + i * V, cpu.prompt_logits.data() + i * V, V), kLogitTol) << i;
 }
 
 }  // namespace
