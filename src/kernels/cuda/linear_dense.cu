@@ -14,6 +14,10 @@
 //   kernel, which takes any weight and any shape. The bias is added by one more small kernel.
 #include "kernels/cuda/common.cuh"
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
 namespace vlm::ops::cuda::kernels {
 namespace {
 
@@ -181,6 +185,17 @@ struct LtCall {
   }
 };
 
+// cuBLASLt's chosen algorithm per problem (or none: first = false).
+using AlgoKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t>;
+std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>>& algo_cache() {
+  static std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> cache;
+  return cache;
+}
+std::mutex& algo_cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 }  // namespace
 
 // y[n, out] (f32) = x[n, in] · Wᵀ through cuBLASLt, in column-major terms D[out, n] = op(A)[out, in] ·
@@ -212,22 +227,37 @@ bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n,
   const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  uint32_t align[4];
   for (int i = 0; i < 4; ++i) {
-    uint32_t a = 256;
-    while (a > 1 && (reinterpret_cast<uintptr_t>(bufs[i]) % a) != 0) a >>= 1;
-    VLM_CUBLAS(cublasLtMatmulPreferenceSetAttribute(c.pref, align_attr[i], &a, sizeof(a)), op);
+    align[i] = 256;
+    while (align[i] > 1 && (reinterpret_cast<uintptr_t>(bufs[i]) % align[i]) != 0) align[i] >>= 1;
+    VLM_CUBLAS(cublasLtMatmulPreferenceSetAttribute(c.pref, align_attr[i], &align[i], sizeof(align[i])), op);
   }
+  // The heuristic query costs far more host time than the descriptors: its answer is kept per problem
+  // (types, sizes, alignments), including "no algorithm".
+  const AlgoKey key{static_cast<int>(ab_type), static_cast<int>(compute), n, in, out, ldy,
+                    align[0], align[1], align[2], align[3]};
   cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h, c.desc, c.a, c.b, c.c, c.c, c.pref, 1, &result, &found);
-  if (s != CUBLAS_STATUS_SUCCESS || found == 0) return false;
+  {
+    std::lock_guard<std::mutex> lock(algo_cache_mutex());
+    auto it = algo_cache().find(key);
+    if (it != algo_cache().end()) {
+      if (!it->second.first) return false;
+      result.algo = it->second.second;
+    } else {
+      int found = 0;
+      cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h, c.desc, c.a, c.b, c.c, c.c, c.pref, 1, &result, &found);
+      const bool ok = s == CUBLAS_STATUS_SUCCESS && found > 0;
+      algo_cache().emplace(key, std::make_pair(ok, result.algo));
+      if (!ok) return false;
+    }
+  }
   const float alpha = 1.0f, beta = 0.0f;
   VLM_CUBLAS(cublasLtMatmul(h, c.desc, &alpha, w, c.a, xb, c.b, &beta, y, c.c, y, c.c, &result.algo,
                             detail::lt_workspace(op), ws, detail::stream(op)),
              op);
   return true;
 }
-
 
 bool lt_matmul_f32(const void* w, const float* x, int64_t n, int64_t in, int64_t out, float* y, int64_t ldy) {
   return lt_matmul(w, CUDA_R_32F, x, n, in, out, y, ldy, CUBLAS_COMPUTE_32F_PEDANTIC) ||
