@@ -13,7 +13,8 @@
 // language model only (LoadOptions.text_only).
 //
 // Devices: --device cpu|cuda|auto (default auto: cuda when a usable GPU is present; VLMCHECK_DEVICE sets
-// the default). The model loads on the host, then its language model moves to the device; a VLM's
+// the default; with --kv-bits, auto stays on the cpu, where the quantized KV cache runs, and says so). The
+// model loads on the host, then its language model moves to the device; a VLM's
 // vision tower and projector stay on the CPU (their features are host floats the language model takes
 // as input embeddings), and sampling stays on the host. --json reports "device", "vision_device" and,
 // on CUDA, the GPU memory (active / peak / allocator cache).
@@ -160,11 +161,18 @@ Json params_json(const GenerationParams& p, const GenerationResult& r) {
 }
 
 int run_generate(GenerateOptions& o) {
-  // Refuse an unusable device, and what it cannot run, before loading any weights.
-  const Device device = resolve_device(o.device);
-  if (device != Device::kCpu && o.params.kv_bits)
-    throw_error(ErrorKind::kInvalidArgument,
-                "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
+  // Refuse an unusable device, and what it cannot run, before loading any weights. `auto` picks the best
+  // device that runs the request: the quantized KV cache is cpu-only, so --kv-bits keeps auto on the cpu.
+  Device device = resolve_device(o.device);
+  std::vector<std::string> device_warnings;
+  if (device != Device::kCpu && o.params.kv_bits) {
+    if (o.device != "auto")
+      throw_error(ErrorKind::kInvalidArgument,
+                  "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
+    device = Device::kCpu;
+    device_warnings.push_back("--device auto: running on the cpu because --kv-bits (the quantized KV cache) is cpu-only");
+    VLM_LOG_WARN("{}", device_warnings.back());
+  }
   if (o.threads > 0) ThreadPool::set_global_threads(o.threads);
   const std::vector<std::string>& images = o.image.images;
   GenerationParams& p = o.params;
@@ -239,6 +247,7 @@ int run_generate(GenerateOptions& o) {
   }
   GenerationResult r = generate(*model.language_model, *tok, eos, req, p, on_piece);
   for (const std::string& w : r.warnings) VLM_LOG_WARN("{}", w);
+  r.warnings.insert(r.warnings.begin(), device_warnings.begin(), device_warnings.end());
 
   if (o.json) {
     Json out = Json::object();

@@ -184,6 +184,14 @@ TEST(CliCuda, QuantizedKvCacheIsRefusedOffTheCpuNamingTheFlag) {
                                "--kv-bits", "4"});
   EXPECT_EQ(r.exit_code, cli::kExitUsage) << r.err;
   EXPECT_NE(r.err.find("--kv-bits"), std::string::npos) << r.err;
+  // The default (auto) picks the device that runs the request, and says why.
+  auto a = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi", "--kv-bits", "4",
+                               "--max-tokens", "2", "--json"});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  Json out = Json::parse(a.out);
+  EXPECT_EQ(out["device"], "cpu");
+  ASSERT_FALSE(out["warnings"].empty());
+  EXPECT_NE(out["warnings"][0].get<std::string>().find("--kv-bits"), std::string::npos);
 }
 
 // ---- on a GPU ---------------------------------------------------------------------------------------------
