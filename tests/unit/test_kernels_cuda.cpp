@@ -333,7 +333,12 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"vision non-causal", 50, 50, 0, 6, 6, 80, 0.0f, {false, 0, nullptr, 0}, false},
       {"head_dim 256 gqa", 9, 9, 0, 8, 1, 256, 30.0f, {}, false},
       {"head_dim 66 (scalar key loads)", 7, 7, 0, 3, 1, 66, 0.0f, {}, false},
+      {"prefill chunk after 100 cached", 40, 140, 100, 8, 2, 128, 0.0f, {}, false},
+      {"prefill chunk after 100 cached, window 48 (skipped tiles)", 40, 140, 100, 8, 2, 64, 0.0f,
+       {true, 48, nullptr, 0}, false},
+      {"prefill head_dim 66, ring cache", 33, 64, 31, 4, 2, 66, 20.0f, {true, 40, nullptr, 0}, true},
       {"first query sees no key (zeros)", 4, 10, -1, 2, 1, 32, 0.0f, {}, false},
+      {"prefill, first 3 queries see no key (zeros)", 12, 10, -3, 2, 1, 32, 0.0f, {}, false},
       {"long decode", 1, 1500, 1499, 16, 2, 128, 0.0f, {}, false},
       {"9000 keys (k_pos over a pinned staging slot)", 2, 9000, 8998, 4, 2, 64, 0.0f, {}, false},
   };

@@ -1,13 +1,18 @@
-// Attention on the GPU (ops.h semantics): one block of 8 warps per (query, head). Each warp walks its
-// share of the keys in tiles of 32 (tiles warp, warp + 8, ...) with an online softmax: every lane
-// scores one key of the tile (a full dot product with q from shared memory), one warp max / sum per
-// tile rescales the running state, then the tile's values are accumulated key by key with the lanes
-// spread over head_dim (up to 8 values each, so head_dim <= 256). The 8 partial states are merged
-// through shared memory at the end. The mask is the reference's key_visible rule, evaluated per key from the
-// absolute positions (k_pos may be in any order: rotating caches), so every mask case (causal, sliding
-// window, image groups, none) and GQA share one kernel. A query that sees no key gets zeros.
-// k_pos and group_of_position are host arrays (ops.h "devices"), staged to the device per call.
+// Attention on the GPU (ops.h semantics), two kernels with the same arithmetic (an online softmax in
+// f32, one warp max / sum per 32-key tile, values accumulated with the lanes over head_dim, so
+// head_dim <= 256):
+//   decode (nq < 8)   attention_kernel: one block of 8 warps per (query, head); warp w takes key
+//                     tiles w, w + 8, ... (one key per lane) and the 8 partial states are merged
+//                     through shared memory at the end;
+//   prefill (nq >= 8) attention_prefill_kernel: one block per (32 queries, head), K/V tiles staged in
+//                     shared memory once for all 32 queries (see its comment).
+// The mask is the reference's key_visible rule, evaluated per key from the absolute positions (k_pos
+// may be in any order: rotating caches), so every mask case (causal, sliding window, image groups,
+// none) and GQA share the code. A query that sees no key gets zeros. k_pos and group_of_position are
+// host arrays (ops.h "devices"), staged to the device per call.
 #include "kernels/cuda/common.cuh"
+
+#include <mutex>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -129,6 +134,128 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+
+// Prefill (nq >= kPrefillMinQueries): a block per (32 consecutive queries, head). Each of the 8 warps
+// owns 4 queries through the whole key range, so no merge is needed. The block streams the keys in
+// tiles of 32: K and V rows go to shared memory once and serve all 32 queries (K rows padded to
+// hd + 1 floats so the lane-per-key reads hit distinct banks), then every lane scores its key against
+// the warp's 4 queries, and the values are accumulated key by key with the lanes over head_dim. A tile
+// that no query of the block can see (causal future, outside every window) is skipped after its
+// k_pos alone. Dynamic shared memory: 4 * 32 * (3 * hd + 1) bytes (98,432 for hd = 256).
+constexpr int kQPerWarp = 4;
+constexpr int kQTile = kWarps * kQPerWarp;
+constexpr int kKTile = 32;
+constexpr int64_t kPrefillMinQueries = 8;
+
+size_t prefill_smem_bytes(int64_t hd) { return sizeof(float) * kKTile * static_cast<size_t>(3 * hd + 1); }
+
+__global__ void __launch_bounds__(kWarps * 32)
+    attention_prefill_kernel(const float* __restrict__ q, int64_t nq, int64_t q_pos0, const float* __restrict__ k,
+                             const float* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk,
+                             int64_t n_heads, int64_t n_kv_heads, int64_t hd, float scale, float softcap,
+                             MaskArgs mask, float* __restrict__ out) {
+  extern __shared__ float smem[];
+  const int64_t kstride = hd + 1;
+  float* q_s = smem;                    // [kQTile][hd]
+  float* k_s = q_s + kQTile * hd;       // [kKTile][hd + 1]
+  float* v_s = k_s + kKTile * kstride;  // [kKTile][hd]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kQTile, h = blockIdx.y;
+  const int64_t kvh = h / (n_heads / n_kv_heads);
+  for (int64_t idx = threadIdx.x; idx < kQTile * hd; idx += blockDim.x) {
+    const int64_t i = i0 + idx / hd, c = idx % hd;
+    q_s[idx] = i < nq ? q[(i * n_heads + h) * hd + c] : 0.0f;
+  }
+  float acc[kQPerWarp][kMaxPerLane], m[kQPerWarp], l[kQPerWarp];
+  int64_t qpos[kQPerWarp];
+  bool live[kQPerWarp];
+#pragma unroll
+  for (int qq = 0; qq < kQPerWarp; ++qq) {
+    const int64_t i = i0 + warp * kQPerWarp + qq;
+    live[qq] = i < nq;
+    qpos[qq] = q_pos0 + i;
+    m[qq] = -INFINITY;
+    l[qq] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxPerLane; ++e) acc[qq][e] = 0.0f;
+  }
+  for (int64_t j0 = 0; j0 < nk; j0 += kKTile) {
+    const int64_t j = j0 + lane;
+    const int64_t kp = j < nk ? k_pos[j] : 0;
+    bool vis[kQPerWarp];
+    int any = 0;
+#pragma unroll
+    for (int qq = 0; qq < kQPerWarp; ++qq) {
+      vis[qq] = live[qq] && j < nk && key_visible(mask, qpos[qq], kp);
+      any |= vis[qq] ? 1 : 0;
+    }
+    // Also the barrier that lets the previous tile's readers finish before K/V are overwritten (and
+    // that publishes q_s before the first tile).
+    if (!__syncthreads_or(any)) continue;
+    for (int64_t idx = threadIdx.x; idx < kKTile * hd; idx += blockDim.x) {
+      const int64_t kk = idx / hd, c = idx % hd, jj = j0 + kk;
+      const bool in = jj < nk;
+      k_s[kk * kstride + c] = in ? k[(jj * n_kv_heads + kvh) * hd + c] : 0.0f;
+      v_s[kk * hd + c] = in ? v[(jj * n_kv_heads + kvh) * hd + c] : 0.0f;
+    }
+    __syncthreads();
+    float sc[kQPerWarp];
+#pragma unroll
+    for (int qq = 0; qq < kQPerWarp; ++qq) sc[qq] = 0.0f;
+    const float* krow = k_s + lane * kstride;
+    const float* qrow = q_s + warp * kQPerWarp * hd;
+    for (int64_t c = 0; c < hd; ++c) {
+      const float kv = krow[c];
+#pragma unroll
+      for (int qq = 0; qq < kQPerWarp; ++qq) sc[qq] += qrow[qq * hd + c] * kv;
+    }
+    float p[kQPerWarp];
+#pragma unroll
+    for (int qq = 0; qq < kQPerWarp; ++qq) {
+      float s = sc[qq] * scale;
+      if (softcap > 0.0f) s = softcap * tanhf(s / softcap);
+      s = vis[qq] ? s : -INFINITY;
+      const float tile_max = warp_max(s);
+      p[qq] = 0.0f;
+      if (tile_max == -INFINITY) continue;  // this query sees nothing here (uniform across the warp)
+      const float m_new = fmaxf(m[qq], tile_max);
+      const float corr = expf(m[qq] - m_new);
+      p[qq] = vis[qq] ? expf(s - m_new) : 0.0f;
+      l[qq] = l[qq] * corr + warp_sum(p[qq]);
+#pragma unroll
+      for (int e = 0; e < kMaxPerLane; ++e) acc[qq][e] *= corr;
+      m[qq] = m_new;
+    }
+    for (int jj = 0; jj < kKTile; ++jj) {
+      float pj[kQPerWarp];
+#pragma unroll
+      for (int qq = 0; qq < kQPerWarp; ++qq) pj[qq] = __shfl_sync(0xffffffffu, p[qq], jj);
+      const float* vrow = v_s + jj * hd;
+#pragma unroll
+      for (int e = 0; e < kMaxPerLane; ++e) {
+        const int64_t c = lane + 32 * e;
+        if (c < hd) {
+          const float vv = vrow[c];
+#pragma unroll
+          for (int qq = 0; qq < kQPerWarp; ++qq) acc[qq][e] += pj[qq] * vv;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int qq = 0; qq < kQPerWarp; ++qq) {
+    if (!live[qq]) continue;
+    const int64_t i = i0 + warp * kQPerWarp + qq;
+    float* oi = out + (i * n_heads + h) * hd;
+    const float inv = m[qq] == -INFINITY ? 0.0f : 1.0f / l[qq];  // no visible key: zeros
+#pragma unroll
+    for (int e = 0; e < kMaxPerLane; ++e) {
+      const int64_t c = lane + 32 * e;
+      if (c < hd) oi[c] = acc[qq][e] * inv;
+    }
+  }
+}
+
 }  // namespace
 
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
@@ -142,7 +269,8 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
   if (head_dim > 32 * kMaxPerLane)
     detail::fail(ErrorKind::kUnsupported, "[cuda attention] head_dim " + std::to_string(head_dim) +
                                               " exceeds the kernel's maximum of " + std::to_string(32 * kMaxPerLane));
-  if (nq * n_heads > 0x7fffffff) detail::fail(ErrorKind::kInvalidArgument, "[cuda attention] nq * n_heads too large");
+  if (nq * n_heads > 0x7fffffff || n_heads > 65535)
+    detail::fail(ErrorKind::kInvalidArgument, "[cuda attention] nq * n_heads too large");
   detail::Staging st("attention");
   const size_t h_kpos = st.add(k_pos, static_cast<size_t>(nk));
   const bool has_groups = mask.group_of_position != nullptr && mask.group_positions > 0;
@@ -153,8 +281,22 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
              has_groups ? mask.group_positions : 0};
   const int64_t* kp = nk > 0 ? st.device<int64_t>(h_kpos) : nullptr;
   const bool k_vec4 = head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(k) & 15u) == 0;
-  attention_kernel<<<static_cast<unsigned>(nq * n_heads), kWarps * 32, 0, detail::stream("attention")>>>(
-      q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, k_vec4, out);
+  cudaStream_t cs = detail::stream("attention");
+  if (nq >= kPrefillMinQueries) {
+    const size_t smem = prefill_smem_bytes(head_dim);
+    static std::once_flag once;  // opt in to the largest size once (head_dim 256: 98,432 bytes)
+    std::call_once(once, [] {
+      VLM_CUDA(cudaFuncSetAttribute(attention_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(prefill_smem_bytes(32 * kMaxPerLane))),
+               "attention");
+    });
+    const dim3 grid(static_cast<unsigned>((nq + kQTile - 1) / kQTile), static_cast<unsigned>(n_heads));
+    attention_prefill_kernel<<<grid, kWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, kp, nk, n_heads, n_kv_heads,
+                                                              head_dim, scale, softcap, m, out);
+  } else {
+    attention_kernel<<<static_cast<unsigned>(nq * n_heads), kWarps * 32, 0, cs>>>(
+        q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, k_vec4, out);
+  }
   VLM_CUDA_LAUNCHED("attention");
 }
 
