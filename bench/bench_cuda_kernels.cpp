@@ -5,7 +5,8 @@
 //      151936) in bf16 and MLX 4-bit g64: weight bytes read per call / time = GB/s, and its fraction of
 //      the copy probe (a GEMV only reads, so 100% of the copy figure is not the ceiling: the read-only
 //      roofline sits somewhat above it);
-//   3. prefill GEMM (2048 tokens) on the same shapes: GFLOP/s and fraction of the bf16 probe.
+//   3. prefill GEMM (2048 tokens) on the same shapes: GFLOP/s and fraction of the bf16 probe;
+//   4. attention at the same model's shape: decode over 4096 cached keys, causal 2048-token prefill.
 // Each row: warm-up, then batches timed with CUDA events (see time_median), median per call reported.
 // Weights are random (values do not change the timing), generated once on the host in a 16 MiB block
 // and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick]
@@ -183,6 +184,39 @@ int main(int argc, char** argv) {
                         static_cast<long long>(s.out), static_cast<long long>(s.in), fmt_name,
                         static_cast<long long>(n), t * 1e6, gflops, 100.0 * gflops / bf16_gflops);
         }
+      }
+    }
+    // Attention at the Qwen2.5-VL-3B text shape (16 heads, 2 kv heads, head_dim 128), causal: decode
+    // over a 4096-key cache and a 2048-token prefill. GFLOP/s counts QK and PV of visible pairs.
+    {
+      const int64_t nh = 16, nkv = 2, hd = 128, cache = 4096;
+      const int64_t nq_max = quick ? 1 : prefill;
+      auto dev = [&](int64_t n) {
+        std::vector<float> h(static_cast<size_t>(n));
+        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+        for (float& v : h) v = u(rng);
+        void* p = cuda::device_alloc(h.size() * 4, MemCategory::kScratch);
+        cuda::copy(p, Device::kCuda, h.data(), Device::kCpu, h.size() * 4);
+        return std::shared_ptr<void>(p, [n](void* q) { cuda::device_free(q, static_cast<size_t>(n) * 4,
+                                                                         MemCategory::kScratch); });
+      };
+      auto q = dev(nq_max * nh * hd), k = dev(cache * nkv * hd), v = dev(cache * nkv * hd), o = dev(nq_max * nh * hd);
+      std::vector<int64_t> kpos(static_cast<size_t>(cache));
+      for (int64_t j = 0; j < cache; ++j) kpos[j] = j;
+      std::printf("\n| attention | queries x keys | median us | GFLOP/s |\n|---|---|---|---|\n");
+      for (int64_t nq : {int64_t{1}, prefill}) {
+        if (nq > nq_max) continue;
+        const int64_t nk = nq == 1 ? cache : prefill, q0 = nk - nq;
+        auto run = [&] {
+          table.attention(static_cast<float*>(q.get()), nq, q0, static_cast<float*>(k.get()),
+                          static_cast<float*>(v.get()), kpos.data(), nk, nh, nkv, hd, 0.088f, 0.0f, {},
+                          static_cast<float*>(o.get()));
+        };
+        const double t = nq == 1 ? time_median(run, 5, quick ? 5 : 9, 20) : time_median(run, 1, 5, 1);
+        const double pairs = nq == 1 ? static_cast<double>(nk) : 0.5 * static_cast<double>(nq) * (nq + 1);
+        std::printf("| %s | %lldx%lld | %.1f | %.0f |\n", nq == 1 ? "decode" : "prefill (causal)",
+                    static_cast<long long>(nq), static_cast<long long>(nk), t * 1e6,
+                    4.0 * pairs * nh * hd / t / 1e9);
       }
     }
     cuda::synchronize();
