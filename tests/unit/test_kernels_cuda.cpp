@@ -447,7 +447,9 @@ TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {
   cuda::release_cache();
   auto& tracker = MemoryTracker::instance();
   const MemorySnapshot s0 = tracker.snapshot(MemDevice::kGpu);
-  void* p = cuda::device_alloc(3000, MemCategory::kKvCache);  // size class 4096
+  // Size classes: 3000 B -> 4096 (powers of two up to 4 KiB); 3 MiB + 1 -> 3.25 MiB (steps of 256 KiB
+  // between 2 and 4 MiB); 700 MiB + 1 -> 702 MiB (steps capped at 2 MiB); 100 B -> 256; 4097 -> 4608.
+  void* p = cuda::device_alloc(3000, MemCategory::kKvCache);
   const MemorySnapshot s1 = tracker.snapshot(MemDevice::kGpu);
   EXPECT_EQ(s1.active - s0.active, 4096);
   EXPECT_EQ(s1.by_category[static_cast<int>(MemCategory::kKvCache)] -
@@ -457,13 +459,21 @@ TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {
   const MemorySnapshot s2 = tracker.snapshot(MemDevice::kGpu);
   EXPECT_EQ(s2.active, s0.active);
   EXPECT_EQ(s2.cache - s0.cache, 4096);
-  void* q = cuda::device_alloc(4000, MemCategory::kScratch);  // same class: the cached block comes back
+  void* q = cuda::device_alloc(3050, MemCategory::kScratch);  // same class: the cached block comes back
   EXPECT_EQ(q, p);
   EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).cache, s0.cache);
-  cuda::device_free(q, 4000, MemCategory::kScratch);
-  void* big = cuda::device_alloc((size_t{3} << 20) + 1, MemCategory::kWeights);  // rounds to 4 MiB
-  EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active - s0.active, int64_t{4} << 20);
-  cuda::device_free(big, (size_t{3} << 20) + 1, MemCategory::kWeights);
+  cuda::device_free(q, 3050, MemCategory::kScratch);
+  struct Want {
+    size_t ask;
+    int64_t cls;
+  };
+  for (const Want& w : {Want{(size_t{3} << 20) + 1, int64_t{13} << 18},
+                        Want{(size_t{700} << 20) + 1, int64_t{702} << 20}, Want{100, 256}, Want{4097, 4608}}) {
+    const int64_t before = tracker.snapshot(MemDevice::kGpu).active;
+    void* b = cuda::device_alloc(w.ask, MemCategory::kWeights);
+    EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active - before, w.cls) << w.ask << " bytes";
+    cuda::device_free(b, w.ask, MemCategory::kWeights);
+  }
   cuda::release_cache();
   EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).cache, 0);
   EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active, s0.active);

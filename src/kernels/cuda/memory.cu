@@ -2,8 +2,9 @@
 // handle + workspace, the caching device allocator (reported to the MemoryTracker as GPU memory),
 // copies, the reusable scratch and staging buffers, and the error helpers of common.cuh.
 //
-// Allocator: requests are rounded up to size classes (powers of two up to 1 MiB, then multiples of
-// 2 MiB) and freed blocks of a class are kept for the next request of that class. Everything runs on
+// Allocator: requests are rounded up to size classes (powers of two up to 4 KiB, then 8 classes per
+// power of two, steps capped at 2 MiB) and freed blocks of a class are kept for the next request of
+// that class. Everything runs on
 // one stream, so a block freed by the host while a kernel still reads it is only handed to work that
 // the stream orders after that kernel. release_cache() (and an out-of-memory retry) gives cached
 // blocks back to the driver; cudaFree waits for the device first.
@@ -83,13 +84,17 @@ Context& usable_context(const char* op) {
 
 // ---- caching allocator ----------------------------------------------------------------------------
 size_t size_class(size_t bytes) {
-  constexpr size_t kSmall = size_t{1} << 20, kLargeStep = size_t{2} << 20;
-  if (bytes <= kSmall) {
+  // Up to 4 KiB: powers of two (from 256). Above: 8 classes per power of two (a step of 1/8 of the
+  // power below, so at most 12.5% is wasted), the step capped at 2 MiB (large weights waste < 2 MiB).
+  if (bytes <= 4096) {
     size_t c = 256;
     while (c < bytes) c <<= 1;
     return c;
   }
-  return (bytes + kLargeStep - 1) / kLargeStep * kLargeStep;
+  size_t p = 4096;
+  while (p * 2 <= bytes) p <<= 1;
+  const size_t step = std::min<size_t>(p / 8, size_t{2} << 20);
+  return (bytes + step - 1) / step * step;
 }
 
 struct Block {
