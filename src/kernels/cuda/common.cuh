@@ -50,6 +50,8 @@ inline void check_cublas(cublasStatus_t s, const char* op, const char* what) {
 // The backend stream (created on first use, after the device is selected). Throws kUnsupported when no
 // CUDA device is usable, naming `op`.
 cudaStream_t stream(const char* op);
+// Why available() is false ("" when it is true).
+std::string unavailable_reason();
 // The process-wide cuBLASLt handle and a workspace of workspace_bytes() on the device.
 cublasLtHandle_t lt_handle(const char* op);
 void* lt_workspace(const char* op);

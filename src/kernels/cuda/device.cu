@@ -33,7 +33,13 @@ std::vector<GpuInfo> cuda_devices() {
   return out;
 }
 
+namespace ops::cuda::detail {
+std::string unavailable_reason();  // memory.cu: also covers devices the backend refuses (compute < 8.0)
+}
+
 std::string cuda_unavailable_reason() {
+  std::string backend = ops::cuda::detail::unavailable_reason();
+  if (!backend.empty()) return backend;
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {

@@ -145,6 +145,8 @@ void* grow(Reusable& r, size_t bytes, MemCategory category) {
 
 cudaStream_t stream(const char* op) { return usable_context(op).stream; }
 
+std::string unavailable_reason() { return context().reason; }
+
 cublasLtHandle_t lt_handle(const char* op) {
   Context& c = usable_context(op);
   static std::once_flag once;
