@@ -64,7 +64,7 @@ int run_bench(BenchArgs& a) {
   }
   fmt::print("model            {}\n", r.model);
   const bool gpu = r.device != "cpu";
-  fmt::print("device           {}\n", r.device);
+  fmt::print("device           {}{}\n", r.device, r.gpu.empty() ? "" : " (" + r.gpu + ")");
   fmt::print("kernels          {} ({} threads)\n", r.kernel_path, r.threads);
   fmt::print("load             {:.3f} s{}\n", r.load_s, gpu ? " (including the upload)" : "");
   if (gpu)

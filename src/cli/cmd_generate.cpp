@@ -42,6 +42,7 @@
 #include "generate/prompt.h"
 #include "io/config.h"
 #include "io/hf_cache.h"
+#include "kernels/backend.h"
 #include "models/registry.h"
 #include "text/tokenizer.h"
 
@@ -284,6 +285,10 @@ int run_generate(GenerateOptions& o) {
                         {"adapter_path", o.adapter_path}};
     out["device"] = r.device;
     out["vision_device"] = model.vision ? Json("cpu") : Json(nullptr);
+    if (device != Device::kCpu) {
+      const std::vector<GpuInfo> gpus = cuda_devices();
+      out["gpu"] = gpus.empty() ? Json(nullptr) : Json(gpus.front().name);
+    }
     out["threads"] = ThreadPool::global().num_threads();
     out["wired_limit"] = wired;
     out["prompt"] = prompt.text;

@@ -16,6 +16,7 @@
 #include "core/thread_pool.h"
 #include "generate/kv_cache.h"
 #include "io/safetensors_writer.h"
+#include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "kernels/probes.h"
@@ -218,6 +219,7 @@ Json BenchResult::to_json() const {
     samples_json.push_back({{"load_s", s.load_s}, {"prefill_s", s.prefill_s}, {"decode_s", s.decode_s}});
   return Json{{"model", model},
               {"device", device},
+              {"gpu", gpu.empty() ? Json(nullptr) : Json(gpu)},
               {"kernel_path", kernel_path},
               {"threads", threads},
               {"prompt_tokens", prompt_tokens},
@@ -272,6 +274,8 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
   r.gen_tokens = options.gen_tokens;
 
   if (on_gpu) {
+    const std::vector<GpuInfo> gpus = cuda_devices();
+    if (!gpus.empty()) r.gpu = gpus.front().name;
     r.bandwidth_gbs = ops::cuda::probe_copy_bandwidth_gbs();
     r.bf16_gflops = ops::cuda::probe_bf16_matmul_gflops();
   } else {

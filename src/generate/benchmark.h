@@ -55,6 +55,7 @@ struct BenchResult {
   std::string model;  // folder or synthetic name
   std::string kernel_path;  // the CPU path, or "cuda"
   std::string device = "cpu";
+  std::string gpu;  // the CUDA device's name when device is cuda
   int threads = 0;
   int64_t prompt_tokens = 0, gen_tokens = 0;
   std::vector<BenchSample> samples;  // raw, one per repetition
