@@ -171,7 +171,8 @@ int run_generate(GenerateOptions& o) {
       throw_error(ErrorKind::kInvalidArgument,
                   "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
     device = Device::kCpu;
-    device_warnings.push_back("--device auto: running on the cpu because --kv-bits (the quantized KV cache) is cpu-only");
+    device_warnings.push_back(
+        "--device auto: running on the cpu because --kv-bits (the quantized KV cache) is cpu-only");
     VLM_LOG_WARN("{}", device_warnings.back());
   }
   if (o.threads > 0) ThreadPool::set_global_threads(o.threads);
