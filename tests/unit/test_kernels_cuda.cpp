@@ -5,7 +5,7 @@
 //   f32 math (norms, rope, activations, softmax, attention, f32/f16/bf16-weight GEMV, quantized
 //   linear, f32 GEMM)                                  1e-11 .. 1e-14 (summation order, libm ulps)
 //   f16-weight GEMM (x rounded to f16 for cuBLASLt)   1e-7
-//   bf16-weight GEMM (x rounded to bf16 for cuBLASLt) 1e-5
+//   bf16-weight and quantized GEMM (x, and dequantized weights, rounded to bf16 for cuBLASLt) 1e-5
 // An op without a case fails EveryOpHasACase, which runs without a GPU too; the GPU tests skip with
 // the reason when no CUDA device is usable (CPU-only CI). Also: the allocator's size classes, cache
 // and MemoryTracker reports, copies, copy_2d, and typed errors for unsupported shapes.
@@ -126,9 +126,10 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
       Tensor bias;
       if (n == 3) bias = random_tensor(rng, {w.rows()}, DType::kF32);
       if (n == 37) bias = random_tensor(rng, {w.rows()}, DType::kBF16);
-      // GEMM (n >= 8) on 16-bit dense weights rounds x to the weight's dtype for cuBLASLt.
+      // GEMM (n >= 8) on 16-bit dense weights rounds x to the weight's dtype for cuBLASLt; on quantized
+      // weights it rounds x and the dequantized weights to bf16.
       double tol = 1e-11;
-      if (!w.quantized && n >= 8 && w.dense.dtype() == DType::kBF16) tol = 1e-5;
+      if (n >= 8 && (w.quantized || w.dense.dtype() == DType::kBF16)) tol = 1e-5;
       if (!w.quantized && n >= 8 && w.dense.dtype() == DType::kF16) tol = 1e-7;
       cases.push_back({"linear", name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : ""), tol,
                        [w, x, n, bias] {

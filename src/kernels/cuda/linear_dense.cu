@@ -8,8 +8,8 @@
 //   n >= 8 (prefill) f32 -> cuBLASLt SGEMM with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32);
 //                   f16/bf16 -> x rounded to the weight's dtype in scratch, cuBLASLt with f32 accumulation
 //                   and f32 output (x loses its low mantissa bits: NMSE ~1e-6 for bf16, ~1e-8 for f16);
-//                   quantized -> linear_quant.cu: row chunks of W dequantized exactly (the reference's
-//                   f32 s * q + b) into scratch, then the f32 cuBLASLt GEMM above.
+//                   quantized -> linear_quant.cu: row chunks of W dequantized (the reference's f32
+//                   s * q + b) and rounded to bf16 into scratch, x rounded to bf16, cuBLASLt as above.
 //   Whatever a fast path refuses (misaligned views, cuBLASLt finding no algorithm) runs on the tiled
 //   kernel, which takes any weight and any shape. The bias is added by one more small kernel.
 #include "kernels/cuda/common.cuh"
