@@ -216,21 +216,22 @@ __global__ void __launch_bounds__(256) linear_tiled_kernel(const float* __restri
 }
 
 // out[i, c] = W[r0 + i, c] for i < rows: the reference's f32 value (s * q, then + b), stored as T
-// (f32 exactly, or rounded to bf16 for the tensor-core GEMM).
+// (f32 exactly, or rounded to bf16 for the tensor-core GEMM). One block per row (no per-element
+// 64-bit division), threads over the row's columns.
 template <typename T>
-__global__ void dequant_rows_kernel(detail::QuantView q, int64_t r0, int64_t rows, int64_t in, T* out) {
-  const int64_t total = rows * in;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = r0 + i / in, c = i % in;
+__global__ void dequant_rows_kernel(detail::QuantView q, int64_t r0, int in, T* out) {
+  const int64_t r = r0 + blockIdx.x;
+  const uint32_t* row = q.packed + r * q.words_per_row;
+  T* o = out + static_cast<int64_t>(blockIdx.x) * in;
+  for (int c = threadIdx.x; c < in; c += blockDim.x) {
     const int64_t g = r * q.groups + c / q.group_size;
     const float s = detail::load_float(q.scales, q.scale_kind, g);
     const float b = detail::load_float(q.biases, q.bias_kind, g);
-    const float v = static_cast<float>(detail::unpack_bits(q.packed + r * q.words_per_row, c, q.bits));
-    const float w = __fadd_rn(__fmul_rn(s, v), b);
+    const float w = __fadd_rn(__fmul_rn(s, static_cast<float>(detail::unpack_bits(row, c, q.bits))), b);
     if constexpr (std::is_same_v<T, float>)
-      out[i] = w;
+      o[c] = w;
     else
-      out[i] = __float2bfloat16_rn(w);
+      o[c] = __float2bfloat16_rn(w);
   }
 }
 
@@ -247,7 +248,7 @@ bool quant_gemm_chunks(const detail::QuantView& q, const void* xa, int64_t n, in
                        T* wbuf, int64_t chunk, cudaStream_t st) {
   for (int64_t r0 = 0; r0 < out; r0 += chunk) {
     const int64_t rows = std::min(chunk, out - r0);
-    dequant_rows_kernel<T><<<detail::elementwise_blocks(rows * in, 256), 256, 0, st>>>(q, r0, rows, in, wbuf);
+    dequant_rows_kernel<T><<<static_cast<unsigned>(rows), 256, 0, st>>>(q, r0, static_cast<int>(in), wbuf);
     VLM_CUDA_LAUNCHED("linear (dequantize chunk)");
     bool ok;
     if constexpr (std::is_same_v<T, float>)
@@ -274,7 +275,7 @@ bool linear_quant_gemm(const float* x, int64_t n, const Weight& w, float* y) {
   const detail::QuantView q = detail::quant_view(w, "linear");
   const int64_t in = w.cols(), out = w.rows();
   if ((reinterpret_cast<uintptr_t>(x) & 15u) != 0 || (reinterpret_cast<uintptr_t>(y) & 15u) != 0 || in % 8 != 0 ||
-      out % 4 != 0)
+      out % 4 != 0 || in > (int64_t{1} << 30))
     return false;
   cudaStream_t st = detail::stream("linear");
   // Tensor cores: x and the dequantized weights rounded to bf16 (as MLX computes a bf16 model's
