@@ -1,9 +1,10 @@
 // Attention on the GPU (ops.h semantics), two kernels with the same arithmetic (an online softmax in
 // f32, one warp max / sum per 32-key tile, values accumulated with the lanes over head_dim, so
 // head_dim <= 256):
-//   decode (nq < 8)   attention_kernel: one block of 8 warps per (query, head); warp w takes key
-//                     tiles w, w + 8, ... (one key per lane) and the 8 partial states are merged
-//                     through shared memory at the end;
+//   decode (nq < 8)   attention_kernel: keys split over blocks (flash-decoding), one block of 8 warps per
+//                     (query, head, split); warp w takes key tiles w, w + 8, ... of its split (one key
+//                     per lane), the 8 warp states are merged through shared memory, and
+//                     attention_combine_kernel merges the splits;
 //   prefill (nq >= 8) attention_prefill_kernel: one block per (32 queries, head), K/V tiles staged in
 //                     shared memory once for all 32 queries (see its comment).
 // The mask is the reference's key_visible rule, evaluated per key from the absolute positions (k_pos
@@ -12,6 +13,7 @@
 // host arrays (ops.h "devices"), staged to the device per call.
 #include "kernels/cuda/common.cuh"
 
+#include <algorithm>
 #include <mutex>
 
 namespace vlm::ops::cuda::kernels {
@@ -38,17 +40,27 @@ __device__ __forceinline__ bool key_visible(const MaskArgs& m, int64_t qp, int64
   return true;
 }
 
-// q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd].
+// Decode (nq < kPrefillMinQueries), split over keys (flash-decoding): block (query i, head h, split s)
+// covers key tiles [s * tiles_per_split, (s + 1) * tiles_per_split) of 32 keys; its warp w takes
+// tiles w, w + 8, ... of that range. With one split the block writes the normalized output; with
+// several it writes its unnormalized partial state (max m, sum l, acc[hd]) to `part` and
+// attention_combine_kernel merges the splits. One block per (query, head) alone would leave most SMs
+// idle (9-16 blocks for 132 SMs) and walk 2048 keys serially.
+// q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd];
+// part_ml: [nq * n_heads, splits, 2] (m, l); part_acc: [nq * n_heads, splits, hd].
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const float* __restrict__ q, int64_t q_pos0, const float* __restrict__ k,
                      const float* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int64_t n_heads,
                      int64_t n_kv_heads, int64_t hd, float scale, float softcap, MaskArgs mask, bool k_vec4,
-                     float* __restrict__ out) {
+                     int64_t tiles_per_split, float* __restrict__ out, float* __restrict__ part_ml,
+                     float* __restrict__ part_acc) {
   __shared__ __align__(16) float s_q[32 * kMaxPerLane];
   __shared__ float s_m[kWarps], s_l[kWarps];
   __shared__ float s_acc[kWarps][32 * kMaxPerLane];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t i = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
+  const int64_t qh = blockIdx.x;
+  const int64_t i = qh / n_heads, h = qh % n_heads;
+  const int64_t split = blockIdx.y, splits = gridDim.y;
   const int64_t kvh = h / (n_heads / n_kv_heads);
   const int64_t qp = q_pos0 + i;
   const float* qi = q + (i * n_heads + h) * hd;
@@ -60,7 +72,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int e = 0; e < kMaxPerLane; ++e) acc[e] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   const int64_t tiles = (nk + 31) / 32;
-  for (int64_t tile = warp; tile < tiles; tile += kWarps) {
+  const int64_t tile_begin = split * tiles_per_split;
+  const int64_t tile_end = tile_begin + tiles_per_split < tiles ? tile_begin + tiles_per_split : tiles;
+  for (int64_t tile = tile_begin + warp; tile < tile_end; tile += kWarps) {
     // Scores: lane j of the warp owns key tile * 32 + j (invisible or past the end: -inf).
     const int64_t j = tile * 32 + lane;
     const bool valid = j < nk && key_visible(mask, qp, k_pos[j]);
@@ -92,15 +106,30 @@ __global__ void __launch_bounds__(kWarps * 32)
     l = l * corr + warp_sum(p);
 #pragma unroll
     for (int e = 0; e < kMaxPerLane; ++e) acc[e] *= corr;
-    // Values: key by key, the lanes spread over head_dim (coalesced rows).
-    for (int jj = 0; jj < 32; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
-      if (pj == 0.0f) continue;  // invisible, past the end, or underflowed: adds nothing
-      const float* vj = v + ((tile * 32 + jj) * n_kv_heads + kvh) * hd;
+    // Values: key by key, the lanes spread over head_dim (coalesced rows). Groups of 8 keys are loaded
+    // before they are accumulated, so 8 row loads are in flight instead of one. Keys past the end read
+    // the last row (never written into acc: their weight is skipped); an invisible key's weight is 0.
+    const int64_t last = nk - 1;
+    for (int j0 = 0; j0 < 32; j0 += 8) {
+      float pj[8];
+      const float* vj[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        pj[u] = __shfl_sync(0xffffffffu, p, j0 + u);
+        const int64_t key = tile * 32 + j0 + u;
+        vj[u] = v + ((key < nk ? key : last) * n_kv_heads + kvh) * hd;
+      }
 #pragma unroll
       for (int e = 0; e < kMaxPerLane; ++e) {
         const int64_t c = lane + 32 * e;
-        if (c < hd) acc[e] += pj * vj[c];
+        if (32 * e < hd && c < hd) {  // the first test is uniform: hd is small, most e are skipped whole
+          float vv[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) vv[u] = __ldg(vj[u] + c);
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (pj[u] != 0.0f) acc[e] += pj[u] * vv[u];
+        }
       }
     }
     m = m_new;
@@ -115,16 +144,30 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   float mx = -INFINITY;
   for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w]);
-  float* oi = out + (i * n_heads + h) * hd;
-  if (mx == -INFINITY) {  // no visible key
-    for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) oi[c] = 0.0f;
-    return;
-  }
   float wgt[kWarps];
   float total = 0.0f;
   for (int w = 0; w < kWarps; ++w) {
     wgt[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - mx);
     total += s_l[w] * wgt[w];
+  }
+  if (splits > 1) {  // partial state of this split (m = -inf, l = 0, acc = 0 when it saw no key)
+    float* pa = part_acc + (qh * splits + split) * hd;
+    if (threadIdx.x == 0) {
+      part_ml[(qh * splits + split) * 2] = mx;
+      part_ml[(qh * splits + split) * 2 + 1] = mx == -INFINITY ? 0.0f : total;
+    }
+    for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) {
+      float o = 0.0f;
+      if (mx != -INFINITY)
+        for (int w = 0; w < kWarps; ++w) o += s_acc[w][c] * wgt[w];
+      pa[c] = o;
+    }
+    return;
+  }
+  float* oi = out + (i * n_heads + h) * hd;
+  if (mx == -INFINITY) {  // no visible key
+    for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) oi[c] = 0.0f;
+    return;
   }
   const float inv = 1.0f / total;
   for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) {
@@ -134,6 +177,31 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// Merges the splits of attention_kernel: block qh = (query, head) reads its `splits` partial states
+// and writes out[qh] = Σ_s acc_s · e^(m_s - M) / Σ_s l_s · e^(m_s - M) (zeros when no split saw a key).
+__global__ void attention_combine_kernel(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                         int64_t splits, int64_t hd, float* __restrict__ out) {
+  const int64_t qh = blockIdx.x;
+  const float* ml = part_ml + qh * splits * 2;
+  const float* pa = part_acc + qh * splits * hd;
+  float mx = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
+  float* o = out + qh * hd;
+  if (mx == -INFINITY) {
+    for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) o[c] = 0.0f;
+    return;
+  }
+  float total = 0.0f;
+  for (int64_t s = 0; s < splits; ++s)
+    if (ml[2 * s] != -INFINITY) total += ml[2 * s + 1] * expf(ml[2 * s] - mx);
+  const float inv = 1.0f / total;
+  for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t s = 0; s < splits; ++s)
+      if (ml[2 * s] != -INFINITY) acc += pa[s * hd + c] * expf(ml[2 * s] - mx);
+    o[c] = acc * inv;
+  }
+}
 
 // Prefill (nq >= kPrefillMinQueries): a block per (32 consecutive queries, head). Each of the 8 warps
 // owns 4 queries through the whole key range, so no merge is needed. The block streams the keys in
@@ -294,8 +362,38 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
     attention_prefill_kernel<<<grid, kWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, kp, nk, n_heads, n_kv_heads,
                                                               head_dim, scale, softcap, m, out);
   } else {
-    attention_kernel<<<static_cast<unsigned>(nq * n_heads), kWarps * 32, 0, cs>>>(
-        q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, k_vec4, out);
+    // Splits: enough blocks to cover the SMs about twice, each at least one 32-key tile per warp.
+    const int64_t qh = nq * n_heads, tiles = (nk + 31) / 32;
+    static const int64_t target = [] {
+      int dev = 0, sms = 0;
+      if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+                                                    cudaSuccess)
+        sms = 0;
+      cudaGetLastError();
+      return int64_t{2} * (sms > 0 ? sms : 132);
+    }();
+    int64_t splits = std::min<int64_t>((tiles + kWarps - 1) / kWarps, (target + qh - 1) / qh);
+    splits = std::max<int64_t>(std::min<int64_t>(splits, 65535), 1);
+    const int64_t tiles_per_split = (tiles + splits - 1) / splits;
+    splits = std::max<int64_t>((tiles + tiles_per_split - 1) / tiles_per_split, 1);  // no empty split
+    float* part_ml = nullptr;
+    float* part_acc = nullptr;
+    if (splits > 1) {
+      const size_t ml_floats = static_cast<size_t>(qh * splits * 2);
+      float* base = static_cast<float*>(
+          detail::scratch(sizeof(float) * (ml_floats + static_cast<size_t>(qh * splits * head_dim)), "attention"));
+      part_ml = base;
+      part_acc = base + ml_floats;
+    }
+    attention_kernel<<<dim3(static_cast<unsigned>(qh), static_cast<unsigned>(splits)), kWarps * 32, 0, cs>>>(
+        q, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, k_vec4, tiles_per_split, out,
+        part_ml, part_acc);
+    if (splits > 1) {
+      VLM_CUDA_LAUNCHED("attention");
+      const int threads = static_cast<int>(std::min<int64_t>(256, (head_dim + 31) / 32 * 32));
+      attention_combine_kernel<<<static_cast<unsigned>(qh), threads, 0, cs>>>(part_ml, part_acc, splits, head_dim,
+                                                                              out);
+    }
   }
   VLM_CUDA_LAUNCHED("attention");
 }

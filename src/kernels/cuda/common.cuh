@@ -91,6 +91,25 @@ class Staging {
   const char* base_ = nullptr;
 };
 
+// ---- profile (profile.cu) -------------------------------------------------------------------------
+// VLMCHECK_CUDA_PROFILE=1: per-op host and GPU time, printed to stderr at exit. profiling() reads the
+// variable once; a ProfileScope brackets one op (nested scopes count only the outermost);
+// profile_phase(n) marks the following ops as decode (n < 8) or prefill.
+bool profiling();
+void profile_phase(int64_t tokens);
+class ProfileScope {
+ public:
+  explicit ProfileScope(const char* op);
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  const char* op_ = nullptr;
+  void* start_ = nullptr;  // cudaEvent_t
+  double t0_ = 0.0;
+};
+
 // ---- dtypes ---------------------------------------------------------------------------------------
 // Float dtypes as kernels see them (runtime argument for small vectors: scales, biases, norm weights).
 enum FloatKind : int { kF32 = 0, kF16 = 1, kBF16 = 2 };

@@ -327,6 +327,9 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
   cudaMemcpyKind kind = dst_device == Device::kCpu   ? cudaMemcpyDeviceToHost
                         : src_device == Device::kCpu ? cudaMemcpyHostToDevice
                                                      : cudaMemcpyDeviceToDevice;
+  detail::ProfileScope profile(kind == cudaMemcpyDeviceToHost   ? "copy d2h"
+                               : kind == cudaMemcpyHostToDevice ? "copy h2d"
+                                                                : "copy d2d");
   VLM_CUDA(cudaMemcpyAsync(dst, src, bytes, kind, s), "copy");
   if (dst_device == Device::kCpu) VLM_CUDA(cudaStreamSynchronize(s), "copy");
 }
@@ -338,6 +341,7 @@ void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, siz
                                                   " exceeds a pitch (dst " + std::to_string(dst_pitch) + ", src " +
                                                   std::to_string(src_pitch) + ")");
   cudaStream_t s = detail::stream("copy_2d");
+  detail::ProfileScope profile("copy_2d");
   VLM_CUDA(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDeviceToDevice, s), "copy_2d");
 }
 

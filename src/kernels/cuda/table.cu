@@ -1,12 +1,56 @@
 // The CUDA backend's kernel table (cuda_backend.h): every op of ops.h, each entry pointing at the
 // kernel family's host entry in this folder. ops.cpp validates arguments before calling an entry.
+// With VLMCHECK_CUDA_PROFILE set (profile.cu) the entries are wrapped in a ProfileScope each.
 #include "kernels/cuda/common.cuh"
 
 namespace vlm::ops::cuda {
+namespace {
+
+// Profiled(Fn): same signature as Fn, with the call bracketed by a ProfileScope named Name.
+template <const char* Name, auto Fn>
+struct Profiled;
+template <const char* Name, typename... A, void (*Fn)(A...)>
+struct Profiled<Name, Fn> {
+  static void call(A... a) {
+    detail::ProfileScope scope(Name);
+    Fn(a...);
+  }
+};
+
+constexpr char kLinear[] = "linear", kEmbedding[] = "embedding", kRmsNorm[] = "rms_norm",
+               kLayerNorm[] = "layer_norm", kRope[] = "rope", kMrope[] = "mrope", kActivate[] = "activate",
+               kGated[] = "gated_activate", kSoftmax[] = "softmax", kAttention[] = "attention", kAdd[] = "add",
+               kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
+
+// linear also sets the phase: its token count says decode or prefill.
+void linear_profiled(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
+  detail::profile_phase(n);
+  detail::ProfileScope scope(kLinear);
+  kernels::linear(x, n, w, bias, y);
+}
+
+}  // namespace
 
 const cpu::KernelTable& kernel_table() {
   static const cpu::KernelTable table = [] {
     cpu::KernelTable t;
+    if (detail::profiling()) {
+      t.linear = &linear_profiled;
+      t.embedding = &Profiled<kEmbedding, &kernels::embedding>::call;
+      t.rms_norm = &Profiled<kRmsNorm, &kernels::rms_norm>::call;
+      t.layer_norm = &Profiled<kLayerNorm, &kernels::layer_norm>::call;
+      t.rope = &Profiled<kRope, &kernels::rope>::call;
+      t.mrope = &Profiled<kMrope, &kernels::mrope>::call;
+      t.activate = &Profiled<kActivate, &kernels::activate>::call;
+      t.gated_activate = &Profiled<kGated, &kernels::gated_activate>::call;
+      t.softmax = &Profiled<kSoftmax, &kernels::softmax>::call;
+      t.attention = &Profiled<kAttention, &kernels::attention>::call;
+      t.add = &Profiled<kAdd, &kernels::add>::call;
+      t.scale = &Profiled<kScale, &kernels::scale>::call;
+      t.mul = &Profiled<kMul, &kernels::mul>::call;
+      t.softcap = &Profiled<kSoftcap, &kernels::softcap>::call;
+      return t;
+    }
     t.linear = &kernels::linear;
     t.embedding = &kernels::embedding;
     t.rms_norm = &kernels::rms_norm;
