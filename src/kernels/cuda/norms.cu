@@ -4,6 +4,8 @@
 // each element is read before the same thread writes it.
 #include "kernels/cuda/common.cuh"
 
+#include <algorithm>
+
 namespace vlm::ops::cuda::kernels {
 namespace {
 
@@ -56,7 +58,10 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   const void* w = detail::device_ptr(weight, "rms_norm", "weight");
   const int wk = detail::float_kind(weight, "rms_norm", "weight");
   cudaStream_t st = detail::stream("rms_norm");
-  rms_norm_kernel<<<static_cast<unsigned>(n), kThreads, 0, st>>>(x, d, w, wk, eps, offset, y);
+  // About 2 values per thread (up to 1024 threads): a decode-time row is one block, and its passes
+  // are chains of dependent L2 round trips, so fewer steps per thread is what shortens them.
+  const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
+  rms_norm_kernel<<<static_cast<unsigned>(n), threads, 0, st>>>(x, d, w, wk, eps, offset, y);
   VLM_CUDA_LAUNCHED("rms_norm");
 }
 
