@@ -10,7 +10,8 @@
 // The mask is the reference's key_visible rule, evaluated per key from the absolute positions (k_pos
 // may be in any order: rotating caches), so every mask case (causal, sliding window, image groups,
 // none) and GQA share the code. A query that sees no key gets zeros. k_pos and group_of_position are
-// host arrays (ops.h "devices"), staged to the device per call.
+// host arrays (ops.h "devices"), staged to the device per call; a consecutive k_pos (standard caches)
+// is passed as its first position instead.
 #include "kernels/cuda/common.cuh"
 
 #include <algorithm>
@@ -27,7 +28,14 @@ struct MaskArgs {
   int64_t window;
   const int32_t* groups;  // device, or null
   int64_t group_positions;
+  int64_t kpos0;  // with k_pos null: key j is at position kpos0 + j
 };
+
+// Position of key j: staged k_pos, or kpos0 + j when the host found k_pos consecutive (standard
+// caches), which saves the staging copy.
+__device__ __forceinline__ int64_t key_pos(const int64_t* k_pos, const MaskArgs& m, int64_t j) {
+  return k_pos != nullptr ? k_pos[j] : m.kpos0 + j;
+}
 
 // ref::key_visible, verbatim.
 __device__ __forceinline__ bool key_visible(const MaskArgs& m, int64_t qp, int64_t kp) {
@@ -77,7 +85,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t tile = tile_begin + warp; tile < tile_end; tile += kWarps) {
     // Scores: lane j of the warp owns key tile * 32 + j (invisible or past the end: -inf).
     const int64_t j = tile * 32 + lane;
-    const bool valid = j < nk && key_visible(mask, qp, k_pos[j]);
+    const bool valid = j < nk && key_visible(mask, qp, key_pos(k_pos, mask, j));
     float sc = -INFINITY;
     if (valid) {
       const float* kj = k + (j * n_kv_heads + kvh) * hd;
@@ -85,7 +93,11 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (k_vec4) {  // head_dim % 4 == 0 and k 16-byte aligned: every key row is too
         const float4* k4 = reinterpret_cast<const float4*>(kj);
         const float4* q4 = reinterpret_cast<const float4*>(s_q);
-        for (int64_t c = 0; c < hd / 4; ++c) {
+        const int c4 = static_cast<int>(hd / 4);
+        // Unrolled so that 8 row loads are in flight at once (a dependent load per step would make
+        // the scores latency-bound: one memory round trip per 4 values).
+#pragma unroll 8
+        for (int c = 0; c < c4; ++c) {
           const float4 a = q4[c], b = __ldg(k4 + c);
           dot += a.x * b.x;
           dot += a.y * b.y;
@@ -106,9 +118,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     l = l * corr + warp_sum(p);
 #pragma unroll
     for (int e = 0; e < kMaxPerLane; ++e) acc[e] *= corr;
-    // Values: key by key, the lanes spread over head_dim (coalesced rows). Groups of 8 keys are loaded
-    // before they are accumulated, so 8 row loads are in flight instead of one. Keys past the end read
-    // the last row (never written into acc: their weight is skipped); an invisible key's weight is 0.
+    // Values: key by key, the lanes spread over head_dim (coalesced rows). Each group of 8 keys is
+    // loaded (all of head_dim) before it is accumulated, so up to 8 * head_dim / 32 loads per lane are
+    // in flight instead of one. Keys past the end read the last row (their weight is 0 and skipped);
+    // an invisible key's weight is 0.
     const int64_t last = nk - 1;
     for (int j0 = 0; j0 < 32; j0 += 8) {
       float pj[8];
@@ -119,16 +132,21 @@ __global__ void __launch_bounds__(kWarps * 32)
         const int64_t key = tile * 32 + j0 + u;
         vj[u] = v + ((key < nk ? key : last) * n_kv_heads + kvh) * hd;
       }
+      float vv[kMaxPerLane][8];
 #pragma unroll
       for (int e = 0; e < kMaxPerLane; ++e) {
         const int64_t c = lane + 32 * e;
-        if (32 * e < hd && c < hd) {  // the first test is uniform: hd is small, most e are skipped whole
-          float vv[8];
+        if (32 * e < hd) {  // uniform across the warp: most e are skipped whole for small head_dim
 #pragma unroll
-          for (int u = 0; u < 8; ++u) vv[u] = __ldg(vj[u] + c);
+          for (int u = 0; u < 8; ++u) vv[e][u] = c < hd ? __ldg(vj[u] + c) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kMaxPerLane; ++e) {
+        if (32 * e < hd && lane + 32 * e < hd) {
 #pragma unroll
           for (int u = 0; u < 8; ++u)
-            if (pj[u] != 0.0f) acc[e] += pj[u] * vv[u];
+            if (pj[u] != 0.0f) acc[e] += pj[u] * vv[e][u];
         }
       }
     }
@@ -249,7 +267,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   for (int64_t j0 = 0; j0 < nk; j0 += kKTile) {
     const int64_t j = j0 + lane;
-    const int64_t kp = j < nk ? k_pos[j] : 0;
+    const int64_t kp = j < nk ? key_pos(k_pos, mask, j) : 0;
     bool vis[kQPerWarp];
     int any = 0;
 #pragma unroll
@@ -339,15 +357,19 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
                                               " exceeds the kernel's maximum of " + std::to_string(32 * kMaxPerLane));
   if (nq * n_heads > 0x7fffffff || n_heads > 65535)
     detail::fail(ErrorKind::kInvalidArgument, "[cuda attention] nq * n_heads too large");
+  // A standard cache's k_pos is consecutive (p0, p0 + 1, ...): then only p0 goes to the kernel and
+  // nothing is staged (a host-to-device copy costs the stream several microseconds per call).
+  bool consecutive = true;
+  for (int64_t j = 1; j < nk && consecutive; ++j) consecutive = k_pos[j] == k_pos[0] + j;
   detail::Staging st("attention");
-  const size_t h_kpos = st.add(k_pos, static_cast<size_t>(nk));
+  const size_t h_kpos = consecutive ? size_t{0} : st.add(k_pos, static_cast<size_t>(nk));
   const bool has_groups = mask.group_of_position != nullptr && mask.group_positions > 0;
   const size_t h_groups =
       has_groups ? st.add(mask.group_of_position, static_cast<size_t>(mask.group_positions)) : size_t{0};
   st.upload();
   MaskArgs m{mask.causal ? 1 : 0, mask.sliding_window, has_groups ? st.device<int32_t>(h_groups) : nullptr,
-             has_groups ? mask.group_positions : 0};
-  const int64_t* kp = nk > 0 ? st.device<int64_t>(h_kpos) : nullptr;
+             has_groups ? mask.group_positions : 0, consecutive && nk > 0 ? k_pos[0] : 0};
+  const int64_t* kp = nk > 0 && !consecutive ? st.device<int64_t>(h_kpos) : nullptr;
   const bool k_vec4 = head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(k) & 15u) == 0;
   cudaStream_t cs = detail::stream("attention");
   if (nq >= kPrefillMinQueries) {
