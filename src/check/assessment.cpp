@@ -351,4 +351,9 @@ std::string rerun_summary(const Json& rerun) {
   return fmt::format("failed{}: {} ({})", phase.empty() ? "" : " in " + phase, rerun.value("error", std::string()), how);
 }
 
+std::string device_summary(const ModelResult& r) {
+  if (r.device.empty() || r.device == "cpu") return r.device;
+  return fmt::format("{} (language model; peak GPU memory {} GB)", r.device, fmt_gb(r.metrics.peak_gpu_memory_gb));
+}
+
 }  // namespace vlm::check

@@ -44,6 +44,10 @@ std::string normalize_failure_message(const std::string& message);
 // "failed in model_load: SIGSEGV (...)".
 std::string rerun_summary(const Json& rerun);
 
+// One line for where the model ran (ModelResult::device), "" for records without it: "cpu", or
+// "cuda (language model; peak GPU memory 1.2 GB)".
+std::string device_summary(const ModelResult& r);
+
 struct Counts {
   int attempted = 0, evaluated = 0, completed = 0, crashed = 0, indeterminate = 0;
   int usable = 0, caveats = 0, unusable = 0, not_evaluated = 0;

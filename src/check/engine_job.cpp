@@ -1,7 +1,8 @@
 // The worker's engine job, phase by phase (check_models §2.6, with native timings): every call into
 // the engine layers is here. Phases are timed with steady_clock; memory comes from MemoryTracker
-// (host, and GPU when present) and the process's own VmHWM. Generation itself goes through
-// generate_with_engine(), the single seam to the models registry + generator.
+// (host, and GPU when present) and the process's own VmHWM. Generation itself goes through the
+// generator's generate(), the same path as `vlmcheck generate`. The language model runs on job.device
+// (moved after loading, inside model_load); on cuda the GPU tracker's peak is recorded too.
 #include "check/engine_job.h"
 
 #include <sys/stat.h>
@@ -133,6 +134,22 @@ PreparedPrompt prepare_conversation(const std::string& folder, const Tokenizer& 
   return prepare_prompt(folder, tok, req, model.vision.get(), model.language_model.get());
 }
 
+// The language model moves to the run's device once loaded (the vision tower and projector stay on the
+// cpu: their features are host floats the language model takes as input embeddings). A model that cannot
+// run there fails its model_load phase with the reason, so the sweep records it and goes on.
+void move_language_model(LoadedModel& loaded, const EngineJob& job) {
+  const Device device = resolve_device(job.device);  // "--device cuda: <reason>" without a usable GPU
+  if (device == Device::kCpu) return;
+  // `run` refuses --device cuda --kv-bits up front (as generate); a job asking for both fails here alike.
+  VLM_CHECK(!job.generation.contains("kv_bits") || job.generation["kv_bits"].is_null(), ErrorKind::kInvalidArgument,
+            "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
+  try {
+    loaded.language_model->to_device(device);
+  } catch (const Error& e) {
+    throw_error(e.kind(), "moving the language model to {}: {}", device_name(device), e.what());
+  }
+}
+
 }  // namespace
 
 GenerationParams generation_params_from_settings(const Json& s) {
@@ -189,10 +206,14 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
   out.provenance.model = job.model;
   out.provenance.requested_revision = job.revision;
   Json diag = Json::object();
+  const bool on_gpu = job.device != "cpu";
+  int64_t gpu_peak = 0;  // bytes: the GPU tracker's peak over load + generation (cuda only)
   try {
-    // input_validation: decode the image exactly as the model will see it.
+    // input_validation: the generation settings, and the image decoded exactly as the model will see it.
     auto t0 = Clock::now();
+    GenerationParams params;
     in_phase("input_validation", cb, [&] {
+      params = generation_params_from_settings(job.generation);  // a bad setting is this job's failure
       if (!job.image_path.empty()) (void)decode_image_file(job.image_path);
       return 0;
     });
@@ -226,10 +247,12 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
       loaded = load_model(resolved.snapshot, lo);
       VLM_CHECK(!with_image || loaded.vision, ErrorKind::kUnsupported,
                 "model_type '{}' loaded without its vision model", config.model_type);
+      move_language_model(loaded, job);
       return 0;
     });
     t.model_load_time_s = seconds_since(t0);
     m.model_load_active_memory_gb = static_cast<double>(tracker.snapshot(MemDevice::kHost).active) / kGB;
+    if (on_gpu) gpu_peak = tracker.snapshot(MemDevice::kGpu).peak;  // the upload's peak, before generate resets it
 
     // prompt_prep: tokenizer, conversation, chat template, token ids.
     t0 = Clock::now();
@@ -295,7 +318,6 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
     m.prompt_tokens = static_cast<int64_t>(ids.size());
 
     // prefill + decode (the engine reports its own stage split and true TTFT).
-    GenerationParams params = generation_params_from_settings(job.generation);
     t0 = Clock::now();
     params.extra_eos_ids = extra_eos_ids(job.generation, *tok);
     GenerationResult g = in_phase("prefill", cb, [&] {
@@ -337,7 +359,7 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
     m.active_memory_gb = static_cast<double>(snap.active) / kGB;
     m.cache_memory_gb = static_cast<double>(snap.cache) / kGB;
     m.peak_memory_gb = static_cast<double>(std::max<int64_t>(snap.peak, g.peak_host_bytes)) / kGB;
-    m.peak_gpu_memory_gb = static_cast<double>(g.peak_gpu_bytes) / kGB;
+    if (on_gpu) gpu_peak = std::max({gpu_peak, g.peak_gpu_bytes, tracker.snapshot(MemDevice::kGpu).peak});
     m.peak_memory_delta_gb = std::max(0.0, m.peak_memory_gb - m.model_load_active_memory_gb);
     t.stop_reason = g.finish_reason == "length" ? "max_tokens" : g.finish_reason == "stop" ? "completed"
                                                                                            : g.finish_reason;
@@ -360,6 +382,9 @@ EngineOutcome run_engine_job(const EngineJob& job, const EngineCallbacks& cb) {
   m.post_cleanup_active_memory_gb = static_cast<double>(snap.active) / kGB;
   m.post_cleanup_cache_memory_gb = static_cast<double>(snap.cache) / kGB;
   m.peak_rss_gb = static_cast<double>(process_memory().peak_rss) / kGB;
+  // A failed job keeps the GPU peak it reached (an out-of-memory prefill shows how far it got).
+  if (on_gpu) gpu_peak = std::max(gpu_peak, MemoryTracker::instance().snapshot(MemDevice::kGpu).peak);
+  m.peak_gpu_memory_gb = static_cast<double>(gpu_peak) / kGB;
   return out;
 }
 

@@ -1,7 +1,8 @@
 // One model's job as the worker process runs it: validate the image, resolve and load the model (its
 // vision tower too when the image goes to a VLM), render the prompt with the checkpoint's chat template,
 // process + expand + encode the image with the model's own processor and vision tower, tokenise, generate
-// with the effective parameters, and return the raw facts (EngineOutcome) with per-phase timings and memory. This is
+// with the effective parameters (the language model moved to job.device after loading; a vision tower
+// stays on the cpu), and return the raw facts (EngineOutcome) with per-phase timings and memory. This is
 // the only file that calls into the engine layers (io, image, text, models, generate), so it is
 // the one place to adapt as those APIs grow. It never throws: failures come back as an outcome
 // with error_phase / error_kind / error_message.
@@ -26,11 +27,12 @@ struct EngineJob {
   Json generation;       // effective generation settings (see generation_params_from_settings)
   bool lazy_load = false;
   std::string adapter_path;
+  std::string device = "cpu";  // where the language model runs: "cpu" | "cuda" (the run's resolved --device)
   template <class V> void visit(V&& v) {
     v("model", model); v("revision", revision); v("cache_dir", cache_dir); v("image_path", image_path);
     v("prompt", prompt); v("messages", messages); v("messages_file", messages_file);
     v("generation", generation); v("lazy_load", lazy_load);
-    v("adapter_path", adapter_path);
+    v("adapter_path", adapter_path); v("device", device);
   }
 };
 

@@ -44,7 +44,7 @@ struct Metrics {
   double model_load_active_memory_gb = 0, peak_memory_delta_gb = 0;
   double post_cleanup_active_memory_gb = 0, post_cleanup_cache_memory_gb = 0;
   double peak_rss_gb = 0;         // the worker process's VmHWM: everything, mapped weights included
-  double peak_gpu_memory_gb = 0;  // 0 without a GPU
+  double peak_gpu_memory_gb = 0;  // the GPU tracker's peak (weights, KV cache, activations); 0 on the cpu
   double model_size_gb = 0;       // bytes of weight files on disk
   template <class V> void visit(V&& v) {
     v("prompt_tokens", prompt_tokens); v("generation_tokens", generation_tokens); v("total_tokens", total_tokens);
@@ -126,6 +126,7 @@ struct ModelResult {
   std::optional<Failure> failure;
   Metrics metrics;
   Timing timing;
+  std::string device;          // where the language model ran (or was to run): cpu | cuda; vision towers: cpu
   Provenance model_provenance;
   Json prompt_diagnostics;     // null or object
   Json architecture;           // {model_type, supported_by_engine} or null
@@ -135,7 +136,7 @@ struct ModelResult {
     v("_type", type); v("model", model); v("timestamp", timestamp); v("settings_hash", settings_hash);
     v("assessment", assessment); v("generated_text", generated_text);
     v("captured_output_on_fail", captured_output_on_fail); v("failure", failure); v("metrics", metrics);
-    v("timing", timing); v("model_provenance", model_provenance); v("prompt_diagnostics", prompt_diagnostics);
+    v("timing", timing); v("device", device); v("model_provenance", model_provenance); v("prompt_diagnostics", prompt_diagnostics);
     v("architecture", architecture); v("requested_max_tokens", requested_max_tokens); v("rerun", rerun);
   }
 };

@@ -163,9 +163,10 @@ std::string render_run_json(const RunRecords& run) {
   j["image"] = image;
   j["generation_settings"] = h.generation_settings;
   j["trust_remote_code"] = false;  // a native engine runs no repository code
-  Json prov = Json::object(), burden = Json::object();
+  Json prov = Json::object(), burden = Json::object(), devices = Json::object();
   for (const auto& r : run.results) {
     prov[r.model] = encode(r.model_provenance);
+    if (!r.device.empty()) devices[r.model] = r.device;  // vlmcheck's addition: where the language model ran
     const Json& d = r.prompt_diagnostics;
     burden[r.model] = Json{{"total_tokens", r.metrics.prompt_tokens},
                            {"image_tokens", r.metrics.image_tokens},
@@ -173,6 +174,7 @@ std::string render_run_json(const RunRecords& run) {
   }
   j["model_provenance"] = prov;
   j["prompt_burden"] = burden;
+  j["model_devices"] = devices;
   j["cache_discovery"] = h.cache_discovery;
   j["quality_thresholds"] = h.quality_thresholds;
   // Sorted keys, pretty-printed, as check_models writes run.json.
@@ -197,7 +199,9 @@ Json history_record(const RunRecords& run) {
                             {"generation_tokens", r.metrics.generation_tokens},
                             {"total_tokens", r.metrics.total_tokens},
                             {"generation_tps", r.metrics.generation_tps},
+                            {"device", r.device},
                             {"peak_memory_gb", r.metrics.peak_memory_gb},
+                            {"peak_gpu_memory_gb", r.metrics.peak_gpu_memory_gb},
                             {"active_memory_gb", r.metrics.active_memory_gb},
                             {"cache_memory_gb", r.metrics.cache_memory_gb},
                             {"post_cleanup_active_memory_gb", r.metrics.post_cleanup_active_memory_gb},

@@ -188,6 +188,7 @@ std::string render_results_html(const RunRecords& run, const std::string& previe
                              r->timing.total_time_s, r->timing.model_load_time_s, r->timing.prompt_prep_time_s,
                              r->timing.generation_time_s, r->timing.first_token_latency_s));
     kv("Tokens", fmt::format("{} prompt + {} generated", r->metrics.prompt_tokens, r->metrics.generation_tokens));
+    kv("Device", device_summary(*r));
     kv("Revision", r->model_provenance.resolved_revision);
     kv("Stop reason", r->timing.stop_reason);
     kv("Triage rerun", rerun_summary(r->rerun));

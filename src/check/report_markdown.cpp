@@ -72,6 +72,7 @@ std::string fact_list(const ModelResult& r) {
   kv("Memory (GB)", fmt::format("peak {} (tracker) · peak RSS {} · after load {} · post-cleanup {} · model files {}",
                                 fmt_gb(m.peak_memory_gb), fmt_gb(m.peak_rss_gb), fmt_gb(m.model_load_active_memory_gb),
                                 fmt_gb(m.post_cleanup_active_memory_gb), fmt_gb(m.model_size_gb)));
+  kv("Device", device_summary(r));
   kv("Stop reason", t.stop_reason);
   kv("Requested max tokens", std::to_string(r.requested_max_tokens));
   kv("Triage rerun", rerun_summary(r.rerun));

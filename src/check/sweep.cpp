@@ -326,12 +326,13 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
   h.options = Json{{"timeout_s", opts.timeout_s}, {"lazy_load", opts.lazy_load}, {"revision", opts.revision},
                    {"adapter_path", opts.adapter_path}, {"context_marker", opts.context_marker},
                    {"quality_config", qc.source}, {"rerun_triage", opts.rerun_triage},
-                   {"hf_cache", sanitize_path(cache.path)}};
+                   {"hf_cache", sanitize_path(cache.path)}, {"device", opts.device}};
   h.models_planned = static_cast<int64_t>(models.size());
 
   if (opts.dry_run) {
     con.heading("Dry run: nothing is executed or written");
     con.line("Prompt:\n" + plan.prompt);
+    con.line("Device: " + opts.device + (opts.device == "cpu" ? "" : " (language models; vision towers on the cpu)"));
     con.line(fmt::format("Models ({}):", models.size()));
     for (const auto& m : models) {
       std::string note;
@@ -378,7 +379,7 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
 
-  con.line(fmt::format("Processing {} model(s)...", models.size()));
+  con.line(fmt::format("Processing {} model(s) on {}...", models.size(), opts.device));
   std::vector<ModelResult> finished;
   int skipped = 0;
   int index = 0;
@@ -401,6 +402,7 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
     job.generation = generation;
     job.lazy_load = opts.lazy_load;
     job.adapter_path = opts.adapter_path;
+    job.device = opts.device;
     con.start_model(index, static_cast<int>(models.size()), model);
     WorkerProgress progress;
     progress.on_phase = [&](const std::string& p) { con.phase(p); };
@@ -418,6 +420,7 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
     ModelResult r =
         build_result(model, opts.revision, wr, plan, generation, max_tokens, opts.context_marker, q, opts.timeout_s);
     r.settings_hash = settings_hash(h, model);
+    r.device = job.device;  // known even when the worker died before reporting
     validate_assessment(model, r.assessment);
     jsonl.write(encode(r));  // results.jsonl first, flushed per model
     con.done_model(r);
@@ -440,6 +443,7 @@ int run_one_image(const RunOptions& opts, const std::string& image_path, const s
       job.generation["temperature"] = 0.0;
       job.lazy_load = opts.lazy_load;
       job.adapter_path = opts.adapter_path;
+      job.device = opts.device;
       // check_models' fixed 60 s, unless the user asked for a tighter per-model limit.
       const double rerun_timeout = std::min(60.0, opts.timeout_s);
       con.line("Rerun (triage): " + r.model);

@@ -29,6 +29,7 @@ struct RunOptions {
   Json generation = Json::object();
   std::optional<int64_t> max_tokens;
   bool lazy_load = false;
+  std::string device = "cpu";  // the resolved --device every model's language model runs on: cpu | cuda
   double timeout_s = 300.0;
   // Outputs
   std::string output_dir = "output";

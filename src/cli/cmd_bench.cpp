@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "cli/device_flag.h"
 #include "cli/exit_codes.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -107,11 +108,7 @@ void register_bench(CLI::App& root, Action& action) {
   cmd->add_option("--prefill-step-size", args->options.prefill_step_size, "Chunked prefill size")
       ->capture_default_str();
   cmd->add_flag("--lazy-load", args->options.lazy_load, "mmap the weights instead of reading them");
-  if (const char* env = std::getenv("VLMCHECK_DEVICE"); env != nullptr && *env != '\0') args->device = env;
-  cmd->add_option("--device", args->device, "cpu, cuda, or auto (cuda when a GPU is usable; default VLMCHECK_DEVICE, "
-                                             "else auto)")
-      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
-      ->capture_default_str();
+  add_device_flag(cmd, args->device, "cpu, cuda, or auto (cuda when a GPU is usable)");
   cmd->add_option("--threads", args->threads, "Threads (default: all cores)");
   cmd->add_option("--work-dir", args->work_dir, "Where synthetic checkpoints are written (default: $TMPDIR)");
   cmd->add_flag("--keep", args->keep, "Keep the synthetic checkpoint");

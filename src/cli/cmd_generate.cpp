@@ -31,6 +31,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "cli/device_flag.h"
 #include "cli/exit_codes.h"
 #include "cli/image_flags.h"
 #include "core/error.h"
@@ -164,17 +165,10 @@ Json params_json(const GenerationParams& p, const GenerationResult& r) {
 int run_generate(GenerateOptions& o) {
   // Refuse an unusable device, and what it cannot run, before loading any weights. `auto` picks the best
   // device that runs the request: the quantized KV cache is cpu-only, so --kv-bits keeps auto on the cpu.
-  Device device = resolve_device(o.device);
-  std::vector<std::string> device_warnings;
-  if (device != Device::kCpu && o.params.kv_bits) {
-    if (o.device != "auto")
-      throw_error(ErrorKind::kInvalidArgument,
-                  "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
-    device = Device::kCpu;
-    device_warnings.push_back(
-        "--device auto: running on the cpu because --kv-bits (the quantized KV cache) is cpu-only");
-    VLM_LOG_WARN("{}", device_warnings.back());
-  }
+  const DeviceChoice choice = choose_device(o.device, o.params.kv_bits.has_value());
+  const Device device = choice.device;
+  const std::vector<std::string>& device_warnings = choice.warnings;
+  for (const std::string& w : device_warnings) VLM_LOG_WARN("{}", w);
   if (o.threads > 0) ThreadPool::set_global_threads(o.threads);
   const std::vector<std::string>& images = o.image.images;
   GenerationParams& p = o.params;
@@ -377,12 +371,7 @@ void register_generate(CLI::App& root, Action& action) {
   cmd->add_option("--thinking-end-token", p.thinking_end_token, "Marker that closes thinking")->capture_default_str();
   cmd->add_flag("--lazy-load", o->lazy_load, "Map the weights and let pages load on first use (default: read all)");
   cmd->add_flag("--wired-limit", o->wired_limit, "Lock the weights in RAM (mlock); a refusal is reported, not fatal");
-  if (const char* env = std::getenv("VLMCHECK_DEVICE"); env != nullptr && *env != '\0') o->device = env;
-  cmd->add_option("--device", o->device,
-                  "cpu, cuda, or auto (cuda when a GPU is usable); the vision tower stays on the cpu. Default: "
-                  "VLMCHECK_DEVICE, else auto")
-      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
-      ->capture_default_str();
+  add_device_flag(cmd, o->device, "cpu, cuda, or auto (cuda when a GPU is usable); the vision tower stays on the cpu");
   cmd->add_option("--threads", o->threads, "Worker threads (default: all cores)")->check(CLI::PositiveNumber);
   cmd->add_flag("--stream", o->stream, "Print the text as it is generated");
   cmd->add_flag("--json", o->json, "Print one JSON object with the text, timings, memory and parameters");

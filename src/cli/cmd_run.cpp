@@ -1,11 +1,15 @@
-// `vlmcheck run`: check_models' flags (reference/check_models.md §1) mapped onto RunOptions. Only
-// parsing and validation live here; the sweep is src/check/sweep.cpp.
+// `vlmcheck run`: check_models' flags (reference/check_models.md §1) mapped onto RunOptions, plus
+// vlmcheck's --device (shared with generate/bench, cli/device_flag.h). Only parsing and validation live
+// here; the sweep is src/check/sweep.cpp.
 #include <filesystem>
 #include <memory>
 
+#include "check/engine_job.h"
 #include "check/sweep.h"
 #include "cli/command.h"
+#include "cli/device_flag.h"
 #include "core/error.h"
+#include "core/log.h"
 
 namespace vlm::cli {
 namespace {
@@ -24,6 +28,7 @@ struct RunFlags {
   bool skip_special_tokens = false, enable_thinking = false, no_color = false, force_color = false;
   bool trust_remote_code = true, no_trust_remote_code = false;
   std::string output_html, output_gallery, output_jsonl, output_run_json, output_log, output_env, output_diagnostics;
+  std::string device = "auto";
 };
 
 // "\n" in --eos-tokens values becomes a newline (Python's unicode_escape for the common escapes).
@@ -179,6 +184,9 @@ void register_run(CLI::App& root, Action& action) {
   cmd->add_option("-g,--kv-group-size", f->kv_group_size, "KV quantization group size");
   cmd->add_option("--quantized-kv-start", f->quantized_kv_start, "Quantize the KV cache from this many tokens");
   cmd->add_option("--prefill-step-size", f->prefill_step_size, "Prefill chunk size");
+  add_device_flag(cmd, f->device,
+                  "Where every model's language model runs: cpu, cuda, or auto (cuda when a GPU is usable); vision "
+                  "towers stay on the cpu");
   cmd->add_option("-T,--timeout", o.timeout_s, "Seconds per model before its worker is killed")->check(CLI::PositiveNumber);
   // Outputs
   cmd->add_option("--output-dir", o.output_dir, "Directory for every artefact (default ./output)");
@@ -203,6 +211,14 @@ void register_run(CLI::App& root, Action& action) {
       if (!f->prompt.empty()) o.prompt = f->prompt;
       o.max_tokens = f->max_tokens;
       o.generation = build_generation(*f);
+      // The workers map these settings onto GenerationParams; a value it refuses (e.g. --kv-group-size 16)
+      // is a usage error here (Error kInvalidArgument, exit 2), before any model runs.
+      (void)check::generation_params_from_settings(o.generation);
+      // Resolved once, before any model loads: `--device cuda` without a usable GPU is refused here with
+      // the backend's reason (exit 5), as `generate` refuses it; auto with --kv-bits stays on the cpu.
+      const DeviceChoice device = choose_device(f->device, f->kv_bits.has_value());
+      for (const std::string& w : device.warnings) VLM_LOG_WARN("{}", w);
+      o.device = device_name(device.device);
       o.color = f->no_color ? 0 : f->force_color ? 1 : -1;
       auto override_path = [&](const char* key, const std::string& p) {
         if (!p.empty()) o.output_overrides[key] = std::filesystem::absolute(p).lexically_normal().string();
