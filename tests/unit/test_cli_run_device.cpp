@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -119,6 +120,30 @@ TEST(RunDevice, CpuIsRecordedOnEveryResult) {
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("Processing 2 model(s) on cpu"), std::string::npos) << r.out;
   expect_device_recorded(out, "cpu");
+}
+
+// The schema holds the device to what results_schema.md says: present, cpu | cuda, no GPU memory on the cpu.
+TEST(RunDevice, TheSchemaRejectsAMissingOrUnknownDeviceAndGpuMemoryOnTheCpu) {
+  Cache cache;
+  const std::string out = cache.dir / "out";
+  auto r = run_vlmcheck(run_args(out, {"--device", "cpu"}, {"test-org/qwen2-tiny"}), {"HF_HUB_CACHE=" + cache.path});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<json> lines = vlm::test::read_jsonl(out + "/results.jsonl");
+  ASSERT_TRUE(vlm::test::schema_errors(out + "/results.jsonl").empty());
+  auto rejected = [&](const char* what, const std::function<void(json&)>& edit, const char* type = "result") {
+    std::string text;
+    for (json l : lines) {
+      if (l.value("_type", "") == type) edit(l);
+      text += l.dump() + "\n";
+    }
+    const std::string path = cache.dir / (std::string(what) + ".jsonl");
+    vlm::test::write_file(path, text);
+    EXPECT_FALSE(vlm::test::schema_errors(path).empty()) << what << " passed the schema";
+  };
+  rejected("missing", [](json& l) { l.erase("device"); });
+  rejected("unknown", [](json& l) { l["device"] = "tpu"; });
+  rejected("gpu_memory_on_cpu", [](json& l) { l["metrics"]["peak_gpu_memory_gb"] = 0.5; });
+  rejected("header_without_device", [](json& l) { l["options"].erase("device"); }, "metadata");
 }
 
 TEST(RunDevice, TheDefaultFollowsVlmcheckDeviceElseTheGpu) {
