@@ -1,40 +1,60 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root (the `device` tool's working copy), with a bundle
-# made by make_device_bundle.sh at $BUNDLE (default build-devbundle): the CUDA conformance test, the
-# CUDA parity/CLI tests, the kernel benchmark, `vlmcheck bench --device cuda` on the issue's shapes,
-# and the transformers peer (tools/cuda/hf_decode_baseline.py) in the same call on the same card.
-# Logs go to $OUT (the device tool brings them back); the last lines printed are a summary.
-# Usage: bash tools/cuda/device_run.sh [tests|bench|all]
+# made by make_device_bundle.sh and packed as build-devpack/bundle.tar.xz (carry build-devpack):
+#   tests            the CUDA conformance test, the CUDA CLI/parity tests, the device tests, and
+#                    `vlmcheck run --device cuda` on the bundled demo VLM
+#   bench SHAPE...   bench_cuda_kernels (once), then `vlmcheck bench --device cuda` for each synthetic
+#                    shape in bf16 and MLX 4-bit g64 (2048-token prompt, 64 decode tokens)
+#   hf SHAPE...      the transformers eager peer (tools/cuda/hf_decode_baseline.py) on the same card
+# Several modes may follow each other: `tests bench qwen2.5-vl-3b hf qwen2.5-vl-3b`. Logs go to $OUT
+# (the device tool brings back at most 8 files, so they are tarred into one); the last lines printed
+# are a summary.
 set -uo pipefail
-what=${1:-all}
 root=$(pwd)
-bundle=${BUNDLE:-$root/build-devbundle}
 out=${OUT:-/tmp/vlmcheck-device-out}
-mkdir -p "$out"
-export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export VLMCHECK_TEST_SOURCE_DIR="$root" VLMCHECK_TEST_BINARY="$bundle/bin/vlmcheck"
+logs=/tmp/vlmcheck-device-logs
+mkdir -p "$out" "$logs" /tmp/bd
+tar -C /tmp/bd -xJf build-devpack/bundle.tar.xz
+bin=/tmp/bd/bin
+export LD_LIBRARY_PATH="/tmp/bd/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export VLMCHECK_TEST_SOURCE_DIR="$root" VLMCHECK_TEST_BINARY="$bin/vlmcheck"
 summary=()
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
-if [[ "$what" == tests || "$what" == all ]]; then
-  for t in "$bundle"/bin/test_*; do
-    name=$(basename "$t")
-    timeout 300 "$t" --gtest_brief=1 > "$out/$name.log" 2>&1
-    rc=$?
-    summary+=("$name rc=$rc $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/$name.log" | tr '\n' ' ')")
-  done
-fi
-if [[ "$what" == bench || "$what" == all ]]; then
-  [[ -x "$bundle/bin/bench_cuda_kernels" ]] && timeout 240 "$bundle/bin/bench_cuda_kernels" > "$out/bench_cuda_kernels.md" 2>&1
-  for shape in ${SHAPES:-qwen2.5-vl-3b qwen2.5-vl-7b smolvlm-256m gemma-3-4b}; do
-    for bits in "" "--bits 4"; do
-      tag="$shape${bits:+-q4}"
-      timeout 240 "$bundle/bin/vlmcheck" bench --device cuda --synthetic "$shape" $bits --prompt-tokens 2048 \
-        --gen-tokens 64 --repetitions 3 > "$out/bench_$tag.txt" 2>&1
-      summary+=("bench $tag rc=$? $(grep -E '^(prefill|decode)' "$out/bench_$tag.txt" | tr -s ' ' | tr '\n' ' ')")
-    done
-  done
-  timeout 300 python3 tools/cuda/hf_decode_baseline.py > "$out/hf_baseline.txt" 2>&1
-  summary+=("hf rc=$? $(tail -6 "$out/hf_baseline.txt" | tr '\n' ' ')")
-fi
-printf '%s\n' "${summary[@]}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$logs/gpu.txt" 2>&1
+summary+=("gpu: $(cat "$logs/gpu.txt")")
+mode=""
+kernels_done=0
+for arg in "$@"; do
+  case "$arg" in
+    tests)
+      for t in test_kernels_cuda test_kernels_devices test_cli_cuda test_cli_run_device; do
+        [[ -x "$bin/$t" ]] || continue
+        timeout 300 "$bin/$t" > "$logs/$t.log" 2>&1
+        summary+=("$t rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$logs/$t.log" | head -3 | tr '\n' ' ')")
+      done
+      rm -rf /tmp/run-demo
+      (cd /tmp && timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
+      summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
+      mode="" ;;
+    bench|hf) mode=$arg ;;
+    *)
+      if [[ "$mode" == bench ]]; then
+        if [[ $kernels_done == 0 && -x "$bin/bench_cuda_kernels" ]]; then
+          timeout 240 "$bin/bench_cuda_kernels" > "$logs/bench_cuda_kernels.md" 2>&1
+          kernels_done=1
+        fi
+        for bits in "" "--bits 4"; do
+          tag="$arg${bits:+-q4}"
+          timeout 240 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" $bits --prompt-tokens 2048 \
+            --gen-tokens 64 --repetitions 3 --work-dir /tmp > "$logs/bench_$tag.txt" 2>&1
+          summary+=("bench $tag rc=$? $(grep -E '^(load|prefill|decode)' "$logs/bench_$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+          rm -rf /tmp/vlmcheck-bench-*
+        done
+      elif [[ "$mode" == hf ]]; then
+        timeout 300 python3 tools/cuda/hf_decode_baseline.py --shapes "$arg" > "$logs/hf_$arg.txt" 2>&1
+        summary+=("hf $arg rc=$? $(grep '^{' "$logs/hf_$arg.txt" | tail -1)")
+      fi ;;
+  esac
+done
+printf '%s\n' "${summary[@]}" > "$logs/summary.txt"
+tar -C "$logs" -czf "$out/logs.tar.gz" .
+cat "$logs/summary.txt"
