@@ -46,6 +46,18 @@ TEST(TokenizerErrors, MinimalFileLoadsAndEncodes) {
   EXPECT_EQ(tok->encode("ab<s>ba", true), (std::vector<int32_t>{3, 0, 2, 1}));
 }
 
+// A BPE model without "merges" has no merges (found by fuzz_tokenizer: sizing the absent array was
+// undefined behaviour): "ab" stays two tokens, where the same vocab with the merge "a b" gives one.
+TEST(TokenizerErrors, BpeWithoutMergesLoadsAndNeverMerges) {
+  std::string json = minimal("null");
+  const std::string merges_field = R"(, "merges": ["a b"])";
+  const size_t at = json.find(merges_field);
+  ASSERT_NE(at, std::string::npos);
+  json.erase(at, merges_field.size());
+  auto tok = Tokenizer::from_json_text(json, "inline");
+  EXPECT_EQ(tok->encode("ab<s>ba", true), (std::vector<int32_t>{1, 2, 0, 2, 1}));
+}
+
 TEST(TokenizerErrors, RegexThatDoesNotCompileNamesFileAndField) {
   std::string path;
   const Error e = load_error(minimal(R"({"type": "Split", "pattern": {"Regex": "(unclosed[a-"}, "behavior": "Isolated", "invert": false})"), &path);

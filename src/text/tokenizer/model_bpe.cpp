@@ -87,11 +87,16 @@ BpeModel::BpeModel(JsonElement m, const JsonPath& at) {
   }
 
   const JsonPath mat = at.child("merges");
+  // A model without "merges" has none (tokenizers' BPE builder defaults to an empty list). A
+  // default-constructed dom::array has no document behind it, so it is never sized or iterated.
   simdjson::dom::array merges;
+  bool have_merges = false;
   if (auto mm = json_member(m, "merges")) {
     if (mm->get_array().get(merges)) json_fail(mat, "expected an array of merges");
+    have_merges = true;
   }
-  merges_.reserve(merges.size());
+  const size_t merge_count = have_merges ? merges.size() : 0;
+  merges_.reserve(merge_count);
   const size_t prefix_len = has_prefix_ ? prefix_.size() : 0;
   // Pass 1: split every merge into its two token strings (views into the parsed JSON).
   struct Merge {
@@ -99,8 +104,8 @@ BpeModel::BpeModel(JsonElement m, const JsonPath& at) {
     uint64_t ha, hb, hj;
     std::string joined;
   };
-  std::vector<Merge> list(merges.size());
-  {
+  std::vector<Merge> list(merge_count);
+  if (have_merges) {
     size_t rank = 0;
     for (JsonElement e : merges) {
       std::string_view line;
