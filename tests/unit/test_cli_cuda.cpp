@@ -180,14 +180,15 @@ TEST(CliCuda, QuantizedKvCacheIsRefusedOffTheCpuNamingTheFlag) {
     EXPECT_NE(std::string(e.what()).find("--kv-bits"), std::string::npos) << e.what();
   }
   if (!gpu()) GTEST_SKIP() << "the CLI case needs a GPU (without one --device cuda is refused first)";
-  // The llama fixture's head_dim is 16, so the group size must divide it (the default 64 does not).
-  auto r = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi", "--device", "cuda",
-                               "--kv-bits", "4", "--kv-group-size", "16"});
+  // The demo VLM's language model (head_dim 64): the text fixtures' head_dim of 16 is below every
+  // allowed --kv-group-size, so they cannot take --kv-bits at all.
+  const std::string demo = test::source_dir() + "/assets/demo/vlm";
+  auto r = test::run_vlmcheck({"generate", "--model", demo, "--prompt", "hi", "--device", "cuda", "--kv-bits", "4"});
   EXPECT_EQ(r.exit_code, cli::kExitUsage) << r.err;
   EXPECT_NE(r.err.find("--kv-bits"), std::string::npos) << r.err;
   // The default (auto) picks the device that runs the request, and says why.
-  auto a = test::run_vlmcheck({"generate", "--model", text_fixture("llama"), "--prompt", "hi", "--kv-bits", "4",
-                               "--kv-group-size", "16", "--max-tokens", "2", "--json"});
+  auto a = test::run_vlmcheck({"generate", "--model", demo, "--prompt", "hi", "--kv-bits", "4", "--max-tokens", "2",
+                               "--json"});
   ASSERT_EQ(a.exit_code, 0) << a.err;
   Json out = Json::parse(a.out);
   EXPECT_EQ(out["device"], "cpu");
