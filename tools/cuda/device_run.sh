@@ -32,7 +32,7 @@ for arg in "$@"; do
         summary+=("$t rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$logs/$t.log" | head -3 | tr '\n' ' ')")
       done
       rm -rf /tmp/run-demo
-      (cd /tmp && timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
+      (cd /tmp && VLMCHECK_ASSETS="$root/assets" timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
       summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
       mode="" ;;
     bench|hf) mode=$arg ;;
