@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/quant.h"
@@ -215,53 +216,6 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
   }
 }
 
-// Rows r0 .. r0 + R (R rows, or fewer at the end: one at a time) for NT tokens.
-template <int BITS, int NT>
-void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
-               int64_t t0) {
-  constexpr int R = NT == 1 ? 4 : 2;  // fewer rows per pass when several tokens share the codes
-  const int64_t rows = m.rows;
-  float out[NT * R];
-  if (r + R <= rows) {
-    rows_dot<BITS, R, NT>(m, r, p, out);
-    for (int j = 0; j < NT; ++j)
-      for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
-  } else {
-    for (int64_t rr = r; rr < rows; ++rr) {
-      rows_dot<BITS, 1, NT>(m, rr, p, out);
-      for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + rr] = out[j] + (bias ? bias[rr] : 0.0f);
-    }
-  }
-}
-
-template <int BITS>
-void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
-  const QuantizedMatrix& m = w.quant;
-  const int64_t rows = m.rows, k = m.cols;
-  std::vector<PreparedQ> prep(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t)
-    prepare_q<Layout16<BITS>::kPieces>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
-  // Tokens in groups of up to four share each pass over the rows (a short prompt suffix after a
-  // prompt-cache hit reads the weights about once per four tokens).
-  constexpr int kMaxNt = 4;
-  for (int64_t t0 = 0; t0 < n; t0 += kMaxNt) {
-    const int nt = static_cast<int>(std::min<int64_t>(kMaxNt, n - t0));
-    const PreparedQ* ps[kMaxNt];
-    for (int j = 0; j < nt; ++j) ps[j] = &prep[static_cast<size_t>(t0 + j)];
-    const int R = nt == 1 ? 4 : 2;
-    parallel_for((rows + R - 1) / R, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        switch (nt) {
-          case 1: row_block<BITS, 1>(m, b * R, ps, bias, y, t0); break;
-          case 2: row_block<BITS, 2>(m, b * R, ps, bias, y, t0); break;
-          case 3: row_block<BITS, 3>(m, b * R, ps, bias, y, t0); break;
-          default: row_block<BITS, 4>(m, b * R, ps, bias, y, t0); break;
-        }
-      }
-    });
-  }
-}
-
 // ---- 3/5/6-bit: codes gathered across byte boundaries -------------------------------------------
 // A 32-code chunk is 4·BITS bytes. vpermb copies, for 16-bit lane j, the two bytes holding bits
 // BITS·j .. BITS·j + BITS − 1 (bytes ⌊BITS·j/8⌋ and the next), vpsrlvw shifts the code down and an
@@ -353,30 +307,46 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
   }
 }
 
+// ---- drivers ---------------------------------------------------------------------------------------
+
+template <int BITS>
+constexpr bool kStream = BITS == 3 || BITS == 5 || BITS == 6;
+
+// Rows r .. r + R (R rows, or fewer at the end: one at a time) for NT tokens.
 template <int BITS, int NT>
-void stream_row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
-                      int64_t t0) {
-  constexpr int R = NT == 1 ? 4 : 2;
+void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
+               int64_t t0) {
+  constexpr int R = NT == 1 ? 4 : 2;  // fewer rows per pass when several tokens share the codes
+  auto dot = [&](auto rows_tag, int64_t r0, float* out) {
+    constexpr int RR = decltype(rows_tag)::value;
+    if constexpr (kStream<BITS>)
+      stream_rows_dot<BITS, RR, NT>(m, r0, p, out);
+    else
+      rows_dot<BITS, RR, NT>(m, r0, p, out);
+  };
   const int64_t rows = m.rows;
   float out[NT * R];
   if (r + R <= rows) {
-    stream_rows_dot<BITS, R, NT>(m, r, p, out);
+    dot(std::integral_constant<int, R>{}, r, out);
     for (int j = 0; j < NT; ++j)
       for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
   } else {
     for (int64_t rr = r; rr < rows; ++rr) {
-      stream_rows_dot<BITS, 1, NT>(m, rr, p, out);
+      dot(std::integral_constant<int, 1>{}, rr, out);
       for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + rr] = out[j] + (bias ? bias[rr] : 0.0f);
     }
   }
 }
 
 template <int BITS>
-void stream_gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
   const QuantizedMatrix& m = w.quant;
   const int64_t rows = m.rows, k = m.cols;
+  constexpr int kPieces = kStream<BITS> ? 0 : Layout16<BITS>::kPieces;
   std::vector<PreparedQ> prep(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) prepare_q<0>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
+  for (int64_t t = 0; t < n; ++t) prepare_q<kPieces>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
+  // Tokens in groups of up to four share each pass over the rows (a short prompt suffix after a
+  // prompt-cache hit reads the weights about once per four tokens).
   constexpr int kMaxNt = 4;
   for (int64_t t0 = 0; t0 < n; t0 += kMaxNt) {
     const int nt = static_cast<int>(std::min<int64_t>(kMaxNt, n - t0));
@@ -386,10 +356,10 @@ void stream_gemv(const float* x, int64_t n, const Weight& w, const float* bias, 
     parallel_for((rows + R - 1) / R, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         switch (nt) {
-          case 1: stream_row_block<BITS, 1>(m, b * R, ps, bias, y, t0); break;
-          case 2: stream_row_block<BITS, 2>(m, b * R, ps, bias, y, t0); break;
-          case 3: stream_row_block<BITS, 3>(m, b * R, ps, bias, y, t0); break;
-          default: stream_row_block<BITS, 4>(m, b * R, ps, bias, y, t0); break;
+          case 1: row_block<BITS, 1>(m, b * R, ps, bias, y, t0); break;
+          case 2: row_block<BITS, 2>(m, b * R, ps, bias, y, t0); break;
+          case 3: row_block<BITS, 3>(m, b * R, ps, bias, y, t0); break;
+          default: row_block<BITS, 4>(m, b * R, ps, bias, y, t0); break;
         }
       }
     });
@@ -424,9 +394,9 @@ bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bi
   }
   if (!has_vbmi()) return false;
   switch (w.quant.spec.bits) {
-    case 3: stream_gemv<3>(x, n, w, bias, y); return true;
-    case 5: stream_gemv<5>(x, n, w, bias, y); return true;
-    case 6: stream_gemv<6>(x, n, w, bias, y); return true;
+    case 3: gemv<3>(x, n, w, bias, y); return true;
+    case 5: gemv<5>(x, n, w, bias, y); return true;
+    case 6: gemv<6>(x, n, w, bias, y); return true;
     default: return false;
   }
 }
