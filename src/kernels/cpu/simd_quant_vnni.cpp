@@ -2,10 +2,10 @@
 // codes split into pieces of 16-bit lanes (below); 3/5/6-bit codes, which straddle bytes, are gathered
 // with AVX512-VBMI (see "3/5/6-bit").
 //
-// Why: the bf16-dot kernels (simd_quant_bf16.cpp) keep activations exact to ~16 bits by dotting
-// each code against two bf16 halves of x, which costs two vdpbf16ps per 32 codes plus the
-// 1 + q/16 construction; at ~22 vector ops per 64-byte block and row, a core decodes 4-bit weights
-// more slowly than its share of the DRAM bandwidth arrives. Here x is quantized once per token to
+// Why: the bf16-dot kernels this replaced kept activations exact to ~16 bits by dotting each code
+// against two bf16 halves of x, which cost two vdpbf16ps per 32 codes plus the 1 + q/16
+// construction; at ~22 vector ops per 64-byte block and row, a core decoded 4-bit weights more
+// slowly than its share of the DRAM bandwidth arrives. Here x is quantized once per token to
 // int16 with one scale per 32 activations (xs = max|x| / 32767 over the 32, round to nearest), codes stay
 // integers (one shift + one and per piece), and vpdpwssd multiplies-adds 32 16-bit pairs into 16
 // int32 lanes exactly: ~15 ops per block and row.
