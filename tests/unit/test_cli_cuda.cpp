@@ -25,11 +25,16 @@
 #include "models/registry.h"
 #include "support/test_support.h"
 #include "test_models_vlm_fixture.h"
+#include "test_text_model_run.h"
 
 namespace vlm {
 namespace {
 
 namespace fs = std::filesystem;
+using test::run_text;
+using test::TextRun;
+using test::argmax;
+using vlmtest::rel_diff;
 
 constexpr double kLogitTol = 1e-3;  // test_generate_parity_text / test_cli_vlm_parity
 
@@ -44,55 +49,6 @@ std::vector<std::string> text_fixtures() {
     if (fs::exists(e.path() / "reference.json")) out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;
-}
-
-// max |a - b| / max |b|
-double rel_diff(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::fabs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-
-int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
-
-struct TextRun {
-  std::vector<float> prompt_logits;  // [n, vocab]
-  std::vector<int32_t> greedy;
-};
-
-// Prefill in chunks (0 = all at once) with every position's logits, then `steps` greedy tokens, through a
-// KV cache on the model's device.
-TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk,
-             KVCacheOptions options = {}) {
-  const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
-  options.device = lm.device();
-  std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), options);
-  TextRun r;
-  r.prompt_logits.resize(static_cast<size_t>(n * V));
-  if (chunk <= 0) chunk = n;
-  for (int64_t b = 0; b < n; b += chunk) {
-    const int64_t m = std::min(chunk, n - b);
-    std::vector<float> x(static_cast<size_t>(m * H));
-    std::vector<int64_t> pos(static_cast<size_t>(m));
-    for (int64_t i = 0; i < m; ++i) pos[static_cast<size_t>(i)] = b + i;
-    lm.embed(ids.data() + b, m, x.data());
-    lm.forward(x.data(), m, Positions{pos.data(), m, 1}, *cache, ops::AttentionMask{}, r.prompt_logits.data() + b * V,
-               true);
-  }
-  std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
-  std::vector<float> x(static_cast<size_t>(H));
-  for (int s = 0; s < steps; ++s) {
-    const int32_t tok = argmax(logits.data(), V);
-    r.greedy.push_back(tok);
-    if (s + 1 == steps) break;
-    int64_t p = n + s;
-    lm.embed(&tok, 1, x.data());
-    lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
-  }
-  return r;
 }
 
 double worst_position(const TextRun& run, const std::vector<std::vector<float>>& ref, int64_t vocab) {

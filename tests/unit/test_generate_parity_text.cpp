@@ -19,6 +19,7 @@
 #include "io/safetensors.h"
 #include "models/registry.h"
 #include "support/test_support.h"
+#include "test_text_model_run.h"
 
 namespace vlm {
 namespace {
@@ -56,44 +57,7 @@ double rel_diff(const float* a, const std::vector<float>& b) {
   return num / den;
 }
 
-int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
-
-struct ModelRun {
-  std::vector<float> prompt_logits;  // [n, vocab]
-  std::vector<int32_t> greedy;
-};
-
-// Prefill (in chunks of `chunk` tokens, 0 = all at once) with every position's logits, then a plain greedy
-// loop of `steps` tokens through the same cache.
-ModelRun run_model(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk = 0) {
-  const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
-  std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), KVCacheOptions{});
-  ops::AttentionMask mask;
-  ModelRun r;
-  r.prompt_logits.resize(static_cast<size_t>(n * V));
-  if (chunk <= 0) chunk = n;
-  for (int64_t b = 0; b < n; b += chunk) {
-    const int64_t m = std::min(chunk, n - b);
-    std::vector<float> x(static_cast<size_t>(m * H));
-    std::vector<int64_t> pos(static_cast<size_t>(m));
-    for (int64_t i = 0; i < m; ++i) pos[i] = b + i;
-    lm.embed(ids.data() + b, m, x.data());
-    lm.forward(x.data(), m, Positions{pos.data(), m, 1}, *cache, mask, r.prompt_logits.data() + b * V, true);
-  }
-  std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
-  std::vector<float> x(static_cast<size_t>(H));
-  for (int s = 0; s < steps; ++s) {
-    int32_t tok = argmax(logits.data(), V);
-    r.greedy.push_back(tok);
-    if (s + 1 == steps) break;
-    int64_t p = n + s;
-    lm.embed(&tok, 1, x.data());
-    lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, mask, logits.data(), false);
-  }
-  return r;
-}
-
-void expect_matches_reference(const ModelRun& run, const Reference& ref, int64_t vocab, const std::string& what) {
+void expect_matches_reference(const test::TextRun& run, const Reference& ref, int64_t vocab, const std::string& what) {
   const int64_t n = static_cast<int64_t>(ref.ids.size());
   double worst = 0;
   for (int64_t i = 0; i < n; ++i) worst = std::max(worst, rel_diff(run.prompt_logits.data() + i * vocab, ref.logits[i]));
@@ -118,7 +82,7 @@ TEST_P(TextParity, LogitsAndGreedyTokensMatchTransformers) {
   // are comparable. The switch to long factors itself is transformers' per-forward rule (rope.h).
   ref.greedy.resize(test::comparable_greedy_tokens(read_json_file(fixture(name) + "/config.json"), ref.ids.size(),
                                                   ref.greedy.size()));
-  ModelRun run = run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
+  test::TextRun run = test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
   expect_matches_reference(run, ref, m.language_model->vocab_size(), name);
 }
 
@@ -133,7 +97,7 @@ TEST(TextParityChunked, ChunkedPrefillAcrossSlidingWindowsMatches) {
     Reference ref = read_reference(fixture(name));
     LoadedModel m = load_model(fixture(name), {});
     for (int64_t chunk : {5, 3}) {
-      ModelRun run = run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()), chunk);
+      test::TextRun run = test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()), chunk);
       expect_matches_reference(run, ref, m.language_model->vocab_size(),
                                std::string(name) + " chunk " + std::to_string(chunk));
     }
@@ -253,7 +217,7 @@ TEST(TextParityLayouts, VlmCheckpointLayoutsGiveIdenticalLogits) {
     test::write_file(dir / "config.json", read_json_file(fixture("llama") + "/config.json").dump());
     write_safetensors(dir / "model.safetensors", ts);
     LoadedModel m = load_model(dir.path(), {});
-    ModelRun run = run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
+    test::TextRun run = test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
     expect_matches_reference(run, ref, m.language_model->vocab_size(), std::string("llama as ") + prefix);
   }
 }
@@ -265,7 +229,7 @@ TEST(TextParityLayouts, LazyLoadAndTiedHeadCopyGiveIdenticalLogits) {
   LoadOptions lazy;
   lazy.mode = LoadMode::kLazy;
   LoadedModel m = load_model(fixture("gemma3_text"), lazy);
-  expect_matches_reference(run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
+  expect_matches_reference(test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
                            m.language_model->vocab_size(), "gemma3_text lazy");
 
   test::TempDir dir;
@@ -278,7 +242,7 @@ TEST(TextParityLayouts, LazyLoadAndTiedHeadCopyGiveIdenticalLogits) {
   test::write_file(dir / "config.json", read_json_file(fixture("gemma3_text") + "/config.json").dump());
   write_safetensors(dir / "model.safetensors", ts);
   LoadedModel c = load_model(dir.path(), {});
-  expect_matches_reference(run_model(*c.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
+  expect_matches_reference(test::run_text(*c.language_model, ref.ids, static_cast<int>(ref.greedy.size())), ref,
                            c.language_model->vocab_size(), "gemma3_text + lm_head copy");
 }
 
@@ -303,8 +267,8 @@ TEST(TextParityQuantized, MlxQuantizedMatchesItsDequantizedTwin) {
     LoadedModel q = load_model(dir / "q", {});
     LoadedModel d = load_model(dir / "d", {});
     EXPECT_LT(q.language_model->weight_bytes(), d.language_model->weight_bytes() / 3) << c.name;
-    ModelRun rq = run_model(*q.language_model, ref.ids, 8);
-    ModelRun rd = run_model(*d.language_model, ref.ids, 8);
+    test::TextRun rq = test::run_text(*q.language_model, ref.ids, 8);
+    test::TextRun rd = test::run_text(*d.language_model, ref.ids, 8);
     const int64_t V = q.language_model->vocab_size(), n = static_cast<int64_t>(ref.ids.size());
     double worst = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -331,11 +295,11 @@ TEST_P(LoraParity, AdapterMatchesTransformersPeft) {
   LoadOptions opt;
   opt.adapter_path = fixture(adapter);
   LoadedModel m = load_model(fixture(base), opt);
-  ModelRun run = run_model(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
+  test::TextRun run = test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
   expect_matches_reference(run, ref, m.language_model->vocab_size(), adapter);
   // And the adapter matters: the base model alone does not match this reference.
   LoadedModel plain = load_model(fixture(base), {});
-  ModelRun r0 = run_model(*plain.language_model, ref.ids, 1);
+  test::TextRun r0 = test::run_text(*plain.language_model, ref.ids, 1);
   EXPECT_GT(rel_diff(r0.prompt_logits.data() + (ref.ids.size() - 1) * 400, ref.logits.back()), 1e-2);
 }
 
@@ -354,7 +318,7 @@ TEST(LoraParity, AdapterOverQuantizedBaseStaysALowRankTerm) {
   opt.adapter_path = fixture("llama_lora_mlx");
   LoadedModel q = load_model(dir / "q", opt);
   LoadedModel d = load_model(dir / "d", opt);
-  ModelRun rq = run_model(*q.language_model, ref.ids, 4), rd = run_model(*d.language_model, ref.ids, 4);
+  test::TextRun rq = test::run_text(*q.language_model, ref.ids, 4), rd = test::run_text(*d.language_model, ref.ids, 4);
   std::vector<float> last(rd.prompt_logits.end() - 400, rd.prompt_logits.end());
   EXPECT_LE(rel_diff(rq.prompt_logits.data() + rq.prompt_logits.size() - 400, last), 1e-4);
   EXPECT_EQ(rq.greedy, rd.greedy);

@@ -1,0 +1,54 @@
+// Runs a language model the way the parity tests compare it with transformers: prefill (in chunks of
+// `chunk` tokens, 0 = all at once) keeping every position's logits, then a plain greedy loop of `steps`
+// tokens through the same KV cache, which lives on the model's device. Shared by
+// test_generate_parity_text (CPU) and test_cli_cuda (the same fixtures on the GPU).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "generate/kv_cache.h"
+#include "models/language_model.h"
+
+namespace vlm::test {
+
+inline int32_t argmax(const float* x, int64_t n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
+
+struct TextRun {
+  std::vector<float> prompt_logits;  // [n, vocab]
+  std::vector<int32_t> greedy;
+};
+
+inline TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk = 0,
+                        KVCacheOptions options = {}) {
+  const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
+  options.device = lm.device();
+  std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), options);
+  const ops::AttentionMask mask;
+  TextRun r;
+  r.prompt_logits.resize(static_cast<size_t>(n * V));
+  if (chunk <= 0) chunk = n;
+  for (int64_t b = 0; b < n; b += chunk) {
+    const int64_t m = std::min(chunk, n - b);
+    std::vector<float> x(static_cast<size_t>(m * H));
+    std::vector<int64_t> pos(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) pos[static_cast<size_t>(i)] = b + i;
+    lm.embed(ids.data() + b, m, x.data());
+    lm.forward(x.data(), m, Positions{pos.data(), m, 1}, *cache, mask, r.prompt_logits.data() + b * V, true);
+  }
+  std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
+  std::vector<float> x(static_cast<size_t>(H));
+  for (int s = 0; s < steps; ++s) {
+    const int32_t tok = argmax(logits.data(), V);
+    r.greedy.push_back(tok);
+    if (s + 1 == steps) break;
+    int64_t p = n + s;
+    lm.embed(&tok, 1, x.data());
+    lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, mask, logits.data(), false);
+  }
+  return r;
+}
+
+}  // namespace vlm::test
