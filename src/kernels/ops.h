@@ -79,6 +79,12 @@ struct AttentionMask {
   // Optional: group id per absolute position (0 = none); same non-zero id = mutually visible.
   const int32_t* group_of_position = nullptr;
   int64_t group_positions = 0;  // length of group_of_position
+  // Precision of the two matmuls (q·kᵀ, p·v). false: f32 throughout (every CPU path, and the device
+  // paths of f32 models). true: a device with tensor cores may round q, k, v and the probabilities to
+  // bf16 for the matmuls, keeping f32 accumulation and an f32 softmax — the precision transformers and
+  // MLX run bf16 models at. DecoderModel sets it on the device for models whose weights are not f32
+  // (their linears already round activations to bf16 there). The CPU ignores it.
+  bool bf16_matmul = false;
 };
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,

@@ -202,6 +202,8 @@ void DecoderModel::bind() {
     }
     L.down = make_linear(layer_path(i, "mlp.down_proj"), h);
   }
+  const Linear& first = s.fused_qkv ? layers_[0].qkv : layers_[0].q;
+  f32_weights_ = !first.weight->quantized && first.weight->dense.dtype() == DType::kF32;
 }
 
 DecoderModel::Linear DecoderModel::make_linear(const std::string& module, int64_t out) {
@@ -379,8 +381,11 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
   Tensor xb = scratch({n, h});
   float* x = xb.data<float>();
   ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
+  // bf16 models run attention's matmuls at bf16 on a device with tensor cores (ops.h AttentionMask).
+  ops::AttentionMask m = mask;
+  m.bf16_matmul = !on_host && !f32_weights_;
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
-    attention_block(i, x, n, positions, cache, mask);
+    attention_block(i, x, n, positions, cache, m);
     mlp_block(i, x, n);
   }
   const int64_t rows = all_logits ? n : 1;

@@ -135,6 +135,7 @@ class DecoderModel final : public LanguageModel {
   Linear head_;
   Tensor final_norm_;
   std::vector<Layer> layers_;
+  bool f32_weights_ = true;  // the linears are dense f32 (attention then stays f32 on every device)
 };
 
 }  // namespace vlm
