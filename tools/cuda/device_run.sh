@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root (the `device` tool's working copy), with a bundle
-# made by make_device_bundle.sh and packed as build-devpack/bundle.tar.xz (carry build-devpack):
+# made by make_device_bundle.sh and packed as build-devpack/bundle.tar.xz (carry build-devpack; another
+# folder when VLMCHECK_DEVPACK names it, so several builds can take turns on the machine):
 #   tests            the CUDA conformance test, the CUDA CLI/parity tests, the device tests, and
 #                    `vlmcheck run --device cuda` on the bundled demo VLM
 #   bench SHAPE...   bench_cuda_kernels (once), then `vlmcheck bench --device cuda` for each synthetic
@@ -14,7 +15,8 @@ root=$(pwd)
 out=${OUT:-/tmp/vlmcheck-device-out}
 logs=/tmp/vlmcheck-device-logs
 mkdir -p "$out" "$logs" /tmp/bd
-tar -C /tmp/bd -xJf build-devpack/bundle.tar.xz
+rm -rf /tmp/bd && mkdir -p /tmp/bd
+tar -C /tmp/bd -xJf "${VLMCHECK_DEVPACK:-build-devpack}/bundle.tar.xz"
 bin=/tmp/bd/bin
 export LD_LIBRARY_PATH="/tmp/bd/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export VLMCHECK_TEST_SOURCE_DIR="$root" VLMCHECK_TEST_BINARY="$bin/vlmcheck"
