@@ -91,8 +91,10 @@ const cpu::KernelTable& ref_table() {
   static const cpu::KernelTable t = [] {
     cpu::KernelTable r;
     r.linear = ref::linear;
+    r.linear_group = ref::linear_group;
     r.embedding = ref::embedding;
     r.rms_norm = ref::rms_norm;
+    r.add_rms_norm = ref::add_rms_norm;
     r.layer_norm = ref::layer_norm;
     r.rope = ref::rope;
     r.mrope = ref::mrope;
@@ -127,6 +129,15 @@ Fn pick(Fn cpu::KernelTable::*member) {
   const cpu::KernelTable* t = simd_table();
   if (t != nullptr && t->*member != nullptr) return t->*member;
   return ref_table().*member;
+}
+
+// A fused op's SIMD entry is missing on this CPU path: true, so the caller composes it from the
+// path's own unfused ops instead of running the scalar reference.
+template <typename Fn>
+bool compose_on_cpu(Fn cpu::KernelTable::*member) {
+  if (t_current_device != Device::kCpu) return false;
+  const cpu::KernelTable* t = simd_table();
+  return t != nullptr && t->*member == nullptr;
 }
 
 bool is_float_dtype(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
@@ -188,6 +199,27 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, floa
   pick(&cpu::KernelTable::linear)(x, n, w, bias, y);
 }
 
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
+  VLM_CHECK(n >= 0 && count >= 0, ErrorKind::kInvalidArgument, "[linear_group] token count {} or group size {} < 0",
+            n, count);
+  for (int i = 0; i < count; ++i) {
+    VLM_CHECK(outs[i].w != nullptr && outs[i].y != nullptr, ErrorKind::kInvalidArgument,
+              "[linear_group] member {} has no weight or no output", i);
+    check_weight(*outs[i].w, "linear_group");
+    if (outs[i].bias != nullptr) check_vector(*outs[i].bias, outs[i].w->rows(), "linear_group", "bias");
+    VLM_CHECK(outs[i].w->cols() == outs[0].w->cols(), ErrorKind::kInvalidArgument,
+              "[linear_group] member {} has {} input columns, member 0 has {}", i, outs[i].w->cols(),
+              outs[0].w->cols());
+  }
+  if (n == 0 || count == 0) return;
+  if (compose_on_cpu(&cpu::KernelTable::linear_group)) {
+    for (int i = 0; i < count; ++i)
+      pick(&cpu::KernelTable::linear)(x, n, *outs[i].w, outs[i].bias ? *outs[i].bias : Tensor(), outs[i].y);
+    return;
+  }
+  pick(&cpu::KernelTable::linear_group)(x, n, outs, count);
+}
+
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
   check_weight(table, "embedding");
   for (int64_t i = 0; i < n; ++i)
@@ -202,6 +234,20 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   check_vector(weight, d, "rms_norm", "weight");
   if (n <= 0 || d <= 0) return;
   pick(&cpu::KernelTable::rms_norm)(x, n, d, weight, eps, offset, y);
+}
+
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y) {
+  VLM_CHECK(weight.defined(), ErrorKind::kInvalidArgument, "[add_rms_norm] weight is undefined");
+  check_vector(weight, d, "add_rms_norm", "weight");
+  VLM_CHECK(x != y, ErrorKind::kInvalidArgument, "[add_rms_norm] y must not alias x (it may alias r)");
+  if (n <= 0 || d <= 0) return;
+  if (compose_on_cpu(&cpu::KernelTable::add_rms_norm)) {
+    pick(&cpu::KernelTable::add)(x, r, n * d);
+    pick(&cpu::KernelTable::rms_norm)(x, n, d, weight, eps, offset, y);
+    return;
+  }
+  pick(&cpu::KernelTable::add_rms_norm)(x, r, n, d, weight, eps, offset, y);
 }
 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {

@@ -31,12 +31,28 @@ struct Weight {
 // AVX512_BF16, which read each row once per four tokens), more as a blocked GEMM (compute-bound).
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
 
+// Several linears of one input (q/k/v, gate/up): for each i < count, outs[i].y[n, w->rows()] =
+// x · outs[i].wᵀ (+ *outs[i].bias when bias is non-null and defined). Every w has the same cols; no y
+// overlaps x or another y. Same results as `count` calls of linear(); backends run the group as one
+// pass where the formats allow (one thread-pool round on the CPU, one launch on CUDA), which is what
+// small decode matrices need.
+struct LinearOut {
+  const Weight* w = nullptr;
+  const Tensor* bias = nullptr;  // null or undefined: no bias
+  float* y = nullptr;
+};
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count);
+
 // out[i, :] = row ids[i] of the table (dense or quantized), as f32, times `scale`.
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
 
 // y = x / sqrt(mean(x²) + eps) * (weight + offset); offset is 1 for Gemma's (1 + w) norms, else 0.
 // x, y: [n, d]; weight [d] any float dtype. In-place (x == y) allowed.
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
+// The residual add fused with the norm that follows it: x += r, then y = rms_norm(x) (same arguments
+// as rms_norm). x, r, y: [n, d]; y may alias r but not x.
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y);
 // LayerNorm with optional bias (undefined tensor = no bias).
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
 

@@ -5,6 +5,7 @@
 // kKernelOps without a case here is a failure, so new ops cannot skip conformance.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <numeric>
 #include <set>
@@ -58,6 +59,40 @@ std::vector<Case> build_cases() {
                          return y;
                        }});
     }
+  // linear_group: q/k/v-like groups of one format (one pass on the SIMD paths) and a mixed group,
+  // with and without biases; every member must equal its own linear().
+  {
+    auto bf = [&](int64_t rows) { return dense_weight(random_tensor(*rng, {rows, 576}, DType::kBF16)); };
+    auto q4 = [&](int64_t rows) { return random_quantized(*rng, rows, 576, 4, 64, DType::kBF16); };
+    std::vector<std::pair<std::string, std::vector<ops::Weight>>> groups = {
+        {"bf16 q/k/v", {bf(576), bf(192), bf(192)}},
+        {"q4g64 gate/up", {q4(1536), q4(1536)}},
+        {"q8g32 q/k/v", {random_quantized(*rng, 320, 576, 8, 32, DType::kF16),
+                         random_quantized(*rng, 64, 576, 8, 32, DType::kF16),
+                         random_quantized(*rng, 64, 576, 8, 32, DType::kF16)}},
+        {"mixed", {dense_weight(random_tensor(*rng, {200, 576}, DType::kF32)), q4(256), bf(64)}}};
+    for (auto& [name, ws] : groups)
+      for (int64_t n : {1, 3, 37}) {
+        auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(n * 576)));
+        std::vector<Tensor> biases;
+        for (const ops::Weight& w : ws) biases.push_back(n == 3 ? random_tensor(*rng, {w.rows()}, DType::kF32) : Tensor());
+        const bool quant = std::any_of(ws.begin(), ws.end(), [](const ops::Weight& w) { return w.quantized; });
+        cases.push_back({"linear_group", name + " n=" + std::to_string(n), quant && n < 16 ? 1e-8 : 1e-11,
+                         [ws, biases, x, n] {
+                           size_t total = 0;
+                           for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
+                           std::vector<float> y(total);
+                           std::vector<ops::LinearOut> outs;
+                           size_t at = 0;
+                           for (size_t i = 0; i < ws.size(); ++i) {
+                             outs.push_back({&ws[i], &biases[i], y.data() + at});
+                             at += static_cast<size_t>(n * ws[i].rows());
+                           }
+                           ops::linear_group(x->data(), n, outs.data(), static_cast<int>(outs.size()));
+                           return y;
+                         }});
+      }
+  }
   for (auto& [name, w] : weights) {
     std::vector<int32_t> ids = {0, static_cast<int32_t>(w.rows() - 1), 5, 5};
     cases.push_back({"embedding", name, 1e-14, [w, ids] {
@@ -75,6 +110,16 @@ std::vector<Case> build_cases() {
                          std::vector<float> y(x->size());
                          ops::rms_norm(x->data(), 9, d, w, 1e-6f, offset, y.data());
                          return y;
+                       }});
+    auto r = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(9 * d), -4.0f, 4.0f));
+    for (bool y_is_r : {false, true})
+      cases.push_back({"add_rms_norm", "d=" + std::to_string(d) + (y_is_r ? " y=r" : ""), 1e-12, [x, r, w, d, y_is_r] {
+                         // Returns the updated x followed by y.
+                         std::vector<float> xs = *x, rs = *r, y(x->size());
+                         float* out = y_is_r ? rs.data() : y.data();
+                         ops::add_rms_norm(xs.data(), rs.data(), 9, d, w, 1e-6f, 1.0f, out);
+                         xs.insert(xs.end(), out, out + x->size());
+                         return xs;
                        }});
     cases.push_back({"layer_norm", "d=" + std::to_string(d), 1e-12, [x, w, b, d] {
                        std::vector<float> y(x->size());
@@ -216,4 +261,47 @@ TEST(KernelConformance, EverySimdPathMatchesScalarReference) {
     }
   }
   ops::force_scalar_kernels(false);  // back to the default path
+}
+
+// The fused ops against the ops they fuse, on every path: linear_group must give each member's
+// linear() result, add_rms_norm the result of add() then rms_norm().
+TEST(KernelConformance, FusedOpsMatchTheirParts) {
+  std::mt19937 rng(7);
+  const int64_t d = 896, n = 5;
+  std::vector<ops::Weight> ws = {dense_weight(random_tensor(rng, {896, d}, DType::kBF16)),
+                                 dense_weight(random_tensor(rng, {128, d}, DType::kBF16)),
+                                 random_quantized(rng, 4864, d, 4, 64, DType::kBF16)};
+  Tensor bias = random_tensor(rng, {128}, DType::kF32);
+  Tensor norm = random_tensor(rng, {d}, DType::kBF16);
+  for (int64_t tokens : {int64_t{1}, n}) {
+    std::vector<float> x = random_vec(rng, static_cast<size_t>(tokens * d));
+    std::vector<float> r = random_vec(rng, static_cast<size_t>(tokens * d));
+    for (const std::string& path : ops::cpu_kernel_paths()) {
+      ASSERT_TRUE(ops::set_cpu_kernel_path(path));
+      std::vector<std::vector<float>> grouped, single;
+      std::vector<ops::LinearOut> outs;
+      for (size_t i = 0; i < ws.size(); ++i) {
+        grouped.emplace_back(static_cast<size_t>(tokens * ws[i].rows()));
+        single.emplace_back(static_cast<size_t>(tokens * ws[i].rows()));
+        outs.push_back({&ws[i], i == 1 ? &bias : nullptr, grouped.back().data()});
+        ops::linear(x.data(), tokens, ws[i], i == 1 ? bias : Tensor(), single.back().data());
+      }
+      ops::linear_group(x.data(), tokens, outs.data(), static_cast<int>(outs.size()));
+      for (size_t i = 0; i < ws.size(); ++i)
+        EXPECT_LE(nmse(grouped[i].data(), to_double(single[i])), 1e-12)
+            << "linear_group member " << i << " n=" << tokens << " on " << path;
+
+      std::vector<float> xa = x, ya(x.size()), xb = x, yb(x.size());
+      ops::add_rms_norm(xa.data(), r.data(), tokens, d, norm, 1e-6f, 0.0f, ya.data());
+      ops::add(xb.data(), r.data(), tokens * d);
+      ops::rms_norm(xb.data(), tokens, d, norm, 1e-6f, 0.0f, yb.data());
+      EXPECT_LE(nmse(xa.data(), to_double(xb)), 1e-14) << "add_rms_norm x on " << path;
+      EXPECT_LE(nmse(ya.data(), to_double(yb)), 1e-12) << "add_rms_norm y on " << path;
+      if (path == "scalar") {
+        EXPECT_EQ(xa, xb) << "reference add_rms_norm is not exactly add + rms_norm";
+        EXPECT_EQ(ya, yb) << "reference add_rms_norm is not exactly add + rms_norm";
+      }
+    }
+  }
+  ops::force_scalar_kernels(false);
 }

@@ -11,6 +11,7 @@
 // and MemoryTracker reports, copies, copy_2d, and typed errors for unsupported shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <cstdio>
@@ -113,6 +114,10 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
   weights.emplace_back("f32 odd 19x37", dense_weight(random_tensor(rng, {19, 37}, DType::kF32)));
   weights.emplace_back("bf16 300x5632", dense_weight(random_tensor(rng, {300, 5632}, DType::kBF16)));
   weights.emplace_back("q4g64 300x5632", random_quantized(rng, 300, 5632, 4, 64, DType::kBF16));
+  // Row lengths where the decode GEMV splits each row over 2 warps (bf16: 256 16-byte units; 4-bit:
+  // 112 32-value units, the 7B hidden size).
+  weights.emplace_back("bf16 40x2048", dense_weight(random_tensor(rng, {40, 2048}, DType::kBF16)));
+  weights.emplace_back("q4g64 37x3584", random_quantized(rng, 37, 3584, 4, 64, DType::kBF16));
   weights.emplace_back("q4g64 f16 scales", random_quantized(rng, 66, 256, 4, 64, DType::kF16));
   weights.emplace_back("q3g32 f32 scales", random_quantized(rng, 66, 256, 3, 32, DType::kF32));
   for (int bits : {2, 3, 4, 5, 6, 8})
@@ -180,6 +185,55 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
                        return gy.host();
                      }});
   }
+  // linear_group: one format per group (decode runs it as one pass) and a mixed group, n = 1, 3, 37.
+  {
+    auto bf = [&](int64_t rows) { return dense_weight(random_tensor(rng, {rows, 1024}, DType::kBF16)); };
+    auto q4 = [&](int64_t rows) { return random_quantized(rng, rows, 1024, 4, 64, DType::kBF16); };
+    std::vector<std::pair<std::string, std::vector<ops::Weight>>> groups = {
+        {"bf16 q/k/v", {bf(1024), bf(256), bf(256)}},
+        {"q4g64 gate/up", {q4(2816), q4(2816)}},
+        {"mixed f32/q4/bf16", {dense_weight(random_tensor(rng, {200, 1024}, DType::kF32)), q4(256), bf(64)}}};
+    for (auto& [name, ws] : groups)
+      for (int64_t n : {1, 3, 37}) {
+        Vec x = vec(rng, static_cast<size_t>(n * 1024));
+        std::vector<Tensor> biases;
+        for (const ops::Weight& w : ws) biases.push_back(n == 3 ? random_tensor(rng, {w.rows()}, DType::kF32) : Tensor());
+        size_t total = 0;
+        for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
+        const bool gemm16 = n >= 8 && std::any_of(ws.begin(), ws.end(), [](const ops::Weight& w) {
+                              return w.quantized || w.dense.dtype() != DType::kF32;
+                            });
+        cases.push_back({"linear_group", name + " n=" + std::to_string(n), gemm16 ? 1e-5 : 1e-11,
+                         [ws, biases, x, n, total] {
+                           std::vector<float> y(total);
+                           std::vector<ops::LinearOut> outs;
+                           size_t at = 0;
+                           for (size_t i = 0; i < ws.size(); ++i) {
+                             outs.push_back({&ws[i], &biases[i], y.data() + at});
+                             at += static_cast<size_t>(n * ws[i].rows());
+                           }
+                           ops::linear_group(x->data(), n, outs.data(), static_cast<int>(outs.size()));
+                           return y;
+                         },
+                         [ws, biases, x, n, total] {
+                           std::vector<ops::Weight> gws;
+                           std::vector<Tensor> gbs;
+                           for (size_t i = 0; i < ws.size(); ++i) {
+                             gws.push_back(gpu_weight(ws[i]));
+                             gbs.push_back(gpu_tensor(biases[i]));
+                           }
+                           DeviceFloats gx(*x), gy = DeviceFloats::poison(total);
+                           std::vector<ops::LinearOut> outs;
+                           size_t at = 0;
+                           for (size_t i = 0; i < ws.size(); ++i) {
+                             outs.push_back({&gws[i], &gbs[i], gy.ptr() + at});
+                             at += static_cast<size_t>(n * ws[i].rows());
+                           }
+                           table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
+                           return gy.host();
+                         }});
+      }
+  }
   // Embedding over a few of the same tables.
   for (auto& [name, w] : weights) {
     if (w.quantized && name.find("g64 70") == std::string::npos && name.find("scales") == std::string::npos) continue;
@@ -217,6 +271,27 @@ void add_norm_rope_cases(std::vector<Case>& cases, std::mt19937& rng) {
                            DeviceFloats g(*x);
                            table().rms_norm(g.ptr(), 9, d, gpu_tensor(w), 1e-6f, offset, g.ptr());
                            return g.host();
+                         }});
+    }
+    {  // add_rms_norm: returns the updated x followed by y; y aliases r in the second variant.
+      Vec r = vec(rng, static_cast<size_t>(9 * d), -4.0f, 4.0f);
+      Tensor w = random_tensor(rng, {d}, DType::kBF16);
+      for (bool y_is_r : {false, true})
+        cases.push_back({"add_rms_norm", "d=" + std::to_string(d) + (y_is_r ? " y=r" : ""), 1e-12,
+                         [x, r, w, d, y_is_r] {
+                           std::vector<float> xs = *x, rs = *r, y(x->size());
+                           float* out = y_is_r ? rs.data() : y.data();
+                           ops::add_rms_norm(xs.data(), rs.data(), 9, d, w, 1e-6f, 1.0f, out);
+                           xs.insert(xs.end(), out, out + x->size());
+                           return xs;
+                         },
+                         [x, r, w, d, y_is_r] {
+                           DeviceFloats gx(*x), gr(*r), gy = DeviceFloats::poison(x->size());
+                           float* out = y_is_r ? gr.ptr() : gy.ptr();
+                           table().add_rms_norm(gx.ptr(), gr.ptr(), 9, d, gpu_tensor(w), 1e-6f, 1.0f, out);
+                           std::vector<float> xs = gx.host(), ys = y_is_r ? gr.host() : gy.host();
+                           xs.insert(xs.end(), ys.begin(), ys.end());
+                           return xs;
                          }});
     }
     Tensor w = random_tensor(rng, {d}, DType::kBF16), b = random_tensor(rng, {d}, DType::kF16);
@@ -313,9 +388,24 @@ void add_elementwise_cases(std::vector<Case>& cases, std::mt19937& rng) {
       [](float* p, int64_t n) { table().softcap(p, n, 30.0f); }));
 }
 
+// bf16_matmul attention (tensor-core prefill): q, k, v and the probabilities are rounded to bf16
+// (unit roundoff u = 2^-9) for the two matmuls. The score error δs = scale · Σ q_c k_c (ε_q + ε_k) has
+// variance (2/3) u² · scale² · hd · E[q²] E[k²]; it moves the output by Σ p_j δs_j (v_j - o), and the
+// v and p roundings add about (2/3) u² relative, so NMSE ≈ (2/3) u² (1 + scale² · hd · E[q²] E[k²]):
+// 1.1e-5 at hd 128 and 2.1e-5 at hd 256 for these inputs (q, k uniform in [-2, 2], scale 1/8). The
+// bound leaves 5-10x of that; a wrong mask on even one query of a case exceeds it.
+constexpr double kBf16AttentionNmse = 1e-4;
+
 void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
   static const int32_t groups[40] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2, 2,
                                      2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  // 260 positions: text, a 100-token image (group 1) from 30, text, a 64-token image (group 2) from 150.
+  static const std::vector<int32_t> long_groups = [] {
+    std::vector<int32_t> g(260, 0);
+    for (int p = 30; p < 130; ++p) g[p] = 1;
+    for (int p = 150; p < 214; ++p) g[p] = 2;
+    return g;
+  }();
   struct A {
     std::string what;
     int64_t nq, nk, q0, nh, nkv, hd;
@@ -342,8 +432,25 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"prefill, first 3 queries see no key (zeros)", 12, 10, -3, 2, 1, 32, 0.0f, {}, false},
       {"long decode", 1, 1500, 1499, 16, 2, 128, 0.0f, {}, false},
       {"9000 keys (k_pos over a pinned staging slot)", 2, 9000, 8998, 4, 2, 64, 0.0f, {}, false},
+      {"decode 20000 keys, gqa 7 (several chunks per split)", 1, 20000, 19999, 14, 2, 128, 0.0f, {}, false},
+      {"decode 3 queries, 12 heads per kv head (two row groups)", 3, 300, 297, 12, 1, 64, 0.0f, {}, false},
+      {"decode at position 19999, 4096-key ring, window 4096", 1, 4096, 19999, 8, 4, 128, 0.0f, {true, 4096, nullptr, 0}, true},
   };
-  for (const A& a : all) {
+  // Prefill shapes for the tensor-core kernel: several row and key tiles, GQA groups that do not
+  // divide its 128-row tiles, every mask case, head_dim 32/64/80/96/128/256.
+  const std::vector<A> prefill = {
+      {"causal 300, gqa 7, hd 128", 300, 300, 0, 14, 2, 128, 0.0f, {}, false},
+      {"causal chunk after 200 cached, no gqa, hd 64", 150, 350, 200, 8, 8, 64, 0.0f, {}, false},
+      {"window 100 + softcap 30, hd 256", 200, 200, 0, 4, 2, 256, 30.0f, {true, 100, nullptr, 0}, false},
+      {"image groups (100 + 64 tokens) + causal, hd 80", 260, 260, 0, 4, 1, 80, 0.0f,
+       {true, 0, long_groups.data(), 260}, false},
+      {"image groups + window 50, hd 64", 260, 260, 0, 4, 2, 64, 0.0f, {true, 50, long_groups.data(), 260}, false},
+      {"vision non-causal 196, hd 80", 196, 196, 0, 16, 16, 80, 0.0f, {false, 0, nullptr, 0}, false},
+      {"ring cache chunk, window 100, hd 96", 40, 128, 100, 6, 3, 96, 0.0f, {true, 100, nullptr, 0}, true},
+      {"causal 1100, hd 96 (many key tiles)", 1100, 1100, 0, 2, 1, 96, 0.0f, {}, false},
+      {"first 5 queries see no key, hd 32", 70, 64, -5, 4, 2, 32, 0.0f, {}, false},
+  };
+  auto add = [&](const A& a, bool bf16) {
     Vec q = vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
     Vec k = vec(rng, static_cast<size_t>(a.nk * a.nkv * a.hd), -2, 2);
     Vec v = vec(rng, static_cast<size_t>(a.nk * a.nkv * a.hd));
@@ -351,20 +458,28 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
     std::iota(kp->begin(), kp->end(), int64_t{0});
     if (a.ring)  // a ring buffer holding the last nk positions before q0 + nq, rotated
       for (int64_t j = 0; j < a.nk; ++j) (*kp)[j] = a.q0 + a.nq - a.nk + (j + 5) % a.nk;
-    cases.push_back({"attention", a.what, 1e-11,
+    ops::AttentionMask mask = a.mask;
+    mask.bf16_matmul = bf16;
+    cases.push_back({"attention", (bf16 ? "bf16_matmul " : "") + a.what, bf16 ? kBf16AttentionNmse : 1e-11,
                      [=] {
                        std::vector<float> out(q->size());
                        ops::attention(q->data(), a.nq, a.q0, k->data(), v->data(), kp->data(), a.nk, a.nh, a.nkv,
-                                      a.hd, 0.125f, a.cap, a.mask, out.data());
+                                      a.hd, 0.125f, a.cap, mask, out.data());
                        return out;
                      },
                      [=] {
                        DeviceFloats gq(*q), gk(*k), gv(*v), out = DeviceFloats::poison(q->size());
                        table().attention(gq.ptr(), a.nq, a.q0, gk.ptr(), gv.ptr(), kp->data(), a.nk, a.nh, a.nkv,
-                                         a.hd, 0.125f, a.cap, a.mask, out.ptr());
+                                         a.hd, 0.125f, a.cap, mask, out.ptr());
                        return out.host();
                      }});
-  }
+  };
+  for (const A& a : all) add(a, false);
+  for (const A& a : prefill) add(a, false);
+  // bf16_matmul: the tensor-core kernel for nq >= 8 and a head_dim it has (others, and decode, stay
+  // exact f32, well inside the bound).
+  for (const A& a : all) add(a, true);
+  for (const A& a : prefill) add(a, true);
 }
 
 std::vector<Case> build_cases() {
@@ -440,6 +555,37 @@ TEST(CudaKernels, EveryOpMatchesScalarReference) {
     worst[c.op] = std::max(worst[c.op], e);
   }
   for (auto& [op, e] : worst) std::printf("  %-15s worst NMSE %.3g\n", op.c_str(), e);
+}
+
+// bf16_matmul must actually change the arithmetic for prefill (the tensor-core kernel ran, not the f32
+// fallback), and leave decode on the exact f32 kernel.
+TEST(CudaKernels, AttentionBf16MatmulRoundsOnlyPrefill) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  for (int64_t nq : {int64_t{3}, int64_t{64}}) {
+    const int64_t nk = 64, nh = 4, nkv = 2, hd = 128;
+    const std::vector<float> q = random_vec(rng, static_cast<size_t>(nq * nh * hd), -2, 2);
+    const std::vector<float> k = random_vec(rng, static_cast<size_t>(nk * nkv * hd), -2, 2);
+    const std::vector<float> v = random_vec(rng, static_cast<size_t>(nk * nkv * hd));
+    std::vector<int64_t> kp(static_cast<size_t>(nk));
+    std::iota(kp.begin(), kp.end(), int64_t{0});
+    DeviceFloats gq(q), gk(k), gv(v);
+    std::vector<float> got[2];
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+      ops::AttentionMask mask;
+      mask.bf16_matmul = bf16 == 1;
+      DeviceFloats out = DeviceFloats::poison(q.size());
+      table().attention(gq.ptr(), nq, nk - nq, gk.ptr(), gv.ptr(), kp.data(), nk, nh, nkv, hd, 0.125f, 0.0f, mask,
+                        out.ptr());
+      got[bf16] = out.host();
+    }
+    const double e = nmse(got[1].data(), std::vector<double>(got[0].begin(), got[0].end()));
+    if (nq < 8)
+      EXPECT_EQ(e, 0.0) << "decode must stay on the f32 kernel";
+    else
+      EXPECT_GT(e, 1e-9) << "bf16_matmul prefill gave the f32 result: the tensor-core kernel did not run";
+    EXPECT_LE(e, kBf16AttentionNmse);
+  }
 }
 
 TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {

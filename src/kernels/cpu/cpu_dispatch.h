@@ -9,8 +9,10 @@ namespace vlm::ops::cpu {
 
 struct KernelTable {
   void (*linear)(const float*, int64_t, const Weight&, const Tensor&, float*) = nullptr;
+  void (*linear_group)(const float*, int64_t, const LinearOut*, int) = nullptr;
   void (*embedding)(const Weight&, const int32_t*, int64_t, float, float*) = nullptr;
   void (*rms_norm)(const float*, int64_t, int64_t, const Tensor&, float, float, float*) = nullptr;
+  void (*add_rms_norm)(float*, const float*, int64_t, int64_t, const Tensor&, float, float, float*) = nullptr;
   void (*layer_norm)(const float*, int64_t, int64_t, const Tensor&, const Tensor&, float, float*) = nullptr;
   void (*rope)(float*, int64_t, int64_t, int64_t, int64_t, const float*, const int64_t*, float) = nullptr;
   // M-RoPE with the position stream (0 = t, 1 = h, 2 = w) of every frequency given explicitly
@@ -30,9 +32,11 @@ struct KernelTable {
 // Names of every op in KernelTable, in member order. The static_assert ties the list to the struct,
 // so a new op cannot be added without naming it here — and the conformance test
 // (tests/unit/test_kernels_conformance.cpp) fails for any name it has no case for.
-inline constexpr const char* kKernelOps[] = {"linear",    "embedding",      "rms_norm", "layer_norm", "rope",
-                                             "mrope",     "activate",       "gated_activate",         "softmax",
-                                             "attention", "add",            "scale",    "mul",        "softcap"};
+inline constexpr const char* kKernelOps[] = {"linear",    "linear_group", "embedding",      "rms_norm",
+                                             "add_rms_norm",               "layer_norm",     "rope",
+                                             "mrope",     "activate",     "gated_activate", "softmax",
+                                             "attention", "add",          "scale",          "mul",
+                                             "softcap"};
 static_assert(sizeof(KernelTable) == sizeof(kKernelOps) / sizeof(kKernelOps[0]) * sizeof(void (*)()),
               "every KernelTable member needs a name in kKernelOps");
 

@@ -1,7 +1,8 @@
 // RMSNorm and LayerNorm on the GPU: one block per row, f32 block reductions, the reference's
 // formulas (rms = sqrt(mean(x²) + eps), y = x / rms * (w + offset); LayerNorm two-pass mean and
 // variance). Weights and biases of any float dtype are read as f32. In place (x == y) is allowed:
-// each element is read before the same thread writes it.
+// each element is read before the same thread writes it. add_rms_norm folds the residual add into
+// the norm's first pass (one launch and one read of x instead of two).
 #include "kernels/cuda/common.cuh"
 
 #include <algorithm>
@@ -18,6 +19,26 @@ __global__ void rms_norm_kernel(const float* x, int64_t d, const void* w, int wk
   float* yr = y + blockIdx.x * d;
   float ss = 0.0f;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
+  ss = block_sum(ss, red);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
+    yr[c] = __fmul_rn(__fmul_rn(xr[c], inv), detail::load_float(w, wkind, c) + offset);
+}
+
+// x += r, then y = rms_norm(x). Each thread adds, stores and later reads back only its own elements,
+// so y may alias r.
+__global__ void add_rms_norm_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
+                                    float offset, float* y) {
+  __shared__ float red[32];
+  float* xr = x + blockIdx.x * d;
+  const float* rr = r + blockIdx.x * d;
+  float* yr = y + blockIdx.x * d;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    const float v = __fadd_rn(xr[c], rr[c]);
+    xr[c] = v;
+    ss += v * v;
+  }
   ss = block_sum(ss, red);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
@@ -63,6 +84,18 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
   rms_norm_kernel<<<static_cast<unsigned>(n), threads, 0, st>>>(x, d, w, wk, eps, offset, y);
   VLM_CUDA_LAUNCHED("rms_norm");
+}
+
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y) {
+  if (n <= 0 || d <= 0) return;
+  check_rows(n, "add_rms_norm");
+  const void* w = detail::device_ptr(weight, "add_rms_norm", "weight");
+  const int wk = detail::float_kind(weight, "add_rms_norm", "weight");
+  cudaStream_t st = detail::stream("add_rms_norm");
+  const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
+  add_rms_norm_kernel<<<static_cast<unsigned>(n), threads, 0, st>>>(x, r, d, w, wk, eps, offset, y);
+  VLM_CUDA_LAUNCHED("add_rms_norm");
 }
 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {

@@ -17,7 +17,8 @@ struct Profiled<Name, Fn> {
   }
 };
 
-constexpr char kLinear[] = "linear", kEmbedding[] = "embedding", kRmsNorm[] = "rms_norm",
+constexpr char kLinear[] = "linear", kLinearGroup[] = "linear_group", kEmbedding[] = "embedding",
+               kRmsNorm[] = "rms_norm", kAddRmsNorm[] = "add_rms_norm",
                kLayerNorm[] = "layer_norm", kRope[] = "rope", kMrope[] = "mrope", kActivate[] = "activate",
                kGated[] = "gated_activate", kSoftmax[] = "softmax", kAttention[] = "attention", kAdd[] = "add",
                kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
@@ -28,6 +29,11 @@ void linear_profiled(const float* x, int64_t n, const Weight& w, const Tensor& b
   detail::ProfileScope scope(kLinear);
   kernels::linear(x, n, w, bias, y);
 }
+void linear_group_profiled(const float* x, int64_t n, const LinearOut* outs, int count) {
+  detail::profile_phase(n);
+  detail::ProfileScope scope(kLinearGroup);
+  kernels::linear_group(x, n, outs, count);
+}
 
 }  // namespace
 
@@ -36,8 +42,10 @@ const cpu::KernelTable& kernel_table() {
     cpu::KernelTable t;
     if (detail::profiling()) {
       t.linear = &linear_profiled;
+      t.linear_group = &linear_group_profiled;
       t.embedding = &Profiled<kEmbedding, &kernels::embedding>::call;
       t.rms_norm = &Profiled<kRmsNorm, &kernels::rms_norm>::call;
+      t.add_rms_norm = &Profiled<kAddRmsNorm, &kernels::add_rms_norm>::call;
       t.layer_norm = &Profiled<kLayerNorm, &kernels::layer_norm>::call;
       t.rope = &Profiled<kRope, &kernels::rope>::call;
       t.mrope = &Profiled<kMrope, &kernels::mrope>::call;
@@ -52,8 +60,10 @@ const cpu::KernelTable& kernel_table() {
       return t;
     }
     t.linear = &kernels::linear;
+    t.linear_group = &kernels::linear_group;
     t.embedding = &kernels::embedding;
     t.rms_norm = &kernels::rms_norm;
+    t.add_rms_norm = &kernels::add_rms_norm;
     t.layer_norm = &kernels::layer_norm;
     t.rope = &kernels::rope;
     t.mrope = &kernels::mrope;

@@ -252,6 +252,19 @@ Tensor DecoderModel::scratch(const Shape& shape) const {
 
 void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float* y) const {
   ops::linear(x, n, *l.weight, l.bias, y);
+  add_lora(l, x, n, y);
+}
+
+void DecoderModel::run_linears(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x,
+                               int64_t n) const {
+  ops::LinearOut outs[4];
+  int count = 0;
+  for (const auto& [l, y] : group) outs[count++] = {l->weight, &l->bias, y};
+  ops::linear_group(x, n, outs, count);
+  for (const auto& [l, y] : group) add_lora(*l, x, n, y);
+}
+
+void DecoderModel::add_lora(const Linear& l, const float* x, int64_t n, float* y) const {
   if (!l.lora) return;
   // y += scale · (x·Aᵀ)·Bᵀ — the adapter stays a separate low-rank term.
   const LoraModule& m = *l.lora;
@@ -281,19 +294,17 @@ void DecoderModel::embed(const int32_t* ids, int64_t n, float* out) const {
   ops::embedding(embed_host_, ids, n, spec_.embed_scale, out);
 }
 
-void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
-                                   const ops::AttentionMask& mask) {
+void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Positions& positions, KVCache& cache,
+                                   const ops::AttentionMask& mask, float* out) {
   const DecoderSpec& s = spec_;
   const Layer& L = layers_[static_cast<size_t>(i)];
   const DecoderLayerSpec& ls = s.layers[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, hd = s.head_dim, H = s.n_heads, KV = s.n_kv_heads;
-  Tensor hbuf = scratch({n, h});
   Tensor qb = scratch({n, H * hd}), kb = scratch({n, KV * hd});
   Tensor vb = scratch({n, KV * hd}), ab = scratch({n, H * hd});
-  float *hx = hbuf.data<float>(), *q = qb.data<float>(), *k = kb.data<float>(), *v = vb.data<float>();
+  float *q = qb.data<float>(), *k = kb.data<float>(), *v = vb.data<float>();
   float* a = ab.data<float>();
 
-  ops::rms_norm(x, n, h, L.input_norm, s.rms_norm_eps, s.norm_offset, hx);  // "input_layernorm"
   if (s.fused_qkv) {
     // qkv_proj rows are [q | k | v]; split each token's row.
     const int64_t w = (H + 2 * KV) * hd;
@@ -305,9 +316,7 @@ void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& 
     ops::copy_2d(k, kvw, f + H * hd, pitch, kvw, n);
     ops::copy_2d(v, kvw, f + (H + KV) * hd, pitch, kvw, n);
   } else {
-    run_linear(L.q, hx, n, q);
-    run_linear(L.k, hx, n, k);
-    run_linear(L.v, hx, n, v);
+    run_linears({{&L.q, q}, {&L.k, k}, {&L.v, v}}, hx, n);
   }
   if (s.qk_norm) {  // per-head RMSNorm over head_dim ("q_norm", "k_norm")
     ops::rms_norm(q, n * H, hd, L.q_norm, s.rms_norm_eps, s.norm_offset, q);
@@ -335,19 +344,16 @@ void DecoderModel::attention_block(int i, float* x, int64_t n, const Positions& 
   spec.softcap = s.attn_softcap;
   spec.sliding_window = ls.sliding_window;
   cache.layer(i).update_and_attend(q, k, v, n, spec, mask, a);
-  run_linear(L.o, a, n, hx);  // "o_proj"
-  if (s.sandwich_norms) ops::rms_norm(hx, n, h, L.post_attn_norm, s.rms_norm_eps, s.norm_offset, hx);
-  ops::add(x, hx, n * h);
+  run_linear(L.o, a, n, out);  // "o_proj"
+  if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_attn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
 
-void DecoderModel::mlp_block(int i, float* x, int64_t n) {
+void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out) {
   const DecoderSpec& s = spec_;
   const Layer& L = layers_[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, I = s.intermediate_size;
-  Tensor hbuf = scratch({n, h});
   Tensor gb = scratch({n, I}), ub = scratch({n, I});
-  float *hx = hbuf.data<float>(), *g = gb.data<float>(), *u = ub.data<float>();
-  ops::rms_norm(x, n, h, s.sandwich_norms ? L.pre_ffn_norm : L.post_attn_norm, s.rms_norm_eps, s.norm_offset, hx);
+  float *g = gb.data<float>(), *u = ub.data<float>();
   if (s.fused_gate_up) {
     // gate_up_proj rows are [gate | up] (Phi-3 chunks the output in two, gate first).
     Tensor fused = scratch({n, 2 * I});
@@ -356,13 +362,11 @@ void DecoderModel::mlp_block(int i, float* x, int64_t n) {
     ops::copy_2d(g, width, fused.data<float>(), pitch, width, n);
     ops::copy_2d(u, width, fused.data<float>() + I, pitch, width, n);
   } else {
-    run_linear(L.gate, hx, n, g);
-    run_linear(L.up, hx, n, u);
+    run_linears({{&L.gate, g}, {&L.up, u}}, hx, n);
   }
   ops::gated_activate(g, u, n * I, s.activation);
-  run_linear(L.down, g, n, hx);  // "down_proj"
-  if (s.sandwich_norms) ops::rms_norm(hx, n, h, L.post_ffn_norm, s.rms_norm_eps, s.norm_offset, hx);
-  ops::add(x, hx, n * h);
+  run_linear(L.down, g, n, out);  // "down_proj"
+  if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_ffn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
 
 void DecoderModel::forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
@@ -378,23 +382,32 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
   const bool on_host = device_ == Device::kCpu;
   // Every op below runs on the model's device; on the CPU the scope only re-asserts the default.
   ops::DeviceScope scope(device_);
-  Tensor xb = scratch({n, h});
-  float* x = xb.data<float>();
+  // x: the residual stream; hx: the normalized input of the next block; r: a block's output.
+  Tensor xb = scratch({n, h}), hb = scratch({n, h}), rb = scratch({n, h});
+  float *x = xb.data<float>(), *hx = hb.data<float>(), *r = rb.data<float>();
   ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
   // bf16 models run attention's matmuls at bf16 on a device with tensor cores (ops.h AttentionMask).
   ops::AttentionMask m = mask;
   m.bf16_matmul = !on_host && !f32_weights_;
+  const float eps = s.rms_norm_eps, off = s.norm_offset;
+  ops::rms_norm(x, n, h, layers_[0].input_norm, eps, off, hx);  // layer 0's "input_layernorm"
+  // Each residual add is fused with the norm that follows it: the feed-forward norm after attention,
+  // the next layer's "input_layernorm" (or "model.norm" after the last layer) after the MLP.
   for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
-    attention_block(i, x, n, positions, cache, m);
-    mlp_block(i, x, n);
+    const Layer& L = layers_[static_cast<size_t>(i)];
+    attention_block(i, hx, n, positions, cache, m, r);
+    ops::add_rms_norm(x, r, n, h, s.sandwich_norms ? L.pre_ffn_norm : L.post_attn_norm, eps, off, hx);
+    mlp_block(i, hx, n, r);
+    const bool last_layer = i + 1 == static_cast<int>(layers_.size());
+    ops::add_rms_norm(x, r, n, h, last_layer ? final_norm_ : layers_[static_cast<size_t>(i) + 1].input_norm, eps,
+                      off, hx);
   }
   const int64_t rows = all_logits ? n : 1;
-  float* last = x + (n - rows) * h;
+  const float* last = hx + (n - rows) * h;  // already through "model.norm"
   // On a device the logits are computed there and only these `rows` come back.
   Tensor lb = on_host ? Tensor() : scratch({rows, s.vocab_size});
   float* out = on_host ? logits : lb.data<float>();
-  ops::rms_norm(last, rows, h, final_norm_, s.rms_norm_eps, s.norm_offset, last);  // "model.norm"
-  run_linear(head_, last, rows, out);                                              // "lm_head"
+  run_linear(head_, last, rows, out);  // "lm_head"
   if (s.final_softcap > 0) ops::softcap(out, rows * s.vocab_size, s.final_softcap);
   if (!on_host) ops::copy(logits, Device::kCpu, out, device_, sizeof(float) * rows * s.vocab_size);
 }

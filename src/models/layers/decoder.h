@@ -27,9 +27,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/json.h"
@@ -121,9 +123,14 @@ class DecoderModel final : public LanguageModel {
   // f32 activations on the model's device.
   Tensor scratch(const Shape& shape) const;
   void run_linear(const Linear& l, const float* x, int64_t n, float* y) const;
-  void attention_block(int i, float* x, int64_t n, const Positions& positions, KVCache& cache,
-                       const ops::AttentionMask& mask);
-  void mlp_block(int i, float* x, int64_t n);
+  // Linears of the same input in one ops::linear_group (q/k/v, gate/up): (linear, its output) pairs.
+  void run_linears(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int64_t n) const;
+  // y += the LoRA term of l, if it has one.
+  void add_lora(const Linear& l, const float* x, int64_t n, float* y) const;
+  // hx: the block's normalized input [n, hidden]; out: its output before the residual add.
+  void attention_block(int i, const float* hx, int64_t n, const Positions& positions, KVCache& cache,
+                       const ops::AttentionMask& mask, float* out);
+  void mlp_block(int i, const float* hx, int64_t n, float* out);
 
   DecoderSpec spec_;
   std::unique_ptr<TensorTable> table_;

@@ -9,6 +9,10 @@
 
 namespace vlm::ops::ref {
 
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
+  for (int i = 0; i < count; ++i) ref::linear(x, n, *outs[i].w, outs[i].bias ? *outs[i].bias : Tensor(), outs[i].y);
+}
+
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
   const int64_t out = w.rows(), in = w.cols();
   std::vector<float> b = cpu::vector_f32(bias);

@@ -24,6 +24,13 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   });
 }
 
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y) {
+  // Exactly add() then rms_norm(); r is consumed before y (which may alias it) is written.
+  add(x, r, n * d);
+  rms_norm(x, n, d, weight, eps, offset, y);
+}
+
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
   std::vector<float> w = cpu::vector_f32(weight), b = cpu::vector_f32(bias);
   cpu::parallel_for(n, d, [&](int64_t i0, int64_t i1) {

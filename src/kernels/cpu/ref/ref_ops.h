@@ -9,8 +9,11 @@
 namespace vlm::ops::ref {
 
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count);
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y);
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
 void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
           const int64_t* positions, float attention_scaling);
