@@ -8,12 +8,17 @@
 namespace vlm::ops::cpu::avx512 {
 
 void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y);
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count);
 // Quantized GEMV (n < 16 tokens) on AVX512-VNNI with 16-bit fixed-point activations
-// (simd_quant_vnni.cpp; 3/5/6-bit also need AVX512-VBMI); bias is f32 [rows] or null. Returns false
-// (doing nothing) when the CPU lacks them.
-bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bias, float* y);
+// (simd_quant_vnni.cpp; 3/5/6-bit also need AVX512-VBMI): y[i] = x · w[i]ᵀ + bias[i] for `count`
+// weights of one layout (bits, group size, cols), all in one thread-pool round per token; bias[i] is
+// f32 [rows] or null. Returns false (doing nothing) when the CPU lacks them.
+bool quant_gemv_vnni(const float* x, int64_t n, const Weight* const* w, const float* const* bias, float* const* y,
+                     int count);
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y);
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
 void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
           const int64_t* positions, float attention_scaling);

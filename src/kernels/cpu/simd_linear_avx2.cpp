@@ -199,19 +199,52 @@ float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const
   return hsum(acc) + tail;
 }
 
+// One output of a decode GEMV group: weight, f32 bias or null, output, first row in the group's numbering.
+struct GemvOut {
+  const Weight* w;
+  const float* bias;
+  float* y;
+  int64_t row0;
+};
+
+// Every output of the group (format F, same cols and group size) in ONE parallel_for per token over
+// all their rows, so small decode matrices (q/k/v, gate/up) share one pool round.
 template <Fmt F>
-void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
-  const int64_t rows = w.rows(), k = w.cols();
-  std::vector<float> perm, gsum;
+void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
+  const Weight& w0 = *outs[0].w;
+  const int64_t k = w0.cols();
+  int64_t total = 0;
+  for (int o = 0; o < count; ++o) {
+    outs[o].row0 = total;
+    total += outs[o].w->rows();
+  }
+  // Reused across calls, one set per calling thread. The job below runs on pool threads too, so it must
+  // reach the caller's buffers through these references (naming the thread_locals there would give each
+  // worker its own, empty ones).
+  thread_local std::vector<float> perm_store, gsum_store;
+  std::vector<float>& perm = perm_store;
+  std::vector<float>& gsum = gsum_store;
   for (int64_t t = 0; t < n; ++t) {
     const float* xt = x + t * k;
-    prepare_x(xt, k, F, w.quantized ? w.quant.spec.group_size : 32, perm, gsum);
+    prepare_x(xt, k, F, w0.quantized ? w0.quant.spec.group_size : 32, perm, gsum);
     const float* xv = is_paired(F) ? perm.data() : xt;
-    float* yt = y + t * rows;
-    parallel_for(rows, k, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) yt[r] = dot_row<F>(w, r, xt, xv, gsum.data()) + (bias ? bias[r] : 0.0f);
+    parallel_for(total, k, [&](int64_t r0, int64_t r1) {
+      int o = 0;
+      for (int64_t g = r0; g < r1; ++g) {
+        while (g >= (o + 1 < count ? outs[o + 1].row0 : total)) ++o;
+        const Weight& w = *outs[o].w;
+        const int64_t r = g - outs[o].row0;
+        outs[o].y[t * w.rows() + r] =
+            dot_row<F>(w, r, xt, xv, gsum.data()) + (outs[o].bias ? outs[o].bias[r] : 0.0f);
+      }
     });
   }
+}
+
+template <Fmt F>
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  GemvOut one{&w, bias, y, 0};
+  gemv_group<F>(x, n, &one, 1);
 }
 
 // Row r, inputs [k0, k0 + kc), f32 natural order.
@@ -330,6 +363,29 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, fl
   std::vector<float> bias = vector_f32(bias_t);
   const float* b = bias.empty() ? nullptr : bias.data();
   with_format(w, [&](auto tag) { linear_fmt<decltype(tag)::value>(x, n, w, b, y); });
+}
+
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
+  constexpr int kMaxGroup = 8;
+  const Weight& w0 = *outs[0].w;
+  bool fused = count > 1 && count <= kMaxGroup && n < kGemmMinTokens;
+  for (int i = 1; fused && i < count; ++i) {
+    const Weight& w = *outs[i].w;
+    fused = w.quantized == w0.quantized && w.cols() == w0.cols() && format_of(w) == format_of(w0) &&
+            (!w.quantized || w.quant.spec.group_size == w0.quant.spec.group_size);
+  }
+  if (!fused) {
+    for (int i = 0; i < count; ++i)
+      avx2::linear(x, n, *outs[i].w, outs[i].bias ? *outs[i].bias : Tensor(), outs[i].y);
+    return;
+  }
+  std::vector<float> biases[kMaxGroup];
+  GemvOut go[kMaxGroup];
+  for (int i = 0; i < count; ++i) {
+    if (outs[i].bias) biases[i] = vector_f32(*outs[i].bias);
+    go[i] = GemvOut{outs[i].w, biases[i].empty() ? nullptr : biases[i].data(), outs[i].y, 0};
+  }
+  with_format(w0, [&](auto tag) { gemv_group<decltype(tag)::value>(x, n, go, count); });
 }
 
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {

@@ -153,15 +153,19 @@ struct PreparedX {
 void prepare_x(const float* x, int64_t k, Fmt f, int group, PreparedX& p) {
   if (is_paired(f)) {
     p.perm.resize(static_cast<size_t>(k));
-    int64_t full = k / 32 * 32;
-    for (int64_t c = 0; c < full; c += 32)
-      for (int l = 0; l < 16; ++l) {
-        p.perm[c + l] = x[c + 2 * l];
-        p.perm[c + 16 + l] = x[c + 2 * l + 1];
-      }
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const int64_t full = k / 32 * 32;
+    for (int64_t c = 0; c < full; c += 32) {
+      const __m512 a = _mm512_loadu_ps(x + c), b = _mm512_loadu_ps(x + c + 16);
+      _mm512_storeu_ps(p.perm.data() + c, _mm512_permutex2var_ps(a, even, b));
+      _mm512_storeu_ps(p.perm.data() + c + 16, _mm512_permutex2var_ps(a, odd, b));
+    }
     for (int64_t i = full; i < k; ++i) p.perm[i] = x[i];
   }
   if (is_quant(f)) {
+    // Σx per group, in the element order of the scalar loop it replaced (group sizes are multiples of 32,
+    // k of the group size).
     p.group_sum.resize(static_cast<size_t>(k / group));
     for (int64_t g = 0; g < k / group; ++g) {
       float s = 0.0f;
@@ -289,10 +293,23 @@ void dot_rows(const Weight& w, int64_t r0, const float* x, const PreparedX& px, 
   for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) + tail[i];
 }
 
+// One output of a decode GEMV group: its weight, f32 bias (or null), output rows, and the number of its
+// first block of R rows in the group's numbering.
+struct GemvOut {
+  const Weight* w;
+  const float* bias;
+  float* y;
+  int64_t block0;
+};
+
+// y_o = x · W_oᵀ (+ b_o) for every output o of the group (all in format F with the same cols, and the
+// same group size when quantized) as ONE parallel_for per token over all the outputs' row blocks: the
+// small decode matrices (q/k/v, gate/up) then share one pool round and its ramp-up.
 template <Fmt F>
-void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
-  const int64_t rows = w.rows(), k = w.cols();
-  const int group = w.quantized ? w.quant.spec.group_size : 32;
+void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
+  const Weight& w0 = *outs[0].w;
+  const int64_t k = w0.cols();
+  const int group = w0.quantized ? w0.quant.spec.group_size : 32;
   constexpr int R = 4;
   // Rows shorter than ~3 KB (576-1536 bf16 inputs) are read one at a time: then each thread's loads
   // form one sequential stream across row ends, which the hardware prefetchers follow, instead of R
@@ -300,16 +317,27 @@ void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* 
   // CPU time, 400 MB of bf16 matrices (2026-11-26 12:05, loaded machine, best of 8, alternating):
   // 1536x576 7.9 -> 13.2 GB/s, 4864x896 9.8 -> 14.5, 49152x576 8.5 -> 14.0; at 2048+ inputs the R
   // interleaved rows are as fast or faster (2048x2048 12.9 vs 11.7, 896x4864 14.7 vs 10.1).
-  const bool short_rows = !w.quantized && row_bytes(w) < 3072;
+  const bool short_rows = !w0.quantized && row_bytes(w0) < 3072;
+  int64_t blocks = 0;
+  for (int o = 0; o < count; ++o) {
+    outs[o].block0 = blocks;
+    blocks += (outs[o].w->rows() + R - 1) / R;
+  }
+  // Reused across calls (one per calling thread): no allocation per token once warm. The job below runs
+  // on pool threads too, so it reaches the caller's copy through this reference.
+  thread_local PreparedX px_store;
+  PreparedX& px = px_store;
   for (int64_t t = 0; t < n; ++t) {
     const float* xt = x + t * k;
-    float* yt = y + t * rows;
-    PreparedX px;
     prepare_x(xt, k, F, group, px);
-    const int64_t blocks = (rows + R - 1) / R;
     parallel_for(blocks, R * k, [&](int64_t b0, int64_t b1) {
+      int o = 0;
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r = b * R;
+        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
+        const Weight& w = *outs[o].w;
+        const float* bias = outs[o].bias;
+        const int64_t rows = w.rows(), r = (b - outs[o].block0) * R;
+        float* yt = outs[o].y + t * rows;
         float out[R];
         if (short_rows) {
           for (int64_t rr = r; rr < std::min(rows, r + R); ++rr) {
@@ -328,6 +356,12 @@ void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* 
       }
     });
   }
+}
+
+template <Fmt F>
+void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
+  GemvOut one{&w, bias, y, 0};
+  gemv_group<F>(x, n, &one, 1);
 }
 
 // ---- GEMM ----------------------------------------------------------------------------------------
@@ -448,15 +482,27 @@ void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, f
     gemv<F>(x, n, w, bias, y);
 }
 
-}  // namespace
 
-void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
-  std::vector<float> bias = vector_f32(bias_t);
-  const float* b = bias.empty() ? nullptr : bias.data();
-  // Quantized weights on AVX512-VNNI: the integer-dot kernels (simd_quant_vnni.cpp) read each row
-  // once per four tokens, so they beat the GEMM (which first decodes panels to f32) up to ~16 tokens.
-  constexpr int64_t kQuantGemvMaxTokens = 16;
-  if (w.quantized && n < kQuantGemvMaxTokens && quant_gemv_vnni(x, n, w, b, y)) return;
+// The bias as f32 [rows], or null without one: the tensor's own data when it is contiguous f32, else a
+// converted copy in `store` (decode calls linear ~200 times per token; most biases need no copy).
+const float* bias_f32(const Tensor& t, std::vector<float>& store) {
+  if (!t.defined()) return nullptr;
+  if (t.dtype() == DType::kF32 && t.is_contiguous()) return t.data<float>();
+  store = vector_f32(t);
+  return store.data();
+}
+
+// Quantized weights on AVX512-VNNI: the integer-dot kernels (simd_quant_vnni.cpp) read each row once per
+// four tokens, so they beat the GEMM (which first decodes panels to f32) up to ~16 tokens.
+constexpr int64_t kQuantGemvMaxTokens = 16;
+
+void linear_one(const float* x, int64_t n, const Weight& w, const float* b, float* y) {
+  if (w.quantized && n < kQuantGemvMaxTokens) {
+    const Weight* ws[1] = {&w};
+    const float* bs[1] = {b};
+    float* ys[1] = {y};
+    if (quant_gemv_vnni(x, n, ws, bs, ys, 1)) return;
+  }
   switch (format_of(w)) {
     case Fmt::kF32: return linear_fmt<Fmt::kF32>(x, n, w, b, y);
     case Fmt::kF16: return linear_fmt<Fmt::kF16>(x, n, w, b, y);
@@ -467,6 +513,60 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, fl
     case Fmt::kQ5: return linear_fmt<Fmt::kQ5>(x, n, w, b, y);
     case Fmt::kQ6: return linear_fmt<Fmt::kQ6>(x, n, w, b, y);
     case Fmt::kQ8: return linear_fmt<Fmt::kQ8>(x, n, w, b, y);
+  }
+}
+
+// Whether two weights can share one GEMV pass: same stored format, inputs and (quantized) group size.
+bool same_layout(const Weight& a, const Weight& b) {
+  if (a.quantized != b.quantized || a.cols() != b.cols()) return false;
+  if (!a.quantized) return a.dense.dtype() == b.dense.dtype();
+  return a.quant.spec.bits == b.quant.spec.bits && a.quant.spec.group_size == b.quant.spec.group_size &&
+         a.quant.scales.dtype() == b.quant.scales.dtype();
+}
+
+}  // namespace
+
+void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias_t, float* y) {
+  std::vector<float> store;
+  linear_one(x, n, w, bias_f32(bias_t, store), y);
+}
+
+void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
+  constexpr int kMaxGroup = 8;
+  bool fused = count > 1 && count <= kMaxGroup;
+  for (int i = 1; fused && i < count; ++i) fused = same_layout(*outs[0].w, *outs[i].w);
+  const Weight& w0 = *outs[0].w;
+  // Decode only: the GEMM is compute-bound and already splits every matrix into many blocks.
+  const bool gemv = w0.quantized ? n < kQuantGemvMaxTokens : n < kGemmMinTokens;
+  std::vector<float> stores[kMaxGroup];
+  if (!fused || !gemv) {
+    for (int i = 0; i < count; ++i) {
+      std::vector<float> store;
+      linear_one(x, n, *outs[i].w, outs[i].bias ? bias_f32(*outs[i].bias, store) : nullptr, outs[i].y);
+    }
+    return;
+  }
+  const Weight* ws[kMaxGroup];
+  const float* bs[kMaxGroup];
+  float* ys[kMaxGroup];
+  GemvOut go[kMaxGroup];
+  for (int i = 0; i < count; ++i) {
+    ws[i] = outs[i].w;
+    bs[i] = outs[i].bias ? bias_f32(*outs[i].bias, stores[i]) : nullptr;
+    ys[i] = outs[i].y;
+    go[i] = GemvOut{ws[i], bs[i], ys[i], 0};
+  }
+  if (w0.quantized && quant_gemv_vnni(x, n, ws, bs, ys, count)) return;
+  switch (format_of(w0)) {
+    case Fmt::kF32: return gemv_group<Fmt::kF32>(x, n, go, count);
+    case Fmt::kF16: return gemv_group<Fmt::kF16>(x, n, go, count);
+    case Fmt::kBF16: return gemv_group<Fmt::kBF16>(x, n, go, count);
+    case Fmt::kQ2: return gemv_group<Fmt::kQ2>(x, n, go, count);
+    case Fmt::kQ3: return gemv_group<Fmt::kQ3>(x, n, go, count);
+    case Fmt::kQ4: return gemv_group<Fmt::kQ4>(x, n, go, count);
+    case Fmt::kQ5: return gemv_group<Fmt::kQ5>(x, n, go, count);
+    case Fmt::kQ6: return gemv_group<Fmt::kQ6>(x, n, go, count);
+    case Fmt::kQ8: return gemv_group<Fmt::kQ8>(x, n, go, count);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/ref/ref_ops.h"
 #include "kernels/cpu/simd_avx512.h"
@@ -118,20 +119,71 @@ void rotate_token(float* xt, int64_t n_heads, int64_t head_dim, int64_t half, co
 
 }  // namespace
 
+namespace {
+
+// Values [c, c + 16) of a contiguous f32/f16/bf16 vector (a norm weight) as f32, lanes outside `m` zero.
+inline __m512 load_any(const void* p, DType dt, int64_t c, __mmask16 m) {
+  switch (dt) {
+    case DType::kBF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + c)), 16));
+    case DType::kF16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + c));
+    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + c);
+  }
+}
+
+// yi = xi · inv · (w + offset), reading the weight in its stored dtype (no per-call f32 copy: decode
+// runs ~60 norms per token on rows of 576-896 values).
+inline void scale_row(const float* xi, float* yi, int64_t d, float inv, const Tensor& weight, float offset) {
+  const __m512 vinv = _mm512_set1_ps(inv), voff = _mm512_set1_ps(offset);
+  const void* w = weight.raw();
+  const DType dt = weight.dtype();
+  for (int64_t c = 0; c < d; c += 16) {
+    const __mmask16 m = tail_mask(d - c);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xi + c), vinv);
+    _mm512_mask_storeu_ps(yi + c, m, _mm512_mul_ps(v, _mm512_add_ps(load_any(w, dt, c, m), voff)));
+  }
+}
+
+}  // namespace
+
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
-  std::vector<float> w = vector_f32(weight);
-  for (float& v : w) v += offset;
+  VLM_CHECK(weight.is_contiguous(), ErrorKind::kInvalidArgument, "rms_norm: the weight must be contiguous");
   parallel_for(n, d, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float* xi = x + i * d;
-      float* yi = y + i * d;
-      float inv = 1.0f / std::sqrt(dot(xi, xi, d) / static_cast<float>(d) + eps);
-      const __m512 vinv = _mm512_set1_ps(inv);
-      for (int64_t c = 0; c < d; c += 16) {
-        __mmask16 m = tail_mask(d - c);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xi + c), vinv);
-        _mm512_mask_storeu_ps(yi + c, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w.data() + c)));
+      scale_row(xi, y + i * d, d, 1.0f / std::sqrt(dot(xi, xi, d) / static_cast<float>(d) + eps), weight, offset);
+    }
+  });
+}
+
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y) {
+  VLM_CHECK(weight.is_contiguous(), ErrorKind::kInvalidArgument, "add_rms_norm: the weight must be contiguous");
+  // One pass over x and r (sum, store, square-accumulate), then the row (now in L1) is scaled into y. r is
+  // read in full before y, which may alias it, is written.
+  parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* xi = x + i * d;
+      const float* ri = r + i * d;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      int64_t c = 0;
+      for (; c + 32 <= d; c += 32) {
+        const __m512 a = _mm512_add_ps(_mm512_loadu_ps(xi + c), _mm512_loadu_ps(ri + c));
+        const __m512 b = _mm512_add_ps(_mm512_loadu_ps(xi + c + 16), _mm512_loadu_ps(ri + c + 16));
+        _mm512_storeu_ps(xi + c, a);
+        _mm512_storeu_ps(xi + c + 16, b);
+        acc0 = _mm512_fmadd_ps(a, a, acc0);
+        acc1 = _mm512_fmadd_ps(b, b, acc1);
       }
+      for (; c < d; c += 16) {
+        const __mmask16 m = tail_mask(d - c);
+        const __m512 a = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xi + c), _mm512_maskz_loadu_ps(m, ri + c));
+        _mm512_mask_storeu_ps(xi + c, m, a);
+        acc0 = _mm512_fmadd_ps(a, a, acc0);
+      }
+      const float ss = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+      scale_row(xi, y + i * d, d, 1.0f / std::sqrt(ss / static_cast<float>(d) + eps), weight, offset);
     }
   });
 }
@@ -447,6 +499,193 @@ void flash_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k,
   });
 }
 
+// Lane j of the result = the sum of the lanes of v[j] (16 horizontal sums as one transpose-add tree:
+// 45 shuffles/adds instead of 16 separate reductions of ~8 dependent steps each).
+inline __m512 sum16(const __m512* v) {
+  __m512 a[8], b[4];
+#pragma GCC unroll 8
+  for (int m = 0; m < 8; ++m)  // per 128-bit block: [v2m, v2m+1, v2m, v2m+1] partials
+    a[m] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * m], v[2 * m + 1]), _mm512_unpackhi_ps(v[2 * m], v[2 * m + 1]));
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {  // per 128-bit block: keys 4m .. 4m + 3
+    const __m512d x = _mm512_castps_pd(a[2 * m]), y = _mm512_castps_pd(a[2 * m + 1]);
+    b[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  // Blocks of c0: b0 (0 + 1), b0 (2 + 3), b1 (0 + 1), b1 (2 + 3); c1 the same for b2, b3.
+  const __m512 c0 = _mm512_add_ps(_mm512_shuffle_f32x4(b[0], b[1], 0x88), _mm512_shuffle_f32x4(b[0], b[1], 0xDD));
+  const __m512 c1 = _mm512_add_ps(_mm512_shuffle_f32x4(b[2], b[3], 0x88), _mm512_shuffle_f32x4(b[2], b[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
+}
+
+// Attention one query row at a time (decode, and masked prefill), without online rescaling (so prefill
+// and cached decode give the same numbers). Keys are split into chunks of kRowChunk; three steps:
+//   1. per (query, kv head, key chunk): scores of the kv head's query heads, 16 keys at a time (each
+//      key's dot product kept as one vector of partial sums, the 16 reduced together), masked to -inf,
+//      and each chunk's max;
+//   2. per (query, kv head, key chunk): p = exp(s - max over all chunks), its sum, and Σ p·v in NV
+//      registers (head_dim <= 16·NV) into a per-chunk partial output;
+//   3. per (query, head): the partials summed and divided by Σ p.
+// All query heads of a kv head run on the chunk's K/V rows while they are in L1, so decode reads each
+// layer's KV once instead of once per query head, and the chunks spread a decode step over the threads.
+// The version before this one ran per (query, head) over every key, reducing each dot product on its
+// own: SmolLM2 decode at ~290 positions spent ~2 ms per token there.
+constexpr int64_t kRowChunk = 64;
+
+template <int NV>
+void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+                   int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                   const AttentionMask& mask, float* out) {
+  const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim;
+  const int64_t nch = (nk + kRowChunk - 1) / kRowChunk, nk_pad = nch * kRowChunk;
+  const __mmask16 last = tail_mask(head_dim - 16 * (NV - 1));
+  auto msk = [&](int c) { return c == NV - 1 ? last : static_cast<__mmask16>(0xffff); };
+  // Plain causal (or no) masking is a comparison of positions; windows and groups take the general test.
+  const bool simple = mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  // Queries per round, so the scratch stays under ~8 MB however long the prompt.
+  const int64_t qb = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t{1} << 21) / (n_heads * (nk_pad + head_dim * nch))));
+  // Scratch of the calling thread, reached by the pool's threads through these pointers.
+  thread_local std::vector<float> store;
+  const size_t need = static_cast<size_t>(qb * n_heads * (nk_pad + 2 * nch + nch * head_dim));
+  if (store.size() < need) store.resize(need);
+  float* const sc = store.data();                   // [qb][n_heads][nk_pad] scores, then p
+  float* const cmax = sc + qb * n_heads * nk_pad;   // [qb][n_heads][nch]
+  float* const csum = cmax + qb * n_heads * nch;    // [qb][n_heads][nch]
+  float* const part = csum + qb * n_heads * nch;    // [qb][n_heads][nch][head_dim]
+  const int64_t cost = kRowChunk * head_dim * group * 2;
+
+  for (int64_t i0 = 0; i0 < nq; i0 += qb) {
+    const int64_t nqb = std::min(qb, nq - i0);
+    const int64_t items = nqb * n_kv_heads * nch;
+    parallel_for(items, cost, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t ii = w / (n_kv_heads * nch), kvh = (w / nch) % n_kv_heads, c = w % nch;
+        const int64_t qp = q_pos0 + i0 + ii, j_end = std::min(nk, (c + 1) * kRowChunk);
+        const float* kb = k + kvh * head_dim;
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t h = kvh * group + g, row = ii * n_heads + h;
+          const float* qi = q + ((i0 + ii) * n_heads + h) * head_dim;
+          __m512 qv[NV];
+#pragma GCC unroll 8
+          for (int cc = 0; cc < NV; ++cc) qv[cc] = _mm512_maskz_loadu_ps(msk(cc), qi + 16 * cc);
+          __m512 vmax = ninf;
+          for (int64_t j0 = c * kRowChunk; j0 < j_end; j0 += 16) {
+            const int64_t kn = std::min<int64_t>(16, j_end - j0);
+            __m512 partial[16];
+#pragma GCC unroll 16
+            for (int jj = 0; jj < 16; ++jj) {
+              if (jj < kn) {
+                const float* kr = kb + (j0 + jj) * ld;
+                // One head's keys are 16·NV floats every n_kv_heads·head_dim: a strided stream the hardware
+                // prefetcher follows poorly from a cold cache (decode reads each layer's KV once per token).
+                if (g == 0)
+#pragma GCC unroll 8
+                  for (int cc = 0; cc < NV; ++cc)
+                    _mm_prefetch(reinterpret_cast<const char*>(kr + 16 * ld + 16 * cc), _MM_HINT_T0);
+                __m512 acc = _mm512_mul_ps(qv[0], _mm512_maskz_loadu_ps(msk(0), kr));
+#pragma GCC unroll 8
+                for (int cc = 1; cc < NV; ++cc)
+                  acc = _mm512_fmadd_ps(qv[cc], _mm512_maskz_loadu_ps(msk(cc), kr + 16 * cc), acc);
+                partial[jj] = acc;
+              } else {
+                partial[jj] = _mm512_setzero_ps();
+              }
+            }
+            __m512 s16 = _mm512_mul_ps(sum16(partial), _mm512_set1_ps(scale));
+            if (softcap > 0.0f) {
+              const __m512 cap = _mm512_set1_ps(softcap);
+              s16 = _mm512_mul_ps(cap, tanh_ps(_mm512_div_ps(s16, cap)));
+            }
+            __mmask16 valid = tail_mask(kn);
+            if (simple) {
+              if (mask.causal) {
+                const __m512i vq = _mm512_set1_epi64(qp);
+                const __mmask8 lo = _mm512_cmp_epi64_mask(
+                    _mm512_maskz_loadu_epi64(static_cast<__mmask8>(valid), k_pos + j0), vq, _MM_CMPINT_LE);
+                const __mmask8 hi = _mm512_cmp_epi64_mask(
+                    _mm512_maskz_loadu_epi64(static_cast<__mmask8>(valid >> 8), k_pos + j0 + 8), vq, _MM_CMPINT_LE);
+                valid &= static_cast<__mmask16>(lo | (static_cast<unsigned>(hi) << 8));
+              }
+            } else {
+              for (int b = 0; b < kn; ++b)
+                if (!ref::key_visible(mask, qp, k_pos[j0 + b])) valid &= static_cast<__mmask16>(~(1u << b));
+            }
+            s16 = _mm512_mask_blend_ps(valid, ninf, s16);
+            _mm512_storeu_ps(sc + row * nk_pad + j0, s16);
+            vmax = _mm512_max_ps(vmax, s16);
+          }
+          cmax[row * nch + c] = _mm512_reduce_max_ps(vmax);
+        }
+      }
+    });
+    parallel_for(items, cost, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t ii = w / (n_kv_heads * nch), kvh = (w / nch) % n_kv_heads, c = w % nch;
+        const int64_t j_begin = c * kRowChunk, j_end = std::min(nk, (c + 1) * kRowChunk);
+        const float* vb = v + kvh * head_dim;
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t h = kvh * group + g, row = ii * n_heads + h;
+          float* o = part + (row * nch + c) * head_dim;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t cc = 0; cc < nch; ++cc) mx = std::max(mx, cmax[row * nch + cc]);
+          float* p = sc + row * nk_pad;
+          __m512 acc[NV];
+#pragma GCC unroll 8
+          for (int cc = 0; cc < NV; ++cc) acc[cc] = _mm512_setzero_ps();
+          float sum = 0.0f;
+          if (mx != -std::numeric_limits<float>::infinity()) {
+            const __m512 vm = _mm512_set1_ps(mx);
+            __m512 vs = _mm512_setzero_ps();
+            for (int64_t j = j_begin; j < j_end; j += 16) {
+              const __mmask16 m = tail_mask(j_end - j);
+              const __m512 x = _mm512_maskz_loadu_ps(m, p + j);
+              // Masked keys (-inf) give exactly 0.
+              const __m512 e =
+                  _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ) & m, exp_ps(_mm512_sub_ps(x, vm)));
+              vs = _mm512_add_ps(vs, e);
+              _mm512_mask_storeu_ps(p + j, m, e);
+            }
+            sum = _mm512_reduce_add_ps(vs);
+            for (int64_t j = j_begin; j < j_end; ++j) {
+              if (p[j] == 0.0f) continue;  // invisible (or underflowed) keys add nothing
+              const __m512 pj = _mm512_set1_ps(p[j]);
+              const float* vr = vb + j * ld;
+              if (g == 0)
+#pragma GCC unroll 8
+                for (int cc = 0; cc < NV; ++cc)
+                  _mm_prefetch(reinterpret_cast<const char*>(vr + 8 * ld + 16 * cc), _MM_HINT_T0);
+#pragma GCC unroll 8
+              for (int cc = 0; cc < NV; ++cc)
+                acc[cc] = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(msk(cc), vr + 16 * cc), acc[cc]);
+            }
+          }
+          csum[row * nch + c] = sum;
+#pragma GCC unroll 8
+          for (int cc = 0; cc < NV; ++cc) _mm512_mask_storeu_ps(o + 16 * cc, msk(cc), acc[cc]);
+        }
+      }
+    });
+    parallel_for(nqb * n_heads, nch * head_dim, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        float total = 0.0f;
+        __m512 acc[NV];
+#pragma GCC unroll 8
+        for (int cc = 0; cc < NV; ++cc) acc[cc] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < nch; ++c) {
+          total += csum[row * nch + c];
+          const float* o = part + (row * nch + c) * head_dim;
+#pragma GCC unroll 8
+          for (int cc = 0; cc < NV; ++cc) acc[cc] = _mm512_add_ps(acc[cc], _mm512_maskz_loadu_ps(msk(cc), o + 16 * cc));
+        }
+        const __m512 inv = _mm512_set1_ps(total > 0.0f ? 1.0f / total : 0.0f);  // no visible key: zeros
+        float* oi = out + (i0 * n_heads + row) * head_dim;
+#pragma GCC unroll 8
+        for (int cc = 0; cc < NV; ++cc) _mm512_mask_storeu_ps(oi + 16 * cc, msk(cc), _mm512_mul_ps(acc[cc], inv));
+      }
+    });
+  }
+}
+
 }  // namespace
 
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
@@ -459,6 +698,19 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
   if (nq >= kFlashMinQueries && all_visible) {
     flash_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
     return;
+  }
+  const int64_t nvec = (head_dim + 15) / 16;
+  if (nvec <= 8) {
+    switch (nvec) {
+      case 1: return row_attention<1>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 2: return row_attention<2>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 3: return row_attention<3>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 4: return row_attention<4>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 5: return row_attention<5>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 6: return row_attention<6>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      case 7: return row_attention<7>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+      default: return row_attention<8>(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+    }
   }
   const int64_t group = n_heads / n_kv_heads;
   parallel_for(nq * n_heads, nk * head_dim * 2, [&](int64_t w0, int64_t w1) {

@@ -70,7 +70,10 @@ void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
   const int64_t chunks = k / kXChunk;  // k is a multiple of the group size, itself of 32
   p.xscale.assign(static_cast<size_t>(chunks + 16), 0.0f);
   p.group_sum.assign(static_cast<size_t>(groups), 0.0f);
-  std::vector<int16_t> natural(static_cast<size_t>(p.blocks * kCodes), 0);
+  // Natural order first (the 3/5/6-bit kernels read it as is); zero past k up to the last block's end.
+  thread_local std::vector<int16_t> natural_store;
+  std::vector<int16_t>& natural = PIECES == 0 ? p.xq : natural_store;
+  natural.assign(static_cast<size_t>(p.blocks * kCodes), 0);
   for (int64_t h = 0; h < chunks; ++h) {
     const float* xh = x + h * kXChunk;
     const __m512 v0 = _mm512_loadu_ps(xh), v1 = _mm512_loadu_ps(xh + 16);
@@ -87,17 +90,40 @@ void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(natural.data() + h * kXChunk + 16),
                         _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
   }
-  if (PIECES == 0) {
-    p.xq = std::move(natural);
-    return;
-  }
-  // Piece layout: xq_t[j] = natural[P·j + t] within each block.
-  p.xq.resize(static_cast<size_t>(p.blocks * kCodes));
-  for (int64_t b = 0; b < p.blocks; ++b) {
-    const int16_t* src = natural.data() + b * kCodes;
-    int16_t* dst = p.xq.data() + b * kCodes;
+  if constexpr (PIECES > 0) {
+    // Piece layout: xq_t[j] = natural[P·j + t] within each block of 32·P values (P vectors of 32). Output
+    // lane j takes its value from source vectors 2q, 2q + 1 (values 64q .. 64q + 63) where
+    // 64q <= P·j < 64(q + 1): one two-source permute per pair, merged under that pair's lanes.
+    p.xq.resize(static_cast<size_t>(p.blocks * kCodes));
+    alignas(64) int16_t idx[P][32];
+    __mmask32 lanes[P > 1 ? P / 2 : 1];
     for (int t = 0; t < P; ++t)
-      for (int j = 0; j < 32; ++j) dst[32 * t + j] = src[P * j + t];
+      for (int j = 0; j < 32; ++j) idx[t][j] = static_cast<int16_t>((P * j + t) & 63);
+    for (int q = 0; q < (P > 1 ? P / 2 : 1); ++q) {
+      uint32_t m = 0;
+      for (int j = 0; j < 32; ++j)
+        if (P * j / 64 == q) m |= 1u << j;
+      lanes[q] = m;
+    }
+    for (int64_t b = 0; b < p.blocks; ++b) {
+      const int16_t* src = natural.data() + b * kCodes;
+      int16_t* dst = p.xq.data() + b * kCodes;
+      if constexpr (P == 1) {
+        _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+      } else {
+#pragma GCC unroll 8
+        for (int t = 0; t < P; ++t) {
+          const __m512i ix = _mm512_load_si512(idx[t]);
+          __m512i r = _mm512_setzero_si512();
+#pragma GCC unroll 4
+          for (int q = 0; q < P / 2; ++q)
+            r = _mm512_mask_mov_epi16(r, lanes[q],
+                                      _mm512_permutex2var_epi16(_mm512_loadu_si512(src + 64 * q), ix,
+                                                                _mm512_loadu_si512(src + 64 * q + 32)));
+          _mm512_storeu_si512(dst + 32 * t, r);
+        }
+      }
+    }
   }
 }
 
@@ -338,13 +364,25 @@ void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, c
   }
 }
 
+// One output of a GEMV group: weight, f32 bias or null, output, first row block in the group's numbering.
+struct QuantOut {
+  const QuantizedMatrix* m;
+  const float* bias;
+  float* y;
+  int64_t block0;
+};
+
 template <int BITS>
-void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
-  const QuantizedMatrix& m = w.quant;
-  const int64_t rows = m.rows, k = m.cols;
+void gemv(const float* x, int64_t n, const Weight* const* w, const float* const* bias, float* const* y, int count) {
+  constexpr int kMaxGroup = 8;
+  const int64_t k = w[0]->quant.cols;
   constexpr int kPieces = kStream<BITS> ? 0 : Layout16<BITS>::kPieces;
-  std::vector<PreparedQ> prep(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) prepare_q<kPieces>(x + t * k, k, m.spec.group_size, prep[static_cast<size_t>(t)]);
+  // Prepared activations are reused across calls (one set per calling thread): decode calls this ~200
+  // times per token, and the allocations showed up next to kernels of a few microseconds.
+  thread_local std::vector<PreparedQ> prep;
+  if (prep.size() < static_cast<size_t>(n)) prep.resize(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t)
+    prepare_q<kPieces>(x + t * k, k, w[0]->quant.spec.group_size, prep[static_cast<size_t>(t)]);
   // Tokens in groups of up to four share each pass over the rows (a short prompt suffix after a
   // prompt-cache hit reads the weights about once per four tokens).
   constexpr int kMaxNt = 4;
@@ -353,13 +391,24 @@ void gemv(const float* x, int64_t n, const Weight& w, const float* bias, float* 
     const PreparedQ* ps[kMaxNt];
     for (int j = 0; j < nt; ++j) ps[j] = &prep[static_cast<size_t>(t0 + j)];
     const int R = nt == 1 ? 4 : 2;
-    parallel_for((rows + R - 1) / R, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
+    // Every output's row blocks in one numbering, so the whole group is one pool round.
+    QuantOut outs[kMaxGroup];
+    int64_t blocks = 0;
+    for (int o = 0; o < count; ++o) {
+      outs[o] = QuantOut{&w[o]->quant, bias[o], y[o], blocks};
+      blocks += (w[o]->quant.rows + R - 1) / R;
+    }
+    parallel_for(blocks, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
+      int o = 0;
       for (int64_t b = b0; b < b1; ++b) {
+        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
+        const QuantizedMatrix& m = *outs[o].m;
+        const int64_t r = (b - outs[o].block0) * R;
         switch (nt) {
-          case 1: row_block<BITS, 1>(m, b * R, ps, bias, y, t0); break;
-          case 2: row_block<BITS, 2>(m, b * R, ps, bias, y, t0); break;
-          case 3: row_block<BITS, 3>(m, b * R, ps, bias, y, t0); break;
-          default: row_block<BITS, 4>(m, b * R, ps, bias, y, t0); break;
+          case 1: row_block<BITS, 1>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 2: row_block<BITS, 2>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 3: row_block<BITS, 3>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
+          default: row_block<BITS, 4>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
         }
       }
     });
@@ -384,19 +433,20 @@ bool has_vnni() {
 
 }  // namespace
 
-bool quant_gemv_vnni(const float* x, int64_t n, const Weight& w, const float* bias, float* y) {
-  if (!has_vnni()) return false;
-  switch (w.quant.spec.bits) {
-    case 2: gemv<2>(x, n, w, bias, y); return true;
-    case 4: gemv<4>(x, n, w, bias, y); return true;
-    case 8: gemv<8>(x, n, w, bias, y); return true;
+bool quant_gemv_vnni(const float* x, int64_t n, const Weight* const* w, const float* const* bias, float* const* y,
+                     int count) {
+  if (!has_vnni() || count < 1 || count > 8) return false;
+  switch (w[0]->quant.spec.bits) {
+    case 2: gemv<2>(x, n, w, bias, y, count); return true;
+    case 4: gemv<4>(x, n, w, bias, y, count); return true;
+    case 8: gemv<8>(x, n, w, bias, y, count); return true;
     default: break;
   }
   if (!has_vbmi()) return false;
-  switch (w.quant.spec.bits) {
-    case 3: gemv<3>(x, n, w, bias, y); return true;
-    case 5: gemv<5>(x, n, w, bias, y); return true;
-    case 6: gemv<6>(x, n, w, bias, y); return true;
+  switch (w[0]->quant.spec.bits) {
+    case 3: gemv<3>(x, n, w, bias, y, count); return true;
+    case 5: gemv<5>(x, n, w, bias, y, count); return true;
+    case 6: gemv<6>(x, n, w, bias, y, count); return true;
     default: return false;
   }
 }

@@ -1,6 +1,6 @@
 // The SIMD dispatch tables. Compiled for baseline x86-64 (no target attributes here) so building
 // the tables is safe on any CPU; the entries point into the target-attributed kernel files.
-// The AVX2 table vectorises linear and embedding; its other ops run the scalar reference.
+// The AVX2 table vectorises linear, linear_group and embedding; its other ops run the scalar reference.
 #include "kernels/cpu/cpu_dispatch.h"
 #include "kernels/cpu/simd_avx2.h"
 #include "kernels/cpu/simd_avx512.h"
@@ -11,8 +11,10 @@ const KernelTable& avx512_table(bool bf16) {
   static const KernelTable plain = [] {
     KernelTable k;
     k.linear = avx512::linear;
+    k.linear_group = avx512::linear_group;
     k.embedding = avx512::embedding;
     k.rms_norm = avx512::rms_norm;
+    k.add_rms_norm = avx512::add_rms_norm;
     k.layer_norm = avx512::layer_norm;
     k.rope = avx512::rope;
     k.mrope = avx512::mrope;
@@ -37,6 +39,7 @@ const KernelTable& avx2_table() {
   static const KernelTable t = [] {
     KernelTable k;
     k.linear = avx2::linear;
+    k.linear_group = avx2::linear_group;
     k.embedding = avx2::embedding;
     return k;
   }();
