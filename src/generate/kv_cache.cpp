@@ -88,10 +88,10 @@ struct KVLayer::Store {
 
   // `count` consecutive tokens' rows kr, vr ([count, row] f32, on `device`) into slots s, s+1, ...
   void write(int64_t s, const float* kr, const float* vr, int64_t count = 1) {
-    if (!quantized) {  // slots are contiguous f32 rows: one copy each for K and V
+    if (!quantized) {  // slots are contiguous f32 rows: one copy each for K and V (none when written in place)
       const size_t bytes = static_cast<size_t>(count * row) * 4;
-      ops::copy(kslot(s), device, kr, device, bytes);
-      ops::copy(vslot(s), device, vr, device, bytes);
+      if (kr != reinterpret_cast<const float*>(kslot(s))) ops::copy(kslot(s), device, kr, device, bytes);
+      if (vr != reinterpret_cast<const float*>(vslot(s))) ops::copy(vslot(s), device, vr, device, bytes);
       return;
     }
     for (int64_t i = 0; i < count; ++i) {
@@ -156,6 +156,14 @@ void KVLayer::ensure_capacity(int64_t slots) {
 }
 
 void KVLayer::write_slot(int64_t slot, const float* k, const float* v) { store_->write(slot, k, v); }
+
+std::pair<float*, float*> KVLayer::next_rows(int64_t n) {
+  // Only the standard f32 layout stores the next tokens as plain rows at slot size_ (update_standard);
+  // rotating layers may reorder first and quantized ones convert.
+  if (rotating() || quantized_ || n <= 0) return {nullptr, nullptr};
+  ensure_capacity(size_ + n);
+  return {reinterpret_cast<float*>(store_->kslot(size_)), reinterpret_cast<float*>(store_->vslot(size_))};
+}
 
 void KVLayer::reorder(const std::vector<int64_t>& order) {
   auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group, store_->device);

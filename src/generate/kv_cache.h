@@ -79,6 +79,7 @@ class KVLayer final : public LayerKVCache {
 
   void update_and_attend(const float* q, const float* k, const float* v, int64_t n, const LayerAttentionSpec& spec,
                          const ops::AttentionMask& mask, float* out) override;
+  std::pair<float*, float*> next_rows(int64_t n) override;
   int64_t offset() const override { return offset_; }
   int64_t stored_tokens() const override { return size_; }
   size_t nbytes() const override;

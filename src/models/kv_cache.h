@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -30,6 +31,14 @@ class LayerKVCache {
   // sliding window comes from spec).
   virtual void update_and_attend(const float* q, const float* k, const float* v, int64_t n,
                                  const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) = 0;
+  // Where the next n tokens' K and V rows ([n, n_kv_heads * hd] f32 each, on the cache's device) can
+  // be written in place, or {nullptr, nullptr} when the layer stores them another way (rotating,
+  // quantized). A model that computes k/v there (RoPE applied in place) passes the same pointers to
+  // update_and_attend, which then copies nothing. Valid until the next update.
+  virtual std::pair<float*, float*> next_rows(int64_t n) {
+    (void)n;
+    return {nullptr, nullptr};
+  }
   virtual int64_t offset() const = 0;        // tokens seen so far (absolute position of the next token)
   virtual int64_t stored_tokens() const = 0;  // tokens currently held
   virtual size_t nbytes() const = 0;          // memory held

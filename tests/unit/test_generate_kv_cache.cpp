@@ -103,7 +103,8 @@ using VisibleFn = std::function<std::vector<int64_t>(int64_t o, int64_t s, int64
 // `kref`/`vref` are the rows the reference uses (the originals, or their dequantized versions).
 void run_and_compare(KVLayer& layer, const std::vector<int64_t>& chunks, const LayerAttentionSpec& s,
                      const VisibleFn& visible, float tol, uint32_t seed,
-                     const std::function<void(Record&, std::vector<float>&, std::vector<float>&)>& make_refs = {}) {
+                     const std::function<void(Record&, std::vector<float>&, std::vector<float>&)>& make_refs = {},
+                     bool in_place = false) {
   std::mt19937 rng(seed);
   Record r;
   int64_t total = 0;
@@ -117,8 +118,18 @@ void run_and_compare(KVLayer& layer, const std::vector<int64_t>& chunks, const L
     ops::AttentionMask m;
     // A chunk fed before the layer turned quantized attends in full precision (mlx converts after a step).
     const bool quantized_before = layer.quantized();
-    layer.update_and_attend(r.q.data() + o * kHeads * kHd, r.k.data() + o * kKvHeads * kHd,
-                            r.v.data() + o * kKvHeads * kHd, c, s, m, out.data());
+    const float* k = r.k.data() + o * kKvHeads * kHd;
+    const float* v = r.v.data() + o * kKvHeads * kHd;
+    if (in_place) {  // as DecoderModel does: compute k/v into the cache's next rows, then hand those over
+      auto [kd, vd] = layer.next_rows(c);
+      if (kd != nullptr) {
+        std::copy_n(k, c * kKvHeads * kHd, kd);
+        std::copy_n(v, c * kKvHeads * kHd, vd);
+        k = kd;
+        v = vd;
+      }
+    }
+    layer.update_and_attend(r.q.data() + o * kHeads * kHd, k, v, c, s, m, out.data());
     for (int64_t i = 0; i < c; ++i) {
       auto vis = visible(o, c, i);
       auto want = quantized_before ? reference(r, kref, vref, o + i, vis, s) : reference(r, r.k, r.v, o + i, vis, s);
@@ -154,6 +165,31 @@ TEST(KVCache, StandardMatchesFullHistoryPrefillAndDecode) {
   run_and_compare(layer, {7, 1, 1, 300, 1, 5, 1}, spec_for(), causal, kF32AttentionTol, 1);
   EXPECT_EQ(layer.stored_tokens(), 316);
   EXPECT_FALSE(layer.rotating());
+}
+
+// k/v written into next_rows (no copy in the cache) give the same results, across storage growth
+// (256-token steps); layers that do not store plain rows offer none.
+TEST(KVCache, InPlaceRowsMatchFullHistory) {
+  KVLayer layer(layer_config());
+  VisibleFn causal = [](int64_t o, int64_t, int64_t i) {
+    std::vector<int64_t> v;
+    for (int64_t p = 0; p <= o + i; ++p) v.push_back(p);
+    return v;
+  };
+  run_and_compare(layer, {7, 1, 250, 1, 300, 1}, spec_for(), causal, kF32AttentionTol, 3, {}, /*in_place=*/true);
+  EXPECT_EQ(layer.stored_tokens(), 560);
+  EXPECT_NE(layer.next_rows(1).first, nullptr);
+
+  KVLayer rotating(layer_config(16, 4));
+  EXPECT_EQ(rotating.next_rows(1).first, nullptr);
+  KVLayer quantized(layer_config(0, 0, 4, 0));
+  std::mt19937 rng(5);
+  Record r;
+  append_random(r, 3, rng);
+  std::vector<float> out(3 * kHeads * kHd);
+  quantized.update_and_attend(r.q.data(), r.k.data(), r.v.data(), 3, spec_for(), ops::AttentionMask{}, out.data());
+  ASSERT_TRUE(quantized.quantized());
+  EXPECT_EQ(quantized.next_rows(1).first, nullptr);
 }
 
 TEST(KVCache, RotatingMatchesMlxWindowAcrossWraps) {

@@ -300,10 +300,16 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
   const Layer& L = layers_[static_cast<size_t>(i)];
   const DecoderLayerSpec& ls = s.layers[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, hd = s.head_dim, H = s.n_heads, KV = s.n_kv_heads;
-  Tensor qb = scratch({n, H * hd}), kb = scratch({n, KV * hd});
-  Tensor vb = scratch({n, KV * hd}), ab = scratch({n, H * hd});
-  float *q = qb.data<float>(), *k = kb.data<float>(), *v = vb.data<float>();
-  float* a = ab.data<float>();
+  Tensor qb = scratch({n, H * hd}), ab = scratch({n, H * hd}), kb, vb;
+  float *q = qb.data<float>(), *a = ab.data<float>();
+  // k and v go straight into the cache's next rows when it stores plain rows (no copy afterwards).
+  auto [k, v] = cache.layer(i).next_rows(n);
+  if (k == nullptr) {
+    kb = scratch({n, KV * hd});
+    vb = scratch({n, KV * hd});
+    k = kb.data<float>();
+    v = vb.data<float>();
+  }
 
   if (s.fused_qkv) {
     // qkv_proj rows are [q | k | v]; split each token's row.
