@@ -1,28 +1,27 @@
-// MLX-quantized GEMV (decode) on AVX512-VNNI: codes times 16-bit activations with vpdpwssd. 2/4/8-bit
-// codes split into pieces of 16-bit lanes (below); 3/5/6-bit codes, which straddle bytes, are gathered
-// with AVX512-VBMI (see "3/5/6-bit").
+// MLX-quantized GEMV (decode) on AVX512-VNNI: codes times 16-bit fixed-point activations, summed exactly
+// in int32. 2/4/8-bit codes are split into bytes and dotted with vpdpbusd against the activations'
+// high and low bytes (below); 3/5/6-bit codes, which straddle bytes, are gathered into 16-bit lanes
+// with AVX512-VBMI and dotted with vpdpwssd (see "3/5/6-bit").
 //
-// Why: the bf16-dot kernels this replaced kept activations exact to ~16 bits by dotting each code
-// against two bf16 halves of x, which cost two vdpbf16ps per 32 codes plus the 1 + q/16
-// construction; at ~22 vector ops per 64-byte block and row, a core decoded 4-bit weights more
-// slowly than its share of the DRAM bandwidth arrives. Here x is quantized once per token to
-// int16 with one scale per 32 activations (xs = max|x| / 32767 over the 32, round to nearest), codes stay
-// integers (one shift + one and per piece), and vpdpwssd multiplies-adds 32 16-bit pairs into 16
-// int32 lanes exactly: ~15 ops per block and row.
+// Activations: x is quantized once per token to int16 with one scale per 32 activations
+// (xs = max|x| / 32639 over the 32, round to nearest). Per row and group g: Σ_c w_c·x_c =
+// s_g·Σ_c q_c·x_c + b_g·X_g with X_g = Σ_c x_c (exact f32, per token) and, per 32-activation chunk h,
+// Σ_c q_c·x_c ≈ xs_h·Σ_c q_c·xq_c (integer, exact). The only rounding is xq: |x − xs_h·xq| <= xs_h / 2
+// = max|x_h| / 65278, i.e. 16-bit fixed point per 32 activations — about the accuracy of f16
+// activations (NMSE ~1e-8 on inputs with 20x outliers, ~1e-9 without; bf16 activations, as MLX computes
+// bf16 models, give ~1e-6). The conformance test bounds it against the f32 reference.
 //
-// Arithmetic, per row and group g: Σ_c w_c·x_c = s_g·Σ_c q_c·x_c + b_g·X_g with X_g = Σ_c x_c (exact
-// f32, per token) and, per 32-activation chunk h, Σ_c q_c·x_c ≈ xs_h·Σ_c q_c·xq_c (integer, exact).
-// The only rounding is xq: |x − xs_h·xq| <= xs_h / 2 = max|x_h| / 65534, i.e. 16-bit fixed point per
-// 32 activations — about the accuracy of f16 activations (NMSE ~1e-8 on inputs with 20x outliers,
-// ~1e-9 without; bf16 activations, as MLX computes bf16 models, give ~1e-6). The conformance test
-// bounds it against the f32 reference.
-//
-// Layout: a 64-byte block of a row holds 32 16-bit lanes of P = 16 / BITS codes each (code P·j + t
-// is piece t of lane j, MLX packs LSB first). x is pre-arranged per block into P vectors
-// xq_t[j] = xq[P·j + t], so piece t of every lane meets its activation without shuffles. Int32 lane
-// i of vpdpwssd sums 16-bit lanes 2i and 2i+1, i.e. codes 2P·i .. 2P·i + 2P − 1: all in one group and
-// one 32-activation chunk (2P <= 16), so per block one per-lane vector of s_g·xs_h converts the sums.
-// Overflow: a lane adds 2P products of |q| <= 255 and |xq| <= 32767 per block (< 2^25).
+// 2/4/8-bit layout: a 64-byte block of a row holds E = 8 / BITS codes per byte (code E·j + t is piece t
+// of byte j, MLX packs LSB first); one and (plus a shift for t > 0) gives piece t of all 64 bytes as
+// unsigned bytes. xq is split as xq = 256·xh + xl with xl the low byte read as signed (xl, xh in
+// [-128, 127], which is why the scale maps max|x| to 32639 rather than 32767), and pre-arranged per
+// block and piece into byte vectors xh_t[j] = xh[E·j + t], xl_t[j] = xl[E·j + t], so piece t meets its
+// activations without shuffles. vpdpbusd sums four u8·s8 products per int32 lane exactly; per block and
+// row: acc = Σ_t dpbusd(c_t, xh_t), acc <<= 8, acc += Σ_t dpbusd(c_t, xl_t) — 4-bit: 3 ops to split
+// the codes and 4 dot products per 128 codes (the 16-bit-lane kernel this replaced took 6 + 4 and an
+// add; 11-15 GB/s of 4-bit weights per core, below a core's share of the DRAM bandwidth). Int32 lane
+// i covers codes 4E·i .. 4E·i + 4E − 1: one group and one 32-activation chunk (4E <= 16), so one
+// per-lane vector of s_g·xs_h converts a block's sums. Overflow: |Σ| < 2^8 · 4E·255·128 + ... < 2^26.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -43,28 +42,33 @@ namespace vlm::ops::cpu::avx512 {
 namespace {
 
 template <int BITS>
-struct Layout16 {
-  static constexpr int kPieces = 16 / BITS;              // codes per 16-bit lane
-  static constexpr int kCodes = 32 * kPieces;             // codes per 64-byte block
-  static constexpr int kCodesPerLane = 2 * kPieces;       // codes feeding one int32 lane
+struct LayoutB {
+  static constexpr int kPieces = 8 / BITS;           // codes per byte (E)
+  static constexpr int kCodes = 64 * kPieces;         // codes per 64-byte block
+  static constexpr int kCodesPerLane = 4 * kPieces;   // codes feeding one int32 lane
 };
 
-constexpr int kXChunk = 32;  // activations per x scale
+constexpr int kXChunk = 32;      // activations per x scale
+constexpr float kXMax = 32639;   // |xq| bound: xq = 256·xh + xl with both bytes in [-128, 127]
+// Rows per pass of the one-token GEMV (more rows share each block's activation loads and bookkeeping;
+// 8 vs 4: 13.6 -> 14.3 GB/s on an L2-resident 512 x 576 4-bit matrix, one core, thread CPU time).
+constexpr int kRowsOneToken = 8;
 
-// Per token: xq in piece layout [blocks][P][32] int16, the x scale per 32 activations, Σx per group.
+// Per token: the activations in the layout of the kernel (bytes or int16), the x scale per 32
+// activations, Σx per group.
 struct PreparedQ {
-  std::vector<int16_t> xq;
+  std::vector<int8_t> xb;        // 2/4/8-bit: [blocks][E][hi, lo][64]
+  std::vector<int16_t> xq;       // 3/5/6-bit: natural order
   std::vector<float> xscale;     // [k / 32 + 16] (padded so a 16-wide load never reads past it)
   std::vector<float> group_sum;  // [groups]
   int64_t blocks = 0;
 };
 
-// PIECES: the piece layout of the 2/4/8-bit kernels (PIECES = 16 / bits codes per 16-bit lane), or 0
-// for natural order (the 3/5/6-bit kernels gather codes into natural order instead).
-template <int PIECES>
+// E: codes per byte of the 2/4/8-bit kernels (8 / bits), or 0 for the natural int16 order of the
+// 3/5/6-bit kernels.
+template <int E>
 void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
-  constexpr int P = PIECES > 0 ? PIECES : 1;
-  constexpr int kCodes = 32 * P;
+  constexpr int kCodes = E > 0 ? 64 * E : 32;
   const int64_t groups = k / group;
   p.blocks = (k + kCodes - 1) / kCodes;
   const int64_t chunks = k / kXChunk;  // k is a multiple of the group size, itself of 32
@@ -72,7 +76,7 @@ void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
   p.group_sum.assign(static_cast<size_t>(groups), 0.0f);
   // Natural order first (the 3/5/6-bit kernels read it as is); zero past k up to the last block's end.
   thread_local std::vector<int16_t> natural_store;
-  std::vector<int16_t>& natural = PIECES == 0 ? p.xq : natural_store;
+  std::vector<int16_t>& natural = E == 0 ? p.xq : natural_store;
   natural.assign(static_cast<size_t>(p.blocks * kCodes), 0);
   for (int64_t h = 0; h < chunks; ++h) {
     const float* xh = x + h * kXChunk;
@@ -81,46 +85,54 @@ void prepare_q(const float* x, int64_t k, int group, PreparedQ& p) {
     p.group_sum[static_cast<size_t>(h * kXChunk / group)] += _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
     // amax == 0 (or not finite): scale 0 and codes 0; a NaN/inf activation then yields NaN through
     // the scale (and the exact Σx term) rather than a silently wrong finite value.
-    const float scale = (amax > 0.0f && std::isfinite(amax)) ? amax / 32767.0f : 0.0f;
+    const float scale = (amax > 0.0f && std::isfinite(amax)) ? amax / kXMax : 0.0f;
     p.xscale[static_cast<size_t>(h)] = std::isfinite(amax) ? scale : amax;
     const __m512 inv = _mm512_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
-    // Round to nearest even; |x · inv| <= 32767 · (1 + 2^-23), so the conversion cannot leave int16.
+    // Round to nearest even; |x · inv| <= 32639 · (1 + 2^-23) < 32639.5, so |xq| <= 32639.
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(natural.data() + h * kXChunk),
                         _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(natural.data() + h * kXChunk + 16),
                         _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
   }
-  if constexpr (PIECES > 0) {
-    // Piece layout: xq_t[j] = natural[P·j + t] within each block of 32·P values (P vectors of 32). Output
-    // lane j takes its value from source vectors 2q, 2q + 1 (values 64q .. 64q + 63) where
-    // 64q <= P·j < 64(q + 1): one two-source permute per pair, merged under that pair's lanes.
-    p.xq.resize(static_cast<size_t>(p.blocks * kCodes));
-    alignas(64) int16_t idx[P][32];
-    __mmask32 lanes[P > 1 ? P / 2 : 1];
-    for (int t = 0; t < P; ++t)
-      for (int j = 0; j < 32; ++j) idx[t][j] = static_cast<int16_t>((P * j + t) & 63);
-    for (int q = 0; q < (P > 1 ? P / 2 : 1); ++q) {
+  if constexpr (E > 0) {
+    // Per block, piece t and half u (bytes 32u .. 32u + 31): the 32 values natural[E·j + t] of the
+    // block's values 32E·u .. 32E·u + 32E − 1. Output lane j takes its value from source vectors
+    // 2q, 2q + 1 of that range (values 64q .. 64q + 63) where 64q <= E·j < 64(q + 1): one two-source
+    // permute per pair, merged under that pair's lanes. Each int16 is then split into its bytes.
+    p.xb.resize(static_cast<size_t>(p.blocks * kCodes * 2));
+    alignas(64) int16_t idx[E][32];
+    __mmask32 lanes[E > 1 ? E / 2 : 1];
+    for (int t = 0; t < E; ++t)
+      for (int j = 0; j < 32; ++j) idx[t][j] = static_cast<int16_t>((E * j + t) & 63);
+    for (int q = 0; q < (E > 1 ? E / 2 : 1); ++q) {
       uint32_t m = 0;
       for (int j = 0; j < 32; ++j)
-        if (P * j / 64 == q) m |= 1u << j;
+        if (E * j / 64 == q) m |= 1u << j;
       lanes[q] = m;
     }
     for (int64_t b = 0; b < p.blocks; ++b) {
-      const int16_t* src = natural.data() + b * kCodes;
-      int16_t* dst = p.xq.data() + b * kCodes;
-      if constexpr (P == 1) {
-        _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
-      } else {
-#pragma GCC unroll 8
-        for (int t = 0; t < P; ++t) {
-          const __m512i ix = _mm512_load_si512(idx[t]);
-          __m512i r = _mm512_setzero_si512();
+#pragma GCC unroll 2
+      for (int u = 0; u < 2; ++u) {
+        const int16_t* src = natural.data() + b * kCodes + 32 * E * u;
 #pragma GCC unroll 4
-          for (int q = 0; q < P / 2; ++q)
-            r = _mm512_mask_mov_epi16(r, lanes[q],
-                                      _mm512_permutex2var_epi16(_mm512_loadu_si512(src + 64 * q), ix,
-                                                                _mm512_loadu_si512(src + 64 * q + 32)));
-          _mm512_storeu_si512(dst + 32 * t, r);
+        for (int t = 0; t < E; ++t) {
+          __m512i r;
+          if constexpr (E == 1) {
+            r = _mm512_loadu_si512(src);
+          } else {
+            const __m512i ix = _mm512_load_si512(idx[t]);
+            r = _mm512_setzero_si512();
+#pragma GCC unroll 2
+            for (int q = 0; q < E / 2; ++q)
+              r = _mm512_mask_mov_epi16(r, lanes[q],
+                                        _mm512_permutex2var_epi16(_mm512_loadu_si512(src + 64 * q), ix,
+                                                                  _mm512_loadu_si512(src + 64 * q + 32)));
+          }
+          const __m512i lo = _mm512_srai_epi16(_mm512_slli_epi16(r, 8), 8);  // low byte, signed
+          const __m512i hi = _mm512_srai_epi16(_mm512_sub_epi16(r, lo), 8);
+          int8_t* dst = p.xb.data() + (b * E + t) * 128 + 32 * u;
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi16_epi8(hi));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 64), _mm512_cvtepi16_epi8(lo));
         }
       }
     }
@@ -139,12 +151,13 @@ inline __m512 load_values(const void* p, DType dt, int64_t n) {
   }
 }
 
-// Piece t (a code) of every 16-bit lane as an int16 (t is a constant after unrolling).
+// Piece t (a code) of every byte, as an unsigned byte (t is a constant after unrolling).
 template <int BITS>
 inline __m512i piece(__m512i v, int t) {
-  if (BITS * (t + 1) == 16) return _mm512_srli_epi16(v, static_cast<unsigned>(BITS * t));
-  const __m512i mask = _mm512_set1_epi16(static_cast<int16_t>((1 << BITS) - 1));
+  if (BITS == 8) return v;
+  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
   if (t == 0) return _mm512_and_si512(v, mask);
+  // A 16-bit shift moves the next byte's low bits into this byte's top: the and removes them.
   return _mm512_and_si512(_mm512_srli_epi16(v, static_cast<unsigned>(BITS * t)), mask);
 }
 
@@ -155,8 +168,8 @@ constexpr int64_t kPrefetchGroups = 2;
 // block of codes is loaded and split into pieces once for all NT tokens.
 template <int BITS, int R, int NT>
 void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, float* out /* [NT][R] */) {
-  using L = Layout16<BITS>;
-  constexpr int P = L::kPieces;
+  using L = LayoutB<BITS>;
+  constexpr int E = L::kPieces;
   const int64_t cols = m.cols, row_bytes = cols * BITS / 8;
   const int gs = m.spec.group_size;
   const int64_t groups = cols / gs;
@@ -164,20 +177,21 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
   const size_t ssize = dtype_size(sd);
   const __m512i lane_codes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                 _mm512_set1_epi32(L::kCodesPerLane));
-  const __m128i log2_gs = _mm_cvtsi32_si128(__builtin_ctz(static_cast<unsigned>(gs)));
+  const int gs_shift = __builtin_ctz(static_cast<unsigned>(gs));  // group sizes are powers of two
+  const __m128i log2_gs = _mm_cvtsi32_si128(gs_shift);
   const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
 
   const uint8_t* rows[R];
   const char* srow[R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
     srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
   }
   __m512 total[NT][R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < NT; ++j)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
   // Sixteen consecutive group scales per row stay in registers until a block reaches past them.
   __m512 sv[R];
@@ -187,57 +201,56 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
     const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
     const __mmask64 bm = valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << valid) - 1);
     const int64_t first = b * L::kCodes;
-    const int64_t g_last = std::min<int64_t>(groups - 1, (first + L::kCodes - 1) / gs);
+    const int64_t g_last = std::min<int64_t>(groups - 1, (first + L::kCodes - 1) >> gs_shift);
     if (gbase < 0 || g_last >= gbase + 16) {
-      gbase = first / gs;
+      gbase = first >> gs_shift;
       const int64_t ng = std::min<int64_t>(16, groups - gbase);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int i = 0; i < R; ++i) sv[i] = load_values(srow[i] + gbase * ssize, sd, ng);
     }
     // Int32 lane i covers codes first + kCodesPerLane·i ...: its group relative to gbase.
     const __m512i lane_group = _mm512_srl_epi32(
         _mm512_add_epi32(lane_codes, _mm512_set1_epi32(static_cast<int>(first - gbase * gs))), log2_gs);
     __m512 xl[NT];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NT; ++j)
       xl[j] = _mm512_permutexvar_ps(lane_chunk, _mm512_loadu_ps(p[j]->xscale.data() + first / kXChunk));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + 64 * b + ahead), _MM_HINT_T0);
       const __m512i v = _mm512_maskz_loadu_epi8(bm, rows[i] + 64 * b);
       const __m512 s = _mm512_permutexvar_ps(lane_group, sv[i]);
-      __m512i acc[NT][2];
-#pragma GCC unroll 4
-      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_si512();
+      __m512i c[E];
 #pragma GCC unroll 8
-      for (int t = 0; t < P; ++t) {
-        const __m512i f = piece<BITS>(v, t);
-#pragma GCC unroll 4
-        for (int j = 0; j < NT; ++j)
-          acc[j][t & 1] = _mm512_dpwssd_epi32(
-              acc[j][t & 1], f, _mm512_loadu_si512(p[j]->xq.data() + b * L::kCodes + 32 * t));
+      for (int t = 0; t < E; ++t) c[t] = piece<BITS>(v, t);
+#pragma GCC unroll 8
+      for (int j = 0; j < NT; ++j) {
+        const int8_t* xb = p[j]->xb.data() + b * E * 128;
+        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(xb));
+#pragma GCC unroll 8
+        for (int t = 1; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t));
+        acc = _mm512_slli_epi32(acc, 8);
+#pragma GCC unroll 8
+        for (int t = 0; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t + 64));
+        total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, xl[j]), total[j][i]);
       }
-#pragma GCC unroll 4
-      for (int j = 0; j < NT; ++j)
-        total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[j][0], acc[j][1])),
-                                      _mm512_mul_ps(s, xl[j]), total[j][i]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     // Σ_g b_g·X_g, sixteen groups at a time (exact f32 sums of x).
     const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
     __m512 bt[NT];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) bt[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g += 16) {
       const int64_t n = std::min<int64_t>(16, groups - g);
       const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
       const __m512 bb = load_values(brow + g * ssize, sd, n);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < NT; ++j) bt[j] = _mm512_fmadd_ps(bb, _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g), bt[j]);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) out[j * R + i] = _mm512_reduce_add_ps(total[j][i]) + _mm512_reduce_add_ps(bt[j]);
   }
 }
@@ -287,26 +300,26 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
   const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
   const uint8_t* rows[R];
   const char* srow[R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
     srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
   }
   __m512 total[NT][R];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int j = 0; j < NT; ++j)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t g = c * 32 / gs;
     __m512i xq[NT];
     float xs[NT];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) {
       xq[j] = _mm512_loadu_si512(p[j]->xq.data() + 32 * c);
       xs[j] = p[j]->xscale[static_cast<size_t>(c)];
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const uint8_t* src = rows[i] + c * kChunkBytes;
       if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(reinterpret_cast<const char*>(src + ahead), _MM_HINT_T0);
@@ -314,17 +327,17 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
       const __m512i codes =
           _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
       const float s = scale_at(srow[i], sd, g);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int j = 0; j < NT; ++j) {
         const __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), codes, xq[j]);
         total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(s * xs[j]), total[j][i]);
       }
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int i = 0; i < R; ++i) {
     const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) {
       float bt = 0.0f;
       for (int64_t g = 0; g < groups; ++g) bt += scale_at(brow, sd, g) * p[j]->group_sum[static_cast<size_t>(g)];
@@ -342,7 +355,9 @@ constexpr bool kStream = BITS == 3 || BITS == 5 || BITS == 6;
 template <int BITS, int NT>
 void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
                int64_t t0) {
-  constexpr int R = NT == 1 ? 4 : 2;  // fewer rows per pass when several tokens share the codes
+  // Fewer rows per pass when several tokens share the codes (and for 2-bit, whose eight activation
+  // vectors per block leave fewer registers).
+  constexpr int R = NT == 1 ? (BITS == 2 ? 4 : kRowsOneToken) : 2;
   auto dot = [&](auto rows_tag, int64_t r0, float* out) {
     constexpr int RR = decltype(rows_tag)::value;
     if constexpr (kStream<BITS>)
@@ -376,7 +391,7 @@ template <int BITS>
 void gemv(const float* x, int64_t n, const Weight* const* w, const float* const* bias, float* const* y, int count) {
   constexpr int kMaxGroup = 8;
   const int64_t k = w[0]->quant.cols;
-  constexpr int kPieces = kStream<BITS> ? 0 : Layout16<BITS>::kPieces;
+  constexpr int kPieces = kStream<BITS> ? 0 : LayoutB<BITS>::kPieces;
   // Prepared activations are reused across calls (one set per calling thread): decode calls this ~200
   // times per token, and the allocations showed up next to kernels of a few microseconds.
   thread_local std::vector<PreparedQ> prep;
@@ -390,7 +405,7 @@ void gemv(const float* x, int64_t n, const Weight* const* w, const float* const*
     const int nt = static_cast<int>(std::min<int64_t>(kMaxNt, n - t0));
     const PreparedQ* ps[kMaxNt];
     for (int j = 0; j < nt; ++j) ps[j] = &prep[static_cast<size_t>(t0 + j)];
-    const int R = nt == 1 ? 4 : 2;
+    const int R = nt == 1 ? (BITS == 2 ? 4 : kRowsOneToken) : 2;
     // Every output's row blocks in one numbering, so the whole group is one pool round.
     QuantOut outs[kMaxGroup];
     int64_t blocks = 0;
