@@ -1,0 +1,593 @@
+// The decode GEMV (n < 8 tokens): y[t, r] = Σ_c x[t, c] · W[r, c], W in its stored format (dense
+// f32/f16/bf16, or MLX affine codes + per-group scales and biases), read once per chunk of up to 4
+// tokens. A GEMV is a stream over the weights, so the design goal is bytes in flight: an H200 needs
+// several MB of outstanding loads to reach its bandwidth, and the previous kernel (each thread loading
+// one 16-byte unit of 4 rows, then computing) kept ~13% of DRAM busy.
+//
+//   Layout. 128-thread blocks (4 warps). A warp owns R consecutive rows (dense: 2, quantized: 4) and a
+//   share of their inputs: the block's warps are split into row groups × K-splits (ksplit = 1, 2 or 4
+//   warps per row group, chosen from the row length so every lane has a few units per row). Lane l of
+//   K-split k takes units u = k·32 + l, + 32·ksplit, ... (consecutive lanes read consecutive 16 bytes
+//   of a row: coalesced), U units at a time.
+//   Unit. Dense: 16 stored bytes (4 f32 / 8 f16 or bf16 values). Quantized: 32 values = `bits` u32
+//   words (16 bytes at 4 bits; 8 at 2; 32 at 8; 12/20/24 at 3/5/6), inside one group (groups are
+//   32/64/128 wide, so a unit's group is u >> group_shift).
+//   Loads. Each lane issues all R × U weight loads (dense 2 × 4, quantized 4 × 2 at 3/4/5/6 bits,
+//   4 × 4 at 2, 4 × 1 at 8: 80-128 bytes per lane) plus the units' scales and biases before any math,
+//   as ld.global.nc.L1::no_allocate (streamed once: no L1 allocation, so x stays cached). x (f32, a
+//   few KB) is read through L1 (__ldg) and shared by the warp's R rows.
+//   x bank order (2/4/8 bits). A quantized unit's x is one 128-byte line per lane; reading it as 8
+//   float4 in the same order on every lane makes all 32 lanes hit the same 4 L1 banks. Lane l instead
+//   reads chunk (c + l) mod 8 at step c and rotates its code registers by the same amount (a few
+//   selects and funnel shifts), so 8 consecutive lanes cover all 32 banks.
+//   Math. f32 throughout, as the reference: dense Σ w·x; quantized per unit s·Σq·x + b·Σx with codes
+//   made exact floats by the exponent trick ((q | 0x4B000000) - 2^23, one byte permute per code at 4
+//   and 8 bits). Each lane keeps R × NT partial sums; warp shuffles and, across K-splits, one shared
+//   array reduce them at the end; the bias (any float dtype) is added on store (the reference's
+//   separate f32 add).
+//   Groups. One launch covers up to kGemvMaxTargets weights of the same format and cols (q/k/v,
+//   gate/up): the blocks are numbered through the members' rows, and each block finds its member
+//   from the cumulative block counts in the parameter block.
+#include "kernels/cuda/linear_gemv.cuh"
+
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+namespace vlm::ops::cuda::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kDenseRows = 2, kDenseUnits = 4;  // dense: rows per warp, units per lane in flight
+constexpr int kQuantRows = 4;                   // quantized: rows per warp
+
+// Units per lane in flight for a quantized row (R × U × unit bytes = 64-128 bytes per lane).
+constexpr int quant_units(int bits) { return bits == 2 ? 4 : bits == 8 ? 1 : 2; }
+
+struct GemvParams {
+  const float* x;   // [n, in] f32 (this launch's token chunk)
+  int64_t in;       // inputs per row, x's row stride
+  int64_t units;    // units per row
+  int count;        // members
+  int ksplit;       // warps per row group: 1, 2 or 4
+  int group_shift;  // quantized: log2(group_size / 32)
+  int scale_kind, bias_kind;
+  int64_t groups;  // quantized: groups per row
+  int64_t words;   // quantized: u32 words per row
+  unsigned block_end[kGemvMaxTargets];  // cumulative blocks per member
+  int64_t rows[kGemvMaxTargets];
+  const void* w[kGemvMaxTargets];       // dense values or packed codes
+  const void* scales[kGemvMaxTargets];  // quantized
+  const void* biases[kGemvMaxTargets];  // quantized
+  const void* out_bias[kGemvMaxTargets];  // linear bias or null
+  int out_bias_kind[kGemvMaxTargets];
+  float* y[kGemvMaxTargets];  // [n, rows] f32
+};
+
+// Streaming loads: read once, not kept in L1 (x, which every warp re-reads, stays there).
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_stream8(const void* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_stream4(const void* p) {
+  uint32_t v;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+// Value i of a small float vector (scales, biases) of any float dtype, through the read-only path.
+__device__ __forceinline__ float ld_small(const void* p, int kind, int64_t i) {
+  switch (kind) {
+    case detail::kF16: return __half2float(__ldg(static_cast<const __half*>(p) + i));
+    case detail::kBF16: return __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(p) + i)) << 16);
+    default: return __ldg(static_cast<const float*>(p) + i);
+  }
+}
+
+// Where this warp works: member j, first row of its row group, its K-split index.
+struct Slot {
+  int j;
+  int64_t block_row0;  // first row of the block (row group 0)
+  int grp, kw;
+};
+
+template <int R>
+__device__ __forceinline__ Slot locate(const GemvParams& p) {
+  const unsigned b = blockIdx.x;
+  int j = 0;
+  while (j + 1 < p.count && b >= p.block_end[j]) ++j;
+  const unsigned first = j > 0 ? p.block_end[j - 1] : 0u;
+  const int warp = threadIdx.x >> 5;
+  const int groups_per_block = kWarps / p.ksplit;
+  Slot s;
+  s.j = j;
+  s.grp = warp / p.ksplit;
+  s.kw = warp % p.ksplit;
+  s.block_row0 = static_cast<int64_t>(b - first) * groups_per_block * R;
+  return s;
+}
+
+// Reduces acc over the warp's lanes and the row group's K-splits, adds the bias, stores y.
+template <int R, int NT>
+__device__ __forceinline__ void finish(float (&acc)[R][NT], const GemvParams& p, const Slot& s) {
+  __shared__ float red[kWarps][R * NT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float v = warp_sum(acc[r][t]);
+      if (lane == 0) red[warp][r * NT + t] = v;
+    }
+  __syncthreads();
+  const int per_block = (kWarps / p.ksplit) * R * NT;
+  if (static_cast<int>(threadIdx.x) < per_block) {
+    const int grp = threadIdx.x / (R * NT), rt = threadIdx.x % (R * NT);
+    float sum = 0.0f;
+    for (int k = 0; k < p.ksplit; ++k) sum += red[grp * p.ksplit + k][rt];
+    const int64_t rows = p.rows[s.j];
+    const int64_t row = s.block_row0 + grp * R + rt / NT;
+    const int t = rt % NT;
+    if (row < rows) {
+      const void* bias = p.out_bias[s.j];
+      if (bias != nullptr) sum = __fadd_rn(sum, ld_small(bias, p.out_bias_kind[s.j], row));
+      p.y[s.j][t * rows + row] = sum;
+    }
+  }
+}
+
+// ---- dense ----------------------------------------------------------------------------------------
+// 16 stored bytes -> f32 values.
+template <typename WT>
+struct Dense;
+template <>
+struct Dense<float> {
+  static constexpr int kN = 4;
+  __device__ static void load(const uint4& u, float* f) {
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+  }
+};
+template <>
+struct Dense<__nv_bfloat16> {
+  static constexpr int kN = 8;
+  __device__ static void load(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);  // element 2i is the low half (little-endian)
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+};
+template <>
+struct Dense<__half> {
+  static constexpr int kN = 8;
+  __device__ static void load(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      __half2 h;
+      memcpy(&h, &w[i], 4);
+      const float2 v = __half22float2(h);
+      f[2 * i] = v.x;
+      f[2 * i + 1] = v.y;
+    }
+  }
+};
+
+// acc[r][t] += Σ_e W[r, unit e] · x[t, unit e] for one unit of R rows; x points at the unit's first
+// value of token 0.
+template <typename WT, int R, int NT>
+__device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __restrict__ x, int64_t in,
+                                           float (&acc)[R][NT]) {
+  constexpr int V = Dense<WT>::kN;
+  float wf[R][V];
+#pragma unroll
+  for (int r = 0; r < R; ++r) Dense<WT>::load(wv[r], wf[r]);
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float4* xv = reinterpret_cast<const float4*>(x + t * in);
+#pragma unroll
+    for (int q = 0; q < V / 4; ++q) {
+      const float4 f = __ldg(xv + q);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        acc[r][t] += wf[r][4 * q] * f.x;
+        acc[r][t] += wf[r][4 * q + 1] * f.y;
+        acc[r][t] += wf[r][4 * q + 2] * f.z;
+        acc[r][t] += wf[r][4 * q + 3] * f.w;
+      }
+    }
+  }
+}
+
+template <typename WT, int NT>
+__global__ void __launch_bounds__(kThreads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
+  constexpr int R = kDenseRows, U = kDenseUnits, V = Dense<WT>::kN;
+  const Slot sl = locate<R>(p);
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = p.rows[sl.j];
+  const WT* w = static_cast<const WT*>(p.w[sl.j]);
+  const uint4* rowp[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    int64_t rr = sl.block_row0 + sl.grp * R + r;
+    rr = rr < rows ? rr : rows - 1;  // clamped rows are computed, not stored
+    rowp[r] = reinterpret_cast<const uint4*>(w + rr * p.in);
+  }
+  float acc[R][NT] = {};
+  const int64_t step = 32 * p.ksplit;
+  int64_t u = sl.kw * 32 + lane;
+  // Full rounds: U units of every row in flight, then the math.
+  for (; u + (U - 1) * step < p.units; u += U * step) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int k = 0; k < U; ++k)
+#pragma unroll
+      for (int r = 0; r < R; ++r) wv[k][r] = ld_stream16(rowp[r] + u + k * step);
+#pragma unroll
+    for (int k = 0; k < U; ++k) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
+  }
+  // The rest (fewer than U units per lane), loads still issued together.
+  {
+    uint4 wv[U - 1][R];
+#pragma unroll
+    for (int k = 0; k < U - 1; ++k)
+      if (u + k * step < p.units)
+#pragma unroll
+        for (int r = 0; r < R; ++r) wv[k][r] = ld_stream16(rowp[r] + u + k * step);
+#pragma unroll
+    for (int k = 0; k < U - 1; ++k)
+      if (u + k * step < p.units) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
+  }
+  finish<R, NT>(acc, p, sl);
+}
+
+// ---- quantized ------------------------------------------------------------------------------------
+// Code j (compile-time after unrolling) of a 32-value unit held in BITS words, as an exact float.
+// 4 and 8 bits place the code in the float's low byte with one byte permute; for 4 bits the even and
+// odd nibbles of a word are split into byte vectors first (shared by the word's 8 codes).
+template <int BITS>
+__device__ __forceinline__ float code(const uint32_t (&w)[BITS], int j) {
+  if constexpr (BITS == 4) {
+    const uint32_t word = w[j >> 3];
+    const int n = j & 7;
+    const uint32_t split = (n & 1) ? ((word >> 4) & 0x0F0F0F0Fu) : (word & 0x0F0F0F0Fu);
+    return __uint_as_float(__byte_perm(split, 0x4B000000u, 0x7440u | static_cast<unsigned>(n >> 1))) - 8388608.0f;
+  } else if constexpr (BITS == 8) {
+    return __uint_as_float(__byte_perm(w[j >> 2], 0x4B000000u, 0x7440u | static_cast<unsigned>(j & 3))) -
+           8388608.0f;
+  }
+  const int bit = j * BITS, word = bit >> 5, shift = bit & 31;
+  uint32_t v = w[word] >> shift;
+  if (shift + BITS > 32) v |= w[word + 1] << (32 - shift);
+  v &= (1u << BITS) - 1u;
+  return __uint_as_float(v | 0x4B000000u) - 8388608.0f;
+}
+
+// Unit u's BITS words of a row (16-byte loads at 4/8 bits, 8-byte at 2/6, 4-byte at 3/5; the host
+// checks the base alignment, row and unit offsets keep it).
+template <int BITS>
+__device__ __forceinline__ void load_unit(const uint32_t* __restrict__ row, int64_t u, uint32_t (&w)[BITS]) {
+  const uint32_t* p = row + u * BITS;
+  if constexpr (BITS % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < BITS / 4; ++i) {
+      const uint4 v = ld_stream16(p + 4 * i);
+      w[4 * i] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (BITS % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < BITS / 2; ++i) {
+      const uint2 v = ld_stream8(p + 2 * i);
+      w[2 * i] = v.x;
+      w[2 * i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < BITS; ++i) w[i] = ld_stream4(p + i);
+  }
+}
+
+// Whether lanes read their unit's x in a rotated chunk order (see the header): the rotation of the
+// codes is cheap where a chunk of 4 codes is a whole byte, 16-bit half or word (2, 4, 8 bits).
+template <int BITS>
+constexpr bool kRotates = BITS == 2 || BITS == 4 || BITS == 8;
+
+// Rotates a unit's codes so that chunk c (codes 4c..4c+3) of the result is chunk (c + k) mod 8 of w.
+template <int BITS>
+__device__ __forceinline__ void rotate_chunks(uint32_t (&w)[BITS], int k) {
+  if constexpr (BITS == 4) {  // chunk c = bits [16c, 16c + 16): rotate the 128 bits right by 16k
+    uint32_t a[4], b[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = (k & 2) ? w[(i + 1) & 3] : w[i];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) b[i] = (k & 4) ? a[(i + 2) & 3] : a[i];
+    const unsigned sh = (k & 1) * 16u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = __funnelshift_r(b[i], b[(i + 1) & 3], sh);
+  } else if constexpr (BITS == 8) {  // chunk c = word c
+    uint32_t a[8], b[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) a[i] = (k & 1) ? w[(i + 1) & 7] : w[i];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) b[i] = (k & 2) ? a[(i + 2) & 7] : a[i];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = (k & 4) ? b[(i + 4) & 7] : b[i];
+  } else if constexpr (BITS == 2) {  // chunk c = byte c of the 64 bits
+    const uint32_t a0 = (k & 4) ? w[1] : w[0], a1 = (k & 4) ? w[0] : w[1];
+    const unsigned sh = (k & 3) * 8u;
+    w[0] = __funnelshift_r(a0, a1, sh);
+    w[1] = __funnelshift_r(a1, a0, sh);
+  }
+}
+
+// acc[r][t] += s[r] · Σ q·x + b[r] · Σ x over one unit of R rows; x points at the unit's first value
+// of token 0; rot = the lane's chunk rotation (0 when ROT is off).
+template <int BITS, int R, int NT, bool ROT>
+__device__ __forceinline__ void quant_unit(uint32_t (&w)[R][BITS], const float (&s)[R], const float (&b)[R],
+                                           const float* __restrict__ x, int64_t in, int rot, float (&acc)[R][NT]) {
+  if constexpr (ROT) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) rotate_chunks<BITS>(w[r], rot);
+  }
+  float qx[R][NT] = {}, sx[NT] = {};
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    const int cx = ROT ? ((c + rot) & 7) : c;
+    float4 f[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      f[t] = __ldg(reinterpret_cast<const float4*>(x + t * in) + cx);
+      sx[t] += (f[t].x + f[t].y) + (f[t].z + f[t].w);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float q0 = code<BITS>(w[r], 4 * c), q1 = code<BITS>(w[r], 4 * c + 1);
+      const float q2 = code<BITS>(w[r], 4 * c + 2), q3 = code<BITS>(w[r], 4 * c + 3);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        qx[r][t] += q0 * f[t].x;
+        qx[r][t] += q1 * f[t].y;
+        qx[r][t] += q2 * f[t].z;
+        qx[r][t] += q3 * f[t].w;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] += s[r] * qx[r][t] + b[r] * sx[t];
+}
+
+template <int BITS, int NT, bool ROT, int R = kQuantRows, int U = quant_units(BITS)>
+__global__ void __launch_bounds__(kThreads) gemv_quant_kernel(const __grid_constant__ GemvParams p) {
+  const Slot sl = locate<R>(p);
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = p.rows[sl.j];
+  const uint32_t* packed = static_cast<const uint32_t*>(p.w[sl.j]);
+  const void* scales = p.scales[sl.j];
+  const void* biases = p.biases[sl.j];
+  const uint32_t* rowp[R];
+  int64_t grow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    int64_t rr = sl.block_row0 + sl.grp * R + r;
+    rr = rr < rows ? rr : rows - 1;  // clamped rows are computed, not stored
+    rowp[r] = packed + rr * p.words;
+    grow[r] = rr * p.groups;
+  }
+  const int rot = ROT ? (lane & 7) : 0;
+  float acc[R][NT] = {};
+  const int64_t step = 32 * p.ksplit;
+  int64_t u = sl.kw * 32 + lane;
+  // One round: the codes, scales and biases of `valid` units per row (all U in full rounds; VALID is a
+  // compile-time count so the loads stay unrolled ahead of the math) are loaded before any math.
+  auto round = [&](auto valid_tag) {
+    constexpr int kValid = decltype(valid_tag)::value;
+    uint32_t w[kValid][R][BITS];
+    float s[kValid][R], b[kValid][R];
+#pragma unroll
+    for (int k = 0; k < kValid; ++k) {
+      const int64_t uk = u + k * step, g = uk >> p.group_shift;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        load_unit<BITS>(rowp[r], uk, w[k][r]);
+        s[k][r] = ld_small(scales, p.scale_kind, grow[r] + g);
+        b[k][r] = ld_small(biases, p.bias_kind, grow[r] + g);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kValid; ++k)
+      quant_unit<BITS, R, NT, ROT>(w[k], s[k], b[k], p.x + (u + k * step) * 32, p.in, rot, acc);
+  };
+  for (; u + (U - 1) * step < p.units; u += U * step) round(std::integral_constant<int, U>{});
+  // The rest: fewer than U units per lane.
+  if constexpr (U > 1) {
+    if (u + 2 * step < p.units) {
+      if constexpr (U > 3) round(std::integral_constant<int, 3>{});
+    } else if (u + step < p.units) {
+      if constexpr (U > 2) round(std::integral_constant<int, 2>{});
+    } else if (u < p.units) {
+      round(std::integral_constant<int, 1>{});
+    }
+  }
+  finish<R, NT>(acc, p, sl);
+}
+
+// ---- host -----------------------------------------------------------------------------------------
+bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
+
+int log2_exact(int64_t v) {
+  int s = 0;
+  while ((int64_t{1} << s) < v) ++s;
+  return s;
+}
+
+template <int BITS, int NT>
+void launch_quant(const GemvParams& p, unsigned blocks, cudaStream_t st, bool rot) {
+  if constexpr (BITS == 4) {
+    if (gemv_dev_variant() == 3) {
+      gemv_quant_kernel<4, NT, true, 8, 1><<<blocks, kThreads, 0, st>>>(p);
+      return;
+    }
+  }
+  if constexpr (kRotates<BITS>) {
+    if (rot) {
+      gemv_quant_kernel<BITS, NT, true><<<blocks, kThreads, 0, st>>>(p);
+      return;
+    }
+  }
+  gemv_quant_kernel<BITS, NT, false><<<blocks, kThreads, 0, st>>>(p);
+}
+
+template <int NT>
+void launch_chunk(const GemvParams& p, bool quant, int kind_or_bits, unsigned blocks, cudaStream_t st) {
+  const bool rot = gemv_dev_variant() != 1;
+  if (!quant) {
+    switch (kind_or_bits) {
+      case detail::kF32: gemv_dense_kernel<float, NT><<<blocks, kThreads, 0, st>>>(p); break;
+      case detail::kF16: gemv_dense_kernel<__half, NT><<<blocks, kThreads, 0, st>>>(p); break;
+      default: gemv_dense_kernel<__nv_bfloat16, NT><<<blocks, kThreads, 0, st>>>(p); break;
+    }
+  } else {
+    switch (kind_or_bits) {
+      case 2: launch_quant<2, NT>(p, blocks, st, rot); break;
+      case 3: launch_quant<3, NT>(p, blocks, st, rot); break;
+      case 4: launch_quant<4, NT>(p, blocks, st, rot); break;
+      case 5: launch_quant<5, NT>(p, blocks, st, rot); break;
+      case 6: launch_quant<6, NT>(p, blocks, st, rot); break;
+      default: launch_quant<8, NT>(p, blocks, st, rot); break;
+    }
+  }
+  VLM_CUDA_LAUNCHED("linear (gemv)");
+}
+
+}  // namespace
+
+int gemv_dev_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("VLMCHECK_GEMV_DEV");
+    if (e == nullptr) return 0;
+    if (std::strcmp(e, "norot") == 0) return 1;
+    if (std::strcmp(e, "old") == 0) return 2;
+    if (std::strcmp(e, "r8") == 0) return 3;
+    return 0;
+  }();
+  return v;
+}
+
+bool gemv_supported(const float* x, const Weight& w) {
+  if (!aligned(x, 16) || w.cols() <= 0 || w.rows() <= 0) return false;
+  if (w.quantized) {
+    const detail::QuantView q = detail::quant_view(w, "linear");
+    const int b = q.bits;
+    if (b != 2 && b != 3 && b != 4 && b != 5 && b != 6 && b != 8) return false;
+    if (q.group_size != 32 && q.group_size != 64 && q.group_size != 128) return false;
+    return w.cols() % 32 == 0 && aligned(q.packed, b % 4 == 0 ? 16 : b % 2 == 0 ? 8 : 4);
+  }
+  const int kind = detail::float_kind(w.dense, "linear", "weight");
+  const int64_t v = kind == detail::kF32 ? 4 : 8;
+  return w.cols() % v == 0 && aligned(detail::device_ptr(w.dense, "linear", "weight"), 16);
+}
+
+bool gemv_same_format(const Weight& a, const Weight& b) {
+  if (a.quantized != b.quantized || a.cols() != b.cols()) return false;
+  if (!a.quantized) return a.dense.dtype() == b.dense.dtype();
+  return a.quant.spec.bits == b.quant.spec.bits && a.quant.spec.group_size == b.quant.spec.group_size &&
+         a.quant.scales.dtype() == b.quant.scales.dtype() && a.quant.biases.dtype() == b.quant.biases.dtype();
+}
+
+void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count) {
+  if (count < 1 || count > kGemvMaxTargets)
+    detail::fail(ErrorKind::kInternal, "[cuda linear] gemv_launch takes 1.." + std::to_string(kGemvMaxTargets) +
+                                           " members, got " + std::to_string(count));
+  const Weight& w0 = *targets[0].w;
+  const bool quant = w0.quantized;
+  GemvParams p{};
+  p.in = w0.cols();
+  p.count = count;
+  int kind_or_bits = 0, units_in_flight = 0, rows_per_warp = 0;
+  if (quant) {
+    const detail::QuantView q = detail::quant_view(w0, "linear");
+    kind_or_bits = q.bits;
+    p.units = p.in / 32;
+    p.group_shift = log2_exact(q.group_size / 32);
+    p.scale_kind = q.scale_kind;
+    p.bias_kind = q.bias_kind;
+    p.groups = q.groups;
+    p.words = q.words_per_row;
+    units_in_flight = quant_units(q.bits);
+    rows_per_warp = kQuantRows;
+    if (q.bits == 4 && gemv_dev_variant() == 3) units_in_flight = 1, rows_per_warp = 8;
+  } else {
+    kind_or_bits = detail::float_kind(w0.dense, "linear", "weight");
+    p.units = p.in / (kind_or_bits == detail::kF32 ? 4 : 8);
+    units_in_flight = kDenseUnits;
+    rows_per_warp = kDenseRows;
+  }
+  // Warps per row group: enough that a lane has about U units of each row (short rows: 1 warp, so a
+  // block covers 4 row groups; long rows: 4 warps share a group's inputs).
+  const int64_t rounds = (p.units + 32 * units_in_flight - 1) / (32 * units_in_flight);
+  p.ksplit = rounds <= 1 ? 1 : rounds <= 2 ? 2 : 4;
+  const int64_t rows_per_block = (kWarps / p.ksplit) * rows_per_warp;
+  int64_t blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *targets[i].w;
+    p.rows[i] = w.rows();
+    if (quant) {
+      const detail::QuantView q = detail::quant_view(w, "linear");
+      p.w[i] = q.packed;
+      p.scales[i] = q.scales;
+      p.biases[i] = q.biases;
+    } else {
+      p.w[i] = detail::device_ptr(w.dense, "linear", "weight");
+    }
+    const Tensor* bias = targets[i].bias;
+    if (bias != nullptr && bias->defined()) {
+      if (bias->numel() != w.rows())
+        detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] bias has " + std::to_string(bias->numel()) +
+                                                      " values, expected " + std::to_string(w.rows()));
+      p.out_bias[i] = detail::device_ptr(*bias, "linear", "bias");
+      p.out_bias_kind[i] = detail::float_kind(*bias, "linear", "bias");
+    }
+    blocks += (w.rows() + rows_per_block - 1) / rows_per_block;
+    if (blocks > 0x7fffffff)
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(w.rows()) +
+                                                    " rows exceed the GEMV grid");
+    p.block_end[i] = static_cast<unsigned>(blocks);
+  }
+  cudaStream_t st = detail::stream("linear");
+  for (int64_t t0 = 0; t0 < n;) {
+    p.x = x + t0 * p.in;
+    for (int i = 0; i < count; ++i) p.y[i] = targets[i].y + t0 * p.rows[i];
+    const int64_t left = n - t0;
+    if (left >= 4) {
+      launch_chunk<4>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      t0 += 4;
+    } else if (left >= 2) {
+      launch_chunk<2>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      t0 += 2;
+    } else {
+      launch_chunk<1>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      t0 += 1;
+    }
+  }
+}
+
+}  // namespace vlm::ops::cuda::kernels

@@ -1,0 +1,35 @@
+// The decode GEMV (linear with n < 8 tokens) for dense f32/f16/bf16 and MLX affine 2/3/4/5/6/8-bit
+// weights: one kernel launch per token chunk covers every output row of one weight, or of a group of
+// weights that read the same x (q/k/v, gate/up) and share a storage format. Implemented in
+// linear_gemv.cu; called by linear (linear_dense.cu) and linear_group (linear_group.cu).
+#pragma once
+
+#include "kernels/cuda/common.cuh"
+
+namespace vlm::ops::cuda::kernels {
+
+// One member of a GEMV launch: y[n, w->rows()] = x[n, w->cols()] · wᵀ (+ bias[rows], any float dtype,
+// when bias is non-null and defined).
+struct GemvTarget {
+  const Weight* w = nullptr;
+  const Tensor* bias = nullptr;
+  float* y = nullptr;
+};
+
+// Most members one launch takes (the kernel's parameter block holds this many).
+inline constexpr int kGemvMaxTargets = 8;
+
+// Whether the GEMV path takes this weight with this x (format, 16-byte alignment of x, vector-width
+// multiple of cols).
+bool gemv_supported(const float* x, const Weight& w);
+// Whether a and b can share one launch: same kind (dense dtype, or bits, group size and scale/bias
+// dtypes) and the same cols.
+bool gemv_same_format(const Weight& a, const Weight& b);
+// Runs the GEMV for count (1..kGemvMaxTargets) members that gemv_supported() takes and that share a
+// format (checked by the caller), n in [1, 8) tokens, bias included.
+void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
+
+// DEV ONLY (removed before the final commit): VLMCHECK_GEMV_DEV=norot -> 1, old -> 2, r8 -> 3, else 0.
+int gemv_dev_variant();
+
+}  // namespace vlm::ops::cuda::kernels
