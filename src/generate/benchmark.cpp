@@ -322,18 +322,24 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
     sync();  // (forward already waited for its logits; this keeps the clock honest regardless)
     s.prefill_s = seconds_since(t0);
 
+    for (float v : logits)
+      VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
+
+    // Greedy decode as generate runs it: forward_argmax (on a device only the id comes back).
     std::vector<float> emb(static_cast<size_t>(hidden));
+    int32_t next = 0;
+    {
+      ops::DeviceScope host(Device::kCpu);
+      ops::argmax(logits.data(), 1, vocab, &next);
+    }
     t0 = Clock::now();
     for (int64_t g = 0; g < options.gen_tokens; ++g) {
-      int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
       int64_t pos = options.prompt_tokens + g;
       lm.embed(&next, 1, emb.data());
-      lm.forward(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
+      next = lm.forward_argmax(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{});
     }
     sync();
     s.decode_s = seconds_since(t0);
-    for (float v : logits)
-      VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
     r.samples.push_back(s);
     loads.push_back(s.load_s);
     prefills.push_back(s.prefill_s);

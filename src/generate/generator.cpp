@@ -232,14 +232,26 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   Tensor logits = Tensor::empty({vocab}, DType::kF32, MemCategory::kScratch);
   std::vector<int64_t> positions(static_cast<size_t>(mm ? 3 : step));
   const ops::AttentionMask causal{};
+  // Greedy generation asks the model for the argmax only (taken on its device); any other chain gets
+  // the last position's logits in `logits`. next_token() is the one place that reads either.
+  const bool greedy = chain.greedy();
+  int32_t greedy_id = 0;
+  auto run = [&](const float* x, int64_t n, const Positions& pos, const ops::AttentionMask& mask) {
+    if (greedy)
+      greedy_id = model.forward_argmax(x, n, pos, *cache, mask);
+    else
+      model.forward(x, n, pos, *cache, mask, logits.data<float>(), false);
+  };
+  auto next_token = [&](const std::vector<int32_t>& history) {
+    return greedy ? greedy_id : chain.next(history, logits.data<float>(), vocab);
+  };
 
-  // Feeds ids[0, n) at the cache's current offset; logits of the last one land in `logits`.
+  // Feeds ids[0, n) at the cache's current offset.
   auto feed = [&](const int32_t* ids, int64_t n) {
     const int64_t base = cache->offset();
     model.embed(ids, n, embeds.data<float>());
     for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = base + i;
-    Positions pos{positions.data(), n, 1};
-    model.forward(embeds.data<float>(), n, pos, *cache, causal, logits.data<float>(), false);
+    run(embeds.data<float>(), n, Positions{positions.data(), n, 1}, causal);
     if (prompt_cache) prompt_cache->record(ids, n);
   };
 
@@ -261,16 +273,14 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       mask.group_of_position = mm->groups.data();
       mask.group_positions = total;
     }
-    model.forward(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, *cache, mask,
-                  logits.data<float>(), false);
+    run(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, mask);
   };
   // Decode positions continue at (tokens so far + rope_delta), the same value in every RoPE row.
   auto feed_decode_multimodal = [&](int32_t id) {
     const int64_t p = cache->offset() + mm->rope_delta;
     model.embed(&id, 1, embeds.data<float>());
     for (int r = 0; r < mm->dims; ++r) positions[static_cast<size_t>(r)] = p;
-    model.forward(embeds.data<float>(), 1, Positions{positions.data(), 1, mm->dims}, *cache, causal,
-                  logits.data<float>(), false);
+    run(embeds.data<float>(), 1, Positions{positions.data(), 1, mm->dims}, causal);
   };
 
   // ---- prefill: all remaining prompt tokens but the last in chunks, then the last one ----
@@ -288,7 +298,7 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   }
 
   std::vector<int32_t> history = prompt;
-  int32_t token = chain.next(history, logits.data<float>(), vocab);
+  int32_t token = next_token(history);
   res.times.prefill_s = seconds_since(t_prefill);
   const double pre_stage_s = request.times.tokenize_s + request.times.image_preprocess_s + request.times.vision_encode_s;
   res.ttft_s = pre_stage_s + seconds_since(t_start);
@@ -321,7 +331,7 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       feed_decode_multimodal(token);
     else
       feed(&token, 1);
-    int32_t sampled = chain.next(history, logits.data<float>(), vocab);
+    int32_t sampled = next_token(history);
     if (forced) {
       token = *forced;
       ++res.thinking_tokens_forced;

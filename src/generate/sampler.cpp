@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 
 namespace vlm {
 
@@ -174,10 +175,10 @@ void apply_top_k(float* logprobs, int64_t vocab, int64_t top_k) {
 }
 
 int32_t argmax(const float* x, int64_t vocab) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < vocab; ++i)
-    if (x[i] > x[best]) best = i;
-  return static_cast<int32_t>(best);
+  int32_t id = 0;
+  ops::DeviceScope host(Device::kCpu);  // x is host memory
+  ops::argmax(x, 1, vocab, &id);
+  return id;
 }
 
 int32_t sample_categorical(const float* logprobs, int64_t vocab, float temperature, Rng& rng) {
@@ -219,9 +220,13 @@ Sampler make_sampler(float temperature, float top_p, float min_p, int64_t top_k,
 SamplingChain::SamplingChain(const GenerationParams& params, uint64_t seed)
     : processors_(make_logits_processors(params)),
       sampler_(params.sampler ? params.sampler
-                              : make_sampler(params.temperature, params.top_p, params.min_p, params.top_k, seed)) {}
+                              : make_sampler(params.temperature, params.top_p, params.min_p, params.top_k, seed)),
+      greedy_(processors_.empty() && !params.sampler && params.temperature == 0.0f) {}
 
 int32_t SamplingChain::next(const std::vector<int32_t>& history, float* logits, int64_t vocab) {
+  // log-softmax keeps the order of the logits, so greedy picks straight from them (as transformers
+  // does): the vocabulary-wide exp/log pass is skipped.
+  if (greedy_) return argmax(logits, vocab);
   for (const auto& p : processors_) p(history, logits, vocab);
   log_softmax_inplace(logits, vocab);
   int32_t id = sampler_(logits, vocab);

@@ -66,10 +66,14 @@ class SamplingChain {
   SamplingChain(const GenerationParams& params, uint64_t seed);
   // logits [vocab] (modified in place: processors, then turned into logprobs) -> next token id.
   int32_t next(const std::vector<int32_t>& history, float* logits, int64_t vocab);
+  // Nothing but argmax: no processors, no custom sampler, temperature 0. Then the next token is the
+  // argmax of the raw logits, and a model can take it on its own device (LanguageModel::forward_argmax).
+  bool greedy() const { return greedy_; }
 
  private:
   std::vector<LogitsProcessor> processors_;
   Sampler sampler_;
+  bool greedy_ = false;
 };
 
 }  // namespace vlm

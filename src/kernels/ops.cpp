@@ -101,6 +101,7 @@ const cpu::KernelTable& ref_table() {
     r.activate = ref::activate;
     r.gated_activate = ref::gated_activate;
     r.softmax = ref::softmax;
+    r.argmax = ref::argmax;
     r.attention = ref::attention;
     r.add = ref::add;
     r.scale = ref::scale;
@@ -309,6 +310,11 @@ void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
 }
 void softmax(float* x, int64_t n, int64_t d) {
   if (n > 0 && d > 0) pick(&cpu::KernelTable::softmax)(x, n, d);
+}
+
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
+  VLM_CHECK(d > 0 && d <= INT32_MAX, ErrorKind::kInvalidArgument, "[argmax] row length {} must be in [1, 2^31)", d);
+  if (n > 0) pick(&cpu::KernelTable::argmax)(x, n, d, ids);
 }
 
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,

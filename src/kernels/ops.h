@@ -80,6 +80,10 @@ void gated_activate(float* gate, const float* up, int64_t n, Activation act);
 
 // Row softmax in place: x [n, d].
 void softmax(float* x, int64_t n, int64_t d);
+// ids[i] = the index of row i's largest value, x [n, d] (ties: the lowest index; NaN never wins; an
+// all-NaN row gives 0). `ids` is HOST memory on every device: on CUDA the op waits for its result, so
+// greedy decoding copies one id per token instead of the logits.
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids);
 
 // Attention of q over k/v already laid out as [tokens, heads, head_dim] (keys contiguous per token).
 // q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd]. GQA: query head h reads

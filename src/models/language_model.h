@@ -44,6 +44,18 @@ class LanguageModel {
   // [n, vocab] when all_logits, else only the last position's [vocab].
   virtual void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                        const ops::AttentionMask& mask, float* logits, bool all_logits) = 0;
+  // forward() with all_logits = false for greedy decoding: returns the argmax of the last position's
+  // logits (ops::argmax: ties go to the lowest id), taken on the model's device so that only the id
+  // crosses to the host. The default runs forward() into a host buffer.
+  virtual int32_t forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                                 const ops::AttentionMask& mask) {
+    std::vector<float> logits(static_cast<size_t>(vocab_size()));
+    forward(embeds, n, positions, cache, mask, logits.data(), false);
+    int32_t id = 0;
+    ops::DeviceScope host(Device::kCpu);
+    ops::argmax(logits.data(), 1, vocab_size(), &id);
+    return id;
+  }
   // Bytes of weights held (stored format).
   virtual size_t weight_bytes() const = 0;
   // Where the weights live and forward() runs.

@@ -179,6 +179,24 @@ std::vector<Case> build_cases() {
                      }});
   }
   {
+    // Rows of a vocabulary's width: random; a tie (the lower index wins); NaNs around a smaller
+    // maximum (NaN never wins); all -inf but one NaN (index 0); the maximum in the last column.
+    const int64_t d = 152064;
+    auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(5 * d), -30.0f, 30.0f));
+    float* r = x->data();
+    r[1 * d + 90000] = r[1 * d + 1000] = 31.0f;
+    r[2 * d + 7] = 30.5f;
+    r[2 * d + 3] = r[2 * d + 150000] = std::numeric_limits<float>::quiet_NaN();
+    std::fill(r + 3 * d, r + 4 * d, -std::numeric_limits<float>::infinity());
+    r[3 * d + 5] = std::numeric_limits<float>::quiet_NaN();
+    r[4 * d + d - 1] = 40.0f;
+    cases.push_back({"argmax", "5x152064 ties, NaN, -inf", 0.0, [x, d] {
+                       std::vector<int32_t> ids(5);
+                       ops::argmax(x->data(), 5, d, ids.data());
+                       return std::vector<float>(ids.begin(), ids.end());
+                     }});
+  }
+  {
     static const int32_t groups[40] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0,
                                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     struct A {

@@ -214,6 +214,7 @@ void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const 
 void activate(float* x, int64_t n, Activation act);
 void gated_activate(float* gate, const float* up, int64_t n, Activation act);
 void softmax(float* x, int64_t n, int64_t d);
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids);
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out);

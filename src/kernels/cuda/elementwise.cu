@@ -1,5 +1,6 @@
 // Elementwise CUDA kernels: activations (the reference's formulas in f32 with CUDA's accurate libm:
-// expf, tanhf, erff; no fast-math), gated activations, row softmax, add / scale / mul / softcap.
+// expf, tanhf, erff; no fast-math), gated activations, row softmax, add / scale / mul / softcap, and
+// the row argmax of greedy decoding (one block per row; only the ids are copied back).
 // Grid-stride loops, 256 threads; the products that the reference rounds separately use __fmul_rn so
 // nvcc does not contract them into an FMA the CPU does not do.
 #include "kernels/cuda/common.cuh"
@@ -75,6 +76,54 @@ void binary(const char* op_name, float* y, const float* x, float s, int64_t n, i
   VLM_CUDA_LAUNCHED(op_name);
 }
 
+// One block per row: each thread keeps the best (value, index) of its strided elements, NaN skipped;
+// then a block reduction where a larger value wins and equal values go to the lower index — the
+// reference's first-maximum rule. kNone (index INT32_MAX) marks "nothing seen"; an all-NaN row gives 0.
+constexpr int kArgmaxThreads = 1024;
+constexpr int32_t kNone = 0x7fffffff;
+
+__device__ __forceinline__ void better(float& bv, int32_t& bi, float v, int32_t i) {
+  if (i == kNone) return;
+  if (bi == kNone || v > bv || (v == bv && i < bi)) {
+    bv = v;
+    bi = i;
+  }
+}
+
+__global__ void argmax_kernel(const float* x, int64_t d, int32_t* ids) {
+  __shared__ float sv[32];
+  __shared__ int32_t si[32];
+  const float* row = x + blockIdx.x * d;
+  float bv = 0.0f;
+  int32_t bi = kNone;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    const float v = row[c];
+    if (!isnan(v)) better(bv, bi, v, static_cast<int32_t>(c));
+  }
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_down_sync(0xffffffffu, bv, off);
+    const int32_t oi = __shfl_down_sync(0xffffffffu, bi, off);
+    better(bv, bi, ov, oi);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int warps = blockDim.x >> 5;
+    bv = lane < warps ? sv[lane] : 0.0f;
+    bi = lane < warps ? si[lane] : kNone;
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_down_sync(0xffffffffu, bv, off);
+      const int32_t oi = __shfl_down_sync(0xffffffffu, bi, off);
+      better(bv, bi, ov, oi);
+    }
+    if (lane == 0) ids[blockIdx.x] = bi == kNone ? 0 : bi;
+  }
+}
+
 }  // namespace
 
 void activate(float* x, int64_t n, Activation act) {
@@ -103,5 +152,16 @@ void add(float* y, const float* x, int64_t n) { binary("add", y, x, 0.0f, n, kAd
 void scale(float* y, float s, int64_t n) { binary("scale", y, nullptr, s, n, kScale); }
 void mul(float* y, const float* x, int64_t n) { binary("mul", y, x, 0.0f, n, kMul); }
 void softcap(float* x, int64_t n, float cap) { binary("softcap", x, nullptr, cap, n, kSoftcap); }
+
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
+  if (n <= 0) return;
+  if (n > 0x7fffffff) detail::fail(ErrorKind::kInvalidArgument, "[cuda argmax] too many rows");
+  auto* dev = static_cast<int32_t*>(detail::scratch(static_cast<size_t>(n) * sizeof(int32_t), "argmax"));
+  cudaStream_t st = detail::stream("argmax");
+  argmax_kernel<<<static_cast<unsigned>(n), kArgmaxThreads, 0, st>>>(x, d, dev);
+  VLM_CUDA_LAUNCHED("argmax");
+  // The ids go to host memory: this waits for the stream (ops.h).
+  vlm::ops::cuda::copy(ids, Device::kCpu, dev, Device::kCuda, static_cast<size_t>(n) * sizeof(int32_t));
+}
 
 }  // namespace vlm::ops::cuda::kernels

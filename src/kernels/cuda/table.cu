@@ -20,7 +20,8 @@ struct Profiled<Name, Fn> {
 constexpr char kLinear[] = "linear", kLinearGroup[] = "linear_group", kEmbedding[] = "embedding",
                kRmsNorm[] = "rms_norm", kAddRmsNorm[] = "add_rms_norm",
                kLayerNorm[] = "layer_norm", kRope[] = "rope", kMrope[] = "mrope", kActivate[] = "activate",
-               kGated[] = "gated_activate", kSoftmax[] = "softmax", kAttention[] = "attention", kAdd[] = "add",
+               kGated[] = "gated_activate", kSoftmax[] = "softmax", kArgmax[] = "argmax",
+               kAttention[] = "attention", kAdd[] = "add",
                kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
 
 // linear also sets the phase: its token count says decode or prefill.
@@ -52,6 +53,7 @@ const cpu::KernelTable& kernel_table() {
       t.activate = &Profiled<kActivate, &kernels::activate>::call;
       t.gated_activate = &Profiled<kGated, &kernels::gated_activate>::call;
       t.softmax = &Profiled<kSoftmax, &kernels::softmax>::call;
+      t.argmax = &Profiled<kArgmax, &kernels::argmax>::call;
       t.attention = &Profiled<kAttention, &kernels::attention>::call;
       t.add = &Profiled<kAdd, &kernels::add>::call;
       t.scale = &Profiled<kScale, &kernels::scale>::call;
@@ -70,6 +72,7 @@ const cpu::KernelTable& kernel_table() {
     t.activate = &kernels::activate;
     t.gated_activate = &kernels::gated_activate;
     t.softmax = &kernels::softmax;
+    t.argmax = &kernels::argmax;
     t.attention = &kernels::attention;
     t.add = &kernels::add;
     t.scale = &kernels::scale;

@@ -377,6 +377,28 @@ void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out) {
 
 void DecoderModel::forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                            const ops::AttentionMask& mask, float* logits, bool all_logits) {
+  const int64_t rows = all_logits ? n : 1;
+  Tensor keep;
+  const float* out = run(embeds, n, positions, cache, mask, rows, logits, keep);
+  // On a device the logits were computed there; only these `rows` come back.
+  if (device_ != Device::kCpu) {
+    ops::DeviceScope scope(device_);
+    ops::copy(logits, Device::kCpu, out, device_, sizeof(float) * rows * spec_.vocab_size);
+  }
+}
+
+int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                                     const ops::AttentionMask& mask) {
+  Tensor keep;
+  const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
+  ops::DeviceScope scope(device_);
+  int32_t id = 0;
+  ops::argmax(out, 1, spec_.vocab_size, &id);
+  return id;
+}
+
+float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                         const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep) {
   const DecoderSpec& s = spec_;
   VLM_CHECK(n > 0, ErrorKind::kInvalidArgument, "{}: forward needs at least one token", s.family);
   VLM_CHECK(positions.n == n && positions.data && (positions.dims == 1 || positions.dims == 3),
@@ -408,14 +430,12 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
     ops::add_rms_norm(x, r, n, h, last_layer ? final_norm_ : layers_[static_cast<size_t>(i) + 1].input_norm, eps,
                       off, hx);
   }
-  const int64_t rows = all_logits ? n : 1;
   const float* last = hx + (n - rows) * h;  // already through "model.norm"
-  // On a device the logits are computed there and only these `rows` come back.
-  Tensor lb = on_host ? Tensor() : scratch({rows, s.vocab_size});
-  float* out = on_host ? logits : lb.data<float>();
+  if (!on_host || logits == nullptr) keep = scratch({rows, s.vocab_size});
+  float* out = keep.defined() ? keep.data<float>() : logits;
   run_linear(head_, last, rows, out);  // "lm_head"
   if (s.final_softcap > 0) ops::softcap(out, rows * s.vocab_size, s.final_softcap);
-  if (!on_host) ops::copy(logits, Device::kCpu, out, device_, sizeof(float) * rows * s.vocab_size);
+  return out;
 }
 
 size_t DecoderModel::weight_bytes() const { return table_->weight_bytes() + (adapter_ ? adapter_->nbytes() : 0); }

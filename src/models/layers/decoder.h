@@ -97,6 +97,8 @@ class DecoderModel final : public LanguageModel {
   void embed(const int32_t* ids, int64_t n, float* out) const override;
   void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                const ops::AttentionMask& mask, float* logits, bool all_logits) override;
+  int32_t forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                         const ops::AttentionMask& mask) override;
   size_t weight_bytes() const override;
   Device device() const override { return device_; }
   // Throws Error(kUnsupported) naming the reason when `device` cannot run (no CUDA); the model then
@@ -131,6 +133,10 @@ class DecoderModel final : public LanguageModel {
   void attention_block(int i, const float* hx, int64_t n, const Positions& positions, KVCache& cache,
                        const ops::AttentionMask& mask, float* out);
   void mlp_block(int i, const float* hx, int64_t n, float* out);
+  // The layers and the head: the logits of the last `rows` positions on device_ ([rows, vocab]; the
+  // caller's host `logits` when on the CPU, else a device buffer kept alive by `keep`).
+  float* run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+             const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep);
 
   DecoderSpec spec_;
   std::unique_ptr<TensorTable> table_;

@@ -99,6 +99,16 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
   });
 }
 
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = x + i * d;
+    int64_t best = -1;
+    for (int64_t c = 0; c < d; ++c)
+      if (!std::isnan(row[c]) && (best < 0 || row[c] > row[best])) best = c;
+    ids[i] = static_cast<int32_t>(best < 0 ? 0 : best);
+  }
+}
+
 void add(float* y, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
