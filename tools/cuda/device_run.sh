@@ -7,6 +7,9 @@
 #   bench SHAPE...   bench_cuda_kernels (once), then `vlmcheck bench --device cuda` for each synthetic
 #                    shape in bf16 and MLX 4-bit g64 (2048-token prompt, 64 decode tokens)
 #   hf SHAPE...      the transformers eager peer (tools/cuda/hf_decode_baseline.py) on the same card
+#   long SHAPE...    `vlmcheck bench --device cuda` with a 16,384-token prompt (bf16; TTFT is the figure)
+#   profile SHAPE... the bench (2048-token prompt, 64 decode tokens, bf16 and 4-bit) with VLMCHECK_CUDA_PROFILE=1:
+#                    per-op GPU and host time in the log
 # Several modes may follow each other: `tests bench qwen2.5-vl-3b hf qwen2.5-vl-3b`. Logs go to $OUT
 # (the device tool brings back at most 8 files, so they are tarred into one); the last lines printed
 # are a summary.
@@ -37,7 +40,7 @@ for arg in "$@"; do
       (cd /tmp && VLMCHECK_ASSETS="$root/assets" timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
       summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
       mode="" ;;
-    bench|hf) mode=$arg ;;
+    bench|hf|long|profile) mode=$arg ;;
     *)
       if [[ "$mode" == bench ]]; then
         if [[ $kernels_done == 0 && -x "$bin/bench_cuda_kernels" ]]; then
@@ -49,6 +52,19 @@ for arg in "$@"; do
           timeout 240 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" $bits --prompt-tokens 2048 \
             --gen-tokens 64 --repetitions 3 --work-dir /tmp > "$logs/bench_$tag.txt" 2>&1
           summary+=("bench $tag rc=$? $(grep -E '^(load|prefill|decode)' "$logs/bench_$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+          rm -rf /tmp/vlmcheck-bench-*
+        done
+      elif [[ "$mode" == long ]]; then
+        timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --prompt-tokens 16384 --gen-tokens 8 \
+          --repetitions 1 --work-dir /tmp > "$logs/long_$arg.txt" 2>&1
+        summary+=("long $arg rc=$? $(grep -E '^(prefill|decode)' "$logs/long_$arg.txt" | tr -s ' ' | tr '\n' ' ')")
+        rm -rf /tmp/vlmcheck-bench-*
+      elif [[ "$mode" == profile ]]; then
+        for bits in "" "--bits 4"; do
+          tag="$arg${bits:+-q4}"
+          VLMCHECK_CUDA_PROFILE=1 timeout 240 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" $bits \
+            --prompt-tokens 2048 --gen-tokens 64 --repetitions 1 --work-dir /tmp > "$logs/profile_$tag.txt" 2>&1
+          summary+=("profile $tag rc=$?")
           rm -rf /tmp/vlmcheck-bench-*
         done
       elif [[ "$mode" == hf ]]; then
