@@ -1,18 +1,16 @@
-// linear on the GPU: the dispatcher, the dense-weight paths and the bias epilogue.
+// linear on the GPU: the dispatcher, the dense-weight prefill path and the bias epilogue.
 //
-//   n < 8 (decode)  dense f32/f16/bf16 -> gemv_dense_kernel: a block per 4 output rows, every thread
-//                   reads 16-byte vectors of each row's stored bytes (4 f32 or 8 f16/bf16 values),
-//                   dots them with x in f32, then warp-shuffle + shared-memory reduction. Tokens go in
-//                   chunks of 4/2/1 (one kernel per chunk size), so each weight row is read once per chunk.
-//                   quantized -> linear_quant.cu's GEMV (reads the packed codes directly).
+//   n < 8 (decode)  every format the GEMV takes (16-byte aligned x and weights, cols a multiple of the
+//                   16-byte vector or of 32 for quantized codes) -> linear_gemv.cu, bias added on store.
 //   n >= 8 (prefill) f32 -> cuBLASLt SGEMM with CUBLAS_COMPUTE_32F_PEDANTIC (no TF32);
 //                   f16/bf16 -> x rounded to the weight's dtype in scratch, cuBLASLt with f32 accumulation
 //                   and f32 output (x loses its low mantissa bits: NMSE ~1e-6 for bf16, ~1e-8 for f16);
 //                   quantized -> linear_quant.cu: row chunks of W dequantized (the reference's f32
 //                   s * q + b) and rounded to bf16 into scratch, x rounded to bf16, cuBLASLt as above.
 //   Whatever a fast path refuses (misaligned views, cuBLASLt finding no algorithm) runs on the tiled
-//   kernel, which takes any weight and any shape. The bias is added by one more small kernel.
+//   kernel, which takes any weight and any shape. The bias is then added by one more small kernel.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/linear_gemv.cuh"
 
 #include <map>
 #include <mutex>
@@ -21,139 +19,9 @@
 namespace vlm::ops::cuda::kernels {
 namespace {
 
-constexpr int kRows = 4;         // output rows per GEMV block
 constexpr int64_t kGemvMaxN = 8;  // n below this runs as GEMV
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// Converts 16 stored bytes to f32 values: 4 for f32, 8 for f16/bf16.
-template <typename WT>
-struct Vec;
-template <>
-struct Vec<float> {
-  static constexpr int kN = 4;
-  __device__ static void load(const uint4& u, float* f) {
-    f[0] = __uint_as_float(u.x);
-    f[1] = __uint_as_float(u.y);
-    f[2] = __uint_as_float(u.z);
-    f[3] = __uint_as_float(u.w);
-  }
-};
-template <>
-struct Vec<__nv_bfloat16> {
-  static constexpr int kN = 8;
-  __device__ static void load(const uint4& u, float* f) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      f[2 * i] = __uint_as_float(w[i] << 16);  // element 2i sits in the low half (little-endian)
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-};
-template <>
-struct Vec<__half> {
-  static constexpr int kN = 8;
-  __device__ static void load(const uint4& u, float* f) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      __half2 h;
-      memcpy(&h, &w[i], 4);
-      const float2 v = __half22float2(h);
-      f[2 * i] = v.x;
-      f[2 * i + 1] = v.y;
-    }
-  }
-};
-
-// Reduces acc[kRows][NT] over the block and writes y[t, row0 + r]. `red` holds warps * kRows * NT.
-template <int NT>
-__device__ __forceinline__ void reduce_store(float (&acc)[kRows][NT], float* red, float* y, int64_t out, int64_t row0) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float s = warp_sum(acc[r][t]);
-      if (lane == 0) red[warp * kRows * NT + r * NT + t] = s;
-    }
-  __syncthreads();
-  if (threadIdx.x < kRows * NT) {
-    const int r = threadIdx.x / NT, t = threadIdx.x % NT;
-    float s = 0.0f;
-    for (int w = 0; w < warps; ++w) s += red[w * kRows * NT + threadIdx.x];
-    if (row0 + r < out) y[t * out + row0 + r] = s;
-  }
-}
-
-// y[t, r] = sum_c x[t, c] * w[r, c] for NT tokens; in is a multiple of Vec<WT>::kN and rows are
-// 16-byte aligned (checked by the host).
-template <typename WT, int NT>
-__global__ void __launch_bounds__(256) gemv_dense_kernel(const float* __restrict__ x, int64_t in,
-                                                         const WT* __restrict__ w, int64_t out, float* __restrict__ y) {
-  __shared__ float red[8 * kRows * NT];
-  constexpr int V = Vec<WT>::kN;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int64_t units = in / V;
-  const uint4* rows[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t rr = row0 + r < out ? row0 + r : out - 1;  // clamp: the extra rows are computed, not stored
-    rows[r] = reinterpret_cast<const uint4*>(w + rr * in);
-  }
-  float acc[kRows][NT] = {};
-  for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
-    float wf[kRows][V];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) Vec<WT>::load(__ldg(rows[r] + u), wf[r]);
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float4* xv = reinterpret_cast<const float4*>(x + t * in + u * V);
-      float xf[V];
-#pragma unroll
-      for (int q = 0; q < V / 4; ++q) {
-        const float4 f = __ldg(xv + q);
-        xf[4 * q] = f.x;
-        xf[4 * q + 1] = f.y;
-        xf[4 * q + 2] = f.z;
-        xf[4 * q + 3] = f.w;
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[r][t] += wf[r][e] * xf[e];
-    }
-  }
-  reduce_store<NT>(acc, red, y, out, row0);
-}
-
-int gemv_threads(int64_t units) {
-  if (units >= 256) return 256;
-  return static_cast<int>(std::max<int64_t>(32, (units + 31) / 32 * 32));
-}
-
-template <typename WT>
-void launch_dense_gemv(const float* x, int64_t n, const WT* w, int64_t in, int64_t out, float* y, cudaStream_t st) {
-  const unsigned blocks = static_cast<unsigned>((out + kRows - 1) / kRows);
-  const int threads = gemv_threads(in / Vec<WT>::kN);
-  for (int64_t t0 = 0; t0 < n;) {
-    const int64_t left = n - t0;
-    const float* xt = x + t0 * in;
-    float* yt = y + t0 * out;
-    if (left >= 4) {
-      gemv_dense_kernel<WT, 4><<<blocks, threads, 0, st>>>(xt, in, w, out, yt);
-      t0 += 4;
-    } else if (left >= 2) {
-      gemv_dense_kernel<WT, 2><<<blocks, threads, 0, st>>>(xt, in, w, out, yt);
-      t0 += 2;
-    } else {
-      gemv_dense_kernel<WT, 1><<<blocks, threads, 0, st>>>(xt, in, w, out, yt);
-      t0 += 1;
-    }
-    VLM_CUDA_LAUNCHED("linear (dense gemv)");
-  }
-}
 
 __global__ void add_bias_kernel(float* y, int64_t n, int64_t out, const void* b, int kind) {
   const int64_t total = n * out;
@@ -265,17 +133,9 @@ bool lt_matmul_f32(const void* w, const float* x, int64_t n, int64_t in, int64_t
 }
 
 bool linear_dense_gemv(const float* x, int64_t n, const Weight& w, float* y) {
-  const int64_t in = w.cols(), out = w.rows();
-  const void* wp = detail::device_ptr(w.dense, "linear", "weight");
-  const int kind = detail::float_kind(w.dense, "linear", "weight");
-  const int64_t v = kind == detail::kF32 ? 4 : 8;
-  if (in % v != 0 || !aligned16(wp) || !aligned16(x)) return false;
-  cudaStream_t st = detail::stream("linear");
-  switch (kind) {
-    case detail::kF32: launch_dense_gemv(x, n, static_cast<const float*>(wp), in, out, y, st); break;
-    case detail::kF16: launch_dense_gemv(x, n, static_cast<const __half*>(wp), in, out, y, st); break;
-    default: launch_dense_gemv(x, n, static_cast<const __nv_bfloat16*>(wp), in, out, y, st); break;
-  }
+  if (!gemv_supported(x, w)) return false;
+  const GemvTarget t{&w, nullptr, y};
+  gemv_launch(x, n, &t, 1);
   return true;
 }
 
@@ -317,14 +177,13 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, floa
   if (w.cols() <= 0) {  // empty dot products: y = bias (or 0)
     VLM_CUDA(cudaMemsetAsync(y, 0, static_cast<size_t>(n * w.rows()) * sizeof(float), detail::stream("linear")),
              "linear");
+  } else if (n < kGemvMaxN && gemv_supported(x, w)) {
+    const GemvTarget t{&w, &bias, y};  // bias added on store
+    gemv_launch(x, n, &t, 1);
+    return;
   } else {
-    bool done = false;
-    if (w.quantized)
-      done = n < kGemvMaxN ? linear_quant_gemv(x, n, w, y) : linear_quant_gemm(x, n, w, y);
-    else if (n < kGemvMaxN)
-      done = linear_dense_gemv(x, n, w, y);
-    else
-      done = linear_dense_cublaslt(x, n, w, y);
+    bool done = false;  // a GEMV that gemv_supported() refused goes to the tiled kernel
+    if (n >= kGemvMaxN) done = w.quantized ? linear_quant_gemm(x, n, w, y) : linear_dense_cublaslt(x, n, w, y);
     if (!done) linear_tiled(x, n, w, y);
   }
   if (bias.defined()) add_bias(y, n, w.rows(), bias);

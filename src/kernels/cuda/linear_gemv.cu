@@ -1,49 +1,58 @@
-// The decode GEMV (n < 8 tokens): y[t, r] = Σ_c x[t, c] · W[r, c], W in its stored format (dense
-// f32/f16/bf16, or MLX affine codes + per-group scales and biases), read once per chunk of up to 4
-// tokens. A GEMV is a stream over the weights, so the design goal is bytes in flight: an H200 needs
-// several MB of outstanding loads to reach its bandwidth, and the previous kernel (each thread loading
-// one 16-byte unit of 4 rows, then computing) kept ~13% of DRAM busy.
+// The decode GEMV (n < 8 tokens): y[t, r] = Σ_c x[t, c] · W[r, c] (+ bias[r]), W in its stored
+// format (dense f32/f16/bf16, or MLX affine codes + per-group scales and biases of any float dtype),
+// read once per chunk of up to 4 tokens (chunks of 4/2/1).
 //
-//   Layout. 128-thread blocks (4 warps). A warp owns R consecutive rows (dense: 2, quantized: 4) and a
-//   share of their inputs: the block's warps are split into row groups × K-splits (ksplit = 1, 2 or 4
-//   warps per row group, chosen from the row length so every lane has a few units per row). Lane l of
-//   K-split k takes units u = k·32 + l, + 32·ksplit, ... (consecutive lanes read consecutive 16 bytes
-//   of a row: coalesced), U units at a time.
+//   Layout. A warp owns R consecutive rows; the block's warps are split into row groups × K-splits
+//   (ksplit = 1..8 warps share one row group's inputs, chosen so each lane has about one round of U
+//   units per row: short rows give several row groups per block, long rows one). Lane l of K-split k
+//   takes units u = k·32 + l, + 32·ksplit, ... (consecutive lanes read consecutive bytes of a row),
+//   and issues the loads of a whole round (R rows × U units, plus their scales and biases) before any
+//   math. Weights are loaded with ld.global.nc.L1::no_allocate (streamed once; x stays in L1).
 //   Unit. Dense: 16 stored bytes (4 f32 / 8 f16 or bf16 values). Quantized: 32 values = `bits` u32
-//   words (16 bytes at 4 bits; 8 at 2; 32 at 8; 12/20/24 at 3/5/6), inside one group (groups are
-//   32/64/128 wide, so a unit's group is u >> group_shift).
-//   Loads. Each lane issues all R × U weight loads (dense 2 × 4, quantized 4 × 2 at 3/4/5/6 bits,
-//   4 × 4 at 2, 4 × 1 at 8: 80-128 bytes per lane) plus the units' scales and biases before any math,
-//   as ld.global.nc.L1::no_allocate (streamed once: no L1 allocation, so x stays cached). x (f32, a
-//   few KB) is read through L1 (__ldg) and shared by the warp's R rows.
-//   x bank order (2/4/8 bits). A quantized unit's x is one 128-byte line per lane; reading it as 8
-//   float4 in the same order on every lane makes all 32 lanes hit the same 4 L1 banks. Lane l instead
-//   reads chunk (c + l) mod 8 at step c and rotates its code registers by the same amount (a few
-//   selects and funnel shifts), so 8 consecutive lanes cover all 32 banks.
-//   Math. f32 throughout, as the reference: dense Σ w·x; quantized per unit s·Σq·x + b·Σx with codes
-//   made exact floats by the exponent trick ((q | 0x4B000000) - 2^23, one byte permute per code at 4
-//   and 8 bits). Each lane keeps R × NT partial sums; warp shuffles and, across K-splits, one shared
-//   array reduce them at the end; the bias (any float dtype) is added on store (the reference's
-//   separate f32 add).
+//   words (16-byte loads at 4/8 bits, 8-byte at 2/6, 4-byte at 3/5), inside one group (groups are
+//   32/64/128 wide: the unit's group is u >> group_shift, no division).
+//   Shapes (Config, measured on an H200 against the previous kernels and variants, docs/CUDA.md):
+//   dense, any n: R = 4, U = 1, 256 threads. Quantized n = 1: the same. Quantized n >= 2: the work per
+//   token (x loads, Σx, one FMA per code and token) dominates, so 8 rows share each x load at 4 bits
+//   (R = 8, 128 threads), 4 rows with 2-4 units per round at the other widths.
+//   x bank order. A quantized unit's x is one 128-byte line per lane; reading it as 8 float4 in the
+//   same order on every lane puts all 32 lanes on the same 4 L1 banks. Where it pays (n >= 2 at 2/4/8
+//   bits, n = 1 at 8 bits) lane l reads chunk (c + l) mod 8 at step c and rotates its code registers
+//   by the same amount (selects and funnel shifts), so 8 consecutive lanes cover all 32 banks.
+//   Math. f32 as the reference: dense Σ w·x; quantized per unit s·Σq·x + b·Σx with codes made exact
+//   floats by the exponent trick ((q | 0x4B000000) - 2^23, one byte permute per code at 4 and 8
+//   bits). Each lane keeps R × NT partial sums; warp shuffles and, across K-splits, one shared array
+//   reduce them at the end; the bias (any float dtype) is added on store (the reference's separate
+//   f32 add). At one token the 4-bit kernel is bound by this per-code arithmetic (~1.2 TB/s of codes
+//   on an H200), not by DRAM.
 //   Groups. One launch covers up to kGemvMaxTargets weights of the same format and cols (q/k/v,
-//   gate/up): the blocks are numbered through the members' rows, and each block finds its member
-//   from the cumulative block counts in the parameter block.
+//   gate/up): blocks are numbered through the members' rows, and each block finds its member from the
+//   cumulative block counts in the parameter block.
 #include "kernels/cuda/linear_gemv.cuh"
 
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
 
-constexpr int kThreads = 128;
-constexpr int kWarps = kThreads / 32;
-constexpr int kDenseRows = 2, kDenseUnits = 4;  // dense: rows per warp, units per lane in flight
-constexpr int kQuantRows = 4;                   // quantized: rows per warp
-
-// Units per lane in flight for a quantized row (R × U × unit bytes = 64-128 bytes per lane).
-constexpr int quant_units(int bits) { return bits == 2 ? 4 : bits == 8 ? 1 : 2; }
+// Launch shape of one kernel: rows per warp (R), units per lane loaded per round (U), threads per
+// block, and whether lanes rotate their x chunk order (2/4/8 bits only).
+struct Config {
+  int rows, units, threads;
+  bool rot;
+};
+constexpr bool rotates(int bits) { return bits == 2 || bits == 4 || bits == 8; }
+// Dense, every token count: 4 rows per warp, one unit of each per round, 256 threads.
+constexpr Config dense_config() { return {4, 1, 256, false}; }
+// Quantized. One token: as dense (the rotated x order only pays at 8 bits, where a unit is 32 bytes).
+// More tokens: the per-token x loads and Σx dominate, so more rows share them (8 at 4 bits) and lanes
+// read x in rotated order.
+constexpr Config quant_config(int bits, int nt) {
+  if (nt == 1) return {4, 1, 256, bits == 8};
+  if (bits == 4) return {8, 1, 128, true};
+  return {4, bits == 2 ? 4 : bits == 8 ? 1 : 2, 128, rotates(bits)};
+}
 
 struct GemvParams {
   const float* x;   // [n, in] f32 (this launch's token chunk)
@@ -100,14 +109,14 @@ struct Slot {
   int grp, kw;
 };
 
-template <int R>
+template <int R, int WARPS>
 __device__ __forceinline__ Slot locate(const GemvParams& p) {
   const unsigned b = blockIdx.x;
   int j = 0;
   while (j + 1 < p.count && b >= p.block_end[j]) ++j;
   const unsigned first = j > 0 ? p.block_end[j - 1] : 0u;
   const int warp = threadIdx.x >> 5;
-  const int groups_per_block = kWarps / p.ksplit;
+  const int groups_per_block = WARPS / p.ksplit;
   Slot s;
   s.j = j;
   s.grp = warp / p.ksplit;
@@ -117,9 +126,9 @@ __device__ __forceinline__ Slot locate(const GemvParams& p) {
 }
 
 // Reduces acc over the warp's lanes and the row group's K-splits, adds the bias, stores y.
-template <int R, int NT>
+template <int R, int NT, int WARPS>
 __device__ __forceinline__ void finish(float (&acc)[R][NT], const GemvParams& p, const Slot& s) {
-  __shared__ float red[kWarps][R * NT];
+  __shared__ float red[WARPS][R * NT];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -129,7 +138,7 @@ __device__ __forceinline__ void finish(float (&acc)[R][NT], const GemvParams& p,
       if (lane == 0) red[warp][r * NT + t] = v;
     }
   __syncthreads();
-  const int per_block = (kWarps / p.ksplit) * R * NT;
+  const int per_block = (WARPS / p.ksplit) * R * NT;
   if (static_cast<int>(threadIdx.x) < per_block) {
     const int grp = threadIdx.x / (R * NT), rt = threadIdx.x % (R * NT);
     float sum = 0.0f;
@@ -214,9 +223,10 @@ __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __
 }
 
 template <typename WT, int NT>
-__global__ void __launch_bounds__(kThreads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
-  constexpr int R = kDenseRows, U = kDenseUnits, V = Dense<WT>::kN;
-  const Slot sl = locate<R>(p);
+__global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
+  constexpr Config c = dense_config();
+  constexpr int R = c.rows, U = c.units, V = Dense<WT>::kN, WARPS = c.threads / 32;
+  const Slot sl = locate<R, WARPS>(p);
   const int lane = threadIdx.x & 31;
   const int64_t rows = p.rows[sl.j];
   const WT* w = static_cast<const WT*>(p.w[sl.j]);
@@ -241,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) gemv_dense_kernel(const __grid_const
     for (int k = 0; k < U; ++k) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
   }
   // The rest (fewer than U units per lane), loads still issued together.
-  {
+  if constexpr (U > 1) {
     uint4 wv[U - 1][R];
 #pragma unroll
     for (int k = 0; k < U - 1; ++k)
@@ -252,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) gemv_dense_kernel(const __grid_const
     for (int k = 0; k < U - 1; ++k)
       if (u + k * step < p.units) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
   }
-  finish<R, NT>(acc, p, sl);
+  finish<R, NT, WARPS>(acc, p, sl);
 }
 
 // ---- quantized ------------------------------------------------------------------------------------
@@ -306,9 +316,6 @@ __device__ __forceinline__ void load_unit(const uint32_t* __restrict__ row, int6
 
 // Whether lanes read their unit's x in a rotated chunk order (see the header): the rotation of the
 // codes is cheap where a chunk of 4 codes is a whole byte, 16-bit half or word (2, 4, 8 bits).
-template <int BITS>
-constexpr bool kRotates = BITS == 2 || BITS == 4 || BITS == 8;
-
 // Rotates a unit's codes so that chunk c (codes 4c..4c+3) of the result is chunk (c + k) mod 8 of w.
 template <int BITS>
 __device__ __forceinline__ void rotate_chunks(uint32_t (&w)[BITS], int k) {
@@ -375,9 +382,13 @@ __device__ __forceinline__ void quant_unit(uint32_t (&w)[R][BITS], const float (
     for (int t = 0; t < NT; ++t) acc[r][t] += s[r] * qx[r][t] + b[r] * sx[t];
 }
 
-template <int BITS, int NT, bool ROT, int R = kQuantRows, int U = quant_units(BITS)>
-__global__ void __launch_bounds__(kThreads) gemv_quant_kernel(const __grid_constant__ GemvParams p) {
-  const Slot sl = locate<R>(p);
+template <int BITS, int NT>
+__global__ void __launch_bounds__(quant_config(BITS, NT).threads)
+    gemv_quant_kernel(const __grid_constant__ GemvParams p) {
+  constexpr Config c = quant_config(BITS, NT);
+  constexpr int R = c.rows, U = c.units, WARPS = c.threads / 32;
+  constexpr bool ROT = c.rot;
+  const Slot sl = locate<R, WARPS>(p);
   const int lane = threadIdx.x & 31;
   const int64_t rows = p.rows[sl.j];
   const uint32_t* packed = static_cast<const uint32_t*>(p.w[sl.j]);
@@ -427,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) gemv_quant_kernel(const __grid_const
       round(std::integral_constant<int, 1>{});
     }
   }
-  finish<R, NT>(acc, p, sl);
+  finish<R, NT, WARPS>(acc, p, sl);
 }
 
 // ---- host -----------------------------------------------------------------------------------------
@@ -439,58 +450,46 @@ int log2_exact(int64_t v) {
   return s;
 }
 
-template <int BITS, int NT>
-void launch_quant(const GemvParams& p, unsigned blocks, cudaStream_t st, bool rot) {
-  if constexpr (BITS == 4) {
-    if (gemv_dev_variant() == 3) {
-      gemv_quant_kernel<4, NT, true, 8, 1><<<blocks, kThreads, 0, st>>>(p);
-      return;
-    }
-  }
-  if constexpr (kRotates<BITS>) {
-    if (rot) {
-      gemv_quant_kernel<BITS, NT, true><<<blocks, kThreads, 0, st>>>(p);
-      return;
-    }
-  }
-  gemv_quant_kernel<BITS, NT, false><<<blocks, kThreads, 0, st>>>(p);
-}
-
+// Numbers the blocks of one launch with this config (row groups per block from ksplit) and launches it.
 template <int NT>
-void launch_chunk(const GemvParams& p, bool quant, int kind_or_bits, unsigned blocks, cudaStream_t st) {
-  const bool rot = gemv_dev_variant() != 1;
+void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) {
+  const Config c = quant ? quant_config(kind_or_bits, NT) : dense_config();
+  const int warps = c.threads / 32;
+  // Warps per row group: about one round of U units per lane (short rows: fewer warps per row, more
+  // row groups per block; long rows: all the block's warps share one group's inputs).
+  const int64_t rounds = (p.units + 32 * c.units - 1) / (32 * c.units);
+  p.ksplit = 1;
+  while (p.ksplit < warps && p.ksplit < rounds) p.ksplit *= 2;
+  const int64_t rows_per_block = (warps / p.ksplit) * c.rows;
+  int64_t blocks = 0;
+  for (int i = 0; i < p.count; ++i) {
+    blocks += (p.rows[i] + rows_per_block - 1) / rows_per_block;
+    if (blocks > 0x7fffffff)
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(p.rows[i]) +
+                                                    " rows exceed the GEMV grid");
+    p.block_end[i] = static_cast<unsigned>(blocks);
+  }
+  const unsigned grid = static_cast<unsigned>(blocks);
   if (!quant) {
     switch (kind_or_bits) {
-      case detail::kF32: gemv_dense_kernel<float, NT><<<blocks, kThreads, 0, st>>>(p); break;
-      case detail::kF16: gemv_dense_kernel<__half, NT><<<blocks, kThreads, 0, st>>>(p); break;
-      default: gemv_dense_kernel<__nv_bfloat16, NT><<<blocks, kThreads, 0, st>>>(p); break;
+      case detail::kF32: gemv_dense_kernel<float, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case detail::kF16: gemv_dense_kernel<__half, NT><<<grid, c.threads, 0, st>>>(p); break;
+      default: gemv_dense_kernel<__nv_bfloat16, NT><<<grid, c.threads, 0, st>>>(p); break;
     }
   } else {
     switch (kind_or_bits) {
-      case 2: launch_quant<2, NT>(p, blocks, st, rot); break;
-      case 3: launch_quant<3, NT>(p, blocks, st, rot); break;
-      case 4: launch_quant<4, NT>(p, blocks, st, rot); break;
-      case 5: launch_quant<5, NT>(p, blocks, st, rot); break;
-      case 6: launch_quant<6, NT>(p, blocks, st, rot); break;
-      default: launch_quant<8, NT>(p, blocks, st, rot); break;
+      case 2: gemv_quant_kernel<2, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case 3: gemv_quant_kernel<3, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case 4: gemv_quant_kernel<4, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case 5: gemv_quant_kernel<5, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case 6: gemv_quant_kernel<6, NT><<<grid, c.threads, 0, st>>>(p); break;
+      default: gemv_quant_kernel<8, NT><<<grid, c.threads, 0, st>>>(p); break;
     }
   }
   VLM_CUDA_LAUNCHED("linear (gemv)");
 }
 
 }  // namespace
-
-int gemv_dev_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("VLMCHECK_GEMV_DEV");
-    if (e == nullptr) return 0;
-    if (std::strcmp(e, "norot") == 0) return 1;
-    if (std::strcmp(e, "old") == 0) return 2;
-    if (std::strcmp(e, "r8") == 0) return 3;
-    return 0;
-  }();
-  return v;
-}
 
 bool gemv_supported(const float* x, const Weight& w) {
   if (!aligned(x, 16) || w.cols() <= 0 || w.rows() <= 0) return false;
@@ -522,7 +521,7 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;
-  int kind_or_bits = 0, units_in_flight = 0, rows_per_warp = 0;
+  int kind_or_bits = 0;
   if (quant) {
     const detail::QuantView q = detail::quant_view(w0, "linear");
     kind_or_bits = q.bits;
@@ -532,21 +531,10 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     p.bias_kind = q.bias_kind;
     p.groups = q.groups;
     p.words = q.words_per_row;
-    units_in_flight = quant_units(q.bits);
-    rows_per_warp = kQuantRows;
-    if (q.bits == 4 && gemv_dev_variant() == 3) units_in_flight = 1, rows_per_warp = 8;
   } else {
     kind_or_bits = detail::float_kind(w0.dense, "linear", "weight");
     p.units = p.in / (kind_or_bits == detail::kF32 ? 4 : 8);
-    units_in_flight = kDenseUnits;
-    rows_per_warp = kDenseRows;
   }
-  // Warps per row group: enough that a lane has about U units of each row (short rows: 1 warp, so a
-  // block covers 4 row groups; long rows: 4 warps share a group's inputs).
-  const int64_t rounds = (p.units + 32 * units_in_flight - 1) / (32 * units_in_flight);
-  p.ksplit = rounds <= 1 ? 1 : rounds <= 2 ? 2 : 4;
-  const int64_t rows_per_block = (kWarps / p.ksplit) * rows_per_warp;
-  int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const Weight& w = *targets[i].w;
     p.rows[i] = w.rows();
@@ -566,11 +554,6 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
       p.out_bias[i] = detail::device_ptr(*bias, "linear", "bias");
       p.out_bias_kind[i] = detail::float_kind(*bias, "linear", "bias");
     }
-    blocks += (w.rows() + rows_per_block - 1) / rows_per_block;
-    if (blocks > 0x7fffffff)
-      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(w.rows()) +
-                                                    " rows exceed the GEMV grid");
-    p.block_end[i] = static_cast<unsigned>(blocks);
   }
   cudaStream_t st = detail::stream("linear");
   for (int64_t t0 = 0; t0 < n;) {
@@ -578,13 +561,13 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     for (int i = 0; i < count; ++i) p.y[i] = targets[i].y + t0 * p.rows[i];
     const int64_t left = n - t0;
     if (left >= 4) {
-      launch_chunk<4>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      launch_chunk<4>(p, quant, kind_or_bits, st);
       t0 += 4;
     } else if (left >= 2) {
-      launch_chunk<2>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      launch_chunk<2>(p, quant, kind_or_bits, st);
       t0 += 2;
     } else {
-      launch_chunk<1>(p, quant, kind_or_bits, static_cast<unsigned>(blocks), st);
+      launch_chunk<1>(p, quant, kind_or_bits, st);
       t0 += 1;
     }
   }

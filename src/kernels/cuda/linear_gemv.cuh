@@ -29,7 +29,4 @@ bool gemv_same_format(const Weight& a, const Weight& b);
 // format (checked by the caller), n in [1, 8) tokens, bias included.
 void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
 
-// DEV ONLY (removed before the final commit): VLMCHECK_GEMV_DEV=norot -> 1, old -> 2, r8 -> 3, else 0.
-int gemv_dev_variant();
-
 }  // namespace vlm::ops::cuda::kernels

@@ -10,7 +10,7 @@ namespace vlm::ops::cuda::kernels {
 
 void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
   auto one = [&](int i) { kernels::linear(x, n, *outs[i].w, outs[i].bias ? *outs[i].bias : Tensor(), outs[i].y); };
-  if (n <= 0 || n >= 8 || gemv_dev_variant() == 2) {
+  if (n <= 0 || n >= 8) {
     for (int i = 0; i < count; ++i) one(i);
     return;
   }

@@ -1,14 +1,5 @@
-// linear on MLX affine-quantized weights (core/quant.h layout), and the tiled kernel every weight
-// falls back to.
-//
-// GEMV (decode, n < 8): a block per 4 output rows; the unit of work is 32 consecutive input values
-// of a row = `bits` packed u32 words (always word-aligned and inside one quantization group, since
-// groups are 32/64/128 wide). Each thread takes units u = tid, tid + blockDim, ... and for each of the
-// 4 rows loads the unit's words (16-byte loads for 4/8 bits, 8-byte for 2/6, 4-byte for 3/5), then
-// for each token dots the 32 codes with x as s * Σ q·x + b * Σ x — the packed codes are read directly
-// and never expanded into memory. Codes become floats with the exponent trick (q | 0x4B000000) - 2^23,
-// which is exact for q < 2^23 and cheaper than an int->float conversion. One kernel per (bits, token
-// chunk of 4/2/1): 18 instantiations.
+// linear on MLX affine-quantized weights (core/quant.h layout): the prefill GEMM, and the tiled kernel
+// every weight falls back to. The decode GEMV is linear_gemv.cu (linear_quant_gemv below wraps it).
 //
 // GEMM (prefill, n >= 8): row chunks of W (<= 64 MiB) are dequantized as the reference does
 // (s * q + b in f32) and rounded to bf16 into scratch, x is rounded to bf16, and cuBLASLt multiplies
@@ -22,149 +13,12 @@
 // once and reused by all 64 tokens; each thread accumulates a 4x4 patch in f32. Simple, general,
 // correct for every shape; not tensor-core fast.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/linear_gemv.cuh"
 
 #include <type_traits>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
-
-constexpr int kRows = 4;
-
-// Code j (compile-time after unrolling) of a 32-value unit held in BITS words, as a float.
-// 4 and 8 bits (the common widths) place the code in the low byte of the float with one byte permute
-// (PRMT) instead of shift + mask + or: for 4 bits the even and odd nibbles of a word are first split
-// into two byte vectors (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F), shared by the word's 8 codes after
-// unrolling. Same values as the generic path, fewer instructions per code (the GEMV is issue-bound).
-template <int BITS>
-__device__ __forceinline__ float code(const uint32_t (&w)[BITS], int j) {
-  if constexpr (BITS == 4) {
-    const uint32_t word = w[j >> 3];
-    const int n = j & 7;  // nibble n of the word: byte n / 2 of the even (n even) or odd split
-    const uint32_t split = (n & 1) ? ((word >> 4) & 0x0F0F0F0Fu) : (word & 0x0F0F0F0Fu);
-    return __uint_as_float(__byte_perm(split, 0x4B000000u, 0x7440u | static_cast<unsigned>(n >> 1))) - 8388608.0f;
-  } else if constexpr (BITS == 8) {
-    return __uint_as_float(__byte_perm(w[j >> 2], 0x4B000000u, 0x7440u | static_cast<unsigned>(j & 3))) -
-           8388608.0f;
-  }
-  const int bit = j * BITS, word = bit >> 5, shift = bit & 31;
-  uint32_t v = w[word] >> shift;
-  if (shift + BITS > 32) v |= w[word + 1] << (32 - shift);
-  v &= (1u << BITS) - 1u;
-  return __uint_as_float(v | 0x4B000000u) - 8388608.0f;
-}
-
-// Loads the BITS words of unit u of a row (row pointer is 16-byte aligned when BITS is 4 or 8, 8-byte
-// aligned for 2 and 6: the host checks the base, the row and unit offsets keep it).
-template <int BITS>
-__device__ __forceinline__ void load_unit(const uint32_t* __restrict__ row, int64_t u, uint32_t (&w)[BITS]) {
-  const uint32_t* p = row + u * BITS;
-  if constexpr (BITS % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < BITS / 4; ++i) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
-      w[4 * i] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  } else if constexpr (BITS % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < BITS / 2; ++i) {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
-      w[2 * i] = v.x;
-      w[2 * i + 1] = v.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < BITS; ++i) w[i] = __ldg(p + i);
-  }
-}
-
-template <int BITS, int NT>
-__global__ void __launch_bounds__(256) gemv_quant_kernel(const float* __restrict__ x, int64_t in, detail::QuantView q,
-                                                         int64_t out, float* __restrict__ y) {
-  __shared__ float red[8 * kRows * NT];
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int64_t units = in / 32;
-  // Groups are 32, 64 or 128 values = 1, 2 or 4 units: the group of unit u is u >> group_shift (a
-  // 64-bit division per unit would cost more than the unit's loads).
-  const int group_shift = __ffs(q.group_size / 32) - 1;
-  int64_t rr[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) rr[r] = row0 + r < out ? row0 + r : out - 1;  // clamped rows are not stored
-  float acc[kRows][NT] = {};
-  for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
-    uint32_t w[kRows][BITS];
-    float s[kRows], b[kRows];
-    const int64_t g = u >> group_shift;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      load_unit<BITS>(q.packed + rr[r] * q.words_per_row, u, w[r]);
-      s[r] = detail::load_float(q.scales, q.scale_kind, rr[r] * q.groups + g);
-      b[r] = detail::load_float(q.biases, q.bias_kind, rr[r] * q.groups + g);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float4* xv = reinterpret_cast<const float4*>(x + t * in + u * 32);
-      float qx[kRows] = {};
-      float sx = 0.0f;
-#pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        const float4 f = __ldg(xv + c);
-        sx += (f.x + f.y) + (f.z + f.w);
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          qx[r] += code<BITS>(w[r], 4 * c) * f.x;
-          qx[r] += code<BITS>(w[r], 4 * c + 1) * f.y;
-          qx[r] += code<BITS>(w[r], 4 * c + 2) * f.z;
-          qx[r] += code<BITS>(w[r], 4 * c + 3) * f.w;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) acc[r][t] += s[r] * qx[r] + b[r] * sx;
-    }
-  }
-  // Block reduction (same scheme as the dense GEMV).
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float v = warp_sum(acc[r][t]);
-      if (lane == 0) red[warp * kRows * NT + r * NT + t] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x < kRows * NT) {
-    const int r = threadIdx.x / NT, t = threadIdx.x % NT;
-    float sum = 0.0f;
-    for (int wi = 0; wi < warps; ++wi) sum += red[wi * kRows * NT + threadIdx.x];
-    if (row0 + r < out) y[t * out + row0 + r] = sum;
-  }
-}
-
-template <int BITS>
-void launch_quant_gemv(const float* x, int64_t n, const detail::QuantView& q, int64_t in, int64_t out, float* y,
-                       cudaStream_t st) {
-  const unsigned blocks = static_cast<unsigned>((out + kRows - 1) / kRows);
-  const int64_t units = in / 32;
-  const int threads = units >= 256 ? 256 : static_cast<int>(std::max<int64_t>(32, (units + 31) / 32 * 32));
-  for (int64_t t0 = 0; t0 < n;) {
-    const int64_t left = n - t0;
-    const float* xt = x + t0 * in;
-    float* yt = y + t0 * out;
-    if (left >= 4) {
-      gemv_quant_kernel<BITS, 4><<<blocks, threads, 0, st>>>(xt, in, q, out, yt);
-      t0 += 4;
-    } else if (left >= 2) {
-      gemv_quant_kernel<BITS, 2><<<blocks, threads, 0, st>>>(xt, in, q, out, yt);
-      t0 += 2;
-    } else {
-      gemv_quant_kernel<BITS, 1><<<blocks, threads, 0, st>>>(xt, in, q, out, yt);
-      t0 += 1;
-    }
-    VLM_CUDA_LAUNCHED("linear (quantized gemv)");
-  }
-}
 
 // ---- tiled kernel -----------------------------------------------------------------------------------
 constexpr int kTileT = 64, kTileR = 64, kTileK = 16;
@@ -312,22 +166,9 @@ bool linear_quant_gemm(const float* x, int64_t n, const Weight& w, float* y) {
 }
 
 bool linear_quant_gemv(const float* x, int64_t n, const Weight& w, float* y) {
-  const detail::QuantView q = detail::quant_view(w, "linear");
-  const int64_t in = w.cols(), out = w.rows();
-  const uintptr_t need = q.bits % 4 == 0 ? 15u : q.bits % 2 == 0 ? 7u : 3u;
-  if ((reinterpret_cast<uintptr_t>(q.packed) & need) != 0 || (reinterpret_cast<uintptr_t>(x) & 15u) != 0 ||
-      in % 32 != 0)
-    return false;
-  cudaStream_t st = detail::stream("linear");
-  switch (q.bits) {
-    case 2: launch_quant_gemv<2>(x, n, q, in, out, y, st); break;
-    case 3: launch_quant_gemv<3>(x, n, q, in, out, y, st); break;
-    case 4: launch_quant_gemv<4>(x, n, q, in, out, y, st); break;
-    case 5: launch_quant_gemv<5>(x, n, q, in, out, y, st); break;
-    case 6: launch_quant_gemv<6>(x, n, q, in, out, y, st); break;
-    case 8: launch_quant_gemv<8>(x, n, q, in, out, y, st); break;
-    default: return false;
-  }
+  if (!gemv_supported(x, w)) return false;
+  const GemvTarget t{&w, nullptr, y};
+  gemv_launch(x, n, &t, 1);
   return true;
 }
 
