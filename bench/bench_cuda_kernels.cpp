@@ -1,17 +1,22 @@
 // CUDA kernel benchmark: how close the GPU linear kernels get to the card's own limits.
 //   1. probes: device-to-device copy bandwidth (read + written bytes / s) and cuBLASLt bf16 GEMM
 //      8192^3 (GFLOP/s), measured in this run;
-//   2. decode GEMV (n = 1) on Qwen2.5-VL-3B-shaped linears (hidden 2048, intermediate 11008, vocab
-//      151936) in bf16 and MLX 4-bit g64: weight bytes read per call / time = GB/s, and its fraction of
+//   2. decode GEMV (n = 1, 2, 4) on the Qwen2.5-VL-3B and -7B linears (q/o, k/v, gate/up, down,
+//      lm_head) in bf16 and MLX 4-bit g64, n = 1 in the other formats (f32, f16, 2/3/5/6/8-bit, 4-bit
+//      g32/g128) on the 7B gate/up and down shapes, and the q/k/v and gate+up groups as one
+//      linear_group vs separate calls: weight bytes read per call / time = GB/s, and its fraction of
 //      the copy probe (a GEMV only reads, so 100% of the copy figure is not the ceiling: the read-only
 //      roofline sits somewhat above it);
-//   3. prefill GEMM (2048 tokens) on the same shapes: GFLOP/s and fraction of the bf16 probe;
-//   4. attention at the same model's shape: decode over 4096 cached keys, causal 2048-token prefill.
+//   3. prefill GEMM (2048 tokens) on the same shapes (not with --quick): GFLOP/s and fraction of the
+//      bf16 probe;
+//   4. attention: decode over 2k/4k/16k cached keys (3B shape), causal prefill of 2048 tokens (3B
+//      shape) and 16384 tokens (7B shape), bf16_matmul off and on: TFLOP/s and % of the bf16 probe.
 // Each row: warm-up, then batches timed with CUDA events (see time_median), median per call reported.
 // Weights are random (values do not change the timing), generated once on the host in a 16 MiB block
 // and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick]
 // (--quick: decode only, fewer repetitions). Built without CUDA (or no GPU) it says so and exits 0.
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -55,6 +60,11 @@ Tensor device_random(const Shape& shape, DType dtype, std::mt19937& rng) {
       float f = u(rng);
       std::memcpy(&host[i], &f, 4);
     }
+  } else if (dtype == DType::kF16) {
+    for (size_t i = 0; i + 1 < block; i += 2) {
+      uint16_t h = f32_to_f16(u(rng) * 0.05f);
+      std::memcpy(&host[i], &h, 2);
+    }
   } else {  // packed codes: any bits
     for (size_t i = 0; i + 3 < block; i += 4) {
       uint32_t w = word(rng);
@@ -66,19 +76,27 @@ Tensor device_random(const Shape& shape, DType dtype, std::mt19937& rng) {
   return Tensor::borrow(p, shape, dtype, keep, Device::kCuda);
 }
 
-ops::Weight make_weight(int64_t out, int64_t in, bool quant, std::mt19937& rng) {
+// A weight format of the linear rows: dense (dtype) or MLX affine (bits, group size, bf16 scales).
+struct LinearFormat {
+  const char* name;
+  bool quant;
+  DType dtype;  // dense
+  int bits, group;
+};
+
+ops::Weight make_weight(int64_t out, int64_t in, const LinearFormat& f, std::mt19937& rng) {
   ops::Weight w;
-  if (!quant) {
-    w.dense = device_random({out, in}, DType::kBF16, rng);
+  if (!f.quant) {
+    w.dense = device_random({out, in}, f.dtype, rng);
     return w;
   }
   w.quantized = true;
   w.quant.rows = out;
   w.quant.cols = in;
-  w.quant.spec = {4, 64};
-  w.quant.packed = device_random({out, in * 4 / 32}, DType::kU32, rng);
-  w.quant.scales = device_random({out, in / 64}, DType::kBF16, rng);
-  w.quant.biases = device_random({out, in / 64}, DType::kBF16, rng);
+  w.quant.spec = {f.bits, f.group};
+  w.quant.packed = device_random({out, in * f.bits / 32}, DType::kU32, rng);
+  w.quant.scales = device_random({out, in / f.group}, DType::kBF16, rng);
+  w.quant.biases = device_random({out, in / f.group}, DType::kBF16, rng);
   return w;
 }
 
@@ -114,6 +132,174 @@ double time_median(Fn&& fn, int warm, int batches, int per_batch) {
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
+
+// Device buffer of n f32 values, uniform in [-1, 1] (a 1 MiB random block tiled).
+std::shared_ptr<float> device_floats(int64_t n, std::mt19937& rng) {
+  std::vector<float> h(static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 18)));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : h) v = u(rng);
+  const size_t bytes = static_cast<size_t>(n) * 4;
+  void* p = cuda::device_alloc(bytes, MemCategory::kScratch);
+  for (size_t off = 0; off < bytes; off += h.size() * 4)
+    cuda::copy(static_cast<char*>(p) + off, Device::kCuda, h.data(), Device::kCpu, std::min(h.size() * 4, bytes - off));
+  return std::shared_ptr<float>(static_cast<float*>(p),
+                                [bytes](float* q) { cuda::device_free(q, bytes, MemCategory::kScratch); });
+}
+
+// Copies of a weight's layout over `pool` (random device words) whose bytes together are several
+// times the GPU's L2 (50 MB on H100 / H200): GEMV rows cycle through them, so each call reads DRAM
+// as a real decode does (every layer's weights are different) instead of hitting L2. A weight of 64 MB
+// or more (the lm_heads) is used as is. Contents are random bits (NaNs included), which does not
+// change the timing.
+std::vector<ops::Weight> l2_cold_copies(const ops::Weight& w, const std::shared_ptr<uint8_t>& pool, size_t pool_bytes) {
+  auto round_up = [](size_t b) { return (b + 255) / 256 * 256; };
+  std::vector<const Tensor*> parts;
+  if (w.quantized)
+    parts = {&w.quant.packed, &w.quant.scales, &w.quant.biases};
+  else
+    parts = {&w.dense};
+  size_t stride = 0;
+  for (const Tensor* t : parts) stride += round_up(t->nbytes());
+  if (stride >= (size_t{64} << 20)) return {w};
+  std::vector<ops::Weight> copies;
+  for (size_t off = 0; off + stride <= pool_bytes; off += stride) {
+    ops::Weight c = w;
+    std::vector<Tensor*> dst = w.quantized ? std::vector<Tensor*>{&c.quant.packed, &c.quant.scales, &c.quant.biases}
+                                           : std::vector<Tensor*>{&c.dense};
+    size_t at = off;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      *dst[i] = Tensor::borrow(pool.get() + at, parts[i]->shape(), parts[i]->dtype(), pool, Device::kCuda);
+      at += round_up(parts[i]->nbytes());
+    }
+    copies.push_back(c);
+  }
+  return copies;
+}
+
+// Linear rows. Decode GEMV at n = 1, 2, 4 on the Qwen2.5-VL-3B and -7B linears (q/o, k/v, gate/up,
+// down, lm_head) in bf16 and MLX 4-bit g64; n = 1 in the other formats (f32, f16, 2/3/5/6/8-bit g64,
+// 4-bit g32/g128) on the gate/up and down shapes; the q/k/v and gate/up groups as one linear_group
+// against separate linear calls; and (without --quick) the 2048-token prefill GEMM. GEMV rows report
+// weight bytes read per second (scales and biases included) and their fraction of the copy probe.
+void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double bf16_gflops, bool quick,
+                   std::mt19937& rng) {
+  struct Shape2 {
+    const char* model;
+    const char* name;
+    int64_t out, in;
+  };
+  const std::vector<Shape2> shapes = {
+      {"3B", "q/o proj", 2048, 2048},       {"3B", "k/v proj", 256, 2048},     {"3B", "gate/up proj", 11008, 2048},
+      {"3B", "down proj", 2048, 11008},     {"3B", "lm_head", 151936, 2048},   {"7B", "q/o proj", 3584, 3584},
+      {"7B", "k/v proj", 512, 3584},        {"7B", "gate/up proj", 18944, 3584}, {"7B", "down proj", 3584, 18944},
+      {"7B", "lm_head", 152064, 3584}};
+  const LinearFormat bf16{"bf16", false, DType::kBF16, 0, 0}, q4{"4-bit g64", true, DType::kU32, 4, 64};
+  const int64_t prefill = 2048, max_in = 18944, max_out = 152064;
+  const int64_t n_max = quick ? 4 : prefill;
+  std::shared_ptr<float> x = device_floats(max_in * n_max, rng), y = device_floats(max_out * n_max, rng);
+  const size_t pool_bytes = size_t{256} << 20;
+  const std::shared_ptr<uint8_t> pool = std::reinterpret_pointer_cast<uint8_t>(device_floats(pool_bytes / 4, rng));
+  auto gemv_row = [&](const char* model, const char* name, const char* fmt, int64_t out, int64_t in, int64_t n,
+                      double bytes, double t) {
+    std::printf("| %s %s | %lldx%lld | %s | %lld | %.1f | %.0f | %.0f%% | %.0f | - |\n", model, name,
+                static_cast<long long>(out), static_cast<long long>(in), fmt, static_cast<long long>(n), t * 1e6,
+                bytes / t / 1e9, 100.0 * bytes / t / 1e9 / copy_gbs, 2.0 * n * out * in / t / 1e9);
+    std::fflush(stdout);
+  };
+  std::printf("| linear | out x in | weights | tokens | median us | weight GB/s | %% of copy probe | GFLOP/s | "
+              "%% of bf16 probe |\n|---|---|---|---|---|---|---|---|---|\n");
+  const int batches = quick ? 5 : 9;
+  for (const LinearFormat& f : {bf16, q4}) {
+    for (const Shape2& s : shapes) {
+      ops::Weight w = make_weight(s.out, s.in, f, rng);
+      const double bytes = static_cast<double>(w.nbytes());
+      const std::vector<ops::Weight> cold = l2_cold_copies(w, pool, pool_bytes);
+      for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{4}, prefill}) {
+        if (n > n_max) continue;
+        size_t k = 0;
+        auto run = [&] { table.linear(x.get(), n, n < 8 ? cold[k++ % cold.size()] : w, Tensor(), y.get()); };
+        if (n < 8) {
+          gemv_row(s.model, s.name, f.name, s.out, s.in, n, bytes, time_median(run, 5, batches, 20));
+        } else {
+          const double t = time_median(run, 1, 5, 1), gflops = 2.0 * static_cast<double>(n) * s.out * s.in / t / 1e9;
+          std::printf("| %s %s | %lldx%lld | %s | %lld | %.1f | - | - | %.0f | %.0f%% |\n", s.model, s.name,
+                      static_cast<long long>(s.out), static_cast<long long>(s.in), f.name, static_cast<long long>(n),
+                      t * 1e6, gflops, 100.0 * gflops / bf16_gflops);
+        }
+      }
+    }
+  }
+  // Other formats, n = 1.
+  const std::vector<LinearFormat> others = {
+      {"f32", false, DType::kF32, 0, 0},       {"f16", false, DType::kF16, 0, 0},
+      {"2-bit g64", true, DType::kU32, 2, 64}, {"3-bit g64", true, DType::kU32, 3, 64},
+      {"4-bit g32", true, DType::kU32, 4, 32}, {"4-bit g128", true, DType::kU32, 4, 128},
+      {"5-bit g64", true, DType::kU32, 5, 64}, {"6-bit g64", true, DType::kU32, 6, 64},
+      {"8-bit g64", true, DType::kU32, 8, 64}};
+  for (const LinearFormat& f : others)
+    for (const Shape2& s : {shapes[7], shapes[8]}) {
+      ops::Weight w = make_weight(s.out, s.in, f, rng);
+      const std::vector<ops::Weight> cold = l2_cold_copies(w, pool, pool_bytes);
+      size_t k = 0;
+      auto run = [&] { table.linear(x.get(), 1, cold[k++ % cold.size()], Tensor(), y.get()); };
+      gemv_row(s.model, s.name, f.name, s.out, s.in, 1, static_cast<double>(w.nbytes()), time_median(run, 5, batches, 20));
+    }
+  // Groups of one input: q/k/v and gate/up, as one linear_group and as separate linear calls.
+  struct Group {
+    const char* model;
+    const char* name;
+    std::vector<int64_t> outs;
+    int64_t in;
+  };
+  const std::vector<Group> groups = {{"3B", "q/k/v group", {2048, 256, 256}, 2048},
+                                     {"3B", "gate+up group", {11008, 11008}, 2048},
+                                     {"7B", "q/k/v group", {3584, 512, 512}, 3584},
+                                     {"7B", "gate+up group", {18944, 18944}, 3584}};
+  for (const LinearFormat& f : {bf16, q4})
+    for (const Group& g : groups) {
+      std::vector<ops::Weight> ws;
+      std::vector<Tensor> no_bias(g.outs.size());
+      double bytes = 0;
+      int64_t rows = 0;
+      for (int64_t out : g.outs) {
+        ws.push_back(make_weight(out, g.in, f, rng));
+        bytes += static_cast<double>(ws.back().nbytes());
+        rows += out;
+      }
+      // Copies of the whole group over the pool (members at disjoint offsets of each copy).
+      std::vector<std::vector<ops::LinearOut>> sets;
+      std::vector<std::vector<ops::Weight>> per(ws.size());  // outlives the LinearOut pointers into it
+      {
+        const size_t share = pool_bytes / ws.size() / 256 * 256;
+        size_t copies = SIZE_MAX;
+        for (size_t i = 0; i < ws.size(); ++i) {
+          std::shared_ptr<uint8_t> part(pool, pool.get() + i * share);
+          per[i] = l2_cold_copies(ws[i], part, share);
+          copies = std::min(copies, per[i].size());
+        }
+        for (size_t k = 0; k < copies; ++k) {
+          std::vector<ops::LinearOut> outs;
+          int64_t at = 0;
+          for (size_t i = 0; i < ws.size(); ++i) {
+            outs.push_back({&per[i][per[i].size() == 1 ? 0 : k], &no_bias[i], y.get() + at});
+            at += ws[i].rows();
+          }
+          sets.push_back(outs);
+        }
+      }
+      size_t k1 = 0, k2 = 0;
+      auto grouped = [&] {
+        const auto& outs = sets[k1++ % sets.size()];
+        table.linear_group(x.get(), 1, outs.data(), static_cast<int>(outs.size()));
+      };
+      auto separate = [&] {
+        for (const ops::LinearOut& o : sets[k2++ % sets.size()]) table.linear(x.get(), 1, *o.w, Tensor(), o.y);
+      };
+      const std::string one = std::string(g.name) + " (linear_group)", many = std::string(g.name) + " (separate)";
+      gemv_row(g.model, one.c_str(), f.name, rows, g.in, 1, bytes, time_median(grouped, 5, batches, 20));
+      gemv_row(g.model, many.c_str(), f.name, rows, g.in, 1, bytes, time_median(separate, 5, batches, 20));
+    }
+}
 #endif
 
 }  // namespace
@@ -133,94 +319,68 @@ int main(int argc, char** argv) {
     std::printf("probe: device copy %.0f GB/s (read + written), cuBLASLt bf16 8192^3 %.0f GFLOP/s\n\n", copy_gbs,
                 bf16_gflops);
 
-    struct Shape2 {
-      const char* name;
-      int64_t out, in;
-    };
-    const std::vector<Shape2> shapes = {{"q/o proj", 2048, 2048},
-                                        {"gate/up proj", 11008, 2048},
-                                        {"down proj", 2048, 11008},
-                                        {"lm_head", 151936, 2048}};
-    const int64_t prefill = 2048;
     std::mt19937 rng(7);
     const auto& table = cuda::kernel_table();
-    // Activations: the largest x and y any row needs.
-    const int64_t max_in = 11008, max_out = 151936;
-    const int64_t n_max = quick ? 1 : prefill;
-    Tensor x = [&] {
-      std::vector<float> h(static_cast<size_t>(max_in * std::min<int64_t>(n_max, 64)));
-      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-      for (float& v : h) v = u(rng);
-      const size_t bytes = static_cast<size_t>(max_in * n_max) * 4;
-      void* p = cuda::device_alloc(bytes, MemCategory::kScratch);
-      std::shared_ptr<void> keep(p, [bytes](void* q) { cuda::device_free(q, bytes, MemCategory::kScratch); });
-      for (size_t off = 0; off < bytes; off += h.size() * 4)
-        cuda::copy(static_cast<char*>(p) + off, Device::kCuda, h.data(), Device::kCpu,
-                   std::min(h.size() * 4, bytes - off));
-      return Tensor::borrow(p, {n_max, max_in}, DType::kF32, keep, Device::kCuda);
-    }();
-    const size_t y_bytes = static_cast<size_t>(max_out * n_max) * 4;
-    float* y = static_cast<float*>(cuda::device_alloc(y_bytes, MemCategory::kScratch));
-
-    std::printf("| linear | out x in | weights | tokens | median us | weight GB/s | %% of copy probe | GFLOP/s | "
-                "%% of bf16 probe |\n|---|---|---|---|---|---|---|---|---|\n");
-    for (bool quant : {false, true}) {
-      for (const Shape2& s : shapes) {
-        ops::Weight w = make_weight(s.out, s.in, quant, rng);
-        const double bytes = static_cast<double>(w.nbytes());
-        const char* fmt_name = quant ? "4-bit g64" : "bf16";
-        for (int64_t n : {int64_t{1}, prefill}) {
-          if (n > n_max) continue;
-          const double t = n == 1 ? time_median([&] { table.linear(x.data<float>(), n, w, Tensor(), y); }, 5,
-                                                quick ? 5 : 9, 20)
-                                  : time_median([&] { table.linear(x.data<float>(), n, w, Tensor(), y); }, 1, 5, 1);
-          const double gflops = 2.0 * static_cast<double>(n) * s.out * s.in / t / 1e9;
-          if (n == 1)
-            std::printf("| %s | %lldx%lld | %s | 1 | %.1f | %.0f | %.0f%% | %.0f | - |\n", s.name,
-                        static_cast<long long>(s.out), static_cast<long long>(s.in), fmt_name, t * 1e6,
-                        bytes / t / 1e9, 100.0 * bytes / t / 1e9 / copy_gbs, gflops);
-          else
-            std::printf("| %s | %lldx%lld | %s | %lld | %.1f | - | - | %.0f | %.0f%% |\n", s.name,
-                        static_cast<long long>(s.out), static_cast<long long>(s.in), fmt_name,
-                        static_cast<long long>(n), t * 1e6, gflops, 100.0 * gflops / bf16_gflops);
-        }
-      }
-    }
-    // Attention at the Qwen2.5-VL-3B text shape (16 heads, 2 kv heads, head_dim 128), causal: decode
-    // over a 4096-key cache and a 2048-token prefill. GFLOP/s counts QK and PV of visible pairs.
+    bench_linears(table, copy_gbs, bf16_gflops, quick, rng);
+    // Attention. Decode (one query) over 2k/4k/16k cached keys at the Qwen2.5-VL-3B text shape (16
+    // heads, 2 kv heads, head_dim 128); causal prefill of 2048 tokens at that shape and of 16384 tokens
+    // at the Qwen2.5-VL-7B shape (28 heads, 4 kv heads), with bf16_matmul off (f32 CUDA cores) and on
+    // (bf16 tensor cores). TFLOP/s counts 4 · head_dim FLOPs (QK and PV) per visible (query, key, head).
     {
-      const int64_t nh = 16, nkv = 2, hd = 128, cache = 4096;
-      const int64_t nq_max = quick ? 1 : prefill;
+      struct AttnRow {
+        const char* what;
+        int64_t nh, nkv, nq, nk;
+        bool bf16;
+      };
+      std::vector<AttnRow> rows = {{"decode, 3B shape", 16, 2, 1, 2048, false},
+                                   {"decode, 3B shape", 16, 2, 1, 4096, false},
+                                   {"decode, 3B shape", 16, 2, 1, 16384, false}};
+      if (!quick)
+        rows.insert(rows.end(), {{"prefill causal, 3B shape", 16, 2, 2048, 2048, false},
+                                 {"prefill causal, 3B shape", 16, 2, 2048, 2048, true},
+                                 {"prefill causal, 7B shape", 28, 4, 16384, 16384, false},
+                                 {"prefill causal, 7B shape", 28, 4, 16384, 16384, true}});
+      const int64_t hd = 128;
       auto dev = [&](int64_t n) {
-        std::vector<float> h(static_cast<size_t>(n));
+        std::vector<float> h(static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 22)));
         std::uniform_real_distribution<float> u(-1.0f, 1.0f);
         for (float& v : h) v = u(rng);
-        void* p = cuda::device_alloc(h.size() * 4, MemCategory::kScratch);
-        cuda::copy(p, Device::kCuda, h.data(), Device::kCpu, h.size() * 4);
-        return std::shared_ptr<void>(p, [n](void* q) { cuda::device_free(q, static_cast<size_t>(n) * 4,
-                                                                         MemCategory::kScratch); });
+        const size_t bytes = static_cast<size_t>(n) * 4;
+        void* p = cuda::device_alloc(bytes, MemCategory::kScratch);
+        for (size_t off = 0; off < bytes; off += h.size() * 4)
+          cuda::copy(static_cast<char*>(p) + off, Device::kCuda, h.data(), Device::kCpu,
+                     std::min(h.size() * 4, bytes - off));
+        return std::shared_ptr<void>(p, [bytes](void* q) { cuda::device_free(q, bytes, MemCategory::kScratch); });
       };
-      auto q = dev(nq_max * nh * hd), k = dev(cache * nkv * hd), v = dev(cache * nkv * hd), o = dev(nq_max * nh * hd);
-      std::vector<int64_t> kpos(static_cast<size_t>(cache));
-      for (int64_t j = 0; j < cache; ++j) kpos[j] = j;
-      std::printf("\n| attention | queries x keys | median us | GFLOP/s |\n|---|---|---|---|\n");
-      for (int64_t nq : {int64_t{1}, prefill}) {
-        if (nq > nq_max) continue;
-        const int64_t nk = nq == 1 ? cache : prefill, q0 = nk - nq;
+      std::printf("\n| attention | heads / kv heads | queries x keys | bf16_matmul | median us | TFLOP/s | "
+                  "%% of bf16 probe |\n|---|---|---|---|---|---|---|\n");
+      for (const AttnRow& r : rows) {
+        auto q = dev(r.nq * r.nh * hd), k = dev(r.nk * r.nkv * hd), v = dev(r.nk * r.nkv * hd),
+             o = dev(r.nq * r.nh * hd);
+        std::vector<int64_t> kpos(static_cast<size_t>(r.nk));
+        for (int64_t j = 0; j < r.nk; ++j) kpos[j] = j;
+        ops::AttentionMask mask;
+        mask.bf16_matmul = r.bf16;
+        const int64_t q0 = r.nk - r.nq;
         auto run = [&] {
-          table.attention(static_cast<float*>(q.get()), nq, q0, static_cast<float*>(k.get()),
-                          static_cast<float*>(v.get()), kpos.data(), nk, nh, nkv, hd, 0.088f, 0.0f, {},
+          table.attention(static_cast<float*>(q.get()), r.nq, q0, static_cast<float*>(k.get()),
+                          static_cast<float*>(v.get()), kpos.data(), r.nk, r.nh, r.nkv, hd, 0.088f, 0.0f, mask,
                           static_cast<float*>(o.get()));
         };
-        const double t = nq == 1 ? time_median(run, 5, quick ? 5 : 9, 20) : time_median(run, 1, 5, 1);
-        const double pairs = nq == 1 ? static_cast<double>(nk) : 0.5 * static_cast<double>(nq) * (nq + 1);
-        std::printf("| %s | %lldx%lld | %.1f | %.0f |\n", nq == 1 ? "decode" : "prefill (causal)",
-                    static_cast<long long>(nq), static_cast<long long>(nk), t * 1e6,
-                    4.0 * pairs * nh * hd / t / 1e9);
+        const bool slow = r.nq > 4096 && !r.bf16;  // f32 16k prefill: ~0.3 s per call
+        const double t = r.nq == 1 ? time_median(run, 5, quick ? 5 : 9, 20)
+                                   : slow ? time_median(run, 1, 2, 1) : time_median(run, 1, 5, 1);
+        double pairs = 0;  // visible (query, key) pairs under the causal mask
+        for (int64_t i = 0; i < r.nq; ++i) pairs += static_cast<double>(q0 + i + 1);
+        const double tflops = 4.0 * pairs * r.nh * hd / t / 1e12;
+        std::printf("| %s | %lld / %lld | %lldx%lld | %s | %.1f | %.1f | %.1f%% |\n", r.what,
+                    static_cast<long long>(r.nh), static_cast<long long>(r.nkv), static_cast<long long>(r.nq),
+                    static_cast<long long>(r.nk), r.bf16 ? "on" : "off", t * 1e6, tflops,
+                    100.0 * tflops * 1e3 / bf16_gflops);
+        std::fflush(stdout);
       }
     }
     cuda::synchronize();
-    cuda::device_free(y, y_bytes, MemCategory::kScratch);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_cuda_kernels: %s\n", e.what());
     return 1;
