@@ -134,9 +134,9 @@ PreparedPrompt prepare_conversation(const std::string& folder, const Tokenizer& 
   return prepare_prompt(folder, tok, req, model.vision.get(), model.language_model.get());
 }
 
-// The language model moves to the run's device once loaded (the vision tower and projector stay on the
-// cpu: their features are host floats the language model takes as input embeddings). A model that cannot
-// run there fails its model_load phase with the reason, so the sweep records it and goes on.
+// The language model, and a VLM's vision tower and projector, move to the run's device once loaded (the image
+// features come back as host floats the language model takes as input embeddings). A model that cannot run
+// there fails its model_load phase with the reason, so the sweep records it and goes on.
 void move_language_model(LoadedModel& loaded, const EngineJob& job) {
   const Device device = resolve_device(job.device);  // "--device cuda: <reason>" without a usable GPU
   if (device == Device::kCpu) return;
@@ -147,6 +147,12 @@ void move_language_model(LoadedModel& loaded, const EngineJob& job) {
     loaded.language_model->to_device(device);
   } catch (const Error& e) {
     throw_error(e.kind(), "moving the language model to {}: {}", device_name(device), e.what());
+  }
+  if (!loaded.vision) return;
+  try {
+    loaded.vision->to_device(device);
+  } catch (const Error& e) {
+    throw_error(e.kind(), "moving the vision model to {}: {}", device_name(device), e.what());
   }
 }
 

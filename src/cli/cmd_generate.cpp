@@ -14,9 +14,9 @@
 //
 // Devices: --device cpu|cuda|auto (default auto: cuda when a usable GPU is present; VLMCHECK_DEVICE sets
 // the default; with --kv-bits, auto stays on the cpu, where the quantized KV cache runs, and says so). The
-// model loads on the host, then its language model moves to the device; a VLM's
-// vision tower and projector stay on the CPU (their features are host floats the language model takes
-// as input embeddings), and sampling stays on the host. --json reports "device", "vision_device" and,
+// model loads on the host, then its language model and a VLM's vision tower and projector move to the device
+// (the image features come back as host floats the language model takes as input embeddings), and sampling
+// stays on the host. --json reports "device", "vision_device" and,
 // on CUDA, the GPU memory (active / peak / allocator cache).
 #include <algorithm>
 #include <chrono>
@@ -196,7 +196,8 @@ int run_generate(GenerateOptions& o) {
   LoadedModel model = load_model(resolved.snapshot, lo);
   VLM_CHECK(images.empty() || model.vision, ErrorKind::kUnsupported,
             "--image: model_type '{}' loaded without a vision model", model.config.model_type);
-  model.language_model->to_device(device);  // the vision tower, if any, stays on the cpu
+  model.language_model->to_device(device);
+  if (model.vision) model.vision->to_device(device);  // the tower and projector run where the decoder does
   std::unique_ptr<Tokenizer> tok = Tokenizer::from_folder(resolved.snapshot);
   const double load_time_s = since(t_load);
 
@@ -279,7 +280,7 @@ int run_generate(GenerateOptions& o) {
                         {"load_mode", o.lazy_load ? "lazy" : "eager"},
                         {"adapter_path", o.adapter_path}};
     out["device"] = r.device;
-    out["vision_device"] = model.vision ? Json("cpu") : Json(nullptr);
+    out["vision_device"] = model.vision ? Json(device_name(model.vision->device())) : Json(nullptr);
     if (device != Device::kCpu) {
       const std::vector<GpuInfo> gpus = cuda_devices();
       out["gpu"] = gpus.empty() ? Json(nullptr) : Json(gpus.front().name);
@@ -371,7 +372,7 @@ void register_generate(CLI::App& root, Action& action) {
   cmd->add_option("--thinking-end-token", p.thinking_end_token, "Marker that closes thinking")->capture_default_str();
   cmd->add_flag("--lazy-load", o->lazy_load, "Map the weights and let pages load on first use (default: read all)");
   cmd->add_flag("--wired-limit", o->wired_limit, "Lock the weights in RAM (mlock); a refusal is reported, not fatal");
-  add_device_flag(cmd, o->device, "cpu, cuda, or auto (cuda when a GPU is usable); the vision tower stays on the cpu");
+  add_device_flag(cmd, o->device, "cpu, cuda, or auto (cuda when a GPU is usable); a VLM's vision tower too");
   cmd->add_option("--threads", o->threads, "Worker threads (default: all cores)")->check(CLI::PositiveNumber);
   cmd->add_flag("--stream", o->stream, "Print the text as it is generated");
   cmd->add_flag("--json", o->json, "Print one JSON object with the text, timings, memory and parameters");

@@ -6,6 +6,11 @@
 // it by model_type next to their language model (registry.h: register_vision_model). The language model of a VLM is
 // an ordinary LanguageModel found under the VLM's text prefix (language_model.model.*, model.language_model.*,
 // model.text_model.*, model.*), so everything text-only keeps working on VLM checkpoints.
+//
+// Devices: a vision model loads on the host; to_device(kCuda) moves its tower and projector weights to the GPU,
+// after which encode() runs every op there (under its own DeviceScope) while the interface stays host-facing:
+// encode() takes host pixels and returns host features, which build_prompt scatters into the host embeddings the
+// language model uploads. Callers move it together with the language model.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
 #include "image/processor.h"
 #include "models/language_model.h"
@@ -35,7 +41,8 @@ struct MultimodalPrompt {
 class VisionModel {
  public:
   virtual ~VisionModel() = default;
-  // Features for one processed image, in prompt order: [image.image_tokens, lm_hidden] f32. Throws
+  // Features for one processed image, in prompt order: [image.image_tokens, lm_hidden] f32 on the host (computed
+  // on device()). Throws
   // Error(kInvalidArgument) when the image's layout does not match the tower (wrong tile size, ...).
   virtual Tensor encode(const ProcessedImage& image) const = 0;
   // The id of the token that carries image features (config image_token_id / image_token_index).
@@ -48,6 +55,16 @@ class VisionModel {
                                         const std::vector<ProcessedImage>& images,
                                         const std::vector<Tensor>& features) const = 0;
   virtual size_t weight_bytes() const = 0;
+  // Where the weights live and encode() runs.
+  virtual Device device() const { return Device::kCpu; }
+  // Moves every tower and projector weight to `device` in its stored format (a no-op when already there).
+  // Refuses an unusable device with the backend's reason before copying anything (Error(kUnsupported)), and
+  // stays whole on its old device when a copy fails. Models that cannot run elsewhere keep this default, which
+  // refuses any device but the CPU.
+  virtual void to_device(Device device) {
+    VLM_CHECK(device == Device::kCpu, ErrorKind::kUnsupported, "this vision model runs on the cpu only, not on {}",
+              device_name(device));
+  }
 };
 
 }  // namespace vlm

@@ -7,22 +7,33 @@
 // every op on the GPU, logits copied back — against transformers' logits and greedy tokens, with the
 // tolerance of test_generate_parity_text (1e-3 relative per position); with chunked prefill and a rotating
 // cache against the same model on the CPU run the same way; every VLM fixture with its reference images
-// (vision tower on the CPU) against transformers; the CLI's --json for cpu vs cuda; bench on CUDA.
+// (vision tower and projector on CUDA too) against transformers' features and logits and against the same
+// model's features on the CPU; bf16 towers of real width (SigLIP, Qwen2.5-VL) on CUDA against the CPU, with
+// their encode times; the CLI's --json for cpu vs cuda; bench on CUDA. Everywhere, every VLM family's vision
+// model refuses an unusable device and stays whole.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "cli/exit_codes.h"
 #include "core/error.h"
 #include "core/json.h"
+#include "core/thread_pool.h"
 #include "generate/benchmark.h"
 #include "generate/kv_cache.h"
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "models/layers/decoder.h"
 #include "models/registry.h"
+#include "models/vision/vision_device.h"
+#include "models/vision/vision_encoder.h"
 #include "support/test_support.h"
 #include "test_models_vlm_fixture.h"
 #include "test_text_model_run.h"
@@ -49,6 +60,17 @@ std::vector<std::string> text_fixtures() {
     if (fs::exists(e.path() / "reference.json")) out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// Normalized mean squared error Σ(a - b)² / Σb² over n values.
+double nmse(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return den > 0 ? num / den : num;
 }
 
 double worst_position(const TextRun& run, const std::vector<std::vector<float>>& ref, int64_t vocab) {
@@ -207,21 +229,80 @@ TEST(CudaTextParity, EveryFamilyIsCovered) { EXPECT_GE(text_fixtures().size(), 1
 
 class CudaVlmParity : public ::testing::TestWithParam<std::string> {};
 
-// The vision tower and projector on the CPU, the language model on CUDA: the prompt's multimodal embeddings
-// are host floats the model uploads.
+constexpr double kFeatureTol = 1e-4;      // test_models_vlm: max |diff| / max |ref| against transformers
+constexpr double kF32DeviceNmse = 1e-9;   // f32 fixtures, CUDA vs CPU: summation order and libm ulps only
+
+// Everywhere without a GPU: every family's vision model refuses CUDA with the backend's reason before copying
+// anything, stays on the CPU, and encodes bit-identically afterwards.
+TEST_P(CudaVlmParity, AnUnusableDeviceIsRefusedAndTheVisionModelStaysWhole) {
+  if (gpu()) GTEST_SKIP() << "a CUDA device is usable here";
+  vlmtest::VlmFixture f = vlmtest::load_vision_fixture(GetParam());
+  LoadedModel m = load_model(f.folder, {});
+  ASSERT_NE(m.vision, nullptr);
+  EXPECT_EQ(m.vision->device(), Device::kCpu);
+  const vlmtest::VlmCase* c = nullptr;
+  for (const vlmtest::VlmCase& k : f.cases)
+    if (!k.images.empty() && c == nullptr) c = &k;
+  ASSERT_NE(c, nullptr);
+  const ProcessedImage image = vlmtest::reference_images(f, *c).front();
+  const Tensor before = m.vision->encode(image);
+  try {
+    m.vision->to_device(Device::kCuda);
+    FAIL() << "to_device(kCuda) did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find(cuda_unavailable_reason()), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(m.vision->device(), Device::kCpu);
+  m.vision->to_device(Device::kCpu);  // already there: a no-op
+  const Tensor after = m.vision->encode(image);
+  ASSERT_EQ(after.shape(), before.shape());
+  EXPECT_TRUE(std::equal(before.data<float>(), before.data<float>() + before.numel(), after.data<float>()));
+}
+
+// The vision tower and projector on CUDA with the language model: encode() runs there and returns host
+// features, which must match transformers' image features and the same model's features on the CPU; the
+// prompt's multimodal embeddings are host floats the model uploads. Moved back to the CPU, the model encodes
+// bit-identically to one that never left it.
 TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
   if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
   vlmtest::VlmFixture f = vlmtest::load_vision_fixture(GetParam());
   LoadedModel m = load_model(f.folder, {});
+  LoadedModel host = load_model(f.folder, {});  // the same weights, left on the CPU
   ASSERT_NE(m.vision, nullptr);
   LanguageModel& lm = *m.language_model;
   lm.to_device(Device::kCuda);
+  m.vision->to_device(Device::kCuda);
+  ASSERT_EQ(m.vision->device(), Device::kCuda);
   const int64_t V = lm.vocab_size(), H = lm.hidden_size();
   for (const vlmtest::VlmCase& c : f.cases) {
     SCOPED_TRACE(GetParam() + " " + c.name);
     std::vector<ProcessedImage> images = vlmtest::reference_images(f, c);
     std::vector<Tensor> feats;
-    for (const ProcessedImage& im : images) feats.push_back(m.vision->encode(im));
+    double worst_cpu = 0, worst_ref = 0;
+    int64_t row = 0;
+    for (const ProcessedImage& im : images) {
+      const auto t0 = std::chrono::steady_clock::now();
+      Tensor g = m.vision->encode(im);
+      const double gpu_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ASSERT_EQ(g.device(), Device::kCpu);  // host features on every device
+      const auto t1 = std::chrono::steady_clock::now();
+      const Tensor cpu = host.vision->encode(im);
+      const double cpu_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      ASSERT_EQ(g.shape(), cpu.shape());
+      worst_cpu = std::max(worst_cpu, nmse(g.data<float>(), cpu.data<float>(), g.numel()));
+      if (c.has("image_features")) {
+        const Tensor ref = f.get(c, "image_features").to_f32();
+        ASSERT_LE((row + g.dim(0)) * H, ref.numel());
+        worst_ref = std::max(worst_ref, rel_diff(g.data<float>(), ref.data<float>() + row * H, g.numel()));
+      }
+      row += g.dim(0);
+      std::printf("[cuda vlm encode] %-14s %-10s %5lld rows: cuda %.2f ms, cpu %.2f ms\n", GetParam().c_str(),
+                  c.name.c_str(), static_cast<long long>(g.dim(0)), gpu_s * 1e3, cpu_s * 1e3);
+      feats.push_back(std::move(g));
+    }
+    EXPECT_LE(worst_cpu, kF32DeviceNmse);
+    EXPECT_LE(worst_ref, kFeatureTol);
     MultimodalPrompt p = m.vision->build_prompt(lm, c.ids, images, feats);
     const int64_t n = static_cast<int64_t>(c.ids.size());
     KVCacheOptions o;
@@ -250,14 +331,172 @@ TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
       lm.forward(x.data(), 1, Positions{&pos, 1, 1}, *cache, mask, logits.data(), false);
     }
     EXPECT_EQ(greedy, c.greedy) << "reference min top-2 gap " << c.min_gap;
-    std::printf("[cuda vlm parity] %-14s %-10s logits rel diff %.2e, greedy %s\n", GetParam().c_str(),
-                c.name.c_str(), diff, greedy == c.greedy ? "identical" : "DIFFERENT");
+    std::printf("[cuda vlm parity] %-14s %-10s features nmse vs cpu %.2e, rel diff vs transformers %.2e, logits "
+                "rel diff %.2e, greedy %s\n",
+                GetParam().c_str(), c.name.c_str(), worst_cpu, worst_ref, diff,
+                greedy == c.greedy ? "identical" : "DIFFERENT");
+  }
+  // Back on the CPU: the weights come home as the same bytes.
+  m.vision->to_device(Device::kCpu);
+  EXPECT_EQ(m.vision->device(), Device::kCpu);
+  for (const vlmtest::VlmCase& c : f.cases) {
+    if (c.images.empty()) continue;
+    const ProcessedImage im = vlmtest::reference_images(f, c).front();
+    const Tensor a = m.vision->encode(im), b = host.vision->encode(im);
+    ASSERT_EQ(a.shape(), b.shape());
+    EXPECT_TRUE(std::equal(a.data<float>(), a.data<float>() + a.numel(), b.data<float>())) << c.name;
+    break;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaVlmParity, ::testing::ValuesIn(vlmtest::vision_fixture_names()), param_name);
 
-TEST(CliCuda, GenerateWithAnImageRunsTheTowerOnTheCpuAndMatchesTheCpuRun) {
+// ---- bf16 towers of real width on CUDA ------------------------------------------------------------------
+
+// Synthetic bf16 tower weights (uniform, variance 1/in for matrices so activations stay O(1) through the depth;
+// norms 1 / 0), written as a real checkpoint the towers load.
+struct TowerWriter {
+  SafetensorsWriter w;
+  uint64_t seed = 1;
+  Tensor random(const Shape& shape, float a) {
+    Tensor t = Tensor::empty(shape, DType::kBF16, MemCategory::kOther);
+    uint64_t x = seed++ * 0x9E3779B97F4A7C15ull + 1;
+    auto* p = t.data<uint16_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      p[i] = f32_to_bf16(a * (static_cast<float>(x >> 40) / static_cast<float>(1 << 24) * 2.0f - 1.0f));
+    }
+    return t;
+  }
+  void linear(const std::string& name, int64_t out, int64_t in) {
+    w.add(name + ".weight", random({out, in}, std::sqrt(3.0f / static_cast<float>(in))));
+    w.add(name + ".bias", random({out}, 0.02f));
+  }
+  void norm(const std::string& name, int64_t d, bool bias) {
+    Tensor one = Tensor::empty({d}, DType::kBF16, MemCategory::kOther);
+    std::fill_n(one.data<uint16_t>(), d, f32_to_bf16(1.0f));
+    w.add(name + ".weight", one);
+    if (bias) {
+      Tensor zero = Tensor::empty({d}, DType::kBF16, MemCategory::kOther);
+      std::fill_n(zero.data<uint16_t>(), d, f32_to_bf16(0.0f));
+      w.add(name + ".bias", zero);
+    }
+  }
+};
+
+std::vector<float> random_floats(int64_t n, uint64_t seed) {
+  std::vector<float> v(static_cast<size_t>(n));
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& f : v) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    f = static_cast<float>(x >> 40) / static_cast<float>(1 << 24) * 2.0f - 1.0f;
+  }
+  return v;
+}
+
+// The device's bf16 rounding of every linear's input and of attention's q, k, v and probabilities (u = 2⁻⁹,
+// NMSE ≈ u²/3 ≈ 1.3e-6 per op where the CPU rounds differently) compounds over the depth; a wrong row, head or
+// weight gives O(1).
+constexpr double kBf16TowerNmse = 1e-2;
+
+double seconds(const std::function<void()>& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// SmolVLM-256M's SigLIP tower (12 layers, width 768, MLP 3072, 12 heads of 64) on one 512-px tile (1024
+// patches), and a Qwen2.5-VL-3B-width tower (width 1280, MLP 3420, 16 heads of 80; 4 blocks, the last with full
+// attention, the others windowed) on a 784 × 784 image (3136 patches): bf16 weights, so the device runs its
+// tensor-core paths (bf16 GEMMs, flash attention with bf16_matmul). CUDA must give the CPU's output; both
+// encode times are printed (the second CUDA run, after cuBLASLt's first-call setup).
+TEST(CudaVisionTowers, Bf16TowersOfRealWidthMatchTheCpu) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  test::TempDir dir;
+  {  // SigLIP
+    const int64_t D = 768, I = 3072, L = 12, P = 16, side = 512 / P;
+    TowerWriter tw;
+    const std::string p = "vision_model.";
+    tw.w.add(p + "embeddings.patch_embedding.weight", tw.random({D, 3, P, P}, std::sqrt(3.0f / (3 * P * P))));
+    tw.w.add(p + "embeddings.patch_embedding.bias", tw.random({D}, 0.02f));
+    tw.w.add(p + "embeddings.position_embedding.weight", tw.random({side * side, D}, 0.5f));
+    for (int64_t i = 0; i < L; ++i) {
+      const std::string l = p + "encoder.layers." + std::to_string(i) + ".";
+      tw.norm(l + "layer_norm1", D, true);
+      tw.norm(l + "layer_norm2", D, true);
+      for (const char* m : {"q_proj", "k_proj", "v_proj", "out_proj"}) tw.linear(l + "self_attn." + m, D, D);
+      tw.linear(l + "mlp.fc1", I, D);
+      tw.linear(l + "mlp.fc2", D, I);
+    }
+    tw.norm(p + "post_layernorm", D, true);
+    fs::create_directories(dir / "siglip");
+    tw.w.write(dir / "siglip/model.safetensors");
+    const Json cfg = {{"model_type", "siglip_vision_model"}, {"hidden_size", D}, {"intermediate_size", I},
+                      {"num_hidden_layers", L},  {"num_attention_heads", 12}, {"patch_size", P},
+                      {"image_size", 512},       {"hidden_act", "gelu_pytorch_tanh"}};
+    const Checkpoint ck = Checkpoint::open(dir / "siglip", LoadMode::kEager);
+    ViTEncoder cpu(cfg, ck, p, -1, "siglip"), cuda(cfg, ck, p, -1, "siglip");
+    cuda.to_device(Device::kCuda);
+    ASSERT_EQ(cuda.device(), Device::kCuda);
+    const std::vector<float> pixels = random_floats(3 * 512 * 512, 7);
+    Tensor a, b;
+    const double cpu_s = seconds([&] { a = cpu.forward(pixels.data(), 512, 512, -1, true); });
+    b = cuda.forward(pixels.data(), 512, 512, -1, true);  // warm-up
+    const double cuda_s = seconds([&] { b = vision::to_host(cuda.forward(pixels.data(), 512, 512, -1, true)); });
+    ASSERT_EQ(a.shape(), b.shape());
+    const double e = nmse(b.data<float>(), a.data<float>(), a.numel());
+    EXPECT_LE(e, kBf16TowerNmse);
+    std::printf("[cuda vision tower] siglip 768x12, 1024 patches (bf16): cuda %.1f ms, cpu %.1f ms (%d threads), "
+                "nmse %.2e\n",
+                cuda_s * 1e3, cpu_s * 1e3, ThreadPool::global().num_threads(), e);
+  }
+  {  // Qwen2.5-VL
+    const int64_t D = 1280, I = 3420, depth = 4, P = 14, T = 2, out = 2048, grid = 56;
+    TowerWriter tw;
+    const std::string p = "visual.";
+    tw.w.add(p + "patch_embed.proj.weight", tw.random({D, 3, T, P, P}, std::sqrt(3.0f / (3 * T * P * P))));
+    for (int64_t i = 0; i < depth; ++i) {
+      const std::string b = p + "blocks." + std::to_string(i) + ".";
+      tw.norm(b + "norm1", D, false);
+      tw.norm(b + "norm2", D, false);
+      tw.linear(b + "attn.qkv", 3 * D, D);
+      tw.linear(b + "attn.proj", D, D);
+      tw.linear(b + "mlp.gate_proj", I, D);
+      tw.linear(b + "mlp.up_proj", I, D);
+      tw.linear(b + "mlp.down_proj", D, I);
+    }
+    tw.norm(p + "merger.ln_q", D, false);
+    tw.linear(p + "merger.mlp.0", 4 * D, 4 * D);
+    tw.linear(p + "merger.mlp.2", out, 4 * D);
+    fs::create_directories(dir / "qwen");
+    tw.w.write(dir / "qwen/model.safetensors");
+    const Json cfg = {{"depth", depth},           {"hidden_size", D}, {"intermediate_size", I},
+                      {"num_heads", 16},          {"patch_size", P},  {"temporal_patch_size", T},
+                      {"spatial_merge_size", 2},  {"out_hidden_size", out}, {"window_size", 112},
+                      {"fullatt_block_indexes", Json::array({depth - 1})}, {"hidden_act", "silu"}};
+    const Checkpoint ck = Checkpoint::open(dir / "qwen", LoadMode::kEager);
+    QwenVisionEncoder cpu(cfg, "qwen2_5_vl", ck, p, "qwen"), cuda(cfg, "qwen2_5_vl", ck, p, "qwen");
+    cuda.to_device(Device::kCuda);
+    ASSERT_EQ(cuda.device(), Device::kCuda);
+    const int64_t n = grid * grid, k = 3 * T * P * P;
+    Tensor patches = Tensor::empty({n, k}, DType::kF32);
+    const std::vector<float> v = random_floats(n * k, 11);
+    std::copy(v.begin(), v.end(), patches.data<float>());
+    Tensor a, b;
+    const double cpu_s = seconds([&] { a = cpu.forward(patches, 1, grid, grid); });
+    b = cuda.forward(patches, 1, grid, grid);  // warm-up
+    const double cuda_s = seconds([&] { b = vision::to_host(cuda.forward(patches, 1, grid, grid)); });
+    ASSERT_EQ(a.shape(), b.shape());
+    const double e = nmse(b.data<float>(), a.data<float>(), a.numel());
+    EXPECT_LE(e, kBf16TowerNmse);
+    std::printf("[cuda vision tower] qwen2.5-vl 1280x%lld, %lld patches (bf16): cuda %.1f ms, cpu %.1f ms (%d "
+                "threads), nmse %.2e\n",
+                static_cast<long long>(depth), static_cast<long long>(n), cuda_s * 1e3, cpu_s * 1e3,
+                ThreadPool::global().num_threads(), e);
+  }
+}
+
+TEST(CliCuda, GenerateWithAnImageRunsTheTowerOnTheGpuAndMatchesTheCpuRun) {
   if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
   const std::string model = test::source_dir() + "/tests/fixtures/vision/qwen2_5_vl";
   const std::string image = test::source_dir() + "/tests/fixtures/vision/images/scene.png";
@@ -269,8 +508,9 @@ TEST(CliCuda, GenerateWithAnImageRunsTheTowerOnTheCpuAndMatchesTheCpuRun) {
   ASSERT_EQ(cuda.exit_code, 0) << cuda.err;
   Json c = Json::parse(cpu.out), g = Json::parse(cuda.out);
   EXPECT_EQ(g["device"], "cuda");
-  EXPECT_EQ(g["vision_device"], "cpu");
+  EXPECT_EQ(g["vision_device"], "cuda");
   EXPECT_EQ(c["device"], "cpu");
+  EXPECT_EQ(c["vision_device"], "cpu");
   EXPECT_EQ(g["prompt_ids"], c["prompt_ids"]);
   EXPECT_EQ(g["tokens"], c["tokens"]);
   EXPECT_GT(g["gpu_memory_bytes"]["peak"].get<int64_t>(), 0);

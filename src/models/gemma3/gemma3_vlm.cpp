@@ -4,7 +4,9 @@
 // text_hidden] matrix multiplied from the right, not a Linear. The language model is the gemma3_text decoder of
 // text_config. Prompt: text rows are the scaled embeddings (Gemma 3 scales inside its embedding), image rows the
 // features unscaled; every run of image tokens attends bidirectionally within itself (transformers'
-// image_group_ids from token_type_ids, OR-ed into the causal and the sliding masks).
+// image_group_ids from token_type_ids, OR-ed into the causal and the sliding masks). On a device (to_device) the
+// tower, the pooling (strided device copies and adds), the norm and the projection run there; encode() downloads
+// once.
 #include <algorithm>
 #include <cmath>
 
@@ -12,6 +14,7 @@
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -64,32 +67,37 @@ class Gemma3Vision final : public VisionModel {
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3), dv = tower_->hidden_size();
     const int64_t P = patches_per_side_, T = tokens_per_side_, k = P / T;
     const int64_t per_tile = T * T;
-    Tensor out = Tensor::empty({tiles * per_tile, text_hidden_}, DType::kF32);
-    Tensor pooled = Tensor::empty({per_tile, dv}, DType::kF32);
+    ops::DeviceScope scope(device_);
+    Tensor out = vision::scratch(tiles * per_tile, text_hidden_, device_);
+    Tensor cols = vision::scratch(P * T, dv, device_);   // row sums over k patches: [P rows, T columns]
+    Tensor pooled = vision::scratch(per_tile, dv, device_);
+    Tensor part = vision::scratch(P * T, dv, device_);   // one strided gather at a time
+    const size_t row = static_cast<size_t>(dv) * sizeof(float);
     for (int64_t t = 0; t < tiles; ++t) {
       Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true);  // [P*P, dv]
       VLM_CHECK(hs.dim(0) == P * P, ErrorKind::kInvalidArgument,
                 "{}: the tower gave {} patches for a {}x{} tile, the projector pools {}x{}", what_, hs.dim(0), h, w, P,
                 P);
-      // AvgPool2d(k, k) over the [P, P] patch grid (row-major patches), per channel.
-      const float inv = 1.0f / static_cast<float>(k * k);
-      for (int64_t ty = 0; ty < T; ++ty) {
-        for (int64_t tx = 0; tx < T; ++tx) {
-          float* dst = pooled.data<float>() + (ty * T + tx) * dv;
-          std::fill_n(dst, dv, 0.0f);
-          for (int64_t y = ty * k; y < ty * k + k; ++y) {
-            for (int64_t x = tx * k; x < tx * k + k; ++x) {
-              const float* src = hs.data<float>() + (y * P + x) * dv;
-              for (int64_t c = 0; c < dv; ++c) dst[c] += src[c];
-            }
-          }
-          for (int64_t c = 0; c < dv; ++c) dst[c] *= inv;
-        }
+      // AvgPool2d(k, k) over the [P, P] patch grid (row-major patches), per channel, separably. Along x: patch
+      // (y, tx k + xo) is row (y T + tx) k + xo, so offset xo is one gather of stride k rows over all (y, tx).
+      for (int64_t xo = 0; xo < k; ++xo) {
+        float* dst = xo == 0 ? cols.data<float>() : part.data<float>();
+        ops::copy_2d(dst, row, hs.data<float>() + xo * dv, row * static_cast<size_t>(k), row,
+                     static_cast<size_t>(P * T));
+        if (xo > 0) ops::add(cols.data<float>(), part.data<float>(), P * T * dv);
       }
+      // Along y: cols row (ty k + yo) T + tx; for one yo, each ty is a block of T contiguous rows.
+      for (int64_t yo = 0; yo < k; ++yo) {
+        float* dst = yo == 0 ? pooled.data<float>() : part.data<float>();
+        ops::copy_2d(dst, row * static_cast<size_t>(T), cols.data<float>() + yo * T * dv,
+                     row * static_cast<size_t>(k * T), row * static_cast<size_t>(T), static_cast<size_t>(T));
+        if (yo > 0) ops::add(pooled.data<float>(), part.data<float>(), per_tile * dv);
+      }
+      ops::scale(pooled.data<float>(), 1.0f / static_cast<float>(k * k), per_tile * dv);
       ops::rms_norm(pooled.data<float>(), per_tile, dv, norm_, eps_, 1.0f, pooled.data<float>());
       ops::linear(pooled.data<float>(), per_tile, proj_, Tensor(), out.data<float>() + t * per_tile * text_hidden_);
     }
-    return out;
+    return vision::to_host(out);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
@@ -110,8 +118,21 @@ class Gemma3Vision final : public VisionModel {
 
   size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
 
+  Device device() const override { return device_; }
+
+  void to_device(Device device) override {
+    if (device == device_) return;
+    vision::DeviceMove move;
+    tower_->collect(move);
+    move.add(norm_);
+    move.add(proj_);
+    move.add_device(device_);
+    move.commit(device);
+  }
+
  private:
   std::string what_;
+  Device device_ = Device::kCpu;
   int32_t image_token_id_ = 0;
   int64_t patches_per_side_ = 0, tokens_per_side_ = 0, text_hidden_ = 0;
   float eps_ = 1e-6f;

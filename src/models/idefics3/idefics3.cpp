@@ -3,7 +3,8 @@
 // computed but masked out as attention keys, as in transformers), then the
 // connector: pixel shuffle by scale_factor (s × s neighbouring patches folded into the feature axis, HF's
 // view/permute sequence) and connector.modality_projection.proj (no bias). The language model is the decoder of
-// text_config (llama). Prompt: image-token rows replaced, causal, 1-D positions.
+// text_config (llama). Prompt: image-token rows replaced, causal, 1-D positions. On a device (to_device) the
+// tower, the pixel shuffle (strided device copies) and the projection run there; encode() downloads once.
 #include <algorithm>
 #include <cmath>
 
@@ -11,6 +12,7 @@
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -19,24 +21,23 @@ namespace {
 
 // x: [seq, d] with seq = side², side divisible by s → [seq / s², d s²] (transformers' Idefics3 pixel_shuffle):
 // out[i' * side/s + j'][c] = x[(i' s + c / (d s)) * side + j' s + (c % (d s)) / d][c % d].
+// On x's device (the current one): for a fixed output row block i' and source row a = c / (d s), the s source
+// patches j' s .. j' s + s - 1 of grid row i' s + a are s·d contiguous floats that land contiguously at column
+// a·d·s of output row i' side/s + j' — one strided copy over j' per (i', a), `side` copies in all.
 Tensor pixel_shuffle(const Tensor& x, int64_t s, const std::string& what) {
   const int64_t seq = x.dim(0), d = x.dim(1);
   const int64_t side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(seq))));
   VLM_CHECK(side * side == seq && side % s == 0, ErrorKind::kInvalidArgument,
             "{}: pixel shuffle needs a square patch grid divisible by scale_factor {}, got {} patches", what, s, seq);
   const int64_t side_s = side / s, out_d = d * s * s;
-  Tensor out = Tensor::empty({seq / (s * s), out_d}, DType::kF32);
+  Tensor out = vision::scratch(seq / (s * s), out_d, x.device());
   const float* in = x.data<float>();
   float* o = out.data<float>();
+  const size_t block = static_cast<size_t>(s * d) * sizeof(float);
   for (int64_t i2 = 0; i2 < side_s; ++i2) {
-    for (int64_t j2 = 0; j2 < side_s; ++j2) {
-      float* row = o + (i2 * side_s + j2) * out_d;
-      for (int64_t a = 0; a < s; ++a) {      // c / (d s): which source row of the s × s block
-        for (int64_t b = 0; b < s; ++b) {    // (c % (d s)) / d: which source column
-          const float* src = in + ((i2 * s + a) * side + j2 * s + b) * d;
-          std::copy_n(src, d, row + a * d * s + b * d);
-        }
-      }
+    for (int64_t a = 0; a < s; ++a) {
+      ops::copy_2d(o + i2 * side_s * out_d + a * s * d, static_cast<size_t>(out_d) * sizeof(float),
+                   in + (i2 * s + a) * side * d, block, block, static_cast<size_t>(side_s));
     }
   }
   return out;
@@ -74,7 +75,9 @@ class Idefics3Vision final : public VisionModel {
                 "{}: pixel_mask must be u8 [{}, {}, {}], got {}{}", what_, tiles, h, w, dtype_name(pm.dtype()),
                 shape_str(pm.shape()));
     }
-    std::vector<Tensor> outs;
+    ops::DeviceScope scope(device_);
+    Tensor all;  // [tiles * rows per tile, text_hidden] on device_, downloaded once
+    int64_t rows = 0;
     for (int64_t t = 0; t < tiles; ++t) {
       // HF: a patch is attended iff any of its pixels is real (pixel_attention_mask summed over the patch).
       std::vector<uint8_t> patch_mask;
@@ -92,11 +95,11 @@ class Idefics3Vision final : public VisionModel {
       Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true,
                                   partial ? patch_mask.data() : nullptr);  // [n_patches, dv]
       Tensor shuffled = pixel_shuffle(hs, scale_, what_);                    // [n / s², dv s²]
-      Tensor out = Tensor::empty({shuffled.dim(0), text_hidden_}, DType::kF32);
-      ops::linear(shuffled.data<float>(), shuffled.dim(0), proj_, Tensor(), out.data<float>());
-      outs.push_back(out);
+      rows = shuffled.dim(0);  // every tile has the same size
+      if (!all.defined()) all = vision::scratch(tiles * rows, text_hidden_, device_);
+      ops::linear(shuffled.data<float>(), rows, proj_, Tensor(), all.data<float>() + t * rows * text_hidden_);
     }
-    return vlm_common::concat_rows(outs, text_hidden_);
+    return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
@@ -109,8 +112,20 @@ class Idefics3Vision final : public VisionModel {
 
   size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
 
+  Device device() const override { return device_; }
+
+  void to_device(Device device) override {
+    if (device == device_) return;
+    vision::DeviceMove move;
+    tower_->collect(move);
+    move.add(proj_);
+    move.add_device(device_);
+    move.commit(device);
+  }
+
  private:
   std::string what_;
+  Device device_ = Device::kCpu;
   int32_t image_token_id_ = 0;
   int64_t scale_ = 2, text_hidden_ = 0;
   std::unique_ptr<ViTEncoder> tower_;

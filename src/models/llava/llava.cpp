@@ -3,13 +3,15 @@
 // feature axis — with the class token dropped under vision_feature_select_strategy "default" (kept for
 // "full"), then multi_modal_projector linear_1 → projector_hidden_act → linear_2. The language model is the
 // decoder of text_config.model_type (llama, mistral, qwen2, ...). The prompt is the ids' embeddings with the
-// image-token rows replaced, causal, 1-D positions.
+// image-token rows replaced, causal, 1-D positions. On a device (to_device) the tower, the layer concatenation and
+// the projector all run there; encode() downloads the features once per tile.
 #include <algorithm>
 
 #include "core/error.h"
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -80,25 +82,26 @@ class LlavaVision final : public VisionModel {
     const Tensor& px = image.pixels;
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3), dv = tower_->hidden_size();
     const int64_t k = static_cast<int64_t>(layers_.size());
+    ops::DeviceScope scope(device_);
     std::vector<Tensor> per_tile;
     for (int64_t t = 0; t < tiles; ++t) {
       const float* tile = px.data<float>() + t * 3 * h * w;
-      Tensor cat;  // [n_sel, dv * k]: the selected layers side by side (torch.cat(hs_pool, dim=-1))
+      // Every selected layer from one pass, [n_tok, dv] each on device_.
+      std::vector<Tensor> hs = tower_->forward_layers(tile, h, w, layers_);
+      const int64_t skip = drop_class_token_ ? 1 : 0, n_sel = hs.front().dim(0) - skip;
+      // [n_sel, dv * k]: the selected layers side by side (torch.cat(hs_pool, dim=-1)), class token dropped.
+      Tensor cat = vision::scratch(n_sel, dv * k, device_);
+      const size_t row = static_cast<size_t>(dv) * sizeof(float);
       for (int64_t j = 0; j < k; ++j) {
-        Tensor hs = tower_->forward(tile, h, w, layers_[static_cast<size_t>(j)], false);  // [n_tok, dv]
-        const int64_t skip = drop_class_token_ ? 1 : 0, n_sel = hs.dim(0) - skip;
-        if (!cat.defined()) cat = Tensor::empty({n_sel, dv * k}, DType::kF32);
-        for (int64_t r = 0; r < n_sel; ++r) {
-          std::copy_n(hs.data<float>() + (r + skip) * dv, dv, cat.data<float>() + r * dv * k + j * dv);
-        }
+        ops::copy_2d(cat.data<float>() + j * dv, row * static_cast<size_t>(k),
+                     hs[static_cast<size_t>(j)].data<float>() + skip * dv, row, row, static_cast<size_t>(n_sel));
       }
-      const int64_t n_sel = cat.dim(0);
-      Tensor mid = Tensor::empty({n_sel, text_hidden_}, DType::kF32);
-      Tensor out = Tensor::empty({n_sel, text_hidden_}, DType::kF32);
+      Tensor mid = vision::scratch(n_sel, text_hidden_, device_);
+      Tensor out = vision::scratch(n_sel, text_hidden_, device_);
       ops::linear(cat.data<float>(), n_sel, linear_1_, bias_1_, mid.data<float>());
       ops::activate(mid.data<float>(), n_sel * text_hidden_, act_);
       ops::linear(mid.data<float>(), n_sel, linear_2_, bias_2_, out.data<float>());
-      per_tile.push_back(out);
+      per_tile.push_back(vision::to_host(out));
     }
     return vlm_common::concat_rows(per_tile, text_hidden_);
   }
@@ -113,8 +116,21 @@ class LlavaVision final : public VisionModel {
 
   size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
 
+  Device device() const override { return device_; }
+
+  void to_device(Device device) override {
+    if (device == device_) return;
+    vision::DeviceMove move;
+    tower_->collect(move);
+    for (ops::Weight* w : {&linear_1_, &linear_2_}) move.add(*w);
+    for (Tensor* b : {&bias_1_, &bias_2_}) move.add(*b);
+    move.add_device(device_);
+    move.commit(device);
+  }
+
  private:
   std::string what_;
+  Device device_ = Device::kCpu;
   int32_t image_token_id_ = 0;
   std::vector<int> layers_;
   bool drop_class_token_ = true;

@@ -5,7 +5,8 @@
 // = embedding × sqrt(hidden), image rows = get_image_features). Positions are 1-based (PaliGemma's
 // position_ids = cache_position + 1, in prefill and decode alike). The prompt — image tokens, BOS, prefix and
 // "\n" — is one bidirectional block (prefix-LM: transformers ORs token_type_ids == 0 into the causal mask on the
-// first forward); generated tokens are causal.
+// first forward); generated tokens are causal. On a device (to_device) the tower and the projector run there;
+// encode() downloads once.
 #include <algorithm>
 #include <cmath>
 
@@ -13,6 +14,7 @@
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -47,14 +49,15 @@ class PaliGemmaVision final : public VisionModel {
     vlm_common::check_tiles(image, what_);
     const Tensor& px = image.pixels;
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3);
-    std::vector<Tensor> outs;
+    ops::DeviceScope scope(device_);
+    Tensor all;  // [tiles * n_patches, text_hidden] on device_, downloaded once
     for (int64_t t = 0; t < tiles; ++t) {
       Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true);  // [n_patches, dv]
-      Tensor out = Tensor::empty({hs.dim(0), text_hidden_}, DType::kF32);
-      ops::linear(hs.data<float>(), hs.dim(0), linear_, bias_, out.data<float>());
-      outs.push_back(out);
+      const int64_t rows = hs.dim(0);  // every tile has the same size
+      if (!all.defined()) all = vision::scratch(tiles * rows, text_hidden_, device_);
+      ops::linear(hs.data<float>(), rows, linear_, bias_, all.data<float>() + t * rows * text_hidden_);
     }
-    return vlm_common::concat_rows(outs, text_hidden_);
+    return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
@@ -75,8 +78,21 @@ class PaliGemmaVision final : public VisionModel {
 
   size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
 
+  Device device() const override { return device_; }
+
+  void to_device(Device device) override {
+    if (device == device_) return;
+    vision::DeviceMove move;
+    tower_->collect(move);
+    move.add(linear_);
+    move.add(bias_);
+    move.add_device(device_);
+    move.commit(device);
+  }
+
  private:
   std::string what_;
+  Device device_ = Device::kCpu;
   int32_t image_token_id_ = 0;
   int64_t text_hidden_ = 0;
   std::unique_ptr<ViTEncoder> tower_;

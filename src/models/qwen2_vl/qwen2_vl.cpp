@@ -6,13 +6,15 @@
 // length L at current position c gets (c + i) on all three rows and advances c by L; an image run takes the
 // next image's grid (t, h / merge, w / merge) and gets rows (c + t_index, c + h_index, c + w_index) in
 // t-major order, then c advances by max(h, w) / merge. rope_delta = max position + 1 - n; decoding continues at
-// n + rope_delta on all three rows.
+// n + rope_delta on all three rows. On a device (to_device) the whole tower runs there; encode() downloads the
+// merger output.
 #include <algorithm>
 
 #include "core/error.h"
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -38,7 +40,7 @@ class QwenVision final : public VisionModel {
                   image.grid_t * image.grid_h * image.grid_w == px.dim(0),
               ErrorKind::kInvalidArgument, "{}: Qwen2-VL pixels must be f32 [grid_t*grid_h*grid_w = {}, patch], got {}{}",
               what_, image.grid_t * image.grid_h * image.grid_w, dtype_name(px.dtype()), shape_str(px.shape()));
-    return tower_->forward(px, image.grid_t, image.grid_h, image.grid_w);
+    return vision::to_host(tower_->forward(px, image.grid_t, image.grid_h, image.grid_w));
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
@@ -94,6 +96,9 @@ class QwenVision final : public VisionModel {
   }
 
   size_t weight_bytes() const override { return tower_->weight_bytes(); }
+
+  Device device() const override { return tower_->device(); }
+  void to_device(Device device) override { tower_->to_device(device); }
 
  private:
   std::string what_;

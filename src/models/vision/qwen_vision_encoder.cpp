@@ -12,9 +12,12 @@
 //
 // 2-D RoPE: head_dim/4 frequencies 1/10000^(2i/(head_dim/2)); a patch's first head_dim/4 rotary pairs turn with its
 // row, the next head_dim/4 with its column (rotate_half convention) — ops::mrope with sections {hd/4, hd/4}.
+//
+// Devices: after to_device / collect (vision_device.h) forward() runs every op on device(). The patches are
+// uploaded once; the window regrouping and its undoing are row gathers of whole merge units (one device op each),
+// the qkv split three strided copies; positions, segments and inv_freq stay host arrays, as ops.h wants them.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include <fmt/format.h>
 
@@ -22,6 +25,7 @@
 #include "kernels/ops.h"
 #include "models/layers/decoder.h"
 #include "models/vision/vision_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 #include "models/vision/vision_weights.h"
 
@@ -56,6 +60,8 @@ struct QwenVisionEncoder::Impl {
   Tensor mlp0_b, mlp2_b;
   std::vector<float> inv_freq;  // [head_dim / 2]: the head_dim/4 frequencies twice (row half, column half)
   size_t bytes = 0;
+  Device device = Device::kCpu;
+  bool f32_weights = true;  // every matrix dense f32: device attention stays exact f32
 
   void norm(const float* x, int64_t n, const Tensor& w, const Tensor& b, float* y) const {
     if (v25) {
@@ -168,6 +174,8 @@ QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::strin
   m.mlp2_b = t.tensor("merger.mlp.2.bias", {m.out});
   t.finish();
   m.bytes = t.bytes();
+  m.f32_weights = vision::is_f32(m.patch_w) && vision::is_f32(m.mlp0);
+  for (const QwenBlock& B : m.blocks) m.f32_weights = m.f32_weights && vision::is_f32(B.qkv);
 
   // VisionRotaryEmbedding(head_dim / 2): inv_freq = 1 / theta^(arange(0, dim, 2) / dim), float32.
   const int64_t rdim = m.head_dim / 2, quarter = m.head_dim / 4;
@@ -184,31 +192,54 @@ QwenVisionEncoder::~QwenVisionEncoder() = default;
 int64_t QwenVisionEncoder::out_hidden_size() const { return impl_->out; }
 int64_t QwenVisionEncoder::spatial_merge_size() const { return impl_->merge; }
 size_t QwenVisionEncoder::weight_bytes() const { return impl_->bytes; }
+Device QwenVisionEncoder::device() const { return impl_->device; }
+
+void QwenVisionEncoder::collect(vision::DeviceMove& move) {
+  Impl& m = *impl_;
+  for (ops::Weight* w : {&m.patch_w, &m.mlp0, &m.mlp2}) move.add(*w);
+  for (Tensor* t : {&m.ln_q_w, &m.ln_q_b, &m.mlp0_b, &m.mlp2_b}) move.add(*t);
+  for (QwenBlock& B : m.blocks) {
+    for (ops::Weight* w : {&B.qkv, &B.proj, &B.fc1, &B.fc2, &B.gate, &B.up, &B.down}) {
+      if (w->quantized || w->dense.defined()) move.add(*w);  // the other flavour's MLP is empty
+    }
+    for (Tensor* t : {&B.n1_w, &B.n1_b, &B.n2_w, &B.n2_b, &B.qkv_b, &B.proj_b, &B.fc1_b, &B.fc2_b, &B.gate_b,
+                      &B.up_b, &B.down_b})
+      move.add(*t);
+  }
+  move.add_device(m.device);
+}
+
+void QwenVisionEncoder::to_device(Device device) {
+  if (device == impl_->device) return;
+  vision::DeviceMove move;
+  collect(move);
+  move.commit(device);
+}
 
 // One block in place on x [n, dim]; `segments` are the attention boundaries [0, s1, ..., n] (tokens attend only
 // within their segment).
 void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
                                         const std::vector<int64_t>& segments) const {
   const int64_t D = dim;
-  Buffer h(n, D), q(n, D), k(n, D), v(n, D), a(n, D);
+  Buffer h(n, D, device), q(n, D, device), k(n, D, device), v(n, D, device), a(n, D, device);
   norm(x, n, B.n1_w, B.n1_b, h.p);
   {
     // qkv rows are (3, heads, head_dim): split into contiguous q, k, v [n, heads, head_dim], then freed (large
     // images have tens of thousands of patches).
-    Buffer qkv(n, 3 * D);
+    Buffer qkv(n, 3 * D, device);
     ops::linear(h.p, n, B.qkv, B.qkv_b, qkv.p);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* r = qkv.p + i * 3 * D;
-      std::memcpy(q.p + i * D, r, static_cast<size_t>(D) * sizeof(float));
-      std::memcpy(k.p + i * D, r + D, static_cast<size_t>(D) * sizeof(float));
-      std::memcpy(v.p + i * D, r + 2 * D, static_cast<size_t>(D) * sizeof(float));
-    }
+    const size_t row = static_cast<size_t>(D) * sizeof(float);
+    ops::copy_2d(q.p, row, qkv.p, 3 * row, row, static_cast<size_t>(n));
+    ops::copy_2d(k.p, row, qkv.p + D, 3 * row, row, static_cast<size_t>(n));
+    ops::copy_2d(v.p, row, qkv.p + 2 * D, 3 * row, row, static_cast<size_t>(n));
   }
   const std::vector<int> sections = {static_cast<int>(head_dim / 4), static_cast<int>(head_dim / 4)};
   ops::mrope(q.p, n, heads, head_dim, inv_freq.data(), positions3, sections);
   ops::mrope(k.p, n, heads, head_dim, inv_freq.data(), positions3, sections);
   ops::AttentionMask mask;
   mask.causal = false;
+  // bf16 towers run attention's matmuls at bf16 on a device with tensor cores, as the decoder does.
+  mask.bf16_matmul = device != Device::kCpu && !f32_weights;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   int64_t longest = 0;
   for (size_t s = 1; s < segments.size(); ++s) longest = std::max(longest, segments[s] - segments[s - 1]);
@@ -224,9 +255,9 @@ void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n,
   ops::add(x, h.p, n * D);
 
   norm(x, n, B.n2_w, B.n2_b, h.p);
-  Buffer f(n, inter);
+  Buffer f(n, inter, device);
   if (v25) {
-    Buffer u(n, inter);
+    Buffer u(n, inter, device);
     ops::linear(h.p, n, B.gate, B.gate_b, f.p);
     ops::linear(h.p, n, B.up, B.up_b, u.p);
     ops::gated_activate(f.p, u.p, n * inter, act);
@@ -294,15 +325,22 @@ Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t
     for (int64_t j = 0; j < n_units; ++j) order[static_cast<size_t>(j)] = j;
   }
 
-  // Patch embedding, then rows regrouped into block order (identity for Qwen2-VL).
-  Buffer embedded(n, D);
-  ops::linear(patches.data<float>(), n, m.patch_w, Tensor(), embedded.p);
-  Tensor hidden = Tensor::empty({n, D}, DType::kF32);
+  // Patch embedding, then rows regrouped into block order (identity for Qwen2-VL): merge unit order[j] becomes
+  // unit j, as one gather over the embedding viewed [n_units, unit * D].
+  const Device dev = m.device;
+  ops::DeviceScope scope(dev);  // every op below runs on the tower's device
+  Buffer embedded(n, D, dev);
+  {
+    const Tensor on_dev = vision::upload(patches, dev);
+    ops::linear(on_dev.data<float>(), n, m.patch_w, Tensor(), embedded.p);
+  }
+  Tensor hidden = vision::scratch(n, D, dev);
   float* x = hidden.data<float>();
+  std::vector<int32_t> order32(order.begin(), order.end());
+  vision::gather_rows(embedded.t.reshape({n_units, unit * D}), order32, x);
   std::vector<int64_t> positions3(static_cast<size_t>(3 * n), 0);  // rows: y, x, unused
   for (int64_t j = 0; j < n_units; ++j) {
     const int64_t src = order[static_cast<size_t>(j)] * unit;
-    std::memcpy(x + j * unit * D, embedded.p + src * D, static_cast<size_t>(unit * D) * sizeof(float));
     for (int64_t e = 0; e < unit; ++e) {
       positions3[static_cast<size_t>(j * unit + e)] = row[static_cast<size_t>(src + e)];
       positions3[static_cast<size_t>(n + j * unit + e)] = col[static_cast<size_t>(src + e)];
@@ -315,21 +353,23 @@ Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t
         !m.v25 || std::find(m.full_blocks.begin(), m.full_blocks.end(), i) != m.full_blocks.end();
     m.run_block(m.blocks[static_cast<size_t>(i)], x, n, positions3.data(), full ? frames : windows);
   }
-  if (last_hidden != nullptr) *last_hidden = hidden.clone();
+  if (last_hidden != nullptr) *last_hidden = vision::clone(hidden);
 
   // Merger: norm every patch, then each merge unit's rows concatenated into one row [unit * D].
   m.norm(x, n, m.ln_q_w, m.ln_q_b, x);
-  Buffer mid(n_units, unit * D);
+  Buffer mid(n_units, unit * D, dev);
   ops::linear(x, n_units, m.mlp0, m.mlp0_b, mid.p);
   ops::activate(mid.p, n_units * unit * D, ops::Activation::kGeluErf);
-  Buffer merged(n_units, m.out);
+  Buffer merged(n_units, m.out, dev);
   ops::linear(mid.p, n_units, m.mlp2, m.mlp2_b, merged.p);
-  // Back to processor order: unit order[j] is merged row j.
-  Tensor out = Tensor::empty({n_units, m.out}, DType::kF32);
+  // Back to processor order: unit order[j] is merged row j, so row u of the output is merged row j with
+  // order[j] == u (the inverse permutation, one gather).
+  std::vector<int32_t> back(static_cast<size_t>(n_units));
   for (int64_t j = 0; j < n_units; ++j) {
-    std::memcpy(out.data<float>() + order[static_cast<size_t>(j)] * m.out, merged.p + j * m.out,
-                static_cast<size_t>(m.out) * sizeof(float));
+    back[static_cast<size_t>(order[static_cast<size_t>(j)])] = static_cast<int32_t>(j);
   }
+  Tensor out = vision::scratch(n_units, m.out, dev);
+  vision::gather_rows(merged.t, back, out.data<float>());
   return out;
 }
 

@@ -1,5 +1,5 @@
 // Small pieces shared by the vision towers (internal to src/models/vision/): config reading with the defaults of
-// the transformers config classes, and f32 scratch buffers.
+// the transformers config classes, and f32 scratch buffers on the tower's device.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,7 @@
 
 #include "core/json.h"
 #include "core/tensor.h"
+#include "kernels/ops.h"
 
 namespace vlm::vision {
 
@@ -18,12 +19,14 @@ int64_t config_int_any(const Json& cfg, std::initializer_list<const char*> keys,
                        const std::string& what);
 double config_number(const Json& cfg, const char* key, double fallback, const std::string& what);
 
-// An owned f32 scratch tensor [rows, cols] and its data pointer.
+// An owned f32 scratch tensor [rows, cols] on `device` (ops::empty) and its data pointer (device memory off the
+// CPU).
 struct Buffer {
   Tensor t;
   float* p = nullptr;
   Buffer() = default;
-  Buffer(int64_t rows, int64_t cols) : t(Tensor::empty({rows, cols}, DType::kF32)), p(t.data<float>()) {}
+  Buffer(int64_t rows, int64_t cols, Device device)
+      : t(ops::empty({rows, cols}, DType::kF32, MemCategory::kScratch, device)), p(t.data<float>()) {}
 };
 
 }  // namespace vlm::vision

@@ -11,6 +11,10 @@
 // `vision_tower.*` and store convolutions channels-last ([O, kH, kW, I] / [O, T, kH, kW, I]) — and every
 // missing, mis-shaped or unused tensor is named in one error. Vision weights are dense (f32/f16/bf16): MLX never
 // quantizes vision towers; a quantized one is Error(kUnsupported).
+//
+// Devices: a tower loads on the host; to_device (or collect, for a move together with a projector) puts every
+// weight on the device, and forward() then runs every op there. Inputs stay host arrays (pixels, patches, masks);
+// outputs are tensors on the tower's device(), which the families' projectors continue from.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +27,10 @@
 #include "io/safetensors.h"
 
 namespace vlm {
+
+namespace vision {
+class DeviceMove;
+}
 
 // Where a tower lives: the candidate prefixes are tried in order; the first under which the tower's
 // embeddings tensor exists wins (e.g. {"vision_tower.vision_model.", "vision_tower.", "model.vision_tower."}).
@@ -53,7 +61,7 @@ class ViTEncoder {
   // ones keep position id 0 and are masked out as attention keys; positions of real patches follow HF's
   // bucketing (bucketed_position_ids). Returns the hidden states after
   // encoder layer `layer` (HF hidden_states index: 0 = embeddings, L = last layer; negative counts from the end
-  // as HF does), [n_tokens, hidden] f32 (n_tokens includes CLIP's class token at row 0); when
+  // as HF does), [n_tokens, hidden] f32 on device() (n_tokens includes CLIP's class token at row 0); when
   // `apply_post_layernorm` the post_layernorm is applied (SigLIP last_hidden_state).
   Tensor forward(const float* pixels, int64_t h, int64_t w, int layer, bool apply_post_layernorm,
                  const uint8_t* patch_mask = nullptr) const;
@@ -66,6 +74,13 @@ class ViTEncoder {
   int64_t patch_size() const;
   int64_t num_layers() const;
   size_t weight_bytes() const;
+
+  // Where the weights live and forward() runs (kCpu after loading).
+  Device device() const;
+  // Adds every weight and the tower's device to `move` (a family moves its tower and projector as one).
+  void collect(vision::DeviceMove& move);
+  // Moves the tower alone: refuses an unusable device before copying, stays whole on failure (DeviceMove).
+  void to_device(Device device);
 
  private:
   struct Impl;
@@ -82,16 +97,22 @@ class QwenVisionEncoder {
                     const std::string& prefix, const std::string& what);
   ~QwenVisionEncoder();
 
-  // patches: [grid_t*grid_h*grid_w, 3*T*P*P] f32 in the processor's order. Returns the merger output,
-  // [grid_t*grid_h*grid_w / merge², lm_hidden] f32, in the processor's (prompt) order. `last_hidden` (optional)
-  // receives the last block's output before the merger, [grid_t*grid_h*grid_w, embed_dim] f32, in transformers'
-  // row order (Qwen2.5-VL: window order, as its last_hidden_state; Qwen2-VL: processor order).
+  // patches: [grid_t*grid_h*grid_w, 3*T*P*P] f32 in the processor's order (host, or already on device()). Returns
+  // the merger output, [grid_t*grid_h*grid_w / merge², lm_hidden] f32 on device(), in the processor's (prompt)
+  // order. `last_hidden` (optional) receives the last block's output before the merger, [grid_t*grid_h*grid_w,
+  // embed_dim] f32 on device(), in transformers' row order (Qwen2.5-VL: window order, as its last_hidden_state;
+  // Qwen2-VL: processor order).
   Tensor forward(const Tensor& patches, int64_t grid_t, int64_t grid_h, int64_t grid_w,
                  Tensor* last_hidden = nullptr) const;
 
   int64_t out_hidden_size() const;
   int64_t spatial_merge_size() const;
   size_t weight_bytes() const;
+
+  // As ViTEncoder's.
+  Device device() const;
+  void collect(vision::DeviceMove& move);
+  void to_device(Device device);
 
  private:
   struct Impl;

@@ -8,6 +8,10 @@
 //   per layer:  x += out_proj(attention(q_proj, k_proj, v_proj of layer_norm1(x)))   (bidirectional)
 //               x += fc2(act(fc1(layer_norm2(x))))
 //   hidden_states[i] = x after i layers (0 = embeddings); post_layernorm on request.
+//
+// Devices: the weights move with to_device / collect (vision_device.h); forward() then runs every op on device()
+// under its own DeviceScope. Patches are cut from the host pixels and uploaded once; the class token and the
+// intermediate hidden states are device copies, the masked keys of a partial Idefics3 tile one row gather.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,6 +22,7 @@
 #include "kernels/ops.h"
 #include "models/layers/decoder.h"
 #include "models/vision/vision_common.h"
+#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 #include "models/vision/vision_weights.h"
 
@@ -107,8 +112,10 @@ struct ViTEncoder::Impl {
   Tensor pre_w, pre_b, post_w, post_b;
   std::vector<VitLayer> layers;
   size_t bytes = 0;
+  Device device = Device::kCpu;
+  bool f32_weights = true;  // every matrix dense f32: device attention stays exact f32
 
-  void run_layer(const VitLayer& L, float* x, int64_t n, const std::vector<int64_t>& real_keys) const;
+  void run_layer(const VitLayer& L, float* x, int64_t n, const std::vector<int32_t>& real_keys) const;
 };
 
 ViTEncoder::ViTEncoder(const Json& vision_config, const Checkpoint& checkpoint, const std::string& prefix,
@@ -218,20 +225,46 @@ ViTEncoder::ViTEncoder(const Json& vision_config, const Checkpoint& checkpoint, 
   t.allow_unused("embeddings.position_ids");  // a buffer older exports saved
   t.finish();
   m.bytes = t.bytes();
+  m.f32_weights = vision::is_f32(m.patch_w);
+  for (const VitLayer& L : m.layers) m.f32_weights = m.f32_weights && vision::is_f32(L.q) && vision::is_f32(L.fc1);
 }
 
 ViTEncoder::~ViTEncoder() = default;
+
+Device ViTEncoder::device() const { return impl_->device; }
+
+void ViTEncoder::collect(vision::DeviceMove& move) {
+  Impl& m = *impl_;
+  move.add(m.patch_w);
+  move.add(m.patch_b);
+  move.add(m.pos_table);
+  for (Tensor* t : {&m.class_emb, &m.pre_w, &m.pre_b, &m.post_w, &m.post_b}) move.add(*t);
+  for (VitLayer& L : m.layers) {
+    for (ops::Weight* w : {&L.q, &L.k, &L.v, &L.o, &L.fc1, &L.fc2}) move.add(*w);
+    for (Tensor* t : {&L.ln1_w, &L.ln1_b, &L.ln2_w, &L.ln2_b, &L.q_b, &L.k_b, &L.v_b, &L.o_b, &L.fc1_b, &L.fc2_b})
+      move.add(*t);
+  }
+  move.add_device(m.device);
+}
+
+void ViTEncoder::to_device(Device device) {
+  if (device == impl_->device) return;
+  vision::DeviceMove move;
+  collect(move);
+  move.commit(device);
+}
 
 int64_t ViTEncoder::hidden_size() const { return impl_->hidden; }
 int64_t ViTEncoder::patch_size() const { return impl_->patch; }
 int64_t ViTEncoder::num_layers() const { return impl_->n_layers_cfg; }
 size_t ViTEncoder::weight_bytes() const { return impl_->bytes; }
 
-// One encoder layer in place on x [n, hidden]. `real_keys` (empty = all) lists the tokens that may be attended to
-// (Idefics3's padded patches are masked as keys but still computed as queries, as transformers does).
-void ViTEncoder::Impl::run_layer(const VitLayer& L, float* x, int64_t n, const std::vector<int64_t>& real_keys) const {
+// One encoder layer in place on x [n, hidden] (on `device`, under its scope). `real_keys` (empty = all) lists the
+// tokens that may be attended to (Idefics3's padded patches are masked as keys but still computed as queries, as
+// transformers does).
+void ViTEncoder::Impl::run_layer(const VitLayer& L, float* x, int64_t n, const std::vector<int32_t>& real_keys) const {
   const int64_t D = hidden;
-  Buffer h(n, D), q(n, D), k(n, D), v(n, D), a(n, D);
+  Buffer h(n, D, device), q(n, D, device), k(n, D, device), v(n, D, device), a(n, D, device);
   ops::layer_norm(x, n, D, L.ln1_w, L.ln1_b, eps, h.p);
   ops::linear(h.p, n, L.q, L.q_b, q.p);
   ops::linear(h.p, n, L.k, L.k_b, k.p);
@@ -242,12 +275,10 @@ void ViTEncoder::Impl::run_layer(const VitLayer& L, float* x, int64_t n, const s
   Buffer kc, vc;
   if (!real_keys.empty()) {
     nk = static_cast<int64_t>(real_keys.size());
-    kc = Buffer(nk, D);
-    vc = Buffer(nk, D);
-    for (int64_t j = 0; j < nk; ++j) {
-      std::memcpy(kc.p + j * D, k.p + real_keys[static_cast<size_t>(j)] * D, static_cast<size_t>(D) * sizeof(float));
-      std::memcpy(vc.p + j * D, v.p + real_keys[static_cast<size_t>(j)] * D, static_cast<size_t>(D) * sizeof(float));
-    }
+    kc = Buffer(nk, D, device);
+    vc = Buffer(nk, D, device);
+    vision::gather_rows(k.t, real_keys, kc.p);
+    vision::gather_rows(v.t, real_keys, vc.p);
     kp = kc.p;
     vp = vc.p;
   }
@@ -255,13 +286,15 @@ void ViTEncoder::Impl::run_layer(const VitLayer& L, float* x, int64_t n, const s
   for (int64_t j = 0; j < nk; ++j) k_pos[static_cast<size_t>(j)] = j;
   ops::AttentionMask mask;
   mask.causal = false;
+  // bf16 towers run attention's matmuls at bf16 on a device with tensor cores, as the decoder does.
+  mask.bf16_matmul = device != Device::kCpu && !f32_weights;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   ops::attention(q.p, n, 0, kp, vp, k_pos.data(), nk, heads, heads, head_dim, scale, 0.0f, mask, a.p);
   ops::linear(a.p, n, L.o, L.o_b, h.p);
   ops::add(x, h.p, n * D);
 
   ops::layer_norm(x, n, D, L.ln2_w, L.ln2_b, eps, h.p);
-  Buffer f(n, inter);
+  Buffer f(n, inter, device);
   ops::linear(h.p, n, L.fc1, L.fc1_b, f.p);
   ops::activate(f.p, n * inter, act);
   ops::linear(f.p, n, L.fc2, L.fc2_b, h.p);
@@ -275,6 +308,7 @@ Tensor ViTEncoder::forward(const float* pixels, int64_t h, int64_t w, int layer,
             "{}: post_layernorm requested but the checkpoint has none", m.what);
   Tensor out = forward_layers(pixels, h, w, {layer}, patch_mask).front();
   if (apply_post_layernorm) {
+    ops::DeviceScope scope(m.device);
     ops::layer_norm(out.data<float>(), out.dim(0), m.hidden, m.post_w, m.post_b, m.eps, out.data<float>());
   }
   return out;
@@ -309,12 +343,16 @@ std::vector<Tensor> ViTEncoder::forward_layers(const float* pixels, int64_t h, i
   const int64_t last = *std::max_element(wants.begin(), wants.end());
 
   const int64_t D = m.hidden, extra = m.kind == VitKind::kClip ? 1 : 0, n = n_patches + extra;
-  Tensor state = Tensor::empty({n, D}, DType::kF32);
+  const Device dev = m.device;
+  ops::DeviceScope scope(dev);  // every op below runs on the tower's device
+  Tensor state = vision::scratch(n, D, dev);
   float* x = state.data<float>();
   {
-    Buffer patches(n_patches, m.channels * m.patch * m.patch);
+    // Cut on the host (the pixels are host floats), uploaded in one copy.
+    Buffer patches(n_patches, m.channels * m.patch * m.patch, Device::kCpu);
     extract_patches(pixels, m.channels, h, w, m.patch, patches.p);
-    ops::linear(patches.p, n_patches, m.patch_w, m.patch_b, x + extra * D);
+    const Tensor on_dev = vision::upload(patches.t, dev);
+    ops::linear(on_dev.data<float>(), n_patches, m.patch_w, m.patch_b, x + extra * D);
   }
   std::vector<int32_t> pos(static_cast<size_t>(n));
   if (m.kind == VitKind::kVariableGrid) {
@@ -322,18 +360,18 @@ std::vector<Tensor> ViTEncoder::forward_layers(const float* pixels, int64_t h, i
   } else {
     for (int64_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   }
-  if (extra) std::memcpy(x, m.class_emb.data<float>(), static_cast<size_t>(D) * sizeof(float));
+  if (extra) ops::copy(x, dev, m.class_emb.data<float>(), dev, static_cast<size_t>(D) * sizeof(float));
   {
-    Buffer pe(n, D);
+    Buffer pe(n, D, dev);
     ops::embedding(m.pos_table, pos.data(), n, 1.0f, pe.p);
     ops::add(x, pe.p, n * D);
   }
   if (m.kind == VitKind::kClip) ops::layer_norm(x, n, D, m.pre_w, m.pre_b, m.eps, x);
 
-  std::vector<int64_t> real_keys;
+  std::vector<int32_t> real_keys;
   if (patch_mask != nullptr) {
     for (int64_t i = 0; i < n_patches; ++i) {
-      if (patch_mask[i]) real_keys.push_back(i);
+      if (patch_mask[i]) real_keys.push_back(static_cast<int32_t>(i));
     }
     if (static_cast<int64_t>(real_keys.size()) == n_patches) real_keys.clear();  // nothing masked
   }
@@ -341,14 +379,14 @@ std::vector<Tensor> ViTEncoder::forward_layers(const float* pixels, int64_t h, i
   std::vector<Tensor> outs(wants.size());
   for (int64_t i = 0; i < last; ++i) {
     for (size_t j = 0; j < wants.size(); ++j) {
-      if (wants[j] == i) outs[j] = state.clone();
+      if (wants[j] == i) outs[j] = vision::clone(state);
     }
     m.run_layer(m.layers[static_cast<size_t>(i)], x, n, real_keys);
   }
   bool handed = false;
   for (size_t j = 0; j < wants.size(); ++j) {
     if (wants[j] != last) continue;
-    outs[j] = handed ? state.clone() : state;
+    outs[j] = handed ? vision::clone(state) : state;
     handed = true;
   }
   return outs;
