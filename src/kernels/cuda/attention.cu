@@ -1,18 +1,22 @@
-// Attention on the GPU (ops.h semantics), two kernels with the same arithmetic (an online softmax in
-// f32, one warp max / sum per 32-key tile, values accumulated with the lanes over head_dim, so
-// head_dim <= 256):
-//   decode (nq < 8)   attention_kernel: keys split over blocks (flash-decoding), one block of 8 warps per
-//                     (query, head, split); warp w takes key tiles w, w + 8, ... of its split (one key
-//                     per lane), the 8 warp states are merged through shared memory, and
-//                     attention_combine_kernel merges the splits;
-//   prefill (nq >= 8) attention_prefill_kernel: one block per (32 queries, head), K/V tiles staged in
-//                     shared memory once for all 32 queries (see its comment).
+// Attention on the GPU (ops.h semantics): the dispatcher and the f32 kernels.
+//   prefill (nq >= 8), bf16_matmul and a head_dim it has (32/64/80/96/128/256): attention_flash.cu
+//                     (bf16 tensor cores, f32 softmax);
+//   prefill otherwise attention_prefill_kernel (exact f32): one block per (32 queries, head), K/V
+//                     tiles staged in shared memory once for all 32 queries (see its comment);
+//   decode (nq < 8)   attention_decode.cu (f32, grouped by kv head, K/V chunks through shared memory),
+//                     or, for head_dim % 4 != 0 or unaligned K/V, attention_kernel here: keys split
+//                     over blocks (flash-decoding), one block of 8 warps per (query, head, split); warp
+//                     w takes key tiles w, w + 8, ... of its split (one key per lane), the 8 warp
+//                     states are merged through shared memory. attention_combine_kernel merges the
+//                     splits of either decode kernel.
+// The f32 kernels share their arithmetic (an online softmax in f32, one warp max / sum per 32-key
+// tile, values accumulated with the lanes over head_dim, so head_dim <= 256).
 // The mask is the reference's key_visible rule, evaluated per key from the absolute positions (k_pos
 // may be in any order: rotating caches), so every mask case (causal, sliding window, image groups,
 // none) and GQA share the code. A query that sees no key gets zeros. k_pos and group_of_position are
 // host arrays (ops.h "devices"), staged to the device per call; a consecutive k_pos (standard caches)
 // is passed as its first position instead.
-#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/attention_common.cuh"
 
 #include <algorithm>
 #include <mutex>
@@ -22,31 +26,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kMaxPerLane = 8;  // head_dim <= 32 * 8
-
-struct MaskArgs {
-  int causal;
-  int64_t window;
-  const int32_t* groups;  // device, or null
-  int64_t group_positions;
-  int64_t kpos0;  // with k_pos null: key j is at position kpos0 + j
-};
-
-// Position of key j: staged k_pos, or kpos0 + j when the host found k_pos consecutive (standard
-// caches), which saves the staging copy.
-__device__ __forceinline__ int64_t key_pos(const int64_t* k_pos, const MaskArgs& m, int64_t j) {
-  return k_pos != nullptr ? k_pos[j] : m.kpos0 + j;
-}
-
-// ref::key_visible, verbatim.
-__device__ __forceinline__ bool key_visible(const MaskArgs& m, int64_t qp, int64_t kp) {
-  if (m.window > 0 && qp - kp >= m.window) return false;
-  if (m.groups != nullptr && qp >= 0 && kp >= 0 && qp < m.group_positions && kp < m.group_positions) {
-    const int32_t g = m.groups[qp];
-    if (g != 0 && g == m.groups[kp]) return true;
-  }
-  if (m.causal && kp > qp) return false;
-  return true;
-}
 
 // Decode (nq < kPrefillMinQueries), split over keys (flash-decoding): block (query i, head h, split s)
 // covers key tiles [s * tiles_per_split, (s + 1) * tiles_per_split) of 32 keys; its warp w takes
@@ -195,28 +174,36 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Merges the splits of attention_kernel: block qh = (query, head) reads its `splits` partial states
-// and writes out[qh] = Σ_s acc_s · e^(m_s - M) / Σ_s l_s · e^(m_s - M) (zeros when no split saw a key).
+// Merges the splits (launch_attention_combine): block qh = (query, head), 128 threads. The split
+// weights e^(m_s - M) are computed once into shared memory (threads over splits), then each thread
+// sums its head_dim columns over the splits (independent loads, so many are in flight).
 __global__ void attention_combine_kernel(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                                          int64_t splits, int64_t hd, float* __restrict__ out) {
+  extern __shared__ float w_s[];  // [splits]
+  __shared__ float red[32];
   const int64_t qh = blockIdx.x;
   const float* ml = part_ml + qh * splits * 2;
   const float* pa = part_acc + qh * splits * hd;
   float mx = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) mx = fmaxf(mx, ml[2 * s]);
+  mx = block_max(mx, red);
   float* o = out + qh * hd;
-  if (mx == -INFINITY) {
+  if (mx == -INFINITY) {  // no split saw a key
     for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) o[c] = 0.0f;
     return;
   }
   float total = 0.0f;
-  for (int64_t s = 0; s < splits; ++s)
-    if (ml[2 * s] != -INFINITY) total += ml[2 * s + 1] * expf(ml[2 * s] - mx);
+  for (int64_t s = threadIdx.x; s < splits; s += blockDim.x) {
+    const float w = ml[2 * s] == -INFINITY ? 0.0f : expf(ml[2 * s] - mx);
+    w_s[s] = w;
+    total += ml[2 * s + 1] * w;
+  }
+  total = block_sum(total, red);  // its barriers also publish w_s
   const float inv = 1.0f / total;
   for (int64_t c = threadIdx.x; c < hd; c += blockDim.x) {
     float acc = 0.0f;
-    for (int64_t s = 0; s < splits; ++s)
-      if (ml[2 * s] != -INFINITY) acc += pa[s * hd + c] * expf(ml[2 * s] - mx);
+#pragma unroll 8
+    for (int64_t s = 0; s < splits; ++s) acc += pa[s * hd + c] * w_s[s];
     o[c] = acc * inv;
   }
 }
@@ -344,6 +331,13 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 }  // namespace
 
+void launch_attention_combine(const float* part_ml, const float* part_acc, int64_t qh, int64_t splits, int64_t hd,
+                              float* out, cudaStream_t cs) {
+  attention_combine_kernel<<<static_cast<unsigned>(qh), 128, sizeof(float) * static_cast<size_t>(splits), cs>>>(
+      part_ml, part_acc, splits, hd, out);
+  VLM_CUDA_LAUNCHED("attention");
+}
+
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out) {
@@ -373,6 +367,9 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
   const bool k_vec4 = head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(k) & 15u) == 0;
   cudaStream_t cs = detail::stream("attention");
   if (nq >= kPrefillMinQueries) {
+    if (mask.bf16_matmul &&
+        attention_flash_bf16(q, nq, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, out, cs))
+      return;
     const size_t smem = prefill_smem_bytes(head_dim);
     static std::once_flag once;  // opt in to the largest size once (head_dim 256: 98,432 bytes)
     std::call_once(once, [] {
@@ -384,8 +381,11 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
     attention_prefill_kernel<<<grid, kWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, kp, nk, n_heads, n_kv_heads,
                                                               head_dim, scale, softcap, m, out);
   } else {
-    // Splits: enough blocks to cover the SMs about twice, each at least one 32-key tile per warp.
-    const int64_t qh = nq * n_heads, tiles = (nk + 31) / 32;
+    if (attention_decode_gqa(q, nq, q_pos0, k, v, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, out, cs))
+      return;
+    // The general decode kernel (head_dim not a multiple of 4, or K/V not 16-byte aligned). Splits:
+    // enough blocks to cover the SMs about twice, each at least one 32-key tile per warp.
+    const int64_t qh = nq * n_heads, tiles = std::max<int64_t>((nk + 31) / 32, 1);
     static const int64_t target = [] {
       int dev = 0, sms = 0;
       if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
@@ -395,7 +395,7 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
       return int64_t{2} * (sms > 0 ? sms : 132);
     }();
     int64_t splits = std::min<int64_t>((tiles + kWarps - 1) / kWarps, (target + qh - 1) / qh);
-    splits = std::max<int64_t>(std::min<int64_t>(splits, 65535), 1);
+    splits = std::max<int64_t>(std::min<int64_t>(splits, 4096), 1);
     const int64_t tiles_per_split = (tiles + splits - 1) / splits;
     splits = std::max<int64_t>((tiles + tiles_per_split - 1) / tiles_per_split, 1);  // no empty split
     float* part_ml = nullptr;
@@ -412,9 +412,7 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
         part_ml, part_acc);
     if (splits > 1) {
       VLM_CUDA_LAUNCHED("attention");
-      const int threads = static_cast<int>(std::min<int64_t>(256, (head_dim + 31) / 32 * 32));
-      attention_combine_kernel<<<static_cast<unsigned>(qh), threads, 0, cs>>>(part_ml, part_acc, splits, head_dim,
-                                                                              out);
+      launch_attention_combine(part_ml, part_acc, qh, splits, head_dim, out, cs);
     }
   }
   VLM_CUDA_LAUNCHED("attention");
