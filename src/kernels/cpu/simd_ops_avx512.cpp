@@ -591,6 +591,23 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         const int64_t qp = q_pos0 + i0 + ii, j_begin = c * kRowChunk, j_end = std::min(nk, j_begin + kRowChunk);
         const float* kb = k + kvh * head_dim;
         const float* vb = v + kvh * head_dim;
+        if (simple && mask.causal) {
+          // A chunk wholly after the query (causal prefill: about half of them) is skipped: the combine
+          // ignores chunks whose max is -inf. k_pos need not be sorted (ring caches), so take its minimum.
+          __m512i lowest = _mm512_set1_epi64(std::numeric_limits<int64_t>::max());
+          for (int64_t j = j_begin; j < j_end; j += 8) {
+            const __mmask8 m8 = static_cast<__mmask8>(tail_mask(j_end - j));
+            lowest = _mm512_min_epi64(lowest, _mm512_mask_loadu_epi64(lowest, m8, k_pos + j));
+          }
+          if (_mm512_reduce_min_epi64(lowest) > qp) {
+            for (int64_t g = 0; g < group; ++g) {
+              const int64_t row = ii * n_heads + kvh * group + g;
+              cmax[row * nch + c] = kNegInf;
+              csum[row * nch + c] = 0.0f;
+            }
+            continue;
+          }
+        }
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = kvh * group + g, row = ii * n_heads + h;
           const float* qi = q + ((i0 + ii) * n_heads + h) * head_dim;
