@@ -406,15 +406,23 @@ double seconds(const std::function<void()>& f) {
 }
 
 // SmolVLM-256M's SigLIP tower (12 layers, width 768, MLP 3072, 12 heads of 64) on one 512-px tile (1024
-// patches), and a Qwen2.5-VL-3B-width tower (width 1280, MLP 3420, 16 heads of 80; 4 blocks, the last with full
-// attention, the others windowed) on a 784 × 784 image (3136 patches): bf16 weights, so the device runs its
-// tensor-core paths (bf16 GEMMs, flash attention with bf16_matmul). CUDA must give the CPU's output; both
-// encode times are printed (the second CUDA run, after cuBLASLt's first-call setup).
+// patches), SigLIP-so400m's width (1152, MLP 4304, 16 heads of 72; 4 layers) on 896 px (4096 patches), and a
+// Qwen2.5-VL-3B-width tower (width 1280, MLP 3420, 16 heads of 80; 4 blocks, the last with full attention, the
+// others windowed) on a 784 × 784 image (3136 patches): bf16 weights, so the device runs its tensor-core paths
+// (bf16 GEMMs; flash attention with bf16_matmul where head_dim has an instance). CUDA must give the CPU's output;
+// both encode times are printed (the second CUDA run, after cuBLASLt's first-call setup).
 TEST(CudaVisionTowers, Bf16TowersOfRealWidthMatchTheCpu) {
   if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
   test::TempDir dir;
-  {  // SigLIP
-    const int64_t D = 768, I = 3072, L = 12, P = 16, side = 512 / P;
+  // SigLIP: SmolVLM-256M's tower on one 512-px tile, and SigLIP-so400m's width (head_dim 72: no tensor-core
+  // attention instance, so the exact f32 kernel) on a Gemma 3 / PaliGemma 896-px image, 4 of its 27 layers.
+  struct SiglipShape {
+    const char* name;
+    int64_t D, I, L, heads, P, image;
+  };
+  for (const SiglipShape& sh : {SiglipShape{"siglip-smolvlm", 768, 3072, 12, 12, 16, 512},
+                                SiglipShape{"siglip-so400m", 1152, 4304, 4, 16, 14, 896}}) {
+    const int64_t D = sh.D, I = sh.I, L = sh.L, P = sh.P, side = sh.image / P, px = side * P;
     TowerWriter tw;
     const std::string p = "vision_model.";
     tw.w.add(p + "embeddings.patch_embedding.weight", tw.random({D, 3, P, P}, std::sqrt(3.0f / (3 * P * P))));
@@ -429,25 +437,26 @@ TEST(CudaVisionTowers, Bf16TowersOfRealWidthMatchTheCpu) {
       tw.linear(l + "mlp.fc2", D, I);
     }
     tw.norm(p + "post_layernorm", D, true);
-    fs::create_directories(dir / "siglip");
-    tw.w.write(dir / "siglip/model.safetensors");
+    fs::create_directories(dir / sh.name);
+    tw.w.write(dir / (std::string(sh.name) + "/model.safetensors"));
     const Json cfg = {{"model_type", "siglip_vision_model"}, {"hidden_size", D}, {"intermediate_size", I},
-                      {"num_hidden_layers", L},  {"num_attention_heads", 12}, {"patch_size", P},
-                      {"image_size", 512},       {"hidden_act", "gelu_pytorch_tanh"}};
-    const Checkpoint ck = Checkpoint::open(dir / "siglip", LoadMode::kEager);
-    ViTEncoder cpu(cfg, ck, p, -1, "siglip"), cuda(cfg, ck, p, -1, "siglip");
+                      {"num_hidden_layers", L},  {"num_attention_heads", sh.heads}, {"patch_size", P},
+                      {"image_size", sh.image},  {"hidden_act", "gelu_pytorch_tanh"}};
+    const Checkpoint ck = Checkpoint::open(dir / sh.name, LoadMode::kEager);
+    ViTEncoder cpu(cfg, ck, p, -1, sh.name), cuda(cfg, ck, p, -1, sh.name);
     cuda.to_device(Device::kCuda);
     ASSERT_EQ(cuda.device(), Device::kCuda);
-    const std::vector<float> pixels = random_floats(3 * 512 * 512, 7);
+    const std::vector<float> pixels = random_floats(3 * px * px, 7);
     Tensor a, b;
-    const double cpu_s = seconds([&] { a = cpu.forward(pixels.data(), 512, 512, -1, true); });
-    b = cuda.forward(pixels.data(), 512, 512, -1, true);  // warm-up
-    const double cuda_s = seconds([&] { b = vision::to_host(cuda.forward(pixels.data(), 512, 512, -1, true)); });
+    const double cpu_s = seconds([&] { a = cpu.forward(pixels.data(), px, px, -1, true); });
+    b = cuda.forward(pixels.data(), px, px, -1, true);  // warm-up
+    const double cuda_s = seconds([&] { b = vision::to_host(cuda.forward(pixels.data(), px, px, -1, true)); });
     ASSERT_EQ(a.shape(), b.shape());
     const double e = nmse(b.data<float>(), a.data<float>(), a.numel());
-    EXPECT_LE(e, kBf16TowerNmse);
-    std::printf("[cuda vision tower] siglip 768x12, 1024 patches (bf16): cuda %.1f ms, cpu %.1f ms (%d threads), "
+    EXPECT_LE(e, kBf16TowerNmse) << sh.name;
+    std::printf("[cuda vision tower] %s %lldx%lld, %lld patches (bf16): cuda %.1f ms, cpu %.1f ms (%d threads), "
                 "nmse %.2e\n",
+                sh.name, static_cast<long long>(D), static_cast<long long>(L), static_cast<long long>(side * side),
                 cuda_s * 1e3, cpu_s * 1e3, ThreadPool::global().num_threads(), e);
   }
   {  // Qwen2.5-VL
