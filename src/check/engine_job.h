@@ -1,8 +1,8 @@
 // One model's job as the worker process runs it: validate the image, resolve and load the model (its
 // vision tower too when the image goes to a VLM), render the prompt with the checkpoint's chat template,
 // process + expand + encode the image with the model's own processor and vision tower, tokenise, generate
-// with the effective parameters (the language model moved to job.device after loading; a vision tower
-// stays on the cpu), and return the raw facts (EngineOutcome) with per-phase timings and memory. This is
+// with the effective parameters (the language model and the vision tower moved to job.device after
+// loading), and return the raw facts (EngineOutcome) with per-phase timings and memory. This is
 // the only file that calls into the engine layers (io, image, text, models, generate), so it is
 // the one place to adapt as those APIs grow. It never throws: failures come back as an outcome
 // with error_phase / error_kind / error_message.

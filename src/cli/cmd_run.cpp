@@ -185,8 +185,8 @@ void register_run(CLI::App& root, Action& action) {
   cmd->add_option("--quantized-kv-start", f->quantized_kv_start, "Quantize the KV cache from this many tokens");
   cmd->add_option("--prefill-step-size", f->prefill_step_size, "Prefill chunk size");
   add_device_flag(cmd, f->device,
-                  "Where every model's language model runs: cpu, cuda, or auto (cuda when a GPU is usable); vision "
-                  "towers stay on the cpu");
+                  "Where every model runs (language model and vision tower): cpu, cuda, or auto (cuda when a GPU is "
+                  "usable)");
   cmd->add_option("-T,--timeout", o.timeout_s, "Seconds per model before its worker is killed")->check(CLI::PositiveNumber);
   // Outputs
   cmd->add_option("--output-dir", o.output_dir, "Directory for every artefact (default ./output)");

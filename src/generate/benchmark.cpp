@@ -295,6 +295,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
     auto t0 = Clock::now();
     LoadOptions lo;
     lo.mode = options.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
+    lo.text_only = true;  // the protocol feeds token ids only; a VLM's tower would only add to the peak
     LoadedModel model = load_model(folder, lo);
     LanguageModel& lm = *model.language_model;
     lm.to_device(device);
