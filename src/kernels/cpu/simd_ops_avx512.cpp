@@ -679,9 +679,15 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               _mm512_store_ps(p + j, e);
             }
             sum = _mm512_reduce_add_ps(vs);
-            for (int64_t j = j_begin; j < j_end; ++j) {
+            // Two keys per step into two accumulator sets: one set would chain every key's FMAs on the
+            // previous key's (4-cycle latency per key). Invisible (or underflowed) keys, p == 0, are masked
+            // out rather than multiplied, so a non-finite V row of a masked key cannot leak in.
+            __m512 acc2[NV];
+#pragma GCC unroll 8
+            for (int cc = 0; cc < NV; ++cc) acc2[cc] = _mm512_setzero_ps();
+            auto add_key = [&](__m512* a, int64_t j) {
               const float pj = p[j - j_begin];
-              if (pj == 0.0f) continue;  // invisible (or underflowed) keys add nothing
+              const __mmask16 live = pj != 0.0f ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(0);
               const float* vr = vb + j * ld;
               if (g == 0)
 #pragma GCC unroll 8
@@ -690,8 +696,16 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               const __m512 vp = _mm512_set1_ps(pj);
 #pragma GCC unroll 8
               for (int cc = 0; cc < NV; ++cc)
-                acc[cc] = _mm512_fmadd_ps(vp, _mm512_maskz_loadu_ps(msk(cc), vr + 16 * cc), acc[cc]);
+                a[cc] = _mm512_mask3_fmadd_ps(vp, _mm512_maskz_loadu_ps(msk(cc), vr + 16 * cc), a[cc], live);
+            };
+            int64_t j = j_begin;
+            for (; j + 2 <= j_end; j += 2) {
+              add_key(acc, j);
+              add_key(acc2, j + 1);
             }
+            if (j < j_end) add_key(acc, j);
+#pragma GCC unroll 8
+            for (int cc = 0; cc < NV; ++cc) acc[cc] = _mm512_add_ps(acc[cc], acc2[cc]);
           }
           csum[row * nch + c] = sum;
           float* o = part + (row * nch + c) * head_dim;
