@@ -6,6 +6,10 @@
 //   linear, f32 GEMM)                                  1e-11 .. 1e-14 (summation order, libm ulps)
 //   f16-weight GEMM (x rounded to f16 for cuBLASLt)   1e-7
 //   bf16-weight and quantized GEMM (x, and dequantized weights, rounded to bf16 for cuBLASLt) 1e-5
+//   attention with bf16_matmul, prefill on tensor cores (q, k, v, p rounded to bf16)   1e-4
+//     (expected (2/3)u²(1 + scale²·hd·E[q²]E[k²]) with u = 2^-9: 1.1e-5 at hd 128, 2.1e-5 at 256;
+//     see kBf16AttentionNmse); f32 attention past 8000 keys: 1e-11 · nk / 8000 (the reference's
+//     sequential f32 sums drift like sqrt(nk) ulps)
 // An op without a case fails EveryOpHasACase, which runs without a GPU too; the GPU tests skip with
 // the reason when no CUDA device is usable (CPU-only CI). Also: the allocator's size classes, cache
 // and MemoryTracker reports, copies, copy_2d, and typed errors for unsupported shapes.
