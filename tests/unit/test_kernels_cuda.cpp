@@ -210,13 +210,7 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
         cases.push_back({"linear_group", name + " n=" + std::to_string(n), gemm16 ? 1e-5 : 1e-11,
                          [ws, biases, x, n, total] {
                            std::vector<float> y(total);
-                           std::vector<ops::LinearOut> outs;
-                           size_t at = 0;
-                           for (size_t i = 0; i < ws.size(); ++i) {
-                             outs.push_back({&ws[i], &biases[i], y.data() + at});
-                             at += static_cast<size_t>(n * ws[i].rows());
-                           }
-                           ops::linear_group(x->data(), n, outs.data(), static_cast<int>(outs.size()));
+                           run_linear_group(ws, biases, x->data(), n, [&](size_t) { return y.data(); });
                            return y;
                          },
                          [ws, biases, x, n, total] {
@@ -378,17 +372,8 @@ void add_elementwise_cases(std::vector<Case>& cases, std::mt19937& rng) {
         [](float* y, int64_t) { table().softmax(y, 7, 1003); }));
   }
   {
-    // Rows of a vocabulary's width: random; a tie (the lower index wins); NaNs around a smaller
-    // maximum (NaN never wins); all -inf but one NaN (index 0); the maximum in the last column.
     const int64_t d = 152064;
-    auto x = std::make_shared<std::vector<float>>(random_vec(rng, static_cast<size_t>(5 * d), -30.0f, 30.0f));
-    float* r = x->data();
-    r[1 * d + 90000] = r[1 * d + 1000] = 31.0f;
-    r[2 * d + 7] = 30.5f;
-    r[2 * d + 3] = r[2 * d + 150000] = std::numeric_limits<float>::quiet_NaN();
-    std::fill(r + 3 * d, r + 4 * d, -std::numeric_limits<float>::infinity());
-    r[3 * d + 5] = std::numeric_limits<float>::quiet_NaN();
-    r[4 * d + d - 1] = 40.0f;
+    auto x = std::make_shared<std::vector<float>>(argmax_rows(rng, d));
     cases.push_back({"argmax", "5x152064 ties, NaN, -inf", 0.0,
                      [x, d] {
                        std::vector<int32_t> ids(5);

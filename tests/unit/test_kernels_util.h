@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -88,6 +90,40 @@ inline double nmse(const float* got, const std::vector<double>& want) {
     den += want[i] * want[i];
   }
   return den > 0 ? num / den : num;
+}
+
+// One ops::linear_group over `ws` (biases[i] may be undefined) on the current device, every member's
+// output [n, rows_i] concatenated in member order; x and the weights must live on that device, y is
+// allocated by `alloc(total floats)` (host vector or device buffer) and returned through `out`.
+template <typename Alloc>
+float* run_linear_group(const std::vector<ops::Weight>& ws, const std::vector<Tensor>& biases, const float* x,
+                        int64_t n, Alloc alloc) {
+  size_t total = 0;
+  for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
+  float* y = alloc(total);
+  std::vector<ops::LinearOut> outs;
+  size_t at = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    outs.push_back({&ws[i], &biases[i], y + at});
+    at += static_cast<size_t>(n * ws[i].rows());
+  }
+  ops::linear_group(x, n, outs.data(), static_cast<int>(outs.size()));
+  return y;
+}
+
+// Rows of a vocabulary's width for argmax cases ([5, d], d > 150000): random; a tie (the lower index
+// wins); NaNs around a smaller maximum (NaN never wins); all -inf but one NaN (index 0); the maximum
+// in the last column.
+inline std::vector<float> argmax_rows(std::mt19937& rng, int64_t d) {
+  std::vector<float> x = random_vec(rng, static_cast<size_t>(5 * d), -30.0f, 30.0f);
+  float* r = x.data();
+  r[1 * d + 90000] = r[1 * d + 1000] = 31.0f;
+  r[2 * d + 7] = 30.5f;
+  r[2 * d + 3] = r[2 * d + 150000] = std::numeric_limits<float>::quiet_NaN();
+  std::fill(r + 3 * d, r + 4 * d, -std::numeric_limits<float>::infinity());
+  r[3 * d + 5] = std::numeric_limits<float>::quiet_NaN();
+  r[4 * d + d - 1] = 40.0f;
+  return x;
 }
 
 }  // namespace vlm::test
