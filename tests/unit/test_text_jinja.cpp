@@ -270,6 +270,10 @@ TEST(JinjaSafety, MalformedTemplatesNeverCrash) {
   }
   EXPECT_GT(parsed, 0u);
   EXPECT_THROW(jinja::Template(std::string("{{ '\xff' }}"), "bad-utf8"), Error);
+  // Found by fuzz_jinja: slices inside a tuple subscript left the slices without their object.
+  EXPECT_THROW(jinja::Template("{{ lst[1:2:,:4] }}", "slice-tuple"), Error);
+  EXPECT_THROW(jinja::Template("{{ lst[1, :4] }}", "slice-tuple"), Error);
+  EXPECT_EQ(jinja::Template("{{ d[1, 2] }}", "tuple-key").render({{"d", Json::object()}}), "");
 }
 
 }  // namespace

@@ -634,6 +634,10 @@ class Parser {
     if (args.size() == 1) {
       arg = std::move(args[0]);
     } else {
+      // `x[a:b, c]` subscripts with a tuple holding slice objects, which no list, string or dict accepts
+      // (Jinja2 renders it undefined); we have no slice values, so it is refused here.
+      for (const NodePtr& a : args)
+        if (a->kind == NodeKind::kSlice) fail(t, "a subscript with both slices and commas is not supported");
       arg = make(NodeKind::kTuple, t);
       arg->items = std::move(args);
     }
