@@ -99,6 +99,13 @@ constexpr float kF32AttentionTol = 4e-6f;
 
 using VisibleFn = std::function<std::vector<int64_t>(int64_t o, int64_t s, int64_t i)>;
 
+// A standard cache: query i of a chunk fed at offset o sees every position up to its own.
+std::vector<int64_t> causal(int64_t o, int64_t, int64_t i) {
+  std::vector<int64_t> v;
+  for (int64_t p = 0; p <= o + i; ++p) v.push_back(p);
+  return v;
+}
+
 // Feeds `chunks` through `layer` and checks every query against the reference over VisibleFn.
 // `kref`/`vref` are the rows the reference uses (the originals, or their dequantized versions).
 void run_and_compare(KVLayer& layer, const std::vector<int64_t>& chunks, const LayerAttentionSpec& s,
@@ -157,11 +164,6 @@ KVLayerConfig layer_config(int64_t max_size = 0, int64_t keep = 0, std::optional
 
 TEST(KVCache, StandardMatchesFullHistoryPrefillAndDecode) {
   KVLayer layer(layer_config());
-  VisibleFn causal = [](int64_t o, int64_t, int64_t i) {
-    std::vector<int64_t> v;
-    for (int64_t p = 0; p <= o + i; ++p) v.push_back(p);
-    return v;
-  };
   run_and_compare(layer, {7, 1, 1, 300, 1, 5, 1}, spec_for(), causal, kF32AttentionTol, 1);
   EXPECT_EQ(layer.stored_tokens(), 316);
   EXPECT_FALSE(layer.rotating());
@@ -171,11 +173,6 @@ TEST(KVCache, StandardMatchesFullHistoryPrefillAndDecode) {
 // (256-token steps); layers that do not store plain rows offer none.
 TEST(KVCache, InPlaceRowsMatchFullHistory) {
   KVLayer layer(layer_config());
-  VisibleFn causal = [](int64_t o, int64_t, int64_t i) {
-    std::vector<int64_t> v;
-    for (int64_t p = 0; p <= o + i; ++p) v.push_back(p);
-    return v;
-  };
   run_and_compare(layer, {7, 1, 250, 1, 300, 1}, spec_for(), causal, kF32AttentionTol, 3, {}, /*in_place=*/true);
   EXPECT_EQ(layer.stored_tokens(), 560);
   EXPECT_NE(layer.next_rows(1).first, nullptr);
@@ -334,11 +331,6 @@ TEST(KVCache, QuantizedAttendsOverItsDequantizedEntries) {
   for (int bits : {2, 4, 8}) {
     KVLayer layer(layer_config(0, 0, bits, 0, 32));
     EXPECT_FALSE(layer.quantized());  // converts after its first update
-    VisibleFn causal = [](int64_t o, int64_t, int64_t i) {
-      std::vector<int64_t> v;
-      for (int64_t p = 0; p <= o + i; ++p) v.push_back(p);
-      return v;
-    };
     run_and_compare(layer, {9, 1, 1, 4, 1}, spec_for(), causal, 2e-6f, 6,
                     [&](Record&, std::vector<float>& k, std::vector<float>& v) { dequantized_refs(bits, 32, k, v); });
   }

@@ -225,9 +225,7 @@ void softcap(float* x, int64_t n, float cap);
 
 // Pieces of linear (linear_dense.cu / linear_quant.cu), called by the dispatcher in linear_dense.cu.
 // Each returns false when its fast path does not apply to these arguments (alignment, sizes).
-bool linear_dense_gemv(const float* x, int64_t n, const Weight& w, float* y);
 bool linear_dense_cublaslt(const float* x, int64_t n, const Weight& w, float* y);
-bool linear_quant_gemv(const float* x, int64_t n, const Weight& w, float* y);
 // Any weight, any shape: tiled kernel (dequantizes weight tiles into shared memory).
 void linear_tiled(const float* x, int64_t n, const Weight& w, float* y);
 // y[n, out] (f32, rows ldy apart) = xb[n, in] · w[out, in]ᵀ through cuBLASLt, A and B of `ab_type`,

@@ -132,13 +132,6 @@ bool lt_matmul_f32(const void* w, const float* x, int64_t n, int64_t in, int64_t
          lt_matmul(w, CUDA_R_32F, x, n, in, out, y, ldy, CUBLAS_COMPUTE_32F);
 }
 
-bool linear_dense_gemv(const float* x, int64_t n, const Weight& w, float* y) {
-  if (!gemv_supported(x, w)) return false;
-  const GemvTarget t{&w, nullptr, y};
-  gemv_launch(x, n, &t, 1);
-  return true;
-}
-
 bool linear_dense_cublaslt(const float* x, int64_t n, const Weight& w, float* y) {
   const int64_t in = w.cols(), out = w.rows();
   const void* wp = detail::device_ptr(w.dense, "linear", "weight");

@@ -1,5 +1,5 @@
 // linear on MLX affine-quantized weights (core/quant.h layout): the prefill GEMM, and the tiled kernel
-// every weight falls back to. The decode GEMV is linear_gemv.cu (linear_quant_gemv below wraps it).
+// every weight falls back to. The decode GEMV is linear_gemv.cu.
 //
 // GEMM (prefill, n >= 8): row chunks of W (<= 64 MiB) are dequantized as the reference does
 // (s * q + b in f32) and rounded to bf16 into scratch, x is rounded to bf16, and cuBLASLt multiplies
@@ -13,7 +13,6 @@
 // once and reused by all 64 tokens; each thread accumulates a 4x4 patch in f32. Simple, general,
 // correct for every shape; not tensor-core fast.
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/linear_gemv.cuh"
 
 #include <type_traits>
 
@@ -163,13 +162,6 @@ bool linear_quant_gemm(const float* x, int64_t n, const Weight& w, float* y) {
   const int64_t chunk = chunk_rows(in, out, 4);
   float* wf = static_cast<float*>(detail::scratch(static_cast<size_t>(chunk * in) * 4, "linear"));
   return quant_gemm_chunks(q, x, n, in, out, y, wf, chunk, st);
-}
-
-bool linear_quant_gemv(const float* x, int64_t n, const Weight& w, float* y) {
-  if (!gemv_supported(x, w)) return false;
-  const GemvTarget t{&w, nullptr, y};
-  gemv_launch(x, n, &t, 1);
-  return true;
 }
 
 void linear_tiled(const float* x, int64_t n, const Weight& w, float* y) {
