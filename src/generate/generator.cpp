@@ -232,26 +232,36 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   Tensor logits = Tensor::empty({vocab}, DType::kF32, MemCategory::kScratch);
   std::vector<int64_t> positions(static_cast<size_t>(mm ? 3 : step));
   const ops::AttentionMask causal{};
-  // Greedy generation asks the model for the argmax only (taken on its device); any other chain gets
-  // the last position's logits in `logits`. next_token() is the one place that reads either.
+  // Greedy generation asks the model for the argmax only (taken on its device); a chain of built-in
+  // processors and sampler asks it for the sampled id (ops::sample on its device, with the chain's
+  // next uniform, so a seed gives the same tokens on every device); any other chain (a LogitsProcessor
+  // or Sampler from the C++ API) gets the last position's logits in `logits`. next_token() is the one
+  // place that reads any of them. `last` marks the forward whose logits pick the next token; earlier
+  // prefill chunks only fill the cache (and draw nothing).
   const bool greedy = chain.greedy();
-  int32_t greedy_id = 0;
-  auto run = [&](const float* x, int64_t n, const Positions& pos, const ops::AttentionMask& mask) {
-    if (greedy)
-      greedy_id = model.forward_argmax(x, n, pos, *cache, mask);
+  const bool sample_on_model = !greedy && chain.builtin();
+  int32_t model_id = 0;
+  // Penalties see the prompt followed by the generated ids.
+  std::vector<int32_t> history = prompt;
+  auto run = [&](const float* x, int64_t n, const Positions& pos, const ops::AttentionMask& mask, bool last) {
+    if (greedy || (sample_on_model && !last))
+      model_id = model.forward_argmax(x, n, pos, *cache, mask);
+    else if (sample_on_model)
+      model_id = model.forward_sample(x, n, pos, *cache, mask, chain.spec(), history.data(),
+                                      static_cast<int64_t>(history.size()), chain.draw());
     else
       model.forward(x, n, pos, *cache, mask, logits.data<float>(), false);
   };
-  auto next_token = [&](const std::vector<int32_t>& history) {
-    return greedy ? greedy_id : chain.next(history, logits.data<float>(), vocab);
+  auto next_token = [&]() {
+    return greedy || sample_on_model ? model_id : chain.next(history, logits.data<float>(), vocab);
   };
 
   // Feeds ids[0, n) at the cache's current offset.
-  auto feed = [&](const int32_t* ids, int64_t n) {
+  auto feed = [&](const int32_t* ids, int64_t n, bool last) {
     const int64_t base = cache->offset();
     model.embed(ids, n, embeds.data<float>());
     for (int64_t i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = base + i;
-    run(embeds.data<float>(), n, Positions{positions.data(), n, 1}, causal);
+    run(embeds.data<float>(), n, Positions{positions.data(), n, 1}, causal, last);
     if (prompt_cache) prompt_cache->record(ids, n);
   };
 
@@ -273,14 +283,14 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       mask.group_of_position = mm->groups.data();
       mask.group_positions = total;
     }
-    run(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, mask);
+    run(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, mask, end == total);
   };
   // Decode positions continue at (tokens so far + rope_delta), the same value in every RoPE row.
   auto feed_decode_multimodal = [&](int32_t id) {
     const int64_t p = cache->offset() + mm->rope_delta;
     model.embed(&id, 1, embeds.data<float>());
     for (int r = 0; r < mm->dims; ++r) positions[static_cast<size_t>(r)] = p;
-    run(embeds.data<float>(), 1, Positions{positions.data(), 1, mm->dims}, causal);
+    run(embeds.data<float>(), 1, Positions{positions.data(), 1, mm->dims}, causal, true);
   };
 
   // ---- prefill: all remaining prompt tokens but the last in chunks, then the last one ----
@@ -291,14 +301,13 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     int64_t done = cached;
     while (res.prompt_tokens - done > 1) {
       int64_t n = std::min(step, res.prompt_tokens - done - 1);
-      feed(prompt.data() + done, n);
+      feed(prompt.data() + done, n, false);
       done += n;
     }
-    feed(prompt.data() + done, 1);
+    feed(prompt.data() + done, 1, true);
   }
 
-  std::vector<int32_t> history = prompt;
-  int32_t token = next_token(history);
+  int32_t token = next_token();
   res.times.prefill_s = seconds_since(t_prefill);
   const double pre_stage_s = request.times.tokenize_s + request.times.image_preprocess_s + request.times.vision_encode_s;
   res.ttft_s = pre_stage_s + seconds_since(t_start);
@@ -330,8 +339,8 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (mm)
       feed_decode_multimodal(token);
     else
-      feed(&token, 1);
-    int32_t sampled = next_token(history);
+      feed(&token, 1, true);
+    int32_t sampled = next_token();
     if (forced) {
       token = *forced;
       ++res.thinking_tokens_forced;

@@ -1,21 +1,16 @@
-// The sampler chain and its logits processors; semantics and order in sampler.h.
+// The sampler chain and its logits processors; semantics and order in sampler.h. The built-in pieces
+// are kernels/sampling.h's CPU implementation (one home for them, shared with ops::sample on CUDA).
 #include "generate/sampler.h"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <numeric>
-#include <unordered_map>
-#include <unordered_set>
+#include <memory>
 
 #include "core/error.h"
 #include "kernels/ops.h"
+#include "kernels/sampling.h"
 
 namespace vlm {
 
 namespace {
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
 uint64_t splitmix64(uint64_t& x) {
   uint64_t z = (x += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -24,16 +19,11 @@ uint64_t splitmix64(uint64_t& x) {
 }
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-// The last `context` tokens of the history (all of them for context 0, like Python's tokens[-0:]).
-std::pair<const int32_t*, const int32_t*> window(const std::vector<int32_t>& history, int64_t context) {
-  const int32_t* end = history.data() + history.size();
-  if (context <= 0 || context >= static_cast<int64_t>(history.size())) return {history.data(), end};
-  return {end - context, end};
-}
-
-void check_id(int32_t id, int64_t vocab, const char* what) {
-  VLM_CHECK(id >= 0 && id < vocab, ErrorKind::kInvalidArgument, "{}: token id {} outside the vocabulary [0, {})", what,
-            id, vocab);
+// A processor that is one built-in processor of the spec.
+LogitsProcessor spec_processor(const ops::SamplingSpec& spec) {
+  return [spec](const std::vector<int32_t>& history, float* logits, int64_t vocab) {
+    ops::sampling::apply_logit_edits(logits, vocab, spec, history.data(), static_cast<int64_t>(history.size()));
+  };
 }
 }  // namespace
 
@@ -59,53 +49,36 @@ double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 // ---- processors -----------------------------------------------------------------------------------
 
 LogitsProcessor make_logit_bias_processor(const std::map<int32_t, float>& bias) {
-  return [bias](const std::vector<int32_t>&, float* logits, int64_t vocab) {
-    for (const auto& [id, b] : bias) {
-      check_id(id, vocab, "logit_bias");
-      logits[id] += b;
-    }
-  };
+  ops::SamplingSpec spec;
+  spec.logit_bias = bias;
+  return spec_processor(spec);
 }
 
 LogitsProcessor make_repetition_penalty(float penalty, int64_t context_size) {
   VLM_CHECK(penalty >= 0 && context_size >= 0, ErrorKind::kInvalidArgument,
             "repetition_penalty {} must be >= 0 and repetition_context_size {} >= 0", penalty, context_size);
-  return [penalty, context_size](const std::vector<int32_t>& history, float* logits, int64_t vocab) {
-    auto [b, e] = window(history, context_size);
-    std::unordered_set<int32_t> seen;
-    for (const int32_t* t = b; t != e; ++t) {
-      if (!seen.insert(*t).second) continue;  // a scatter-assign: each distinct token once
-      check_id(*t, vocab, "repetition_penalty history");
-      float& l = logits[*t];
-      l = l < 0 ? l * penalty : l / penalty;
-    }
-  };
+  ops::SamplingSpec spec;
+  spec.repetition_penalty = penalty;
+  spec.repetition_context = context_size;
+  return spec_processor(spec);
 }
 
 LogitsProcessor make_presence_penalty(float penalty, int64_t context_size) {
   VLM_CHECK(context_size >= 0, ErrorKind::kInvalidArgument, "presence_context_size must be >= 0, got {}",
             context_size);
-  return [penalty, context_size](const std::vector<int32_t>& history, float* logits, int64_t vocab) {
-    auto [b, e] = window(history, context_size);
-    std::unordered_set<int32_t> seen;
-    for (const int32_t* t = b; t != e; ++t) {
-      if (!seen.insert(*t).second) continue;
-      check_id(*t, vocab, "presence_penalty history");
-      logits[*t] -= penalty;
-    }
-  };
+  ops::SamplingSpec spec;
+  spec.presence_penalty = penalty;
+  spec.presence_context = context_size;
+  return spec_processor(spec);
 }
 
 LogitsProcessor make_frequency_penalty(float penalty, int64_t context_size) {
   VLM_CHECK(context_size >= 0, ErrorKind::kInvalidArgument, "frequency_context_size must be >= 0, got {}",
             context_size);
-  return [penalty, context_size](const std::vector<int32_t>& history, float* logits, int64_t vocab) {
-    auto [b, e] = window(history, context_size);
-    for (const int32_t* t = b; t != e; ++t) {  // once per occurrence (mlx .at[].subtract)
-      check_id(*t, vocab, "frequency_penalty history");
-      logits[*t] -= penalty;
-    }
-  };
+  ops::SamplingSpec spec;
+  spec.frequency_penalty = penalty;
+  spec.frequency_context = context_size;
+  return spec_processor(spec);
 }
 
 std::vector<LogitsProcessor> make_logits_processors(const GenerationParams& p) {
@@ -124,55 +97,12 @@ std::vector<LogitsProcessor> make_logits_processors(const GenerationParams& p) {
 
 // ---- logprobs and filters -------------------------------------------------------------------------
 
-void log_softmax_inplace(float* x, int64_t vocab) {
-  float m = kNegInf;
-  for (int64_t i = 0; i < vocab; ++i) m = std::max(m, x[i]);
-  VLM_CHECK(m != kNegInf && !std::isnan(m), ErrorKind::kInvalidArgument,
-            "sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)");
-  double sum = 0;
-  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(x[i] - m));
-  // (x - max) - log(sum) keeps precision for large logits, where x - logsumexp would lose the
-  // low bits to x's magnitude.
-  const float log_sum = static_cast<float>(std::log(sum));
-  for (int64_t i = 0; i < vocab; ++i) x[i] = (x[i] - m) - log_sum;
-}
-
-void apply_top_p(float* logprobs, int64_t vocab, float top_p) {
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logprobs[a] < logprobs[b]; });
-  // Inclusive cumulative probability in ascending order (float, as mlx's cumsum).
-  std::vector<uint8_t> keep(static_cast<size_t>(vocab));
-  float cum = 0;
-  const float threshold = 1.0f - top_p;
-  for (int32_t id : order) {
-    cum += std::exp(logprobs[id]);
-    keep[static_cast<size_t>(id)] = cum > threshold;
-  }
-  for (int64_t i = 0; i < vocab; ++i)
-    if (!keep[static_cast<size_t>(i)]) logprobs[i] = kNegInf;
-}
-
+void log_softmax_inplace(float* x, int64_t vocab) { ops::sampling::log_softmax_inplace(x, vocab); }
+void apply_top_p(float* logprobs, int64_t vocab, float top_p) { ops::sampling::apply_top_p(logprobs, vocab, top_p); }
 void apply_min_p(float* logprobs, int64_t vocab, float min_p, int64_t min_tokens_to_keep) {
-  VLM_CHECK(min_p >= 0 && min_p <= 1, ErrorKind::kInvalidArgument, "min_p must be in [0, 1], got {}", min_p);
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logprobs[a] > logprobs[b]; });
-  const float threshold = logprobs[order[0]] + std::log(min_p);
-  for (int64_t r = 0; r < vocab; ++r) {
-    int32_t id = order[static_cast<size_t>(r)];
-    if (r >= min_tokens_to_keep && logprobs[id] < threshold) logprobs[id] = kNegInf;
-  }
+  ops::sampling::apply_min_p(logprobs, vocab, min_p, min_tokens_to_keep);
 }
-
-void apply_top_k(float* logprobs, int64_t vocab, int64_t top_k) {
-  VLM_CHECK(top_k > 0, ErrorKind::kInvalidArgument, "top_k must be > 0, got {}", top_k);
-  if (top_k >= vocab) return;
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logprobs[a] > logprobs[b]; });
-  for (int64_t r = top_k; r < vocab; ++r) logprobs[order[static_cast<size_t>(r)]] = kNegInf;
-}
+void apply_top_k(float* logprobs, int64_t vocab, int64_t top_k) { ops::sampling::apply_top_k(logprobs, vocab, top_k); }
 
 int32_t argmax(const float* x, int64_t vocab) {
   int32_t id = 0;
@@ -184,52 +114,64 @@ int32_t argmax(const float* x, int64_t vocab) {
 int32_t sample_categorical(const float* logprobs, int64_t vocab, float temperature, Rng& rng) {
   VLM_CHECK(temperature > 0, ErrorKind::kInvalidArgument, "categorical sampling needs temperature > 0, got {}",
             temperature);
-  // softmax(logprobs / T) by inverse CDF in double; removed tokens (-inf) have probability 0.
-  const double inv_t = 1.0 / temperature;
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < vocab; ++i) m = std::max(m, logprobs[i] * inv_t);
-  std::vector<double> w(static_cast<size_t>(vocab));
-  double sum = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    w[static_cast<size_t>(i)] = logprobs[i] == kNegInf ? 0.0 : std::exp(logprobs[i] * inv_t - m);
-    sum += w[static_cast<size_t>(i)];
-  }
-  double u = rng.uniform() * sum;
-  int64_t last_positive = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    if (w[static_cast<size_t>(i)] <= 0) continue;
-    last_positive = i;
-    u -= w[static_cast<size_t>(i)];
-    if (u < 0) return static_cast<int32_t>(i);
-  }
-  return static_cast<int32_t>(last_positive);  // rounding left u a hair above 0
+  return ops::sampling::sample_categorical(logprobs, vocab, temperature, rng.uniform());
 }
 
 Sampler make_sampler(float temperature, float top_p, float min_p, int64_t top_k, uint64_t seed) {
-  if (temperature == 0.0f) return [](const float* lp, int64_t vocab) { return argmax(lp, vocab); };
+  ops::SamplingSpec spec;
+  spec.temperature = temperature;
+  spec.top_p = top_p;
+  spec.min_p = min_p;
+  spec.top_k = top_k;
+  if (temperature == 0.0f)
+    return [spec](const float* lp, int64_t vocab) { return ops::sampling::sample_logprobs(lp, vocab, spec, 0.0); };
   auto rng = std::make_shared<Rng>(seed);
-  return [=](const float* lp, int64_t vocab) {
-    std::vector<float> x(lp, lp + vocab);
-    if (top_p > 0.0f && top_p < 1.0f) apply_top_p(x.data(), vocab, top_p);
-    if (min_p != 0.0f) apply_min_p(x.data(), vocab, min_p);
-    if (top_k > 0) apply_top_k(x.data(), vocab, top_k);
-    return sample_categorical(x.data(), vocab, temperature, *rng);
+  return [spec, rng](const float* lp, int64_t vocab) {
+    return ops::sampling::sample_logprobs(lp, vocab, spec, rng->uniform());
   };
+}
+
+ops::SamplingSpec sampling_spec(const GenerationParams& p) {
+  ops::SamplingSpec s;
+  s.temperature = p.temperature;
+  s.top_p = p.top_p;
+  s.min_p = p.min_p;
+  s.top_k = p.top_k;
+  s.logit_bias = p.logit_bias;
+  s.repetition_penalty = p.repetition_penalty.value_or(0.0f);
+  s.repetition_context = p.repetition_context_size;
+  s.presence_penalty = p.presence_penalty.value_or(0.0f);
+  s.presence_context = p.presence_context_size;
+  s.frequency_penalty = p.frequency_penalty.value_or(0.0f);
+  s.frequency_context = p.frequency_context_size;
+  return s;
 }
 
 SamplingChain::SamplingChain(const GenerationParams& params, uint64_t seed)
     : processors_(make_logits_processors(params)),
       sampler_(params.sampler ? params.sampler
                               : make_sampler(params.temperature, params.top_p, params.min_p, params.top_k, seed)),
-      greedy_(processors_.empty() && !params.sampler && params.temperature == 0.0f) {}
+      spec_(sampling_spec(params)),
+      rng_(seed),
+      greedy_(processors_.empty() && !params.sampler && params.temperature == 0.0f),
+      builtin_(params.logits_processors.empty() && !params.sampler) {}
+
+double SamplingChain::draw() { return spec_.temperature > 0.0f ? rng_.uniform() : 0.0; }
 
 int32_t SamplingChain::next(const std::vector<int32_t>& history, float* logits, int64_t vocab) {
   // log-softmax keeps the order of the logits, so greedy picks straight from them (as transformers
   // does): the vocabulary-wide exp/log pass is skipped.
   if (greedy_) return argmax(logits, vocab);
+  int32_t id = 0;
+  if (builtin_) {
+    // The built-in chain is one op; its Rng is the chain's own (make_sampler's copy stays unused).
+    ops::DeviceScope host(Device::kCpu);  // logits are host memory
+    ops::sample(logits, vocab, spec_, history.data(), static_cast<int64_t>(history.size()), draw(), &id);
+    return id;
+  }
   for (const auto& p : processors_) p(history, logits, vocab);
   log_softmax_inplace(logits, vocab);
-  int32_t id = sampler_(logits, vocab);
+  id = sampler_(logits, vocab);
   VLM_CHECK(id >= 0 && id < vocab, ErrorKind::kInvalidArgument, "sampler returned token id {} outside [0, {})", id,
             vocab);
   return id;

@@ -16,6 +16,7 @@
 #include "kernels/cpu/cpu_dispatch.h"
 #include "kernels/cpu/ref/ref_ops.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/sampling.h"
 
 namespace vlm::ops {
 
@@ -102,6 +103,7 @@ const cpu::KernelTable& ref_table() {
     r.gated_activate = ref::gated_activate;
     r.softmax = ref::softmax;
     r.argmax = ref::argmax;
+    r.sample = sampling::sample;
     r.attention = ref::attention;
     r.add = ref::add;
     r.scale = ref::scale;
@@ -315,6 +317,28 @@ void softmax(float* x, int64_t n, int64_t d) {
 void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
   VLM_CHECK(d > 0 && d <= INT32_MAX, ErrorKind::kInvalidArgument, "[argmax] row length {} must be in [1, 2^31)", d);
   if (n > 0) pick(&cpu::KernelTable::argmax)(x, n, d, ids);
+}
+
+void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
+            double u, int32_t* id) {
+  VLM_CHECK(vocab > 0 && vocab <= INT32_MAX, ErrorKind::kInvalidArgument, "[sample] vocab {} must be in [1, 2^31)",
+            vocab);
+  VLM_CHECK(spec.temperature >= 0.0f, ErrorKind::kInvalidArgument, "[sample] temperature must be >= 0, got {}",
+            spec.temperature);
+  VLM_CHECK(spec.top_p >= 0.0f && spec.top_p <= 1.0f, ErrorKind::kInvalidArgument,
+            "[sample] top_p must be in [0, 1], got {}", spec.top_p);
+  VLM_CHECK(spec.min_p >= 0.0f && spec.min_p <= 1.0f, ErrorKind::kInvalidArgument,
+            "[sample] min_p must be in [0, 1], got {}", spec.min_p);
+  VLM_CHECK(spec.top_k >= 0, ErrorKind::kInvalidArgument, "[sample] top_k must be >= 0, got {}", spec.top_k);
+  VLM_CHECK(spec.repetition_penalty >= 0.0f && spec.repetition_context >= 0 && spec.presence_context >= 0 &&
+                spec.frequency_context >= 0,
+            ErrorKind::kInvalidArgument,
+            "[sample] repetition_penalty {} must be >= 0 and the context sizes ({}, {}, {}) >= 0",
+            spec.repetition_penalty, spec.repetition_context, spec.presence_context, spec.frequency_context);
+  VLM_CHECK(u >= 0.0 && u < 1.0, ErrorKind::kInvalidArgument, "[sample] u must be in [0, 1), got {}", u);
+  VLM_CHECK(n_history >= 0 && (n_history == 0 || history != nullptr), ErrorKind::kInvalidArgument,
+            "[sample] history of {} ids without data", n_history);
+  pick(&cpu::KernelTable::sample)(logits, vocab, spec, history, n_history, u, id);
 }
 
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,

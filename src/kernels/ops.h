@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,35 @@ void softmax(float* x, int64_t n, int64_t d);
 // all-NaN row gives 0). `ids` is HOST memory on every device: on CUDA the op waits for its result, so
 // greedy decoding copies one id per token instead of the logits.
 void argmax(const float* x, int64_t n, int64_t d, int32_t* ids);
+
+// ---- sampling (the built-in sampler chain of generate/sampler.h as one op) ------------------------
+// The knobs of mlx-vlm's make_logits_processors + make_sampler. Disabled values are the mlx ones:
+// penalties 0 (mlx: `if penalty and penalty != 0`), top_p outside (0, 1), min_p 0, top_k 0 (or >= vocab).
+struct SamplingSpec {
+  float temperature = 0.0f;  // 0: argmax of the log-probabilities (filters skipped)
+  float top_p = 1.0f;
+  float min_p = 0.0f;  // in [0, 1]; always keeps the best token (min_tokens_to_keep 1)
+  int64_t top_k = 0;
+  std::map<int32_t, float> logit_bias;  // added to the logits first
+  float repetition_penalty = 0.0f;      // >= 0; CTRL style, once per distinct token of its window
+  int64_t repetition_context = 20;      // window = the last `context` ids of the history, 0 = all of it
+  float presence_penalty = 0.0f;        // subtracted once per distinct token of its window
+  int64_t presence_context = 20;
+  float frequency_penalty = 0.0f;  // subtracted once per occurrence in its window
+  int64_t frequency_context = 20;
+};
+// One token from one logits row [vocab], mlx-vlm's chain in its order: logit_bias, repetition,
+// presence and frequency penalties over the history (prompt then generated ids), log-softmax, then
+// temperature 0 ? argmax : top_p, min_p, top_k on the unscaled log-probabilities and one categorical
+// draw from softmax(logprobs / temperature) by inverse CDF at the uniform `u` in [0, 1) (the caller's
+// seeded Rng draws it, so a seed gives the same tokens on every device). Exact semantics, ties and
+// rounding rules: kernels/sampling.h. `logits` lives on the current device and is not modified
+// (scratch holds the working copy); `history` [n_history] is HOST memory, and so is `id`: on CUDA the
+// op waits for its result, so one id per token crosses to the host instead of the logits. Throws
+// Error(kInvalidArgument) for out-of-range knobs, history or logit_bias ids outside [0, vocab), and a
+// row whose every logit is -inf or NaN after the processors.
+void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
+            double u, int32_t* id);
 
 // Attention of q over k/v already laid out as [tokens, heads, head_dim] (keys contiguous per token).
 // q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd]. GQA: query head h reads

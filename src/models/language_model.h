@@ -56,6 +56,20 @@ class LanguageModel {
     ops::argmax(logits.data(), 1, vocab_size(), &id);
     return id;
   }
+  // forward() with all_logits = false, then ops::sample over the last position's logits with the
+  // built-in sampler chain `spec` (history [n_history] and the uniform u as ops::sample takes them),
+  // on the model's device so that only the id crosses to the host. The default runs forward() into a
+  // host buffer and samples on the CPU.
+  virtual int32_t forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                                 const ops::AttentionMask& mask, const ops::SamplingSpec& spec,
+                                 const int32_t* history, int64_t n_history, double u) {
+    std::vector<float> logits(static_cast<size_t>(vocab_size()));
+    forward(embeds, n, positions, cache, mask, logits.data(), false);
+    int32_t id = 0;
+    ops::DeviceScope host(Device::kCpu);
+    ops::sample(logits.data(), vocab_size(), spec, history, n_history, u, &id);
+    return id;
+  }
   // Bytes of weights held (stored format).
   virtual size_t weight_bytes() const = 0;
   // Where the weights live and forward() runs.

@@ -1,15 +1,23 @@
 // The sampler chain: each filter and processor alone on hand-worked examples, then the draws checked
 // statistically (chi-square and total variation over many seeded draws) against the distribution the
 // chain must produce, seeded reproducibility, and custom processors/samplers through the public API.
+// The built-in chain runs as one op (ops::sample, kernels/sampling.h); OpEqualsTheChainOfPieces checks
+// it against the same chain composed from the public processors, log-softmax and make_sampler, and
+// TopPExactSumsAgreeWithLongDouble checks top_p's fixed-point sums against an independent oracle.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <algorithm>
+#include <functional>
 #include <map>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "core/error.h"
 #include "generate/sampler.h"
+#include "kernels/ops.h"
 
 namespace vlm {
 namespace {
@@ -344,6 +352,133 @@ TEST(Params, ValidateNamesTheParameter) {
   ok.top_p = 1.0f;
   ok.logit_bias[3] = -kInf;  // a ban is fine
   EXPECT_NO_THROW(ok.validate());
+}
+
+
+// ---- the chain as one op ---------------------------------------------------------------------------------
+
+// A logits row with many exact ties (values on a 0.25 grid) and a few banned (-inf) tokens.
+std::vector<float> tied_row(std::mt19937& rng, int64_t vocab) {
+  std::uniform_int_distribution<int> level(-24, 24);
+  std::vector<float> x(static_cast<size_t>(vocab));
+  for (float& v : x) v = 0.25f * static_cast<float>(level(rng));
+  return x;
+}
+
+// For many rows, histories and knob sets (each processor and filter alone, then all together), the
+// built-in chain (one ops::sample call on the CPU) and the same chain run piece by piece (a no-op
+// user processor sends SamplingChain through make_logits_processors, log_softmax_inplace and
+// make_sampler, each with its own Rng of the same seed) pick the same ids, token after token.
+TEST(SampleOp, OpEqualsTheChainOfPieces) {
+  std::mt19937 rng(1234);
+  struct Knobs {
+    const char* what;
+    std::function<void(GenerationParams&)> set;
+  };
+  const std::vector<Knobs> knobs = {
+      {"temperature", [](GenerationParams& p) { p.temperature = 0.7f; }},
+      {"greedy with penalties", [](GenerationParams& p) { p.repetition_penalty = 1.3f; }},
+      {"top_p", [](GenerationParams& p) { p.temperature = 1.0f, p.top_p = 0.8f; }},
+      {"min_p", [](GenerationParams& p) { p.temperature = 1.0f, p.min_p = 0.1f; }},
+      {"top_k", [](GenerationParams& p) { p.temperature = 1.0f, p.top_k = 7; }},
+      {"penalties", [](GenerationParams& p) {
+         p.temperature = 0.9f;
+         p.repetition_penalty = 1.5f;
+         p.repetition_context_size = 6;
+         p.presence_penalty = 0.4f;
+         p.frequency_penalty = 0.3f;
+         p.frequency_context_size = 0;
+         p.logit_bias = {{3, 2.0f}, {5, -std::numeric_limits<float>::infinity()}};
+       }},
+      {"everything", [](GenerationParams& p) {
+         p.temperature = 0.8f;
+         p.top_p = 0.9f;
+         p.top_k = 20;
+         p.min_p = 0.05f;
+         p.repetition_penalty = 1.1f;
+         p.presence_penalty = 0.2f;
+       }},
+  };
+  for (const Knobs& k : knobs)
+    for (int64_t vocab : {int64_t{9}, int64_t{300}, int64_t{5000}}) {
+      GenerationParams params;
+      k.set(params);
+      GenerationParams pieces = params;
+      pieces.logits_processors.push_back([](const std::vector<int32_t>&, float*, int64_t) {});
+      SamplingChain op_chain(params, 77), piece_chain(pieces, 77);
+      ASSERT_TRUE(op_chain.builtin());
+      ASSERT_FALSE(piece_chain.builtin());
+      std::vector<int32_t> history;
+      std::uniform_int_distribution<int32_t> any(0, static_cast<int32_t>(vocab - 1));
+      for (int i = 0; i < 12; ++i) history.push_back(any(rng));
+      for (int step = 0; step < 60; ++step) {
+        std::vector<float> a = tied_row(rng, vocab), b = a;
+        const int32_t want = piece_chain.next(history, b.data(), vocab);
+        const int32_t got = op_chain.next(history, a.data(), vocab);
+        ASSERT_EQ(got, want) << k.what << ", vocab " << vocab << ", step " << step;
+        history.push_back(got);
+      }
+    }
+}
+
+// top_p's kept set from exact fixed-point sums equals the one from long-double cumulative sums of the
+// same probabilities in the same (stable ascending) order, wherever the long-double sum is not within
+// 1e-13 of 1 - top_p (the fixed point's rounding, 2^-57 per token, summed over the row).
+TEST(SampleOp, TopPExactSumsAgreeWithLongDouble) {
+  std::mt19937 rng(55);
+  int compared = 0;
+  for (int row = 0; row < 200; ++row) {
+    const int64_t vocab = 50 + row * 7;
+    std::vector<float> lp = tied_row(rng, vocab);
+    log_softmax_inplace(lp.data(), vocab);
+    const float top_p = std::uniform_real_distribution<float>(0.05f, 0.99f)(rng);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return lp[x] < lp[y]; });
+    long double cum = 0;
+    std::vector<bool> want(static_cast<size_t>(vocab));
+    bool near = false;
+    for (int32_t id : order) {
+      cum += std::exp(static_cast<long double>(static_cast<double>(lp[id])));
+      want[static_cast<size_t>(id)] = cum > static_cast<long double>(1.0f - top_p);
+      near = near || std::fabs(static_cast<double>(cum - static_cast<long double>(1.0f - top_p))) < 1e-13;
+    }
+    if (near) continue;
+    std::vector<float> got = lp;
+    apply_top_p(got.data(), vocab, top_p);
+    for (int64_t i = 0; i < vocab; ++i)
+      ASSERT_EQ(std::isfinite(got[static_cast<size_t>(i)]), want[static_cast<size_t>(i)])
+          << "row " << row << " id " << i << " top_p " << top_p;
+    ++compared;
+  }
+  EXPECT_GT(compared, 190);
+}
+
+// The op's argument checks name the knob, and a history id outside the vocabulary is an error.
+TEST(SampleOp, BadArgumentsAreTypedErrors) {
+  std::vector<float> logits = {0.0f, 1.0f, 2.0f};
+  int32_t id = -1;
+  ops::SamplingSpec s;
+  s.temperature = -1.0f;
+  EXPECT_THROW(ops::sample(logits.data(), 3, s, nullptr, 0, 0.5, &id), Error);
+  s = {};
+  s.top_k = -2;
+  EXPECT_THROW(ops::sample(logits.data(), 3, s, nullptr, 0, 0.5, &id), Error);
+  s = {};
+  s.repetition_penalty = 1.2f;
+  const int32_t bad[] = {0, 7};
+  try {
+    ops::sample(logits.data(), 3, s, bad, 2, 0.5, &id);
+    ADD_FAILURE() << "history id 7 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("repetition_penalty history"), std::string::npos) << e.what();
+  }
+  s = {};
+  s.logit_bias = {{0, -kInf}, {1, -kInf}, {2, -kInf}};
+  EXPECT_THROW(ops::sample(logits.data(), 3, s, nullptr, 0, 0.5, &id), Error);
+  s = {};
+  ops::sample(logits.data(), 3, s, nullptr, 0, 0.0, &id);
+  EXPECT_EQ(id, 2);
 }
 
 }  // namespace

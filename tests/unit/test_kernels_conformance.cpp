@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <numeric>
 #include <set>
@@ -148,6 +149,35 @@ std::vector<Case> build_cases() {
                        ops::mrope_interleaved(y.data(), 7, 4, 128, inv->data(), pos->data(), {24, 20, 20});
                        return y;
                      }});
+  }
+  {
+    // sample: the chain has no SIMD entry of its own, but its temperature-0 pick is the path's argmax.
+    // Rows on a 0.25 grid (many exact ties), a 152k vocabulary, the full chain and greedy with penalties.
+    const int64_t d = 152064;
+    auto rows = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(4 * d), -8.0f, 8.0f));
+    for (float& v : *rows) v = std::round(v * 4.0f) / 4.0f;
+    auto hist = std::make_shared<std::vector<int32_t>>();
+    for (int i = 0; i < 40; ++i) hist->push_back(static_cast<int32_t>((*rng)() % d));
+    for (float temperature : {0.0f, 0.8f}) {
+      ops::SamplingSpec spec;
+      spec.temperature = temperature;
+      spec.top_p = 0.9f;
+      spec.top_k = 20;
+      spec.min_p = 0.05f;
+      spec.repetition_penalty = 1.1f;
+      spec.logit_bias = {{7, 3.0f}};
+      cases.push_back({"sample", temperature == 0 ? "4x152064 greedy + penalties" : "4x152064 full chain", 0.0,
+                       [rows, hist, spec, d] {
+                         std::vector<float> ids;
+                         for (int r = 0; r < 4; ++r) {
+                           int32_t id = -1;
+                           ops::sample(rows->data() + r * d, d, spec, hist->data(), static_cast<int64_t>(hist->size()),
+                                       0.25 * r + 0.1, &id);
+                           ids.push_back(static_cast<float>(id));
+                         }
+                         return ids;
+                       }});
+    }
   }
   for (auto act : {ops::Activation::kSilu, ops::Activation::kGeluTanh, ops::Activation::kGeluErf,
                    ops::Activation::kQuickGelu, ops::Activation::kRelu}) {

@@ -22,6 +22,7 @@ struct KernelTable {
   void (*gated_activate)(float*, const float*, int64_t, Activation) = nullptr;
   void (*softmax)(float*, int64_t, int64_t) = nullptr;
   void (*argmax)(const float*, int64_t, int64_t, int32_t*) = nullptr;
+  void (*sample)(const float*, int64_t, const SamplingSpec&, const int32_t*, int64_t, double, int32_t*) = nullptr;
   void (*attention)(const float*, int64_t, int64_t, const float*, const float*, const int64_t*, int64_t, int64_t,
                     int64_t, int64_t, float, float, const AttentionMask&, float*) = nullptr;
   void (*add)(float*, const float*, int64_t) = nullptr;
@@ -36,7 +37,7 @@ struct KernelTable {
 inline constexpr const char* kKernelOps[] = {"linear",    "linear_group", "embedding",      "rms_norm",
                                              "add_rms_norm",               "layer_norm",     "rope",
                                              "mrope",     "activate",     "gated_activate", "softmax",
-                                             "argmax",
+                                             "argmax",    "sample",
                                              "attention", "add",          "scale",          "mul",
                                              "softcap"};
 static_assert(sizeof(KernelTable) == sizeof(kKernelOps) / sizeof(kKernelOps[0]) * sizeof(void (*)()),

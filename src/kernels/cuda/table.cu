@@ -2,6 +2,7 @@
 // kernel family's host entry in this folder. ops.cpp validates arguments before calling an entry.
 // With VLMCHECK_CUDA_PROFILE set (profile.cu) the entries are wrapped in a ProfileScope each.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/sample.cuh"
 
 namespace vlm::ops::cuda {
 namespace {
@@ -20,7 +21,7 @@ struct Profiled<Name, Fn> {
 constexpr char kLinear[] = "linear", kLinearGroup[] = "linear_group", kEmbedding[] = "embedding",
                kRmsNorm[] = "rms_norm", kAddRmsNorm[] = "add_rms_norm",
                kLayerNorm[] = "layer_norm", kRope[] = "rope", kMrope[] = "mrope", kActivate[] = "activate",
-               kGated[] = "gated_activate", kSoftmax[] = "softmax", kArgmax[] = "argmax",
+               kGated[] = "gated_activate", kSoftmax[] = "softmax", kArgmax[] = "argmax", kSample[] = "sample",
                kAttention[] = "attention", kAdd[] = "add",
                kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
 
@@ -54,6 +55,7 @@ const cpu::KernelTable& kernel_table() {
       t.gated_activate = &Profiled<kGated, &kernels::gated_activate>::call;
       t.softmax = &Profiled<kSoftmax, &kernels::softmax>::call;
       t.argmax = &Profiled<kArgmax, &kernels::argmax>::call;
+      t.sample = &Profiled<kSample, &kernels::sample>::call;
       t.attention = &Profiled<kAttention, &kernels::attention>::call;
       t.add = &Profiled<kAdd, &kernels::add>::call;
       t.scale = &Profiled<kScale, &kernels::scale>::call;
@@ -73,6 +75,7 @@ const cpu::KernelTable& kernel_table() {
     t.gated_activate = &kernels::gated_activate;
     t.softmax = &kernels::softmax;
     t.argmax = &kernels::argmax;
+    t.sample = &kernels::sample;
     t.attention = &kernels::attention;
     t.add = &kernels::add;
     t.scale = &kernels::scale;

@@ -397,6 +397,18 @@ int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Posit
   return id;
 }
 
+int32_t DecoderModel::forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                                     const ops::AttentionMask& mask, const ops::SamplingSpec& spec,
+                                     const int32_t* history, int64_t n_history, double u) {
+  Tensor keep;
+  const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
+  // The logits row stays where run() left it (device memory on a GPU); only the id comes back.
+  ops::DeviceScope scope(device_);
+  int32_t id = 0;
+  ops::sample(out, spec_.vocab_size, spec, history, n_history, u, &id);
+  return id;
+}
+
 float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep) {
   const DecoderSpec& s = spec_;

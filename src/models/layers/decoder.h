@@ -99,6 +99,9 @@ class DecoderModel final : public LanguageModel {
                const ops::AttentionMask& mask, float* logits, bool all_logits) override;
   int32_t forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask) override;
+  int32_t forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+                         const ops::AttentionMask& mask, const ops::SamplingSpec& spec, const int32_t* history,
+                         int64_t n_history, double u) override;
   size_t weight_bytes() const override;
   Device device() const override { return device_; }
   // Throws Error(kUnsupported) naming the reason when `device` cannot run (no CUDA); the model then
