@@ -13,11 +13,15 @@
 //      shape) and 16384 tokens (7B shape), bf16_matmul off and on: TFLOP/s and % of the bf16 probe.
 // Each row: warm-up, then batches timed with CUDA events (see time_median), median per call reported.
 // Weights are random (values do not change the timing), generated once on the host in a 16 MiB block
-// and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick]
-// (--quick: decode only, fewer repetitions). Built without CUDA (or no GPU) it says so and exits 0.
+// and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick | --quant]
+// (--quick: decode only, fewer repetitions; --quant: only the quantized decode GEMV rows, 4-bit g64 at
+// n = 1, 2, 3, 4, 7). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
+// CUDA-core kernels instead of the 4-bit tensor-core one (the before/after switch; the header says
+// which ran). Built without CUDA (or no GPU) it says so and exits 0.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -182,7 +186,7 @@ std::vector<ops::Weight> l2_cold_copies(const ops::Weight& w, const std::shared_
 // against separate linear calls; and (without --quick) the 2048-token prefill GEMM. GEMV rows report
 // weight bytes read per second (scales and biases included) and their fraction of the copy probe.
 void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double bf16_gflops, bool quick,
-                   std::mt19937& rng) {
+                   bool quant_only, std::mt19937& rng) {
   struct Shape2 {
     const char* model;
     const char* name;
@@ -195,7 +199,7 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
       {"7B", "lm_head", 152064, 3584}};
   const LinearFormat bf16{"bf16", false, DType::kBF16, 0, 0}, q4{"4-bit g64", true, DType::kU32, 4, 64};
   const int64_t prefill = 2048, max_in = 18944, max_out = 152064;
-  const int64_t n_max = quick ? 4 : prefill;
+  const int64_t n_max = quant_only ? 7 : quick ? 4 : prefill;
   std::shared_ptr<float> x = device_floats(max_in * n_max, rng), y = device_floats(max_out * n_max, rng);
   const size_t pool_bytes = size_t{256} << 20;
   const std::shared_ptr<uint8_t> pool = std::reinterpret_pointer_cast<uint8_t>(device_floats(pool_bytes / 4, rng));
@@ -209,12 +213,15 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
   std::printf("| linear | out x in | weights | tokens | median us | weight GB/s | %% of copy probe | GFLOP/s | "
               "%% of bf16 probe |\n|---|---|---|---|---|---|---|---|---|\n");
   const int batches = quick ? 5 : 9;
-  for (const LinearFormat& f : {bf16, q4}) {
+  const std::vector<LinearFormat> main_formats = quant_only ? std::vector<LinearFormat>{q4} : std::vector<LinearFormat>{bf16, q4};
+  const std::vector<int64_t> token_counts =
+      quant_only ? std::vector<int64_t>{1, 2, 3, 4, 7} : std::vector<int64_t>{1, 2, 4, prefill};
+  for (const LinearFormat& f : main_formats) {
     for (const Shape2& s : shapes) {
       ops::Weight w = make_weight(s.out, s.in, f, rng);
       const double bytes = static_cast<double>(w.nbytes());
       const std::vector<ops::Weight> cold = l2_cold_copies(w, pool, pool_bytes);
-      for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{4}, prefill}) {
+      for (int64_t n : token_counts) {
         if (n > n_max) continue;
         size_t k = 0;
         auto run = [&] { table.linear(x.get(), n, n < 8 ? cold[k++ % cold.size()] : w, Tensor(), y.get()); };
@@ -230,12 +237,13 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
     }
   }
   // Other formats, n = 1.
-  const std::vector<LinearFormat> others = {
+  std::vector<LinearFormat> others = {
       {"f32", false, DType::kF32, 0, 0},       {"f16", false, DType::kF16, 0, 0},
       {"2-bit g64", true, DType::kU32, 2, 64}, {"3-bit g64", true, DType::kU32, 3, 64},
       {"4-bit g32", true, DType::kU32, 4, 32}, {"4-bit g128", true, DType::kU32, 4, 128},
       {"5-bit g64", true, DType::kU32, 5, 64}, {"6-bit g64", true, DType::kU32, 6, 64},
       {"8-bit g64", true, DType::kU32, 8, 64}};
+  if (quant_only) others.erase(others.begin(), others.begin() + 2);
   for (const LinearFormat& f : others)
     for (const Shape2& s : {shapes[7], shapes[8]}) {
       ops::Weight w = make_weight(s.out, s.in, f, rng);
@@ -255,7 +263,7 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
                                      {"3B", "gate+up group", {11008, 11008}, 2048},
                                      {"7B", "q/k/v group", {3584, 512, 512}, 3584},
                                      {"7B", "gate+up group", {18944, 18944}, 3584}};
-  for (const LinearFormat& f : {bf16, q4})
+  for (const LinearFormat& f : main_formats)
     for (const Group& g : groups) {
       std::vector<ops::Weight> ws;
       std::vector<Tensor> no_bias(g.outs.size());
@@ -305,7 +313,8 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool quant_only = argc > 1 && std::strcmp(argv[1], "--quant") == 0;
+  const bool quick = quant_only || (argc > 1 && std::strcmp(argv[1], "--quick") == 0);
   if (!cuda::available()) {
     std::printf("bench_cuda_kernels: no usable CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 0;
@@ -313,7 +322,10 @@ int main(int argc, char** argv) {
 #ifdef VLMCHECK_WITH_CUDA
   try {
     const std::vector<GpuInfo> gpus = cuda_devices();
-    std::printf("# CUDA kernels on %s\n\n", gpus.empty() ? "?" : gpus[0].name.c_str());
+    const char* gemv_env = std::getenv("VLMCHECK_CUDA_GEMV");
+    std::printf("# CUDA kernels on %s (quantized GEMV: %s)\n\n", gpus.empty() ? "?" : gpus[0].name.c_str(),
+                gemv_env != nullptr && std::strcmp(gemv_env, "legacy") == 0 ? "legacy CUDA-core kernels"
+                                                                              : "4-bit on tensor cores");
     const double copy_gbs = cuda::probe_copy_bandwidth_gbs();
     const double bf16_gflops = cuda::probe_bf16_matmul_gflops();
     std::printf("probe: device copy %.0f GB/s (read + written), cuBLASLt bf16 8192^3 %.0f GFLOP/s\n\n", copy_gbs,
@@ -321,7 +333,11 @@ int main(int argc, char** argv) {
 
     std::mt19937 rng(7);
     const auto& table = cuda::kernel_table();
-    bench_linears(table, copy_gbs, bf16_gflops, quick, rng);
+    bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, rng);
+    if (quant_only) {
+      cuda::synchronize();
+      return 0;
+    }
     // Attention. Decode (one query) over 2k/4k/16k cached keys at the Qwen2.5-VL-3B text shape (16
     // heads, 2 kv heads, head_dim 128); causal prefill of 2048 tokens at that shape and of 16384 tokens
     // at the Qwen2.5-VL-7B shape (28 heads, 4 kv heads), with bf16_matmul off (f32 CUDA cores) and on

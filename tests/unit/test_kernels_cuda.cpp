@@ -25,6 +25,7 @@
 #include <memory>
 #include <numeric>
 #include <set>
+#include <tuple>
 
 #include "core/error.h"
 #include "kernels/backend.h"
@@ -248,6 +249,95 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
                        DeviceFloats out = DeviceFloats::poison(ids.size() * w.cols());
                        table().embedding(gw, ids.data(), static_cast<int64_t>(ids.size()), 1.5f, out.ptr());
                        return out.host();
+                     }});
+  }
+}
+
+// The 4-bit tensor-core GEMV (linear_gemv_mma.cu; cols a multiple of 128): every group size with
+// f16/bf16/f32 scales and biases, n = 1..7 (one launch of 1-2 or 3-7 tokens), row counts that are not
+// a multiple of its 32-row blocks, rows split over 1..8 warps (3, 16 and 28 rounds of 128 values,
+// unevenly), q/k/v groups in one launch, and x with a large dynamic range (it is put on a per-group
+// fixed-point grid: |x| from 2^-30 to 2^30, an all-zero group, one huge value among tiny ones). Also a
+// 4-bit weight whose cols are not a multiple of 128, which stays on the CUDA-core kernel. Own rng, so
+// the other cases' inputs do not depend on these.
+void add_quant_gemv_cases(std::vector<Case>& cases) {
+  std::mt19937 rng(7411);
+  // x [n, cols]: uniform(-1, 1) times 2^k, k uniform in [-30, 30]; group 0 of token 0 all zeros; in
+  // the last 128 columns of each token one value of 2^30 among values below 2^-12.
+  auto wide_x = [&](int64_t n, int64_t cols) {
+    std::vector<float> v = random_vec(rng, static_cast<size_t>(n * cols));
+    std::uniform_int_distribution<int> e(-30, 30);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& f : v) f = std::ldexp(f, e(rng));
+    for (int64_t c = 0; c < 32; ++c) v[static_cast<size_t>(c)] = 0.0f;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t c = cols - 128; c < cols; ++c)
+        v[static_cast<size_t>(t * cols + c)] = c == cols - 77 ? std::ldexp(1.0f, 30) : std::ldexp(u(rng), -12);
+    return std::make_shared<std::vector<float>>(std::move(v));
+  };
+  auto add = [&](const std::string& name, const ops::Weight& w, int64_t n, Vec x, Tensor bias) {
+    cases.push_back({"linear", name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : ""), 1e-11,
+                     [w, x, n, bias] {
+                       std::vector<float> y(static_cast<size_t>(n * w.rows()));
+                       ops::linear(x->data(), n, w, bias, y.data());
+                       return y;
+                     },
+                     [w, x, n, bias] {
+                       ops::Weight gw = gpu_weight(w);
+                       DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * w.rows()));
+                       table().linear(gx.ptr(), n, gw, gpu_tensor(bias), gy.ptr());
+                       return gy.host();
+                     }});
+  };
+  for (int group : {32, 64, 128})
+    for (DType sd : {DType::kF16, DType::kBF16, DType::kF32}) {
+      const std::string name = "mma q4g" + std::to_string(group) + " " + dtype_name(sd) + " scales 45x384";
+      ops::Weight w = random_quantized(rng, 45, 384, 4, group, sd);
+      for (int64_t n = 1; n <= 7; ++n) {
+        Tensor bias = n == 2 || n == 5 ? random_tensor(rng, {45}, n == 2 ? DType::kF32 : DType::kBF16) : Tensor();
+        add(name, w, n, n % 2 ? vec(rng, static_cast<size_t>(n * 384)) : wide_x(n, 384), bias);
+      }
+    }
+  for (auto [rows, cols, group] : {std::tuple<int64_t, int64_t, int>{77, 2048, 64}, {33, 3584, 128}, {100, 2048, 32}}) {
+    ops::Weight w = random_quantized(rng, rows, cols, 4, group, DType::kBF16);
+    const std::string name = "mma q4g" + std::to_string(group) + " " + std::to_string(rows) + "x" + std::to_string(cols);
+    for (int64_t n : {1, 2, 3, 7}) add(name, w, n, n == 3 ? wide_x(n, cols) : vec(rng, static_cast<size_t>(n * cols)), Tensor());
+  }
+  {
+    ops::Weight w = random_quantized(rng, 40, 224, 4, 32, DType::kBF16);  // 224 = 1.75 rounds: CUDA cores
+    for (int64_t n : {1, 4}) add("q4g32 40x224 (not a multiple of 128)", w, n, vec(rng, static_cast<size_t>(n * 224)), Tensor());
+  }
+  // q/k/v as one launch: three members, biases on all, rows not multiples of 32.
+  std::vector<ops::Weight> ws = {random_quantized(rng, 96, 512, 4, 128, DType::kF16),
+                                 random_quantized(rng, 40, 512, 4, 128, DType::kF16),
+                                 random_quantized(rng, 40, 512, 4, 128, DType::kF16)};
+  for (int64_t n : {1, 2, 5}) {
+    std::vector<Tensor> biases;
+    for (const ops::Weight& w : ws) biases.push_back(random_tensor(rng, {w.rows()}, DType::kBF16));
+    Vec x = n == 2 ? wide_x(n, 512) : vec(rng, static_cast<size_t>(n * 512));
+    const size_t total = static_cast<size_t>(n * (96 + 40 + 40));
+    cases.push_back({"linear_group", "mma q4g128 f16 q/k/v n=" + std::to_string(n), 1e-11,
+                     [ws, biases, x, n, total] {
+                       std::vector<float> y(total);
+                       run_linear_group(ws, biases, x->data(), n, [&](size_t) { return y.data(); });
+                       return y;
+                     },
+                     [ws, biases, x, n, total] {
+                       std::vector<ops::Weight> gws;
+                       std::vector<Tensor> gbs;
+                       for (size_t i = 0; i < ws.size(); ++i) {
+                         gws.push_back(gpu_weight(ws[i]));
+                         gbs.push_back(gpu_tensor(biases[i]));
+                       }
+                       DeviceFloats gx(*x), gy = DeviceFloats::poison(total);
+                       std::vector<ops::LinearOut> outs;
+                       size_t at = 0;
+                       for (size_t i = 0; i < ws.size(); ++i) {
+                         outs.push_back({&gws[i], &gbs[i], gy.ptr() + at});
+                         at += static_cast<size_t>(n * ws[i].rows());
+                       }
+                       table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
+                       return gy.host();
                      }});
   }
 }
@@ -557,6 +647,7 @@ std::vector<Case> build_cases() {
   std::vector<Case> cases;
   std::mt19937 rng(20261126);
   add_linear_cases(cases, rng);
+  add_quant_gemv_cases(cases);
   add_norm_rope_cases(cases, rng);
   add_elementwise_cases(cases, rng);
   add_attention_cases(cases, rng);

@@ -518,6 +518,11 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
                                            " members, got " + std::to_string(count));
   const Weight& w0 = *targets[0].w;
   const bool quant = w0.quantized;
+  if (quant) {
+    bool mma = true;
+    for (int i = 0; i < count && mma; ++i) mma = gemv_mma_supported(x, *targets[i].w);
+    if (mma) return gemv_mma_launch(x, n, targets, count);
+  }
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;

@@ -29,4 +29,13 @@ bool gemv_same_format(const Weight& a, const Weight& b);
 // format (checked by the caller), n in [1, 8) tokens, bias included.
 void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
 
+// The 4-bit tensor-core GEMV (linear_gemv_mma.cu), which gemv_launch takes for every 4-bit group it
+// supports: group 32/64/128, cols a multiple of 128, 16-byte aligned x and codes, scales and biases
+// of one width (2 or 4 bytes) aligned to one round's (128 / group) values. Off (every weight on the
+// CUDA-core kernels of linear_gemv.cu) when the environment has VLMCHECK_CUDA_GEMV=legacy, read once:
+// the benchmark's before/after switch.
+bool gemv_mma_supported(const float* x, const Weight& w);
+void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
+bool gemv_legacy_requested();
+
 }  // namespace vlm::ops::cuda::kernels
