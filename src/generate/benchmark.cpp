@@ -1,6 +1,7 @@
 // Synthetic checkpoints of real shapes and the bench protocol. Weights are uniform random in
 // ±0.05 (norm weights 1), so activations stay finite through any depth; the content does not matter
-// for speed, only the bytes and the shapes do.
+// for speed, only the bytes and the shapes do. VLM shapes add the real model's vision tower and projector
+// (same rule) with the configs, tokenizer and chat template the loaders and prepare_prompt read.
 #include "generate/benchmark.h"
 
 #include <algorithm>
@@ -9,18 +10,23 @@
 #include <filesystem>
 #include <fstream>
 
+#include <turbojpeg.h>
+
 #include "core/error.h"
 #include "core/memory.h"
 #include "core/quantize.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
+#include "generate/generator.h"
 #include "generate/kv_cache.h"
+#include "generate/prompt.h"
 #include "io/safetensors_writer.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/ops.h"
 #include "kernels/probes.h"
 #include "models/registry.h"
+#include "text/tokenizer.h"
 
 namespace vlm {
 
@@ -66,6 +72,41 @@ Json gemma3_like(int64_t hidden, int64_t inter, int64_t layers, int64_t heads, i
               {"hidden_activation", "gelu_pytorch_tanh"}};
 }
 
+// The public vision_config of Qwen2.5-VL-3B/7B-Instruct (they differ in out_hidden_size only).
+Json qwen25_vl_vision(int64_t out_hidden) {
+  return Json{{"depth", 32},
+              {"hidden_act", "silu"},
+              {"hidden_size", 1280},
+              {"intermediate_size", 3420},
+              {"num_heads", 16},
+              {"in_chans", 3},
+              {"out_hidden_size", out_hidden},
+              {"patch_size", 14},
+              {"spatial_merge_size", 2},
+              {"spatial_patch_size", 14},
+              {"window_size", 112},
+              {"fullatt_block_indexes", {7, 15, 23, 31}},
+              {"tokens_per_second", 2},
+              {"temporal_patch_size", 2},
+              {"model_type", "qwen2_5_vl"}};
+}
+
+// A SigLIP vision_config (Gemma 3's so400m, SmolVLM's base).
+Json siglip_vision(const char* model_type, int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
+                   int64_t patch, int64_t image_size) {
+  return Json{{"model_type", model_type},
+              {"hidden_size", hidden},
+              {"intermediate_size", inter},
+              {"num_hidden_layers", layers},
+              {"num_attention_heads", heads},
+              {"patch_size", patch},
+              {"image_size", image_size},
+              {"num_channels", 3},
+              {"hidden_act", "gelu_pytorch_tanh"},
+              {"layer_norm_eps", 1e-6},
+              {"vision_use_head", false}};
+}
+
 // xorshift64*: fast deterministic fill for hundreds of millions of values.
 struct Rng {
   uint64_t s;
@@ -109,19 +150,29 @@ const std::vector<SyntheticShape>& synthetic_shapes() {
       {"qwen2.5-7b", "qwen2", llama_like(3584, 18944, 28, 28, 4, 152064, false, 1000000.0, 1e-6)},
       // Llama-3.2-1B: hidden 2048, 16 layers, 32 / 8 heads, tied.
       {"llama3.2-1b", "llama", llama_like(2048, 8192, 16, 32, 8, 128256, true, 500000.0, 1e-5)},
-      // The VLM targets, by their VLM names (text decoders only; the towers are bench_vision's).
+      // The VLM targets, by their VLM names: text decoders, plus the vision tower with --image.
       // Qwen2.5-VL-3B-Instruct text_config: hidden 2048, 36 layers, 16 / 2 heads (head_dim 128),
       // intermediate 11008, vocab 151936, tied.
-      {"qwen2.5-vl-3b", "qwen2", llama_like(2048, 11008, 36, 16, 2, 151936, true, 1000000.0, 1e-6)},
+      // Vision (both sizes): the Qwen2.5-VL ViT, 32 blocks of 1280 (16 heads of 80), SwiGLU 3420, patch 14 x 2
+      // frames, window attention (112 px windows) except blocks 7/15/23/31, 2x2 merger to out_hidden_size.
+      {"qwen2.5-vl-3b", "qwen2", llama_like(2048, 11008, 36, 16, 2, 151936, true, 1000000.0, 1e-6), "qwen2_5_vl",
+       qwen25_vl_vision(2048)},
       // Qwen2.5-VL-7B-Instruct: hidden 3584, 28 layers, 28 / 4 heads, intermediate 18944, vocab 152064,
       // untied.
-      {"qwen2.5-vl-7b", "qwen2", llama_like(3584, 18944, 28, 28, 4, 152064, false, 1000000.0, 1e-6)},
+      {"qwen2.5-vl-7b", "qwen2", llama_like(3584, 18944, 28, 28, 4, 152064, false, 1000000.0, 1e-6), "qwen2_5_vl",
+       qwen25_vl_vision(3584)},
       // Gemma-3-4B-it text_config: hidden 2560, 34 layers, 8 / 4 heads of 256, intermediate 10240, vocab
       // 262208, tied; sliding window 1024 with every 6th layer global (rope 10k local, 1M x8 linear global).
-      {"gemma-3-4b", "gemma3_text", gemma3_like(2560, 10240, 34, 8, 4, 256, 262208, 1024, 6)},
+      // Vision: SigLIP so400m at 896 px (27 layers of 1152, 16 heads of 72, MLP 4304, patch 14: 4096 patches
+      // average-pooled to 256 tokens), then mm_soft_emb_norm and the [1152, 2560] mm_input_projection.
+      {"gemma-3-4b", "gemma3_text", gemma3_like(2560, 10240, 34, 8, 4, 256, 262208, 1024, 6), "gemma3",
+       siglip_vision("siglip_vision_model", 1152, 4304, 27, 16, 14, 896)},
       // SmolVLM-256M-Instruct text_config (SmolLM2-135M with SmolVLM's 49280-token vocabulary): hidden 576,
       // 30 layers, 9 / 3 heads, intermediate 1536; untied (the checkpoint carries its own lm_head).
-      {"smolvlm-256m", "llama", llama_like(576, 1536, 30, 9, 3, 49280, false, 100000.0, 1e-5)},
+      // Vision: SigLIP base at 512 px (12 layers of 768, 12 heads, MLP 3072, patch 16: 1024 patches per tile),
+      // pixel shuffle by 4 (64 tokens per 512 px tile) and the [576, 12288] connector.
+      {"smolvlm-256m", "llama", llama_like(576, 1536, 30, 9, 3, 49280, false, 100000.0, 1e-5), "idefics3",
+       siglip_vision("idefics3_vision", 768, 3072, 12, 12, 16, 512)},
   };
   return shapes;
 }
@@ -135,9 +186,216 @@ const SyntheticShape& find_synthetic_shape(const std::string& name) {
   throw_error(ErrorKind::kInvalidArgument, "unknown synthetic shape '{}' (known: {})", name, known);
 }
 
+namespace {
+
+// GPT-2's ByteLevel alphabet: byte b as the character the byte-level BPE vocabularies spell it with.
+std::string byte_level_char(int b) {
+  auto printable = [](int c) { return (c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255); };
+  int cp = b;
+  if (!printable(b)) {
+    cp = 256;
+    for (int c = 0; c < b; ++c) cp += printable(c) ? 0 : 1;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+// tokenizer.json of a byte-level BPE without merges: every byte of text is one token (ids 0..255), `specials`
+// are added tokens 256 + i (HF numbers added tokens missing from the model's vocabulary from its size on).
+// Real vocabularies merge bytes; the prompt length is what the bench controls.
+constexpr int32_t kByteVocab = 256;
+Json byte_tokenizer(const std::vector<std::string>& specials) {
+  Json added = Json::array();
+  for (size_t i = 0; i < specials.size(); ++i)
+    added.push_back({{"id", kByteVocab + static_cast<int64_t>(i)},
+                     {"content", specials[i]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
+  Json vocab = Json::object();
+  for (int b = 0; b < kByteVocab; ++b) vocab[byte_level_char(b)] = b;
+  const Json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  return Json{{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", byte_level},
+              {"post_processor", nullptr},
+              {"decoder", byte_level},
+              {"model",
+               {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"fuse_unk", false},
+                {"byte_fallback", false},
+                {"ignore_merges", false},
+                {"vocab", vocab},
+                {"merges", Json::array()}}}};
+}
+
+int32_t special_id(const std::vector<std::string>& specials, const std::string& token) {
+  auto it = std::find(specials.begin(), specials.end(), token);
+  VLM_CHECK(it != specials.end(), ErrorKind::kInternal, "synthetic tokenizer lacks '{}'", token);
+  return kByteVocab + static_cast<int32_t>(it - specials.begin());
+}
+
+void write_json(const std::string& path, const Json& j) {
+  std::ofstream f(path);
+  f << j.dump(2);
+  VLM_CHECK(f.good(), ErrorKind::kIo, "{}: cannot write", path);
+}
+
+constexpr int64_t kIdefics3Shuffle = 4;  // SmolVLM-256M's scale_factor
+const Json kClipMean = {0.48145466, 0.4578275, 0.40821073};
+const Json kClipStd = {0.26862954, 0.26130258, 0.27577711};
+const Json kHalf = {0.5, 0.5, 0.5};
+constexpr double kRescale = 1.0 / 255.0;
+
+// What a VLM shape adds around its text decoder: the top-level config, the files prepare_prompt reads, and
+// where the language model's tensors live (the Hub layouts of the real checkpoints).
+struct VlmLayout {
+  Json config;                    // config.json
+  std::vector<std::string> specials;
+  Json tokenizer_config, chat_template, preprocessor, processor = nullptr;
+  std::string lm_prefix, head_name;
+};
+
+VlmLayout vlm_layout(const SyntheticShape& shape, const Json& text_config) {
+  VlmLayout v;
+  const Json& vc = shape.vision_config;
+  const std::string user_turn_images =
+      "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == "
+      "'image' %}IMAGE{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}";
+  auto with_image = [&](const std::string& image) {
+    std::string t = user_turn_images;
+    t.replace(t.find("IMAGE"), 5, image);
+    return t;
+  };
+  if (shape.vlm_type == "qwen2_5_vl") {
+    // Qwen2.5-VL-*-Instruct: flat config (the text fields at the top), M-RoPE sections 16/24/24.
+    v.specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                  "<|video_pad|>"};
+    v.config = text_config;
+    v.config["model_type"] = "qwen2_5_vl";
+    v.config["architectures"] = {"Qwen2_5_VLForConditionalGeneration"};
+    v.config["rope_scaling"] = {{"type", "mrope"}, {"mrope_section", {16, 24, 24}}};
+    v.config["vision_start_token_id"] = special_id(v.specials, "<|vision_start|>");
+    v.config["vision_end_token_id"] = special_id(v.specials, "<|vision_end|>");
+    v.config["image_token_id"] = special_id(v.specials, "<|image_pad|>");
+    v.config["video_token_id"] = special_id(v.specials, "<|video_pad|>");
+    v.config["eos_token_id"] = special_id(v.specials, "<|im_end|>");
+    v.config["vision_config"] = vc;
+    v.tokenizer_config = {{"eos_token", "<|im_end|>"}, {"pad_token", "<|endoftext|>"},
+                          {"processor_class", "Qwen2_5_VLProcessor"}};
+    v.chat_template =
+        "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+        "assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n" +
+        with_image("<|vision_start|><|image_pad|><|vision_end|>") +
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    v.preprocessor = {{"do_convert_rgb", true}, {"do_normalize", true}, {"do_rescale", true}, {"do_resize", true},
+                      {"image_mean", kClipMean}, {"image_std", kClipStd},
+                      {"image_processor_type", "Qwen2VLImageProcessor"}, {"merge_size", 2}, {"patch_size", 14},
+                      {"temporal_patch_size", 2}, {"resample", 3}, {"rescale_factor", kRescale},
+                      {"min_pixels", 3136}, {"max_pixels", 12845056}, {"processor_class", "Qwen2_5_VLProcessor"}};
+    v.lm_prefix = "model.";
+    v.head_name = "lm_head";
+  } else if (shape.vlm_type == "gemma3") {
+    // gemma-3-4b-it: text_config nested, 256 soft tokens per 896 px image between boi / eoi.
+    v.specials = {"<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
+                  "<image_soft_token>"};
+    Json text = text_config;
+    text["model_type"] = "gemma3_text";
+    v.config = {{"model_type", "gemma3"},
+                {"architectures", {"Gemma3ForConditionalGeneration"}},
+                {"boi_token_index", special_id(v.specials, "<start_of_image>")},
+                {"eoi_token_index", special_id(v.specials, "<end_of_image>")},
+                {"image_token_index", special_id(v.specials, "<image_soft_token>")},
+                {"mm_tokens_per_image", 256},
+                {"bos_token_id", special_id(v.specials, "<bos>")},
+                {"eos_token_id", {special_id(v.specials, "<eos>"), special_id(v.specials, "<end_of_turn>")}},
+                {"pad_token_id", special_id(v.specials, "<pad>")},
+                {"tie_word_embeddings", true},
+                {"text_config", text},
+                {"vision_config", vc}};
+    v.tokenizer_config = {{"bos_token", "<bos>"}, {"eos_token", "<end_of_turn>"}, {"pad_token", "<pad>"},
+                          {"boi_token", "<start_of_image>"}, {"eoi_token", "<end_of_image>"},
+                          {"image_token", "<image_soft_token>"}, {"processor_class", "Gemma3Processor"}};
+    v.chat_template = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ ('model' if m['role'] == 'assistant' "
+                      "else m['role']) }}\n" +
+                      with_image("<start_of_image>") +
+                      "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+    const int64_t side = vc["image_size"];
+    v.preprocessor = {{"do_convert_rgb", true}, {"do_normalize", true}, {"do_pan_and_scan", false},
+                      {"do_rescale", true}, {"do_resize", true}, {"image_mean", kHalf}, {"image_std", kHalf},
+                      {"image_processor_type", "Gemma3ImageProcessor"}, {"image_seq_length", 256}, {"resample", 2},
+                      {"rescale_factor", kRescale}, {"size", {{"height", side}, {"width", side}}},
+                      {"processor_class", "Gemma3Processor"}};
+    v.processor = {{"image_seq_length", 256}, {"processor_class", "Gemma3Processor"}};
+    v.lm_prefix = "language_model.model.";
+    v.head_name = "language_model.lm_head";
+  } else if (shape.vlm_type == "idefics3") {
+    // SmolVLM-256M-Instruct: images resized to 2048 px (4 tiles) on the long side, split into 512 px tiles
+    // (+ the global image), (512 / 16)² / 4² = 64 tokens each, wrapped in <fake_token_around_image> and
+    // <row_r_col_c> / <global-img>. Derived from the vision_config so that smaller test towers stay consistent.
+    v.specials = {"<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+                  "<global-img>"};
+    for (int r = 1; r <= 8; ++r)
+      for (int c = 1; c <= 8; ++c) v.specials.push_back(fmt::format("<row_{}_col_{}>", r, c));
+    Json text = text_config;
+    text["model_type"] = "llama";
+    v.config = {{"model_type", "idefics3"},
+                {"architectures", {"Idefics3ForConditionalGeneration"}},
+                {"image_token_id", special_id(v.specials, "<image>")},
+                {"scale_factor", kIdefics3Shuffle},
+                {"pad_token_id", special_id(v.specials, "<|endoftext|>")},
+                {"tie_word_embeddings", false},
+                {"text_config", text},
+                {"vision_config", vc}};
+    v.tokenizer_config = {{"bos_token", "<|im_start|>"}, {"eos_token", "<end_of_utterance>"},
+                          {"pad_token", "<|endoftext|>"},
+                          {"extra_special_tokens", {"<fake_token_around_image>", "<image>", "<end_of_utterance>"}},
+                          {"processor_class", "Idefics3Processor"}};
+    v.chat_template = "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:" + with_image("<image>") +
+                      "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
+    const int64_t tile = vc["image_size"], patch = vc["patch_size"];
+    const int64_t seq_len = (tile / patch) * (tile / patch) / (kIdefics3Shuffle * kIdefics3Shuffle);
+    v.preprocessor = {{"do_convert_rgb", true}, {"do_image_splitting", true}, {"do_normalize", true},
+                      {"do_pad", true}, {"do_rescale", true}, {"do_resize", true}, {"image_mean", kHalf},
+                      {"image_std", kHalf}, {"image_processor_type", "Idefics3ImageProcessor"},
+                      {"max_image_size", {{"longest_edge", tile}}}, {"resample", 1}, {"rescale_factor", kRescale},
+                      {"size", {{"longest_edge", 4 * tile}}}, {"processor_class", "Idefics3Processor"}};
+    v.processor = {{"image_seq_len", seq_len}, {"processor_class", "Idefics3Processor"}};
+    v.lm_prefix = "model.text_model.";
+    v.head_name = "lm_head";
+  } else {
+    throw_error(ErrorKind::kInternal, "synthetic shape {}: unknown vlm_type '{}'", shape.name, shape.vlm_type);
+  }
+  v.config["torch_dtype"] = text_config["torch_dtype"];
+  if (text_config.contains("quantization")) {
+    v.config["quantization"] = text_config["quantization"];
+    v.config["quantization_config"] = text_config["quantization_config"];
+  }
+  return v;
+}
+
+}  // namespace
+
 int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticOptions& options,
                                    const std::string& folder) {
   namespace fs = std::filesystem;
+  VLM_CHECK(!options.with_vision || !shape.vlm_type.empty(), ErrorKind::kInvalidArgument,
+            "synthetic shape {} is a text model: it has no vision tower to write", shape.name);
   fs::create_directories(folder);
   const Json& c = shape.config;
   const int64_t hidden = c["hidden_size"], inter = c["intermediate_size"], layers = c["num_hidden_layers"];
@@ -161,9 +419,19 @@ int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticO
     config["quantization"] = q;
     config["quantization_config"] = q;
   }
-  {
-    std::ofstream f(folder + "/config.json");
-    f << config.dump(2);
+  std::string lm_prefix = "model.", head_name = "lm_head";
+  if (options.with_vision) {
+    VlmLayout v = vlm_layout(shape, config);
+    lm_prefix = v.lm_prefix;
+    head_name = v.head_name;
+    write_json(folder + "/config.json", v.config);
+    write_json(folder + "/tokenizer.json", byte_tokenizer(v.specials));
+    write_json(folder + "/tokenizer_config.json", v.tokenizer_config);
+    write_json(folder + "/chat_template.json", Json{{"chat_template", v.chat_template}});
+    write_json(folder + "/preprocessor_config.json", v.preprocessor);
+    if (!v.processor.is_null()) write_json(folder + "/processor_config.json", v.processor);
+  } else {
+    write_json(folder + "/config.json", config);
   }
 
   SafetensorsWriter writer;
@@ -182,9 +450,10 @@ int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticO
   auto add_bias = [&](const std::string& name, int64_t n) {
     writer.add(name, random_matrix({n}, 0.05f, seed++).to(options.dtype, MemCategory::kOther));
   };
-  add_linear("model.embed_tokens", vocab, hidden);
+  const std::string& P = lm_prefix;
+  add_linear(P + "embed_tokens", vocab, hidden);
   for (int64_t l = 0; l < layers; ++l) {
-    std::string p = "model.layers." + std::to_string(l);
+    std::string p = P + "layers." + std::to_string(l);
     add_linear(p + ".self_attn.q_proj", heads * hd, hidden);
     add_linear(p + ".self_attn.k_proj", kv * hd, hidden);
     add_linear(p + ".self_attn.v_proj", kv * hd, hidden);
@@ -206,18 +475,90 @@ int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticO
       writer.add(p + ".self_attn.k_norm.weight", filled(hd, norm_one, options.dtype));
     }
   }
-  writer.add("model.norm.weight", filled(hidden, norm_one, options.dtype));
-  if (!tied) add_linear("lm_head", vocab, hidden);
+  writer.add(P + "norm.weight", filled(hidden, norm_one, options.dtype));
+  if (!tied) add_linear(head_name, vocab, hidden);
+
+  if (options.with_vision) {
+    // The tower and projector: dense in options.dtype whatever the language model's quantization.
+    const Json& vc = shape.vision_config;
+    auto dense = [&](const std::string& name, const Shape& shape_of) {
+      writer.add(name, random_matrix(shape_of, 0.05f, seed++).to(options.dtype, MemCategory::kOther));
+    };
+    auto constant = [&](const std::string& name, int64_t n, float value) {
+      writer.add(name, filled(n, value, options.dtype));
+    };
+    auto linear = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+      dense(name + ".weight", {out, in});
+      if (bias) dense(name + ".bias", {out});
+    };
+    if (shape.vlm_type == "qwen2_5_vl") {
+      const int64_t d = vc["hidden_size"], vi = vc["intermediate_size"], depth = vc["depth"];
+      const int64_t patch = vc["patch_size"], t = vc["temporal_patch_size"], merge = vc["spatial_merge_size"];
+      const int64_t out = vc["out_hidden_size"], merged = d * merge * merge;
+      dense("visual.patch_embed.proj.weight", {d, 3, t, patch, patch});
+      for (int64_t l = 0; l < depth; ++l) {
+        const std::string b = "visual.blocks." + std::to_string(l);
+        constant(b + ".norm1.weight", d, 1.0f);
+        constant(b + ".norm2.weight", d, 1.0f);
+        linear(b + ".attn.qkv", 3 * d, d, true);
+        linear(b + ".attn.proj", d, d, true);
+        linear(b + ".mlp.gate_proj", vi, d, true);
+        linear(b + ".mlp.up_proj", vi, d, true);
+        linear(b + ".mlp.down_proj", d, vi, true);
+      }
+      constant("visual.merger.ln_q.weight", d, 1.0f);
+      linear("visual.merger.mlp.0", merged, merged, true);
+      linear("visual.merger.mlp.2", out, merged, true);
+    } else {
+      // SigLIP: Gemma 3 under vision_tower.vision_model., Idefics3 under model.vision_model.
+      const std::string t = shape.vlm_type == "gemma3" ? "vision_tower.vision_model." : "model.vision_model.";
+      const int64_t d = vc["hidden_size"], vi = vc["intermediate_size"], depth = vc["num_hidden_layers"];
+      const int64_t patch = vc["patch_size"], side = vc["image_size"];
+      const int64_t patches = (side / patch) * (side / patch);
+      dense(t + "embeddings.patch_embedding.weight", {d, 3, patch, patch});  // PyTorch Conv2d layout
+      dense(t + "embeddings.patch_embedding.bias", {d});
+      for (int64_t l = 0; l < depth; ++l) {
+        const std::string b = t + "encoder.layers." + std::to_string(l);
+        constant(b + ".layer_norm1.weight", d, 1.0f);
+        constant(b + ".layer_norm1.bias", d, 0.0f);
+        constant(b + ".layer_norm2.weight", d, 1.0f);
+        constant(b + ".layer_norm2.bias", d, 0.0f);
+        for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"}) linear(b + ".self_attn." + proj, d, d, true);
+        linear(b + ".mlp.fc1", vi, d, true);
+        linear(b + ".mlp.fc2", d, vi, true);
+      }
+      constant(t + "post_layernorm.weight", d, 1.0f);
+      constant(t + "post_layernorm.bias", d, 0.0f);
+      dense(t + "embeddings.position_embedding.weight", {patches, d});
+      const int64_t text_hidden = hidden;
+      if (shape.vlm_type == "gemma3") {
+        constant("multi_modal_projector.mm_soft_emb_norm.weight", d, 0.0f);  // Gemma (1 + w): identity
+        dense("multi_modal_projector.mm_input_projection_weight", {d, text_hidden});
+      } else {
+        const int64_t s2 = kIdefics3Shuffle * kIdefics3Shuffle;  // pixel shuffle of 4 x 4 patches into one token
+        dense("model.connector.modality_projection.proj.weight", {text_hidden, d * s2});
+      }
+    }
+  }
   writer.set_metadata("format", "pt");
   writer.write(folder + "/model.safetensors");
   return static_cast<int64_t>(writer.data_bytes());
 }
 
 Json BenchResult::to_json() const {
+  const bool image_mode = mode == "image";
   Json samples_json = Json::array();
-  for (const auto& s : samples)
-    samples_json.push_back({{"load_s", s.load_s}, {"prefill_s", s.prefill_s}, {"decode_s", s.decode_s}});
-  return Json{{"model", model},
+  for (const auto& s : samples) {
+    Json j = {{"load_s", s.load_s}, {"prefill_s", s.prefill_s}, {"decode_s", s.decode_s}};
+    if (image_mode) {
+      j["ttft_s"] = s.ttft_s;
+      j["tokenize_s"] = s.tokenize_s;
+      j["image_preprocess_s"] = s.image_preprocess_s;
+      j["vision_encode_s"] = s.vision_encode_s;
+    }
+    samples_json.push_back(j);
+  }
+  Json out{{"model", model},
               {"device", device},
               {"gpu", gpu.empty() ? Json(nullptr) : Json(gpu)},
               {"kernel_path", kernel_path},
@@ -244,7 +585,133 @@ Json BenchResult::to_json() const {
                 {"prefill_fraction_of_f32_peak", prefill_fraction_of_peak},
                 {"prefill_fraction_of_bf16_peak", prefill_fraction_of_bf16_peak}}},
               {"samples", samples_json}};
+  // Additions of the image mode (the fields above keep their meaning; ttft_s then spans every stage).
+  out["mode"] = mode;
+  if (image_mode) {
+    out["image"] = image;
+    out["image_tokens"] = image_tokens;
+    out["text_tokens"] = text_tokens;
+    out["vision_weight_bytes"] = vision_weight_bytes;
+    out["stages"] = {{"tokenize_s", tokenize_s},
+                     {"image_preprocess_s", image_preprocess_s},
+                     {"vision_encode_s", vision_encode_s},
+                     {"prefill_s", prefill_s}};
+  }
+  return out;
 }
+
+// ---- image mode ----
+
+void write_synthetic_photo(const std::string& path, int width, int height, uint64_t seed) {
+  VLM_CHECK(width >= 16 && height >= 16 && width <= 16384 && height <= 16384, ErrorKind::kInvalidArgument,
+            "synthetic photo {}x{}: each side must be within [16, 16384]", width, height);
+  // A landscape: sky gradient above a horizon at 55%, ground with furrows below, a few shaded discs and
+  // boxes (trees, houses) of seeded size and colour, and per-pixel sensor noise (hash of x, y, seed) so that
+  // the JPEG has a photo's entropy, not a flat gradient's.
+  struct Blob {
+    float cx, cy, rx, ry, col[3];
+    bool box;
+  };
+  Rng rng{seed * 0x9E3779B97F4A7C15ull + 1};
+  auto u01 = [&] { return 0.5f * rng.uniform() + 0.5f; };
+  std::vector<Blob> blobs(12);
+  for (Blob& b : blobs) {
+    b.cx = u01() * static_cast<float>(width);
+    b.cy = (0.45f + 0.4f * u01()) * static_cast<float>(height);
+    b.rx = (0.03f + 0.08f * u01()) * static_cast<float>(width);
+    b.ry = b.rx * (0.6f + 0.8f * u01());
+    for (float& c : b.col) c = 40.0f + 180.0f * u01();
+    b.box = u01() < 0.4f;
+  }
+  const float horizon = 0.55f * static_cast<float>(height);
+  std::vector<unsigned char> rgb(static_cast<size_t>(width) * static_cast<size_t>(height) * 3);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      const float fy = static_cast<float>(y), fx = static_cast<float>(x);
+      float c[3];
+      if (fy < horizon) {
+        const float t = fy / horizon;  // 0 at the top, 1 at the horizon
+        c[0] = 70 + 120 * t;
+        c[1] = 120 + 90 * t;
+        c[2] = 200 + 40 * t;
+      } else {
+        const float t = (fy - horizon) / (static_cast<float>(height) - horizon);
+        const float furrow = 12.0f * std::sin(fx * 0.05f + fy * 0.21f) * (0.3f + t);
+        c[0] = 90 + 40 * t + furrow;
+        c[1] = 120 - 30 * t + furrow;
+        c[2] = 50 + 10 * t + 0.5f * furrow;
+      }
+      for (const Blob& b : blobs) {
+        const float dx = (fx - b.cx) / b.rx, dy = (fy - b.cy) / b.ry;
+        const bool inside = b.box ? (std::fabs(dx) < 1 && std::fabs(dy) < 1) : (dx * dx + dy * dy < 1);
+        if (!inside) continue;
+        const float shade = 0.75f + 0.25f * (b.box ? -dx : -(dx + dy) * 0.7f);
+        for (int k = 0; k < 3; ++k) c[k] = b.col[k] * shade;
+      }
+      uint64_t h = (static_cast<uint64_t>(y) << 32 | static_cast<uint64_t>(x)) ^ (seed * 0xD6E8FEB86659FD93ull);
+      h = (h ^ (h >> 31)) * 0x7FB5D329728EA185ull;
+      h ^= h >> 27;
+      const float noise = static_cast<float>(h & 15) - 7.5f;
+      unsigned char* px = rgb.data() + (static_cast<size_t>(y) * static_cast<size_t>(width) + x) * 3;
+      for (int k = 0; k < 3; ++k) px[k] = static_cast<unsigned char>(std::clamp(c[k] + noise, 0.0f, 255.0f));
+    }
+  }
+  tjhandle tj = tjInitCompress();
+  VLM_CHECK(tj != nullptr, ErrorKind::kInternal, "synthetic photo: libjpeg-turbo compressor unavailable");
+  unsigned char* jpeg = nullptr;
+  unsigned long size = 0;
+  const int rc = tjCompress2(tj, rgb.data(), width, 0, height, TJPF_RGB, &jpeg, &size, TJSAMP_420, 90, 0);
+  const std::string why = rc == 0 ? "" : tjGetErrorStr2(tj);
+  tjDestroy(tj);
+  if (rc != 0) {
+    tjFree(jpeg);
+    throw_error(ErrorKind::kInternal, "synthetic photo {}x{}: JPEG compression failed: {}", width, height, why);
+  }
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(jpeg), static_cast<std::streamsize>(size));
+  tjFree(jpeg);
+  VLM_CHECK(f.good(), ErrorKind::kIo, "{}: cannot write the synthetic photo", path);
+}
+
+namespace {
+
+// The question of the image prompt, followed by filler prose so that the whole prompt (template, image
+// tokens, text) has options.prompt_tokens tokens (0: the question alone). The filler's token count grows with
+// its length, so the longest prefix whose tokens fit is found by bisection with the tokenizer alone; the
+// measured run reports the prompt's actual length.
+std::string padded_question(const std::string& folder, const Tokenizer& tok, const BenchOptions& o) {
+  if (o.prompt_tokens == 0) return o.question;
+  PromptRequest pr;
+  pr.prompt = o.question;
+  pr.image_paths = {o.image_path};
+  const auto base = static_cast<int64_t>(prepare_prompt(folder, tok, pr).ids.size());
+  VLM_CHECK(o.prompt_tokens >= base, ErrorKind::kInvalidArgument,
+            "bench: --prompt-tokens {} is below the {} tokens of the image prompt (chat template, image tokens and "
+            "the question) of {}",
+            o.prompt_tokens, base, o.image_path);
+  const int64_t need = o.prompt_tokens - base;
+  static const std::string kProse =
+      " The photograph shows a quiet street with old stone houses, a church tower, trees along a canal and people "
+      "walking under a cloudy afternoon sky.";
+  auto with_filler = [&](size_t chars) {
+    std::string f = o.question;
+    while (f.size() < o.question.size() + chars) f += kProse;
+    f.resize(o.question.size() + chars);
+    return f;
+  };
+  const auto q_tokens = static_cast<int64_t>(tok.encode(o.question, false).size());
+  auto extra = [&](size_t chars) { return static_cast<int64_t>(tok.encode(with_filler(chars), false).size()) - q_tokens; };
+  size_t hi = 1;
+  while (extra(hi) <= need && hi < static_cast<size_t>(64 * need + 64)) hi *= 2;
+  size_t lo = 0;  // extra(lo) <= need < extra(hi) (or hi at the cap)
+  while (hi - lo > 1) {
+    const size_t mid = lo + (hi - lo) / 2;
+    (extra(mid) <= need ? lo : hi) = mid;
+  }
+  return with_filler(lo);
+}
+
+}  // namespace
 
 namespace {
 double median(std::vector<double> v) {
@@ -255,8 +722,11 @@ double median(std::vector<double> v) {
 }  // namespace
 
 BenchResult run_benchmark(const std::string& folder, const std::string& label, const BenchOptions& options) {
-  VLM_CHECK(options.prompt_tokens >= 1 && options.gen_tokens >= 1 && options.repetitions >= 1,
-            ErrorKind::kInvalidArgument, "bench: prompt tokens, generated tokens and repetitions must be >= 1");
+  const int64_t min_prompt = options.image_path.empty() ? 1 : 0;  // image mode: 0 = no filler
+  VLM_CHECK(options.prompt_tokens >= min_prompt && options.gen_tokens >= 1 && options.repetitions >= 1,
+            ErrorKind::kInvalidArgument,
+            "bench: prompt tokens (>= {}), generated tokens and repetitions (>= 1) are {}, {}, {}", min_prompt,
+            options.prompt_tokens, options.gen_tokens, options.repetitions);
   BenchResult r;
   r.model = label;
   const Device device = options.device;
@@ -286,102 +756,172 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
     r.bf16_gflops = cp.bf16_gflops;
   }
 
+  // Image mode: the question, padded so that the whole prompt has options.prompt_tokens tokens (not timed).
+  const bool image_mode = !options.image_path.empty();
+  r.mode = image_mode ? "image" : "text";
+  std::string question;
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (image_mode) {
+    tokenizer = Tokenizer::from_folder(folder);
+    question = padded_question(folder, *tokenizer, options);
+  }
+
   MemoryTracker::instance().reset_peak_all();
-  std::vector<double> loads, prefills, decodes;
+  std::vector<double> loads, prefills, decodes, ttfts, tokenizes, preprocesses, encodes;
   LoadedModel keep;
+  int64_t prompt_tokens = options.prompt_tokens;
+  int64_t peak_host = 0, peak_gpu = 0;  // image mode: the peaks before each generate() call
   for (int rep = 0; rep < options.repetitions; ++rep) {
     BenchSample s;
     if (on_gpu) keep = LoadedModel{};  // one model on the GPU at a time: the peak is one model's
     auto t0 = Clock::now();
     LoadOptions lo;
     lo.mode = options.lazy_load ? LoadMode::kLazy : LoadMode::kEager;
-    lo.text_only = true;  // the protocol feeds token ids only; a VLM's tower would only add to the peak
+    lo.text_only = !image_mode;  // the text protocol feeds token ids only; a VLM's tower would only add to the peak
     LoadedModel model = load_model(folder, lo);
     LanguageModel& lm = *model.language_model;
     lm.to_device(device);
+    if (image_mode) {
+      VLM_CHECK(model.vision != nullptr, ErrorKind::kUnsupported,
+                "bench --image: {} (model_type '{}') has no vision model", folder, model.config.model_type);
+      model.vision->to_device(device);  // where the decoder runs, as generate does
+      tokenizer = Tokenizer::from_folder(folder);
+    }
     sync();
     s.load_s = seconds_since(t0);
     const int64_t vocab = lm.vocab_size(), hidden = lm.hidden_size();
-    KVCacheOptions kv;
-    kv.device = device;
-    auto cache = make_kv_cache(lm.cache_layout(), kv);
 
-    // Prompt: deterministic pseudo-random ids.
-    std::vector<int32_t> ids(static_cast<size_t>(options.prompt_tokens));
-    Rng rng{1234};
-    for (auto& id : ids) id = static_cast<int32_t>((rng.uniform() * 0.5f + 0.5f) * static_cast<float>(vocab - 1));
-    std::vector<float> logits(static_cast<size_t>(vocab));
-    t0 = Clock::now();
-    for (int64_t begin = 0; begin < options.prompt_tokens; begin += options.prefill_step_size) {
-      int64_t n = std::min(options.prefill_step_size, options.prompt_tokens - begin);
-      std::vector<float> emb(static_cast<size_t>(n * hidden));
-      lm.embed(ids.data() + begin, n, emb.data());
-      std::vector<int64_t> pos(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) pos[i] = begin + i;
-      lm.forward(emb.data(), n, Positions{pos.data(), n, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
-    }
-    sync();  // (forward already waited for its logits; this keeps the clock honest regardless)
-    s.prefill_s = seconds_since(t0);
+    if (image_mode) {
+      // `vlmcheck generate --image` from here on: prepare_prompt then generate(), greedy, no stop ids.
+      t0 = Clock::now();
+      PromptRequest pr;
+      pr.prompt = question;
+      pr.image_paths = {options.image_path};
+      PreparedPrompt prompt = prepare_prompt(folder, *tokenizer, pr, model.vision.get(), &lm);
+      VLM_CHECK(prompt.multimodal.has_value(), ErrorKind::kInternal, "bench: {} built no multimodal prompt", label);
+      GenerateRequest req;
+      req.prompt_ids = prompt.ids;
+      req.multimodal = &*prompt.multimodal;
+      req.times.image_preprocess_s = prompt.image_preprocess_s;
+      req.times.vision_encode_s = prompt.vision_encode_s;
+      req.times.tokenize_s = std::max(0.0, seconds_since(t0) - prompt.image_preprocess_s - prompt.vision_encode_s);
+      GenerationParams params;
+      params.max_tokens = options.gen_tokens + 1;  // the first token comes from prefill, then gen_tokens steps
+      params.temperature = 0.0f;
+      params.seed = 0;
+      params.prefill_step_size = options.prefill_step_size;
+      // generate() restarts the tracker's peaks: keep those of loading and vision encoding.
+      peak_host = std::max(peak_host, MemoryTracker::instance().snapshot(MemDevice::kHost).peak);
+      peak_gpu = std::max(peak_gpu, MemoryTracker::instance().snapshot(MemDevice::kGpu).peak);
+      GenerationResult g = generate(lm, *tokenizer, {}, req, params);
+      VLM_CHECK(g.generation_tokens == options.gen_tokens + 1, ErrorKind::kInternal,
+                "bench: {} generated {} tokens, expected {}", label, g.generation_tokens, options.gen_tokens + 1);
+      s.prefill_s = g.times.prefill_s;
+      s.decode_s = g.times.decode_s;
+      s.ttft_s = g.ttft_s;
+      s.tokenize_s = req.times.tokenize_s;
+      s.image_preprocess_s = prompt.image_preprocess_s;
+      s.vision_encode_s = prompt.vision_encode_s;
+      prompt_tokens = g.prompt_tokens;
+      r.image_tokens = prompt.image_tokens;
+      r.text_tokens = g.prompt_tokens - prompt.image_tokens;
+      if (!prompt.image_info.empty()) r.image = prompt.image_info.front().to_json();
+      r.vision_weight_bytes = static_cast<int64_t>(model.vision->weight_bytes());
+    } else {
+      KVCacheOptions kv;
+      kv.device = device;
+      auto cache = make_kv_cache(lm.cache_layout(), kv);
 
-    for (float v : logits)
-      VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
+      // Prompt: deterministic pseudo-random ids.
+      std::vector<int32_t> ids(static_cast<size_t>(options.prompt_tokens));
+      Rng rng{1234};
+      for (auto& id : ids) id = static_cast<int32_t>((rng.uniform() * 0.5f + 0.5f) * static_cast<float>(vocab - 1));
+      std::vector<float> logits(static_cast<size_t>(vocab));
+      t0 = Clock::now();
+      for (int64_t begin = 0; begin < options.prompt_tokens; begin += options.prefill_step_size) {
+        int64_t n = std::min(options.prefill_step_size, options.prompt_tokens - begin);
+        std::vector<float> emb(static_cast<size_t>(n * hidden));
+        lm.embed(ids.data() + begin, n, emb.data());
+        std::vector<int64_t> pos(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) pos[i] = begin + i;
+        lm.forward(emb.data(), n, Positions{pos.data(), n, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
+      }
+      sync();  // (forward already waited for its logits; this keeps the clock honest regardless)
+      s.prefill_s = seconds_since(t0);
+      s.ttft_s = s.prefill_s;
 
-    // Greedy decode as generate runs it: forward_argmax (on a device only the id comes back).
-    std::vector<float> emb(static_cast<size_t>(hidden));
-    int32_t next = 0;
-    {
-      ops::DeviceScope host(Device::kCpu);
-      ops::argmax(logits.data(), 1, vocab, &next);
+      for (float v : logits)
+        VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
+
+      // Greedy decode as generate runs it: forward_argmax (on a device only the id comes back).
+      std::vector<float> emb(static_cast<size_t>(hidden));
+      int32_t next = 0;
+      {
+        ops::DeviceScope host(Device::kCpu);
+        ops::argmax(logits.data(), 1, vocab, &next);
+      }
+      t0 = Clock::now();
+      for (int64_t g = 0; g < options.gen_tokens; ++g) {
+        int64_t pos = options.prompt_tokens + g;
+        lm.embed(&next, 1, emb.data());
+        next = lm.forward_argmax(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{});
+      }
+      sync();
+      s.decode_s = seconds_since(t0);
     }
-    t0 = Clock::now();
-    for (int64_t g = 0; g < options.gen_tokens; ++g) {
-      int64_t pos = options.prompt_tokens + g;
-      lm.embed(&next, 1, emb.data());
-      next = lm.forward_argmax(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{});
-    }
-    sync();
-    s.decode_s = seconds_since(t0);
     r.samples.push_back(s);
     loads.push_back(s.load_s);
     prefills.push_back(s.prefill_s);
     decodes.push_back(s.decode_s);
+    ttfts.push_back(s.ttft_s);
+    tokenizes.push_back(s.tokenize_s);
+    preprocesses.push_back(s.image_preprocess_s);
+    encodes.push_back(s.vision_encode_s);
     if (rep == options.repetitions - 1) {
       r.weight_bytes = static_cast<int64_t>(lm.weight_bytes());
       // KV bytes read per decode step: every layer's K and V (f32) over the mean context length.
       int64_t kv_per_token = 0;
       for (const auto& l : lm.cache_layout()) kv_per_token += 2 * l.n_kv_heads * l.head_dim * 4;
-      const int64_t mean_ctx = options.prompt_tokens + options.gen_tokens / 2;
+      const int64_t mean_ctx = prompt_tokens + options.gen_tokens / 2;
       // Decode reads every weight except the embedding table's unused rows; with a tied head the table is
       // read in full by the head, so weight_bytes counts it once either way.
       r.decode_bytes_per_token = r.weight_bytes + kv_per_token * mean_ctx;
       // Prefill FLOPs per token: 2 per weight of every projection, plus QKᵀ and PV over the mean causal
       // context (P/2), plus the head spread over the prompt — forward(all_logits=false) computes logits for the
       // last position of each prefill chunk only. From the config, so it holds for quantized weights too.
+      // (The language model's prefill only: the vision tower's FLOPs are not counted.)
       const Json& t = model.config.text();
       const double h = t.value("hidden_size", 0.0), inter = t.value("intermediate_size", 0.0);
       const double nl = t.value("num_hidden_layers", 0.0), nh = t.value("num_attention_heads", 0.0);
       const double nkv = t.value("num_key_value_heads", nh), v = t.value("vocab_size", 0.0);
       const double hd = t.value("head_dim", nh > 0 ? h / nh : 0.0);
       const double per_layer = h * nh * hd * 2 + h * nkv * hd * 2 + 3 * h * inter;
-      const double attn = 4.0 * nh * hd * (static_cast<double>(options.prompt_tokens) / 2);
-      const double chunks = std::ceil(static_cast<double>(options.prompt_tokens) /
-                                      static_cast<double>(options.prefill_step_size));
-      r.prefill_flops_per_token = 2.0 * nl * per_layer + nl * attn +
-                                  2.0 * v * h * chunks / static_cast<double>(options.prompt_tokens);
+      const double attn = 4.0 * nh * hd * (static_cast<double>(prompt_tokens) / 2);
+      const double chunks =
+          std::ceil(static_cast<double>(prompt_tokens) / static_cast<double>(options.prefill_step_size));
+      r.prefill_flops_per_token =
+          2.0 * nl * per_layer + nl * attn + 2.0 * v * h * chunks / static_cast<double>(prompt_tokens);
     }
     keep = std::move(model);
   }
+  r.prompt_tokens = prompt_tokens;
   r.load_s = median(loads);
-  r.ttft_s = median(prefills);
-  r.prompt_tps = static_cast<double>(options.prompt_tokens) / r.ttft_s;
+  r.ttft_s = median(ttfts);
+  r.prefill_s = median(prefills);
+  if (image_mode) {
+    r.tokenize_s = median(tokenizes);
+    r.image_preprocess_s = median(preprocesses);
+    r.vision_encode_s = median(encodes);
+  }
+  r.prompt_tps = static_cast<double>(prompt_tokens) / r.prefill_s;
   std::vector<double> tps;
   for (double d : decodes) tps.push_back(static_cast<double>(options.gen_tokens) / d);
   r.decode_tps = median(tps);
   r.decode_tps_min = *std::min_element(tps.begin(), tps.end());
   r.decode_tps_max = *std::max_element(tps.begin(), tps.end());
-  r.peak_host_bytes = MemoryTracker::instance().snapshot(MemDevice::kHost).peak;
+  r.peak_host_bytes = std::max(peak_host, MemoryTracker::instance().snapshot(MemDevice::kHost).peak);
   r.peak_rss_bytes = process_memory().peak_rss;
-  r.peak_gpu_bytes = MemoryTracker::instance().snapshot(MemDevice::kGpu).peak;
+  r.peak_gpu_bytes = std::max(peak_gpu, MemoryTracker::instance().snapshot(MemDevice::kGpu).peak);
   r.decode_roofline_tps = r.bandwidth_gbs * 1e9 / static_cast<double>(r.decode_bytes_per_token);
   r.decode_roofline_fraction = r.decode_tps / r.decode_roofline_tps;
   r.prefill_gflops = r.prefill_flops_per_token * r.prompt_tps / 1e9;

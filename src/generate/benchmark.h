@@ -2,6 +2,15 @@
 // weights in any dtype or MLX quantization, written as a normal model folder so loading is measured
 // too), and a run protocol (load → prefill of P tokens → G decode steps, repeated) whose results are
 // reported against the rooflines measured in the same run (kernels/probes.h).
+//
+// Two modes. Text (the default): token ids straight into the language model (a VLM loads text-only).
+// Image (BenchOptions::image_path set): the `vlmcheck generate --image` path end to end — the VLM with its
+// vision tower, the folder's tokenizer, chat template and processor configs, prepare_prompt (image decode,
+// processing, placeholder expansion, vision encoding, prompt embeddings) and generate() (multimodal
+// prefill, greedy decode) — so TTFT covers image load + preprocessing + vision encode + prefill. The
+// synthetic VLM shapes carry the real tower and projector of their model (SyntheticShape::vlm_type) and are
+// written with a small byte-level tokenizer whose special tokens stand in for the real ones (ids differ,
+// costs do not: every text byte is one token).
 #pragma once
 
 #include <optional>
@@ -17,8 +26,12 @@ namespace vlm {
 
 struct SyntheticShape {
   std::string name;        // "qwen2.5-0.5b"
-  std::string model_type;  // config.json model_type
+  std::string model_type;  // config.json model_type (of the text decoder)
   Json config;             // the text config fields (hidden_size, ...)
+  // VLM shapes: the VLM model_type written with the vision tower ("qwen2_5_vl", "gemma3", "idefics3"; "" for
+  // text-only shapes) and its vision_config (the real model's public config).
+  std::string vlm_type = "";
+  Json vision_config = nullptr;
 };
 
 // The known shapes (public configs of the real models' language parts).
@@ -27,15 +40,28 @@ const SyntheticShape& find_synthetic_shape(const std::string& name);  // throws 
 
 struct SyntheticOptions {
   DType dtype = DType::kBF16;
-  std::optional<AffineQuantSpec> quant;  // MLX affine quantization of every linear + the embedding
+  // MLX affine quantization of every language-model linear + the embedding. The vision tower and projector
+  // stay in `dtype`, as in mlx-community's conversions (our loaders refuse a quantized tower).
+  std::optional<AffineQuantSpec> quant;
   uint64_t seed = 1;
+  // VLM shapes only: write the whole VLM (tower, projector, tokenizer, chat template, processor configs)
+  // instead of the text decoder alone. Error(kInvalidArgument) for a text-only shape.
+  bool with_vision = false;
 };
 
-// Writes config.json + model.safetensors for `shape` into `folder` (created). Returns bytes written.
+// Writes config.json + model.safetensors (and, with_vision, tokenizer.json, tokenizer_config.json,
+// chat_template.json, preprocessor_config.json, processor_config.json) for `shape` into `folder`
+// (created). Returns the bytes of tensor data written.
 int64_t write_synthetic_checkpoint(const SyntheticShape& shape, const SyntheticOptions& options,
                                    const std::string& folder);
 
+// A deterministic photo-like RGB picture (sky and ground gradients, shaded shapes, fine texture, noise) as
+// a baseline JPEG (quality 90, 4:2:0) at `path`: what a camera image costs to decode and resize.
+void write_synthetic_photo(const std::string& path, int width, int height, uint64_t seed = 7);
+
 struct BenchOptions {
+  // Text mode: the prompt length. Image mode: the total prompt (chat template + image tokens + text) is
+  // padded with filler text to this many tokens; 0 = the image and a one-line question only.
   int64_t prompt_tokens = 512;
   int64_t gen_tokens = 64;
   int repetitions = 3;
@@ -45,10 +71,16 @@ struct BenchOptions {
   // clocks are read after ops::synchronize(), and the rooflines are the GPU's (device-to-device copy
   // bandwidth, cuBLASLt bf16 matmul throughput) instead of the CPU probes.
   Device device = Device::kCpu;
+  // Image mode: the image file fed to the VLM ("" = text mode) and the question asked about it.
+  std::string image_path;
+  std::string question = "Describe this image.";
 };
 
 struct BenchSample {
   double load_s = 0, prefill_s = 0, decode_s = 0;
+  // Image mode: ttft_s = tokenize_s + image_preprocess_s + vision_encode_s + prefill_s (+ cache setup);
+  // prefill_s is the language model's part alone.
+  double ttft_s = 0, tokenize_s = 0, image_preprocess_s = 0, vision_encode_s = 0;
 };
 
 struct BenchResult {
@@ -59,7 +91,15 @@ struct BenchResult {
   int threads = 0;
   int64_t prompt_tokens = 0, gen_tokens = 0;
   std::vector<BenchSample> samples;  // raw, one per repetition
-  double load_s = 0, ttft_s = 0, prompt_tps = 0, decode_tps = 0;  // medians
+  // Medians. Text mode: ttft_s is the prefill. Image mode: ttft_s covers image load + preprocessing + vision
+  // encode + prefill of the whole prompt; prompt_tps is prompt tokens over the language model's prefill.
+  double load_s = 0, ttft_s = 0, prompt_tps = 0, decode_tps = 0;
+  std::string mode = "text";  // "text" | "image"
+  // Image mode: medians of the stages, what the image became, the prompt's split, the tower's bytes.
+  double tokenize_s = 0, image_preprocess_s = 0, vision_encode_s = 0, prefill_s = 0;
+  Json image = nullptr;  // ImageInfo::to_json() of the image (null in text mode)
+  int64_t image_tokens = 0, text_tokens = 0;
+  int64_t vision_weight_bytes = 0;
   double decode_tps_min = 0, decode_tps_max = 0;
   int64_t weight_bytes = 0;
   int64_t decode_bytes_per_token = 0;  // weights touched + mean KV read per decode step
@@ -73,7 +113,9 @@ struct BenchResult {
   Json to_json() const;
 };
 
-// Runs the protocol on a model folder. Never samples: decode feeds the argmax, with no stop tokens.
+// Runs the protocol on a model folder. Never samples: decode feeds the argmax, with no stop tokens. Image
+// mode needs a VLM folder (Error(kUnsupported) naming the model_type otherwise) and, with prompt_tokens > 0,
+// at least as many tokens as the image prompt has without filler (Error(kInvalidArgument) naming both).
 BenchResult run_benchmark(const std::string& folder, const std::string& label, const BenchOptions& options);
 
 }  // namespace vlm

@@ -542,7 +542,7 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"decode at position 19999, 4096-key ring, window 4096", 1, 4096, 19999, 8, 4, 128, 0.0f, {true, 4096, nullptr, 0}, true},
   };
   // Prefill shapes for the tensor-core kernel: several row and key tiles, GQA groups that do not
-  // divide its 128-row tiles, every mask case, head_dim 32/64/80/96/128/256.
+  // divide its 128-row tiles, every mask case, head_dim 32/64/72/80/96/128/256.
   const std::vector<A> prefill = {
       {"causal 300, gqa 7, hd 128", 300, 300, 0, 14, 2, 128, 0.0f, {}, false},
       {"causal chunk after 200 cached, no gqa, hd 64", 150, 350, 200, 8, 8, 64, 0.0f, {}, false},
@@ -551,6 +551,8 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
        {true, 0, long_groups.data(), 260}, false},
       {"image groups + window 50, hd 64", 260, 260, 0, 4, 2, 64, 0.0f, {true, 50, long_groups.data(), 260}, false},
       {"vision non-causal 196, hd 80", 196, 196, 0, 16, 16, 80, 0.0f, {false, 0, nullptr, 0}, false},
+      // SigLIP so400m's head_dim (Gemma 3, PaliGemma towers): 72 runs padded to 80 with zero columns.
+      {"vision non-causal 300, hd 72 (padded to 80)", 300, 300, 0, 16, 16, 72, 0.0f, {false, 0, nullptr, 0}, false},
       {"ring cache chunk, window 100, hd 96", 40, 128, 100, 6, 3, 96, 0.0f, {true, 100, nullptr, 0}, true},
       {"causal 1100, hd 96 (many key tiles)", 1100, 1100, 0, 2, 1, 96, 0.0f, {}, false},
       {"first 5 queries see no key, hd 32", 70, 64, -5, 4, 2, 32, 0.0f, {}, false},
@@ -749,6 +751,32 @@ TEST(CudaKernels, AttentionBf16MatmulRoundsOnlyPrefill) {
       EXPECT_GT(e, 1e-9) << "bf16_matmul prefill gave the f32 result: the tensor-core kernel did not run";
     EXPECT_LE(e, kBf16AttentionNmse);
   }
+}
+
+// head_dim 72 (SigLIP so400m) must take the tensor-core kernel (padded to 80), not the exact f32 fallback:
+// a 4096-patch 896 px tower of 16 heads, non-causal, as the Gemma 3 tower runs it (shortened to 520 rows).
+TEST(CudaKernels, AttentionBf16MatmulHeadDim72UsesTensorCores) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(72);
+  const int64_t n = 520, nh = 16, hd = 72;
+  const std::vector<float> q = random_vec(rng, static_cast<size_t>(n * nh * hd), -2, 2);
+  const std::vector<float> k = random_vec(rng, static_cast<size_t>(n * nh * hd), -2, 2);
+  const std::vector<float> v = random_vec(rng, static_cast<size_t>(n * nh * hd));
+  std::vector<int64_t> kp(static_cast<size_t>(n));
+  std::iota(kp.begin(), kp.end(), int64_t{0});
+  DeviceFloats gq(q), gk(k), gv(v);
+  std::vector<float> got[2];
+  for (int bf16 = 0; bf16 < 2; ++bf16) {
+    ops::AttentionMask mask{false, 0, nullptr, 0};
+    mask.bf16_matmul = bf16 == 1;
+    DeviceFloats out = DeviceFloats::poison(q.size());
+    table().attention(gq.ptr(), n, 0, gk.ptr(), gv.ptr(), kp.data(), n, nh, nh, hd, 1.0f / std::sqrt(72.0f), 0.0f,
+                      mask, out.ptr());
+    got[bf16] = out.host();
+  }
+  const double e = nmse(got[1].data(), std::vector<double>(got[0].begin(), got[0].end()));
+  EXPECT_GT(e, 1e-9) << "hd 72 bf16_matmul prefill gave the f32 result: the tensor-core kernel did not run";
+  EXPECT_LE(e, kBf16AttentionNmse);
 }
 
 TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {

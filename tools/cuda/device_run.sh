@@ -10,6 +10,10 @@
 #   long SHAPE...    `vlmcheck bench --device cuda` with a 16,384-token prompt (bf16; TTFT is the figure)
 #   profile SHAPE... the bench (2048-token prompt, 64 decode tokens, bf16 and 4-bit) with VLMCHECK_CUDA_PROFILE=1:
 #                    per-op GPU and host time in the log
+#   vision SHAPE...  `vlmcheck bench --device cuda --image-size 1280x960` on the VLM shape with its vision tower
+#                    (bf16 throughout): the image prompt alone (no filler), 64 decode tokens, 2 repetitions; TTFT
+#                    = image load + preprocessing + vision encode + prefill, each in the log
+#   vision-q4 SHAPE... the same with the decoder in MLX 4-bit g64 (the tower stays bf16, as mlx-community's)
 # Several modes may follow each other: `tests bench qwen2.5-vl-3b hf qwen2.5-vl-3b`. Logs go to $OUT
 # (the device tool brings back at most 8 files, so they are tarred into one); the last lines printed
 # are a summary.
@@ -40,7 +44,7 @@ for arg in "$@"; do
       (cd /tmp && VLMCHECK_ASSETS="$root/assets" timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
       summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
       mode="" ;;
-    bench|hf|long|profile) mode=$arg ;;
+    bench|hf|long|profile|vision|vision-q4) mode=$arg ;;
     *)
       if [[ "$mode" == bench ]]; then
         if [[ $kernels_done == 0 && -x "$bin/bench_cuda_kernels" ]]; then
@@ -54,6 +58,14 @@ for arg in "$@"; do
           summary+=("bench $tag rc=$? $(grep -E '^(load|prefill|decode)' "$logs/bench_$tag.txt" | tr -s ' ' | tr '\n' ' ')")
           rm -rf /tmp/vlmcheck-bench-*
         done
+      elif [[ "$mode" == vision || "$mode" == vision-q4 ]]; then
+        bits=""
+        [[ "$mode" == vision-q4 ]] && bits="--bits 4"
+        tag="vision_$arg${bits:+-q4}"
+        timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" $bits --image-size 1280x960 \
+          --gen-tokens 64 --repetitions 2 --work-dir /tmp > "$logs/$tag.txt" 2>&1
+        summary+=("$tag rc=$? $(grep -E '^(image|ttft|prefill|decode) ' "$logs/$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+        rm -rf /tmp/vlmcheck-bench-*
       elif [[ "$mode" == long ]]; then
         timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --prompt-tokens 16384 --gen-tokens 8 \
           --repetitions 1 --work-dir /tmp > "$logs/long_$arg.txt" 2>&1

@@ -3,13 +3,16 @@
 //   1. q, k, v (f32) are rounded to bf16 into scratch once per call (one pass, ~3 µs for a 2048-token
 //      Qwen 3B layer), so the main kernel streams half the bytes and its tiles go to shared memory
 //      with cp.async, already in the MMA's input type.
-//   2. flash_kernel<HD, BN>: one block of 8 warps per (128 rows, kv head). A row is a (query, head of
+//   2. flash_kernel<HD, BN, D>: one block of 8 warps per (128 rows, kv head). A row is a (query, head of
 //      the kv group) pair: the G = heads / kv_heads query heads that share a kv head sit in the same
 //      block, so every K/V tile is loaded once for all of them (GQA costs no extra traffic). Each warp
 //      owns 16 rows. K/V tiles of BN keys are double-buffered (the next tile's cp.async runs under
 //      the current tile's math). Per tile: S = Q·Kᵀ (ldmatrix + mma), scale / softcap / mask in f32,
 //      online softmax in the log2 domain, P rounded to bf16 in registers (the S accumulator layout is
 //      the A-operand layout of the second MMA), O += P·V (V read with ldmatrix.trans).
+// Head dims that are not a multiple of 16 (SigLIP so400m's 72) run as the next multiple of 16: the tiles'
+// extra columns are zero-filled in shared memory (cp.async with a zero source size), so Q·Kᵀ is unchanged
+// and the extra output columns (zero V) are never stored. D is the head dim in memory, HD the padded one.
 // Masking: the key range a block can see is computed up front (causal end, window start), so tiles
 // that no row sees are never loaded; per warp, a tile every row sees entirely (consecutive k_pos,
 // all keys inside the causal bound and the window) skips the per-element mask, and a tile no row of
@@ -70,23 +73,26 @@ __global__ void to_bf16_kernel(const float* __restrict__ a, int64_t na, const fl
 
 // Shared-memory rows are HD + 8 bf16 long: the 16-byte pad shifts consecutive rows by one 16-byte
 // bank group (HD / 8 + 1 is odd for HD a multiple of 16), so the 8 row addresses of every ldmatrix
-// hit distinct banks.
+// hit distinct banks. HD is the padded head dim (a multiple of 16).
 template <int HD, int BN>
 struct FlashShape {
   static constexpr int kStride = HD + 8;
   static constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kFlashRows + 4 * BN) * kStride;
 };
 
-// q: [nq, n_heads, HD] bf16; k, v: [nk, n_kv_heads, HD] bf16; out: [nq, n_heads, HD] f32.
+// q: [nq, n_heads, D] bf16; k, v: [nk, n_kv_heads, D] bf16; out: [nq, n_heads, D] f32; D <= HD, a multiple
+// of 8 (16-byte rows for cp.async), HD the multiple of 16 the MMAs run at (columns D..HD are zeros).
 // Grid: (row tiles, kv heads); row tiles run in reverse so that the longest (causal: last) start first.
-template <int HD, int BN>
+template <int HD, int BN, int D>
 __global__ void __launch_bounds__(kFlashWarps * 32, 1)
     flash_kernel(const __nv_bfloat16* __restrict__ q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* __restrict__ k,
                  const __nv_bfloat16* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int n_heads,
                  int n_kv_heads, float scale, float softcap, MaskArgs mask, float* __restrict__ out) {
   using Shape = FlashShape<HD, BN>;
   constexpr int S = Shape::kStride;
-  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  static_assert(HD % 16 == 0 && D % 8 == 0 && D <= HD && HD - D < 16, "flash: D pads to HD");
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per shared-memory row
+  constexpr int kDataChunks = D / 8;  // of which hold data; the rest are zero-filled
   extern __shared__ __align__(16) unsigned char flash_smem[];
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(flash_smem);  // [kFlashRows][S]
   __nv_bfloat16* sk = sq + kFlashRows * S;                            // [2][BN][S]
@@ -103,9 +109,9 @@ __global__ void __launch_bounds__(kFlashWarps * 32, 1)
   for (int idx = tid; idx < kFlashRows * kChunks; idx += kFlashWarps * 32) {
     const int r = idx / kChunks, c = idx % kChunks;
     const int64_t f = row0 + r;
-    const bool ok = f < rows_total;
-    const int64_t i = ok ? f / G : 0, g = ok ? f % G : 0;
-    cp_async16(sq + r * S + c * 8, q + ((i * n_heads + kvh * G + g) * HD + c * 8), ok);
+    const bool ok = f < rows_total && c < kDataChunks;
+    const int64_t i = ok ? f / G : 0, g = ok ? f % G : 0, cc = ok ? c : 0;
+    cp_async16(sq + r * S + c * 8, q + ((i * n_heads + kvh * G + g) * D + cc * 8), ok);
   }
 
   // Keys any row of the block can see: [j_begin, j_end). Only for consecutive k_pos; a rotating
@@ -128,8 +134,8 @@ __global__ void __launch_bounds__(kFlashWarps * 32, 1)
     for (int idx = tid; idx < BN * kChunks; idx += kFlashWarps * 32) {
       const int r = idx / kChunks, c = idx % kChunks;
       const int64_t j = j0 + r;
-      const bool ok = j < j_end;
-      const int64_t off = ((ok ? j : 0) * n_kv_heads + kvh) * HD + c * 8;
+      const bool ok = j < j_end && c < kDataChunks;
+      const int64_t off = ((ok ? j : 0) * n_kv_heads + kvh) * D + (ok ? c : 0) * 8;
       cp_async16(dk + r * S + c * 8, k + off, ok);
       cp_async16(dv + r * S + c * 8, v + off, ok);
     }
@@ -276,30 +282,30 @@ __global__ void __launch_bounds__(kFlashWarps * 32, 1)
     const int64_t f = wrow0 + gq + 8 * half;
     if (f >= rows_total) continue;
     const int64_t i = f / G, g = f % G;
-    float* orow = out + (i * n_heads + kvh * G + g) * HD;
+    float* orow = out + (i * n_heads + kvh * G + g) * D;
     const float inv = half == 0 ? inv_a : inv_b;
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
+    for (int n = 0; n < D / 8; ++n) {  // the padded columns (zero V) are not stored
       orow[n * 8 + 2 * tq] = o[n][2 * half] * inv;
       orow[n * 8 + 2 * tq + 1] = o[n][2 * half + 1] * inv;
     }
   }
 }
 
-template <int HD, int BN>
+template <int HD, int BN, int D = HD>
 void launch_flash(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* k,
                   const __nv_bfloat16* v, const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
                   float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs) {
   constexpr size_t smem = FlashShape<HD, BN>::kSmemBytes;
   static std::once_flag once;  // above 48 KiB of dynamic shared memory needs an opt-in per kernel
   std::call_once(once, [] {
-    VLM_CUDA(cudaFuncSetAttribute(flash_kernel<HD, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    VLM_CUDA(cudaFuncSetAttribute(flash_kernel<HD, BN, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)),
              "attention");
   });
   const int64_t rows = nq * (n_heads / n_kv_heads);
   const dim3 grid(static_cast<unsigned>((rows + kFlashRows - 1) / kFlashRows), static_cast<unsigned>(n_kv_heads));
-  flash_kernel<HD, BN><<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk,
+  flash_kernel<HD, BN, D><<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk,
                                                               static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
                                                               scale, softcap, mask, out);
 }
@@ -316,6 +322,7 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
   switch (head_dim) {  // BN = 32 at 256 keeps O (HD / 2 registers per lane) plus S under the limit
     case 32: launch = launch_flash<32, 64>; break;
     case 64: launch = launch_flash<64, 64>; break;
+    case 72: launch = launch_flash<80, 64, 72>; break;  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
     case 80: launch = launch_flash<80, 64>; break;
     case 96: launch = launch_flash<96, 64>; break;
     case 128: launch = launch_flash<128, 64>; break;
@@ -323,7 +330,8 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
     default: return false;
   }
   if (nq * (n_heads / n_kv_heads) > (int64_t{1} << 31)) return false;
-  // bf16 copies of q, k, v in one scratch block (each part a multiple of 16 elements: 32-byte aligned).
+  // bf16 copies of q, k, v in one scratch block (each part a multiple of 8 elements: 16-byte aligned, as
+  // cp.async wants; head_dim is 32/64/72/80/96/128/256).
   const int64_t nqe = nq * n_heads * head_dim, nke = nk * n_kv_heads * head_dim;
   auto* base = static_cast<__nv_bfloat16*>(
       detail::scratch(sizeof(__nv_bfloat16) * static_cast<size_t>(nqe + 2 * nke + 8), "attention"));
