@@ -140,9 +140,6 @@ PreparedPrompt prepare_conversation(const std::string& folder, const Tokenizer& 
 void move_language_model(LoadedModel& loaded, const EngineJob& job) {
   const Device device = resolve_device(job.device);  // "--device cuda: <reason>" without a usable GPU
   if (device == Device::kCpu) return;
-  // `run` refuses --device cuda --kv-bits up front (as generate); a job asking for both fails here alike.
-  VLM_CHECK(!job.generation.contains("kv_bits") || job.generation["kv_bits"].is_null(), ErrorKind::kInvalidArgument,
-            "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
   try {
     loaded.language_model->to_device(device);
   } catch (const Error& e) {

@@ -13,7 +13,7 @@
 // language model only (LoadOptions.text_only).
 //
 // Devices: --device cpu|cuda|auto (default auto: cuda when a usable GPU is present; VLMCHECK_DEVICE sets
-// the default; with --kv-bits, auto stays on the cpu, where the quantized KV cache runs, and says so). The
+// the default; every KV cache kind, the quantized one included, runs on either device). The
 // model loads on the host, then its language model and a VLM's vision tower and projector move to the device
 // (the image features come back as host floats the language model takes as input embeddings), and sampling
 // stays on the host. --json reports "device", "vision_device" and,
@@ -163,9 +163,8 @@ Json params_json(const GenerationParams& p, const GenerationResult& r) {
 }
 
 int run_generate(GenerateOptions& o) {
-  // Refuse an unusable device, and what it cannot run, before loading any weights. `auto` picks the best
-  // device that runs the request: the quantized KV cache is cpu-only, so --kv-bits keeps auto on the cpu.
-  const DeviceChoice choice = choose_device(o.device, o.params.kv_bits.has_value());
+  // Refuse an unusable device before loading any weights.
+  const DeviceChoice choice = choose_device(o.device);
   const Device device = choice.device;
   const std::vector<std::string>& device_warnings = choice.warnings;
   for (const std::string& w : device_warnings) VLM_LOG_WARN("{}", w);

@@ -215,8 +215,8 @@ void register_run(CLI::App& root, Action& action) {
       // is a usage error here (Error kInvalidArgument, exit 2), before any model runs.
       (void)check::generation_params_from_settings(o.generation);
       // Resolved once, before any model loads: `--device cuda` without a usable GPU is refused here with
-      // the backend's reason (exit 5), as `generate` refuses it; auto with --kv-bits stays on the cpu.
-      const DeviceChoice device = choose_device(f->device, f->kv_bits.has_value());
+      // the backend's reason (exit 5), as `generate` refuses it.
+      const DeviceChoice device = choose_device(f->device);
       for (const std::string& w : device.warnings) VLM_LOG_WARN("{}", w);
       o.device = device_name(device.device);
       o.color = f->no_color ? 0 : f->force_color ? 1 : -1;

@@ -17,16 +17,9 @@ CLI::Option* add_device_flag(CLI::App* cmd, std::string& device, const std::stri
       ->capture_default_str();
 }
 
-DeviceChoice choose_device(const std::string& flag, bool quantized_kv_cache) {
+DeviceChoice choose_device(const std::string& flag) {
   DeviceChoice c;
   c.device = resolve_device(flag);
-  if (c.device != Device::kCpu && quantized_kv_cache) {
-    if (flag != "auto")
-      throw_error(ErrorKind::kInvalidArgument,
-                  "--kv-bits: the quantized KV cache runs on the cpu only; drop --kv-bits or use --device cpu");
-    c.device = Device::kCpu;
-    c.warnings.push_back("--device auto: running on the cpu because --kv-bits (the quantized KV cache) is cpu-only");
-  }
   return c;
 }
 

@@ -21,11 +21,11 @@ struct DeviceChoice {
   std::vector<std::string> warnings;  // why auto picked what it picked, when that is not the obvious choice
 };
 
-// Resolves a --device value for a request, before any weights load. resolve_device's rule (auto = cuda
+// Resolves a --device value for a request, before any weights load: resolve_device's rule (auto = cuda
 // when the CUDA backend can run, else cpu; cuda without a usable GPU throws Error(kUnsupported) with
-// the backend's reason; another name throws Error(kInvalidArgument)), plus what the device cannot run:
-// the quantized KV cache (`quantized_kv_cache`, from --kv-bits) is cpu-only, so auto stays on the cpu
-// and says so in `warnings`, while an explicit cuda throws Error(kInvalidArgument) naming --kv-bits.
-DeviceChoice choose_device(const std::string& flag, bool quantized_kv_cache);
+// the backend's reason; another name throws Error(kInvalidArgument)). Every KV cache kind runs on
+// every device (the quantized one too), so no flag narrows the choice today; `warnings` is where a
+// future restriction would say why auto picked what it picked.
+DeviceChoice choose_device(const std::string& flag);
 
 }  // namespace vlm::cli

@@ -12,8 +12,6 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "core/thread_pool.h"
-#include "generate/kv_quant.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
 
@@ -37,84 +35,89 @@ void KVCacheOptions::validate() const {
     throw_error(ErrorKind::kInvalidArgument, "kv_group_size must be 32, 64 or 128, got {}", kv_group_size);
   if (quantized_kv_start < 0)
     throw_error(ErrorKind::kInvalidArgument, "quantized_kv_start must be >= 0, got {}", quantized_kv_start);
-  if (kv_bits && device != Device::kCpu)
-    throw_error(ErrorKind::kUnsupported,
-                "kv_bits (--kv-bits): the quantized KV cache runs on the cpu only, not on {}; drop --kv-bits or use "
-                "--device cpu",
-                device_name(device));
   if (device == Device::kCuda && !ops::cuda::available())
     throw_error(ErrorKind::kUnsupported, "kv cache on cuda: {}", cuda_unavailable_reason());
 }
 
 // ---- slot storage ---------------------------------------------------------------------------------
 
+// Slots in planes, each plane [capacity, plane_bytes] on `device`: f32 stores have {K rows, V rows};
+// quantized ones {K codes, K scales, K biases, V codes, V scales, V biases} in the layout of
+// ops::kv_quantize (so `count` consecutive slots are one op call), then {K rows, V rows} in f32: each
+// slot's dequantization, written once when the slot is written. Attention reads those f32 rows, so a
+// decode step quantizes and dequantizes its one new token instead of the whole cache, and the values it
+// attends over are exactly the stored codes' (the same bits as dequantizing every step). Moves copy
+// whole runs of slots plane by plane, the f32 planes with them.
 struct KVLayer::Store {
-  int64_t row = 0;         // values per K (or V) row
+  int64_t row = 0;  // values per K (or V) row
   bool quantized = false;
   int bits = 0, group = 0;
-  Device device = Device::kCpu;  // f32 stores may live on the GPU; quantized ones are host-only
-  int64_t words = 0, groups = 0;  // quantized: u32 words and groups per row
-  int64_t slot_bytes = 0;
+  Device device = Device::kCpu;
   int64_t capacity = 0;
-  Tensor k, v;  // u8 [capacity * slot_bytes] on `device`
+  std::vector<int64_t> plane_bytes;  // bytes per slot of each plane
+  std::vector<Tensor> planes;        // u8 [capacity * plane_bytes[p]] on `device`
 
   Store(int64_t row_, bool quantized_, int bits_, int group_, Device device_)
       : row(row_), quantized(quantized_), bits(bits_), group(group_), device(device_) {
     if (quantized) {
-      words = kvq::packed_words(row, bits);
-      groups = row / group;
-      slot_bytes = words * 4 + groups * 8;  // codes, then scales, then biases (f32)
+      const int64_t words = ops::kv_packed_words(row, bits) * 4, groups = row / group * 4;
+      plane_bytes = {words, groups, groups, words, groups, groups, row * 4, row * 4};
     } else {
-      slot_bytes = row * 4;
+      plane_bytes = {row * 4, row * 4};
     }
+    planes.resize(plane_bytes.size());
   }
-  uint8_t* kslot(int64_t s) const { return static_cast<uint8_t*>(k.raw()) + s * slot_bytes; }
-  uint8_t* vslot(int64_t s) const { return static_cast<uint8_t*>(v.raw()) + s * slot_bytes; }
+  uint8_t* at(size_t p, int64_t s) const { return static_cast<uint8_t*>(planes[p].raw()) + s * plane_bytes[p]; }
+  // The f32 K / V row of slot s (quantized stores: its dequantization).
+  size_t k_rows_plane() const { return quantized ? 6 : 0; }
+  float* kslot(int64_t s) const { return reinterpret_cast<float*>(at(k_rows_plane(), s)); }
+  float* vslot(int64_t s) const { return reinterpret_cast<float*>(at(k_rows_plane() + 1, s)); }
 
   void grow(int64_t slots, int64_t keep_slots) {
     if (slots <= capacity) return;
     int64_t cap = (slots + kGrowStep - 1) / kGrowStep * kGrowStep;
-    Tensor nk = ops::empty({cap * slot_bytes}, DType::kU8, MemCategory::kKvCache, device);
-    Tensor nv = ops::empty({cap * slot_bytes}, DType::kU8, MemCategory::kKvCache, device);
-    if (keep_slots > 0) {
-      const size_t bytes = static_cast<size_t>(keep_slots * slot_bytes);
-      ops::copy(nk.raw(), device, k.raw(), device, bytes);
-      ops::copy(nv.raw(), device, v.raw(), device, bytes);
+    for (size_t p = 0; p < planes.size(); ++p) {
+      // A quantized store's f32 working rows are scratch (the cache holds the codes), as mlx's nbytes counts.
+      const MemCategory category = quantized && p >= k_rows_plane() ? MemCategory::kScratch : MemCategory::kKvCache;
+      Tensor fresh = ops::empty({cap * plane_bytes[p]}, DType::kU8, category, device);
+      if (keep_slots > 0)
+        ops::copy(fresh.raw(), device, planes[p].raw(), device, static_cast<size_t>(keep_slots * plane_bytes[p]));
+      planes[p] = std::move(fresh);
     }
-    k = std::move(nk);
-    v = std::move(nv);
     capacity = cap;
+  }
+
+  // Slots [from, from + count) of `src` (same layout and device) into slots [to, to + count).
+  void copy_slots(int64_t to, const Store& src, int64_t from, int64_t count) {
+    for (size_t p = 0; p < planes.size(); ++p)
+      ops::copy(at(p, to), device, src.at(p, from), device, static_cast<size_t>(count * plane_bytes[p]));
   }
 
   // `count` consecutive tokens' rows kr, vr ([count, row] f32, on `device`) into slots s, s+1, ...
   void write(int64_t s, const float* kr, const float* vr, int64_t count = 1) {
-    if (!quantized) {  // slots are contiguous f32 rows: one copy each for K and V (none when written in place)
+    if (!quantized) {  // one copy each for K and V (none when written in place)
       const size_t bytes = static_cast<size_t>(count * row) * 4;
-      if (kr != reinterpret_cast<const float*>(kslot(s))) ops::copy(kslot(s), device, kr, device, bytes);
-      if (vr != reinterpret_cast<const float*>(vslot(s))) ops::copy(vslot(s), device, vr, device, bytes);
+      if (kr != kslot(s)) ops::copy(kslot(s), device, kr, device, bytes);
+      if (vr != vslot(s)) ops::copy(vslot(s), device, vr, device, bytes);
       return;
     }
-    for (int64_t i = 0; i < count; ++i) {
-      quantize_into(kslot(s + i), kr + i * row);
-      quantize_into(vslot(s + i), vr + i * row);
-    }
+    ops::DeviceScope scope(device);  // the kernels run where the store lives
+    ops::kv_quantize(kr, count, row, bits, group, reinterpret_cast<uint32_t*>(at(0, s)),
+                     reinterpret_cast<float*>(at(1, s)), reinterpret_cast<float*>(at(2, s)));
+    ops::kv_quantize(vr, count, row, bits, group, reinterpret_cast<uint32_t*>(at(3, s)),
+                     reinterpret_cast<float*>(at(4, s)), reinterpret_cast<float*>(at(5, s)));
+    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(0, s)), reinterpret_cast<const float*>(at(1, s)),
+                       reinterpret_cast<const float*>(at(2, s)), count, row, bits, group, kslot(s));
+    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(3, s)), reinterpret_cast<const float*>(at(4, s)),
+                       reinterpret_cast<const float*>(at(5, s)), count, row, bits, group, vslot(s));
   }
-  void quantize_into(uint8_t* slot, const float* x) const {
-    auto* codes = reinterpret_cast<uint32_t*>(slot);
-    auto* scales = reinterpret_cast<float*>(slot + words * 4);
-    kvq::quantize_row(x, row, bits, group, codes, scales, scales + groups);
+
+  // What the cache holds: f32 rows, or codes + scales + biases (not the f32 working rows).
+  size_t nbytes() const {
+    int64_t per_slot = 0;
+    for (size_t p = 0; p < (quantized ? k_rows_plane() : plane_bytes.size()); ++p) per_slot += plane_bytes[p];
+    return static_cast<size_t>(capacity * per_slot);
   }
-  // One host row (only called on host stores).
-  void read_row(const uint8_t* slot, float* out) const {
-    if (!quantized) {
-      std::memcpy(out, slot, static_cast<size_t>(row) * 4);
-      return;
-    }
-    auto* codes = reinterpret_cast<const uint32_t*>(slot);
-    auto* scales = reinterpret_cast<const float*>(slot + words * 4);
-    kvq::dequantize_row(codes, scales, scales + groups, row, bits, group, out);
-  }
-  size_t nbytes() const { return static_cast<size_t>(2 * capacity * slot_bytes); }
 };
 
 // ---- KVLayer --------------------------------------------------------------------------------------
@@ -136,11 +139,6 @@ KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
               config.group_size, config.head_dim);
   }
   row_ = config.n_kv_heads * config.head_dim;
-  // The quantized store packs and unpacks rows on the host (kv_quant.h), so it is CPU-only.
-  VLM_CHECK(!(config.bits && config.device != Device::kCpu), ErrorKind::kUnsupported,
-            "kv_bits (--kv-bits): the quantized KV cache runs on the cpu only, not on {}; drop --kv-bits or use "
-            "--device cpu",
-            device_name(config.device));
   // Always starts in f32: like mlx's maybe_quantize_kv_cache, conversion happens after an update
   // (so even with quantize_start 0 the first chunk attends in full precision).
   store_ = std::make_unique<Store>(row_, false, config.bits.value_or(0), config.group_size, config.device);
@@ -169,15 +167,11 @@ void KVLayer::reorder(const std::vector<int64_t>& order) {
   auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group, store_->device);
   fresh->grow(std::max<int64_t>(static_cast<int64_t>(order.size()), 1), 0);
   std::vector<int64_t> pos(static_cast<size_t>(fresh->capacity), 0);
-  const int64_t sb = store_->slot_bytes;
-  const Device dev = store_->device;
-  // Orders are a few runs of consecutive slots (sinks, then ring segments): one copy per run.
+  // Orders are a few runs of consecutive slots (sinks, then ring segments): one copy per run and plane.
   for (size_t i = 0; i < order.size();) {
     size_t j = i + 1;
     while (j < order.size() && order[j] == order[j - 1] + 1) ++j;
-    const size_t bytes = static_cast<size_t>(static_cast<int64_t>(j - i) * sb);
-    ops::copy(fresh->kslot(static_cast<int64_t>(i)), dev, store_->kslot(order[i]), dev, bytes);
-    ops::copy(fresh->vslot(static_cast<int64_t>(i)), dev, store_->vslot(order[i]), dev, bytes);
+    fresh->copy_slots(static_cast<int64_t>(i), *store_, order[i], static_cast<int64_t>(j - i));
     for (size_t t = i; t < j; ++t) pos[t] = pos_[static_cast<size_t>(order[t])];
     i = j;
   }
@@ -190,36 +184,18 @@ void KVLayer::read(int64_t begin, int64_t count, float* k, float* v) const {
   VLM_CHECK(begin >= 0 && count >= 0 && begin + count <= size_, ErrorKind::kInvalidArgument,
             "kv cache read [{}, {}) outside the {} held entries", begin, begin + count, size_);
   if (count == 0) return;
-  if (store_->device != Device::kCpu) {  // f32 rows on a device: two copies to the host
-    const size_t bytes = static_cast<size_t>(count * row_) * sizeof(float);
-    ops::copy(k, Device::kCpu, store_->kslot(begin), store_->device, bytes);
-    ops::copy(v, Device::kCpu, store_->vslot(begin), store_->device, bytes);
-    return;
-  }
-  ThreadPool::global().parallel_for(
-      count,
-      [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          store_->read_row(store_->kslot(begin + i), k + i * row_);
-          store_->read_row(store_->vslot(begin + i), v + i * row_);
-        }
-      },
-      16);
+  // f32 rows (a quantized store's dequantized ones), from wherever the store lives.
+  const size_t bytes = static_cast<size_t>(count * row_) * sizeof(float);
+  ops::copy(k, Device::kCpu, store_->kslot(begin), store_->device, bytes);
+  ops::copy(v, Device::kCpu, store_->vslot(begin), store_->device, bytes);
 }
 
 void KVLayer::to_quantized() {
   if (quantized_ || !config_.bits) return;
-  auto fresh = std::make_unique<Store>(row_, true, *config_.bits, config_.group_size, Device::kCpu);
+  // All held entries in one op call per K and V, on the store's device.
+  auto fresh = std::make_unique<Store>(row_, true, *config_.bits, config_.group_size, store_->device);
   fresh->grow(std::max<int64_t>(store_->capacity, 1), 0);
-  Store* src = store_.get();
-  Store* dst = fresh.get();
-  ThreadPool::global().parallel_for(
-      size_,
-      [&](int64_t b, int64_t e) {
-        for (int64_t s = b; s < e; ++s)
-          dst->write(s, reinterpret_cast<const float*>(src->kslot(s)), reinterpret_cast<const float*>(src->vslot(s)));
-      },
-      16);
+  if (size_ > 0) fresh->write(0, store_->kslot(0), store_->vslot(0), size_);
   store_ = std::move(fresh);
   quantized_ = true;
 }
@@ -240,26 +216,9 @@ void KVLayer::trim(int64_t n) {
 
 void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k_pos, const LayerAttentionSpec& spec,
                      const ops::AttentionMask& mask, float* out) {
-  const float* kp;
-  const float* vp;
-  if (!quantized_) {
-    kp = reinterpret_cast<const float*>(store_->kslot(0));
-    vp = reinterpret_cast<const float*>(store_->vslot(0));
-  } else {
-    // Dequantize the held entries into scratch: [size, n_kv_heads, head_dim] f32 each.
-    size_t need = static_cast<size_t>(size_ * row_) * sizeof(float);
-    if (need > scratch_bytes_) {
-      size_t bytes = std::max(need, scratch_bytes_ * 3 / 2);
-      scratch_k_ = make_host_buffer(bytes, MemCategory::kScratch);
-      scratch_v_ = make_host_buffer(bytes, MemCategory::kScratch);
-      scratch_bytes_ = bytes;
-    }
-    read(0, size_, static_cast<float*>(scratch_k_.get()), static_cast<float*>(scratch_v_.get()));
-    kp = static_cast<const float*>(scratch_k_.get());
-    vp = static_cast<const float*>(scratch_v_.get());
-  }
-  ops::attention(q, n, q_pos0, kp, vp, k_pos, size_, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.scale,
-                 spec.softcap, mask, out);
+  // f32 rows on every store (a quantized store's dequantized ones), on the store's device.
+  ops::attention(q, n, q_pos0, store_->kslot(0), store_->vslot(0), k_pos, size_, spec.n_heads, spec.n_kv_heads,
+                 spec.head_dim, spec.scale, spec.softcap, mask, out);
 }
 
 void KVLayer::update_standard(const float* k, const float* v, int64_t n) {

@@ -12,8 +12,12 @@
 //   purpose for parity: inside a multi-token chunk the sinks are visible only to the first few
 //   queries. RoPE positions are never re-rotated (the model applies them from the absolute offset).
 // * Quantized (bits, group_size): K and V rows stored MLX-affine quantized along head_dim
-//   (kv_quant.h); attention dequantizes the held entries into scratch and runs ops::attention,
-//   which equals mlx's quantized_matmul attention up to float summation order. A layer created with
+//   (ops::kv_quantize); each slot's dequantization (ops::kv_dequantize) is kept next to it in f32 as
+//   it is written, and ops::attention runs over those rows, which equals mlx's quantized_matmul
+//   attention up to float summation order. The f32 working rows are scratch (MemoryTracker kScratch,
+//   not in nbytes(), which counts codes, scales and biases as mlx does), so the quantized cache does
+//   not lower peak memory yet; an attention that reads the codes directly would drop them.
+//   A layer created with
 //   a quantization start N stays f32 until its offset reaches N at the end of an update, then
 //   converts all held entries at once; later tokens are quantized on insert (mlx-vlm's
 //   maybe_quantize_kv_cache after every step, default N = 5000; with N = 0 the first chunk still
@@ -27,11 +31,11 @@
 // As in mlx, max_kv_size is ignored for models whose layout has windowed layers (there the model's
 // own cache layout wins; see KVCacheOptions::max_kv_size_ignored). kv_bits applies to every layer.
 //
-// Devices: the f32 store (standard and rotating) lives on KVCacheOptions::device — K/V rows are
-// written with ops::copy from the model's device buffers and attended with ops::attention there; the
-// positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices"). Rotating moves
-// are ops::copy calls of whole runs of slots. The quantized store packs rows on the host, so kv_bits
-// with a non-CPU device is refused (Error(kUnsupported) naming --kv-bits).
+// Devices: the store lives on KVCacheOptions::device — f32 K/V rows are written with ops::copy from
+// the model's device buffers, quantized ones with ops::kv_quantize + ops::kv_dequantize there
+// (bit-identical codes, scales, biases and dequantized rows on every backend, so a quantized cache
+// holds the same bits on CPU and CUDA), and attention runs there (ops::attention); the positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices").
+// Rotating moves are ops::copy calls of whole runs of slots, one per plane.
 #pragma once
 
 #include <cstdint>
@@ -67,7 +71,7 @@ struct KVLayerConfig {
   std::optional<int> bits;       // quantize when offset reaches quantize_start
   int group_size = 64;
   int64_t quantize_start = 0;
-  Device device = Device::kCpu;  // where the f32 store lives (quantized stores: cpu only)
+  Device device = Device::kCpu;  // where the store (f32 or quantized) lives
 };
 
 class KVLayer final : public LayerKVCache {
@@ -119,9 +123,6 @@ class KVLayer final : public LayerKVCache {
   int64_t idx_ = 0;     // rotating: next write slot (mlx's _idx)
   std::vector<int64_t> pos_;  // absolute position of each slot
   std::unique_ptr<Store> store_;
-  HostBuffer scratch_k_{nullptr, HostDeleter{0, MemCategory::kScratch}};
-  HostBuffer scratch_v_{nullptr, HostDeleter{0, MemCategory::kScratch}};
-  size_t scratch_bytes_ = 0;
 };
 
 class LayeredKVCache final : public KVCache {

@@ -109,6 +109,8 @@ const cpu::KernelTable& ref_table() {
     r.scale = ref::scale;
     r.mul = ref::mul;
     r.softcap = ref::softcap;
+    r.kv_quantize = ref::kv_quantize;
+    r.kv_dequantize = ref::kv_dequantize;
     return r;
   }();
   return t;
@@ -372,6 +374,29 @@ void softcap(float* x, int64_t n, float cap) {
 // ---- devices --------------------------------------------------------------------------------------
 
 Device current_device() { return t_current_device; }
+namespace {
+void check_kv_quant(int64_t rows, int64_t n, int bits, int group_size, const char* op) {
+  VLM_CHECK(bits >= 2 && bits <= 8, ErrorKind::kInvalidArgument, "[{}] bits {} must be in 2..8", op, bits);
+  VLM_CHECK(group_size == 32 || group_size == 64 || group_size == 128, ErrorKind::kInvalidArgument,
+            "[{}] group_size {} must be 32, 64 or 128", op, group_size);
+  VLM_CHECK(rows >= 0 && n > 0 && n % group_size == 0, ErrorKind::kInvalidArgument,
+            "[{}] {} rows of {} values: the row length must be a positive multiple of group_size {}", op, rows, n,
+            group_size);
+}
+}  // namespace
+
+void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_size, uint32_t* packed, float* scales,
+                 float* biases) {
+  check_kv_quant(rows, n, bits, group_size, "kv_quantize");
+  if (rows > 0) pick(&cpu::KernelTable::kv_quantize)(x, rows, n, bits, group_size, packed, scales, biases);
+}
+
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out) {
+  check_kv_quant(rows, n, bits, group_size, "kv_dequantize");
+  if (rows > 0) pick(&cpu::KernelTable::kv_dequantize)(packed, scales, biases, rows, n, bits, group_size, out);
+}
+
 
 DeviceScope::DeviceScope(Device d) : previous_(t_current_device) {
   if (d == Device::kCuda && !cuda::available())

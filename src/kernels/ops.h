@@ -148,6 +148,23 @@ void softcap(float* x, int64_t n, float cap);              // x = cap * tanh(x /
 
 // ---- devices --------------------------------------------------------------------------------------
 // Every op above runs on the calling thread's current device (kCpu unless a DeviceScope says
+// ---- KV-cache quantization (MLX affine rows, mlx-lm's QuantizedKVCache) ---------------------------
+// `rows` rows of `n` f32 values, each quantized along the row in groups of `group_size` (32, 64 or
+// 128; n a multiple of it) at `bits` (2..8; MLX and the KV cache use 2, 3, 4, 5, 6, 8). Layouts:
+//   packed [rows, kv_packed_words(n, bits)] u32 — codes little-endian, element 0 in the low bits; the
+//          row is one bit stream, so 3/5/6/7-bit codes may straddle two words (core/quant.h)
+//   scales, biases [rows, n / group_size] f32 — kept in f32, not rounded to a storage dtype
+// Per group the arithmetic is core's quantize_affine_group (core/quantize.h: MLX's Metal kernel,
+// edge snapping so 0 is exact, half-away rounding); dequantization is w = scale * q + bias, the
+// product rounded before the add. Every backend gives bit-identical codes, scales, biases and
+// dequantized values (no FMA contraction, IEEE division): a quantized KV cache on CUDA holds the same
+// bits as on the CPU. All buffers live on the current device.
+inline int64_t kv_packed_words(int64_t n, int bits) { return n * bits / 32; }
+void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_size, uint32_t* packed, float* scales,
+                 float* biases);
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out);
+
 // otherwise). On kCuda, every float buffer and every weight/norm/bias tensor an op takes must be
 // device memory (ops::empty(..., Device::kCuda) or to_device), while the small index arrays — token
 // ids, positions, k_pos, inv_freq, group_of_position, mrope sections — stay HOST memory: the CUDA

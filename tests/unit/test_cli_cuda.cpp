@@ -14,12 +14,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <set>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <cstring>
 #include <functional>
+#include <random>
+#include <set>
 
 #include "cli/exit_codes.h"
 #include "core/error.h"
@@ -176,32 +178,125 @@ TEST(CliCuda, ALanguageModelRefusesAnUnusableDeviceAndStaysWhole) {
   EXPECT_THROW(make_kv_cache(lm.cache_layout(), o), Error);
 }
 
-TEST(CliCuda, QuantizedKvCacheIsRefusedOffTheCpuNamingTheFlag) {
+// The quantized KV cache runs on the GPU too: on cuda its options need only a usable device.
+TEST(CliCuda, QuantizedKvCacheOnCudaNeedsOnlyAUsableGpu) {
   KVCacheOptions o;
   o.kv_bits = 4;
   o.device = Device::kCuda;
+  if (gpu()) {
+    EXPECT_NO_THROW(o.validate());
+    return;
+  }
   try {
     o.validate();
-    FAIL() << "kv_bits on cuda validated";
+    FAIL() << "a cuda kv cache validated without a usable GPU";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("--kv-bits"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(cuda_unavailable_reason()), std::string::npos) << e.what();
   }
-  if (!gpu()) GTEST_SKIP() << "the CLI case needs a GPU (without one --device cuda is refused first)";
-  // The demo VLM's language model (head_dim 64): the text fixtures' head_dim of 16 is below every
-  // allowed --kv-group-size, so they cannot take --kv-bits at all.
+}
+
+// One KV layer on each device, fed the same tokens (a prefill chunk, then single tokens): the quantized
+// store holds the same bits on the GPU as on the CPU (read() dequantizes both: exact equality), and the
+// attention outputs agree to f32 summation order. Standard and rotating layers, conversion at the first
+// update and mid-way (quantize_start crossed), MLX's bit widths.
+TEST(CliCuda, QuantizedKvLayerHoldsTheSameBitsOnTheGpu) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
+  struct Variant {
+    int bits, group;
+    int64_t start, max_size;
+  };
+  const LayerAttentionSpec spec{8, 2, 128, 0.088f, 0.0f, 0};  // head_dim 128: every group size divides it
+  const int64_t row = spec.n_kv_heads * spec.head_dim, qrow = spec.n_heads * spec.head_dim;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (const Variant& var : {Variant{4, 64, 0, 0}, Variant{8, 32, 0, 0}, Variant{3, 64, 9, 0}, Variant{6, 128, 0, 0},
+                             Variant{2, 32, 0, 12}, Variant{5, 64, 10, 12}}) {
+    SCOPED_TRACE(std::to_string(var.bits) + "-bit g" + std::to_string(var.group) + " from " +
+                 std::to_string(var.start) + (var.max_size ? ", rotating 12" : ""));
+    KVLayerConfig c;
+    c.n_kv_heads = spec.n_kv_heads;
+    c.head_dim = spec.head_dim;
+    c.max_size = var.max_size;
+    c.keep = var.max_size ? 4 : 0;
+    c.bits = var.bits;
+    c.group_size = var.group;
+    c.quantize_start = var.start;
+    KVLayer cpu_layer(c);
+    c.device = Device::kCuda;
+    KVLayer gpu_layer(c);
+    for (int64_t n : {int64_t{7}, int64_t{1}, int64_t{1}, int64_t{5}, int64_t{1}, int64_t{1}, int64_t{1},
+                      int64_t{1}, int64_t{1}, int64_t{1}}) {
+      std::vector<float> q(static_cast<size_t>(n * qrow)), k(static_cast<size_t>(n * row)), v(k.size());
+      for (auto* buf : {&q, &k, &v})
+        for (float& x : *buf) x = u(rng);
+      std::vector<float> want(q.size()), got(q.size());
+      cpu_layer.update_and_attend(q.data(), k.data(), v.data(), n, spec, {}, want.data());
+      {
+        ops::DeviceScope on_gpu(Device::kCuda);
+        auto up = [](const std::vector<float>& h) {
+          return ops::to_device(Tensor::from_f32({static_cast<int64_t>(h.size())}, h), Device::kCuda,
+                                MemCategory::kScratch);
+        };
+        const Tensor dq = up(q), dk = up(k), dv = up(v);
+        Tensor dout = ops::empty({static_cast<int64_t>(q.size())}, DType::kF32, MemCategory::kScratch, Device::kCuda);
+        gpu_layer.update_and_attend(dq.data<float>(), dk.data<float>(), dv.data<float>(), n, spec, {},
+                                    dout.data<float>());
+        ops::copy(got.data(), Device::kCpu, dout.raw(), Device::kCuda, got.size() * sizeof(float));
+      }
+      EXPECT_LE(rel_diff(got.data(), want.data(), static_cast<int64_t>(got.size())), 1e-5) << "offset " << cpu_layer.offset();
+    }
+    ASSERT_TRUE(cpu_layer.quantized());
+    ASSERT_TRUE(gpu_layer.quantized());
+    ASSERT_EQ(gpu_layer.stored_positions(), cpu_layer.stored_positions());
+    const int64_t held = cpu_layer.stored_tokens();
+    std::vector<float> ck(static_cast<size_t>(held * row)), cv(ck.size()), gk(ck.size()), gv(ck.size());
+    cpu_layer.read(0, held, ck.data(), cv.data());
+    gpu_layer.read(0, held, gk.data(), gv.data());
+    EXPECT_EQ(std::memcmp(gk.data(), ck.data(), ck.size() * 4), 0) << "dequantized K differs";
+    EXPECT_EQ(std::memcmp(gv.data(), cv.data(), cv.size() * 4), 0) << "dequantized V differs";
+  }
+}
+
+// Greedy generation with a quantized KV cache on --device cuda writes the tokens --device cpu writes: 4 and
+// 8 bits from the first token, a --quantized-kv-start crossed during decoding, a group size of 32, and
+// quantized + rotating (--max-kv-size smaller than prompt + generation, so the ring wraps). The demo VLM's
+// language model (head_dim 64): the text fixtures' head_dim of 16 is below every allowed --kv-group-size.
+TEST(CliCuda, QuantizedKvCacheGreedyTokensMatchTheCpu) {
+  if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
   const std::string demo = test::source_dir() + "/assets/demo/vlm";
-  auto r = test::run_vlmcheck({"generate", "--model", demo, "--prompt", "hi", "--device", "cuda", "--kv-bits", "4"});
-  EXPECT_EQ(r.exit_code, cli::kExitUsage) << r.err;
-  EXPECT_NE(r.err.find("--kv-bits"), std::string::npos) << r.err;
-  // The default (auto) picks the device that runs the request, and says why.
-  auto a = test::run_vlmcheck({"generate", "--model", demo, "--prompt", "hi", "--kv-bits", "4", "--max-tokens", "2",
-                               "--json"});
-  ASSERT_EQ(a.exit_code, 0) << a.err;
-  Json out = Json::parse(a.out);
-  EXPECT_EQ(out["device"], "cpu");
-  ASSERT_FALSE(out["warnings"].empty());
-  EXPECT_NE(out["warnings"][0].get<std::string>().find("--kv-bits"), std::string::npos);
+  auto generate = [&](const std::string& device, const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"generate", "--model", demo, "--prompt", "Tell me about the sea.", "--max-tokens",
+                                     "24", "--json", "--device", device};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = test::run_vlmcheck(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? Json::parse(r.out) : Json::object();
+  };
+  const Json plain = generate("cpu", {});
+  ASSERT_TRUE(plain.contains("prompt_tokens"));
+  const int64_t prompt = plain["prompt_tokens"].get<int64_t>();
+  const std::string crossing = std::to_string(prompt + 6);  // converted after the 6th generated token
+  const std::vector<std::vector<std::string>> variants = {
+      {"--kv-bits", "4", "--quantized-kv-start", "0"},
+      {"--kv-bits", "8", "--quantized-kv-start", "0"},
+      {"--kv-bits", "4", "--quantized-kv-start", crossing},
+      {"--kv-bits", "3", "--kv-group-size", "32", "--quantized-kv-start", "0", "--prefill-step-size", "5"},
+      {"--kv-bits", "4", "--quantized-kv-start", "0", "--max-kv-size", std::to_string(prompt / 2 + 8)},
+  };
+  for (const auto& extra : variants) {
+    std::string what;
+    for (const auto& a : extra) what += a + " ";
+    SCOPED_TRACE(what);
+    const Json c = generate("cpu", extra), g = generate("cuda", extra);
+    ASSERT_TRUE(c.contains("tokens") && g.contains("tokens"));
+    EXPECT_EQ(c["device"], "cpu");
+    EXPECT_EQ(g["device"], "cuda");
+    EXPECT_NE(g["kv_cache"].dump().find("quantized"), std::string::npos) << g["kv_cache"].dump();
+    EXPECT_EQ(g["prompt_ids"], c["prompt_ids"]);
+    EXPECT_EQ(g["tokens"], c["tokens"]);
+    EXPECT_GE(g["tokens"].size(), 4u);  // a real generation, not an immediate stop
+  }
 }
 
 // ---- on a GPU ---------------------------------------------------------------------------------------------

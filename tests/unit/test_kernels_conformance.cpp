@@ -7,10 +7,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <numeric>
 #include <set>
 
+#include "core/error.h"
+#include "core/quantize.h"
 #include "kernels/cpu/cpu_dispatch.h"
 #include "test_kernels_util.h"
 
@@ -28,6 +31,21 @@ struct Case {
 };
 
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// ops::kv_quantize on x [rows, n], flattened for comparison: every code (read bit by bit from the
+// stream, exact in f32), then the scales, then the biases.
+std::vector<float> kv_quantize_flat(const std::vector<float>& x, int64_t rows, int64_t n, int bits, int group) {
+  const int64_t words = ops::kv_packed_words(n, bits), groups = n / group;
+  std::vector<uint32_t> packed(static_cast<size_t>(rows * words));
+  std::vector<float> scales(static_cast<size_t>(rows * groups)), biases(scales.size());
+  ops::kv_quantize(x.data(), rows, n, bits, group, packed.data(), scales.data(), biases.data());
+  std::vector<float> out;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) out.push_back(static_cast<float>(stream_bits(packed.data() + r * words, j, bits)));
+  out.insert(out.end(), scales.begin(), scales.end());
+  out.insert(out.end(), biases.begin(), biases.end());
+  return out;
+}
 
 std::vector<Case> build_cases() {
   std::vector<Case> cases;
@@ -238,6 +256,26 @@ std::vector<Case> build_cases() {
                        }});
     }
   }
+  // KV-cache quantization: 9 rows of 2 kv heads x 128, every bit width the op takes, every group size.
+  // Exact (tol 0): the SIMD tables have no entry, and a future one must give the same bits.
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int group : {32, 64, 128}) {
+      const int64_t rows = 9, n = 256;
+      const std::string what = std::to_string(bits) + "-bit g" + std::to_string(group) + " 9x256";
+      auto x = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(rows * n), -3.0f, 3.0f));
+      cases.push_back({"kv_quantize", what, 0.0, [=] { return kv_quantize_flat(*x, rows, n, bits, group); }});
+      auto packed = std::make_shared<std::vector<uint32_t>>(static_cast<size_t>(rows * ops::kv_packed_words(n, bits)));
+      std::uniform_int_distribution<uint32_t> word;
+      for (auto& w : *packed) w = word(*rng);
+      auto scales = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(rows * n / group), -0.1f, 0.1f));
+      auto biases = std::make_shared<std::vector<float>>(random_vec(*rng, scales->size(), -2.0f, 2.0f));
+      cases.push_back({"kv_dequantize", what, 0.0, [=] {
+                         std::vector<float> out(static_cast<size_t>(rows * n));
+                         ops::kv_dequantize(packed->data(), scales->data(), biases->data(), rows, n, bits, group,
+                                            out.data());
+                         return out;
+                       }});
+    }
   {
     auto y = std::make_shared<std::vector<float>>(random_vec(*rng, 2053, -40.0f, 40.0f));
     auto x = std::make_shared<std::vector<float>>(random_vec(*rng, 2053));
@@ -338,4 +376,72 @@ TEST(KernelConformance, FusedOpsMatchTheirParts) {
     }
   }
   ops::force_scalar_kernels(false);
+}
+
+// The KV-cache ops against core's checkpoint quantizer (quantize_affine with f32 scales: the same
+// MLX rule through its own row loop and packing) — codes, scales and biases bit for bit — and the
+// dequantization against core's dequantize_row, on every path; MLX's bit widths and group sizes, with
+// rows that hit the rule's corners: constant groups (the 1e-7 scale floor), all-negative and
+// all-positive groups (edge on either side), zeros, and codes exactly halfway between two steps.
+TEST(KernelConformance, KvQuantizeMatchesCoreQuantizer) {
+  std::mt19937 rng(11);
+  for (int bits : {2, 3, 4, 5, 6, 8})
+    for (int group : {32, 64, 128}) {
+      const int64_t rows = 7, n = 256;
+      std::vector<float> x = random_vec(rng, static_cast<size_t>(rows * n), -2.0f, 2.0f);
+      const float top = static_cast<float>((1 << bits) - 1);
+      for (int64_t j = 0; j < n; ++j) {
+        x[static_cast<size_t>(1 * n + j)] = 0.75f;                                          // constant
+        x[static_cast<size_t>(2 * n + j)] = -0.25f - 0.01f * static_cast<float>(j % 17);  // all negative
+        x[static_cast<size_t>(3 * n + j)] = 0.5f + 0.02f * static_cast<float>(j % 13);    // all positive
+        x[static_cast<size_t>(4 * n + j)] = j % 3 == 0 ? 0.0f : x[static_cast<size_t>(4 * n + j)];
+        // min 0, max 2^b - 1 in every group: scale -1, bias top, so k + 0.5 lands exactly halfway.
+        const int64_t jg = j % group;
+        x[static_cast<size_t>(5 * n + j)] =
+            jg == 0 ? 0.0f : jg == 1 ? top : std::fmod(static_cast<float>(jg), top - 1.0f) + 0.5f;
+      }
+      const QuantizedMatrix m = quantize_affine(x.data(), rows, n, {bits, group}, DType::kF32);
+      for (const std::string& path : ops::cpu_kernel_paths()) {
+        ASSERT_TRUE(ops::set_cpu_kernel_path(path));
+        SCOPED_TRACE(std::to_string(bits) + "-bit g" + std::to_string(group) + " on " + path);
+        const int64_t words = ops::kv_packed_words(n, bits), groups = n / group;
+        std::vector<uint32_t> packed(static_cast<size_t>(rows * words), 0xdeadbeefu);  // fully overwritten
+        std::vector<float> scales(static_cast<size_t>(rows * groups)), biases(scales.size());
+        ops::kv_quantize(x.data(), rows, n, bits, group, packed.data(), scales.data(), biases.data());
+        ASSERT_EQ(m.packed.numel(), static_cast<int64_t>(packed.size()));
+        EXPECT_EQ(std::memcmp(packed.data(), m.packed.raw(), packed.size() * 4), 0) << "codes differ";
+        EXPECT_EQ(std::memcmp(scales.data(), m.scales.raw(), scales.size() * 4), 0) << "scales differ";
+        EXPECT_EQ(std::memcmp(biases.data(), m.biases.raw(), biases.size() * 4), 0) << "biases differ";
+        std::vector<float> got(static_cast<size_t>(rows * n)), want(static_cast<size_t>(n));
+        ops::kv_dequantize(packed.data(), scales.data(), biases.data(), rows, n, bits, group, got.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          dequantize_row(m, r, want.data());
+          EXPECT_EQ(std::memcmp(got.data() + r * n, want.data(), want.size() * 4), 0) << "row " << r;
+          // And the values are a quantization of x: within half a step, or up to two where snapping
+          // shrank the step and the far end of the range clips to the top code (core/quantize.h).
+          for (int64_t j = 0; j < n; ++j) {
+            const float s = std::fabs(scales[static_cast<size_t>(r * groups + j / group)]);
+            ASSERT_LE(std::fabs(got[static_cast<size_t>(r * n + j)] - x[static_cast<size_t>(r * n + j)]), 2.0f * s + 1e-6f)
+                << "row " << r << " value " << j;
+          }
+        }
+      }
+    }
+  ops::force_scalar_kernels(false);
+}
+
+TEST(KernelConformance, KvQuantizeRefusesBadShapes) {
+  std::vector<float> x(96, 1.0f), s(3), b(3);
+  std::vector<uint32_t> p(96);
+  EXPECT_THROW(ops::kv_quantize(x.data(), 1, 96, 1, 32, p.data(), s.data(), b.data()), Error);   // bits
+  EXPECT_THROW(ops::kv_quantize(x.data(), 1, 96, 9, 32, p.data(), s.data(), b.data()), Error);   // bits
+  EXPECT_THROW(ops::kv_quantize(x.data(), 1, 96, 4, 48, p.data(), s.data(), b.data()), Error);   // group
+  EXPECT_THROW(ops::kv_quantize(x.data(), 1, 80, 4, 32, p.data(), s.data(), b.data()), Error);   // n % group
+  EXPECT_THROW(ops::kv_dequantize(p.data(), s.data(), b.data(), 1, 96, 4, 64, x.data()), Error);  // n % group
+  try {
+    ops::kv_quantize(x.data(), 1, 80, 4, 32, p.data(), s.data(), b.data());
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("kv_quantize"), std::string::npos) << e.what();
+  }
 }

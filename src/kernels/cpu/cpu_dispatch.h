@@ -29,6 +29,8 @@ struct KernelTable {
   void (*scale)(float*, float, int64_t) = nullptr;
   void (*mul)(float*, const float*, int64_t) = nullptr;
   void (*softcap)(float*, int64_t, float) = nullptr;
+  void (*kv_quantize)(const float*, int64_t, int64_t, int, int, uint32_t*, float*, float*) = nullptr;
+  void (*kv_dequantize)(const uint32_t*, const float*, const float*, int64_t, int64_t, int, int, float*) = nullptr;
 };
 
 // Names of every op in KernelTable, in member order. The static_assert ties the list to the struct,
@@ -39,7 +41,8 @@ inline constexpr const char* kKernelOps[] = {"linear",    "linear_group", "embed
                                              "mrope",     "activate",     "gated_activate", "softmax",
                                              "argmax",    "sample",
                                              "attention", "add",          "scale",          "mul",
-                                             "softcap"};
+                                             "softcap",
+                                             "kv_quantize", "kv_dequantize"};
 static_assert(sizeof(KernelTable) == sizeof(kKernelOps) / sizeof(kKernelOps[0]) * sizeof(void (*)()),
               "every KernelTable member needs a name in kKernelOps");
 

@@ -3,6 +3,7 @@
 // With VLMCHECK_CUDA_PROFILE set (profile.cu) the entries are wrapped in a ProfileScope each.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/sample.cuh"
+#include "kernels/cuda/kv_quant.cuh"
 
 namespace vlm::ops::cuda {
 namespace {
@@ -24,6 +25,7 @@ constexpr char kLinear[] = "linear", kLinearGroup[] = "linear_group", kEmbedding
                kGated[] = "gated_activate", kSoftmax[] = "softmax", kArgmax[] = "argmax", kSample[] = "sample",
                kAttention[] = "attention", kAdd[] = "add",
                kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
+constexpr char kKvQuantize[] = "kv_quantize", kKvDequantize[] = "kv_dequantize";
 
 // linear also sets the phase: its token count says decode or prefill.
 void linear_profiled(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
@@ -61,6 +63,8 @@ const cpu::KernelTable& kernel_table() {
       t.scale = &Profiled<kScale, &kernels::scale>::call;
       t.mul = &Profiled<kMul, &kernels::mul>::call;
       t.softcap = &Profiled<kSoftcap, &kernels::softcap>::call;
+      t.kv_quantize = &Profiled<kKvQuantize, &kernels::kv_quantize>::call;
+      t.kv_dequantize = &Profiled<kKvDequantize, &kernels::kv_dequantize>::call;
       return t;
     }
     t.linear = &kernels::linear;
@@ -81,6 +85,8 @@ const cpu::KernelTable& kernel_table() {
     t.scale = &kernels::scale;
     t.mul = &kernels::mul;
     t.softcap = &kernels::softcap;
+    t.kv_quantize = &kernels::kv_quantize;
+    t.kv_dequantize = &kernels::kv_dequantize;
     return t;
   }();
   return table;

@@ -31,6 +31,11 @@ void add(float* y, const float* x, int64_t n);
 void scale(float* y, float s, int64_t n);
 void mul(float* y, const float* x, int64_t n);
 void softcap(float* x, int64_t n, float cap);
+// ref_kv_quant.cpp: per group core's quantize_affine_group (the one home of MLX's rule).
+void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_size, uint32_t* packed, float* scales,
+                 float* biases);
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out);
 
 // Scalar activation, shared with the SIMD paths' tails so both agree on the formula.
 float activation_value(float x, Activation act);
