@@ -26,6 +26,11 @@ void release_cache() {}
 void copy(void*, Device, const void*, Device, size_t) { unavailable(); }
 void copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { unavailable(); }
 void synchronize() {}
+void run_graph(const void*, const std::function<void()>&) { unavailable(); }
+void graph_op_boundary() {}
+bool graphs_enabled() { return false; }
+void set_graph_options(bool, int) {}
+GraphStats graph_stats() { return {}; }
 double probe_copy_bandwidth_gbs() { unavailable(); }
 double probe_bf16_matmul_gflops() { unavailable(); }
 

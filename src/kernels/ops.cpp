@@ -130,7 +130,10 @@ const cpu::KernelTable* simd_table() {
 // on the CPU the active path's SIMD entry when it has one, else the reference.
 template <typename Fn>
 Fn pick(Fn cpu::KernelTable::*member) {
-  if (t_current_device == Device::kCuda) return cuda::kernel_table().*member;
+  if (t_current_device == Device::kCuda) {
+    cuda::graph_op_boundary();  // under run_graph: may launch the piece captured so far (graph.cu)
+    return cuda::kernel_table().*member;
+  }
   const cpu::KernelTable* t = simd_table();
   if (t != nullptr && t->*member != nullptr) return t->*member;
   return ref_table().*member;
@@ -442,6 +445,13 @@ void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, siz
 
 void synchronize() {
   if (t_current_device == Device::kCuda) cuda::synchronize();
+}
+
+void run_graph(const void* key, const std::function<void()>& step) {
+  if (t_current_device == Device::kCuda)
+    cuda::run_graph(key, step);
+  else
+    step();
 }
 
 Tensor to_device(const Tensor& t, Device device, MemCategory category) {

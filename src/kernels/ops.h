@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -82,8 +83,9 @@ void gated_activate(float* gate, const float* up, int64_t n, Activation act);
 // Row softmax in place: x [n, d].
 void softmax(float* x, int64_t n, int64_t d);
 // ids[i] = the index of row i's largest value, x [n, d] (ties: the lowest index; NaN never wins; an
-// all-NaN row gives 0). `ids` is HOST memory on every device: on CUDA the op waits for its result, so
-// greedy decoding copies one id per token instead of the logits.
+// all-NaN row gives 0). `ids` is HOST memory on every device: on CUDA the op waits for its result (inside
+// run_graph: written when run_graph returns), so greedy decoding copies one id per token instead of
+// the logits.
 void argmax(const float* x, int64_t n, int64_t d, int32_t* ids);
 
 // ---- sampling (the built-in sampler chain of generate/sampler.h as one op) ------------------------
@@ -197,6 +199,27 @@ void synchronize();
 Tensor to_device(const Tensor& t, Device device, MemCategory category = MemCategory::kWeights);
 // The same weight (stored format kept: dense dtype, or packed codes + scales + biases) on `device`.
 Weight to_device(const Weight& w, Device device);
+
+// ---- captured steps -------------------------------------------------------------------------------
+// Runs `step` — a sequence of ops on the current device, e.g. one greedy decode step — as a unit the
+// backend may replay cheaply. CPU: step() is called directly. CUDA: the ops are captured into CUDA
+// graphs instead of being launched one by one (each captured part launches as soon as it is
+// complete, while the host captures the rest), which removes most of the per-kernel host cost and the
+// gaps between kernels. Every call captures anew, so every step may pass different host inputs,
+// buffers and shapes; `key` (e.g. the model) only lets the backend update the executable graph of
+// the previous step with the same key instead of building one (any key is correct; a topology change,
+// such as a different attention split count, just rebuilds). The first step of a key runs uncaptured.
+// Off with VLMCHECK_CUDA_GRAPHS=0, and while VLMCHECK_CUDA_PROFILE is on: then step() runs directly.
+// Rules for step on CUDA (they hold for every op of this file):
+// - Host outputs (argmax ids, copies to the host) are written when run_graph returns, not when the op
+//   returns: read them only after run_graph. synchronize() inside step throws.
+// - Host inputs (ids, positions, k_pos, host-to-device copies) are read when the op is called, as
+//   usual; they may change or die afterwards.
+// - Do no host-side work that depends on device results inside step; plain host code is fine.
+// - Nested run_graph calls join the enclosing step.
+// If an op throws inside step, the ops before it still run (as without graphs) and the error
+// propagates; the step's host state (e.g. KV cache lengths) has advanced like any failed step's.
+void run_graph(const void* key, const std::function<void()>& step);
 
 // Which SIMD path the CPU backend uses ("avx512bf16", "avx512", "avx2", "scalar"); VLMCHECK_KERNELS
 // =scalar forces the reference path (the conformance tests compare the two).

@@ -64,10 +64,13 @@ void* scratch(size_t bytes, const char* op);
 
 // ---- staging of host index arrays -----------------------------------------------------------------
 // Collects the host arrays one op needs (ids, positions, k_pos, ...) into one host block, copies it to
-// a reusable device buffer with one cudaMemcpyAsync on the backend stream, and hands out the device
-// addresses. The copy is from pageable memory, so the host arrays may die once upload() returns; the
-// device buffer is only overwritten by a later op's upload, which the stream orders after this op's
-// kernels. One host thread drives the backend at a time (the stream is shared).
+// a device buffer with one cudaMemcpyAsync on the backend stream, and hands out the device addresses.
+// Eagerly the block goes through a pinned slot to a reusable device buffer (pageable copy when it is
+// larger than a slot); the host arrays may die once upload() returns, and the device buffer is only
+// overwritten by a later op's upload, which the stream orders after this op's kernels. Under
+// run_graph capture the block goes to the graph's staging arena instead (capture_stage: its own
+// device range per op, uploaded before the piece launches), so nothing is copied from pageable memory
+// and no slot is waited for. One host thread drives the backend at a time (the stream is shared).
 class Staging {
  public:
   explicit Staging(const char* op) : op_(op) {}
@@ -90,6 +93,23 @@ class Staging {
   std::vector<char> bytes_;
   const char* base_ = nullptr;
 };
+
+// ---- graph capture (graph.cu) ---------------------------------------------------------------------
+// True while run_graph captures the backend stream: ops must then neither wait for the stream nor
+// copy from pageable host memory nor free device memory to the driver (memory.cu routes copies,
+// staging and the allocator's out-of-memory retry accordingly).
+bool capturing();
+// Under capture: `bytes` of pinned host memory to fill now, and the device address where the same
+// bytes will be when the captured work runs (uploaded right before the piece launches; both stay
+// valid until the next run_graph step).
+struct StagedBytes {
+  char* host;
+  const char* device;
+};
+StagedBytes capture_stage(size_t bytes);
+// Under capture: pinned host memory for a device-to-host copy; run_graph copies its `bytes` to `dst`
+// after waiting for the step (before it returns).
+void* capture_readback(void* dst, size_t bytes);
 
 // ---- profile (profile.cu) -------------------------------------------------------------------------
 // VLMCHECK_CUDA_PROFILE=1: per-op host and GPU time, printed to stderr at exit. profiling() reads the

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 
 #include "core/memory.h"
 #include "core/tensor.h"
@@ -32,6 +33,24 @@ void release_cache();
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width, size_t rows);
 void synchronize();
+
+// ops::run_graph on the GPU (graph.cu; rules in ops.h "captured steps"): step() captured into CUDA
+// graphs, one executable per (key, piece), updated in place each step and launched.
+void run_graph(const void* key, const std::function<void()>& step);
+// Called by ops.cpp before every CUDA op: under run_graph, ends and launches the piece captured so far
+// once it holds its share of ops (8, 16, 32, ... up to the piece size), so the GPU starts early.
+void graph_op_boundary();
+// Whether run_graph captures (VLMCHECK_CUDA_GRAPHS=0 turns it off; so does VLMCHECK_CUDA_PROFILE).
+bool graphs_enabled();
+// Tests and benchmarks: overrides VLMCHECK_CUDA_GRAPHS (on/off) and VLMCHECK_CUDA_GRAPH_OPS (the
+// most ops per captured piece, default 64; 0 = the whole step as one graph). Not inside run_graph.
+void set_graph_options(bool enabled, int piece_ops);
+// Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
+// first of each key), pieces launched, executables instantiated and updated in place.
+struct GraphStats {
+  int64_t steps = 0, eager_steps = 0, pieces = 0, instantiations = 0, updates = 0;
+};
+GraphStats graph_stats();
 
 // Roofline probes on the current GPU, measured when called: device-to-device copy bandwidth
 // (bytes read + written, GB/s) and dense bf16 matrix throughput through cuBLASLt (GFLOP/s).

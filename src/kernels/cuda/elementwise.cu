@@ -188,7 +188,8 @@ void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
   VLM_CUDA_LAUNCHED("argmax");
   argmax_final_kernel<<<static_cast<unsigned>(n), 32, 0, st>>>(part_v, part_i, static_cast<int>(chunks), dev_ids);
   VLM_CUDA_LAUNCHED("argmax");
-  // The ids go to host memory: this waits for the stream (ops.h).
+  // The ids go to host memory: this waits for the stream (ops.h); under ops::run_graph the copy is
+  // captured into pinned memory and the ids reach `ids` when run_graph returns (memory.cu copy()).
   vlm::ops::cuda::copy(ids, Device::kCpu, dev_ids, Device::kCuda, static_cast<size_t>(n) * sizeof(int32_t));
 }
 

@@ -1,6 +1,8 @@
 // The CUDA backend's runtime side: device selection and availability, the one stream, the cuBLASLt
 // handle + workspace, the caching device allocator (reported to the MemoryTracker as GPU memory),
-// copies, the reusable scratch and staging buffers, and the error helpers of common.cuh.
+// copies, the reusable scratch and staging buffers, and the error helpers of common.cuh. Under
+// run_graph capture (graph.cu) copies and staging take the capture's pinned arenas, synchronize()
+// refuses, and an out-of-memory retry does not free the cache (cudaFree cannot run during capture).
 //
 // Allocator: requests are rounded up to size classes (powers of two up to 4 KiB, then 8 classes per
 // power of two, steps capped at 2 MiB) and freed blocks of a class are kept for the next request of
@@ -202,6 +204,12 @@ struct PinnedSlots {
 void Staging::upload() {
   static Reusable r;
   if (bytes_.empty()) return;
+  if (capturing()) {  // the graph's arena: this op's own device range, uploaded before its piece runs
+    StagedBytes b = capture_stage(bytes_.size());
+    std::memcpy(b.host, bytes_.data(), bytes_.size());
+    base_ = b.device;
+    return;
+  }
   cudaStream_t s = stream(op_);
   static PinnedSlots pinned(op_);
   base_ = static_cast<const char*>(grow(r, bytes_.size(), MemCategory::kOther));
@@ -275,7 +283,8 @@ void* device_alloc(size_t bytes, MemCategory category) {
     MemoryTracker::instance().on_cache_remove(MemDevice::kGpu, static_cast<int64_t>(size));
   } else {
     cudaError_t e = cudaMalloc(&p, size);
-    if (e == cudaErrorMemoryAllocation && !a.cached.empty()) {  // give the cache back and retry once
+    // Give the cache back and retry once (not under capture: cudaFree would end it).
+    if (e == cudaErrorMemoryAllocation && !a.cached.empty() && !detail::capturing()) {
       cudaGetLastError();
       a.release_locked();
       e = cudaMalloc(&p, size);
@@ -330,6 +339,18 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
   detail::ProfileScope profile(kind == cudaMemcpyDeviceToHost   ? "copy d2h"
                                : kind == cudaMemcpyHostToDevice ? "copy h2d"
                                                                 : "copy d2d");
+  if (detail::capturing() && kind != cudaMemcpyDeviceToDevice) {
+    // Under capture: host sources through the staging arena (a captured copy from pageable memory is
+    // refused), host destinations through pinned memory that run_graph copies out after the step.
+    if (kind == cudaMemcpyHostToDevice) {
+      detail::StagedBytes b = detail::capture_stage(bytes);
+      std::memcpy(b.host, src, bytes);
+      VLM_CUDA(cudaMemcpyAsync(dst, b.device, bytes, cudaMemcpyDeviceToDevice, s), "copy");
+    } else {
+      VLM_CUDA(cudaMemcpyAsync(detail::capture_readback(dst, bytes), src, bytes, kind, s), "copy");
+    }
+    return;
+  }
   VLM_CUDA(cudaMemcpyAsync(dst, src, bytes, kind, s), "copy");
   if (dst_device == Device::kCpu) VLM_CUDA(cudaStreamSynchronize(s), "copy");
 }
@@ -347,6 +368,10 @@ void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, siz
 
 void synchronize() {
   if (!available()) return;
+  if (detail::capturing())
+    detail::fail(ErrorKind::kInvalidArgument,
+                 "[cuda synchronize] called inside ops::run_graph: the captured step has not run yet (its host "
+                 "outputs are written when run_graph returns)");
   VLM_CUDA(cudaStreamSynchronize(detail::stream("synchronize")), "synchronize");
 }
 

@@ -389,11 +389,19 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
 
 int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                                      const ops::AttentionMask& mask) {
-  Tensor keep;
-  const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
   ops::DeviceScope scope(device_);
   int32_t id = 0;
-  ops::argmax(out, 1, spec_.vocab_size, &id);
+  auto step = [&] {
+    Tensor keep;
+    const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
+    ops::argmax(out, 1, spec_.vocab_size, &id);
+  };
+  // Decode steps on a device go through run_graph (ops.h: CUDA captures the ~400 launches of a step
+  // into graphs); the id is written when it returns. Prefill chunks gain nothing from capture.
+  if (device_ != Device::kCpu && n < kGraphMaxTokens)
+    ops::run_graph(this, step);
+  else
+    step();
   return id;
 }
 

@@ -107,6 +107,8 @@ class DecoderModel final : public LanguageModel {
   // Throws Error(kUnsupported) naming the reason when `device` cannot run (no CUDA); the model then
   // stays whole on its old device.
   void to_device(Device device) override;
+  // forward_argmax calls with fewer tokens than this run through ops::run_graph on a device.
+  static constexpr int64_t kGraphMaxTokens = 8;
 
   const DecoderSpec& spec() const { return spec_; }
   const LoraAdapter* adapter() const { return adapter_.get(); }

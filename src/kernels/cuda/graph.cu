@@ -1,0 +1,319 @@
+// CUDA graphs for ops::run_graph (ops.h "captured steps"): the step's ops are captured from the
+// backend stream (relaxed mode, so the caching allocator may still cudaMalloc on a miss) instead of
+// being launched one by one, and each captured piece is applied to an executable graph kept per
+// (key, piece) with cudaGraphExecUpdate — re-instantiated only when the topology changed (e.g. the
+// attention's split count) — then launched. Every step is captured afresh, so kernel arguments,
+// buffer addresses and host inputs are always the current step's: a key only saves instantiations.
+//
+// Pieces: the step is cut at op boundaries (graph_op_boundary, called by ops.cpp before every CUDA
+// op) into graphs of 8, 16, 32, ... up to piece_ops ops, each launched as soon as it is captured, so
+// the GPU runs piece i while the host captures piece i + 1 (one graph for the whole step would leave
+// the GPU idle during the whole capture). piece_ops 0: one graph per step.
+//
+// Host data under capture (common.cuh): host index arrays (Staging) and host-to-device copies go to a
+// pinned bump arena whose bytes are copied to a device mirror with one cudaMemcpyAsync right before
+// the piece that reads them is launched; device-to-host copies (argmax's ids) land in pinned memory
+// and are copied to their destination after the last piece, when run_graph waits for the stream.
+//
+// Failure: everything capture cannot do (a host wait, a pageable copy, cudaFree, profiler events) is
+// routed around above or ruled out before capture starts (VLMCHECK_CUDA_PROFILE turns graphs off),
+// because once the step ran on the host its state (KV cache lengths) has advanced and it cannot run
+// twice. When an op throws mid-capture, the ops captured before it are still launched (as eager mode
+// would have run them) and the error propagates; when the driver refuses the capture itself, graphs
+// are switched off for the process (with a warning) and the error propagates — never a silent skip.
+#include "kernels/cuda/common.cuh"
+
+#include <algorithm>
+#include <cstdlib>
+#include <list>
+#include <memory>
+
+#include "core/log.h"
+
+namespace vlm::ops::cuda {
+namespace detail {
+namespace {
+
+constexpr size_t kStageChunk = size_t{1} << 20;     // pinned + device bytes per staging chunk (grows)
+constexpr size_t kReadbackChunk = size_t{64} << 10;  // pinned bytes per readback chunk (grows)
+constexpr int kFirstPieceOps = 8;                    // first piece; each next one doubles up to piece_ops
+constexpr int kDefaultPieceOps = 64;
+constexpr size_t kMaxKeys = 8;  // executables kept (least recently used dropped)
+
+size_t round16(size_t b) { return (b + 15) / 16 * 16; }
+
+// A pinned host block with (for staging) a device mirror of the same size; [uploaded, used) is what
+// the host wrote since the last upload.
+struct Chunk {
+  char* host = nullptr;
+  char* device = nullptr;
+  size_t cap = 0, used = 0, uploaded = 0;
+};
+
+struct Readback {
+  const char* pinned;
+  void* dst;
+  size_t bytes;
+};
+
+struct Entry {
+  const void* key = nullptr;
+  std::vector<cudaGraphExec_t> pieces;  // one executable per piece index
+  uint64_t last_used = 0;
+  bool warm = false;  // the first step of a key runs eagerly (lazy initialisation, module loading)
+};
+
+struct GraphState {
+  bool enabled = true;
+  int piece_ops = kDefaultPieceOps;
+  GraphStats stats;
+
+  // Per step.
+  bool capturing = false;
+  Entry* entry = nullptr;
+  size_t piece = 0;
+  int ops_in_piece = 0, piece_limit = 0;
+
+  std::vector<Chunk> stage;  // staging arena (pinned + device mirror)
+  size_t stage_cur = 0;
+  std::vector<Chunk> readback;  // readback arena (pinned only)
+  size_t readback_cur = 0;
+  std::vector<Readback> readbacks;
+  cudaEvent_t uploaded = nullptr;  // after the last upload: the host may rewrite the staging arena
+  bool upload_pending = false;
+
+  std::list<Entry> entries;
+  uint64_t clock = 0;
+
+  GraphState() {
+    const char* on = std::getenv("VLMCHECK_CUDA_GRAPHS");
+    enabled = !(on != nullptr && std::string(on) == "0");
+    if (const char* ops = std::getenv("VLMCHECK_CUDA_GRAPH_OPS"); ops != nullptr && *ops != '\0')
+      piece_ops = std::max(0, std::atoi(ops));
+  }
+};
+
+GraphState& state() {
+  static GraphState* s = new GraphState();  // never destroyed: executables die with the context
+  return *s;
+}
+
+// A bump allocation of `bytes` from `arena`, opening (or allocating) the next chunk when the current
+// one is full. with_device: staging chunks also get a device mirror.
+Chunk& bump(std::vector<Chunk>& arena, size_t& cur, size_t bytes, size_t chunk_bytes, bool with_device,
+            const char* op) {
+  for (;; ++cur) {
+    if (cur == arena.size()) {
+      Chunk c;
+      c.cap = std::max(chunk_bytes, round16(bytes));
+      VLM_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&c.host), c.cap, cudaHostAllocDefault), op);
+      MemoryTracker::instance().on_alloc(MemDevice::kHost, MemCategory::kOther, static_cast<int64_t>(c.cap));
+      if (with_device) c.device = static_cast<char*>(device_alloc(c.cap, MemCategory::kOther));
+      arena.push_back(c);
+    }
+    Chunk& c = arena[cur];
+    if (c.used + bytes <= c.cap) return c;
+  }
+}
+
+// Copies what the host staged since the last upload to the device mirrors (before a piece launches;
+// stream order puts it after every earlier piece, which read other ranges).
+void upload_staged(GraphState& g, cudaStream_t s) {
+  bool any = false;
+  for (Chunk& c : g.stage) {
+    if (c.used <= c.uploaded) continue;
+    VLM_CUDA(cudaMemcpyAsync(c.device + c.uploaded, c.host + c.uploaded, c.used - c.uploaded, cudaMemcpyHostToDevice,
+                             s),
+             "run_graph");
+    c.uploaded = c.used;
+    any = true;
+  }
+  if (!any) return;
+  if (g.uploaded == nullptr) VLM_CUDA(cudaEventCreateWithFlags(&g.uploaded, cudaEventDisableTiming), "run_graph");
+  VLM_CUDA(cudaEventRecord(g.uploaded, s), "run_graph");
+  g.upload_pending = true;
+}
+
+void begin_capture(cudaStream_t s) {
+  VLM_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), "run_graph");
+}
+
+// Ends the current capture; applies it to the entry's executable for this piece (update, else
+// instantiate) and launches it after the staged bytes' upload.
+void end_piece(GraphState& g, cudaStream_t s) {
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(s, &graph);
+  if (e != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    fail_cuda(e, "run_graph", "cudaStreamEndCapture");
+  }
+  std::unique_ptr<CUgraph_st, cudaError_t (*)(cudaGraph_t)> owned(graph, &cudaGraphDestroy);
+  size_t nodes = 0;
+  VLM_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes), "run_graph");
+  upload_staged(g, s);  // even for an empty piece: a later piece may read what this one staged
+  if (nodes == 0) return;
+  Entry& en = *g.entry;
+  if (en.pieces.size() <= g.piece) en.pieces.resize(g.piece + 1, nullptr);
+  cudaGraphExec_t& exec = en.pieces[g.piece];
+  if (exec != nullptr) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(exec, graph, &info) == cudaSuccess) {
+      ++g.stats.updates;
+    } else {  // topology (or a node kind) changed: build it anew
+      cudaGetLastError();
+      cudaGraphExecDestroy(exec);
+      exec = nullptr;
+    }
+  }
+  if (exec == nullptr) {
+    VLM_CUDA(cudaGraphInstantiate(&exec, graph, 0), "run_graph");
+    ++g.stats.instantiations;
+  }
+  VLM_CUDA(cudaGraphLaunch(exec, s), "run_graph");
+  ++g.stats.pieces;
+  ++g.piece;
+}
+
+Entry& entry_for(GraphState& g, const void* key) {
+  ++g.clock;
+  for (auto it = g.entries.begin(); it != g.entries.end(); ++it) {
+    if (it->key != key) continue;
+    g.entries.splice(g.entries.begin(), g.entries, it);  // most recent first
+    g.entries.front().last_used = g.clock;
+    return g.entries.front();
+  }
+  if (g.entries.size() >= kMaxKeys) {
+    for (cudaGraphExec_t x : g.entries.back().pieces)
+      if (x != nullptr) cudaGraphExecDestroy(x);
+    g.entries.pop_back();
+  }
+  g.entries.push_front(Entry{key, {}, g.clock, false});
+  return g.entries.front();
+}
+
+// Before a capture: the previous step's uploads have left the staging arena, readbacks are done.
+void reset_arenas(GraphState& g) {
+  if (g.upload_pending) VLM_CUDA(cudaEventSynchronize(g.uploaded), "run_graph");
+  g.upload_pending = false;
+  for (Chunk& c : g.stage) c.used = c.uploaded = 0;
+  for (Chunk& c : g.readback) c.used = 0;
+  g.stage_cur = g.readback_cur = 0;
+  g.readbacks.clear();
+}
+
+void disable_after_failure(GraphState& g, const char* why) {
+  g.enabled = false;
+  VLM_LOG_WARN("CUDA graphs switched off for this process: {} (the step's error follows)", why);
+}
+
+}  // namespace
+
+bool capturing() { return state().capturing; }
+
+StagedBytes capture_stage(size_t bytes) {
+  GraphState& g = state();
+  const size_t b = round16(std::max<size_t>(bytes, 1));
+  Chunk& c = bump(g.stage, g.stage_cur, b, kStageChunk, true, "run_graph staging");
+  StagedBytes out{c.host + c.used, c.device + c.used};
+  c.used += b;
+  return out;
+}
+
+void* capture_readback(void* dst, size_t bytes) {
+  GraphState& g = state();
+  const size_t b = round16(std::max<size_t>(bytes, 1));
+  Chunk& c = bump(g.readback, g.readback_cur, b, kReadbackChunk, false, "run_graph readback");
+  char* p = c.host + c.used;
+  c.used += b;
+  g.readbacks.push_back({p, dst, bytes});
+  return p;
+}
+
+}  // namespace detail
+
+void run_graph(const void* key, const std::function<void()>& step) {
+  using namespace detail;
+  GraphState& g = state();
+  // Nested: part of the enclosing capture. Off, or profiling (events cannot be captured): eagerly.
+  if (g.capturing || !g.enabled || profiling()) {
+    step();
+    return;
+  }
+  cudaStream_t s = stream("run_graph");
+  Entry& en = entry_for(g, key);
+  ++g.stats.steps;
+  if (!en.warm) {  // first step of a key: eager, so one-time setup never happens under capture
+    en.warm = true;
+    ++g.stats.eager_steps;
+    step();
+    return;
+  }
+  reset_arenas(g);
+  g.entry = &en;
+  g.piece = 0;
+  g.ops_in_piece = 0;
+  g.piece_limit = g.piece_ops > 0 ? std::min(kFirstPieceOps, g.piece_ops) : 0;
+  begin_capture(s);
+  g.capturing = true;
+  try {
+    step();
+  } catch (...) {
+    g.capturing = false;
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(s, &st);
+    cudaGetLastError();
+    if (st == cudaStreamCaptureStatusActive) {
+      // An op refused its arguments: run what was captured before it, as eager mode would have.
+      try {
+        end_piece(g, s);
+      } catch (...) {
+        disable_after_failure(g, "a captured piece could not be launched");
+      }
+    } else {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(s, &broken);
+      if (broken != nullptr) cudaGraphDestroy(broken);
+      cudaGetLastError();
+      disable_after_failure(g, "an operation invalidated the stream capture");
+    }
+    g.readbacks.clear();
+    throw;
+  }
+  g.capturing = false;
+  try {
+    end_piece(g, s);
+  } catch (...) {
+    disable_after_failure(g, "the captured step could not be instantiated or launched");
+    throw;
+  }
+  if (g.readbacks.empty()) return;
+  VLM_CUDA(cudaStreamSynchronize(s), "run_graph");
+  for (const Readback& r : g.readbacks) std::memcpy(r.dst, r.pinned, r.bytes);
+  g.readbacks.clear();
+}
+
+void graph_op_boundary() {
+  detail::GraphState& g = detail::state();
+  if (!g.capturing || g.piece_ops <= 0) return;
+  if (g.ops_in_piece >= g.piece_limit) {
+    cudaStream_t s = detail::stream("run_graph");
+    detail::end_piece(g, s);
+    detail::begin_capture(s);
+    g.ops_in_piece = 0;
+    g.piece_limit = std::min(g.piece_limit * 2, g.piece_ops);
+  }
+  ++g.ops_in_piece;
+}
+
+GraphStats graph_stats() { return detail::state().stats; }
+
+void set_graph_options(bool enabled, int piece_ops) {
+  detail::GraphState& g = detail::state();
+  VLM_CHECK(!g.capturing, ErrorKind::kInvalidArgument, "[cuda set_graph_options] called inside run_graph");
+  g.enabled = enabled;
+  g.piece_ops = std::max(0, piece_ops);
+}
+
+bool graphs_enabled() { return detail::state().enabled && !detail::profiling(); }
+
+}  // namespace vlm::ops::cuda
