@@ -10,6 +10,7 @@
 //     (expected (2/3)u²(1 + scale²·hd·E[q²]E[k²]) with u = 2^-9: 1.1e-5 at hd 128, 2.1e-5 at 256;
 //     see kBf16AttentionNmse); f32 attention past 8000 keys: 1e-11 · nk / 8000 (the reference's
 //     sequential f32 sums drift like sqrt(nk) ulps)
+//   KV-cache quantization (kv_quantize codes / scales / biases, kv_dequantize)   0: bit-identical
 // An op without a case fails EveryOpHasACase, which runs without a GPU too; the GPU tests skip with
 // the reason when no CUDA device is usable (CPU-only CI). Also: the allocator's size classes, cache
 // and MemoryTracker reports, copies, copy_2d, and typed errors for unsupported shapes.
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <functional>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -645,6 +647,104 @@ void add_sample_cases(std::vector<Case>& cases, std::mt19937& rng) {
   }
 }
 
+// KV-cache quantization, one input for both ops: x [rows, n] with random rows plus rows at the rule's
+// corners (a constant group: the 1e-7 scale floor; all negative; all positive; zeros; groups whose
+// codes fall exactly halfway between two steps), and its quantization by the CPU reference.
+struct KvQuantInput {
+  int64_t rows = 0, n = 0;
+  int bits = 0, group = 0;
+  std::vector<float> x;
+};
+
+KvQuantInput kv_quant_input(std::mt19937& rng, int bits, int group) {
+  KvQuantInput in{12, 384, bits, group, {}};
+  in.x = random_vec(rng, static_cast<size_t>(in.rows * in.n), -3.0f, 3.0f);
+  const float top = static_cast<float>((1 << bits) - 1);
+  for (int64_t j = 0; j < in.n; ++j) {
+    auto at = [&](int64_t r) -> float& { return in.x[static_cast<size_t>(r * in.n + j)]; };
+    at(1) = 0.75f;
+    at(2) = -0.25f - 0.01f * static_cast<float>(j % 17);
+    at(3) = 0.5f + 0.02f * static_cast<float>(j % 13);
+    if (j % 3 == 0) at(4) = 0.0f;
+    const int64_t jg = j % group;  // min 0, max 2^b - 1: scale -1, bias top, so k + 0.5 is a tie
+    at(5) = jg == 0 ? 0.0f : jg == 1 ? top : std::fmod(static_cast<float>(jg), std::max(top - 1.0f, 1.0f)) + 0.5f;
+    at(6) = at(0) * 1e-3f;  // small magnitudes
+  }
+  return in;
+}
+
+struct KvQuantOut {
+  std::vector<uint32_t> packed;
+  std::vector<float> scales, biases;
+};
+
+// ops::kv_quantize through `t` (the CPU reference table or the CUDA table on device copies).
+KvQuantOut run_kv_quantize(const KvQuantInput& in, bool on_gpu) {
+  const int64_t words = ops::kv_packed_words(in.n, in.bits), groups = in.n / in.group;
+  KvQuantOut o{std::vector<uint32_t>(static_cast<size_t>(in.rows * words)),
+               std::vector<float>(static_cast<size_t>(in.rows * groups)),
+               std::vector<float>(static_cast<size_t>(in.rows * groups))};
+  if (!on_gpu) {
+    ops::kv_quantize(in.x.data(), in.rows, in.n, in.bits, in.group, o.packed.data(), o.scales.data(),
+                     o.biases.data());
+    return o;
+  }
+  DeviceFloats x(in.x), s = DeviceFloats::poison(o.scales.size()), b = DeviceFloats::poison(o.biases.size());
+  std::vector<uint32_t> poison(o.packed.size(), 0xdeadbeefu);
+  std::shared_ptr<void> p = device_copy(poison.data(), poison.size() * 4);
+  table().kv_quantize(x.ptr(), in.rows, in.n, in.bits, in.group, static_cast<uint32_t*>(p.get()), s.ptr(), b.ptr());
+  cuda::copy(o.packed.data(), Device::kCpu, p.get(), Device::kCuda, o.packed.size() * 4);
+  o.scales = s.host();
+  o.biases = b.host();
+  return o;
+}
+
+// Codes (read bit by bit, exact in f32), then scales, then biases.
+std::vector<float> flatten(const KvQuantInput& in, const KvQuantOut& o) {
+  std::vector<float> out;
+  const int64_t words = ops::kv_packed_words(in.n, in.bits);
+  for (int64_t r = 0; r < in.rows; ++r)
+    for (int64_t j = 0; j < in.n; ++j)
+      out.push_back(static_cast<float>(stream_bits(o.packed.data() + r * words, j, in.bits)));
+  out.insert(out.end(), o.scales.begin(), o.scales.end());
+  out.insert(out.end(), o.biases.begin(), o.biases.end());
+  return out;
+}
+
+std::vector<float> run_kv_dequantize(const KvQuantInput& in, const KvQuantOut& q, bool on_gpu) {
+  std::vector<float> out(static_cast<size_t>(in.rows * in.n));
+  if (!on_gpu) {
+    ops::kv_dequantize(q.packed.data(), q.scales.data(), q.biases.data(), in.rows, in.n, in.bits, in.group,
+                       out.data());
+    return out;
+  }
+  std::shared_ptr<void> p = device_copy(q.packed.data(), q.packed.size() * 4);
+  DeviceFloats s(q.scales), b(q.biases), y = DeviceFloats::poison(out.size());
+  table().kv_dequantize(static_cast<const uint32_t*>(p.get()), s.ptr(), b.ptr(), in.rows, in.n, in.bits, in.group,
+                        y.ptr());
+  return y.host();
+}
+
+// Every bit width 2..8 and group size: exact (tol 0; KvQuantIsBitExact compares the raw bits too).
+void add_kv_quant_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int group : {32, 64, 128}) {
+      auto in = std::make_shared<KvQuantInput>(kv_quant_input(rng, bits, group));
+      const std::string what = std::to_string(bits) + "-bit g" + std::to_string(group) + " 12x384";
+      cases.push_back({"kv_quantize", what, 0.0, [in] { return flatten(*in, run_kv_quantize(*in, false)); },
+                       [in] { return flatten(*in, run_kv_quantize(*in, true)); }});
+      // Dequantize the reference's own quantization (scales of both signs, biases on the edge).
+      cases.push_back({"kv_dequantize", what, 0.0,
+                       [in] { return run_kv_dequantize(*in, run_kv_quantize(*in, false), false); },
+                       [in] {
+                         ops::force_scalar_kernels(true);
+                         const KvQuantOut q = run_kv_quantize(*in, false);
+                         ops::force_scalar_kernels(false);
+                         return run_kv_dequantize(*in, q, true);
+                       }});
+    }
+}
+
 std::vector<Case> build_cases() {
   std::vector<Case> cases;
   std::mt19937 rng(20261126);
@@ -653,6 +753,7 @@ std::vector<Case> build_cases() {
   add_norm_rope_cases(cases, rng);
   add_elementwise_cases(cases, rng);
   add_attention_cases(cases, rng);
+  add_kv_quant_cases(cases, rng);
   add_sample_cases(cases, rng);
   return cases;
 }
@@ -828,6 +929,28 @@ TEST(CudaKernels, AllocatorCachesBlocksAndReportsToTracker) {
   cuda::release_cache();
   EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).cache, 0);
   EXPECT_EQ(tracker.snapshot(MemDevice::kGpu).active, s0.active);
+}
+
+// The KV cache holds the same bits on both devices: CUDA's codes, scales, biases and dequantized
+// values equal the CPU reference's bit for bit (memcmp, so -0 vs +0 or a 1-ulp scale fails too).
+TEST(CudaKernels, KvQuantIsBitExact) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31);
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int group : {32, 64, 128}) {
+      SCOPED_TRACE(std::to_string(bits) + "-bit g" + std::to_string(group));
+      const KvQuantInput in = kv_quant_input(rng, bits, group);
+      ops::force_scalar_kernels(true);
+      const KvQuantOut want = run_kv_quantize(in, false);
+      const std::vector<float> want_deq = run_kv_dequantize(in, want, false);
+      ops::force_scalar_kernels(false);
+      const KvQuantOut got = run_kv_quantize(in, true);
+      EXPECT_EQ(std::memcmp(got.packed.data(), want.packed.data(), want.packed.size() * 4), 0) << "codes";
+      EXPECT_EQ(std::memcmp(got.scales.data(), want.scales.data(), want.scales.size() * 4), 0) << "scales";
+      EXPECT_EQ(std::memcmp(got.biases.data(), want.biases.data(), want.biases.size() * 4), 0) << "biases";
+      const std::vector<float> got_deq = run_kv_dequantize(in, want, true);
+      EXPECT_EQ(std::memcmp(got_deq.data(), want_deq.data(), want_deq.size() * 4), 0) << "dequantized";
+    }
 }
 
 TEST(CudaKernels, CopiesAndCopy2d) {
@@ -1109,12 +1232,13 @@ TEST(CudaKernels, RunGraphMatchesDirectOpsAcrossStepsAndTopologyChanges) {
   ASSERT_GT(distinct.size(), 3u) << "the step should not collapse onto one token";
   // The whole step as one graph, then cut into pieces of at most 3 ops (3 pieces per step: the
   // K/V rows are written in the first and read by attention in the second).
-  for (int piece_ops : {0, 3}) {
+  static const char keys[2] = {};  // a fresh key per variant (its first step runs eagerly)
+  for (int variant = 0; variant < 2; ++variant) {
+    const int piece_ops = variant == 0 ? 0 : 3;
     SCOPED_TRACE("piece_ops " + std::to_string(piece_ops));
     cuda::set_graph_options(true, piece_ops);
     const cuda::GraphStats before = cuda::graph_stats();
-    const int key = piece_ops;  // a fresh key per variant: its first step runs eagerly
-    const GraphRunResult graphed = run_graph_decoder(d, kSteps, true, &key);
+    const GraphRunResult graphed = run_graph_decoder(d, kSteps, true, &keys[variant]);
     const cuda::GraphStats after = cuda::graph_stats();
     EXPECT_EQ(graphed.ids, direct.ids);
     EXPECT_TRUE(same_bits(graphed.logits, direct.logits)) << "logits differ";
