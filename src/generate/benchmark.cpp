@@ -273,6 +273,10 @@ struct VlmLayout {
 
 VlmLayout vlm_layout(const SyntheticShape& shape, const Json& text_config) {
   VlmLayout v;
+  // The nested text_config of the Gemma 3 / Idefics3 layouts: the decoder's fields only (quantization and the
+  // architecture belong to the top level).
+  Json nested = text_config;
+  for (const char* k : {"quantization", "quantization_config", "architectures"}) nested.erase(k);
   const Json& vc = shape.vision_config;
   const std::string user_turn_images =
       "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == "
@@ -314,7 +318,7 @@ VlmLayout vlm_layout(const SyntheticShape& shape, const Json& text_config) {
     // gemma-3-4b-it: text_config nested, 256 soft tokens per 896 px image between boi / eoi.
     v.specials = {"<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
                   "<image_soft_token>"};
-    Json text = text_config;
+    Json text = nested;
     text["model_type"] = "gemma3_text";
     v.config = {{"model_type", "gemma3"},
                 {"architectures", {"Gemma3ForConditionalGeneration"}},
@@ -352,7 +356,7 @@ VlmLayout vlm_layout(const SyntheticShape& shape, const Json& text_config) {
                   "<global-img>"};
     for (int r = 1; r <= 8; ++r)
       for (int c = 1; c <= 8; ++c) v.specials.push_back(fmt::format("<row_{}_col_{}>", r, c));
-    Json text = text_config;
+    Json text = nested;
     text["model_type"] = "llama";
     v.config = {{"model_type", "idefics3"},
                 {"architectures", {"Idefics3ForConditionalGeneration"}},

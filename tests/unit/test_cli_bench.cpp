@@ -147,7 +147,7 @@ INSTANTIATE_TEST_SUITE_P(Families, BenchImage, ::testing::Values("qwen2.5-vl-3b"
                          });
 
 // The real-shape SmolVLM-256M VLM checkpoint (tower, connector, 4-bit decoder) loads with every tensor the
-// loaders ask for, the tower bf16 and the decoder quantized.
+// loaders ask for, the tower and connector bf16 and the decoder quantized (as mlx-community's conversions).
 TEST(BenchSynthetic, SmolVlm256mWithVisionLoadsAtItsRealShape) {
   test::TempDir dir;
   SyntheticOptions so;
@@ -166,6 +166,12 @@ TEST(BenchSynthetic, SmolVlm256mWithVisionLoadsAtItsRealShape) {
   const int64_t params = layers * per_layer + 3 * 16 * 16 * d + d + patches * d + 2 * d + text * d * 16;
   EXPECT_EQ(static_cast<int64_t>(m.vision->weight_bytes()), 2 * params);
   EXPECT_EQ(m.language_model->hidden_size(), text);
+  // The decoder is the 4-bit one: 4 bits per weight plus a bf16 scale and bias per 64 (4.5 bits) of its
+  // 30 layers (q, o 576²; k, v 576·192; three 576·1536 MLP matrices), embedding and untied head (49280·576).
+  const int64_t lm_params = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536) + 2 * 49280 * 576;
+  const auto lm_bytes = static_cast<double>(m.language_model->weight_bytes());
+  EXPECT_GT(lm_bytes, lm_params * 4.5 / 8);
+  EXPECT_LT(lm_bytes, lm_params * 4.5 / 8 * 1.01);  // + the norms (bf16), a fraction of a percent
 }
 
 TEST(BenchSynthetic, ImageModeRefusesTextShapesAndBadSizes) {
