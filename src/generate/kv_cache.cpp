@@ -1,13 +1,13 @@
 // Standard, rotating, quantized and quantized+rotating KV caches (semantics in kv_cache.h).
 //
 // Storage is a slot array: slot i holds one token's K row and V row ([n_kv_heads, head_dim] each),
-// either as f32 or as MLX-affine packed codes + f32 scales/biases per group. Rotating caches
+// either as f32 or as MLX-affine packed codes + f32 scales/biases per group (plus the codes'
+// dequantization in f32, which attention reads), kept in planes (Store). Rotating caches
 // reorder slots exactly where mlx reorders its arrays, so the slot order is mlx's array order and
 // the masks can be expressed the same way mlx expresses them.
 #include "generate/kv_cache.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include <fmt/format.h>
 
