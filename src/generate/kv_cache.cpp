@@ -1,8 +1,9 @@
 // Standard, rotating, quantized and quantized+rotating KV caches (semantics in kv_cache.h).
 //
 // Storage is a slot array: slot i holds one token's K row and V row ([n_kv_heads, head_dim] each),
-// either as f32 or as MLX-affine packed codes + f32 scales/biases per group (plus the codes'
-// dequantization in f32, which attention reads), kept in planes (Store). Rotating caches
+// either as f32 or as MLX-affine packed codes + f32 scales/biases per group, kept in planes (Store).
+// A quantized layer holds nothing else: attention dequantizes the held slots into a KVScratch shared
+// by all layers of the cache (one layer's f32 rows, reused layer after layer). Rotating caches
 // reorder slots exactly where mlx reorders its arrays, so the slot order is mlx's array order and
 // the masks can be expressed the same way mlx expresses them.
 #include "generate/kv_cache.h"
@@ -39,15 +40,34 @@ void KVCacheOptions::validate() const {
     throw_error(ErrorKind::kUnsupported, "kv cache on cuda: {}", cuda_unavailable_reason());
 }
 
+// ---- dequantization scratch ----------------------------------------------------------------------
+
+KVScratch::KVScratch(Device device) : device_(device) {}
+KVScratch::~KVScratch() = default;
+
+std::pair<float*, float*> KVScratch::rows(int64_t tokens, int64_t row) {
+  // Grown in the cache's own 256-token steps and never shrunk, so a decode step allocates only when
+  // the longest layer crosses a step (from ops::empty's caching allocator on CUDA: no sync, no free
+  // to the driver, as CUDA graph capture requires).
+  const int64_t need = (std::max<int64_t>(tokens, 1) + kGrowStep - 1) / kGrowStep * kGrowStep * row;
+  if (need > floats_) {
+    k_ = ops::empty({need}, DType::kF32, MemCategory::kScratch, device_);
+    v_ = ops::empty({need}, DType::kF32, MemCategory::kScratch, device_);
+    floats_ = need;
+  }
+  return {static_cast<float*>(k_.raw()), static_cast<float*>(v_.raw())};
+}
+
+size_t KVScratch::nbytes() const { return static_cast<size_t>(floats_) * 2 * sizeof(float); }
+
 // ---- slot storage ---------------------------------------------------------------------------------
 
 // Slots in planes, each plane [capacity, plane_bytes] on `device`: f32 stores have {K rows, V rows};
 // quantized ones {K codes, K scales, K biases, V codes, V scales, V biases} in the layout of
-// ops::kv_quantize (so `count` consecutive slots are one op call), then {K rows, V rows} in f32: each
-// slot's dequantization, written once when the slot is written. Attention reads those f32 rows, so a
-// decode step quantizes and dequantizes its one new token instead of the whole cache, and the values it
-// attends over are exactly the stored codes' (the same bits as dequantizing every step). Moves copy
-// whole runs of slots plane by plane, the f32 planes with them.
+// ops::kv_quantize (so `count` consecutive slots are one op call) and nothing more: f32 rows of a
+// quantized store exist only transiently, dequantized into a KVScratch when attention needs them
+// (the same bits every time, so attention equals one over rows dequantized once). Moves copy whole
+// runs of slots plane by plane.
 struct KVLayer::Store {
   int64_t row = 0;  // values per K (or V) row
   bool quantized = false;
@@ -61,25 +81,28 @@ struct KVLayer::Store {
       : row(row_), quantized(quantized_), bits(bits_), group(group_), device(device_) {
     if (quantized) {
       const int64_t words = ops::kv_packed_words(row, bits) * 4, groups = row / group * 4;
-      plane_bytes = {words, groups, groups, words, groups, groups, row * 4, row * 4};
+      plane_bytes = {words, groups, groups, words, groups, groups};
     } else {
       plane_bytes = {row * 4, row * 4};
     }
     planes.resize(plane_bytes.size());
   }
   uint8_t* at(size_t p, int64_t s) const { return static_cast<uint8_t*>(planes[p].raw()) + s * plane_bytes[p]; }
-  // The f32 K / V row of slot s (quantized stores: its dequantization).
-  size_t k_rows_plane() const { return quantized ? 6 : 0; }
-  float* kslot(int64_t s) const { return reinterpret_cast<float*>(at(k_rows_plane(), s)); }
-  float* vslot(int64_t s) const { return reinterpret_cast<float*>(at(k_rows_plane() + 1, s)); }
+  // The f32 K / V row of slot s (f32 stores only).
+  float* kslot(int64_t s) const {
+    VLM_CHECK(!quantized, ErrorKind::kInternal, "kv cache: f32 row of a quantized store");
+    return reinterpret_cast<float*>(at(0, s));
+  }
+  float* vslot(int64_t s) const {
+    VLM_CHECK(!quantized, ErrorKind::kInternal, "kv cache: f32 row of a quantized store");
+    return reinterpret_cast<float*>(at(1, s));
+  }
 
   void grow(int64_t slots, int64_t keep_slots) {
     if (slots <= capacity) return;
     int64_t cap = (slots + kGrowStep - 1) / kGrowStep * kGrowStep;
     for (size_t p = 0; p < planes.size(); ++p) {
-      // A quantized store's f32 working rows are scratch (the cache holds the codes), as mlx's nbytes counts.
-      const MemCategory category = quantized && p >= k_rows_plane() ? MemCategory::kScratch : MemCategory::kKvCache;
-      Tensor fresh = ops::empty({cap * plane_bytes[p]}, DType::kU8, category, device);
+      Tensor fresh = ops::empty({cap * plane_bytes[p]}, DType::kU8, MemCategory::kKvCache, device);
       if (keep_slots > 0)
         ops::copy(fresh.raw(), device, planes[p].raw(), device, static_cast<size_t>(keep_slots * plane_bytes[p]));
       planes[p] = std::move(fresh);
@@ -106,23 +129,29 @@ struct KVLayer::Store {
                      reinterpret_cast<float*>(at(1, s)), reinterpret_cast<float*>(at(2, s)));
     ops::kv_quantize(vr, count, row, bits, group, reinterpret_cast<uint32_t*>(at(3, s)),
                      reinterpret_cast<float*>(at(4, s)), reinterpret_cast<float*>(at(5, s)));
-    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(0, s)), reinterpret_cast<const float*>(at(1, s)),
-                       reinterpret_cast<const float*>(at(2, s)), count, row, bits, group, kslot(s));
-    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(3, s)), reinterpret_cast<const float*>(at(4, s)),
-                       reinterpret_cast<const float*>(at(5, s)), count, row, bits, group, vslot(s));
   }
 
-  // What the cache holds: f32 rows, or codes + scales + biases (not the f32 working rows).
+  // Quantized stores: slots [s, s + count) dequantized into k, v ([count, row] f32 on `device`).
+  void dequantize(int64_t s, int64_t count, float* k, float* v) const {
+    ops::DeviceScope scope(device);
+    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(0, s)), reinterpret_cast<const float*>(at(1, s)),
+                       reinterpret_cast<const float*>(at(2, s)), count, row, bits, group, k);
+    ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(3, s)), reinterpret_cast<const float*>(at(4, s)),
+                       reinterpret_cast<const float*>(at(5, s)), count, row, bits, group, v);
+  }
+
+  // What the cache holds: f32 rows, or codes + scales + biases.
   size_t nbytes() const {
     int64_t per_slot = 0;
-    for (size_t p = 0; p < (quantized ? k_rows_plane() : plane_bytes.size()); ++p) per_slot += plane_bytes[p];
+    for (int64_t b : plane_bytes) per_slot += b;
     return static_cast<size_t>(capacity * per_slot);
   }
 };
 
 // ---- KVLayer --------------------------------------------------------------------------------------
 
-KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
+KVLayer::KVLayer(const KVLayerConfig& config, std::shared_ptr<KVScratch> scratch)
+    : config_(config), scratch_(std::move(scratch)) {
   VLM_CHECK(config.n_kv_heads > 0 && config.head_dim > 0, ErrorKind::kInvalidArgument,
             "kv cache layer: n_kv_heads {} and head_dim {} must be positive", config.n_kv_heads, config.head_dim);
   VLM_CHECK(config.max_size >= 0 && (config.max_size == 0 || config.max_size > config.keep) && config.keep >= 0,
@@ -142,6 +171,10 @@ KVLayer::KVLayer(const KVLayerConfig& config) : config_(config) {
   // Always starts in f32: like mlx's maybe_quantize_kv_cache, conversion happens after an update
   // (so even with quantize_start 0 the first chunk attends in full precision).
   store_ = std::make_unique<Store>(row_, false, config.bits.value_or(0), config.group_size, config.device);
+  if (!scratch_) scratch_ = std::make_shared<KVScratch>(config.device);  // allocates on first use only
+  VLM_CHECK(scratch_->device() == config.device, ErrorKind::kInvalidArgument,
+            "kv cache layer on {} given a dequantization scratch on {}", device_name(config.device),
+            device_name(scratch_->device()));
 }
 
 KVLayer::~KVLayer() = default;
@@ -184,10 +217,21 @@ void KVLayer::read(int64_t begin, int64_t count, float* k, float* v) const {
   VLM_CHECK(begin >= 0 && count >= 0 && begin + count <= size_, ErrorKind::kInvalidArgument,
             "kv cache read [{}, {}) outside the {} held entries", begin, begin + count, size_);
   if (count == 0) return;
-  // f32 rows (a quantized store's dequantized ones), from wherever the store lives.
+  // f32 rows (a quantized store's dequantized through the scratch), from wherever the store lives.
+  const float* ks = nullptr;
+  const float* vs = nullptr;
+  if (store_->quantized) {
+    auto [kd, vd] = scratch_->rows(count, row_);
+    store_->dequantize(begin, count, kd, vd);
+    ks = kd;
+    vs = vd;
+  } else {
+    ks = store_->kslot(begin);
+    vs = store_->vslot(begin);
+  }
   const size_t bytes = static_cast<size_t>(count * row_) * sizeof(float);
-  ops::copy(k, Device::kCpu, store_->kslot(begin), store_->device, bytes);
-  ops::copy(v, Device::kCpu, store_->vslot(begin), store_->device, bytes);
+  ops::copy(k, Device::kCpu, ks, store_->device, bytes);
+  ops::copy(v, Device::kCpu, vs, store_->device, bytes);
 }
 
 void KVLayer::to_quantized() {
@@ -216,9 +260,22 @@ void KVLayer::trim(int64_t n) {
 
 void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k_pos, const LayerAttentionSpec& spec,
                      const ops::AttentionMask& mask, float* out) {
-  // f32 rows on every store (a quantized store's dequantized ones), on the store's device.
-  ops::attention(q, n, q_pos0, store_->kslot(0), store_->vslot(0), k_pos, size_, spec.n_heads, spec.n_kv_heads,
-                 spec.head_dim, spec.scale, spec.softcap, mask, out);
+  // f32 rows on the store's device: an f32 store's own, a quantized store's dequantized into the
+  // shared scratch (overwritten by the next layer, which attends after this call's kernels on the
+  // same stream).
+  const float* ks = nullptr;
+  const float* vs = nullptr;
+  if (store_->quantized) {
+    auto [kd, vd] = scratch_->rows(size_, row_);
+    store_->dequantize(0, size_, kd, vd);
+    ks = kd;
+    vs = vd;
+  } else {
+    ks = store_->kslot(0);
+    vs = store_->vslot(0);
+  }
+  ops::attention(q, n, q_pos0, ks, vs, k_pos, size_, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.scale,
+                 spec.softcap, mask, out);
 }
 
 void KVLayer::update_standard(const float* k, const float* v, int64_t n) {
@@ -349,6 +406,18 @@ std::string LayeredKVCache::describe() const {
   return out.empty() ? "empty" : out;
 }
 
+size_t LayeredKVCache::scratch_nbytes() const {
+  std::vector<const KVScratch*> seen;
+  size_t total = 0;
+  for (const auto& l : layers_) {
+    const KVScratch* s = &l->scratch();
+    if (std::find(seen.begin(), seen.end(), s) != seen.end()) continue;
+    seen.push_back(s);
+    total += s->nbytes();
+  }
+  return total;
+}
+
 bool max_kv_size_ignored(const std::vector<LayerCacheInfo>& layers, const KVCacheOptions& options) {
   if (!options.max_kv_size) return false;
   return std::any_of(layers.begin(), layers.end(), [](const LayerCacheInfo& l) { return l.sliding_window > 0; });
@@ -363,6 +432,8 @@ std::unique_ptr<LayeredKVCache> make_layered_kv_cache(const std::vector<LayerCac
       std::any_of(layers.begin(), layers.end(), [](const LayerCacheInfo& l) { return l.sliding_window > 0; });
   std::vector<std::unique_ptr<KVLayer>> out;
   out.reserve(layers.size());
+  // Layers attend one after another, so one dequantization scratch serves them all.
+  auto scratch = std::make_shared<KVScratch>(options.device);
   for (const LayerCacheInfo& info : layers) {
     KVLayerConfig c;
     c.n_kv_heads = info.n_kv_heads;
@@ -379,7 +450,7 @@ std::unique_ptr<LayeredKVCache> make_layered_kv_cache(const std::vector<LayerCac
     c.group_size = options.kv_group_size;
     c.quantize_start = options.quantized_kv_start;
     c.device = options.device;
-    out.push_back(std::make_unique<KVLayer>(c));
+    out.push_back(std::make_unique<KVLayer>(c, scratch));
   }
   return std::make_unique<LayeredKVCache>(std::move(out));
 }

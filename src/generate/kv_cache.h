@@ -12,12 +12,12 @@
 //   purpose for parity: inside a multi-token chunk the sinks are visible only to the first few
 //   queries. RoPE positions are never re-rotated (the model applies them from the absolute offset).
 // * Quantized (bits, group_size): K and V rows stored MLX-affine quantized along head_dim
-//   (ops::kv_quantize); each slot's dequantization (ops::kv_dequantize) is kept next to it in f32 as
-//   it is written, and ops::attention runs over those rows, which equals mlx's quantized_matmul
-//   attention up to float summation order. The f32 working rows are scratch (MemoryTracker kScratch,
-//   not in nbytes(), which counts codes, scales and biases as mlx does), so the quantized cache does
-//   not lower peak memory yet; an attention that reads the codes directly would drop them.
-//   A layer created with
+//   (ops::kv_quantize), and only those: codes, scales and biases (MemoryTracker kKvCache and
+//   nbytes(), as mlx's nbytes counts). To attend, a layer dequantizes its held slots
+//   (ops::kv_dequantize) into a KVScratch, one layer's f32 K/V rows shared by every layer of the
+//   cache (kScratch), and ops::attention runs over them, which equals mlx's quantized_matmul
+//   attention up to float summation order. So a cache of L layers holds L layers of codes plus one
+//   layer of f32 rows. A layer created with
 //   a quantization start N stays f32 until its offset reaches N at the end of an update, then
 //   converts all held entries at once; later tokens are quantized on insert (mlx-vlm's
 //   maybe_quantize_kv_cache after every step, default N = 5000; with N = 0 the first chunk still
@@ -31,10 +31,10 @@
 // As in mlx, max_kv_size is ignored for models whose layout has windowed layers (there the model's
 // own cache layout wins; see KVCacheOptions::max_kv_size_ignored). kv_bits applies to every layer.
 //
-// Devices: the store lives on KVCacheOptions::device — f32 K/V rows are written with ops::copy from
-// the model's device buffers, quantized ones with ops::kv_quantize + ops::kv_dequantize there
-// (bit-identical codes, scales, biases and dequantized rows on every backend, so a quantized cache
-// holds the same bits on CPU and CUDA), and attention runs there (ops::attention); the positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices").
+// Devices: the store and the scratch live on KVCacheOptions::device — f32 K/V rows are written with
+// ops::copy from the model's device buffers, quantized ones with ops::kv_quantize there and read back
+// with ops::kv_dequantize (bit-identical codes, scales, biases and dequantized rows on every backend,
+// so a quantized cache holds the same bits on CPU and CUDA), and attention runs there (ops::attention); the positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices").
 // Rotating moves are ops::copy calls of whole runs of slots, one per plane.
 #pragma once
 
@@ -42,9 +42,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/memory.h"
+#include "core/tensor.h"
 #include "models/kv_cache.h"
 #include "models/language_model.h"
 
@@ -59,6 +61,28 @@ struct KVCacheOptions {
   Device device = Device::kCpu;        // where K/V live: the model's device (LanguageModel::device())
   // Throws Error(kInvalidArgument) naming the option when a value is out of range.
   void validate() const;
+};
+
+// Transient f32 K/V rows that quantized layers dequantize into before attending: sized for the
+// longest layer (grown in 256-token steps, never shrunk, so a decode step allocates only when that
+// crosses a step), tracked as MemCategory::kScratch, on one device. Shared by the layers of one
+// cache: they attend one after another (one stream on CUDA), so each layer's rows are dead once its
+// attention has been issued.
+class KVScratch {
+ public:
+  explicit KVScratch(Device device);
+  ~KVScratch();
+  KVScratch(const KVScratch&) = delete;
+  KVScratch& operator=(const KVScratch&) = delete;
+  // k, v: [tokens, row] f32 on device(); valid until the next rows() call.
+  std::pair<float*, float*> rows(int64_t tokens, int64_t row);
+  Device device() const { return device_; }
+  size_t nbytes() const;  // both planes, as allocated
+
+ private:
+  Device device_;
+  Tensor k_, v_;
+  int64_t floats_ = 0;  // capacity of each plane
 };
 
 // One layer's configuration, resolved by make_kv_cache (public so tests can build single layers).
@@ -76,7 +100,8 @@ struct KVLayerConfig {
 
 class KVLayer final : public LayerKVCache {
  public:
-  explicit KVLayer(const KVLayerConfig& config);
+  // `scratch` (same device as the config) is shared with the cache's other layers; null = its own.
+  explicit KVLayer(const KVLayerConfig& config, std::shared_ptr<KVScratch> scratch = nullptr);
   ~KVLayer() override;
   KVLayer(const KVLayer&) = delete;
   KVLayer& operator=(const KVLayer&) = delete;
@@ -91,6 +116,7 @@ class KVLayer final : public LayerKVCache {
   const KVLayerConfig& config() const { return config_; }
   bool rotating() const { return config_.max_size > 0; }
   bool quantized() const { return quantized_; }
+  const KVScratch& scratch() const { return *scratch_; }
   // Whether the last `n` tokens can be dropped exactly (standard: always; rotating: only while
   // nothing has been evicted yet, i.e. offset < max_size, as mlx's is_trimmable).
   bool is_trimmable() const;
@@ -123,6 +149,7 @@ class KVLayer final : public LayerKVCache {
   int64_t idx_ = 0;     // rotating: next write slot (mlx's _idx)
   std::vector<int64_t> pos_;  // absolute position of each slot
   std::unique_ptr<Store> store_;
+  std::shared_ptr<KVScratch> scratch_;  // quantized stores dequantize here to attend / read
 };
 
 class LayeredKVCache final : public KVCache {
@@ -135,6 +162,8 @@ class LayeredKVCache final : public KVCache {
   void trim(int64_t n);
   // "standard", "rotating(4096, keep 4)", "quantized(4-bit, g64, from 5000)", ... per distinct layer kind.
   std::string describe() const;
+  // Bytes of the dequantization scratch(es) the layers share (not in nbytes(): transient rows).
+  size_t scratch_nbytes() const;
 
  private:
   std::vector<std::unique_ptr<KVLayer>> layers_;

@@ -490,5 +490,85 @@ TEST(KVCache, MemoryIsTrackedAsKvCache) {
             before);
 }
 
+int64_t tracked(MemCategory c) {
+  return MemoryTracker::instance().snapshot(MemDevice::kHost).by_category[static_cast<int>(c)];
+}
+
+TEST(KVCache, QuantizedCacheHoldsOnlyPackedRowsPlusOneLayerOfScratch) {
+  // A cache of several layers at 4 bits against the f32 cache at the same length, by what the
+  // MemoryTracker sees (not by what nbytes() claims): the KV category must be exactly the packed
+  // planes (codes + f32 scales + f32 biases per slot), and the f32 rows attention needs must exist
+  // only once, as scratch shared by all layers — so the whole quantized cache, scratch included, is
+  // well under half the f32 one. Its outputs must equal those of layers with their own scratch.
+  constexpr int kLayers = 8, kBits = 4, kGroup = 64;
+  constexpr int64_t kPrefill = 300, kDecode = 3, kTokens = kPrefill + kDecode;
+  const int64_t row = kKvHeads * kHd;
+  const int64_t capacity = (kTokens + 255) / 256 * 256;  // the cache's 256-token growth step
+  std::vector<Record> recs(kLayers);
+  std::mt19937 rng(12);
+  for (Record& r : recs) append_random(r, kTokens, rng);
+  std::vector<LayerCacheInfo> layout(kLayers, LayerCacheInfo{kKvHeads, kHd, 0});
+  const LayerAttentionSpec s = spec_for();
+
+  // Feeds every layer the prefill then kDecode single tokens; returns all outputs.
+  auto feed = [&](const std::function<LayerKVCache&(int)>& layer) {
+    std::vector<float> out(static_cast<size_t>(kLayers * kTokens * kHeads * kHd));
+    auto step = [&](int64_t from, int64_t n) {
+      for (int l = 0; l < kLayers; ++l) {
+        const Record& r = recs[static_cast<size_t>(l)];
+        layer(l).update_and_attend(r.q.data() + from * kHeads * kHd, r.k.data() + from * row,
+                                   r.v.data() + from * row, n, s, ops::AttentionMask{},
+                                   out.data() + (l * kTokens + from) * kHeads * kHd);
+      }
+    };
+    step(0, kPrefill);
+    for (int64_t t = kPrefill; t < kTokens; ++t) step(t, 1);
+    return out;
+  };
+
+  KVCacheOptions f32_opts;
+  KVCacheOptions q_opts;
+  q_opts.kv_bits = kBits;
+  q_opts.kv_group_size = kGroup;
+  q_opts.quantized_kv_start = 0;
+
+  const int64_t kv0 = tracked(MemCategory::kKvCache), scratch0 = tracked(MemCategory::kScratch);
+  auto f32_cache = make_layered_kv_cache(layout, f32_opts);
+  feed([&](int l) -> LayerKVCache& { return f32_cache->layer(l); });
+  const int64_t f32_kv = tracked(MemCategory::kKvCache) - kv0;
+  EXPECT_EQ(f32_kv, kLayers * 2 * capacity * row * 4);
+  EXPECT_EQ(tracked(MemCategory::kScratch), scratch0);  // f32 layers attend over their own rows
+  EXPECT_EQ(f32_cache->scratch_nbytes(), 0u);
+  f32_cache.reset();
+
+  auto q_cache = make_layered_kv_cache(layout, q_opts);
+  const std::vector<float> shared_out = feed([&](int l) -> LayerKVCache& { return q_cache->layer(l); });
+  for (int l = 0; l < kLayers; ++l) ASSERT_TRUE(q_cache->kv_layer(l).quantized());
+  const int64_t q_kv = tracked(MemCategory::kKvCache) - kv0;
+  const int64_t q_scratch = tracked(MemCategory::kScratch) - scratch0;
+  // Per slot and K/V plane: packed codes, then one f32 scale and one f32 bias per group.
+  const int64_t packed_per_slot = 2 * (ops::kv_packed_words(row, kBits) * 4 + 2 * (row / kGroup) * 4);
+  EXPECT_EQ(q_kv, kLayers * capacity * packed_per_slot);
+  size_t held = 0;
+  for (int l = 0; l < kLayers; ++l) held += q_cache->kv_layer(l).nbytes();
+  EXPECT_GE(held, static_cast<size_t>(q_kv));  // nbytes() also counts the host position array
+  EXPECT_LT(held, static_cast<size_t>(q_kv) + kLayers * capacity * sizeof(int64_t) * 2);
+  // One layer's f32 K and V rows, whatever the number of layers.
+  EXPECT_EQ(q_scratch, 2 * capacity * row * 4);
+  EXPECT_EQ(q_cache->scratch_nbytes(), static_cast<size_t>(q_scratch));
+  EXPECT_LT(q_kv + q_scratch, f32_kv / 2) << "4-bit cache (scratch included) must be well under half the f32 one";
+
+  // The same inputs through standalone layers (each with its own scratch): the same bits.
+  std::vector<std::unique_ptr<KVLayer>> own;
+  for (int l = 0; l < kLayers; ++l) own.push_back(std::make_unique<KVLayer>(q_cache->kv_layer(l).config()));
+  const std::vector<float> own_out = feed([&](int l) -> LayerKVCache& { return *own[static_cast<size_t>(l)]; });
+  EXPECT_EQ(max_abs_diff(shared_out.data(), own_out.data(), static_cast<int64_t>(own_out.size())), 0.0f);
+  own.clear();
+
+  q_cache.reset();
+  EXPECT_EQ(tracked(MemCategory::kKvCache), kv0);
+  EXPECT_EQ(tracked(MemCategory::kScratch), scratch0);
+}
+
 }  // namespace
 }  // namespace vlm
