@@ -256,12 +256,13 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
 }
 
 // The 4-bit tensor-core GEMV (linear_gemv_mma.cu; cols a multiple of 128): every group size with
-// f16/bf16/f32 scales and biases, n = 1..7 (one launch of 1-2 or 3-7 tokens), row counts that are not
-// a multiple of its 32-row blocks, rows split over 1..8 warps (3, 16 and 28 rounds of 128 values,
-// unevenly), q/k/v groups in one launch, and x with a large dynamic range (it is put on a per-group
-// fixed-point grid: |x| from 2^-30 to 2^30, an all-zero group, one huge value among tiny ones). Also a
-// 4-bit weight whose cols are not a multiple of 128, which stays on the CUDA-core kernel. Own rng, so
-// the other cases' inputs do not depend on these.
+// f16/bf16/f32 scales and biases, n = 1..7 (chunks of 2 tokens; launches of at most 2048 rows keep
+// chunks of 4 tokens on the CUDA-core kernel, so n = 4..7 run both), row counts that are not a
+// multiple of its 32-row blocks, rows split over 1..4 warps and thread-block clusters (3, 16 and 28
+// rounds of 128 values, unevenly), q/k/v groups in one launch, and x with a large dynamic range (it
+// is put on a per-group fixed-point grid: |x| from 2^-30 to 2^30, an all-zero group, one huge value
+// among tiny ones). Also a 4-bit weight whose cols are not a multiple of 128, which stays on the
+// CUDA-core kernel. Own rng, so the other cases' inputs do not depend on these.
 void add_quant_gemv_cases(std::vector<Case>& cases) {
   std::mt19937 rng(7411);
   // x [n, cols]: uniform(-1, 1) times 2^k, k uniform in [-30, 30]; group 0 of token 0 all zeros; in

@@ -17,21 +17,29 @@
 //   word) and a2 = (w >> 4) & 0x0F0F0F0F (codes 1, 3, 5, 7); the K order inside one MMA is thereby
 //   permuted, and x's digits are staged in the same order (b0 = digits of x at the word's even
 //   columns, b1 = odd). One MMA covers 4 words of each row (one per tig lane), always inside one group.
-//   Rounds. A row is read in rounds of 128 values (64 bytes): lane tig loads 16 bytes of each of its
-//   rows, as one 16-byte load (group 128), two 8-byte loads (group 64: each quad reads one 32-byte
-//   group) or four 4-byte loads (group 32). A warp owns 32 rows (two MMA row tiles); the block's
-//   warps split the rounds of those rows (round r goes to warp r mod warps) and are reduced through
-//   shared memory at the end. The next round's codes, scales and biases are loaded (streaming, not
-//   kept in L1) before the current round's math.
+//   Rounds. A row is read in rounds of 128 values (64 bytes). A warp owns 32 rows (two MMA row
+//   tiles); the block's warps, and the blocks of a thread-block cluster (sm_90), split the rounds of
+//   those rows (round r goes to warp r mod warps-in-cluster) and are reduced through shared memory
+//   and distributed shared memory at the end, in a fixed order. Each warp streams its rounds through
+//   a ring of kStages rounds in shared memory filled by cp.async (codes bypass L1): kStages - 1
+//   rounds are in flight while one is computed, without registers held for them. From the ring,
+//   lane tig reads 16 bytes of each of its rows: word i of the lane is word (i / L)·4L + tig·L + i % L
+//   of the round, L = group / 32, so the quad's i-th words are one run inside one group.
 //   Staging. Per round each warp writes its round's x digits (and per group and token 2^(e-22) and
-//   Σx) to its own shared-memory slice, each lane converting 4 values per token; a swizzle keeps the
-//   8-byte B-fragment reads free of bank conflicts.
-//   Tokens. Columns are (token, digit): one MMA holds 2 tokens (6 columns), so n <= 2 is one MMA per
-//   k step and 3..7 tokens are four (the codes' conversion is shared by all of them).
+//   Σx) to its own shared-memory slice, each lane converting 4 values per token; swizzles keep the
+//   fragment reads free of bank conflicts.
+//   Tokens. Columns are (token, digit): one MMA holds 2 tokens (6 columns); n > 2 runs in chunks of 2
+//   tokens, each reading the weights once (gemv_launch keeps some chunks on the CUDA-core kernel).
+//   Launch shape (H200, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): 4 warps
+//   per block, 8 for rows of 64+ rounds; clusters only where the row groups alone give fewer blocks
+//   than SMs. Measured n = 1: 61-66% of the copy probe on the lm_heads, 36-40% on the 7B gate/up and
+//   down, 27% on the 3B gate/up; the limit is not DRAM but the per-round work of a warp (ncu: ~700
+//   instructions per warp and 2 KB round, staging of x included) against the ~2 us loaded latency.
 #include "kernels/cuda/linear_gemv.cuh"
 
 #include <cooperative_groups.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -42,11 +50,12 @@ namespace {
 constexpr int kMaxWarps = 8;  // K-split warps per block
 constexpr int kTiles = 2;     // 16-row MMA tiles per warp
 constexpr int kRowsPerBlock = 16 * kTiles;
+constexpr int kStages = 4;  // rounds of codes, scales and biases in flight per warp (cp.async ring)
 
 struct MmaParams {
   const float* x;  // [n, in] f32
   int64_t in;      // inputs per row (x's row stride)
-  int nt;          // tokens of this launch (1..2 or 1..8)
+  int nt;          // tokens of this launch (1 or 2)
   int rounds;      // 128-value rounds per row
   int64_t words;   // u32 words per row
   int64_t groups;  // groups per row
@@ -66,77 +75,67 @@ struct MmaParams {
 // Group-size dependent layout of one round (16 words of a row).
 template <int G>
 struct Round {
-  static constexpr int kLc = G / 32;        // words per load per lane (1, 2, 4)
-  static constexpr int kGroups = 128 / G;   // groups per round
-  // Word position within the round of lane tig's i-th word: the quad's i-th words are one run of
-  // 4·kLc consecutive words inside one group.
-  __device__ static constexpr int pos(int tig, int i) { return (i / kLc) * 4 * kLc + tig * kLc + i % kLc; }
+  static constexpr int kLc = G / 32;       // words of one quad run per lane (1, 2, 4)
+  static constexpr int kGroups = 128 / G;  // groups per round
 };
 
-__device__ __forceinline__ uint32_t ld_code_words1(const uint32_t* p, bool stream) {
-  uint32_t v;
-  if (stream)
-    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
-  else
-    asm("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
-  return v;
-}
-
-// Loads the 4 words of lane tig in one round of one row (16-, 8- or 4-byte loads by group size).
-template <int G>
-__device__ __forceinline__ void load_words(const uint32_t* __restrict__ row, int r, int tig, uint32_t (&w)[4]) {
-  const uint32_t* base = row + r * 16;
-  if constexpr (G == 128) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(base + 4 * tig));
-    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
-  } else if constexpr (G == 64) {
-#pragma unroll
-    for (int run = 0; run < 2; ++run) {
-      uint2 v;
-      asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(base + run * 8 + 2 * tig));
-      w[2 * run] = v.x, w[2 * run + 1] = v.y;
-    }
-  } else {
-    // 16-byte runs per quad: half a sector per instruction, the next instruction reads the other half,
-    // so these go through L1 (allocating) to be fetched from L2 once.
-#pragma unroll
-    for (int run = 0; run < 4; ++run) w[run] = ld_code_words1(base + run * 4 + tig, false);
-  }
-}
-
-// Words of scales or biases for one round of one row: kGroups values of SB bytes.
-template <int G, int SB>
+// Scales or biases of one round of one row: kGroups values of SB bytes, copied as one aligned piece
+// of kCopy bytes (the 4-byte word holding the value when a round has a single 2-byte value).
+template <int G, int KIND>
 struct ScaleWords {
+  static constexpr int SB = KIND == detail::kF32 ? 4 : 2;
   static constexpr int kBytes = (128 / G) * SB;
-  static constexpr int kN = kBytes < 4 ? 1 : kBytes / 4;
-  __device__ static void load(const void* base, int64_t first, uint32_t (&v)[kN]) {
-    const char* p = static_cast<const char*>(base) + first * SB;
-    if constexpr (kBytes == 2) {
-      v[0] = __ldg(reinterpret_cast<const unsigned short*>(p));
-    } else if constexpr (kBytes == 4) {
-      v[0] = __ldg(reinterpret_cast<const unsigned*>(p));
-    } else if constexpr (kBytes == 8) {
-      const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-      v[0] = u.x, v[1] = u.y;
-    } else {
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-      v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
-    }
-  }
-  // Value jj (round-local group) as f32.
-  __device__ static float get(const uint32_t (&v)[kN], int jj, int kind) {
+  static constexpr int kCopy = kBytes < 4 ? 4 : kBytes;
+  static constexpr int kN = kCopy / 4;
+  // Value jj (round-local group) of the copied words as f32; odd = the value is the word's upper half
+  // (2-byte single values only).
+  __device__ static float get(const uint32_t* v, int jj, bool odd) {
     if constexpr (SB == 4) {
       return __uint_as_float(v[jj]);
     } else {
-      const uint32_t h = (v[jj >> 1] >> (16 * (jj & 1))) & 0xffffu;
-      if (kind == detail::kBF16) return __uint_as_float(h << 16);
+      const int half = kBytes == 2 ? (odd ? 1 : 0) : (jj & 1);
+      const uint32_t h = (v[kBytes == 2 ? 0 : jj >> 1] >> (16 * half)) & 0xffffu;
+      if constexpr (KIND == detail::kBF16) return __uint_as_float(h << 16);
       return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
     }
   }
 };
+
+// Per-warp shared memory: a ring of kStages rounds (codes of 32 rows, raw scales and biases), the x
+// digits of the round being computed, and per group {2^(e-22), Σx} of each token.
+template <int G, int KIND>
+struct WarpSmem {
+  static constexpr int kN = ScaleWords<G, KIND>::kN;
+  static constexpr int kCodes = 0;                                       // [stage][32 rows][64 B]
+  static constexpr int kScales = kCodes + kStages * kRowsPerBlock * 64;  // [stage][32 rows][kN words]
+  static constexpr int kBiases = kScales + kStages * kRowsPerBlock * kN * 4;
+  static constexpr int kDigits = kBiases + kStages * kRowsPerBlock * kN * 4;  // 128 uint2
+  static constexpr int kGrp = kDigits + 128 * 8;                              // [group][2 tokens] float2
+  static constexpr int kBytes = kGrp + Round<G>::kGroups * 2 * 8;
+};
+
+__device__ __forceinline__ void cp_async_cg16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem));
+}
+template <int N>
+__device__ __forceinline__ void cp_async_ca(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem), "n"(N));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// 16-byte chunk c (0..3) of smem row `row` holds the row's bytes [16c', 16c' + 16) with c' = c ^ swz:
+// the XOR spreads the 8-byte fragment reads of rows 2 apart over different banks.
+__device__ __forceinline__ int chunk_swizzle(int row) {
+  return 2 * ((row >> 1) & 1);
+}
 
 // Low bytes of four ints packed into one register (byte k = v[k]).
 __device__ __forceinline__ uint32_t pack_low_bytes(int a, int b, int c, int d) {
@@ -145,7 +144,9 @@ __device__ __forceinline__ uint32_t pack_low_bytes(int a, int b, int c, int d) {
   return __byte_perm(ab, cd, 0x5410);
 }
 
-__device__ __forceinline__ int sext8(int v) { return static_cast<int>(static_cast<uint32_t>(v) << 24) >> 24; }
+__device__ __forceinline__ int sext8(int v) {
+  return static_cast<int>(static_cast<uint32_t>(v) << 24) >> 24;
+}
 
 __device__ __forceinline__ void mma_u8s8(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                          uint32_t b1) {
@@ -155,30 +156,42 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], uint32_t a0, uint32_t a1, 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// One round's loaded operands of a warp: codes, scales and biases of its 2 × 2 rows per lane.
-template <int G, int SB>
-struct Buf {
-  uint32_t c[kTiles][2][4];
-  uint32_t s[kTiles][2][ScaleWords<G, SB>::kN];
-  uint32_t b[kTiles][2][ScaleWords<G, SB>::kN];
-};
-
-// Index (in uint2) of the B fragment of MMA jm, word i, lane (col, tig) in a warp's staging slice:
-// 8 consecutive lanes of one 8-byte wavefront hit distinct banks thanks to the col swizzle by tig.
-__device__ __forceinline__ int stage_index(int jm, int i, int tig, int col) {
-  return ((jm * 4 + i) * 4 + tig) * 8 + (col ^ (4 * (tig >> 1)));
+// Index (in uint2) of the B fragment of word i, lane (col, tig) in a warp's digit slice: the 8
+// lanes of one 8-byte wavefront hit distinct banks thanks to the col swizzle by tig.
+__device__ __forceinline__ int digit_index(int i, int tig, int col) {
+  return (i * 4 + tig) * 8 + (col ^ (4 * (tig >> 1)));
 }
 
-template <int G, int SB, int NM>
-__global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
-    gemv_q4_mma_kernel(const __grid_constant__ MmaParams p) {
+// Lane tig's 4 words of one smem row (word i of the lane is the round's word (i / kLc)·4·kLc +
+// tig·kLc + i % kLc: the quad's i-th words are one run inside one group).
+template <int G>
+__device__ __forceinline__ void read_words(const unsigned char* codes_row, int row, int tig, uint32_t (&w)[4]) {
+  const int swz = chunk_swizzle(row);
+  if constexpr (G == 128) {
+    const uint4 v = *reinterpret_cast<const uint4*>(codes_row + 16 * (tig ^ swz));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (G == 64) {
+#pragma unroll
+    for (int run = 0; run < 2; ++run) {
+      const int byte = 32 * run + 8 * tig;
+      const uint2 v = *reinterpret_cast<const uint2*>(codes_row + 16 * ((byte >> 4) ^ swz) + (byte & 15));
+      w[2 * run] = v.x, w[2 * run + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int run = 0; run < 4; ++run)
+      w[run] = *reinterpret_cast<const uint32_t*>(codes_row + 16 * (run ^ swz) + 4 * tig);
+  }
+}
+
+template <int G, int KIND>
+__global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __grid_constant__ MmaParams p) {
   using RL = Round<G>;
-  using SW = ScaleWords<G, SB>;
-  constexpr int kGroups = RL::kGroups;
-  constexpr int kStage = NM * 128;  // uint2 per warp: NM MMAs × 4 words × 4 tig × 8 columns
-  __shared__ __align__(16) uint2 stage_all[kMaxWarps * kStage];
-  __shared__ float2 grp_all[kMaxWarps][kGroups * 2 * NM];  // {2^(e-22), Σx} per (group, token)
-  __shared__ float block_sum[kRowsPerBlock * 2 * NM];       // this block's partial y [token][row]
+  using SW = ScaleWords<G, KIND>;
+  using WS = WarpSmem<G, KIND>;
+  constexpr int kGroups = RL::kGroups, kN = SW::kN;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float block_sum[kRowsPerBlock * 2];  // this block's partial y [token][row]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int gid = lane >> 2, tig = lane & 3;
@@ -189,28 +202,50 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
   const unsigned first = j > 0 ? p.block_end[j - 1] : 0u;
   const int64_t rows = p.rows[j];
   const int64_t row0 = static_cast<int64_t>(rg - first) * kRowsPerBlock;
-  const uint32_t* rowp[kTiles][2];
-  int64_t srow[kTiles][2];
+  auto clamp_row = [&](int64_t r) { return r < rows ? r : rows - 1; };  // clamped rows: computed, not stored
+  // Rows this lane copies: codes of rows lane/4 + 8k (16-byte chunk lane % 4), scales of row `lane`.
+  const unsigned char* copy_rows[4];
 #pragma unroll
-  for (int m = 0; m < kTiles; ++m)
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      int64_t rr = row0 + 16 * m + 8 * q + gid;
-      rr = rr < rows ? rr : rows - 1;  // clamped rows are computed, not stored
-      rowp[m][q] = p.w[j] + rr * p.words;
-      srow[m][q] = rr * p.groups;
-    }
-  const void* scales = p.scales[j];
-  const void* biases = p.biases[j];
+  for (int k = 0; k < 4; ++k)
+    copy_rows[k] = reinterpret_cast<const unsigned char*>(p.w[j] + clamp_row(row0 + (lane >> 2) + 8 * k) * p.words);
+  const int64_t scale_elem = clamp_row(row0 + lane) * p.groups;
+  const unsigned char* scale_src = static_cast<const unsigned char*>(p.scales[j]);
+  const unsigned char* bias_src = static_cast<const unsigned char*>(p.biases[j]);
+  // Whether the value of the 2-byte single-value case is its word's upper half (per row: the parity
+  // of row · groups + r flips with r when groups is odd).
+  const int64_t my_elem[2][2] = {{clamp_row(row0 + gid) * p.groups, clamp_row(row0 + gid + 8) * p.groups},
+                                 {clamp_row(row0 + 16 + gid) * p.groups, clamp_row(row0 + 24 + gid) * p.groups}};
 
-  uint2* stage = stage_all + warp * kStage;
-  float2* grp = grp_all[warp];
-  for (int i = lane; i < kStage; i += 32) stage[i] = make_uint2(0u, 0u);
-  for (int i = lane; i < kGroups * 2 * NM; i += 32) grp[i] = make_float2(0.0f, 0.0f);
+  unsigned char* ws = smem + warp * WS::kBytes;
+  uint2* digits = reinterpret_cast<uint2*>(ws + WS::kDigits);
+  float2* grp = reinterpret_cast<float2*>(ws + WS::kGrp);
+  for (int i = lane; i < 128; i += 32) digits[i] = make_uint2(0u, 0u);
+  if (lane < kGroups * 2) grp[lane] = make_float2(0.0f, 0.0f);
   __syncwarp();
 
-  // This lane's C columns 2·tig and 2·tig + 1 of each MMA: (token within the MMA, digit); columns 6
-  // and 7 are unused (multiplier 0).
+  // Copies round r into ring stage st (codes: 4 × 16 bytes per lane, scales and biases: one piece each).
+  auto issue = [&](int st, int r) {
+    unsigned char* codes = ws + WS::kCodes + st * (kRowsPerBlock * 64);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int row = (lane >> 2) + 8 * k, c = lane & 3;
+      cp_async_cg16(codes + row * 64 + 16 * (c ^ chunk_swizzle(row)),
+                    copy_rows[k] + static_cast<int64_t>(r) * 64 + 16 * c);
+    }
+    int64_t e = scale_elem + static_cast<int64_t>(r) * kGroups;
+    if constexpr (SW::kBytes == 2) e &= ~int64_t{1};  // the aligned word holding the value
+    unsigned char* sd = ws + WS::kScales + (st * kRowsPerBlock + lane) * kN * 4;
+    unsigned char* bd = ws + WS::kBiases + (st * kRowsPerBlock + lane) * kN * 4;
+    if constexpr (SW::kCopy == 16) {
+      cp_async_cg16(sd, scale_src + e * SW::SB);
+      cp_async_cg16(bd, bias_src + e * SW::SB);
+    } else {
+      cp_async_ca<SW::kCopy>(sd, scale_src + e * SW::SB);
+      cp_async_ca<SW::kCopy>(bd, bias_src + e * SW::SB);
+    }
+  };
+
+  // This lane's C columns 2·tig and 2·tig + 1: (token, digit); columns 6 and 7 are unused.
   const int col_a = 2 * tig, col_b = 2 * tig + 1;
   const int tok_a = col_a < 6 ? col_a / 3 : 0, tok_b = col_b < 6 ? col_b / 3 : 0;
   const float mul_a = col_a < 6 ? (col_a % 3 == 0 ? 1.0f : col_a % 3 == 1 ? 256.0f : 65536.0f) : 0.0f;
@@ -224,20 +259,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
   const int s_tig = s_rem / RL::kLc, s_i = s_run * RL::kLc + s_rem % RL::kLc;
   const int s_grp = (8 * sp) / G;
 
-  float acc[kTiles][NM][4] = {};
+  float acc[kTiles][4] = {};
 
-  auto load = [&](Buf<G, SB>& bf, int r) {
-#pragma unroll
-    for (int m = 0; m < kTiles; ++m)
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        load_words<G>(rowp[m][q], r, tig, bf.c[m][q]);
-        SW::load(scales, srow[m][q] + static_cast<int64_t>(r) * kGroups, bf.s[m][q]);
-        SW::load(biases, srow[m][q] + static_cast<int64_t>(r) * kGroups, bf.b[m][q]);
-      }
-  };
-
-  // x digits of round r into the staging slice.
+  // x digits of round r into the digit slice.
   auto stage_x = [&](int r) {
     for (int tk = 0; tk < p.nt; ++tk) {
       const float4* xr = reinterpret_cast<const float4*>(p.x + tk * p.in + static_cast<int64_t>(r) * 128 + 8 * sp);
@@ -256,7 +280,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
       int d0[4], d1[4], d2[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        // rint(v·f) by the 1.5·2^23 shift (|v·f| < 2^22).
+        // rint(v·f) by the 1.5·2^23 shift (|v·f| < 2^22), then signed base-256 digits.
         const int m = __float_as_int(fmaf(v[k], f, 12582912.0f)) - 0x4B400000;
         const int m1 = (m - sext8(m)) >> 8;
         d0[k] = m;
@@ -264,96 +288,94 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
         d2[k] = (m1 - sext8(m1)) >> 8;
       }
       if ((lane & (G / 4 - 1)) == 0)
-        grp[s_grp * 2 * NM + tk] = make_float2(__uint_as_float(static_cast<uint32_t>(e_biased - 21) << 23), sum);
-      const int jm = tk >> 1, cbase = 3 * (tk & 1);
-      uint32_t* st = reinterpret_cast<uint32_t*>(stage);
-      st[2 * stage_index(jm, s_i, s_tig, cbase) + sh] = pack_low_bytes(d0[0], d0[1], d0[2], d0[3]);
-      st[2 * stage_index(jm, s_i, s_tig, cbase + 1) + sh] = pack_low_bytes(d1[0], d1[1], d1[2], d1[3]);
-      st[2 * stage_index(jm, s_i, s_tig, cbase + 2) + sh] = pack_low_bytes(d2[0], d2[1], d2[2], d2[3]);
+        grp[s_grp * 2 + tk] = make_float2(__uint_as_float(static_cast<uint32_t>(e_biased - 21) << 23), sum);
+      const int cbase = 3 * tk;
+      uint32_t* dg = reinterpret_cast<uint32_t*>(digits);
+      dg[2 * digit_index(s_i, s_tig, cbase) + sh] = pack_low_bytes(d0[0], d0[1], d0[2], d0[3]);
+      dg[2 * digit_index(s_i, s_tig, cbase + 1) + sh] = pack_low_bytes(d1[0], d1[1], d1[2], d1[3]);
+      dg[2 * digit_index(s_i, s_tig, cbase + 2) + sh] = pack_low_bytes(d2[0], d2[1], d2[2], d2[3]);
     }
   };
 
-  auto process = [&](Buf<G, SB>& bf, int r) {
+  auto process = [&](int st, int r) {
     stage_x(r);
     __syncwarp();
-    int c[kTiles][NM][4] = {};
+    const unsigned char* codes = ws + WS::kCodes + st * (kRowsPerBlock * 64);
+    const uint32_t* sraw = reinterpret_cast<const uint32_t*>(ws + WS::kScales) + st * kRowsPerBlock * kN;
+    const uint32_t* braw = reinterpret_cast<const uint32_t*>(ws + WS::kBiases) + st * kRowsPerBlock * kN;
+    uint32_t w[kTiles][2][4];
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int row = 16 * m + 8 * q + gid;
+        read_words<G>(codes + row * 64, row, tig, w[m][q]);
+      }
+    int c[kTiles][4] = {};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      uint2 bv[NM];
-#pragma unroll
-      for (int jm = 0; jm < NM; ++jm) bv[jm] = stage[stage_index(jm, i, tig, gid)];
+      const uint2 bv = digits[digit_index(i, tig, gid)];
 #pragma unroll
       for (int m = 0; m < kTiles; ++m) {
-        const uint32_t w0 = bf.c[m][0][i], w1 = bf.c[m][1][i];
-        const uint32_t lo0 = w0 & 0x0F0F0F0Fu, hi0 = (w0 >> 4) & 0x0F0F0F0Fu;
-        const uint32_t lo1 = w1 & 0x0F0F0F0Fu, hi1 = (w1 >> 4) & 0x0F0F0F0Fu;
-#pragma unroll
-        for (int jm = 0; jm < NM; ++jm) mma_u8s8(c[m][jm], lo0, lo1, hi0, hi1, bv[jm].x, bv[jm].y);
+        const uint32_t w0 = w[m][0][i], w1 = w[m][1][i];
+        mma_u8s8(c[m], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu, bv.x,
+                 bv.y);
       }
       if (i % RL::kLc == RL::kLc - 1) {  // end of a group: scale into the f32 sums
         const int jj = i / RL::kLc;
-        float fa[NM], fb[NM], ba[NM], bb[NM];
-#pragma unroll
-        for (int jm = 0; jm < NM; ++jm) {
-          const float2 ga = grp[jj * 2 * NM + 2 * jm + tok_a], gb = grp[jj * 2 * NM + 2 * jm + tok_b];
-          fa[jm] = ga.x * mul_a;
-          fb[jm] = gb.x * mul_b;
-          ba[jm] = ga.y * bias_a;
-          bb[jm] = gb.y * bias_b;
-        }
+        const float2 ga = grp[jj * 2 + tok_a], gb = grp[jj * 2 + tok_b];
+        const float fa = ga.x * mul_a, fb = gb.x * mul_b, ba = ga.y * bias_a, bb = gb.y * bias_b;
 #pragma unroll
         for (int m = 0; m < kTiles; ++m)
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
-            const float s = SW::get(bf.s[m][q], jj, p.scale_kind), b = SW::get(bf.b[m][q], jj, p.bias_kind);
-#pragma unroll
-            for (int jm = 0; jm < NM; ++jm) {
-              acc[m][jm][2 * q] = fmaf(s * fa[jm], static_cast<float>(c[m][jm][2 * q]), fmaf(b, ba[jm], acc[m][jm][2 * q]));
-              acc[m][jm][2 * q + 1] =
-                  fmaf(s * fb[jm], static_cast<float>(c[m][jm][2 * q + 1]), fmaf(b, bb[jm], acc[m][jm][2 * q + 1]));
-              c[m][jm][2 * q] = 0;
-              c[m][jm][2 * q + 1] = 0;
-            }
+            const int row = 16 * m + 8 * q + gid;
+            const bool odd = ((my_elem[m][q] + r) & 1) != 0;
+            const float s = SW::get(sraw + row * kN, jj, odd);
+            const float b = SW::get(braw + row * kN, jj, odd);
+            acc[m][2 * q] = fmaf(s * fa, static_cast<float>(c[m][2 * q]), fmaf(b, ba, acc[m][2 * q]));
+            acc[m][2 * q + 1] = fmaf(s * fb, static_cast<float>(c[m][2 * q + 1]), fmaf(b, bb, acc[m][2 * q + 1]));
+            c[m][2 * q] = 0;
+            c[m][2 * q + 1] = 0;
           }
       }
     }
     __syncwarp();
   };
 
-  // Rounds kw, kw + kws, ... (kw: this warp among the cluster's kws warps); two buffers alternate so
-  // the next round's loads are in flight during the current round's math.
-  Buf<G, SB> b0, b1;
-  const int kws = warps * p.cs;
-  int r = static_cast<int>(split) * warps + warp;
-  if (r < p.rounds) load(b0, r);
-  while (r < p.rounds) {
-    if (r + kws < p.rounds) load(b1, r + kws);
-    process(b0, r);
-    r += kws;
-    if (r >= p.rounds) break;
-    if (r + kws < p.rounds) load(b0, r + kws);
-    process(b1, r);
-    r += kws;
+  // Rounds kw, kw + kws, ... (kw: this warp among the cluster's kws warps) through the ring: the
+  // copies of the next kStages - 1 rounds are in flight while one round is computed.
+  const int kws = warps * p.cs, kw = static_cast<int>(split) * warps + warp;
+  const int nr = kw < p.rounds ? (p.rounds - kw + kws - 1) / kws : 0;
+#pragma unroll
+  for (int k = 0; k < kStages - 1; ++k) {
+    if (k < nr) issue(k, kw + k * kws);
+    cp_async_commit();
+  }
+  for (int k = 0; k < nr; ++k) {
+    if (k + kStages - 1 < nr) issue((k + kStages - 1) % kStages, kw + (k + kStages - 1) * kws);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+    process(k % kStages, kw + k * kws);
   }
 
   // Reduce over the block's warps (K-splits) and each token's three digit columns.
   __syncthreads();
-  float* red = reinterpret_cast<float*>(stage_all);  // [warp][tile][mma][16 rows][8 cols]
+  float* red = reinterpret_cast<float*>(smem);  // [warp][tile][16 rows][8 cols]
 #pragma unroll
-  for (int m = 0; m < kTiles; ++m)
-#pragma unroll
-    for (int jm = 0; jm < NM; ++jm) {
-      float* t = red + ((warp * kTiles + m) * NM + jm) * 128;
-      *reinterpret_cast<float2*>(t + gid * 8 + 2 * tig) = make_float2(acc[m][jm][0], acc[m][jm][1]);
-      *reinterpret_cast<float2*>(t + (gid + 8) * 8 + 2 * tig) = make_float2(acc[m][jm][2], acc[m][jm][3]);
-    }
+  for (int m = 0; m < kTiles; ++m) {
+    float* t = red + (warp * kTiles + m) * 128;
+    *reinterpret_cast<float2*>(t + gid * 8 + 2 * tig) = make_float2(acc[m][0], acc[m][1]);
+    *reinterpret_cast<float2*>(t + (gid + 8) * 8 + 2 * tig) = make_float2(acc[m][2], acc[m][3]);
+  }
   __syncthreads();
   for (int o = threadIdx.x; o < kRowsPerBlock * p.nt; o += blockDim.x) {
     const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
-    const int m = rr / 16, row16 = rr % 16, jm = tk >> 1, cb = 3 * (tk & 1);
+    const int m = rr / 16, row16 = rr % 16, cb = 3 * tk;
     float sum = 0.0f;
     for (int k = 0; k < warps; ++k) {
-      const float* t = red + ((k * kTiles + m) * NM + jm) * 128 + row16 * 8 + cb;
+      const float* t = red + (k * kTiles + m) * 128 + row16 * 8 + cb;
       sum += (t[0] + t[1]) + t[2];
     }
     block_sum[o] = sum;
@@ -361,8 +383,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // The cluster's blocks hold K-splits of the same rows: block 0 adds the others' sums (fixed order)
   // from their shared memory; the second sync keeps that memory alive until it has been read.
-  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
   if (p.cs > 1) {
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
     cluster.sync();
     if (split == 0) {
       for (int o = threadIdx.x; o < kRowsPerBlock * p.nt; o += blockDim.x) {
@@ -398,11 +420,19 @@ __global__ void __launch_bounds__(32 * kMaxWarps, NM == 1 ? 2 : 1)
   }
 }
 
-template <int G, int SB, int NM>
-void launch_kernel(const MmaParams& p, unsigned grid, int threads, cudaStream_t st) {
+// Dynamic shared memory of one block of `warps` warps (the ring etc. per warp; the final reduction
+// reuses the start of it).
+template <int G, int KIND>
+size_t smem_bytes(int warps) {
+  return static_cast<size_t>(warps) * WarpSmem<G, KIND>::kBytes;
+}
+
+template <int G, int KIND>
+void launch_kernel(const MmaParams& p, unsigned grid, int warps, cudaStream_t st) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
+  cfg.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  cfg.dynamicSmemBytes = smem_bytes<G, KIND>(warps);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
   if (p.cs > 1) {
@@ -413,17 +443,30 @@ void launch_kernel(const MmaParams& p, unsigned grid, int threads, cudaStream_t 
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, SB, NM>, p), "linear (gemv, tensor cores)");
+  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND>, p), "linear (gemv, tensor cores)");
 }
 
-// Resident blocks per SM of one instantiation at `threads` (cached per warps count).
-template <int G, int SB, int NM>
-int blocks_per_sm(int threads) {
+// Resident blocks per SM of one instantiation with `warps` warps (cached per warp count); the first
+// call also lifts the kernel's dynamic shared memory limit to what 8 warps need.
+template <int G, int KIND>
+int blocks_per_sm(int warps) {
+  static const bool attr_set = [] {
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem_bytes<G, KIND>(kMaxWarps))),
+             "linear (gemv, tensor cores)");
+    // All of L1 as shared memory: the rings of as many warps as fit are what keeps DRAM busy.
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared),
+             "linear (gemv, tensor cores)");
+    return true;
+  }();
+  (void)attr_set;
   static int cache[kMaxWarps + 1] = {};
-  int& c = cache[threads / 32];
+  int& c = cache[warps];
   if (c == 0) {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, SB, NM>, threads, 0) != cudaSuccess ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, KIND>, 32 * warps,
+                                                      smem_bytes<G, KIND>(warps)) != cudaSuccess ||
         n < 1)
       n = 1;
     c = n;
@@ -440,7 +483,8 @@ DeviceShape device_shape() {
   static const DeviceShape d = [] {
     DeviceShape s{1, false};
     int dev = 0, sms = 0, major = 0;
-    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
+    if (cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) {
       s.sms = sms > 0 ? sms : 1;
       s.clusters = major >= 9;
@@ -450,41 +494,62 @@ DeviceShape device_shape() {
   return d;
 }
 
-// Picks the cluster size (K-splits across blocks: 1, 2, 4 or 8) for `groups` 32-row groups and
-// launches. The score is the filled fraction of the last wave of blocks (a launch of less than one
-// wave leaves SMs idle), times 0.9 where a warp gets fewer than 2 rounds (nothing to prefetch);
-// ties keep the smaller cluster.
-template <int G, int SB, int NM>
-void launch_shape(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
+// Picks the cluster size (K-splits across blocks) and launches: clusters only where the row groups
+// alone give fewer blocks than SMs (the smallest power of 2 up to 8 that reaches one block per SM);
+// otherwise longer per-warp streams beat filling the last wave (H200: 3B gate/up 26% of the copy
+// probe with one block per row group against 18% with pairs).
+template <int G, int KIND>
+void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
   const DeviceShape d = device_shape();
-  const int threads = 32 * warps;
-  const double slots = static_cast<double>(d.sms) * blocks_per_sm<G, SB, NM>(threads);
-  int best = 1;
-  double best_score = -1;
-  for (int cs = 1; cs <= (d.clusters ? 8 : 1); cs *= 2) {
-    if (cs > 1 && warps * cs > p.rounds) break;
-    const double waves = static_cast<double>(groups * cs) / slots;
-    double score = waves < 1 ? waves : waves / std::ceil(waves);
-    if (2 * warps * cs > p.rounds) score *= 0.9;
-    if (score > best_score + 1e-9) best = cs, best_score = score;
-  }
-  p.cs = best;
-  const int64_t grid = groups * best;
+  (void)blocks_per_sm<G, KIND>(warps);  // sets the kernel's shared memory attributes
+  static const int max_cs = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_CLUSTER");  // tuning experiments: 1, 2, 4 or 8
+    const int c = v != nullptr ? std::atoi(v) : 0;
+    return c == 1 || c == 2 || c == 4 || c == 8 ? c : 8;
+  }();
+  int cs = 1;
+  while (d.clusters && cs < max_cs && groups * cs < d.sms && warps * cs * 2 <= p.rounds) cs *= 2;
+  p.cs = cs;
+  const int64_t grid = groups * cs;
   if (grid > 0x7fffffff)
-    detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(groups * kRowsPerBlock) +
-                                                  " rows exceed the GEMV grid");
-  launch_kernel<G, SB, NM>(p, static_cast<unsigned>(grid), threads, st);
+    detail::fail(ErrorKind::kInvalidArgument,
+                 "[cuda linear] " + std::to_string(groups * kRowsPerBlock) + " rows exceed the GEMV grid");
+  launch_kernel<G, KIND>(p, static_cast<unsigned>(grid), warps, st);
 }
 
-template <int G, int SB>
-void launch_g(MmaParams& p, int nm, int64_t groups, int warps, cudaStream_t st) {
-  if (nm == 1)
-    launch_shape<G, SB, 1>(p, groups, warps, st);
-  else
-    launch_shape<G, SB, 4>(p, groups, warps, st);
+// Dispatch on group size and scale/bias dtype.
+template <int G>
+void launch_kind(MmaParams& p, int kind, int64_t groups, int warps, cudaStream_t st) {
+  switch (kind) {
+    case detail::kF32:
+      launch_g<G, detail::kF32>(p, groups, warps, st);
+      break;
+    case detail::kF16:
+      launch_g<G, detail::kF16>(p, groups, warps, st);
+      break;
+    default:
+      launch_g<G, detail::kBF16>(p, groups, warps, st);
+      break;
+  }
 }
 
-bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
+void launch_group_kind(MmaParams& p, int group, int kind, int64_t groups, int warps, cudaStream_t st) {
+  switch (group) {
+    case 32:
+      launch_kind<32>(p, kind, groups, warps, st);
+      break;
+    case 64:
+      launch_kind<64>(p, kind, groups, warps, st);
+      break;
+    default:
+      launch_kind<128>(p, kind, groups, warps, st);
+      break;
+  }
+}
+
+bool aligned(const void* p, uintptr_t bytes) {
+  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
+}
 
 }  // namespace
 
@@ -501,10 +566,14 @@ bool gemv_mma_supported(const float* x, const Weight& w) {
   const detail::QuantView q = detail::quant_view(w, "linear");
   if (q.bits != 4 || (q.group_size != 32 && q.group_size != 64 && q.group_size != 128)) return false;
   if (w.cols() % 128 != 0 || !aligned(x, 16) || !aligned(q.packed, 16)) return false;
-  const int sb = q.scale_kind == detail::kF32 ? 4 : 2, bb = q.bias_kind == detail::kF32 ? 4 : 2;
+  const int sb = q.scale_kind == detail::kF32 ? 4 : 2;
   // A round's scales (and biases) of a row are one aligned load of (128 / group) values.
   const uintptr_t round_bytes = static_cast<uintptr_t>(128 / q.group_size) * sb;
-  return sb == bb && aligned(q.scales, round_bytes) && aligned(q.biases, round_bytes);
+  // A round's single 2-byte value (group 128) is copied as the aligned 4-byte word holding it, which
+  // must not run past the last value.
+  const bool pair_ok = round_bytes >= 4 || (w.rows() * q.groups) % 2 == 0;
+  const uintptr_t align = round_bytes < 4 ? 4 : round_bytes;
+  return q.scale_kind == q.bias_kind && pair_ok && aligned(q.scales, align) && aligned(q.biases, align);
 }
 
 void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count) {
@@ -541,24 +610,24 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
     p.block_end[i] = static_cast<unsigned>(blocks);
   }
   // Warps per block (K-splits): at least 2 rounds per warp where the row is long enough.
+  static const int max_warps = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_WARPS");  // tuning experiments: 1, 2, 4 or 8
+    const int w = v != nullptr ? std::atoi(v) : 0;
+    return w == 1 || w == 2 || w == 4 || w == 8 ? w : kMaxWarps;
+  }();
+  // 4 warps per block, 8 for long rows (64+ rounds: 3B/7B down_proj), fewer where a warp would get
+  // less than 2 rounds (H200 measurements of 1/2/4/8 warps on the 3B/7B shapes).
+  const int cap = std::min(max_warps, p.rounds >= 64 ? 8 : 4);
   int warps = 1;
-  while (warps < kMaxWarps && 2 * warps * 2 <= p.rounds) warps *= 2;
-  const int group = q0.group_size, sb = q0.scale_kind == detail::kF32 ? 4 : 2;
+  while (warps < cap && 2 * warps * 2 <= p.rounds) warps *= 2;
+  const int group = q0.group_size, kind = q0.scale_kind;
   cudaStream_t st = detail::stream("linear");
-  for (int64_t t0 = 0; t0 < n;) {
-    const int64_t left = n - t0;
-    const int nt = static_cast<int>(left <= 2 ? left : left < 8 ? left : 8);
-    const int nm = nt <= 2 ? 1 : 4;
-    p.nt = nt;
+  // Chunks of 2 tokens (6 of the MMA's 8 columns): the weights are read once per chunk.
+  for (int64_t t0 = 0; t0 < n; t0 += 2) {
+    p.nt = n - t0 >= 2 ? 2 : 1;
     p.x = x + t0 * p.in;
     for (int i = 0; i < count; ++i) p.y[i] = targets[i].y + t0 * p.rows[i];
-    if (group == 32)
-      sb == 4 ? launch_g<32, 4>(p, nm, blocks, warps, st) : launch_g<32, 2>(p, nm, blocks, warps, st);
-    else if (group == 64)
-      sb == 4 ? launch_g<64, 4>(p, nm, blocks, warps, st) : launch_g<64, 2>(p, nm, blocks, warps, st);
-    else
-      sb == 4 ? launch_g<128, 4>(p, nm, blocks, warps, st) : launch_g<128, 2>(p, nm, blocks, warps, st);
-    t0 += nt;
+    launch_group_kind(p, group, kind, blocks, warps, st);
   }
 }
 
