@@ -374,9 +374,6 @@ void softcap(float* x, int64_t n, float cap) {
   if (n > 0) pick(&cpu::KernelTable::softcap)(x, n, cap);
 }
 
-// ---- devices --------------------------------------------------------------------------------------
-
-Device current_device() { return t_current_device; }
 namespace {
 void check_kv_quant(int64_t rows, int64_t n, int bits, int group_size, const char* op) {
   VLM_CHECK(bits >= 2 && bits <= 8, ErrorKind::kInvalidArgument, "[{}] bits {} must be in 2..8", op, bits);
@@ -400,6 +397,9 @@ void kv_dequantize(const uint32_t* packed, const float* scales, const float* bia
   if (rows > 0) pick(&cpu::KernelTable::kv_dequantize)(packed, scales, biases, rows, n, bits, group_size, out);
 }
 
+// ---- devices --------------------------------------------------------------------------------------
+
+Device current_device() { return t_current_device; }
 
 DeviceScope::DeviceScope(Device d) : previous_(t_current_device) {
   if (d == Device::kCuda && !cuda::available())

@@ -113,7 +113,9 @@ struct SamplingSpec {
 // (scratch holds the working copy); `history` [n_history] is HOST memory, and so is `id`: on CUDA the
 // op waits for its result, so one id per token crosses to the host instead of the logits. Throws
 // Error(kInvalidArgument) for out-of-range knobs, history or logit_bias ids outside [0, vocab), and a
-// row whose every logit is -inf or NaN after the processors.
+// row whose every logit is -inf or NaN after the processors — except inside a CUDA run_graph step,
+// where the id arrives only when run_graph returns: there such a row gives *id = -1, which the caller
+// must check.
 void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
             double u, int32_t* id);
 
@@ -148,8 +150,6 @@ void scale(float* y, float s, int64_t n);                  // y *= s
 void mul(float* y, const float* x, int64_t n);             // y *= x
 void softcap(float* x, int64_t n, float cap);              // x = cap * tanh(x / cap)
 
-// ---- devices --------------------------------------------------------------------------------------
-// Every op above runs on the calling thread's current device (kCpu unless a DeviceScope says
 // ---- KV-cache quantization (MLX affine rows, mlx-lm's QuantizedKVCache) ---------------------------
 // `rows` rows of `n` f32 values, each quantized along the row in groups of `group_size` (32, 64 or
 // 128; n a multiple of it) at `bits` (2..8; MLX and the KV cache use 2, 3, 4, 5, 6, 8). Layouts:
@@ -167,6 +167,8 @@ void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_si
 void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
                    int group_size, float* out);
 
+// ---- devices --------------------------------------------------------------------------------------
+// Every op above runs on the calling thread's current device (kCpu unless a DeviceScope says
 // otherwise). On kCuda, every float buffer and every weight/norm/bias tensor an op takes must be
 // device memory (ops::empty(..., Device::kCuda) or to_device), while the small index arrays — token
 // ids, positions, k_pos, inv_freq, group_of_position, mrope sections — stay HOST memory: the CUDA

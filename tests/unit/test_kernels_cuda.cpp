@@ -595,59 +595,6 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
   for (const A& a : prefill) add(a, true);
 }
 
-// ---- sample -----------------------------------------------------------------------------------------------
-// A logits row with many exact ties: values on a 0.25 grid in [-spread, spread].
-std::vector<float> tied_logits(std::mt19937& rng, int64_t vocab, float spread) {
-  std::vector<float> x = random_vec(rng, static_cast<size_t>(vocab), -spread, spread);
-  for (float& v : x) v = std::round(v * 4.0f) / 4.0f;
-  return x;
-}
-
-// One id from ops::sample: the CPU backend on host data, or the CUDA table entry on a device copy.
-int32_t sample_id(const std::vector<float>& logits, const ops::SamplingSpec& spec, const std::vector<int32_t>& hist,
-                  double u, bool on_gpu) {
-  int32_t id = -1;
-  const int64_t vocab = static_cast<int64_t>(logits.size());
-  if (!on_gpu) {
-    ops::sample(logits.data(), vocab, spec, hist.data(), static_cast<int64_t>(hist.size()), u, &id);
-  } else {
-    DeviceFloats d(logits);
-    table().sample(d.ptr(), vocab, spec, hist.data(), static_cast<int64_t>(hist.size()), u, &id);
-  }
-  return id;
-}
-
-ops::SamplingSpec full_chain_spec() {
-  ops::SamplingSpec spec;
-  spec.temperature = 0.8f;
-  spec.top_p = 0.9f;
-  spec.top_k = 20;
-  spec.min_p = 0.05f;
-  spec.repetition_penalty = 1.1f;
-  return spec;
-}
-
-void add_sample_cases(std::vector<Case>& cases, std::mt19937& rng) {
-  const int64_t vocab = 152064;
-  auto rows = std::make_shared<std::vector<std::vector<float>>>();
-  for (int r = 0; r < 4; ++r) rows->push_back(tied_logits(rng, vocab, 8.0f));
-  auto hist = std::make_shared<std::vector<int32_t>>();
-  for (int i = 0; i < 64; ++i) hist->push_back(static_cast<int32_t>(rng() % vocab));
-  ops::SamplingSpec greedy;
-  greedy.repetition_penalty = 1.3f;
-  greedy.logit_bias = {{11, 2.5f}};
-  for (const auto& [what, spec] : {std::pair<std::string, ops::SamplingSpec>{"4x152064 full chain", full_chain_spec()},
-                                   {"4x152064 greedy + penalties", greedy}}) {
-    auto run = [rows, hist, spec = spec](bool gpu) {
-      std::vector<float> ids;
-      for (size_t r = 0; r < rows->size(); ++r)
-        ids.push_back(static_cast<float>(sample_id((*rows)[r], spec, *hist, 0.2 * static_cast<double>(r) + 0.1, gpu)));
-      return ids;
-    };
-    cases.push_back({"sample", what, 0.0, [run] { return run(false); }, [run] { return run(true); }});
-  }
-}
-
 // KV-cache quantization, one input for both ops: x [rows, n] with random rows plus rows at the rule's
 // corners (a constant group: the 1e-7 scale floor; all negative; all positive; zeros; groups whose
 // codes fall exactly halfway between two steps), and its quantization by the CPU reference.
@@ -744,6 +691,59 @@ void add_kv_quant_cases(std::vector<Case>& cases, std::mt19937& rng) {
                          return run_kv_dequantize(*in, q, true);
                        }});
     }
+}
+
+// ---- sample -----------------------------------------------------------------------------------------------
+// A logits row with many exact ties: values on a 0.25 grid in [-spread, spread].
+std::vector<float> tied_logits(std::mt19937& rng, int64_t vocab, float spread) {
+  std::vector<float> x = random_vec(rng, static_cast<size_t>(vocab), -spread, spread);
+  for (float& v : x) v = std::round(v * 4.0f) / 4.0f;
+  return x;
+}
+
+// One id from ops::sample: the CPU backend on host data, or the CUDA table entry on a device copy.
+int32_t sample_id(const std::vector<float>& logits, const ops::SamplingSpec& spec, const std::vector<int32_t>& hist,
+                  double u, bool on_gpu) {
+  int32_t id = -1;
+  const int64_t vocab = static_cast<int64_t>(logits.size());
+  if (!on_gpu) {
+    ops::sample(logits.data(), vocab, spec, hist.data(), static_cast<int64_t>(hist.size()), u, &id);
+  } else {
+    DeviceFloats d(logits);
+    table().sample(d.ptr(), vocab, spec, hist.data(), static_cast<int64_t>(hist.size()), u, &id);
+  }
+  return id;
+}
+
+ops::SamplingSpec full_chain_spec() {
+  ops::SamplingSpec spec;
+  spec.temperature = 0.8f;
+  spec.top_p = 0.9f;
+  spec.top_k = 20;
+  spec.min_p = 0.05f;
+  spec.repetition_penalty = 1.1f;
+  return spec;
+}
+
+void add_sample_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  const int64_t vocab = 152064;
+  auto rows = std::make_shared<std::vector<std::vector<float>>>();
+  for (int r = 0; r < 4; ++r) rows->push_back(tied_logits(rng, vocab, 8.0f));
+  auto hist = std::make_shared<std::vector<int32_t>>();
+  for (int i = 0; i < 64; ++i) hist->push_back(static_cast<int32_t>(rng() % vocab));
+  ops::SamplingSpec greedy;
+  greedy.repetition_penalty = 1.3f;
+  greedy.logit_bias = {{11, 2.5f}};
+  for (const auto& [what, spec] : {std::pair<std::string, ops::SamplingSpec>{"4x152064 full chain", full_chain_spec()},
+                                   {"4x152064 greedy + penalties", greedy}}) {
+    auto run = [rows, hist, spec = spec](bool gpu) {
+      std::vector<float> ids;
+      for (size_t r = 0; r < rows->size(); ++r)
+        ids.push_back(static_cast<float>(sample_id((*rows)[r], spec, *hist, 0.2 * static_cast<double>(r) + 0.1, gpu)));
+      return ids;
+    };
+    cases.push_back({"sample", what, 0.0, [run] { return run(false); }, [run] { return run(true); }});
+  }
 }
 
 std::vector<Case> build_cases() {
@@ -1078,6 +1078,43 @@ TEST(CudaKernels, SampleIsDeterministicAndErrorsLikeTheCpu) {
   const std::vector<float> two = {0.5f, 0.25f};
   EXPECT_THROW(sample_id(two, banned, {}, 0.5, true), Error);
   EXPECT_THROW(sample_id(two, full_chain_spec(), {5}, 0.5, true), Error);  // history id outside the vocabulary
+}
+
+// Inside a captured step (ops::run_graph) sample gives the eager op's ids, and a fully masked row
+// comes back as id -1 (it cannot throw before the graph has run; ops.h).
+TEST(CudaKernels, SampleInsideRunGraphMatchesEagerAndFlagsMaskedRows) {
+  SKIP_WITHOUT_GPU();
+  ops::DeviceScope scope(Device::kCuda);
+  cuda::set_graph_options(true, 64);
+  std::mt19937 rng(21);
+  const std::vector<float> logits = tied_logits(rng, 151936, 6.0f);
+  DeviceFloats dev(logits);
+  const ops::SamplingSpec spec = full_chain_spec();
+  const ops::SamplingSpec greedy;
+  const std::vector<int32_t> hist = {7, 8, 9, 7};
+  const int key = 0;
+  const cuda::GraphStats before = cuda::graph_stats();
+  for (double u : {0.05, 0.5, 0.95}) {
+    for (const ops::SamplingSpec* sp : {&spec, &greedy}) {
+      const int32_t want = sample_id(logits, *sp, hist, u, true);
+      int32_t got = -2;
+      ops::run_graph(&key, [&] {
+        ops::sample(dev.ptr(), 151936, *sp, hist.data(), static_cast<int64_t>(hist.size()), u, &got);
+      });
+      EXPECT_EQ(got, want) << "u " << u << " temperature " << sp->temperature;
+    }
+  }
+  EXPECT_GT(cuda::graph_stats().pieces, before.pieces) << "the steps were not captured";
+  ops::SamplingSpec banned = spec;
+  banned.logit_bias = {{0, -std::numeric_limits<float>::infinity()}, {1, -std::numeric_limits<float>::infinity()}};
+  const std::vector<float> two = {0.5f, 0.25f};
+  DeviceFloats dtwo(two);
+  for (const float t : {0.0f, 0.8f}) {
+    banned.temperature = t;
+    int32_t got = 5;
+    ops::run_graph(&key, [&] { ops::sample(dtwo.ptr(), 2, banned, nullptr, 0, 0.5, &got); });
+    EXPECT_EQ(got, -1) << "temperature " << t;
+  }
 }
 
 // The sampling step before and after: the logits row copied to the host and sampled there (what

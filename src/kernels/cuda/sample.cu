@@ -507,7 +507,7 @@ __global__ void finish_kernel(const float* work, int64_t vocab, int64_t chunk, i
     for (int b = threadIdx.x; b < chunks; b += kThreads) better(bv, bi, st->part_fmax[0][b], st->part_arg[0][b]);
     block_best(bv, bi);
     if (threadIdx.x == 0) {
-      st->out[0] = bi == kNone ? 0 : bi;
+      st->out[0] = m == -INFINITY ? -1 : bi == kNone ? 0 : bi;  // -1: every logit masked (ops.h)
       st->out[1] = m == -INFINITY ? kStatusAllMasked : 0;
     }
     return;
@@ -560,7 +560,7 @@ __global__ void finish_kernel(const float* work, int64_t vocab, int64_t chunk, i
   } else {
     for (int c = 0; c < chunks; ++c) id = max(id, st->part_last[c]);
   }
-  if (threadIdx.x == 0) st->out[0] = id < 0 ? 0 : id;
+  if (threadIdx.x == 0) st->out[0] = st->out[1] == kStatusAllMasked ? -1 : id < 0 ? 0 : id;  // -1: all masked
 }
 
 }  // namespace
@@ -640,6 +640,12 @@ void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const 
   }
   finish_kernel<<<1, kThreads, 0, s>>>(work, vocab, chunk, chunks, st, draw, buf, inv_t, d_u);
   VLM_CUDA_LAUNCHED(op);
+  // Inside a captured step (ops::run_graph) the copy lands when run_graph returns, so only the id
+  // goes, -1 standing for "every logit masked"; the caller checks it then (ops.h).
+  if (detail::capturing()) {
+    vlm::ops::cuda::copy(id, Device::kCpu, st->out, Device::kCuda, sizeof(int32_t));
+    return;
+  }
   // The id (and status) go to host memory: this waits for the stream (ops.h).
   int32_t out[2] = {0, 0};
   vlm::ops::cuda::copy(out, Device::kCpu, st->out, Device::kCuda, sizeof(out));

@@ -408,12 +408,23 @@ int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Posit
 int32_t DecoderModel::forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                                      const ops::AttentionMask& mask, const ops::SamplingSpec& spec,
                                      const int32_t* history, int64_t n_history, double u) {
-  Tensor keep;
-  const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
-  // The logits row stays where run() left it (device memory on a GPU); only the id comes back.
   ops::DeviceScope scope(device_);
   int32_t id = 0;
-  ops::sample(out, spec_.vocab_size, spec, history, n_history, u, &id);
+  auto step = [&] {
+    Tensor keep;
+    const float* out = run(embeds, n, positions, cache, mask, 1, nullptr, keep);
+    // The logits row stays where run() left it (device memory on a GPU); only the id comes back.
+    ops::sample(out, spec_.vocab_size, spec, history, n_history, u, &id);
+  };
+  // As forward_argmax: decode steps on a device are captured (ops::run_graph). There a row whose
+  // every logit is masked comes back as id -1 instead of an error (ops.h), raised here.
+  if (device_ != Device::kCpu && n < kGraphMaxTokens) {
+    ops::run_graph(this, step);
+    VLM_CHECK(id >= 0, ErrorKind::kInvalidArgument,
+              "{}: sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)", spec_.family);
+  } else {
+    step();
+  }
   return id;
 }
 
