@@ -1,6 +1,8 @@
 // Runs a language model the way the parity tests compare it with transformers: prefill (in chunks of
 // `chunk` tokens, 0 = all at once) keeping every position's logits, then a plain greedy loop of `steps`
-// tokens through the same KV cache, which lives on the model's device. Shared by
+// tokens through the same KV cache, which lives on the model's device — with `device_argmax`, the loop
+// takes each token from forward_argmax (generation's greedy path: on a GPU the argmax runs there and the
+// decode steps are captured as CUDA graphs) instead of the host argmax of forward's logits. Shared by
 // test_generate_parity_text (CPU) and test_cli_cuda (the same fixtures on the GPU).
 #pragma once
 
@@ -22,7 +24,7 @@ struct TextRun {
 };
 
 inline TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk = 0,
-                        KVCacheOptions options = {}) {
+                        KVCacheOptions options = {}, bool device_argmax = false) {
   const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
   options.device = lm.device();
   std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), options);
@@ -40,13 +42,19 @@ inline TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int 
   }
   std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
   std::vector<float> x(static_cast<size_t>(H));
+  int32_t next = argmax(logits.data(), V);
   for (int s = 0; s < steps; ++s) {
-    const int32_t tok = argmax(logits.data(), V);
+    const int32_t tok = next;
     r.greedy.push_back(tok);
     if (s + 1 == steps) break;
     int64_t p = n + s;
     lm.embed(&tok, 1, x.data());
-    lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, mask, logits.data(), false);
+    if (device_argmax) {
+      next = lm.forward_argmax(x.data(), 1, Positions{&p, 1, 1}, *cache, mask);
+    } else {
+      lm.forward(x.data(), 1, Positions{&p, 1, 1}, *cache, mask, logits.data(), false);
+      next = argmax(logits.data(), V);
+    }
   }
   return r;
 }

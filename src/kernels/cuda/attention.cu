@@ -1,6 +1,6 @@
 // Attention on the GPU (ops.h semantics): the dispatcher and the f32 kernels.
-//   prefill (nq >= 8), bf16_matmul and a head_dim it has (32/64/80/96/128/256): attention_flash.cu
-//                     (bf16 tensor cores, f32 softmax);
+//   prefill (nq >= 8), bf16_matmul and a head_dim it has (32/64/72/80/96/128/256; 72 runs as 80
+//                     with zero columns): attention_flash.cu (bf16 tensor cores, f32 softmax);
 //   prefill otherwise attention_prefill_kernel (exact f32): one block per (32 queries, head), K/V
 //                     tiles staged in shared memory once for all 32 queries (see its comment);
 //   decode (nq < 8)   attention_decode.cu (f32, grouped by kv head, K/V chunks through shared memory),
