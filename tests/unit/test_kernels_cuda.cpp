@@ -97,6 +97,37 @@ struct Case {
 
 const ops::cpu::KernelTable& table() { return cuda::kernel_table(); }
 
+// A linear_group case: the members' outputs back to back, [n, rows_i] each; the CPU side through the
+// scalar reference member by member (run_linear_group), the GPU side as one table().linear_group call.
+Case linear_group_case(const std::string& what, double tol, const std::vector<ops::Weight>& ws,
+                       const std::vector<Tensor>& biases, const Vec& x, int64_t n) {
+  size_t total = 0;
+  for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
+  return {"linear_group", what, tol,
+          [ws, biases, x, n, total] {
+            std::vector<float> y(total);
+            run_linear_group(ws, biases, x->data(), n, [&](size_t) { return y.data(); });
+            return y;
+          },
+          [ws, biases, x, n, total] {
+            std::vector<ops::Weight> gws;
+            std::vector<Tensor> gbs;
+            for (size_t i = 0; i < ws.size(); ++i) {
+              gws.push_back(gpu_weight(ws[i]));
+              gbs.push_back(gpu_tensor(biases[i]));
+            }
+            DeviceFloats gx(*x), gy = DeviceFloats::poison(total);
+            std::vector<ops::LinearOut> outs;
+            size_t at = 0;
+            for (size_t i = 0; i < ws.size(); ++i) {
+              outs.push_back({&gws[i], &gbs[i], gy.ptr() + at});
+              at += static_cast<size_t>(n * ws[i].rows());
+            }
+            table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
+            return gy.host();
+          }};
+}
+
 // Same-shape elementwise op: `cpu_fn` mutates a host copy, `gpu_fn` a device copy.
 Case inplace_case(std::string op, std::string what, double tol, Vec x, std::function<void(float*, int64_t)> cpu_fn,
                   std::function<void(float*, int64_t)> gpu_fn) {
@@ -206,34 +237,10 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
         Vec x = vec(rng, static_cast<size_t>(n * 1024));
         std::vector<Tensor> biases;
         for (const ops::Weight& w : ws) biases.push_back(n == 3 ? random_tensor(rng, {w.rows()}, DType::kF32) : Tensor());
-        size_t total = 0;
-        for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
         const bool gemm16 = n >= 8 && std::any_of(ws.begin(), ws.end(), [](const ops::Weight& w) {
                               return w.quantized || w.dense.dtype() != DType::kF32;
                             });
-        cases.push_back({"linear_group", name + " n=" + std::to_string(n), gemm16 ? 1e-5 : 1e-11,
-                         [ws, biases, x, n, total] {
-                           std::vector<float> y(total);
-                           run_linear_group(ws, biases, x->data(), n, [&](size_t) { return y.data(); });
-                           return y;
-                         },
-                         [ws, biases, x, n, total] {
-                           std::vector<ops::Weight> gws;
-                           std::vector<Tensor> gbs;
-                           for (size_t i = 0; i < ws.size(); ++i) {
-                             gws.push_back(gpu_weight(ws[i]));
-                             gbs.push_back(gpu_tensor(biases[i]));
-                           }
-                           DeviceFloats gx(*x), gy = DeviceFloats::poison(total);
-                           std::vector<ops::LinearOut> outs;
-                           size_t at = 0;
-                           for (size_t i = 0; i < ws.size(); ++i) {
-                             outs.push_back({&gws[i], &gbs[i], gy.ptr() + at});
-                             at += static_cast<size_t>(n * ws[i].rows());
-                           }
-                           table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
-                           return gy.host();
-                         }});
+        cases.push_back(linear_group_case(name + " n=" + std::to_string(n), gemm16 ? 1e-5 : 1e-11, ws, biases, x, n));
       }
   }
   // Embedding over a few of the same tables.
@@ -318,30 +325,7 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
     std::vector<Tensor> biases;
     for (const ops::Weight& w : ws) biases.push_back(random_tensor(rng, {w.rows()}, DType::kBF16));
     Vec x = n == 2 ? wide_x(n, 512) : vec(rng, static_cast<size_t>(n * 512));
-    const size_t total = static_cast<size_t>(n * (96 + 40 + 40));
-    cases.push_back({"linear_group", "mma q4g128 f16 q/k/v n=" + std::to_string(n), 1e-11,
-                     [ws, biases, x, n, total] {
-                       std::vector<float> y(total);
-                       run_linear_group(ws, biases, x->data(), n, [&](size_t) { return y.data(); });
-                       return y;
-                     },
-                     [ws, biases, x, n, total] {
-                       std::vector<ops::Weight> gws;
-                       std::vector<Tensor> gbs;
-                       for (size_t i = 0; i < ws.size(); ++i) {
-                         gws.push_back(gpu_weight(ws[i]));
-                         gbs.push_back(gpu_tensor(biases[i]));
-                       }
-                       DeviceFloats gx(*x), gy = DeviceFloats::poison(total);
-                       std::vector<ops::LinearOut> outs;
-                       size_t at = 0;
-                       for (size_t i = 0; i < ws.size(); ++i) {
-                         outs.push_back({&gws[i], &gbs[i], gy.ptr() + at});
-                         at += static_cast<size_t>(n * ws[i].rows());
-                       }
-                       table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
-                       return gy.host();
-                     }});
+    cases.push_back(linear_group_case("mma q4g128 f16 q/k/v n=" + std::to_string(n), 1e-11, ws, biases, x, n));
   }
 }
 

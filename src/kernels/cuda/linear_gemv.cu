@@ -575,14 +575,9 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     } else {
       p.w[i] = detail::device_ptr(w.dense, "linear", "weight");
     }
-    const Tensor* bias = targets[i].bias;
-    if (bias != nullptr && bias->defined()) {
-      if (bias->numel() != w.rows())
-        detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] bias has " + std::to_string(bias->numel()) +
-                                                      " values, expected " + std::to_string(w.rows()));
-      p.out_bias[i] = detail::device_ptr(*bias, "linear", "bias");
-      p.out_bias_kind[i] = detail::float_kind(*bias, "linear", "bias");
-    }
+    const GemvBias bias = gemv_bias(targets[i]);
+    p.out_bias[i] = bias.ptr;
+    p.out_bias_kind[i] = bias.kind;
   }
   cudaStream_t st = detail::stream("linear");
   for (int64_t t0 = 0; t0 < here;) {

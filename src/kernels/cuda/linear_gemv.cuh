@@ -19,6 +19,23 @@ struct GemvTarget {
 // Most members one launch takes (the kernel's parameter block holds this many).
 inline constexpr int kGemvMaxTargets = 8;
 
+// The output bias of member t for a kernel's parameter block: its device pointer and float kind, or
+// null when the member has none. Throws unless it has w->rows() values on the GPU.
+struct GemvBias {
+  const void* ptr = nullptr;
+  int kind = 0;
+};
+inline GemvBias gemv_bias(const GemvTarget& t) {
+  GemvBias b;
+  if (t.bias == nullptr || !t.bias->defined()) return b;
+  if (t.bias->numel() != t.w->rows())
+    detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] bias has " + std::to_string(t.bias->numel()) +
+                                                  " values, expected " + std::to_string(t.w->rows()));
+  b.ptr = detail::device_ptr(*t.bias, "linear", "bias");
+  b.kind = detail::float_kind(*t.bias, "linear", "bias");
+  return b;
+}
+
 // Whether the GEMV path takes this weight with this x (format, 16-byte alignment of x, vector-width
 // multiple of cols).
 bool gemv_supported(const float* x, const Weight& w);

@@ -595,14 +595,9 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
     p.w[i] = static_cast<const uint32_t*>(q.packed);
     p.scales[i] = q.scales;
     p.biases[i] = q.biases;
-    const Tensor* bias = targets[i].bias;
-    if (bias != nullptr && bias->defined()) {
-      if (bias->numel() != w.rows())
-        detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] bias has " + std::to_string(bias->numel()) +
-                                                      " values, expected " + std::to_string(w.rows()));
-      p.out_bias[i] = detail::device_ptr(*bias, "linear", "bias");
-      p.out_bias_kind[i] = detail::float_kind(*bias, "linear", "bias");
-    }
+    const GemvBias bias = gemv_bias(targets[i]);
+    p.out_bias[i] = bias.ptr;
+    p.out_bias_kind[i] = bias.kind;
     blocks += (w.rows() + kRowsPerBlock - 1) / kRowsPerBlock;
     if (blocks > 0x0fffffff)
       detail::fail(ErrorKind::kInvalidArgument,
