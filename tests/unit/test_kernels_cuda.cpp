@@ -97,6 +97,24 @@ struct Case {
 
 const ops::cpu::KernelTable& table() { return cuda::kernel_table(); }
 
+// A linear case: y [n, rows] through ops::linear on the host (the scalar reference) and through the
+// CUDA table entry on device copies.
+Case linear_case(const std::string& what, double tol, const ops::Weight& w, const Vec& x, int64_t n,
+                 const Tensor& bias) {
+  return {"linear", what, tol,
+          [w, x, n, bias] {
+            std::vector<float> y(static_cast<size_t>(n * w.rows()));
+            ops::linear(x->data(), n, w, bias, y.data());
+            return y;
+          },
+          [w, x, n, bias] {
+            ops::Weight gw = gpu_weight(w);
+            DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * w.rows()));
+            table().linear(gx.ptr(), n, gw, gpu_tensor(bias), gy.ptr());
+            return gy.host();
+          }};
+}
+
 // A linear_group case: the members' outputs back to back, [n, rows_i] each; the CPU side through the
 // scalar reference member by member (run_linear_group), the GPU side as one table().linear_group call.
 Case linear_group_case(const std::string& what, double tol, const std::vector<ops::Weight>& ws,
@@ -175,18 +193,8 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
       double tol = 1e-11;
       if (n >= 8 && (w.quantized || w.dense.dtype() == DType::kBF16)) tol = 1e-5;
       if (!w.quantized && n >= 8 && w.dense.dtype() == DType::kF16) tol = 1e-7;
-      cases.push_back({"linear", name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : ""), tol,
-                       [w, x, n, bias] {
-                         std::vector<float> y(static_cast<size_t>(n * w.rows()));
-                         ops::linear(x->data(), n, w, bias, y.data());
-                         return y;
-                       },
-                       [w, x, n, bias] {
-                         ops::Weight gw = gpu_weight(w);
-                         DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * w.rows()));
-                         table().linear(gx.ptr(), n, gw, gpu_tensor(bias), gy.ptr());
-                         return gy.host();
-                       }});
+      const std::string what = name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : "");
+      cases.push_back(linear_case(what, tol, w, x, n, bias));
     }
   }
   // Views: a weight that starts one row into its buffer (16-byte but not 256-byte aligned: cuBLASLt
@@ -286,18 +294,8 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
     return std::make_shared<std::vector<float>>(std::move(v));
   };
   auto add = [&](const std::string& name, const ops::Weight& w, int64_t n, Vec x, Tensor bias) {
-    cases.push_back({"linear", name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : ""), 1e-11,
-                     [w, x, n, bias] {
-                       std::vector<float> y(static_cast<size_t>(n * w.rows()));
-                       ops::linear(x->data(), n, w, bias, y.data());
-                       return y;
-                     },
-                     [w, x, n, bias] {
-                       ops::Weight gw = gpu_weight(w);
-                       DeviceFloats gx(*x), gy = DeviceFloats::poison(static_cast<size_t>(n * w.rows()));
-                       table().linear(gx.ptr(), n, gw, gpu_tensor(bias), gy.ptr());
-                       return gy.host();
-                     }});
+    const std::string what = name + " n=" + std::to_string(n) + (bias.defined() ? " +bias" : "");
+    cases.push_back(linear_case(what, 1e-11, w, x, n, bias));
   };
   for (int group : {32, 64, 128})
     for (DType sd : {DType::kF16, DType::kBF16, DType::kF32}) {
