@@ -82,6 +82,37 @@ TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
       }
 }
 
+// Decode GEMVs at the model shapes whose edges the small cases above miss, large enough to run on the
+// pool (several chunks, each prefetching its first row groups): 576 inputs at 4-bit are 4.5 blocks of
+// 64 bytes per row (a masked half block), 1536 inputs at g32 are 48 groups (three windows of 16 group
+// scales), 61 rows are passes of eight plus a tail of five; dense bf16 rows of 576 take the one-row
+// path. Single tokens and a four-token pass, through linear_group as q/k/v-like members with biases.
+TEST_P(KernelOps, LinearDecodeModelShapesThroughTheGroup) {
+  struct Shape {
+    int bits, group;
+    int64_t cols;
+  };
+  for (Shape s : {Shape{4, 64, 576}, Shape{8, 32, 1536}, Shape{2, 32, 1536}, Shape{4, 128, 896}, Shape{16, 0, 576}})
+    for (int64_t n : {1, 4}) {
+      std::vector<ops::Weight> ws;
+      std::vector<Tensor> biases;
+      for (int64_t rows : {61, 24, 200}) {
+        ws.push_back(s.bits == 16 ? dense_weight(random_tensor(rng_, {rows, s.cols}, DType::kBF16))
+                                  : random_quantized(rng_, rows, s.cols, s.bits, s.group, DType::kBF16));
+        biases.push_back(random_tensor(rng_, {rows}, DType::kF32));
+      }
+      std::vector<float> x = random_vec(rng_, static_cast<size_t>(n * s.cols));
+      std::vector<std::vector<float>> ys;
+      std::vector<ops::LinearOut> outs;
+      for (size_t i = 0; i < ws.size(); ++i) ys.emplace_back(static_cast<size_t>(n * ws[i].rows()), NAN);
+      for (size_t i = 0; i < ws.size(); ++i) outs.push_back({&ws[i], &biases[i], ys[i].data()});
+      ops::linear_group(x.data(), n, outs.data(), static_cast<int>(outs.size()));
+      for (size_t i = 0; i < ws.size(); ++i)
+        EXPECT_LT(nmse(ys[i].data(), linear_oracle(x, n, ws[i], biases[i])), linear_tol(ws[i], n))
+            << "bits " << s.bits << " g" << s.group << " cols " << s.cols << " member " << i << " n=" << n;
+    }
+}
+
 TEST_P(KernelOps, LinearQuantizedPrefillSizedGemm) {
   ops::Weight w = random_quantized(rng_, 96, 384, 4, 64, DType::kBF16);
   check_linear(rng_, w, 40, true, "q4 g64 gemm");

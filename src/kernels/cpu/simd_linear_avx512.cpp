@@ -194,11 +194,27 @@ float scalar_at(const void* row, Fmt f, int64_t i) {
 // 896 x 4864 one (same bytes). Each chunk load therefore also prefetches the same offset in the row
 // kPrefetchGroups groups of R rows further on, so the next rows are in flight while these are summed.
 constexpr int64_t kPrefetchGroups = 2;
+// Into L2, not L1 (2026-11-26 19:40, one core, thread CPU time, ~64 MB of distinct matrices streamed,
+// alternating runs at load 7-9): bf16 576x576 13-14 -> 17-19 GB/s, 896x896 12-14.5 -> 15.6-17,
+// 4864x896 12-15.6 -> 14.3-15.7, 896x4864 13.3-14.9 -> 12.1-13.9 (the one shape not helped); the
+// VNNI 4-bit kernel gained more (simd_quant_vnni.cpp). A one-thread sequential read gets ~16 GB/s
+// then. Our reading: prefetches into L1 hold its few miss buffers and evict the activations, while
+// the L1's own prefetcher pulls lines from L2 in time.
+constexpr auto kPrefetchHint = _MM_HINT_T1;
 
 int64_t row_bytes(const Weight& w) {
   return w.quantized ? w.quant.words_per_row() * 4 : w.cols() * static_cast<int64_t>(dtype_size(w.dense.dtype()));
 }
 int64_t prefetch_distance(const Weight& w, int rows_per_group) { return kPrefetchGroups * rows_per_group * row_bytes(w); }
+
+// Prefetches [p, p + bytes) into L2. Used at the start of a pool chunk: the in-loop prefetch runs
+// kPrefetchGroups row groups ahead, so a chunk's first groups would otherwise arrive on demand, one
+// miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a thread's next
+// chunk does not follow its last one in memory (claims run downwards), so every chunk paid that.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(c + off, kPrefetchHint);
+}
 
 // Bytes of one 32-element chunk in format F (the 3/5/6-bit streams: 4·B bytes).
 template <Fmt F>
@@ -218,9 +234,9 @@ inline void prefetch_chunk(const void* row, int64_t c, int64_t ahead) {
   constexpr int cb = chunk_bytes<F>();
   const char* p = static_cast<const char*>(row) + c * cb + ahead;
   if constexpr (cb >= 64) {
-    for (int off = 0; off < cb; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    for (int off = 0; off < cb; off += 64) _mm_prefetch(p + off, kPrefetchHint);
   } else {
-    if (((c * cb) & 63) < cb) _mm_prefetch(p, _MM_HINT_T0);
+    if (((c * cb) & 63) < cb) _mm_prefetch(p, kPrefetchHint);
   }
 }
 
@@ -332,6 +348,14 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
     prepare_x(xt, k, F, group, px);
     parallel_for(blocks, R * k, [&](int64_t b0, int64_t b1) {
       int o = 0;
+      // The chunk's first blocks, which no earlier block of this thread has prefetched.
+      for (int64_t b = b0; b < std::min(b1, b0 + kPrefetchGroups); ++b) {
+        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
+        const Weight& w = *outs[o].w;
+        const int64_t r = (b - outs[o].block0) * R, nr = std::min<int64_t>(R, w.rows() - r);
+        prefetch_bytes(row_ptr(w, r), nr * row_bytes(w));
+      }
+      o = 0;
       for (int64_t b = b0; b < b1; ++b) {
         while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
         const Weight& w = *outs[o].w;

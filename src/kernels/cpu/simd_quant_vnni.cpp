@@ -161,33 +161,92 @@ inline __m512i piece(__m512i v, int t) {
   return _mm512_and_si512(_mm512_srli_epi16(v, static_cast<unsigned>(BITS * t)), mask);
 }
 
-// Software prefetch distance in groups of R rows (see simd_linear_avx512.cpp).
+// Software prefetch distance in groups of R rows, and its target: L2, as in simd_linear_avx512.cpp
+// (prefetching into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s).
 constexpr int64_t kPrefetchGroups = 2;
+constexpr auto kPrefetchHint = _MM_HINT_T1;
+
+// Prefetches [p, p + bytes) into L2. Used at the start of a pool chunk: the in-loop prefetch runs
+// kPrefetchGroups row groups ahead, so a chunk's first groups would otherwise arrive on demand, one
+// miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a thread's next
+// chunk does not follow its last one in memory (claims run downwards), so every chunk paid that.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(c + off, kPrefetchHint);
+}
+
+// A quantized matrix's raw pointers and strides, read once per call (Tensor::raw() is out of line and
+// checked; per row it showed as ~3 % of SmolLM2 4-bit decode samples).
+struct QView {
+  const uint8_t* packed;  // row r at packed + r * row_stride
+  const char* scales;     // [rows, groups] in dtype sd
+  const char* biases;
+  int64_t row_stride;  // bytes per packed row
+  int64_t cols, groups;
+  int group_size;
+  DType sd;
+  size_t ssize;
+};
+
+QView view_of(const QuantizedMatrix& m) {
+  QView v;
+  v.packed = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>());
+  v.scales = static_cast<const char*>(m.scales.raw());
+  v.biases = static_cast<const char*>(m.biases.raw());
+  v.row_stride = m.words_per_row() * 4;
+  v.cols = m.cols;
+  v.group_size = m.spec.group_size;
+  v.groups = m.cols / m.spec.group_size;
+  v.sd = m.scales.dtype();
+  v.ssize = dtype_size(v.sd);
+  return v;
+}
+
+// The horizontal sums of eight vectors: lane i of the result is the sum of v[i]'s lanes. One
+// transpose-add tree (24 shuffles/adds) instead of eight reductions of ~9 dependent steps each: at
+// 576 inputs a row is only 4.5 blocks, so the row-end reductions were a fifth of the kernel's ops.
+inline __m256 sum8(const __m512* v) {
+  __m512 p[4];
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {  // [v2k's lanes 0-7 + 8-15 | v2k+1's]
+    const __m512 a = v[2 * k], b = v[2 * k + 1];
+    p[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  __m512 q[2];
+#pragma GCC unroll 2
+  for (int k = 0; k < 2; ++k) {  // 128-bit quarter r: four partial sums of v[4k + r]
+    const __m512 a = p[2 * k], b = p[2 * k + 1];
+    q[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // Per quarter r: lane 0 = Σ v[r], lane 1 = Σ v[4 + r].
+  __m512 s = _mm512_add_ps(_mm512_unpacklo_ps(q[0], q[1]), _mm512_unpackhi_ps(q[0], q[1]));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  const __m512i idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 13, 9, 5, 1, 12, 8, 4, 0);
+  return _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, s));
+}
 
 // out[i] = Σ_c w[r0 + i][c]·x[c] for NT tokens (x prepared per token) and R consecutive rows; each
 // block of codes is loaded and split into pieces once for all NT tokens.
 template <int BITS, int R, int NT>
-void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, float* out /* [NT][R] */) {
+void rows_dot(const QView& m, int64_t r0, const PreparedQ* const* p, float* out /* [NT][R] */) {
   using L = LayoutB<BITS>;
   constexpr int E = L::kPieces;
-  const int64_t cols = m.cols, row_bytes = cols * BITS / 8;
-  const int gs = m.spec.group_size;
-  const int64_t groups = cols / gs;
-  const DType sd = m.scales.dtype();
-  const size_t ssize = dtype_size(sd);
+  const int64_t row_bytes = m.cols * BITS / 8;
+  const int gs = m.group_size;
+  const int64_t groups = m.groups;
+  const DType sd = m.sd;
+  const size_t ssize = m.ssize;
   const __m512i lane_codes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                                 _mm512_set1_epi32(L::kCodesPerLane));
   const int gs_shift = __builtin_ctz(static_cast<unsigned>(gs));  // group sizes are powers of two
   const __m128i log2_gs = _mm_cvtsi32_si128(gs_shift);
-  const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
+  const int64_t ahead = kPrefetchGroups * R * m.row_stride;
 
-  const uint8_t* rows[R];
-  const char* srow[R];
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
-    srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
-  }
+  const uint8_t* const row0 = m.packed + r0 * m.row_stride;
+  const char* const srow0 = m.scales + r0 * groups * ssize;
+  const int64_t sstride = groups * static_cast<int64_t>(ssize);
   __m512 total[NT][R];
 #pragma GCC unroll 8
   for (int j = 0; j < NT; ++j)
@@ -206,7 +265,7 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
       gbase = first >> gs_shift;
       const int64_t ng = std::min<int64_t>(16, groups - gbase);
 #pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) sv[i] = load_values(srow[i] + gbase * ssize, sd, ng);
+      for (int i = 0; i < R; ++i) sv[i] = load_values(srow0 + i * sstride + gbase * ssize, sd, ng);
     }
     // Int32 lane i covers codes first + kCodesPerLane·i ...: its group relative to gbase.
     const __m512i lane_group = _mm512_srl_epi32(
@@ -217,8 +276,9 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
       xl[j] = _mm512_permutexvar_ps(lane_chunk, _mm512_loadu_ps(p[j]->xscale.data() + first / kXChunk));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + 64 * b + ahead), _MM_HINT_T0);
-      const __m512i v = _mm512_maskz_loadu_epi8(bm, rows[i] + 64 * b);
+      const uint8_t* src = row0 + i * m.row_stride + 64 * b;
+      _mm_prefetch(reinterpret_cast<const char*>(src + ahead), kPrefetchHint);
+      const __m512i v = _mm512_maskz_loadu_epi8(bm, src);
       const __m512 s = _mm512_permutexvar_ps(lane_group, sv[i]);
       __m512i c[E];
 #pragma GCC unroll 8
@@ -236,22 +296,30 @@ void rows_dot(const QuantizedMatrix& m, int64_t r0, const PreparedQ* const* p, f
       }
     }
   }
+  // Σ_g b_g·X_g (exact f32 sums of x), sixteen groups at a time, added to the row's lanes before the
+  // one reduction per row.
+  const char* const brow0 = m.biases + r0 * groups * ssize;
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int64_t n = std::min<int64_t>(16, groups - g);
+    const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+    __m512 xsum[NT];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    // Σ_g b_g·X_g, sixteen groups at a time (exact f32 sums of x).
-    const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
-    __m512 bt[NT];
+    for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) bt[j] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; g += 16) {
-      const int64_t n = std::min<int64_t>(16, groups - g);
-      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-      const __m512 bb = load_values(brow + g * ssize, sd, n);
+    for (int i = 0; i < R; ++i) {
+      const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
 #pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) bt[j] = _mm512_fmadd_ps(bb, _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g), bt[j]);
+      for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
     }
+  }
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) out[j * R + i] = _mm512_reduce_add_ps(total[j][i]) + _mm512_reduce_add_ps(bt[j]);
+  for (int j = 0; j < NT; ++j) {
+    if constexpr (R == 8) {
+      _mm256_storeu_ps(out + j * R, sum8(total[j]));
+    } else {
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) out[j * R + i] = _mm512_reduce_add_ps(total[j][i]);
+    }
   }
 }
 
@@ -322,7 +390,7 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const uint8_t* src = rows[i] + c * kChunkBytes;
-      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(reinterpret_cast<const char*>(src + ahead), _MM_HINT_T0);
+      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(reinterpret_cast<const char*>(src + ahead), kPrefetchHint);
       const __m512i v = _mm512_maskz_loadu_epi8(load_mask, src);
       const __m512i codes =
           _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
@@ -353,8 +421,8 @@ constexpr bool kStream = BITS == 3 || BITS == 5 || BITS == 6;
 
 // Rows r .. r + R (R rows, or fewer at the end: one at a time) for NT tokens.
 template <int BITS, int NT>
-void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, const float* bias, float* y,
-               int64_t t0) {
+void row_block(const QuantizedMatrix& m, const QView& view, int64_t r, const PreparedQ* const* p, const float* bias,
+               float* y, int64_t t0) {
   // Fewer rows per pass when several tokens share the codes (and for 2-bit, whose eight activation
   // vectors per block leave fewer registers).
   constexpr int R = NT == 1 ? (BITS == 2 ? 4 : kRowsOneToken) : 2;
@@ -363,7 +431,7 @@ void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, c
     if constexpr (kStream<BITS>)
       stream_rows_dot<BITS, RR, NT>(m, r0, p, out);
     else
-      rows_dot<BITS, RR, NT>(m, r0, p, out);
+      rows_dot<BITS, RR, NT>(view, r0, p, out);
   };
   const int64_t rows = m.rows;
   float out[NT * R];
@@ -382,6 +450,7 @@ void row_block(const QuantizedMatrix& m, int64_t r, const PreparedQ* const* p, c
 // One output of a GEMV group: weight, f32 bias or null, output, first row block in the group's numbering.
 struct QuantOut {
   const QuantizedMatrix* m;
+  QView view;
   const float* bias;
   float* y;
   int64_t block0;
@@ -410,20 +479,29 @@ void gemv(const float* x, int64_t n, const Weight* const* w, const float* const*
     QuantOut outs[kMaxGroup];
     int64_t blocks = 0;
     for (int o = 0; o < count; ++o) {
-      outs[o] = QuantOut{&w[o]->quant, bias[o], y[o], blocks};
+      outs[o] = QuantOut{&w[o]->quant, view_of(w[o]->quant), bias[o], y[o], blocks};
       blocks += (w[o]->quant.rows + R - 1) / R;
     }
     parallel_for(blocks, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
       int o = 0;
+      // The chunk's first blocks, which no earlier block of this thread has prefetched.
+      for (int64_t b = b0; b < std::min(b1, b0 + kPrefetchGroups); ++b) {
+        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
+        const QView& v = outs[o].view;
+        const int64_t r = (b - outs[o].block0) * R, nr = std::min<int64_t>(R, outs[o].m->rows - r);
+        prefetch_bytes(v.packed + r * v.row_stride, nr * v.row_stride);
+      }
+      o = 0;
       for (int64_t b = b0; b < b1; ++b) {
         while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
         const QuantizedMatrix& m = *outs[o].m;
+        const QView& v = outs[o].view;
         const int64_t r = (b - outs[o].block0) * R;
         switch (nt) {
-          case 1: row_block<BITS, 1>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
-          case 2: row_block<BITS, 2>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
-          case 3: row_block<BITS, 3>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
-          default: row_block<BITS, 4>(m, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 1: row_block<BITS, 1>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 2: row_block<BITS, 2>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 3: row_block<BITS, 3>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
+          default: row_block<BITS, 4>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
         }
       }
     });
