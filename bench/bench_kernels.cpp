@@ -5,7 +5,11 @@
 //   4. decode GEMV: one token through every linear of a SmolLM2-135M-shaped and a
 //      Qwen2.5-0.5B-shaped model (all layers + tied LM head, real sizes, random weights) in bf16 and
 //      MLX 4-bit g64 — bytes read per token / time = effective GB/s, and its fraction of (1);
-//   5. prefill GEMM on the same model shapes (all linears, 256 tokens), GFLOP/s vs (2).
+//   5. prefill GEMM on the same model shapes (all linears, 256 tokens), GFLOP/s vs (2);
+//   6. decode-kernel compute capacity (one core, L2-resident matrix, paired with FMAs);
+//   7. one core streaming model-shaped decode matrices from DRAM (64 MB of distinct copies) against
+//      a one-core sequential read, both in thread CPU time — the access pattern's cost, which is
+//      what decode loses to the roofline on this VM (robust to other processes' CPU use).
 // Each measurement: warm-up, repetitions, median with min/max; raw samples printed at the end.
 // Kernel timings are also paired with a short probe of the relevant limit (256 MiB read, ~20 ms of
 // FMAs) run just before each repetition; the median per-pair ratio is the robust figure on a
@@ -372,6 +376,62 @@ int main(int argc, char** argv) {
       double c = cap[cap.size() / 2];
       std::printf("| %s | %.1f | %.0f | %.3f | %.2fx |\n", k.name, gbs_sum / cap.size(), fma_sum / cap.size(), c, c / kNeed);
     }
+  }
+
+  // 7. One core, streamed. The pool is not involved (n = 1 token on one thread would still split rows
+  // over the pool, so the matrices run through a one-thread pool), and every time is thread CPU time.
+  {
+    ThreadPool::set_global_threads(1);
+    auto thread_cpu = [] {
+      timespec ts;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+    };
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::vector<double> seq;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = thread_cpu();
+      partial[0] = sum_avx512(p + (r % 4) * probe_floats, probe_floats);
+      seq.push_back(probe_floats * 4.0 / (thread_cpu() - t0) / 1e9);
+    }
+    const double seq_gbs = median(seq);
+    std::printf("\n| one core, streamed from DRAM (thread CPU time) | GB/s | of one-core sequential read (%.1f GB/s) |\n",
+                seq_gbs);
+    std::printf("|---|---:|---:|\n");
+    struct S {
+      const char* what;
+      int64_t rows, cols;
+      bool quant;
+    };
+    const S shapes[] = {{"SmolLM2 q/o 576 x 576", 576, 576, false},      {"SmolLM2 gate 1536 x 576", 1536, 576, false},
+                        {"SmolLM2 down 576 x 1536", 576, 1536, false},   {"Qwen q/o 896 x 896", 896, 896, false},
+                        {"Qwen gate 4864 x 896", 4864, 896, false},      {"Qwen down 896 x 4864", 896, 4864, false},
+                        {"SmolLM2 q/o 576 x 576", 576, 576, true},       {"SmolLM2 gate 1536 x 576", 1536, 576, true},
+                        {"SmolLM2 down 576 x 1536", 576, 1536, true},    {"Qwen q/o 896 x 896", 896, 896, true},
+                        {"Qwen gate 4864 x 896", 4864, 896, true},       {"Qwen down 896 x 4864", 896, 4864, true}};
+    std::vector<float> x(8192), y(8192);
+    for (auto& v : x) v = rng.uniform();
+    for (const S& s : shapes) {
+      auto make = [&] { return s.quant ? make_q(s.rows, s.cols, 4, 64, rng) : make_dense(s.rows, s.cols, DType::kBF16, rng); };
+      std::vector<ops::Weight> ws;
+      double bytes = 0;
+      while (bytes < 64e6) {
+        ws.push_back(make());
+        bytes += static_cast<double>(ws.back().nbytes());
+      }
+      std::vector<double> gbs;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = thread_cpu();
+        for (const ops::Weight& w : ws) ops::linear(x.data(), 1, w, Tensor(), y.data());
+        gbs.push_back(bytes / (thread_cpu() - t0) / 1e9);
+      }
+      const double g = median(gbs);
+      std::printf("| %s %s | %.1f | %.0f%% |\n", s.what, s.quant ? "4-bit g64" : "bf16", g, 100.0 * g / seq_gbs);
+    }
+    ThreadPool::set_global_threads(threads);
   }
 
   std::printf("\nraw samples (seconds):\n");

@@ -333,6 +333,9 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
   // CPU time, 400 MB of bf16 matrices (2026-11-26 12:05, loaded machine, best of 8, alternating):
   // 1536x576 7.9 -> 13.2 GB/s, 4864x896 9.8 -> 14.5, 49152x576 8.5 -> 14.0; at 2048+ inputs the R
   // interleaved rows are as fast or faster (2048x2048 12.9 vs 11.7, 896x4864 14.7 vs 10.1).
+  // Rechecked with the L2 prefetches (19:57, 576x1536 and 896x4864 bf16 streamed on one core, three
+  // alternating rounds): one row at a time 16.3-19.6 / 14.5-21.2 GB/s vs four 16.6-18.4 / 18.4-19.0,
+  // no consistent difference, so the threshold stays.
   const bool short_rows = !w0.quantized && row_bytes(w0) < 3072;
   int64_t blocks = 0;
   for (int o = 0; o < count; ++o) {
