@@ -21,9 +21,9 @@ namespace vlm::families {
 
 namespace {
 
-class Gemma3Vision final : public VisionModel {
+class Gemma3Vision final : public vlm_common::TowerVisionModel {
  public:
-  Gemma3Vision(const ModelConfig& config, const Checkpoint& ckpt) : what_(config.path) {
+  Gemma3Vision(const ModelConfig& config, const Checkpoint& ckpt) : TowerVisionModel(config.path) {
     const Json& raw = config.raw;
     const Json& vision = config.vision();
     VLM_CHECK(vision.is_object(), ErrorKind::kFormat, "{}: vision_config is missing", what_);
@@ -100,8 +100,6 @@ class Gemma3Vision final : public VisionModel {
     return vision::to_host(out);
   }
 
-  int32_t image_token_id() const override { return image_token_id_; }
-
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
                                 const std::vector<ProcessedImage>& /*images*/,
                                 const std::vector<Tensor>& features) const override {
@@ -116,41 +114,20 @@ class Gemma3Vision final : public VisionModel {
     return p;
   }
 
-  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
-
-  Device device() const override { return device_; }
-
-  void to_device(Device device) override {
-    if (device == device_) return;
-    vision::DeviceMove move;
-    tower_->collect(move);
+ private:
+  void collect_projector(vision::DeviceMove& move) override {
     move.add(norm_);
     move.add(proj_);
-    move.add_device(device_);
-    move.commit(device);
   }
 
- private:
-  std::string what_;
-  Device device_ = Device::kCpu;
-  int32_t image_token_id_ = 0;
-  int64_t patches_per_side_ = 0, tokens_per_side_ = 0, text_hidden_ = 0;
+  int64_t patches_per_side_ = 0, tokens_per_side_ = 0;
   float eps_ = 1e-6f;
-  std::unique_ptr<ViTEncoder> tower_;
   Tensor norm_;
   ops::Weight proj_;
-  size_t projector_bytes_ = 0;
 };
 
 }  // namespace
 
-void register_gemma3_vlm() {
-  register_language_model({"gemma3"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
-    return vlm_common::make_text_model(config, ckpt, opt, "gemma3_text");
-  });
-  register_vision_model({"gemma3"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
-    return std::make_unique<Gemma3Vision>(config, ckpt);
-  });
-}
+void register_gemma3_vlm() { vlm_common::register_vlm<Gemma3Vision>({"gemma3"}, "gemma3_text"); }
 
 }  // namespace vlm::families

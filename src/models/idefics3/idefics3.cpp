@@ -43,9 +43,9 @@ Tensor pixel_shuffle(const Tensor& x, int64_t s, const std::string& what) {
   return out;
 }
 
-class Idefics3Vision final : public VisionModel {
+class Idefics3Vision final : public vlm_common::TowerVisionModel {
  public:
-  Idefics3Vision(const ModelConfig& config, const Checkpoint& ckpt) : what_(config.path) {
+  Idefics3Vision(const ModelConfig& config, const Checkpoint& ckpt) : TowerVisionModel(config.path) {
     const Json& raw = config.raw;
     const Json& vision = config.vision();
     VLM_CHECK(vision.is_object(), ErrorKind::kFormat, "{}: vision_config is missing", what_);
@@ -102,46 +102,21 @@ class Idefics3Vision final : public VisionModel {
     return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
-  int32_t image_token_id() const override { return image_token_id_; }
-
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
                                 const std::vector<ProcessedImage>& /*images*/,
                                 const std::vector<Tensor>& features) const override {
     return vlm_common::causal_prompt(lm, ids, image_token_id_, features, what_);
   }
 
-  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
-
-  Device device() const override { return device_; }
-
-  void to_device(Device device) override {
-    if (device == device_) return;
-    vision::DeviceMove move;
-    tower_->collect(move);
-    move.add(proj_);
-    move.add_device(device_);
-    move.commit(device);
-  }
-
  private:
-  std::string what_;
-  Device device_ = Device::kCpu;
-  int32_t image_token_id_ = 0;
-  int64_t scale_ = 2, text_hidden_ = 0;
-  std::unique_ptr<ViTEncoder> tower_;
+  void collect_projector(vision::DeviceMove& move) override { move.add(proj_); }
+
+  int64_t scale_ = 2;
   ops::Weight proj_;
-  size_t projector_bytes_ = 0;
 };
 
 }  // namespace
 
-void register_idefics3() {
-  register_language_model({"idefics3"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
-    return vlm_common::make_text_model(config, ckpt, opt, "llama");
-  });
-  register_vision_model({"idefics3"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
-    return std::make_unique<Idefics3Vision>(config, ckpt);
-  });
-}
+void register_idefics3() { vlm_common::register_vlm<Idefics3Vision>({"idefics3"}, "llama"); }
 
 }  // namespace vlm::families

@@ -18,9 +18,9 @@ namespace vlm::families {
 
 namespace {
 
-class LlavaVision final : public VisionModel {
+class LlavaVision final : public vlm_common::TowerVisionModel {
  public:
-  LlavaVision(const ModelConfig& config, const Checkpoint& ckpt) : what_(config.path) {
+  LlavaVision(const ModelConfig& config, const Checkpoint& ckpt) : TowerVisionModel(config.path) {
     const Json& raw = config.raw;
     const Json& vision = config.vision();
     VLM_CHECK(vision.is_object(), ErrorKind::kFormat, "{}: vision_config is missing", what_);
@@ -106,51 +106,27 @@ class LlavaVision final : public VisionModel {
     return vlm_common::concat_rows(per_tile, text_hidden_);
   }
 
-  int32_t image_token_id() const override { return image_token_id_; }
-
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
                                 const std::vector<ProcessedImage>& /*images*/,
                                 const std::vector<Tensor>& features) const override {
     return vlm_common::causal_prompt(lm, ids, image_token_id_, features, what_);
   }
 
-  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
-
-  Device device() const override { return device_; }
-
-  void to_device(Device device) override {
-    if (device == device_) return;
-    vision::DeviceMove move;
-    tower_->collect(move);
+ private:
+  void collect_projector(vision::DeviceMove& move) override {
     for (ops::Weight* w : {&linear_1_, &linear_2_}) move.add(*w);
     for (Tensor* b : {&bias_1_, &bias_2_}) move.add(*b);
-    move.add_device(device_);
-    move.commit(device);
   }
 
- private:
-  std::string what_;
-  Device device_ = Device::kCpu;
-  int32_t image_token_id_ = 0;
   std::vector<int> layers_;
   bool drop_class_token_ = true;
-  std::unique_ptr<ViTEncoder> tower_;
   ops::Weight linear_1_, linear_2_;
   Tensor bias_1_, bias_2_;
   ops::Activation act_ = ops::Activation::kGeluErf;
-  int64_t text_hidden_ = 0;
-  size_t projector_bytes_ = 0;
 };
 
 }  // namespace
 
-void register_llava() {
-  register_language_model({"llava"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
-    return vlm_common::make_text_model(config, ckpt, opt, "llama");
-  });
-  register_vision_model({"llava"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
-    return std::make_unique<LlavaVision>(config, ckpt);
-  });
-}
+void register_llava() { vlm_common::register_vlm<LlavaVision>({"llava"}, "llama"); }
 
 }  // namespace vlm::families

@@ -247,4 +247,13 @@ MultimodalPrompt causal_prompt(const LanguageModel& lm, const std::vector<int32_
   return p;
 }
 
+void TowerVisionModel::to_device(Device device) {
+  if (device == device_) return;
+  vision::DeviceMove move;
+  tower_->collect(move);
+  collect_projector(move);
+  move.add_device(device_);
+  move.commit(device);
+}
+
 }  // namespace vlm::vlm_common

@@ -2,7 +2,8 @@
 // model of a VLM built by its text config's model_type, connector weights resolved under the checkpoint's own
 // prefix (transformers 5 `model.multi_modal_projector.*`, Hub / mlx-community `multi_modal_projector.*`) dense or
 // MLX-quantized, and the prompt assembly every family's HF forward does (embed the ids, overwrite the image-token
-// rows with the image features, 1-D positions, bidirectional groups from runs of tokens).
+// rows with the image features, 1-D positions, bidirectional groups from runs of tokens), plus the VisionModel
+// plumbing of the ViT-tower families (TowerVisionModel) and one way to register a VLM family (register_vlm).
 // Lives in the LLaVA folder because LLaVA is the plainest instance; the other families include it.
 #pragma once
 
@@ -19,6 +20,8 @@
 #include "io/safetensors.h"
 #include "kernels/ops.h"
 #include "models/registry.h"
+#include "models/vision/vision_device.h"
+#include "models/vision/vision_encoder.h"
 #include "models/vision_model.h"
 
 namespace vlm::vlm_common {
@@ -89,5 +92,44 @@ void check_tiles(const ProcessedImage& image, const std::string& what);
 // Per-tile feature blocks [n_i, cols] f32 stacked in order into one [sum n_i, cols] (the single block itself when
 // there is one).
 Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols);
+
+// The ViT-tower families (LLaVA, Idefics3, Gemma 3, PaliGemma): a ViTEncoder and the family's projector. Their
+// shared VisionModel plumbing: a family's constructor fills the protected fields (what_ is set from here), lists its
+// projector weights in collect_projector() and implements encode() and build_prompt(); to_device() moves the tower
+// and the projector together, weight_bytes() counts both.
+class TowerVisionModel : public VisionModel {
+ public:
+  int32_t image_token_id() const override { return image_token_id_; }
+  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
+  Device device() const override { return device_; }
+  void to_device(Device device) override;
+
+ protected:
+  explicit TowerVisionModel(std::string what) : what_(std::move(what)) {}
+  // Adds every projector weight and tensor (undefined ones included: they stay undefined) to `move`.
+  virtual void collect_projector(vision::DeviceMove& move) = 0;
+
+  std::string what_;  // the model folder, for messages
+  Device device_ = Device::kCpu;
+  int32_t image_token_id_ = 0;
+  int64_t text_hidden_ = 0;
+  std::unique_ptr<ViTEncoder> tower_;
+  size_t projector_bytes_ = 0;  // the projector's checkpoint bytes (WeightReader::bytes)
+};
+
+// Registers a VLM family under `model_types`: its language model (make_text_model with `default_text_type` and
+// `aliases`) and its vision model, built as Vision(config, checkpoint).
+template <typename Vision>
+void register_vlm(const std::vector<std::string>& model_types, const std::string& default_text_type,
+                  const std::vector<std::pair<std::string, std::string>>& aliases = {}) {
+  register_language_model(model_types, [default_text_type, aliases](const ModelConfig& config,
+                                                                     const Checkpoint& checkpoint,
+                                                                     const LoadOptions& options) {
+    return make_text_model(config, checkpoint, options, default_text_type, aliases);
+  });
+  register_vision_model(model_types, [](const ModelConfig& config, const Checkpoint& checkpoint, const LoadOptions&) {
+    return std::make_unique<Vision>(config, checkpoint);
+  });
+}
 
 }  // namespace vlm::vlm_common

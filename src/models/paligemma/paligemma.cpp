@@ -21,9 +21,9 @@ namespace vlm::families {
 
 namespace {
 
-class PaliGemmaVision final : public VisionModel {
+class PaliGemmaVision final : public vlm_common::TowerVisionModel {
  public:
-  PaliGemmaVision(const ModelConfig& config, const Checkpoint& ckpt) : what_(config.path) {
+  PaliGemmaVision(const ModelConfig& config, const Checkpoint& ckpt) : TowerVisionModel(config.path) {
     const Json& raw = config.raw;
     const Json& vision = config.vision();
     VLM_CHECK(vision.is_object(), ErrorKind::kFormat, "{}: vision_config is missing", what_);
@@ -60,8 +60,6 @@ class PaliGemmaVision final : public VisionModel {
     return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
-  int32_t image_token_id() const override { return image_token_id_; }
-
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,
                                 const std::vector<ProcessedImage>& /*images*/,
                                 const std::vector<Tensor>& features) const override {
@@ -76,40 +74,18 @@ class PaliGemmaVision final : public VisionModel {
     return p;
   }
 
-  size_t weight_bytes() const override { return tower_->weight_bytes() + projector_bytes_; }
-
-  Device device() const override { return device_; }
-
-  void to_device(Device device) override {
-    if (device == device_) return;
-    vision::DeviceMove move;
-    tower_->collect(move);
+ private:
+  void collect_projector(vision::DeviceMove& move) override {
     move.add(linear_);
     move.add(bias_);
-    move.add_device(device_);
-    move.commit(device);
   }
 
- private:
-  std::string what_;
-  Device device_ = Device::kCpu;
-  int32_t image_token_id_ = 0;
-  int64_t text_hidden_ = 0;
-  std::unique_ptr<ViTEncoder> tower_;
   ops::Weight linear_;
   Tensor bias_;
-  size_t projector_bytes_ = 0;
 };
 
 }  // namespace
 
-void register_paligemma() {
-  register_language_model({"paligemma"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
-    return vlm_common::make_text_model(config, ckpt, opt, "gemma");
-  });
-  register_vision_model({"paligemma"}, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
-    return std::make_unique<PaliGemmaVision>(config, ckpt);
-  });
-}
+void register_paligemma() { vlm_common::register_vlm<PaliGemmaVision>({"paligemma"}, "gemma"); }
 
 }  // namespace vlm::families

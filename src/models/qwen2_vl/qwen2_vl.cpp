@@ -110,14 +110,8 @@ class QwenVision final : public VisionModel {
 }  // namespace
 
 void register_qwen2_vl() {
-  const std::vector<std::string> types = {"qwen2_vl", "qwen2_5_vl"};
-  register_language_model(types, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions& opt) {
-    return vlm_common::make_text_model(config, ckpt, opt, "qwen2",
+  vlm_common::register_vlm<QwenVision>({"qwen2_vl", "qwen2_5_vl"}, "qwen2",
                                        {{"qwen2_vl_text", "qwen2"}, {"qwen2_5_vl_text", "qwen2"}});
-  });
-  register_vision_model(types, [](const ModelConfig& config, const Checkpoint& ckpt, const LoadOptions&) {
-    return std::make_unique<QwenVision>(config, ckpt);
-  });
 }
 
 }  // namespace vlm::families
