@@ -16,8 +16,8 @@
 // and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick | --quant]
 // (--quick: decode only, fewer repetitions; --quant: only the quantized decode GEMV rows, 4-bit g64 at
 // n = 1, 2, 3, 4, 7). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
-// CUDA-core kernels instead of the 4-bit tensor-core one (the before/after switch; the header says
-// which ran). Built without CUDA (or no GPU) it says so and exits 0.
+// CUDA-core kernels instead of the 4-bit tensor-core one (the before/after switch); the header line
+// prints every GEMV switch in effect (docs/CUDA.md). Built without CUDA (or no GPU) it says so and exits 0.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -322,10 +322,19 @@ int main(int argc, char** argv) {
 #ifdef VLMCHECK_WITH_CUDA
   try {
     const std::vector<GpuInfo> gpus = cuda_devices();
+    // The GEMV switches in effect (docs/CUDA.md), so that a log says which kernels ran.
+    auto env = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr ? v : "-";
+    };
     const char* gemv_env = std::getenv("VLMCHECK_CUDA_GEMV");
-    std::printf("# CUDA kernels on %s (quantized GEMV: %s)\n\n", gpus.empty() ? "?" : gpus[0].name.c_str(),
+    std::printf("# CUDA kernels on %s (quantized GEMV: %s; VLMCHECK_CUDA_GEMV=%s, _DENSE=%s, _PERSIST=%s, "
+                "_WARPS=%s)\n\n",
+                gpus.empty() ? "?" : gpus[0].name.c_str(),
                 gemv_env != nullptr && std::strcmp(gemv_env, "legacy") == 0 ? "legacy CUDA-core kernels"
-                                                                              : "4-bit on tensor cores");
+                                                                              : "4-bit on tensor cores",
+                env("VLMCHECK_CUDA_GEMV"), env("VLMCHECK_CUDA_GEMV_DENSE"), env("VLMCHECK_CUDA_GEMV_PERSIST"),
+                env("VLMCHECK_CUDA_GEMV_WARPS"));
     const double copy_gbs = cuda::probe_copy_bandwidth_gbs();
     const double bf16_gflops = cuda::probe_bf16_matmul_gflops();
     std::printf("probe: device copy %.0f GB/s (read + written), cuBLASLt bf16 8192^3 %.0f GFLOP/s\n\n", copy_gbs,

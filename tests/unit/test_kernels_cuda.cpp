@@ -276,8 +276,9 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
 // multiple of its 32-row blocks, rows split over 1..4 warps and thread-block clusters (3, 16 and 28
 // rounds of 128 values, unevenly), q/k/v groups in one launch, and x with a large dynamic range (it
 // is put on a per-group fixed-point grid: |x| from 2^-30 to 2^30, an all-zero group, one huge value
-// among tiny ones). Also a 4-bit weight whose cols are not a multiple of 128, which stays on the
-// CUDA-core kernel. Own rng, so the other cases' inputs do not depend on these.
+// among tiny ones), and launches with more row groups than fit on the GPU at once (persistent
+// blocks, also across a group's members). Also a 4-bit weight whose cols are not a multiple of 128,
+// which stays on the CUDA-core kernel. Own rng, so the other cases' inputs do not depend on these.
 void add_quant_gemv_cases(std::vector<Case>& cases) {
   std::mt19937 rng(7411);
   // x [n, cols]: uniform(-1, 1) times 2^k, k uniform in [-30, 30]; group 0 of token 0 all zeros; in
@@ -314,6 +315,24 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
   {
     ops::Weight w = random_quantized(rng, 40, 224, 4, 32, DType::kBF16);  // 224 = 1.75 rounds: CUDA cores
     for (int64_t n : {1, 4}) add("q4g32 40x224 (not a multiple of 128)", w, n, vec(rng, static_cast<size_t>(n * 224)), Tensor());
+  }
+  // More 32-row groups than the GPU holds blocks at once (H100/H200: 1000-1200 at 512 cols): persistent
+  // blocks walk several row groups, the ring streaming across them, x staged once per block. One
+  // weight, and a gate/up-like group whose members a block's row groups straddle (biases, n = 2 / 5).
+  {
+    ops::Weight w = random_quantized(rng, 60000, 512, 4, 64, DType::kBF16);
+    for (int64_t n : {1, 2, 5})
+      add("mma q4g64 60000x512 (persistent blocks)", w, n, vec(rng, static_cast<size_t>(n * 512)), Tensor());
+    std::vector<ops::Weight> gu = {random_quantized(rng, 40000, 512, 4, 32, DType::kF16),
+                                   random_quantized(rng, 24011, 512, 4, 32, DType::kF16)};
+    for (int64_t n : {1, 2, 5}) {
+      std::vector<Tensor> biases;
+      for (const ops::Weight& w : gu)
+        biases.push_back(n == 1 ? Tensor() : random_tensor(rng, {w.rows()}, DType::kF32));
+      Vec x = n == 2 ? wide_x(n, 512) : vec(rng, static_cast<size_t>(n * 512));
+      const std::string name = "mma q4g32 f16 40000+24011 rows (persistent) n=" + std::to_string(n);
+      cases.push_back(linear_group_case(name, 1e-11, gu, biases, x, n));
+    }
   }
   // q/k/v as one launch: three members, biases on all, rows not multiples of 32.
   std::vector<ops::Weight> ws = {random_quantized(rng, 96, 512, 4, 128, DType::kF16),

@@ -25,6 +25,8 @@
 //   reduce them at the end; the bias (any float dtype) is added on store (the reference's separate
 //   f32 add). At one token the 4-bit kernel is bound by this per-code arithmetic (~1.2 TB/s of codes
 //   on an H200), not by DRAM.
+//   Tall dense launches (see dense_stream()) take a streaming kernel instead: warps walk row groups
+//   of the whole grid with the next round's loads always in flight (gemv_dense_stream_kernel).
 //   4-bit weights with cols a multiple of 128 go to the tensor-core kernel of linear_gemv_mma.cu
 //   instead (unless VLMCHECK_CUDA_GEMV=legacy); everything else, and those with the switch, run here.
 //   Groups. One launch covers up to kGemvMaxTargets weights of the same format and cols (q/k/v,
@@ -32,6 +34,8 @@
 //   cumulative block counts in the parameter block.
 #include "kernels/cuda/linear_gemv.cuh"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -267,6 +271,106 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
   finish<R, NT, WARPS>(acc, p, sl);
 }
 
+// Dense, streaming (tall launches, see dense_stream()): a warp owns kStreamR rows
+// over the whole row and walks row groups w, w + (warps of the grid), ...; lane l reads units
+// l, l + 32, ... in rounds of kStreamU units per row. The loads of the next round (of this row group
+// or the next one) are issued before the current round's math (two register buffers), so a warp
+// always has a round in flight, including across row groups; the grid is what is resident at once.
+// Each row group ends with a warp reduction and the store: no shared memory, no block barrier.
+constexpr int kStreamR = 4, kStreamU = 2, kStreamThreads = 128;
+
+template <typename WT, int NT>
+__global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const __grid_constant__ GemvParams p) {
+  constexpr int R = kStreamR, U = kStreamU, V = Dense<WT>::kN;
+  const int lane = threadIdx.x & 31;
+  const unsigned total = p.block_end[p.count - 1];  // row groups of R rows, numbered through the members
+  const unsigned nwarps = gridDim.x * (kStreamThreads / 32);
+  const unsigned first = blockIdx.x * (kStreamThreads / 32) + (threadIdx.x >> 5);
+  if (first >= total) return;
+  const int64_t rounds = (p.units + 32 * U - 1) / (32 * U);
+  // Row group rg: member j, first row; row pointers of the load cursor.
+  auto find = [&](unsigned rg, int& j, int64_t& row0) {
+    j = 0;
+    while (j + 1 < p.count && rg >= p.block_end[j]) ++j;
+    row0 = static_cast<int64_t>(rg - (j > 0 ? p.block_end[j - 1] : 0u)) * R;
+  };
+  const uint4* rowp[R];
+  auto set_rows = [&](unsigned rg) {
+    int j;
+    int64_t row0;
+    find(rg, j, row0);
+    const WT* w = static_cast<const WT*>(p.w[j]);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t rr = row0 + r < p.rows[j] ? row0 + r : p.rows[j] - 1;  // clamped rows: not stored
+      rowp[r] = reinterpret_cast<const uint4*>(w + rr * p.in);
+    }
+  };
+  auto load = [&](uint4 (&b)[U][R], int64_t round) {
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      const int64_t u = round * 32 * U + k * 32 + lane;
+#pragma unroll
+      for (int r = 0; r < R; ++r) b[k][r] = u < p.units ? ld_stream16(rowp[r] + u) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+  float acc[R][NT] = {};
+  auto math = [&](uint4 (&b)[U][R], int64_t round) {
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      const int64_t u = round * 32 * U + k * 32 + lane;
+      if (u < p.units) dense_unit<WT, R, NT>(b[k], p.x + u * V, p.in, acc);
+    }
+  };
+  auto store = [&](unsigned rg) {
+    int j;
+    int64_t row0;
+    find(rg, j, row0);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float v = warp_sum(acc[r][t]);
+        acc[r][t] = 0.0f;
+        const int64_t row = row0 + r;
+        if (lane == r * NT + t && row < p.rows[j]) {
+          if (p.out_bias[j] != nullptr) v = __fadd_rn(v, ld_small(p.out_bias[j], p.out_bias_kind[j], row));
+          p.y[j][t * p.rows[j] + row] = v;
+        }
+      }
+  };
+  // Math cursor (rg, rd) and load cursor (lrg, lrd), one round ahead.
+  unsigned rg = first, lrg = first;
+  int64_t rd = 0, lrd = 0;
+  auto advance_load = [&] {
+    if (++lrd == rounds) {
+      lrd = 0;
+      lrg += nwarps;
+      if (lrg < total) set_rows(lrg);
+    }
+  };
+  // One step: load the next round into `next` (if any), compute the current one from `cur`.
+  auto step = [&](uint4 (&cur)[U][R], uint4 (&next)[U][R]) {
+    if (lrg < total) {
+      load(next, lrd);
+      advance_load();
+    }
+    math(cur, rd);
+    if (++rd == rounds) {
+      store(rg);
+      rd = 0;
+      rg += nwarps;
+    }
+    return rg < total;
+  };
+  uint4 b0[U][R], b1[U][R];
+  set_rows(lrg);
+  load(b0, lrd);
+  advance_load();
+  while (step(b0, b1) && step(b1, b0)) {
+  }
+}
+
 // ---- quantized ------------------------------------------------------------------------------------
 // Code j (compile-time after unrolling) of a 32-value unit held in BITS words, as an exact float.
 // 4 and 8 bits place the code in the float's low byte with one byte permute; for 4 bits the even and
@@ -452,9 +556,73 @@ int log2_exact(int64_t v) {
   return s;
 }
 
+// Whether a dense launch of `rows` rows (all members) and nt tokens takes the streaming kernel:
+// tall launches with several tokens, and one token from 65536 rows (the lm_heads). H200, bf16, % of
+// the copy probe, block kernel -> streaming: lm_head 151936x2048 n = 1/2/4 101/72/55 -> 108/103/74,
+// 152064x3584 108/82/73 -> 110/107/85, 18944x3584 n = 2/4 72/65 -> 79/71 but n = 1 91 -> 86, 11008x2048
+// n = 2/4 54/44 -> 59/48 but n = 1 72 -> 67; rows <= 3584 lose at every n (2048x11008 n = 1 74 -> 47).
+// VLMCHECK_CUDA_GEMV_DENSE=stream / block forces one kernel (read once).
+bool dense_stream(int64_t rows, int nt) {
+  static const int forced = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_DENSE");
+    if (v != nullptr && std::strcmp(v, "stream") == 0) return 1;
+    if (v != nullptr && std::strcmp(v, "block") == 0) return 0;
+    return -1;
+  }();
+  if (forced >= 0) return forced == 1;
+  return rows >= 65536 || (nt >= 2 && rows >= 8192);
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 1;
+    return sms > 0 ? sms : 1;
+  }();
+  return n;
+}
+
+// The streaming dense kernel: row groups of kStreamR rows numbered through the members, a grid of
+// what is resident at once (or fewer blocks, when there are fewer row groups).
+template <typename WT, int NT>
+void launch_stream(GemvParams& p, cudaStream_t st) {
+  static const int per_sm = [] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_dense_stream_kernel<WT, NT>, kStreamThreads, 0) !=
+            cudaSuccess ||
+        n < 1)
+      n = 1;
+    return n;
+  }();
+  int64_t groups = 0;
+  for (int i = 0; i < p.count; ++i) {
+    groups += (p.rows[i] + kStreamR - 1) / kStreamR;
+    if (groups > 0x7fffffff)
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(p.rows[i]) +
+                                                    " rows exceed the GEMV grid");
+    p.block_end[i] = static_cast<unsigned>(groups);
+  }
+  const int64_t warps = kStreamThreads / 32;
+  const int64_t grid = std::min<int64_t>((groups + warps - 1) / warps, static_cast<int64_t>(per_sm) * sm_count());
+  gemv_dense_stream_kernel<WT, NT><<<static_cast<unsigned>(grid), kStreamThreads, 0, st>>>(p);
+}
+
 // Numbers the blocks of one launch with this config (row groups per block from ksplit) and launches it.
 template <int NT>
 void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) {
+  int64_t total_rows = 0;
+  for (int i = 0; i < p.count; ++i) total_rows += p.rows[i];
+  if (!quant && dense_stream(total_rows, NT)) {
+    switch (kind_or_bits) {
+      case detail::kF32: launch_stream<float, NT>(p, st); break;
+      case detail::kF16: launch_stream<__half, NT>(p, st); break;
+      default: launch_stream<__nv_bfloat16, NT>(p, st); break;
+    }
+    VLM_CUDA_LAUNCHED("linear (gemv)");
+    return;
+  }
   const Config c = quant ? quant_config(kind_or_bits, NT) : dense_config();
   const int warps = c.threads / 32;
   // Warps per row group: about one round of U units per lane (short rows: fewer warps per row, more
@@ -535,7 +703,7 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     }
     if (mma) {
       here = 0;
-      if (total_rows <= 2048) here = n == 1 ? (w0.cols() >= 8192 ? 1 : 0) : n / 4 * 4;
+      if (total_rows <= 2048 && !gemv_mma_everywhere()) here = n == 1 ? (w0.cols() >= 8192 ? 1 : 0) : n / 4 * 4;
       if (here < n) {
         GemvTarget rest[kGemvMaxTargets];
         for (int i = 0; i < count; ++i) {

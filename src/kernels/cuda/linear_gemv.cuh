@@ -54,5 +54,8 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
 bool gemv_mma_supported(const float* x, const Weight& w);
 void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
 bool gemv_legacy_requested();
+// VLMCHECK_CUDA_GEMV=mma: every 4-bit launch the tensor-core kernel takes goes to it, also those that
+// gemv_launch's rule keeps on the CUDA-core kernel (the tuning switch for that rule).
+bool gemv_mma_everywhere();
 
 }  // namespace vlm::ops::cuda::kernels

@@ -20,21 +20,28 @@
 //   Rounds. A row is read in rounds of 128 values (64 bytes). A warp owns 32 rows (two MMA row
 //   tiles); the block's warps, and the blocks of a thread-block cluster (sm_90), split the rounds of
 //   those rows (round r goes to warp r mod warps-in-cluster) and are reduced through shared memory
-//   and distributed shared memory at the end, in a fixed order. Each warp streams its rounds through
-//   a ring of kStages rounds in shared memory filled by cp.async (codes bypass L1): kStages - 1
-//   rounds are in flight while one is computed, without registers held for them. From the ring,
-//   lane tig reads 16 bytes of each of its rows: word i of the lane is word (i / L)·4L + tig·L + i % L
-//   of the round, L = group / 32, so the quad's i-th words are one run inside one group.
-//   Staging. Per round each warp writes its round's x digits (and per group and token 2^(e-22) and
-//   Σx) to its own shared-memory slice, each lane converting 4 values per token; swizzles keep the
-//   fragment reads free of bank conflicts.
-//   Tokens. Columns are (token, digit): one MMA holds 2 tokens (6 columns); n > 2 runs in chunks of 2
-//   tokens, each reading the weights once (gemv_launch keeps some chunks on the CUDA-core kernel).
+//   and distributed shared memory at the end of the row group, in a fixed order. Each warp streams its
+//   rounds through a ring of kStages rounds in shared memory filled by cp.async (codes bypass L1):
+//   kStages - 1 rounds are in flight while one is computed, without registers held for them. From the
+//   ring, lane tig reads 16 bytes of each of its rows: word i of the lane is word (i / L)·4L + tig·L +
+//   i % L of the round, L = group / 32, so the quad's i-th words are one run inside one group.
+//   Persistent blocks. Where there are more 32-row groups than blocks resident at once, the grid is
+//   made of what fits (each block the same number of row groups) and a block walks row groups
+//   g, g + grid, ...: a warp's rounds are the same in every row group, so its ring streams on across
+//   row groups without draining, and x is converted once per block instead of once per row group.
+//   Staging. In the prologue (while the ring's first copies fly) each warp copies the raw x of its
+//   rounds into shared memory and converts it in place into digits (per group and token also
+//   2^(e-22) and Σx), each lane converting 4 values per token; the loop then only reads them.
+//   Columns. Two tokens: (token, digit), 6 of the MMA's 8 columns. One token: (slot, digit), the slot
+//   being the parity of the group inside the round (group 32/64), so two groups accumulate in
+//   separate int32 columns and one flush scales both: half the per-group f32 work of 3 columns.
+//   Tokens. n > 2 runs in chunks of 2 tokens, each reading the weights once (gemv_launch keeps some
+//   chunks on the CUDA-core kernel).
 //   Launch shape (H200, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): 4 warps
 //   per block, 8 for rows of 64+ rounds; clusters only where the row groups alone give fewer blocks
-//   than SMs. Measured n = 1: 61-66% of the copy probe on the lm_heads, 36-40% on the 7B gate/up and
-//   down, 27% on the 3B gate/up; the limit is not DRAM but the per-round work of a warp (ncu: ~700
-//   instructions per warp and 2 KB round, staging of x included) against the ~2 us loaded latency.
+//   than SMs. Before persistent blocks, prologue staging and slots: 61-66% of the copy probe on the
+//   lm_heads, 36-40% on the 7B gate/up and down at n = 1, the limit being the per-round work of a
+//   warp (ncu: ~700 instructions per warp and 2 KB round, x staging included), not DRAM.
 #include "kernels/cuda/linear_gemv.cuh"
 
 #include <cooperative_groups.h>
@@ -43,6 +50,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <utility>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -62,6 +71,7 @@ struct MmaParams {
   int scale_kind, bias_kind;
   int count;
   int cs;  // blocks per cluster: K-splits across blocks, reduced through distributed shared memory
+  int nr;  // digit slices per warp: the most rounds any warp of the launch takes
   unsigned block_end[kGemvMaxTargets];  // cumulative 32-row groups per member
   int64_t rows[kGemvMaxTargets];
   const uint32_t* w[kGemvMaxTargets];
@@ -101,18 +111,48 @@ struct ScaleWords {
   }
 };
 
-// Per-warp shared memory: a ring of kStages rounds (codes of 32 rows, raw scales and biases), the x
-// digits of the round being computed, and per group {2^(e-22), Σx} of each token.
+// Dynamic shared memory of one block (byte offsets, the same arithmetic on host and device):
+//   rings  [warp][stage]: codes of 32 rows (64 B each, 16-byte chunks swizzled), raw scales, raw biases
+//   digits [warp][k]: the x digits of the warp's k-th round as [word i][tig][nc columns] uint2 (nc = 4
+//          for one token: digit columns 0-2 and a zero column; 8 for two tokens: 0-5 and two zero
+//          columns). Before the prologue converts it, a round's slice holds its raw f32 x (128 values
+//          × nt tokens = the same 128·nc bytes).
+//   grp    [warp][k][group][token]: {2^(e-22) scale factor, Σx} float2 (zeros for an absent token)
+//   red    [warp][tile][16 rows][8 columns] f32: each warp's partial sums at the end of a row group
 template <int G, int KIND>
-struct WarpSmem {
+struct Ring {
   static constexpr int kN = ScaleWords<G, KIND>::kN;
-  static constexpr int kCodes = 0;                                       // [stage][32 rows][64 B]
-  static constexpr int kScales = kCodes + kStages * kRowsPerBlock * 64;  // [stage][32 rows][kN words]
-  static constexpr int kBiases = kScales + kStages * kRowsPerBlock * kN * 4;
-  static constexpr int kDigits = kBiases + kStages * kRowsPerBlock * kN * 4;  // 128 uint2
-  static constexpr int kGrp = kDigits + 128 * 8;                              // [group][2 tokens] float2
-  static constexpr int kBytes = kGrp + Round<G>::kGroups * 2 * 8;
+  static constexpr int kScales = kRowsPerBlock * 64;  // offsets inside one stage
+  static constexpr int kBiases = kScales + kRowsPerBlock * kN * 4;
+  static constexpr int kStage = kBiases + kRowsPerBlock * kN * 4;
+  static constexpr int kBytes = kStages * kStage;  // one warp's ring
+  static constexpr int kGrpRound = Round<G>::kGroups * 2 * 8;
 };
+
+// Columns of the B operand (x digits). Two tokens: column 3·t + d (token t, digit d). One token with
+// two or more groups per round: column 3·s + d, s = the parity of the group within the round (its
+// slot), so that two consecutive groups accumulate in separate columns and one flush scales both (half
+// the flushes); one token at group 128: columns 0-2.
+template <int G, int NT>
+struct Cols {
+  static constexpr int kSlots = NT == 1 && Round<G>::kGroups >= 2 ? 2 : 1;
+  static constexpr int kUsed = 3 * (NT == 2 ? 2 : kSlots);
+  static constexpr int kNc = kUsed > 4 ? 8 : 4;          // columns stored per (word, tig) of a slice
+  static constexpr int kPerToken = NT == 2 ? 3 : kUsed;  // columns that sum to one token's y
+};
+
+struct SmemPlan {
+  int digits, grp, red, total;
+};
+template <int G, int KIND>
+__host__ __device__ __forceinline__ SmemPlan smem_plan(int warps, int nr, int nc) {
+  SmemPlan s;
+  s.digits = warps * Ring<G, KIND>::kBytes;
+  s.grp = s.digits + warps * nr * 128 * nc;
+  s.red = s.grp + warps * nr * Ring<G, KIND>::kGrpRound;
+  s.total = s.red + warps * kTiles * 128 * 4;
+  return s;
+}
 
 __device__ __forceinline__ void cp_async_cg16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(smem))),
@@ -156,10 +196,10 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], uint32_t a0, uint32_t a1, 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Index (in uint2) of the B fragment of word i, lane (col, tig) in a warp's digit slice: the 8
-// lanes of one 8-byte wavefront hit distinct banks thanks to the col swizzle by tig.
-__device__ __forceinline__ int digit_index(int i, int tig, int col) {
-  return (i * 4 + tig) * 8 + (col ^ (4 * (tig >> 1)));
+// Index (in uint2) of the B fragment of word i, lane (col, tig) in a round's digit slice of nc
+// columns; with 8 columns the col swizzle by tig spreads the staging's writes over more banks.
+__device__ __forceinline__ int digit_index(int i, int tig, int col, int nc) {
+  return (i * 4 + tig) * nc + (nc == 8 ? (col ^ (4 * (tig >> 1))) : col);
 }
 
 // Lane tig's 4 words of one smem row (word i of the lane is the round's word (i / kLc)·4·kLc +
@@ -184,48 +224,83 @@ __device__ __forceinline__ void read_words(const unsigned char* codes_row, int r
   }
 }
 
-template <int G, int KIND>
+// Rows of one 32-row group: its member, first row and the member's row count.
+struct RowGroup {
+  int j;
+  int64_t row0, rows;
+};
+__device__ __forceinline__ RowGroup row_group(const MmaParams& p, unsigned rg) {
+  int j = 0;
+  while (j + 1 < p.count && rg >= p.block_end[j]) ++j;
+  const unsigned first = j > 0 ? p.block_end[j - 1] : 0u;
+  return {j, static_cast<int64_t>(rg - first) * kRowsPerBlock, p.rows[j]};
+}
+__device__ __forceinline__ int64_t clamp_row(const RowGroup& g, int64_t r) {
+  return r < g.rows ? r : g.rows - 1;  // clamped rows are computed, not stored
+}
+
+template <int G, int KIND, int NT>
 __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __grid_constant__ MmaParams p) {
   using RL = Round<G>;
+  using CL = Cols<G, NT>;
   using SW = ScaleWords<G, KIND>;
-  using WS = WarpSmem<G, KIND>;
+  using RG = Ring<G, KIND>;
   constexpr int kGroups = RL::kGroups, kN = SW::kN;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float block_sum[kRowsPerBlock * 2];  // this block's partial y [token][row]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int gid = lane >> 2, tig = lane & 3;
-  // Row group (32 rows) and this block's K-split within its cluster.
-  const unsigned rg = blockIdx.x / p.cs, split = blockIdx.x % p.cs;
-  int j = 0;
-  while (j + 1 < p.count && rg >= p.block_end[j]) ++j;
-  const unsigned first = j > 0 ? p.block_end[j - 1] : 0u;
-  const int64_t rows = p.rows[j];
-  const int64_t row0 = static_cast<int64_t>(rg - first) * kRowsPerBlock;
-  auto clamp_row = [&](int64_t r) { return r < rows ? r : rows - 1; };  // clamped rows: computed, not stored
-  // Rows this lane copies: codes of rows lane/4 + 8k (16-byte chunk lane % 4), scales of row `lane`.
+  constexpr int nc = CL::kNc;
+  const SmemPlan plan = smem_plan<G, KIND>(warps, p.nr, nc);
+  unsigned char* ring = smem + warp * RG::kBytes;
+  unsigned char* dig = smem + plan.digits + warp * p.nr * 128 * nc;
+  float2* grp = reinterpret_cast<float2*>(smem + plan.grp + warp * p.nr * RG::kGrpRound);
+  float* red = reinterpret_cast<float*>(smem + plan.red);
+
+  // K-split: this block's index in its cluster, this warp's among the cluster's kws warps, and its
+  // rounds kw, kw + kws, ... (nr of them; p.nr is the most any warp has, the size of its slices).
+  const unsigned split = blockIdx.x % p.cs;
+  const int kws = warps * p.cs, kw = static_cast<int>(split) * warps + warp;
+  const int nr = kw < p.rounds ? (p.rounds - kw + kws - 1) / kws : 0;
+  // Row groups: blockIdx.x / cs, then every (gridDim.x / cs)-th one (a persistent block walks several,
+  // its warps' rings streaming on across row groups; the digits of x are staged once).
+  const unsigned stride = gridDim.x / p.cs, rg_first = blockIdx.x / p.cs;
+  const unsigned total = p.block_end[p.count - 1];
+  const int my_groups = rg_first < total ? static_cast<int>((total - rg_first + stride - 1) / stride) : 0;
+  const int items = my_groups * nr;
+
+  // 1. Raw x of the warp's rounds into their digit slices: the first cp.async group.
+  const int x_chunks = nr * NT * 32;  // 16-byte pieces
+  for (int c = lane; c < x_chunks; c += 32) {
+    const int k = c / (NT * 32), rem = c % (NT * 32), tk = rem >> 5, q = rem & 31;
+    cp_async_cg16(dig + k * 128 * nc + tk * 512 + 16 * q,
+                  p.x + tk * p.in + static_cast<int64_t>(kw + k * kws) * 128 + 4 * q);
+  }
+  cp_async_commit();
+  for (int i = lane; i < nr * kGroups * 2; i += 32) grp[i] = make_float2(0.0f, 0.0f);
+
+  // 2. The ring's first kStages - 1 rounds. The issue cursor (row group ig, round ir of the warp)
+  // walks the block's row groups; copy sources: code rows lane/4 + 8k (16-byte chunk lane % 4),
+  // scales and biases of row `lane`.
   const unsigned char* copy_rows[4];
+  int64_t scale_elem = 0;
+  const unsigned char* scale_src = nullptr;
+  const unsigned char* bias_src = nullptr;
+  auto set_source = [&](unsigned rg) {
+    const RowGroup g = row_group(p, rg);
 #pragma unroll
-  for (int k = 0; k < 4; ++k)
-    copy_rows[k] = reinterpret_cast<const unsigned char*>(p.w[j] + clamp_row(row0 + (lane >> 2) + 8 * k) * p.words);
-  const int64_t scale_elem = clamp_row(row0 + lane) * p.groups;
-  const unsigned char* scale_src = static_cast<const unsigned char*>(p.scales[j]);
-  const unsigned char* bias_src = static_cast<const unsigned char*>(p.biases[j]);
-  // Whether the value of the 2-byte single-value case is its word's upper half (per row: the parity
-  // of row · groups + r flips with r when groups is odd).
-  const int64_t my_elem[2][2] = {{clamp_row(row0 + gid) * p.groups, clamp_row(row0 + gid + 8) * p.groups},
-                                 {clamp_row(row0 + 16 + gid) * p.groups, clamp_row(row0 + 24 + gid) * p.groups}};
-
-  unsigned char* ws = smem + warp * WS::kBytes;
-  uint2* digits = reinterpret_cast<uint2*>(ws + WS::kDigits);
-  float2* grp = reinterpret_cast<float2*>(ws + WS::kGrp);
-  for (int i = lane; i < 128; i += 32) digits[i] = make_uint2(0u, 0u);
-  if (lane < kGroups * 2) grp[lane] = make_float2(0.0f, 0.0f);
-  __syncwarp();
-
-  // Copies round r into ring stage st (codes: 4 × 16 bytes per lane, scales and biases: one piece each).
+    for (int k = 0; k < 4; ++k)
+      copy_rows[k] =
+          reinterpret_cast<const unsigned char*>(p.w[g.j] + clamp_row(g, g.row0 + (lane >> 2) + 8 * k) * p.words);
+    scale_elem = clamp_row(g, g.row0 + lane) * p.groups;
+    scale_src = static_cast<const unsigned char*>(p.scales[g.j]);
+    bias_src = static_cast<const unsigned char*>(p.biases[g.j]);
+  };
+  // Copies round r of the cursor's row group into ring stage st (codes: 4 × 16 bytes per lane,
+  // scales and biases: one piece each).
   auto issue = [&](int st, int r) {
-    unsigned char* codes = ws + WS::kCodes + st * (kRowsPerBlock * 64);
+    unsigned char* codes = ring + st * RG::kStage;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int row = (lane >> 2) + 8 * k, c = lane & 3;
@@ -234,8 +309,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
     }
     int64_t e = scale_elem + static_cast<int64_t>(r) * kGroups;
     if constexpr (SW::kBytes == 2) e &= ~int64_t{1};  // the aligned word holding the value
-    unsigned char* sd = ws + WS::kScales + (st * kRowsPerBlock + lane) * kN * 4;
-    unsigned char* bd = ws + WS::kBiases + (st * kRowsPerBlock + lane) * kN * 4;
+    unsigned char* sd = codes + RG::kScales + lane * kN * 4;
+    unsigned char* bd = codes + RG::kBiases + lane * kN * 4;
     if constexpr (SW::kCopy == 16) {
       cp_async_cg16(sd, scale_src + e * SW::SB);
       cp_async_cg16(bd, bias_src + e * SW::SB);
@@ -244,31 +319,52 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
       cp_async_ca<SW::kCopy>(bd, bias_src + e * SW::SB);
     }
   };
+  int ig = 0, ir = 0;
+  if (my_groups > 0) set_source(rg_first);
+  auto issue_next = [&](int st) {
+    issue(st, kw + ir * kws);
+    if (++ir == nr) {
+      ir = 0;
+      if (++ig < my_groups) set_source(rg_first + static_cast<unsigned>(ig) * stride);
+    }
+  };
+#pragma unroll
+  for (int k = 0; k < kStages - 1; ++k) {
+    if (k < items) issue_next(k);
+    cp_async_commit();
+  }
 
-  // This lane's C columns 2·tig and 2·tig + 1: (token, digit); columns 6 and 7 are unused.
-  const int col_a = 2 * tig, col_b = 2 * tig + 1;
-  const int tok_a = col_a < 6 ? col_a / 3 : 0, tok_b = col_b < 6 ? col_b / 3 : 0;
-  const float mul_a = col_a < 6 ? (col_a % 3 == 0 ? 1.0f : col_a % 3 == 1 ? 256.0f : 65536.0f) : 0.0f;
-  const float mul_b = col_b < 6 ? (col_b % 3 == 0 ? 1.0f : col_b % 3 == 1 ? 256.0f : 65536.0f) : 0.0f;
-  const float bias_a = col_a < 6 && col_a % 3 == 0 ? 1.0f : 0.0f;
-  const float bias_b = col_b < 6 && col_b % 3 == 0 ? 1.0f : 0.0f;
-
+  // 3. x as digits, in place, once for every row group: per group and token m = rint(x·2^(22-e))
+  // with 2^e > max|x| of the group, three signed base-256 digits; {2^(e-22), Σx} per group and token.
   // The staging lane's word (2 lanes per word: h = 0 takes the even columns, 1 the odd ones).
   const int sp = lane >> 1, sh = lane & 1;
   const int s_run = sp / (4 * RL::kLc), s_rem = sp % (4 * RL::kLc);
   const int s_tig = s_rem / RL::kLc, s_i = s_run * RL::kLc + s_rem % RL::kLc;
   const int s_grp = (8 * sp) / G;
-
-  float acc[kTiles][4] = {};
-
-  // x digits of round r into the digit slice.
-  auto stage_x = [&](int r) {
-    for (int tk = 0; tk < p.nt; ++tk) {
-      const float4* xr = reinterpret_cast<const float4*>(p.x + tk * p.in + static_cast<int64_t>(r) * 128 + 8 * sp);
-      const float4 u0 = __ldg(xr), u1 = __ldg(xr + 1);
-      const float v[4] = {sh ? u0.y : u0.x, sh ? u0.w : u0.z, sh ? u1.y : u1.x, sh ? u1.w : u1.z};
-      float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-      float sum = (v[0] + v[1]) + (v[2] + v[3]);
+  cp_async_wait<kStages - 1>();  // the x group, the oldest, has landed
+  __syncwarp();
+  for (int k = 0; k < nr; ++k) {
+    unsigned char* slice = dig + k * 128 * nc;
+    float v[2][4];
+#pragma unroll
+    for (int tk = 0; tk < 2; ++tk) {
+      if (tk < NT) {
+        const float4* xr = reinterpret_cast<const float4*>(slice + tk * 512 + 32 * sp);
+        const float4 u0 = xr[0], u1 = xr[1];
+        v[tk][0] = sh ? u0.y : u0.x, v[tk][1] = sh ? u0.w : u0.z;
+        v[tk][2] = sh ? u1.y : u1.x, v[tk][3] = sh ? u1.w : u1.z;
+      }
+    }
+    __syncwarp();
+    uint4* z = reinterpret_cast<uint4*>(slice);
+    for (int i = lane; i < 8 * nc; i += 32) z[i] = make_uint4(0u, 0u, 0u, 0u);
+    __syncwarp();
+    uint32_t* dg = reinterpret_cast<uint32_t*>(slice);
+#pragma unroll
+    for (int tk = 0; tk < 2; ++tk) {
+      if (tk >= NT) break;
+      float amax = fmaxf(fmaxf(fabsf(v[tk][0]), fabsf(v[tk][1])), fmaxf(fabsf(v[tk][2]), fabsf(v[tk][3])));
+      float sum = (v[tk][0] + v[tk][1]) + (v[tk][2] + v[tk][3]);
 #pragma unroll
       for (int o = 1; o < G / 4; o <<= 1) {
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -279,30 +375,52 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
       const float f = __uint_as_float(static_cast<uint32_t>(275 - e_biased) << 23);  // 2^(22 - e)
       int d0[4], d1[4], d2[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
+      for (int q = 0; q < 4; ++q) {
         // rint(v·f) by the 1.5·2^23 shift (|v·f| < 2^22), then signed base-256 digits.
-        const int m = __float_as_int(fmaf(v[k], f, 12582912.0f)) - 0x4B400000;
+        const int m = __float_as_int(fmaf(v[tk][q], f, 12582912.0f)) - 0x4B400000;
         const int m1 = (m - sext8(m)) >> 8;
-        d0[k] = m;
-        d1[k] = m1;
-        d2[k] = (m1 - sext8(m1)) >> 8;
+        d0[q] = m;
+        d1[q] = m1;
+        d2[q] = (m1 - sext8(m1)) >> 8;
       }
       if ((lane & (G / 4 - 1)) == 0)
-        grp[s_grp * 2 + tk] = make_float2(__uint_as_float(static_cast<uint32_t>(e_biased - 21) << 23), sum);
-      const int cbase = 3 * tk;
-      uint32_t* dg = reinterpret_cast<uint32_t*>(digits);
-      dg[2 * digit_index(s_i, s_tig, cbase) + sh] = pack_low_bytes(d0[0], d0[1], d0[2], d0[3]);
-      dg[2 * digit_index(s_i, s_tig, cbase + 1) + sh] = pack_low_bytes(d1[0], d1[1], d1[2], d1[3]);
-      dg[2 * digit_index(s_i, s_tig, cbase + 2) + sh] = pack_low_bytes(d2[0], d2[1], d2[2], d2[3]);
+        grp[(k * kGroups + s_grp) * 2 + tk] =
+            make_float2(__uint_as_float(static_cast<uint32_t>(e_biased - 21) << 23), sum);
+      const int cbase = 3 * (tk + (CL::kSlots == 2 ? (s_i / RL::kLc) & 1 : 0));
+      dg[2 * digit_index(s_i, s_tig, cbase, nc) + sh] = pack_low_bytes(d0[0], d0[1], d0[2], d0[3]);
+      dg[2 * digit_index(s_i, s_tig, cbase + 1, nc) + sh] = pack_low_bytes(d1[0], d1[1], d1[2], d1[3]);
+      dg[2 * digit_index(s_i, s_tig, cbase + 2, nc) + sh] = pack_low_bytes(d2[0], d2[1], d2[2], d2[3]);
     }
-  };
+  }
+  __syncwarp();
 
-  auto process = [&](int st, int r) {
-    stage_x(r);
-    __syncwarp();
-    const unsigned char* codes = ws + WS::kCodes + st * (kRowsPerBlock * 64);
-    const uint32_t* sraw = reinterpret_cast<const uint32_t*>(ws + WS::kScales) + st * kRowsPerBlock * kN;
-    const uint32_t* braw = reinterpret_cast<const uint32_t*>(ws + WS::kBiases) + st * kRowsPerBlock * kN;
+  // This lane's C columns 2·tig and 2·tig + 1: unit col / 3 (a token, or a slot), digit col % 3.
+  // Columns past the used ones hold zeros and get zero factors. A slot's group is the flush's last
+  // group + goff (slot 0: the one before).
+  const int col_a = 2 * tig, col_b = 2 * tig + 1;
+  const bool use_a = col_a < CL::kUsed, use_b = col_b < CL::kUsed;
+  const int unit_a = use_a ? col_a / 3 : 0, unit_b = use_b ? col_b / 3 : 0;
+  const int tok_a = NT == 2 ? unit_a : 0, tok_b = NT == 2 ? unit_b : 0;
+  const int goff_a = CL::kSlots == 2 ? (use_a ? unit_a : 1) - 1 : 0;
+  const int goff_b = CL::kSlots == 2 ? (use_b ? unit_b : 1) - 1 : 0;
+  const float mul_a = use_a ? (col_a % 3 == 0 ? 1.0f : col_a % 3 == 1 ? 256.0f : 65536.0f) : 0.0f;
+  const float mul_b = use_b ? (col_b % 3 == 0 ? 1.0f : col_b % 3 == 1 ? 256.0f : 65536.0f) : 0.0f;
+  const float bias_a = use_a && col_a % 3 == 0 ? 1.0f : 0.0f;
+  const float bias_b = use_b && col_b % 3 == 0 ? 1.0f : 0.0f;
+  // B fragment reads: column gid of the slice, zero for lanes past its nc columns.
+  const bool b_live = gid < nc;
+  const int b_off = digit_index(0, tig, gid & (nc - 1), nc);
+
+  float acc[kTiles][4] = {};
+
+  // Round r (the warp's k-th) from ring stage st: the MMAs per word, then per group the scaling into
+  // acc. elem[m][q] = first scale index of row 16m + 8q + gid (parity of 2-byte single values).
+  auto process = [&](int st, int k, int r, const int64_t (&elem)[kTiles][2]) {
+    const unsigned char* codes = ring + st * RG::kStage;
+    const uint32_t* sraw = reinterpret_cast<const uint32_t*>(codes + RG::kScales);
+    const uint32_t* braw = reinterpret_cast<const uint32_t*>(codes + RG::kBiases);
+    const uint2* digits = reinterpret_cast<const uint2*>(dig + k * 128 * nc);
+    const float2* kg = grp + k * kGroups * 2;
     uint32_t w[kTiles][2][4];
 #pragma unroll
     for (int m = 0; m < kTiles; ++m)
@@ -314,125 +432,133 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
     int c[kTiles][4] = {};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const uint2 bv = digits[digit_index(i, tig, gid)];
+      uint2 bv = digits[b_off + i * 4 * nc];
+      if (!b_live) bv = make_uint2(0u, 0u);
 #pragma unroll
       for (int m = 0; m < kTiles; ++m) {
         const uint32_t w0 = w[m][0][i], w1 = w[m][1][i];
         mma_u8s8(c[m], w0 & 0x0F0F0F0Fu, w1 & 0x0F0F0F0Fu, (w0 >> 4) & 0x0F0F0F0Fu, (w1 >> 4) & 0x0F0F0F0Fu, bv.x,
                  bv.y);
       }
-      if (i % RL::kLc == RL::kLc - 1) {  // end of a group: scale into the f32 sums
-        const int jj = i / RL::kLc;
-        const float2 ga = grp[jj * 2 + tok_a], gb = grp[jj * 2 + tok_b];
+      // End of a group (with two slots: of an odd one): scale into the f32 sums.
+      if (i % RL::kLc == RL::kLc - 1 && (CL::kSlots == 1 || ((i / RL::kLc) & 1) != 0)) {
+        const int jj = i / RL::kLc, ja = jj + goff_a, jb = jj + goff_b;
+        const float2 ga = kg[ja * 2 + tok_a], gb = kg[jb * 2 + tok_b];
         const float fa = ga.x * mul_a, fb = gb.x * mul_b, ba = ga.y * bias_a, bb = gb.y * bias_b;
 #pragma unroll
         for (int m = 0; m < kTiles; ++m)
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
             const int row = 16 * m + 8 * q + gid;
-            const bool odd = ((my_elem[m][q] + r) & 1) != 0;
-            const float s = SW::get(sraw + row * kN, jj, odd);
-            const float b = SW::get(braw + row * kN, jj, odd);
-            acc[m][2 * q] = fmaf(s * fa, static_cast<float>(c[m][2 * q]), fmaf(b, ba, acc[m][2 * q]));
-            acc[m][2 * q + 1] = fmaf(s * fb, static_cast<float>(c[m][2 * q + 1]), fmaf(b, bb, acc[m][2 * q + 1]));
+            const bool odd = ((elem[m][q] + r) & 1) != 0;
+            const float sa = SW::get(sraw + row * kN, ja, odd), va = SW::get(braw + row * kN, ja, odd);
+            const float sb = CL::kSlots == 2 ? SW::get(sraw + row * kN, jb, odd) : sa;
+            const float vb = CL::kSlots == 2 ? SW::get(braw + row * kN, jb, odd) : va;
+            acc[m][2 * q] = fmaf(sa * fa, static_cast<float>(c[m][2 * q]), fmaf(va, ba, acc[m][2 * q]));
+            acc[m][2 * q + 1] = fmaf(sb * fb, static_cast<float>(c[m][2 * q + 1]), fmaf(vb, bb, acc[m][2 * q + 1]));
             c[m][2 * q] = 0;
             c[m][2 * q + 1] = 0;
           }
       }
     }
-    __syncwarp();
+    __syncwarp();  // every lane is done with the stage before it is refilled
   };
 
-  // Rounds kw, kw + kws, ... (kw: this warp among the cluster's kws warps) through the ring: the
-  // copies of the next kStages - 1 rounds are in flight while one round is computed.
-  const int kws = warps * p.cs, kw = static_cast<int>(split) * warps + warp;
-  const int nr = kw < p.rounds ? (p.rounds - kw + kws - 1) / kws : 0;
+  // End of a row group: reduce over the block's warps (K-splits) and each token's digit (and slot)
+  // columns, then over the cluster's blocks (fixed order), add the output bias and store.
+  auto finish = [&](const RowGroup& g) {
 #pragma unroll
-  for (int k = 0; k < kStages - 1; ++k) {
-    if (k < nr) issue(k, kw + k * kws);
-    cp_async_commit();
-  }
-  for (int k = 0; k < nr; ++k) {
-    if (k + kStages - 1 < nr) issue((k + kStages - 1) % kStages, kw + (k + kStages - 1) * kws);
-    cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    __syncwarp();
-    process(k % kStages, kw + k * kws);
-  }
-
-  // Reduce over the block's warps (K-splits) and each token's three digit columns.
-  __syncthreads();
-  float* red = reinterpret_cast<float*>(smem);  // [warp][tile][16 rows][8 cols]
-#pragma unroll
-  for (int m = 0; m < kTiles; ++m) {
-    float* t = red + (warp * kTiles + m) * 128;
-    *reinterpret_cast<float2*>(t + gid * 8 + 2 * tig) = make_float2(acc[m][0], acc[m][1]);
-    *reinterpret_cast<float2*>(t + (gid + 8) * 8 + 2 * tig) = make_float2(acc[m][2], acc[m][3]);
-  }
-  __syncthreads();
-  for (int o = threadIdx.x; o < kRowsPerBlock * p.nt; o += blockDim.x) {
-    const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
-    const int m = rr / 16, row16 = rr % 16, cb = 3 * tk;
-    float sum = 0.0f;
-    for (int k = 0; k < warps; ++k) {
-      const float* t = red + (k * kTiles + m) * 128 + row16 * 8 + cb;
-      sum += (t[0] + t[1]) + t[2];
+    for (int m = 0; m < kTiles; ++m) {
+      float* t = red + (warp * kTiles + m) * 128;
+      *reinterpret_cast<float2*>(t + gid * 8 + 2 * tig) = make_float2(acc[m][0], acc[m][1]);
+      *reinterpret_cast<float2*>(t + (gid + 8) * 8 + 2 * tig) = make_float2(acc[m][2], acc[m][3]);
     }
-    block_sum[o] = sum;
-  }
+    __syncthreads();
+    for (int o = threadIdx.x; o < kRowsPerBlock * NT; o += blockDim.x) {
+      const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
+      const int m = rr / 16, row16 = rr % 16, cb = CL::kPerToken * tk;
+      float sum = 0.0f;
+      for (int w = 0; w < warps; ++w) {
+        const float* t = red + (w * kTiles + m) * 128 + row16 * 8 + cb;
+        float part = (t[0] + t[1]) + t[2];
+        if constexpr (CL::kPerToken == 6) part += (t[3] + t[4]) + t[5];
+        sum += part;
+      }
+      block_sum[o] = sum;
+    }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // The cluster's blocks hold K-splits of the same rows: block 0 adds the others' sums (fixed order)
-  // from their shared memory; the second sync keeps that memory alive until it has been read.
-  if (p.cs > 1) {
-    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-    cluster.sync();
-    if (split == 0) {
-      for (int o = threadIdx.x; o < kRowsPerBlock * p.nt; o += blockDim.x) {
-        float sum = block_sum[o];
-        for (int c = 1; c < p.cs; ++c) sum += cluster.map_shared_rank(block_sum, c)[o];
-        block_sum[o] = sum;
+    // The cluster's blocks hold K-splits of the same rows (one row group per block when cs > 1):
+    // block 0 adds the others' sums from their shared memory; the second sync keeps that memory
+    // alive until it has been read.
+    if (p.cs > 1) {
+      cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+      cluster.sync();
+      if (split == 0) {
+        for (int o = threadIdx.x; o < kRowsPerBlock * NT; o += blockDim.x) {
+          float sum = block_sum[o];
+          for (int c = 1; c < p.cs; ++c) sum += cluster.map_shared_rank(block_sum, c)[o];
+          block_sum[o] = sum;
+        }
       }
+      cluster.sync();
     }
-    cluster.sync();
-    if (split != 0) return;
-  }
 #endif
-  __syncthreads();
-  for (int o = threadIdx.x; o < kRowsPerBlock * p.nt; o += blockDim.x) {
-    const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
-    float sum = block_sum[o];
-    const int64_t row = row0 + rr;
-    if (row < rows) {
-      const void* ob = p.out_bias[j];
-      if (ob != nullptr) {
-        const int kind = p.out_bias_kind[j];
-        float bv;
-        if (kind == detail::kF16)
-          bv = __half2float(__ldg(static_cast<const __half*>(ob) + row));
-        else if (kind == detail::kBF16)
-          bv = __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(ob) + row)) << 16);
-        else
-          bv = __ldg(static_cast<const float*>(ob) + row);
-        sum = __fadd_rn(sum, bv);
+    __syncthreads();
+    if (split == 0) {
+      for (int o = threadIdx.x; o < kRowsPerBlock * NT; o += blockDim.x) {
+        const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
+        float sum = block_sum[o];
+        const int64_t row = g.row0 + rr;
+        if (row < g.rows) {
+          const void* ob = p.out_bias[g.j];
+          if (ob != nullptr) {
+            const int kind = p.out_bias_kind[g.j];
+            float bv;
+            if (kind == detail::kF16)
+              bv = __half2float(__ldg(static_cast<const __half*>(ob) + row));
+            else if (kind == detail::kBF16)
+              bv = __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(ob) + row)) << 16);
+            else
+              bv = __ldg(static_cast<const float*>(ob) + row);
+            sum = __fadd_rn(sum, bv);
+          }
+          p.y[g.j][tk * g.rows + row] = sum;
+        }
       }
-      p.y[j][tk * rows + row] = sum;
     }
+  };
+
+  // 4. Stream: for each of the block's row groups, the warp's rounds through the ring (the copies of
+  // the next kStages - 1 items in flight, across row-group boundaries), then the row group's sums.
+  int item = 0;
+  for (int gi = 0; gi < my_groups; ++gi) {
+    const RowGroup g = row_group(p, rg_first + static_cast<unsigned>(gi) * stride);
+    int64_t elem[kTiles][2];
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) elem[m][q] = clamp_row(g, g.row0 + 16 * m + 8 * q + gid) * p.groups;
+    for (int k = 0; k < nr; ++k, ++item) {
+      if (item + kStages - 1 < items) issue_next((item + kStages - 1) % kStages);
+      cp_async_commit();
+      cp_async_wait<kStages - 1>();
+      __syncwarp();
+      process(item % kStages, k, kw + k * kws, elem);
+    }
+    finish(g);
+#pragma unroll
+    for (int m = 0; m < kTiles; ++m)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[m][e] = 0.0f;
   }
 }
 
-// Dynamic shared memory of one block of `warps` warps (the ring etc. per warp; the final reduction
-// reuses the start of it).
-template <int G, int KIND>
-size_t smem_bytes(int warps) {
-  return static_cast<size_t>(warps) * WarpSmem<G, KIND>::kBytes;
-}
-
-template <int G, int KIND>
-void launch_kernel(const MmaParams& p, unsigned grid, int warps, cudaStream_t st) {
+template <int G, int KIND, int NT>
+void launch_kernel(const MmaParams& p, unsigned grid, int warps, int smem, cudaStream_t st) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(static_cast<unsigned>(32 * warps));
-  cfg.dynamicSmemBytes = smem_bytes<G, KIND>(warps);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
   if (p.cs > 1) {
@@ -443,65 +569,80 @@ void launch_kernel(const MmaParams& p, unsigned grid, int warps, cudaStream_t st
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND>, p), "linear (gemv, tensor cores)");
-}
-
-// Resident blocks per SM of one instantiation with `warps` warps (cached per warp count); the first
-// call also lifts the kernel's dynamic shared memory limit to what 8 warps need.
-template <int G, int KIND>
-int blocks_per_sm(int warps) {
-  static const bool attr_set = [] {
-    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem_bytes<G, KIND>(kMaxWarps))),
-             "linear (gemv, tensor cores)");
-    // All of L1 as shared memory: the rings of as many warps as fit are what keeps DRAM busy.
-    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared),
-             "linear (gemv, tensor cores)");
-    return true;
-  }();
-  (void)attr_set;
-  static int cache[kMaxWarps + 1] = {};
-  int& c = cache[warps];
-  if (c == 0) {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, KIND>, 32 * warps,
-                                                      smem_bytes<G, KIND>(warps)) != cudaSuccess ||
-        n < 1)
-      n = 1;
-    c = n;
-  }
-  return c;
+  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND, NT>, p), "linear (gemv, tensor cores)");
 }
 
 struct DeviceShape {
-  int sms = 0;
+  int sms = 1;
+  int max_smem = 48 << 10;  // dynamic shared memory one block may opt in to
   bool clusters = false;
 };
 
 DeviceShape device_shape() {
   static const DeviceShape d = [] {
-    DeviceShape s{1, false};
-    int dev = 0, sms = 0, major = 0;
+    DeviceShape s;
+    int dev = 0, sms = 0, major = 0, optin = 0;
     if (cudaGetDevice(&dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess) {
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess) {
       s.sms = sms > 0 ? sms : 1;
       s.clusters = major >= 9;
+      // Less the kernel's static shared memory (block_sum) and a margin.
+      s.max_smem = std::max(optin - 1024, 48 << 10);
     }
     return s;
   }();
   return d;
 }
 
-// Picks the cluster size (K-splits across blocks) and launches: clusters only where the row groups
-// alone give fewer blocks than SMs (the smallest power of 2 up to 8 that reaches one block per SM);
-// otherwise longer per-warp streams beat filling the last wave (H200: 3B gate/up 26% of the copy
-// probe with one block per row group against 18% with pairs).
-template <int G, int KIND>
+// Resident blocks per SM of one instantiation with `warps` warps and `smem` bytes of dynamic shared
+// memory (cached); the first call lifts the kernel's dynamic shared memory limit to the device's.
+template <int G, int KIND, int NT>
+int blocks_per_sm(int warps, int smem) {
+  static const bool attr_set = [] {
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  device_shape().max_smem),
+             "linear (gemv, tensor cores)");
+    // All of L1 as shared memory: the rings of as many warps as fit are what keeps DRAM busy.
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared),
+             "linear (gemv, tensor cores)");
+    return true;
+  }();
+  (void)attr_set;
+  static std::map<std::pair<int, int>, int> cache;  // one host thread drives the backend
+  const auto key = std::make_pair(warps, smem);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, KIND, NT>, 32 * warps,
+                                                    static_cast<size_t>(smem)) != cudaSuccess ||
+      n < 1)
+    n = 1;
+  cache.emplace(key, n);
+  return n;
+}
+
+// Whether blocks walk several row groups (VLMCHECK_CUDA_GEMV_PERSIST=0: one row group per block, the
+// tuning switch).
+bool persistent_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_PERSIST");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+// Picks the cluster size (K-splits across blocks), the digit slices and the grid, and launches.
+// Clusters only where the row groups alone give fewer blocks than SMs (the smallest power of 2 up to
+// 8 that reaches one block per SM; H200: 3B gate/up 26% of the copy probe with one block per row
+// group against 18% with pairs). Where the row groups exceed what is resident at once, blocks are
+// persistent: the grid is one full wave and each block walks every grid-th row group, so x is staged
+// once per block instead of once per row group and no SM waits on a second wave.
+template <int G, int KIND, int NT>
 void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
   const DeviceShape d = device_shape();
-  (void)blocks_per_sm<G, KIND>(warps);  // sets the kernel's shared memory attributes
   static const int max_cs = [] {
     const char* v = std::getenv("VLMCHECK_CUDA_GEMV_CLUSTER");  // tuning experiments: 1, 2, 4 or 8
     const int c = v != nullptr ? std::atoi(v) : 0;
@@ -510,25 +651,54 @@ void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
   int cs = 1;
   while (d.clusters && cs < max_cs && groups * cs < d.sms && warps * cs * 2 <= p.rounds) cs *= 2;
   p.cs = cs;
-  const int64_t grid = groups * cs;
+  const int nc = Cols<G, NT>::kNc;
+  SmemPlan plan{};
+  for (;;) {
+    p.nr = (p.rounds + warps * cs - 1) / (warps * cs);
+    plan = smem_plan<G, KIND>(warps, p.nr, nc);
+    if (plan.total <= d.max_smem || warps == 1) break;
+    warps /= 2;
+  }
+  if (plan.total > d.max_smem)
+    detail::fail(ErrorKind::kInternal, "[cuda linear] tensor-core GEMV needs " + std::to_string(plan.total) +
+                                           " bytes of shared memory for " + std::to_string(p.in) +
+                                           " inputs, the device allows " + std::to_string(d.max_smem));
+  int64_t grid_groups = groups;
+  if (cs == 1 && persistent_enabled()) {
+    // A whole wave of blocks (a multiple of the SM count), row groups dealt round-robin: blocks
+    // differ by at most one row group, and so do SMs (block b runs on SM b mod SMs in the first wave).
+    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT>(warps, plan.total)) * d.sms;
+    grid_groups = std::min(groups, resident);
+  } else {
+    (void)blocks_per_sm<G, KIND, NT>(warps, plan.total);  // sets the kernel's shared memory attributes
+  }
+  const int64_t grid = grid_groups * cs;
   if (grid > 0x7fffffff)
     detail::fail(ErrorKind::kInvalidArgument,
                  "[cuda linear] " + std::to_string(groups * kRowsPerBlock) + " rows exceed the GEMV grid");
-  launch_kernel<G, KIND>(p, static_cast<unsigned>(grid), warps, st);
+  launch_kernel<G, KIND, NT>(p, static_cast<unsigned>(grid), warps, plan.total, st);
 }
 
-// Dispatch on group size and scale/bias dtype.
+// Dispatch on group size, scale/bias dtype and tokens (1 or 2).
+template <int G, int KIND>
+void launch_nt(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
+  if (p.nt == 1)
+    launch_g<G, KIND, 1>(p, groups, warps, st);
+  else
+    launch_g<G, KIND, 2>(p, groups, warps, st);
+}
+
 template <int G>
 void launch_kind(MmaParams& p, int kind, int64_t groups, int warps, cudaStream_t st) {
   switch (kind) {
     case detail::kF32:
-      launch_g<G, detail::kF32>(p, groups, warps, st);
+      launch_nt<G, detail::kF32>(p, groups, warps, st);
       break;
     case detail::kF16:
-      launch_g<G, detail::kF16>(p, groups, warps, st);
+      launch_nt<G, detail::kF16>(p, groups, warps, st);
       break;
     default:
-      launch_g<G, detail::kBF16>(p, groups, warps, st);
+      launch_nt<G, detail::kBF16>(p, groups, warps, st);
       break;
   }
 }
@@ -561,11 +731,21 @@ bool gemv_legacy_requested() {
   return legacy;
 }
 
+bool gemv_mma_everywhere() {
+  static const bool all = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV");
+    return v != nullptr && std::strcmp(v, "mma") == 0;
+  }();
+  return all;
+}
+
 bool gemv_mma_supported(const float* x, const Weight& w) {
   if (!w.quantized || gemv_legacy_requested()) return false;
   const detail::QuantView q = detail::quant_view(w, "linear");
   if (q.bits != 4 || (q.group_size != 32 && q.group_size != 64 && q.group_size != 128)) return false;
-  if (w.cols() % 128 != 0 || !aligned(x, 16) || !aligned(q.packed, 16)) return false;
+  // Every round's x digits of a block live in shared memory: rows up to 192 rounds (two tokens:
+  // 192 KB of digits).
+  if (w.cols() % 128 != 0 || w.cols() > 128 * 192 || !aligned(x, 16) || !aligned(q.packed, 16)) return false;
   const int sb = q.scale_kind == detail::kF32 ? 4 : 2;
   // A round's scales (and biases) of a row are one aligned load of (128 / group) values.
   const uintptr_t round_bytes = static_cast<uintptr_t>(128 / q.group_size) * sb;
@@ -605,14 +785,15 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
     p.block_end[i] = static_cast<unsigned>(blocks);
   }
   // Warps per block (K-splits): at least 2 rounds per warp where the row is long enough.
-  static const int max_warps = [] {
+  static const int max_warps_env = [] {
     const char* v = std::getenv("VLMCHECK_CUDA_GEMV_WARPS");  // tuning experiments: 1, 2, 4 or 8
     const int w = v != nullptr ? std::atoi(v) : 0;
-    return w == 1 || w == 2 || w == 4 || w == 8 ? w : kMaxWarps;
+    return w == 1 || w == 2 || w == 4 || w == 8 ? w : 0;
   }();
   // 4 warps per block, 8 for long rows (64+ rounds: 3B/7B down_proj), fewer where a warp would get
-  // less than 2 rounds (H200 measurements of 1/2/4/8 warps on the 3B/7B shapes).
-  const int cap = std::min(max_warps, p.rounds >= 64 ? 8 : 4);
+  // less than 2 rounds (H200 measurements of 1/2/4/8 warps on the 3B/7B shapes). The environment's
+  // value, when set, replaces the 4 / 8.
+  const int cap = max_warps_env > 0 ? max_warps_env : p.rounds >= 64 ? 8 : 4;
   int warps = 1;
   while (warps < cap && 2 * warps * 2 <= p.rounds) warps *= 2;
   const int group = q0.group_size, kind = q0.scale_kind;
