@@ -84,15 +84,17 @@ TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
 
 // Decode GEMVs at the model shapes whose edges the small cases above miss, large enough to run on the
 // pool (several chunks, each prefetching its first row groups): 576 inputs at 4-bit are 4.5 blocks of
-// 64 bytes per row (a masked half block), 1536 inputs at g32 are 48 groups (three windows of 16 group
-// scales), 61 rows are passes of eight plus a tail of five; dense bf16 rows of 576 take the one-row
-// path. Single tokens and a four-token pass, through linear_group as q/k/v-like members with biases.
+// 64 bytes per row (the half-block path; also 608 at 8-bit and 384 at 2-bit), 1536 inputs at g32 are
+// 48 groups (three windows of 16 group scales), 61 rows are passes of eight plus a tail of five; dense
+// bf16 rows of 576 take the one-row path. Single tokens and a four-token pass, through linear_group as
+// q/k/v-like members with biases.
 TEST_P(KernelOps, LinearDecodeModelShapesThroughTheGroup) {
   struct Shape {
     int bits, group;
     int64_t cols;
   };
-  for (Shape s : {Shape{4, 64, 576}, Shape{8, 32, 1536}, Shape{2, 32, 1536}, Shape{4, 128, 896}, Shape{16, 0, 576}})
+  for (Shape s : {Shape{4, 64, 576}, Shape{8, 32, 1536}, Shape{2, 32, 1536}, Shape{4, 128, 896}, Shape{8, 32, 608},
+                  Shape{2, 64, 384}, Shape{16, 0, 576}})
     for (int64_t n : {1, 4}) {
       std::vector<ops::Weight> ws;
       std::vector<Tensor> biases;
