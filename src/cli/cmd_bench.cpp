@@ -134,6 +134,10 @@ int run_bench(BenchArgs& a) {
   fmt::print("decode roofline  {:.1f} MB/token at {:.1f} GB/s = {:.2f} tok/s; achieved {:.0f}%\n",
              static_cast<double>(r.decode_bytes_per_token) / 1e6, r.bandwidth_gbs, r.decode_roofline_tps,
              100 * r.decode_roofline_fraction);
+  if (r.decode_captured_steps > 0)
+    fmt::print("decode host      per captured step: capture {:.0f} us + graph API {:.0f} us + wait {:.0f} us "
+               "(a token takes {:.0f} us)\n",
+               r.decode_capture_us, r.decode_graph_api_us, r.decode_wait_us, 1e6 / r.decode_tps);
   fmt::print("memory           peak tracked host {:.1f} MB, peak RSS {:.1f} MB\n",
              static_cast<double>(r.peak_host_bytes) / 1e6, static_cast<double>(r.peak_rss_bytes) / 1e6);
   if (gpu) fmt::print("gpu memory       peak tracked {:.1f} MB\n", static_cast<double>(r.peak_gpu_bytes) / 1e6);

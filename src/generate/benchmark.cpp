@@ -589,6 +589,11 @@ Json BenchResult::to_json() const {
                 {"prefill_fraction_of_f32_peak", prefill_fraction_of_peak},
                 {"prefill_fraction_of_bf16_peak", prefill_fraction_of_bf16_peak}}},
               {"samples", samples_json}};
+  if (decode_captured_steps > 0)
+    out["decode_host_us_per_step"] = {{"captured_steps", decode_captured_steps},
+                                      {"capture", decode_capture_us},
+                                      {"graph_api", decode_graph_api_us},
+                                      {"wait", decode_wait_us}};
   // Additions of the image mode (the fields above keep their meaning; ttft_s then spans every stage).
   out["mode"] = mode;
   if (image_mode) {
@@ -777,6 +782,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
   int64_t peak_host = 0, peak_gpu = 0;  // image mode: the peaks before each generate() call
   for (int rep = 0; rep < options.repetitions; ++rep) {
     BenchSample s;
+    ops::cuda::GraphStats graphs_before, graphs_after;  // around the decode steps (CUDA only)
     if (on_gpu) keep = LoadedModel{};  // one model on the GPU at a time: the peak is one model's
     auto t0 = Clock::now();
     LoadOptions lo;
@@ -817,7 +823,9 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       // generate() restarts the tracker's peaks: keep those of loading and vision encoding.
       peak_host = std::max(peak_host, MemoryTracker::instance().snapshot(MemDevice::kHost).peak);
       peak_gpu = std::max(peak_gpu, MemoryTracker::instance().snapshot(MemDevice::kGpu).peak);
+      graphs_before = ops::cuda::graph_stats();
       GenerationResult g = generate(lm, *tokenizer, {}, req, params);
+      graphs_after = ops::cuda::graph_stats();
       VLM_CHECK(g.generation_tokens == options.gen_tokens + 1, ErrorKind::kInternal,
                 "bench: {} generated {} tokens, expected {}", label, g.generation_tokens, options.gen_tokens + 1);
       s.prefill_s = g.times.prefill_s;
@@ -864,6 +872,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
         ops::DeviceScope host(Device::kCpu);
         ops::argmax(logits.data(), 1, vocab, &next);
       }
+      graphs_before = ops::cuda::graph_stats();
       t0 = Clock::now();
       for (int64_t g = 0; g < options.gen_tokens; ++g) {
         int64_t pos = options.prompt_tokens + g;
@@ -872,8 +881,18 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       }
       sync();
       s.decode_s = seconds_since(t0);
+      graphs_after = ops::cuda::graph_stats();
     }
     r.samples.push_back(s);
+    if (const int64_t steps = graphs_after.steps - graphs_before.steps -
+                              (graphs_after.eager_steps - graphs_before.eager_steps);
+        steps > 0) {
+      r.decode_captured_steps = steps;
+      const double per_step_us = 1e6 / static_cast<double>(steps);
+      r.decode_capture_us = (graphs_after.capture_s - graphs_before.capture_s) * per_step_us;
+      r.decode_graph_api_us = (graphs_after.graph_api_s - graphs_before.graph_api_s) * per_step_us;
+      r.decode_wait_us = (graphs_after.wait_s - graphs_before.wait_s) * per_step_us;
+    }
     loads.push_back(s.load_s);
     prefills.push_back(s.prefill_s);
     decodes.push_back(s.decode_s);

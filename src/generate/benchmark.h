@@ -110,6 +110,12 @@ struct BenchResult {
   double bandwidth_gbs = 0, f32_gflops = 0, bf16_gflops = 0;
   double decode_roofline_tps = 0, decode_roofline_fraction = 0;
   double prefill_gflops = 0, prefill_fraction_of_peak = 0, prefill_fraction_of_bf16_peak = 0;
+  // CUDA: where the host time of the last repetition's captured decode steps went, per step
+  // (ops::cuda::GraphStats): capture (the ops' host work under capture), graph API (piece ends,
+  // executable updates, launches) and the final wait for the GPU. capture + graph API close to the
+  // time per token means decode is bound by the host, not the GPU. 0 steps: none were captured.
+  int64_t decode_captured_steps = 0;
+  double decode_capture_us = 0, decode_graph_api_us = 0, decode_wait_us = 0;
   Json to_json() const;
 };
 

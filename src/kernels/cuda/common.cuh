@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -110,6 +111,47 @@ StagedBytes capture_stage(size_t bytes);
 // Under capture: pinned host memory for a device-to-host copy; run_graph copies its `bytes` to `dst`
 // after waiting for the step (before it returns).
 void* capture_readback(void* dst, size_t bytes);
+
+// ---- chained launches (programmatic dependent launch, sm_90+; graph.cu) ----------------------------
+// A decode step is ~400 dependent kernels, most of them a few microseconds long; launched normally,
+// each is scheduled only after the one before it has completed, so the SMs idle through every
+// launch. A kernel launched with launch_chained() may be scheduled while the kernel ahead of it still
+// runs, and must call chain_wait() before it touches global memory: chain_wait() returns once every
+// earlier kernel of the stream has completed and its writes are visible (so reads after it, and
+// writes that earlier kernels' reads must precede, are ordered as in a normal launch). chain_release()
+// right after it lets the next chained kernel be scheduled. Both are no-ops in a kernel launched
+// normally, so a chained kernel is also correct when launched with <<<>>>; and a kernel that never
+// calls chain_release() just lets its successor be scheduled when it completes. Under run_graph the
+// launches become programmatic edges of the captured graph. Opt-in for now (VLMCHECK_CUDA_PDL=1; only
+// the norms and rope are chained so far, and the decode GEMVs and attention, which would gain most as
+// early-released predecessors, are not yet); launch_chained is a plain launch below compute capability 9.0
+// and without the variable.
+bool chained_launches_enabled();
+__device__ __forceinline__ void chain_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void chain_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <typename... Params, typename... Args>
+void launch_chained(const char* op, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                    Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = &attr;
+  cfg.numAttrs = chained_launches_enabled() ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), op, "kernel launch");
+}
 
 // ---- profile (profile.cu) -------------------------------------------------------------------------
 // VLMCHECK_CUDA_PROFILE=1: per-op host and GPU time, printed to stderr at exit. profiling() reads the

@@ -46,9 +46,14 @@ bool graphs_enabled();
 // most ops per captured piece, default 64; 0 = the whole step as one graph). Not inside run_graph.
 void set_graph_options(bool enabled, int piece_ops);
 // Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
-// first of each key), pieces launched, executables instantiated and updated in place.
+// first of each key), pieces launched, executables instantiated and updated in place; and where the
+// captured steps' host time went: in the step's own code under capture (the ops' host work and their
+// captured launches), in the graph API (ending each piece's capture, updating or instantiating its
+// executable, uploading the staged bytes and launching it), and waiting at the end for the GPU (the
+// host outputs). A step whose capture + graph API time is about its whole duration is host-bound.
 struct GraphStats {
   int64_t steps = 0, eager_steps = 0, pieces = 0, instantiations = 0, updates = 0;
+  double capture_s = 0, graph_api_s = 0, wait_s = 0;
 };
 GraphStats graph_stats();
 

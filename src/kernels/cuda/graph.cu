@@ -24,6 +24,7 @@
 #include "kernels/cuda/common.cuh"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <list>
 #include <memory>
@@ -41,6 +42,9 @@ constexpr int kDefaultPieceOps = 64;
 constexpr size_t kMaxKeys = 8;  // executables kept (least recently used dropped)
 
 size_t round16(size_t b) { return (b + 15) / 16 * 16; }
+
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // A pinned host block with (for staging) a device mirror of the same size; [uploaded, used) is what
 // the host wrote since the last upload.
@@ -248,6 +252,8 @@ void run_graph(const void* key, const std::function<void()>& step) {
     step();
     return;
   }
+  const auto t_begin = Clock::now();
+  const double api_before = g.stats.graph_api_s;
   reset_arenas(g);
   g.entry = &en;
   g.piece = 0;
@@ -280,25 +286,33 @@ void run_graph(const void* key, const std::function<void()>& step) {
     throw;
   }
   g.capturing = false;
+  const auto t_captured = Clock::now();
+  // The step's own time, less the piece ends graph_op_boundary made inside it.
+  g.stats.capture_s += seconds(t_captured - t_begin) - (g.stats.graph_api_s - api_before);
   try {
     end_piece(g, s);
   } catch (...) {
     disable_after_failure(g, "the captured step could not be instantiated or launched");
     throw;
   }
+  const auto t_launched = Clock::now();
+  g.stats.graph_api_s += seconds(t_launched - t_captured);
   if (g.readbacks.empty()) return;
   VLM_CUDA(cudaStreamSynchronize(s), "run_graph");
   for (const Readback& r : g.readbacks) std::memcpy(r.dst, r.pinned, r.bytes);
   g.readbacks.clear();
+  g.stats.wait_s += seconds(Clock::now() - t_launched);
 }
 
 void graph_op_boundary() {
   detail::GraphState& g = detail::state();
   if (!g.capturing || g.piece_ops <= 0) return;
   if (g.ops_in_piece >= g.piece_limit) {
+    const auto t0 = detail::Clock::now();
     cudaStream_t s = detail::stream("run_graph");
     detail::end_piece(g, s);
     detail::begin_capture(s);
+    g.stats.graph_api_s += detail::seconds(detail::Clock::now() - t0);
     g.ops_in_piece = 0;
     g.piece_limit = std::min(g.piece_limit * 2, g.piece_ops);
   }
@@ -306,6 +320,22 @@ void graph_op_boundary() {
 }
 
 GraphStats graph_stats() { return detail::state().stats; }
+
+bool detail::chained_launches_enabled() {
+  static const bool on = [] {
+    // Off unless VLMCHECK_CUDA_PDL=1 while it is being measured.
+    const char* env = std::getenv("VLMCHECK_CUDA_PDL");
+    if (env == nullptr || std::string(env) != "1") return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return on;
+}
 
 void set_graph_options(bool enabled, int piece_ops) {
   detail::GraphState& g = detail::state();

@@ -2,7 +2,8 @@
 // formulas (rms = sqrt(mean(x²) + eps), y = x / rms * (w + offset); LayerNorm two-pass mean and
 // variance). Weights and biases of any float dtype are read as f32. In place (x == y) is allowed:
 // each element is read before the same thread writes it. add_rms_norm folds the residual add into
-// the norm's first pass (one launch and one read of x instead of two).
+// the norm's first pass (one launch and one read of x instead of two). The RMSNorms are chained
+// launches (common.cuh): a decode step runs two per layer.
 #include "kernels/cuda/common.cuh"
 
 #include <algorithm>
@@ -15,6 +16,8 @@ constexpr int kThreads = 256;
 __global__ void rms_norm_kernel(const float* x, int64_t d, const void* w, int wkind, float eps, float offset,
                                 float* y) {
   __shared__ float red[32];
+  detail::chain_wait();
+  detail::chain_release();
   const float* xr = x + blockIdx.x * d;
   float* yr = y + blockIdx.x * d;
   float ss = 0.0f;
@@ -30,6 +33,8 @@ __global__ void rms_norm_kernel(const float* x, int64_t d, const void* w, int wk
 __global__ void add_rms_norm_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
                                     float offset, float* y) {
   __shared__ float red[32];
+  detail::chain_wait();
+  detail::chain_release();
   float* xr = x + blockIdx.x * d;
   const float* rr = r + blockIdx.x * d;
   float* yr = y + blockIdx.x * d;
@@ -82,8 +87,8 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   // About 2 values per thread (up to 1024 threads): a decode-time row is one block, and its passes
   // are chains of dependent L2 round trips, so fewer steps per thread is what shortens them.
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
-  rms_norm_kernel<<<static_cast<unsigned>(n), threads, 0, st>>>(x, d, w, wk, eps, offset, y);
-  VLM_CUDA_LAUNCHED("rms_norm");
+  detail::launch_chained("rms_norm", rms_norm_kernel, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st, x, d, w, wk,
+                         eps, offset, y);
 }
 
 void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
@@ -94,8 +99,8 @@ void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& 
   const int wk = detail::float_kind(weight, "add_rms_norm", "weight");
   cudaStream_t st = detail::stream("add_rms_norm");
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
-  add_rms_norm_kernel<<<static_cast<unsigned>(n), threads, 0, st>>>(x, r, d, w, wk, eps, offset, y);
-  VLM_CUDA_LAUNCHED("add_rms_norm");
+  detail::launch_chained("add_rms_norm", add_rms_norm_kernel, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st, x,
+                         r, d, w, wk, eps, offset, y);
 }
 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {

@@ -28,6 +28,8 @@ template <bool kSmall>
 __global__ void rope_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t half,
                             const float* inv_freq, const int64_t* positions, const int* stream_of, bool has_streams,
                             float scaling, const SmallArgs small) {
+  detail::chain_wait();
+  detail::chain_release();
   const int64_t total = n_tokens * n_heads * half;
   for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = w % half, th = w / half;
@@ -60,8 +62,10 @@ void launch_rope(const char* op, float* x, int64_t n_tokens, int64_t n_heads, in
     std::memcpy(a.inv_freq, inv_freq, sizeof(float) * static_cast<size_t>(half));
     std::memcpy(a.positions, positions, sizeof(int64_t) * static_cast<size_t>(n_streams * n_tokens));
     if (has_streams) std::memcpy(a.stream_of, stream_of, sizeof(int) * static_cast<size_t>(half));
-    rope_kernel<true><<<blocks, kThreads, 0, cs>>>(x, n_tokens, n_heads, head_dim, half, nullptr, nullptr, nullptr,
-                                                   has_streams, scaling, a);
+    // Chained (common.cuh): decode runs two per layer, right after the q/k/v GEMV.
+    detail::launch_chained(op, rope_kernel<true>, dim3(blocks), dim3(kThreads), 0, cs, x, n_tokens, n_heads, head_dim,
+                           half, static_cast<const float*>(nullptr), static_cast<const int64_t*>(nullptr),
+                           static_cast<const int*>(nullptr), has_streams, scaling, a);
   } else {
     detail::Staging st(op);
     const size_t h_inv = st.add(inv_freq, static_cast<size_t>(half));
