@@ -10,15 +10,20 @@
 //   3. prefill GEMM (2048 tokens) on the same shapes (not with --quick): GFLOP/s and fraction of the
 //      bf16 probe;
 //   4. attention: decode over 2k/4k/16k cached keys (3B shape), causal prefill of 2048 tokens (3B
-//      shape) and 16384 tokens (7B shape), bf16_matmul off and on: TFLOP/s and % of the bf16 probe.
+//      shape) and 16384 tokens (7B shape), bf16_matmul off and on: TFLOP/s and % of the bf16 probe;
+//      tensor-core prefill at Gemma 3 4B's shape (head_dim 256) and the Qwen2.5-VL tower's on a
+//      16k-token photo (head_dim 80: windows batched as heads, and full attention over 62,208 patches).
 // Each row: warm-up, then batches timed with CUDA events (see time_median), median per call reported.
 // Weights are random (values do not change the timing), generated once on the host in a 16 MiB block
-// and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick | --quant]
+// and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick | --quant |
+// --attention] (--attention: only the tensor-core attention prefill rows; VLMCHECK_CUDA_FLASH picks the
+// flash kernel variant, attention_flash.cu)
 // (--quick: decode only, fewer repetitions; --quant: only the quantized decode GEMV rows, 4-bit g64 at
 // n = 1, 2, 3, 4, 7). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
 // CUDA-core kernels instead of the 4-bit tensor-core one (the before/after switch); the header line
 // prints every GEMV switch in effect (docs/CUDA.md). Built without CUDA (or no GPU) it says so and exits 0.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -314,6 +319,7 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
 
 int main(int argc, char** argv) {
   const bool quant_only = argc > 1 && std::strcmp(argv[1], "--quant") == 0;
+  const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool quick = quant_only || (argc > 1 && std::strcmp(argv[1], "--quick") == 0);
   if (!cuda::available()) {
     std::printf("bench_cuda_kernels: no usable CUDA device (%s)\n", cuda_unavailable_reason().c_str());
@@ -342,7 +348,7 @@ int main(int argc, char** argv) {
 
     std::mt19937 rng(7);
     const auto& table = cuda::kernel_table();
-    bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, rng);
+    if (!attention_only) bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, rng);
     if (quant_only) {
       cuda::synchronize();
       return 0;
@@ -350,22 +356,32 @@ int main(int argc, char** argv) {
     // Attention. Decode (one query) over 2k/4k/16k cached keys at the Qwen2.5-VL-3B text shape (16
     // heads, 2 kv heads, head_dim 128); causal prefill of 2048 tokens at that shape and of 16384 tokens
     // at the Qwen2.5-VL-7B shape (28 heads, 4 kv heads), with bf16_matmul off (f32 CUDA cores) and on
-    // (bf16 tensor cores). TFLOP/s counts 4 · head_dim FLOPs (QK and PV) per visible (query, key, head).
+    // (bf16 tensor cores). Then the other tensor-core shapes: Gemma 3 4B's text attention (8 / 4 heads of 256),
+    // and the Qwen2.5-VL tower on a 16k-token photo (62,208 patches, 16 heads of 80, non-causal): its 4
+    // full-attention blocks, and its windowed blocks as one call of 972 windows x 16 heads of 64 patches.
+    // TFLOP/s counts 4 · head_dim FLOPs (QK and PV) per visible (query, key, head).
     {
       struct AttnRow {
         const char* what;
         int64_t nh, nkv, nq, nk;
         bool bf16;
+        int64_t hd = 128;
+        bool causal = true;
       };
       std::vector<AttnRow> rows = {{"decode, 3B shape", 16, 2, 1, 2048, false},
                                    {"decode, 3B shape", 16, 2, 1, 4096, false},
                                    {"decode, 3B shape", 16, 2, 1, 16384, false}};
+      if (attention_only) rows.clear();
       if (!quick)
         rows.insert(rows.end(), {{"prefill causal, 3B shape", 16, 2, 2048, 2048, false},
                                  {"prefill causal, 3B shape", 16, 2, 2048, 2048, true},
                                  {"prefill causal, 7B shape", 28, 4, 16384, 16384, false},
-                                 {"prefill causal, 7B shape", 28, 4, 16384, 16384, true}});
-      const int64_t hd = 128;
+                                 {"prefill causal, 7B shape", 28, 4, 16384, 16384, true},
+                                 {"prefill causal, Gemma 3 4B shape", 8, 4, 2048, 2048, true, 256},
+                                 {"vision windows, Qwen2.5-VL tower", 972 * 16, 972 * 16, 64, 64, true, 80, false},
+                                 {"vision full, Qwen2.5-VL tower", 16, 16, 62208, 62208, true, 80, false}});
+      if (attention_only) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const AttnRow& r) { return !r.bf16; }),
+                                     rows.end());
       auto dev = [&](int64_t n) {
         std::vector<float> h(static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 22)));
         std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -380,25 +396,29 @@ int main(int argc, char** argv) {
       std::printf("\n| attention | heads / kv heads | queries x keys | bf16_matmul | median us | TFLOP/s | "
                   "%% of bf16 probe |\n|---|---|---|---|---|---|---|\n");
       for (const AttnRow& r : rows) {
+        const int64_t hd = r.hd;
         auto q = dev(r.nq * r.nh * hd), k = dev(r.nk * r.nkv * hd), v = dev(r.nk * r.nkv * hd),
              o = dev(r.nq * r.nh * hd);
         std::vector<int64_t> kpos(static_cast<size_t>(r.nk));
         for (int64_t j = 0; j < r.nk; ++j) kpos[j] = j;
         ops::AttentionMask mask;
         mask.bf16_matmul = r.bf16;
+        mask.causal = r.causal;
         const int64_t q0 = r.nk - r.nq;
         auto run = [&] {
           table.attention(static_cast<float*>(q.get()), r.nq, q0, static_cast<float*>(k.get()),
-                          static_cast<float*>(v.get()), kpos.data(), r.nk, r.nh, r.nkv, hd, 0.088f, 0.0f, mask,
+                          static_cast<float*>(v.get()), kpos.data(), r.nk, r.nh, r.nkv, hd,
+                          1.0f / std::sqrt(static_cast<float>(hd)), 0.0f, mask,
                           static_cast<float*>(o.get()));
         };
         const bool slow = r.nq > 4096 && !r.bf16;  // f32 16k prefill: ~0.3 s per call
         const double t = r.nq == 1 ? time_median(run, 5, quick ? 5 : 9, 20)
                                    : slow ? time_median(run, 1, 2, 1) : time_median(run, 1, 5, 1);
         double pairs = 0;  // visible (query, key) pairs under the causal mask
-        for (int64_t i = 0; i < r.nq; ++i) pairs += static_cast<double>(q0 + i + 1);
+        for (int64_t i = 0; i < r.nq; ++i) pairs += static_cast<double>(r.causal ? q0 + i + 1 : r.nk);
         const double tflops = 4.0 * pairs * r.nh * hd / t / 1e12;
-        std::printf("| %s | %lld / %lld | %lldx%lld | %s | %.1f | %.1f | %.1f%% |\n", r.what,
+        std::printf("| %s, hd %lld | %lld / %lld | %lldx%lld | %s | %.1f | %.1f | %.1f%% |\n", r.what,
+                    static_cast<long long>(hd),
                     static_cast<long long>(r.nh), static_cast<long long>(r.nkv), static_cast<long long>(r.nq),
                     static_cast<long long>(r.nk), r.bf16 ? "on" : "off", t * 1e6, tflops,
                     100.0 * tflops * 1e3 / bf16_gflops);

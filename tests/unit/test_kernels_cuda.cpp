@@ -560,6 +560,9 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"ring cache chunk, window 100, hd 96", 40, 128, 100, 6, 3, 96, 0.0f, {true, 100, nullptr, 0}, true},
       {"causal 1100, hd 96 (many key tiles)", 1100, 1100, 0, 2, 1, 96, 0.0f, {}, false},
       {"first 5 queries see no key, hd 32", 70, 64, -5, 4, 2, 32, 0.0f, {}, false},
+      // The Qwen2.5-VL tower's windowed blocks: 40 windows of 64 patches as 40 x 16 heads of one call.
+      {"vision windows as heads (64 x 640 heads), hd 80", 64, 64, 0, 640, 640, 80, 0.0f, {false, 0, nullptr, 0},
+       false},
   };
   auto add = [&](const A& a, bool bf16) {
     Vec q = vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);

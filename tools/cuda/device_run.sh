@@ -14,13 +14,19 @@
 #                    (bf16 throughout): the image prompt alone (no filler), 64 decode tokens, 2 repetitions; TTFT
 #                    = image load + preprocessing + vision encode + prefill, each in the log
 #   vision-q4 SHAPE... the same with the decoder in MLX 4-bit g64 (the tower stays bf16, as mlx-community's)
+#   photo SHAPE...   a full-size photo prompt (bf16): `--image-size 4032x3016` (VLMCHECK_PHOTO_SIZE overrides), which
+#                    Qwen2.5-VL's default max_pixels (16384 * 28 * 28) keeps at 3024x4032 = 15,552 image tokens over
+#                    62,208 patches; 8 decode tokens, 1 repetition; then the same with VLMCHECK_CUDA_PROFILE=1
+#                    (per-op GPU time of preprocessing's upload, the vision tower and the prefill)
+# VLMCHECK_RUN_TAG=name suffixes the log tarball and summary (logs-name.tar.gz), so that one call can run the
+# script once per bundle (VLMCHECK_DEVPACK) for an A/B without the second run overwriting the first's logs.
 # Several modes may follow each other: `tests bench qwen2.5-vl-3b hf qwen2.5-vl-3b`. Logs go to $OUT
 # (the device tool brings back at most 8 files, so they are tarred into one); the last lines printed
 # are a summary.
 set -uo pipefail
 root=$(pwd)
 out=${OUT:-/tmp/vlmcheck-device-out}
-logs=/tmp/vlmcheck-device-logs
+logs=/tmp/vlmcheck-device-logs${VLMCHECK_RUN_TAG:+-$VLMCHECK_RUN_TAG}
 mkdir -p "$out" "$logs" /tmp/bd
 rm -rf /tmp/bd && mkdir -p /tmp/bd
 tar -C /tmp/bd -xJf "${VLMCHECK_DEVPACK:-build-devpack}/bundle.tar.xz"
@@ -44,7 +50,7 @@ for arg in "$@"; do
       (cd /tmp && VLMCHECK_ASSETS="$root/assets" timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
       summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
       mode="" ;;
-    bench|hf|long|profile|vision|vision-q4) mode=$arg ;;
+    bench|hf|long|profile|vision|vision-q4|photo) mode=$arg ;;
     *)
       if [[ "$mode" == bench ]]; then
         if [[ $kernels_done == 0 && -x "$bin/bench_cuda_kernels" ]]; then
@@ -66,6 +72,15 @@ for arg in "$@"; do
           --gen-tokens 64 --repetitions 2 --work-dir /tmp > "$logs/$tag.txt" 2>&1
         summary+=("$tag rc=$? $(grep -E '^(image|ttft|prefill|decode) ' "$logs/$tag.txt" | tr -s ' ' | tr '\n' ' ')")
         rm -rf /tmp/vlmcheck-bench-*
+      elif [[ "$mode" == photo ]]; then
+        size=${VLMCHECK_PHOTO_SIZE:-4032x3016}
+        for prof in "" 1; do
+          tag="photo_$arg${prof:+-profile}"
+          VLMCHECK_CUDA_PROFILE=$prof timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --image-size "$size" --gen-tokens 8 \
+            --repetitions 1 --work-dir /tmp > "$logs/$tag.txt" 2>&1
+          summary+=("$tag rc=$? $(grep -E '^(image|ttft|prefill|decode) ' "$logs/$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+          rm -rf /tmp/vlmcheck-bench-*
+        done
       elif [[ "$mode" == long ]]; then
         timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --prompt-tokens 16384 --gen-tokens 8 \
           --repetitions 1 --work-dir /tmp > "$logs/long_$arg.txt" 2>&1
@@ -86,5 +101,5 @@ for arg in "$@"; do
   esac
 done
 printf '%s\n' "${summary[@]}" > "$logs/summary.txt"
-tar -C "$logs" -czf "$out/logs.tar.gz" .
+tar -C "$logs" -czf "$out/logs${VLMCHECK_RUN_TAG:+-$VLMCHECK_RUN_TAG}.tar.gz" .
 cat "$logs/summary.txt"

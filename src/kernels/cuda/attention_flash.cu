@@ -13,6 +13,14 @@
 // Head dims that are not a multiple of 16 (SigLIP so400m's 72) run as the next multiple of 16: the tiles'
 // extra columns are zero-filled in shared memory (cp.async with a zero source size), so Q·Kᵀ is unchanged
 // and the extra output columns (zero V) are never stored. D is the head dim in memory, HD the padded one.
+// Occupancy: at head_dim <= 96 (the vision towers' 64/72/80) the kernel is built for two blocks per SM
+// (__launch_bounds__ min 2: <= 128 registers, 16 warps per SM instead of 8), which hides more of the
+// ldmatrix -> mma and cp.async latency that one 8-warp block per SM leaves exposed; O (HD / 2 floats per lane)
+// and S fit in that budget there. head_dim 128/256 keep one block per SM by default.
+// H200 (bench_cuda_kernels --attention): the Qwen2.5-VL tower's full attention over 62,208 patches (hd 80)
+// 176 -> 128 ms.
+// VLMCHECK_CUDA_FLASH (tuning switch, read once): 1 = one block per SM everywhere (the previous kernels),
+// 2 = two blocks per SM at head_dim 128 too (BN 64, registers capped at 128), 3 = the same with BN 32.
 // Masking: the key range a block can see is computed up front (causal end, window start), so tiles
 // that no row sees are never loaded; per warp, a tile every row sees entirely (consecutive k_pos,
 // all keys inside the causal bound and the window) skips the per-element mask, and a tile no row of
@@ -22,6 +30,7 @@
 #include "kernels/cuda/attention_common.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 
 namespace vlm::ops::cuda::kernels {
@@ -83,8 +92,8 @@ struct FlashShape {
 // q: [nq, n_heads, D] bf16; k, v: [nk, n_kv_heads, D] bf16; out: [nq, n_heads, D] f32; D <= HD, a multiple
 // of 8 (16-byte rows for cp.async), HD the multiple of 16 the MMAs run at (columns D..HD are zeros).
 // Grid: (row tiles, kv heads); row tiles run in reverse so that the longest (causal: last) start first.
-template <int HD, int BN, int D>
-__global__ void __launch_bounds__(kFlashWarps * 32, 1)
+template <int HD, int BN, int D, int MINB>
+__global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     flash_kernel(const __nv_bfloat16* __restrict__ q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* __restrict__ k,
                  const __nv_bfloat16* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int n_heads,
                  int n_kv_heads, float scale, float softcap, MaskArgs mask, float* __restrict__ out) {
@@ -292,20 +301,20 @@ __global__ void __launch_bounds__(kFlashWarps * 32, 1)
   }
 }
 
-template <int HD, int BN, int D = HD>
+template <int HD, int BN, int D = HD, int MINB = 1>
 void launch_flash(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* k,
                   const __nv_bfloat16* v, const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
                   float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs) {
   constexpr size_t smem = FlashShape<HD, BN>::kSmemBytes;
   static std::once_flag once;  // above 48 KiB of dynamic shared memory needs an opt-in per kernel
   std::call_once(once, [] {
-    VLM_CUDA(cudaFuncSetAttribute(flash_kernel<HD, BN, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    VLM_CUDA(cudaFuncSetAttribute(flash_kernel<HD, BN, D, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)),
              "attention");
   });
   const int64_t rows = nq * (n_heads / n_kv_heads);
   const dim3 grid(static_cast<unsigned>((rows + kFlashRows - 1) / kFlashRows), static_cast<unsigned>(n_kv_heads));
-  flash_kernel<HD, BN, D><<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk,
+  flash_kernel<HD, BN, D, MINB><<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk,
                                                               static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
                                                               scale, softcap, mask, out);
 }
@@ -318,14 +327,24 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
   using Launch = void (*)(const __nv_bfloat16*, int64_t, int64_t, const __nv_bfloat16*, const __nv_bfloat16*,
                           const int64_t*, int64_t, int64_t, int64_t, float, float, const MaskArgs&, float*,
                           cudaStream_t);
+  static const int mode = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_FLASH");
+    return v != nullptr && *v >= '1' && *v <= '3' ? *v - '0' : 0;
+  }();
+  const bool one = mode == 1;  // every head_dim at one block per SM
   Launch launch = nullptr;
   switch (head_dim) {  // BN = 32 at 256 keeps O (HD / 2 registers per lane) plus S under the limit
-    case 32: launch = launch_flash<32, 64>; break;
-    case 64: launch = launch_flash<64, 64>; break;
-    case 72: launch = launch_flash<80, 64, 72>; break;  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
-    case 80: launch = launch_flash<80, 64>; break;
-    case 96: launch = launch_flash<96, 64>; break;
-    case 128: launch = launch_flash<128, 64>; break;
+    case 32: launch = one ? launch_flash<32, 64> : launch_flash<32, 64, 32, 2>; break;
+    case 64: launch = one ? launch_flash<64, 64> : launch_flash<64, 64, 64, 2>; break;
+    case 72:  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
+      launch = one ? launch_flash<80, 64, 72> : launch_flash<80, 64, 72, 2>;
+      break;
+    case 80: launch = one ? launch_flash<80, 64> : launch_flash<80, 64, 80, 2>; break;
+    case 96: launch = one ? launch_flash<96, 64> : launch_flash<96, 64, 96, 2>; break;
+    case 128:
+      launch = mode == 2 ? launch_flash<128, 64, 128, 2> : mode == 3 ? launch_flash<128, 32, 128, 2>
+                                                                     : launch_flash<128, 64>;
+      break;
     case 256: launch = launch_flash<256, 32>; break;
     default: return false;
   }

@@ -14,8 +14,15 @@
 // row, the next head_dim/4 with its column (rotate_half convention) — ops::mrope with sections {hd/4, hd/4}.
 //
 // Devices: after to_device / collect (vision_device.h) forward() runs every op on device(). The patches are
-// uploaded once; the window regrouping and its undoing are row gathers of whole merge units (one device op each),
-// the qkv split three strided copies; positions, segments and inv_freq stay host arrays, as ops.h wants them.
+// uploaded once; the window regrouping and its undoing are row gathers (one device op each); a dense qkv runs as
+// a linear_group of its q, k and v row blocks; positions, spans and inv_freq stay host arrays, as ops.h wants.
+//
+// Row layout inside the blocks: every op of a block but attention treats rows independently, and full attention
+// (non-causal, one frame) does not depend on the order of a frame's rows. So the blocks keep the rows of a frame's
+// windows of one length interleaved, [len, count, dim] (row t * count + w = patch t of window w), which is what
+// ops::attention takes for `count` windows as count * heads heads of `len` queries: one attention call per window
+// length (at most four per frame: interior, right, bottom, corner) instead of one per window (~1000 calls per block
+// for a 16k-token image). After the blocks, one gather puts the rows back in window order for the merger.
 #include <algorithm>
 #include <cmath>
 
@@ -39,7 +46,22 @@ struct QwenBlock {
   Tensor n1_w, n1_b, n2_w, n2_b;  // biases: Qwen2-VL's LayerNorm only
   ops::Weight qkv, proj, fc1, fc2, gate, up, down;
   Tensor qkv_b, proj_b, fc1_b, fc2_b, gate_b, up_b, down_b;
+  // A dense qkv as its q, k and v row blocks (views until to_device copies them; qkv itself is then left
+  // empty): one linear_group writes q, k and v straight into their own buffers, instead of a [n, 3 * dim]
+  // product split by three strided copies (~1 GB of extra traffic per block on a 16k-token photo).
+  bool split = false;
+  ops::Weight part[3];
+  Tensor part_b[3];
 };
+
+// Rows [begin, begin + len * count) of the hidden state hold `count` attention segments of `len` patches each,
+// interleaved: row begin + t * count + w is patch t of segment w ([len, count, dim]).
+struct AttnSpan {
+  int64_t begin = 0, len = 0, count = 1;
+};
+
+// Largest count * heads of one attention call (the CUDA kernels put heads on a grid dimension of at most 65535).
+constexpr int64_t kMaxSpanHeads = 32768;
 
 }  // namespace
 
@@ -71,7 +93,7 @@ struct QwenVisionEncoder::Impl {
     }
   }
   void run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
-                 const std::vector<int64_t>& segments) const;
+                 const std::vector<AttnSpan>& spans) const;
 };
 
 QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::string& model_type,
@@ -150,6 +172,15 @@ QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::strin
     }
     B.qkv = t.matrix(p + "attn.qkv", 3 * D, D);
     B.qkv_b = t.tensor(p + "attn.qkv.bias", {3 * D});
+    if (!B.qkv.quantized) {
+      B.split = true;
+      for (int64_t s = 0; s < 3; ++s) {
+        B.part[s].dense = B.qkv.dense.slice_rows(s * D, (s + 1) * D);
+        B.part_b[s] = B.qkv_b.slice_rows(s * D, (s + 1) * D);
+      }
+      B.qkv = ops::Weight();
+      B.qkv_b = Tensor();
+    }
     B.proj = t.matrix(p + "attn.proj", D, D);
     B.proj_b = t.tensor(p + "attn.proj.bias", {D});
     if (m.v25) {
@@ -175,7 +206,7 @@ QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::strin
   t.finish();
   m.bytes = t.bytes();
   m.f32_weights = vision::is_f32(m.patch_w) && vision::is_f32(m.mlp0);
-  for (const QwenBlock& B : m.blocks) m.f32_weights = m.f32_weights && vision::is_f32(B.qkv);
+  for (const QwenBlock& B : m.blocks) m.f32_weights = m.f32_weights && vision::is_f32(B.split ? B.part[0] : B.qkv);
 
   // VisionRotaryEmbedding(head_dim / 2): inv_freq = 1 / theta^(arange(0, dim, 2) / dim), float32.
   const int64_t rdim = m.head_dim / 2, quarter = m.head_dim / 4;
@@ -199,11 +230,12 @@ void QwenVisionEncoder::collect(vision::DeviceMove& move) {
   for (ops::Weight* w : {&m.patch_w, &m.mlp0, &m.mlp2}) move.add(*w);
   for (Tensor* t : {&m.ln_q_w, &m.ln_q_b, &m.mlp0_b, &m.mlp2_b}) move.add(*t);
   for (QwenBlock& B : m.blocks) {
-    for (ops::Weight* w : {&B.qkv, &B.proj, &B.fc1, &B.fc2, &B.gate, &B.up, &B.down}) {
-      if (w->quantized || w->dense.defined()) move.add(*w);  // the other flavour's MLP is empty
+    for (ops::Weight* w : {&B.qkv, &B.part[0], &B.part[1], &B.part[2], &B.proj, &B.fc1, &B.fc2, &B.gate, &B.up,
+                           &B.down}) {
+      if (w->quantized || w->dense.defined()) move.add(*w);  // the other flavour's MLP (or qkv form) is empty
     }
-    for (Tensor* t : {&B.n1_w, &B.n1_b, &B.n2_w, &B.n2_b, &B.qkv_b, &B.proj_b, &B.fc1_b, &B.fc2_b, &B.gate_b,
-                      &B.up_b, &B.down_b})
+    for (Tensor* t : {&B.n1_w, &B.n1_b, &B.n2_w, &B.n2_b, &B.qkv_b, &B.part_b[0], &B.part_b[1], &B.part_b[2],
+                      &B.proj_b, &B.fc1_b, &B.fc2_b, &B.gate_b, &B.up_b, &B.down_b})
       move.add(*t);
   }
   move.add_device(m.device);
@@ -216,14 +248,18 @@ void QwenVisionEncoder::to_device(Device device) {
   move.commit(device);
 }
 
-// One block in place on x [n, dim]; `segments` are the attention boundaries [0, s1, ..., n] (tokens attend only
-// within their segment).
+// One block in place on x [n, dim]; `spans` cover the rows with the attention segments (tokens attend only within
+// their segment).
 void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
-                                        const std::vector<int64_t>& segments) const {
+                                        const std::vector<AttnSpan>& spans) const {
   const int64_t D = dim;
   Buffer h(n, D, device), q(n, D, device), k(n, D, device), v(n, D, device), a(n, D, device);
   norm(x, n, B.n1_w, B.n1_b, h.p);
-  {
+  if (B.split) {
+    const ops::LinearOut outs[3] = {{&B.part[0], &B.part_b[0], q.p}, {&B.part[1], &B.part_b[1], k.p},
+                                    {&B.part[2], &B.part_b[2], v.p}};
+    ops::linear_group(h.p, n, outs, 3);
+  } else {
     // qkv rows are (3, heads, head_dim): split into contiguous q, k, v [n, heads, head_dim], then freed (large
     // images have tens of thousands of patches).
     Buffer qkv(n, 3 * D, device);
@@ -242,13 +278,13 @@ void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n,
   mask.bf16_matmul = device != Device::kCpu && !f32_weights;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   int64_t longest = 0;
-  for (size_t s = 1; s < segments.size(); ++s) longest = std::max(longest, segments[s] - segments[s - 1]);
+  for (const AttnSpan& sp : spans) longest = std::max(longest, sp.len);
   std::vector<int64_t> k_pos(static_cast<size_t>(longest));
   for (int64_t j = 0; j < longest; ++j) k_pos[static_cast<size_t>(j)] = j;
-  for (size_t s = 1; s < segments.size(); ++s) {
-    const int64_t b = segments[s - 1], len = segments[s] - b;
-    if (len == 0) continue;
-    ops::attention(q.p + b * D, len, 0, k.p + b * D, v.p + b * D, k_pos.data(), len, heads, heads, head_dim, scale,
+  for (const AttnSpan& sp : spans) {
+    // q/k/v rows of the span: [len, count, heads, head_dim] = [len, count * heads, head_dim].
+    const int64_t b = sp.begin, h = sp.count * heads;
+    ops::attention(q.p + b * D, sp.len, 0, k.p + b * D, v.p + b * D, k_pos.data(), sp.len, h, h, head_dim, scale,
                    0.0f, mask, a.p + b * D);
   }
   ops::linear(a.p, n, B.proj, B.proj_b, h.p);
@@ -325,8 +361,43 @@ Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t
     for (int64_t j = 0; j < n_units; ++j) order[static_cast<size_t>(j)] = j;
   }
 
-  // Patch embedding, then rows regrouped into block order (identity for Qwen2-VL): merge unit order[j] becomes
-  // unit j, as one gather over the embedding viewed [n_units, unit * D].
+  // The blocks' row layout (AttnSpan): per frame, its windows grouped by length (first-seen order), each group
+  // interleaved [len, count]. block_row[r] is the window-order row (merge unit order[j]'s patches at j * unit ...)
+  // that row r holds. Qwen2-VL has no windows: one span per frame, rows in window (= processor) order.
+  std::vector<int64_t> block_row(static_cast<size_t>(n));
+  std::vector<AttnSpan> frame_spans, window_spans;
+  for (size_t f = 0; f + 1 < frames.size(); ++f) frame_spans.push_back({frames[f], frames[f + 1] - frames[f], 1});
+  if (m.v25) {
+    const int64_t max_count = std::max<int64_t>(kMaxSpanHeads / m.heads, 1);
+    int64_t next = 0;
+    size_t w = 0;  // windows[w] .. windows[w + 1]: the next window, in window order
+    for (size_t f = 0; f + 1 < frames.size(); ++f) {
+      std::vector<std::pair<int64_t, std::vector<int64_t>>> by_len;  // (len, window starts), first-seen order
+      for (; w + 1 < windows.size() && windows[w] < frames[f + 1]; ++w) {
+        const int64_t b = windows[w], len = windows[w + 1] - b;
+        auto it = std::find_if(by_len.begin(), by_len.end(), [&](const auto& g) { return g.first == len; });
+        if (it == by_len.end()) it = by_len.insert(by_len.end(), {len, {}});
+        it->second.push_back(b);
+      }
+      for (const auto& [len, starts] : by_len) {
+        for (size_t c0 = 0; c0 < starts.size(); c0 += static_cast<size_t>(max_count)) {
+          const int64_t count = std::min<int64_t>(max_count, static_cast<int64_t>(starts.size() - c0));
+          window_spans.push_back({next, len, count});
+          for (int64_t t = 0; t < len; ++t) {
+            for (size_t c = c0; c < c0 + static_cast<size_t>(count); ++c) {
+              block_row[static_cast<size_t>(next++)] = starts[c] + t;
+            }
+          }
+        }
+      }
+    }
+    VLM_CHECK(next == n, ErrorKind::kInternal, "{}: window spans cover {} of {} patches", m.what, next, n);
+  } else {
+    for (int64_t r = 0; r < n; ++r) block_row[static_cast<size_t>(r)] = r;
+  }
+
+  // Patch embedding (processor order), then one gather into the blocks' layout: row r takes the processor row of
+  // window-order row block_row[r] (merge unit order[j] became unit j).
   const Device dev = m.device;
   ops::DeviceScope scope(dev);  // every op below runs on the tower's device
   Buffer embedded(n, D, dev);
@@ -334,25 +405,38 @@ Tensor QwenVisionEncoder::forward(const Tensor& patches, int64_t grid_t, int64_t
     const Tensor on_dev = vision::upload(patches, dev);
     ops::linear(on_dev.data<float>(), n, m.patch_w, Tensor(), embedded.p);
   }
-  Tensor hidden = vision::scratch(n, D, dev);
-  float* x = hidden.data<float>();
-  std::vector<int32_t> order32(order.begin(), order.end());
-  vision::gather_rows(embedded.t.reshape({n_units, unit * D}), order32, x);
+  Buffer blocks_x(n, D, dev);
+  float* x = blocks_x.p;
   std::vector<int64_t> positions3(static_cast<size_t>(3 * n), 0);  // rows: y, x, unused
-  for (int64_t j = 0; j < n_units; ++j) {
-    const int64_t src = order[static_cast<size_t>(j)] * unit;
-    for (int64_t e = 0; e < unit; ++e) {
-      positions3[static_cast<size_t>(j * unit + e)] = row[static_cast<size_t>(src + e)];
-      positions3[static_cast<size_t>(n + j * unit + e)] = col[static_cast<size_t>(src + e)];
+  {
+    std::vector<int32_t> src32(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t wr = block_row[static_cast<size_t>(r)];
+      const int64_t src = order[static_cast<size_t>(wr / unit)] * unit + wr % unit;
+      src32[static_cast<size_t>(r)] = static_cast<int32_t>(src);
+      positions3[static_cast<size_t>(r)] = row[static_cast<size_t>(src)];
+      positions3[static_cast<size_t>(n + r)] = col[static_cast<size_t>(src)];
     }
+    vision::gather_rows(embedded.t, src32, x);
   }
   embedded = Buffer();
 
   for (int64_t i = 0; i < m.depth; ++i) {
     const bool full =
         !m.v25 || std::find(m.full_blocks.begin(), m.full_blocks.end(), i) != m.full_blocks.end();
-    m.run_block(m.blocks[static_cast<size_t>(i)], x, n, positions3.data(), full ? frames : windows);
+    m.run_block(m.blocks[static_cast<size_t>(i)], x, n, positions3.data(), full ? frame_spans : window_spans);
   }
+  // Back to window order (row block_row[r] of hidden is row r of x): the merger's units are consecutive rows there.
+  Tensor hidden = vision::scratch(n, D, dev);
+  {
+    std::vector<int32_t> inv32(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      inv32[static_cast<size_t>(block_row[static_cast<size_t>(r)])] = static_cast<int32_t>(r);
+    }
+    vision::gather_rows(blocks_x.t, inv32, hidden.data<float>());
+  }
+  blocks_x = Buffer();
+  x = hidden.data<float>();
   if (last_hidden != nullptr) *last_hidden = vision::clone(hidden);
 
   // Merger: norm every patch, then each merge unit's rows concatenated into one row [unit * D].
