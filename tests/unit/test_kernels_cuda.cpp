@@ -170,6 +170,9 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
   weights.emplace_back("f16 odd 33x203", dense_weight(random_tensor(rng, {33, 203}, DType::kF16)));
   weights.emplace_back("f32 odd 19x37", dense_weight(random_tensor(rng, {19, 37}, DType::kF32)));
   weights.emplace_back("bf16 300x5632", dense_weight(random_tensor(rng, {300, 5632}, DType::kBF16)));
+  // `in` not a multiple of 8 (the Qwen2.5-VL tower's down_proj, in 3420): cuBLASLt with 8-byte-aligned columns.
+  weights.emplace_back("bf16 64x3420", dense_weight(random_tensor(rng, {64, 3420}, DType::kBF16)));
+  weights.emplace_back("f32 32x1178", dense_weight(random_tensor(rng, {32, 1178}, DType::kF32)));
   weights.emplace_back("q4g64 300x5632", random_quantized(rng, 300, 5632, 4, 64, DType::kBF16));
   // Row lengths where the decode GEMV splits each row over 2 warps (bf16: 256 16-byte units; 4-bit:
   // 112 32-value units, the 7B hidden size).

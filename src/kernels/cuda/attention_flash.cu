@@ -16,11 +16,13 @@
 // Occupancy: at head_dim <= 96 (the vision towers' 64/72/80) the kernel is built for two blocks per SM
 // (__launch_bounds__ min 2: <= 128 registers, 16 warps per SM instead of 8), which hides more of the
 // ldmatrix -> mma and cp.async latency that one 8-warp block per SM leaves exposed; O (HD / 2 floats per lane)
-// and S fit in that budget there. head_dim 128/256 keep one block per SM by default.
+// and S fit in that budget there. head_dim 128 takes two blocks per SM with 32-key tiles (S halves, so O
+// fits in 128 registers) on long prefills only (see the dispatch); head_dim 256 keeps one block per SM.
 // H200 (bench_cuda_kernels --attention): the Qwen2.5-VL tower's full attention over 62,208 patches (hd 80)
-// 176 -> 128 ms.
+// 176 -> 128 ms; the 7B shape at 16k (hd 128) 13.5 -> 11.0 ms.
 // VLMCHECK_CUDA_FLASH (tuning switch, read once): 1 = one block per SM everywhere (the previous kernels),
-// 2 = two blocks per SM at head_dim 128 too (BN 64, registers capped at 128), 3 = the same with BN 32.
+// 2 = two blocks per SM at head_dim 128 (BN 64, registers capped at 128: spills; 12.5 ms at 16k, 273 us at
+// 2k), 3 = two blocks per SM with BN 32 at head_dim 128 at every size.
 // Masking: the key range a block can see is computed up front (causal end, window start), so tiles
 // that no row sees are never loaded; per warp, a tile every row sees entirely (consecutive k_pos,
 // all keys inside the causal bound and the window) skips the per-element mask, and a tile no row of
@@ -341,10 +343,15 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
       break;
     case 80: launch = one ? launch_flash<80, 64> : launch_flash<80, 64, 80, 2>; break;
     case 96: launch = one ? launch_flash<96, 64> : launch_flash<96, 64, 96, 2>; break;
-    case 128:
-      launch = mode == 2 ? launch_flash<128, 64, 128, 2> : mode == 3 ? launch_flash<128, 32, 128, 2>
-                                                                     : launch_flash<128, 64>;
+    case 128: {
+      // Long prefills (>= 1024 blocks: a 16k-token 7B layer has 3584) take the two-blocks-per-SM kernel with
+      // 32-key tiles, short ones (a 2k-token 3B layer: 256 blocks) keep one 64-key-tile block per SM:
+      // H200, 7B shape 16k causal 13.5 -> 11.0 ms, 3B shape 2k 182 -> 242 us (so not there).
+      const int64_t blocks = (nq * (n_heads / n_kv_heads) + kFlashRows - 1) / kFlashRows * n_kv_heads;
+      const bool two = mode == 3 || (mode == 0 && blocks >= 1024);
+      launch = mode == 2 ? launch_flash<128, 64, 128, 2> : two ? launch_flash<128, 32, 128, 2> : launch_flash<128, 64>;
       break;
+    }
     case 256: launch = launch_flash<256, 32>; break;
     default: return false;
   }
