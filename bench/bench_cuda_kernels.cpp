@@ -313,6 +313,113 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
       gemv_row(g.model, many.c_str(), f.name, rows, g.in, 1, bytes, time_median(separate, 5, batches, 20));
     }
 }
+
+// Decode attention (one query) at the model shapes: Qwen2.5-VL-3B (16 / 2 heads of 128), -7B (28 / 4
+// of 128), Gemma 3 4B (8 / 4 of 256; its sliding layers see 1024 keys) over 2048 and 16384 cached
+// keys, f32 K/V and MLX 4-bit g64 K/V (ops::attention_quantized). K/V cycle through copies filling
+// 256 MB, so each call reads DRAM like a decode step (every layer's cache is different; 2k keys of the
+// 3B are only 4 MB, which the 50 MB L2 would otherwise serve). GB/s = K/V bytes the visible keys
+// occupy / time. Each f32 row also runs the one-launch variant (VLMCHECK_CUDA_DECODE_MERGE=last-block:
+// the splits merged by the kernel's last blocks instead of a second kernel), each quantized row the
+// path it replaces (kv_dequantize of K and V into f32 rows, then attention).
+// `bench_cuda_kernels --decode-attention` runs only these rows.
+void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs, bool quick, std::mt19937& rng) {
+  struct Row {
+    const char* model;
+    int64_t nh, nkv, hd, nk, window;
+    int bits;  // 0: f32 K/V
+  };
+  const std::vector<Row> rows = {
+      {"Qwen2.5-VL-3B", 16, 2, 128, 2048, 0, 0},    {"Qwen2.5-VL-3B", 16, 2, 128, 16384, 0, 0},
+      {"Qwen2.5-VL-7B", 28, 4, 128, 2048, 0, 0},    {"Qwen2.5-VL-7B", 28, 4, 128, 16384, 0, 0},
+      {"Gemma 3 4B", 8, 4, 256, 2048, 0, 0},        {"Gemma 3 4B", 8, 4, 256, 16384, 0, 0},
+      {"Gemma 3 4B", 8, 4, 256, 16384, 1024, 0},    {"Qwen2.5-VL-3B", 16, 2, 128, 2048, 0, 4},
+      {"Qwen2.5-VL-3B", 16, 2, 128, 16384, 0, 4},   {"Qwen2.5-VL-7B", 28, 4, 128, 2048, 0, 4},
+      {"Qwen2.5-VL-7B", 28, 4, 128, 16384, 0, 4},   {"Gemma 3 4B", 8, 4, 256, 2048, 0, 4},
+  };
+  const int group = 64;
+  const size_t pool_target = size_t{256} << 20;
+  std::printf("\n| decode attention | heads / kv heads, hd | keys (window) | K/V | median us | GB/s | %% of copy | "
+              "compared with: us |\n|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    const int64_t row = r.nkv * r.hd;
+    const int64_t words = r.bits ? ops::kv_packed_words(row, r.bits) : 0, groups = row / group;
+    // Bytes of one K (or V) plane per key, and of one copy of K and V.
+    const size_t per_key = r.bits ? static_cast<size_t>(words * 4 + 2 * groups * 4) : static_cast<size_t>(row * 4);
+    const size_t copy_bytes = 2 * per_key * static_cast<size_t>(r.nk);
+    const size_t copies = std::max<size_t>(1, pool_target / copy_bytes);
+    std::shared_ptr<float> q = device_floats(r.nh * r.hd, rng), o = device_floats(r.nh * r.hd, rng);
+    std::shared_ptr<float> pool = device_floats(static_cast<int64_t>(copies * copy_bytes / 4), rng);
+    if (r.bits) {  // valid scales (random bits could be NaN): quantize one copy's rows, tile it over the pool
+      std::shared_ptr<float> x = device_floats(r.nk * row, rng);
+      char* base = reinterpret_cast<char*>(pool.get());
+      for (int plane = 0; plane < 2; ++plane) {
+        char* p = base + plane * per_key * r.nk;
+        auto* packed = reinterpret_cast<uint32_t*>(p);
+        auto* scales = reinterpret_cast<float*>(p + words * 4 * r.nk);
+        table.kv_quantize(x.get(), r.nk, row, r.bits, group, packed, scales, scales + groups * r.nk);
+      }
+      for (size_t c = 1; c < copies; ++c) cuda::copy(base + c * copy_bytes, Device::kCuda, base, Device::kCuda, copy_bytes);
+    }
+    std::vector<int64_t> kpos(static_cast<size_t>(r.nk));
+    for (int64_t j = 0; j < r.nk; ++j) kpos[j] = j;
+    ops::AttentionMask mask;
+    mask.sliding_window = r.window;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(r.hd));
+    std::shared_ptr<float> deq = r.bits ? device_floats(2 * r.nk * row, rng) : nullptr;
+    size_t next = 0;
+    auto call = [&](bool before) {
+      char* base = reinterpret_cast<char*>(pool.get()) + (next++ % copies) * copy_bytes;
+      if (!r.bits) {
+        table.attention(q.get(), 1, r.nk - 1, reinterpret_cast<float*>(base),
+                        reinterpret_cast<float*>(base + per_key * r.nk), kpos.data(), r.nk, r.nh, r.nkv, r.hd, scale,
+                        0.0f, mask, o.get());
+        return;
+      }
+      ops::QuantizedKV kv;
+      for (int plane = 0; plane < 2; ++plane) {
+        char* p = base + plane * per_key * r.nk;
+        auto* packed = reinterpret_cast<const uint32_t*>(p);
+        auto* scales = reinterpret_cast<const float*>(p + words * 4 * r.nk);
+        (plane == 0 ? kv.k_packed : kv.v_packed) = packed;
+        (plane == 0 ? kv.k_scales : kv.v_scales) = scales;
+        (plane == 0 ? kv.k_biases : kv.v_biases) = scales + groups * r.nk;
+      }
+      kv.bits = r.bits;
+      kv.group_size = group;
+      if (!before) {
+        table.attention_quantized(q.get(), 1, r.nk - 1, kv, kpos.data(), r.nk, r.nh, r.nkv, r.hd, scale, 0.0f, mask,
+                                  o.get());
+        return;
+      }
+      float* kd = deq.get();
+      float* vd = kd + r.nk * row;
+      table.kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, r.nk, row, r.bits, group, kd);
+      table.kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, r.nk, row, r.bits, group, vd);
+      table.attention(q.get(), 1, r.nk - 1, kd, vd, kpos.data(), r.nk, r.nh, r.nkv, r.hd, scale, 0.0f, mask, o.get());
+    };
+    const int batches = quick ? 5 : 9;
+    const double t = time_median([&] { call(false); }, 5, batches, 20);
+    double t_before = 0;
+    if (r.bits) {
+      t_before = time_median([&] { call(true); }, 5, batches, 20);
+    } else {
+      setenv("VLMCHECK_CUDA_DECODE_MERGE", "last-block", 1);
+      t_before = time_median([&] { call(false); }, 5, batches, 20);
+      unsetenv("VLMCHECK_CUDA_DECODE_MERGE");
+    }
+    const int64_t visible = r.window > 0 ? std::min(r.window, r.nk) : r.nk;
+    const double gbs = static_cast<double>(2 * per_key * static_cast<size_t>(visible)) / t / 1e9;
+    char keys[64];
+    std::snprintf(keys, sizeof(keys), r.window > 0 ? "%lld (%lld)" : "%lld", static_cast<long long>(r.nk),
+                  static_cast<long long>(r.window));
+    std::printf("| %s | %lld / %lld, %lld | %s | %s | %.1f | %.0f | %.0f%% | %.1f%s |\n", r.model,
+                static_cast<long long>(r.nh), static_cast<long long>(r.nkv), static_cast<long long>(r.hd), keys,
+                r.bits ? "4-bit g64" : "f32", t * 1e6, gbs, 100.0 * gbs / copy_gbs, t_before * 1e6,
+                r.bits ? " (dequantize + attention)" : " (one launch, last-block merge)");
+    std::fflush(stdout);
+  }
+}
 #endif
 
 }  // namespace
@@ -321,6 +428,7 @@ int main(int argc, char** argv) {
   const bool quant_only = argc > 1 && std::strcmp(argv[1], "--quant") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool quick = quant_only || (argc > 1 && std::strcmp(argv[1], "--quick") == 0);
+  const bool decode_attention_only = argc > 1 && std::strcmp(argv[1], "--decode-attention") == 0;
   if (!cuda::available()) {
     std::printf("bench_cuda_kernels: no usable CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 0;
@@ -348,6 +456,11 @@ int main(int argc, char** argv) {
 
     std::mt19937 rng(7);
     const auto& table = cuda::kernel_table();
+    if (decode_attention_only) {
+      bench_decode_attention(table, copy_gbs, false, rng);
+      cuda::synchronize();
+      return 0;
+    }
     if (!attention_only) bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, rng);
     if (quant_only) {
       cuda::synchronize();
@@ -425,6 +538,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+    if (!attention_only && !quant_only) bench_decode_attention(table, copy_gbs, quick, rng);
     cuda::synchronize();
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_cuda_kernels: %s\n", e.what());

@@ -2,7 +2,8 @@
 //
 // Storage is a slot array: slot i holds one token's K row and V row ([n_kv_heads, head_dim] each),
 // either as f32 or as MLX-affine packed codes + f32 scales/biases per group, kept in planes (Store).
-// A quantized layer holds nothing else: attention dequantizes the held slots into a KVScratch shared
+// A quantized layer holds nothing else: CUDA decode steps attend over the packed planes directly
+// (ops::attention_quantized); prefill, and the CPU, dequantize the held slots into a KVScratch shared
 // by all layers of the cache (one layer's f32 rows, reused layer after layer). Rotating caches
 // reorder slots exactly where mlx reorders its arrays, so the slot order is mlx's array order and
 // the masks can be expressed the same way mlx expresses them.
@@ -20,6 +21,9 @@ namespace vlm {
 
 namespace {
 constexpr int64_t kGrowStep = 256;  // mlx grows caches in steps of 256 tokens
+// Quantized layers attend with ops::attention_quantized below this many queries (the CUDA decode
+// kernel's range); prefill chunks dequantize into the scratch and run ops::attention.
+constexpr int64_t kFusedDecodeMaxTokens = 8;
 
 bool valid_kv_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8; }
 }  // namespace
@@ -138,6 +142,15 @@ struct KVLayer::Store {
                        reinterpret_cast<const float*>(at(2, s)), count, row, bits, group, k);
     ops::kv_dequantize(reinterpret_cast<const uint32_t*>(at(3, s)), reinterpret_cast<const float*>(at(4, s)),
                        reinterpret_cast<const float*>(at(5, s)), count, row, bits, group, v);
+  }
+
+  // Quantized stores: the planes of slots [0, size) as ops::attention_quantized reads them.
+  ops::QuantizedKV view() const {
+    VLM_CHECK(quantized, ErrorKind::kInternal, "kv cache: quantized view of an f32 store");
+    return {reinterpret_cast<const uint32_t*>(at(0, 0)), reinterpret_cast<const float*>(at(1, 0)),
+            reinterpret_cast<const float*>(at(2, 0)),    reinterpret_cast<const uint32_t*>(at(3, 0)),
+            reinterpret_cast<const float*>(at(4, 0)),    reinterpret_cast<const float*>(at(5, 0)),
+            bits,                                        group};
   }
 
   // What the cache holds: f32 rows, or codes + scales + biases.
@@ -260,6 +273,15 @@ void KVLayer::trim(int64_t n) {
 
 void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k_pos, const LayerAttentionSpec& spec,
                      const ops::AttentionMask& mask, float* out) {
+  // A quantized store on the GPU, decoding: the fused op reads the packed planes directly (K/V chunks
+  // dequantized in shared memory, bit-identical values, the f32 decode kernel's math), so no f32 rows
+  // are written. On the CPU the op is the scalar reference, slower than the SIMD attention over the
+  // scratch below, so the CPU keeps that path (same results up to attention's summation order).
+  if (store_->quantized && n < kFusedDecodeMaxTokens && store_->device == Device::kCuda) {
+    ops::attention_quantized(q, n, q_pos0, store_->view(), k_pos, size_, spec.n_heads, spec.n_kv_heads,
+                             spec.head_dim, spec.scale, spec.softcap, mask, out);
+    return;
+  }
   // f32 rows on the store's device: an f32 store's own, a quantized store's dequantized into the
   // shared scratch (overwritten by the next layer, which attends after this call's kernels on the
   // same stream).

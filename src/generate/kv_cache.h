@@ -13,11 +13,13 @@
 //   queries. RoPE positions are never re-rotated (the model applies them from the absolute offset).
 // * Quantized (bits, group_size): K and V rows stored MLX-affine quantized along head_dim
 //   (ops::kv_quantize), and only those: codes, scales and biases (MemoryTracker kKvCache and
-//   nbytes(), as mlx's nbytes counts). To attend, a layer dequantizes its held slots
-//   (ops::kv_dequantize) into a KVScratch, one layer's f32 K/V rows shared by every layer of the
-//   cache (kScratch), and ops::attention runs over them, which equals mlx's quantized_matmul
-//   attention up to float summation order. So a cache of L layers holds L layers of codes plus one
-//   layer of f32 rows. A layer created with
+//   nbytes(), as mlx's nbytes counts). Decode steps (fewer than 8 tokens) on CUDA attend with
+//   ops::attention_quantized, which reads the packed rows directly (dequantized chunk by chunk in
+//   shared memory). Prefill chunks, and every step on the CPU (where that op is only the scalar
+//   reference), dequantize the held slots (ops::kv_dequantize) into a KVScratch, one layer's f32 K/V
+//   rows shared by every layer of the cache (kScratch), and ops::attention runs over them. Both equal
+//   mlx's quantized_matmul attention up to float summation order. So a cache of L layers holds L
+//   layers of codes plus at most one layer of f32 rows. A layer created with
 //   a quantization start N stays f32 until its offset reaches N at the end of an update, then
 //   converts all held entries at once; later tokens are quantized on insert (mlx-vlm's
 //   maybe_quantize_kv_cache after every step, default N = 5000; with N = 0 the first chunk still
@@ -33,8 +35,10 @@
 //
 // Devices: the store and the scratch live on KVCacheOptions::device — f32 K/V rows are written with
 // ops::copy from the model's device buffers, quantized ones with ops::kv_quantize there and read back
-// with ops::kv_dequantize (bit-identical codes, scales, biases and dequantized rows on every backend,
-// so a quantized cache holds the same bits on CPU and CUDA), and attention runs there (ops::attention); the positions (k_pos) and the masks' index arrays stay host arrays (ops.h "devices").
+// with ops::kv_dequantize or attended in place by ops::attention_quantized (bit-identical codes,
+// scales, biases and dequantized rows on every backend, so a quantized cache holds the same bits on
+// CPU and CUDA), and attention runs there; the positions (k_pos) and the masks' index arrays stay
+// host arrays (ops.h "devices").
 // Rotating moves are ops::copy calls of whole runs of slots, one per plane.
 #pragma once
 

@@ -111,6 +111,7 @@ const cpu::KernelTable& ref_table() {
     r.softcap = ref::softcap;
     r.kv_quantize = ref::kv_quantize;
     r.kv_dequantize = ref::kv_dequantize;
+    r.attention_quantized = ref::attention_quantized;
     return r;
   }();
   return t;
@@ -395,6 +396,26 @@ void kv_dequantize(const uint32_t* packed, const float* scales, const float* bia
                    int group_size, float* out) {
   check_kv_quant(rows, n, bits, group_size, "kv_dequantize");
   if (rows > 0) pick(&cpu::KernelTable::kv_dequantize)(packed, scales, biases, rows, n, bits, group_size, out);
+}
+
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out) {
+  VLM_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, ErrorKind::kInvalidArgument,
+            "[attention_quantized] {} query heads is not a multiple of {} kv heads", n_heads, n_kv_heads);
+  VLM_CHECK(head_dim > 0 && nq >= 0 && nk >= 0, ErrorKind::kInvalidArgument,
+            "[attention_quantized] head_dim {}, nq {}, nk {} must be positive", head_dim, nq, nk);
+  VLM_CHECK(softcap >= 0.0f && mask.sliding_window >= 0, ErrorKind::kInvalidArgument,
+            "[attention_quantized] softcap {} and sliding_window {} must be >= 0", softcap, mask.sliding_window);
+  check_kv_quant(nk, n_kv_heads * head_dim, kv.bits, kv.group_size, "attention_quantized");
+  VLM_CHECK(head_dim % kv.group_size == 0, ErrorKind::kInvalidArgument,
+            "[attention_quantized] group_size {} does not divide head_dim {} (a group may not straddle heads)",
+            kv.group_size, head_dim);
+  VLM_CHECK(nk == 0 || (kv.k_packed && kv.k_scales && kv.k_biases && kv.v_packed && kv.v_scales && kv.v_biases),
+            ErrorKind::kInvalidArgument, "[attention_quantized] {} keys but a null K/V plane", nk);
+  if (nq == 0) return;
+  pick(&cpu::KernelTable::attention_quantized)(q, nq, q_pos0, kv, k_pos, nk, n_heads, n_kv_heads, head_dim, scale,
+                                               softcap, mask, out);
 }
 
 // ---- devices --------------------------------------------------------------------------------------

@@ -167,6 +167,27 @@ void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_si
 void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
                    int group_size, float* out);
 
+// attention() over a quantized KV cache read as stored: K and V are nk rows of n_kv_heads * head_dim
+// values in kv_quantize's layout (packed [nk, kv_packed_words(n_kv_heads * head_dim, bits)], scales
+// and biases [nk, n_kv_heads * head_dim / group_size]; head_dim a multiple of group_size, so a group
+// never straddles heads). Same result as kv_dequantize of both into f32 rows followed by attention()
+// with the other arguments unchanged: values are w = scale * q + bias with the product rounded, as
+// kv_dequantize. Backends may fuse the two (CUDA's decode kernel dequantizes K/V chunks in shared
+// memory; nothing is written to global memory), so the exactness is attention()'s on each device.
+struct QuantizedKV {
+  const uint32_t* k_packed = nullptr;
+  const float* k_scales = nullptr;
+  const float* k_biases = nullptr;
+  const uint32_t* v_packed = nullptr;
+  const float* v_scales = nullptr;
+  const float* v_biases = nullptr;
+  int bits = 4;
+  int group_size = 64;
+};
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out);
+
 // ---- devices --------------------------------------------------------------------------------------
 // Every op above runs on the calling thread's current device (kCpu unless a DeviceScope says
 // otherwise). On kCuda, every float buffer and every weight/norm/bias tensor an op takes must be

@@ -276,6 +276,36 @@ std::vector<Case> build_cases() {
                          return out;
                        }});
     }
+  // attention over a quantized KV cache: decode with GQA and a window, a few queries with softcap.
+  for (int bits : {3, 4, 8}) {
+    const int64_t nq = bits == 8 ? 3 : 1, nk = 70, nh = 8, nkv = 2, hd = 64, group = 32, row = nkv * hd;
+    const std::string what = std::to_string(bits) + "-bit g32, " + std::to_string(nq) + " x 70 keys";
+    auto q = std::make_shared<std::vector<float>>(random_vec(*rng, static_cast<size_t>(nq * nh * hd), -2, 2));
+    auto planes = std::make_shared<std::vector<std::vector<float>>>();  // K scales, K biases, V scales, V biases
+    auto packed = std::make_shared<std::vector<std::vector<uint32_t>>>(2);
+    for (int p = 0; p < 2; ++p) {
+      std::vector<float> x = random_vec(*rng, static_cast<size_t>(nk * row), -2.0f, 2.0f);
+      (*packed)[p].resize(static_cast<size_t>(nk * ops::kv_packed_words(row, bits)));
+      std::vector<float> sc(static_cast<size_t>(nk * row / group)), bi(sc.size());
+      ops::kv_quantize(x.data(), nk, row, bits, group, (*packed)[p].data(), sc.data(), bi.data());
+      planes->push_back(sc);
+      planes->push_back(bi);
+    }
+    auto kp = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(nk));
+    std::iota(kp->begin(), kp->end(), int64_t{0});
+    ops::AttentionMask mask;
+    mask.sliding_window = bits == 3 ? 50 : 0;
+    const float cap = bits == 8 ? 30.0f : 0.0f;
+    cases.push_back({"attention_quantized", what, 1e-12, [=] {
+                       std::vector<float> out(q->size());
+                       const ops::QuantizedKV kv{(*packed)[0].data(), (*planes)[0].data(), (*planes)[1].data(),
+                                                 (*packed)[1].data(), (*planes)[2].data(), (*planes)[3].data(),
+                                                 bits,                group};
+                       ops::attention_quantized(q->data(), nq, nk - nq, kv, kp->data(), nk, nh, nkv, hd, 0.125f, cap,
+                                                mask, out.data());
+                       return out;
+                     }});
+  }
   {
     auto y = std::make_shared<std::vector<float>>(random_vec(*rng, 2053, -40.0f, 40.0f));
     auto x = std::make_shared<std::vector<float>>(random_vec(*rng, 2053));
@@ -428,6 +458,63 @@ TEST(KernelConformance, KvQuantizeMatchesCoreQuantizer) {
       }
     }
   ops::force_scalar_kernels(false);
+}
+
+// attention_quantized is defined as kv_dequantize of K and V followed by attention: on every path the
+// op must give exactly what the two ops give (the reference runs them; a SIMD entry, if one is added,
+// must keep attention's own rounding to pass EverySimdPathMatchesScalarReference as well).
+TEST(KernelConformance, AttentionQuantizedIsDequantizeThenAttention) {
+  std::mt19937 rng(5);
+  const int64_t nq = 2, nk = 90, nh = 12, nkv = 3, hd = 128, row = nkv * hd;
+  for (int bits : {2, 4, 5, 6}) {
+    for (int group : {32, 64, 128}) {
+      SCOPED_TRACE(std::to_string(bits) + "-bit g" + std::to_string(group));
+      const int64_t words = ops::kv_packed_words(row, bits), groups = row / group;
+      std::vector<float> q = random_vec(rng, static_cast<size_t>(nq * nh * hd), -2, 2);
+      std::vector<uint32_t> pk(static_cast<size_t>(nk * words)), pv(pk.size());
+      std::vector<float> ks(static_cast<size_t>(nk * groups)), kb(ks.size()), vs(ks.size()), vb(ks.size());
+      std::vector<float> x = random_vec(rng, static_cast<size_t>(nk * row), -3, 3);
+      ops::kv_quantize(x.data(), nk, row, bits, group, pk.data(), ks.data(), kb.data());
+      x = random_vec(rng, static_cast<size_t>(nk * row), -1, 1);
+      ops::kv_quantize(x.data(), nk, row, bits, group, pv.data(), vs.data(), vb.data());
+      std::vector<int64_t> kpos(static_cast<size_t>(nk));
+      for (int64_t j = 0; j < nk; ++j) kpos[j] = (j * 7) % nk;  // a permuted (ring-like) order
+      ops::AttentionMask mask;
+      mask.sliding_window = 60;
+      std::vector<float> kd(static_cast<size_t>(nk * row)), vd(kd.size()), want(q.size()), got(q.size());
+      ops::kv_dequantize(pk.data(), ks.data(), kb.data(), nk, row, bits, group, kd.data());
+      ops::kv_dequantize(pv.data(), vs.data(), vb.data(), nk, row, bits, group, vd.data());
+      ops::attention(q.data(), nq, nk - nq, kd.data(), vd.data(), kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask,
+                     want.data());
+      const ops::QuantizedKV kv{pk.data(), ks.data(), kb.data(), pv.data(), vs.data(), vb.data(), bits, group};
+      ops::force_scalar_kernels(true);
+      ops::attention_quantized(q.data(), nq, nk - nq, kv, kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask, got.data());
+      std::vector<float> ref_want(q.size());
+      ops::attention(q.data(), nq, nk - nq, kd.data(), vd.data(), kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask,
+                     ref_want.data());
+      ops::force_scalar_kernels(false);
+      EXPECT_EQ(std::memcmp(got.data(), ref_want.data(), got.size() * 4), 0) << "scalar path";
+      std::vector<float> got_default(q.size());
+      ops::attention_quantized(q.data(), nq, nk - nq, kv, kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask,
+                               got_default.data());
+      EXPECT_LE(nmse(got_default.data(), to_double(want)), 1e-12) << "default path";
+    }
+  }
+  // Bad arguments are typed errors naming the op.
+  std::vector<uint32_t> p(64);
+  std::vector<float> s(8), o(64), q(64);
+  std::vector<int64_t> kpos = {0, 1};
+  const ops::QuantizedKV kv{p.data(), s.data(), s.data(), p.data(), s.data(), s.data(), 4, 64};
+  try {
+    ops::attention_quantized(q.data(), 1, 1, kv, kpos.data(), 2, 1, 1, 32, 1.0f, 0.0f, {}, o.data());
+    ADD_FAILURE() << "group 64 over head_dim 32 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("attention_quantized"), std::string::npos) << e.what();
+  }
+  ops::QuantizedKV seven = kv;
+  seven.bits = 9;
+  EXPECT_THROW(ops::attention_quantized(q.data(), 1, 1, seven, kpos.data(), 2, 1, 1, 64, 1.0f, 0.0f, {}, o.data()),
+               Error);
 }
 
 TEST(KernelConformance, KvQuantizeRefusesBadShapes) {

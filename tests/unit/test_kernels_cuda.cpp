@@ -547,6 +547,18 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"decode 20000 keys, gqa 7 (several chunks per split)", 1, 20000, 19999, 14, 2, 128, 0.0f, {}, false},
       {"decode 3 queries, 12 heads per kv head (two row groups)", 3, 300, 297, 12, 1, 64, 0.0f, {}, false},
       {"decode at position 19999, 4096-key ring, window 4096", 1, 4096, 19999, 8, 4, 128, 0.0f, {true, 4096, nullptr, 0}, true},
+      // The one-launch decode kernel: split counts with one and several merge teams, the key range
+      // narrowed by the window and the causal end, image groups that keep future keys visible.
+      {"decode 7B shape (28 / 4 heads), 2048 keys", 1, 2048, 2047, 28, 4, 128, 0.0f, {}, false},
+      {"decode 3B shape, 16384 keys (many merge teams)", 1, 16384, 16383, 16, 2, 128, 0.0f, {}, false},
+      {"decode gemma shape (8 / 4, hd 256), window 1024 over 3000 keys", 1, 3000, 2999, 8, 4, 256, 0.0f,
+       {true, 1024, nullptr, 0}, false},
+      {"decode 7 queries, softcap 30, hd 256, window 300", 7, 900, 893, 8, 4, 256, 30.0f, {true, 300, nullptr, 0},
+       false},
+      {"decode 4 queries inside an image group (later keys of the group visible)", 4, 214, 150, 8, 2, 64, 0.0f,
+       {true, 0, long_groups.data(), 260}, false},
+      {"decode 2 queries, 60 keys after the queries (causal end inside the cache)", 2, 600, 538, 16, 2, 128, 0.0f, {},
+       false},
   };
   // Prefill shapes for the tensor-core kernel: several row and key tiles, GQA groups that do not
   // divide its 128-row tiles, every mask case, head_dim 32/64/72/80/96/128/256.
@@ -700,6 +712,83 @@ void add_kv_quant_cases(std::vector<Case>& cases, std::mt19937& rng) {
     }
 }
 
+// attention_quantized: K/V quantized by the CPU reference (kv_quantize), then the op on both sides: the
+// scalar reference (kv_dequantize, then attention) and the CUDA entry on device copies of the packed
+// rows (decode: dequantized chunk by chunk in shared memory; prefill: through an f32 buffer). Same
+// bound as f32 attention: the dequantized values are bit-identical, only the attention sums differ.
+struct QuantKvRows {
+  std::vector<uint32_t> kp, vp;
+  std::vector<float> ks, kb, vs, vb;
+};
+
+void add_attention_quantized_cases(std::vector<Case>& cases, std::mt19937& rng) {
+  struct Q {
+    std::string what;
+    int64_t nq, nk, q0, nh, nkv, hd;
+    int bits, group;
+    float cap;
+    ops::AttentionMask mask;
+    bool ring;
+  };
+  const std::vector<Q> all = {
+      {"decode 4-bit g64, 3B shape, 2048 keys", 1, 2048, 2047, 16, 2, 128, 4, 64, 0.0f, {}, false},
+      {"decode 4-bit g64, 7B shape, 700 keys", 1, 700, 699, 28, 4, 128, 4, 64, 0.0f, {}, false},
+      {"decode 8-bit g32, 3 queries, ring, window 40", 3, 64, 97, 8, 2, 64, 8, 32, 0.0f, {true, 40, nullptr, 0}, true},
+      {"decode 3-bit g32, hd 64 (codes not 16-byte aligned)", 1, 333, 332, 4, 2, 64, 3, 32, 0.0f, {}, false},
+      {"decode 2-bit g128, hd 256, softcap 30, window 100", 2, 400, 398, 8, 4, 256, 2, 128, 30.0f,
+       {true, 100, nullptr, 0}, false},
+      {"decode 5-bit g64, 6 queries", 6, 150, 144, 12, 3, 128, 5, 64, 0.0f, {}, false},
+      {"decode 6-bit g32, 9000 keys", 1, 9000, 8999, 8, 1, 64, 6, 32, 0.0f, {}, false},
+      {"first query sees no key (zeros), 4-bit", 3, 10, -1, 4, 2, 64, 4, 64, 0.0f, {}, false},
+      {"prefill 4-bit g64, chunk of 20 after 100 (dequantize + attention)", 20, 120, 100, 8, 2, 128, 4, 64, 0.0f, {},
+       false},
+  };
+  for (const Q& a : all) {
+    Vec q = vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
+    const int64_t row = a.nkv * a.hd, words = ops::kv_packed_words(row, a.bits), groups = row / a.group;
+    auto rows = std::make_shared<QuantKvRows>();
+    ops::force_scalar_kernels(true);
+    for (int plane = 0; plane < 2; ++plane) {
+      std::vector<float> x = random_vec(rng, static_cast<size_t>(a.nk * row), plane == 0 ? -2.0f : -1.0f,
+                                        plane == 0 ? 2.0f : 1.0f);
+      auto& p = plane == 0 ? rows->kp : rows->vp;
+      auto& sc = plane == 0 ? rows->ks : rows->vs;
+      auto& bi = plane == 0 ? rows->kb : rows->vb;
+      p.resize(static_cast<size_t>(a.nk * words));
+      sc.resize(static_cast<size_t>(a.nk * groups));
+      bi.resize(sc.size());
+      ops::kv_quantize(x.data(), a.nk, row, a.bits, a.group, p.data(), sc.data(), bi.data());
+    }
+    ops::force_scalar_kernels(false);
+    auto kp = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(a.nk));
+    std::iota(kp->begin(), kp->end(), int64_t{0});
+    if (a.ring)
+      for (int64_t j = 0; j < a.nk; ++j) (*kp)[j] = a.q0 + a.nq - a.nk + (j + 5) % a.nk;
+    const double tol = 1e-11 * std::max(1.0, static_cast<double>(a.nk) / 8000.0);
+    cases.push_back(
+        {"attention_quantized", a.what, tol,
+         [=] {
+           std::vector<float> out(q->size());
+           const ops::QuantizedKV kv{rows->kp.data(), rows->ks.data(), rows->kb.data(), rows->vp.data(),
+                                     rows->vs.data(), rows->vb.data(), a.bits,         a.group};
+           ops::attention_quantized(q->data(), a.nq, a.q0, kv, kp->data(), a.nk, a.nh, a.nkv, a.hd, 0.125f, a.cap,
+                                    a.mask, out.data());
+           return out;
+         },
+         [=] {
+           std::shared_ptr<void> gkp = device_copy(rows->kp.data(), rows->kp.size() * 4),
+                                 gvp = device_copy(rows->vp.data(), rows->vp.size() * 4);
+           DeviceFloats gq(*q), gks(rows->ks), gkb(rows->kb), gvs(rows->vs), gvb(rows->vb),
+               out = DeviceFloats::poison(q->size());
+           const ops::QuantizedKV kv{static_cast<const uint32_t*>(gkp.get()), gks.ptr(), gkb.ptr(),
+                                     static_cast<const uint32_t*>(gvp.get()), gvs.ptr(), gvb.ptr(), a.bits, a.group};
+           table().attention_quantized(gq.ptr(), a.nq, a.q0, kv, kp->data(), a.nk, a.nh, a.nkv, a.hd, 0.125f, a.cap,
+                                       a.mask, out.ptr());
+           return out.host();
+         }});
+  }
+}
+
 // ---- sample -----------------------------------------------------------------------------------------------
 // A logits row with many exact ties: values on a 0.25 grid in [-spread, spread].
 std::vector<float> tied_logits(std::mt19937& rng, int64_t vocab, float spread) {
@@ -762,6 +851,7 @@ std::vector<Case> build_cases() {
   add_elementwise_cases(cases, rng);
   add_attention_cases(cases, rng);
   add_kv_quant_cases(cases, rng);
+  add_attention_quantized_cases(cases, rng);
   add_sample_cases(cases, rng);
   return cases;
 }
@@ -959,6 +1049,79 @@ TEST(CudaKernels, KvQuantIsBitExact) {
       const std::vector<float> got_deq = run_kv_dequantize(in, want, true);
       EXPECT_EQ(std::memcmp(got_deq.data(), want_deq.data(), want_deq.size() * 4), 0) << "dequantized";
     }
+}
+
+// The decode kernel's one-launch merge (VLMCHECK_CUDA_DECODE_MERGE=last-block: the last block of each
+// team of splits merges them, counters reset for the next call) on every attention case: the same
+// bounds as the default two-launch merge. Run twice, so the second pass starts from the counters the
+// first left behind.
+TEST(CudaKernels, DecodeAttentionLastBlockMergeMatchesScalarReference) {
+  SKIP_WITHOUT_GPU();
+  setenv("VLMCHECK_CUDA_DECODE_MERGE", "last-block", 1);
+  for (int pass = 0; pass < 2; ++pass)
+    for (const Case& c : build_cases()) {
+      if (c.op != "attention" && c.op != "attention_quantized") continue;
+      ops::force_scalar_kernels(true);
+      std::vector<float> want = c.cpu();
+      ops::force_scalar_kernels(false);
+      std::vector<float> got = c.gpu();
+      ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
+      EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
+          << c.op << " [" << c.what << "] pass " << pass;
+    }
+  unsetenv("VLMCHECK_CUDA_DECODE_MERGE");
+}
+
+// The fused decode kernel reads the packed rows and dequantizes them in shared memory with
+// kv_dequantize's arithmetic, then runs the f32 decode kernel's math: so attention_quantized must give
+// the very bits of kv_dequantize followed by attention on the GPU (one split, several splits in one
+// merge team, several teams; aligned and unaligned code rows; a ring order).
+TEST(CudaKernels, AttentionQuantizedDecodeIsDequantizeThenAttentionBitForBit) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(77);
+  struct Q {
+    int64_t nq, nk, nh, nkv, hd;
+    int bits, group;
+    bool ring;
+  };
+  for (const Q& a : std::vector<Q>{{1, 20, 8, 2, 128, 4, 64, false},
+                                   {1, 2048, 16, 2, 128, 4, 64, false},
+                                   {3, 5000, 28, 4, 128, 8, 32, true},
+                                   {2, 777, 8, 4, 64, 3, 32, false},
+                                   {1, 1500, 8, 4, 256, 6, 128, true}}) {
+    SCOPED_TRACE(std::to_string(a.bits) + "-bit g" + std::to_string(a.group) + ", " + std::to_string(a.nk) + " keys");
+    const int64_t row = a.nkv * a.hd, words = ops::kv_packed_words(row, a.bits), groups = row / a.group;
+    const int64_t q0 = a.nk - a.nq;
+    std::vector<float> q = random_vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
+    std::vector<int64_t> kpos(static_cast<size_t>(a.nk));
+    for (int64_t j = 0; j < a.nk; ++j) kpos[j] = a.ring ? (j + 7) % a.nk : j;
+    DeviceFloats gq(q), k = DeviceFloats::poison(static_cast<size_t>(a.nk * row)),
+        v = DeviceFloats::poison(static_cast<size_t>(a.nk * row));
+    std::shared_ptr<void> packed[2];
+    std::vector<DeviceFloats> sb;
+    for (int plane = 0; plane < 2; ++plane) {
+      DeviceFloats x(random_vec(rng, static_cast<size_t>(a.nk * row), -2, 2));
+      packed[plane] = device_copy(std::vector<uint32_t>(static_cast<size_t>(a.nk * words)).data(),
+                                  static_cast<size_t>(a.nk * words) * 4);
+      sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
+      sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
+      table().kv_quantize(x.ptr(), a.nk, row, a.bits, a.group, static_cast<uint32_t*>(packed[plane].get()),
+                          sb[2 * plane].ptr(), sb[2 * plane + 1].ptr());
+      table().kv_dequantize(static_cast<const uint32_t*>(packed[plane].get()), sb[2 * plane].ptr(),
+                            sb[2 * plane + 1].ptr(), a.nk, row, a.bits, a.group, plane == 0 ? k.ptr() : v.ptr());
+    }
+    ops::AttentionMask mask;
+    DeviceFloats want = DeviceFloats::poison(q.size()), got = DeviceFloats::poison(q.size());
+    table().attention(gq.ptr(), a.nq, q0, k.ptr(), v.ptr(), kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
+                      want.ptr());
+    const ops::QuantizedKV kv{static_cast<const uint32_t*>(packed[0].get()), sb[0].ptr(), sb[1].ptr(),
+                              static_cast<const uint32_t*>(packed[1].get()), sb[2].ptr(), sb[3].ptr(), a.bits, a.group};
+    table().attention_quantized(gq.ptr(), a.nq, q0, kv, kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
+                                got.ptr());
+    const std::vector<float> w = want.host(), g = got.host();
+    EXPECT_EQ(std::memcmp(w.data(), g.data(), w.size() * 4), 0);
+    EXPECT_TRUE(std::all_of(g.begin(), g.end(), [](float f) { return std::isfinite(f); }));
+  }
 }
 
 TEST(CudaKernels, CopiesAndCopy2d) {

@@ -31,6 +31,8 @@ struct KernelTable {
   void (*softcap)(float*, int64_t, float) = nullptr;
   void (*kv_quantize)(const float*, int64_t, int64_t, int, int, uint32_t*, float*, float*) = nullptr;
   void (*kv_dequantize)(const uint32_t*, const float*, const float*, int64_t, int64_t, int, int, float*) = nullptr;
+  void (*attention_quantized)(const float*, int64_t, int64_t, const QuantizedKV&, const int64_t*, int64_t, int64_t,
+                              int64_t, int64_t, float, float, const AttentionMask&, float*) = nullptr;
 };
 
 // Names of every op in KernelTable, in member order. The static_assert ties the list to the struct,
@@ -42,7 +44,7 @@ inline constexpr const char* kKernelOps[] = {"linear",    "linear_group", "embed
                                              "argmax",    "sample",
                                              "attention", "add",          "scale",          "mul",
                                              "softcap",
-                                             "kv_quantize", "kv_dequantize"};
+                                             "kv_quantize", "kv_dequantize", "attention_quantized"};
 static_assert(sizeof(KernelTable) == sizeof(kKernelOps) / sizeof(kKernelOps[0]) * sizeof(void (*)()),
               "every KernelTable member needs a name in kKernelOps");
 

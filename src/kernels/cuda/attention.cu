@@ -3,12 +3,15 @@
 //                     with zero columns): attention_flash.cu (bf16 tensor cores, f32 softmax);
 //   prefill otherwise attention_prefill_kernel (exact f32): one block per (32 queries, head), K/V
 //                     tiles staged in shared memory once for all 32 queries (see its comment);
-//   decode (nq < 8)   attention_decode.cu (f32, grouped by kv head, K/V chunks through shared memory),
-//                     or, for head_dim % 4 != 0 or unaligned K/V, attention_kernel here: keys split
-//                     over blocks (flash-decoding), one block of 8 warps per (query, head, split); warp
-//                     w takes key tiles w, w + 8, ... of its split (one key per lane), the 8 warp
-//                     states are merged through shared memory. attention_combine_kernel merges the
-//                     splits of either decode kernel.
+//   decode (nq < 8)   attention_decode.cu (f32, grouped by kv head, K/V chunks through shared memory,
+//                     one launch that also merges its key splits), or, for head_dim % 4 != 0 or
+//                     unaligned K/V, attention_kernel here: keys split over blocks (flash-decoding),
+//                     one block of 8 warps per (query, head, split); warp w takes key tiles w, w + 8, ...
+//                     of its split (one key per lane), the 8 warp states are merged through shared
+//                     memory, and attention_combine_kernel merges the splits.
+// attention_quantized (ops.h): decode runs attention_decode.cu's kernel on the packed K/V rows
+// (dequantized chunk by chunk in shared memory); prefill dequantizes the rows into a temporary f32
+// buffer (kv_dequantize) and runs attention() over it.
 // The f32 kernels share their arithmetic (an online softmax in f32, one warp max / sum per 32-key
 // tile, values accumulated with the lanes over head_dim, so head_dim <= 256).
 // The mask is the reference's key_visible rule, evaluated per key from the absolute positions (k_pos
@@ -17,6 +20,7 @@
 // host arrays (ops.h "devices"), staged to the device per call; a consecutive k_pos (standard caches)
 // is passed as its first position instead.
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/kv_quant.cuh"
 
 #include <algorithm>
 #include <mutex>
@@ -338,10 +342,10 @@ void launch_attention_combine(const float* part_ml, const float* part_acc, int64
   VLM_CUDA_LAUNCHED("attention");
 }
 
-void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
-               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
-               const AttentionMask& mask, float* out) {
-  if (nq <= 0) return;
+namespace {
+
+// Shape checks shared by attention and attention_quantized (ops.cpp validated the rest).
+void check_shape(int64_t nq, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim) {
   if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || head_dim <= 0 || nk < 0)
     detail::fail(ErrorKind::kInvalidArgument, "[cuda attention] bad shape: " + std::to_string(n_heads) +
                                                   " query heads, " + std::to_string(n_kv_heads) + " kv heads, head_dim " +
@@ -351,19 +355,46 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
                                               " exceeds the kernel's maximum of " + std::to_string(32 * kMaxPerLane));
   if (nq * n_heads > 0x7fffffff || n_heads > 65535)
     detail::fail(ErrorKind::kInvalidArgument, "[cuda attention] nq * n_heads too large");
-  // A standard cache's k_pos is consecutive (p0, p0 + 1, ...): then only p0 goes to the kernel and
-  // nothing is staged (a host-to-device copy costs the stream several microseconds per call).
-  bool consecutive = true;
-  for (int64_t j = 1; j < nk && consecutive; ++j) consecutive = k_pos[j] == k_pos[0] + j;
+}
+
+// True when k_pos is p0, p0 + 1, ... (every standard cache). Compared in blocks without an early exit
+// inside a block, so the host loop stays cheap at 16k keys.
+bool consecutive_positions(const int64_t* k_pos, int64_t nk) {
+  const int64_t p0 = nk > 0 ? k_pos[0] : 0;
+  for (int64_t j0 = 0; j0 < nk; j0 += 256) {
+    const int64_t end = std::min<int64_t>(nk, j0 + 256);
+    int64_t diff = 0;
+    for (int64_t j = j0; j < end; ++j) diff |= k_pos[j] - (p0 + j);
+    if (diff != 0) return false;
+  }
+  return true;
+}
+
+// The mask's device form. A consecutive k_pos is passed as its first position and nothing is staged
+// (a host-to-device copy costs the stream several microseconds per call); other orders (rotating
+// caches) and group_of_position are staged in one upload. kp: the staged k_pos, or null.
+MaskArgs stage_mask(const AttentionMask& mask, const int64_t* k_pos, int64_t nk, const int64_t*& kp) {
+  const bool consecutive = consecutive_positions(k_pos, nk);
   detail::Staging st("attention");
   const size_t h_kpos = consecutive ? size_t{0} : st.add(k_pos, static_cast<size_t>(nk));
   const bool has_groups = mask.group_of_position != nullptr && mask.group_positions > 0;
   const size_t h_groups =
       has_groups ? st.add(mask.group_of_position, static_cast<size_t>(mask.group_positions)) : size_t{0};
   st.upload();
-  MaskArgs m{mask.causal ? 1 : 0, mask.sliding_window, has_groups ? st.device<int32_t>(h_groups) : nullptr,
-             has_groups ? mask.group_positions : 0, consecutive && nk > 0 ? k_pos[0] : 0};
-  const int64_t* kp = nk > 0 && !consecutive ? st.device<int64_t>(h_kpos) : nullptr;
+  kp = nk > 0 && !consecutive ? st.device<int64_t>(h_kpos) : nullptr;
+  return MaskArgs{mask.causal ? 1 : 0, mask.sliding_window, has_groups ? st.device<int32_t>(h_groups) : nullptr,
+                  has_groups ? mask.group_positions : 0, consecutive && nk > 0 ? k_pos[0] : 0};
+}
+
+}  // namespace
+
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out) {
+  if (nq <= 0) return;
+  check_shape(nq, nk, n_heads, n_kv_heads, head_dim);
+  const int64_t* kp = nullptr;
+  const MaskArgs m = stage_mask(mask, k_pos, nk, kp);
   const bool k_vec4 = head_dim % 4 == 0 && (reinterpret_cast<uintptr_t>(k) & 15u) == 0;
   cudaStream_t cs = detail::stream("attention");
   if (nq >= kPrefillMinQueries) {
@@ -416,6 +447,37 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
     }
   }
   VLM_CUDA_LAUNCHED("attention");
+}
+
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out) {
+  if (nq <= 0) return;
+  check_shape(nq, nk, n_heads, n_kv_heads, head_dim);
+  if (nq < kPrefillMinQueries) {
+    const int64_t* kp = nullptr;
+    const MaskArgs m = stage_mask(mask, k_pos, nk, kp);
+    if (attention_decode_quantized(q, nq, q_pos0, kv, kp, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, out,
+                                   detail::stream("attention")))
+      return;
+  }
+  // Prefill (and shapes the decode kernel does not take): the rows dequantized into a temporary f32
+  // buffer from the caching allocator (handed back when the op returns: later users are ordered after
+  // this op's kernels by the stream), then attention().
+  const int64_t row = n_kv_heads * head_dim;
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(nk, 1) * row) * sizeof(float);
+  struct Temp {
+    size_t bytes;
+    float* p;
+    ~Temp() { device_free(p, bytes, MemCategory::kScratch); }
+  };
+  const Temp k{bytes, static_cast<float*>(device_alloc(bytes, MemCategory::kScratch))};
+  const Temp v{bytes, static_cast<float*>(device_alloc(bytes, MemCategory::kScratch))};
+  if (nk > 0) {
+    kernels::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, kv.bits, kv.group_size, k.p);
+    kernels::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, kv.bits, kv.group_size, v.p);
+  }
+  kernels::attention(q, nq, q_pos0, k.p, v.p, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
 }
 
 }  // namespace vlm::ops::cuda::kernels

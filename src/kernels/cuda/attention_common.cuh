@@ -1,7 +1,8 @@
-// Shared by the attention kernels (attention.cu: dispatcher, f32 prefill and the general decode
-// kernel; attention_decode.cu: the grouped-query decode kernel; attention_flash.cu: the bf16
-// tensor-core prefill): the device form of the mask (ref::key_visible verbatim), key positions, the
-// cp.async helpers, and the entry points the dispatcher calls. Include after common.cuh.
+// Shared by the attention kernels (attention.cu: dispatchers, f32 prefill and the general decode
+// kernel; attention_decode.cu: the grouped-query decode kernel, f32 or quantized K/V;
+// attention_flash.cu: the bf16 tensor-core prefill): the device form of the mask (ref::key_visible
+// verbatim), key positions, the cp.async helpers, and the entry points the dispatchers call. Include
+// after common.cuh.
 #pragma once
 
 #include "kernels/cuda/common.cuh"
@@ -59,6 +60,20 @@ void launch_attention_combine(const float* part_ml, const float* part_acc, int64
 bool attention_decode_gqa(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v,
                           const int64_t* k_pos_dev, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                           float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs);
+
+// Grouped-query decode over a quantized KV cache (attention_decode.cu; ops::attention_quantized's
+// layout): false (nothing launched) when it does not apply (head_dim not a multiple of 4 or of
+// group_size, or above 256).
+bool attention_decode_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv,
+                                const int64_t* k_pos_dev, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
+                                int64_t head_dim, float scale, float softcap, const MaskArgs& mask, float* out,
+                                cudaStream_t cs);
+
+// ops::attention_quantized on the GPU (attention.cu): the decode kernel above for nq < 8, else the
+// rows dequantized into a temporary f32 buffer (kv_quant.cu) and attention().
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out);
 
 // bf16 tensor-core prefill (attention_flash.cu): false (nothing launched) for a head_dim it has no
 // instance for.

@@ -4,6 +4,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/sample.cuh"
 #include "kernels/cuda/kv_quant.cuh"
+#include "kernels/cuda/attention_common.cuh"
 
 namespace vlm::ops::cuda {
 namespace {
@@ -26,6 +27,7 @@ constexpr char kLinear[] = "linear", kLinearGroup[] = "linear_group", kEmbedding
                kAttention[] = "attention", kAdd[] = "add",
                kScale[] = "scale", kMul[] = "mul", kSoftcap[] = "softcap";
 constexpr char kKvQuantize[] = "kv_quantize", kKvDequantize[] = "kv_dequantize";
+constexpr char kAttentionQuantized[] = "attention_quantized";
 
 // linear also sets the phase: its token count says decode or prefill.
 void linear_profiled(const float* x, int64_t n, const Weight& w, const Tensor& bias, float* y) {
@@ -65,6 +67,7 @@ const cpu::KernelTable& kernel_table() {
       t.softcap = &Profiled<kSoftcap, &kernels::softcap>::call;
       t.kv_quantize = &Profiled<kKvQuantize, &kernels::kv_quantize>::call;
       t.kv_dequantize = &Profiled<kKvDequantize, &kernels::kv_dequantize>::call;
+      t.attention_quantized = &Profiled<kAttentionQuantized, &kernels::attention_quantized>::call;
       return t;
     }
     t.linear = &kernels::linear;
@@ -87,6 +90,7 @@ const cpu::KernelTable& kernel_table() {
     t.softcap = &kernels::softcap;
     t.kv_quantize = &kernels::kv_quantize;
     t.kv_dequantize = &kernels::kv_dequantize;
+    t.attention_quantized = &kernels::attention_quantized;
     return t;
   }();
   return table;

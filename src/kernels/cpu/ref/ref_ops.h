@@ -36,6 +36,10 @@ void kv_quantize(const float* x, int64_t rows, int64_t n, int bits, int group_si
                  float* biases);
 void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
                    int group_size, float* out);
+// ref_attention_quant.cpp: kv_dequantize of K and V into f32 rows, then attention (the definition).
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out);
 
 // Scalar activation, shared with the SIMD paths' tails so both agree on the formula.
 float activation_value(float x, Activation act);
