@@ -185,6 +185,8 @@ __global__ void attention_combine_kernel(const float* __restrict__ part_ml, cons
                                          int64_t splits, int64_t hd, float* __restrict__ out) {
   extern __shared__ float w_s[];  // [splits]
   __shared__ float red[32];
+  detail::chain_wait();  // chained launch (common.cuh)
+  detail::chain_release();
   const int64_t qh = blockIdx.x;
   const float* ml = part_ml + qh * splits * 2;
   const float* pa = part_acc + qh * splits * hd;
@@ -337,9 +339,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 void launch_attention_combine(const float* part_ml, const float* part_acc, int64_t qh, int64_t splits, int64_t hd,
                               float* out, cudaStream_t cs) {
-  attention_combine_kernel<<<static_cast<unsigned>(qh), 128, sizeof(float) * static_cast<size_t>(splits), cs>>>(
-      part_ml, part_acc, splits, hd, out);
-  VLM_CUDA_LAUNCHED("attention");
+  detail::launch_chained("attention", attention_combine_kernel, dim3(static_cast<unsigned>(qh)), dim3(128),
+                         sizeof(float) * static_cast<size_t>(splits), cs, part_ml, part_acc, splits, hd, out);
 }
 
 namespace {

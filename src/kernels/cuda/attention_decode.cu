@@ -178,6 +178,8 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 template <bool kQuant>
 __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const DecodeArgs a) {
   extern __shared__ __align__(16) float dec_smem[];
+  detail::chain_wait();  // chained launch (common.cuh): q and the new K/V rows come from the kernels before
+  detail::chain_release();
   const int hd = a.hd;
   const int ks = hd + 4;
   float* q_s = dec_smem;             // [kDecRows][hd]
@@ -468,9 +470,8 @@ void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
   }
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
                   static_cast<unsigned>(a.n_kv_heads));
-  attention_decode_kernel<kQuant>
-      <<<grid, kDecThreads, decode_smem_bytes(a.hd, kQuant, a.bits, a.group), cs>>>(a);
-  VLM_CUDA_LAUNCHED("attention");
+  detail::launch_chained("attention", attention_decode_kernel<kQuant>, grid, dim3(kDecThreads),
+                         decode_smem_bytes(a.hd, kQuant, a.bits, a.group), cs, a);
   if (splits > 1 && a.counters == nullptr)
     launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
 }

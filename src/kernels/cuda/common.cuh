@@ -122,10 +122,11 @@ void* capture_readback(void* dst, size_t bytes);
 // right after it lets the next chained kernel be scheduled. Both are no-ops in a kernel launched
 // normally, so a chained kernel is also correct when launched with <<<>>>; and a kernel that never
 // calls chain_release() just lets its successor be scheduled when it completes. Under run_graph the
-// launches become programmatic edges of the captured graph. Opt-in for now (VLMCHECK_CUDA_PDL=1; only
-// the norms and rope are chained so far, and the decode GEMVs and attention, which would gain most as
-// early-released predecessors, are not yet); launch_chained is a plain launch below compute capability 9.0
-// and without the variable.
+// launches become programmatic edges of the captured graph. Chained: every kernel of a text decode step
+// (RMSNorms, RoPE, the GEMVs of linear_gemv*.cu, decode attention and its combine, gated_activate,
+// argmax); not the prefill kernels, the general attention fallback or the sampler. Opt-in
+// for now (VLMCHECK_CUDA_PDL=1); launch_chained is a plain launch below compute capability 9.0 and
+// without the variable.
 bool chained_launches_enabled();
 __device__ __forceinline__ void chain_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -61,6 +61,8 @@ __global__ void activate_kernel(float* x, int64_t n, int64_t n4, int act) {
 }
 
 __global__ void gated_kernel(float* gate, const float* up, int64_t n, int64_t n4, int act) {
+  detail::chain_wait();  // chained launch (common.cuh): decode runs one per layer between two GEMVs
+  detail::chain_release();
   for_each4(
       n, n4,
       [&](int64_t i) {
@@ -162,6 +164,8 @@ __device__ __forceinline__ void warp_best(float& bv, int32_t& bi) {
 __global__ void argmax_chunk_kernel(const float* x, int64_t d, float* part_v, int32_t* part_i) {
   __shared__ float sv[32];
   __shared__ int32_t si[32];
+  detail::chain_wait();  // chained launch (common.cuh): greedy decode ends every step with it
+  detail::chain_release();
   const float* row = x + blockIdx.y * d;
   const int64_t begin = blockIdx.x * kArgmaxChunk, end = min(d, begin + kArgmaxChunk);
   float bv = 0.0f;
@@ -191,6 +195,8 @@ __global__ void argmax_chunk_kernel(const float* x, int64_t d, float* part_v, in
 
 // One warp per row over its chunks' results.
 __global__ void argmax_final_kernel(const float* part_v, const int32_t* part_i, int chunks, int32_t* ids) {
+  detail::chain_wait();
+  detail::chain_release();
   float bv = 0.0f;
   int32_t bi = kNone;
   for (int c = threadIdx.x; c < chunks; c += 32) better(bv, bi, part_v[blockIdx.x * chunks + c], part_i[blockIdx.x * chunks + c]);
@@ -212,8 +218,8 @@ void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
   if (n <= 0) return;
   cudaStream_t st = detail::stream("gated_activate");
   const int64_t n4 = groups_of_four(n, {gate, up});
-  gated_kernel<<<blocks_for(n, n4), kThreads, 0, st>>>(gate, up, n, n4, static_cast<int>(act));
-  VLM_CUDA_LAUNCHED("gated_activate");
+  detail::launch_chained("gated_activate", gated_kernel, dim3(blocks_for(n, n4)), dim3(kThreads), 0, st, gate, up, n,
+                         n4, static_cast<int>(act));
 }
 
 void softmax(float* x, int64_t n, int64_t d) {
@@ -241,11 +247,10 @@ void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
   auto* part_v = reinterpret_cast<float*>(base + n * 4);
   auto* part_i = reinterpret_cast<int32_t*>(base + n * 4 + parts * 4);
   cudaStream_t st = detail::stream("argmax");
-  argmax_chunk_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(n)), kArgmaxThreads, 0, st>>>(
-      x, d, part_v, part_i);
-  VLM_CUDA_LAUNCHED("argmax");
-  argmax_final_kernel<<<static_cast<unsigned>(n), 32, 0, st>>>(part_v, part_i, static_cast<int>(chunks), dev_ids);
-  VLM_CUDA_LAUNCHED("argmax");
+  detail::launch_chained("argmax", argmax_chunk_kernel, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(n)),
+                         dim3(kArgmaxThreads), 0, st, x, d, part_v, part_i);
+  detail::launch_chained("argmax", argmax_final_kernel, dim3(static_cast<unsigned>(n)), dim3(32), 0, st, part_v, part_i,
+                         static_cast<int>(chunks), dev_ids);
   // The ids go to host memory: this waits for the stream (ops.h); under ops::run_graph the copy is
   // captured into pinned memory and the ids reach `ids` when run_graph returns (memory.cu copy()).
   vlm::ops::cuda::copy(ids, Device::kCpu, dev_ids, Device::kCuda, static_cast<size_t>(n) * sizeof(int32_t));

@@ -230,6 +230,8 @@ __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __
 
 template <typename WT, int NT>
 __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
+  detail::chain_wait();  // chained launch (common.cuh): x is the previous kernel's output
+  detail::chain_release();
   constexpr Config c = dense_config();
   constexpr int R = c.rows, U = c.units, V = Dense<WT>::kN, WARPS = c.threads / 32;
   const Slot sl = locate<R, WARPS>(p);
@@ -281,6 +283,8 @@ constexpr int kStreamR = 4, kStreamU = 2, kStreamThreads = 128;
 
 template <typename WT, int NT>
 __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const __grid_constant__ GemvParams p) {
+  detail::chain_wait();  // chained launch (common.cuh)
+  detail::chain_release();
   constexpr int R = kStreamR, U = kStreamU, V = Dense<WT>::kN;
   const int lane = threadIdx.x & 31;
   const unsigned total = p.block_end[p.count - 1];  // row groups of R rows, numbered through the members
@@ -491,6 +495,8 @@ __device__ __forceinline__ void quant_unit(uint32_t (&w)[R][BITS], const float (
 template <int BITS, int NT>
 __global__ void __launch_bounds__(quant_config(BITS, NT).threads)
     gemv_quant_kernel(const __grid_constant__ GemvParams p) {
+  detail::chain_wait();  // chained launch (common.cuh)
+  detail::chain_release();
   constexpr Config c = quant_config(BITS, NT);
   constexpr int R = c.rows, U = c.units, WARPS = c.threads / 32;
   constexpr bool ROT = c.rot;
@@ -606,7 +612,8 @@ void launch_stream(GemvParams& p, cudaStream_t st) {
   }
   const int64_t warps = kStreamThreads / 32;
   const int64_t grid = std::min<int64_t>((groups + warps - 1) / warps, static_cast<int64_t>(per_sm) * sm_count());
-  gemv_dense_stream_kernel<WT, NT><<<static_cast<unsigned>(grid), kStreamThreads, 0, st>>>(p);
+  detail::launch_chained("linear (gemv)", gemv_dense_stream_kernel<WT, NT>, dim3(static_cast<unsigned>(grid)),
+                         dim3(kStreamThreads), 0, st, p);
 }
 
 // Numbers the blocks of one launch with this config (row groups per block from ksplit) and launches it.
@@ -640,23 +647,26 @@ void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) 
     p.block_end[i] = static_cast<unsigned>(blocks);
   }
   const unsigned grid = static_cast<unsigned>(blocks);
+  // Chained launches (common.cuh): in a decode step every GEMV follows a norm, a rope or another GEMV.
+  auto launch = [&](auto kernel) {
+    detail::launch_chained("linear (gemv)", kernel, dim3(grid), dim3(c.threads), 0, st, p);
+  };
   if (!quant) {
     switch (kind_or_bits) {
-      case detail::kF32: gemv_dense_kernel<float, NT><<<grid, c.threads, 0, st>>>(p); break;
-      case detail::kF16: gemv_dense_kernel<__half, NT><<<grid, c.threads, 0, st>>>(p); break;
-      default: gemv_dense_kernel<__nv_bfloat16, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case detail::kF32: launch(gemv_dense_kernel<float, NT>); break;
+      case detail::kF16: launch(gemv_dense_kernel<__half, NT>); break;
+      default: launch(gemv_dense_kernel<__nv_bfloat16, NT>); break;
     }
   } else {
     switch (kind_or_bits) {
-      case 2: gemv_quant_kernel<2, NT><<<grid, c.threads, 0, st>>>(p); break;
-      case 3: gemv_quant_kernel<3, NT><<<grid, c.threads, 0, st>>>(p); break;
-      case 4: gemv_quant_kernel<4, NT><<<grid, c.threads, 0, st>>>(p); break;
-      case 5: gemv_quant_kernel<5, NT><<<grid, c.threads, 0, st>>>(p); break;
-      case 6: gemv_quant_kernel<6, NT><<<grid, c.threads, 0, st>>>(p); break;
-      default: gemv_quant_kernel<8, NT><<<grid, c.threads, 0, st>>>(p); break;
+      case 2: launch(gemv_quant_kernel<2, NT>); break;
+      case 3: launch(gemv_quant_kernel<3, NT>); break;
+      case 4: launch(gemv_quant_kernel<4, NT>); break;
+      case 5: launch(gemv_quant_kernel<5, NT>); break;
+      case 6: launch(gemv_quant_kernel<6, NT>); break;
+      default: launch(gemv_quant_kernel<8, NT>); break;
     }
   }
-  VLM_CUDA_LAUNCHED("linear (gemv)");
 }
 
 }  // namespace

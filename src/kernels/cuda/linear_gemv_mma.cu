@@ -249,6 +249,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float block_sum[kRowsPerBlock * 2];  // this block's partial y [token][row]
 
+  detail::chain_wait();  // chained launch (common.cuh): x is the previous kernel's output
+  detail::chain_release();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   constexpr int nc = CL::kNc;
@@ -560,15 +562,22 @@ void launch_kernel(const MmaParams& p, unsigned grid, int warps, int smem, cudaS
   cfg.blockDim = dim3(static_cast<unsigned>(32 * warps));
   cfg.dynamicSmemBytes = static_cast<size_t>(smem);
   cfg.stream = st;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
+  unsigned n_attr = 0;
   if (p.cs > 1) {
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(p.cs);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    attr[n_attr].id = cudaLaunchAttributeClusterDimension;
+    attr[n_attr].val.clusterDim.x = static_cast<unsigned>(p.cs);
+    attr[n_attr].val.clusterDim.y = 1;
+    attr[n_attr].val.clusterDim.z = 1;
+    ++n_attr;
   }
+  if (detail::chained_launches_enabled()) {  // a chained launch (common.cuh), as launch_chained does
+    attr[n_attr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n_attr].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attr;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n_attr;
   VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND, NT>, p), "linear (gemv, tensor cores)");
 }
 
