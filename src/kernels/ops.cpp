@@ -347,15 +347,23 @@ void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const 
   pick(&cpu::KernelTable::sample)(logits, vocab, spec, history, n_history, u, id);
 }
 
+namespace {
+// The arguments attention and attention_quantized share; `op` names the caller in the message.
+void check_attention(const char* op, int64_t nq, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                     float softcap, const AttentionMask& mask) {
+  VLM_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, ErrorKind::kInvalidArgument,
+            "[{}] {} query heads is not a multiple of {} kv heads", op, n_heads, n_kv_heads);
+  VLM_CHECK(head_dim > 0 && nq >= 0 && nk >= 0, ErrorKind::kInvalidArgument,
+            "[{}] head_dim {}, nq {}, nk {} must be positive", op, head_dim, nq, nk);
+  VLM_CHECK(softcap >= 0.0f && mask.sliding_window >= 0, ErrorKind::kInvalidArgument,
+            "[{}] softcap {} and sliding_window {} must be >= 0", op, softcap, mask.sliding_window);
+}
+}  // namespace
+
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out) {
-  VLM_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, ErrorKind::kInvalidArgument,
-            "[attention] {} query heads is not a multiple of {} kv heads", n_heads, n_kv_heads);
-  VLM_CHECK(head_dim > 0 && nq >= 0 && nk >= 0, ErrorKind::kInvalidArgument,
-            "[attention] head_dim {}, nq {}, nk {} must be positive", head_dim, nq, nk);
-  VLM_CHECK(softcap >= 0.0f && mask.sliding_window >= 0, ErrorKind::kInvalidArgument,
-            "[attention] softcap {} and sliding_window {} must be >= 0", softcap, mask.sliding_window);
+  check_attention("attention", nq, nk, n_heads, n_kv_heads, head_dim, softcap, mask);
   if (nq == 0) return;
   pick(&cpu::KernelTable::attention)(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap,
                                      mask, out);
@@ -401,12 +409,7 @@ void kv_dequantize(const uint32_t* packed, const float* scales, const float* bia
 void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
                          int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                          const AttentionMask& mask, float* out) {
-  VLM_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, ErrorKind::kInvalidArgument,
-            "[attention_quantized] {} query heads is not a multiple of {} kv heads", n_heads, n_kv_heads);
-  VLM_CHECK(head_dim > 0 && nq >= 0 && nk >= 0, ErrorKind::kInvalidArgument,
-            "[attention_quantized] head_dim {}, nq {}, nk {} must be positive", head_dim, nq, nk);
-  VLM_CHECK(softcap >= 0.0f && mask.sliding_window >= 0, ErrorKind::kInvalidArgument,
-            "[attention_quantized] softcap {} and sliding_window {} must be >= 0", softcap, mask.sliding_window);
+  check_attention("attention_quantized", nq, nk, n_heads, n_kv_heads, head_dim, softcap, mask);
   check_kv_quant(nk, n_kv_heads * head_dim, kv.bits, kv.group_size, "attention_quantized");
   VLM_CHECK(head_dim % kv.group_size == 0, ErrorKind::kInvalidArgument,
             "[attention_quantized] group_size {} does not divide head_dim {} (a group may not straddle heads)",

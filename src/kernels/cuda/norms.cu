@@ -13,35 +13,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void rms_norm_kernel(const float* x, int64_t d, const void* w, int wkind, float eps, float offset,
-                                float* y) {
-  __shared__ float red[32];
-  detail::chain_wait();
-  detail::chain_release();
-  const float* xr = x + blockIdx.x * d;
-  float* yr = y + blockIdx.x * d;
-  float ss = 0.0f;
-  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
-  ss = block_sum(ss, red);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
-    yr[c] = __fmul_rn(__fmul_rn(xr[c], inv), detail::load_float(w, wkind, c) + offset);
-}
-
-// x += r, then y = rms_norm(x). Each thread adds, stores and later reads back only its own elements,
-// so y may alias r.
-__global__ void add_rms_norm_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
-                                    float offset, float* y) {
+// Any row length: the general loops (rows longer than rms_norm_regs_kernel holds). kResidual:
+// add_rms_norm — x += r first; each thread adds, stores and later reads back only its own elements, so
+// y may alias r.
+template <bool kResidual>
+__global__ void rms_norm_loop_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
+                                     float offset, float* y) {
   __shared__ float red[32];
   detail::chain_wait();
   detail::chain_release();
   float* xr = x + blockIdx.x * d;
-  const float* rr = r + blockIdx.x * d;
   float* yr = y + blockIdx.x * d;
   float ss = 0.0f;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-    const float v = __fadd_rn(xr[c], rr[c]);
-    xr[c] = v;
+    float v = xr[c];
+    if constexpr (kResidual) {
+      v = __fadd_rn(v, r[blockIdx.x * d + c]);
+      xr[c] = v;
+    }
     ss += v * v;
   }
   ss = block_sum(ss, red);
@@ -75,7 +64,7 @@ __global__ void layer_norm_kernel(const float* x, int64_t d, const void* w, int 
 // Rows of up to kRegsPer * blockDim.x values (every decode-time hidden size up to 4096 at 1024 threads):
 // each thread keeps its values and norm weights in registers between the two passes, so the second pass
 // is no dependent round trip to memory, and the weights are loaded before the block reduction instead of
-// after it. Same per-thread summation order and the same roundings as the kernels above. kResidual:
+// after it. Same per-thread summation order and the same roundings as rms_norm_loop_kernel. kResidual:
 // add_rms_norm (x += r first).
 constexpr int kRegsPer = 4;
 template <bool kResidual>
@@ -132,8 +121,8 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
     detail::launch_chained("rms_norm", rms_norm_regs_kernel<false>, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st,
                            const_cast<float*>(x), static_cast<const float*>(nullptr), d, w, wk, eps, offset, y);
   else
-    detail::launch_chained("rms_norm", rms_norm_kernel, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st, x, d, w,
-                           wk, eps, offset, y);
+    detail::launch_chained("rms_norm", rms_norm_loop_kernel<false>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
+                           st, const_cast<float*>(x), static_cast<const float*>(nullptr), d, w, wk, eps, offset, y);
 }
 
 void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
@@ -148,8 +137,8 @@ void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& 
     detail::launch_chained("add_rms_norm", rms_norm_regs_kernel<true>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
                            st, x, r, d, w, wk, eps, offset, y);
   else
-    detail::launch_chained("add_rms_norm", add_rms_norm_kernel, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st, x,
-                           r, d, w, wk, eps, offset, y);
+    detail::launch_chained("add_rms_norm", rms_norm_loop_kernel<true>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
+                           st, x, r, d, w, wk, eps, offset, y);
 }
 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
