@@ -350,7 +350,7 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
 }
 
 void add_norm_rope_cases(std::vector<Case>& cases, std::mt19937& rng) {
-  // 576 and 1001 take the register kernel (rows up to 4 values per thread), 5003 the general loops.
+  // 5003: more values than threads per block (1024), so each thread's loops take several steps.
   for (int64_t d : {576, 1001, 5003}) {
     Vec x = vec(rng, static_cast<size_t>(9 * d), -4.0f, 4.0f);
     for (DType wt : {DType::kBF16, DType::kF32}) {

@@ -13,12 +13,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Any row length: the general loops (rows longer than rms_norm_regs_kernel holds). kResidual:
-// add_rms_norm — x += r first; each thread adds, stores and later reads back only its own elements, so
-// y may alias r.
+// rms_norm and add_rms_norm (kResidual: x += r first). Each thread adds, stores and later reads back
+// only its own elements, so y may alias r.
 template <bool kResidual>
-__global__ void rms_norm_loop_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
-                                     float offset, float* y) {
+__global__ void rms_norm_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps, float offset,
+                                float* y) {
   __shared__ float red[32];
   detail::chain_wait();
   detail::chain_release();
@@ -61,47 +60,6 @@ __global__ void layer_norm_kernel(const float* x, int64_t d, const void* w, int 
   }
 }
 
-// Rows of up to kRegsPer * blockDim.x values (every decode-time hidden size up to 4096 at 1024 threads):
-// each thread keeps its values and norm weights in registers between the two passes, so the second pass
-// is no dependent round trip to memory, and the weights are loaded before the block reduction instead of
-// after it. Same per-thread summation order and the same roundings as rms_norm_loop_kernel. kResidual:
-// add_rms_norm (x += r first).
-constexpr int kRegsPer = 4;
-template <bool kResidual>
-__global__ void rms_norm_regs_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps,
-                                     float offset, float* y) {
-  __shared__ float red[32];
-  detail::chain_wait();
-  detail::chain_release();
-  float* xr = x + blockIdx.x * d;
-  float* yr = y + blockIdx.x * d;
-  float v[kRegsPer], wv[kRegsPer];
-  float ss = 0.0f;
-#pragma unroll
-  for (int k = 0; k < kRegsPer; ++k) {
-    const int64_t c = threadIdx.x + int64_t{k} * blockDim.x;
-    v[k] = 0.0f;
-    wv[k] = 0.0f;
-    if (c < d) {
-      if constexpr (kResidual) {
-        v[k] = __fadd_rn(xr[c], r[blockIdx.x * d + c]);
-        xr[c] = v[k];
-      } else {
-        v[k] = xr[c];
-      }
-      wv[k] = detail::load_float(w, wkind, c) + offset;
-      ss += v[k] * v[k];
-    }
-  }
-  ss = block_sum(ss, red);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-#pragma unroll
-  for (int k = 0; k < kRegsPer; ++k) {
-    const int64_t c = threadIdx.x + int64_t{k} * blockDim.x;
-    if (c < d) yr[c] = __fmul_rn(__fmul_rn(v[k], inv), wv[k]);
-  }
-}
-
 void check_rows(int64_t n, const char* op) {
   if (n > 0x7fffffff) detail::fail(ErrorKind::kInvalidArgument, std::string("[cuda ") + op + "] too many rows");
 }
@@ -117,12 +75,9 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
   // About 2 values per thread (up to 1024 threads): a decode-time row is one block, and its passes
   // are chains of dependent L2 round trips, so fewer steps per thread is what shortens them.
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
-  if (d <= int64_t{kRegsPer} * threads)
-    detail::launch_chained("rms_norm", rms_norm_regs_kernel<false>, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st,
-                           const_cast<float*>(x), static_cast<const float*>(nullptr), d, w, wk, eps, offset, y);
-  else
-    detail::launch_chained("rms_norm", rms_norm_loop_kernel<false>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
-                           st, const_cast<float*>(x), static_cast<const float*>(nullptr), d, w, wk, eps, offset, y);
+  // x is only read (kResidual false).
+  detail::launch_chained("rms_norm", rms_norm_kernel<false>, dim3(static_cast<unsigned>(n)), dim3(threads), 0, st,
+                         const_cast<float*>(x), static_cast<const float*>(nullptr), d, w, wk, eps, offset, y);
 }
 
 void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
@@ -133,12 +88,8 @@ void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& 
   const int wk = detail::float_kind(weight, "add_rms_norm", "weight");
   cudaStream_t st = detail::stream("add_rms_norm");
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, ((d + 1) / 2 + 31) / 32 * 32)));
-  if (d <= int64_t{kRegsPer} * threads)
-    detail::launch_chained("add_rms_norm", rms_norm_regs_kernel<true>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
-                           st, x, r, d, w, wk, eps, offset, y);
-  else
-    detail::launch_chained("add_rms_norm", rms_norm_loop_kernel<true>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
-                           st, x, r, d, w, wk, eps, offset, y);
+  detail::launch_chained("add_rms_norm", rms_norm_kernel<true>, dim3(static_cast<unsigned>(n)), dim3(threads), 0,
+                         st, x, r, d, w, wk, eps, offset, y);
 }
 
 void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
