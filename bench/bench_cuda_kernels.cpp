@@ -404,9 +404,9 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
     if (r.bits) {
       t_before = time_median([&] { call(true); }, 5, batches, 20);
     } else {
-      setenv("VLMCHECK_CUDA_DECODE_MERGE", "last-block", 1);
+      ops::cuda::set_decode_last_block_merge(true);
       t_before = time_median([&] { call(false); }, 5, batches, 20);
-      unsetenv("VLMCHECK_CUDA_DECODE_MERGE");
+      ops::cuda::set_decode_last_block_merge(false);
     }
     const int64_t visible = r.window > 0 ? std::min(r.window, r.nk) : r.nk;
     const double gbs = static_cast<double>(2 * per_key * static_cast<size_t>(visible)) / t / 1e9;

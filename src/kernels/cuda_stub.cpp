@@ -30,6 +30,7 @@ void run_graph(const void*, const std::function<void()>&) { unavailable(); }
 void graph_op_boundary() {}
 bool graphs_enabled() { return false; }
 void set_graph_options(bool, int) {}
+void set_decode_last_block_merge(bool) {}
 GraphStats graph_stats() { return {}; }
 double probe_copy_bandwidth_gbs() { unavailable(); }
 double probe_bf16_matmul_gflops() { unavailable(); }

@@ -1068,7 +1068,7 @@ TEST(CudaKernels, KvQuantIsBitExact) {
 // first left behind.
 TEST(CudaKernels, DecodeAttentionLastBlockMergeMatchesScalarReference) {
   SKIP_WITHOUT_GPU();
-  setenv("VLMCHECK_CUDA_DECODE_MERGE", "last-block", 1);
+  cuda::set_decode_last_block_merge(true);
   for (int pass = 0; pass < 2; ++pass)
     for (const Case& c : build_cases()) {
       if (c.op != "attention" && c.op != "attention_quantized") continue;
@@ -1080,7 +1080,7 @@ TEST(CudaKernels, DecodeAttentionLastBlockMergeMatchesScalarReference) {
       EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
           << c.op << " [" << c.what << "] pass " << pass;
     }
-  unsetenv("VLMCHECK_CUDA_DECODE_MERGE");
+  cuda::set_decode_last_block_merge(false);
 }
 
 // The fused decode kernel reads the packed rows and dequantizes them in shared memory with

@@ -418,23 +418,30 @@ int* decode_counters(size_t count, cudaStream_t cs) {
 }
 
 // The splits are merged by attention_combine_kernel in a second launch unless
-// VLMCHECK_CUDA_DECODE_MERGE=last-block (read per call, for A/B runs in one process) asks for the
-// in-kernel merge by the last blocks. That one-launch variant is correct (test_kernels_cuda runs every
+// VLMCHECK_CUDA_DECODE_MERGE=last-block (read once; set_decode_last_block_merge switches it for A/B
+// runs in one process) asks for the in-kernel merge by the last blocks. That one-launch variant is correct (test_kernels_cuda runs every
 // decode case through it) but measured slower on the H200: 26 vs 14 µs at 2048 keys on the 3B shape,
 // 300 vs 367 tok/s end to end, most likely the per-thread __threadfence() of every block on the
 // critical path (the gap doubled when the blocks went from 128 to 256 threads). See CUDA.md.
-bool last_block_merge() {
-  const char* e = std::getenv("VLMCHECK_CUDA_DECODE_MERGE");
-  return e != nullptr && std::strcmp(e, "last-block") == 0;
+bool& last_block_merge_flag() {
+  static bool on = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_MERGE");
+    return e != nullptr && std::strcmp(e, "last-block") == 0;
+  }();
+  return on;
 }
+bool last_block_merge() { return last_block_merge_flag(); }
 
 // Blocks per SM the split count aims at: 2 (measured on the H200 against 4 and 8: 36 vs 45 / 57 µs
 // at 16k keys on the 3B shape, the same at 2k; VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM=1..16 overrides it
-// for tuning runs; read per call).
+// for tuning runs; read once).
 int64_t blocks_per_sm() {
-  const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM");
-  const int64_t v = e != nullptr ? std::atoll(e) : 0;
-  return v >= 1 && v <= 16 ? v : 2;
+  static const int64_t n = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM");
+    const int64_t v = e != nullptr ? std::atoll(e) : 0;
+    return v >= 1 && v <= 16 ? v : int64_t{2};
+  }();
+  return n;
 }
 
 template <bool kQuant>
@@ -548,3 +555,7 @@ bool attention_decode_quantized(const float* q, int64_t nq, int64_t q_pos0, cons
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+void set_decode_last_block_merge(bool on) { kernels::last_block_merge_flag() = on; }
+}  // namespace vlm::ops::cuda
