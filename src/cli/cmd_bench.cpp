@@ -131,6 +131,7 @@ int run_bench(BenchArgs& a) {
                r.f32_gflops);
   fmt::print("decode           {:.2f} tok/s (min {:.2f}, max {:.2f}) over {} tokens\n", r.decode_tps,
              r.decode_tps_min, r.decode_tps_max, r.gen_tokens);
+  fmt::print("kv cache         {}\n", r.kv_cache);
   fmt::print("decode roofline  {:.1f} MB/token at {:.1f} GB/s = {:.2f} tok/s; achieved {:.0f}%\n",
              static_cast<double>(r.decode_bytes_per_token) / 1e6, r.bandwidth_gbs, r.decode_roofline_tps,
              100 * r.decode_roofline_fraction);
@@ -171,6 +172,17 @@ void register_bench(CLI::App& root, Action& action) {
   cmd->add_option("--gen-tokens", args->options.gen_tokens, "Decode steps")->capture_default_str();
   cmd->add_option("--repetitions", args->options.repetitions, "Repetitions (median reported)")->capture_default_str();
   cmd->add_option("--prefill-step-size", args->options.prefill_step_size, "Chunked prefill size")
+      ->capture_default_str();
+  cmd->add_option("--max-kv-size", args->options.max_kv_size, "Rotating KV cache of this many tokens (keeps the first 4)")
+      ->check(CLI::Range(int64_t{5}, INT64_MAX));
+  cmd->add_option("--kv-bits", args->options.kv_bits, "Quantize the KV cache to 2, 3, 4, 5, 6 or 8 bits (MLX affine)")
+      ->check(CLI::IsMember({2, 3, 4, 5, 6, 8}));
+  cmd->add_option("--kv-group-size", args->options.kv_group_size, "KV quantization group size: 32, 64 or 128")
+      ->check(CLI::IsMember({32, 64, 128}))
+      ->capture_default_str();
+  cmd->add_option("--quantized-kv-start", args->options.quantized_kv_start,
+                  "Quantize the KV cache once it holds this many tokens (0: from the prompt on)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--lazy-load", args->options.lazy_load, "mmap the weights instead of reading them");
   add_device_flag(cmd, args->device, "cpu, cuda, or auto (cuda when a GPU is usable)");

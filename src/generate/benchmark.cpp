@@ -576,6 +576,7 @@ Json BenchResult::to_json() const {
               {"generation_tps_min", decode_tps_min},
               {"generation_tps_max", decode_tps_max},
               {"weight_bytes", weight_bytes},
+              {"kv_cache", kv_cache},
               {"decode_bytes_per_token", decode_bytes_per_token},
               {"prefill_flops_per_token", prefill_flops_per_token},
               {"peak_memory_bytes", {{"host", peak_host_bytes}, {"rss", peak_rss_bytes}, {"gpu", peak_gpu_bytes}}},
@@ -730,12 +731,41 @@ double median(std::vector<double> v) {
 }
 }  // namespace
 
+double kv_decode_bytes(const std::vector<LayerCacheInfo>& layers, const BenchOptions& options,
+                       int64_t prompt_tokens) {
+  if (options.gen_tokens <= 0) return 0;
+  // make_layered_kv_cache's rule: a model with windowed layers keeps its own layout (max_kv_size unused).
+  const bool windowed =
+      std::any_of(layers.begin(), layers.end(), [](const LayerCacheInfo& l) { return l.sliding_window > 0; });
+  const double quantized_value_bytes =
+      options.kv_bits ? *options.kv_bits / 8.0 + 8.0 / static_cast<double>(options.kv_group_size) : 4.0;
+  double total = 0;
+  for (int64_t g = 0; g < options.gen_tokens; ++g) {
+    const int64_t offset = prompt_tokens + g;  // rows held before step g writes its own
+    const bool quantized = options.kv_bits && offset >= options.quantized_kv_start;
+    for (const LayerCacheInfo& l : layers) {
+      int64_t rows = offset + 1;
+      if (l.sliding_window > 0) rows = std::min(rows, l.sliding_window);
+      else if (options.max_kv_size && !windowed) rows = std::min(rows, *options.max_kv_size);
+      total += 2.0 * static_cast<double>(l.n_kv_heads * l.head_dim * rows) * (quantized ? quantized_value_bytes : 4.0);
+    }
+  }
+  return total / static_cast<double>(options.gen_tokens);
+}
+
 BenchResult run_benchmark(const std::string& folder, const std::string& label, const BenchOptions& options) {
   const int64_t min_prompt = options.image_path.empty() ? 1 : 0;  // image mode: 0 = no filler
   VLM_CHECK(options.prompt_tokens >= min_prompt && options.gen_tokens >= 1 && options.repetitions >= 1,
             ErrorKind::kInvalidArgument,
             "bench: prompt tokens (>= {}), generated tokens and repetitions (>= 1) are {}, {}, {}", min_prompt,
             options.prompt_tokens, options.gen_tokens, options.repetitions);
+  KVCacheOptions kv_options;  // checked before anything is loaded
+  kv_options.max_kv_size = options.max_kv_size;
+  kv_options.kv_bits = options.kv_bits;
+  kv_options.kv_group_size = options.kv_group_size;
+  kv_options.quantized_kv_start = options.quantized_kv_start;
+  kv_options.device = options.device;
+  kv_options.validate();
   BenchResult r;
   r.model = label;
   const Device device = options.device;
@@ -820,6 +850,10 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       params.temperature = 0.0f;
       params.seed = 0;
       params.prefill_step_size = options.prefill_step_size;
+      params.max_kv_size = options.max_kv_size;
+      params.kv_bits = options.kv_bits;
+      params.kv_group_size = options.kv_group_size;
+      params.quantized_kv_start = options.quantized_kv_start;
       // generate() restarts the tracker's peaks: keep those of loading and vision encoding.
       peak_host = std::max(peak_host, MemoryTracker::instance().snapshot(MemDevice::kHost).peak);
       peak_gpu = std::max(peak_gpu, MemoryTracker::instance().snapshot(MemDevice::kGpu).peak);
@@ -831,6 +865,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       s.prefill_s = g.times.prefill_s;
       s.decode_s = g.times.decode_s;
       s.ttft_s = g.ttft_s;
+      r.kv_cache = g.kv_cache;
       s.tokenize_s = req.times.tokenize_s;
       s.image_preprocess_s = prompt.image_preprocess_s;
       s.vision_encode_s = prompt.vision_encode_s;
@@ -840,9 +875,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       if (!prompt.image_info.empty()) r.image = prompt.image_info.front().to_json();
       r.vision_weight_bytes = static_cast<int64_t>(model.vision->weight_bytes());
     } else {
-      KVCacheOptions kv;
-      kv.device = device;
-      auto cache = make_kv_cache(lm.cache_layout(), kv);
+      auto cache = make_layered_kv_cache(lm.cache_layout(), kv_options);
 
       // Prompt: deterministic pseudo-random ids.
       std::vector<int32_t> ids(static_cast<size_t>(options.prompt_tokens));
@@ -882,6 +915,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       sync();
       s.decode_s = seconds_since(t0);
       graphs_after = ops::cuda::graph_stats();
+      r.kv_cache = cache->describe();
     }
     r.samples.push_back(s);
     if (const int64_t steps = graphs_after.steps - graphs_before.steps -
@@ -902,13 +936,10 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
     encodes.push_back(s.vision_encode_s);
     if (rep == options.repetitions - 1) {
       r.weight_bytes = static_cast<int64_t>(lm.weight_bytes());
-      // KV bytes read per decode step: every layer's K and V (f32) over the mean context length.
-      int64_t kv_per_token = 0;
-      for (const auto& l : lm.cache_layout()) kv_per_token += 2 * l.n_kv_heads * l.head_dim * 4;
-      const int64_t mean_ctx = prompt_tokens + options.gen_tokens / 2;
       // Decode reads every weight except the embedding table's unused rows; with a tied head the table is
       // read in full by the head, so weight_bytes counts it once either way.
-      r.decode_bytes_per_token = r.weight_bytes + kv_per_token * mean_ctx;
+      r.decode_bytes_per_token =
+          r.weight_bytes + static_cast<int64_t>(std::llround(kv_decode_bytes(lm.cache_layout(), options, prompt_tokens)));
       // Prefill FLOPs per token: 2 per weight of every projection, plus QKᵀ and PV over the mean causal
       // context (P/2), plus the head spread over the prompt — forward(all_logits=false) computes logits for the
       // last position of each prefill chunk only. From the config, so it holds for quantized weights too.

@@ -21,6 +21,7 @@
 #include "core/json.h"
 #include "core/quant.h"
 #include "core/tensor.h"
+#include "models/language_model.h"
 
 namespace vlm {
 
@@ -67,6 +68,12 @@ struct BenchOptions {
   int repetitions = 3;
   bool lazy_load = false;
   int64_t prefill_step_size = 2048;
+  // The KV cache, as `generate` builds it from the same flags (KVCacheOptions; GenerationParams in image
+  // mode): rotating (max_kv_size), quantized (kv_bits, kv_group_size, from quantized_kv_start tokens on).
+  std::optional<int64_t> max_kv_size;
+  std::optional<int> kv_bits;
+  int kv_group_size = 64;
+  int64_t quantized_kv_start = 5000;
   // Where the language model runs. On kCuda the weights are uploaded after loading (counted in load_s),
   // clocks are read after ops::synchronize(), and the rooflines are the GPU's (device-to-device copy
   // bandwidth, cuBLASLt bf16 matmul throughput) instead of the CPU probes.
@@ -75,6 +82,14 @@ struct BenchOptions {
   std::string image_path;
   std::string question = "Describe this image.";
 };
+
+// The mean K/V bytes one greedy decode step reads, over options.gen_tokens steps after a prefill of
+// `prompt_tokens`, with the cache `options` describes: step g attends over its layer's held rows
+// (prompt_tokens + g + 1, capped by the layer's sliding window, or by max_kv_size where no layer is
+// windowed), at 4 bytes per value (f32), or bits/8 + 8/group_size (codes + f32 scale and bias) once the
+// cache has converted (its offset prompt_tokens + g reached quantized_kv_start).
+double kv_decode_bytes(const std::vector<LayerCacheInfo>& layers, const BenchOptions& options,
+                       int64_t prompt_tokens);
 
 struct BenchSample {
   double load_s = 0, prefill_s = 0, decode_s = 0;
@@ -102,7 +117,11 @@ struct BenchResult {
   int64_t vision_weight_bytes = 0;
   double decode_tps_min = 0, decode_tps_max = 0;
   int64_t weight_bytes = 0;
-  int64_t decode_bytes_per_token = 0;  // weights touched + mean KV read per decode step
+  std::string kv_cache;  // LayeredKVCache::describe() of the cache the last repetition decoded with
+  // Weights touched + the mean K/V bytes read per decode step: every layer's held rows (capped by its
+  // window or max_kv_size) at f32, or at the quantized size (codes + f32 scale and bias per group) on the
+  // steps after the cache converted (kv_decode_bytes).
+  int64_t decode_bytes_per_token = 0;
   double prefill_flops_per_token = 0;
   int64_t peak_host_bytes = 0, peak_rss_bytes = 0, peak_gpu_bytes = 0;
   // CPU: read bandwidth and f32/bf16 FMA peaks (kernels/probes.h). CUDA: copy bandwidth and the bf16

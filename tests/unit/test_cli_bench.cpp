@@ -5,6 +5,7 @@
 // through another command), the --prompt-tokens padding, the text mode on the same folder, and the refusals.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -82,7 +83,9 @@ TEST_P(BenchImage, ReportsEveryStageOfTheGenerateImagePath) {
   EXPECT_GT(text_tokens, 0);
   EXPECT_EQ(image_tokens + text_tokens, prompt);
   EXPECT_EQ(r["image"]["image_tokens"], image_tokens);
-  if (std::string(GetParam()) == "gemma-3-4b") EXPECT_EQ(image_tokens, 256);  // config mm_tokens_per_image
+  if (std::string(GetParam()) == "gemma-3-4b") {
+    EXPECT_EQ(image_tokens, 256);  // config mm_tokens_per_image
+  }
 
   // Every stage ran and TTFT spans them all (it also counts the cache setup, so it is at least their sum).
   const Json& st = r["stages"];
@@ -172,6 +175,55 @@ TEST(BenchSynthetic, SmolVlm256mWithVisionLoadsAtItsRealShape) {
   const auto lm_bytes = static_cast<double>(m.language_model->weight_bytes());
   EXPECT_GT(lm_bytes, lm_params * 4.5 / 8);
   EXPECT_LT(lm_bytes, lm_params * 4.5 / 8 * 1.01);  // + the norms (bf16), a fraction of a percent
+}
+
+// --kv-bits / --kv-group-size / --quantized-kv-start / --max-kv-size build the cache generate builds, and the
+// decode roofline counts the K/V bytes that cache holds: f32 rows before the conversion, codes + f32 scale
+// and bias per group after it, capped by a rotating cache's size.
+TEST(BenchSynthetic, KvCacheFlagsShapeTheCacheAndTheRooflineBytes) {
+  test::TempDir dir;
+  const SyntheticShape shape = tiny("qwen2.5-vl-3b");  // 2 layers, 1 kv head of 128
+  write_synthetic_checkpoint(shape, SyntheticOptions{}, dir / "m");
+  auto bench = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args{"bench", "--model", dir / "m", "--device", "cpu", "--prompt-tokens", "16",
+                                  "--gen-tokens", "4", "--repetitions", "1", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_json(args);
+  };
+  // Step g attends over 16 + g + 1 rows of 2 layers x K and V x 128 values.
+  auto kv_bytes = [](std::vector<int64_t> rows, std::vector<double> bytes_per_value) {
+    double total = 0;
+    for (size_t g = 0; g < rows.size(); ++g) total += 2.0 * 2.0 * 128.0 * static_cast<double>(rows[g]) * bytes_per_value[g];
+    return static_cast<int64_t>(std::llround(total / static_cast<double>(rows.size())));
+  };
+
+  Json plain = bench({});
+  ASSERT_TRUE(plain.is_object());
+  EXPECT_EQ(plain["kv_cache"], "standard");
+  const int64_t weights = plain["weight_bytes"];
+  EXPECT_EQ(plain["decode_bytes_per_token"].get<int64_t>() - weights, kv_bytes({17, 18, 19, 20}, {4, 4, 4, 4}));
+
+  // Converted after the step whose offset reached 18: steps 2 and 3 read 4-bit codes + 8 bytes per 32 values.
+  Json quant = bench({"--kv-bits", "4", "--kv-group-size", "32", "--quantized-kv-start", "18"});
+  ASSERT_TRUE(quant.is_object());
+  EXPECT_EQ(quant["kv_cache"], "standard quantized(4-bit, g32, from 18)");
+  const double q4 = 0.5 + 8.0 / 32;
+  EXPECT_EQ(quant["decode_bytes_per_token"].get<int64_t>() - weights, kv_bytes({17, 18, 19, 20}, {4, 4, q4, q4}));
+  EXPECT_GT(quant["generation_tps"].get<double>(), 0);
+
+  Json rotating = bench({"--max-kv-size", "12"});
+  ASSERT_TRUE(rotating.is_object());
+  EXPECT_EQ(rotating["kv_cache"], "rotating(12, keep 4)");
+  EXPECT_EQ(rotating["decode_bytes_per_token"].get<int64_t>() - weights, kv_bytes({12, 12, 12, 12}, {4, 4, 4, 4}));
+
+  for (std::vector<std::string> bad : {std::vector<std::string>{"--kv-bits", "7"}, {"--kv-group-size", "48"},
+                                       {"--quantized-kv-start", "-1"}, {"--max-kv-size", "2"}}) {
+    std::vector<std::string> args{"bench", "--model", dir / "m", "--device", "cpu", "--json"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    auto r = test::run_vlmcheck(args);
+    EXPECT_EQ(r.exit_code, cli::kExitUsage) << bad[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.err;
+  }
 }
 
 TEST(BenchSynthetic, ImageModeRefusesTextShapesAndBadSizes) {
