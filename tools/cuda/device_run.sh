@@ -10,6 +10,9 @@
 #   long SHAPE...    `vlmcheck bench --device cuda` with a 16,384-token prompt (bf16; TTFT is the figure)
 #   profile SHAPE... the bench (2048-token prompt, 64 decode tokens, bf16 and 4-bit) with VLMCHECK_CUDA_PROFILE=1:
 #                    per-op GPU and host time in the log
+#   kv SHAPE...      the MLX 4-bit g64 decoder at 2048- and 16,384-token prompts, with the f32 KV cache and then
+#                    with `--kv-bits 4 --quantized-kv-start 0` (the quantized cache from the first token; decode
+#                    reads the packed rows directly), 32 decode tokens, 1 repetition each
 #   vision SHAPE...  `vlmcheck bench --device cuda --image-size 1280x960` on the VLM shape with its vision tower
 #                    (bf16 throughout): the image prompt alone (no filler), 64 decode tokens, 2 repetitions; TTFT
 #                    = image load + preprocessing + vision encode + prefill, each in the log
@@ -50,7 +53,7 @@ for arg in "$@"; do
       (cd /tmp && VLMCHECK_ASSETS="$root/assets" timeout 300 "$bin/vlmcheck" run --device cuda --output-dir /tmp/run-demo > "$logs/run_demo.txt" 2>&1)
       summary+=("run --device cuda (demo VLM) rc=$? devices: $(grep -ho '"device": *"[a-z]*"' /tmp/run-demo/*.jsonl 2>/dev/null | sort | uniq -c | tr '\n' ' ')")
       mode="" ;;
-    bench|hf|long|profile|vision|vision-q4|photo) mode=$arg ;;
+    bench|hf|long|profile|vision|vision-q4|photo|kv) mode=$arg ;;
     *)
       if [[ "$mode" == bench ]]; then
         if [[ $kernels_done == 0 && -x "$bin/bench_cuda_kernels" ]]; then
@@ -79,6 +82,16 @@ for arg in "$@"; do
           VLMCHECK_CUDA_PROFILE=$prof timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --image-size "$size" --gen-tokens 8 \
             --repetitions 1 --work-dir /tmp > "$logs/$tag.txt" 2>&1
           summary+=("$tag rc=$? $(grep -E '^(image|ttft|prefill|decode) ' "$logs/$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+          rm -rf /tmp/vlmcheck-bench-*
+        done
+      elif [[ "$mode" == kv ]]; then
+        for prompt in 2048 16384; do
+          for kvq in "" "--kv-bits 4 --quantized-kv-start 0"; do
+            tag="kv_$arg-q4-$prompt${kvq:+-kv4}"
+            timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --bits 4 $kvq --prompt-tokens "$prompt" \
+              --gen-tokens 32 --repetitions 1 --work-dir /tmp > "$logs/$tag.txt" 2>&1
+            summary+=("$tag rc=$? $(grep -E '^(prefill|decode|kv cache)' "$logs/$tag.txt" | tr -s ' ' | tr '\n' ' ')")
+          done
           rm -rf /tmp/vlmcheck-bench-*
         done
       elif [[ "$mode" == long ]]; then
