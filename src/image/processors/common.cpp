@@ -227,4 +227,27 @@ void check_fixed_resize_shape(const ProcessorOptions& o, int64_t height, int64_t
             h, w, family, height, width);
 }
 
+Image FixedResize::resize(const Image& image) const {
+  if (!do_resize || (image.width() == width && image.height() == height)) return image.clone();
+  return backend_resize(image, width, height, resample, backend);
+}
+
+FixedResize read_fixed_resize(const Sources& s, const ProcessorOptions& o, ResampleFilter default_resample,
+                              const std::string& family) {
+  static const std::vector<float> kHalf = {0.5f, 0.5f, 0.5f};  // IMAGENET_STANDARD_MEAN / STD
+  const Json& ip = s.image_processor;
+  const std::string w = s.image_what();
+  FixedResize r;
+  r.do_resize = read_bool(ip, "do_resize", true, w);
+  const SizeSpec size = read_size(ip, "size", true, w).value_or(SizeSpec{224, 224, std::nullopt, std::nullopt});
+  VLM_CHECK(size.height && size.width, ErrorKind::kFormat, "{}: field \"size\" must have \"height\" and \"width\"", w);
+  r.height = static_cast<int>(*size.height);
+  r.width = static_cast<int>(*size.width);
+  r.resample = read_resample(ip, "resample", default_resample, w);
+  r.norm = read_normalization(ip, kHalf, kHalf, w);
+  r.backend = pick_backend(o, PixelBackend::kTorchvision);
+  check_fixed_resize_shape(o, r.height, r.width, family);
+  return r;
+}
+
 }  // namespace vlm::proc

@@ -103,4 +103,23 @@ std::unique_ptr<ImageProcessor> make_paligemma(const Sources& s, const Processor
 // Fixed-resolution families: --resize-shape must name the size the encoder takes.
 void check_fixed_resize_shape(const ProcessorOptions& o, int64_t height, int64_t width, const std::string& family);
 
+// The pixel steps of the SigLIP image processor (Gemma 3, PaliGemma): resize to a fixed size, rescale,
+// normalise with mean = std = 0.5 by default.
+struct FixedResize {
+  bool do_resize = true;
+  int height = 224, width = 224;
+  ResampleFilter resample = ResampleFilter::kBilinear;
+  Normalization norm;
+  PixelBackend backend = PixelBackend::kTorchvision;
+  // `image` at height x width (unchanged when it has that size or do_resize is off).
+  Image resize(const Image& image) const;
+  // The resized image normalised: [3, h, w] f32.
+  Tensor pixels(const Image& resized) const { return backend_normalize(resized, norm, backend); }
+};
+// Reads do_resize, size (height and width; 224 x 224 when absent), resample (default_resample when absent)
+// and the normalisation from the image processor config; torchvision unless the options pick a backend;
+// checks --resize-shape against the size.
+FixedResize read_fixed_resize(const Sources& s, const ProcessorOptions& o, ResampleFilter default_resample,
+                              const std::string& family);
+
 }  // namespace vlm::proc

@@ -18,7 +18,6 @@
 namespace vlm::proc {
 namespace {
 
-const std::vector<float> kHalf = {0.5f, 0.5f, 0.5f};
 constexpr int kPasMinCrop = 256, kPasMaxCrops = 4;
 constexpr double kPasMinRatio = 1.2;
 
@@ -47,19 +46,10 @@ std::vector<std::array<int, 4>> pan_and_scan_crops(int height, int width) {
 
 class Gemma3Processor final : public ImageProcessor {
  public:
-  Gemma3Processor(const Sources& s, const ProcessorOptions& o) : pan_and_scan_(o.pan_and_scan.value_or(false)) {
-    const Json& ip = s.image_processor;
+  Gemma3Processor(const Sources& s, const ProcessorOptions& o)
+      : pan_and_scan_(o.pan_and_scan.value_or(false)),
+        fixed_(read_fixed_resize(s, o, ResampleFilter::kBilinear, "gemma3")) {
     const std::string w = s.image_what();
-    do_resize_ = read_bool(ip, "do_resize", true, w);
-    const SizeSpec size = read_size(ip, "size", true, w).value_or(SizeSpec{224, 224, std::nullopt, std::nullopt});
-    VLM_CHECK(size.height && size.width, ErrorKind::kFormat, "{}: field \"size\" must have \"height\" and \"width\"", w);
-    height_ = static_cast<int>(*size.height);
-    width_ = static_cast<int>(*size.width);
-    resample_ = read_resample(ip, "resample", ResampleFilter::kBilinear, w);
-    norm_ = read_normalization(ip, kHalf, kHalf, w);
-    backend_ = pick_backend(o, PixelBackend::kTorchvision);
-    check_fixed_resize_shape(o, height_, width_, "gemma3");
-
     // Gemma3Processor(image_seq_length=256) from processor_config.json; config.json's mm_tokens_per_image
     // is the same number where a folder has no processor config.
     std::optional<int64_t> seq = json_int(s.processor, "image_seq_length", s.processor_what());
@@ -82,11 +72,11 @@ class Gemma3Processor final : public ImageProcessor {
         frames.push_back(crop_clipped(rgb, r[0], r[1], r[2], r[3]));
     std::vector<Tensor> tiles;
     for (Image& f : frames) {
-      if (do_resize_ && (f.width() != width_ || f.height() != height_)) f = backend_resize(f, width_, height_, resample_, backend_);
-      tiles.push_back(backend_normalize(f, norm_, backend_));
+      f = fixed_.resize(f);
+      tiles.push_back(fixed_.pixels(f));
     }
     ProcessedImage out;
-    out.backend = backend_;
+    out.backend = fixed_.backend;
     out.processed_height = frames[0].height();
     out.processed_width = frames[0].width();
     out.pixels = stack_tiles(tiles);  // [1 + crops, 3, h, w]
@@ -111,11 +101,8 @@ class Gemma3Processor final : public ImageProcessor {
   std::string family() const override { return "gemma3"; }
 
  private:
-  bool pan_and_scan_ = false, do_resize_ = true;
-  int height_ = 224, width_ = 224;
-  ResampleFilter resample_ = ResampleFilter::kBilinear;
-  Normalization norm_;
-  PixelBackend backend_ = PixelBackend::kTorchvision;
+  bool pan_and_scan_ = false;
+  FixedResize fixed_;
   int64_t image_seq_length_ = 256;
   std::string boi_, eoi_, image_token_, full_sequence_;
 };

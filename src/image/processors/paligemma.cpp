@@ -14,23 +14,14 @@
 namespace vlm::proc {
 namespace {
 
-const std::vector<float> kHalf = {0.5f, 0.5f, 0.5f};
 const char* const kImageToken = "<image>";  // PaliGemmaProcessor IMAGE_TOKEN (fixed)
 
 class PaliGemmaProcessor final : public ImageProcessor {
  public:
-  PaliGemmaProcessor(const Sources& s, const ProcessorOptions& o) {
+  PaliGemmaProcessor(const Sources& s, const ProcessorOptions& o)
+      : fixed_(read_fixed_resize(s, o, ResampleFilter::kBicubic, "paligemma")) {
     const Json& ip = s.image_processor;
     const std::string w = s.image_what();
-    do_resize_ = read_bool(ip, "do_resize", true, w);
-    const SizeSpec size = read_size(ip, "size", true, w).value_or(SizeSpec{224, 224, std::nullopt, std::nullopt});
-    VLM_CHECK(size.height && size.width, ErrorKind::kFormat, "{}: field \"size\" must have \"height\" and \"width\"", w);
-    height_ = static_cast<int>(*size.height);
-    width_ = static_cast<int>(*size.width);
-    resample_ = read_resample(ip, "resample", ResampleFilter::kBicubic, w);
-    norm_ = read_normalization(ip, kHalf, kHalf, w);
-    backend_ = pick_backend(o, PixelBackend::kTorchvision);
-    check_fixed_resize_shape(o, height_, width_, "paligemma");
     // PaliGemmaProcessor raises "Image processor is missing an `image_seq_length` attribute" without it.
     std::optional<int64_t> seq = json_int(ip, "image_seq_length", w);
     if (!seq) seq = json_int(s.processor, "image_seq_length", s.processor_what());
@@ -43,14 +34,12 @@ class PaliGemmaProcessor final : public ImageProcessor {
   }
 
   ProcessedImage process(const Image& rgb) const override {
-    Image img = (do_resize_ && (rgb.width() != width_ || rgb.height() != height_))
-                    ? backend_resize(rgb, width_, height_, resample_, backend_)
-                    : rgb.clone();
+    const Image img = fixed_.resize(rgb);
     ProcessedImage out;
-    out.backend = backend_;
+    out.backend = fixed_.backend;
     out.processed_height = img.height();
     out.processed_width = img.width();
-    out.pixels = stack_tiles({backend_normalize(img, norm_, backend_)});  // [1, 3, h, w]
+    out.pixels = stack_tiles({fixed_.pixels(img)});  // [1, 3, h, w]
     out.image_tokens = image_seq_length_;
     return out;
   }
@@ -71,11 +60,7 @@ class PaliGemmaProcessor final : public ImageProcessor {
   std::string family() const override { return "paligemma"; }
 
  private:
-  bool do_resize_ = true;
-  int height_ = 224, width_ = 224;
-  ResampleFilter resample_ = ResampleFilter::kBicubic;
-  Normalization norm_;
-  PixelBackend backend_ = PixelBackend::kTorchvision;
+  FixedResize fixed_;
   int64_t image_seq_length_ = 256;
   std::string bos_;
 };
