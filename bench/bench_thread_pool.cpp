@@ -6,10 +6,15 @@
 //      run_on_all_threads calls (every worker must take part: the spinning hand-off, the case of
 //      decode's ~300 kernel launches per token);
 //   2. round trip after idling past the workers' spin window (they are asleep: futex wake-up);
+//   3. the load fallback: jobs of ~20 us (decode-sized) for a second with as many busy-looping
+//      threads as the pool beside it (the machine oversubscribed: the pool should run most jobs on
+//      the caller alone), then for a second after they stop (back to the workers, unless the
+//      machine is loaded anyway); reported as parallel / solo job counts and job rates;
 // and checks, over many randomised jobs (sizes, grains, idle gaps that straddle the spin window,
 // throwing chunks), that every index is visited exactly once and errors reach the caller, and that
-// run_on_all_threads runs every thread once and concurrently (a barrier inside it passes). Any
-// mismatch exits with status 1, so the binary doubles as a stress test of the pool.
+// run_on_all_threads runs every thread once and concurrently (a barrier inside it passes); the jobs
+// of 3. are checked the same way. Any mismatch exits with status 1, so the binary doubles as a
+// stress test of the pool.
 //
 // Usage: bench_thread_pool [--threads N] [--reps R] [--stress-jobs J]
 #include <algorithm>
@@ -81,6 +86,44 @@ int stress(vlm::ThreadPool& pool, int jobs) {
   return failures;
 }
 
+// Decode-sized jobs (n = 64 items of ~0.3 us each) for `seconds`; counts jobs, checks coverage.
+struct LoadRun {
+  int64_t jobs = 0, parallel = 0, solo = 0;
+  int failures = 0;
+};
+
+LoadRun timed_jobs(vlm::ThreadPool& pool, double seconds) {
+  LoadRun r;
+  const vlm::ThreadPool::Stats before = pool.stats();
+  std::vector<std::atomic<int>> hits(64);
+  std::atomic<uint64_t> sink{0};
+  const auto t0 = Clock::now();
+  while (seconds_since(t0) < seconds) {
+    for (auto& h : hits) h.store(0, std::memory_order_relaxed);
+    pool.parallel_for(
+        64,
+        [&](int64_t b, int64_t e) {
+          uint64_t x = 0;
+          for (int64_t i = b; i < e; ++i) {
+            for (int k = 0; k < 300; ++k) x = x * 6364136223846793005ull + static_cast<uint64_t>(k);
+            hits[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
+          }
+          sink.fetch_add(x, std::memory_order_relaxed);
+        },
+        4);
+    for (auto& h : hits)
+      if (h.load() != 1) {
+        ++r.failures;
+        break;
+      }
+    ++r.jobs;
+  }
+  const vlm::ThreadPool::Stats after = pool.stats();
+  r.parallel = static_cast<int64_t>(after.parallel_jobs - before.parallel_jobs);
+  r.solo = static_cast<int64_t>(after.solo_jobs - before.solo_jobs);
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -128,6 +171,27 @@ int main(int argc, char** argv) {
               *std::min_element(cold.begin(), cold.end()) * 1e6);
 
   int failures = stress(pool, jobs);
+
+  {  // 3. load fallback
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> hogs;
+    for (int i = 0; i < nt; ++i)
+      hogs.emplace_back([&] {
+        volatile uint64_t x = 0;
+        while (!stop.load(std::memory_order_relaxed)) x = x + 1;
+      });
+    const LoadRun loaded = timed_jobs(pool, 1.0);
+    stop = true;
+    for (auto& h : hogs) h.join();
+    const LoadRun quiet = timed_jobs(pool, 1.0);
+    failures += loaded.failures + quiet.failures;
+    std::printf("load fallback, %d busy threads beside the pool: %lld jobs/s, %lld parallel / %lld solo\n", nt,
+                static_cast<long long>(loaded.jobs), static_cast<long long>(loaded.parallel),
+                static_cast<long long>(loaded.solo));
+    std::printf("load fallback, after they stop: %lld jobs/s, %lld parallel / %lld solo\n",
+                static_cast<long long>(quiet.jobs), static_cast<long long>(quiet.parallel),
+                static_cast<long long>(quiet.solo));
+  }
   // run_on_all_threads: every thread exactly once, all at the same time (a barrier inside must pass).
   for (int r = 0; r < 200; ++r) {
     std::vector<std::atomic<int>> seen(static_cast<size_t>(nt));

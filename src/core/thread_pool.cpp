@@ -8,12 +8,17 @@
 // notification cannot fall between the worker's check and its wait). Completion uses the same
 // pattern with unfinished_ / caller_sleeping_. Chunks are claimed through claims_ (see the header),
 // and a job is complete when its chunks are, so the caller never waits for a worker that was
-// descheduled before it claimed anything.
+// descheduled before it claimed anything. The load fallback (thread_pool.h) is the caller's alone:
+// it samples getrusage between jobs, under run_mu_, and never touches the workers' hand-off.
 #include "core/thread_pool.h"
+
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 
 #include "core/error.h"
 
@@ -37,6 +42,23 @@ constexpr auto kWorkerSpin = std::chrono::microseconds(200);
 constexpr auto kCallerSpin = std::chrono::microseconds(50);
 // Chunks per thread: more than one, so a thread that starts late sheds work to the others.
 constexpr int64_t kChunksPerThread = 4;
+
+// Load fallback (thread_pool.h). Every kWindowNs of wall time in which jobs run, the caller reads the
+// process's CPU time and involuntary context switches (one getrusage, ~1 us). More than one
+// preemption per kCpuPerPreemptionNs of CPU means other runnable work shares our cores: measured
+// with the SmolLM2 4-bit bench at load ~10, 0.25 preemptions per CPU-ms on one thread and 0.48 on
+// two; an idle machine has nothing runnable to preempt us with. Then jobs run on the caller alone
+// for a back-off of kBackoffMinNs, doubling to kBackoffMaxNs while each re-try with the workers
+// finds the load still there (so a steady load costs one 10 ms window on two threads per 0.5 s); a
+// clean window with the workers resets it.
+constexpr int64_t kWindowNs = 10'000'000;
+constexpr int64_t kCpuPerPreemptionNs = 20'000'000;
+constexpr int64_t kBackoffMinNs = 20'000'000;
+constexpr int64_t kBackoffMaxNs = 500'000'000;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -63,6 +85,9 @@ bool spin_until(Pred&& done, Clock::duration limit) {
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads < 1) throw_error(ErrorKind::kInvalidArgument, "thread pool size {} < 1", num_threads);
+  const char* fallback = std::getenv("VLMCHECK_POOL_SOLO");
+  fallback_ = !(fallback && std::string_view(fallback) == "0");
+  backoff_ns_ = kBackoffMinNs;
   for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
@@ -168,6 +193,16 @@ void ThreadPool::run_on_all_threads(const std::function<void(int)>& fn) {
 
 void ThreadPool::run_job(const std::function<void(int64_t, int64_t)>& fn, int64_t n, int64_t chunk, bool pinned) {
   std::lock_guard<std::mutex> run_lock(run_mu_);
+  if (!pinned && fallback_) {
+    const int64_t now = now_ns();
+    if (now - window_ns_ >= kWindowNs) review_load(now);
+    if (solo_) {  // as a one-thread pool runs it
+      ++stats_.solo_jobs;
+      fn(0, n);
+      return;
+    }
+  }
+  if (!pinned) ++stats_.parallel_jobs;
   // No chunk of an earlier job is outstanding (it ended at unfinished_ == 0), so no worker reads the
   // job fields now; publishing claims_ (release) and generation_ hands them over.
   job_ = &fn;
@@ -198,6 +233,45 @@ void ThreadPool::run_job(const std::function<void(int64_t, int64_t)>& fn, int64_
     error_ = nullptr;
     std::rethrow_exception(e);
   }
+}
+
+void ThreadPool::review_load(int64_t now) {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  const int64_t cpu = (static_cast<int64_t>(ru.ru_utime.tv_sec) + ru.ru_stime.tv_sec) * 1'000'000'000 +
+                      (static_cast<int64_t>(ru.ru_utime.tv_usec) + ru.ru_stime.tv_usec) * 1'000;
+  const int64_t preempt = ru.ru_nivcsw;
+  // A window long past (the process idled between jobs) says nothing about now: just reopen it.
+  const bool stale = window_ns_ == 0 || now - window_ns_ > 4 * kWindowNs;
+  if (solo_) {
+    if (now >= solo_until_ns_) solo_ = false;  // re-try the workers; the next window judges them
+  } else if (!stale) {
+    const bool busy = (preempt - window_preempt_) * kCpuPerPreemptionNs > (cpu - window_cpu_ns_);
+    if (busy) {
+      ++stats_.busy_windows;
+      solo_ = true;
+      solo_until_ns_ = now + backoff_ns_;
+      backoff_ns_ = std::min(backoff_ns_ * 2, kBackoffMaxNs);
+    } else {
+      backoff_ns_ = kBackoffMinNs;
+    }
+  }
+  window_ns_ = now;
+  window_cpu_ns_ = cpu;
+  window_preempt_ = preempt;
+}
+
+ThreadPool::Stats ThreadPool::stats() const {
+  std::lock_guard<std::mutex> run_lock(run_mu_);
+  return stats_;
+}
+
+void ThreadPool::set_load_fallback(bool on) {
+  std::lock_guard<std::mutex> run_lock(run_mu_);
+  fallback_ = on;
+  solo_ = false;
+  backoff_ns_ = kBackoffMinNs;
+  window_ns_ = 0;
 }
 
 namespace {

@@ -10,6 +10,16 @@
 // wakes late or is preempted (the machine is shared) costs at most the chunk it holds, never a
 // wait for it to be scheduled; run_on_all_threads is the one job shape that pins
 // work to threads (the roofline probes need every thread busy at once).
+//
+// On an oversubscribed machine that spinning is what hurts: the scheduler shares the CPU between
+// sessions (autogroups), so a spinning worker burns the time our caller would have computed in, and
+// a worker preempted while it holds a chunk makes the caller wait a time slice. SmolLM2 4-bit decode
+// at load ~10 (other sessions compiling): 25-29 tok/s on two threads, 52-56 on one. So the pool
+// watches its own preemptions (involuntary context switches per CPU-second, sampled every few ms by
+// the caller) and, while other work competes for the cores, runs parallel_for on the caller alone
+// (the workers stop spinning and sleep), re-trying the workers after a back-off that doubles while
+// the load lasts. An idle machine is never preempted, so it keeps every thread.
+// VLMCHECK_POOL_SOLO=0 (read at construction) or set_load_fallback(false) turns this off.
 #pragma once
 
 #include <atomic>
@@ -37,7 +47,18 @@ class ThreadPool {
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 1);
 
   // fn(t) once on every thread t in [0, num_threads()) at the same time (t = 0 is the caller).
+  // Never falls back to the caller alone.
   void run_on_all_threads(const std::function<void(int)>& fn);
+
+  // Counters of parallel_for jobs big enough for the pool (n above the grain, more than one thread).
+  struct Stats {
+    uint64_t parallel_jobs = 0;  // handed to the workers
+    uint64_t solo_jobs = 0;      // run on the caller alone because the machine was oversubscribed
+    uint64_t busy_windows = 0;   // sampling windows that found the pool preempted (each starts a back-off)
+  };
+  Stats stats() const;
+  // Turns the load fallback (header comment) on or off; either way ends a back-off in progress.
+  void set_load_fallback(bool on);
 
   // The process-wide pool used by kernels; sized by set_global_threads() or hardware concurrency.
   static ThreadPool& global();
@@ -51,6 +72,8 @@ class ThreadPool {
   void run_chunks(int participant, uint64_t seq, bool pinned);
   void run_chunk(int64_t c, uint64_t seq);
   void chunk_done(int64_t count);
+  // Load fallback: closes a sampling window at steady-clock time `now` (ns) and decides solo_.
+  void review_load(int64_t now);
   void record_error();
 
   std::vector<std::thread> workers_;
@@ -77,7 +100,17 @@ class ThreadPool {
   alignas(64) std::mutex mu_;  // guards the condition variables' sleep/wake and error_
   std::condition_variable cv_start_, cv_done_;
   std::exception_ptr error_;
-  std::mutex run_mu_;  // one parallel_for at a time
+  mutable std::mutex run_mu_;  // one parallel_for at a time
+
+  // Load fallback state, touched only by a caller holding run_mu_.
+  bool fallback_ = true;
+  bool solo_ = false;          // parallel_for runs on the caller alone
+  int64_t solo_until_ns_ = 0;  // end of the current back-off (steady clock)
+  int64_t backoff_ns_ = 0;     // length of the next back-off
+  int64_t window_ns_ = 0;      // start of the sampling window (steady clock), 0 = none open
+  int64_t window_cpu_ns_ = 0;  // process CPU time at that start
+  int64_t window_preempt_ = 0; // process involuntary context switches at that start
+  Stats stats_;
 };
 
 }  // namespace vlm
