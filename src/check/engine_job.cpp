@@ -39,27 +39,13 @@ struct PhaseError {
   std::string phase, kind, message;
 };
 
-const char* kind_name(ErrorKind k) {
-  switch (k) {
-    case ErrorKind::kInvalidArgument: return "invalid_argument";
-    case ErrorKind::kNotFound: return "not_found";
-    case ErrorKind::kIo: return "io";
-    case ErrorKind::kFormat: return "format";
-    case ErrorKind::kUnsupported: return "unsupported";
-    case ErrorKind::kResource: return "resource";
-    case ErrorKind::kCancelled: return "cancelled";
-    case ErrorKind::kInternal: return "internal";
-  }
-  return "internal";
-}
-
 template <class F>
 auto in_phase(const std::string& phase, const EngineCallbacks& cb, F&& f) {
   if (cb.on_phase) cb.on_phase(phase);
   try {
     return f();
   } catch (const Error& e) {
-    throw PhaseError{phase, kind_name(e.kind()), e.what()};
+    throw PhaseError{phase, error_kind_name(e.kind()), e.what()};
   } catch (const std::bad_alloc&) {
     throw PhaseError{phase, "resource", "out of memory"};
   } catch (const std::exception& e) {
