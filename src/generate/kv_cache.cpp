@@ -2,9 +2,9 @@
 //
 // Storage is a slot array: slot i holds one token's K row and V row ([n_kv_heads, head_dim] each),
 // either as f32 or as MLX-affine packed codes + f32 scales/biases per group, kept in planes (Store).
-// A quantized layer holds nothing else: CUDA decode steps attend over the packed planes directly
-// (ops::attention_quantized); prefill, and the CPU, dequantize the held slots into a KVScratch shared
-// by all layers of the cache (one layer's f32 rows, reused layer after layer). Rotating caches
+// A quantized layer holds nothing else: decode steps attend over the packed planes directly
+// (ops::attention_quantized); prefill chunks dequantize the held slots into a KVScratch shared by all
+// layers of the cache (one layer's f32 rows, reused layer after layer). Rotating caches
 // reorder slots exactly where mlx reorders its arrays, so the slot order is mlx's array order and
 // the masks can be expressed the same way mlx expresses them.
 #include "generate/kv_cache.h"
@@ -22,7 +22,8 @@ namespace vlm {
 namespace {
 constexpr int64_t kGrowStep = 256;  // mlx grows caches in steps of 256 tokens
 // Quantized layers attend with ops::attention_quantized below this many queries (the CUDA decode
-// kernel's range); prefill chunks dequantize into the scratch and run ops::attention.
+// kernel's range; on the CPU the row kernel would dequantize each chunk once per query); prefill
+// chunks dequantize into the scratch and run ops::attention.
 constexpr int64_t kFusedDecodeMaxTokens = 8;
 
 bool valid_kv_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8; }
@@ -273,11 +274,12 @@ void KVLayer::trim(int64_t n) {
 
 void KVLayer::attend(const float* q, int64_t n, int64_t q_pos0, const int64_t* k_pos, const LayerAttentionSpec& spec,
                      const ops::AttentionMask& mask, float* out) {
-  // A quantized store on the GPU, decoding: the fused op reads the packed planes directly (K/V chunks
-  // dequantized in shared memory, bit-identical values, the f32 decode kernel's math), so no f32 rows
-  // are written. On the CPU the op is the scalar reference, slower than the SIMD attention over the
-  // scratch below, so the CPU keeps that path (same results up to attention's summation order).
-  if (store_->quantized && n < kFusedDecodeMaxTokens && store_->device == Device::kCuda) {
+  // A quantized store, decoding: the fused op reads the packed planes directly (K/V chunks dequantized
+  // in shared memory on CUDA, in L1 inside the AVX-512 row kernel on the CPU; bit-identical values and
+  // the f32 kernel's math, so the same result as the scratch path below), and no f32 rows of the whole
+  // cache are written and read back. Prefill chunks keep the scratch: there every query would
+  // dequantize each chunk again.
+  if (store_->quantized && n < kFusedDecodeMaxTokens) {
     ops::attention_quantized(q, n, q_pos0, store_->view(), k_pos, size_, spec.n_heads, spec.n_kv_heads,
                              spec.head_dim, spec.scale, spec.softcap, mask, out);
     return;

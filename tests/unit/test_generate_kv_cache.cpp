@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <set>
@@ -336,6 +337,39 @@ TEST(KVCache, QuantizedAttendsOverItsDequantizedEntries) {
   }
 }
 
+// Decode steps of a quantized layer attend over the packed planes (ops::attention_quantized, fused on
+// the CPU's AVX-512 path and on CUDA) while prefill chunks go through the f32 scratch: both must be
+// exactly ops::attention over the layer's dequantized entries (read() gives those rows), bit for
+// bit, at a length past several 64-key chunks and with 3-bit codes that straddle words.
+TEST(KVCache, QuantizedDecodeEqualsAttentionOverItsDequantizedRows) {
+  for (int bits : {3, 4, 8}) {
+    SCOPED_TRACE(std::to_string(bits) + "-bit");
+    KVLayer layer(layer_config(0, 0, bits, 0, 32));
+    std::mt19937 rng(11);
+    Record r;
+    append_random(r, 200, rng);
+    const int64_t row = kKvHeads * kHd;
+    const LayerAttentionSpec s = spec_for();
+    ops::AttentionMask m;
+    m.causal = true;
+    int64_t o = 0;
+    for (int64_t c : {150, 1, 1, 3, 1, 1}) {
+      std::vector<float> out(static_cast<size_t>(c * kHeads * kHd)), want(out.size());
+      const bool quantized_before = layer.quantized();
+      layer.update_and_attend(r.q.data() + o * kHeads * kHd, r.k.data() + o * row, r.v.data() + o * row, c, s, m,
+                              out.data());
+      o += c;
+      if (!quantized_before) continue;  // the first chunk attends in full precision
+      std::vector<float> k(static_cast<size_t>(o * row)), v(k.size());
+      layer.read(0, o, k.data(), v.data());
+      std::vector<int64_t> pos = layer.stored_positions();
+      ops::attention(r.q.data() + (o - c) * kHeads * kHd, c, o - c, k.data(), v.data(), pos.data(), o, kHeads,
+                     kKvHeads, kHd, s.scale, 0.0f, m, want.data());
+      EXPECT_EQ(std::memcmp(out.data(), want.data(), out.size() * sizeof(float)), 0) << "chunk of " << c << " at " << o - c;
+    }
+  }
+}
+
 TEST(KVCache, QuantizedWithinBoundOfFullPrecision) {
   // A bound derived per query and head from the actual key/value errors (each within its group's
   // scale, see the quantizer test): scores move by at most D = attn_scale * max_j sum_d |q_d| |dk_jd|,
@@ -500,8 +534,10 @@ TEST(KVCache, QuantizedCacheHoldsOnlyPackedRowsPlusOneLayerOfScratch) {
   // planes (codes + f32 scales + f32 biases per slot), and the f32 rows attention needs must exist
   // only once, as scratch shared by all layers — so the whole quantized cache, scratch included, is
   // well under half the f32 one. Its outputs must equal those of layers with their own scratch.
+  // Only a prefill chunk over quantized entries needs those rows (the first chunk attends in full
+  // precision, decode steps read the packed planes), hence the second chunk of kChunk tokens.
   constexpr int kLayers = 8, kBits = 4, kGroup = 64;
-  constexpr int64_t kPrefill = 300, kDecode = 3, kTokens = kPrefill + kDecode;
+  constexpr int64_t kPrefill = 300, kChunk = 8, kDecode = 3, kTokens = kPrefill + kChunk + kDecode;
   const int64_t row = kKvHeads * kHd;
   const int64_t capacity = (kTokens + 255) / 256 * 256;  // the cache's 256-token growth step
   std::vector<Record> recs(kLayers);
@@ -522,7 +558,8 @@ TEST(KVCache, QuantizedCacheHoldsOnlyPackedRowsPlusOneLayerOfScratch) {
       }
     };
     step(0, kPrefill);
-    for (int64_t t = kPrefill; t < kTokens; ++t) step(t, 1);
+    step(kPrefill, kChunk);
+    for (int64_t t = kPrefill + kChunk; t < kTokens; ++t) step(t, 1);
     return out;
   };
 

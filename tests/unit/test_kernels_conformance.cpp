@@ -461,14 +461,26 @@ TEST(KernelConformance, KvQuantizeMatchesCoreQuantizer) {
 }
 
 // attention_quantized is defined as kv_dequantize of K and V followed by attention: on every path the
-// op must give exactly what the two ops give (the reference runs them; a SIMD entry, if one is added,
-// must keep attention's own rounding to pass EverySimdPathMatchesScalarReference as well).
+// op must give exactly what the two ops give. The reference runs them; the AVX-512 entry dequantizes
+// each K/V chunk inside its row kernel (decode, masked prefill) or dequantizes and calls its attention
+// (bidirectional blocks), so on the default path it must equal the default path's two ops bit for bit.
+// Cases: decode (1 query, causal), a masked prefill block (9 queries, sliding window) and a
+// bidirectional block (9 queries: the flash kernel), at every bit width incl. codes that straddle words.
 TEST(KernelConformance, AttentionQuantizedIsDequantizeThenAttention) {
   std::mt19937 rng(5);
-  const int64_t nq = 2, nk = 90, nh = 12, nkv = 3, hd = 128, row = nkv * hd;
-  for (int bits : {2, 4, 5, 6}) {
+  const int64_t nk = 90;
+  struct Shape {
+    int64_t nq, nh, nkv, hd;
+    int mask;  // 0: causal, 1: sliding window 60, 2: none (bidirectional)
+  };
+  const Shape shapes[] = {{1, 9, 3, 64, 0}, {2, 12, 3, 128, 1}, {9, 4, 2, 64, 1}, {9, 4, 2, 128, 2}, {1, 2, 1, 96, 0}};
+  for (const Shape& sh : shapes)
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
     for (int group : {32, 64, 128}) {
-      SCOPED_TRACE(std::to_string(bits) + "-bit g" + std::to_string(group));
+      if (sh.hd % group != 0) continue;
+      const int64_t nq = sh.nq, nh = sh.nh, nkv = sh.nkv, hd = sh.hd, row = nkv * hd;
+      SCOPED_TRACE(std::to_string(bits) + "-bit g" + std::to_string(group) + " nq " + std::to_string(nq) + " hd " +
+                   std::to_string(hd) + " mask " + std::to_string(sh.mask));
       const int64_t words = ops::kv_packed_words(row, bits), groups = row / group;
       std::vector<float> q = random_vec(rng, static_cast<size_t>(nq * nh * hd), -2, 2);
       std::vector<uint32_t> pk(static_cast<size_t>(nk * words)), pv(pk.size());
@@ -480,7 +492,8 @@ TEST(KernelConformance, AttentionQuantizedIsDequantizeThenAttention) {
       std::vector<int64_t> kpos(static_cast<size_t>(nk));
       for (int64_t j = 0; j < nk; ++j) kpos[j] = (j * 7) % nk;  // a permuted (ring-like) order
       ops::AttentionMask mask;
-      mask.sliding_window = 60;
+      mask.causal = sh.mask != 2;
+      mask.sliding_window = sh.mask == 1 ? 60 : 0;
       std::vector<float> kd(static_cast<size_t>(nk * row)), vd(kd.size()), want(q.size()), got(q.size());
       ops::kv_dequantize(pk.data(), ks.data(), kb.data(), nk, row, bits, group, kd.data());
       ops::kv_dequantize(pv.data(), vs.data(), vb.data(), nk, row, bits, group, vd.data());
@@ -489,15 +502,19 @@ TEST(KernelConformance, AttentionQuantizedIsDequantizeThenAttention) {
       const ops::QuantizedKV kv{pk.data(), ks.data(), kb.data(), pv.data(), vs.data(), vb.data(), bits, group};
       ops::force_scalar_kernels(true);
       ops::attention_quantized(q.data(), nq, nk - nq, kv, kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask, got.data());
-      std::vector<float> ref_want(q.size());
+      std::vector<float> kd_ref(kd.size()), ref_want(q.size());
+      ops::kv_dequantize(pk.data(), ks.data(), kb.data(), nk, row, bits, group, kd_ref.data());
       ops::attention(q.data(), nq, nk - nq, kd.data(), vd.data(), kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask,
                      ref_want.data());
       ops::force_scalar_kernels(false);
       EXPECT_EQ(std::memcmp(got.data(), ref_want.data(), got.size() * 4), 0) << "scalar path";
+      // Dequantized values are the same bits on every path (w = scale * q + bias, product rounded).
+      EXPECT_EQ(std::memcmp(kd.data(), kd_ref.data(), kd.size() * 4), 0) << "kv_dequantize, default path";
       std::vector<float> got_default(q.size());
       ops::attention_quantized(q.data(), nq, nk - nq, kv, kpos.data(), nk, nh, nkv, hd, 0.09f, 0.0f, mask,
                                got_default.data());
-      EXPECT_LE(nmse(got_default.data(), to_double(want)), 1e-12) << "default path";
+      EXPECT_EQ(std::memcmp(got_default.data(), want.data(), got.size() * 4), 0) << "default path";
+      EXPECT_LE(nmse(got_default.data(), to_double(ref_want)), 1e-12) << "default path vs the reference";
     }
   }
   // Bad arguments are typed errors naming the op.

@@ -31,6 +31,14 @@ void softmax(float* x, int64_t n, int64_t d);
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out);
+// kv_dequantize bit for bit (w = scale * q + bias, product rounded), 16 values per step.
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out);
+// Exactly this path's kv_dequantize + attention; decode and masked prefill dequantize each K/V chunk
+// of one head in L1 inside the attention kernel instead of writing f32 rows of the whole cache.
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out);
 void add(float* y, const float* x, int64_t n);
 void scale(float* y, float s, int64_t n);
 void mul(float* y, const float* x, int64_t n);

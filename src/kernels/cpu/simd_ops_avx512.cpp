@@ -1,5 +1,5 @@
-// AVX-512 versions of the non-matrix ops: norms, RoPE, activations, softmax, attention and the
-// elementwise helpers. exp is a Cody-Waite range reduction + degree-7 Taylor polynomial + scalef
+// AVX-512 versions of the non-matrix ops: norms, RoPE, activations, softmax, attention (f32 and over
+// a quantized KV cache), KV dequantization and the elementwise helpers. exp is a Cody-Waite range reduction + degree-7 Taylor polynomial + scalef
 // (< 2 ulp on the clamped range); tanh derives from it with an odd polynomial near 0, where
 // 1 - 2/(e^{2x}+1) would cancel. GELU with erf keeps the libm erf (no vector erf here). RoPE angles
 // and their cos/sin are formed exactly as in the reference, once per token, shared by all heads.
@@ -560,11 +560,68 @@ inline __m512 sum16(const __m512* v) {
 // layers of 290 keys, 9 heads / 3 kv heads: 3.3 ms -> 1.7 ms from L3, 1.4 -> 0.6 ms L2-resident).
 constexpr int64_t kRowChunk = 64;
 
+// MLX affine codes (kv_quantize's layout: value i of a row at bits [i*bits, (i+1)*bits) of a
+// little-endian bit stream of u32 words, bits <= 8) to f32, 16 values at a time. Sixteen values
+// starting at a multiple of 16 span exactly `bits` 16-bit words, so one masked load takes them; each
+// 32-bit lane then gathers the two words holding its bits (permutexvar_epi16: AVX512BW), shifts and
+// masks. w = scale * q + bias with the product rounded before the add (explicitly rounded intrinsics,
+// which the compiler cannot contract into an FMA): the reference's and CUDA's values, bit for bit.
+struct Unpack16 {
+  __m512i idx, shift, mask;
+  __mmask32 words;
+  explicit Unpack16(int bits) {
+    alignas(64) uint16_t ix[32];
+    alignas(64) uint32_t sh[16];
+    for (int i = 0; i < 16; ++i) {
+      ix[2 * i] = static_cast<uint16_t>((i * bits) >> 4);
+      ix[2 * i + 1] = static_cast<uint16_t>(((i * bits) >> 4) + 1);
+      sh[i] = static_cast<uint32_t>((i * bits) & 15);
+    }
+    idx = _mm512_load_si512(ix);
+    shift = _mm512_load_si512(sh);
+    mask = _mm512_set1_epi32((1 << bits) - 1);
+    words = static_cast<__mmask32>((1u << bits) - 1u);
+  }
+  // Values [16 m, 16 m + 16) of a packed row (m: the 16-value block index), dequantized.
+  __m512 operator()(const uint32_t* row, int64_t m, int bits, float s, float b) const {
+    const __m512i w = _mm512_maskz_loadu_epi16(words, reinterpret_cast<const uint16_t*>(row) + m * bits);
+    const __m512i codes = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi16(idx, w), shift), mask);
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(codes), kRound),
+                               _mm512_set1_ps(b), kRound);
+  }
+};
+
+// Keys [j_begin, j_end) of kv head kvh (head_dim = 16 NV values) from a quantized plane into
+// dst [j_end - j_begin][16 NV] f32.
 template <int NV>
+void dequantize_head_rows(const uint32_t* packed, const float* scales, const float* biases, int64_t row, int bits,
+                          int group_size, const Unpack16& up, int64_t kvh, int64_t j_begin, int64_t j_end, float* dst) {
+  const int64_t words = kv_packed_words(row, bits), groups = row / group_size, m0 = kvh * NV;
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const uint32_t* pr = packed + j * words;
+    const float* sr = scales + j * groups;
+    const float* br = biases + j * groups;
+    float* d = dst + (j - j_begin) * 16 * NV;
+#pragma GCC unroll 8
+    for (int cc = 0; cc < NV; ++cc) {
+      const int64_t g = (m0 + cc) * 16 / group_size;
+      _mm512_store_ps(d + 16 * cc, up(pr, m0 + cc, bits, sr[g], br[g]));
+    }
+  }
+}
+
+// Row attention reads K/V either as f32 rows ([nk][n_kv_heads][head_dim], `k`/`v`) or, with
+// kQuant, from a quantized cache (`qkv`): each work item (kv head, key chunk) then dequantizes its
+// chunk's K and V of that head into L1 first, and the same arithmetic runs on those rows, so the
+// result is bit for bit attention() over kv_dequantize's rows.
+template <int NV, bool kQuant = false>
 void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                    int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
-                   const AttentionMask& mask, float* out) {
-  const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim;
+                   const AttentionMask& mask, float* out, const QuantizedKV* qkv = nullptr) {
+  const int64_t group = n_heads / n_kv_heads, row_len = n_kv_heads * head_dim;
+  const int64_t ld = kQuant ? 16 * NV : row_len;  // floats between consecutive keys of one head
+  const Unpack16 up(kQuant ? qkv->bits : 2);
   const int64_t nch = (nk + kRowChunk - 1) / kRowChunk;
   const __mmask16 last = tail_mask(head_dim - 16 * (NV - 1));
   auto msk = [&](int c) { return c == NV - 1 ? last : static_cast<__mmask16>(0xffff); };
@@ -586,19 +643,23 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
     const int64_t nqb = std::min(qb, nq - i0);
     parallel_for(nqb * n_kv_heads * nch, kRowChunk * head_dim * group * 2, [&](int64_t w0, int64_t w1) {
       alignas(64) float p[kRowChunk];
+      // kQuant: this item's K and V rows of one head, dequantized (2 x 32 KB at head_dim 128).
+      alignas(64) float kq[kQuant ? kRowChunk * 16 * NV : 1];
+      alignas(64) float vq[kQuant ? kRowChunk * 16 * NV : 1];
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t ii = w / (n_kv_heads * nch), kvh = (w / nch) % n_kv_heads, c = w % nch;
         const int64_t qp = q_pos0 + i0 + ii, j_begin = c * kRowChunk, j_end = std::min(nk, j_begin + kRowChunk);
-        const float* kb = k + kvh * head_dim;
-        const float* vb = v + kvh * head_dim;
+        const float* kb = kQuant ? kq - j_begin * ld : k + kvh * head_dim;
+        const float* vb = kQuant ? vq - j_begin * ld : v + kvh * head_dim;
         // The in-loop prefetches run 32 keys (K) and 16 keys (V) ahead, so the item's first keys would
         // arrive on demand, one miss latency at a time: fetch those rows now.
-        for (int64_t j = j_begin; j < std::min(j_end, j_begin + 32); ++j)
+        if (!kQuant)
+          for (int64_t j = j_begin; j < std::min(j_end, j_begin + 32); ++j)
 #pragma GCC unroll 8
-          for (int cc = 0; cc < NV; ++cc) {
-            _mm_prefetch(reinterpret_cast<const char*>(kb + j * ld + 16 * cc), _MM_HINT_T1);
-            if (j < j_begin + 16) _mm_prefetch(reinterpret_cast<const char*>(vb + j * ld + 16 * cc), _MM_HINT_T1);
-          }
+            for (int cc = 0; cc < NV; ++cc) {
+              _mm_prefetch(reinterpret_cast<const char*>(kb + j * ld + 16 * cc), _MM_HINT_T1);
+              if (j < j_begin + 16) _mm_prefetch(reinterpret_cast<const char*>(vb + j * ld + 16 * cc), _MM_HINT_T1);
+            }
         if (simple && mask.causal) {
           // A chunk wholly after the query (causal prefill: about half of them) is skipped: the combine
           // ignores chunks whose max is -inf. k_pos need not be sorted (ring caches), so take its minimum.
@@ -615,6 +676,12 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
             }
             continue;
           }
+        }
+        if constexpr (kQuant) {
+          dequantize_head_rows<NV>(qkv->k_packed, qkv->k_scales, qkv->k_biases, row_len, qkv->bits, qkv->group_size, up,
+                                   kvh, j_begin, j_end, kq);
+          dequantize_head_rows<NV>(qkv->v_packed, qkv->v_scales, qkv->v_biases, row_len, qkv->bits, qkv->group_size, up,
+                                   kvh, j_begin, j_end, vq);
         }
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = kvh * group + g, row = ii * n_heads + h;
@@ -636,7 +703,7 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
                 // each item fetches its first keys first. SmolLM2 4-bit decode, one thread, thread CPU time,
                 // alternating (load 7-9): L1 -> L2 7.84-7.94 -> 7.46-7.93 ms/token; item-start prefetch
                 // 6.75-6.90 -> 6.53-6.76; 16/8 -> 32/16 keys ahead 6.61-7.04 -> 6.41-6.49 (and 9.27 -> 9.13).
-                if (g == 0)
+                if (g == 0 && !kQuant)
 #pragma GCC unroll 8
                   for (int cc = 0; cc < NV; ++cc)
                     _mm_prefetch(reinterpret_cast<const char*>(kr + 32 * ld + 16 * cc), _MM_HINT_T1);
@@ -701,7 +768,7 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               const float pj = p[j - j_begin];
               const __mmask16 live = pj != 0.0f ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>(0);
               const float* vr = vb + j * ld;
-              if (g == 0)
+              if (g == 0 && !kQuant)
 #pragma GCC unroll 8
                 for (int cc = 0; cc < NV; ++cc)
                   _mm_prefetch(reinterpret_cast<const char*>(vr + 16 * ld + 16 * cc), _MM_HINT_T1);
@@ -815,6 +882,46 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
       for (int64_t j = 0; j < nv; ++j) axpy(oi, p[j] * inv, v + (vis[j] * n_kv_heads + kvh) * head_dim, head_dim);
     }
   });
+}
+
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out) {
+  // n is a multiple of group_size >= 32 (ops.cpp), so rows are whole 16-value blocks.
+  const Unpack16 up(bits);
+  const int64_t words = kv_packed_words(n, bits), groups = n / group_size;
+  parallel_for(rows, n, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t m = 0; m < n / 16; ++m) {
+        const int64_t g = m * 16 / group_size;
+        _mm512_storeu_ps(out + r * n + 16 * m,
+                         up(packed + r * words, m, bits, scales[r * groups + g], biases[r * groups + g]));
+      }
+  });
+}
+
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out) {
+  // Where attention() would run the row kernel (decode, masked prefill; head_dim <= 128, a multiple of
+  // group_size so of 32), fuse: no f32 K/V of the whole cache is written. Elsewhere (bidirectional
+  // blocks of >= 8 queries: the flash kernel transposes K anyway) dequantize and call attention().
+  const bool all_visible = !mask.causal && mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  if (!(nq >= kFlashMinQueries && all_visible)) {
+    switch (head_dim) {
+      case 32: return row_attention<2, true>(q, nq, q_pos0, nullptr, nullptr, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out, &kv);
+      case 64: return row_attention<4, true>(q, nq, q_pos0, nullptr, nullptr, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out, &kv);
+      case 96: return row_attention<6, true>(q, nq, q_pos0, nullptr, nullptr, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out, &kv);
+      case 128: return row_attention<8, true>(q, nq, q_pos0, nullptr, nullptr, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out, &kv);
+      default: break;
+    }
+  }
+  const int64_t row = n_kv_heads * head_dim;
+  std::vector<float> k(static_cast<size_t>(nk * row)), v(k.size());
+  if (nk > 0) {
+    avx512::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, kv.bits, kv.group_size, k.data());
+    avx512::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, kv.bits, kv.group_size, v.data());
+  }
+  avx512::attention(q, nq, q_pos0, k.data(), v.data(), k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
 }
 
 void add(float* y, const float* x, int64_t n) {

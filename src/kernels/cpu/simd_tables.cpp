@@ -26,6 +26,8 @@ const KernelTable& avx512_table(bool bf16) {
     k.scale = avx512::scale;
     k.mul = avx512::mul;
     k.softcap = avx512::softcap;
+    k.kv_dequantize = avx512::kv_dequantize;
+    k.attention_quantized = avx512::attention_quantized;
     return k;
   }();
   // No op differs on AVX512_BF16 at present: the quantized decode kernels that did (bf16 dots of
