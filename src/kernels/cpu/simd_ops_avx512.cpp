@@ -647,7 +647,12 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
       alignas(64) float kq[kQuant ? kRowChunk * 16 * NV : 1];
       alignas(64) float vq[kQuant ? kRowChunk * 16 * NV : 1];
       for (int64_t w = w0; w < w1; ++w) {
-        const int64_t ii = w / (n_kv_heads * nch), kvh = (w / nch) % n_kv_heads, c = w % nch;
+        // Items of one key chunk are adjacent for all kv heads (kv head fastest), so a thread's run of
+        // items covers whole [chunk][kv head][head_dim] blocks of the cache, which are contiguous: one
+        // mostly-sequential stream instead of n_kv_heads interleaved strided ones. SmolLM2 decode,
+        // 290 keys x 30 layers from memory, one thread, thread CPU time, six alternating runs at load
+        // 8-10 (/tmp harness): 1.60-1.92 ms per token (median 1.87) with chunks fastest -> 1.31-1.77 (1.42).
+        const int64_t ii = w / (n_kv_heads * nch), c = (w / n_kv_heads) % nch, kvh = w % n_kv_heads;
         const int64_t qp = q_pos0 + i0 + ii, j_begin = c * kRowChunk, j_end = std::min(nk, j_begin + kRowChunk);
         const float* kb = kQuant ? kq - j_begin * ld : k + kvh * head_dim;
         const float* vb = kQuant ? vq - j_begin * ld : v + kvh * head_dim;
