@@ -9,10 +9,13 @@
 // pattern with unfinished_ / caller_sleeping_. Chunks are claimed through claims_ (see the header),
 // and a job is complete when its chunks are, so the caller never waits for a worker that was
 // descheduled before it claimed anything. The load fallback (thread_pool.h) is the caller's alone:
-// it samples getrusage between jobs, under run_mu_, and never touches the workers' hand-off.
+// it samples the scheduler's run delay between jobs, under run_mu_, and never touches the workers' hand-off.
 #include "core/thread_pool.h"
 
-#include <sys/resource.h>
+#if defined(__linux__)
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -43,18 +46,42 @@ constexpr auto kCallerSpin = std::chrono::microseconds(50);
 // Chunks per thread: more than one, so a thread that starts late sheds work to the others.
 constexpr int64_t kChunksPerThread = 4;
 
-// Load fallback (thread_pool.h). Every kWindowNs of wall time in which jobs run, the caller reads the
-// process's CPU time and involuntary context switches (one getrusage, ~1 us). More than one
-// preemption per kCpuPerPreemptionNs of CPU means other runnable work shares our cores: measured
-// with the SmolLM2 4-bit bench at load ~10, 0.25 preemptions per CPU-ms on one thread and 0.48 on
-// two; an idle machine has nothing runnable to preempt us with. Then jobs run on the caller alone
-// for a back-off of kBackoffMinNs, doubling to kBackoffMaxNs while each re-try with the workers
-// finds the load still there (so a steady load costs one 10 ms window on two threads per 0.5 s); a
-// clean window with the workers resets it.
+// Load fallback (thread_pool.h). Every kWindowNs of wall time in which jobs run, the caller reads
+// how long it waited runnable for a CPU (run_delay, /proc/thread-self/schedstat; ~10 us per read).
+// A wait above kBusyDelayFraction of the window means other runnable work shares our cores: a
+// busy-looping thread at load 7 on this 2-core VM waited 34-35 % of its wall time, while an idle
+// machine's kernel threads preempt us for microseconds. (Involuntary context switches, the first
+// signal tried, also count those short preemptions, so their rate on an idle machine is not far
+// from a loaded one's: 0.25-0.48 per CPU-ms at load ~10.) Then jobs run on the caller alone for a
+// back-off of kBackoffMinNs, doubling to kBackoffMaxNs while each re-try with the workers finds the
+// load still there (so a steady load costs one 10 ms window on two threads per 0.5 s); a clean
+// window with the workers resets it. Without a readable schedstat the fallback stays off.
 constexpr int64_t kWindowNs = 10'000'000;
-constexpr int64_t kCpuPerPreemptionNs = 20'000'000;
+constexpr double kBusyDelayFraction = 0.10;
 constexpr int64_t kBackoffMinNs = 20'000'000;
 constexpr int64_t kBackoffMaxNs = 500'000'000;
+
+// The calling thread's total wait for a CPU while runnable, in ns; -1 when unavailable.
+int64_t run_delay_ns() {
+#if !defined(__linux__)
+  return -1;
+#else
+  const int fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[128];
+  const ssize_t got = ::read(fd, buf, sizeof(buf) - 1);
+  ::close(fd);
+  if (got <= 0) return -1;
+  buf[got] = '\0';
+  // "<cpu time ns> <run delay ns> <timeslices>"
+  char* end = nullptr;
+  std::strtoll(buf, &end, 10);
+  if (end == buf) return -1;
+  const char* second = end;
+  const long long delay = std::strtoll(second, &end, 10);
+  return end == second ? -1 : static_cast<int64_t>(delay);
+#endif
+}
 
 int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -236,17 +263,18 @@ void ThreadPool::run_job(const std::function<void(int64_t, int64_t)>& fn, int64_
 }
 
 void ThreadPool::review_load(int64_t now) {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  const int64_t cpu = (static_cast<int64_t>(ru.ru_utime.tv_sec) + ru.ru_stime.tv_sec) * 1'000'000'000 +
-                      (static_cast<int64_t>(ru.ru_utime.tv_usec) + ru.ru_stime.tv_usec) * 1'000;
-  const int64_t preempt = ru.ru_nivcsw;
+  const int64_t delay = run_delay_ns();
+  if (delay < 0) {  // no scheduler statistics: keep every thread
+    fallback_ = false;
+    solo_ = false;
+    return;
+  }
   // A window long past (the process idled between jobs) says nothing about now: just reopen it.
   const bool stale = window_ns_ == 0 || now - window_ns_ > 4 * kWindowNs;
   if (solo_) {
     if (now >= solo_until_ns_) solo_ = false;  // re-try the workers; the next window judges them
   } else if (!stale) {
-    const bool busy = (preempt - window_preempt_) * kCpuPerPreemptionNs > (cpu - window_cpu_ns_);
+    const bool busy = static_cast<double>(delay - window_delay_ns_) > kBusyDelayFraction * (now - window_ns_);
     if (busy) {
       ++stats_.busy_windows;
       solo_ = true;
@@ -257,8 +285,7 @@ void ThreadPool::review_load(int64_t now) {
     }
   }
   window_ns_ = now;
-  window_cpu_ns_ = cpu;
-  window_preempt_ = preempt;
+  window_delay_ns_ = delay;
 }
 
 ThreadPool::Stats ThreadPool::stats() const {

@@ -15,8 +15,8 @@
 // sessions (autogroups), so a spinning worker burns the time our caller would have computed in, and
 // a worker preempted while it holds a chunk makes the caller wait a time slice. SmolLM2 4-bit decode
 // at load ~10 (other sessions compiling): 25-29 tok/s on two threads, 52-56 on one. So the pool
-// watches its own preemptions (involuntary context switches per CPU-second, sampled every few ms by
-// the caller) and, while other work competes for the cores, runs parallel_for on the caller alone
+// watches how long its caller waits runnable for a CPU (the scheduler's run delay, sampled every
+// 10 ms) and, while other work competes for the cores, runs parallel_for on the caller alone
 // (the workers stop spinning and sleep), re-trying the workers after a back-off that doubles while
 // the load lasts. An idle machine is never preempted, so it keeps every thread.
 // VLMCHECK_POOL_SOLO=0 (read at construction) or set_load_fallback(false) turns this off.
@@ -108,8 +108,7 @@ class ThreadPool {
   int64_t solo_until_ns_ = 0;  // end of the current back-off (steady clock)
   int64_t backoff_ns_ = 0;     // length of the next back-off
   int64_t window_ns_ = 0;      // start of the sampling window (steady clock), 0 = none open
-  int64_t window_cpu_ns_ = 0;  // process CPU time at that start
-  int64_t window_preempt_ = 0; // process involuntary context switches at that start
+  int64_t window_delay_ns_ = 0;  // the caller's run delay (time runnable, waiting for a CPU) then
   Stats stats_;
 };
 
