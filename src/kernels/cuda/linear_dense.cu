@@ -16,6 +16,7 @@
 // saves a read and a write of y (the Qwen2.5-VL tower's biased linears over 62k patches: ~7 GB per block).
 // Elsewhere, or when cuBLASLt has no epilogue algorithm, one more small kernel adds it.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/linear_dense.cuh"
 #include "kernels/cuda/linear_gemv.cuh"
 
 #include <algorithm>
@@ -66,6 +67,17 @@ __global__ void convert_kernel(const float* __restrict__ x, int64_t n, T* __rest
       reinterpret_cast<__half2*>(out)[2 * i + 1] = __floats2half2_rn(v.z, v.w);
     }
   }
+}
+
+// x [n, in] f32 rounded to the 16-bit `kind` into xb.
+void convert_x(const float* x, int64_t n, int64_t in, int kind, void* xb, cudaStream_t st) {
+  if (kind == detail::kBF16)
+    convert_kernel<<<detail::elementwise_blocks(n * in / 4 + 1, 256), 256, 0, st>>>(x, n * in,
+                                                                                    static_cast<__nv_bfloat16*>(xb));
+  else
+    convert_kernel<<<detail::elementwise_blocks(n * in / 4 + 1, 256), 256, 0, st>>>(x, n * in,
+                                                                                    static_cast<__half*>(xb));
+  VLM_CUDA_LAUNCHED("linear (convert x)");
 }
 
 // RAII for the cuBLASLt descriptors of one call.
@@ -218,13 +230,7 @@ bool dense_cublaslt(const float* x, int64_t n, const Weight& w, const Tensor& bi
   }
   // x rounded to the weight's 16-bit type (round to nearest even) in scratch.
   void* xb = base;
-  if (kind == detail::kBF16)
-    convert_kernel<<<detail::elementwise_blocks(n * in / 4 + 1, 256), 256, 0, st>>>(x, n * in,
-                                                                                    static_cast<__nv_bfloat16*>(xb));
-  else
-    convert_kernel<<<detail::elementwise_blocks(n * in / 4 + 1, 256), 256, 0, st>>>(x, n * in,
-                                                                                    static_cast<__half*>(xb));
-  VLM_CUDA_LAUNCHED("linear (convert x)");
+  convert_x(x, n, in, kind, xb, st);
   const cudaDataType_t ab = kind == detail::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
   if (bias_f32 != nullptr && lt_matmul_bias(wp, ab, xb, n, in, out, y, out, CUBLAS_COMPUTE_32F, bias_f32)) {
     *bias_done = true;
@@ -234,6 +240,71 @@ bool dense_cublaslt(const float* x, int64_t n, const Weight& w, const Tensor& bi
 }
 
 }  // namespace
+
+void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int count, bool* done) {
+  for (int i = 0; i < count; ++i) done[i] = false;
+  if (n < kGemvMaxN || !aligned16(x) || count <= 0) return;
+  // Members this path takes: dense, the 16-bit dtype of the first such member, the same `in`, aligned
+  // weight and output (as dense_cublaslt wants).
+  int kind = -1;
+  int64_t in = 0;
+  std::vector<int> members;
+  std::vector<size_t> bias_at(static_cast<size_t>(count), 0);
+  size_t x_bytes = 0, total = 0;
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *outs[i].w;
+    if (w.quantized || !w.dense.defined() || w.dense.ndim() != 2 || w.rows() <= 0 || w.cols() <= 0) continue;
+    const int k = detail::float_kind(w.dense, "linear_group", "weight");
+    if (k == detail::kF32 || (kind >= 0 && (k != kind || w.cols() != in))) continue;
+    if (!aligned16(w.dense.raw()) || !aligned16(outs[i].y) || w.rows() % 4 != 0) continue;
+    const Tensor* b = outs[i].bias;
+    if (b != nullptr && b->defined() && b->numel() != w.rows())  // checked before the epilogue could read it
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear_group] bias " + std::to_string(i) + " has " +
+                                                    std::to_string(b->numel()) + " values, expected " +
+                                                    std::to_string(w.rows()));
+    if (kind < 0) {
+      kind = k;
+      in = w.cols();
+      x_bytes = (static_cast<size_t>(n * in) * 2 + 255) / 256 * 256;
+      total = x_bytes;
+    }
+    members.push_back(i);
+    bias_at[static_cast<size_t>(i)] = total;
+    if (b != nullptr && b->defined()) total += (static_cast<size_t>(w.rows()) * sizeof(float) + 255) / 256 * 256;
+  }
+  if (members.size() < 2) return;  // one member: plain linear does the same
+  // Scratch: [x in 16 bits][each member's bias in f32 (when it is not already aligned f32)], 256-byte
+  // aligned parts; one scratch() call, so no part moves while later members still read x.
+  auto* base = static_cast<unsigned char*>(detail::scratch(total, "linear_group"));
+  cudaStream_t st = detail::stream("linear_group");
+  convert_x(x, n, in, kind, base, st);
+  const cudaDataType_t ab = kind == detail::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
+  for (int i : members) {
+    const Weight& w = *outs[i].w;
+    const int64_t out = w.rows();
+    const Tensor* b = outs[i].bias;
+    const float* bias_f32 = nullptr;
+    if (b != nullptr && b->defined()) {
+      const void* bp = detail::device_ptr(*b, "linear_group", "bias");
+      const int bkind = detail::float_kind(*b, "linear_group", "bias");
+      if (bkind == detail::kF32 && aligned16(bp)) {
+        bias_f32 = static_cast<const float*>(bp);
+      } else {
+        auto* bf = reinterpret_cast<float*>(base + bias_at[static_cast<size_t>(i)]);
+        bias_to_f32_kernel<<<detail::elementwise_blocks(out, 256), 256, 0, st>>>(bp, bkind, out, bf);
+        VLM_CUDA_LAUNCHED("linear_group (bias)");
+        bias_f32 = bf;
+      }
+    }
+    if (bias_f32 != nullptr &&
+        lt_matmul_bias(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, bias_f32)) {
+      done[i] = true;
+    } else if (lt_matmul_bias(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, nullptr)) {
+      if (bias_f32 != nullptr) add_bias(outs[i].y, n, out, *b);
+      done[i] = true;
+    }
+  }
+}
 
 bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out, float* y,
                int64_t ldy, cublasComputeType_t compute) {

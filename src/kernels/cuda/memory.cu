@@ -172,11 +172,11 @@ void* scratch(size_t bytes, const char* op) {
 
 namespace {
 
-// Pinned host slots for the staging copies. A copy from pageable memory may make the driver wait for
-// the stream before it returns, which would stall the host once per op; from pinned memory the copy
-// is truly asynchronous. Slots are used round-robin; an event per slot says when the copy out of it
-// has run, so a slot is only rewritten after that (a wait only when the GPU is kSlots ops behind).
-// Uploads larger than a slot (long k_pos arrays) fall back to a pageable copy.
+// Pinned host memory for the staging copies. A copy from pageable memory makes the driver synchronize the
+// stream first (the host waits for every queued kernel, then the GPU idles while the host queues the next
+// ones), so every upload goes through pinned memory and is truly asynchronous.
+// Small blocks: slots used round-robin; an event per slot says when the copy out of it has run, so a slot
+// is only rewritten after that (a wait only when the GPU is kSlots ops behind).
 struct PinnedSlots {
   static constexpr int kSlots = 16;
   static constexpr size_t kSlotBytes = size_t{64} << 10;
@@ -199,6 +199,63 @@ struct PinnedSlots {
   }
 };
 
+// Larger blocks (the 1.5 MB M-RoPE positions of a 62k-patch photo, k_pos of a 16k-token prompt): a pool
+// of pinned buffers of power-of-two sizes (from 1 MiB), each with an event for its last copy. An idle
+// buffer that fits is reused (the smallest); otherwise a new one is allocated while the pool stays under
+// kCapBytes, and past that the least recently used one that fits is waited for. Only a block that no
+// buffer can hold within the cap (or a failed cudaHostAlloc) is copied from pageable memory.
+struct PinnedPool {
+  static constexpr size_t kMinBytes = size_t{1} << 20, kCapBytes = size_t{256} << 20;
+  struct Buffer {
+    char* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+    uint64_t last_use = 0;  // 0: never used
+  };
+  std::vector<Buffer> buffers;
+  size_t total = 0;
+  uint64_t uses = 0;
+
+  static bool idle(const Buffer& b, const char* op) {
+    if (b.last_use == 0) return true;
+    const cudaError_t e = cudaEventQuery(b.done);
+    if (e == cudaSuccess) return true;
+    if (e == cudaErrorNotReady) {
+      cudaGetLastError();  // not an error: keep it out of the next launch check
+      return false;
+    }
+    fail_cuda(e, op, "cudaEventQuery(staging buffer)");
+    return false;
+  }
+
+  // A pinned buffer of at least `bytes` that no queued copy still reads, or null (use a pageable copy).
+  Buffer* acquire(size_t bytes, const char* op) {
+    Buffer* best = nullptr;
+    for (Buffer& b : buffers)
+      if (b.bytes >= bytes && (best == nullptr || b.bytes < best->bytes) && idle(b, op)) best = &b;
+    if (best != nullptr) return best;
+    size_t want = kMinBytes;
+    while (want < bytes) want <<= 1;
+    if (total + want <= kCapBytes) {
+      Buffer b;
+      if (cudaHostAlloc(reinterpret_cast<void**>(&b.host), want, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError();
+        return nullptr;
+      }
+      VLM_CUDA(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming), op);
+      b.bytes = want;
+      total += want;
+      MemoryTracker::instance().on_alloc(MemDevice::kHost, MemCategory::kOther, static_cast<int64_t>(want));
+      buffers.push_back(b);
+      return &buffers.back();
+    }
+    for (Buffer& b : buffers)  // at the cap: wait for the least recently used buffer that fits
+      if (b.bytes >= bytes && (best == nullptr || b.last_use < best->last_use)) best = &b;
+    if (best != nullptr) VLM_CUDA(cudaEventSynchronize(best->done), op);
+    return best;
+  }
+};
+
 }  // namespace
 
 void Staging::upload() {
@@ -212,20 +269,29 @@ void Staging::upload() {
   }
   cudaStream_t s = stream(op_);
   static PinnedSlots pinned(op_);
+  static PinnedPool pool;
   base_ = static_cast<const char*>(grow(r, bytes_.size(), MemCategory::kOther));
   char* dst = const_cast<char*>(base_);
-  if (!pinned.ok || bytes_.size() > PinnedSlots::kSlotBytes) {
+  if (pinned.ok && bytes_.size() <= PinnedSlots::kSlotBytes) {
+    const int slot = pinned.next;
+    pinned.next = (slot + 1) % PinnedSlots::kSlots;
+    if (pinned.used[slot]) VLM_CUDA(cudaEventSynchronize(pinned.done[slot]), op_);
+    char* src = pinned.host + static_cast<size_t>(slot) * PinnedSlots::kSlotBytes;
+    std::memcpy(src, bytes_.data(), bytes_.size());
+    VLM_CUDA(cudaMemcpyAsync(dst, src, bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+    VLM_CUDA(cudaEventRecord(pinned.done[slot], s), op_);
+    pinned.used[slot] = true;
+    return;
+  }
+  PinnedPool::Buffer* b = pool.acquire(bytes_.size(), op_);
+  if (b == nullptr) {
     VLM_CUDA(cudaMemcpyAsync(dst, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, s), op_);
     return;
   }
-  const int slot = pinned.next;
-  pinned.next = (slot + 1) % PinnedSlots::kSlots;
-  if (pinned.used[slot]) VLM_CUDA(cudaEventSynchronize(pinned.done[slot]), op_);
-  char* src = pinned.host + static_cast<size_t>(slot) * PinnedSlots::kSlotBytes;
-  std::memcpy(src, bytes_.data(), bytes_.size());
-  VLM_CUDA(cudaMemcpyAsync(dst, src, bytes_.size(), cudaMemcpyHostToDevice, s), op_);
-  VLM_CUDA(cudaEventRecord(pinned.done[slot], s), op_);
-  pinned.used[slot] = true;
+  std::memcpy(b->host, bytes_.data(), bytes_.size());
+  VLM_CUDA(cudaMemcpyAsync(dst, b->host, bytes_.size(), cudaMemcpyHostToDevice, s), op_);
+  VLM_CUDA(cudaEventRecord(b->done, s), op_);
+  b->last_use = ++pool.uses;
 }
 
 FloatKind float_kind(const Tensor& t, const char* op, const char* name) {

@@ -1,9 +1,17 @@
-// RoPE and M-RoPE on the GPU, HF rotate_half convention (see ops.h). One thread per (token, head,
-// frequency) rotates that pair. Angles are the reference's f32 product
-// position * inv_freq; cos/sin are evaluated in double and rounded once, exactly like the CPU
+// RoPE and M-RoPE on the GPU, HF rotate_half convention (see ops.h). Angles are the reference's f32
+// product position * inv_freq; cos/sin are evaluated in double and rounded once, exactly like the CPU
 // reference, so both paths agree to the last bit of the angle. Positions, inv_freq and the M-RoPE
-// stream table are host arrays (ops.h "devices"): passed by value for decode-sized calls, staged to the
-// device otherwise.
+// stream table are host arrays (ops.h "devices"): passed by value for decode-sized calls; for longer
+// calls they become a device table of (cos, sin) per (token, frequency), which one thread per (token,
+// head, frequency) then applies.
+//
+// The table is kept between calls and rebuilt only when its inputs change. A layer rotates q and then k
+// with the same positions, and a vision tower rotates every block's q and k with the same patch
+// positions (64 calls per Qwen2.5-VL encode): each of those repeats costs a host memcmp of the inputs
+// (~0.1 ms for the 1.5 MB positions of a 62k-patch photo) instead of an upload and a table kernel, and
+// the double-precision sincos runs once per (token, frequency) instead of once per head.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 
 namespace vlm::ops::cuda::kernels {
@@ -20,32 +28,145 @@ struct SmallArgs {
   int stream_of[kSmallHalf];
 };
 
-// One thread per (token, head, frequency) rotates that pair; threads of one token and frequency
-// recompute the same angle (cheap next to a dependent load/store chain over the heads per thread).
-// positions: [n_streams, n_tokens]; stream_of: [half] or null (one stream, row 0). kSmall: the three
-// arrays come from `small` instead of the pointers.
-template <bool kSmall>
-__global__ void rope_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t half,
-                            const float* inv_freq, const int64_t* positions, const int* stream_of, bool has_streams,
-                            float scaling, const SmallArgs small) {
+// cos/sin of one (token, frequency), scaled: the reference's rounding (f32 angle, double sincos, one
+// rounding to f32, then the f32 product with the scaling).
+__device__ __forceinline__ float2 rope_cos_sin(int64_t pos, float inv_freq, float scaling) {
+  const float angle = static_cast<float>(pos) * inv_freq;
+  double s, c;
+  sincos(static_cast<double>(angle), &s, &c);
+  return make_float2(static_cast<float>(c) * scaling, static_cast<float>(s) * scaling);
+}
+
+// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin with the products rounded separately (no FMA), as the CPU.
+__device__ __forceinline__ void rotate_pair(float* xh, int64_t i, int64_t half, float2 cs) {
+  const float x1 = xh[i], x2 = xh[i + half];
+  xh[i] = __fsub_rn(__fmul_rn(x1, cs.x), __fmul_rn(x2, cs.y));
+  xh[i + half] = __fadd_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y));
+}
+
+// Decode: one thread per (token, head, frequency), the three arrays from `small`.
+// positions: [n_streams, n_tokens]; stream_of: [half] (used when has_streams; else one stream, row 0).
+__global__ void rope_small_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                                  int64_t half, bool has_streams, float scaling, const SmallArgs small) {
   detail::chain_wait();
   detail::chain_release();
   const int64_t total = n_tokens * n_heads * half;
   for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = w % half, th = w / half;
     const int64_t t = th / n_heads, h = th % n_heads;
-    int64_t stream = 0;
-    if (has_streams) stream = kSmall ? small.stream_of[i] : stream_of[i];
-    const int64_t pos = kSmall ? small.positions[stream * n_tokens + t] : positions[stream * n_tokens + t];
-    const float angle = static_cast<float>(pos) * (kSmall ? small.inv_freq[i] : inv_freq[i]);
-    double s, c;
-    sincos(static_cast<double>(angle), &s, &c);
-    const float cs = static_cast<float>(c) * scaling, sn = static_cast<float>(s) * scaling;
-    float* xh = x + (t * n_heads + h) * head_dim;
-    const float x1 = xh[i], x2 = xh[i + half];
-    xh[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-    xh[i + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+    const int64_t stream = has_streams ? small.stream_of[i] : 0;
+    const float2 cs = rope_cos_sin(small.positions[stream * n_tokens + t], small.inv_freq[i], scaling);
+    rotate_pair(x + (t * n_heads + h) * head_dim, i, half, cs);
   }
+}
+
+// Under graph capture: one thread per (token, head, frequency), cos/sin per thread, arrays staged.
+__global__ void rope_direct_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                                   int64_t half, const float* __restrict__ inv_freq,
+                                   const int64_t* __restrict__ positions, const int* __restrict__ stream_of,
+                                   float scaling) {
+  const int64_t total = n_tokens * n_heads * half;
+  for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = w % half, th = w / half;
+    const int64_t t = th / n_heads, h = th % n_heads;
+    const int64_t stream = stream_of != nullptr ? stream_of[i] : 0;
+    rotate_pair(x + (t * n_heads + h) * head_dim, i, half,
+                rope_cos_sin(positions[stream * n_tokens + t], inv_freq[i], scaling));
+  }
+}
+
+// table[t * half + i] = (cos, sin) of token t, frequency i. positions: [n_streams, n_tokens]; stream_of:
+// [half] or null (one stream).
+__global__ void rope_table_kernel(float2* __restrict__ table, int64_t n_tokens, int64_t half,
+                                  const float* __restrict__ inv_freq, const int64_t* __restrict__ positions,
+                                  const int* __restrict__ stream_of, float scaling) {
+  const int64_t total = n_tokens * half;
+  for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = w % half, t = w / half;
+    const int64_t stream = stream_of != nullptr ? stream_of[i] : 0;
+    table[w] = rope_cos_sin(positions[stream * n_tokens + t], inv_freq[i], scaling);
+  }
+}
+
+// One thread per (token, head, frequency); the heads of a token read the same half row of the table
+// (an L1/L2 hit after the first).
+__global__ void rope_apply_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
+                                  int64_t half, const float2* __restrict__ table) {
+  const int64_t total = n_tokens * n_heads * half;
+  for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t i = w % half, th = w / half;
+    const int64_t t = th / n_heads, h = th % n_heads;
+    rotate_pair(x + (t * n_heads + h) * head_dim, i, half, table[t * half + i]);
+  }
+}
+
+// The last table built and the host inputs it was built from. One host thread drives the backend at a
+// time (common.cuh), so no lock. The device buffer is rewritten only by a later table kernel on the one
+// stream, which runs after every kernel that read the previous table.
+struct TableCache {
+  std::vector<int64_t> positions;
+  std::vector<float> inv_freq;
+  std::vector<int> stream_of;
+  int64_t n_tokens = 0, half = 0;
+  int n_streams = 0;
+  float scaling = 0.0f;
+  float2* table = nullptr;
+  size_t capacity = 0;  // bytes of `table`
+  bool valid = false;
+
+  bool matches(int64_t n_tok, int64_t hf, const float* inv, const int64_t* pos, int n_str, const int* str,
+               float sc) const {
+    return valid && n_tokens == n_tok && half == hf && n_streams == n_str &&
+           std::memcmp(&scaling, &sc, sizeof(float)) == 0 && (str == nullptr) == stream_of.empty() &&
+           std::memcmp(inv_freq.data(), inv, sizeof(float) * static_cast<size_t>(hf)) == 0 &&
+           (str == nullptr || std::memcmp(stream_of.data(), str, sizeof(int) * static_cast<size_t>(hf)) == 0) &&
+           std::memcmp(positions.data(), pos, sizeof(int64_t) * static_cast<size_t>(n_str * n_tok)) == 0;
+  }
+};
+
+TableCache& table_cache() {
+  static TableCache* c = new TableCache();  // never destroyed: device memory may outlive static teardown
+  return *c;
+}
+
+// The (cos, sin) table for these inputs on the device: the cached one when the inputs are unchanged, else
+// built. Not under graph capture (launch_rope): a captured kernel would keep writing this buffer on every
+// replay, after it may have been reallocated.
+const float2* rope_table(const char* op, int64_t n_tokens, int64_t half, const float* inv_freq,
+                         const int64_t* positions, int n_streams, const int* stream_of, float scaling) {
+  TableCache& c = table_cache();
+  if (c.matches(n_tokens, half, inv_freq, positions, n_streams, stream_of, scaling)) return c.table;
+  c.valid = false;  // set again only once the new table is queued (a throw below leaves no stale match)
+  const size_t bytes = sizeof(float2) * static_cast<size_t>(n_tokens * half);
+  if (bytes > c.capacity) {
+    if (c.table != nullptr) device_free(c.table, c.capacity, MemCategory::kScratch);  // stream-ordered reuse
+    c.table = nullptr;
+    c.capacity = 0;
+    c.table = static_cast<float2*>(device_alloc(bytes, MemCategory::kScratch));
+    c.capacity = bytes;
+  }
+  detail::Staging st(op);
+  const size_t h_inv = st.add(inv_freq, static_cast<size_t>(half));
+  const size_t h_pos = st.add(positions, static_cast<size_t>(n_streams * n_tokens));
+  const size_t h_str = stream_of != nullptr ? st.add(stream_of, static_cast<size_t>(half)) : size_t{0};
+  st.upload();
+  rope_table_kernel<<<detail::elementwise_blocks(n_tokens * half, kThreads), kThreads, 0, detail::stream(op)>>>(
+      c.table, n_tokens, half, st.device<float>(h_inv), st.device<int64_t>(h_pos),
+      stream_of != nullptr ? st.device<int>(h_str) : nullptr, scaling);
+  VLM_CUDA_LAUNCHED(op);
+  c.positions.assign(positions, positions + n_streams * n_tokens);
+  c.inv_freq.assign(inv_freq, inv_freq + half);
+  if (stream_of != nullptr) {
+    c.stream_of.assign(stream_of, stream_of + half);
+  } else {
+    c.stream_of.clear();
+  }
+  c.n_tokens = n_tokens;
+  c.half = half;
+  c.n_streams = n_streams;
+  c.scaling = scaling;
+  c.valid = true;
+  return c.table;
 }
 
 // Shared by rope and mrope: positions has n_streams rows of n_tokens; stream_of (half entries) is null
@@ -63,19 +184,20 @@ void launch_rope(const char* op, float* x, int64_t n_tokens, int64_t n_heads, in
     std::memcpy(a.positions, positions, sizeof(int64_t) * static_cast<size_t>(n_streams * n_tokens));
     if (has_streams) std::memcpy(a.stream_of, stream_of, sizeof(int) * static_cast<size_t>(half));
     // Chained (common.cuh): decode runs two per layer, right after the q/k/v GEMV.
-    detail::launch_chained(op, rope_kernel<true>, dim3(blocks), dim3(kThreads), 0, cs, x, n_tokens, n_heads, head_dim,
-                           half, static_cast<const float*>(nullptr), static_cast<const int64_t*>(nullptr),
-                           static_cast<const int*>(nullptr), has_streams, scaling, a);
-  } else {
-    detail::Staging st(op);
+    detail::launch_chained(op, rope_small_kernel, dim3(blocks), dim3(kThreads), 0, cs, x, n_tokens, n_heads,
+                           head_dim, half, has_streams, scaling, a);
+  } else if (detail::capturing()) {
+    detail::Staging st(op);  // the graph's arena: this op's own device range
     const size_t h_inv = st.add(inv_freq, static_cast<size_t>(half));
     const size_t h_pos = st.add(positions, static_cast<size_t>(n_streams * n_tokens));
     const size_t h_str = has_streams ? st.add(stream_of, static_cast<size_t>(half)) : size_t{0};
     st.upload();
-    rope_kernel<false><<<blocks, kThreads, 0, cs>>>(x, n_tokens, n_heads, head_dim, half, st.device<float>(h_inv),
+    rope_direct_kernel<<<blocks, kThreads, 0, cs>>>(x, n_tokens, n_heads, head_dim, half, st.device<float>(h_inv),
                                                     st.device<int64_t>(h_pos),
-                                                    has_streams ? st.device<int>(h_str) : nullptr, has_streams,
-                                                    scaling, SmallArgs{});
+                                                    has_streams ? st.device<int>(h_str) : nullptr, scaling);
+  } else {
+    const float2* table = rope_table(op, n_tokens, half, inv_freq, positions, n_streams, stream_of, scaling);
+    rope_apply_kernel<<<blocks, kThreads, 0, cs>>>(x, n_tokens, n_heads, head_dim, half, table);
   }
   VLM_CUDA_LAUNCHED(op);
 }

@@ -288,14 +288,18 @@ void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n,
                    0.0f, mask, a.p + b * D);
   }
   ops::linear(a.p, n, B.proj, B.proj_b, h.p);
-  ops::add(x, h.p, n * D);
-
-  norm(x, n, B.n2_w, B.n2_b, h.p);
+  if (v25) {
+    ops::add_rms_norm(x, h.p, n, D, B.n2_w, kEps, 0.0f, h.p);  // x += proj; h = norm2(x): one pass over x
+  } else {
+    ops::add(x, h.p, n * D);
+    norm(x, n, B.n2_w, B.n2_b, h.p);
+  }
   Buffer f(n, inter, device);
   if (v25) {
     Buffer u(n, inter, device);
-    ops::linear(h.p, n, B.gate, B.gate_b, f.p);
-    ops::linear(h.p, n, B.up, B.up_b, u.p);
+    // One group: on the GPU h is rounded to bf16 once for both GEMMs.
+    const ops::LinearOut outs[2] = {{&B.gate, &B.gate_b, f.p}, {&B.up, &B.up_b, u.p}};
+    ops::linear_group(h.p, n, outs, 2);
     ops::gated_activate(f.p, u.p, n * inter, act);
     ops::linear(f.p, n, B.down, B.down_b, h.p);
   } else {
