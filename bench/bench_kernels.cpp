@@ -9,7 +9,11 @@
 //   6. decode-kernel compute capacity (one core, L2-resident matrix, paired with FMAs);
 //   7. one core streaming model-shaped decode matrices from DRAM (64 MB of distinct copies) against
 //      a one-core sequential read, both in thread CPU time — the access pattern's cost, which is
-//      what decode loses to the roofline on this VM (robust to other processes' CPU use).
+//      what decode loses to the roofline on this VM (robust to other processes' CPU use);
+//   8. one core, decode attention of a whole token (every layer's cache distinct, so KV comes from
+//      DRAM) over an f32 cache (ops::attention) and a 4-bit g64 quantized one (ops::attention_quantized,
+//      and the former CPU route: kv_dequantize into f32 rows, then attention), SmolLM2 and Qwen2.5-0.5B
+//      shapes at 290 and 1024 keys: ms per token and KV GB/s against the one-core read of (7).
 // Each measurement: warm-up, repetitions, median with min/max; raw samples printed at the end.
 // Kernel timings are also paired with a short probe of the relevant limit (256 MiB read, ~20 ms of
 // FMAs) run just before each repetition; the median per-pair ratio is the robust figure on a
@@ -432,6 +436,86 @@ int main(int argc, char** argv) {
       const double g = median(gbs);
       std::printf("| %s %s | %.1f | %.0f%% |\n", s.what, s.quant ? "4-bit g64" : "bf16", g, 100.0 * g / seq_gbs);
     }
+
+    // 8. decode attention, one core.
+    std::printf("\n| decode attention, one token, one core (thread CPU time) | ms/token | KV GB/s | of one-core read |\n");
+    std::printf("|---|---:|---:|---:|\n");
+    struct A {
+      const char* what;
+      int64_t layers, heads, kv_heads, head_dim;
+    };
+    const A models[] = {{"SmolLM2", 30, 9, 3, 64}, {"Qwen2.5-0.5B", 24, 14, 2, 64}};
+    for (const A& m : models)
+      for (int64_t nk : {290, 1024}) {
+        const int bits = 4, group = 64;
+        const int64_t row = m.kv_heads * m.head_dim, words = ops::kv_packed_words(row, bits), groups = row / group;
+        std::vector<std::vector<float>> kf(m.layers), vf(m.layers), sc(m.layers);
+        std::vector<std::vector<uint32_t>> kq(m.layers), vq(m.layers);
+        for (int64_t l = 0; l < m.layers; ++l) {
+          kf[l].resize(nk * row);
+          vf[l].resize(nk * row);
+          for (float& v : kf[l]) v = rng.uniform();
+          for (float& v : vf[l]) v = rng.uniform();
+          kq[l].resize(nk * words);
+          vq[l].resize(nk * words);
+          sc[l].resize(4 * nk * groups);  // K scales, K biases, V scales, V biases
+          float* p = sc[l].data();
+          ops::kv_quantize(kf[l].data(), nk, row, bits, group, kq[l].data(), p, p + nk * groups);
+          ops::kv_quantize(vf[l].data(), nk, row, bits, group, vq[l].data(), p + 2 * nk * groups, p + 3 * nk * groups);
+        }
+        std::vector<float> q(m.heads * m.head_dim), o(q.size()), kd(nk * row), vd(nk * row);
+        for (float& v : q) v = rng.uniform();
+        std::vector<int64_t> pos(nk);
+        for (int64_t j = 0; j < nk; ++j) pos[j] = j;
+        ops::AttentionMask mask;
+        mask.causal = true;
+        const float scale = 0.125f;
+        auto kv_of = [&](int64_t l) {
+          const float* p = sc[l].data();
+          return ops::QuantizedKV{kq[l].data(), p, p + nk * groups, vq[l].data(), p + 2 * nk * groups,
+                                  p + 3 * nk * groups, bits, group};
+        };
+        auto f32_token = [&] {
+          for (int64_t l = 0; l < m.layers; ++l)
+            ops::attention(q.data(), 1, nk - 1, kf[l].data(), vf[l].data(), pos.data(), nk, m.heads, m.kv_heads,
+                           m.head_dim, scale, 0.0f, mask, o.data());
+        };
+        auto fused_token = [&] {
+          for (int64_t l = 0; l < m.layers; ++l)
+            ops::attention_quantized(q.data(), 1, nk - 1, kv_of(l), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
+                                     scale, 0.0f, mask, o.data());
+        };
+        auto scratch_token = [&] {
+          for (int64_t l = 0; l < m.layers; ++l) {
+            const ops::QuantizedKV kv = kv_of(l);
+            ops::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, bits, group, kd.data());
+            ops::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, bits, group, vd.data());
+            ops::attention(q.data(), 1, nk - 1, kd.data(), vd.data(), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
+                           scale, 0.0f, mask, o.data());
+          }
+        };
+        const double f32_bytes = 2.0 * m.layers * nk * row * 4;
+        const double q_bytes = 2.0 * m.layers * nk * (words * 4 + 2 * groups * 4);
+        const struct {
+          const char* route;
+          std::function<void()> fn;
+          double bytes;
+        } routes[] = {{"f32 cache", f32_token, f32_bytes},
+                      {"4-bit cache, attention_quantized", fused_token, q_bytes},
+                      {"4-bit cache, kv_dequantize + attention", scratch_token, q_bytes}};
+        for (const auto& r : routes) {
+          r.fn();  // warm-up
+          std::vector<double> t;
+          for (int rep = 0; rep < reps; ++rep) {
+            const double t0 = thread_cpu();
+            r.fn();
+            t.push_back(thread_cpu() - t0);
+          }
+          const double sec = median(t);
+          std::printf("| %s, %lld keys, %s | %.3f | %.1f | %.0f%% |\n", m.what, static_cast<long long>(nk), r.route,
+                      sec * 1e3, r.bytes / sec / 1e9, 100.0 * r.bytes / sec / 1e9 / seq_gbs);
+        }
+      }
     ThreadPool::set_global_threads(threads);
   }
 
