@@ -3,26 +3,31 @@
 //   1. q, k, v (f32) are rounded to bf16 into scratch once per call (one pass, ~3 µs for a 2048-token
 //      Qwen 3B layer), so the main kernel streams half the bytes and its tiles go to shared memory
 //      with cp.async, already in the MMA's input type.
-//   2. flash_kernel<HD, BN, D>: one block of 8 warps per (128 rows, kv head). A row is a (query, head of
-//      the kv group) pair: the G = heads / kv_heads query heads that share a kv head sit in the same
-//      block, so every K/V tile is loaded once for all of them (GQA costs no extra traffic). Each warp
-//      owns 16 rows. K/V tiles of BN keys are double-buffered (the next tile's cp.async runs under
-//      the current tile's math). Per tile: S = Q·Kᵀ (ldmatrix + mma), scale / softcap / mask in f32,
-//      online softmax in the log2 domain, P rounded to bf16 in registers (the S accumulator layout is
+//   2. flash_kernel<HD, BN, D, MINB, QREG, STAGES>: one block of 8 warps per (128 rows, kv head, key split).
+//      A row is a (query, head of the kv group) pair: the G = heads / kv_heads query heads that share a kv
+//      head sit in the same block, so every K/V tile is loaded once for all of them (GQA costs no extra
+//      traffic). Each warp owns 16 rows. K/V tiles of BN keys go through a ring of STAGES buffers (2: the
+//      next tile's cp.async runs under the current tile's math; 3 stages measured slower on an H200: 16k 7B
+//      shape 9.50 vs 9.10 ms, Qwen2.5-VL tower 116.1 vs 114.0 ms). Per tile: S = Q·Kᵀ (ldmatrix +
+//      mma; with QREG the warp's Q fragments stay in registers for the whole key loop), softcap / mask in
+//      f32, online softmax in the log2 domain with scale · log2(e) folded into the exponent's FMA (ex2.approx),
+//      O rescaled only when a row's max moved, P rounded to bf16 in registers (the S accumulator layout is
 //      the A-operand layout of the second MMA), O += P·V (V read with ldmatrix.trans).
+//   3. Optional key splits (grid z; VLMCHECK_CUDA_FLASH_SPLITS): each block's key tiles are shared out over
+//      the splits, which write unnormalized states that launch_attention_combine (attention.cu) merges.
 // Head dims that are not a multiple of 16 (SigLIP so400m's 72) run as the next multiple of 16: the tiles'
 // extra columns are zero-filled in shared memory (cp.async with a zero source size), so Q·Kᵀ is unchanged
 // and the extra output columns (zero V) are never stored. D is the head dim in memory, HD the padded one.
 // Occupancy: at head_dim <= 96 (the vision towers' 64/72/80) the kernel is built for two blocks per SM
-// (__launch_bounds__ min 2: <= 128 registers, 16 warps per SM instead of 8), which hides more of the
-// ldmatrix -> mma and cp.async latency that one 8-warp block per SM leaves exposed; O (HD / 2 floats per lane)
-// and S fit in that budget there. head_dim 128 takes two blocks per SM with 32-key tiles (S halves, so O
-// fits in 128 registers) on long prefills only (see the dispatch); head_dim 256 keeps one block per SM.
-// H200 (bench_cuda_kernels --attention): the Qwen2.5-VL tower's full attention over 62,208 patches (hd 80)
-// 176 -> 128 ms; the 7B shape at 16k (hd 128) 13.5 -> 11.0 ms.
-// VLMCHECK_CUDA_FLASH (tuning switch, read once): 1 = one block per SM everywhere (the previous kernels),
-// 2 = two blocks per SM at head_dim 128 (BN 64, registers capped at 128: spills; 12.5 ms at 16k, 273 us at
-// 2k), 3 = two blocks per SM with BN 32 at head_dim 128 at every size.
+// (__launch_bounds__ min 2: <= 128 registers, 16 warps per SM instead of 8); O (HD / 2 floats per lane) and
+// S fit in that budget, Q fragments only at head_dim 32 (at 64-96 they spilled). head_dim 128 takes two
+// blocks per SM with 32-key tiles on long prefills (>= 1024 blocks), else one block per SM with 64-key
+// tiles and Q in registers; head_dim 256 one block per SM with 32-key tiles.
+// H200, bench_cuda_kernels --attention, the previous kernels -> these (same call, two runs each): 7B shape 16k
+// causal 11.19 -> 9.39 ms (22 -> 27% of the bf16 probe), Qwen2.5-VL tower full attention (62,208 patches,
+// hd 80) 128.3 -> 105.4 ms (20 -> 24-25%), 3B shape 2k causal 188 -> 186 us; slower: Gemma 3 shape 2k
+// (hd 256) 230 -> 242-254 us and SigLIP so400m (4096 patches, hd 72) 569 -> 612 us (cause not profiled).
+// Without Q in registers the 2k 3B shape took 203 us.
 // Masking: the key range a block can see is computed up front (causal end, window start), so tiles
 // that no row sees are never loaded; per warp, a tile every row sees entirely (consecutive k_pos,
 // all keys inside the causal bound and the window) skips the per-element mask, and a tile no row of
@@ -84,30 +89,52 @@ __global__ void to_bf16_kernel(const float* __restrict__ a, int64_t na, const fl
 
 // Shared-memory rows are HD + 8 bf16 long: the 16-byte pad shifts consecutive rows by one 16-byte
 // bank group (HD / 8 + 1 is odd for HD a multiple of 16), so the 8 row addresses of every ldmatrix
-// hit distinct banks. HD is the padded head dim (a multiple of 16).
-template <int HD, int BN>
+// hit distinct banks. HD is the padded head dim (a multiple of 16). STAGES K/V tile pairs are in
+// flight or resident at once (a ring: tile t lives in buffer t % STAGES).
+template <int HD, int BN, int STAGES>
 struct FlashShape {
   static constexpr int kStride = HD + 8;
-  static constexpr size_t kSmemBytes = sizeof(__nv_bfloat16) * static_cast<size_t>(kFlashRows + 4 * BN) * kStride;
+  static constexpr size_t kSmemBytes =
+      sizeof(__nv_bfloat16) * static_cast<size_t>(kFlashRows + 2 * STAGES * BN) * kStride;
+};
+
+// 2^x on the MUFU unit (ex2.approx.ftz: ~2 ulp, -inf -> +0). exp2f without fast-math adds a range
+// fix-up around the same instruction for denormal results, which P (rounded to bf16) cannot use.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Where a block writes: `out` directly (one split), or a split's unnormalized state for
+// launch_attention_combine: part_ml[qh][split] = (m in natural-log units, l), part_acc[qh][split][D].
+struct FlashOut {
+  float* out;
+  float* part_ml;
+  float* part_acc;
 };
 
 // q: [nq, n_heads, D] bf16; k, v: [nk, n_kv_heads, D] bf16; out: [nq, n_heads, D] f32; D <= HD, a multiple
 // of 8 (16-byte rows for cp.async), HD the multiple of 16 the MMAs run at (columns D..HD are zeros).
-// Grid: (row tiles, kv heads); row tiles run in reverse so that the longest (causal: last) start first.
-template <int HD, int BN, int D, int MINB>
+// Grid: (row tiles, kv heads, key splits); row tiles run in reverse so that the longest (causal: last)
+// start first. Split z of gridDim.z takes the z-th equal share of the block's key tiles.
+// QREG: the warp's Q fragments (HD / 16 x 4 registers) are read from shared memory once and kept for
+// the whole key loop (instances whose registers allow it).
+template <int HD, int BN, int D, int MINB, bool QREG, int STAGES>
 __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     flash_kernel(const __nv_bfloat16* __restrict__ q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* __restrict__ k,
                  const __nv_bfloat16* __restrict__ v, const int64_t* __restrict__ k_pos, int64_t nk, int n_heads,
-                 int n_kv_heads, float scale, float softcap, MaskArgs mask, float* __restrict__ out) {
-  using Shape = FlashShape<HD, BN>;
+                 int n_kv_heads, float scale, float softcap, MaskArgs mask, FlashOut dst) {
+  using Shape = FlashShape<HD, BN, STAGES>;
   constexpr int S = Shape::kStride;
   static_assert(HD % 16 == 0 && D % 8 == 0 && D <= HD && HD - D < 16, "flash: D pads to HD");
+  static_assert(STAGES >= 2, "flash: at least double buffering");
   constexpr int kChunks = HD / 8;  // 16-byte chunks per shared-memory row
   constexpr int kDataChunks = D / 8;  // of which hold data; the rest are zero-filled
   extern __shared__ __align__(16) unsigned char flash_smem[];
   __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(flash_smem);  // [kFlashRows][S]
-  __nv_bfloat16* sk = sq + kFlashRows * S;                            // [2][BN][S]
-  __nv_bfloat16* sv = sk + 2 * BN * S;                                // [2][BN][S]
+  __nv_bfloat16* sk = sq + kFlashRows * S;                            // [STAGES][BN][S]
+  __nv_bfloat16* sv = sk + STAGES * BN * S;                           // [STAGES][BN][S]
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = n_heads / n_kv_heads;
@@ -135,11 +162,18 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     if (mask.window > 0 && q_lo - mask.window + 1 - mask.kpos0 > j_begin) j_begin = q_lo - mask.window + 1 - mask.kpos0;
     if (mask.causal && !has_groups && q_hi - mask.kpos0 + 1 < j_end) j_end = q_hi - mask.kpos0 + 1;
   }
-  const int64_t n_tiles = j_end > j_begin ? (j_end - j_begin + BN - 1) / BN : 0;
+  int64_t n_tiles = j_end > j_begin ? (j_end - j_begin + BN - 1) / BN : 0;
+  if (gridDim.z > 1) {  // this split's share of the tiles: move j_begin to its first one
+    const int64_t share = (n_tiles + gridDim.z - 1) / gridDim.z, t_begin = share * blockIdx.z;
+    n_tiles = t_begin < n_tiles ? (n_tiles - t_begin < share ? n_tiles - t_begin : share) : 0;
+    j_begin += t_begin * BN;
+  }
 
-  // Loads K/V tile t (keys j_begin + t * BN ...) into buffer b; keys past j_end are zeros (and masked).
-  auto load_kv = [&](int64_t t, int b) {
+  // Loads K/V tile t (keys j_begin + t * BN ...) into buffer t % STAGES; keys past j_end are zeros (and
+  // masked).
+  auto load_kv = [&](int64_t t) {
     const int64_t j0 = j_begin + t * BN;
+    const int b = static_cast<int>(t % STAGES);
     __nv_bfloat16* dk = sk + b * BN * S;
     __nv_bfloat16* dv = sv + b * BN * S;
     for (int idx = tid; idx < BN * kChunks; idx += kFlashWarps * 32) {
@@ -151,8 +185,13 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
       cp_async16(dv + r * S + c * 8, v + off, ok);
     }
   };
-  if (n_tiles > 0) load_kv(0, 0);
-  cp_async_commit();
+  // Prologue: tiles 0 .. STAGES - 2, one commit group each (Q rides with tile 0), so that at step t
+  // `wait_group STAGES - 2` means tile t (and everything before it) has landed.
+#pragma unroll
+  for (int p = 0; p < STAGES - 1; ++p) {
+    if (p < n_tiles) load_kv(p);
+    cp_async_commit();
+  }
 
   // This thread's two rows (mma layout: rows lane / 4 and lane / 4 + 8 of the warp's 16).
   const int gq = lane >> 2, tq = lane & 3;
@@ -162,17 +201,30 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
   const int64_t wq_lo = q_pos0 + wrow0 / G, wq_hi = q_pos0 + (warp_live ? w_last : wrow0) / G;
   const int64_t qp_a = q_pos0 + (wrow0 + gq) / G, qp_b = q_pos0 + (wrow0 + gq + 8) / G;
 
+  // Q fragments in registers (QREG): Q arrived with group 0.
+  uint32_t qf[QREG ? HD / 16 : 1][4];
+  if constexpr (QREG) {
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      ldmatrix_x4(qf[kk], sq + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+  }
+
   float o[HD / 8][4];
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-  const float scale_log2 = scale * kLog2e;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;  // m: running max in the log2 domain
+  // Without softcap (and with a positive scale, which commutes with max) the raw scores stay raw: the
+  // max is taken on them and scale · log2(e) is folded into the exponent's FMA. With softcap they are
+  // transformed first (tanh is not linear) and the factor is 1.
+  const bool raw = !(softcap > 0.0f) && scale > 0.0f;
+  const float mul = raw ? scale * kLog2e : 1.0f;
 
   for (int64_t t = 0; t < n_tiles; ++t) {
-    const int b = static_cast<int>(t & 1);
-    cp_async_wait<0>();
-    __syncthreads();  // tile t (and Q) visible to all; every warp is done with buffer b ^ 1
-    if (t + 1 < n_tiles) load_kv(t + 1, b ^ 1);
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile t (and Q) visible to all; every warp is done with tile t - 1's buffer
+    if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);  // into tile t - 1's buffer
     cp_async_commit();
 
     const int64_t j0 = j_begin + t * BN;
@@ -191,6 +243,7 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     }
     if (cls == 0) continue;  // warp-uniform; the next iteration's barrier is still reached by all
 
+    const int b = static_cast<int>(t % STAGES);
     const __nv_bfloat16* kb = sk + b * BN * S;
     const __nv_bfloat16* vb = sv + b * BN * S;
     // S = Q · Kᵀ for the warp's 16 rows x BN keys.
@@ -199,8 +252,9 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sq + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+      uint32_t a_smem[4];
+      if constexpr (!QREG) ldmatrix_x4(a_smem, sq + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+      const uint32_t(&a)[4] = QREG ? qf[QREG ? kk : 0] : a_smem;
 #pragma unroll
       for (int nn = 0; nn < BN / 16; ++nn) {
         uint32_t bk[4];
@@ -209,16 +263,13 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
         mma_bf16(s[2 * nn + 1], a, bk[2], bk[3]);
       }
     }
-    // Scores in the log2 domain: x = score * scale * log2(e) (softcap first when set); masked -inf.
+    // Softcap first when set (log2 domain after it); masked keys -inf.
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = s[n][e];
-        if (softcap > 0.0f)
-          x = softcap * tanhf(x * scale / softcap) * kLog2e;
-        else
-          x *= scale_log2;
+        if (!raw) x = softcap > 0.0f ? softcap * tanhf(x * scale / softcap) * kLog2e : x * scale * kLog2e;
         if (cls == 1) {
           const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
           const bool vis = j < j_end && key_visible(mask, e < 2 ? qp_a : qp_b, key_pos(k_pos, mask, j));
@@ -239,30 +290,33 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
       mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
     }
-    const float new_a = fmaxf(m_a, mx_a), new_b = fmaxf(m_b, mx_b);
+    const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);  // mul > 0: -inf stays -inf
     // A row that has seen nothing yet keeps base 0 so that exp2(-inf - base) = 0, not NaN.
     const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
-    const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+    const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
     m_a = new_a;
     m_b = new_b;
     float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
-      s[n][0] = exp2f(s[n][0] - base_a);
-      s[n][1] = exp2f(s[n][1] - base_a);
-      s[n][2] = exp2f(s[n][2] - base_b);
-      s[n][3] = exp2f(s[n][3] - base_b);
+      s[n][0] = fast_exp2(fmaf(s[n][0], mul, -base_a));
+      s[n][1] = fast_exp2(fmaf(s[n][1], mul, -base_a));
+      s[n][2] = fast_exp2(fmaf(s[n][2], mul, -base_b));
+      s[n][3] = fast_exp2(fmaf(s[n][3], mul, -base_b));
       sum_a += s[n][0] + s[n][1];
       sum_b += s[n][2] + s[n][3];
     }
     l_a = l_a * corr_a + sum_a;  // this lane's share; the quad is summed at the end
     l_b = l_b * corr_b + sum_b;
+    // Rescale O only when some row's max moved (after the first few tiles it rarely does).
+    if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      o[n][0] *= corr_a;
-      o[n][1] *= corr_a;
-      o[n][2] *= corr_b;
-      o[n][3] *= corr_b;
+      for (int n = 0; n < HD / 8; ++n) {
+        o[n][0] *= corr_a;
+        o[n][1] *= corr_a;
+        o[n][2] *= corr_b;
+        o[n][3] *= corr_b;
+      }
     }
     // O += P · V: the S accumulators of key blocks 2kk, 2kk + 1 are the A fragment of keys 16kk...
 #pragma unroll
@@ -287,13 +341,29 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
     l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
     l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
   }
-  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;  // no key: zeros
+  const bool split = gridDim.z > 1;
+  // One split: normalize (no key: zeros). Several: the unnormalized state for the combine.
+  const float inv_a = split ? 1.0f : l_a > 0.0f ? 1.0f / l_a : 0.0f;
+  const float inv_b = split ? 1.0f : l_b > 0.0f ? 1.0f / l_b : 0.0f;
+  constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int64_t f = wrow0 + gq + 8 * half;
     if (f >= rows_total) continue;
     const int64_t i = f / G, g = f % G;
-    float* orow = out + (i * n_heads + kvh * G + g) * D;
+    const int64_t qh = i * n_heads + kvh * G + g;
+    float* orow;
+    if (split) {
+      const int64_t slot = qh * gridDim.z + blockIdx.z;
+      if (tq == 0) {
+        const float m = half == 0 ? m_a : m_b;
+        dst.part_ml[2 * slot] = m == -INFINITY ? -INFINITY : m * kLn2;  // the combine uses e^(m_s - M)
+        dst.part_ml[2 * slot + 1] = half == 0 ? l_a : l_b;
+      }
+      orow = dst.part_acc + slot * D;
+    } else {
+      orow = dst.out + qh * D;
+    }
     const float inv = half == 0 ? inv_a : inv_b;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {  // the padded columns (zero V) are not stored
@@ -303,22 +373,22 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
   }
 }
 
-template <int HD, int BN, int D = HD, int MINB = 1>
+template <int HD, int BN, int D = HD, int MINB = 1, bool QREG = false, int STAGES = 2>
 void launch_flash(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* k,
                   const __nv_bfloat16* v, const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
-                  float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs) {
-  constexpr size_t smem = FlashShape<HD, BN>::kSmemBytes;
+                  float scale, float softcap, const MaskArgs& mask, const FlashOut& dst, int splits, cudaStream_t cs) {
+  constexpr size_t smem = FlashShape<HD, BN, STAGES>::kSmemBytes;
+  auto* kernel = flash_kernel<HD, BN, D, MINB, QREG, STAGES>;
   static std::once_flag once;  // above 48 KiB of dynamic shared memory needs an opt-in per kernel
-  std::call_once(once, [] {
-    VLM_CUDA(cudaFuncSetAttribute(flash_kernel<HD, BN, D, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem)),
+  std::call_once(once, [kernel] {
+    VLM_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
              "attention");
   });
   const int64_t rows = nq * (n_heads / n_kv_heads);
-  const dim3 grid(static_cast<unsigned>((rows + kFlashRows - 1) / kFlashRows), static_cast<unsigned>(n_kv_heads));
-  flash_kernel<HD, BN, D, MINB><<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk,
-                                                              static_cast<int>(n_heads), static_cast<int>(n_kv_heads),
-                                                              scale, softcap, mask, out);
+  const dim3 grid(static_cast<unsigned>((rows + kFlashRows - 1) / kFlashRows), static_cast<unsigned>(n_kv_heads),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk, static_cast<int>(n_heads),
+                                               static_cast<int>(n_kv_heads), scale, softcap, mask, dst);
 }
 
 }  // namespace
@@ -327,47 +397,69 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
                           const int64_t* k_pos_dev, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                           float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs) {
   using Launch = void (*)(const __nv_bfloat16*, int64_t, int64_t, const __nv_bfloat16*, const __nv_bfloat16*,
-                          const int64_t*, int64_t, int64_t, int64_t, float, float, const MaskArgs&, float*,
-                          cudaStream_t);
+                          const int64_t*, int64_t, int64_t, int64_t, float, float, const MaskArgs&, const FlashOut&,
+                          int, cudaStream_t);
+  // Tuning switches (read once): VLMCHECK_CUDA_FLASH 1 = head_dim 128 short prefills without Q in registers,
+  // 2 = head_dim 128 one 64-key-tile block per SM at every size, 3 = head_dim 128 two blocks per SM with
+  // 32-key tiles at every size; VLMCHECK_CUDA_FLASH_SPLITS = N splits every block's key tiles N ways (1..16;
+  // merged by launch_attention_combine).
   static const int mode = [] {
     const char* v = std::getenv("VLMCHECK_CUDA_FLASH");
     return v != nullptr && *v >= '1' && *v <= '3' ? *v - '0' : 0;
   }();
-  const bool one = mode == 1;  // every head_dim at one block per SM
+  static const int forced_splits = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_FLASH_SPLITS");
+    const int n = v != nullptr ? std::atoi(v) : 0;
+    return n >= 1 && n <= 16 ? n : 0;
+  }();
   Launch launch = nullptr;
-  switch (head_dim) {  // BN = 32 at 256 keeps O (HD / 2 registers per lane) plus S under the limit
-    case 32: launch = one ? launch_flash<32, 64> : launch_flash<32, 64, 32, 2>; break;
-    case 64: launch = one ? launch_flash<64, 64> : launch_flash<64, 64, 64, 2>; break;
-    case 72:  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
-      launch = one ? launch_flash<80, 64, 72> : launch_flash<80, 64, 72, 2>;
-      break;
-    case 80: launch = one ? launch_flash<80, 64> : launch_flash<80, 64, 80, 2>; break;
-    case 96: launch = one ? launch_flash<96, 64> : launch_flash<96, 64, 96, 2>; break;
+  switch (head_dim) {
+    case 32: launch = launch_flash<32, 64, 32, 2, true>; break;
+    case 64: launch = launch_flash<64, 64, 64, 2>; break;
+    case 72: launch = launch_flash<80, 64, 72, 2>; break;  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
+    case 80: launch = launch_flash<80, 64, 80, 2>; break;
+    case 96: launch = launch_flash<96, 64, 96, 2>; break;
     case 128: {
       // Long prefills (>= 1024 blocks: a 16k-token 7B layer has 3584) take the two-blocks-per-SM kernel with
-      // 32-key tiles, short ones (a 2k-token 3B layer: 256 blocks) keep one 64-key-tile block per SM:
-      // H200, 7B shape 16k causal 13.5 -> 11.0 ms, 3B shape 2k 182 -> 242 us (so not there).
+      // 32-key tiles (O and S fit 128 registers), short ones (a 2k-token 3B layer: 256 blocks) one 64-key-tile
+      // block per SM with Q in registers (two blocks per SM measured slower there, with or without splits).
       const int64_t blocks = (nq * (n_heads / n_kv_heads) + kFlashRows - 1) / kFlashRows * n_kv_heads;
-      const bool two = mode == 3 || (mode == 0 && blocks >= 1024);
-      launch = mode == 2 ? launch_flash<128, 64, 128, 2> : two ? launch_flash<128, 32, 128, 2> : launch_flash<128, 64>;
+      const bool two = mode == 3 || (mode != 2 && blocks >= 1024);
+      launch = two         ? launch_flash<128, 32, 128, 2>
+               : mode == 1 ? launch_flash<128, 64, 128, 1, false>
+                           : launch_flash<128, 64, 128, 1, true>;
       break;
     }
-    case 256: launch = launch_flash<256, 32>; break;
+    case 256: launch = launch_flash<256, 32>; break;  // BN 32 keeps O (HD / 2 per lane) + S in registers
     default: return false;
   }
   if (nq * (n_heads / n_kv_heads) > (int64_t{1} << 31)) return false;
-  // bf16 copies of q, k, v in one scratch block (each part a multiple of 8 elements: 16-byte aligned, as
-  // cp.async wants; head_dim is 32/64/72/80/96/128/256).
+  // Key splits are off by default: on an H200 they made no measured row faster (2 splits: 2k 3B shape 186 ->
+  // 250 us, Gemma 3 shape 242-254 -> 253 us; at two blocks per SM the 2k 3B shape took 226-230 us).
+  const int splits = forced_splits > 0 ? forced_splits : 1;
+  // One scratch block: bf16 copies of q, k, v (each part a multiple of 8 elements: 16-byte aligned, as
+  // cp.async wants; head_dim is 32/64/72/80/96/128/256), then with splits the f32 partial states.
   const int64_t nqe = nq * n_heads * head_dim, nke = nk * n_kv_heads * head_dim;
-  auto* base = static_cast<__nv_bfloat16*>(
-      detail::scratch(sizeof(__nv_bfloat16) * static_cast<size_t>(nqe + 2 * nke + 8), "attention"));
-  __nv_bfloat16 *qb = base, *kb = qb + nqe, *vb = kb + nke;
+  // (The partials start at a 256-byte boundary; without splits the request is the bf16 size alone.)
+  const size_t bf16_raw = sizeof(__nv_bfloat16) * static_cast<size_t>(nqe + 2 * nke + 8);
+  const size_t bf16_bytes = splits > 1 ? (bf16_raw + 255) / 256 * 256 : bf16_raw;
+  const int64_t qh = nq * n_heads;
+  const size_t part_bytes = splits > 1 ? sizeof(float) * static_cast<size_t>(qh * splits * (2 + head_dim)) : 0;
+  auto* base = static_cast<unsigned char*>(detail::scratch(bf16_bytes + part_bytes, "attention"));
+  __nv_bfloat16* qb = reinterpret_cast<__nv_bfloat16*>(base);
+  __nv_bfloat16 *kb = qb + nqe, *vb = kb + nke;
+  FlashOut dst{out, nullptr, nullptr};
+  if (splits > 1) {
+    dst.part_ml = reinterpret_cast<float*>(base + bf16_bytes);  // [qh][splits][2]
+    dst.part_acc = dst.part_ml + qh * splits * 2;               // [qh][splits][head_dim]
+  }
   const int64_t largest = std::max(nqe, nke);
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((largest / 2 + 255) / 256, 4096));
-  to_bf16_kernel<<<dim3(std::max(blocks, 1u), 3), 256, 0, cs>>>(q, nqe, k, nke, v, nke, qb, kb, vb);
+  const unsigned cblocks = static_cast<unsigned>(std::min<int64_t>((largest / 2 + 255) / 256, 4096));
+  to_bf16_kernel<<<dim3(std::max(cblocks, 1u), 3), 256, 0, cs>>>(q, nqe, k, nke, v, nke, qb, kb, vb);
   VLM_CUDA_LAUNCHED("attention");
-  launch(qb, nq, q_pos0, kb, vb, k_pos_dev, nk, n_heads, n_kv_heads, scale, softcap, mask, out, cs);
+  launch(qb, nq, q_pos0, kb, vb, k_pos_dev, nk, n_heads, n_kv_heads, scale, softcap, mask, dst, splits, cs);
   VLM_CUDA_LAUNCHED("attention");
+  if (splits > 1) launch_attention_combine(dst.part_ml, dst.part_acc, qh, splits, head_dim, out, cs);
   return true;
 }
 
