@@ -471,7 +471,8 @@ int main(int argc, char** argv) {
     // at the Qwen2.5-VL-7B shape (28 heads, 4 kv heads), with bf16_matmul off (f32 CUDA cores) and on
     // (bf16 tensor cores). Then the other tensor-core shapes: Gemma 3 4B's text attention (8 / 4 heads of 256),
     // and the Qwen2.5-VL tower on a 16k-token photo (62,208 patches, 16 heads of 80, non-causal): its 4
-    // full-attention blocks, and its windowed blocks as one call of 972 windows x 16 heads of 64 patches.
+    // full-attention blocks, and its windowed blocks as one call of 972 windows x 16 heads of 64 patches;
+    // SigLIP so400m's attention (Gemma 3: 4096 patches, 16 heads of 72).
     // TFLOP/s counts 4 · head_dim FLOPs (QK and PV) per visible (query, key, head).
     {
       struct AttnRow {
@@ -492,7 +493,9 @@ int main(int argc, char** argv) {
                                  {"prefill causal, 7B shape", 28, 4, 16384, 16384, true},
                                  {"prefill causal, Gemma 3 4B shape", 8, 4, 2048, 2048, true, 256},
                                  {"vision windows, Qwen2.5-VL tower", 972 * 16, 972 * 16, 64, 64, true, 80, false},
-                                 {"vision full, Qwen2.5-VL tower", 16, 16, 62208, 62208, true, 80, false}});
+                                 {"vision full, Qwen2.5-VL tower", 16, 16, 62208, 62208, true, 80, false},
+                                 // SigLIP so400m (Gemma 3's tower, 896 px: 4096 patches), head_dim 72 padded to 80.
+                                 {"vision full, SigLIP so400m", 16, 16, 4096, 4096, true, 72, false}});
       if (attention_only) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const AttnRow& r) { return !r.bf16; }),
                                      rows.end());
       auto dev = [&](int64_t n) {
