@@ -19,7 +19,8 @@
 // --attention] (--attention: only the tensor-core attention prefill rows; VLMCHECK_CUDA_FLASH picks the
 // flash kernel variant, attention_flash.cu)
 // (--quick: decode only, fewer repetitions; --quant: only the quantized decode GEMV rows, 4-bit g64 at
-// n = 1, 2, 3, 4, 7). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
+// n = 1, 2, 3, 4, 7; `--quant TEXT`: only the rows whose "model linear" name contains TEXT, e.g.
+// "7B down", for a profiler). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
 // CUDA-core kernels instead of the 4-bit tensor-core one (the before/after switch); the header line
 // prints every GEMV switch in effect (docs/CUDA.md). Built without CUDA (or no GPU) it says so and exits 0.
 #include <algorithm>
@@ -191,7 +192,7 @@ std::vector<ops::Weight> l2_cold_copies(const ops::Weight& w, const std::shared_
 // against separate linear calls; and (without --quick) the 2048-token prefill GEMM. GEMV rows report
 // weight bytes read per second (scales and biases included) and their fraction of the copy probe.
 void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double bf16_gflops, bool quick,
-                   bool quant_only, std::mt19937& rng) {
+                   bool quant_only, const std::string& only, std::mt19937& rng) {
   struct Shape2 {
     const char* model;
     const char* name;
@@ -221,8 +222,12 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
   const std::vector<LinearFormat> main_formats = quant_only ? std::vector<LinearFormat>{q4} : std::vector<LinearFormat>{bf16, q4};
   const std::vector<int64_t> token_counts =
       quant_only ? std::vector<int64_t>{1, 2, 3, 4, 7} : std::vector<int64_t>{1, 2, 4, prefill};
+  auto wanted = [&](const char* model, const char* name) {
+    return only.empty() || (std::string(model) + " " + name).find(only) != std::string::npos;
+  };
   for (const LinearFormat& f : main_formats) {
     for (const Shape2& s : shapes) {
+      if (!wanted(s.model, s.name)) continue;
       ops::Weight w = make_weight(s.out, s.in, f, rng);
       const double bytes = static_cast<double>(w.nbytes());
       const std::vector<ops::Weight> cold = l2_cold_copies(w, pool, pool_bytes);
@@ -251,6 +256,7 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
   if (quant_only) others.erase(others.begin(), others.begin() + 2);
   for (const LinearFormat& f : others)
     for (const Shape2& s : {shapes[7], shapes[8]}) {
+      if (!wanted(s.model, s.name)) continue;
       ops::Weight w = make_weight(s.out, s.in, f, rng);
       const std::vector<ops::Weight> cold = l2_cold_copies(w, pool, pool_bytes);
       size_t k = 0;
@@ -270,6 +276,7 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
                                      {"7B", "gate+up group", {18944, 18944}, 3584}};
   for (const LinearFormat& f : main_formats)
     for (const Group& g : groups) {
+      if (!wanted(g.model, g.name)) continue;
       std::vector<ops::Weight> ws;
       std::vector<Tensor> no_bias(g.outs.size());
       double bytes = 0;
@@ -443,12 +450,12 @@ int main(int argc, char** argv) {
     };
     const char* gemv_env = std::getenv("VLMCHECK_CUDA_GEMV");
     std::printf("# CUDA kernels on %s (quantized GEMV: %s; VLMCHECK_CUDA_GEMV=%s, _DENSE=%s, _PERSIST=%s, "
-                "_WARPS=%s)\n\n",
+                "_WARPS=%s, _CLUSTER=%s)\n\n",
                 gpus.empty() ? "?" : gpus[0].name.c_str(),
                 gemv_env != nullptr && std::strcmp(gemv_env, "legacy") == 0 ? "legacy CUDA-core kernels"
                                                                               : "4-bit on tensor cores",
                 env("VLMCHECK_CUDA_GEMV"), env("VLMCHECK_CUDA_GEMV_DENSE"), env("VLMCHECK_CUDA_GEMV_PERSIST"),
-                env("VLMCHECK_CUDA_GEMV_WARPS"));
+                env("VLMCHECK_CUDA_GEMV_WARPS"), env("VLMCHECK_CUDA_GEMV_CLUSTER"));
     const double copy_gbs = cuda::probe_copy_bandwidth_gbs();
     const double bf16_gflops = cuda::probe_bf16_matmul_gflops();
     std::printf("probe: device copy %.0f GB/s (read + written), cuBLASLt bf16 8192^3 %.0f GFLOP/s\n\n", copy_gbs,
@@ -461,7 +468,8 @@ int main(int argc, char** argv) {
       cuda::synchronize();
       return 0;
     }
-    if (!attention_only) bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, rng);
+    const std::string only = quant_only && argc > 2 ? argv[2] : "";
+    if (!attention_only) bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, only, rng);
     if (quant_only) {
       cuda::synchronize();
       return 0;

@@ -337,6 +337,16 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
       cases.push_back(linear_group_case(name, 1e-11, gu, biases, x, n));
     }
   }
+  // A 7B down_proj (3584 x 18944, 148 rounds): 112 row groups, fewer than the SMs, so pairs of
+  // 8-warp blocks (a thread-block cluster) split K, ten rounds per warp, reduced through distributed
+  // shared memory; at 1-2 tokens a block's digits and rings (~160 KB) leave room for one block per SM,
+  // so the 224 blocks run in two waves of clusters. wide_x at one token.
+  {
+    ops::Weight w = random_quantized(rng, 3584, 18944, 4, 64, DType::kBF16);
+    for (int64_t n : {1, 2})
+      add("mma q4g64 3584x18944 (a 7B down_proj: clusters over two waves)", w, n,
+          n == 1 ? wide_x(n, 18944) : vec(rng, static_cast<size_t>(n * 18944)), Tensor());
+  }
   // q/k/v as one launch: three members, biases on all, rows not multiples of 32.
   std::vector<ops::Weight> ws = {random_quantized(rng, 96, 512, 4, 128, DType::kF16),
                                  random_quantized(rng, 40, 512, 4, 128, DType::kF16),
