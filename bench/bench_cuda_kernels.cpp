@@ -326,9 +326,10 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
 // keys, f32 K/V and MLX 4-bit g64 K/V (ops::attention_quantized). K/V cycle through copies filling
 // 256 MB, so each call reads DRAM like a decode step (every layer's cache is different; 2k keys of the
 // 3B are only 4 MB, which the 50 MB L2 would otherwise serve). GB/s = K/V bytes the visible keys
-// occupy / time. Each f32 row also runs the one-launch variant (VLMCHECK_CUDA_DECODE_MERGE=last-block:
-// the splits merged by the kernel's last blocks instead of a second kernel), each quantized row the
-// path it replaces (kv_dequantize of K and V into f32 rows, then attention).
+// occupy / time. f32 rows run the decode kernel with the splits merged by its last blocks (one
+// launch, the default) and then by attention_combine_kernel (two launches,
+// VLMCHECK_CUDA_DECODE_MERGE=combine); quantized rows the fused kernel and then the path it replaces
+// (kv_dequantize of K and V into f32 rows, then attention). The switch is left on the one-launch merge.
 // `bench_cuda_kernels --decode-attention` runs only these rows.
 void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs, bool quick, std::mt19937& rng) {
   struct Row {
@@ -406,14 +407,15 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
       table.attention(q.get(), 1, r.nk - 1, kd, vd, kpos.data(), r.nk, r.nh, r.nkv, r.hd, scale, 0.0f, mask, o.get());
     };
     const int batches = quick ? 5 : 9;
+    ops::cuda::set_decode_last_block_merge(true);
     const double t = time_median([&] { call(false); }, 5, batches, 20);
     double t_before = 0;
     if (r.bits) {
       t_before = time_median([&] { call(true); }, 5, batches, 20);
     } else {
-      ops::cuda::set_decode_last_block_merge(true);
-      t_before = time_median([&] { call(false); }, 5, batches, 20);
       ops::cuda::set_decode_last_block_merge(false);
+      t_before = time_median([&] { call(false); }, 5, batches, 20);
+      ops::cuda::set_decode_last_block_merge(true);
     }
     const int64_t visible = r.window > 0 ? std::min(r.window, r.nk) : r.nk;
     const double gbs = static_cast<double>(2 * per_key * static_cast<size_t>(visible)) / t / 1e9;
@@ -423,7 +425,7 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
     std::printf("| %s | %lld / %lld, %lld | %s | %s | %.1f | %.0f | %.0f%% | %.1f%s |\n", r.model,
                 static_cast<long long>(r.nh), static_cast<long long>(r.nkv), static_cast<long long>(r.hd), keys,
                 r.bits ? "4-bit g64" : "f32", t * 1e6, gbs, 100.0 * gbs / copy_gbs, t_before * 1e6,
-                r.bits ? " (dequantize + attention)" : " (one launch, last-block merge)");
+                r.bits ? " (dequantize + attention)" : " (two launches, combine kernel)");
     std::fflush(stdout);
   }
 }

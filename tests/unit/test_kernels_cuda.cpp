@@ -582,6 +582,13 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
        {true, 0, long_groups.data(), 260}, false},
       {"decode 2 queries, 60 keys after the queries (causal end inside the cache)", 2, 600, 538, 16, 2, 128, 0.0f, {},
        false},
+      // Warp layouts of the decode kernel: two rows per warp with a half-live warp and a one-row
+      // second row group; one row per warp with four 32-key slices per chunk, some empty.
+      {"decode 9 heads per kv head (a one-row group), 45 keys (second slice partly empty)", 1, 45, 44, 18, 2, 128, 0.0f,
+       {}, false},
+      {"decode 2 queries, 5 heads per kv head, hd 64, 300 keys, window 70", 2, 300, 298, 5, 1, 64, 0.0f,
+       {true, 70, nullptr, 0}, false},
+      {"decode 2 heads per kv head, hd 64, 40 keys (four slices, two empty)", 1, 40, 39, 4, 2, 64, 0.0f, {}, false},
   };
   // Prefill shapes for the tensor-core kernel: several row and key tiles, GQA groups that do not
   // divide its 128-row tiles, every mask case, head_dim 32/64/72/80/96/128/256.
@@ -1072,25 +1079,27 @@ TEST(CudaKernels, KvQuantIsBitExact) {
     }
 }
 
-// The decode kernel's one-launch merge (VLMCHECK_CUDA_DECODE_MERGE=last-block: the last block of each
-// team of splits merges them, counters reset for the next call) on every attention case: the same
-// bounds as the default two-launch merge. Run twice, so the second pass starts from the counters the
-// first left behind.
-TEST(CudaKernels, DecodeAttentionLastBlockMergeMatchesScalarReference) {
+// The decode kernel's two merges on every attention case, with the same bounds: the one-launch merge
+// (the default: the last block of each team of splits merges them, counters reset for the next call),
+// run twice so the second pass starts from the counters the first left behind, and the two-launch
+// merge (VLMCHECK_CUDA_DECODE_MERGE=combine: attention_combine_kernel). Leaves the default on.
+TEST(CudaKernels, DecodeAttentionBothMergesMatchScalarReference) {
   SKIP_WITHOUT_GPU();
+  for (const bool last_block : {true, false}) {
+    cuda::set_decode_last_block_merge(last_block);
+    for (int pass = 0; pass < (last_block ? 2 : 1); ++pass)
+      for (const Case& c : build_cases()) {
+        if (c.op != "attention" && c.op != "attention_quantized") continue;
+        ops::force_scalar_kernels(true);
+        std::vector<float> want = c.cpu();
+        ops::force_scalar_kernels(false);
+        std::vector<float> got = c.gpu();
+        ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
+        EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
+            << c.op << " [" << c.what << "] " << (last_block ? "one launch, pass " : "two launches, pass ") << pass;
+      }
+  }
   cuda::set_decode_last_block_merge(true);
-  for (int pass = 0; pass < 2; ++pass)
-    for (const Case& c : build_cases()) {
-      if (c.op != "attention" && c.op != "attention_quantized") continue;
-      ops::force_scalar_kernels(true);
-      std::vector<float> want = c.cpu();
-      ops::force_scalar_kernels(false);
-      std::vector<float> got = c.gpu();
-      ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
-      EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
-          << c.op << " [" << c.what << "] pass " << pass;
-    }
-  cuda::set_decode_last_block_merge(false);
 }
 
 // The fused decode kernel reads the packed rows and dequantizes them in shared memory with
@@ -1455,16 +1464,22 @@ TEST(CudaKernels, RunGraphMatchesDirectOpsAcrossStepsAndTopologyChanges) {
   ops::DeviceScope scope(Device::kCuda);
   std::mt19937 rng(4242);
   const GraphDecoder d(rng);
-  constexpr int64_t kSteps = 160;  // 1 .. 160 keys: 1 split up to 32 keys, then 2, 3, 4, 5
+  // 1 .. 160 keys: the decode kernel (4 heads over 2 kv heads of 32: four 32-key slices per chunk)
+  // runs 1 split up to 128 keys, then 2. With the two-launch merge the second split adds the combine
+  // kernel (a topology change: the graph is rebuilt); the one-launch merge keeps one kernel.
+  constexpr int64_t kSteps = 160;
   const GraphRunResult direct = run_graph_decoder(d, kSteps, false, nullptr);
   std::set<int32_t> distinct(direct.ids.begin(), direct.ids.end());
   ASSERT_GT(distinct.size(), 3u) << "the step should not collapse onto one token";
   // The whole step as one graph, then cut into pieces of at most 3 ops (3 pieces per step: the
-  // K/V rows are written in the first and read by attention in the second).
-  static const char keys[2] = {};  // a fresh key per variant (its first step runs eagerly)
-  for (int variant = 0; variant < 2; ++variant) {
-    const int piece_ops = variant == 0 ? 0 : 3;
-    SCOPED_TRACE("piece_ops " + std::to_string(piece_ops));
+  // K/V rows are written in the first and read by attention in the second), each with the decode
+  // attention's two-launch and one-launch merges.
+  static const char keys[4] = {};  // a fresh key per variant (its first step runs eagerly)
+  for (int variant = 0; variant < 4; ++variant) {
+    const int piece_ops = variant % 2 == 0 ? 0 : 3;
+    const bool one_launch = variant >= 2;
+    cuda::set_decode_last_block_merge(one_launch);
+    SCOPED_TRACE("piece_ops " + std::to_string(piece_ops) + (one_launch ? ", one-launch merge" : ", two launches"));
     cuda::set_graph_options(true, piece_ops);
     const cuda::GraphStats before = cuda::graph_stats();
     const GraphRunResult graphed = run_graph_decoder(d, kSteps, true, &keys[variant]);
@@ -1474,14 +1489,16 @@ TEST(CudaKernels, RunGraphMatchesDirectOpsAcrossStepsAndTopologyChanges) {
     EXPECT_TRUE(same_bits(graphed.k, direct.k)) << "K cache differs";
     EXPECT_TRUE(same_bits(graphed.v, direct.v)) << "V cache differs";
     // The graphs really ran: every step after the first was captured, most were updated in place,
-    // and the split change forced at least one rebuild after the first instantiation.
+    // and with two launches the split change forced at least one rebuild after the first
+    // instantiation.
     EXPECT_EQ(after.steps - before.steps, kSteps);
     EXPECT_EQ(after.eager_steps - before.eager_steps, 1);
     const int64_t pieces_per_step = piece_ops == 0 ? 1 : 3;  // 8 ops: 3 + 3 + 2
     EXPECT_EQ(after.pieces - before.pieces, (kSteps - 1) * pieces_per_step);
-    EXPECT_GE(after.instantiations - before.instantiations, pieces_per_step + 1);
+    EXPECT_GE(after.instantiations - before.instantiations, pieces_per_step + (one_launch ? 0 : 1));
     EXPECT_GE(after.updates - before.updates, (kSteps - 1) * pieces_per_step / 2);
   }
+  cuda::set_decode_last_block_merge(true);
   cuda::set_graph_options(true, 64);
 }
 

@@ -1,33 +1,54 @@
 // Decode attention (nq < 8) in f32 on CUDA cores, grouped by kv head and split over keys: one
 // 8-warp block per (key split, query, kv head, group of up to 8 of the kv head's query heads). The
-// block walks its split in chunks of 32 keys. A chunk's K and V rows go to shared memory with
-// cp.async, all issued at once (the chunk is one memory round trip; the block's q rows ride in the
-// first chunk's group), and then serve every query head of the group, so a kv head's cache is read
-// once per step, not heads / kv_heads times. Warp w owns query head w: lane j scores key j of the
-// chunk (float4 reads of its padded K row, four partial sums), one warp max / sum per chunk keeps the
-// online softmax, and the values are accumulated key by key from shared memory with the lanes over
-// head_dim.
+// block walks its split in chunks of 32 * slices keys. A chunk's K and V rows go to shared memory
+// with cp.async, all issued at once (the chunk is one memory round trip; the block's q rows ride in
+// the first chunk's group), and then serve every query head of the group, so a kv head's cache is
+// read once per step, not heads / kv_heads times.
+//
+// Work of a chunk: warp w owns rows_per_warp query heads (row group p = w % row_groups) and the
+// 32-key slice s = w / row_groups of the chunk. Lane j scores key j of its slice against each of its
+// rows (float4 reads of the padded K row, four partial sums per row), one warp max / sum per row and
+// slice keeps the online softmax, and the values are accumulated key by key from shared memory with
+// the lanes over head_dim. Two rows per warp (groups of 4+ query heads) read each K / V element of
+// shared memory once for both rows: shared-memory traffic, the bound of this kernel once the chunk
+// has landed, is ~45% lower than one row per warp, and the freed warps take a second 32-key slice.
+// After the walk the slices' states are merged in shared memory, so a block leaves one state per row.
 //
 // Quantized K/V (ops::attention_quantized): the same kernel with the chunk's packed codes, scales and
 // biases staged by cp.async instead, then dequantized into the same f32 tiles in shared memory with
 // kv_dequantize's arithmetic (__fadd_rn(__fmul_rn(s, q), b)), so the result is bit for bit that of
-// kv_dequantize followed by attention on the GPU, and no f32 rows are written to global memory.
+// kv_dequantize followed by attention on the GPU (the slice and split layout depends only on the
+// shape, never on the K/V format), and no f32 rows are written to global memory.
 //
 // Key range: with a consecutive k_pos (standard caches) the host narrows the keys to those a query
 // can see (window start, causal end without image groups), so a sliding-window layer of a long
 // standard cache reads only its window. Every key of the range still goes through key_visible.
 //
-// Splits: about two blocks per SM (at most 4096 splits). Each split writes its unnormalized state
-// (m, l, acc) to scratch and attention_combine_kernel (attention.cu) merges them in a second launch.
-// A one-launch merge is here too, behind VLMCHECK_CUDA_DECODE_MERGE=last-block: splits numbered in
-// teams of about sqrt(splits); the last block of a team to finish (an atomic counter per team) merges
-// the team's states, and the last team merger of a (query, row group, kv head) merges the team
-// states into the output; the last block of each counter resets it, so the counters (a persistent
-// buffer from the caching allocator, zeroed once when grown, by a memset that becomes a graph node
-// under capture) are zero for the next call, with no host sync. It is correct but measured slower
-// (see last_block_merge()). History: 23 µs per call at 2080 keys on the 3B shape with one block per
-// (query, head, split) loading K rows per lane from global memory; 14 µs with the 4-warp version of
-// this kernel; 13.4-14.0 µs with this one (H200, two launches).
+// Splits: about two blocks per SM (at most 4096 splits). By default the splits are merged in the
+// same launch: every split writes its unnormalized state (m, l, acc) to scratch and counts itself on
+// an atomic counter; the last block of a team to arrive merges the team's states (up to 64 splits
+// are one team; more form teams of about sqrt(splits)), and with several teams the last team merger
+// merges the team states into the output. Each block publishes with one fence and one atomic by
+// thread 0 after a barrier (the pattern of cooperative groups' grid sync): the first version ran
+// __threadfence() in every thread and measured ~12 µs slower than the two-launch merge. The last
+// block of each counter resets it, so the counters (a persistent buffer from the caching allocator,
+// zeroed once when grown, by a memset that becomes a graph node under capture) are zero for the next
+// call, with no host sync. VLMCHECK_CUDA_DECODE_MERGE=combine (or set_decode_last_block_merge(false))
+// merges in a second launch instead (attention_combine_kernel, attention.cu).
+//
+// History (3B shape, 2080 keys, H200, per call): 23 µs with one block per (query, head, split) loading
+// K rows per lane from global memory; 14 µs with a 4-warp version of this kernel; 13.4-14.0 µs with
+// one row per warp, 32-key chunks and the two-launch merge. This version against that one
+// (`bench_cuda_kernels --decode-attention` of both builds in one call, H200, median µs per call, f32
+// K/V): 3B 2k 13.6 -> 13.7 (two launches 14.6; the old one-launch merge 26.4), 3B 16k 36.9 -> 31.2,
+// 7B 2k 16.4 -> 14.6, 7B 16k 52.9 -> 44.1, Gemma 3 4B 2k 20.1 -> 16.2, 16k 61.1 -> 55.7, its
+// 1024-key window at 16k 21.7 -> 12.3; 4-bit g64 K/V: 3B 2k 15.6 -> 19.0 (slower: twice the keys
+// dequantized per block, half the blocks), 3B 16k 50.5 -> 44.3, 7B 16k 80.9 -> 72.4, Gemma 2k 26.2 ->
+// 22.7. The 2k rows barely move with any layout or merge (13.6-14.6 µs): below ~4k keys the call is
+// bound by something this kernel's work does not change (host issue of the op, launch), which the
+// bench cannot separate from the GPU time. End to end (synthetic Qwen2.5-VL-3B bf16, 2048-token
+// prompt) decode is the same: 352.5 vs 354.3 tok/s with the old layout and merge forced by the
+// environment (rows per warp 1, combine) in the same call.
 #include "kernels/cuda/attention_common.cuh"
 
 #include <algorithm>
@@ -41,13 +62,15 @@ namespace {
 
 constexpr int kDecWarps = 8;
 constexpr int kDecThreads = kDecWarps * 32;
-constexpr int kDecRows = kDecWarps;  // query heads per block, one per warp
-constexpr int kDecKeys = 32;             // keys per chunk, one per lane
+constexpr int kDecRows = kDecWarps;      // query heads per block
+constexpr int kDecKeys = 32;             // keys per slice, one per lane
 constexpr int kDecMaxPerLane = 8;        // head_dim <= 256
 constexpr int kDecMaxHd = 32 * kDecMaxPerLane;
 constexpr int64_t kDecMaxSplits = 4096;  // teams and team sizes stay <= 64 (sqrt)
 constexpr int kDecMaxMerge = 64;         // states merged by one block
-constexpr int kDecMergePairs = kDecRows * kDecMaxHd / kDecThreads;  // (row, column) outputs per thread
+constexpr size_t kDecTileBudget = 72 * 1024;  // f32 K/V tile bytes per block (hd 128: two 32-key slices)
+constexpr int kDecMergeQuads = kDecRows * kDecMaxHd / 4 / kDecThreads;  // float4 outputs per merging thread
+constexpr int kDecMergeBatch = 16;  // states whose loads a merging thread has in flight at once
 
 // Everything the kernel needs, by value.
 struct DecodeArgs {
@@ -73,6 +96,8 @@ struct DecodeArgs {
   float scale, softcap;
   MaskArgs mask;
   int row_chunks;
+  int row_groups;  // warps over a block's rows (rows_per_warp each)
+  int slices;      // 32-key slices per chunk (row_groups * slices <= 8 warps)
   int64_t chunks_per_split;
   int team;   // splits per team
   int teams;  // teams per (query, row group, kv head)
@@ -84,18 +109,21 @@ struct DecodeArgs {
   int* counters;    // [nq * row_chunks * n_kv_heads, teams + 1], zero between calls
 };
 
-// Shared memory: q rows, the f32 K/V tiles (rows padded to hd + 4 floats: 16-byte aligned, and the
-// lanes' float4 reads of consecutive rows fall in distinct bank groups), and for quantized K/V the
-// staged packed chunk (codes, then scales, then biases, K then V).
-size_t decode_smem_bytes(int64_t hd, bool quant, int bits, int group) {
-  size_t floats = static_cast<size_t>(kDecRows * hd + 2 * kDecKeys * (hd + 4));
-  if (quant) floats += static_cast<size_t>(2 * kDecKeys * (hd * bits / 32 + 2 * (hd / group)));
+// Shared memory: q rows, the f32 K/V tiles of a chunk (rows padded to hd + 4 floats: 16-byte
+// aligned, and the lanes' float4 reads of consecutive rows fall in distinct bank groups), and for
+// quantized K/V the staged packed chunk (codes, then scales, then biases, K then V). After the walk
+// the tiles hold the slices' states ([slices][kDecRows] of (m, l) and of hd floats).
+size_t decode_smem_bytes(int64_t hd, int64_t slices, bool quant, int bits, int group) {
+  const int64_t keys = kDecKeys * slices;
+  size_t floats = static_cast<size_t>(kDecRows * hd + 2 * keys * (hd + 4));
+  if (quant) floats += static_cast<size_t>(2 * keys * (hd * bits / 32 + 2 * (hd / group)));
   return sizeof(float) * floats;
 }
 
 // Merges `count` states (m, l, acc) of the block's `rows` rows into one per row: states of row r are
 // at index (qh0 + r) * stride + first + s. final: writes out[(qh0 + r) * hd + c] normalized (zeros
 // when no state saw a key); else the merged unnormalized state at (qh0 + r) * dst_stride + dst_index.
+// The states were written by other blocks of this launch: read through L2 (__ldcg), never L1.
 __device__ void merge_states(const float* __restrict__ ml, const float* __restrict__ acc, int64_t stride,
                              int64_t first, int count, int rows, int64_t qh0, int hd, bool final, float* __restrict__ out,
                              float* __restrict__ dst_ml, float* __restrict__ dst_acc, int64_t dst_stride,
@@ -111,59 +139,93 @@ __device__ void merge_states(const float* __restrict__ ml, const float* __restri
     l_s[r][s] = st.y;
   }
   __syncthreads();
-  if (tid < rows) {
+  // Warp r weighs row r's states, lanes over the states (count <= 64: two per lane).
+  const int warp = tid >> 5, lane = tid & 31;
+  if (warp < rows) {
+    const int r = warp;
     float m = -INFINITY;
-    for (int s = 0; s < count; ++s) m = fmaxf(m, w_s[tid][s]);
+    for (int s = lane; s < count; s += 32) m = fmaxf(m, w_s[r][s]);
+    m = warp_max(m);
     float total = 0.0f;
-    for (int s = 0; s < count; ++s) {
-      const float w = w_s[tid][s] == -INFINITY ? 0.0f : expf(w_s[tid][s] - m);  // 0 for a split that saw nothing
-      w_s[tid][s] = w;
-      total += l_s[tid][s] * w;
+    for (int s = lane; s < count; s += 32) {
+      const float w = w_s[r][s] == -INFINITY ? 0.0f : expf(w_s[r][s] - m);  // 0 for a split that saw nothing
+      w_s[r][s] = w;
+      total += l_s[r][s] * w;
     }
-    big_m[tid] = m;
-    big_l[tid] = total;
+    total = warp_sum(total);
+    if (lane == 0) {
+      big_m[r] = m;
+      big_l[r] = total;
+    }
   }
   __syncthreads();
-  // Each thread owns up to kDecMergePairs (row, column) outputs and issues their loads for four
-  // states at a time before using any: the merge is a few L2 round trips, not one per state.
-  int pr[kDecMergePairs], pc[kDecMergePairs];
-  float sum[kDecMergePairs];
-#pragma unroll
-  for (int p = 0; p < kDecMergePairs; ++p) {
+  // Each thread owns up to kDecMergeQuads (row, 4 columns) outputs and sums each over the states in
+  // batches of kDecMergeBatch independent float4 loads: the merge is a few L2 round trips, not one
+  // per state.
+  const int quads = hd / 4;
+#pragma unroll 1
+  for (int p = 0; p < kDecMergeQuads; ++p) {
     const int idx = tid + p * kDecThreads;
-    pr[p] = idx < rows * hd ? idx / hd : -1;
-    pc[p] = idx < rows * hd ? idx % hd : 0;
-    sum[p] = 0.0f;
-  }
-  for (int s0 = 0; s0 < count; s0 += 4) {
-    float v[4][kDecMergePairs];
+    if (idx >= rows * quads) break;
+    const int r = idx / quads, c = 4 * (idx % quads);
+    const float* src = acc + ((qh0 + r) * stride + first) * hd + c;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    int s0 = 0;
+    for (; s0 + kDecMergeBatch <= count; s0 += kDecMergeBatch) {
+      float4 v[kDecMergeBatch];
 #pragma unroll
-    for (int u = 0; u < 4; ++u)
+      for (int u = 0; u < kDecMergeBatch; ++u) v[u] = __ldcg(reinterpret_cast<const float4*>(src + (s0 + u) * hd));
 #pragma unroll
-      for (int p = 0; p < kDecMergePairs; ++p)
-        v[u][p] = s0 + u < count && pr[p] >= 0
-                      ? __ldcg(acc + ((qh0 + pr[p]) * stride + first + s0 + u) * hd + pc[p])
-                      : 0.0f;
-#pragma unroll
-    for (int u = 0; u < 4; ++u)
-#pragma unroll
-      for (int p = 0; p < kDecMergePairs; ++p)
-        if (s0 + u < count && pr[p] >= 0) sum[p] += v[u][p] * w_s[pr[p]][s0 + u];
-  }
-#pragma unroll
-  for (int p = 0; p < kDecMergePairs; ++p) {
-    if (pr[p] < 0) continue;
-    const int r = pr[p], c = pc[p];
+      for (int u = 0; u < kDecMergeBatch; ++u) {
+        const float w = w_s[r][s0 + u];
+        sum.x += v[u].x * w;
+        sum.y += v[u].y * w;
+        sum.z += v[u].z * w;
+        sum.w += v[u].w * w;
+      }
+    }
+    for (; s0 < count; ++s0) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + s0 * hd));
+      const float w = w_s[r][s0];
+      sum.x += v.x * w;
+      sum.y += v.y * w;
+      sum.z += v.z * w;
+      sum.w += v.w * w;
+    }
     if (final) {
-      out[(qh0 + r) * hd + c] = big_m[r] == -INFINITY ? 0.0f : sum[p] * (1.0f / big_l[r]);
+      const float inv = big_m[r] == -INFINITY ? 0.0f : 1.0f / big_l[r];  // no state saw a key: zeros
+      *reinterpret_cast<float4*>(out + (qh0 + r) * hd + c) =
+          make_float4(sum.x * inv, sum.y * inv, sum.z * inv, sum.w * inv);
     } else {
-      dst_acc[((qh0 + r) * dst_stride + dst_index) * hd + c] = sum[p];
+      *reinterpret_cast<float4*>(dst_acc + ((qh0 + r) * dst_stride + dst_index) * hd + c) = sum;
     }
   }
   if (!final && tid < rows) {
     dst_ml[((qh0 + tid) * dst_stride + dst_index) * 2] = big_m[tid];
     dst_ml[((qh0 + tid) * dst_stride + dst_index) * 2 + 1] = big_m[tid] == -INFINITY ? 0.0f : big_l[tid];
   }
+}
+
+// Counts this block on `counter` once its global writes are done; true in every thread of the last
+// of `expected` blocks to arrive, which also resets the counter for the next call. One fence and one
+// atomic by thread 0 after a barrier: the barrier orders the other threads' writes before thread 0's
+// fence, which makes them visible device-wide before the count (release); the last block's fence
+// after the count orders its later reads after the other members' counts (acquire).
+__device__ __forceinline__ bool arrive_last(int* counter, int expected) {
+  __shared__ int last_s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const int done = atomicAdd(counter, 1) + 1;
+    const bool last = done == expected;
+    if (last) {
+      *counter = 0;  // every member has counted: ready for the next call
+      __threadfence();
+    }
+    last_s = last;
+  }
+  __syncthreads();
+  return last_s != 0;
 }
 
 // 4-byte asynchronous global -> shared copy (cp.async.ca: 4 and 8 bytes may not bypass L1); valid ==
@@ -174,25 +236,27 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
 }
 
-// Grid: (split, query * row_chunks + row chunk, kv head).
-template <bool kQuant>
-__global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const DecodeArgs a) {
+// Grid: (split, query * row_chunks + row chunk, kv head). kRpw: query heads (rows) per warp. Two
+// blocks per SM (up to 128 registers: the merge's batched loads spilled at 80).
+template <bool kQuant, int kRpw>
+__global__ void __launch_bounds__(kDecThreads, 2) attention_decode_kernel(const DecodeArgs a) {
   extern __shared__ __align__(16) float dec_smem[];
   detail::chain_wait();  // chained launch (common.cuh): q and the new K/V rows come from the kernels before
   detail::chain_release();
   const int hd = a.hd;
   const int ks = hd + 4;
+  const int keys = kDecKeys * a.slices;  // keys per chunk
   float* q_s = dec_smem;             // [kDecRows][hd]
-  float* k_s = q_s + kDecRows * hd;  // [kDecKeys][ks]
-  float* v_s = k_s + kDecKeys * ks;  // [kDecKeys][ks]
+  float* k_s = q_s + kDecRows * hd;  // [keys][ks]
+  float* v_s = k_s + keys * ks;      // [keys][ks]
   // Quantized staging: per key, the kv head's codes (wph words), then scales and biases (gph each).
   const int wph = kQuant ? hd * a.bits / 32 : 0, gph = kQuant ? hd / a.group : 0;
-  uint32_t* kraw = reinterpret_cast<uint32_t*>(v_s + kDecKeys * ks);  // [kDecKeys][wph]
-  uint32_t* vraw = kraw + kDecKeys * wph;
-  float* kscale = reinterpret_cast<float*>(vraw + kDecKeys * wph);  // [kDecKeys][gph]
-  float* kbias = kscale + kDecKeys * gph;
-  float* vscale = kbias + kDecKeys * gph;
-  float* vbias = vscale + kDecKeys * gph;
+  uint32_t* kraw = reinterpret_cast<uint32_t*>(v_s + keys * ks);  // [keys][wph]
+  uint32_t* vraw = kraw + keys * wph;
+  float* kscale = reinterpret_cast<float*>(vraw + keys * wph);  // [keys][gph]
+  float* kbias = kscale + keys * gph;
+  float* vscale = kbias + keys * gph;
+  float* vbias = vscale + keys * gph;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = a.n_heads / a.n_kv_heads;
@@ -212,22 +276,31 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
   } else {
     for (int idx = tid; idx < rows * hd; idx += blockDim.x) q_s[idx] = a.q[qh0 * hd + idx];
   }
-  const int r0 = warp;
-  const bool live = r0 < rows;  // warp-uniform
-  float m0 = -INFINITY, l0 = 0.0f;
-  float acc0[kDecMaxPerLane];
+  // Rows past `rows` that a half-live warp still scores (and never stores) read zeros, not stale
+  // shared memory.
+  for (int idx = rows * hd + tid; idx < min(kDecRows, a.row_groups * kRpw) * hd; idx += blockDim.x) q_s[idx] = 0.0f;
+  // This warp's rows [r0, r0 + kRpw) and 32-key slice.
+  const int r0 = (warp % a.row_groups) * kRpw;
+  const int slice = warp / a.row_groups;
+  const bool live = slice < a.slices && r0 < rows;  // warp-uniform
+  float m[kRpw], l[kRpw], acc[kRpw][kDecMaxPerLane];
 #pragma unroll
-  for (int e = 0; e < kDecMaxPerLane; ++e) acc0[e] = 0.0f;
+  for (int r = 0; r < kRpw; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kDecMaxPerLane; ++e) acc[r][e] = 0.0f;
+  }
 
   const int c4 = hd / 4;
-  const int64_t chunks = (a.n_range + kDecKeys - 1) / kDecKeys;
+  const int64_t chunks = (a.n_range + keys - 1) / keys;
   const int64_t c_begin = split * a.chunks_per_split;
   const int64_t c_end = c_begin + a.chunks_per_split < chunks ? c_begin + a.chunks_per_split : chunks;
+  const int64_t j_end = a.j_lo + a.n_range;
   for (int64_t chunk = c_begin; chunk < c_end; ++chunk) {
-    const int64_t j0 = a.j_lo + chunk * kDecKeys;
-    const int64_t j_end = a.j_lo + a.n_range;
+    const int64_t j0 = a.j_lo + chunk * keys;
     if constexpr (!kQuant) {
-      for (int idx = tid; idx < kDecKeys * c4; idx += blockDim.x) {
+      for (int idx = tid; idx < keys * c4; idx += blockDim.x) {
         const int r = idx / c4, c = idx % c4;
         const int64_t j = j0 + r;
         const bool ok = j < j_end;
@@ -242,7 +315,7 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
       // Codes of this kv head: words [kvh * wph, (kvh + 1) * wph) of each key's packed row.
       if (a.vec16) {
         const int w4 = wph / 4;
-        for (int idx = tid; idx < kDecKeys * w4; idx += blockDim.x) {
+        for (int idx = tid; idx < keys * w4; idx += blockDim.x) {
           const int r = idx / w4, c = idx % w4;
           const int64_t j = j0 + r;
           const bool ok = j < j_end;
@@ -251,7 +324,7 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
           cp_async16(vraw + r * wph + 4 * c, a.vq + off, ok);
         }
       } else {
-        for (int idx = tid; idx < kDecKeys * wph; idx += blockDim.x) {
+        for (int idx = tid; idx < keys * wph; idx += blockDim.x) {
           const int r = idx / wph, c = idx % wph;
           const int64_t j = j0 + r;
           const bool ok = j < j_end;
@@ -260,7 +333,7 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
           cp_async4(vraw + r * wph + c, a.vq + off, ok);
         }
       }
-      for (int idx = tid; idx < kDecKeys * gph; idx += blockDim.x) {
+      for (int idx = tid; idx < keys * gph; idx += blockDim.x) {
         const int r = idx / gph, g = idx % gph;
         const int64_t j = j0 + r;
         const bool ok = j < j_end;
@@ -275,7 +348,7 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
       __syncthreads();
       // kv_dequantize's arithmetic: w = scale * q + bias, the product rounded (keys past the range
       // were zero-filled: codes, scales and biases 0, so their rows are 0).
-      for (int idx = tid; idx < kDecKeys * hd; idx += blockDim.x) {
+      for (int idx = tid; idx < keys * hd; idx += blockDim.x) {
         const int r = idx / hd, c = idx % hd;
         const int g = r * gph + c / a.group;
         const float kc = static_cast<float>(detail::unpack_bits(kraw + r * wph, c, a.bits));
@@ -285,104 +358,123 @@ __global__ void __launch_bounds__(kDecThreads, 3) attention_decode_kernel(const 
       }
       __syncthreads();
     }
-    const int64_t j = j0 + lane;
-    const bool vis = j < j_end && key_visible(a.mask, qp, key_pos(a.k_pos, a.mask, j));
-    // Every warp computes the same `vis` (one query per block), so this is uniform across the block.
+    const int key = slice * kDecKeys + lane;  // this lane's key within the chunk
+    const int64_t j = j0 + key;
+    const bool vis = live && j < j_end && key_visible(a.mask, qp, key_pos(a.k_pos, a.mask, j));
     if (live && __any_sync(0xffffffffu, vis)) {
-      const float4* k4 = reinterpret_cast<const float4*>(k_s + lane * ks);
-      const float4* qa = reinterpret_cast<const float4*>(q_s + r0 * hd);
-      // Four partial sums (one per float4 lane) break the dependent FMA chain.
-      float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const float4* k4 = reinterpret_cast<const float4*>(k_s + key * ks);
+      // Four partial sums per row (one per float4 lane) break the dependent FMA chain; each K float4
+      // serves all kRpw rows.
+      float d[kRpw][4];
+#pragma unroll
+      for (int r = 0; r < kRpw; ++r) d[r][0] = d[r][1] = d[r][2] = d[r][3] = 0.0f;
 #pragma unroll 8
       for (int c = 0; c < c4; ++c) {
-        const float4 kk = k4[c], qq = qa[c];
-        d[0] += qq.x * kk.x;
-        d[1] += qq.y * kk.y;
-        d[2] += qq.z * kk.z;
-        d[3] += qq.w * kk.w;
-      }
-      float s0 = ((d[0] + d[1]) + (d[2] + d[3])) * a.scale;
-      if (a.softcap > 0.0f) s0 = a.softcap * tanhf(s0 / a.softcap);
-      s0 = vis ? s0 : -INFINITY;
-      // Some key is visible, so the maximum is finite.
-      const float n0 = fmaxf(m0, warp_max(s0));
-      const float corr0 = expf(m0 - n0);  // 0 while nothing was seen
-      const float p0 = vis ? expf(s0 - n0) : 0.0f;
-      l0 = l0 * corr0 + warp_sum(p0);
-      m0 = n0;
+        const float4 kk = k4[c];
 #pragma unroll
-      for (int e = 0; e < kDecMaxPerLane; ++e) acc0[e] *= corr0;
+        for (int r = 0; r < kRpw; ++r) {
+          const float4 qq = reinterpret_cast<const float4*>(q_s + (r0 + r) * hd)[c];
+          d[r][0] += qq.x * kk.x;
+          d[r][1] += qq.y * kk.y;
+          d[r][2] += qq.z * kk.z;
+          d[r][3] += qq.w * kk.w;
+        }
+      }
+      float p[kRpw];
+#pragma unroll
+      for (int r = 0; r < kRpw; ++r) {
+        float s0 = ((d[r][0] + d[r][1]) + (d[r][2] + d[r][3])) * a.scale;
+        if (a.softcap > 0.0f) s0 = a.softcap * tanhf(s0 / a.softcap);
+        s0 = vis ? s0 : -INFINITY;
+        // Some key is visible, so the maximum is finite.
+        const float n0 = fmaxf(m[r], warp_max(s0));
+        const float corr = expf(m[r] - n0);  // 0 while nothing was seen
+        p[r] = vis ? expf(s0 - n0) : 0.0f;
+        l[r] = l[r] * corr + warp_sum(p[r]);
+        m[r] = n0;
+#pragma unroll
+        for (int e = 0; e < kDecMaxPerLane; ++e) acc[r][e] *= corr;
+      }
 #pragma unroll 8
       for (int jj = 0; jj < kDecKeys; ++jj) {
-        const float pa = __shfl_sync(0xffffffffu, p0, jj);
-        const float* vrow = v_s + jj * ks;
+        float pa[kRpw];
+#pragma unroll
+        for (int r = 0; r < kRpw; ++r) pa[r] = __shfl_sync(0xffffffffu, p[r], jj);
+        const float* vrow = v_s + (slice * kDecKeys + jj) * ks;
 #pragma unroll
         for (int e = 0; e < kDecMaxPerLane; ++e) {
           const int c = lane + 32 * e;
-          if (32 * e < hd && c < hd) acc0[e] += pa * vrow[c];
+          if (32 * e < hd && c < hd) {
+            const float vv = vrow[c];
+#pragma unroll
+            for (int r = 0; r < kRpw; ++r) acc[r][e] += pa[r] * vv;
+          }
         }
       }
     }
     __syncthreads();  // every warp is done with the tiles before the next chunk overwrites them
   }
-
   cp_async_wait<0>();  // a split with no chunk still owns q's copies
-  // One split: normalize and store. Several: store this split's state, then the team / group merges.
+
+  // The slices' states (m, l, acc) go to shared memory (over the tiles: every warp passed the loop's
+  // last barrier) and are merged into one state per row: st_ml [slices][kDecRows][2], st_acc
+  // [slices][kDecRows][hd]. A slice that saw no key has m = -inf and weight 0.
+  float* st_ml = k_s;
+  float* st_acc = st_ml + a.slices * kDecRows * 2;
   if (live) {
-    const int64_t qh = qh0 + r0;
-    if (splits == 1) {
-      const float inv = m0 == -INFINITY ? 0.0f : 1.0f / l0;  // no visible key: zeros
 #pragma unroll
-      for (int e = 0; e < kDecMaxPerLane; ++e) {
-        const int c = lane + 32 * e;
-        if (c < hd) a.out[qh * hd + c] = acc0[e] * inv;
-      }
-    } else {  // partial state (m = -inf, l = 0, acc = 0 when this split saw no key)
+    for (int r = 0; r < kRpw; ++r) {
+      if (r0 + r >= rows) continue;
+      const int at = slice * kDecRows + r0 + r;
       if (lane == 0) {
-        a.part_ml[(qh * splits + split) * 2] = m0;
-        a.part_ml[(qh * splits + split) * 2 + 1] = m0 == -INFINITY ? 0.0f : l0;
+        st_ml[2 * at] = m[r];
+        st_ml[2 * at + 1] = l[r];
       }
-      float* pa = a.part_acc + (qh * splits + split) * hd;
 #pragma unroll
       for (int e = 0; e < kDecMaxPerLane; ++e) {
         const int c = lane + 32 * e;
-        if (c < hd) pa[c] = acc0[e];
+        if (c < hd) st_acc[at * hd + c] = acc[r][e];
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < rows * hd; idx += blockDim.x) {
+    const int r = idx / hd, c = idx % hd;
+    float mx = -INFINITY;
+    for (int s = 0; s < a.slices; ++s) mx = fmaxf(mx, st_ml[2 * (s * kDecRows + r)]);
+    float sum_l = 0.0f, sum_acc = 0.0f;
+    for (int s = 0; s < a.slices; ++s) {
+      const int at = s * kDecRows + r;
+      const float ms = st_ml[2 * at];
+      const float w = ms == -INFINITY ? 0.0f : expf(ms - mx);
+      sum_l += st_ml[2 * at + 1] * w;
+      sum_acc += st_acc[at * hd + c] * w;
+    }
+    const int64_t qh = qh0 + r;
+    if (splits == 1) {
+      a.out[qh * hd + c] = mx == -INFINITY ? 0.0f : sum_acc * (1.0f / sum_l);  // no visible key: zeros
+    } else {  // partial state (m = -inf, l = 0, acc = 0 when this split saw no key)
+      a.part_acc[(qh * splits + split) * hd + c] = sum_acc;
+      if (c == 0) {
+        a.part_ml[(qh * splits + split) * 2] = mx;
+        a.part_ml[(qh * splits + split) * 2 + 1] = mx == -INFINITY ? 0.0f : sum_l;
       }
     }
   }
   if (splits == 1 || a.counters == nullptr) return;  // no counters: attention_combine_kernel merges
 
-  __shared__ int last_s;
   int* counters = a.counters + (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * (a.teams + 1);
   const int team_id = static_cast<int>(split / a.team);
   const int first = team_id * a.team;
   const int team_size = static_cast<int>(a.team < splits - first ? a.team : splits - first);
-  __threadfence();  // this block's state is visible device-wide before it is counted
-  __syncthreads();
-  if (tid == 0) {
-    const int done = atomicAdd(counters + team_id, 1) + 1;
-    last_s = done == team_size;
-    if (done == team_size) counters[team_id] = 0;  // every member has counted: ready for the next call
-  }
-  __syncthreads();
-  if (!last_s) return;
-  __threadfence();  // acquire: the other members' states are read after their counts
+  if (!arrive_last(counters + team_id, team_size)) return;
   if (a.teams == 1) {
     merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0);
     return;
   }
   merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, false, nullptr, a.team_ml, a.team_acc,
                a.teams, team_id);
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    const int done = atomicAdd(counters + a.teams, 1) + 1;
-    last_s = done == a.teams;
-    if (done == a.teams) counters[a.teams] = 0;
-  }
-  __syncthreads();
-  if (!last_s) return;
-  __threadfence();
+  if (!arrive_last(counters + a.teams, a.teams)) return;
   merge_states(a.team_ml, a.team_acc, a.teams, 0, a.teams, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0);
 }
 
@@ -417,24 +509,21 @@ int* decode_counters(size_t count, cudaStream_t cs) {
   return buf;
 }
 
-// The splits are merged by attention_combine_kernel in a second launch unless
-// VLMCHECK_CUDA_DECODE_MERGE=last-block (read once; set_decode_last_block_merge switches it for A/B
-// runs in one process) asks for the in-kernel merge by the last blocks. That one-launch variant is correct (test_kernels_cuda runs every
-// decode case through it) but measured slower on the H200: 26 vs 14 µs at 2048 keys on the 3B shape,
-// 300 vs 367 tok/s end to end, most likely the per-thread __threadfence() of every block on the
-// critical path (the gap doubled when the blocks went from 128 to 256 threads). See CUDA.md.
+// The splits are merged in the kernel by the last blocks (one launch) unless
+// VLMCHECK_CUDA_DECODE_MERGE=combine (read once; set_decode_last_block_merge switches it for A/B runs
+// in one process) asks for attention_combine_kernel in a second launch. See CUDA.md for both.
 bool& last_block_merge_flag() {
   static bool on = [] {
     const char* e = std::getenv("VLMCHECK_CUDA_DECODE_MERGE");
-    return e != nullptr && std::strcmp(e, "last-block") == 0;
+    return e == nullptr || std::strcmp(e, "combine") != 0;
   }();
   return on;
 }
 bool last_block_merge() { return last_block_merge_flag(); }
 
-// Blocks per SM the split count aims at: 2 (measured on the H200 against 4 and 8: 36 vs 45 / 57 µs
-// at 16k keys on the 3B shape, the same at 2k; VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM=1..16 overrides it
-// for tuning runs; read once).
+// Blocks per SM the split count aims at: 2 (measured on the H200 against 4 and 8 with the two-launch
+// merge: 36 vs 45 / 57 µs at 16k keys on the 3B shape, the same at 2k).
+// VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM=1..16 overrides it for tuning runs (read once).
 int64_t blocks_per_sm() {
   static const int64_t n = [] {
     const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM");
@@ -444,41 +533,91 @@ int64_t blocks_per_sm() {
   return n;
 }
 
-template <bool kQuant>
-void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
-  static std::once_flag once;  // head_dim 256 (8-bit codes) needs ~95 KB of dynamic shared memory
+// Query heads per warp: 2 when a block holds 4 or more query heads (the K / V tiles are read once
+// per two rows), else 1 (Gemma 3's 2 heads per kv head keep one warp per head).
+// VLMCHECK_CUDA_DECODE_ROWS_PER_WARP=1|2 forces it for tuning runs (read once).
+int rows_per_warp(int64_t block_rows) {
+  static const int forced = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_ROWS_PER_WARP");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v == 1 || v == 2 ? v : 0;
+  }();
+  if (forced != 0) return forced;
+  return block_rows >= 4 ? 2 : 1;
+}
+
+// Largest dynamic shared memory any launch asks for: the f32 tiles within kDecTileBudget, and the
+// widest quantized staging (8-bit codes, 32-value groups).
+size_t max_decode_smem_bytes() {
+  size_t most = 0;
+  for (int64_t hd = 4; hd <= kDecMaxHd; hd += 4) {
+    const int64_t tile = 2 * kDecKeys * (hd + 4) * static_cast<int64_t>(sizeof(float));
+    const int64_t slices = std::max<int64_t>(1, static_cast<int64_t>(kDecTileBudget) / tile);
+    most = std::max(most, decode_smem_bytes(hd, std::min<int64_t>(slices, kDecWarps), true, 8, 32));
+  }
+  return most;
+}
+
+template <bool kQuant, int kRpw>
+void launch_kernel(const dim3& grid, size_t smem, cudaStream_t cs, const DecodeArgs& a) {
+  static std::once_flag once;  // up to ~100 KB of dynamic shared memory (opted in once per instance)
   std::call_once(once, [] {
-    VLM_CUDA(cudaFuncSetAttribute(attention_decode_kernel<kQuant>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(decode_smem_bytes(kDecMaxHd, kQuant, 8, 32))),
+    VLM_CUDA(cudaFuncSetAttribute(attention_decode_kernel<kQuant, kRpw>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(max_decode_smem_bytes())),
              "attention");
   });
+  detail::launch_chained("attention", attention_decode_kernel<kQuant, kRpw>, grid, dim3(kDecThreads), smem, cs, a);
+}
+
+template <bool kQuant>
+void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
   const int64_t group = a.n_heads / a.n_kv_heads;
   const int64_t row_chunks = (group + kDecRows - 1) / kDecRows;
+  const int64_t block_rows = std::min<int64_t>(group, kDecRows);
+  // Warps: row_groups over the rows, times slices over the chunk's keys. The layout depends only on
+  // the shape (never on the K/V format), which keeps attention_quantized bit-identical to
+  // kv_dequantize + attention.
+  const int rpw = rows_per_warp(block_rows);
+  const int64_t row_groups = (block_rows + rpw - 1) / rpw;
+  const int64_t tile = 2 * kDecKeys * (a.hd + 4) * static_cast<int64_t>(sizeof(float));
+  const int64_t slices = std::clamp<int64_t>(std::min<int64_t>(kDecWarps / row_groups,
+                                                               static_cast<int64_t>(kDecTileBudget) / tile),
+                                             1, kDecWarps);
+  const int64_t keys = kDecKeys * slices;
   const int64_t base = nq * row_chunks * a.n_kv_heads;  // blocks per split
-  const int64_t chunks = std::max<int64_t>((a.n_range + kDecKeys - 1) / kDecKeys, 1);
+  const int64_t chunks = std::max<int64_t>((a.n_range + keys - 1) / keys, 1);
   int64_t splits = std::clamp<int64_t>((blocks_per_sm() * sm_count() + base - 1) / base, 1, chunks);
   int64_t per_split = (chunks + splits - 1) / splits;
   per_split = std::max(per_split, (chunks + kDecMaxSplits - 1) / kDecMaxSplits);
   splits = (chunks + per_split - 1) / per_split;  // no empty split
   a.row_chunks = static_cast<int>(row_chunks);
+  a.row_groups = static_cast<int>(row_groups);
+  a.slices = static_cast<int>(slices);
   a.chunks_per_split = per_split;
-  a.team = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(splits))));
+  // One team (a single merge by the last block) up to kDecMaxMerge splits, else teams of ~sqrt.
+  a.team = splits <= kDecMaxMerge ? static_cast<int>(splits)
+                                  : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(splits))));
   a.teams = static_cast<int>((splits + a.team - 1) / a.team);
   if (splits > 1) {
     const int64_t qh = nq * a.n_heads;
     const size_t part = static_cast<size_t>(qh * splits), team = static_cast<size_t>(qh * a.teams);
     const size_t floats = part * (2 + static_cast<size_t>(a.hd)) + team * (2 + static_cast<size_t>(a.hd));
     float* scratch = static_cast<float*>(detail::scratch(sizeof(float) * floats, "attention"));
-    a.part_ml = scratch;
-    a.part_acc = a.part_ml + part * 2;
-    a.team_ml = a.part_acc + part * static_cast<size_t>(a.hd);
-    a.team_acc = a.team_ml + team * 2;
+    // acc planes first: hd is a multiple of 4, so every state's acc row is 16-byte aligned (the merge
+    // reads them as float4).
+    a.part_acc = scratch;
+    a.team_acc = a.part_acc + part * static_cast<size_t>(a.hd);
+    a.part_ml = a.team_acc + team * static_cast<size_t>(a.hd);
+    a.team_ml = a.part_ml + part * 2;
     if (last_block_merge()) a.counters = decode_counters(static_cast<size_t>(base * (a.teams + 1)), cs);
   }
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
                   static_cast<unsigned>(a.n_kv_heads));
-  detail::launch_chained("attention", attention_decode_kernel<kQuant>, grid, dim3(kDecThreads),
-                         decode_smem_bytes(a.hd, kQuant, a.bits, a.group), cs, a);
+  const size_t smem = decode_smem_bytes(a.hd, slices, kQuant, a.bits, a.group);
+  if (rpw == 2)
+    launch_kernel<kQuant, 2>(grid, smem, cs, a);
+  else
+    launch_kernel<kQuant, 1>(grid, smem, cs, a);
   if (splits > 1 && a.counters == nullptr)
     launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
 }
