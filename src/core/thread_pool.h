@@ -18,7 +18,8 @@
 // watches how long its caller waits runnable for a CPU (the scheduler's run delay, sampled every
 // 10 ms) and, while other work competes for the cores, runs parallel_for on the caller alone
 // (the workers stop spinning and sleep), re-trying the workers after a back-off that doubles while
-// the load lasts. An idle machine is never preempted, so it keeps every thread.
+// the load lasts. On an idle machine the caller waits for a CPU only while a kernel thread runs
+// (microseconds), far under the threshold, so it keeps every thread.
 // VLMCHECK_POOL_SOLO=0 (read at construction) or set_load_fallback(false) turns this off.
 #pragma once
 
@@ -54,7 +55,7 @@ class ThreadPool {
   struct Stats {
     uint64_t parallel_jobs = 0;  // handed to the workers
     uint64_t solo_jobs = 0;      // run on the caller alone because the machine was oversubscribed
-    uint64_t busy_windows = 0;   // sampling windows that found the pool preempted (each starts a back-off)
+    uint64_t busy_windows = 0;   // sampling windows whose caller waited for a CPU (each starts a back-off)
   };
   Stats stats() const;
   // Turns the load fallback (header comment) on or off; either way ends a back-off in progress.
