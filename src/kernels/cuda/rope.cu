@@ -2,8 +2,8 @@
 // product position * inv_freq; cos/sin are evaluated in double and rounded once, exactly like the CPU
 // reference, so both paths agree to the last bit of the angle. Positions, inv_freq and the M-RoPE
 // stream table are host arrays (ops.h "devices"): passed by value for decode-sized calls; for longer
-// calls they become a device table of (cos, sin) per (token, frequency), which one thread per (token,
-// head, frequency) then applies.
+// calls they become a device table of (cos, sin) per (token, frequency), which one block per token then
+// applies to every head.
 //
 // The table is kept between calls and rebuilt only when its inputs change. A layer rotates q and then k
 // with the same positions, and a vision tower rotates every block's q and k with the same patch
@@ -88,15 +88,23 @@ __global__ void rope_table_kernel(float2* __restrict__ table, int64_t n_tokens, 
   }
 }
 
-// One thread per (token, head, frequency); the heads of a token read the same half row of the table
-// (an L1/L2 hit after the first).
-__global__ void rope_apply_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-                                  int64_t half, const float2* __restrict__ table) {
-  const int64_t total = n_tokens * n_heads * half;
-  for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = w % half, th = w / half;
-    const int64_t t = th / n_heads, h = th % n_heads;
-    rotate_pair(x + (t * n_heads + h) * head_dim, i, half, table[t * half + i]);
+// One block per token (grid-stride over tokens): the token's (cos, sin) row is staged in shared memory, then
+// the block's threads walk its (head, frequency) pairs with 32-bit index math (the 64-bit divisions and
+// remainders of a flat (token, head, frequency) index cost more than the memory traffic: 29 us per 3B q/k call
+// at 2048 tokens, 52 us on Gemma, against ~8 us to move the bytes).
+__global__ void rope_apply_kernel(float* __restrict__ x, int64_t n_tokens, int n_heads, int head_dim, int half,
+                                  const float2* __restrict__ table) {
+  extern __shared__ float2 row_cs[];  // [half]
+  const int pairs = n_heads * half;
+  for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+    for (int i = threadIdx.x; i < half; i += blockDim.x) row_cs[i] = table[t * half + i];
+    __syncthreads();
+    float* xt = x + t * n_heads * head_dim;
+    for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+      const int h = j / half, i = j - h * half;
+      rotate_pair(xt + static_cast<int64_t>(h) * head_dim, i, half, row_cs[i]);
+    }
+    __syncthreads();  // before the next token overwrites row_cs
   }
 }
 
@@ -197,7 +205,11 @@ void launch_rope(const char* op, float* x, int64_t n_tokens, int64_t n_heads, in
                                                     has_streams ? st.device<int>(h_str) : nullptr, scaling);
   } else {
     const float2* table = rope_table(op, n_tokens, half, inv_freq, positions, n_streams, stream_of, scaling);
-    rope_apply_kernel<<<blocks, kThreads, 0, cs>>>(x, n_tokens, n_heads, head_dim, half, table);
+    const int pairs = static_cast<int>(n_heads * half);
+    const int threads = std::min(kThreads, (pairs + 31) / 32 * 32);
+    const unsigned grid = static_cast<unsigned>(std::min<int64_t>(n_tokens, int64_t{65535} * 8));
+    rope_apply_kernel<<<grid, threads, sizeof(float2) * static_cast<size_t>(half), cs>>>(
+        x, n_tokens, static_cast<int>(n_heads), static_cast<int>(head_dim), static_cast<int>(half), table);
   }
   VLM_CUDA_LAUNCHED(op);
 }
