@@ -45,9 +45,9 @@ bool graphs_enabled();
 // Tests and benchmarks: overrides VLMCHECK_CUDA_GRAPHS (on/off) and VLMCHECK_CUDA_GRAPH_OPS (the
 // most ops per captured piece, default 64; 0 = the whole step as one graph). Not inside run_graph.
 void set_graph_options(bool enabled, int piece_ops);
-// Decode attention's split merge: false (the default) = a second launch (attention_combine), true = the
-// last blocks of the decode kernel merge in the same launch. VLMCHECK_CUDA_DECODE_MERGE=last-block sets
-// the initial value; tests and benchmarks switch it between calls (not inside run_graph).
+// Decode attention's split merge: true (the default) = the last block of each team of splits merges
+// them in the same launch, false = a second launch (attention_combine). VLMCHECK_CUDA_DECODE_MERGE=combine
+// sets false as the initial value; tests and benchmarks switch it between calls (not inside run_graph).
 void set_decode_last_block_merge(bool on);
 // Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
 // first of each key), pieces launched, executables instantiated and updated in place; and where the
