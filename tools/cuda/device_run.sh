@@ -13,6 +13,7 @@
 #   kv SHAPE...      the MLX 4-bit g64 decoder at 2048- and 16,384-token prompts, with the f32 KV cache and then
 #                    with `--kv-bits 4 --quantized-kv-start 0` (the quantized cache from the first token; decode
 #                    reads the packed rows directly), 32 decode tokens, 1 repetition each
+#                    (VLMCHECK_KV_PROMPTS="16384" picks the prompt lengths)
 #   vision SHAPE...  `vlmcheck bench --device cuda --image-size 1280x960` on the VLM shape with its vision tower
 #                    (bf16 throughout): the image prompt alone (no filler), 64 decode tokens, 2 repetitions; TTFT
 #                    = image load + preprocessing + vision encode + prefill, each in the log
@@ -20,7 +21,8 @@
 #   photo SHAPE...   a full-size photo prompt (bf16): `--image-size 4032x3016` (VLMCHECK_PHOTO_SIZE overrides), which
 #                    Qwen2.5-VL's default max_pixels (16384 * 28 * 28) keeps at 3024x4032 = 15,552 image tokens over
 #                    62,208 patches; 8 decode tokens, 1 repetition; then the same with VLMCHECK_CUDA_PROFILE=1
-#                    (per-op GPU time of preprocessing's upload, the vision tower and the prefill)
+#                    (per-op GPU time of preprocessing's upload, the vision tower and the prefill;
+#                    VLMCHECK_PHOTO_PROFILE= with an empty value skips that second run)
 # VLMCHECK_RUN_TAG=name suffixes the log tarball and summary (logs-name.tar.gz), so that one call can run the
 # script once per bundle (VLMCHECK_DEVPACK) for an A/B without the second run overwriting the first's logs.
 # Several modes may follow each other: `tests bench qwen2.5-vl-3b hf qwen2.5-vl-3b`. Logs go to $OUT
@@ -77,7 +79,7 @@ for arg in "$@"; do
         rm -rf /tmp/vlmcheck-bench-*
       elif [[ "$mode" == photo ]]; then
         size=${VLMCHECK_PHOTO_SIZE:-4032x3016}
-        for prof in "" 1; do
+        for prof in "" ${VLMCHECK_PHOTO_PROFILE-1}; do
           tag="photo_$arg${prof:+-profile}"
           VLMCHECK_CUDA_PROFILE=$prof timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --image-size "$size" --gen-tokens 8 \
             --repetitions 1 --work-dir /tmp > "$logs/$tag.txt" 2>&1
@@ -85,7 +87,7 @@ for arg in "$@"; do
           rm -rf /tmp/vlmcheck-bench-*
         done
       elif [[ "$mode" == kv ]]; then
-        for prompt in 2048 16384; do
+        for prompt in ${VLMCHECK_KV_PROMPTS:-2048 16384}; do
           for kvq in "" "--kv-bits 4 --quantized-kv-start 0"; do
             tag="kv_$arg-q4-$prompt${kvq:+-kv4}"
             timeout 300 "$bin/vlmcheck" bench --device cuda --synthetic "$arg" --bits 4 $kvq --prompt-tokens "$prompt" \
