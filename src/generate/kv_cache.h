@@ -13,11 +13,11 @@
 //   queries. RoPE positions are never re-rotated (the model applies them from the absolute offset).
 // * Quantized (bits, group_size): K and V rows stored MLX-affine quantized along head_dim
 //   (ops::kv_quantize), and only those: codes, scales and biases (MemoryTracker kKvCache and
-//   nbytes(), as mlx's nbytes counts). Decode steps (fewer than 8 tokens) on CUDA attend with
+//   nbytes(), as mlx's nbytes counts). Decode steps (fewer than 8 tokens) attend with
 //   ops::attention_quantized, which reads the packed rows directly (dequantized chunk by chunk in
-//   shared memory). Prefill chunks, and every step on the CPU (where that op is only the scalar
-//   reference), dequantize the held slots (ops::kv_dequantize) into a KVScratch, one layer's f32 K/V
-//   rows shared by every layer of the cache (kScratch), and ops::attention runs over them. Both equal
+//   shared memory on CUDA, in L1 on the CPU). Prefill chunks dequantize the held slots
+//   (ops::kv_dequantize) into a KVScratch, one layer's f32 K/V rows shared by every layer of the cache
+//   (kScratch), and ops::attention runs over them. Both equal
 //   mlx's quantized_matmul attention up to float summation order. So a cache of L layers holds L
 //   layers of codes plus at most one layer of f32 rows. A layer created with
 //   a quantization start N stays f32 until its offset reaches N at the end of an update, then

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
 #include <numeric>
 #include <random>
 
@@ -77,6 +80,48 @@ TEST(ThreadPool, CoversRangeExactlyOnceAndPropagatesErrors) {
     for (int64_t i = b; i < e; ++i) sum += i;
   });
   EXPECT_EQ(sum.load(), 45);
+}
+
+// Sums 0..n-1 through the pool and checks the result (every item exactly once, whoever ran it).
+void expect_full_sum(ThreadPool& pool, int64_t n) {
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for(n, [&](int64_t b, int64_t e) {
+    int64_t local = 0;
+    for (int64_t i = b; i < e; ++i) local += i;
+    sum += local;
+  });
+  EXPECT_EQ(sum.load(), n * (n - 1) / 2);
+}
+
+// The load fallback (thread_pool.h): with twice as many spinning threads as cores beside it, the caller
+// waits for a CPU and parallel_for goes to the caller alone, still covering the range; with the fallback
+// off it never does. Real threads, real scheduler; the signal is /proc/thread-self/schedstat.
+TEST(ThreadPool, FallsBackToTheCallerAloneWhileTheMachineIsOversubscribed) {
+  if (!std::ifstream("/proc/thread-self/schedstat")) GTEST_SKIP() << "no scheduler statistics on this kernel";
+  ThreadPool pool(2);
+  pool.set_load_fallback(false);
+  for (int i = 0; i < 50; ++i) expect_full_sum(pool, 4096);
+  ThreadPool::Stats off = pool.stats();
+  EXPECT_EQ(off.solo_jobs, 0u);
+  EXPECT_GT(off.parallel_jobs, 0u);
+
+  pool.set_load_fallback(true);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> spinners;
+  const unsigned n_spin = 2 * std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n_spin; ++i)
+    spinners.emplace_back([&stop] {
+      volatile uint64_t x = 0;
+      while (!stop.load(std::memory_order_relaxed)) x = x + 1;
+    });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pool.stats().solo_jobs == off.solo_jobs && std::chrono::steady_clock::now() < deadline)
+    expect_full_sum(pool, 4096);
+  stop = true;
+  for (auto& t : spinners) t.join();
+  const ThreadPool::Stats busy = pool.stats();
+  EXPECT_GT(busy.busy_windows, off.busy_windows) << "no window saw the caller wait for a CPU";
+  EXPECT_GT(busy.solo_jobs, off.solo_jobs) << "parallel_for never ran on the caller alone under contention";
 }
 
 TEST(MappedFile, LazyAndEagerGiveTheSameBytes) {

@@ -66,8 +66,8 @@ void* scratch(size_t bytes, const char* op);
 // ---- staging of host index arrays -----------------------------------------------------------------
 // Collects the host arrays one op needs (ids, positions, k_pos, ...) into one host block, copies it to
 // a device buffer with one cudaMemcpyAsync on the backend stream, and hands out the device addresses.
-// Eagerly the block goes through a pinned slot to a reusable device buffer (pageable copy when it is
-// larger than a slot); the host arrays may die once upload() returns, and the device buffer is only
+// Eagerly the block goes through a pinned slot to a reusable device buffer (blocks larger than a slot
+// through memory.cu's pool of pinned buffers; a pageable copy only past its cap); the host arrays may die once upload() returns, and the device buffer is only
 // overwritten by a later op's upload, which the stream orders after this op's kernels. Under
 // run_graph capture the block goes to the graph's staging arena instead (capture_stage: its own
 // device range per op, uploaded before the piece launches), so nothing is copied from pageable memory
