@@ -331,8 +331,9 @@ TEST_P(CudaTextParity, LogitsAndGreedyTokensMatchTransformers) {
   const ops::cuda::GraphStats graphs_before = ops::cuda::graph_stats();
   EXPECT_EQ(run_text(lm, ids, static_cast<int>(greedy.size()), 0, {}, true).greedy, run.greedy)
       << "forward_argmax (graph-captured decode) differs from forward's logits";
-  if (ops::cuda::graphs_enabled() && greedy.size() > 2)
+  if (ops::cuda::graphs_enabled() && greedy.size() > 2) {
     EXPECT_GT(ops::cuda::graph_stats().pieces, graphs_before.pieces) << "no decode step was captured";
+  }
 
   // Chunked prefill (chunks straddle the fixtures' sliding windows of 8) and a rotating cache (ring moves are
   // device copies), each against the same model on the CPU run the same way (dynamic RoPE scalings depend on
