@@ -46,6 +46,20 @@ std::string join(const std::vector<std::string>& v, size_t limit = 40) {
 
 }  // namespace
 
+ops::Weight quantized_weight(const Checkpoint& checkpoint, const std::string& base, const AffineQuantSpec& spec,
+                             int64_t out, int64_t in) {
+  ops::Weight w;
+  w.quantized = true;
+  w.quant.packed = checkpoint.get(base + ".weight");
+  w.quant.scales = checkpoint.get(base + ".scales");
+  w.quant.biases = checkpoint.get(base + ".biases");
+  w.quant.spec = spec;
+  w.quant.rows = out;
+  w.quant.cols = in;
+  w.quant.validate(base.c_str());
+  return w;
+}
+
 std::string DecoderLayout::actual(const std::string& canonical) const {
   if (starts_with(canonical, "model.")) return decoder_prefix + canonical.substr(6);
   if (canonical == "lm_head") return head_prefix.substr(0, head_prefix.size() - 1);
@@ -129,14 +143,7 @@ void TensorTable::resolve_matrix(const Entry& e) {
                                        shape_str(sinfo.shape)));
       return;
     }
-    w.quantized = true;
-    w.quant.packed = checkpoint_.get(wname);
-    w.quant.scales = checkpoint_.get(base + ".scales");
-    w.quant.biases = checkpoint_.get(base + ".biases");
-    w.quant.spec = *spec;
-    w.quant.rows = out;
-    w.quant.cols = in;
-    w.quant.validate(base.c_str());
+    w = quantized_weight(checkpoint_, base, *spec, out, in);
   } else {
     if (!is_float(info.dtype) || info.shape != Shape{out, in}) {
       misshaped_.push_back(fmt::format("{}: expected float[{}, {}], got {}{}", wname, out, in,

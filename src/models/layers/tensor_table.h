@@ -33,6 +33,12 @@ struct DecoderLayout {
   static DecoderLayout detect(const Checkpoint& checkpoint);
 };
 
+// The MLX affine weight `<base>.weight` (u32 packed) with `<base>.scales` and `<base>.biases` as an
+// ops::Weight of logical shape [out, in] under `spec`. The caller has checked the stored shapes (each
+// reader reports them its own way); QuantizedMatrix::validate checks them again and throws.
+ops::Weight quantized_weight(const Checkpoint& checkpoint, const std::string& base, const AffineQuantSpec& spec,
+                             int64_t out, int64_t in);
+
 // The checkpoint is read during resolve() only: resolved weights are borrowed views that keep their
 // files alive on their own.
 class TensorTable {

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "models/families.h"
+#include "models/layers/tensor_table.h"
 
 namespace vlm::vlm_common {
 
@@ -83,14 +84,7 @@ ops::Weight WeightReader::linear(const std::string& module, int64_t out, int64_t
               shape_str(sinfo.shape));
     used_.insert(base + ".scales");
     used_.insert(base + ".biases");
-    w.quantized = true;
-    w.quant.packed = checkpoint_.get(wname);
-    w.quant.scales = checkpoint_.get(base + ".scales");
-    w.quant.biases = checkpoint_.get(base + ".biases");
-    w.quant.spec = *spec;
-    w.quant.rows = out;
-    w.quant.cols = in;
-    w.quant.validate(base.c_str());
+    w = quantized_weight(checkpoint_, base, *spec, out, in);
   } else {
     VLM_CHECK(is_float(info.dtype) && info.shape == (Shape{out, in}), ErrorKind::kFormat,
               "{}: '{}' expected float[{}, {}], got {}{}", what_, wname, out, in, dtype_name(info.dtype),
