@@ -590,6 +590,20 @@ int sm_count() {
   return n;
 }
 
+// Numbers groups of `rows_per_group` rows through the members: p.block_end[i] is one past member i's
+// last group. Returns the total; more than a grid can index throws.
+int64_t number_row_groups(GemvParams& p, int64_t rows_per_group) {
+  int64_t groups = 0;
+  for (int i = 0; i < p.count; ++i) {
+    groups += (p.rows[i] + rows_per_group - 1) / rows_per_group;
+    if (groups > 0x7fffffff)
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(p.rows[i]) +
+                                                    " rows exceed the GEMV grid");
+    p.block_end[i] = static_cast<unsigned>(groups);
+  }
+  return groups;
+}
+
 // The streaming dense kernel: row groups of kStreamR rows numbered through the members, a grid of
 // what is resident at once (or fewer blocks, when there are fewer row groups).
 template <typename WT, int NT>
@@ -602,14 +616,7 @@ void launch_stream(GemvParams& p, cudaStream_t st) {
       n = 1;
     return n;
   }();
-  int64_t groups = 0;
-  for (int i = 0; i < p.count; ++i) {
-    groups += (p.rows[i] + kStreamR - 1) / kStreamR;
-    if (groups > 0x7fffffff)
-      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(p.rows[i]) +
-                                                    " rows exceed the GEMV grid");
-    p.block_end[i] = static_cast<unsigned>(groups);
-  }
+  const int64_t groups = number_row_groups(p, kStreamR);
   const int64_t warps = kStreamThreads / 32;
   const int64_t grid = std::min<int64_t>((groups + warps - 1) / warps, static_cast<int64_t>(per_sm) * sm_count());
   detail::launch_chained("linear (gemv)", gemv_dense_stream_kernel<WT, NT>, dim3(static_cast<unsigned>(grid)),
@@ -638,14 +645,7 @@ void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) 
   p.ksplit = 1;
   while (p.ksplit < warps && p.ksplit < rounds) p.ksplit *= 2;
   const int64_t rows_per_block = (warps / p.ksplit) * c.rows;
-  int64_t blocks = 0;
-  for (int i = 0; i < p.count; ++i) {
-    blocks += (p.rows[i] + rows_per_block - 1) / rows_per_block;
-    if (blocks > 0x7fffffff)
-      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear] " + std::to_string(p.rows[i]) +
-                                                    " rows exceed the GEMV grid");
-    p.block_end[i] = static_cast<unsigned>(blocks);
-  }
+  const int64_t blocks = number_row_groups(p, rows_per_block);
   const unsigned grid = static_cast<unsigned>(blocks);
   // Chained launches (common.cuh): in a decode step every GEMV follows a norm, a rope or another GEMV.
   auto launch = [&](auto kernel) {
