@@ -89,9 +89,10 @@ __global__ void rope_table_kernel(float2* __restrict__ table, int64_t n_tokens, 
 }
 
 // One block per token (grid-stride over tokens): the token's (cos, sin) row is staged in shared memory, then
-// the block's threads walk its (head, frequency) pairs with 32-bit index math (the 64-bit divisions and
-// remainders of a flat (token, head, frequency) index cost more than the memory traffic: 29 us per 3B q/k call
-// at 2048 tokens, 52 us on Gemma, against ~8 us to move the bytes).
+// the block's threads walk its (head, frequency) pairs with 32-bit index math. The previous kernel (one
+// thread per flat 64-bit (token, head, frequency) index) profiled at 29 us per 3B q/k call at 2048 tokens and
+// 52 us on Gemma, against ~8 us to move the bytes; its 64-bit divisions were the suspected cause (not
+// profiled further), and this kernel's own time has not been measured on its own.
 __global__ void rope_apply_kernel(float* __restrict__ x, int64_t n_tokens, int n_heads, int head_dim, int half,
                                   const float2* __restrict__ table) {
   extern __shared__ float2 row_cs[];  // [half]
