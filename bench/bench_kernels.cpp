@@ -18,7 +18,9 @@
 // Kernel timings are also paired with a short probe of the relevant limit (256 MiB read, ~20 ms of
 // FMAs) run just before each repetition; the median per-pair ratio is the robust figure on a
 // machine shared with other work, where the limits themselves move during the run.
-// Usage: bench_kernels [--reps N] [--quick] [--kernels-only]
+// Usage: bench_kernels [--reps N] [--quick] [--kernels-only] [--gemv]
+//   --gemv: only the one-core quantized decode GEMV table (every bit width, L2-resident and streamed
+//   from DRAM, thread CPU time), quick enough to alternate two binaries for an A/B comparison.
 //   --quick: fewer reps, skips the Qwen prefill; --kernels-only: skips the model-shaped runs (4, 5).
 #include <immintrin.h>
 
@@ -187,6 +189,59 @@ void run_model(const Model& m, const float* x, int64_t n, float* y) {
   for (const ops::Weight& w : m.linears) ops::linear(x, n, w, Tensor(), y);
 }
 
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// --gemv: one core (a one-thread pool), thread CPU time, one token through ops::linear. Per bit width
+// and group size: an L2-resident 512 x 576 matrix (the kernel's own speed) and SmolLM2/Qwen-shaped
+// matrices streamed from DRAM (distinct copies totalling >= 48 MB, so every byte comes from memory);
+// group 128 uses 640 for the 576-wide shapes.
+// GB/s counts the packed codes plus scales and biases (Weight::nbytes).
+void gemv_table(int reps, Rng& rng) {
+  ThreadPool::set_global_threads(1);
+  std::printf("| quantized GEMV, one token, one core (thread CPU time) | L2 512x576 GB/s | L2 128x2048 GB/s | DRAM 1536x576 GB/s | DRAM 576x1536 GB/s | DRAM 4864x896 GB/s |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|\n");
+  std::vector<float> x(8192), y(8192);
+  for (auto& v : x) v = rng.uniform();
+  struct C {
+    int bits, group;
+  };
+  const C configs[] = {{4, 64}, {4, 32}, {4, 128}, {2, 64}, {3, 64}, {5, 64}, {6, 64}, {8, 64}};
+  for (const C& c : configs) {
+    std::printf("| q%d g%d", c.bits, c.group);
+    auto run = [&](int64_t rows, int64_t cols, double min_bytes) {
+      std::vector<ops::Weight> ws;
+      double bytes = 0;
+      do {
+        ws.push_back(make_q(rows, cols, c.bits, c.group, rng));
+        bytes += static_cast<double>(ws.back().nbytes());
+      } while (bytes < min_bytes);
+      // L2-resident: repeat the one matrix until ~20 MB have been decoded per sample.
+      const int inner = min_bytes > 0 ? 1 : static_cast<int>(20e6 / bytes) + 1;
+      for (const ops::Weight& w : ws) ops::linear(x.data(), 1, w, Tensor(), y.data());  // warm-up
+      std::vector<double> gbs;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = thread_cpu_seconds();
+        for (int i = 0; i < inner; ++i)
+          for (const ops::Weight& w : ws) ops::linear(x.data(), 1, w, Tensor(), y.data());
+        gbs.push_back(bytes * inner / (thread_cpu_seconds() - t0) / 1e9);
+      }
+      std::sort(gbs.begin(), gbs.end());
+      std::printf(" | %.1f", gbs[gbs.size() / 2]);
+    };
+    const int64_t narrow = c.group == 128 ? 640 : 576;  // 576 is not a multiple of 128
+    run(512, narrow, 0);
+    run(128, 2048, 0);
+    run(1536, narrow, 48e6);
+    run(576, 1536, 48e6);
+    run(4864, 896, 48e6);
+    std::printf(" |\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -197,6 +252,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--kernels-only")) kernels_only = true;
+    if (!std::strcmp(argv[i], "--gemv")) {
+      Rng rng;
+      gemv_table(reps, rng);
+      return 0;
+    }
   }
   if (quick) reps = std::min(reps, 3);
   ThreadPool& pool = ThreadPool::global();

@@ -44,12 +44,12 @@ namespace {
 template <int BITS>
 struct LayoutB {
   static constexpr int kPieces = 8 / BITS;           // codes per byte (E)
-  static constexpr int kCodes = 64 * kPieces;         // codes per 64-byte block
-  static constexpr int kCodesPerLane = 4 * kPieces;   // codes feeding one int32 lane
+  static constexpr int kCodes = 64 * kPieces;        // codes per 64-byte block
+  static constexpr int kCodesPerLane = 4 * kPieces;  // codes feeding one int32 lane
 };
 
-constexpr int kXChunk = 32;      // activations per x scale
-constexpr float kXMax = 32639;   // |xq| bound: xq = 256·xh + xl with both bytes in [-128, 127]
+constexpr int kXChunk = 32;     // activations per x scale
+constexpr float kXMax = 32639;  // |xq| bound: xq = 256·xh + xl with both bytes in [-128, 127]
 // Rows per pass of the one-token GEMV (more rows share each block's activation loads and bookkeeping;
 // 8 vs 4: 13.6 -> 14.3 GB/s on an L2-resident 512 x 576 4-bit matrix, one core, thread CPU time).
 constexpr int kRowsOneToken = 8;
@@ -146,8 +146,10 @@ inline __m512 load_values(const void* p, DType dt, int64_t n) {
     case DType::kBF16:
       return _mm512_castsi512_ps(
           _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p))), 16));
-    case DType::kF16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p)));
-    default: return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p));
+    case DType::kF16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p)));
+    default:
+      return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p));
   }
 }
 
@@ -170,18 +172,33 @@ inline __m256i piece256(__m256i v, int t) {
   return _mm256_and_si256(_mm256_srli_epi16(v, static_cast<unsigned>(BITS * t)), mask);
 }
 
-// Software prefetch distance in groups of R rows, and its target: L2, as in simd_linear_avx512.cpp
-// (prefetching into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s).
-constexpr int64_t kPrefetchGroups = 2;
+// Software prefetch distance in bytes, and its target: L2, as in simd_linear_avx512.cpp (prefetching
+// into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s). A pass over R rows
+// reads them together (R interleaved streams of one contiguous row group), so the in-loop prefetch of
+// a block's line `ahead` bytes on covers the matrix ahead of the pass as one sequential stream. The
+// distance has to be bytes, not row groups: two groups were 4.6 KB at 576 inputs (1536 x 576 4-bit
+// streamed at ~16-17 GB/s on one core) and 12 KB at 1536 (~28 GB/s); ~16 KB brings 1536 x 576 to
+// ~25 GB/s (one core, one-core sequential read ~23-29 GB/s on this VM). Kernel A/B, one core at load
+// ~11, thread CPU time: 576 x 1536 4-bit 12-13 GB/s at 4.5 KB ahead -> 17-20 at 16 KB, 4864 x 896
+// 15-16.5 -> 18-20.5; 8 KB about the same as 16, 32 KB worse.
+constexpr int64_t kPrefetchBytes = 16384;
 constexpr auto kPrefetchHint = _MM_HINT_T1;
 
-// Prefetches [p, p + bytes) into L2. Used at the start of a pool chunk: the in-loop prefetch runs
-// kPrefetchGroups row groups ahead, so a chunk's first groups would otherwise arrive on demand, one
-// miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a thread's next
-// chunk does not follow its last one in memory (claims run downwards), so every chunk paid that.
+// Prefetches [p, p + bytes) into L2. Used at the start of a pool chunk (and of each output's rows in
+// it): the in-loop prefetch runs `ahead` bytes on, so a chunk's first bytes would otherwise arrive on
+// demand, one miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a
+// thread's next chunk does not follow its last one in memory (claims run downwards), so every chunk
+// paid that.
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(c + off, kPrefetchHint);
+}
+
+// The line to prefetch for a load at `src`: `ahead` bytes on, unless that is past the rows this
+// thread's chunk covers (another thread's rows, or past the matrix), where it re-touches src instead.
+inline const char* prefetch_target(const uint8_t* src, int64_t ahead, const uint8_t* pf_end) {
+  const uint8_t* t = src + ahead;
+  return reinterpret_cast<const char*>(t < pf_end ? t : src);
 }
 
 // A quantized matrix's raw pointers and strides, read once per call (Tensor::raw() is out of line and
@@ -236,126 +253,158 @@ inline __m256 sum8(const __m512* v) {
   return _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, s));
 }
 
-// out[i] = Σ_c w[r0 + i][c]·x[c] for NT tokens (x prepared per token) and R consecutive rows; each
-// block of codes is loaded and split into pieces once for all NT tokens.
+// y[t0 + j][r] = Σ_c w[r][c]·x_j[c] (+ bias[r]) for NT tokens (x prepared per token) and the rows
+// [r_begin, r_end), R at a time (r_end − r_begin a multiple of R); each block of codes is loaded and
+// split into pieces once for all NT tokens. One call covers a pool chunk's rows of one matrix, so the
+// setup below (constants, pointers; ~13 % of the samples at 576 inputs when it ran per 8 rows) is paid
+// once per chunk.
+//
+// Per 64-byte block and row the work is the load, the piece split (2E − 1 ands and shifts), 2E
+// dot products and a shift, then one vpermps, a convert and an FMA: the per-lane factor s_g·xs_h
+// (int32 lane -> f32 contribution) is formed per row once per window of 16 x chunks (512 codes,
+// 8/E blocks) — a vpermps of the row's group scales to chunks times the 16 chunk scales — and each
+// block only picks its lanes' factors from it (the same f32 products as one multiply per block).
 template <int BITS, int R, int NT>
-void rows_dot(const QView& m, int64_t r0, const PreparedQ* const* p, float* out /* [NT][R] */) {
+void rows_dot(const QView& m, int64_t r_begin, int64_t r_end, const PreparedQ* const* p, const float* bias,
+              float* y /* [tokens][rows] */, int64_t t0, int64_t rows, const uint8_t* pf_end) {
   using L = LayoutB<BITS>;
   constexpr int E = L::kPieces;
+  constexpr int kWindowChunks = 16;
+  constexpr int kWindowBlocks = kWindowChunks * kXChunk / L::kCodes;  // 8 / E
   const int64_t row_bytes = m.cols * BITS / 8;
-  const int gs = m.group_size;
+  const int gs_shift = __builtin_ctz(static_cast<unsigned>(m.group_size));  // 5, 6 or 7
   const int64_t groups = m.groups;
   const DType sd = m.sd;
   const size_t ssize = m.ssize;
-  const __m512i lane_codes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                _mm512_set1_epi32(L::kCodesPerLane));
-  const int gs_shift = __builtin_ctz(static_cast<unsigned>(gs));  // group sizes are powers of two
-  const __m128i log2_gs = _mm_cvtsi32_si128(gs_shift);
-  const int64_t ahead = kPrefetchGroups * R * m.row_stride;
-
-  const uint8_t* const row0 = m.packed + r0 * m.row_stride;
-  const char* const srow0 = m.scales + r0 * groups * ssize;
+  // Chunk c of a window (512 codes, a multiple of every group size) lies in the window's group
+  // 32c / group_size; int32 lane i of the window's block w covers chunk 2E·w + 4E·i / 32.
+  const __m512i chunk_group =
+      _mm512_srl_epi32(_mm512_slli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 5),
+                       _mm_cvtsi32_si128(gs_shift));
+  const __m512i lane_chunk =
+      _mm512_srli_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32(L::kCodesPerLane)),
+                        5);
+  const int64_t ahead = kPrefetchBytes;
   const int64_t sstride = groups * static_cast<int64_t>(ssize);
-  __m512 total[NT][R];
-#pragma GCC unroll 8
-  for (int j = 0; j < NT; ++j)
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
-  // Sixteen consecutive group scales per row stay in registers until a block reaches past them.
-  __m512 sv[R];
-  const __m512i lane_chunk = _mm512_srli_epi32(lane_codes, 5);  // lane -> its 32-activation chunk in the block
-  int64_t gbase = -1;
-  for (int64_t b = 0; b < p[0]->blocks; ++b) {
-    const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
-    const __mmask64 bm = valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << valid) - 1);
-    const int64_t first = b * L::kCodes;
-    const int64_t g_last = std::min<int64_t>(groups - 1, (first + L::kCodes - 1) >> gs_shift);
-    if (gbase < 0 || g_last >= gbase + 16) {
-      gbase = first >> gs_shift;
-      const int64_t ng = std::min<int64_t>(16, groups - gbase);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) sv[i] = load_values(srow0 + i * sstride + gbase * ssize, sd, ng);
-    }
-    // Int32 lane i covers codes first + kCodesPerLane·i ...: its group relative to gbase.
-    const __m512i lane_group = _mm512_srl_epi32(
-        _mm512_add_epi32(lane_codes, _mm512_set1_epi32(static_cast<int>(first - gbase * gs))), log2_gs);
-    __m512 xl[NT];
+  const int64_t blocks = p[0]->blocks;
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
+    const uint8_t* const row0 = m.packed + r0 * m.row_stride;
+    const char* const srow0 = m.scales + r0 * groups * ssize;
+    __m512 total[NT][R];
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j)
-      xl[j] = _mm512_permutexvar_ps(lane_chunk, _mm512_loadu_ps(p[j]->xscale.data() + first / kXChunk));
-    if (valid == 32) {
-      // A half block at the row's end (4-bit rows of 576 inputs are 4.5 blocks: a tenth of SmolLM2's
-      // 4-bit work went to the masked half) in 256-bit ops, which take half the time of 512-bit ones here.
 #pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) {
-        const uint8_t* src = row0 + i * m.row_stride + 64 * b;
-        _mm_prefetch(reinterpret_cast<const char*>(src + ahead), kPrefetchHint);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-        const __m256 s = _mm512_castps512_ps256(_mm512_permutexvar_ps(lane_group, sv[i]));
-        __m256i c[E];
+      for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
+    for (int64_t w0 = 0; w0 < blocks; w0 += kWindowBlocks) {
+      // sx[j][i] lane c: s_g·xs_c of row i, token j, for the window's chunk c.
+      const int64_t gbase = (w0 * L::kCodes) >> gs_shift;
+      const int64_t ng = std::min<int64_t>(16, groups - gbase);
+      const int64_t c0 = w0 * L::kCodes / kXChunk;
+      __m512 sx[NT][R];
+      {
+        __m512 xs[NT];
 #pragma GCC unroll 8
-        for (int t = 0; t < E; ++t) c[t] = piece256<BITS>(v, t);
+        for (int j = 0; j < NT; ++j) xs[j] = _mm512_loadu_ps(p[j]->xscale.data() + c0);
 #pragma GCC unroll 8
-        for (int j = 0; j < NT; ++j) {
-          const int8_t* xb = p[j]->xb.data() + b * E * 128;
-          auto x32 = [&](int off) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off)); };
-          __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c[0], x32(0));
+        for (int i = 0; i < R; ++i) {
+          const __m512 s = _mm512_permutexvar_ps(chunk_group, load_values(srow0 + i * sstride + gbase * ssize, sd, ng));
 #pragma GCC unroll 8
-          for (int t = 1; t < E; ++t) acc = _mm256_dpbusd_epi32(acc, c[t], x32(128 * t));
-          acc = _mm256_slli_epi32(acc, 8);
-#pragma GCC unroll 8
-          for (int t = 0; t < E; ++t) acc = _mm256_dpbusd_epi32(acc, c[t], x32(128 * t + 64));
-          const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(s, _mm512_castps512_ps256(xl[j])));
-          total[j][i] = _mm512_add_ps(total[j][i], _mm512_insertf32x8(_mm512_setzero_ps(), f, 0));
+          for (int j = 0; j < NT; ++j) sx[j][i] = _mm512_mul_ps(s, xs[j]);
         }
       }
-      continue;
-    }
+      const int64_t w1 = std::min<int64_t>(blocks, w0 + kWindowBlocks);
+      for (int64_t b = w0; b < w1; ++b) {
+        const int64_t valid = std::min<int64_t>(64, row_bytes - 64 * b);
+        const __m512i lane_sel = _mm512_add_epi32(lane_chunk, _mm512_set1_epi32(static_cast<int>(2 * E * (b - w0))));
+        if (valid == 32) {
+          // A half block at the row's end (4-bit rows of 576 inputs are 4.5 blocks: a tenth of SmolLM2's
+          // 4-bit work went to the masked half) in 256-bit ops, which take half the time of 512-bit ones here.
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      const uint8_t* src = row0 + i * m.row_stride + 64 * b;
-      _mm_prefetch(reinterpret_cast<const char*>(src + ahead), kPrefetchHint);
-      const __m512i v = _mm512_maskz_loadu_epi8(bm, src);
-      const __m512 s = _mm512_permutexvar_ps(lane_group, sv[i]);
-      __m512i c[E];
+          for (int i = 0; i < R; ++i) {
+            const uint8_t* src = row0 + i * m.row_stride + 64 * b;
+            _mm_prefetch(prefetch_target(src, ahead, pf_end), kPrefetchHint);
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+            __m256i c[E];
 #pragma GCC unroll 8
-      for (int t = 0; t < E; ++t) c[t] = piece<BITS>(v, t);
+            for (int t = 0; t < E; ++t) c[t] = piece256<BITS>(v, t);
 #pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) {
-        const int8_t* xb = p[j]->xb.data() + b * E * 128;
-        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(xb));
+            for (int j = 0; j < NT; ++j) {
+              const int8_t* xb = p[j]->xb.data() + b * E * 128;
+              auto x32 = [&](int off) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off)); };
+              __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), c[0], x32(0));
 #pragma GCC unroll 8
-        for (int t = 1; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t));
-        acc = _mm512_slli_epi32(acc, 8);
+              for (int t = 1; t < E; ++t) acc = _mm256_dpbusd_epi32(acc, c[t], x32(128 * t));
+              acc = _mm256_slli_epi32(acc, 8);
 #pragma GCC unroll 8
-        for (int t = 0; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t + 64));
-        total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, xl[j]), total[j][i]);
+              for (int t = 0; t < E; ++t) acc = _mm256_dpbusd_epi32(acc, c[t], x32(128 * t + 64));
+              const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc),
+                                             _mm512_castps512_ps256(_mm512_permutexvar_ps(lane_sel, sx[j][i])));
+              total[j][i] = _mm512_add_ps(total[j][i], _mm512_insertf32x8(_mm512_setzero_ps(), f, 0));
+            }
+          }
+          continue;
+        }
+        // A whole block takes a plain load: the byte-masked one cost ~12 % of the kernel's speed on
+        // L2-resident rows (one core, 2048 inputs), and only a row's last block can be partial.
+        auto full = [&](auto masked_tag) {
+          constexpr bool kMasked = decltype(masked_tag)::value;
+          const __mmask64 bm = kMasked ? (__mmask64{1} << valid) - 1 : ~__mmask64{0};
+#pragma GCC unroll 8
+          for (int i = 0; i < R; ++i) {
+            const uint8_t* src = row0 + i * m.row_stride + 64 * b;
+            _mm_prefetch(prefetch_target(src, ahead, pf_end), kPrefetchHint);
+            const __m512i v = kMasked ? _mm512_maskz_loadu_epi8(bm, src) : _mm512_loadu_si512(src);
+            __m512i c[E];
+#pragma GCC unroll 8
+            for (int t = 0; t < E; ++t) c[t] = piece<BITS>(v, t);
+#pragma GCC unroll 8
+            for (int j = 0; j < NT; ++j) {
+              const int8_t* xb = p[j]->xb.data() + b * E * 128;
+              __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(xb));
+#pragma GCC unroll 8
+              for (int t = 1; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t));
+              acc = _mm512_slli_epi32(acc, 8);
+#pragma GCC unroll 8
+              for (int t = 0; t < E; ++t) acc = _mm512_dpbusd_epi32(acc, c[t], _mm512_loadu_si512(xb + 128 * t + 64));
+              total[j][i] =
+                  _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(lane_sel, sx[j][i]), total[j][i]);
+            }
+          }
+        };
+        if (valid >= 64)
+          full(std::false_type{});
+        else
+          full(std::true_type{});
       }
     }
-  }
-  // Σ_g b_g·X_g (exact f32 sums of x), sixteen groups at a time, added to the row's lanes before the
-  // one reduction per row.
-  const char* const brow0 = m.biases + r0 * groups * ssize;
-  for (int64_t g = 0; g < groups; g += 16) {
-    const int64_t n = std::min<int64_t>(16, groups - g);
-    const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-    __m512 xsum[NT];
+    // Σ_g b_g·X_g (exact f32 sums of x), sixteen groups at a time, added to the row's lanes before the
+    // one reduction per row.
+    const char* const brow0 = m.biases + r0 * groups * ssize;
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t n = std::min<int64_t>(16, groups - g);
+      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+      __m512 xsum[NT];
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
+      for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
+      for (int i = 0; i < R; ++i) {
+        const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
 #pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
+        for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
+      }
     }
-  }
 #pragma GCC unroll 8
-  for (int j = 0; j < NT; ++j) {
-    if constexpr (R == 8) {
-      _mm256_storeu_ps(out + j * R, sum8(total[j]));
-    } else {
+    for (int j = 0; j < NT; ++j) {
+      float* yj = y + (t0 + j) * rows + r0;
+      if constexpr (R == 8) {
+        __m256 v = sum8(total[j]);
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + r0));
+        _mm256_storeu_ps(yj, v);
+      } else {
 #pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) out[j * R + i] = _mm512_reduce_add_ps(total[j][i]);
+        for (int i = 0; i < R; ++i) yj[i] = _mm512_reduce_add_ps(total[j][i]) + (bias ? bias[r0 + i] : 0.0f);
+      }
     }
   }
 }
@@ -384,15 +433,19 @@ struct StreamGather {
 
 inline float scale_at(const void* p, DType dt, int64_t i) {
   switch (dt) {
-    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
+    case DType::kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::kF16:
+      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
   }
 }
 
 template <int BITS, int R, int NT>
 __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix& m, int64_t r0,
-                                                            const PreparedQ* const* p, float* out /* [NT][R] */) {
+                                                           const PreparedQ* const* p, const uint8_t* pf_end,
+                                                           float* out /* [NT][R] */) {
   constexpr int kChunkBytes = 4 * BITS;
   static const StreamGather<BITS> gather;
   const int64_t cols = m.cols, chunks = cols / 32;
@@ -402,7 +455,7 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
   const size_t ssize = dtype_size(sd);
   const __mmask64 load_mask = (__mmask64{1} << kChunkBytes) - 1;
   const __m512i code_mask = _mm512_set1_epi16(static_cast<int16_t>((1 << BITS) - 1));
-  const int64_t ahead = kPrefetchGroups * R * m.words_per_row() * 4;
+  const int64_t ahead = kPrefetchBytes;
   const uint8_t* rows[R];
   const char* srow[R];
 #pragma GCC unroll 8
@@ -427,7 +480,7 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const uint8_t* src = rows[i] + c * kChunkBytes;
-      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(reinterpret_cast<const char*>(src + ahead), kPrefetchHint);
+      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(prefetch_target(src, ahead, pf_end), kPrefetchHint);
       const __m512i v = _mm512_maskz_loadu_epi8(load_mask, src);
       const __m512i codes =
           _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
@@ -456,31 +509,30 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix
 template <int BITS>
 constexpr bool kStream = BITS == 3 || BITS == 5 || BITS == 6;
 
-// Rows r .. r + R (R rows, or fewer at the end: one at a time) for NT tokens.
+// Rows [r_begin, r_end) of m for NT tokens: R at a time, then the matrix's last rows (fewer than R)
+// one at a time. pf_end: the end of the rows this chunk covers in m (prefetch_target).
 template <int BITS, int NT>
-void row_block(const QuantizedMatrix& m, const QView& view, int64_t r, const PreparedQ* const* p, const float* bias,
-               float* y, int64_t t0) {
+void rows_range(const QuantizedMatrix& m, const QView& view, int64_t r_begin, int64_t r_end, const PreparedQ* const* p,
+                const float* bias, float* y, int64_t t0, const uint8_t* pf_end) {
   // Fewer rows per pass when several tokens share the codes (and for 2-bit, whose eight activation
   // vectors per block leave fewer registers).
   constexpr int R = NT == 1 ? (BITS == 2 ? 4 : kRowsOneToken) : 2;
-  auto dot = [&](auto rows_tag, int64_t r0, float* out) {
-    constexpr int RR = decltype(rows_tag)::value;
-    if constexpr (kStream<BITS>)
-      stream_rows_dot<BITS, RR, NT>(m, r0, p, out);
-    else
-      rows_dot<BITS, RR, NT>(view, r0, p, out);
-  };
   const int64_t rows = m.rows;
-  float out[NT * R];
-  if (r + R <= rows) {
-    dot(std::integral_constant<int, R>{}, r, out);
-    for (int j = 0; j < NT; ++j)
-      for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
-  } else {
-    for (int64_t rr = r; rr < rows; ++rr) {
-      dot(std::integral_constant<int, 1>{}, rr, out);
-      for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + rr] = out[j] + (bias ? bias[rr] : 0.0f);
+  const int64_t r_full = r_begin + (r_end - r_begin) / R * R;
+  if constexpr (kStream<BITS>) {
+    float out[NT * R];
+    for (int64_t r = r_begin; r < r_full; r += R) {
+      stream_rows_dot<BITS, R, NT>(m, r, p, pf_end, out);
+      for (int j = 0; j < NT; ++j)
+        for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
     }
+    for (int64_t r = r_full; r < r_end; ++r) {
+      stream_rows_dot<BITS, 1, NT>(m, r, p, pf_end, out);
+      for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + r] = out[j] + (bias ? bias[r] : 0.0f);
+    }
+  } else {
+    if (r_full > r_begin) rows_dot<BITS, R, NT>(view, r_begin, r_full, p, bias, y, t0, rows, pf_end);
+    if (r_end > r_full) rows_dot<BITS, 1, NT>(view, r_full, r_end, p, bias, y, t0, rows, pf_end);
   }
 }
 
@@ -520,25 +572,32 @@ void gemv(const float* x, int64_t n, const Weight* const* w, const float* const*
       blocks += (w[o]->quant.rows + R - 1) / R;
     }
     parallel_for(blocks, R * k * nt / 2, [&](int64_t b0, int64_t b1) {
-      int o = 0;
-      // The chunk's first blocks, which no earlier block of this thread has prefetched.
-      for (int64_t b = b0; b < std::min(b1, b0 + kPrefetchGroups); ++b) {
-        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
-        const QView& v = outs[o].view;
-        const int64_t r = (b - outs[o].block0) * R, nr = std::min<int64_t>(R, outs[o].m->rows - r);
-        prefetch_bytes(v.packed + r * v.row_stride, nr * v.row_stride);
-      }
-      o = 0;
-      for (int64_t b = b0; b < b1; ++b) {
-        while (b >= (o + 1 < count ? outs[o + 1].block0 : blocks)) ++o;
+      // Per output the chunk covers: its rows, their first bytes prefetched (no earlier pass of this
+      // thread has), then one rows_range.
+      for (int o = 0; o < count; ++o) {
+        const int64_t o_end = o + 1 < count ? outs[o + 1].block0 : blocks;
+        const int64_t sb = std::max(b0, outs[o].block0), se = std::min(b1, o_end);
+        if (sb >= se) continue;
         const QuantizedMatrix& m = *outs[o].m;
         const QView& v = outs[o].view;
-        const int64_t r = (b - outs[o].block0) * R;
+        const int64_t r_first = (sb - outs[o].block0) * R;
+        const int64_t r_end = std::min<int64_t>(m.rows, (se - outs[o].block0) * R);
+        const uint8_t* pf_end = v.packed + r_end * v.row_stride;
+        prefetch_bytes(v.packed + r_first * v.row_stride,
+                       std::min<int64_t>(kPrefetchBytes, (r_end - r_first) * v.row_stride));
         switch (nt) {
-          case 1: row_block<BITS, 1>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
-          case 2: row_block<BITS, 2>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
-          case 3: row_block<BITS, 3>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
-          default: row_block<BITS, 4>(m, v, r, ps, outs[o].bias, outs[o].y, t0); break;
+          case 1:
+            rows_range<BITS, 1>(m, v, r_first, r_end, ps, outs[o].bias, outs[o].y, t0, pf_end);
+            break;
+          case 2:
+            rows_range<BITS, 2>(m, v, r_first, r_end, ps, outs[o].bias, outs[o].y, t0, pf_end);
+            break;
+          case 3:
+            rows_range<BITS, 3>(m, v, r_first, r_end, ps, outs[o].bias, outs[o].y, t0, pf_end);
+            break;
+          default:
+            rows_range<BITS, 4>(m, v, r_first, r_end, ps, outs[o].bias, outs[o].y, t0, pf_end);
+            break;
         }
       }
     });
@@ -567,17 +626,31 @@ bool quant_gemv_vnni(const float* x, int64_t n, const Weight* const* w, const fl
                      int count) {
   if (!has_vnni() || count < 1 || count > 8) return false;
   switch (w[0]->quant.spec.bits) {
-    case 2: gemv<2>(x, n, w, bias, y, count); return true;
-    case 4: gemv<4>(x, n, w, bias, y, count); return true;
-    case 8: gemv<8>(x, n, w, bias, y, count); return true;
-    default: break;
+    case 2:
+      gemv<2>(x, n, w, bias, y, count);
+      return true;
+    case 4:
+      gemv<4>(x, n, w, bias, y, count);
+      return true;
+    case 8:
+      gemv<8>(x, n, w, bias, y, count);
+      return true;
+    default:
+      break;
   }
   if (!has_vbmi()) return false;
   switch (w[0]->quant.spec.bits) {
-    case 3: gemv<3>(x, n, w, bias, y, count); return true;
-    case 5: gemv<5>(x, n, w, bias, y, count); return true;
-    case 6: gemv<6>(x, n, w, bias, y, count); return true;
-    default: return false;
+    case 3:
+      gemv<3>(x, n, w, bias, y, count);
+      return true;
+    case 5:
+      gemv<5>(x, n, w, bias, y, count);
+      return true;
+    case 6:
+      gemv<6>(x, n, w, bias, y, count);
+      return true;
+    default:
+      return false;
   }
 }
 
