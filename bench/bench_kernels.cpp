@@ -195,8 +195,8 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-// --gemv: one core (a one-thread pool), thread CPU time, one token through ops::linear. Per bit width
-// and group size: an L2-resident 512 x 576 matrix (the kernel's own speed) and SmolLM2/Qwen-shaped
+// --gemv: one core (a one-thread pool), thread CPU time, one token through ops::linear. For bf16 and
+// per bit width and group size: an L2-resident 512 x 576 matrix (the kernel's own speed) and SmolLM2/Qwen-shaped
 // matrices streamed from DRAM (distinct copies totalling >= 48 MB, so every byte comes from memory);
 // group 128 uses 640 for the 576-wide shapes.
 // GB/s counts the packed codes plus scales and biases (Weight::nbytes).
@@ -207,16 +207,19 @@ void gemv_table(int reps, Rng& rng) {
   std::vector<float> x(8192), y(8192);
   for (auto& v : x) v = rng.uniform();
   struct C {
-    int bits, group;
+    int bits, group;  // bits 16: dense bf16
   };
-  const C configs[] = {{4, 64}, {4, 32}, {4, 128}, {2, 64}, {3, 64}, {5, 64}, {6, 64}, {8, 64}};
+  const C configs[] = {{16, 0}, {4, 64}, {4, 32}, {4, 128}, {2, 64}, {3, 64}, {5, 64}, {6, 64}, {8, 64}};
   for (const C& c : configs) {
-    std::printf("| q%d g%d", c.bits, c.group);
+    if (c.bits == 16)
+      std::printf("| bf16");
+    else
+      std::printf("| q%d g%d", c.bits, c.group);
     auto run = [&](int64_t rows, int64_t cols, double min_bytes) {
       std::vector<ops::Weight> ws;
       double bytes = 0;
       do {
-        ws.push_back(make_q(rows, cols, c.bits, c.group, rng));
+        ws.push_back(c.bits == 16 ? make_dense(rows, cols, DType::kBF16, rng) : make_q(rows, cols, c.bits, c.group, rng));
         bytes += static_cast<double>(ws.back().nbytes());
       } while (bytes < min_bytes);
       // L2-resident: repeat the one matrix until ~20 MB have been decoded per sample.

@@ -431,75 +431,95 @@ struct StreamGather {
   }
 };
 
-inline float scale_at(const void* p, DType dt, int64_t i) {
-  switch (dt) {
-    case DType::kBF16:
-      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::kF16:
-      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default:
-      return static_cast<const float*>(p)[i];
-  }
-}
-
+// y[t0 + j][r] for rows [r_begin, r_end), R at a time, as rows_dot. Per 32-code chunk and row: the
+// load, three ops to gather the codes, one vpdpwssd per token, then a vpermps of the per-chunk factor
+// s_g·xs_h (formed per row once per 16 chunks, as in rows_dot; it was a scalar scale load, convert,
+// multiply and broadcast per chunk) and a convert and FMA. The Σ_g b_g·X_g term is vectorized as in
+// rows_dot (it was a scalar loop per row and group).
 template <int BITS, int R, int NT>
-__attribute__((target("avx512vbmi"))) void stream_rows_dot(const QuantizedMatrix& m, int64_t r0,
-                                                           const PreparedQ* const* p, const uint8_t* pf_end,
-                                                           float* out /* [NT][R] */) {
+__attribute__((target("avx512vbmi"))) void stream_rows_dot(const QView& m, int64_t r_begin, int64_t r_end,
+                                                           const PreparedQ* const* p, const float* bias,
+                                                           float* y /* [tokens][rows] */, int64_t t0, int64_t rows,
+                                                           const uint8_t* pf_end) {
   constexpr int kChunkBytes = 4 * BITS;
   static const StreamGather<BITS> gather;
-  const int64_t cols = m.cols, chunks = cols / 32;
-  const int gs = m.spec.group_size;
-  const int64_t groups = cols / gs;
-  const DType sd = m.scales.dtype();
-  const size_t ssize = dtype_size(sd);
+  const int64_t chunks = m.cols / 32;
+  const int gs_shift = __builtin_ctz(static_cast<unsigned>(m.group_size));
+  const int64_t groups = m.groups;
+  const DType sd = m.sd;
+  const size_t ssize = m.ssize;
+  const int64_t sstride = groups * static_cast<int64_t>(ssize);
   const __mmask64 load_mask = (__mmask64{1} << kChunkBytes) - 1;
   const __m512i code_mask = _mm512_set1_epi16(static_cast<int16_t>((1 << BITS) - 1));
+  // Chunk c of a 16-chunk window lies in the window's group 32c / group_size.
+  const __m512i chunk_group =
+      _mm512_srl_epi32(_mm512_slli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 5),
+                       _mm_cvtsi32_si128(gs_shift));
   const int64_t ahead = kPrefetchBytes;
-  const uint8_t* rows[R];
-  const char* srow[R];
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
+    const uint8_t* const row0 = m.packed + r0 * m.row_stride;
+    const char* const srow0 = m.scales + r0 * sstride;
+    __m512 total[NT][R];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    rows[i] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + i) * m.words_per_row());
-    srow[i] = static_cast<const char*>(m.scales.raw()) + (r0 + i) * groups * ssize;
-  }
-  __m512 total[NT][R];
+    for (int j = 0; j < NT; ++j)
 #pragma GCC unroll 8
-  for (int j = 0; j < NT; ++j)
+      for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < chunks; c0 += 16) {
+      const int64_t gbase = (c0 * 32) >> gs_shift;
+      const int64_t ng = std::min<int64_t>(16, groups - gbase);
+      __m512 sx[NT][R];
+      {
+        __m512 xs[NT];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) total[j][i] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t g = c * 32 / gs;
-    __m512i xq[NT];
-    float xs[NT];
+        for (int j = 0; j < NT; ++j) xs[j] = _mm512_loadu_ps(p[j]->xscale.data() + c0);
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) {
-      xq[j] = _mm512_loadu_si512(p[j]->xq.data() + 32 * c);
-      xs[j] = p[j]->xscale[static_cast<size_t>(c)];
-    }
+        for (int i = 0; i < R; ++i) {
+          const __m512 sc =
+              _mm512_permutexvar_ps(chunk_group, load_values(srow0 + i * sstride + gbase * ssize, sd, ng));
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-      const uint8_t* src = rows[i] + c * kChunkBytes;
-      if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(prefetch_target(src, ahead, pf_end), kPrefetchHint);
-      const __m512i v = _mm512_maskz_loadu_epi8(load_mask, src);
-      const __m512i codes =
-          _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
-      const float s = scale_at(srow[i], sd, g);
+          for (int j = 0; j < NT; ++j) sx[j][i] = _mm512_mul_ps(sc, xs[j]);
+        }
+      }
+      const int64_t c1 = std::min<int64_t>(chunks, c0 + 16);
+      for (int64_t c = c0; c < c1; ++c) {
+        const __m512i sel = _mm512_set1_epi32(static_cast<int>(c - c0));
+        __m512i xq[NT];
 #pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) {
-        const __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), codes, xq[j]);
-        total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(s * xs[j]), total[j][i]);
+        for (int j = 0; j < NT; ++j) xq[j] = _mm512_loadu_si512(p[j]->xq.data() + 32 * c);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+          const uint8_t* src = row0 + i * m.row_stride + c * kChunkBytes;
+          if ((c * kChunkBytes & 63) < kChunkBytes) _mm_prefetch(prefetch_target(src, ahead, pf_end), kPrefetchHint);
+          const __m512i v = _mm512_maskz_loadu_epi8(load_mask, src);
+          const __m512i codes =
+              _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(gather.index, v), gather.shift), code_mask);
+#pragma GCC unroll 8
+          for (int j = 0; j < NT; ++j) {
+            const __m512i acc = _mm512_dpwssd_epi32(_mm512_setzero_si512(), codes, xq[j]);
+            total[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_permutexvar_ps(sel, sx[j][i]), total[j][i]);
+          }
+        }
       }
     }
-  }
+    const char* const brow0 = m.biases + r0 * sstride;
+    for (int64_t g = 0; g < groups; g += 16) {
+      const int64_t n = std::min<int64_t>(16, groups - g);
+      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+      __m512 xsum[NT];
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    const char* brow = static_cast<const char*>(m.biases.raw()) + (r0 + i) * groups * ssize;
+      for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
+      }
+    }
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) {
-      float bt = 0.0f;
-      for (int64_t g = 0; g < groups; ++g) bt += scale_at(brow, sd, g) * p[j]->group_sum[static_cast<size_t>(g)];
-      out[j * R + i] = _mm512_reduce_add_ps(total[j][i]) + bt;
+      float* yj = y + (t0 + j) * rows + r0;
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) yj[i] = _mm512_reduce_add_ps(total[j][i]) + (bias ? bias[r0 + i] : 0.0f);
     }
   }
 }
@@ -520,16 +540,8 @@ void rows_range(const QuantizedMatrix& m, const QView& view, int64_t r_begin, in
   const int64_t rows = m.rows;
   const int64_t r_full = r_begin + (r_end - r_begin) / R * R;
   if constexpr (kStream<BITS>) {
-    float out[NT * R];
-    for (int64_t r = r_begin; r < r_full; r += R) {
-      stream_rows_dot<BITS, R, NT>(m, r, p, pf_end, out);
-      for (int j = 0; j < NT; ++j)
-        for (int i = 0; i < R; ++i) y[(t0 + j) * rows + r + i] = out[j * R + i] + (bias ? bias[r + i] : 0.0f);
-    }
-    for (int64_t r = r_full; r < r_end; ++r) {
-      stream_rows_dot<BITS, 1, NT>(m, r, p, pf_end, out);
-      for (int j = 0; j < NT; ++j) y[(t0 + j) * rows + r] = out[j] + (bias ? bias[r] : 0.0f);
-    }
+    if (r_full > r_begin) stream_rows_dot<BITS, R, NT>(view, r_begin, r_full, p, bias, y, t0, rows, pf_end);
+    if (r_end > r_full) stream_rows_dot<BITS, 1, NT>(view, r_full, r_end, p, bias, y, t0, rows, pf_end);
   } else {
     if (r_full > r_begin) rows_dot<BITS, R, NT>(view, r_begin, r_full, p, bias, y, t0, rows, pf_end);
     if (r_end > r_full) rows_dot<BITS, 1, NT>(view, r_full, r_end, p, bias, y, t0, rows, pf_end);
