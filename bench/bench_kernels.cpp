@@ -196,13 +196,16 @@ double thread_cpu_seconds() {
 }
 
 // --gemv: one core (a one-thread pool), thread CPU time, one token through ops::linear. For bf16 and
-// per bit width and group size: an L2-resident 512 x 576 matrix (the kernel's own speed) and SmolLM2/Qwen-shaped
-// matrices streamed from DRAM (distinct copies totalling >= 48 MB, so every byte comes from memory);
-// group 128 uses 640 for the 576-wide shapes.
-// GB/s counts the packed codes plus scales and biases (Weight::nbytes).
+// per bit width and group size: L2-resident 512 x 576 and 128 x 2048 matrices (the kernel's own speed,
+// short and long rows) and SmolLM2/Qwen-shaped matrices streamed from DRAM (distinct copies totalling
+// >= 48 MB, so every byte comes from memory); group 128 uses 640 for the 576-wide shapes. GB/s counts
+// the packed codes plus scales and biases (Weight::nbytes). Thread CPU time makes it robust to other
+// processes taking the core, not to them taking memory bandwidth: compare builds by alternating runs.
 void gemv_table(int reps, Rng& rng) {
   ThreadPool::set_global_threads(1);
-  std::printf("| quantized GEMV, one token, one core (thread CPU time) | L2 512x576 GB/s | L2 128x2048 GB/s | DRAM 1536x576 GB/s | DRAM 576x1536 GB/s | DRAM 4864x896 GB/s |\n");
+  std::printf(
+      "| GEMV, one token, one core (thread CPU time) | L2 512x576 GB/s | L2 128x2048 GB/s | DRAM 1536x576 GB/s "
+      "| DRAM 576x1536 GB/s | DRAM 4864x896 GB/s |\n");
   std::printf("|---|---:|---:|---:|---:|---:|\n");
   std::vector<float> x(8192), y(8192);
   for (auto& v : x) v = rng.uniform();
@@ -219,7 +222,8 @@ void gemv_table(int reps, Rng& rng) {
       std::vector<ops::Weight> ws;
       double bytes = 0;
       do {
-        ws.push_back(c.bits == 16 ? make_dense(rows, cols, DType::kBF16, rng) : make_q(rows, cols, c.bits, c.group, rng));
+        ws.push_back(c.bits == 16 ? make_dense(rows, cols, DType::kBF16, rng)
+                                  : make_q(rows, cols, c.bits, c.group, rng));
         bytes += static_cast<double>(ws.back().nbytes());
       } while (bytes < min_bytes);
       // L2-resident: repeat the one matrix until ~20 MB have been decoded per sample.

@@ -19,9 +19,18 @@
 // activations without shuffles. vpdpbusd sums four u8·s8 products per int32 lane exactly; per block and
 // row: acc = Σ_t dpbusd(c_t, xh_t), acc <<= 8, acc += Σ_t dpbusd(c_t, xl_t) — 4-bit: 3 ops to split
 // the codes and 4 dot products per 128 codes (the 16-bit-lane kernel this replaced took 6 + 4 and an
-// add; 11-15 GB/s of 4-bit weights per core, below a core's share of the DRAM bandwidth). Int32 lane
-// i covers codes 4E·i .. 4E·i + 4E − 1: one group and one 32-activation chunk (4E <= 16), so one
-// per-lane vector of s_g·xs_h converts a block's sums. Overflow: |Σ| < 2^8 · 4E·255·128 + ... < 2^26.
+// add). Int32 lane i covers codes 4E·i .. 4E·i + 4E − 1: one group and one 32-activation chunk
+// (4E <= 16), so one per-lane vector of s_g·xs_h converts a block's sums.
+// Overflow: |Σ| < 2^8 · 4E·255·128 + ... < 2^26.
+//
+// Where the time goes (Zen 4 under KVM, one core, measured with bench_kernels --gemv and throughput
+// micro-benchmarks, 2026-11-27): vpdpbusd, vfmadd, vmulps and vgf2p8affineqb on zmm each take one
+// cycle of the same two-pipe multiply unit, shifts and converts another pair, ands any pipe. The 4-bit
+// loop above is 4 dot products + 1 FMA there per 64 bytes — ~5.8 cycles per block and row measured on
+// L1-resident codes, ~40 GB/s — so the kernel's own speed is not what bounds decode; what did were the
+// per-row/per-call costs (setup per 8 rows, a multiply per block for the factor, byte-masked loads)
+// and a prefetch distance too short for DRAM (see kPrefetchBytes). A GFNI split of the pieces (one
+// vgf2p8affineqb instead of shift + and) was tried and dropped: it moves work onto the busy pipe.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -176,11 +185,13 @@ inline __m256i piece256(__m256i v, int t) {
 // into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s). A pass over R rows
 // reads them together (R interleaved streams of one contiguous row group), so the in-loop prefetch of
 // a block's line `ahead` bytes on covers the matrix ahead of the pass as one sequential stream. The
-// distance has to be bytes, not row groups: two groups were 4.6 KB at 576 inputs (1536 x 576 4-bit
-// streamed at ~16-17 GB/s on one core) and 12 KB at 1536 (~28 GB/s); ~16 KB brings 1536 x 576 to
-// ~25 GB/s (one core, one-core sequential read ~23-29 GB/s on this VM). Kernel A/B, one core at load
-// ~11, thread CPU time: 576 x 1536 4-bit 12-13 GB/s at 4.5 KB ahead -> 17-20 at 16 KB, 4864 x 896
-// 15-16.5 -> 18-20.5; 8 KB about the same as 16, 32 KB worse.
+// distance has to be bytes, not row groups: two groups were 4.6 KB at 576 inputs and 12 KB at 1536.
+// A micro-benchmark of this loop streaming from DRAM on one core (one-core sequential read 23-29 GB/s
+// on this VM): 1536 x 576 at 4.6 KB ahead ~17 GB/s, 9-18 KB ~25; 576 x 1536 at 12 KB ~28. The
+// kernel, one core at load ~11, thread CPU time, alternating: 576 x 1536 4-bit 12-13 GB/s at 4.5 KB
+// ahead -> 17-20 at 16 KB, 4864 x 896 15-16.5 -> 18-20.5; 8 KB about the same as 16, 32 KB worse.
+// (The bf16 GEMV's one-row-at-a-time streams got slower with more than its 4 KB: a single
+// sequential stream is what the hardware prefetcher follows on its own.)
 constexpr int64_t kPrefetchBytes = 16384;
 constexpr auto kPrefetchHint = _MM_HINT_T1;
 
