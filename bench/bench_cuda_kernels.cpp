@@ -329,7 +329,11 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
 // occupy / time. f32 rows run the decode kernel with the splits merged by its last blocks (one
 // launch, the default) and then by attention_combine_kernel (two launches,
 // VLMCHECK_CUDA_DECODE_MERGE=combine); quantized rows the fused kernel and then the path it replaces
-// (kv_dequantize of K and V into f32 rows, then attention). The switch is left on the one-launch merge.
+// (kv_dequantize of K and V into f32 rows, then attention). Every row also times the tile kernel
+// (VLMCHECK_CUDA_DECODE_KERNEL=tile, the default before the register kernel) with the one-launch merge.
+// The switches are left on the register kernel and the one-launch merge. The times include the
+// host's share of each call (mask staging, launch); VLMCHECK_BENCH_DECODE_PROFILE=n runs n untimed
+// calls of each kernel per row instead, for ncu to time the kernels alone.
 // `bench_cuda_kernels --decode-attention` runs only these rows.
 void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs, bool quick, std::mt19937& rng) {
   struct Row {
@@ -347,6 +351,10 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
   };
   const int group = 64;
   const size_t pool_target = size_t{256} << 20;
+  // VLMCHECK_BENCH_DECODE_PROFILE=n: n calls of the register kernel and n of the tile kernel per row,
+  // untimed (for ncu: the kernels' own durations without the host's share).
+  const char* prof = std::getenv("VLMCHECK_BENCH_DECODE_PROFILE");
+  const int profile_calls = prof != nullptr ? std::max(0, std::atoi(prof)) : 0;
   std::printf("\n| decode attention | heads / kv heads, hd | keys (window) | K/V | median us | GB/s | %% of copy | "
               "compared with: us |\n|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
@@ -406,8 +414,24 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
       table.kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, r.nk, row, r.bits, group, vd);
       table.attention(q.get(), 1, r.nk - 1, kd, vd, kpos.data(), r.nk, r.nh, r.nkv, r.hd, scale, 0.0f, mask, o.get());
     };
+    if (profile_calls > 0) {  // a few calls of each kernel for ncu, no timing
+      for (const bool tile : {false, true}) {
+        ops::cuda::set_decode_tile_kernel(tile);
+        for (int c = 0; c < profile_calls; ++c) call(false);
+      }
+      ops::cuda::set_decode_tile_kernel(false);
+      cuda::synchronize();
+      std::printf("| %s | %lld / %lld, %lld | %lld (%lld) | %d-bit | profiled |\n", r.model, static_cast<long long>(r.nh),
+                  static_cast<long long>(r.nkv), static_cast<long long>(r.hd), static_cast<long long>(r.nk),
+                  static_cast<long long>(r.window), r.bits);
+      continue;
+    }
     const int batches = quick ? 5 : 9;
     ops::cuda::set_decode_last_block_merge(true);
+    // The tile kernel (the default before the register kernel) on the same rows, same merge.
+    ops::cuda::set_decode_tile_kernel(true);
+    const double t_tile = time_median([&] { call(false); }, 5, batches, 20);
+    ops::cuda::set_decode_tile_kernel(false);
     const double t = time_median([&] { call(false); }, 5, batches, 20);
     double t_before = 0;
     if (r.bits) {
@@ -422,9 +446,9 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
     char keys[64];
     std::snprintf(keys, sizeof(keys), r.window > 0 ? "%lld (%lld)" : "%lld", static_cast<long long>(r.nk),
                   static_cast<long long>(r.window));
-    std::printf("| %s | %lld / %lld, %lld | %s | %s | %.1f | %.0f | %.0f%% | %.1f%s |\n", r.model,
+    std::printf("| %s | %lld / %lld, %lld | %s | %s | %.1f | %.0f | %.0f%% | %.1f (tile kernel); %.1f%s |\n", r.model,
                 static_cast<long long>(r.nh), static_cast<long long>(r.nkv), static_cast<long long>(r.hd), keys,
-                r.bits ? "4-bit g64" : "f32", t * 1e6, gbs, 100.0 * gbs / copy_gbs, t_before * 1e6,
+                r.bits ? "4-bit g64" : "f32", t * 1e6, gbs, 100.0 * gbs / copy_gbs, t_tile * 1e6, t_before * 1e6,
                 r.bits ? " (dequantize + attention)" : " (two launches, combine kernel)");
     std::fflush(stdout);
   }

@@ -589,6 +589,12 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"decode 2 queries, 5 heads per kv head, hd 64, 300 keys, window 70", 2, 300, 298, 5, 1, 64, 0.0f,
        {true, 70, nullptr, 0}, false},
       {"decode 2 heads per kv head, hd 64, 40 keys (four slices, two empty)", 1, 40, 39, 4, 2, 64, 0.0f, {}, false},
+      // Register layouts of the register kernel: 8 rows with two float4s per lane, a lane's second
+      // float4 partly past head_dim (160), one query head per kv head (96: lanes past head_dim idle).
+      {"decode hd 256, 6 heads per kv head, 777 keys", 1, 777, 776, 12, 2, 256, 0.0f, {}, false},
+      {"decode 3 queries, hd 160, ring, window 200", 3, 400, 520, 4, 1, 160, 0.0f, {true, 200, nullptr, 0},
+       true},
+      {"decode 1 head per kv head, hd 96, 33 keys", 1, 33, 32, 3, 3, 96, 0.0f, {}, false},
   };
   // Prefill shapes for the tensor-core kernel: several row and key tiles, GQA groups that do not
   // divide its 128-row tiles, every mask case, head_dim 32/64/72/80/96/128/256.
@@ -767,6 +773,8 @@ void add_attention_quantized_cases(std::vector<Case>& cases, std::mt19937& rng) 
        {true, 100, nullptr, 0}, false},
       {"decode 5-bit g64, 6 queries", 6, 150, 144, 12, 3, 128, 5, 64, 0.0f, {}, false},
       {"decode 6-bit g32, 9000 keys", 1, 9000, 8999, 8, 1, 64, 6, 32, 0.0f, {}, false},
+      {"decode 4-bit g32, hd 256, 8 heads per kv head", 1, 500, 499, 16, 2, 256, 4, 32, 0.0f, {}, false},
+      {"decode 3-bit g32, hd 160, 2 queries", 2, 300, 298, 4, 2, 160, 3, 32, 0.0f, {}, false},
       {"first query sees no key (zeros), 4-bit", 3, 10, -1, 4, 2, 64, 4, 64, 0.0f, {}, false},
       {"prefill 4-bit g64, chunk of 20 after 100 (dequantize + attention)", 20, 120, 100, 8, 2, 128, 4, 64, 0.0f, {},
        false},
@@ -1102,56 +1110,81 @@ TEST(CudaKernels, DecodeAttentionBothMergesMatchScalarReference) {
   cuda::set_decode_last_block_merge(true);
 }
 
+// The tile kernel (VLMCHECK_CUDA_DECODE_KERNEL=tile; the default is the register kernel) on every
+// attention case, one-launch merge, against the scalar reference with the usual bound.
+TEST(CudaKernels, DecodeAttentionTileKernelMatchesScalarReference) {
+  SKIP_WITHOUT_GPU();
+  cuda::set_decode_tile_kernel(true);
+  for (const Case& c : build_cases()) {
+    if (c.op != "attention" && c.op != "attention_quantized") continue;
+    ops::force_scalar_kernels(true);
+    std::vector<float> want = c.cpu();
+    ops::force_scalar_kernels(false);
+    std::vector<float> got = c.gpu();
+    ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
+    EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
+        << c.op << " [" << c.what << "]";
+  }
+  cuda::set_decode_tile_kernel(false);
+}
+
 // The fused decode kernel reads the packed rows and dequantizes them in shared memory with
 // kv_dequantize's arithmetic, then runs the f32 decode kernel's math: so attention_quantized must give
 // the very bits of kv_dequantize followed by attention on the GPU (one split, several splits in one
-// merge team, several teams; aligned and unaligned code rows; a ring order).
+// merge team, several teams; aligned and unaligned code rows; a ring order), with the register
+// kernel (the default: the codes dequantized in registers) and the tile kernel.
 TEST(CudaKernels, AttentionQuantizedDecodeIsDequantizeThenAttentionBitForBit) {
   SKIP_WITHOUT_GPU();
-  std::mt19937 rng(77);
-  struct Q {
-    int64_t nq, nk, nh, nkv, hd;
-    int bits, group;
-    bool ring;
-  };
-  for (const Q& a : std::vector<Q>{{1, 20, 8, 2, 128, 4, 64, false},
-                                   {1, 2048, 16, 2, 128, 4, 64, false},
-                                   {3, 5000, 28, 4, 128, 8, 32, true},
-                                   {2, 777, 8, 4, 64, 3, 32, false},
-                                   {1, 1500, 8, 4, 256, 6, 128, true}}) {
-    SCOPED_TRACE(std::to_string(a.bits) + "-bit g" + std::to_string(a.group) + ", " + std::to_string(a.nk) + " keys");
-    const int64_t row = a.nkv * a.hd, words = ops::kv_packed_words(row, a.bits), groups = row / a.group;
-    const int64_t q0 = a.nk - a.nq;
-    std::vector<float> q = random_vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
-    std::vector<int64_t> kpos(static_cast<size_t>(a.nk));
-    for (int64_t j = 0; j < a.nk; ++j) kpos[j] = a.ring ? (j + 7) % a.nk : j;
-    DeviceFloats gq(q), k = DeviceFloats::poison(static_cast<size_t>(a.nk * row)),
-        v = DeviceFloats::poison(static_cast<size_t>(a.nk * row));
-    std::shared_ptr<void> packed[2];
-    std::vector<DeviceFloats> sb;
-    for (int plane = 0; plane < 2; ++plane) {
-      DeviceFloats x(random_vec(rng, static_cast<size_t>(a.nk * row), -2, 2));
-      packed[plane] = device_copy(std::vector<uint32_t>(static_cast<size_t>(a.nk * words)).data(),
-                                  static_cast<size_t>(a.nk * words) * 4);
-      sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
-      sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
-      table().kv_quantize(x.ptr(), a.nk, row, a.bits, a.group, static_cast<uint32_t*>(packed[plane].get()),
-                          sb[2 * plane].ptr(), sb[2 * plane + 1].ptr());
-      table().kv_dequantize(static_cast<const uint32_t*>(packed[plane].get()), sb[2 * plane].ptr(),
-                            sb[2 * plane + 1].ptr(), a.nk, row, a.bits, a.group, plane == 0 ? k.ptr() : v.ptr());
+  for (const bool tile : {false, true}) {
+    SCOPED_TRACE(tile ? "tile kernel" : "register kernel");
+    cuda::set_decode_tile_kernel(tile);
+    std::mt19937 rng(77);
+    struct Q {
+      int64_t nq, nk, nh, nkv, hd;
+      int bits, group;
+      bool ring;
+    };
+    for (const Q& a : std::vector<Q>{{1, 20, 8, 2, 128, 4, 64, false},
+                                     {1, 2048, 16, 2, 128, 4, 64, false},
+                                     {3, 5000, 28, 4, 128, 8, 32, true},
+                                     {2, 777, 8, 4, 64, 3, 32, false},
+                                     {1, 1500, 8, 4, 256, 6, 128, true}}) {
+      SCOPED_TRACE(std::to_string(a.bits) + "-bit g" + std::to_string(a.group) + ", " + std::to_string(a.nk) + " keys");
+      const int64_t row = a.nkv * a.hd, words = ops::kv_packed_words(row, a.bits), groups = row / a.group;
+      const int64_t q0 = a.nk - a.nq;
+      std::vector<float> q = random_vec(rng, static_cast<size_t>(a.nq * a.nh * a.hd), -2, 2);
+      std::vector<int64_t> kpos(static_cast<size_t>(a.nk));
+      for (int64_t j = 0; j < a.nk; ++j) kpos[j] = a.ring ? (j + 7) % a.nk : j;
+      DeviceFloats gq(q), k = DeviceFloats::poison(static_cast<size_t>(a.nk * row)),
+          v = DeviceFloats::poison(static_cast<size_t>(a.nk * row));
+      std::shared_ptr<void> packed[2];
+      std::vector<DeviceFloats> sb;
+      for (int plane = 0; plane < 2; ++plane) {
+        DeviceFloats x(random_vec(rng, static_cast<size_t>(a.nk * row), -2, 2));
+        packed[plane] = device_copy(std::vector<uint32_t>(static_cast<size_t>(a.nk * words)).data(),
+                                    static_cast<size_t>(a.nk * words) * 4);
+        sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
+        sb.push_back(DeviceFloats::poison(static_cast<size_t>(a.nk * groups)));
+        table().kv_quantize(x.ptr(), a.nk, row, a.bits, a.group, static_cast<uint32_t*>(packed[plane].get()),
+                            sb[2 * plane].ptr(), sb[2 * plane + 1].ptr());
+        table().kv_dequantize(static_cast<const uint32_t*>(packed[plane].get()), sb[2 * plane].ptr(),
+                              sb[2 * plane + 1].ptr(), a.nk, row, a.bits, a.group, plane == 0 ? k.ptr() : v.ptr());
+      }
+      ops::AttentionMask mask;
+      DeviceFloats want = DeviceFloats::poison(q.size()), got = DeviceFloats::poison(q.size());
+      table().attention(gq.ptr(), a.nq, q0, k.ptr(), v.ptr(), kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
+                        want.ptr());
+      const ops::QuantizedKV kv{static_cast<const uint32_t*>(packed[0].get()), sb[0].ptr(), sb[1].ptr(),
+                                static_cast<const uint32_t*>(packed[1].get()), sb[2].ptr(), sb[3].ptr(), a.bits,
+                                a.group};
+      table().attention_quantized(gq.ptr(), a.nq, q0, kv, kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
+                                  got.ptr());
+      const std::vector<float> w = want.host(), g = got.host();
+      EXPECT_EQ(std::memcmp(w.data(), g.data(), w.size() * 4), 0);
+      EXPECT_TRUE(std::all_of(g.begin(), g.end(), [](float f) { return std::isfinite(f); }));
     }
-    ops::AttentionMask mask;
-    DeviceFloats want = DeviceFloats::poison(q.size()), got = DeviceFloats::poison(q.size());
-    table().attention(gq.ptr(), a.nq, q0, k.ptr(), v.ptr(), kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
-                      want.ptr());
-    const ops::QuantizedKV kv{static_cast<const uint32_t*>(packed[0].get()), sb[0].ptr(), sb[1].ptr(),
-                              static_cast<const uint32_t*>(packed[1].get()), sb[2].ptr(), sb[3].ptr(), a.bits, a.group};
-    table().attention_quantized(gq.ptr(), a.nq, q0, kv, kpos.data(), a.nk, a.nh, a.nkv, a.hd, 0.09f, 0.0f, mask,
-                                got.ptr());
-    const std::vector<float> w = want.host(), g = got.host();
-    EXPECT_EQ(std::memcmp(w.data(), g.data(), w.size() * 4), 0);
-    EXPECT_TRUE(std::all_of(g.begin(), g.end(), [](float f) { return std::isfinite(f); }));
   }
+  cuda::set_decode_tile_kernel(false);
 }
 
 TEST(CudaKernels, CopiesAndCopy2d) {

@@ -1,6 +1,22 @@
 // Decode attention (nq < 8) in f32 on CUDA cores, grouped by kv head and split over keys: one
-// 8-warp block per (key split, query, kv head, group of up to 8 of the kv head's query heads). The
-// block walks its split in chunks of 32 * slices keys. A chunk's K and V rows go to shared memory
+// 8-warp block per (key split, query, kv head, group of up to 8 of the kv head's query heads). Two
+// kernels share that layout and the split merge: the register kernel (the default, described at
+// attention_decode_reg_kernel below: K/V straight into registers, no barrier in the key walk) and the
+// tile kernel described here (VLMCHECK_CUDA_DECODE_KERNEL=tile). Both formats (f32 rows and
+// ops::attention_quantized's packed rows) take the same kernel and layout for a given shape.
+//
+// Register vs tile kernel, kernel alone (ncu gpu__time_duration, --cache-control none, --clock-control
+// none, `VLMCHECK_BENCH_DECODE_PROFILE=3 bench_cuda_kernels --decode-attention`, H200, median of 3, µs;
+// register kernel with its final one-team merge): f32 K/V 3B 2k 10.9 vs 12.8, 3B 16k 20.8 vs 29.7, 7B
+// 2k 11.0 vs 13.6, 7B 16k 30.8 vs 42.7, Gemma 3 4B 2k 12.1 vs 14.9, 16k 42.9 vs 53.7, its 1024-key
+// window 9.5 vs 10.1; 4-bit g64 K/V 3B 2k 11.9 vs 18.4, 3B 16k 28.2 vs 43.3, 7B 2k 12.0 vs 18.7, 7B 16k
+// 43.3 vs 70.8, Gemma 2k 14.4 vs 21.2. The floor at 2k (~11 µs for 4 MB) is the chain of dependent
+// steps (launch, the K/V round trip, the split state's write + fence + atomic, the last block's merge
+// round trip), not bandwidth. End to end (synthetic Qwen2.5-VL-3B, 2048-token prompt, same bundle,
+// H200): bf16 decode 366.9 vs 356.4 tok/s, MLX 4-bit 392.2 vs 380.6 tok/s (both with the register
+// kernel's earlier two-level merge, teams of 16).
+//
+// The tile kernel walks its split in chunks of 32 * slices keys. A chunk's K and V rows go to shared memory
 // with cp.async, all issued at once (the chunk is one memory round trip; the block's q rows ride in
 // the first chunk's group), and then serve every query head of the group, so a kv head's cache is
 // read once per step, not heads / kv_heads times.
@@ -127,11 +143,22 @@ size_t decode_smem_bytes(int64_t hd, int64_t slices, bool quant, int bits, int g
 __device__ void merge_states(const float* __restrict__ ml, const float* __restrict__ acc, int64_t stride,
                              int64_t first, int count, int rows, int64_t qh0, int hd, bool final, float* __restrict__ out,
                              float* __restrict__ dst_ml, float* __restrict__ dst_acc, int64_t dst_stride,
-                             int64_t dst_index) {
+                             int64_t dst_index, bool prefetch) {
   __shared__ float w_s[kDecRows][kDecMaxMerge];
   __shared__ float l_s[kDecRows][kDecMaxMerge];
   __shared__ float big_m[kDecRows], big_l[kDecRows];
   const int tid = threadIdx.x;
+  const int quads = hd / 4;
+  // prefetch (the register kernel): the first batch of this thread's first output is loaded before
+  // the weights are known, so its acc loads and the (m, l) loads below are one L2 round trip, not two.
+  float4 pre[kDecMergeBatch];
+  const int pre_n = prefetch ? min(count, kDecMergeBatch) : 0;
+  if (prefetch && tid < rows * quads) {
+    const float* src = acc + ((qh0 + tid / quads) * stride + first) * hd + 4 * (tid % quads);
+#pragma unroll
+    for (int u = 0; u < kDecMergeBatch; ++u)
+      if (u < pre_n) pre[u] = __ldcg(reinterpret_cast<const float4*>(src + u * hd));
+  }
   for (int idx = tid; idx < rows * count; idx += blockDim.x) {
     const int r = idx / count, s = idx % count;
     const float2 st = __ldcg(reinterpret_cast<const float2*>(ml + ((qh0 + r) * stride + first + s) * 2));
@@ -162,7 +189,6 @@ __device__ void merge_states(const float* __restrict__ ml, const float* __restri
   // Each thread owns up to kDecMergeQuads (row, 4 columns) outputs and sums each over the states in
   // batches of kDecMergeBatch independent float4 loads: the merge is a few L2 round trips, not one
   // per state.
-  const int quads = hd / 4;
 #pragma unroll 1
   for (int p = 0; p < kDecMergeQuads; ++p) {
     const int idx = tid + p * kDecThreads;
@@ -171,6 +197,18 @@ __device__ void merge_states(const float* __restrict__ ml, const float* __restri
     const float* src = acc + ((qh0 + r) * stride + first) * hd + c;
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     int s0 = 0;
+    if (p == 0) {  // the prefetched batch
+#pragma unroll
+      for (int u = 0; u < kDecMergeBatch; ++u) {
+        if (u >= pre_n) break;
+        const float w = w_s[r][u];
+        sum.x += pre[u].x * w;
+        sum.y += pre[u].y * w;
+        sum.z += pre[u].z * w;
+        sum.w += pre[u].w * w;
+      }
+      s0 = pre_n;
+    }
     for (; s0 + kDecMergeBatch <= count; s0 += kDecMergeBatch) {
       float4 v[kDecMergeBatch];
 #pragma unroll
@@ -234,6 +272,29 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int n = valid ? 4 : 0;
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+
+// After a block has written its split's state (part_ml / part_acc): counts it, and the last block of
+// each team merges the team's states (into the output, or with several teams into a team state that
+// the last team merger merges into the output). Shared by both decode kernels.
+__device__ void merge_splits(const DecodeArgs& a, int rows, int64_t qh0, int64_t split, int64_t splits, bool prefetch) {
+  if (splits == 1 || a.counters == nullptr) return;  // no counters: attention_combine_kernel merges
+  const int hd = a.hd;
+  int* counters = a.counters + (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * (a.teams + 1);
+  const int team_id = static_cast<int>(split / a.team);
+  const int first = team_id * a.team;
+  const int team_size = static_cast<int>(a.team < splits - first ? a.team : splits - first);
+  if (!arrive_last(counters + team_id, team_size)) return;
+  if (a.teams == 1) {
+    merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0,
+                 prefetch);
+    return;
+  }
+  merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, false, nullptr, a.team_ml, a.team_acc,
+               a.teams, team_id, prefetch);
+  if (!arrive_last(counters + a.teams, a.teams)) return;
+  merge_states(a.team_ml, a.team_acc, a.teams, 0, a.teams, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0,
+               prefetch);
 }
 
 // Grid: (split, query * row_chunks + row chunk, kv head). kRpw: query heads (rows) per warp. Two
@@ -461,21 +522,307 @@ __global__ void __launch_bounds__(kDecThreads, 2) attention_decode_kernel(const 
       }
     }
   }
-  if (splits == 1 || a.counters == nullptr) return;  // no counters: attention_combine_kernel merges
+  merge_splits(a, rows, qh0, split, splits, false);
+}
 
-  int* counters = a.counters + (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * (a.teams + 1);
-  const int team_id = static_cast<int>(split / a.team);
-  const int first = team_id * a.team;
-  const int team_size = static_cast<int>(a.team < splits - first ? a.team : splits - first);
-  if (!arrive_last(counters + team_id, team_size)) return;
-  if (a.teams == 1) {
-    merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0);
-    return;
+// ---- The register kernel (the default) ----------------------------------------------------------------
+// One 8-warp block per (key split, query, group of up to 8 query heads of one kv head), like the tile
+// kernel above, but nothing of K/V goes through shared memory: warp w of a chunk owns kKW consecutive
+// keys (chunk = 8 * kKW keys), and lane l holds dims [4c, 4c + 4) of each, c = l + 32 e (e < kE), as
+// float4 registers, loaded straight from global memory (quantized: the codes, scale and bias of those
+// dims, dequantized in registers with kv_dequantize's arithmetic). The next chunk's loads are issued
+// before the current chunk is computed, so a split of several chunks keeps one chunk in flight while
+// it computes another. The block's q rows sit in registers the same way.
+//
+// Work of a chunk per warp: kRows * kKW partial dot products per lane (kNV values), then one
+// reduce-scatter over the warp (kNV - 1 shuffles for kNV = 32: lane i ends with score i, row i / kKW,
+// key i % kKW), the online softmax per row among the lanes of that row, and acc[r] += p[r][t] * v[t]
+// with p and the rows' corrections broadcast through the warp's slots in shared memory. After the
+// walk the 8 warps' states are merged in shared memory, and the split's state goes through
+// merge_splits like the tile kernel's.
+//
+// Why: at 2k keys the tile kernel ran 66 blocks that each staged 64 keys (64 KB) through shared memory
+// with barriers, then merged 33 split states of 4 KB in one block (a chain of L2 round trips); this one
+// runs one block per SM over 32-key chunks with no barrier in the walk, and merges the splits in
+// teams of at most kRegTeam (two levels past that).
+constexpr int kV2Warps = 8;
+constexpr int kV2Threads = kV2Warps * 32;
+
+template <int kE>
+struct V2Shape {
+  static constexpr int kKW = kE == 1 ? 4 : 2;  // keys per warp per chunk
+  static constexpr int kChunk = kV2Warps * kKW;
+};
+
+// Loads one warp's kKW keys from jw (keys at or past j_end read nothing and hold zeros). f32: the
+// K/V float4s; quantized: (codes word, next word or 0, scale, bias) in a float4 per (key, e). Through
+// L2 (__ldcg), never L1: under a chained launch the kernel may start on an SM whose L1 still holds an
+// older copy of a rotating cache's slot.
+template <bool kQuant, int kE>
+__device__ __forceinline__ void v2_load(const DecodeArgs& a, int64_t kvh, int64_t jw, int64_t j_end, int lane,
+                                        float4 (&k)[V2Shape<kE>::kKW][kE], float4 (&v)[V2Shape<kE>::kKW][kE]) {
+  constexpr int kKW = V2Shape<kE>::kKW;
+  const int c4 = a.hd / 4;
+#pragma unroll
+  for (int t = 0; t < kKW; ++t) {
+    const int64_t j = jw + t;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      const int c = lane + 32 * e;
+      k[t][e] = v[t][e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (j >= j_end || c >= c4) continue;
+      if constexpr (!kQuant) {
+        const int64_t off = (j * a.n_kv_heads + kvh) * a.hd + 4 * c;
+        k[t][e] = __ldcg(reinterpret_cast<const float4*>(a.k + off));
+        v[t][e] = __ldcg(reinterpret_cast<const float4*>(a.v + off));
+      } else {
+        const int wph = a.hd * a.bits / 32, gph = a.hd / a.group;
+        const int bit = 4 * c * a.bits, word = bit >> 5;
+        const bool two = (bit & 31) + 4 * a.bits > 32;
+        const int64_t w0 = j * a.words_row + kvh * wph + word;
+        const int64_t g = j * a.groups_row + kvh * gph + 4 * c / a.group;
+        k[t][e] = make_float4(__uint_as_float(__ldcg(a.kq + w0)), __uint_as_float(two ? __ldcg(a.kq + w0 + 1) : 0u),
+                              __ldcg(a.ks + g), __ldcg(a.kb + g));
+        v[t][e] = make_float4(__uint_as_float(__ldcg(a.vq + w0)), __uint_as_float(two ? __ldcg(a.vq + w0 + 1) : 0u),
+                              __ldcg(a.vs + g), __ldcg(a.vb + g));
+      }
+    }
   }
-  merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, false, nullptr, a.team_ml, a.team_acc,
-               a.teams, team_id);
-  if (!arrive_last(counters + a.teams, a.teams)) return;
-  merge_states(a.team_ml, a.team_acc, a.teams, 0, a.teams, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0);
+}
+
+// Four dims of a quantized (codes, next, scale, bias) register: kv_dequantize's scale * q + bias, the
+// product rounded.
+__device__ __forceinline__ float4 v2_dequant(float4 raw, int shift, int bits) {
+  const uint64_t two = (static_cast<uint64_t>(__float_as_uint(raw.y)) << 32) | __float_as_uint(raw.x);
+  const uint64_t m = (uint64_t{1} << bits) - 1;
+  auto at = [&](int d) {
+    const float q = static_cast<float>(static_cast<uint32_t>((two >> (shift + d * bits)) & m));
+    return __fadd_rn(__fmul_rn(raw.z, q), raw.w);
+  };
+  return make_float4(at(0), at(1), at(2), at(3));
+}
+
+// One step of the warp's reduce-scatter over the first kN of a lane's values: the lane keeps the half
+// selected by its bit kO (upper half when set) and adds its partner's copy of that half.
+template <int kN, int kO, int kNV>
+__device__ __forceinline__ void v2_rs_half(float (&sc)[kNV], int lane) {
+  const bool upper = (lane & kO) != 0;
+#pragma unroll
+  for (int u = 0; u < kN / 2; ++u) {
+    const float lo = sc[u], hi = sc[u + kN / 2];
+    sc[u] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, kO);
+  }
+}
+
+// Sums kNV values over the warp's 32 lanes so that lane l ends with total l >> (5 - log2 kNV) in
+// sc[0]. Every index is a compile-time constant (a runtime step count put the array in local memory).
+template <int kNV>
+__device__ __forceinline__ void v2_reduce_scatter(float (&sc)[kNV], int lane) {
+  if constexpr (kNV >= 2) v2_rs_half<kNV, 16>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 16);
+  if constexpr (kNV >= 4) v2_rs_half<kNV / 2, 8>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 8);
+  if constexpr (kNV >= 8) v2_rs_half<kNV / 4, 4>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 4);
+  if constexpr (kNV >= 16) v2_rs_half<kNV / 8, 2>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 2);
+  if constexpr (kNV >= 32) v2_rs_half<kNV / 16, 1>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 1);
+}
+
+// Grid: (split, query * row_chunks + row chunk, kv head); kRows: 2 or 8 rows of registers (a block's
+// rows <= kRows); kE: float4s per lane and row (head_dim <= 128 * kE).
+template <bool kQuant, int kRows, int kE>
+__global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(const DecodeArgs a) {
+  constexpr int kKW = V2Shape<kE>::kKW;
+  constexpr int kChunk = V2Shape<kE>::kChunk;
+  constexpr int kNV = kRows * kKW;  // scores per warp and chunk: 4, 8, 16 or 32
+  constexpr int kSh = kNV == 32 ? 0 : kNV == 16 ? 1 : kNV == 8 ? 2 : 3;  // lane of score i: i << kSh
+  static_assert(kNV == (32 >> kSh), "kRows * kKW must be 4, 8, 16 or 32");
+  extern __shared__ __align__(16) float reg_smem[];  // st_acc [8 warps][kRows][hd]
+  __shared__ float st_ml[kV2Warps][kRows][2];
+  __shared__ __align__(16) float p_s[kV2Warps][kNV];  // a chunk's probabilities, score order
+  __shared__ float corr_s[kV2Warps][kRows];
+  detail::chain_wait();  // chained launch: q and the new K/V rows come from the kernels before
+  detail::chain_release();
+  const int hd = a.hd, c4 = hd / 4;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int G = a.n_heads / a.n_kv_heads;
+  const int64_t kvh = blockIdx.z;
+  const int64_t i = blockIdx.y / a.row_chunks;
+  const int rc = static_cast<int>(blockIdx.y % a.row_chunks);
+  const int rows = min(kRows, G - rc * kRows);
+  const int64_t qh0 = i * a.n_heads + kvh * G + rc * kRows;
+  const int64_t qp = a.q_pos0 + i;
+  const int64_t split = blockIdx.x, splits = gridDim.x;
+  const int64_t chunks = (a.n_range + kChunk - 1) / kChunk;
+  const int64_t c_begin = split * a.chunks_per_split;
+  const int64_t c_end = c_begin + a.chunks_per_split < chunks ? c_begin + a.chunks_per_split : chunks;
+  const int64_t j_end = a.j_lo + a.n_range;
+
+  float4 kc[kKW][kE], vc[kKW][kE];
+  v2_load<kQuant, kE>(a, kvh, a.j_lo + c_begin * kChunk + warp * kKW, c_begin < c_end ? j_end : 0, lane, kc, vc);
+  float4 q[kRows][kE];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      const int c = lane + 32 * e;
+      q[r][e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r >= rows || c >= c4) continue;
+      const float* src = a.q + (qh0 + r) * hd + 4 * c;
+      q[r][e] = a.q_vec16 ? __ldcg(reinterpret_cast<const float4*>(src))
+                          : make_float4(__ldcg(src), __ldcg(src + 1), __ldcg(src + 2), __ldcg(src + 3));
+    }
+  int shift[kE];  // quantized: bit offset of dim 4c within its first word
+#pragma unroll
+  for (int e = 0; e < kE; ++e) shift[e] = kQuant ? (4 * (lane + 32 * e) * a.bits) & 31 : 0;
+
+  // This lane's row of the softmax state (row (lane >> kSh) / kKW; the lanes of a row agree).
+  float m_own = -INFINITY, l_own = 0.0f;
+  float4 acc[kRows][kE];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int e = 0; e < kE; ++e) acc[r][e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  const int my_t = (lane >> kSh) % kKW;
+
+  for (int64_t chunk = c_begin; chunk < c_end; ++chunk) {
+    const int64_t jw = a.j_lo + chunk * kChunk + warp * kKW;
+    float4 kn[kKW][kE], vn[kKW][kE];  // the next chunk, in flight during this one
+    v2_load<kQuant, kE>(a, kvh, jw + kChunk, chunk + 1 < c_end ? j_end : 0, lane, kn, vn);
+    if constexpr (kQuant) {
+#pragma unroll
+      for (int t = 0; t < kKW; ++t)
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          kc[t][e] = v2_dequant(kc[t][e], shift[e], a.bits);
+          vc[t][e] = v2_dequant(vc[t][e], shift[e], a.bits);
+        }
+    }
+    // Partial dot products, then the reduce-scatter: after step s a lane keeps the half of its values
+    // selected by lane bit (16 >> s) and adds its partner's copy of that half.
+    float sc[kNV];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int t = 0; t < kKW; ++t) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kE; ++e)
+          d += (q[r][e].x * kc[t][e].x + q[r][e].y * kc[t][e].y) + (q[r][e].z * kc[t][e].z + q[r][e].w * kc[t][e].w);
+        sc[r * kKW + t] = d;
+      }
+    v2_reduce_scatter<kNV>(sc, lane);
+    const int64_t j = jw + my_t;
+    const bool vis = j < j_end && key_visible(a.mask, qp, key_pos(a.k_pos, a.mask, j));
+    float s = sc[0] * a.scale;
+    if (a.softcap > 0.0f) s = a.softcap * tanhf(s / a.softcap);
+    s = vis ? s : -INFINITY;
+    float mx = s;
+#pragma unroll
+    for (int o = 1 << kSh; o < (kKW << kSh); o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    const float m_new = fmaxf(m_own, mx);
+    const float corr = m_new == -INFINITY ? 1.0f : expf(m_own - m_new);  // 0 when nothing was seen before
+    const float p = vis ? expf(s - m_new) : 0.0f;
+    float ps = p;
+#pragma unroll
+    for (int o = 1 << kSh; o < (kKW << kSh); o <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+    l_own = l_own * corr + ps;
+    m_own = m_new;
+    // Every lane needs every row's correction and probabilities: one store per value into the warp's
+    // slots, then broadcast loads (fewer instructions than kNV + kRows shuffles).
+    if ((lane & ((1 << kSh) - 1)) == 0) p_s[warp][lane >> kSh] = p;
+    if ((lane & ((kKW << kSh) - 1)) == 0) corr_s[warp][lane / (kKW << kSh)] = corr;
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float cr = corr_s[warp][r];
+      float pr4[kKW];
+      if constexpr (kKW == 4) {
+        const float4 t4 = *reinterpret_cast<const float4*>(&p_s[warp][r * 4]);
+        pr4[0] = t4.x;
+        pr4[1] = t4.y;
+        pr4[2] = t4.z;
+        pr4[3] = t4.w;
+      } else {
+        const float2 t2 = *reinterpret_cast<const float2*>(&p_s[warp][r * 2]);
+        pr4[0] = t2.x;
+        pr4[1] = t2.y;
+      }
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        acc[r][e].x *= cr;
+        acc[r][e].y *= cr;
+        acc[r][e].z *= cr;
+        acc[r][e].w *= cr;
+      }
+#pragma unroll
+      for (int t = 0; t < kKW; ++t) {
+        const float pr = pr4[t];
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          acc[r][e].x += pr * vc[t][e].x;
+          acc[r][e].y += pr * vc[t][e].y;
+          acc[r][e].z += pr * vc[t][e].z;
+          acc[r][e].w += pr * vc[t][e].w;
+        }
+      }
+    }
+    __syncwarp();  // the slots are read before the next chunk writes them
+#pragma unroll
+    for (int t = 0; t < kKW; ++t)
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        kc[t][e] = kn[t][e];
+        vc[t][e] = vn[t][e];
+      }
+  }
+
+  // The warps' states -> shared memory, merged per row (a warp that saw no key of a row: m = -inf,
+  // weight 0).
+  float* st_acc = reg_smem;
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= rows) break;
+    if (lane == ((r * kKW) << kSh)) {
+      st_ml[warp][r][0] = m_own;
+      st_ml[warp][r][1] = l_own;
+    }
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      const int c = lane + 32 * e;
+      if (c < c4) *reinterpret_cast<float4*>(st_acc + (warp * kRows + r) * hd + 4 * c) = acc[r][e];
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < rows * c4; idx += kV2Threads) {
+    const int r = idx / c4, c = idx % c4;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kV2Warps; ++w) mx = fmaxf(mx, st_ml[w][r][0]);
+    float sum_l = 0.0f;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < kV2Warps; ++w) {
+      const float ms = st_ml[w][r][0];
+      const float wt = ms == -INFINITY ? 0.0f : expf(ms - mx);
+      sum_l += st_ml[w][r][1] * wt;
+      const float4 v = *reinterpret_cast<const float4*>(st_acc + (w * kRows + r) * hd + 4 * c);
+      sum.x += v.x * wt;
+      sum.y += v.y * wt;
+      sum.z += v.z * wt;
+      sum.w += v.w * wt;
+    }
+    const int64_t qh = qh0 + r;
+    if (splits == 1) {
+      const float inv = mx == -INFINITY ? 0.0f : 1.0f / sum_l;  // no visible key: zeros
+      *reinterpret_cast<float4*>(a.out + qh * hd + 4 * c) =
+          make_float4(sum.x * inv, sum.y * inv, sum.z * inv, sum.w * inv);
+    } else {  // partial state (m = -inf, l = 0, acc = 0 when this split saw no key)
+      *reinterpret_cast<float4*>(a.part_acc + (qh * splits + split) * hd + 4 * c) = sum;
+      if (c == 0) {
+        a.part_ml[(qh * splits + split) * 2] = mx;
+        a.part_ml[(qh * splits + split) * 2 + 1] = mx == -INFINITY ? 0.0f : sum_l;
+      }
+    }
+  }
+  merge_splits(a, rows, qh0, split, splits, true);
 }
 
 int64_t sm_count() {
@@ -569,6 +916,50 @@ void launch_kernel(const dim3& grid, size_t smem, cudaStream_t cs, const DecodeA
   detail::launch_chained("attention", attention_decode_kernel<kQuant, kRpw>, grid, dim3(kDecThreads), smem, cs, a);
 }
 
+// Team size of the last-block merge: one team (a single merge by the last block) up to the limit,
+// else teams of ~sqrt(splits) (at most the limit, at least splits / kDecMaxMerge). The limit is
+// kDecMaxMerge for the tile kernel and kRegTeam for the register kernel;
+// VLMCHECK_CUDA_DECODE_TEAM=2..64 overrides both for tuning runs (read once). kRegTeam: 64, one merge
+// by the last block up to 64 splits (ncu, H200, register kernel, µs, teams of at most 64 / 16 / 8: 3B
+// 2k 10.9 / 11.7 / 11.6, 7B 2k 11.0 / 12.6 / 12.6, Gemma 3 2k 12.1 / 13.9 / 13.9, 4-bit 7B 2k 12.0 /
+// 14.1 / 13.9): a second level costs another fence, atomic and round trip, more than the one merge
+// reading 4x the states.
+constexpr int kRegTeam = 64;
+int team_limit(int fallback) {
+  static const int forced = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_TEAM");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v >= 2 && v <= kDecMaxMerge ? v : 0;
+  }();
+  return forced != 0 ? forced : fallback;
+}
+
+// Split bookkeeping shared by both kernels: teams, the state scratch and the merge counters.
+// base: blocks per split.
+void setup_splits(DecodeArgs& a, int64_t nq, int64_t splits, int64_t base, int limit, cudaStream_t cs) {
+  if (splits <= limit) {
+    a.team = static_cast<int>(splits);
+  } else {
+    const int64_t root = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(splits))));
+    const int64_t fewest = (splits + kDecMaxMerge - 1) / kDecMaxMerge;  // teams <= kDecMaxMerge
+    a.team = static_cast<int>(std::max<int64_t>(std::min<int64_t>(root, limit), fewest));
+  }
+  a.teams = static_cast<int>((splits + a.team - 1) / a.team);
+  if (splits > 1) {
+    const int64_t qh = nq * a.n_heads;
+    const size_t part = static_cast<size_t>(qh * splits), team = static_cast<size_t>(qh * a.teams);
+    const size_t floats = part * (2 + static_cast<size_t>(a.hd)) + team * (2 + static_cast<size_t>(a.hd));
+    float* scratch = static_cast<float*>(detail::scratch(sizeof(float) * floats, "attention"));
+    // acc planes first: hd is a multiple of 4, so every state's acc row is 16-byte aligned (the merge
+    // reads them as float4).
+    a.part_acc = scratch;
+    a.team_acc = a.part_acc + part * static_cast<size_t>(a.hd);
+    a.part_ml = a.team_acc + team * static_cast<size_t>(a.hd);
+    a.team_ml = a.part_ml + part * 2;
+    if (last_block_merge()) a.counters = decode_counters(static_cast<size_t>(base * (a.teams + 1)), cs);
+  }
+}
+
 template <bool kQuant>
 void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
   const int64_t group = a.n_heads / a.n_kv_heads;
@@ -594,23 +985,7 @@ void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
   a.row_groups = static_cast<int>(row_groups);
   a.slices = static_cast<int>(slices);
   a.chunks_per_split = per_split;
-  // One team (a single merge by the last block) up to kDecMaxMerge splits, else teams of ~sqrt.
-  a.team = splits <= kDecMaxMerge ? static_cast<int>(splits)
-                                  : static_cast<int>(std::ceil(std::sqrt(static_cast<double>(splits))));
-  a.teams = static_cast<int>((splits + a.team - 1) / a.team);
-  if (splits > 1) {
-    const int64_t qh = nq * a.n_heads;
-    const size_t part = static_cast<size_t>(qh * splits), team = static_cast<size_t>(qh * a.teams);
-    const size_t floats = part * (2 + static_cast<size_t>(a.hd)) + team * (2 + static_cast<size_t>(a.hd));
-    float* scratch = static_cast<float*>(detail::scratch(sizeof(float) * floats, "attention"));
-    // acc planes first: hd is a multiple of 4, so every state's acc row is 16-byte aligned (the merge
-    // reads them as float4).
-    a.part_acc = scratch;
-    a.team_acc = a.part_acc + part * static_cast<size_t>(a.hd);
-    a.part_ml = a.team_acc + team * static_cast<size_t>(a.hd);
-    a.team_ml = a.part_ml + part * 2;
-    if (last_block_merge()) a.counters = decode_counters(static_cast<size_t>(base * (a.teams + 1)), cs);
-  }
+  setup_splits(a, nq, splits, base, team_limit(kDecMaxMerge), cs);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
                   static_cast<unsigned>(a.n_kv_heads));
   const size_t smem = decode_smem_bytes(a.hd, slices, kQuant, a.bits, a.group);
@@ -618,6 +993,67 @@ void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
     launch_kernel<kQuant, 2>(grid, smem, cs, a);
   else
     launch_kernel<kQuant, 1>(grid, smem, cs, a);
+  if (splits > 1 && a.counters == nullptr)
+    launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
+}
+
+// Blocks the register kernel aims at: one per SM, one wave (~180 registers a thread: one 8-warp block
+// fits an SM). VLMCHECK_CUDA_DECODE_BLOCKS=n overrides it for tuning runs (read once).
+int64_t reg_blocks_target() {
+  static const int64_t n = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS");
+    const int64_t v = e != nullptr ? std::atoll(e) : 0;
+    return v >= 1 && v <= 65536 ? v : sm_count();
+  }();
+  return n;
+}
+
+// The register kernel is the default; VLMCHECK_CUDA_DECODE_KERNEL=tile picks the tile kernel (read
+// once; set_decode_kernel switches it for A/B runs in one process).
+bool& tile_kernel_flag() {
+  static bool on = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_KERNEL");
+    return e != nullptr && std::strcmp(e, "tile") == 0;
+  }();
+  return on;
+}
+
+template <bool kQuant, int kRows, int kE>
+void launch_reg_instance(const dim3& grid, cudaStream_t cs, const DecodeArgs& a) {
+  const size_t smem = sizeof(float) * kV2Warps * kRows * static_cast<size_t>(a.hd);
+  static std::once_flag once;  // up to 64 KB of dynamic shared memory (8 rows of 256 dims)
+  std::call_once(once, [] {
+    VLM_CUDA(cudaFuncSetAttribute(attention_decode_reg_kernel<kQuant, kRows, kE>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(sizeof(float) * kV2Warps * kRows * kDecMaxHd)),
+             "attention");
+  });
+  detail::launch_chained("attention", attention_decode_reg_kernel<kQuant, kRows, kE>, grid, dim3(kV2Threads), smem,
+                         cs, a);
+}
+
+template <bool kQuant>
+void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs) {
+  const int64_t group = a.n_heads / a.n_kv_heads;
+  const int kRowsPick = group <= 2 ? 2 : 8;
+  const int64_t row_chunks = (group + kRowsPick - 1) / kRowsPick;
+  const int kE = a.hd <= 128 ? 1 : 2;
+  const int64_t keys = kV2Warps * (kE == 1 ? V2Shape<1>::kKW : V2Shape<2>::kKW);
+  const int64_t base = nq * row_chunks * a.n_kv_heads;  // blocks per split
+  const int64_t chunks = std::max<int64_t>((a.n_range + keys - 1) / keys, 1);
+  int64_t splits = std::clamp<int64_t>((reg_blocks_target() + base - 1) / base, 1, chunks);
+  int64_t per_split = (chunks + splits - 1) / splits;
+  per_split = std::max(per_split, (chunks + kDecMaxSplits - 1) / kDecMaxSplits);
+  splits = (chunks + per_split - 1) / per_split;  // no empty split
+  a.row_chunks = static_cast<int>(row_chunks);
+  a.chunks_per_split = per_split;
+  setup_splits(a, nq, splits, base, team_limit(kRegTeam), cs);
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
+                  static_cast<unsigned>(a.n_kv_heads));
+  if (kRowsPick == 2)
+    kE == 1 ? launch_reg_instance<kQuant, 2, 1>(grid, cs, a) : launch_reg_instance<kQuant, 2, 2>(grid, cs, a);
+  else
+    kE == 1 ? launch_reg_instance<kQuant, 8, 1>(grid, cs, a) : launch_reg_instance<kQuant, 8, 2>(grid, cs, a);
   if (splits > 1 && a.counters == nullptr)
     launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
 }
@@ -667,7 +1103,10 @@ bool attention_decode_gqa(const float* q, int64_t nq, int64_t q_pos0, const floa
   DecodeArgs a = common_args(q, nq, q_pos0, k_pos_dev, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
   a.k = k;
   a.v = v;
-  launch_decode<false>(a, nq, cs);
+  if (tile_kernel_flag() || !aligned16(out))
+    launch_decode<false>(a, nq, cs);
+  else
+    launch_reg<false>(a, nq, cs);
   return true;
 }
 
@@ -689,7 +1128,10 @@ bool attention_decode_quantized(const float* q, int64_t nq, int64_t q_pos0, cons
   a.groups_row = n_kv_heads * head_dim / kv.group_size;
   const int64_t wph = head_dim * kv.bits / 32;
   a.vec16 = wph % 4 == 0 && a.words_row % 4 == 0 && aligned16(kv.k_packed) && aligned16(kv.v_packed);
-  launch_decode<true>(a, nq, cs);
+  if (tile_kernel_flag() || !aligned16(out))
+    launch_decode<true>(a, nq, cs);
+  else
+    launch_reg<true>(a, nq, cs);
   return true;
 }
 
@@ -697,4 +1139,5 @@ bool attention_decode_quantized(const float* q, int64_t nq, int64_t q_pos0, cons
 
 namespace vlm::ops::cuda {
 void set_decode_last_block_merge(bool on) { kernels::last_block_merge_flag() = on; }
+void set_decode_tile_kernel(bool on) { kernels::tile_kernel_flag() = on; }
 }  // namespace vlm::ops::cuda

@@ -49,6 +49,10 @@ void set_graph_options(bool enabled, int piece_ops);
 // them in the same launch, false = a second launch (attention_combine). VLMCHECK_CUDA_DECODE_MERGE=combine
 // sets false as the initial value; tests and benchmarks switch it between calls (not inside run_graph).
 void set_decode_last_block_merge(bool on);
+// Decode attention's kernel: false (the default) = the register kernel, true = the tile kernel (K/V
+// staged through shared memory). VLMCHECK_CUDA_DECODE_KERNEL=tile sets true as the initial value; tests
+// and benchmarks switch it between calls (not inside run_graph).
+void set_decode_tile_kernel(bool on);
 // Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
 // first of each key), pieces launched, executables instantiated and updated in place; and where the
 // captured steps' host time went: in the step's own code under capture (the ops' host work and their
