@@ -27,9 +27,9 @@
 // micro-benchmarks, 2026-11-27): vpdpbusd, vfmadd, vmulps and vgf2p8affineqb on zmm each take one
 // cycle of the same two-pipe multiply unit, shifts and converts another pair, ands any pipe. The 4-bit
 // loop above is 4 dot products + 1 FMA there per 64 bytes — ~5.8 cycles per block and row measured on
-// L1-resident codes, ~40 GB/s — so the kernel's own speed is not what bounds decode; what did were the
-// per-row/per-call costs (setup per 8 rows, a multiply per block for the factor, byte-masked loads)
-// and a prefetch distance too short for DRAM (see kPrefetchBytes). A GFNI split of the pieces (one
+// L1-resident codes, ~40 GB/s — so the loop itself is not what bounds decode; the per-row and per-call
+// costs were (setup per 8 rows, a multiply per block for the factor, byte-masked loads), and streamed
+// from DRAM it is the access pattern (see kPrefetchGroups). A GFNI split of the pieces (one
 // vgf2p8affineqb instead of shift + and) was tried and dropped: it moves work onto the busy pipe.
 #include <immintrin.h>
 
@@ -181,23 +181,20 @@ inline __m256i piece256(__m256i v, int t) {
   return _mm256_and_si256(_mm256_srli_epi16(v, static_cast<unsigned>(BITS * t)), mask);
 }
 
-// Software prefetch distance in bytes, and its target: L2, as in simd_linear_avx512.cpp (prefetching
-// into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s). A pass over R rows
-// reads them together (R interleaved streams of one contiguous row group), so the in-loop prefetch of
-// a block's line `ahead` bytes on covers the matrix ahead of the pass as one sequential stream. The
-// distance has to be bytes, not row groups: two groups were 4.6 KB at 576 inputs and 12 KB at 1536.
-// A micro-benchmark of this loop streaming from DRAM on one core (one-core sequential read 23-29 GB/s
-// on this VM): 1536 x 576 at 4.6 KB ahead ~17 GB/s, 9-18 KB ~25; 576 x 1536 at 12 KB ~28. The
-// kernel, one core at load ~11, thread CPU time, alternating: 576 x 1536 4-bit 12-13 GB/s at 4.5 KB
-// ahead -> 17-20 at 16 KB, 4864 x 896 15-16.5 -> 18-20.5; 8 KB about the same as 16, 32 KB worse.
-// (The bf16 GEMV's one-row-at-a-time streams got slower with more than its 4 KB: a single
-// sequential stream is what the hardware prefetcher follows on its own.)
-constexpr int64_t kPrefetchBytes = 16384;
+// Software prefetch distance in passes of R rows, and its target: L2, as in simd_linear_avx512.cpp
+// (prefetching into L1 streamed 4-bit matrices at 8-9 GB/s per core, into L2 at 12-15 GB/s). A pass
+// reads its R rows together, so the in-loop prefetch of each block's line kPrefetchGroups passes
+// further on covers the matrix ahead as one stream, each line exactly where that pass will load it.
+// Distances in bytes instead (one core, thread CPU time, alternating, load ~3, 2026-11-27 01:35;
+// 4-bit g64 GB/s for 1536 x 576 / 576 x 1536 / 4864 x 896): two passes (4.6 / 12 / 7.2 KB)
+// 18-22 / 17-22 / 25-28; 6 KB 17-21 / 15-20 / 17-21; 8 KB 14-19 / 14-18 / 15-21; 16 KB 13-16 /
+// 15-16 / 15-18. (A micro-benchmark of the bare loop had favoured ~16 KB; the kernel does not.)
+constexpr int64_t kPrefetchGroups = 2;
 constexpr auto kPrefetchHint = _MM_HINT_T1;
 
 // Prefetches [p, p + bytes) into L2. Used at the start of a pool chunk (and of each output's rows in
-// it): the in-loop prefetch runs `ahead` bytes on, so a chunk's first bytes would otherwise arrive on
-// demand, one miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a
+// it): the in-loop prefetch runs kPrefetchGroups passes ahead, so a chunk's first rows would
+// otherwise arrive on demand, one miss latency at a time — and at decode sizes a pool round has only ~8 chunks, and a
 // thread's next chunk does not follow its last one in memory (claims run downwards), so every chunk
 // paid that.
 inline void prefetch_bytes(const void* p, int64_t bytes) {
@@ -296,7 +293,7 @@ void rows_dot(const QView& m, int64_t r_begin, int64_t r_end, const PreparedQ* c
       _mm512_srli_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                            _mm512_set1_epi32(L::kCodesPerLane)),
                         5);
-  const int64_t ahead = kPrefetchBytes;
+  const int64_t ahead = kPrefetchGroups * R * m.row_stride;
   const int64_t sstride = groups * static_cast<int64_t>(ssize);
   const int64_t blocks = p[0]->blocks;
   for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
@@ -466,7 +463,7 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QView& m, int64
   const __m512i chunk_group =
       _mm512_srl_epi32(_mm512_slli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 5),
                        _mm_cvtsi32_si128(gs_shift));
-  const int64_t ahead = kPrefetchBytes;
+  const int64_t ahead = kPrefetchGroups * R * m.row_stride;
   for (int64_t r0 = r_begin; r0 < r_end; r0 += R) {
     const uint8_t* const row0 = m.packed + r0 * m.row_stride;
     const char* const srow0 = m.scales + r0 * sstride;
@@ -607,7 +604,7 @@ void gemv(const float* x, int64_t n, const Weight* const* w, const float* const*
         const int64_t r_end = std::min<int64_t>(m.rows, (se - outs[o].block0) * R);
         const uint8_t* pf_end = v.packed + r_end * v.row_stride;
         prefetch_bytes(v.packed + r_first * v.row_stride,
-                       std::min<int64_t>(kPrefetchBytes, (r_end - r_first) * v.row_stride));
+                       std::min<int64_t>(kPrefetchGroups * R * v.row_stride, (r_end - r_first) * v.row_stride));
         switch (nt) {
           case 1:
             rows_range<BITS, 1>(m, v, r_first, r_end, ps, outs[o].bias, outs[o].y, t0, pf_end);
