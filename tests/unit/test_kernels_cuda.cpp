@@ -338,9 +338,10 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
     }
   }
   // A 7B down_proj (3584 x 18944, 148 rounds): 112 row groups, fewer than the SMs, so pairs of
-  // 8-warp blocks (a thread-block cluster) split K, ten rounds per warp, reduced through distributed
-  // shared memory; at 1-2 tokens a block's digits and rings (~160 KB) leave room for one block per SM,
-  // so the 224 blocks run in two waves of clusters. wide_x at one token.
+  // 8-warp blocks split K, ten rounds per warp, reduced through global memory by the last block of
+  // each pair (the split-K test also runs it as thread-block clusters, reduced through distributed
+  // shared memory); at 1-2 tokens a block's digits and rings (~160 KB) leave room for one block per
+  // SM, so the 224 blocks run in two waves. wide_x at one token.
   {
     ops::Weight w = random_quantized(rng, 3584, 18944, 4, 64, DType::kBF16);
     for (int64_t n : {1, 2})
@@ -356,6 +357,18 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
     for (const ops::Weight& w : ws) biases.push_back(random_tensor(rng, {w.rows()}, DType::kBF16));
     Vec x = n == 2 ? wide_x(n, 512) : vec(rng, static_cast<size_t>(n * 512));
     cases.push_back(linear_group_case("mma q4g128 f16 q/k/v n=" + std::to_string(n), 1e-11, ws, biases, x, n));
+  }
+  // Split-K shapes (the global-memory reduction): rows that are not a multiple of 32 with 86 rounds
+  // (a 3B down_proj's 11008 inputs: 3 row groups, two global splits by default) and 11 rounds at group
+  // 32 with f32 scales; the split test below runs every "mma" case with 1, 2, 3, 8 and 64 splits.
+  {
+    ops::Weight w = random_quantized(rng, 95, 11008, 4, 64, DType::kBF16);
+    for (int64_t n : {1, 2, 3})
+      add("mma q4g64 95x11008 (split-K)", w, n, n == 1 ? wide_x(n, 11008) : vec(rng, static_cast<size_t>(n * 11008)),
+          n == 2 ? random_tensor(rng, {95}, DType::kBF16) : Tensor());
+    ops::Weight w32 = random_quantized(rng, 70, 1408, 4, 32, DType::kF32);
+    for (int64_t n : {1, 2})
+      add("mma q4g32 f32 scales 70x1408 (split-K)", w32, n, vec(rng, static_cast<size_t>(n * 1408)), Tensor());
   }
 }
 
@@ -1126,6 +1139,38 @@ TEST(CudaKernels, DecodeAttentionTileKernelMatchesScalarReference) {
         << c.op << " [" << c.what << "]";
   }
   cuda::set_decode_tile_kernel(false);
+}
+
+// The 4-bit tensor-core GEMV with its K-splits reduced through global memory (the last block of each
+// row group adds the splits' sums in split order): every "mma" case with 2, 3, 8 and 64 splits per
+// row group (capped at one round per warp), and with thread-block clusters only (1: the rule before
+// global splits, which long rows now take by default), against the scalar reference with the usual
+// bound, run twice so the second pass starts from the counters the first left behind and must give
+// the same bits. Leaves the launch's own rule on.
+TEST(CudaKernels, QuantGemvGlobalSplitKMatchesScalarReference) {
+  SKIP_WITHOUT_GPU();
+  std::vector<Case> mma;
+  std::vector<std::vector<float>> want;
+  for (const Case& c : build_cases()) {
+    if ((c.op != "linear" && c.op != "linear_group") || c.what.rfind("mma", 0) != 0) continue;
+    ops::force_scalar_kernels(true);
+    want.push_back(c.cpu());
+    ops::force_scalar_kernels(false);
+    mma.push_back(c);
+  }
+  ASSERT_GE(mma.size(), 40u);
+  for (const int splits : {1, 2, 3, 8, 64}) {
+    cuda::set_gemv_split_k(splits);
+    for (size_t i = 0; i < mma.size(); ++i) {
+      const std::vector<float> got = mma[i].gpu(), again = mma[i].gpu();
+      ASSERT_EQ(got.size(), want[i].size()) << mma[i].what;
+      EXPECT_LE(nmse(got.data(), std::vector<double>(want[i].begin(), want[i].end())), mma[i].tol)
+          << mma[i].op << " [" << mma[i].what << "] " << splits << " splits";
+      EXPECT_EQ(std::memcmp(got.data(), again.data(), got.size() * 4), 0)
+          << mma[i].op << " [" << mma[i].what << "] " << splits << " splits: second run differs";
+    }
+  }
+  cuda::set_gemv_split_k(0);
 }
 
 // The fused decode kernel reads the packed rows and dequantizes them in shared memory with

@@ -49,6 +49,11 @@ void set_graph_options(bool enabled, int piece_ops);
 // them in the same launch, false = a second launch (attention_combine). VLMCHECK_CUDA_DECODE_MERGE=combine
 // sets false as the initial value; tests and benchmarks switch it between calls (not inside run_graph).
 void set_decode_last_block_merge(bool on);
+// The 4-bit tensor-core GEMV's K-splits: 0 (the initial value unless VLMCHECK_CUDA_GEMV_SPLITK sets
+// one) = the launch's own rule, 1 = thread-block clusters only, N in 2..64 = N splits per row group
+// (capped at one round per warp) reduced through global memory. Tests and benchmarks switch it
+// between calls (not inside run_graph).
+void set_gemv_split_k(int splits);
 // Decode attention's kernel: false (the default) = the register kernel, true = the tile kernel (K/V
 // staged through shared memory). VLMCHECK_CUDA_DECODE_KERNEL=tile sets true as the initial value; tests
 // and benchmarks switch it between calls (not inside run_graph).

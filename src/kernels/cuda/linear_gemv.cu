@@ -699,10 +699,10 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   const Weight& w0 = *targets[0].w;
   const bool quant = w0.quantized;
   // Tokens [0, here) run on this file's kernels, the rest on the 4-bit tensor-core kernel where it
-  // takes the format. Launches of at most 2048 rows in all keep chunks of 4 tokens, and one token of
-  // rows of 8192+ values, here: this kernel measured faster there on the H200 (n = 4: 3B q/o 12.0 vs
-  // 13.3 us, k/v 10.7 vs 11.8, down_proj 28.7 vs 36.7; n = 1: 3B down_proj 14.7 vs 16.8 us), the
-  // tensor-core kernel everywhere else.
+  // takes the format. Launches of at most 2048 rows in all keep chunks of 4 tokens here: this kernel
+  // measured faster there on the H200 (n = 4: 3B q/o 12.0 vs 13.3 us, k/v 10.7 vs 11.8, down_proj 28.9
+  // vs 29.4 with the tensor-core kernel's global K-split), the tensor-core kernel everywhere else (one
+  // token of the 3B down_proj: 14.6 us here, 12.2 there with the global K-split).
   int64_t here = n;
   if (quant) {
     bool mma = true;
@@ -713,7 +713,7 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     }
     if (mma) {
       here = 0;
-      if (total_rows <= 2048 && !gemv_mma_everywhere()) here = n == 1 ? (w0.cols() >= 8192 ? 1 : 0) : n / 4 * 4;
+      if (total_rows <= 2048 && !gemv_mma_everywhere()) here = n / 4 * 4;
       if (here < n) {
         GemvTarget rest[kGemvMaxTargets];
         for (int i = 0; i < count; ++i) {

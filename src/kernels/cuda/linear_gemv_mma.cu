@@ -18,9 +18,12 @@
 //   permuted, and x's digits are staged in the same order (b0 = digits of x at the word's even
 //   columns, b1 = odd). One MMA covers 4 words of each row (one per tig lane), always inside one group.
 //   Rounds. A row is read in rounds of 128 values (64 bytes). A warp owns 32 rows (two MMA row
-//   tiles); the block's warps, and the blocks of a thread-block cluster (sm_90), split the rounds of
-//   those rows (round r goes to warp r mod warps-in-cluster) and are reduced through shared memory
-//   and distributed shared memory at the end of the row group, in a fixed order. Each warp streams its
+//   tiles); the block's warps, and the cs blocks of a row group, split the rounds of those rows
+//   (round r goes to warp r mod (warps · cs)) and are reduced through shared memory at the end of the
+//   row group, then across the blocks in a fixed order (split 0, 1, ...): through distributed shared
+//   memory where the blocks are a thread-block cluster (sm_90), or through global memory (each block
+//   writes its sums, the last to arrive on the row group's counter adds them and stores; long rows,
+//   see kGlobalSplitRounds). With the same splits both give the same bits. Each warp streams its
 //   rounds through a ring of kStages rounds in shared memory filled by cp.async (codes bypass L1):
 //   kStages - 1 rounds are in flight while one is computed, without registers held for them. From the
 //   ring, lane tig reads 16 bytes of each of its rows: word i of the lane is word (i / L)·4L + tig·L +
@@ -38,8 +41,8 @@
 //   Tokens. n > 2 runs in chunks of 2 tokens, each reading the weights once (gemv_launch keeps some
 //   chunks on the CUDA-core kernel).
 //   Launch shape (H200, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): 4 warps
-//   per block, 8 for rows of 64+ rounds; clusters only where the row groups alone give fewer blocks
-//   than SMs. Before persistent blocks, prologue staging and slots: 61-66% of the copy probe on the
+//   per block, 8 for rows of 64+ rounds; K split across blocks only where the row groups alone give
+//   fewer blocks than SMs (rows of 64+ rounds: 2 splits through global memory, else a cluster). Before persistent blocks, prologue staging and slots: 61-66% of the copy probe on the
 //   lm_heads, 36-40% on the 7B gate/up and down at n = 1, the limit being the per-round work of a
 //   warp (ncu: ~700 instructions per warp and 2 KB round, x staging included), not DRAM.
 #include "kernels/cuda/linear_gemv.cuh"
@@ -70,7 +73,8 @@ struct MmaParams {
   int64_t groups;  // groups per row
   int scale_kind, bias_kind;
   int count;
-  int cs;  // blocks per cluster: K-splits across blocks, reduced through distributed shared memory
+  int cs;  // blocks per row group: K-splits across blocks (a cluster's, or through global memory)
+  int global_split;  // 1: the cs blocks are not a cluster; they reduce through `partials` (below)
   int nr;  // digit slices per warp: the most rounds any warp of the launch takes
   unsigned block_end[kGemvMaxTargets];  // cumulative 32-row groups per member
   int64_t rows[kGemvMaxTargets];
@@ -80,6 +84,10 @@ struct MmaParams {
   const void* out_bias[kGemvMaxTargets];
   int out_bias_kind[kGemvMaxTargets];
   float* y[kGemvMaxTargets];  // [n, rows] f32
+  // Global split only: each block's partial sums [row group][split][token][32 rows] f32 and one
+  // arrival counter per row group (zero between calls: the last block of a row group resets it).
+  float* partials;
+  int* counters;
 };
 
 // Group-size dependent layout of one round (16 words of a row).
@@ -222,6 +230,26 @@ __device__ __forceinline__ void read_words(const unsigned char* codes_row, int r
     for (int run = 0; run < 4; ++run)
       w[run] = *reinterpret_cast<const uint32_t*>(codes_row + 16 * (run ^ swz) + 4 * tig);
   }
+}
+
+// Counts this block on `counter` once its global writes are done; true in every thread of the last
+// of `expected` blocks to arrive, which also resets the counter for the next call. The barrier orders
+// the block's writes before thread 0's fence and count (release); the last block's fence after the
+// count orders its later reads after the other blocks' counts (acquire).
+__device__ __forceinline__ bool arrive_last(int* counter, int expected) {
+  __shared__ int last_s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const bool last = atomicAdd(counter, 1) + 1 == expected;
+    if (last) {
+      *counter = 0;
+      __threadfence();
+    }
+    last_s = last;
+  }
+  __syncthreads();
+  return last_s != 0;
 }
 
 // Rows of one 32-row group: its member, first row and the member's row count.
@@ -467,8 +495,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   };
 
   // End of a row group: reduce over the block's warps (K-splits) and each token's digit (and slot)
-  // columns, then over the cluster's blocks (fixed order), add the output bias and store.
-  auto finish = [&](const RowGroup& g) {
+  // columns, then over the row group's blocks (split 0, 1, ... in that order, through distributed
+  // shared memory in a cluster or through global memory, where the last block to arrive adds them),
+  // add the output bias and store. rg: the row group's index (its partials and counter).
+  auto finish = [&](const RowGroup& g, unsigned rg) {
 #pragma unroll
     for (int m = 0; m < kTiles; ++m) {
       float* t = red + (warp * kTiles + m) * 128;
@@ -492,7 +522,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
     // The cluster's blocks hold K-splits of the same rows (one row group per block when cs > 1):
     // block 0 adds the others' sums from their shared memory; the second sync keeps that memory
     // alive until it has been read.
-    if (p.cs > 1) {
+    if (p.cs > 1 && !p.global_split) {
       cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
       cluster.sync();
       if (split == 0) {
@@ -505,8 +535,23 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
       cluster.sync();
     }
 #endif
+    // Global split: every block writes its sums; the last to arrive adds all of them in split order
+    // (the same sums as the cluster's, whichever block that is) and stores.
+    bool store = split == 0;
+    if (p.cs > 1 && p.global_split) {
+      constexpr int kPer = kRowsPerBlock * NT;
+      float* part = p.partials + static_cast<int64_t>(rg) * p.cs * kPer;
+      for (int o = threadIdx.x; o < kPer; o += blockDim.x) __stcg(part + split * kPer + o, block_sum[o]);
+      store = arrive_last(p.counters + rg, p.cs);
+      if (store)
+        for (int o = threadIdx.x; o < kPer; o += blockDim.x) {
+          float sum = __ldcg(part + o);
+          for (int c = 1; c < p.cs; ++c) sum += __ldcg(part + c * kPer + o);
+          block_sum[o] = sum;
+        }
+    }
     __syncthreads();
-    if (split == 0) {
+    if (store) {
       for (int o = threadIdx.x; o < kRowsPerBlock * NT; o += blockDim.x) {
         const int tk = o / kRowsPerBlock, rr = o % kRowsPerBlock;
         float sum = block_sum[o];
@@ -534,7 +579,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   // the next kStages - 1 items in flight, across row-group boundaries), then the row group's sums.
   int item = 0;
   for (int gi = 0; gi < my_groups; ++gi) {
-    const RowGroup g = row_group(p, rg_first + static_cast<unsigned>(gi) * stride);
+    const unsigned rg = rg_first + static_cast<unsigned>(gi) * stride;
+    const RowGroup g = row_group(p, rg);
     int64_t elem[kTiles][2];
 #pragma unroll
     for (int m = 0; m < kTiles; ++m)
@@ -547,7 +593,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
       __syncwarp();
       process(item % kStages, k, kw + k * kws, elem);
     }
-    finish(g);
+    finish(g, rg);
 #pragma unroll
     for (int m = 0; m < kTiles; ++m)
 #pragma unroll
@@ -564,7 +610,7 @@ void launch_kernel(const MmaParams& p, unsigned grid, int warps, int smem, cudaS
   cfg.stream = st;
   cudaLaunchAttribute attr[2];
   unsigned n_attr = 0;
-  if (p.cs > 1) {
+  if (p.cs > 1 && !p.global_split) {
     attr[n_attr].id = cudaLaunchAttributeClusterDimension;
     attr[n_attr].val.clusterDim.x = static_cast<unsigned>(p.cs);
     attr[n_attr].val.clusterDim.y = 1;
@@ -643,8 +689,55 @@ bool persistent_enabled() {
   return on;
 }
 
-// Picks the cluster size (K-splits across blocks), the digit slices and the grid, and launches.
-// Clusters only where the row groups alone give fewer blocks than SMs (the smallest power of 2 up to
+// K-splits across blocks: 0 = the launch's own rule (launch_g), 1 = thread-block clusters only (the
+// rule before global splits), N >= 2 = N splits per row group reduced through global memory in every
+// launch (VLMCHECK_CUDA_GEMV_SPLITK=N, read once; set_gemv_split_k switches it between calls).
+int& split_k_setting() {
+  static int v = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_GEMV_SPLITK");
+    const int n = e != nullptr ? std::atoi(e) : 0;
+    return n >= 1 && n <= 64 ? n : 0;
+  }();
+  return v;
+}
+
+// Rows of at least this many rounds whose row groups give fewer blocks than SMs split K in 2 through
+// global memory instead of a cluster. H200, bench_cuda_kernels --quant, µs at n = 1 / 2 / 4 / 7:
+// 3B down (2048 x 11008, cluster of 4 8-warp blocks) 17.9 / 21.0 / 40.7 / 76.7 -> 12.2 / 15.4 / 29.4 /
+// 54.6; 7B down (3584 x 18944, cluster of 2) 27.5 / 37.0 / 72.7 / 133.8 -> 26.3 / 32.1 / 61.4 / 113.8.
+// 4 or 8 global splits, or 4-warp blocks, measured slower on both; on short rows (3B q/o: 16 rounds,
+// 7B q/o: 28) the global reduction costs more than the cluster's (3B q/o 6.8 -> 7.5 µs).
+constexpr int kGlobalSplitRounds = 64;
+
+// The global split's buffers for `groups` row groups of `cs` splits: partials [groups, cs, 64] f32 and
+// counters [groups] int, persistent (the counters zero between calls: each row group's last block
+// resets its own). Grown through the caching allocator and zeroed on the stream, so a call inside a
+// graph capture neither syncs nor frees memory to the driver.
+void split_buffers(MmaParams& p, int64_t groups, int cs, cudaStream_t st) {
+  static float* partials = nullptr;
+  static int* counters = nullptr;
+  static size_t partials_cap = 0, counters_cap = 0;
+  const size_t need_p = static_cast<size_t>(groups) * static_cast<size_t>(cs) * 2 * kRowsPerBlock;
+  if (need_p > partials_cap) {
+    const size_t n = std::max<size_t>(need_p, size_t{1} << 18);
+    if (partials != nullptr) device_free(partials, partials_cap * sizeof(float), MemCategory::kScratch);
+    partials = static_cast<float*>(device_alloc(n * sizeof(float), MemCategory::kScratch));
+    partials_cap = n;
+  }
+  if (static_cast<size_t>(groups) > counters_cap) {
+    const size_t n = std::max<size_t>(static_cast<size_t>(groups), 8192);
+    int* fresh = static_cast<int*>(device_alloc(n * sizeof(int), MemCategory::kScratch));
+    VLM_CUDA(cudaMemsetAsync(fresh, 0, n * sizeof(int), st), "linear (gemv, tensor cores)");
+    if (counters != nullptr) device_free(counters, counters_cap * sizeof(int), MemCategory::kScratch);
+    counters = fresh;
+    counters_cap = n;
+  }
+  p.partials = partials;
+  p.counters = counters;
+}
+
+// Picks the K-splits across blocks (global, kGlobalSplitRounds, or a cluster's), the digit slices and
+// the grid, and launches. Clusters only where the row groups alone give fewer blocks than SMs (the smallest power of 2 up to
 // 8 that reaches one block per SM; H200: 3B gate/up 26% of the copy probe with one block per row
 // group against 18% with pairs). Where the row groups exceed what is resident at once, blocks are
 // persistent: the grid is one full wave and each block walks every grid-th row group, so x is staged
@@ -658,7 +751,18 @@ void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
     return c == 1 || c == 2 || c == 4 || c == 8 ? c : 8;
   }();
   int cs = 1;
-  while (d.clusters && cs < max_cs && groups * cs < d.sms && warps * cs * 2 <= p.rounds) cs *= 2;
+  const int forced_split = split_k_setting();
+  p.global_split = 0;
+  if (forced_split >= 2) {
+    // Every warp at least one round.
+    cs = std::max(1, std::min(forced_split, (p.rounds + warps - 1) / warps));
+    p.global_split = cs > 1 ? 1 : 0;
+  } else if (forced_split == 0 && p.rounds >= kGlobalSplitRounds && groups < d.sms && warps * 4 <= p.rounds) {
+    cs = 2;
+    p.global_split = 1;
+  } else {
+    while (d.clusters && cs < max_cs && groups * cs < d.sms && warps * cs * 2 <= p.rounds) cs *= 2;
+  }
   p.cs = cs;
   const int nc = Cols<G, NT>::kNc;
   SmemPlan plan{};
@@ -673,7 +777,12 @@ void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
                                            " bytes of shared memory for " + std::to_string(p.in) +
                                            " inputs, the device allows " + std::to_string(d.max_smem));
   int64_t grid_groups = groups;
-  if (cs == 1 && persistent_enabled()) {
+  if (p.global_split) {
+    // No co-residency needed: at most one wave of blocks, each walking row groups as below.
+    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT>(warps, plan.total)) * d.sms;
+    if (persistent_enabled()) grid_groups = std::min(groups, std::max<int64_t>(1, resident / cs));
+    split_buffers(p, groups, cs, st);
+  } else if (cs == 1 && persistent_enabled()) {
     // A whole wave of blocks (a multiple of the SM count), row groups dealt round-robin: blocks
     // differ by at most one row group, and so do SMs (block b runs on SM b mod SMs in the first wave).
     const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT>(warps, plan.total)) * d.sms;
@@ -817,3 +926,7 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+void set_gemv_split_k(int splits) { kernels::split_k_setting() = splits >= 1 && splits <= 64 ? splits : 0; }
+}  // namespace vlm::ops::cuda
