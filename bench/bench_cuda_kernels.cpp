@@ -525,6 +525,9 @@ int main(int argc, char** argv) {
                                  {"prefill causal, 3B shape", 16, 2, 2048, 2048, true},
                                  {"prefill causal, 7B shape", 28, 4, 16384, 16384, false},
                                  {"prefill causal, 7B shape", 28, 4, 16384, 16384, true},
+                                 // The 16k photo's LM prefill runs in 2048-token chunks: the last one and a middle one.
+                                 {"prefill chunk causal, 7B shape", 28, 4, 2048, 16384, true},
+                                 {"prefill chunk causal, 7B shape", 28, 4, 2048, 8192, true},
                                  {"prefill causal, Gemma 3 4B shape", 8, 4, 2048, 2048, true, 256},
                                  {"vision windows, Qwen2.5-VL tower", 972 * 16, 972 * 16, 64, 64, true, 80, false},
                                  {"vision full, Qwen2.5-VL tower", 16, 16, 62208, 62208, true, 80, false},

@@ -623,6 +623,9 @@ void add_attention_cases(std::vector<Case>& cases, std::mt19937& rng) {
       {"vision non-causal 300, hd 72 (padded to 80)", 300, 300, 0, 16, 16, 72, 0.0f, {false, 0, nullptr, 0}, false},
       {"ring cache chunk, window 100, hd 96", 40, 128, 100, 6, 3, 96, 0.0f, {true, 100, nullptr, 0}, true},
       {"causal 1100, hd 96 (many key tiles)", 1100, 1100, 0, 2, 1, 96, 0.0f, {}, false},
+      // A later prefill chunk against a longer cache at head_dim 128, gqa 7 (a causal end inside a key tile, row
+      // tiles that split a query's heads).
+      {"causal chunk 200 after 700 cached, gqa 7, hd 128", 200, 900, 700, 14, 2, 128, 0.0f, {}, false},
       {"first 5 queries see no key, hd 32", 70, 64, -5, 4, 2, 32, 0.0f, {}, false},
       // The Qwen2.5-VL tower's windowed blocks: 40 windows of 64 patches as 40 x 16 heads of one call.
       {"vision windows as heads (64 x 640 heads), hd 80", 64, 64, 0, 640, 640, 80, 0.0f, {false, 0, nullptr, 0},

@@ -1,5 +1,6 @@
 // Prefill attention on tensor cores (AttentionMask::bf16_matmul): flash attention with bf16
-// mma.sync.m16n8k16 (f32 accumulation) for both matmuls and an f32 online softmax.
+// mma.sync.m16n8k16 (f32 accumulation) for both matmuls and an f32 online softmax. On Hopper (sm_90a) an
+// opt-in flash_wgmma_kernel (below flash_kernel; head dims 72-96) runs the same algorithm with warpgroup MMAs.
 //   1. q, k, v (f32) are rounded to bf16 into scratch once per call (one pass, ~3 µs for a 2048-token
 //      Qwen 3B layer), so the main kernel streams half the bytes and its tiles go to shared memory
 //      with cp.async, already in the MMA's input type.
@@ -39,6 +40,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -391,6 +393,416 @@ void launch_flash(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv
                                                static_cast<int>(n_kv_heads), scale, softcap, mask, dst);
 }
 
+
+// ---- Hopper (sm_90a): the same algorithm with warpgroup MMAs (wgmma) ---------------------------------
+// flash_wgmma_kernel<HD, BN, BS, D, MINB>: the grid, rows, masking, softmax and output of flash_kernel, with both
+// matmuls issued per warpgroup (4 warps, 64 rows) as wgmma.m64nNk16 (f32 += bf16 · bf16): A from registers
+// (Q fragments, loaded once by ldmatrix; then P, whose S accumulator layout is the A-operand layout, as with
+// mma.sync), B read by the tensor cores straight from shared memory through a matrix descriptor, so K and V
+// tiles are never staged through registers (the mma.sync kernel spends one ldmatrix per two MMAs on them).
+// K and V tiles use the canonical no-swizzle layout ("core matrices" of 8 rows x 16 bytes, 128 contiguous
+// bytes each): the 16-byte chunk c of key r sits at ((r / 8) * HD / 8 + c) * 128 + (r % 8) * 16 bytes. For
+// S = Q·Kᵀ the tile is a K-major B operand (K = head_dim: the next core matrix along K is 128 bytes away, the
+// next 8 keys HD * 16 bytes); for O += P·V the same layout is an MN-major B operand (trans-b = 1, K = keys:
+// the next 8 keys are HD * 16 bytes away, the next 8 head_dim columns 128 bytes). Each batch of wgmmas is
+// committed and waited for before its results are read (no overlap between the two matmuls of a warpgroup
+// yet; the two warpgroups of a block and the blocks of an SM overlap each other). A K/V tile of BN keys is
+// processed in sub-tiles of BS keys (S, softmax, P·V each), so that S and P fit the register budget of two
+// blocks per SM while the tile loads and barriers stay per BN keys.
+template <int N>
+struct Wgmma;
+template <>
+struct Wgmma<32> {
+  template <int TRANS_B>
+  static __device__ __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
+  }
+};
+template <>
+struct Wgmma<64> {
+  template <int TRANS_B>
+  static __device__ __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
+  }
+};
+template <>
+struct Wgmma<80> {
+  template <int TRANS_B>
+  static __device__ __forceinline__ void run(float (&d)[10][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %45, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39"
+        "}, {%40, %41, %42, %43}, %44, p, 1, 1, %46;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
+  }
+};
+template <>
+struct Wgmma<96> {
+  template <int TRANS_B>
+  static __device__ __forceinline__ void run(float (&d)[12][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+        "}, {%48, %49, %50, %51}, %52, p, 1, 1, %54;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+          "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
+  }
+};
+
+// (Device passes for other architectures never see the helpers: the kernel body is empty there.)
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving reads of wgmma accumulators across the wait (the asm above does not name them).
+template <int R>
+__device__ __forceinline__ void wgmma_fence_operands(float (&d)[R][4]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+// Makes this thread's cp.async writes to shared memory (generic proxy) visible to wgmma's reads (async proxy).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Shared-memory matrix descriptor, no swizzle: start address, leading (K direction) and stride (M/N
+// direction) byte offsets between core matrices, each in 16-byte units.
+__device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  return static_cast<uint64_t>((smem_addr(p) >> 4) & 0x3FFFu) |
+         (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFFu) << 32);
+}
+#endif
+
+template <int HD, int BN>
+struct WgmmaShape {
+  static constexpr int kQStride = HD + 8;  // Q rows as flash_kernel (ldmatrix, conflict-free)
+  static constexpr int kTile = BN * HD;    // elements of one K or V tile (core-matrix layout, no padding)
+  static constexpr int kStages = 2;
+  static constexpr size_t kSmemBytes =
+      sizeof(__nv_bfloat16) * (static_cast<size_t>(kFlashRows) * kQStride + 2 * kStages * static_cast<size_t>(kTile));
+};
+
+// Parameters and layouts as flash_kernel (q: [nq, n_heads, D] bf16; k, v: [nk, n_kv_heads, D] bf16; HD the
+// padded head dim, a multiple of 16 with HD / 8 even). A warpgroup skips a tile only when none of its 64 rows
+// sees a key of it (wgmma is issued by the four warps together).
+template <int HD, int BN, int BS, int D, int MINB>
+__global__ void __launch_bounds__(kFlashWarps * 32, MINB)
+    flash_wgmma_kernel(const __nv_bfloat16* __restrict__ q, int64_t nq, int64_t q_pos0,
+                       const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                       const int64_t* __restrict__ k_pos, int64_t nk, int n_heads, int n_kv_heads, float scale,
+                       float softcap, MaskArgs mask, FlashOut dst) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Shape = WgmmaShape<HD, BN>;
+  constexpr int S = Shape::kQStride;
+  constexpr int kStages = Shape::kStages;
+  constexpr int kChunks = HD / 8, kDataChunks = D / 8;
+  static_assert(HD % 16 == 0 && kChunks % 2 == 0 && D % 8 == 0 && D <= HD && HD - D < 16, "flash wgmma: shape");
+  static_assert(BN % BS == 0 && BS % 16 == 0, "flash wgmma: key tile of whole sub-tiles");
+  extern __shared__ __align__(128) unsigned char wgmma_smem[];
+  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(wgmma_smem);  // [kFlashRows][S]
+  __nv_bfloat16* sk = sq + kFlashRows * S;                            // [kStages][kTile]
+  __nv_bfloat16* sv = sk + kStages * Shape::kTile;                    // [kStages][kTile]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const int G = n_heads / n_kv_heads;
+  const int64_t kvh = blockIdx.y;
+  const int64_t rows_total = nq * G;
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFlashRows;
+  const int64_t row_last = (row0 + kFlashRows < rows_total ? row0 + kFlashRows : rows_total) - 1;
+  // Descriptor byte offsets between core matrices: K as a K-major operand (K direction = head_dim: 128 bytes;
+  // N direction = keys: HD * 16), V as an MN-major one (K direction = keys: HD * 16; N direction = head_dim: 128).
+  // (Exchanging either pair was checked on an H200: every case then fails, NaN for V.)
+  constexpr uint32_t k_lbo = 128, k_sbo = kChunks * 128, v_lbo = kChunks * 128, v_sbo = 128;
+
+  for (int idx = tid; idx < kFlashRows * kChunks; idx += kFlashWarps * 32) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int64_t f = row0 + r;
+    const bool ok = f < rows_total && c < kDataChunks;
+    const int64_t i = ok ? f / G : 0, g = ok ? f % G : 0, cc = ok ? c : 0;
+    cp_async16(sq + r * S + c * 8, q + ((i * n_heads + kvh * G + g) * D + cc * 8), ok);
+  }
+
+  const bool consecutive = k_pos == nullptr;
+  const bool has_groups = mask.groups != nullptr;
+  const int64_t q_lo = q_pos0 + row0 / G, q_hi = q_pos0 + row_last / G;
+  int64_t j_begin = 0, j_end = nk;
+  if (consecutive) {
+    if (mask.window > 0 && q_lo - mask.window + 1 - mask.kpos0 > j_begin) j_begin = q_lo - mask.window + 1 - mask.kpos0;
+    if (mask.causal && !has_groups && q_hi - mask.kpos0 + 1 < j_end) j_end = q_hi - mask.kpos0 + 1;
+  }
+  int64_t n_tiles = j_end > j_begin ? (j_end - j_begin + BN - 1) / BN : 0;
+  if (gridDim.z > 1) {
+    const int64_t share = (n_tiles + gridDim.z - 1) / gridDim.z, t_begin = share * blockIdx.z;
+    n_tiles = t_begin < n_tiles ? (n_tiles - t_begin < share ? n_tiles - t_begin : share) : 0;
+    j_begin += t_begin * BN;
+  }
+
+  // K/V tile t into buffer t % kStages in the core-matrix layout. Consecutive thread pairs take the two
+  // 16-byte halves of one 32-byte global sector, and a warp's 16 pairs 16 consecutive keys (eight distinct
+  // 16-byte bank groups per core matrix: the shared-memory writes are conflict-free per quarter warp).
+  auto load_kv = [&](int64_t t) {
+    const int64_t j0 = j_begin + t * BN;
+    const int b = static_cast<int>(t % kStages);
+    __nv_bfloat16* dk = sk + b * Shape::kTile;
+    __nv_bfloat16* dv = sv + b * Shape::kTile;
+    for (int idx = tid; idx < BN * kChunks; idx += kFlashWarps * 32) {
+      const int p = idx >> 1, r = p % BN, c = (p / BN) * 2 + (idx & 1);
+      const int64_t j = j0 + r;
+      const bool ok = j < j_end && c < kDataChunks;
+      const int64_t off = ((ok ? j : 0) * n_kv_heads + kvh) * D + (ok ? c : 0) * 8;
+      const int so = ((r >> 3) * kChunks + c) * 64 + (r & 7) * 8;
+      cp_async16(dk + so, k + off, ok);
+      cp_async16(dv + so, v + off, ok);
+    }
+  };
+  load_kv(0);  // with Q: group 0 (n_tiles == 0 loads zeros, never read)
+  cp_async_commit();
+
+  const int gq = lane >> 2, tq = lane & 3;
+  const int64_t wrow0 = row0 + warp * 16;
+  const bool warp_live = wrow0 < rows_total;
+  const int64_t qp_a = q_pos0 + (wrow0 + gq) / G, qp_b = q_pos0 + (wrow0 + gq + 8) / G;
+  // The warpgroup's 64 rows decide which tiles it skips or masks.
+  const int64_t grow0 = row0 + wg * 64;
+  const bool wg_live = grow0 < rows_total;
+  const int64_t g_last = grow0 + 63 < rows_total ? grow0 + 63 : rows_total - 1;
+  const int64_t gq_lo = q_pos0 + grow0 / G, gq_hi = q_pos0 + (wg_live ? g_last : grow0) / G;
+
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk)
+    ldmatrix_x4(qf[kk], sq + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  const bool raw = !(softcap > 0.0f) && scale > 0.0f;
+  const float mul = raw ? scale * kLog2e : 1.0f;
+
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    cp_async_wait<0>();
+    fence_proxy_async_shared();
+    __syncthreads();  // tile t visible to all (and to the tensor cores); tile t - 1's buffer is free
+    if (t + 1 < n_tiles) load_kv(t + 1);
+    cp_async_commit();
+
+    const int b = static_cast<int>(t % kStages);
+    // Sub-tiles of BS keys: S, the softmax and P · V per sub-tile keep S and P within the register budget.
+#pragma unroll 1
+    for (int sub = 0; sub < BN / BS; ++sub) {
+      const int64_t j0 = j_begin + t * BN + sub * BS;
+      int cls = 1;  // per warpgroup: 0 = no row sees a key, 1 = per-element mask, 2 = every row sees every key
+      if (!wg_live || j0 >= j_end) {
+        cls = 0;
+      } else if (consecutive) {
+        const int64_t kp_lo = mask.kpos0 + j0, kp_hi = kp_lo + BS - 1;
+        if ((mask.causal && !has_groups && kp_lo > gq_hi) || (mask.window > 0 && gq_lo - kp_hi >= mask.window))
+          cls = 0;
+        else if (j0 + BS <= j_end && (!mask.causal || kp_hi <= gq_lo) &&
+                 (mask.window <= 0 || gq_hi - kp_lo < mask.window))
+          cls = 2;
+      }
+      if (cls == 0) continue;  // warpgroup-uniform
+
+      // This sub-tile's keys start sub * BS / 8 key groups into the tile.
+      const __nv_bfloat16* kb = sk + b * Shape::kTile + sub * (BS / 8) * kChunks * 64;
+      const __nv_bfloat16* vb = sv + b * Shape::kTile + sub * (BS / 8) * kChunks * 64;
+      // S = Q · Kᵀ: 64 rows x BS keys per warpgroup, HD / 16 steps of K.
+      float s[BS / 8][4];
+#pragma unroll
+      for (int n = 0; n < BS / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        Wgmma<BS>::template run<0>(s, qf[kk], wgmma_desc(kb + kk * 128, k_lbo, k_sbo), 1);
+      wgmma_commit();
+      wgmma_wait_all();
+      wgmma_fence_operands(s);
+
+#pragma unroll
+      for (int n = 0; n < BS / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[n][e];
+          if (!raw) x = softcap > 0.0f ? softcap * tanhf(x * scale / softcap) * kLog2e : x * scale * kLog2e;
+          if (cls == 1) {
+            const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
+            const bool vis = j < j_end && key_visible(mask, e < 2 ? qp_a : qp_b, key_pos(k_pos, mask, j));
+            if (!vis) x = -INFINITY;
+          }
+          s[n][e] = x;
+        }
+      }
+      float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < BS / 8; ++n) {
+        mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+      }
+#pragma unroll
+      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+      }
+      const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);
+      const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
+      const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
+      m_a = new_a;
+      m_b = new_b;
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int n = 0; n < BS / 8; ++n) {
+        s[n][0] = fast_exp2(fmaf(s[n][0], mul, -base_a));
+        s[n][1] = fast_exp2(fmaf(s[n][1], mul, -base_a));
+        s[n][2] = fast_exp2(fmaf(s[n][2], mul, -base_b));
+        s[n][3] = fast_exp2(fmaf(s[n][3], mul, -base_b));
+        sum_a += s[n][0] + s[n][1];
+        sum_b += s[n][2] + s[n][3];
+      }
+      l_a = l_a * corr_a + sum_a;
+      l_b = l_b * corr_b + sum_b;
+      if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+          o[n][0] *= corr_a;
+          o[n][1] *= corr_a;
+          o[n][2] *= corr_b;
+          o[n][3] *= corr_b;
+        }
+      }
+      // O += P · V: P's A fragments (keys 16kk ... 16kk + 15) from the S accumulators of key blocks 2kk, 2kk + 1.
+      uint32_t pa[BS / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BS / 16; ++kk) {
+        pa[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+      wgmma_fence_operands(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BS / 16; ++kk)
+        Wgmma<HD>::template run<1>(o, pa[kk], wgmma_desc(vb + 2 * kk * kChunks * 64, v_lbo, v_sbo), 1);
+      wgmma_commit();
+      wgmma_wait_all();
+      wgmma_fence_operands(o);
+    }
+  }
+  cp_async_wait<0>();
+
+  if (!warp_live) return;
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
+  }
+  const bool split = gridDim.z > 1;
+  const float inv_a = split ? 1.0f : l_a > 0.0f ? 1.0f / l_a : 0.0f;
+  const float inv_b = split ? 1.0f : l_b > 0.0f ? 1.0f / l_b : 0.0f;
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t f = wrow0 + gq + 8 * half;
+    if (f >= rows_total) continue;
+    const int64_t i = f / G, g = f % G;
+    const int64_t qh = i * n_heads + kvh * G + g;
+    float* orow;
+    if (split) {
+      const int64_t slot = qh * gridDim.z + blockIdx.z;
+      if (tq == 0) {
+        const float m = half == 0 ? m_a : m_b;
+        dst.part_ml[2 * slot] = m == -INFINITY ? -INFINITY : m * kLn2;
+        dst.part_ml[2 * slot + 1] = half == 0 ? l_a : l_b;
+      }
+      orow = dst.part_acc + slot * D;
+    } else {
+      orow = dst.out + qh * D;
+    }
+    const float inv = half == 0 ? inv_a : inv_b;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      orow[n * 8 + 2 * tq] = o[n][2 * half] * inv;
+      orow[n * 8 + 2 * tq + 1] = o[n][2 * half + 1] * inv;
+    }
+  }
+#endif
+}
+
+template <int HD, int BN, int BS, int D, int MINB>
+void launch_flash_wgmma(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* k,
+                        const __nv_bfloat16* v, const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
+                        float scale, float softcap, const MaskArgs& mask, const FlashOut& dst, int splits,
+                        cudaStream_t cs) {
+  constexpr size_t smem = WgmmaShape<HD, BN>::kSmemBytes;
+  auto* kernel = flash_wgmma_kernel<HD, BN, BS, D, MINB>;
+  static std::once_flag once;
+  std::call_once(once, [kernel] {
+    VLM_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+             "attention");
+  });
+  const int64_t rows = nq * (n_heads / n_kv_heads);
+  const dim3 grid(static_cast<unsigned>((rows + kFlashRows - 1) / kFlashRows), static_cast<unsigned>(n_kv_heads),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, kFlashWarps * 32, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk, static_cast<int>(n_heads),
+                                               static_cast<int>(n_kv_heads), scale, softcap, mask, dst);
+}
+
 }  // namespace
 
 bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v,
@@ -412,26 +824,57 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
     const int n = v != nullptr ? std::atoi(v) : 0;
     return n >= 1 && n <= 16 ? n : 0;
   }();
+  // Hopper, opt-in (VLMCHECK_CUDA_FLASH_WGMMA=1; =2 the one-block-per-SM variant): the wgmma kernel for head
+  // dims 72-96 (template: padded head dim, key tile, sub-tile, head dim, blocks per SM). Not the default: on an
+  // H200 it matched the mma.sync kernel on the Qwen2.5-VL tower's full attention (102.8 vs 104.6 ms), was slower
+  // on its windows (989 vs 953 us) and faster only on SigLIP's hd 72 (525 vs 618 us); its head_dim 64 and 128
+  // instances (not dispatched) were up to 2x slower at 128 and failed the reference on every case with more
+  // than one key tile (single-tile cases and every hd 72/80/96 case passed) -- cause not found.
+  static const int wgmma_mode = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_FLASH_WGMMA");
+    if (v == nullptr || (std::string(v) != "1" && std::string(v) != "2")) return 0;
+    int dev = 0, major = 0;
+    const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
+    cudaGetLastError();
+    if (!ok || major != 9) return 0;  // the binary carries sm_90a code for 9.0 only
+    return *v - '0';
+  }();
   Launch launch = nullptr;
-  switch (head_dim) {
-    case 32: launch = launch_flash<32, 64, 32, 2, true>; break;
-    case 64: launch = launch_flash<64, 64, 64, 2>; break;
-    case 72: launch = launch_flash<80, 64, 72, 2>; break;  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
-    case 80: launch = launch_flash<80, 64, 80, 2>; break;
-    case 96: launch = launch_flash<96, 64, 96, 2>; break;
-    case 128: {
-      // Long prefills (>= 1024 blocks: a 16k-token 7B layer has 3584) take the two-blocks-per-SM kernel with
-      // 32-key tiles (O and S fit 128 registers), short ones (a 2k-token 3B layer: 256 blocks) one 64-key-tile
-      // block per SM with Q in registers (two blocks per SM measured slower there, with or without splits).
-      const int64_t blocks = (nq * (n_heads / n_kv_heads) + kFlashRows - 1) / kFlashRows * n_kv_heads;
-      const bool two = mode == 3 || (mode != 2 && blocks >= 1024);
-      launch = two         ? launch_flash<128, 32, 128, 2>
-               : mode == 1 ? launch_flash<128, 64, 128, 1, false>
-                           : launch_flash<128, 64, 128, 1, true>;
-      break;
+  if (wgmma_mode != 0) {
+    // Two blocks per SM (128 registers) need 32-key sub-tiles at hd 80 (S and P of 64 keys spilled ~110 bytes);
+    // hd 96 spilled ~90 bytes even so and takes one block per SM.
+    const bool one = wgmma_mode == 2;
+    switch (head_dim) {
+      case 72: launch = one ? launch_flash_wgmma<80, 64, 64, 72, 1> : launch_flash_wgmma<80, 64, 32, 72, 2>; break;
+      case 80: launch = one ? launch_flash_wgmma<80, 64, 64, 80, 1> : launch_flash_wgmma<80, 64, 32, 80, 2>; break;
+      case 96: launch = launch_flash_wgmma<96, 64, 64, 96, 1>; break;
+      default: break;
     }
-    case 256: launch = launch_flash<256, 32>; break;  // BN 32 keeps O (HD / 2 per lane) + S in registers
-    default: return false;
+  }
+  if (launch == nullptr) {
+    switch (head_dim) {
+      case 32: launch = launch_flash<32, 64, 32, 2, true>; break;
+      case 64: launch = launch_flash<64, 64, 64, 2>; break;
+      case 72: launch = launch_flash<80, 64, 72, 2>; break;  // SigLIP so400m (Gemma 3, PaliGemma): padded to 80
+      case 80: launch = launch_flash<80, 64, 80, 2>; break;
+      case 96: launch = launch_flash<96, 64, 96, 2>; break;
+      case 128: {
+        // Long prefills (>= 1024 blocks: a 16k-token 7B layer has 3584) and chunks against a long cache (>= 4096
+        // keys: the 16k photo's 2048-token chunks, 448 blocks, ran at 15% of the bf16 probe on one block per SM
+        // against 26% for the whole prompt in one call) take the two-blocks-per-SM kernel with 32-key tiles (O and
+        // S fit 128 registers); short ones (a 2k-token 3B layer: 256 blocks) one 64-key-tile block per SM with Q
+        // in registers (two blocks per SM measured slower there, with or without splits).
+        const int64_t blocks = (nq * (n_heads / n_kv_heads) + kFlashRows - 1) / kFlashRows * n_kv_heads;
+        const bool two = mode == 3 || (mode != 2 && (blocks >= 1024 || nk >= 4096));
+        launch = two         ? launch_flash<128, 32, 128, 2>
+                 : mode == 1 ? launch_flash<128, 64, 128, 1, false>
+                             : launch_flash<128, 64, 128, 1, true>;
+        break;
+      }
+      case 256: launch = launch_flash<256, 32>; break;  // BN 32 keeps O (HD / 2 per lane) + S in registers
+      default: return false;
+    }
   }
   if (nq * (n_heads / n_kv_heads) > (int64_t{1} << 31)) return false;
   // Key splits are off by default: on an H200 they made no measured row faster (2 splits: 2k 3B shape 186 ->

@@ -2,8 +2,10 @@
 // every copy is bracketed by two CUDA events and a host clock. At exit a table goes to stderr with,
 // per (op, phase): calls, host time spent inside the call (launch cost, or waiting when the call
 // blocks), and GPU time between the two events (the op's kernels, including any gap the stream
-// had to wait inside the op). Phase is "decode" or "prefill" after the token count of the latest
+// had to wait inside the op). Phase is "decode" or "prefill n=N" after the token count N of the latest
 // linear call (n < 8 is decode), so the first few ops of a forward inherit the previous call's phase.
+// N separates the passes of one prompt: a vision tower's blocks (one row per patch), its merger (one
+// per merged token) and the language model's prefill chunks.
 //
 // Events are resolved in batches of kFlush pairs (one cudaEventSynchronize per batch), so the profile
 // adds one stream wait per ~kFlush ops; the numbers are for finding where time goes, not for the
@@ -37,6 +39,7 @@ struct Profiler {
   std::vector<Pending> pending;
   std::vector<cudaEvent_t> spare;
   bool decode = false;
+  int64_t tokens = 0;  // of the latest linear call
   int depth = 0;  // nested scopes (linear -> copy) count only at the outer level
 
   cudaEvent_t event() {
@@ -65,16 +68,16 @@ struct Profiler {
 
   void report() {
     flush();
-    std::fprintf(stderr, "\nVLMCHECK_CUDA_PROFILE (per op and phase)\n%-28s %9s %11s %11s %10s %10s\n", "op", "calls",
+    std::fprintf(stderr, "\nVLMCHECK_CUDA_PROFILE (per op and phase)\n%-36s %9s %11s %11s %10s %10s\n", "op", "calls",
                  "host ms", "gpu ms", "host us/c", "gpu us/c");
     double th = 0, tg = 0;
     for (const auto& [k, s] : stats) {
-      std::fprintf(stderr, "%-28s %9lld %11.2f %11.2f %10.2f %10.2f\n", k.c_str(), static_cast<long long>(s.calls),
+      std::fprintf(stderr, "%-36s %9lld %11.2f %11.2f %10.2f %10.2f\n", k.c_str(), static_cast<long long>(s.calls),
                    s.host_s * 1e3, s.gpu_ms, s.host_s * 1e6 / s.calls, s.gpu_ms * 1e3 / s.calls);
       th += s.host_s * 1e3;
       tg += s.gpu_ms;
     }
-    std::fprintf(stderr, "%-28s %9s %11.2f %11.2f\n", "total", "", th, tg);
+    std::fprintf(stderr, "%-36s %9s %11.2f %11.2f\n", "total", "", th, tg);
   }
 };
 
@@ -95,7 +98,9 @@ bool profiling() {
 }
 
 void profile_phase(int64_t tokens) {
-  if (g_profiler != nullptr) g_profiler->decode = tokens < 8;
+  if (g_profiler == nullptr) return;
+  g_profiler->decode = tokens < 8;
+  g_profiler->tokens = tokens;
 }
 
 ProfileScope::ProfileScope(const char* op) {
@@ -112,7 +117,8 @@ ProfileScope::~ProfileScope() {
   if (op_ == nullptr) return;
   const double t1 = std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
   Profiler& p = *g_profiler;
-  std::string key = std::string(op_) + (p.decode ? " [decode]" : " [prefill]");
+  std::string key =
+      std::string(op_) + (p.decode ? std::string(" [decode]") : " [prefill n=" + std::to_string(p.tokens) + "]");
   Stats& s = p.stats[key];
   s.calls += 1;
   s.host_s += t1 - t0_;
