@@ -1251,6 +1251,31 @@ TEST(CudaKernels, CopiesAndCopy2d) {
   EXPECT_THROW(cuda::copy_2d(c.ptr(), 8, a.ptr(), 40, 16, 2), Error);  // width wider than the dst pitch
 }
 
+// Host <-> device blocks of 2 MB and more take the pinned paths of cuda::copy (uploads up to 64 MB through
+// the pinned pool, downloads through two 8 MB buffers in turn): odd lengths, one and several chunks, a
+// block past the upload limit, back-to-back uploads of one size (a pool buffer must not be rewritten
+// while its copy is queued), and a download ordered after a device-side copy.
+TEST(CudaKernels, LargeCopiesRoundTripThroughPinnedBuffers) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  const size_t mb = size_t{1} << 20;
+  for (size_t bytes : {2 * mb - 4, 2 * mb, 8 * mb + 4, 17 * mb + 12, 70 * mb + 3}) {
+    std::vector<uint8_t> a(bytes), b(bytes);
+    for (auto& x : a) x = static_cast<uint8_t>(rng());
+    for (auto& x : b) x = static_cast<uint8_t>(rng());
+    std::shared_ptr<void> da = device_copy(a.data(), bytes), db = device_copy(b.data(), bytes);
+    std::vector<uint8_t> back(bytes, 0);
+    cuda::copy(back.data(), Device::kCpu, da.get(), Device::kCuda, bytes);
+    EXPECT_TRUE(back == a) << bytes << " bytes, first upload";
+    cuda::copy(back.data(), Device::kCpu, db.get(), Device::kCuda, bytes);
+    EXPECT_TRUE(back == b) << bytes << " bytes, second upload";
+    cuda::copy(da.get(), Device::kCuda, db.get(), Device::kCuda, bytes);
+    std::fill(back.begin(), back.end(), 0);
+    cuda::copy(back.data(), Device::kCpu, da.get(), Device::kCuda, bytes);
+    EXPECT_TRUE(back == b) << bytes << " bytes, after a device copy";
+  }
+}
+
 TEST(CudaKernels, UnsupportedShapesThrowTypedErrors) {
   SKIP_WITHOUT_GPU();
   std::vector<float> host(2 * 300, 1.0f);
