@@ -220,7 +220,55 @@ void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
               "[linear_group] member {} has {} input columns, member 0 has {}", i, outs[i].w->cols(),
               outs[0].w->cols());
   }
+  const LinearNorm* norm = count > 0 ? outs[0].norm : nullptr;
+  const int64_t cols = count > 0 ? outs[0].w->cols() : 0;
+  bool accumulate = false;
+  for (int i = 0; i < count; ++i) {
+    VLM_CHECK(outs[i].norm == norm, ErrorKind::kInvalidArgument,
+              "[linear_group] member {} has {} norm than member 0 (a group shares one norm or none)", i,
+              outs[i].norm == nullptr ? "no" : "a different");
+    if (!outs[i].accumulate) continue;
+    accumulate = true;
+    // x [n, cols] and y [n, rows] as address ranges (both on the current device).
+    const float* y0 = outs[i].y;
+    const bool overlap = y0 < x + n * cols && x < y0 + n * outs[i].w->rows();
+    VLM_CHECK(!overlap, ErrorKind::kInvalidArgument, "[linear_group] member {} accumulates into y overlapping x", i);
+  }
+  if (norm != nullptr) {
+    VLM_CHECK(norm->weight != nullptr && norm->weight->defined(), ErrorKind::kInvalidArgument,
+              "[linear_group] norm weight is undefined");
+    check_vector(*norm->weight, cols, "linear_group", "norm weight");
+  }
   if (n == 0 || count == 0) return;
+  // CUDA takes the fused forms natively (falling back inside the backend where a kernel cannot).
+  if (t_current_device == Device::kCpu && (norm != nullptr || accumulate)) {
+    // CPU: composed from the plain ops (the CPU's linears dominate; the extra pass is noise).
+    Tensor normed, sums;
+    const float* xin = x;
+    if (norm != nullptr) {
+      normed = Tensor::empty({n, cols}, DType::kF32, MemCategory::kScratch);
+      rms_norm(x, n, cols, *norm->weight, norm->eps, norm->offset, normed.data<float>());
+      xin = normed.data<float>();
+    }
+    // Accumulating members write x·Wᵀ + bias into `sums` [Σ n * rows] first, then add it to their y.
+    std::vector<LinearOut> plain(outs, outs + count);
+    int64_t total = 0;
+    for (const LinearOut& o : plain)
+      if (o.accumulate) total += n * o.w->rows();
+    if (total > 0) sums = Tensor::empty({total}, DType::kF32, MemCategory::kScratch);
+    float* next = total > 0 ? sums.data<float>() : nullptr;
+    for (LinearOut& o : plain) {
+      o.norm = nullptr;
+      if (!o.accumulate) continue;
+      o.y = next;
+      next += n * o.w->rows();
+    }
+    for (LinearOut& o : plain) o.accumulate = false;
+    linear_group(xin, n, plain.data(), count);
+    for (int i = 0; i < count; ++i)
+      if (outs[i].accumulate) add(outs[i].y, plain[static_cast<size_t>(i)].y, n * outs[i].w->rows());
+    return;
+  }
   if (compose_on_cpu(&cpu::KernelTable::linear_group)) {
     for (int i = 0; i < count; ++i)
       pick(&cpu::KernelTable::linear)(x, n, *outs[i].w, outs[i].bias ? *outs[i].bias : Tensor(), outs[i].y);
@@ -308,6 +356,64 @@ void mrope_interleaved(float* x, int64_t n_tokens, int64_t n_heads, int64_t head
   }
   pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, stream_of.data(),
                                  attention_scaling);
+}
+
+#if defined(VLMCHECK_WITH_CUDA) && VLMCHECK_WITH_CUDA
+namespace cuda {
+// rope.cu (not a table entry: the CPU composes it from two rope calls): q and k in one launch for
+// decode-sized calls; stream_of is mrope's per-frequency stream table, null for plain RoPE.
+void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
+             float attention_scaling);
+}  // namespace cuda
+#endif
+
+namespace {
+// rope_qk / mrope_qk: one CUDA call (under VLMCHECK_CUDA_PROFILE two table calls, so the profile
+// keeps its per-op rows), else the table's entry per tensor. stream_of: null for plain RoPE.
+void rotate_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+               int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
+               float scaling) {
+  if (n_tokens <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;
+  const int64_t q_end = n_tokens * n_heads * head_dim, k_end = n_tokens * n_kv_heads * head_dim;
+  VLM_CHECK(q + q_end <= k || k + k_end <= q, ErrorKind::kInvalidArgument, "[rope_qk] q and k overlap");
+#if defined(VLMCHECK_WITH_CUDA) && VLMCHECK_WITH_CUDA
+  static const bool profiled = [] {  // profile.cu's rule
+    const char* v = std::getenv("VLMCHECK_CUDA_PROFILE");
+    return v != nullptr && *v != '\0' && std::string(v) != "0";
+  }();
+  if (t_current_device == Device::kCuda && !profiled) {
+    cuda::graph_op_boundary();
+    cuda::rope_qk(q, n_heads, k, n_kv_heads, n_tokens, head_dim, rotary_dim, inv_freq, positions, stream_of, scaling);
+    return;
+  }
+#endif
+  for (auto [x, heads] : {std::pair<float*, int64_t>{q, n_heads}, {k, n_kv_heads}}) {
+    if (stream_of == nullptr)
+      pick(&cpu::KernelTable::rope)(x, n_tokens, heads, head_dim, rotary_dim, inv_freq, positions, scaling);
+    else
+      pick(&cpu::KernelTable::mrope)(x, n_tokens, heads, head_dim, inv_freq, positions, stream_of, scaling);
+  }
+}
+}  // namespace
+
+void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, float attention_scaling) {
+  VLM_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0 && rotary_dim <= head_dim, ErrorKind::kInvalidArgument,
+            "[rope_qk] rotary_dim {} must be even and in (0, head_dim {}]", rotary_dim, head_dim);
+  rotate_qk(q, n_heads, k, n_kv_heads, n_tokens, head_dim, rotary_dim, inv_freq, positions, nullptr,
+            attention_scaling);
+}
+
+void mrope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+              const float* inv_freq, const int64_t* positions3, const std::vector<int>& sections,
+              float attention_scaling) {
+  check_mrope(head_dim, sections, "mrope_qk");
+  // mrope's stream table (HF's mrope_section chunks, stream j % 3).
+  std::vector<int> stream_of;
+  for (size_t s = 0; s < sections.size(); ++s) stream_of.insert(stream_of.end(), sections[s], static_cast<int>(s % 3));
+  rotate_qk(q, n_heads, k, n_kv_heads, n_tokens, head_dim, head_dim, inv_freq, positions3, stream_of.data(),
+            attention_scaling);
 }
 
 void activate(float* x, int64_t n, Activation act) {

@@ -38,10 +38,27 @@ void linear(const float* x, int64_t n, const Weight& w, const Tensor& bias, floa
 // overlaps x or another y. Same results as `count` calls of linear(); backends run the group as one
 // pass where the formats allow (one thread-pool round on the CPU, one launch on CUDA), which is what
 // small decode matrices need.
+//
+// Two fused forms (the decoder's residual adds and pre-norms folded into the GEMVs around them; every
+// backend honours them, natively where its kernels can, else by composing the plain ops):
+// - accumulate: y += x · Wᵀ (+ bias) — the product plus bias is formed first, then added to y, so the
+//   result equals linear() into a temporary r followed by add(y, r). y (the residual stream) must not
+//   overlap x.
+// - norm: the member reads rms_norm(x, norm->weight, norm->eps, norm->offset) instead of x (x is the
+//   un-normalized stream; the same values as rms_norm into a temporary followed by the linear, up to
+//   the order of the sum of squares). Every member of a group passes the same norm or none; weight has
+//   cols() values.
+struct LinearNorm {
+  const Tensor* weight = nullptr;  // [cols] any float dtype
+  float eps = 1e-6f;
+  float offset = 0.0f;  // 1 for Gemma's (1 + w) norms
+};
 struct LinearOut {
   const Weight* w = nullptr;
   const Tensor* bias = nullptr;  // null or undefined: no bias
   float* y = nullptr;
+  bool accumulate = false;            // y += x · Wᵀ (+ bias) instead of y =
+  const LinearNorm* norm = nullptr;  // null: x as given
 };
 void linear_group(const float* x, int64_t n, const LinearOut* outs, int count);
 
@@ -68,6 +85,14 @@ void rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t
 // (e.g. {16, 24, 24} over head_dim/2 frequencies); positions: [3, n_tokens].
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
            const int64_t* positions3, const std::vector<int>& sections, float attention_scaling = 1.0f);
+// A layer's q [n_tokens, n_heads, head_dim] and k [n_tokens, n_kv_heads, head_dim] rotated with the same
+// positions and frequencies: exactly rope(q, ...) then rope(k, ...) (mrope_qk: mrope), in one launch
+// on CUDA for decode-sized calls. q and k must not overlap.
+void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, float attention_scaling = 1.0f);
+void mrope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+              const float* inv_freq, const int64_t* positions3, const std::vector<int>& sections,
+              float attention_scaling = 1.0f);
 // Interleaved M-RoPE (Qwen3-VL, Qwen3.5; HF apply_interleaved_mrope): frequency i takes the height
 // stream when i % 3 == 1 and i < 3 * sections[1], the width stream when i % 3 == 2 and
 // i < 3 * sections[2], the temporal stream otherwise (e.g. sections {24, 20, 20}). Same arguments.

@@ -146,6 +146,49 @@ Case linear_group_case(const std::string& what, double tol, const std::vector<op
           }};
 }
 
+// A linear_group case in the fused forms (ops.h LinearOut): every member reads rms_norm(x, norm_w,
+// 1e-6, offset); members flagged in `acc` add into y, which starts as y0 (the others' outputs are
+// poisoned). The CPU side is ops::linear_group on the host (composed from the scalar reference).
+Case fused_group_case(const std::string& what, double tol, const std::vector<ops::Weight>& ws,
+                      const std::vector<Tensor>& biases, const Vec& x, int64_t n, const Tensor& norm_w, float offset,
+                      const std::vector<bool>& acc, const Vec& y0) {
+  size_t total = 0;
+  for (const ops::Weight& w : ws) total += static_cast<size_t>(n * w.rows());
+  // The starting y: y0's values for accumulating members, NaN for the rest.
+  std::vector<float> start(total, std::numeric_limits<float>::quiet_NaN());
+  for (size_t i = 0, at = 0; i < ws.size(); at += static_cast<size_t>(n * ws[i].rows()), ++i)
+    if (acc[i]) std::copy(y0->begin() + at, y0->begin() + at + n * ws[i].rows(), start.begin() + at);
+  auto outs_for = [n, acc](const std::vector<ops::Weight>& w, const std::vector<Tensor>& b, float* y,
+                           const ops::LinearNorm* norm) {
+    std::vector<ops::LinearOut> outs;
+    for (size_t i = 0, at = 0; i < w.size(); at += static_cast<size_t>(n * w[i].rows()), ++i)
+      outs.push_back({&w[i], &b[i], y + at, static_cast<bool>(acc[i]), norm});
+    return outs;
+  };
+  return {"linear_group", what, tol,
+          [ws, biases, x, n, norm_w, offset, start, outs_for] {
+            std::vector<float> y = start;
+            const ops::LinearNorm norm{&norm_w, 1e-6f, offset};
+            std::vector<ops::LinearOut> outs = outs_for(ws, biases, y.data(), &norm);
+            ops::linear_group(x->data(), n, outs.data(), static_cast<int>(outs.size()));
+            return y;
+          },
+          [ws, biases, x, n, norm_w, offset, start, outs_for] {
+            std::vector<ops::Weight> gws;
+            std::vector<Tensor> gbs;
+            for (size_t i = 0; i < ws.size(); ++i) {
+              gws.push_back(gpu_weight(ws[i]));
+              gbs.push_back(gpu_tensor(biases[i]));
+            }
+            const Tensor gnorm = gpu_tensor(norm_w);
+            const ops::LinearNorm norm{&gnorm, 1e-6f, offset};
+            DeviceFloats gx(*x), gy(start);
+            std::vector<ops::LinearOut> outs = outs_for(gws, gbs, gy.ptr(), &norm);
+            table().linear_group(gx.ptr(), n, outs.data(), static_cast<int>(outs.size()));
+            return gy.host();
+          }};
+}
+
 // Same-shape elementwise op: `cpu_fn` mutates a host copy, `gpu_fn` a device copy.
 Case inplace_case(std::string op, std::string what, double tol, Vec x, std::function<void(float*, int64_t)> cpu_fn,
                   std::function<void(float*, int64_t)> gpu_fn) {
@@ -252,6 +295,44 @@ void add_linear_cases(std::vector<Case>& cases, std::mt19937& rng) {
                               return w.quantized || w.dense.dtype() != DType::kF32;
                             });
         cases.push_back(linear_group_case(name + " n=" + std::to_string(n), gemm16 ? 1e-5 : 1e-11, ws, biases, x, n));
+      }
+  }
+  // linear_group's fused forms: q/k/v-like members reading rms_norm(x) (plain and Gemma offset), one
+  // of them adding into y. Dense GEMVs normalize x themselves (n = 1..5, block and streaming kernels),
+  // 4-bit ones (mma and CUDA-core) read a materialized norm and add on store; n = 37 is the GEMM path
+  // (materialized norm, temporary + add).
+  {
+    struct Fused {
+      std::string name;
+      std::vector<ops::Weight> ws;
+      int64_t cols;
+    };
+    auto dense = [&](int64_t rows, int64_t cols, DType dt) { return dense_weight(random_tensor(rng, {rows, cols}, dt)); };
+    std::vector<Fused> fused = {
+        {"bf16 q/k/v", {dense(1024, 1024, DType::kBF16), dense(256, 1024, DType::kBF16), dense(256, 1024, DType::kBF16)}, 1024},
+        {"f16 o-like", {dense(512, 2048, DType::kF16)}, 2048},
+        {"f32 gate/up", {dense(300, 512, DType::kF32), dense(300, 512, DType::kF32)}, 512},
+        {"bf16 head-like 65536 rows (streaming)", {dense(65536, 256, DType::kBF16)}, 256},
+        {"q4g64 gate/up", {random_quantized(rng, 512, 1024, 4, 64, DType::kBF16), random_quantized(rng, 512, 1024, 4, 64, DType::kBF16)}, 1024},
+        {"q8g32 q/k", {random_quantized(rng, 96, 512, 8, 32, DType::kBF16), random_quantized(rng, 64, 512, 8, 32, DType::kBF16)}, 512}};
+    for (Fused& f : fused)
+      for (int64_t n : {1, 3, 4, 5, 37}) {
+        if (f.ws[0].rows() >= 65536 && n > 3) continue;  // the head runs one token (or a few)
+        const float offset = n == 3 ? 1.0f : 0.0f;
+        Vec x = vec(rng, static_cast<size_t>(n * f.cols), -3.0f, 3.0f);
+        std::vector<Tensor> biases;
+        std::vector<bool> acc;
+        size_t total = 0;
+        for (size_t i = 0; i < f.ws.size(); ++i) {
+          biases.push_back(i == 0 ? random_tensor(rng, {f.ws[i].rows()}, DType::kBF16) : Tensor());
+          acc.push_back(i + 1 == f.ws.size());  // the last member accumulates
+          total += static_cast<size_t>(n * f.ws[i].rows());
+        }
+        const Tensor norm_w = random_tensor(rng, {f.cols}, n == 4 ? DType::kF32 : DType::kBF16, 0.5f, 1.5f);
+        const bool gemm16 = n >= 8 && (f.ws[0].quantized || f.ws[0].dense.dtype() != DType::kF32);
+        cases.push_back(fused_group_case("fused norm+accumulate " + f.name + " n=" + std::to_string(n),
+                                         gemm16 ? 1e-5 : 1e-11, f.ws, biases, x, n, norm_w, offset, acc,
+                                         vec(rng, total)));
       }
   }
   // Embedding over a few of the same tables.
@@ -466,6 +547,33 @@ void add_norm_rope_cases(std::vector<Case>& cases, std::mt19937& rng) {
         [=](float* y, int64_t) { ops::mrope_interleaved(y, nt, nh, hd, inv->data(), pos->data(), inter, 1.0f); },
         [=](float* y, int64_t) {
           table().mrope(y, nt, nh, hd, inv->data(), pos->data(), interleaved->data(), 1.0f);
+        }));
+  }
+  // ops::rope_qk / mrope_qk (not table entries: one launch for decode-sized calls, two rope launches
+  // otherwise), on [q | k] back to back: 1 and 4 tokens take the one-launch kernel, 7 the table path.
+  for (int64_t nt : {1, 4, 7}) {
+    const int64_t H = 16, KV = 2, hd = 128;
+    const int64_t q_size = nt * H * hd;
+    Vec x = vec(rng, static_cast<size_t>(nt * (H + KV) * hd));
+    Vec inv = vec(rng, static_cast<size_t>(hd / 2), 0.0f, 1.0f);
+    auto pos = std::make_shared<std::vector<int64_t>>(3 * nt);
+    for (int64_t i = 0; i < 3 * nt; ++i) (*pos)[i] = 2048 + (i * 37) % 101;
+    const std::vector<int> sections = {16, 24, 24};
+    auto on_gpu = [](const std::function<void()>& f) {
+      ops::DeviceScope scope(Device::kCuda);
+      f();
+    };
+    cases.push_back(inplace_case(
+        "rope", "rope_qk q/k n=" + std::to_string(nt), 1e-13, x,
+        [=](float* y, int64_t) { ops::rope_qk(y, H, y + q_size, KV, nt, hd, hd, inv->data(), pos->data(), 1.1f); },
+        [=](float* y, int64_t) {
+          on_gpu([&] { ops::rope_qk(y, H, y + q_size, KV, nt, hd, hd, inv->data(), pos->data(), 1.1f); });
+        }));
+    cases.push_back(inplace_case(
+        "mrope", "mrope_qk q/k n=" + std::to_string(nt), 1e-13, x,
+        [=](float* y, int64_t) { ops::mrope_qk(y, H, y + q_size, KV, nt, hd, inv->data(), pos->data(), sections); },
+        [=](float* y, int64_t) {
+          on_gpu([&] { ops::mrope_qk(y, H, y + q_size, KV, nt, hd, inv->data(), pos->data(), sections); });
         }));
   }
 }

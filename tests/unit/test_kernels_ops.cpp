@@ -475,3 +475,118 @@ TEST(KernelPath, SelectingPathsAndForcingScalar) {
   EXPECT_TRUE(ops::set_cpu_kernel_path("auto"));
   EXPECT_EQ(std::string(ops::cpu_kernel_path()), paths.front());
 }
+
+// ---- linear_group's fused forms (ops.h LinearOut: accumulate, norm) ---------------------------------
+namespace {
+
+// y0 + W · rms_norm(x) + bias per member in double (norm null: x as given; y0 empty: no accumulate).
+std::vector<double> fused_oracle(const std::vector<float>& x, int64_t n, const ops::Weight& w, const Tensor& bias,
+                                 const Tensor* norm, float offset, const std::vector<float>& y0) {
+  const int64_t d = w.cols();
+  std::vector<double> hxd(x.begin(), x.end());
+  if (norm != nullptr)
+    for (int64_t t = 0; t < n; ++t) {
+      double ss = 0;
+      for (int64_t c = 0; c < d; ++c) ss += double(x[t * d + c]) * x[t * d + c];
+      const double inv = 1.0 / std::sqrt(ss / d + 1e-6);
+      for (int64_t c = 0; c < d; ++c) hxd[t * d + c] = x[t * d + c] * inv * (value_at(*norm, c) + offset);
+    }
+  std::vector<double> y(static_cast<size_t>(n * w.rows()));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < w.rows(); ++r) {
+      double acc = bias.defined() ? value_at(bias, r) : 0.0;
+      for (int64_t c = 0; c < d; ++c) acc += weight_at(w, r, c) * hxd[t * d + c];
+      y[t * w.rows() + r] = acc + (y0.empty() ? 0.0 : double(y0[t * w.rows() + r]));
+    }
+  return y;
+}
+
+}  // namespace
+
+// A q/k/v-like group reading rms_norm(x) (plain and Gemma offset), one member accumulating into y, in
+// dense and quantized formats, at decode and GEMM token counts: against the double loop above.
+TEST_P(KernelOps, LinearGroupWithInputNormAndAccumulate) {
+  for (float offset : {0.0f, 1.0f})
+    for (int bits : {16, 4})
+      for (int64_t n : {1, 3, 9}) {
+        const int64_t cols = 256;
+        std::vector<ops::Weight> ws;
+        std::vector<Tensor> biases;
+        for (int64_t rows : {40, 24}) {
+          ws.push_back(bits == 16 ? dense_weight(random_tensor(rng_, {rows, cols}, DType::kBF16))
+                                  : random_quantized(rng_, rows, cols, bits, 64, DType::kBF16));
+          biases.push_back(random_tensor(rng_, {rows}, DType::kF32));
+        }
+        Tensor norm_w = random_tensor(rng_, {cols}, DType::kBF16, 0.5f, 1.5f);
+        const ops::LinearNorm norm{&norm_w, 1e-6f, offset};
+        std::vector<float> x = random_vec(rng_, static_cast<size_t>(n * cols), -3.0f, 3.0f);
+        std::vector<float> y0 = random_vec(rng_, static_cast<size_t>(n * ws[1].rows()));
+        std::vector<float> ya(static_cast<size_t>(n * ws[0].rows()), NAN), yb(y0);
+        ops::LinearOut outs[2] = {{&ws[0], &biases[0], ya.data(), false, &norm},
+                                  {&ws[1], &biases[1], yb.data(), true, &norm}};
+        ops::linear_group(x.data(), n, outs, 2);
+        const std::string what = "bits " + std::to_string(bits) + " n=" + std::to_string(n) +
+                                 " offset=" + std::to_string(offset);
+        EXPECT_LT(nmse(ya.data(), fused_oracle(x, n, ws[0], biases[0], &norm_w, offset, {})), linear_tol(ws[0], n))
+            << what;
+        EXPECT_LT(nmse(yb.data(), fused_oracle(x, n, ws[1], biases[1], &norm_w, offset, y0)), linear_tol(ws[1], n))
+            << what;
+        // Accumulate alone (no norm), one member.
+        std::vector<float> yc(y0);
+        const ops::LinearOut acc{&ws[1], nullptr, yc.data(), true, nullptr};
+        ops::linear_group(x.data(), n, &acc, 1);
+        EXPECT_LT(nmse(yc.data(), fused_oracle(x, n, ws[1], Tensor(), nullptr, 0.0f, y0)), linear_tol(ws[1], n))
+            << what << " accumulate only";
+      }
+}
+
+TEST(KernelErrors, LinearGroupFusedFormsRejectMixedNormsOverlapAndWrongNormSize) {
+  std::mt19937 rng(11);
+  ops::Weight w = dense_weight(random_tensor(rng, {8, 16}, DType::kBF16));
+  Tensor nw = random_tensor(rng, {16}, DType::kF32), other = random_tensor(rng, {16}, DType::kF32);
+  Tensor short_w = random_tensor(rng, {15}, DType::kF32);
+  const ops::LinearNorm a{&nw}, b{&other}, bad{&short_w};
+  std::vector<float> x(32, 1.0f), y1(16), y2(16);
+  auto expect_error = [](const std::function<void()>& f, const std::string& text) {
+    try {
+      f();
+      FAIL() << "no error for " << text;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  ops::LinearOut mixed[2] = {{&w, nullptr, y1.data(), false, &a}, {&w, nullptr, y2.data(), false, &b}};
+  expect_error([&] { ops::linear_group(x.data(), 2, mixed, 2); }, "different norm");
+  const ops::LinearOut overlap{&w, nullptr, x.data() + 8, true, nullptr};
+  expect_error([&] { ops::linear_group(x.data(), 1, &overlap, 1); }, "overlapping x");
+  const ops::LinearOut wrong{&w, nullptr, y1.data(), false, &bad};
+  expect_error([&] { ops::linear_group(x.data(), 1, &wrong, 1); }, "norm weight");
+}
+
+// rope_qk / mrope_qk are rope / mrope of q and of k: bit-identical to the two separate calls.
+TEST_P(KernelOps, RopeQkIsRopeOfQThenK) {
+  const int64_t n = 3, H = 4, KV = 2, hd = 64;
+  std::vector<float> inv = random_vec(rng_, hd / 2, 0.0f, 1.0f);
+  const std::vector<int64_t> pos = {7, 8, 300}, pos3 = {7, 8, 300, 1, 2, 3, 9, 9, 4};
+  for (int mode = 0; mode < 3; ++mode) {  // rope full, rope partial (rotary 32), mrope
+    std::vector<float> q = random_vec(rng_, static_cast<size_t>(n * H * hd)), k = random_vec(rng_, n * KV * hd);
+    const std::vector<float> q0 = q;
+    std::vector<float> q2 = q, k2 = k;
+    if (mode < 2) {
+      const int64_t rot = mode == 0 ? hd : 32;
+      ops::rope_qk(q.data(), H, k.data(), KV, n, hd, rot, inv.data(), pos.data(), 0.9f);
+      ops::rope(q2.data(), n, H, hd, rot, inv.data(), pos.data(), 0.9f);
+      ops::rope(k2.data(), n, KV, hd, rot, inv.data(), pos.data(), 0.9f);
+    } else {
+      ops::mrope_qk(q.data(), H, k.data(), KV, n, hd, inv.data(), pos3.data(), {8, 12, 12});
+      ops::mrope(q2.data(), n, H, hd, inv.data(), pos3.data(), {8, 12, 12});
+      ops::mrope(k2.data(), n, KV, hd, inv.data(), pos3.data(), {8, 12, 12});
+    }
+    EXPECT_EQ(q, q2) << "mode " << mode;
+    EXPECT_EQ(k, k2) << "mode " << mode;
+    EXPECT_NE(q, q0) << "mode " << mode << ": nothing rotated";
+  }
+  std::vector<float> qk(static_cast<size_t>(2 * H * hd));
+  EXPECT_THROW(ops::rope_qk(qk.data(), H, qk.data() + H * hd / 2, KV, 1, hd, hd, inv.data(), pos.data()), Error);
+}

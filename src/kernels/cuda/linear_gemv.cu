@@ -29,6 +29,12 @@
 //   of the whole grid with the next round's loads always in flight (gemv_dense_stream_kernel).
 //   4-bit weights with cols a multiple of 128 go to the tensor-core kernel of linear_gemv_mma.cu
 //   instead (unless VLMCHECK_CUDA_GEMV=legacy); everything else, and those with the switch, run here.
+//   Fused forms (ops.h LinearOut). accumulate: the store adds the sum (bias included) to y, so o_proj
+//   and down_proj write the residual stream directly (every kernel here and the tensor-core one).
+//   norm (dense kernels): x is the un-normalized stream; each block first reduces x's sum of squares
+//   per token (after issuing its first round of weight loads, so the two overlap) and then scales every
+//   x value it reads by inv_rms · (w + offset) as rms_norm rounds it. That replaces the RMSNorm launch
+//   before q/k/v, gate/up and the lm_head; the extra x and norm-weight reads hit L1/L2.
 //   Groups. One launch covers up to kGemvMaxTargets weights of the same format and cols (q/k/v,
 //   gate/up): blocks are numbered through the members' rows, and each block finds its member from the
 //   cumulative block counts in the parameter block.
@@ -78,6 +84,11 @@ struct GemvParams {
   const void* out_bias[kGemvMaxTargets];  // linear bias or null
   int out_bias_kind[kGemvMaxTargets];
   float* y[kGemvMaxTargets];  // [n, rows] f32
+  unsigned accumulate;        // bit j: member j adds its sums to y (y += x·Wᵀ + bias)
+  // Dense: x is normalized on the fly (GemvNorm) when norm_w is non-null (the kernels' NORM variant).
+  const void* norm_w;
+  int norm_kind;
+  float norm_eps, norm_offset;
 };
 
 // Streaming loads: read once, not kept in L1 (x, which every warp re-reads, stays there).
@@ -155,7 +166,9 @@ __device__ __forceinline__ void finish(float (&acc)[R][NT], const GemvParams& p,
     if (row < rows) {
       const void* bias = p.out_bias[s.j];
       if (bias != nullptr) sum = __fadd_rn(sum, ld_small(bias, p.out_bias_kind[s.j], row));
-      p.y[s.j][t * rows + row] = sum;
+      float* y = p.y[s.j] + t * rows + row;
+      if ((p.accumulate >> s.j) & 1u) sum = __fadd_rn(*y, sum);  // the reference's add(y, x·Wᵀ + bias)
+      *y = sum;
     }
   }
 }
@@ -202,21 +215,91 @@ struct Dense<__half> {
   }
 };
 
+// ---- the fused input RMSNorm (GemvNorm) ------------------------------------------------------------
+// inv[t] = 1 / sqrt(mean(x[t]²) + eps) for the launch's NT tokens, in every thread of the block (all
+// threads must call it: it has a block barrier). x rows are 16-byte aligned, in a multiple of 4.
+template <int NT, int WARPS>
+__device__ __forceinline__ void norm_scales(const GemvParams& p, float (&inv)[NT]) {
+  __shared__ float red[WARPS][NT];
+  float ss[NT] = {};
+  const int64_t n4 = p.in / 4;
+  for (int64_t c = threadIdx.x; c < n4; c += blockDim.x)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p.x + t * p.in) + c);
+      ss[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const float v = warp_sum(ss[t]);
+    if (lane == 0) red[warp][t] = v;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) sum += red[w][t];
+    inv[t] = 1.0f / sqrtf(sum / static_cast<float>(p.in) + p.norm_eps);
+  }
+}
+
+// (norm weight + offset) of columns c..c+3 (c a multiple of 4), as rms_norm adds them.
+__device__ __forceinline__ float4 norm_gain4(const GemvParams& p, int64_t c) {
+  float4 g;
+  if (p.norm_kind == detail::kF32) {
+    const float2* w2 = reinterpret_cast<const float2*>(static_cast<const float*>(p.norm_w) + c);  // 8-byte aligned
+    const float2 a = __ldg(w2), b = __ldg(w2 + 1);
+    g = make_float4(a.x, a.y, b.x, b.y);
+  } else {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(p.norm_w) + c));
+    if (p.norm_kind == detail::kBF16) {
+      g = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                      __uint_as_float(u.y & 0xffff0000u));
+    } else {
+      __half2 a, b;
+      memcpy(&a, &u.x, 4);
+      memcpy(&b, &u.y, 4);
+      const float2 fa = __half22float2(a), fb = __half22float2(b);
+      g = make_float4(fa.x, fa.y, fb.x, fb.y);
+    }
+  }
+  g.x = __fadd_rn(g.x, p.norm_offset);
+  g.y = __fadd_rn(g.y, p.norm_offset);
+  g.z = __fadd_rn(g.z, p.norm_offset);
+  g.w = __fadd_rn(g.w, p.norm_offset);
+  return g;
+}
+
+// rms_norm's y = (x * inv) * gain, rounded as there.
+__device__ __forceinline__ float4 normalize4(float4 f, float inv, const float4& g) {
+  f.x = __fmul_rn(__fmul_rn(f.x, inv), g.x);
+  f.y = __fmul_rn(__fmul_rn(f.y, inv), g.y);
+  f.z = __fmul_rn(__fmul_rn(f.z, inv), g.z);
+  f.w = __fmul_rn(__fmul_rn(f.w, inv), g.w);
+  return f;
+}
+
 // acc[r][t] += Σ_e W[r, unit e] · x[t, unit e] for one unit of R rows; x points at the unit's first
-// value of token 0.
-template <typename WT, int R, int NT>
+// value of token 0, column col. NORM: x values are normalized first (inv from norm_scales).
+template <typename WT, int R, int NT, bool NORM>
 __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __restrict__ x, int64_t in,
-                                           float (&acc)[R][NT]) {
+                                           float (&acc)[R][NT], const GemvParams& p, int64_t col,
+                                           const float (&inv)[NT]) {
   constexpr int V = Dense<WT>::kN;
   float wf[R][V];
 #pragma unroll
   for (int r = 0; r < R; ++r) Dense<WT>::load(wv[r], wf[r]);
+  // q outer, t inner: each acc[r][t] still sums its terms in column order.
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    const float4* xv = reinterpret_cast<const float4*>(x + t * in);
+  for (int q = 0; q < V / 4; ++q) {
+    float4 g;
+    if constexpr (NORM) g = norm_gain4(p, col + 4 * q);
 #pragma unroll
-    for (int q = 0; q < V / 4; ++q) {
-      const float4 f = __ldg(xv + q);
+    for (int t = 0; t < NT; ++t) {
+      float4 f = __ldg(reinterpret_cast<const float4*>(x + t * in) + q);
+      if constexpr (NORM) f = normalize4(f, inv[t], g);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         acc[r][t] += wf[r][4 * q] * f.x;
@@ -228,7 +311,7 @@ __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __
   }
 }
 
-template <typename WT, int NT>
+template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
   detail::chain_wait();  // chained launch (common.cuh): x is the previous kernel's output
   detail::chain_release();
@@ -246,17 +329,28 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
     rowp[r] = reinterpret_cast<const uint4*>(w + rr * p.in);
   }
   float acc[R][NT] = {};
+  float inv[NT];
   const int64_t step = 32 * p.ksplit;
   int64_t u = sl.kw * 32 + lane;
-  // Full rounds: U units of every row in flight, then the math.
-  for (; u + (U - 1) * step < p.units; u += U * step) {
-    uint4 wv[U][R];
+  // Full rounds: U units of every row in flight, then the math. The first round's loads go out before
+  // the norm's sum of squares (which only reads x), so the two overlap.
+  uint4 wv[U][R];
+  auto load_round = [&] {
 #pragma unroll
     for (int k = 0; k < U; ++k)
 #pragma unroll
       for (int r = 0; r < R; ++r) wv[k][r] = ld_stream16(rowp[r] + u + k * step);
+  };
+  bool full = u + (U - 1) * step < p.units;
+  if (full) load_round();
+  if constexpr (NORM) norm_scales<NT, WARPS>(p, inv);
+  while (full) {
 #pragma unroll
-    for (int k = 0; k < U; ++k) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
+    for (int k = 0; k < U; ++k)
+      dense_unit<WT, R, NT, NORM>(wv[k], p.x + (u + k * step) * V, p.in, acc, p, (u + k * step) * V, inv);
+    u += U * step;
+    full = u + (U - 1) * step < p.units;
+    if (full) load_round();
   }
   // The rest (fewer than U units per lane), loads still issued together.
   if constexpr (U > 1) {
@@ -268,7 +362,8 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
         for (int r = 0; r < R; ++r) wv[k][r] = ld_stream16(rowp[r] + u + k * step);
 #pragma unroll
     for (int k = 0; k < U - 1; ++k)
-      if (u + k * step < p.units) dense_unit<WT, R, NT>(wv[k], p.x + (u + k * step) * V, p.in, acc);
+      if (u + k * step < p.units)
+        dense_unit<WT, R, NT, NORM>(wv[k], p.x + (u + k * step) * V, p.in, acc, p, (u + k * step) * V, inv);
   }
   finish<R, NT, WARPS>(acc, p, sl);
 }
@@ -281,7 +376,7 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
 // Each row group ends with a warp reduction and the store: no shared memory, no block barrier.
 constexpr int kStreamR = 4, kStreamU = 2, kStreamThreads = 128;
 
-template <typename WT, int NT>
+template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const __grid_constant__ GemvParams p) {
   detail::chain_wait();  // chained launch (common.cuh)
   detail::chain_release();
@@ -290,7 +385,6 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
   const unsigned total = p.block_end[p.count - 1];  // row groups of R rows, numbered through the members
   const unsigned nwarps = gridDim.x * (kStreamThreads / 32);
   const unsigned first = blockIdx.x * (kStreamThreads / 32) + (threadIdx.x >> 5);
-  if (first >= total) return;
   const int64_t rounds = (p.units + 32 * U - 1) / (32 * U);
   // Row group rg: member j, first row; row pointers of the load cursor.
   auto find = [&](unsigned rg, int& j, int64_t& row0) {
@@ -319,11 +413,12 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
     }
   };
   float acc[R][NT] = {};
+  float inv[NT];
   auto math = [&](uint4 (&b)[U][R], int64_t round) {
 #pragma unroll
     for (int k = 0; k < U; ++k) {
       const int64_t u = round * 32 * U + k * 32 + lane;
-      if (u < p.units) dense_unit<WT, R, NT>(b[k], p.x + u * V, p.in, acc);
+      if (u < p.units) dense_unit<WT, R, NT, NORM>(b[k], p.x + u * V, p.in, acc, p, u * V, inv);
     }
   };
   auto store = [&](unsigned rg) {
@@ -339,7 +434,9 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
         const int64_t row = row0 + r;
         if (lane == r * NT + t && row < p.rows[j]) {
           if (p.out_bias[j] != nullptr) v = __fadd_rn(v, ld_small(p.out_bias[j], p.out_bias_kind[j], row));
-          p.y[j][t * p.rows[j] + row] = v;
+          float* y = p.y[j] + t * p.rows[j] + row;
+          if ((p.accumulate >> j) & 1u) v = __fadd_rn(*y, v);
+          *y = v;
         }
       }
   };
@@ -368,9 +465,16 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
     return rg < total;
   };
   uint4 b0[U][R], b1[U][R];
-  set_rows(lrg);
-  load(b0, lrd);
-  advance_load();
+  // Warps past the last row group only join the norm's block barrier. The first loads go out before
+  // the sum of squares, so the two overlap.
+  const bool active = first < total;
+  if (active) {
+    set_rows(lrg);
+    load(b0, lrd);
+    advance_load();
+  }
+  if constexpr (NORM) norm_scales<NT, kStreamThreads / 32>(p, inv);
+  if (!active) return;
   while (step(b0, b1) && step(b1, b0)) {
   }
 }
@@ -606,11 +710,12 @@ int64_t number_row_groups(GemvParams& p, int64_t rows_per_group) {
 
 // The streaming dense kernel: row groups of kStreamR rows numbered through the members, a grid of
 // what is resident at once (or fewer blocks, when there are fewer row groups).
-template <typename WT, int NT>
+template <typename WT, int NT, bool NORM>
 void launch_stream(GemvParams& p, cudaStream_t st) {
   static const int per_sm = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_dense_stream_kernel<WT, NT>, kStreamThreads, 0) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_dense_stream_kernel<WT, NT, NORM>, kStreamThreads,
+                                                      0) !=
             cudaSuccess ||
         n < 1)
       n = 1;
@@ -619,7 +724,7 @@ void launch_stream(GemvParams& p, cudaStream_t st) {
   const int64_t groups = number_row_groups(p, kStreamR);
   const int64_t warps = kStreamThreads / 32;
   const int64_t grid = std::min<int64_t>((groups + warps - 1) / warps, static_cast<int64_t>(per_sm) * sm_count());
-  detail::launch_chained("linear (gemv)", gemv_dense_stream_kernel<WT, NT>, dim3(static_cast<unsigned>(grid)),
+  detail::launch_chained("linear (gemv)", gemv_dense_stream_kernel<WT, NT, NORM>, dim3(static_cast<unsigned>(grid)),
                          dim3(kStreamThreads), 0, st, p);
 }
 
@@ -628,11 +733,14 @@ template <int NT>
 void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) {
   int64_t total_rows = 0;
   for (int i = 0; i < p.count; ++i) total_rows += p.rows[i];
+  const bool norm = p.norm_w != nullptr;  // dense only (gemv_launch checks)
   if (!quant && dense_stream(total_rows, NT)) {
     switch (kind_or_bits) {
-      case detail::kF32: launch_stream<float, NT>(p, st); break;
-      case detail::kF16: launch_stream<__half, NT>(p, st); break;
-      default: launch_stream<__nv_bfloat16, NT>(p, st); break;
+      case detail::kF32: norm ? launch_stream<float, NT, true>(p, st) : launch_stream<float, NT, false>(p, st); break;
+      case detail::kF16: norm ? launch_stream<__half, NT, true>(p, st) : launch_stream<__half, NT, false>(p, st); break;
+      default:
+        norm ? launch_stream<__nv_bfloat16, NT, true>(p, st) : launch_stream<__nv_bfloat16, NT, false>(p, st);
+        break;
     }
     VLM_CUDA_LAUNCHED("linear (gemv)");
     return;
@@ -651,11 +759,17 @@ void launch_chunk(GemvParams& p, bool quant, int kind_or_bits, cudaStream_t st) 
   auto launch = [&](auto kernel) {
     detail::launch_chained("linear (gemv)", kernel, dim3(grid), dim3(c.threads), 0, st, p);
   };
-  if (!quant) {
+  if (!quant && norm) {
     switch (kind_or_bits) {
-      case detail::kF32: launch(gemv_dense_kernel<float, NT>); break;
-      case detail::kF16: launch(gemv_dense_kernel<__half, NT>); break;
-      default: launch(gemv_dense_kernel<__nv_bfloat16, NT>); break;
+      case detail::kF32: launch(gemv_dense_kernel<float, NT, true>); break;
+      case detail::kF16: launch(gemv_dense_kernel<__half, NT, true>); break;
+      default: launch(gemv_dense_kernel<__nv_bfloat16, NT, true>); break;
+    }
+  } else if (!quant) {
+    switch (kind_or_bits) {
+      case detail::kF32: launch(gemv_dense_kernel<float, NT, false>); break;
+      case detail::kF16: launch(gemv_dense_kernel<__half, NT, false>); break;
+      default: launch(gemv_dense_kernel<__nv_bfloat16, NT, false>); break;
     }
   } else {
     switch (kind_or_bits) {
@@ -692,12 +806,14 @@ bool gemv_same_format(const Weight& a, const Weight& b) {
          a.quant.scales.dtype() == b.quant.scales.dtype() && a.quant.biases.dtype() == b.quant.biases.dtype();
 }
 
-void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count) {
+void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm) {
   if (count < 1 || count > kGemvMaxTargets)
     detail::fail(ErrorKind::kInternal, "[cuda linear] gemv_launch takes 1.." + std::to_string(kGemvMaxTargets) +
                                            " members, got " + std::to_string(count));
   const Weight& w0 = *targets[0].w;
   const bool quant = w0.quantized;
+  if (norm != nullptr && (quant || !aligned(norm->w, 8)))
+    detail::fail(ErrorKind::kInternal, "[cuda linear] the fused norm takes dense weights and an 8-byte aligned norm");
   // Tokens [0, here) run on this file's kernels, the rest on the 4-bit tensor-core kernel where it
   // takes the format. Launches of at most 2048 rows in all keep chunks of 4 tokens here: this kernel
   // measured faster there on the H200 (n = 4: 3B q/o 12.0 vs 13.3 us, k/v 10.7 vs 11.8, down_proj 28.9
@@ -728,6 +844,12 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;
+  if (norm != nullptr) {
+    p.norm_w = norm->w;
+    p.norm_kind = norm->kind;
+    p.norm_eps = norm->eps;
+    p.norm_offset = norm->offset;
+  }
   int kind_or_bits = 0;
   if (quant) {
     const detail::QuantView q = detail::quant_view(w0, "linear");
@@ -756,6 +878,7 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     const GemvBias bias = gemv_bias(targets[i]);
     p.out_bias[i] = bias.ptr;
     p.out_bias_kind[i] = bias.kind;
+    if (targets[i].accumulate) p.accumulate |= 1u << i;
   }
   cudaStream_t st = detail::stream("linear");
   for (int64_t t0 = 0; t0 < here;) {

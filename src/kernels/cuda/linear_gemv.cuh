@@ -9,11 +9,21 @@
 namespace vlm::ops::cuda::kernels {
 
 // One member of a GEMV launch: y[n, w->rows()] = x[n, w->cols()] · wᵀ (+ bias[rows], any float dtype,
-// when bias is non-null and defined).
+// when bias is non-null and defined); with accumulate, y += (that sum) instead (ops.h LinearOut).
 struct GemvTarget {
   const Weight* w = nullptr;
   const Tensor* bias = nullptr;
   float* y = nullptr;
+  bool accumulate = false;
+};
+
+// The RMSNorm a dense GEMV launch applies to x on the fly (ops.h LinearOut::norm): every block
+// computes x's sum of squares while its first weight loads are in flight, then reads
+// x / sqrt(mean(x²) + eps) * (w + offset) — rms_norm's formula and rounding.
+struct GemvNorm {
+  const void* w = nullptr;  // [cols], 8-byte aligned (4 values per load at 16 bits)
+  int kind = 0;             // detail::kF32 / kF16 / kBF16
+  float eps = 1e-6f, offset = 0.0f;
 };
 
 // Most members one launch takes (the kernel's parameter block holds this many).
@@ -43,8 +53,9 @@ bool gemv_supported(const float* x, const Weight& w);
 // dtypes) and the same cols.
 bool gemv_same_format(const Weight& a, const Weight& b);
 // Runs the GEMV for count (1..kGemvMaxTargets) members that gemv_supported() takes and that share a
-// format (checked by the caller), n in [1, 8) tokens, bias included.
-void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
+// format (checked by the caller), n in [1, 8) tokens, bias included. norm (dense weights only; null:
+// x as given) normalizes x inside the kernel.
+void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm = nullptr);
 
 // The 4-bit tensor-core GEMV (linear_gemv_mma.cu), which gemv_launch takes for every 4-bit group it
 // supports: group 32/64/128, cols a multiple of 128, 16-byte aligned x and codes, scales and biases

@@ -84,6 +84,7 @@ struct MmaParams {
   const void* out_bias[kGemvMaxTargets];
   int out_bias_kind[kGemvMaxTargets];
   float* y[kGemvMaxTargets];  // [n, rows] f32
+  unsigned accumulate;        // bit j: member j adds its sums to y (GemvTarget::accumulate)
   // Global split only: each block's partial sums [row group][split][token][32 rows] f32 and one
   // arrival counter per row group (zero between calls: the last block of a row group resets it).
   float* partials;
@@ -569,7 +570,9 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
               bv = __ldg(static_cast<const float*>(ob) + row);
             sum = __fadd_rn(sum, bv);
           }
-          p.y[g.j][tk * g.rows + row] = sum;
+          float* y = p.y[g.j] + tk * g.rows + row;
+          if ((p.accumulate >> g.j) & 1u) sum = __fadd_rn(*y, sum);
+          *y = sum;
         }
       }
     }
@@ -896,6 +899,7 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
     const GemvBias bias = gemv_bias(targets[i]);
     p.out_bias[i] = bias.ptr;
     p.out_bias_kind[i] = bias.kind;
+    if (targets[i].accumulate) p.accumulate |= 1u << i;
     blocks += (w.rows() + kRowsPerBlock - 1) / kRowsPerBlock;
     if (blocks > 0x0fffffff)
       detail::fail(ErrorKind::kInvalidArgument,

@@ -44,19 +44,24 @@ __device__ __forceinline__ void rotate_pair(float* xh, int64_t i, int64_t half, 
   xh[i + half] = __fadd_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y));
 }
 
-// Decode: one thread per (token, head, frequency), the three arrays from `small`.
+// Decode: one thread per (token, head, frequency), the three arrays from `small`. Heads [0, n_heads) are
+// x's [n_tokens, n_heads, head_dim], heads [n_heads, n_heads + n_heads2) x2's (rope_qk: q and k in one
+// launch; n_heads2 = 0 for one tensor).
 // positions: [n_streams, n_tokens]; stream_of: [half] (used when has_streams; else one stream, row 0).
-__global__ void rope_small_kernel(float* __restrict__ x, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-                                  int64_t half, bool has_streams, float scaling, const SmallArgs small) {
+__global__ void rope_small_kernel(float* __restrict__ x, int64_t n_heads, float* __restrict__ x2, int64_t n_heads2,
+                                  int64_t n_tokens, int64_t head_dim, int64_t half, bool has_streams, float scaling,
+                                  const SmallArgs small) {
   detail::chain_wait();
   detail::chain_release();
-  const int64_t total = n_tokens * n_heads * half;
+  const int64_t heads = n_heads + n_heads2;
+  const int64_t total = n_tokens * heads * half;
   for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
     const int64_t i = w % half, th = w / half;
-    const int64_t t = th / n_heads, h = th % n_heads;
+    const int64_t t = th / heads, h = th % heads;
     const int64_t stream = has_streams ? small.stream_of[i] : 0;
     const float2 cs = rope_cos_sin(small.positions[stream * n_tokens + t], small.inv_freq[i], scaling);
-    rotate_pair(x + (t * n_heads + h) * head_dim, i, half, cs);
+    float* row = h < n_heads ? x + (t * n_heads + h) * head_dim : x2 + (t * n_heads2 + (h - n_heads)) * head_dim;
+    rotate_pair(row, i, half, cs);
   }
 }
 
@@ -178,23 +183,28 @@ const float2* rope_table(const char* op, int64_t n_tokens, int64_t half, const f
   return c.table;
 }
 
+// Whether launch_rope takes the one-launch decode kernel (which also rotates a second tensor).
+bool small_rope(int64_t n_tokens, int64_t half) { return n_tokens <= kSmallTokens && half <= kSmallHalf; }
+
 // Shared by rope and mrope: positions has n_streams rows of n_tokens; stream_of (half entries) is null
-// for plain RoPE.
+// for plain RoPE. x2 / n_heads2: a second tensor with the same tokens (rope_qk), small_rope() calls only.
 void launch_rope(const char* op, float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, int64_t half,
                  const float* inv_freq, const int64_t* positions, int n_streams, const int* stream_of,
-                 float scaling) {
-  const int64_t total = n_tokens * n_heads * half;
+                 float scaling, float* x2 = nullptr, int64_t n_heads2 = 0) {
+  const int64_t total = n_tokens * (n_heads + n_heads2) * half;
   const unsigned blocks = detail::elementwise_blocks(total, kThreads);
   cudaStream_t cs = detail::stream(op);
   const bool has_streams = stream_of != nullptr;
-  if (n_tokens <= kSmallTokens && half <= kSmallHalf) {
+  if (small_rope(n_tokens, half)) {
     SmallArgs a{};
     std::memcpy(a.inv_freq, inv_freq, sizeof(float) * static_cast<size_t>(half));
     std::memcpy(a.positions, positions, sizeof(int64_t) * static_cast<size_t>(n_streams * n_tokens));
     if (has_streams) std::memcpy(a.stream_of, stream_of, sizeof(int) * static_cast<size_t>(half));
     // Chained (common.cuh): decode runs two per layer, right after the q/k/v GEMV.
-    detail::launch_chained(op, rope_small_kernel, dim3(blocks), dim3(kThreads), 0, cs, x, n_tokens, n_heads,
-                           head_dim, half, has_streams, scaling, a);
+    detail::launch_chained(op, rope_small_kernel, dim3(blocks), dim3(kThreads), 0, cs, x, n_heads, x2, n_heads2,
+                           n_tokens, head_dim, half, has_streams, scaling, a);
+  } else if (x2 != nullptr) {
+    detail::fail(ErrorKind::kInternal, std::string("[cuda ") + op + "] a second tensor needs the decode kernel");
   } else if (detail::capturing()) {
     detail::Staging st(op);  // the graph's arena: this op's own device range
     const size_t h_inv = st.add(inv_freq, static_cast<size_t>(half));
@@ -238,3 +248,31 @@ void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const 
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+
+void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
+             float attention_scaling) {
+  using namespace kernels;
+  if (n_tokens <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;
+  const int64_t half = rotary_dim / 2;
+  if (half <= 0) return;
+  if (stream_of != nullptr)
+    for (int64_t i = 0; i < half; ++i)
+      if (stream_of[i] < 0 || stream_of[i] > 2)
+        detail::fail(ErrorKind::kInvalidArgument, "[cuda mrope] stream_of[" + std::to_string(i) + "] is " +
+                                                      std::to_string(stream_of[i]) + ", expected 0, 1 or 2");
+  const char* op = stream_of != nullptr ? "mrope" : "rope";
+  const int n_streams = stream_of != nullptr ? 3 : 1;
+  if (small_rope(n_tokens, half)) {  // decode: q and k in one launch
+    launch_rope(op, q, n_tokens, n_heads, head_dim, half, inv_freq, positions, n_streams, stream_of,
+                attention_scaling, k, n_kv_heads);
+    return;
+  }
+  launch_rope(op, q, n_tokens, n_heads, head_dim, half, inv_freq, positions, n_streams, stream_of, attention_scaling);
+  launch_rope(op, k, n_tokens, n_kv_heads, head_dim, half, inv_freq, positions, n_streams, stream_of,
+              attention_scaling);
+}
+
+}  // namespace vlm::ops::cuda

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 
 #include <fmt/format.h>
@@ -100,6 +101,16 @@ void apply_legacy_windows(DecoderSpec& s, const Json& text, const std::function<
 namespace {
 
 std::string layer_path(int i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
+
+// VLMCHECK_DECODER_FUSE=0 runs the unfused forward (separate add_rms_norm launches, one rope per tensor):
+// the before/after switch for benchmarks; the math is the same either way. Read once.
+bool fusion_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_DECODER_FUSE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
 
 // Gemma's normalizer is sqrt(hidden) cast to the activation dtype; checkpoints stored in bf16/f16 run in
 // that dtype in transformers and mlx, so the factor is rounded the same way (f32 checkpoints: exact).
@@ -250,16 +261,27 @@ Tensor DecoderModel::scratch(const Shape& shape) const {
   return ops::empty(shape, DType::kF32, MemCategory::kScratch, device_);
 }
 
-void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float* y) const {
-  ops::linear(x, n, *l.weight, l.bias, y);
-  add_lora(l, x, n, y);
+void DecoderModel::run_linear(const Linear& l, const float* x, int64_t n, float* y, const ops::LinearNorm* norm,
+                              bool accumulate) const {
+  if (norm == nullptr && !accumulate) {
+    ops::linear(x, n, *l.weight, l.bias, y);
+    add_lora(l, x, n, y);
+    return;
+  }
+  VLM_CHECK(l.lora == nullptr, ErrorKind::kInternal, "{}: a fused linear cannot carry a LoRA term", spec_.family);
+  const ops::LinearOut out{l.weight, &l.bias, y, accumulate, norm};
+  ops::linear_group(x, n, &out, 1);
 }
 
 void DecoderModel::run_linears(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x,
-                               int64_t n) const {
+                               int64_t n, const ops::LinearNorm* norm) const {
   ops::LinearOut outs[4];
   int count = 0;
-  for (const auto& [l, y] : group) outs[count++] = {l->weight, &l->bias, y};
+  for (const auto& [l, y] : group) {
+    VLM_CHECK(norm == nullptr || l->lora == nullptr, ErrorKind::kInternal,
+              "{}: a fused linear cannot carry a LoRA term", spec_.family);
+    outs[count++] = {l->weight, &l->bias, y, false, norm};
+  }
   ops::linear_group(x, n, outs, count);
   for (const auto& [l, y] : group) add_lora(*l, x, n, y);
 }
@@ -295,7 +317,7 @@ void DecoderModel::embed(const int32_t* ids, int64_t n, float* out) const {
 }
 
 void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Positions& positions, KVCache& cache,
-                                   const ops::AttentionMask& mask, float* out) {
+                                   const ops::AttentionMask& mask, float* out, const ops::LinearNorm* norm) {
   const DecoderSpec& s = spec_;
   const Layer& L = layers_[static_cast<size_t>(i)];
   const DecoderLayerSpec& ls = s.layers[static_cast<size_t>(i)];
@@ -316,13 +338,13 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
     const int64_t w = (H + 2 * KV) * hd;
     Tensor fused = scratch({n, w});
     const float* f = fused.data<float>();
-    run_linear(L.qkv, hx, n, fused.data<float>());
+    run_linear(L.qkv, hx, n, fused.data<float>(), norm);
     const size_t pitch = sizeof(float) * w, qw = sizeof(float) * H * hd, kvw = sizeof(float) * KV * hd;
     ops::copy_2d(q, qw, f, pitch, qw, n);
     ops::copy_2d(k, kvw, f + H * hd, pitch, kvw, n);
     ops::copy_2d(v, kvw, f + (H + KV) * hd, pitch, kvw, n);
   } else {
-    run_linears({{&L.q, q}, {&L.k, k}, {&L.v, v}}, hx, n);
+    run_linears({{&L.q, q}, {&L.k, k}, {&L.v, v}}, hx, n, norm);
   }
   if (s.qk_norm) {  // per-head RMSNorm over head_dim ("q_norm", "k_norm")
     ops::rms_norm(q, n * H, hd, L.q_norm, s.rms_norm_eps, s.norm_offset, q);
@@ -332,15 +354,23 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
   if (positions.dims == 3 && !r.mrope_section.empty()) {
     VLM_CHECK(r.rotary_dim == hd, ErrorKind::kUnsupported, "{}: M-RoPE with partial rotary is not supported",
               s.family);
-    ops::mrope(q, n, H, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
-    ops::mrope(k, n, KV, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+    if (fusion_enabled()) {
+      ops::mrope_qk(q, H, k, KV, n, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+    } else {
+      ops::mrope(q, n, H, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+      ops::mrope(k, n, KV, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
+    }
   } else {
     // Text positions (dims == 1); for M-RoPE models all three rows are equal for text, use the first.
     const int64_t max_pos = *std::max_element(positions.data, positions.data + n);
     std::vector<float> scratch;
     const float* inv_freq = r.inv_freq_for(max_pos, scratch);
-    ops::rope(q, n, H, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
-    ops::rope(k, n, KV, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
+    if (fusion_enabled()) {
+      ops::rope_qk(q, H, k, KV, n, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
+    } else {
+      ops::rope(q, n, H, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
+      ops::rope(k, n, KV, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
+    }
   }
   LayerAttentionSpec spec;
   spec.n_heads = H;
@@ -350,11 +380,11 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
   spec.softcap = s.attn_softcap;
   spec.sliding_window = ls.sliding_window;
   cache.layer(i).update_and_attend(q, k, v, n, spec, mask, a);
-  run_linear(L.o, a, n, out);  // "o_proj"
+  run_linear(L.o, a, n, out, nullptr, norm != nullptr);  // "o_proj" (fused: out += o_proj(a))
   if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_attn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
 
-void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out) {
+void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out, const ops::LinearNorm* norm) {
   const DecoderSpec& s = spec_;
   const Layer& L = layers_[static_cast<size_t>(i)];
   const int64_t h = s.hidden_size, I = s.intermediate_size;
@@ -363,15 +393,15 @@ void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out) {
   if (s.fused_gate_up) {
     // gate_up_proj rows are [gate | up] (Phi-3 chunks the output in two, gate first).
     Tensor fused = scratch({n, 2 * I});
-    run_linear(L.gate_up, hx, n, fused.data<float>());
+    run_linear(L.gate_up, hx, n, fused.data<float>(), norm);
     const size_t pitch = sizeof(float) * 2 * I, width = sizeof(float) * I;
     ops::copy_2d(g, width, fused.data<float>(), pitch, width, n);
     ops::copy_2d(u, width, fused.data<float>() + I, pitch, width, n);
   } else {
-    run_linears({{&L.gate, g}, {&L.up, u}}, hx, n);
+    run_linears({{&L.gate, g}, {&L.up, u}}, hx, n, norm);
   }
   ops::gated_activate(g, u, n * I, s.activation);
-  run_linear(L.down, g, n, out);  // "down_proj"
+  run_linear(L.down, g, n, out, nullptr, norm != nullptr);  // "down_proj" (fused: out += down_proj(...))
   if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_ffn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
 
@@ -442,13 +472,35 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
   // Every op below runs on the model's device; on the CPU the scope only re-asserts the default.
   ops::DeviceScope scope(device_);
   // x: the residual stream; hx: the normalized input of the next block; r: a block's output.
-  Tensor xb = scratch({n, h}), hb = scratch({n, h}), rb = scratch({n, h});
-  float *x = xb.data<float>(), *hx = hb.data<float>(), *r = rb.data<float>();
+  Tensor xb = scratch({n, h});
+  float* x = xb.data<float>();
   ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
   // bf16 models run attention's matmuls at bf16 on a device with tensor cores (ops.h AttentionMask).
   ops::AttentionMask m = mask;
   m.bf16_matmul = !on_host && !f32_weights_;
   const float eps = s.rms_norm_eps, off = s.norm_offset;
+  if (!s.sandwich_norms && !adapter_ && n < kGraphMaxTokens && fusion_enabled()) {
+    // Fused (decode-sized calls): the pre-norms are folded into the linears that read them and the
+    // residual adds into the output projections (ops.h LinearOut), so the stream x is the only
+    // activation between blocks:
+    // qkv(norm(x)) -> rope -> attention -> x += o_proj -> gate/up(norm(x)) -> act -> x += down_proj.
+    // Prefill keeps the separate add_rms_norm: its GEMMs would add through a temporary and normalize
+    // through a materialized copy (ops.h's fallback), one more pass over [n, hidden] per block.
+    for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
+      const Layer& L = layers_[static_cast<size_t>(i)];
+      const ops::LinearNorm input{&L.input_norm, eps, off}, post{&L.post_attn_norm, eps, off};
+      attention_block(i, x, n, positions, cache, m, x, &input);
+      mlp_block(i, x, n, x, &post);
+    }
+    if (!on_host || logits == nullptr) keep = scratch({rows, s.vocab_size});
+    float* out = keep.defined() ? keep.data<float>() : logits;
+    const ops::LinearNorm final_norm{&final_norm_, eps, off};
+    run_linear(head_, x + (n - rows) * h, rows, out, &final_norm);  // "lm_head" of "model.norm"
+    if (s.final_softcap > 0) ops::softcap(out, rows * s.vocab_size, s.final_softcap);
+    return out;
+  }
+  Tensor hb = scratch({n, h}), rb = scratch({n, h});
+  float *hx = hb.data<float>(), *r = rb.data<float>();
   ops::rms_norm(x, n, h, layers_[0].input_norm, eps, off, hx);  // layer 0's "input_layernorm"
   // Each residual add is fused with the norm that follows it: the feed-forward norm after attention,
   // the next layer's "input_layernorm" (or "model.norm" after the last layer) after the MLP.

@@ -18,6 +18,10 @@
 //   logits = softcap(lm_head(norm(x, model.norm)))             (lm_head = embed_tokens when tied/absent)
 //
 // Module names are HF's, so activations can be diffed against transformers layer by layer.
+// Decode-sized calls without sandwich norms or LoRA run the norms and residual adds folded into the
+// linears (ops.h LinearOut: q/k/v, gate/up and lm_head read norm(x) on the fly; o_proj and down_proj
+// add into x) and rotate q, k in one rope_qk call: the same math, fewer launches per decode step
+// (VLMCHECK_DECODER_FUSE=0 turns both off, for before/after measurements).
 //
 // Devices: to_device(kCuda) uploads every weight, norm, bias and LoRA A/B (TensorTable::to_device), then
 // forward() allocates its activations on the device and runs every op there; the embedding lookup
@@ -129,15 +133,21 @@ class DecoderModel final : public LanguageModel {
   Linear make_linear(const std::string& module, int64_t out);
   // f32 activations on the model's device.
   Tensor scratch(const Shape& shape) const;
-  void run_linear(const Linear& l, const float* x, int64_t n, float* y) const;
+  // norm: x is the residual stream and the linear reads rms_norm(x) (ops.h LinearOut::norm);
+  // accumulate: y += the result. Either needs a module without LoRA (its term reads the normalized x).
+  void run_linear(const Linear& l, const float* x, int64_t n, float* y, const ops::LinearNorm* norm = nullptr,
+                  bool accumulate = false) const;
   // Linears of the same input in one ops::linear_group (q/k/v, gate/up): (linear, its output) pairs.
-  void run_linears(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int64_t n) const;
+  void run_linears(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int64_t n,
+                   const ops::LinearNorm* norm = nullptr) const;
   // y += the LoRA term of l, if it has one.
   void add_lora(const Linear& l, const float* x, int64_t n, float* y) const;
-  // hx: the block's normalized input [n, hidden]; out: its output before the residual add.
+  // hx: the block's normalized input [n, hidden]; out: its output before the residual add. Fused form
+  // (norm set; run() takes it without sandwich norms or LoRA): hx is the residual stream itself, the
+  // block's linears read rms_norm(hx, *norm), and its output projection adds into out (the stream).
   void attention_block(int i, const float* hx, int64_t n, const Positions& positions, KVCache& cache,
-                       const ops::AttentionMask& mask, float* out);
-  void mlp_block(int i, const float* hx, int64_t n, float* out);
+                       const ops::AttentionMask& mask, float* out, const ops::LinearNorm* norm = nullptr);
+  void mlp_block(int i, const float* hx, int64_t n, float* out, const ops::LinearNorm* norm = nullptr);
   // The layers and the head: the logits of the last `rows` positions on device_ ([rows, vocab]; the
   // caller's host `logits` when on the CPU, else a device buffer kept alive by `keep`).
   float* run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
