@@ -96,7 +96,11 @@ void* host_alloc(size_t bytes, MemCategory c) {
   // that to madvise: the first write of a fresh 223 MB block faulted in 4 KB pages cost ~150 ms on the
   // GPU machine's VM (the 16k photo's features), and huge pages also spare the TLB when they are read.
   constexpr size_t kHuge = size_t{2} << 20;
-  const bool huge = bytes >= 2 * kHuge;
+  static const bool huge_ok = [] {
+    const char* v = std::getenv("VLMCHECK_HUGEPAGES");  // 0: plain 64-byte-aligned blocks only
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  const bool huge = huge_ok && bytes >= 2 * kHuge;
   const size_t align = huge ? kHuge : 64;
   size_t rounded = (bytes + align - 1) & ~(align - 1);
   void* p = std::aligned_alloc(align, rounded);
