@@ -479,7 +479,9 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
   ops::AttentionMask m = mask;
   m.bf16_matmul = !on_host && !f32_weights_;
   const float eps = s.rms_norm_eps, off = s.norm_offset;
-  if (!s.sandwich_norms && !adapter_ && n < kGraphMaxTokens && fusion_enabled()) {
+  // Not on the CPU: its backend composes the fused forms from the plain ops (a materialized norm, a
+  // temporary and an add: one more pass per block than add_rms_norm), so they only cost there.
+  if (!on_host && !s.sandwich_norms && !adapter_ && n < kGraphMaxTokens && fusion_enabled()) {
     // Fused (decode-sized calls): the pre-norms are folded into the linears that read them and the
     // residual adds into the output projections (ops.h LinearOut), so the stream x is the only
     // activation between blocks:
