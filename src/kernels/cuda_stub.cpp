@@ -31,6 +31,8 @@ void graph_op_boundary() {}
 bool graphs_enabled() { return false; }
 void set_graph_options(bool, int) {}
 void set_decode_last_block_merge(bool) {}
+void set_gemv_split_k(int) {}
+void set_decode_tile_kernel(bool) {}
 GraphStats graph_stats() { return {}; }
 double probe_copy_bandwidth_gbs() { unavailable(); }
 double probe_bf16_matmul_gflops() { unavailable(); }
