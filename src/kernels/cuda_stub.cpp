@@ -33,6 +33,11 @@ void set_graph_options(bool, int) {}
 void set_decode_last_block_merge(bool) {}
 void set_gemv_split_k(int) {}
 void set_decode_tile_kernel(bool) {}
+bool profiling_enabled() { return false; }
+void rope_qk(float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, const float*, const int64_t*, const int*,
+             float) {
+  unavailable();
+}
 GraphStats graph_stats() { return {}; }
 double probe_copy_bandwidth_gbs() { unavailable(); }
 double probe_bf16_matmul_gflops() { unavailable(); }

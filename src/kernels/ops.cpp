@@ -331,14 +331,21 @@ void check_mrope(int64_t head_dim, const std::vector<int>& sections, const char*
 }
 }  // namespace
 
+namespace {
+// mrope's per-frequency stream table: HF splits cos/sin (two copies of the half) by mrope_section * 2
+// and takes chunk j from stream j % 3, which gives frequency i the stream of the section it falls in.
+std::vector<int> mrope_streams(const std::vector<int>& sections) {
+  std::vector<int> stream_of;
+  for (size_t s = 0; s < sections.size(); ++s) stream_of.insert(stream_of.end(), sections[s], static_cast<int>(s % 3));
+  return stream_of;
+}
+}  // namespace
+
 void mrope(float* x, int64_t n_tokens, int64_t n_heads, int64_t head_dim, const float* inv_freq,
            const int64_t* positions3, const std::vector<int>& sections, float attention_scaling) {
   check_mrope(head_dim, sections, "mrope");
   if (n_tokens <= 0 || n_heads <= 0) return;
-  // HF splits cos/sin (two copies of the half) by mrope_section * 2 and takes chunk j from stream
-  // j % 3, which gives frequency i the stream of the section it falls in.
-  std::vector<int> stream_of;
-  for (size_t s = 0; s < sections.size(); ++s) stream_of.insert(stream_of.end(), sections[s], static_cast<int>(s % 3));
+  const std::vector<int> stream_of = mrope_streams(sections);
   pick(&cpu::KernelTable::mrope)(x, n_tokens, n_heads, head_dim, inv_freq, positions3, stream_of.data(),
                                  attention_scaling);
 }
@@ -358,16 +365,6 @@ void mrope_interleaved(float* x, int64_t n_tokens, int64_t n_heads, int64_t head
                                  attention_scaling);
 }
 
-#if defined(VLMCHECK_WITH_CUDA) && VLMCHECK_WITH_CUDA
-namespace cuda {
-// rope.cu (not a table entry: the CPU composes it from two rope calls): q and k in one launch for
-// decode-sized calls; stream_of is mrope's per-frequency stream table, null for plain RoPE.
-void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
-             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
-             float attention_scaling);
-}  // namespace cuda
-#endif
-
 namespace {
 // rope_qk / mrope_qk: one CUDA call (under VLMCHECK_CUDA_PROFILE two table calls, so the profile
 // keeps its per-op rows), else the table's entry per tensor. stream_of: null for plain RoPE.
@@ -377,17 +374,11 @@ void rotate_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t 
   if (n_tokens <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;
   const int64_t q_end = n_tokens * n_heads * head_dim, k_end = n_tokens * n_kv_heads * head_dim;
   VLM_CHECK(q + q_end <= k || k + k_end <= q, ErrorKind::kInvalidArgument, "[rope_qk] q and k overlap");
-#if defined(VLMCHECK_WITH_CUDA) && VLMCHECK_WITH_CUDA
-  static const bool profiled = [] {  // profile.cu's rule
-    const char* v = std::getenv("VLMCHECK_CUDA_PROFILE");
-    return v != nullptr && *v != '\0' && std::string(v) != "0";
-  }();
-  if (t_current_device == Device::kCuda && !profiled) {
+  if (t_current_device == Device::kCuda && !cuda::profiling_enabled()) {
     cuda::graph_op_boundary();
     cuda::rope_qk(q, n_heads, k, n_kv_heads, n_tokens, head_dim, rotary_dim, inv_freq, positions, stream_of, scaling);
     return;
   }
-#endif
   for (auto [x, heads] : {std::pair<float*, int64_t>{q, n_heads}, {k, n_kv_heads}}) {
     if (stream_of == nullptr)
       pick(&cpu::KernelTable::rope)(x, n_tokens, heads, head_dim, rotary_dim, inv_freq, positions, scaling);
@@ -409,9 +400,7 @@ void mrope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n
               const float* inv_freq, const int64_t* positions3, const std::vector<int>& sections,
               float attention_scaling) {
   check_mrope(head_dim, sections, "mrope_qk");
-  // mrope's stream table (HF's mrope_section chunks, stream j % 3).
-  std::vector<int> stream_of;
-  for (size_t s = 0; s < sections.size(); ++s) stream_of.insert(stream_of.end(), sections[s], static_cast<int>(s % 3));
+  const std::vector<int> stream_of = mrope_streams(sections);
   rotate_qk(q, n_heads, k, n_kv_heads, n_tokens, head_dim, head_dim, inv_freq, positions3, stream_of.data(),
             attention_scaling);
 }

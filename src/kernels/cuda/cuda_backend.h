@@ -58,6 +58,14 @@ void set_gemv_split_k(int splits);
 // staged through shared memory). VLMCHECK_CUDA_DECODE_KERNEL=tile sets true as the initial value; tests
 // and benchmarks switch it between calls (not inside run_graph).
 void set_decode_tile_kernel(bool on);
+// Whether VLMCHECK_CUDA_PROFILE is on (profile.cu's rule, read once).
+bool profiling_enabled();
+// RoPE of q [n_tokens, n_heads, head_dim] and k [n_tokens, n_kv_heads, head_dim] in one launch
+// (rope.cu; ops::rope_qk / mrope_qk call it for decode-sized calls). stream_of: mrope's per-frequency
+// stream table, null for plain RoPE over rotary_dim.
+void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
+             int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
+             float attention_scaling);
 // Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
 // first of each key), pieces launched, executables instantiated and updated in place; and where the
 // captured steps' host time went: in the step's own code under capture (the ops' host work and their

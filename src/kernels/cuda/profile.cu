@@ -129,3 +129,7 @@ ProfileScope::~ProfileScope() {
 }
 
 }  // namespace vlm::ops::cuda::detail
+
+namespace vlm::ops::cuda {
+bool profiling_enabled() { return detail::profiling(); }
+}  // namespace vlm::ops::cuda
