@@ -1211,6 +1211,22 @@ TEST(CudaKernels, KvQuantIsBitExact) {
     }
 }
 
+// Every attention / attention_quantized case on the GPU against the scalar reference with the case's
+// bound (the decode-kernel and merge variants below run them under their switches). `label` names the
+// variant in failures.
+static void expect_attention_cases_match_reference(const std::string& label) {
+  for (const Case& c : build_cases()) {
+    if (c.op != "attention" && c.op != "attention_quantized") continue;
+    ops::force_scalar_kernels(true);
+    std::vector<float> want = c.cpu();
+    ops::force_scalar_kernels(false);
+    std::vector<float> got = c.gpu();
+    ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "] " << label;
+    EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
+        << c.op << " [" << c.what << "] " << label;
+  }
+}
+
 // The decode kernel's two merges on every attention case, with the same bounds: the one-launch merge
 // (the default: the last block of each team of splits merges them, counters reset for the next call),
 // run twice so the second pass starts from the counters the first left behind, and the two-launch
@@ -1220,16 +1236,8 @@ TEST(CudaKernels, DecodeAttentionBothMergesMatchScalarReference) {
   for (const bool last_block : {true, false}) {
     cuda::set_decode_last_block_merge(last_block);
     for (int pass = 0; pass < (last_block ? 2 : 1); ++pass)
-      for (const Case& c : build_cases()) {
-        if (c.op != "attention" && c.op != "attention_quantized") continue;
-        ops::force_scalar_kernels(true);
-        std::vector<float> want = c.cpu();
-        ops::force_scalar_kernels(false);
-        std::vector<float> got = c.gpu();
-        ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
-        EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
-            << c.op << " [" << c.what << "] " << (last_block ? "one launch, pass " : "two launches, pass ") << pass;
-      }
+      expect_attention_cases_match_reference((last_block ? "one launch, pass " : "two launches, pass ") +
+                                             std::to_string(pass));
   }
   cuda::set_decode_last_block_merge(true);
 }
@@ -1239,16 +1247,7 @@ TEST(CudaKernels, DecodeAttentionBothMergesMatchScalarReference) {
 TEST(CudaKernels, DecodeAttentionTileKernelMatchesScalarReference) {
   SKIP_WITHOUT_GPU();
   cuda::set_decode_tile_kernel(true);
-  for (const Case& c : build_cases()) {
-    if (c.op != "attention" && c.op != "attention_quantized") continue;
-    ops::force_scalar_kernels(true);
-    std::vector<float> want = c.cpu();
-    ops::force_scalar_kernels(false);
-    std::vector<float> got = c.gpu();
-    ASSERT_EQ(got.size(), want.size()) << c.op << " [" << c.what << "]";
-    EXPECT_LE(nmse(got.data(), std::vector<double>(want.begin(), want.end())), c.tol)
-        << c.op << " [" << c.what << "]";
-  }
+  expect_attention_cases_match_reference("tile kernel");
   cuda::set_decode_tile_kernel(false);
 }
 
