@@ -272,6 +272,27 @@ inline __m256 sum8(const __m512* v) {
 // (int32 lane -> f32 contribution) is formed per row once per window of 16 x chunks (512 codes,
 // 8/E blocks) — a vpermps of the row's group scales to chunks times the 16 chunk scales — and each
 // block only picks its lanes' factors from it (the same f32 products as one multiply per block).
+// Σ_g b_g·X_g (exact f32 sums of x per group), sixteen groups at a time, added to the lanes of R rows for
+// each of NT tokens before the one reduction per row. brow0: the first row's biases; sstride: bytes per
+// row of biases.
+template <int R, int NT>
+inline void add_bias_terms(__m512 (&total)[NT][R], const char* brow0, int64_t sstride, size_t ssize, DType sd,
+                           int64_t groups, const PreparedQ* const* p) {
+  for (int64_t g = 0; g < groups; g += 16) {
+    const int64_t n = std::min<int64_t>(16, groups - g);
+    const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+    __m512 xsum[NT];
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
+#pragma GCC unroll 8
+      for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
+    }
+  }
+}
+
 template <int BITS, int R, int NT>
 void rows_dot(const QView& m, int64_t r_begin, int64_t r_end, const PreparedQ* const* p, const float* bias,
               float* y /* [tokens][rows] */, int64_t t0, int64_t rows, const uint8_t* pf_end) {
@@ -386,22 +407,7 @@ void rows_dot(const QView& m, int64_t r_begin, int64_t r_end, const PreparedQ* c
           full(std::true_type{});
       }
     }
-    // Σ_g b_g·X_g (exact f32 sums of x), sixteen groups at a time, added to the row's lanes before the
-    // one reduction per row.
-    const char* const brow0 = m.biases + r0 * groups * ssize;
-    for (int64_t g = 0; g < groups; g += 16) {
-      const int64_t n = std::min<int64_t>(16, groups - g);
-      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-      __m512 xsum[NT];
-#pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) {
-        const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
-#pragma GCC unroll 8
-        for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
-      }
-    }
+    add_bias_terms<R, NT>(total, m.biases + r0 * sstride, sstride, ssize, sd, groups, p);
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) {
       float* yj = y + (t0 + j) * rows + r0;
@@ -509,20 +515,7 @@ __attribute__((target("avx512vbmi"))) void stream_rows_dot(const QView& m, int64
         }
       }
     }
-    const char* const brow0 = m.biases + r0 * sstride;
-    for (int64_t g = 0; g < groups; g += 16) {
-      const int64_t n = std::min<int64_t>(16, groups - g);
-      const __mmask16 mk = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-      __m512 xsum[NT];
-#pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) xsum[j] = _mm512_maskz_loadu_ps(mk, p[j]->group_sum.data() + g);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) {
-        const __m512 bb = load_values(brow0 + i * sstride + g * ssize, sd, n);
-#pragma GCC unroll 8
-        for (int j = 0; j < NT; ++j) total[j][i] = _mm512_fmadd_ps(bb, xsum[j], total[j][i]);
-      }
-    }
+    add_bias_terms<R, NT>(total, m.biases + r0 * sstride, sstride, ssize, sd, groups, p);
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) {
       float* yj = y + (t0 + j) * rows + r0;
