@@ -590,6 +590,12 @@ Json BenchResult::to_json() const {
                 {"prefill_fraction_of_f32_peak", prefill_fraction_of_peak},
                 {"prefill_fraction_of_bf16_peak", prefill_fraction_of_bf16_peak}}},
               {"samples", samples_json}};
+  if (bandwidth_trials > 0)  // CPU: the spread of the read probe whose median is read_bandwidth_gbs
+    out["roofline"]["read_bandwidth_probe"] = {{"statistic", "median"},
+                                               {"trials", bandwidth_trials},
+                                               {"bytes_per_trial", bandwidth_probe_bytes},
+                                               {"min_gbs", bandwidth_min_gbs},
+                                               {"max_gbs", bandwidth_max_gbs}};
   if (decode_captured_steps > 0)
     out["decode_host_us_per_step"] = {{"captured_steps", decode_captured_steps},
                                       {"capture", decode_capture_us},
@@ -791,6 +797,10 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
     BandwidthProbe bw = probe_read_bandwidth();
     ComputeProbe cp = probe_compute();
     r.bandwidth_gbs = bw.read_gbs;
+    r.bandwidth_min_gbs = bw.min_gbs;
+    r.bandwidth_max_gbs = bw.max_gbs;
+    r.bandwidth_trials = bw.trials;
+    r.bandwidth_probe_bytes = bw.bytes;
     r.f32_gflops = cp.f32_gflops;
     r.bf16_gflops = cp.bf16_gflops;
   }

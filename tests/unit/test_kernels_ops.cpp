@@ -10,6 +10,8 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/probes.h"
 #include "test_kernels_util.h"
 
 using namespace vlm;
@@ -589,4 +591,29 @@ TEST_P(KernelOps, RopeQkIsRopeOfQThenK) {
   }
   std::vector<float> qk(static_cast<size_t>(2 * H * hd));
   EXPECT_THROW(ops::rope_qk(qk.data(), H, qk.data() + H * hd / 2, KV, 1, hd, hd, inv.data(), pos.data()), Error);
+}
+
+// The roofline's read probe (kernels/probes.h). Oracle: the same probe on a buffer that fits in L2 must
+// read much faster than on the DRAM-sized default; if the default buffer were cache-resident (too small
+// for a large LLC) or the timing wrong, the two would not separate. Both on a one-thread pool: a pass
+// over an L2-sized buffer lasts microseconds, and on a loaded machine a pinned two-thread job would
+// time the scheduler waking the worker instead (7 GB/s "L2" at load 9).
+TEST(RooflineProbe, ReadProbeStreamsFromBeyondTheCachesAndReportsItsSpread) {
+  const int threads = ThreadPool::global().num_threads();
+  const int64_t llc = last_level_cache_bytes();
+  EXPECT_GT(llc, 0) << "no cache size from sysfs or cpuid";
+  const BandwidthProbe all = probe_read_bandwidth(0, 3);
+  EXPECT_GE(all.bytes, std::min<int64_t>(int64_t{1} << 30, 4 * llc));
+  EXPECT_EQ(all.llc_bytes, llc);
+  EXPECT_EQ(all.trials, 3);
+  EXPECT_EQ(all.threads, threads);
+  EXPECT_GT(all.min_gbs, 0);
+  EXPECT_LE(all.min_gbs, all.read_gbs);
+  EXPECT_LE(all.read_gbs, all.max_gbs);
+  ThreadPool::set_global_threads(1);
+  const BandwidthProbe dram = probe_read_bandwidth(0, 3);
+  const BandwidthProbe l2 = probe_read_bandwidth(int64_t{256} << 10, 101);
+  ThreadPool::set_global_threads(threads);
+  EXPECT_EQ(dram.threads, 1);
+  EXPECT_GT(l2.read_gbs, 1.5 * dram.read_gbs) << "L2-resident " << l2.read_gbs << " GB/s vs DRAM " << dram.read_gbs;
 }
