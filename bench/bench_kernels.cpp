@@ -18,7 +18,8 @@
 // Kernel timings are also paired with a short probe of the relevant limit (256 MiB read, ~20 ms of
 // FMAs) run just before each repetition; the median per-pair ratio is the robust figure on a
 // machine shared with other work, where the limits themselves move during the run.
-// Usage: bench_kernels [--reps N] [--quick] [--kernels-only] [--gemv]
+// Usage: bench_kernels [--reps N] [--quick] [--kernels-only] [--gemv] [--stream]
+//   --stream: only sections 7 and 8 (one core streamed from DRAM, thread CPU time), for A/B runs.
 //   --gemv: only the one-core quantized decode GEMV table (every bit width, L2-resident and streamed
 //   from DRAM, thread CPU time), quick enough to alternate two binaries for an A/B comparison.
 //   --quick: fewer reps, skips the Qwen prefill; --kernels-only: skips the model-shaped runs (4, 5).
@@ -249,16 +250,169 @@ void gemv_table(int reps, Rng& rng) {
   }
 }
 
+// 7. and 8. (also --stream): one core, streamed from DRAM, on a one-thread pool (n = 1 token would
+// otherwise split rows over the pool); every time is thread CPU time. `p` holds 4 x probe_floats floats.
+void one_core_stream_tables(int reps, Rng& rng, const float* p, int64_t probe_floats) {
+  std::vector<float> partial(1);
+  auto thread_cpu = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<double> seq;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = thread_cpu();
+    partial[0] = sum_avx512(p + (r % 4) * probe_floats, probe_floats);
+    seq.push_back(probe_floats * 4.0 / (thread_cpu() - t0) / 1e9);
+  }
+  const double seq_gbs = median(seq);
+  std::printf("\n| one core, streamed from DRAM (thread CPU time) | GB/s | of one-core sequential read (%.1f GB/s) |\n",
+              seq_gbs);
+  std::printf("|---|---:|---:|\n");
+  struct S {
+    const char* what;
+    int64_t rows, cols;
+    bool quant;
+  };
+  const S shapes[] = {{"SmolLM2 q/o 576 x 576", 576, 576, false},      {"SmolLM2 gate 1536 x 576", 1536, 576, false},
+                      {"SmolLM2 down 576 x 1536", 576, 1536, false},   {"Qwen q/o 896 x 896", 896, 896, false},
+                      {"Qwen gate 4864 x 896", 4864, 896, false},      {"Qwen down 896 x 4864", 896, 4864, false},
+                      {"SmolLM2 q/o 576 x 576", 576, 576, true},       {"SmolLM2 gate 1536 x 576", 1536, 576, true},
+                      {"SmolLM2 down 576 x 1536", 576, 1536, true},    {"Qwen q/o 896 x 896", 896, 896, true},
+                      {"Qwen gate 4864 x 896", 4864, 896, true},       {"Qwen down 896 x 4864", 896, 4864, true}};
+  std::vector<float> x(8192), y(8192);
+  for (auto& v : x) v = rng.uniform();
+  for (const S& s : shapes) {
+    // Copies of the matrix totalling >= 64 MB, cut from ONE allocation (make one matrix of copies x rows
+    // rows and view it): the eagerly loaded model's weights sit in one huge-page-backed block (a decode
+    // of SmolLM2 bf16 had 264 MB of its 269 MB of weights in AnonHugePages), while a separate
+    // allocation per matrix under 4 MB gets 4 KB pages, where the hardware prefetcher stops at every
+    // page end (4864 x 896 at ~26 GB/s vs 896 x 896 at ~17 GB/s on separate allocations).
+    const ops::Weight one = s.quant ? make_q(s.rows, s.cols, 4, 64, rng) : make_dense(s.rows, s.cols, DType::kBF16, rng);
+    const int64_t copies = static_cast<int64_t>(64e6 / static_cast<double>(one.nbytes())) + 1;
+    const ops::Weight all = s.quant ? make_q(copies * s.rows, s.cols, 4, 64, rng)
+                                    : make_dense(copies * s.rows, s.cols, DType::kBF16, rng);
+    std::vector<ops::Weight> ws(static_cast<size_t>(copies));
+    for (int64_t c = 0; c < copies; ++c) {
+      ops::Weight& w = ws[static_cast<size_t>(c)];
+      w.quantized = all.quantized;
+      if (all.quantized) {
+        w.quant = all.quant;
+        w.quant.rows = s.rows;
+        w.quant.packed = all.quant.packed.slice_rows(c * s.rows, (c + 1) * s.rows);
+        w.quant.scales = all.quant.scales.slice_rows(c * s.rows, (c + 1) * s.rows);
+        w.quant.biases = all.quant.biases.slice_rows(c * s.rows, (c + 1) * s.rows);
+      } else {
+        w.dense = all.dense.slice_rows(c * s.rows, (c + 1) * s.rows);
+      }
+    }
+    const double bytes = static_cast<double>(all.nbytes());
+    std::vector<double> gbs;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = thread_cpu();
+      for (const ops::Weight& w : ws) ops::linear(x.data(), 1, w, Tensor(), y.data());
+      gbs.push_back(bytes / (thread_cpu() - t0) / 1e9);
+    }
+    const double g = median(gbs);
+    std::printf("| %s %s | %.1f | %.0f%% |\n", s.what, s.quant ? "4-bit g64" : "bf16", g, 100.0 * g / seq_gbs);
+  }
+
+  // 8. decode attention, one core.
+  std::printf("\n| decode attention, one token, one core (thread CPU time) | ms/token | KV GB/s | of one-core read |\n");
+  std::printf("|---|---:|---:|---:|\n");
+  struct A {
+    const char* what;
+    int64_t layers, heads, kv_heads, head_dim;
+  };
+  const A models[] = {{"SmolLM2", 30, 9, 3, 64}, {"Qwen2.5-0.5B", 24, 14, 2, 64}};
+  for (const A& m : models)
+    for (int64_t nk : {290, 1024}) {
+      const int bits = 4, group = 64;
+      const int64_t row = m.kv_heads * m.head_dim, words = ops::kv_packed_words(row, bits), groups = row / group;
+      std::vector<std::vector<float>> kf(m.layers), vf(m.layers), sc(m.layers);
+      std::vector<std::vector<uint32_t>> kq(m.layers), vq(m.layers);
+      for (int64_t l = 0; l < m.layers; ++l) {
+        kf[l].resize(nk * row);
+        vf[l].resize(nk * row);
+        for (float& v : kf[l]) v = rng.uniform();
+        for (float& v : vf[l]) v = rng.uniform();
+        kq[l].resize(nk * words);
+        vq[l].resize(nk * words);
+        sc[l].resize(4 * nk * groups);  // K scales, K biases, V scales, V biases
+        float* p = sc[l].data();
+        ops::kv_quantize(kf[l].data(), nk, row, bits, group, kq[l].data(), p, p + nk * groups);
+        ops::kv_quantize(vf[l].data(), nk, row, bits, group, vq[l].data(), p + 2 * nk * groups, p + 3 * nk * groups);
+      }
+      std::vector<float> q(m.heads * m.head_dim), o(q.size()), kd(nk * row), vd(nk * row);
+      for (float& v : q) v = rng.uniform();
+      std::vector<int64_t> pos(nk);
+      for (int64_t j = 0; j < nk; ++j) pos[j] = j;
+      ops::AttentionMask mask;
+      mask.causal = true;
+      const float scale = 0.125f;
+      auto kv_of = [&](int64_t l) {
+        const float* p = sc[l].data();
+        return ops::QuantizedKV{kq[l].data(), p, p + nk * groups, vq[l].data(), p + 2 * nk * groups,
+                                p + 3 * nk * groups, bits, group};
+      };
+      auto f32_token = [&] {
+        for (int64_t l = 0; l < m.layers; ++l)
+          ops::attention(q.data(), 1, nk - 1, kf[l].data(), vf[l].data(), pos.data(), nk, m.heads, m.kv_heads,
+                         m.head_dim, scale, 0.0f, mask, o.data());
+      };
+      auto fused_token = [&] {
+        for (int64_t l = 0; l < m.layers; ++l)
+          ops::attention_quantized(q.data(), 1, nk - 1, kv_of(l), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
+                                   scale, 0.0f, mask, o.data());
+      };
+      auto scratch_token = [&] {
+        for (int64_t l = 0; l < m.layers; ++l) {
+          const ops::QuantizedKV kv = kv_of(l);
+          ops::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, bits, group, kd.data());
+          ops::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, bits, group, vd.data());
+          ops::attention(q.data(), 1, nk - 1, kd.data(), vd.data(), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
+                         scale, 0.0f, mask, o.data());
+        }
+      };
+      const double f32_bytes = 2.0 * m.layers * nk * row * 4;
+      const double q_bytes = 2.0 * m.layers * nk * (words * 4 + 2 * groups * 4);
+      const struct {
+        const char* route;
+        std::function<void()> fn;
+        double bytes;
+      } routes[] = {{"f32 cache", f32_token, f32_bytes},
+                    {"4-bit cache, attention_quantized", fused_token, q_bytes},
+                    {"4-bit cache, kv_dequantize + attention", scratch_token, q_bytes}};
+      for (const auto& r : routes) {
+        r.fn();  // warm-up
+        std::vector<double> t;
+        for (int rep = 0; rep < reps; ++rep) {
+          const double t0 = thread_cpu();
+          r.fn();
+          t.push_back(thread_cpu() - t0);
+        }
+        const double sec = median(t);
+        std::printf("| %s, %lld keys, %s | %.3f | %.1f | %.0f%% |\n", m.what, static_cast<long long>(nk), r.route,
+                    sec * 1e3, r.bytes / sec / 1e9, 100.0 * r.bytes / sec / 1e9 / seq_gbs);
+      }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line-buffered: progress is visible when redirected
   int reps = 7;
-  bool quick = false, kernels_only = false;
+  bool quick = false, kernels_only = false, stream_only = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--kernels-only")) kernels_only = true;
+    if (!std::strcmp(argv[i], "--stream")) stream_only = true;
     if (!std::strcmp(argv[i], "--gemv")) {
       Rng rng;
       gemv_table(reps, rng);
@@ -281,6 +435,13 @@ int main(int argc, char** argv) {
   pool.parallel_for(n_floats, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) p[i] = 1.0f;
   });
+  if (stream_only) {
+    ThreadPool::set_global_threads(1);
+    Rng rng;
+    one_core_stream_tables(reps, rng, p, n_floats / 4);
+    ThreadPool::set_global_threads(threads);
+    return 0;
+  }
   std::vector<float> partial(static_cast<size_t>(threads));
   Stats bw = measure("read bandwidth 1 GiB", 1, reps, [&] {
     pool.run_on_all_threads([&](int t) {
@@ -451,140 +612,9 @@ int main(int argc, char** argv) {
     }
   }
 
-  // 7. One core, streamed, on the one-thread pool set above (n = 1 token would otherwise split rows over
-  // the pool); every time is thread CPU time.
-  {
-    auto thread_cpu = [] {
-      timespec ts;
-      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-      return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-    };
-    auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v[v.size() / 2];
-    };
-    std::vector<double> seq;
-    for (int r = 0; r < reps; ++r) {
-      const double t0 = thread_cpu();
-      partial[0] = sum_avx512(p + (r % 4) * probe_floats, probe_floats);
-      seq.push_back(probe_floats * 4.0 / (thread_cpu() - t0) / 1e9);
-    }
-    const double seq_gbs = median(seq);
-    std::printf("\n| one core, streamed from DRAM (thread CPU time) | GB/s | of one-core sequential read (%.1f GB/s) |\n",
-                seq_gbs);
-    std::printf("|---|---:|---:|\n");
-    struct S {
-      const char* what;
-      int64_t rows, cols;
-      bool quant;
-    };
-    const S shapes[] = {{"SmolLM2 q/o 576 x 576", 576, 576, false},      {"SmolLM2 gate 1536 x 576", 1536, 576, false},
-                        {"SmolLM2 down 576 x 1536", 576, 1536, false},   {"Qwen q/o 896 x 896", 896, 896, false},
-                        {"Qwen gate 4864 x 896", 4864, 896, false},      {"Qwen down 896 x 4864", 896, 4864, false},
-                        {"SmolLM2 q/o 576 x 576", 576, 576, true},       {"SmolLM2 gate 1536 x 576", 1536, 576, true},
-                        {"SmolLM2 down 576 x 1536", 576, 1536, true},    {"Qwen q/o 896 x 896", 896, 896, true},
-                        {"Qwen gate 4864 x 896", 4864, 896, true},       {"Qwen down 896 x 4864", 896, 4864, true}};
-    std::vector<float> x(8192), y(8192);
-    for (auto& v : x) v = rng.uniform();
-    for (const S& s : shapes) {
-      auto make = [&] { return s.quant ? make_q(s.rows, s.cols, 4, 64, rng) : make_dense(s.rows, s.cols, DType::kBF16, rng); };
-      std::vector<ops::Weight> ws;
-      double bytes = 0;
-      while (bytes < 64e6) {
-        ws.push_back(make());
-        bytes += static_cast<double>(ws.back().nbytes());
-      }
-      std::vector<double> gbs;
-      for (int r = 0; r < reps; ++r) {
-        const double t0 = thread_cpu();
-        for (const ops::Weight& w : ws) ops::linear(x.data(), 1, w, Tensor(), y.data());
-        gbs.push_back(bytes / (thread_cpu() - t0) / 1e9);
-      }
-      const double g = median(gbs);
-      std::printf("| %s %s | %.1f | %.0f%% |\n", s.what, s.quant ? "4-bit g64" : "bf16", g, 100.0 * g / seq_gbs);
-    }
-
-    // 8. decode attention, one core.
-    std::printf("\n| decode attention, one token, one core (thread CPU time) | ms/token | KV GB/s | of one-core read |\n");
-    std::printf("|---|---:|---:|---:|\n");
-    struct A {
-      const char* what;
-      int64_t layers, heads, kv_heads, head_dim;
-    };
-    const A models[] = {{"SmolLM2", 30, 9, 3, 64}, {"Qwen2.5-0.5B", 24, 14, 2, 64}};
-    for (const A& m : models)
-      for (int64_t nk : {290, 1024}) {
-        const int bits = 4, group = 64;
-        const int64_t row = m.kv_heads * m.head_dim, words = ops::kv_packed_words(row, bits), groups = row / group;
-        std::vector<std::vector<float>> kf(m.layers), vf(m.layers), sc(m.layers);
-        std::vector<std::vector<uint32_t>> kq(m.layers), vq(m.layers);
-        for (int64_t l = 0; l < m.layers; ++l) {
-          kf[l].resize(nk * row);
-          vf[l].resize(nk * row);
-          for (float& v : kf[l]) v = rng.uniform();
-          for (float& v : vf[l]) v = rng.uniform();
-          kq[l].resize(nk * words);
-          vq[l].resize(nk * words);
-          sc[l].resize(4 * nk * groups);  // K scales, K biases, V scales, V biases
-          float* p = sc[l].data();
-          ops::kv_quantize(kf[l].data(), nk, row, bits, group, kq[l].data(), p, p + nk * groups);
-          ops::kv_quantize(vf[l].data(), nk, row, bits, group, vq[l].data(), p + 2 * nk * groups, p + 3 * nk * groups);
-        }
-        std::vector<float> q(m.heads * m.head_dim), o(q.size()), kd(nk * row), vd(nk * row);
-        for (float& v : q) v = rng.uniform();
-        std::vector<int64_t> pos(nk);
-        for (int64_t j = 0; j < nk; ++j) pos[j] = j;
-        ops::AttentionMask mask;
-        mask.causal = true;
-        const float scale = 0.125f;
-        auto kv_of = [&](int64_t l) {
-          const float* p = sc[l].data();
-          return ops::QuantizedKV{kq[l].data(), p, p + nk * groups, vq[l].data(), p + 2 * nk * groups,
-                                  p + 3 * nk * groups, bits, group};
-        };
-        auto f32_token = [&] {
-          for (int64_t l = 0; l < m.layers; ++l)
-            ops::attention(q.data(), 1, nk - 1, kf[l].data(), vf[l].data(), pos.data(), nk, m.heads, m.kv_heads,
-                           m.head_dim, scale, 0.0f, mask, o.data());
-        };
-        auto fused_token = [&] {
-          for (int64_t l = 0; l < m.layers; ++l)
-            ops::attention_quantized(q.data(), 1, nk - 1, kv_of(l), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
-                                     scale, 0.0f, mask, o.data());
-        };
-        auto scratch_token = [&] {
-          for (int64_t l = 0; l < m.layers; ++l) {
-            const ops::QuantizedKV kv = kv_of(l);
-            ops::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, bits, group, kd.data());
-            ops::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, bits, group, vd.data());
-            ops::attention(q.data(), 1, nk - 1, kd.data(), vd.data(), pos.data(), nk, m.heads, m.kv_heads, m.head_dim,
-                           scale, 0.0f, mask, o.data());
-          }
-        };
-        const double f32_bytes = 2.0 * m.layers * nk * row * 4;
-        const double q_bytes = 2.0 * m.layers * nk * (words * 4 + 2 * groups * 4);
-        const struct {
-          const char* route;
-          std::function<void()> fn;
-          double bytes;
-        } routes[] = {{"f32 cache", f32_token, f32_bytes},
-                      {"4-bit cache, attention_quantized", fused_token, q_bytes},
-                      {"4-bit cache, kv_dequantize + attention", scratch_token, q_bytes}};
-        for (const auto& r : routes) {
-          r.fn();  // warm-up
-          std::vector<double> t;
-          for (int rep = 0; rep < reps; ++rep) {
-            const double t0 = thread_cpu();
-            r.fn();
-            t.push_back(thread_cpu() - t0);
-          }
-          const double sec = median(t);
-          std::printf("| %s, %lld keys, %s | %.3f | %.1f | %.0f%% |\n", m.what, static_cast<long long>(nk), r.route,
-                      sec * 1e3, r.bytes / sec / 1e9, 100.0 * r.bytes / sec / 1e9 / seq_gbs);
-        }
-      }
-    ThreadPool::set_global_threads(threads);
-  }
+  // 7. One core, streamed, and 8. decode attention, one core (one_core_stream_tables).
+  one_core_stream_tables(reps, rng, p, probe_floats);
+  ThreadPool::set_global_threads(threads);
 
   std::printf("\nraw samples (seconds):\n");
   for (const Stats& st : g_all) {
