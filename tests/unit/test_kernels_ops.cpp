@@ -88,15 +88,16 @@ TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
 // pool (several chunks, each prefetching its first row groups): 576 inputs at 4-bit are 4.5 blocks of
 // 64 bytes per row (the half-block path; also 608 at 8-bit and 384 at 2-bit), 1536 inputs at g32 are
 // 48 groups (three windows of 16 group scales), 61 rows are passes of eight plus a tail of five; dense
-// bf16 rows of 576 take the one-row path. Single tokens and a four-token pass, through linear_group as
-// q/k/v-like members with biases.
+// bf16 rows of 576, 1536 (3,072 bytes, SmolLM2's down_proj) and 1544 (a tail of 8 past the last 32)
+// take the one-row path, 2080 (4,160 bytes) the four-row one. Single tokens and a four-token pass,
+// through linear_group as q/k/v-like members with biases.
 TEST_P(KernelOps, LinearDecodeModelShapesThroughTheGroup) {
   struct Shape {
     int bits, group;
     int64_t cols;
   };
   for (Shape s : {Shape{4, 64, 576}, Shape{8, 32, 1536}, Shape{2, 32, 1536}, Shape{4, 128, 896}, Shape{8, 32, 608},
-                  Shape{2, 64, 384}, Shape{16, 0, 576}})
+                  Shape{2, 64, 384}, Shape{16, 0, 576}, Shape{16, 0, 1536}, Shape{16, 0, 1544}, Shape{16, 0, 2080}})
     for (int64_t n : {1, 4}) {
       std::vector<ops::Weight> ws;
       std::vector<Tensor> biases;

@@ -334,7 +334,7 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
   const int64_t k = w0.cols();
   const int group = w0.quantized ? w0.quant.spec.group_size : 32;
   constexpr int R = 4;
-  // Rows shorter than ~3 KB (576-1536 bf16 inputs) are read one at a time: then each thread's loads
+  // Rows of up to 3 KB (576-1536 bf16 inputs) are read one at a time: then each thread's loads
   // form one sequential stream across row ends, which the hardware prefetchers follow, instead of R
   // interleaved streams a few dozen lines long that restart every R rows. Measured one thread, thread
   // CPU time, 400 MB of bf16 matrices (2026-11-26 12:05, loaded machine, best of 8, alternating):
@@ -342,8 +342,14 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
   // interleaved rows are as fast or faster (2048x2048 12.9 vs 11.7, 896x4864 14.7 vs 10.1).
   // Rechecked with the L2 prefetches (19:57, 576x1536 and 896x4864 bf16 streamed on one core, three
   // alternating rounds): one row at a time 16.3-19.6 / 14.5-21.2 GB/s vs four 16.6-18.4 / 18.4-19.0,
-  // no consistent difference, so the threshold stays.
-  const bool short_rows = !w0.quantized && row_bytes(w0) < 3072;
+  // no consistent difference, so the threshold stays. But that threshold was `< 3072`, which left
+  // 1536-input rows (3,072 bytes: SmolLM2's down_proj, a fifth of its decode bytes) on the four-row
+  // path, against this comment's own intent. With the matrices in huge pages as the loaded weights are
+  // (bench_kernels --stream, 2026-11-27 03:50, alternating, load ~9, thread CPU time), 576 x 1536 bf16:
+  // four rows 11.4-14.0 GB/s vs one at a time 15.5-21.3 in four rounds, then old vs new binary
+  // 18.6-21.5 vs 22.6-24.1 in four more (one at a time faster in all 8); 896 x 4864 (9.7 KB rows) no
+  // consistent difference (13.2-17.9 vs 10.6-18.3), so it stays on four.
+  const bool short_rows = !w0.quantized && row_bytes(w0) < 4096;
   int64_t blocks = 0;
   for (int o = 0; o < count; ++o) {
     outs[o].block0 = blocks;
