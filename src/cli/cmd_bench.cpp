@@ -136,7 +136,8 @@ int run_bench(BenchArgs& a) {
              static_cast<double>(r.decode_bytes_per_token) / 1e6, r.bandwidth_gbs, r.decode_roofline_tps,
              100 * r.decode_roofline_fraction);
   if (r.bandwidth_trials > 0)
-    fmt::print("read probe       median {:.1f} GB/s of {} passes over {:.2f} GB (min {:.1f}, max {:.1f})\n",
+    fmt::print("read probe       median {:.1f} GB/s of {} passes over {:.2f} GB, before and after the runs "
+               "(min {:.1f}, max {:.1f})\n",
                r.bandwidth_gbs, r.bandwidth_trials, static_cast<double>(r.bandwidth_probe_bytes) / 1e9,
                r.bandwidth_min_gbs, r.bandwidth_max_gbs);
   if (r.decode_captured_steps > 0)

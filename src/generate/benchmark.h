@@ -127,9 +127,10 @@ struct BenchResult {
   // CPU: read bandwidth and f32/bf16 FMA peaks (kernels/probes.h). CUDA: copy bandwidth and the bf16
   // matmul peak (f32_gflops stays 0: not probed).
   double bandwidth_gbs = 0, f32_gflops = 0, bf16_gflops = 0;
-  // CPU: the read probe's spread (bandwidth_gbs is the median of its trials) and bytes per trial.
+  // CPU: the read probe's spread (bandwidth_gbs is the median of its trials, taken in `bursts` separate
+  // probes: before and after the repetitions) and bytes per trial.
   double bandwidth_min_gbs = 0, bandwidth_max_gbs = 0;
-  int bandwidth_trials = 0;
+  int bandwidth_trials = 0, bandwidth_bursts = 0;
   int64_t bandwidth_probe_bytes = 0;
   double decode_roofline_tps = 0, decode_roofline_fraction = 0;
   double prefill_gflops = 0, prefill_fraction_of_peak = 0, prefill_fraction_of_bf16_peak = 0;

@@ -140,6 +140,18 @@ double timed_on_all_threads(const std::function<void()>& fn) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// read_gbs (median), min, max and trials from samples_gbs.
+void summarize(BandwidthProbe& p) {
+  std::vector<double> v = p.samples_gbs;
+  p.trials = static_cast<int>(v.size());
+  if (v.empty()) return;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  p.read_gbs = v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+  p.min_gbs = v.front();
+  p.max_gbs = v.back();
+}
+
 }  // namespace
 
 int64_t last_level_cache_bytes() {
@@ -212,15 +224,18 @@ BandwidthProbe probe_read_bandwidth(int64_t bytes, int trials) {
     return static_cast<double>(out.bytes) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
   };
   pass();  // untimed: page-table walks of the fresh buffer, workers asleep, cores at idle clocks
-  std::vector<double> gbs;
-  for (int r = 0; r < trials; ++r) gbs.push_back(pass());
-  std::sort(gbs.begin(), gbs.end());
-  const size_t m = gbs.size() / 2;
-  out.read_gbs = gbs.size() % 2 ? gbs[m] : 0.5 * (gbs[m - 1] + gbs[m]);
-  out.min_gbs = gbs.front();
-  out.max_gbs = gbs.back();
-  out.trials = trials;
+  for (int r = 0; r < trials; ++r) out.samples_gbs.push_back(pass());
+  out.bursts = 1;
+  summarize(out);
   if (sink.load() == 42) out.threads = -out.threads;  // keep the sums observable
+  return out;
+}
+
+BandwidthProbe pooled_bandwidth(const BandwidthProbe& a, const BandwidthProbe& b) {
+  BandwidthProbe out = a;
+  out.samples_gbs.insert(out.samples_gbs.end(), b.samples_gbs.begin(), b.samples_gbs.end());
+  out.bursts = a.bursts + b.bursts;
+  summarize(out);
   return out;
 }
 
