@@ -8,7 +8,9 @@
 //                   quantized -> linear_quant.cu: row chunks of W dequantized (the reference's f32
 //                   s * q + b) and rounded to bf16 into scratch, x rounded to bf16, cuBLASLt as above.
 //   cuBLASLt gets the alignment that the pointers and leading dimensions allow (an `in` that is not a
-//   multiple of 8 costs it its 16-byte-aligned kernels, not the tensor cores).
+//   multiple of 8 costs it its 16-byte-aligned kernels, not the tensor cores). Its algorithm is chosen once
+//   per problem: the heuristic's first answer, or with VLMCHECK_CUDA_GEMM_TUNE=1 (opt-in) for GEMMs of
+//   >= 1 GFLOP the fastest of its first 8 answers, timed on the first call (tune_algo; `--verbose` logs it).
 //   Whatever a fast path refuses (misaligned views, cuBLASLt finding no algorithm) runs on the tiled
 //   kernel, which takes any weight and any shape.
 // Bias: on the dense cuBLASLt path it is cuBLASLt's bias epilogue (D = acc + bias in f32, the same single
@@ -20,9 +22,13 @@
 #include "kernels/cuda/linear_gemv.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
+
+#include "core/log.h"
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -106,6 +112,70 @@ std::mutex& algo_cache_mutex() {
   return m;
 }
 
+// Per-shape algorithm choice (opt-in: VLMCHECK_CUDA_GEMM_TUNE=1). cuBLASLt's heuristic answer for the prefill
+// shapes is not always its fastest algorithm: its first kTuneCandidates answers are timed once (one warm-up and
+// kTuneReps launches each, CUDA events, on the call's own operands) and the fastest kept. Only GEMMs of at least
+// kTuneMinFlops (a 2048-token chunk through the 3B's 256 x 2048 k/v weights has 2.1e9). Never while the stream
+// is being captured into a CUDA graph (events cannot be waited on there): the heuristic's first answer then.
+// H200, vlmcheck bench --synthetic qwen2.5-vl-3b --prompt-tokens 2048, same call: the timed choice was up to 10%
+// faster per GEMM (gate/up 2048 -> 11008: 136.4 -> 123.1 us; o 27.7 -> 26.9; down 117.7 -> 117.3; k/v: the
+// first answer) and the prefill 2-3% faster (47.1/49.8k -> 48.4/50.9k tok/s, alternating runs), but the timing
+// costs ~55 ms on the first prefill of each token count (~32 extra launches and a host wait per shape), which a
+// one-shot TTFT (a CLI run, the photo bench's single repetition over the vision tower's shapes) pays in full.
+// Hence off by default.
+constexpr int kTuneCandidates = 8;
+constexpr int kTuneReps = 3;
+constexpr double kTuneMinFlops = 1e9;
+
+bool gemm_tuning_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMM_TUNE");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return on;
+}
+
+// Index of the fastest of results[0, found) (0 when timing is not possible here). A candidate whose launch
+// fails is skipped; launch(algo) enqueues one GEMM on st and returns its status.
+template <typename Launch>
+int tune_algo(const cublasLtMatmulHeuristicResult_t* results, int found, Launch&& launch, cudaStream_t st,
+              const char* op, const std::string& label) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(st, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+    cudaGetLastError();
+    return 0;
+  }
+  struct Events {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    ~Events() {
+      if (stop) cudaEventDestroy(stop);
+      if (start) cudaEventDestroy(start);
+    }
+  } ev;
+  VLM_CUDA(cudaEventCreate(&ev.start), op);
+  VLM_CUDA(cudaEventCreate(&ev.stop), op);
+  cudaEvent_t start = ev.start, stop = ev.stop;
+  int best = 0;
+  float best_ms = -1.0f, first_ms = -1.0f;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS || launch(results[i].algo) != CUBLAS_STATUS_SUCCESS) continue;
+    bool ok = cudaEventRecord(start, st) == cudaSuccess;
+    for (int r = 0; r < kTuneReps && ok; ++r) ok = launch(results[i].algo) == CUBLAS_STATUS_SUCCESS;
+    ok = ok && cudaEventRecord(stop, st) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess;
+    float ms = 0.0f;
+    if (!ok || cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) continue;
+    if (i == 0) first_ms = ms;
+    if (best_ms < 0.0f || ms < best_ms) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  VLM_CUDA(cudaGetLastError(), op);  // a failed launch left no sticky error behind
+  VLM_LOG_DEBUG("{}: {}: heuristic's first of {} algorithms {:.1f} us, fastest (#{}) {:.1f} us", op, label,
+                found, 1e3f * first_ms / kTuneReps, best, 1e3f * best_ms / kTuneReps);
+  return best;
+}
+
 }  // namespace
 
 // y[n, out] (f32) = x[n, in] · Wᵀ (+ bias[out] f32, when given) through cuBLASLt, in column-major terms
@@ -159,29 +229,43 @@ bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64
       align[i] >>= 1;
     VLM_CUBLAS(cublasLtMatmulPreferenceSetAttribute(c.pref, align_attr[i], &align[i], sizeof(align[i])), op);
   }
-  // The heuristic query costs far more host time than the descriptors: its answer is kept per problem
-  // (types, sizes, alignments), including "no algorithm".
+  // The algorithm is chosen once per problem (types, sizes, alignments, epilogue) and kept, including "no
+  // algorithm": the heuristic's first answer, or (opt-in) for a large GEMM the fastest of its first
+  // kTuneCandidates answers, timed on this call's own operands (tune_algo). y is overwritten (beta = 0), so the
+  // timing runs leave nothing behind; the real launch follows.
   const AlgoKey key{static_cast<int>(ab_type), static_cast<int>(compute), n, in, out, ldy,
                     align[0], align[1], align[2], align[3], bias != nullptr};
-  cublasLtMatmulHeuristicResult_t result{};
+  const float alpha = 1.0f, beta = 0.0f;
+  cudaStream_t st = detail::stream(op);
+  void* wsp = detail::lt_workspace(op);
+  cublasLtMatmulAlgo_t algo{};
   {
     std::lock_guard<std::mutex> lock(algo_cache_mutex());
     auto it = algo_cache().find(key);
     if (it != algo_cache().end()) {
       if (!it->second.first) return false;
-      result.algo = it->second.second;
+      algo = it->second.second;
     } else {
+      cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
+      const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(in) * static_cast<double>(out);
+      const int want = flops >= kTuneMinFlops && gemm_tuning_enabled() ? kTuneCandidates : 1;
       int found = 0;
-      cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(h, c.desc, c.a, c.b, c.c, c.c, c.pref, 1, &result, &found);
+      cublasStatus_t s =
+          cublasLtMatmulAlgoGetHeuristic(h, c.desc, c.a, c.b, c.c, c.c, c.pref, want, results, &found);
       const bool ok = s == CUBLAS_STATUS_SUCCESS && found > 0;
-      algo_cache().emplace(key, std::make_pair(ok, result.algo));
+      if (ok) {
+        auto launch = [&](const cublasLtMatmulAlgo_t& a) {
+          return cublasLtMatmul(h, c.desc, &alpha, w, c.a, xb, c.b, &beta, y, c.c, y, c.c, &a, wsp, ws, st);
+        };
+        const std::string label = "n " + std::to_string(n) + " in " + std::to_string(in) + " out " +
+                                  std::to_string(out) + (bias != nullptr ? " +bias" : "");
+        algo = results[found > 1 ? tune_algo(results, found, launch, st, op, label) : 0].algo;
+      }
+      algo_cache().emplace(key, std::make_pair(ok, algo));
       if (!ok) return false;
     }
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  VLM_CUBLAS(cublasLtMatmul(h, c.desc, &alpha, w, c.a, xb, c.b, &beta, y, c.c, y, c.c, &result.algo,
-                            detail::lt_workspace(op), ws, detail::stream(op)),
-             op);
+  VLM_CUBLAS(cublasLtMatmul(h, c.desc, &alpha, w, c.a, xb, c.b, &beta, y, c.c, y, c.c, &algo, wsp, ws, st), op);
   return true;
 }
 
