@@ -29,6 +29,14 @@
 // hd 80) 128.3 -> 105.4 ms (20 -> 24-25%), 3B shape 2k causal 188 -> 186 us; slower: Gemma 3 shape 2k
 // (hd 256) 230 -> 242-254 us and SigLIP so400m (4096 patches, hd 72) 569 -> 612 us (cause not profiled).
 // Without Q in registers the 2k 3B shape took 203 us.
+// Tried and dropped (stop 17, H200, bench_cuda_kernels --attention, tower full attention hd 80): two m16 row
+// fragments per warp (4 warps x 32 rows per 128-row block: every K/V ldmatrix feeds twice the MMAs, half the shared
+// reads per MMA) ran 196 ms without spills at 2 blocks per SM (250 registers), 197 ms with Q in registers (88-byte
+// spill), 139 ms with 32-key tiles at 3 blocks per SM (104-byte spill), against 105 ms here (16 warps of 16 rows per
+// SM). Time x resident warps stayed ~1.6-1.7 s for all three: halving the shared reads per MMA gained nothing, and
+// a warp with two fragments took twice as long per tile, so the hd-80 kernel is limited per resident warp (issue /
+// dependency chain), not by the SM's shared-memory bandwidth; more resident warps or asynchronous MMAs (wgmma with
+// softmax overlapped) are the levers.
 // Masking: the key range a block can see is computed up front (causal end, window start), so tiles
 // that no row sees are never loaded; per warp, a tile every row sees entirely (consecutive k_pos,
 // all keys inside the causal bound and the window) skips the per-element mask, and a tile no row of

@@ -17,6 +17,13 @@
 // uploaded once; the window regrouping and its undoing are row gathers (one device op each); a dense qkv runs as
 // a linear_group of its q, k and v row blocks; positions, spans and inv_freq stay host arrays, as ops.h wants.
 //
+// MLP width on a device: Qwen2.5-VL's intermediate_size 3420 makes down_proj's K (and its bf16 input's row pitch,
+// 6840 bytes) a multiple of 8 bytes only, which keeps cuBLASLt off its 16-byte-aligned (TMA) kernels. to_device
+// therefore pads gate/up (zero rows, zero bias) and down (zero columns) to a multiple of kMlpPad before the move:
+// the extra gate/up outputs are 0, act(0) * 0 = 0 (any finite act), and down's zero columns add nothing, so the result is
+// the unpadded one up to the GEMMs' summation order (~1 % more MLP FLOPs). The host copy of a tower never pads;
+// VLMCHECK_VISION_MLP_PAD=0 turns the padding off.
+//
 // Row layout inside the blocks: every op of a block but attention treats rows independently, and full attention
 // (non-causal, one frame) does not depend on the order of a frame's rows. So the blocks keep the rows of a frame's
 // windows of one length interleaved, [len, count, dim] (row t * count + w = patch t of window w), which is what
@@ -25,6 +32,9 @@
 // for a 16k-token image). After the blocks, one gather puts the rows back in window order for the merger.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include <fmt/format.h>
 
@@ -60,6 +70,9 @@ struct AttnSpan {
   int64_t begin = 0, len = 0, count = 1;
 };
 
+// A device tower's gated MLP width is padded to a multiple of this (see "MLP width on a device").
+constexpr int64_t kMlpPad = 64;
+
 // Largest count * heads of one attention call (the CUDA kernels put heads on a grid dimension of at most 65535).
 constexpr int64_t kMaxSpanHeads = 32768;
 
@@ -69,6 +82,7 @@ struct QwenVisionEncoder::Impl {
   std::string what;
   bool v25 = false;  // Qwen2.5-VL block flavour and window attention
   int64_t dim = 0, out = 0, inter = 0, depth = 0, heads = 0, head_dim = 0;
+  int64_t mlp_width = 0;  // the gated MLP's width as stored: inter, or inter padded on a device (to_device)
   int64_t patch = 14, temporal = 2, merge = 2, channels = 3, window = 0;
   std::vector<int64_t> full_blocks;
   double theta = 10000.0;
@@ -92,6 +106,7 @@ struct QwenVisionEncoder::Impl {
       ops::layer_norm(x, n, dim, w, b, kEps, y);
     }
   }
+  void pad_gated_mlp(int64_t width);
   void run_block(const QwenBlock& B, float* x, int64_t n, const int64_t* positions3,
                  const std::vector<AttnSpan>& spans) const;
 };
@@ -121,6 +136,7 @@ QwenVisionEncoder::QwenVisionEncoder(const Json& vision_config, const std::strin
     m.dim = vision::config_int(cfg, "hidden_size", 3584, w);
     m.out = vision::config_int(cfg, "out_hidden_size", 3584, w);
     m.inter = vision::config_int(cfg, "intermediate_size", 3420, w);
+    m.mlp_width = m.inter;
     m.window = vision::config_int(cfg, "window_size", 112, w);
     m.act = parse_activation(json_string(cfg, "hidden_act", w).value_or("silu"), w + " hidden_act");
     const Json* fb = json_find(cfg, "fullatt_block_indexes");
@@ -241,8 +257,59 @@ void QwenVisionEncoder::collect(vision::DeviceMove& move) {
   move.add_device(m.device);
 }
 
+namespace {
+
+// `rows` x `cols` of the host matrix `src` [src_rows, src_cols] copied into the top-left corner of a zeroed
+// [rows, cols] matrix of its dtype (a vector when cols == 0: src [src_rows] into [rows]).
+Tensor zero_padded(const Tensor& src, int64_t rows, int64_t cols) {
+  const bool vec = cols == 0;
+  const int64_t src_rows = src.dim(0), src_cols = vec ? 1 : src.dim(1);
+  Tensor dst = Tensor::zeros(vec ? Shape{rows} : Shape{rows, cols}, src.dtype(), MemCategory::kWeights);
+  const size_t es = dtype_size(src.dtype()), row_bytes = static_cast<size_t>(src_cols) * es;
+  const size_t dst_pitch = static_cast<size_t>(vec ? 1 : cols) * es;
+  const auto* s = static_cast<const uint8_t*>(src.raw());
+  auto* d = static_cast<uint8_t*>(dst.raw());
+  for (int64_t r = 0; r < src_rows; ++r) std::memcpy(d + r * dst_pitch, s + r * row_bytes, row_bytes);
+  return dst;
+}
+
+}  // namespace
+
+// The gated MLP of every block widened to `width` >= inter with zeros (host weights, before a move): gate/up
+// [width, dim] + bias [width], down [dim, width]. A quantized or absent member leaves the tower as it is.
+void QwenVisionEncoder::Impl::pad_gated_mlp(int64_t width) {
+  if (!v25 || width <= mlp_width || device != Device::kCpu) return;
+  for (const QwenBlock& B : blocks) {
+    for (const ops::Weight* w : {&B.gate, &B.up, &B.down}) {
+      if (w->quantized || !w->dense.defined() || !w->dense.is_contiguous()) return;
+    }
+    for (const Tensor* b : {&B.gate_b, &B.up_b}) {
+      if (!b->defined() || !b->is_contiguous()) return;
+    }
+  }
+  for (QwenBlock& B : blocks) {
+    B.gate.dense = zero_padded(B.gate.dense, width, dim);
+    B.up.dense = zero_padded(B.up.dense, width, dim);
+    B.down.dense = zero_padded(B.down.dense, dim, width);
+    B.gate_b = zero_padded(B.gate_b, width, 0);
+    B.up_b = zero_padded(B.up_b, width, 0);
+  }
+  mlp_width = width;
+}
+
 void QwenVisionEncoder::to_device(Device device) {
   if (device == impl_->device) return;
+  // An unusable device is refused (with the backend's reason) before anything is padded; a move that fails later
+  // (out of device memory) leaves the padded host weights in place: the same function (see "MLP width on a
+  // device"). VLMCHECK_VISION_MLP_PAD=0 keeps the stored width (same-binary A/B of the padding).
+  static const bool pad = [] {
+    const char* v = std::getenv("VLMCHECK_VISION_MLP_PAD");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (device != Device::kCpu && pad) {
+    { ops::DeviceScope probe(device); }
+    impl_->pad_gated_mlp((impl_->inter + kMlpPad - 1) / kMlpPad * kMlpPad);
+  }
   vision::DeviceMove move;
   collect(move);
   move.commit(device);
@@ -294,13 +361,14 @@ void QwenVisionEncoder::Impl::run_block(const QwenBlock& B, float* x, int64_t n,
     ops::add(x, h.p, n * D);
     norm(x, n, B.n2_w, B.n2_b, h.p);
   }
-  Buffer f(n, inter, device);
+  const int64_t width = v25 ? mlp_width : inter;
+  Buffer f(n, width, device);
   if (v25) {
-    Buffer u(n, inter, device);
+    Buffer u(n, width, device);
     // One group: on the GPU h is rounded to bf16 once for both GEMMs.
     const ops::LinearOut outs[2] = {{&B.gate, &B.gate_b, f.p}, {&B.up, &B.up_b, u.p}};
     ops::linear_group(h.p, n, outs, 2);
-    ops::gated_activate(f.p, u.p, n * inter, act);
+    ops::gated_activate(f.p, u.p, n * width, act);
     ops::linear(f.p, n, B.down, B.down_b, h.p);
   } else {
     ops::linear(h.p, n, B.fc1, B.fc1_b, f.p);
