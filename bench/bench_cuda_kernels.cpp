@@ -8,7 +8,7 @@
 //      the copy probe (a GEMV only reads, so 100% of the copy figure is not the ceiling: the read-only
 //      roofline sits somewhat above it);
 //   3. prefill GEMM (2048 tokens) on the same shapes (not with --quick): GFLOP/s and fraction of the
-//      bf16 probe;
+//      bf16 probe; then the Qwen2.5-VL tower's GEMMs over 62,208 patches, its MLP stored and padded;
 //   4. attention: decode over 2k/4k/16k cached keys (3B shape), causal prefill of 2048 tokens (3B
 //      shape) and 16384 tokens (7B shape), bf16_matmul off and on: TFLOP/s and % of the bf16 probe;
 //      tensor-core prefill at Gemma 3 4B's shape (head_dim 256) and the Qwen2.5-VL tower's on a
@@ -315,9 +315,21 @@ void bench_linears(const ops::cpu::KernelTable& table, double copy_gbs, double b
       auto separate = [&] {
         for (const ops::LinearOut& o : sets[k2++ % sets.size()]) table.linear(x.get(), 1, *o.w, Tensor(), o.y);
       };
+      // The decoder's fused form (ops.h LinearOut::norm): the group reads rms_norm(x) (bf16 norm
+      // weight); GEMVs that normalize in-kernel do it in one launch, others add a norm launch.
+      const Tensor norm_w = device_random({g.in}, DType::kBF16, rng);
+      const ops::LinearNorm norm{&norm_w, 1e-6f, 0.0f};
+      size_t k3 = 0;
+      auto fused = [&] {
+        std::vector<ops::LinearOut> outs = sets[k3++ % sets.size()];
+        for (ops::LinearOut& o : outs) o.norm = &norm;
+        table.linear_group(x.get(), 1, outs.data(), static_cast<int>(outs.size()));
+      };
       const std::string one = std::string(g.name) + " (linear_group)", many = std::string(g.name) + " (separate)";
+      const std::string normed = std::string(g.name) + " (linear_group, fused norm)";
       gemv_row(g.model, one.c_str(), f.name, rows, g.in, 1, bytes, time_median(grouped, 5, batches, 20));
       gemv_row(g.model, many.c_str(), f.name, rows, g.in, 1, bytes, time_median(separate, 5, batches, 20));
+      gemv_row(g.model, normed.c_str(), f.name, rows, g.in, 1, bytes, time_median(fused, 5, batches, 20));
     }
 }
 
@@ -457,6 +469,31 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
 
 }  // namespace
 
+// The Qwen2.5-VL tower's prefill GEMMs on a 16k-token photo (62,208 patch rows, bf16 weights, f32 x and y as the
+// tower runs them): q/k/v/proj 1280x1280, and the MLP at its stored width 3420 against the multiple of 64 that a
+// device tower pads it to (qwen_vision_encoder.cpp: down_proj's 3420-wide bf16 rows are only 8-byte aligned).
+void bench_tower_gemms(const ops::cpu::KernelTable& table, double bf16_gflops, std::mt19937& rng) {
+  constexpr int64_t kPatches = 62208, kDim = 1280;
+  struct Row {
+    const char* name;
+    int64_t out, in;
+  };
+  const Row rows[] = {{"qkv/proj", kDim, kDim},        {"gate/up (stored 3420)", 3420, kDim},
+                      {"gate/up (padded 3456)", 3456, kDim}, {"down (stored 3420)", kDim, 3420},
+                      {"down (padded 3456)", kDim, 3456}};
+  const std::shared_ptr<float> x = device_floats(kPatches * 3456, rng), y = device_floats(kPatches * 3456, rng);
+  const LinearFormat bf16{"bf16", false, DType::kBF16, 0, 0};
+  for (const Row& r : rows) {
+    const ops::Weight w = make_weight(r.out, r.in, bf16, rng);
+    auto run = [&] { table.linear(x.get(), kPatches, w, Tensor(), y.get()); };
+    const double t = time_median(run, 1, 5, 1), gflops = 2.0 * kPatches * r.out * r.in / t / 1e9;
+    std::printf("| Qwen2.5-VL tower %s | %lldx%lld | bf16 | %lld | %.1f | - | - | %.0f | %.0f%% |\n", r.name,
+                static_cast<long long>(r.out), static_cast<long long>(r.in), static_cast<long long>(kPatches), t * 1e6,
+                gflops, 100.0 * gflops / bf16_gflops);
+    std::fflush(stdout);
+  }
+}
+
 int main(int argc, char** argv) {
   const bool quant_only = argc > 1 && std::strcmp(argv[1], "--quant") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
@@ -496,6 +533,7 @@ int main(int argc, char** argv) {
     }
     const std::string only = quant_only && argc > 2 ? argv[2] : "";
     if (!attention_only) bench_linears(table, copy_gbs, bf16_gflops, quick, quant_only, only, rng);
+    if (!attention_only && !quick && !quant_only) bench_tower_gemms(table, bf16_gflops, rng);
     if (quant_only) {
       cuda::synchronize();
       return 0;
