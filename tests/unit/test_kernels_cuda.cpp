@@ -451,6 +451,45 @@ void add_quant_gemv_cases(std::vector<Case>& cases) {
     for (int64_t n : {1, 2})
       add("mma q4g32 f32 scales 70x1408 (split-K)", w32, n, vec(rng, static_cast<size_t>(n * 1408)), Tensor());
   }
+  // The fused forms natively on this kernel (ops.h LinearOut): every member reads rms_norm(x), which
+  // the kernel forms while staging x, and the last one adds into y; long rows (global split-K),
+  // clusters, persistent blocks, a q/k/v group, rows not a multiple of 32; 1, 2, 3 and 5 tokens (5:
+  // chunks 2 + 2 + 1, all on this kernel since the CUDA-core one cannot normalize); Gemma's offset at
+  // n = 3; f32, f16 and bf16 norm weights; wide_x at n = 2. Named "mma": the split test runs them too.
+  {
+    struct Fused {
+      std::string name;
+      std::vector<ops::Weight> ws;
+      int64_t cols;
+    };
+    std::vector<Fused> fused = {
+        {"q4g64 95x11008 (split-K)", {random_quantized(rng, 95, 11008, 4, 64, DType::kBF16)}, 11008},
+        {"q4g128 f16 q/k/v 96+40+40x512",
+         {random_quantized(rng, 96, 512, 4, 128, DType::kF16), random_quantized(rng, 40, 512, 4, 128, DType::kF16),
+          random_quantized(rng, 40, 512, 4, 128, DType::kF16)},
+         512},
+        {"q4g32 f32 scales 70+33x1408",
+         {random_quantized(rng, 70, 1408, 4, 32, DType::kF32), random_quantized(rng, 33, 1408, 4, 32, DType::kF32)},
+         1408},
+        {"q4g64 60000x512 (persistent)", {random_quantized(rng, 60000, 512, 4, 64, DType::kBF16)}, 512}};
+    for (Fused& f : fused)
+      for (int64_t n : {1, 2, 3, 5}) {
+        const float offset = n == 3 ? 1.0f : 0.0f;
+        const DType nd = n == 1 ? DType::kF32 : n == 2 ? DType::kF16 : DType::kBF16;
+        Vec x = n == 2 ? wide_x(n, f.cols) : vec(rng, static_cast<size_t>(n * f.cols), -3.0f, 3.0f);
+        std::vector<Tensor> biases;
+        std::vector<bool> acc;
+        size_t total = 0;
+        for (size_t i = 0; i < f.ws.size(); ++i) {
+          biases.push_back(i == 0 ? random_tensor(rng, {f.ws[i].rows()}, DType::kBF16) : Tensor());
+          acc.push_back(i + 1 == f.ws.size());
+          total += static_cast<size_t>(n * f.ws[i].rows());
+        }
+        const Tensor norm_w = random_tensor(rng, {f.cols}, nd, 0.5f, 1.5f);
+        cases.push_back(fused_group_case("mma fused norm+accumulate " + f.name + " n=" + std::to_string(n), 1e-11,
+                                         f.ws, biases, x, n, norm_w, offset, acc, vec(rng, total)));
+      }
+  }
 }
 
 void add_norm_rope_cases(std::vector<Case>& cases, std::mt19937& rng) {

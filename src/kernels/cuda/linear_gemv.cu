@@ -812,13 +812,15 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
                                            " members, got " + std::to_string(count));
   const Weight& w0 = *targets[0].w;
   const bool quant = w0.quantized;
-  if (norm != nullptr && (quant || !aligned(norm->w, 8)))
-    detail::fail(ErrorKind::kInternal, "[cuda linear] the fused norm takes dense weights and an 8-byte aligned norm");
+  if (norm != nullptr && !aligned(norm->w, 8))
+    detail::fail(ErrorKind::kInternal, "[cuda linear] the fused norm takes an 8-byte aligned norm weight");
   // Tokens [0, here) run on this file's kernels, the rest on the 4-bit tensor-core kernel where it
   // takes the format. Launches of at most 2048 rows in all keep chunks of 4 tokens here: this kernel
   // measured faster there on the H200 (n = 4: 3B q/o 12.0 vs 13.3 us, k/v 10.7 vs 11.8, down_proj 28.9
   // vs 29.4 with the tensor-core kernel's global K-split), the tensor-core kernel everywhere else (one
-  // token of the 3B down_proj: 14.6 us here, 12.2 there with the global K-split).
+  // token of the 3B down_proj: 14.6 us here, 12.2 there with the global K-split). With a fused norm
+  // (quantized: only 4-bit weights the tensor-core kernel takes) every token goes there: the CUDA-core
+  // quantized kernel reads x as given.
   int64_t here = n;
   if (quant) {
     bool mma = true;
@@ -829,17 +831,20 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
     }
     if (mma) {
       here = 0;
-      if (total_rows <= 2048 && !gemv_mma_everywhere()) here = n / 4 * 4;
+      if (total_rows <= 2048 && !gemv_mma_everywhere() && norm == nullptr) here = n / 4 * 4;
       if (here < n) {
         GemvTarget rest[kGemvMaxTargets];
         for (int i = 0; i < count; ++i) {
           rest[i] = targets[i];
           rest[i].y = targets[i].y + here * targets[i].w->rows();
         }
-        gemv_mma_launch(x + here * w0.cols(), n - here, rest, count);
+        gemv_mma_launch(x + here * w0.cols(), n - here, rest, count, norm);
       }
       if (here == 0) return;
     }
+    if (norm != nullptr)
+      detail::fail(ErrorKind::kInternal,
+                   "[cuda linear] the fused norm takes dense weights or 4-bit ones the tensor-core GEMV takes");
   }
   GemvParams p{};
   p.in = w0.cols();

@@ -53,8 +53,8 @@ bool gemv_supported(const float* x, const Weight& w);
 // dtypes) and the same cols.
 bool gemv_same_format(const Weight& a, const Weight& b);
 // Runs the GEMV for count (1..kGemvMaxTargets) members that gemv_supported() takes and that share a
-// format (checked by the caller), n in [1, 8) tokens, bias included. norm (dense weights only; null:
-// x as given) normalizes x inside the kernel.
+// format (checked by the caller), n in [1, 8) tokens, bias included. norm (dense weights, or 4-bit
+// ones gemv_mma_supported() takes; null: x as given) normalizes x inside the kernel.
 void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm = nullptr);
 
 // The 4-bit tensor-core GEMV (linear_gemv_mma.cu), which gemv_launch takes for every 4-bit group it
@@ -62,8 +62,12 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
 // of one width (2 or 4 bytes) aligned to one round's (128 / group) values. Off (every weight on the
 // CUDA-core kernels of linear_gemv.cu) when the environment has VLMCHECK_CUDA_GEMV=legacy, read once:
 // the benchmark's before/after switch.
+// norm (null: x as given) normalizes x while it is staged, as the dense kernels do; linear_group
+// passes it only while gemv_mma_norm_enabled() (VLMCHECK_CUDA_GEMV_NORM=0: off, the fused norm of
+// 4-bit weights materialized by an RMSNorm launch as before; read once — the A/B switch).
 bool gemv_mma_supported(const float* x, const Weight& w);
-void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count);
+bool gemv_mma_norm_enabled();
+void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm = nullptr);
 bool gemv_legacy_requested();
 // VLMCHECK_CUDA_GEMV=mma: every 4-bit launch the tensor-core kernel takes goes to it, also those that
 // gemv_launch's rule keeps on the CUDA-core kernel (the tuning switch for that rule).

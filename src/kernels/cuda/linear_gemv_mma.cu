@@ -40,6 +40,14 @@
 //   separate int32 columns and one flush scales both: half the per-group f32 work of 3 columns.
 //   Tokens. n > 2 runs in chunks of 2 tokens, each reading the weights once (gemv_launch keeps some
 //   chunks on the CUDA-core kernel).
+//   Fused forms (ops.h LinearOut). accumulate: the store adds the row's sum (bias included) to y.
+//   norm: x is normalized while it is staged — each block sums x² over the whole row (L2-resident,
+//   while its x copies fly), then every staged value becomes (x · inv_rms) · (w + offset), rms_norm's
+//   rounding — so the decoder's pre-norms cost no launch of their own on 4-bit weights either.
+//   Chained launches (common.cuh): chain_release() first; where the launch is chained the ring's
+//   first kStages - 1 rounds (weights only) are issued before chain_wait(), so they stream while the
+//   previous kernel drains, then x. Nothing is written before chain_wait().
+//   The global split's reduction is its own instances (template GS): the others compile without it.
 //   Launch shape (H200, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): 4 warps
 //   per block, 8 for rows of 64+ rounds; K split across blocks only where the row groups alone give
 //   fewer blocks than SMs (rows of 64+ rounds: 2 splits through global memory, else a cluster). Before persistent blocks, prologue staging and slots: 61-66% of the copy probe on the
@@ -89,6 +97,12 @@ struct MmaParams {
   // arrival counter per row group (zero between calls: the last block of a row group resets it).
   float* partials;
   int* counters;
+  // The fused input RMSNorm (GemvNorm; norm_w null: x as given): x is staged as
+  // (x · inv_rms) · (norm_w + offset), rms_norm's rounding, inv_rms from a block-wide sum of squares.
+  const void* norm_w;
+  int norm_kind;
+  float norm_eps, norm_offset;
+  int chained;  // launched chained (common.cuh): the ring's first copies go out before chain_wait()
 };
 
 // Group-size dependent layout of one round (16 words of a row).
@@ -268,7 +282,21 @@ __device__ __forceinline__ int64_t clamp_row(const RowGroup& g, int64_t r) {
   return r < g.rows ? r : g.rows - 1;  // clamped rows are computed, not stored
 }
 
-template <int G, int KIND, int NT>
+// (norm weight + offset) of column c, as rms_norm adds them.
+__device__ __forceinline__ float norm_gain(const MmaParams& p, int64_t c) {
+  float w;
+  if (p.norm_kind == detail::kF32)
+    w = __ldg(static_cast<const float*>(p.norm_w) + c);
+  else if (p.norm_kind == detail::kBF16)
+    w = __uint_as_float(static_cast<uint32_t>(__ldg(static_cast<const unsigned short*>(p.norm_w) + c)) << 16);
+  else
+    w = __half2float(__ldg(static_cast<const __half*>(p.norm_w) + c));
+  return __fadd_rn(w, p.norm_offset);
+}
+
+// GS: the cs blocks of a row group reduce through global memory (p.global_split; its own instances, so
+// the cluster and single-block ones compile without that path's code and registers).
+template <int G, int KIND, int NT, bool GS>
 __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __grid_constant__ MmaParams p) {
   using RL = Round<G>;
   using CL = Cols<G, NT>;
@@ -278,7 +306,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float block_sum[kRowsPerBlock * 2];  // this block's partial y [token][row]
 
-  detail::chain_wait();  // chained launch (common.cuh): x is the previous kernel's output
+  // Chained launch (common.cuh): the successor may be scheduled as soon as every block got here; it
+  // waits for this grid's completion itself before touching memory.
   detail::chain_release();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int gid = lane >> 2, tig = lane & 3;
@@ -301,14 +330,18 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   const int my_groups = rg_first < total ? static_cast<int>((total - rg_first + stride - 1) / stride) : 0;
   const int items = my_groups * nr;
 
-  // 1. Raw x of the warp's rounds into their digit slices: the first cp.async group.
-  const int x_chunks = nr * NT * 32;  // 16-byte pieces
-  for (int c = lane; c < x_chunks; c += 32) {
-    const int k = c / (NT * 32), rem = c % (NT * 32), tk = rem >> 5, q = rem & 31;
-    cp_async_cg16(dig + k * 128 * nc + tk * 512 + 16 * q,
-                  p.x + tk * p.in + static_cast<int64_t>(kw + k * kws) * 128 + 4 * q);
-  }
-  cp_async_commit();
+  // 1. Raw x of the warp's rounds into their digit slices (one cp.async group), after chain_wait():
+  // x is the previous kernel's output.
+  auto copy_x = [&] {
+    detail::chain_wait();
+    const int x_chunks = nr * NT * 32;  // 16-byte pieces
+    for (int c = lane; c < x_chunks; c += 32) {
+      const int k = c / (NT * 32), rem = c % (NT * 32), tk = rem >> 5, q = rem & 31;
+      cp_async_cg16(dig + k * 128 * nc + tk * 512 + 16 * q,
+                    p.x + tk * p.in + static_cast<int64_t>(kw + k * kws) * 128 + 4 * q);
+    }
+    cp_async_commit();
+  };
   for (int i = lane; i < nr * kGroups * 2; i += 32) grp[i] = make_float2(0.0f, 0.0f);
 
   // 2. The ring's first kStages - 1 rounds. The issue cursor (row group ig, round ir of the warp)
@@ -359,10 +392,74 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
       if (++ig < my_groups) set_source(rg_first + static_cast<unsigned>(ig) * stride);
     }
   };
+  auto ring_prologue = [&] {
 #pragma unroll
-  for (int k = 0; k < kStages - 1; ++k) {
-    if (k < items) issue_next(k);
-    cp_async_commit();
+    for (int k = 0; k < kStages - 1; ++k) {
+      if (k < items) issue_next(k);
+      cp_async_commit();
+    }
+  };
+  // The fused norm's weights at the warp's rounds (constant, so before chain_wait) into L1: the
+  // staging's per-value gain reads then hit L1 instead of waiting on L2 once per round.
+  if (p.norm_w != nullptr) {
+    const int span = 128 * (p.norm_kind == detail::kF32 ? 4 : 2), lines = span / 128 + 1;
+    for (int i = lane; i < nr * lines; i += 32) {
+      const int k = i / lines, off = min((i % lines) * 128, span - 1);
+      const char* a = static_cast<const char*>(p.norm_w) + static_cast<int64_t>(kw + k * kws) * span + off;
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(a));
+    }
+  }
+  // Chained: the weights do not depend on the previous kernel, so their first rounds stream while it
+  // finishes; x follows after chain_wait() (the newest group: all groups are awaited). Otherwise x
+  // goes first (the oldest group), so its conversion starts while the ring's copies fly.
+  if (p.chained) {
+    ring_prologue();
+    copy_x();
+  } else {
+    copy_x();
+    ring_prologue();
+  }
+
+  // The fused norm's inv_rms per token: the block's threads sum x² over the whole row (L2-resident,
+  // while the x copies fly; kBatch independent loads per thread in flight at once, so a 4096-input
+  // row of 128 threads costs one L2 round trip), one block barrier. Every thread of the block gets here.
+  float inv_rms[2] = {1.0f, 1.0f};
+  if (p.norm_w != nullptr) {
+    __shared__ float ss_red[kMaxWarps][2];
+    constexpr int kBatch = 8 / NT;
+    float ss[2] = {0.0f, 0.0f};
+    const int64_t n4 = p.in / 4;
+    for (int64_t c0 = threadIdx.x; c0 < n4; c0 += kBatch * blockDim.x) {
+      float4 v[NT][kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int64_t c = c0 + static_cast<int64_t>(b) * blockDim.x;
+#pragma unroll
+        for (int tk = 0; tk < NT; ++tk)
+          v[tk][b] = c < n4 ? __ldcg(reinterpret_cast<const float4*>(p.x + tk * p.in) + c)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+#pragma unroll
+        for (int tk = 0; tk < NT; ++tk)
+          ss[tk] += v[tk][b].x * v[tk][b].x + v[tk][b].y * v[tk][b].y + v[tk][b].z * v[tk][b].z +
+                    v[tk][b].w * v[tk][b].w;
+    }
+#pragma unroll
+    for (int tk = 0; tk < NT; ++tk) {
+      float v = ss[tk];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) ss_red[warp][tk] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int tk = 0; tk < NT; ++tk) {
+      float sum = 0.0f;
+      for (int w = 0; w < warps; ++w) sum += ss_red[w][tk];
+      inv_rms[tk] = 1.0f / sqrtf(sum / static_cast<float>(p.in) + p.norm_eps);
+    }
   }
 
   // 3. x as digits, in place, once for every row group: per group and token m = rint(x·2^(22-e))
@@ -372,7 +469,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   const int s_run = sp / (4 * RL::kLc), s_rem = sp % (4 * RL::kLc);
   const int s_tig = s_rem / RL::kLc, s_i = s_run * RL::kLc + s_rem % RL::kLc;
   const int s_grp = (8 * sp) / G;
-  cp_async_wait<kStages - 1>();  // the x group, the oldest, has landed
+  if (p.chained)
+    cp_async_wait<0>();  // the x group, the newest, has landed (the ring's first rounds too)
+  else
+    cp_async_wait<kStages - 1>();  // the x group, the oldest, has landed
   __syncwarp();
   for (int k = 0; k < nr; ++k) {
     unsigned char* slice = dig + k * 128 * nc;
@@ -384,6 +484,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
         const float4 u0 = xr[0], u1 = xr[1];
         v[tk][0] = sh ? u0.y : u0.x, v[tk][1] = sh ? u0.w : u0.z;
         v[tk][2] = sh ? u1.y : u1.x, v[tk][3] = sh ? u1.w : u1.z;
+      }
+    }
+    if (p.norm_w != nullptr) {
+      // This lane's columns: 8·sp + 2q + sh of round kw + k·kws; rms_norm's y = (x · inv) · gain.
+      const int64_t col0 = static_cast<int64_t>(kw + k * kws) * 128 + 8 * sp + sh;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float gain = norm_gain(p, col0 + 2 * q);
+#pragma unroll
+        for (int tk = 0; tk < NT; ++tk) v[tk][q] = __fmul_rn(__fmul_rn(v[tk][q], inv_rms[tk]), gain);
       }
     }
     __syncwarp();
@@ -523,7 +633,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
     // The cluster's blocks hold K-splits of the same rows (one row group per block when cs > 1):
     // block 0 adds the others' sums from their shared memory; the second sync keeps that memory
     // alive until it has been read.
-    if (p.cs > 1 && !p.global_split) {
+    if (!GS && p.cs > 1) {
       cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
       cluster.sync();
       if (split == 0) {
@@ -539,7 +649,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
     // Global split: every block writes its sums; the last to arrive adds all of them in split order
     // (the same sums as the cluster's, whichever block that is) and stores.
     bool store = split == 0;
-    if (p.cs > 1 && p.global_split) {
+    if constexpr (GS) {
       constexpr int kPer = kRowsPerBlock * NT;
       float* part = p.partials + static_cast<int64_t>(rg) * p.cs * kPer;
       for (int o = threadIdx.x; o < kPer; o += blockDim.x) __stcg(part + split * kPer + o, block_sum[o]);
@@ -604,7 +714,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   }
 }
 
-template <int G, int KIND, int NT>
+template <int G, int KIND, int NT, bool GS>
 void launch_kernel(const MmaParams& p, unsigned grid, int warps, int smem, cudaStream_t st) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid);
@@ -613,21 +723,21 @@ void launch_kernel(const MmaParams& p, unsigned grid, int warps, int smem, cudaS
   cfg.stream = st;
   cudaLaunchAttribute attr[2];
   unsigned n_attr = 0;
-  if (p.cs > 1 && !p.global_split) {
+  if (!GS && p.cs > 1) {
     attr[n_attr].id = cudaLaunchAttributeClusterDimension;
     attr[n_attr].val.clusterDim.x = static_cast<unsigned>(p.cs);
     attr[n_attr].val.clusterDim.y = 1;
     attr[n_attr].val.clusterDim.z = 1;
     ++n_attr;
   }
-  if (detail::chained_launches_enabled()) {  // a chained launch (common.cuh), as launch_chained does
+  if (p.chained) {  // a chained launch (common.cuh), as launch_chained does
     attr[n_attr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n_attr].val.programmaticStreamSerializationAllowed = 1;
     ++n_attr;
   }
   cfg.attrs = attr;
   cfg.numAttrs = n_attr;
-  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND, NT>, p), "linear (gemv, tensor cores)");
+  VLM_CUDA(cudaLaunchKernelEx(&cfg, gemv_q4_mma_kernel<G, KIND, NT, GS>, p), "linear (gemv, tensor cores)");
 }
 
 struct DeviceShape {
@@ -656,14 +766,14 @@ DeviceShape device_shape() {
 
 // Resident blocks per SM of one instantiation with `warps` warps and `smem` bytes of dynamic shared
 // memory (cached); the first call lifts the kernel's dynamic shared memory limit to the device's.
-template <int G, int KIND, int NT>
+template <int G, int KIND, int NT, bool GS>
 int blocks_per_sm(int warps, int smem) {
   static const bool attr_set = [] {
-    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT, GS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   device_shape().max_smem),
              "linear (gemv, tensor cores)");
     // All of L1 as shared memory: the rings of as many warps as fit are what keeps DRAM busy.
-    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    VLM_CUDA(cudaFuncSetAttribute(gemv_q4_mma_kernel<G, KIND, NT, GS>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                   cudaSharedmemCarveoutMaxShared),
              "linear (gemv, tensor cores)");
     return true;
@@ -674,7 +784,7 @@ int blocks_per_sm(int warps, int smem) {
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, KIND, NT>, 32 * warps,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_q4_mma_kernel<G, KIND, NT, GS>, 32 * warps,
                                                     static_cast<size_t>(smem)) != cudaSuccess ||
       n < 1)
     n = 1;
@@ -782,22 +892,25 @@ void launch_g(MmaParams& p, int64_t groups, int warps, cudaStream_t st) {
   int64_t grid_groups = groups;
   if (p.global_split) {
     // No co-residency needed: at most one wave of blocks, each walking row groups as below.
-    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT>(warps, plan.total)) * d.sms;
+    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT, true>(warps, plan.total)) * d.sms;
     if (persistent_enabled()) grid_groups = std::min(groups, std::max<int64_t>(1, resident / cs));
     split_buffers(p, groups, cs, st);
   } else if (cs == 1 && persistent_enabled()) {
     // A whole wave of blocks (a multiple of the SM count), row groups dealt round-robin: blocks
     // differ by at most one row group, and so do SMs (block b runs on SM b mod SMs in the first wave).
-    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT>(warps, plan.total)) * d.sms;
+    const int64_t resident = static_cast<int64_t>(blocks_per_sm<G, KIND, NT, false>(warps, plan.total)) * d.sms;
     grid_groups = std::min(groups, resident);
   } else {
-    (void)blocks_per_sm<G, KIND, NT>(warps, plan.total);  // sets the kernel's shared memory attributes
+    (void)blocks_per_sm<G, KIND, NT, false>(warps, plan.total);  // sets the kernel's shared memory attributes
   }
   const int64_t grid = grid_groups * cs;
   if (grid > 0x7fffffff)
     detail::fail(ErrorKind::kInvalidArgument,
                  "[cuda linear] " + std::to_string(groups * kRowsPerBlock) + " rows exceed the GEMV grid");
-  launch_kernel<G, KIND, NT>(p, static_cast<unsigned>(grid), warps, plan.total, st);
+  if (p.global_split)
+    launch_kernel<G, KIND, NT, true>(p, static_cast<unsigned>(grid), warps, plan.total, st);
+  else
+    launch_kernel<G, KIND, NT, false>(p, static_cast<unsigned>(grid), warps, plan.total, st);
 }
 
 // Dispatch on group size, scale/bias dtype and tokens (1 or 2).
@@ -860,6 +973,14 @@ bool gemv_mma_everywhere() {
   return all;
 }
 
+bool gemv_mma_norm_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_NORM");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
 bool gemv_mma_supported(const float* x, const Weight& w) {
   if (!w.quantized || gemv_legacy_requested()) return false;
   const detail::QuantView q = detail::quant_view(w, "linear");
@@ -877,7 +998,7 @@ bool gemv_mma_supported(const float* x, const Weight& w) {
   return q.scale_kind == q.bias_kind && pair_ok && aligned(q.scales, align) && aligned(q.biases, align);
 }
 
-void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count) {
+void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm) {
   const Weight& w0 = *targets[0].w;
   const detail::QuantView q0 = detail::quant_view(w0, "linear");
   MmaParams p{};
@@ -888,6 +1009,13 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
   p.scale_kind = q0.scale_kind;
   p.bias_kind = q0.bias_kind;
   p.count = count;
+  if (norm != nullptr) {
+    p.norm_w = norm->w;
+    p.norm_kind = norm->kind;
+    p.norm_eps = norm->eps;
+    p.norm_offset = norm->offset;
+  }
+  p.chained = detail::chained_launches_enabled() ? 1 : 0;
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const Weight& w = *targets[i].w;

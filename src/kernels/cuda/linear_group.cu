@@ -5,7 +5,8 @@
 // stream). Prefill members are GEMMs, one per member; dense 16-bit members share one rounding of x
 // (linear_dense.cu), so x [n, in] is converted once instead of once per member.
 // The fused forms (ops.h LinearOut): the GEMV kernels add into y themselves (accumulate), and the dense
-// GEMV normalizes x on the fly (norm); elsewhere — GEMMs, quantized weights, the tiled fallback — the
+// and 4-bit tensor-core GEMVs normalize x on the fly (norm); elsewhere — GEMMs, other quantized
+// weights, the tiled fallback — the
 // group runs on rms_norm(x) materialized once, and an accumulating non-GEMV member into a temporary
 // that is then added to its y.
 #include "kernels/cuda/common.cuh"
@@ -69,11 +70,13 @@ void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
   }
   const int64_t cols = outs[0].w->cols();
   const void* nw = detail::device_ptr(*norm->weight, "linear_group", "norm weight");
-  // The GEMV normalizes x itself when every member is a dense weight it takes; otherwise x is
-  // normalized once into a temporary that the whole group reads.
+  // The GEMV normalizes x itself when every member is a dense weight it takes or a 4-bit one the
+  // tensor-core GEMV takes; otherwise x is normalized once into a temporary that the whole group reads.
   bool native = n < 8 && (reinterpret_cast<uintptr_t>(nw) & 7u) == 0;
   for (int i = 0; i < count && native; ++i)
-    native = !outs[i].w->quantized && outs[i].w->rows() > 0 && gemv_supported(x, *outs[i].w);
+    native = (!outs[i].w->quantized || (gemv_mma_norm_enabled() && gemv_mma_supported(x, *outs[i].w))) &&
+             outs[i].w->rows() > 0 &&
+             gemv_supported(x, *outs[i].w);
   if (native) {
     GemvNorm g;
     g.w = nw;
