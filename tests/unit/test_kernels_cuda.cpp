@@ -1795,3 +1795,125 @@ TEST(CudaKernels, RunGraphHostRulesAndFailures) {
   EXPECT_EQ(buf.host()[500], 15.0f);
   cuda::set_graph_options(true, 64);
 }
+
+// ---- chained launches -------------------------------------------------------------------------------
+// Chained launches (common.cuh; on sm_90+ with VLMCHECK_CUDA_PDL=1, the GPU tests run both ways) let a
+// decode kernel start, and issue its first weight loads, while the kernel before it still runs; each
+// must still read its inputs only after the previous kernel's writes and write only after its reads.
+// Two layers of a decoder-shaped chain — a non-chained op right before chained GEMVs, fused-norm q and
+// 4-bit (tensor-core) / 3-bit (CUDA-core) GEMVs, rope, decode attention over 600 keys, o_proj and
+// down_proj accumulating into the stream they follow, gate/up (n = 2: the streaming dense kernel),
+// gated_activate, the head and argmax — run back to back (eagerly, and through run_graph as one graph
+// and in pieces of 3 ops) must give the bits of the same ops run one at a time with a device
+// synchronize after each (no overlap possible). A read before chain_wait, or a write the previous
+// kernel's reads did not yet see, shows as a difference.
+TEST(CudaKernels, ChainedDecodeOpsMatchTheSameOpsRunOneAtATime) {
+  SKIP_WITHOUT_GPU();
+  ops::DeviceScope scope(Device::kCuda);
+  constexpr int64_t kD = 2048, kF = 4096, kHeads = 16, kKvHeads = 2, kHd = 128, kKeys = 600, kVocab = 4096;
+  std::mt19937 rng(777);
+  auto dense = [&](int64_t rows, int64_t cols) {
+    return ops::to_device(dense_weight(random_tensor(rng, {rows, cols}, DType::kBF16, -0.05f, 0.05f)), Device::kCuda);
+  };
+  const ops::Weight wq = dense(kD, kD), wo = dense(kD, kD), wg = dense(kF, kD), wu = dense(kF, kD), wd = dense(kD, kF),
+                    head = dense(kVocab, kD);
+  const ops::Weight wq4 = ops::to_device(random_quantized(rng, kD, kD, 4, 64, DType::kBF16), Device::kCuda);
+  const ops::Weight wq3 = ops::to_device(random_quantized(rng, kD, kD, 3, 64, DType::kBF16), Device::kCuda);
+  const Tensor norm_w = ops::to_device(random_tensor(rng, {kD}, DType::kBF16, 0.5f, 1.5f), Device::kCuda);
+  const ops::LinearNorm norm{&norm_w, 1e-6f, 0.0f};
+  const DeviceFloats kc(random_vec(rng, kKeys * kKvHeads * kHd)), vc(random_vec(rng, kKeys * kKvHeads * kHd));
+  std::vector<int64_t> k_pos(kKeys);
+  std::iota(k_pos.begin(), k_pos.end(), int64_t{0});
+  std::vector<float> inv_freq;
+  for (int64_t i = 0; i < kHd / 2; ++i)
+    inv_freq.push_back(static_cast<float>(std::pow(10000.0, -2.0 * static_cast<double>(i) / kHd)));
+  const std::vector<float> x0 = random_vec(rng, 2 * kD);
+
+  struct Out {
+    std::vector<float> x, logits;
+    std::vector<int32_t> ids;
+  };
+  // mode 0: a synchronize after every op; 1: back to back; 2: run_graph, one graph; 3: pieces of 3 ops.
+  auto run = [&](int64_t n, int mode) {
+    DeviceFloats x(x0), h = DeviceFloats::poison(2 * kD), q = DeviceFloats::poison(2 * kD),
+                        t = DeviceFloats::poison(2 * kD), a = DeviceFloats::poison(kD),
+                        g = DeviceFloats::poison(2 * kF), u = DeviceFloats::poison(2 * kF),
+                        logits = DeviceFloats::poison(2 * kVocab);
+    Out out;
+    out.ids.assign(static_cast<size_t>(n), -1);
+    const std::vector<int64_t> pos = {kKeys - 1, kKeys};
+    auto op = [&] {
+      if (mode == 0) ops::synchronize();
+    };
+    auto step = [&] {
+      for (int layer = 0; layer < 2; ++layer) {
+        ops::scale(x.ptr(), 0.5f, n * kD);  // not chained: the GEMVs after it must see its writes
+        op();
+        const ops::LinearOut qo[1] = {{&wq, nullptr, q.ptr(), false, &norm}};
+        ops::linear_group(x.ptr(), n, qo, 1);
+        op();
+        ops::linear(x.ptr(), n, wq4, Tensor(), t.ptr());  // the tensor-core 4-bit GEMV
+        op();
+        ops::add(q.ptr(), t.ptr(), n * kD);
+        op();
+        ops::linear(q.ptr(), n, wq3, Tensor(), t.ptr());  // the CUDA-core 3-bit GEMV
+        op();
+        ops::add(q.ptr(), t.ptr(), n * kD);
+        op();
+        ops::rope(q.ptr(), n, kHeads, kHd, kHd, inv_freq.data(), pos.data());
+        op();
+        ops::attention(q.ptr(), 1, kKeys, kc.ptr(), vc.ptr(), k_pos.data(), kKeys, kHeads, kKvHeads, kHd,
+                       1.0f / std::sqrt(static_cast<float>(kHd)), 0.0f, ops::AttentionMask{}, a.ptr());
+        op();
+        const ops::LinearOut oo[1] = {{&wo, nullptr, x.ptr(), true, nullptr}};
+        ops::linear_group(a.ptr(), 1, oo, 1);  // token 0 only: x[0] += a · Woᵀ
+        op();
+        ops::rms_norm(x.ptr(), n, kD, norm_w, 1e-6f, 0.0f, h.ptr());
+        op();
+        const ops::LinearOut gu[2] = {{&wg, nullptr, g.ptr()}, {&wu, nullptr, u.ptr()}};
+        ops::linear_group(h.ptr(), n, gu, 2);
+        op();
+        ops::gated_activate(g.ptr(), u.ptr(), n * kF, ops::Activation::kSilu);
+        op();
+        const ops::LinearOut down[1] = {{&wd, nullptr, x.ptr(), true, nullptr}};
+        ops::linear_group(g.ptr(), n, down, 1);
+        op();
+      }
+      const ops::LinearOut ho[1] = {{&head, nullptr, logits.ptr(), false, &norm}};
+      ops::linear_group(x.ptr(), n, ho, 1);
+      op();
+      ops::argmax(logits.ptr(), n, kVocab, out.ids.data());
+    };
+    if (mode >= 2) {
+      cuda::set_graph_options(true, mode == 2 ? 0 : 3);
+      static const char keys[8] = {};
+      const void* key = &keys[n * 2 + mode - 2];
+      ops::run_graph(key, [] {});  // the key's first step runs eagerly: capture from the second on
+      const cuda::GraphStats before = cuda::graph_stats();
+      ops::run_graph(key, step);
+      EXPECT_EQ(cuda::graph_stats().eager_steps, before.eager_steps) << "the step was not captured";
+      cuda::set_graph_options(true, 64);
+    } else {
+      step();
+    }
+    out.x = x.host();
+    out.logits = logits.host();
+    out.x.resize(static_cast<size_t>(n * kD));
+    out.logits.resize(static_cast<size_t>(n * kVocab));
+    return out;
+  };
+  for (const int64_t n : {1, 2}) {
+    SCOPED_TRACE("n = " + std::to_string(n));
+    const Out want = run(n, 0);
+    ASSERT_TRUE(std::all_of(want.logits.begin(), want.logits.end(), [](float v) { return std::isfinite(v); }));
+    for (int mode = 1; mode <= 3; ++mode) {
+      for (int again = 0; again < 3; ++again) {  // a race need not show every time
+        SCOPED_TRACE("mode " + std::to_string(mode) + ", run " + std::to_string(again));
+        const Out got = run(n, mode);
+        EXPECT_TRUE(same_bits(got.x, want.x)) << "residual stream differs";
+        EXPECT_TRUE(same_bits(got.logits, want.logits)) << "logits differ";
+        EXPECT_EQ(got.ids, want.ids);
+      }
+    }
+  }
+}

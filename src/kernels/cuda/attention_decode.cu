@@ -302,8 +302,11 @@ __device__ void merge_splits(const DecodeArgs& a, int rows, int64_t qh0, int64_t
 template <bool kQuant, int kRpw>
 __global__ void __launch_bounds__(kDecThreads, 2) attention_decode_kernel(const DecodeArgs a) {
   extern __shared__ __align__(16) float dec_smem[];
-  detail::chain_wait();  // chained launch (common.cuh): q and the new K/V rows come from the kernels before
+  // Chained launch (common.cuh): release first, so the next kernel's blocks (o_proj's GEMV) become
+  // resident on the SMs this latency-bound grid leaves free and start their weight loads; then wait,
+  // since q and the new K/V rows come from the kernels before.
   detail::chain_release();
+  detail::chain_wait();
   const int hd = a.hd;
   const int ks = hd + 4;
   const int keys = kDecKeys * a.slices;  // keys per chunk
@@ -638,8 +641,8 @@ __global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(con
   __shared__ float st_ml[kV2Warps][kRows][2];
   __shared__ __align__(16) float p_s[kV2Warps][kNV];  // a chunk's probabilities, score order
   __shared__ float corr_s[kV2Warps][kRows];
-  detail::chain_wait();  // chained launch: q and the new K/V rows come from the kernels before
-  detail::chain_release();
+  detail::chain_release();  // chained launch, as attention_decode_kernel
+  detail::chain_wait();
   const int hd = a.hd, c4 = hd / 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = a.n_heads / a.n_kv_heads;

@@ -113,20 +113,27 @@ StagedBytes capture_stage(size_t bytes);
 void* capture_readback(void* dst, size_t bytes);
 
 // ---- chained launches (programmatic dependent launch, sm_90+; graph.cu) ----------------------------
-// A decode step is ~400 dependent kernels, most of them a few microseconds long; launched normally,
-// each is scheduled only after the one before it has completed, so the SMs idle through every
-// launch. A kernel launched with launch_chained() may be scheduled while the kernel ahead of it still
-// runs, and must call chain_wait() before it touches global memory: chain_wait() returns once every
-// earlier kernel of the stream has completed and its writes are visible (so reads after it, and
-// writes that earlier kernels' reads must precede, are ordered as in a normal launch). chain_release()
-// right after it lets the next chained kernel be scheduled. Both are no-ops in a kernel launched
-// normally, so a chained kernel is also correct when launched with <<<>>>; and a kernel that never
-// calls chain_release() just lets its successor be scheduled when it completes. Under run_graph the
-// launches become programmatic edges of the captured graph. Chained: every kernel of a text decode step
-// (RMSNorms, RoPE, the GEMVs of linear_gemv*.cu, decode attention and its combine, gated_activate,
-// argmax); not the prefill kernels, the general attention fallback or the sampler. Opt-in
-// for now (VLMCHECK_CUDA_PDL=1); launch_chained is a plain launch below compute capability 9.0 and
-// without the variable.
+// A decode step is ~250 dependent kernels of 2-25 us; launched normally, each is scheduled only after
+// the one before it has completed, so every kernel's ramp (block scheduling, the first bytes of its
+// weight stream) and tail are paid one after the other. A kernel launched with launch_chained() may
+// be scheduled while the kernel ahead of it still runs. Its shape:
+//   chain_release();   first thing: the NEXT chained kernel may be scheduled as soon as every block
+//                      of this grid has passed here (i.e. its last wave is resident);
+//   ...                work that reads only what no kernel of the step writes (weights, parameters):
+//                      the GEMVs issue their first round of weight loads here;
+//   chain_wait();      returns once the previous kernel has completed and its writes are visible;
+//                      since that kernel itself waited for its predecessor, every earlier kernel of
+//                      the stream has then completed;
+//   ...                everything else: reads of activations, and every global write (never write
+//                      before chain_wait: the previous kernel may still read the buffer).
+// Both are no-ops in a kernel launched normally (or below sm_90, or with chaining off), so a chained
+// kernel is also correct when launched with <<<>>>, after a kernel that was not chained (which only
+// releases its successor when it completes), as the first kernel of a graph piece (a graph launch
+// starts after the previous one completed) and in eager mode. Under run_graph the launches become
+// programmatic edges of the captured graph. Chained: every kernel of a text decode step (RMSNorms,
+// RoPE, the GEMVs of linear_gemv*.cu, decode attention and its combine, gated_activate, argmax); not
+// the prefill kernels, the general attention fallback or the sampler. Opt-in on sm_90+
+// (VLMCHECK_CUDA_PDL=1) until this early-release form is measured end to end against chaining off.
 bool chained_launches_enabled();
 __device__ __forceinline__ void chain_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -138,6 +145,8 @@ __device__ __forceinline__ void chain_release() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// The launch: cudaLaunchKernelEx, with the programmatic-serialization attribute when chaining is on
+// (without it, a plain launch: the kernel's chain_* calls are then no-ops).
 template <typename... Params, typename... Args>
 void launch_chained(const char* op, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
                     Args&&... args) {

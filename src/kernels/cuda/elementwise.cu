@@ -61,8 +61,8 @@ __global__ void activate_kernel(float* x, int64_t n, int64_t n4, int act) {
 }
 
 __global__ void gated_kernel(float* gate, const float* up, int64_t n, int64_t n4, int act) {
-  detail::chain_wait();  // chained launch (common.cuh): decode runs one per layer between two GEMVs
-  detail::chain_release();
+  detail::chain_release();  // chained launch (common.cuh): decode runs one per layer between two GEMVs
+  detail::chain_wait();
   for_each4(
       n, n4,
       [&](int64_t i) {
@@ -164,8 +164,8 @@ __device__ __forceinline__ void warp_best(float& bv, int32_t& bi) {
 __global__ void argmax_chunk_kernel(const float* x, int64_t d, float* part_v, int32_t* part_i) {
   __shared__ float sv[32];
   __shared__ int32_t si[32];
-  detail::chain_wait();  // chained launch (common.cuh): greedy decode ends every step with it
-  detail::chain_release();
+  detail::chain_release();  // chained launch (common.cuh): greedy decode ends every step with it
+  detail::chain_wait();
   const float* row = x + blockIdx.y * d;
   const int64_t begin = blockIdx.x * kArgmaxChunk, end = min(d, begin + kArgmaxChunk);
   float bv = 0.0f;
@@ -195,8 +195,8 @@ __global__ void argmax_chunk_kernel(const float* x, int64_t d, float* part_v, in
 
 // One warp per row over its chunks' results.
 __global__ void argmax_final_kernel(const float* part_v, const int32_t* part_i, int chunks, int32_t* ids) {
-  detail::chain_wait();
   detail::chain_release();
+  detail::chain_wait();
   float bv = 0.0f;
   int32_t bi = kNone;
   for (int c = threadIdx.x; c < chunks; c += 32) better(bv, bi, part_v[blockIdx.x * chunks + c], part_i[blockIdx.x * chunks + c]);

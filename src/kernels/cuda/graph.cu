@@ -165,6 +165,8 @@ void end_piece(GraphState& g, cudaStream_t s) {
       ++g.stats.updates;
     } else {  // topology (or a node kind) changed: build it anew
       cudaGetLastError();
+      VLM_LOG_DEBUG("run_graph: piece {} re-instantiated (cudaGraphExecUpdate result {})", g.piece,
+                    static_cast<int>(info.result));
       cudaGraphExecDestroy(exec);
       exec = nullptr;
     }
@@ -323,7 +325,8 @@ GraphStats graph_stats() { return detail::state().stats; }
 
 bool detail::chained_launches_enabled() {
   static const bool on = [] {
-    // Off unless VLMCHECK_CUDA_PDL=1 while it is being measured.
+    // Opt-in (VLMCHECK_CUDA_PDL=1) until the early-release kernels are measured end to end against
+    // chaining off (common.cuh); only where the hardware has it (sm_90+).
     const char* env = std::getenv("VLMCHECK_CUDA_PDL");
     if (env == nullptr || std::string(env) != "1") return false;
     int dev = 0, major = 0;

@@ -313,7 +313,9 @@ __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __
 
 template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
-  detail::chain_wait();  // chained launch (common.cuh): x is the previous kernel's output
+  // Chained launch (common.cuh): the successor may be scheduled once this grid is resident; the first
+  // round of weight loads (weights do not depend on the kernels before) goes out before chain_wait,
+  // so it overlaps the previous kernel's tail; x, y and the bias are only touched after it.
   detail::chain_release();
   constexpr Config c = dense_config();
   constexpr int R = c.rows, U = c.units, V = Dense<WT>::kN, WARPS = c.threads / 32;
@@ -343,6 +345,7 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
   };
   bool full = u + (U - 1) * step < p.units;
   if (full) load_round();
+  detail::chain_wait();
   if constexpr (NORM) norm_scales<NT, WARPS>(p, inv);
   while (full) {
 #pragma unroll
@@ -378,8 +381,7 @@ constexpr int kStreamR = 4, kStreamU = 2, kStreamThreads = 128;
 
 template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const __grid_constant__ GemvParams p) {
-  detail::chain_wait();  // chained launch (common.cuh)
-  detail::chain_release();
+  detail::chain_release();  // chained launch (common.cuh): first weight round before chain_wait, as above
   constexpr int R = kStreamR, U = kStreamU, V = Dense<WT>::kN;
   const int lane = threadIdx.x & 31;
   const unsigned total = p.block_end[p.count - 1];  // row groups of R rows, numbered through the members
@@ -473,6 +475,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
     load(b0, lrd);
     advance_load();
   }
+  detail::chain_wait();
   if constexpr (NORM) norm_scales<NT, kStreamThreads / 32>(p, inv);
   if (!active) return;
   while (step(b0, b1) && step(b1, b0)) {
@@ -599,8 +602,8 @@ __device__ __forceinline__ void quant_unit(uint32_t (&w)[R][BITS], const float (
 template <int BITS, int NT>
 __global__ void __launch_bounds__(quant_config(BITS, NT).threads)
     gemv_quant_kernel(const __grid_constant__ GemvParams p) {
-  detail::chain_wait();  // chained launch (common.cuh)
-  detail::chain_release();
+  detail::chain_release();  // chained launch (common.cuh): release first, wait before touching x
+  detail::chain_wait();
   constexpr Config c = quant_config(BITS, NT);
   constexpr int R = c.rows, U = c.units, WARPS = c.threads / 32;
   constexpr bool ROT = c.rot;

@@ -19,8 +19,8 @@ template <bool kResidual>
 __global__ void rms_norm_kernel(float* x, const float* r, int64_t d, const void* w, int wkind, float eps, float offset,
                                 float* y) {
   __shared__ float red[32];
+  detail::chain_release();  // chained launch (common.cuh): release first, wait before touching x
   detail::chain_wait();
-  detail::chain_release();
   float* xr = x + blockIdx.x * d;
   float* yr = y + blockIdx.x * d;
   float ss = 0.0f;

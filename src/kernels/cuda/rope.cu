@@ -51,8 +51,8 @@ __device__ __forceinline__ void rotate_pair(float* xh, int64_t i, int64_t half, 
 __global__ void rope_small_kernel(float* __restrict__ x, int64_t n_heads, float* __restrict__ x2, int64_t n_heads2,
                                   int64_t n_tokens, int64_t head_dim, int64_t half, bool has_streams, float scaling,
                                   const SmallArgs small) {
+  detail::chain_release();  // chained launch (common.cuh): release first, wait before touching x
   detail::chain_wait();
-  detail::chain_release();
   const int64_t heads = n_heads + n_heads2;
   const int64_t total = n_tokens * heads * half;
   for (int64_t w = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; w < total; w += int64_t{gridDim.x} * blockDim.x) {
