@@ -5,7 +5,6 @@
 #include "kernels/probes.h"
 
 #include <immintrin.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -141,12 +140,6 @@ double timed_on_all_threads(const std::function<void()>& fn) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-double thread_cpu_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 // read_gbs (median), min, max and trials from samples_gbs.
 void summarize(BandwidthProbe& p) {
   std::vector<double> v = p.samples_gbs;
@@ -222,26 +215,19 @@ BandwidthProbe probe_read_bandwidth(int64_t bytes, int trials) {
   out.threads = threads;
   // Slices are a multiple of 64 bytes so aligned loads stay aligned.
   const int64_t slice = ((words + threads - 1) / threads + 7) / 8 * 8;
-  // A pass's rate: each thread's bytes over its own CPU time, summed over the threads. On an idle
-  // machine the threads run side by side and this equals bytes / wall time (within the hand-off). On a
-  // loaded one a wall clock times the scheduler instead (a pinned job waits for a descheduled thread:
-  // at load 5-9 the wall-clock probe read 9-13 GB/s, below what the decode then got, "achieved 109 %");
-  // per-thread CPU time keeps it an upper bound: a thread running alone for a while gets at least its
-  // share of the bandwidth, never less.
-  std::vector<double> cpu_s(static_cast<size_t>(threads));
+  // Wall time, not each thread's CPU time: the roofline is what the threads get side by side, as the
+  // decode's do on an idle machine. Rating each thread by its own CPU time was tried and dropped: at
+  // load 1.5 the worker was descheduled for ~half of its 46 ms pass (26 ms CPU), so every thread
+  // looked like a lone core (~25 GB/s) and the sum (47-56 GB/s at load 1.5-9) was the single-core rate
+  // doubled, not a rate two concurrent threads reach (~33 GB/s idle). Neither clock is right on a
+  // loaded machine: the probe (and the decode) is only meaningful at load < 1.
   auto pass = [&] {
+    auto t0 = Clock::now();
     pool.run_on_all_threads([&](int t) {
-      const int64_t begin = t * slice, end = std::min(words, begin + slice);
-      const double c0 = thread_cpu_seconds();
+      int64_t begin = t * slice, end = std::min(words, begin + slice);
       if (begin < end) sink += sum_words(p + begin, end - begin);
-      cpu_s[static_cast<size_t>(t)] = thread_cpu_seconds() - c0;
     });
-    double gbs = 0;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t n = std::max<int64_t>(0, std::min(words, (t + 1) * slice) - t * slice);
-      if (n > 0 && cpu_s[static_cast<size_t>(t)] > 0) gbs += static_cast<double>(n * 8) / cpu_s[static_cast<size_t>(t)] / 1e9;
-    }
-    return gbs;
+    return static_cast<double>(out.bytes) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
   };
   pass();  // untimed: page-table walks of the fresh buffer, workers asleep, cores at idle clocks
   for (int r = 0; r < trials; ++r) out.samples_gbs.push_back(pass());

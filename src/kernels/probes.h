@@ -27,10 +27,7 @@ struct BandwidthProbe {
 // Streams a buffer far larger than the last-level cache with wide loads, every pool thread reading
 // its own contiguous slice at once (decode's GEMVs read their rows the same way: sequential streams on
 // every pool thread). bytes = 0 picks max(1 GiB, 4 x LLC), capped at an eighth of physical memory.
-// One untimed pass first (first-touch faults, thread wake-up, clocks), then `trials` timed passes, each
-// rated as the sum over threads of the thread's bytes / its own CPU time (= bytes / wall time when the
-// threads run side by side, as on an idle machine; still an upper bound when the machine is loaded and
-// they do not, where a wall clock would time the scheduler).
+// One untimed pass first (first-touch faults, thread wake-up, clocks), then `trials` timed passes.
 BandwidthProbe probe_read_bandwidth(int64_t bytes = 0, int trials = 9);
 // The passes of two probes (of the same buffer size and threads) as one: median, min and max over all
 // of them. A benchmark probes before and after its runs, so a burst of spare bandwidth lasting one
