@@ -1797,9 +1797,10 @@ TEST(CudaKernels, RunGraphHostRulesAndFailures) {
 }
 
 // ---- chained launches -------------------------------------------------------------------------------
-// Chained launches (common.cuh; on sm_90+ with VLMCHECK_CUDA_PDL=1, the GPU tests run both ways) let a
-// decode kernel start, and issue its first weight loads, while the kernel before it still runs; each
-// must still read its inputs only after the previous kernel's writes and write only after its reads.
+// Chained launches (common.cuh; on by default on sm_90+, VLMCHECK_CUDA_PDL=0 turns them off; the GPU
+// tests run both ways) let a decode kernel start, and issue its first weight loads, while the kernel
+// before it still runs; each must still read its inputs only after the previous kernel's writes and
+// write only after its reads.
 // Two layers of a decoder-shaped chain — a non-chained op right before chained GEMVs, fused-norm q and
 // 4-bit (tensor-core) / 3-bit (CUDA-core) GEMVs, rope, decode attention over 600 keys, o_proj and
 // down_proj accumulating into the stream they follow, gate/up (n = 2: the streaming dense kernel),
