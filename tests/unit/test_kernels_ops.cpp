@@ -611,6 +611,12 @@ TEST(RooflineProbe, ReadProbeStreamsFromBeyondTheCachesAndReportsItsSpread) {
   EXPECT_GT(all.min_gbs, 0);
   EXPECT_LE(all.min_gbs, all.read_gbs);
   EXPECT_LE(all.read_gbs, all.max_gbs);
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer checks every load of the probe's loop, which then runs compute-bound at ~20 GB/s
+  // from L2 as from DRAM (CI's sanitizer build: 21.8 vs 16.6 GB/s): the timing oracle below holds only
+  // in an uninstrumented build, which CI also runs.
+  GTEST_SKIP() << "the L2-vs-DRAM timing needs an uninstrumented build";
+#endif
   ThreadPool::set_global_threads(1);
   const BandwidthProbe dram = probe_read_bandwidth(0, 3);
   const BandwidthProbe l2 = probe_read_bandwidth(int64_t{256} << 10, 101);
