@@ -116,6 +116,73 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+// One key tile's scores to probabilities, in the m16n8 accumulator layout both kernels below hold (lane
+// (gq, tq) of a warp: rows gq and gq + 8 of its 16, keys 8n + 2tq + {0, 1} of the tile): the scale (or
+// softcap, then log2 domain), the mask (cls == 1: per element, keys j0... up to j_end), the online softmax
+// (running row max m, this lane's share of the row sums l) and O rescaled when a row's max moved.
+// s: [NS][4] scores in, unnormalized probabilities out; o: [NO][4] the rows' output accumulators.
+template <int NS, int NO>
+__device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&o)[NO][4], bool raw, float scale,
+                                             float softcap, float mul, int cls, int64_t j0, int tq, int64_t j_end,
+                                             const MaskArgs& mask, const int64_t* k_pos, int64_t qp_a,
+                                             int64_t qp_b, float& m_a, float& m_b, float& l_a, float& l_b) {
+  // Softcap first when set (log2 domain after it); masked keys -inf.
+#pragma unroll
+  for (int n = 0; n < NS; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = s[n][e];
+      if (!raw) x = softcap > 0.0f ? softcap * tanhf(x * scale / softcap) * kLog2e : x * scale * kLog2e;
+      if (cls == 1) {
+        const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
+        const bool vis = j < j_end && key_visible(mask, e < 2 ? qp_a : qp_b, key_pos(k_pos, mask, j));
+        if (!vis) x = -INFINITY;
+      }
+      s[n][e] = x;
+    }
+  }
+  // Online softmax: the 4 lanes of a quad share a row.
+  float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < NS; ++n) {
+    mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+    mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+  }
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+  }
+  const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);  // mul > 0: -inf stays -inf
+  // A row that has seen nothing yet keeps base 0 so that exp2(-inf - base) = 0, not NaN.
+  const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
+  const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
+  m_a = new_a;
+  m_b = new_b;
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int n = 0; n < NS; ++n) {
+    s[n][0] = fast_exp2(fmaf(s[n][0], mul, -base_a));
+    s[n][1] = fast_exp2(fmaf(s[n][1], mul, -base_a));
+    s[n][2] = fast_exp2(fmaf(s[n][2], mul, -base_b));
+    s[n][3] = fast_exp2(fmaf(s[n][3], mul, -base_b));
+    sum_a += s[n][0] + s[n][1];
+    sum_b += s[n][2] + s[n][3];
+  }
+  l_a = l_a * corr_a + sum_a;  // this lane's share; the quad is summed at the end
+  l_b = l_b * corr_b + sum_b;
+  // Rescale O only when some row's max moved (after the first few tiles it rarely does).
+  if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+      o[n][0] *= corr_a;
+      o[n][1] *= corr_a;
+      o[n][2] *= corr_b;
+      o[n][3] *= corr_b;
+    }
+  }
+}
+
 // Where a block writes: `out` directly (one split), or a split's unnormalized state for
 // launch_attention_combine: part_ml[qh][split] = (m in natural-log units, l), part_acc[qh][split][D].
 struct FlashOut {
@@ -273,61 +340,7 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
         mma_bf16(s[2 * nn + 1], a, bk[2], bk[3]);
       }
     }
-    // Softcap first when set (log2 domain after it); masked keys -inf.
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[n][e];
-        if (!raw) x = softcap > 0.0f ? softcap * tanhf(x * scale / softcap) * kLog2e : x * scale * kLog2e;
-        if (cls == 1) {
-          const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
-          const bool vis = j < j_end && key_visible(mask, e < 2 ? qp_a : qp_b, key_pos(k_pos, mask, j));
-          if (!vis) x = -INFINITY;
-        }
-        s[n][e] = x;
-      }
-    }
-    // Online softmax: the 4 lanes of a quad share a row.
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-      mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
-      mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
-    }
-#pragma unroll
-    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-    }
-    const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);  // mul > 0: -inf stays -inf
-    // A row that has seen nothing yet keeps base 0 so that exp2(-inf - base) = 0, not NaN.
-    const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
-    const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
-    m_a = new_a;
-    m_b = new_b;
-    float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-      s[n][0] = fast_exp2(fmaf(s[n][0], mul, -base_a));
-      s[n][1] = fast_exp2(fmaf(s[n][1], mul, -base_a));
-      s[n][2] = fast_exp2(fmaf(s[n][2], mul, -base_b));
-      s[n][3] = fast_exp2(fmaf(s[n][3], mul, -base_b));
-      sum_a += s[n][0] + s[n][1];
-      sum_b += s[n][2] + s[n][3];
-    }
-    l_a = l_a * corr_a + sum_a;  // this lane's share; the quad is summed at the end
-    l_b = l_b * corr_b + sum_b;
-    // Rescale O only when some row's max moved (after the first few tiles it rarely does).
-    if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n) {
-        o[n][0] *= corr_a;
-        o[n][1] *= corr_a;
-        o[n][2] *= corr_b;
-        o[n][3] *= corr_b;
-      }
-    }
+    softmax_tile(s, o, raw, scale, softcap, mul, cls, j0, tq, j_end, mask, k_pos, qp_a, qp_b, m_a, m_b, l_a, l_b);
     // O += P · V: the S accumulators of key blocks 2kk, 2kk + 1 are the A fragment of keys 16kk...
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
@@ -681,58 +694,7 @@ __global__ void __launch_bounds__(kFlashWarps * 32, MINB)
       wgmma_commit();
       wgmma_wait_all();
       wgmma_fence_operands(s);
-
-#pragma unroll
-      for (int n = 0; n < BS / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[n][e];
-          if (!raw) x = softcap > 0.0f ? softcap * tanhf(x * scale / softcap) * kLog2e : x * scale * kLog2e;
-          if (cls == 1) {
-            const int64_t j = j0 + n * 8 + 2 * tq + (e & 1);
-            const bool vis = j < j_end && key_visible(mask, e < 2 ? qp_a : qp_b, key_pos(k_pos, mask, j));
-            if (!vis) x = -INFINITY;
-          }
-          s[n][e] = x;
-        }
-      }
-      float mx_a = -INFINITY, mx_b = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < BS / 8; ++n) {
-        mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
-        mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
-      }
-#pragma unroll
-      for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-      }
-      const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);
-      const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
-      const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
-      m_a = new_a;
-      m_b = new_b;
-      float sum_a = 0.0f, sum_b = 0.0f;
-#pragma unroll
-      for (int n = 0; n < BS / 8; ++n) {
-        s[n][0] = fast_exp2(fmaf(s[n][0], mul, -base_a));
-        s[n][1] = fast_exp2(fmaf(s[n][1], mul, -base_a));
-        s[n][2] = fast_exp2(fmaf(s[n][2], mul, -base_b));
-        s[n][3] = fast_exp2(fmaf(s[n][3], mul, -base_b));
-        sum_a += s[n][0] + s[n][1];
-        sum_b += s[n][2] + s[n][3];
-      }
-      l_a = l_a * corr_a + sum_a;
-      l_b = l_b * corr_b + sum_b;
-      if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-          o[n][0] *= corr_a;
-          o[n][1] *= corr_a;
-          o[n][2] *= corr_b;
-          o[n][3] *= corr_b;
-        }
-      }
+      softmax_tile(s, o, raw, scale, softcap, mul, cls, j0, tq, j_end, mask, k_pos, qp_a, qp_b, m_a, m_b, l_a, l_b);
       // O += P · V: P's A fragments (keys 16kk ... 16kk + 15) from the S accumulators of key blocks 2kk, 2kk + 1.
       uint32_t pa[BS / 16][4];
 #pragma unroll
