@@ -1322,6 +1322,49 @@ TEST(CudaKernels, QuantGemvGlobalSplitKMatchesScalarReference) {
   cuda::set_gemv_split_k(0);
 }
 
+// Prefill (n >= 8) of dense 16-bit members: the fused forms round their input in the producing kernel
+// (rms_norm_rounded, gated_rounded) and add into y in cuBLASLt's epilogue (linear_dense.cu
+// dense_group_fused). Against the same ops composed on the GPU (rms_norm / gated_activate on a copy, the
+// plain group, a separate add): a norm without accumulation gives the very bits (same rounding of the
+// same f32 values, same GEMM); an accumulating member differs only by the order of y + x·Wᵀ + bias.
+TEST(CudaKernels, PrefillFusedGroupIsTheComposedOps) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(91);
+  for (const DType dt : {DType::kBF16, DType::kF16}) {
+    for (const int64_t n : {8, 64, 203}) {
+      SCOPED_TRACE(std::string(dt == DType::kBF16 ? "bf16" : "f16") + " n=" + std::to_string(n));
+      const int64_t cols = 512;
+      const ops::Weight w0 = gpu_weight(dense_weight(random_tensor(rng, {256, cols}, dt)));
+      const ops::Weight w1 = gpu_weight(dense_weight(random_tensor(rng, {128, cols}, dt)));
+      const Tensor b0 = gpu_tensor(random_tensor(rng, {256}, DType::kBF16));
+      const Tensor none;
+      const Tensor norm_w = gpu_tensor(random_tensor(rng, {cols}, DType::kBF16, 0.5f, 1.5f));
+      const ops::LinearNorm norm{&norm_w, 1e-6f, 0.0f};
+      const std::vector<float> x = random_vec(rng, static_cast<size_t>(n * cols), -3.0f, 3.0f);
+      const std::vector<float> up = random_vec(rng, static_cast<size_t>(n * cols), -2.0f, 2.0f);
+      const std::vector<float> y0 = random_vec(rng, static_cast<size_t>(n * 128));
+      DeviceFloats gx(x), gu(up);
+      // norm, no accumulation: bit for bit.
+      {
+        DeviceFloats f0 = DeviceFloats::poison(static_cast<size_t>(n * 256)), f1(y0);
+        DeviceFloats c0 = DeviceFloats::poison(static_cast<size_t>(n * 256)), c1(y0);
+        const ops::LinearOut fused[2] = {{&w0, &b0, f0.ptr(), false, &norm}, {&w1, &none, f1.ptr(), true, &norm}};
+        table().linear_group(gx.ptr(), n, fused, 2);
+        DeviceFloats hx = DeviceFloats::poison(static_cast<size_t>(n * cols));
+        table().rms_norm(gx.ptr(), n, cols, norm_w, 1e-6f, 0.0f, hx.ptr());
+        DeviceFloats t1 = DeviceFloats::poison(static_cast<size_t>(n * 128));
+        const ops::LinearOut plain[2] = {{&w0, &b0, c0.ptr(), false, nullptr}, {&w1, &none, t1.ptr(), false, nullptr}};
+        table().linear_group(hx.ptr(), n, plain, 2);
+        table().add(c1.ptr(), t1.ptr(), n * 128);
+        const std::vector<float> a0 = f0.host(), e0 = c0.host(), a1 = f1.host(), e1 = c1.host();
+        EXPECT_EQ(std::memcmp(a0.data(), e0.data(), a0.size() * 4), 0) << "normalized member";
+        for (size_t i = 0; i < a1.size(); ++i)
+          ASSERT_NEAR(a1[i], e1[i], 1e-5 * (1.0 + std::fabs(e1[i]))) << "accumulating member, element " << i;
+      }
+    }
+  }
+}
+
 // The fused decode kernel reads the packed rows and dequantizes them in shared memory with
 // kv_dequantize's arithmetic, then runs the f32 decode kernel's math: so attention_quantized must give
 // the very bits of kv_dequantize followed by attention on the GPU (one split, several splits in one

@@ -20,6 +20,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/linear_dense.cuh"
 #include "kernels/cuda/linear_gemv.cuh"
+#include "kernels/ops.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -100,9 +101,9 @@ struct LtCall {
   }
 };
 
-// cuBLASLt's chosen algorithm per problem (or none: first = false); the last field: bias epilogue.
+// cuBLASLt's chosen algorithm per problem (or none: first = false); the last fields: bias epilogue, beta = 1.
 using AlgoKey =
-    std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t, bool>;
+    std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t, bool, bool>;
 std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>>& algo_cache() {
   static std::map<AlgoKey, std::pair<bool, cublasLtMatmulAlgo_t>> cache;
   return cache;
@@ -182,8 +183,9 @@ int tune_algo(const cublasLtMatmulHeuristicResult_t* results, int found, Launch&
 // D[out, n] = op(A)[out, in] · B[in, n] with A = W read as [in, out] (ld in) and transposed, B = x as
 // [in, n] (ld in). Returns false (nothing launched) when cuBLASLt has no algorithm for this compute type,
 // these alignments and this epilogue. y's rows are ldy apart (ldy >= out: a column block of a wider output).
-bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out,
-                    float* y, int64_t ldy, cublasComputeType_t compute, const float* bias) {
+// accumulate: y += (beta = 1, C = D = y) instead of y = (never timed by tune_algo: its runs would add up).
+bool lt_matmul_impl(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out,
+                    float* y, int64_t ldy, cublasComputeType_t compute, const float* bias, bool accumulate) {
   const char* op = "linear (cuBLASLt)";
   cublasLtHandle_t h = detail::lt_handle(op);
   LtCall c;
@@ -234,8 +236,8 @@ bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64
   // kTuneCandidates answers, timed on this call's own operands (tune_algo). y is overwritten (beta = 0), so the
   // timing runs leave nothing behind; the real launch follows.
   const AlgoKey key{static_cast<int>(ab_type), static_cast<int>(compute), n, in, out, ldy,
-                    align[0], align[1], align[2], align[3], bias != nullptr};
-  const float alpha = 1.0f, beta = 0.0f;
+                    align[0], align[1], align[2], align[3], bias != nullptr, accumulate};
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   cudaStream_t st = detail::stream(op);
   void* wsp = detail::lt_workspace(op);
   cublasLtMatmulAlgo_t algo{};
@@ -248,7 +250,7 @@ bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64
     } else {
       cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
       const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(in) * static_cast<double>(out);
-      const int want = flops >= kTuneMinFlops && gemm_tuning_enabled() ? kTuneCandidates : 1;
+      const int want = flops >= kTuneMinFlops && gemm_tuning_enabled() && !accumulate ? kTuneCandidates : 1;
       int found = 0;
       cublasStatus_t s =
           cublasLtMatmulAlgoGetHeuristic(h, c.desc, c.a, c.b, c.c, c.c, c.pref, want, results, &found);
@@ -267,6 +269,11 @@ bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64
   }
   VLM_CUBLAS(cublasLtMatmul(h, c.desc, &alpha, w, c.a, xb, c.b, &beta, y, c.c, y, c.c, &algo, wsp, ws, st), op);
   return true;
+}
+
+bool lt_matmul_bias(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out,
+                    float* y, int64_t ldy, cublasComputeType_t compute, const float* bias) {
+  return lt_matmul_impl(w, ab_type, xb, n, in, out, y, ldy, compute, bias, false);
 }
 
 namespace {
@@ -388,6 +395,110 @@ void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int 
       done[i] = true;
     }
   }
+}
+
+bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int count, const LinearNorm* norm,
+                       const float* up, int act) {
+  constexpr int kMax = 8;
+  if (n < kGemvMaxN || count <= 0 || count > kMax || !aligned16(x) || (up != nullptr && norm != nullptr)) return false;
+  bool fused = norm != nullptr || up != nullptr;
+  for (int i = 0; i < count; ++i) fused = fused || outs[i].accumulate;
+  if (!fused) return false;  // the plain group (dense_group_cublaslt) does the same
+  // Every member: dense, one 16-bit dtype, one `in`, aligned weight and output (as dense_cublaslt wants).
+  const Weight& w0 = *outs[0].w;
+  if (w0.quantized || !w0.dense.defined() || w0.dense.ndim() != 2 || w0.cols() <= 0) return false;
+  const int kind = detail::float_kind(w0.dense, "linear_group", "weight");
+  if (kind == detail::kF32) return false;
+  const int64_t in = w0.cols();
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *outs[i].w;
+    if (w.quantized || !w.dense.defined() || w.dense.ndim() != 2 || w.rows() <= 0 || w.cols() != in ||
+        detail::float_kind(w.dense, "linear_group", "weight") != kind || !aligned16(w.dense.raw()) ||
+        !aligned16(outs[i].y) || w.rows() % 4 != 0)
+      return false;
+    const Tensor* b = outs[i].bias;
+    if (b != nullptr && b->defined() && b->numel() != w.rows())
+      detail::fail(ErrorKind::kInvalidArgument, "[cuda linear_group] bias " + std::to_string(i) + " has " +
+                                                    std::to_string(b->numel()) + " values, expected " +
+                                                    std::to_string(w.rows()));
+  }
+  // Scratch: [x (normalized) in 16 bits][each member's bias in f32 (when it is not already aligned f32)].
+  const size_t x_bytes = (static_cast<size_t>(n * in) * 2 + 255) / 256 * 256;
+  size_t total = x_bytes, bias_at[kMax] = {};
+  for (int i = 0; i < count; ++i) {
+    bias_at[i] = total;
+    const Tensor* b = outs[i].bias;
+    if (b != nullptr && b->defined()) total += (static_cast<size_t>(outs[i].w->rows()) * sizeof(float) + 255) / 256 * 256;
+  }
+  auto* base = static_cast<unsigned char*>(detail::scratch(total, "linear_group"));
+  cudaStream_t st = detail::stream("linear_group");
+  // The input rounded once, straight into 16 bits: rms_norm's values (norms.cu, the same kernel and block
+  // size as the materialized norm), act(x) · up (elementwise.cu, gated_activate's formula), or x itself.
+  auto round_input = [&] {
+    if (norm != nullptr)
+      rms_norm_rounded(x, n, in, *norm->weight, norm->eps, norm->offset, base, kind);
+    else if (up != nullptr)
+      gated_rounded(x, up, n * in, act, base, kind);
+    else
+      convert_x(x, n, in, kind, base, st);
+  };
+  round_input();
+  const cudaDataType_t ab = kind == detail::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
+  Tensor hx;  // the f32 input of a member cuBLASLt refuses (materialized on first need)
+  for (int i = 0; i < count; ++i) {
+    const Weight& w = *outs[i].w;
+    const int64_t out = w.rows();
+    const Tensor* b = outs[i].bias;
+    const bool acc = outs[i].accumulate;
+    const float* bias_f32 = nullptr;
+    if (b != nullptr && b->defined()) {
+      const void* bp = detail::device_ptr(*b, "linear_group", "bias");
+      const int bkind = detail::float_kind(*b, "linear_group", "bias");
+      if (bkind == detail::kF32 && aligned16(bp)) {
+        bias_f32 = static_cast<const float*>(bp);
+      } else {
+        auto* bf = reinterpret_cast<float*>(base + bias_at[i]);
+        bias_to_f32_kernel<<<detail::elementwise_blocks(out, 256), 256, 0, st>>>(bp, bkind, out, bf);
+        VLM_CUDA_LAUNCHED("linear_group (bias)");
+        bias_f32 = bf;
+      }
+    }
+    // y (+)= x·Wᵀ + bias in cuBLASLt's epilogue: beta = 1 reads y there (no temporary, no add pass).
+    if (bias_f32 != nullptr &&
+        lt_matmul_impl(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, bias_f32, acc))
+      continue;
+    if (lt_matmul_impl(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, nullptr, acc)) {
+      if (bias_f32 != nullptr) add_bias(outs[i].y, n, out, *b);
+      continue;
+    }
+    // cuBLASLt refused this member: the general path on the f32 input. linear() may take the scratch that
+    // holds the rounded input, so the next member gets it rounded again (below).
+    if (!hx.defined() && (norm != nullptr || up != nullptr)) {
+      hx = ops::empty({n, in}, DType::kF32, MemCategory::kScratch, Device::kCuda);
+      if (norm != nullptr) {
+        kernels::rms_norm(x, n, in, *norm->weight, norm->eps, norm->offset, hx.data<float>());
+      } else {
+        VLM_CUDA(cudaMemcpyAsync(hx.data<float>(), x, sizeof(float) * static_cast<size_t>(n * in),
+                                 cudaMemcpyDeviceToDevice, st),
+                 "linear_group");
+        kernels::gated_activate(hx.data<float>(), up, n * in, static_cast<Activation>(act));
+      }
+    }
+    const float* xin = hx.defined() ? hx.data<float>() : x;
+    const Tensor bias = b != nullptr ? *b : Tensor();
+    if (!acc) {
+      kernels::linear(xin, n, w, bias, outs[i].y);
+    } else {
+      Tensor r = ops::empty({n * out}, DType::kF32, MemCategory::kScratch, Device::kCuda);
+      kernels::linear(xin, n, w, bias, r.data<float>());
+      kernels::add(outs[i].y, r.data<float>(), n * out);
+    }
+    if (i + 1 < count) {
+      base = static_cast<unsigned char*>(detail::scratch(total, "linear_group"));
+      round_input();
+    }
+  }
+  return true;
 }
 
 bool lt_matmul(const void* w, cudaDataType_t ab_type, const void* xb, int64_t n, int64_t in, int64_t out, float* y,

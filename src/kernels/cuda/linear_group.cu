@@ -63,6 +63,9 @@ void run_group(const float* x, int64_t n, const LinearOut* outs, int count, cons
 
 void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
   if (n <= 0 || count <= 0) return;
+  // Prefill of dense 16-bit members: norm and accumulate inside the GEMMs' input rounding and epilogue
+  // (linear_dense.cu); false (nothing launched) where that does not apply.
+  if (n >= 8 && dense_group_fused(x, n, outs, count, outs[0].norm)) return;
   const LinearNorm* norm = outs[0].norm;  // ops.cpp: every member has the same one
   if (norm == nullptr) {
     run_group(x, n, outs, count, nullptr);

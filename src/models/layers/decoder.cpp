@@ -112,6 +112,17 @@ bool fusion_enabled() {
   return on;
 }
 
+// VLMCHECK_PREFILL_FUSE=0 keeps prefill chunks on the unfused forward (separate add_rms_norm passes, f32
+// copies of the normalized input and of the gated product): the same-binary A/B switch of the fused prefill
+// (run()). Read once.
+bool prefill_fusion_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_PREFILL_FUSE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 // Gemma's normalizer is sqrt(hidden) cast to the activation dtype; checkpoints stored in bf16/f16 run in
 // that dtype in transformers and mlx, so the factor is rounded the same way (f32 checkpoints: exact).
 float round_to_dtype(float v, DType t) {
@@ -481,13 +492,17 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
   const float eps = s.rms_norm_eps, off = s.norm_offset;
   // Not on the CPU: its backend composes the fused forms from the plain ops (a materialized norm, a
   // temporary and an add: one more pass per block than add_rms_norm), so they only cost there.
-  if (!on_host && !s.sandwich_norms && !adapter_ && n < kGraphMaxTokens && fusion_enabled()) {
-    // Fused (decode-sized calls): the pre-norms are folded into the linears that read them and the
-    // residual adds into the output projections (ops.h LinearOut), so the stream x is the only
-    // activation between blocks:
+  // Prefill chunks take the fused forms where the device's GEMMs fold them in: dense 16-bit weights, whose
+  // GEMM input is rounded by the norm (or the gated activation) kernel itself and whose residual add is the
+  // GEMM epilogue's (CUDA linear_dense.cu dense_group_fused). Quantized and f32 weights would add through a
+  // temporary and normalize through a materialized copy (ops.h's fallback), one more pass over [n, hidden]
+  // per block than the separate add_rms_norm below.
+  const Linear& first = s.fused_qkv ? layers_[0].qkv : layers_[0].q;
+  const bool fused_prefill = prefill_fusion_enabled() && !f32_weights_ && !first.weight->quantized;
+  if (!on_host && !s.sandwich_norms && !adapter_ && (n < kGraphMaxTokens || fused_prefill) && fusion_enabled()) {
+    // Fused: the pre-norms are folded into the linears that read them and the residual adds into the
+    // output projections (ops.h LinearOut), so the stream x is the only activation between blocks:
     // qkv(norm(x)) -> rope -> attention -> x += o_proj -> gate/up(norm(x)) -> act -> x += down_proj.
-    // Prefill keeps the separate add_rms_norm: its GEMMs would add through a temporary and normalize
-    // through a materialized copy (ops.h's fallback), one more pass over [n, hidden] per block.
     for (int i = 0; i < static_cast<int>(layers_.size()); ++i) {
       const Layer& L = layers_[static_cast<size_t>(i)];
       const ops::LinearNorm input{&L.input_norm, eps, off}, post{&L.post_attn_norm, eps, off};
