@@ -13,6 +13,7 @@
 #include <turbojpeg.h>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/memory.h"
 #include "core/quantize.h"
 #include "core/tensor.h"
@@ -892,11 +893,14 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       Rng rng{1234};
       for (auto& id : ids) id = static_cast<int32_t>((rng.uniform() * 0.5f + 0.5f) * static_cast<float>(vocab - 1));
       std::vector<float> logits(static_cast<size_t>(vocab));
+      double embed_s = 0.0;  // the host's share: the prompt's rows gathered into `emb` (`--verbose` logs it)
       t0 = Clock::now();
       for (int64_t begin = 0; begin < options.prompt_tokens; begin += options.prefill_step_size) {
         int64_t n = std::min(options.prefill_step_size, options.prompt_tokens - begin);
+        const auto te = Clock::now();
         std::vector<float> emb(static_cast<size_t>(n * hidden));
         lm.embed(ids.data() + begin, n, emb.data());
+        embed_s += seconds_since(te);
         std::vector<int64_t> pos(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) pos[i] = begin + i;
         lm.forward(emb.data(), n, Positions{pos.data(), n, 1}, *cache, ops::AttentionMask{}, logits.data(), false);
@@ -904,6 +908,8 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       sync();  // (forward already waited for its logits; this keeps the clock honest regardless)
       s.prefill_s = seconds_since(t0);
       s.ttft_s = s.prefill_s;
+      VLM_LOG_DEBUG("bench: {} prefill {:.2f} ms = host embedding {:.2f} ms + forward {:.2f} ms (upload, layers, logits)",
+                    label, 1e3 * s.prefill_s, 1e3 * embed_s, 1e3 * (s.prefill_s - embed_s));
 
       for (float v : logits)
         VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
