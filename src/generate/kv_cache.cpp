@@ -210,6 +210,28 @@ std::pair<float*, float*> KVLayer::next_rows(int64_t n) {
   return {reinterpret_cast<float*>(store_->kslot(size_)), reinterpret_cast<float*>(store_->vslot(size_))};
 }
 
+void KVLayer::rope_update_and_attend(float* q, float* k, const float* v, int64_t n, const ops::AttentionRope& rope,
+                                     const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) {
+  // Only a standard f32 layer whose next rows already hold k and v (the model wrote them there) and
+  // that stays f32 after this update: the new keys are then the last n held rows, which the attention
+  // op rotates where they lie.
+  const bool stays_f32 = !config_.bits || offset_ + n < config_.quantize_start;
+  if (rotating() || quantized_ || !stays_f32 || n <= 0 || size_ + n > store_->capacity ||
+      k != store_->kslot(size_) || v != store_->vslot(size_)) {
+    LayerKVCache::rope_update_and_attend(q, k, v, n, rope, spec, mask, out);
+    return;
+  }
+  VLM_CHECK(spec.n_kv_heads == config_.n_kv_heads && spec.head_dim == config_.head_dim, ErrorKind::kInvalidArgument,
+            "kv cache layer holds [{} kv heads, head_dim {}] but the attention spec has [{}, {}]", config_.n_kv_heads,
+            config_.head_dim, spec.n_kv_heads, spec.head_dim);
+  const int64_t q_pos0 = offset_;
+  update_standard(k, v, n);  // the rows are in place: positions and counts only
+  ops::AttentionMask m = mask;
+  m.sliding_window = spec.sliding_window > 0 ? spec.sliding_window : mask.sliding_window;
+  ops::attention_with_rope(q, n, q_pos0, store_->kslot(0), store_->vslot(0), pos_.data(), size_, spec.n_heads,
+                           spec.n_kv_heads, spec.head_dim, spec.scale, spec.softcap, m, rope, out);
+}
+
 void KVLayer::reorder(const std::vector<int64_t>& order) {
   auto fresh = std::make_unique<Store>(row_, store_->quantized, store_->bits, store_->group, store_->device);
   fresh->grow(std::max<int64_t>(static_cast<int64_t>(order.size()), 1), 0);

@@ -112,6 +112,10 @@ class KVLayer final : public LayerKVCache {
 
   void update_and_attend(const float* q, const float* k, const float* v, int64_t n, const LayerAttentionSpec& spec,
                          const ops::AttentionMask& mask, float* out) override;
+  // Standard f32 layers with k in place (next_rows): ops::attention_with_rope over the held rows;
+  // every other layer: the default (rope_qk, then update_and_attend).
+  void rope_update_and_attend(float* q, float* k, const float* v, int64_t n, const ops::AttentionRope& rope,
+                              const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) override;
   std::pair<float*, float*> next_rows(int64_t n) override;
   int64_t offset() const override { return offset_; }
   int64_t stored_tokens() const override { return size_; }

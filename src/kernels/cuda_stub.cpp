@@ -38,6 +38,11 @@ void rope_qk(float*, int64_t, float*, int64_t, int64_t, int64_t, int64_t, const 
              float) {
   unavailable();
 }
+bool attention_rope_decode(float*, int64_t, int64_t, float*, const float*, const int64_t*, int64_t, int64_t, int64_t,
+                           int64_t, float, float, const AttentionMask&, int64_t, const float*, const int64_t*,
+                           const int*, float, float*) {
+  unavailable();
+}
 GraphStats graph_stats() { return {}; }
 double probe_copy_bandwidth_gbs() { unavailable(); }
 double probe_bf16_matmul_gflops() { unavailable(); }

@@ -464,6 +464,40 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
                                      mask, out);
 }
 
+void attention_with_rope(float* q, int64_t nq, int64_t q_pos0, float* k, const float* v, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, const AttentionRope& rope, float* out) {
+  check_attention("attention_with_rope", nq, nk, n_heads, n_kv_heads, head_dim, softcap, mask);
+  VLM_CHECK(nq <= nk, ErrorKind::kInvalidArgument, "[attention_with_rope] {} queries but only {} keys (the new keys "
+            "are the last nq)", nq, nk);
+  std::vector<int> stream_of;
+  if (rope.mrope_section != nullptr) {
+    check_mrope(head_dim, *rope.mrope_section, "attention_with_rope");
+    VLM_CHECK(rope.rotary_dim == head_dim, ErrorKind::kInvalidArgument,
+              "[attention_with_rope] M-RoPE rotates whole heads: rotary_dim {} must be head_dim {}", rope.rotary_dim,
+              head_dim);
+    stream_of = mrope_streams(*rope.mrope_section);
+  } else {
+    VLM_CHECK(rope.rotary_dim > 0 && rope.rotary_dim % 2 == 0 && rope.rotary_dim <= head_dim,
+              ErrorKind::kInvalidArgument, "[attention_with_rope] rotary_dim {} must be even and in (0, head_dim {}]",
+              rope.rotary_dim, head_dim);
+  }
+  if (nq == 0) return;
+  const int* streams = stream_of.empty() ? nullptr : stream_of.data();
+  // CUDA: one kernel where the decode kernel takes the shape (not under VLMCHECK_CUDA_PROFILE, which
+  // keeps the per-op rows of rope and attention).
+  if (t_current_device == Device::kCuda && !cuda::profiling_enabled()) {
+    cuda::graph_op_boundary();
+    if (cuda::attention_rope_decode(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap,
+                                    mask, rope.rotary_dim, rope.inv_freq, rope.positions, streams,
+                                    rope.attention_scaling, out))
+      return;
+  }
+  rotate_qk(q, n_heads, k + (nk - nq) * n_kv_heads * head_dim, n_kv_heads, nq, head_dim, rope.rotary_dim,
+            rope.inv_freq, rope.positions, streams, rope.attention_scaling);
+  attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+}
+
 void add(float* y, const float* x, int64_t n) {
   if (n > 0) pick(&cpu::KernelTable::add)(y, x, n);
 }

@@ -169,6 +169,24 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out);
 
+// attention() with RoPE applied first (the decode step's fused form): q [nq, n_heads, hd] and the last
+// nq key rows k[nk - nq, nk) are rotated exactly as rope_qk (mrope_section null) or mrope_qk
+// (mrope_section set; rotary_dim must be head_dim) with `rope`'s arguments, then attended. The rotated
+// key rows are written back into k (a cache keeps them rotated); q's contents afterwards are
+// unspecified (the CPU rotates it in place, CUDA's fused decode kernel only in registers). Composed as
+// rope_qk + attention on the CPU and wherever CUDA's decode kernel does not take the shape (it takes
+// one query over consecutive k_pos with whole heads rotated: cuda_backend.h attention_rope_decode).
+struct AttentionRope {
+  int64_t rotary_dim = 0;
+  const float* inv_freq = nullptr;                  // [rotary_dim / 2], host
+  const int64_t* positions = nullptr;               // [nq], or [3, nq] with mrope_section; host
+  const std::vector<int>* mrope_section = nullptr;  // non-null: M-RoPE with these sections
+  float attention_scaling = 1.0f;
+};
+void attention_with_rope(float* q, int64_t nq, int64_t q_pos0, float* k, const float* v, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, const AttentionRope& rope, float* out);
+
 // Elementwise helpers.
 void add(float* y, const float* x, int64_t n);             // y += x
 void scale(float* y, float s, int64_t n);                  // y *= s

@@ -31,6 +31,21 @@ class LayerKVCache {
   // sliding window comes from spec).
   virtual void update_and_attend(const float* q, const float* k, const float* v, int64_t n,
                                  const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) = 0;
+  // update_and_attend with RoPE applied first: q [n, n_heads, hd] and k [n, n_kv_heads, hd] not yet
+  // rotated, rotated as ops::attention_with_rope states (q's contents afterwards unspecified; k's rows
+  // rotated in place). The default rotates both (ops::rope_qk / mrope_qk) and calls update_and_attend;
+  // a layer that holds k in place (next_rows) passes the rotation on to the attention op, which on
+  // CUDA rotates inside the decode attention kernel (no launch of its own).
+  virtual void rope_update_and_attend(float* q, float* k, const float* v, int64_t n, const ops::AttentionRope& rope,
+                                      const LayerAttentionSpec& spec, const ops::AttentionMask& mask, float* out) {
+    if (rope.mrope_section != nullptr)
+      ops::mrope_qk(q, spec.n_heads, k, spec.n_kv_heads, n, spec.head_dim, rope.inv_freq, rope.positions,
+                    *rope.mrope_section, rope.attention_scaling);
+    else
+      ops::rope_qk(q, spec.n_heads, k, spec.n_kv_heads, n, spec.head_dim, rope.rotary_dim, rope.inv_freq,
+                   rope.positions, rope.attention_scaling);
+    update_and_attend(q, k, v, n, spec, mask, out);
+  }
   // Where the next n tokens' K and V rows ([n, n_kv_heads * hd] f32 each, on the cache's device) can
   // be written in place, or {nullptr, nullptr} when the layer stores them another way (rotating,
   // quantized). A model that computes k/v there (RoPE applied in place) passes the same pointers to

@@ -1424,6 +1424,78 @@ TEST(CudaKernels, AttentionQuantizedDecodeIsDequantizeThenAttentionBitForBit) {
   cuda::set_decode_tile_kernel(false);
 }
 
+// ops::attention_with_rope: on the GPU the decode kernel rotates q and the new key row itself (one
+// query, whole heads, up to 8 query heads per kv head); every other shape composes rope_qk +
+// attention. Either way the output and the rotated key rows must be the bits of rope_qk / mrope_qk
+// followed by attention on the GPU, and match the scalar reference (rope then attention on the host).
+// Shapes: the 3B (RoPE and M-RoPE with unequal stream positions), 7B, head_dim 256 (two float4s a
+// lane), 64 and 32, a window, a cache of only the new key; and fallbacks (3 queries, 16 query heads
+// per kv head, partial rotary).
+TEST(CudaKernels, AttentionWithRopeIsRopeThenAttentionBitForBit) {
+  SKIP_WITHOUT_GPU();
+  struct R {
+    int64_t nq, nk, nh, nkv, hd, rotary, window;
+    bool mrope;
+  };
+  std::mt19937 rng(91);
+  for (const R& c : std::vector<R>{{1, 2048, 16, 2, 128, 128, 0, false},
+                                   {1, 2048, 16, 2, 128, 128, 0, true},
+                                   {1, 777, 28, 4, 128, 128, 0, false},
+                                   {1, 1500, 8, 4, 256, 256, 0, false},
+                                   {1, 300, 8, 8, 64, 64, 100, false},
+                                   {1, 33, 4, 2, 32, 32, 0, false},
+                                   {1, 1, 16, 2, 128, 128, 0, true},
+                                   {3, 600, 16, 2, 128, 128, 0, false},
+                                   {1, 500, 32, 2, 128, 128, 0, false},
+                                   {1, 400, 16, 2, 128, 64, 0, false}}) {
+    SCOPED_TRACE(std::to_string(c.nh) + "/" + std::to_string(c.nkv) + " heads of " + std::to_string(c.hd) + ", " +
+                 std::to_string(c.nk) + " keys, nq " + std::to_string(c.nq) + (c.mrope ? ", mrope" : ", rope") +
+                 " rotary " + std::to_string(c.rotary));
+    const int64_t row = c.nkv * c.hd, q0 = c.nk - c.nq;
+    const std::vector<float> q = random_vec(rng, static_cast<size_t>(c.nq * c.nh * c.hd), -2, 2);
+    const std::vector<float> k = random_vec(rng, static_cast<size_t>(c.nk * row), -2, 2);
+    const std::vector<float> v = random_vec(rng, static_cast<size_t>(c.nk * row), -2, 2);
+    std::vector<float> inv = random_vec(rng, static_cast<size_t>(c.rotary / 2), 0.0f, 1.0f);
+    std::vector<int64_t> pos(static_cast<size_t>(3 * c.nq)), kpos(static_cast<size_t>(c.nk));
+    for (int64_t i = 0; i < 3 * c.nq; ++i) pos[i] = q0 + i % c.nq + (c.mrope ? (i / c.nq) * 17 : 0);
+    for (int64_t j = 0; j < c.nk; ++j) kpos[j] = j;
+    const int64_t h = c.hd / 2;
+    const std::vector<int> sections = {static_cast<int>(h - 2 * (3 * h / 8)), static_cast<int>(3 * h / 8),
+                                       static_cast<int>(3 * h / 8)};
+    ops::AttentionMask mask;
+    mask.sliding_window = c.window;
+    const ops::AttentionRope rope{c.rotary, inv.data(), pos.data(), c.mrope ? &sections : nullptr, 1.05f};
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    // GPU: the fused op, then rope_qk + attention on fresh copies.
+    DeviceFloats fq(q), fk(k), fv(v), fo = DeviceFloats::poison(q.size());
+    DeviceFloats sq(q), sk(k), so = DeviceFloats::poison(q.size());
+    {
+      ops::DeviceScope scope(Device::kCuda);
+      ops::attention_with_rope(fq.ptr(), c.nq, q0, fk.ptr(), fv.ptr(), kpos.data(), c.nk, c.nh, c.nkv, c.hd, scale,
+                               0.0f, mask, rope, fo.ptr());
+      float* kn = sk.ptr() + q0 * row;
+      if (c.mrope)
+        ops::mrope_qk(sq.ptr(), c.nh, kn, c.nkv, c.nq, c.hd, inv.data(), pos.data(), sections, 1.05f);
+      else
+        ops::rope_qk(sq.ptr(), c.nh, kn, c.nkv, c.nq, c.hd, c.rotary, inv.data(), pos.data(), 1.05f);
+      ops::attention(sq.ptr(), c.nq, q0, sk.ptr(), fv.ptr(), kpos.data(), c.nk, c.nh, c.nkv, c.hd, scale, 0.0f, mask,
+                     so.ptr());
+    }
+    const std::vector<float> got = fo.host(), want = so.host(), got_k = fk.host(), want_k = sk.host();
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << "output";
+    EXPECT_EQ(std::memcmp(got_k.data(), want_k.data(), got_k.size() * 4), 0) << "rotated keys";
+    EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float f) { return std::isfinite(f); }));
+    // The scalar reference on the host.
+    std::vector<float> hq = q, hk = k, ho(q.size());
+    ops::force_scalar_kernels(true);
+    ops::attention_with_rope(hq.data(), c.nq, q0, hk.data(), v.data(), kpos.data(), c.nk, c.nh, c.nkv, c.hd, scale,
+                             0.0f, mask, rope, ho.data());
+    ops::force_scalar_kernels(false);
+    EXPECT_LE(nmse(got.data(), std::vector<double>(ho.begin(), ho.end())), f32_attention_nmse(c.nk)) << "output";
+    EXPECT_LE(nmse(got_k.data(), std::vector<double>(hk.begin(), hk.end())), 1e-13) << "rotated keys";
+  }
+}
+
 TEST(CudaKernels, CopiesAndCopy2d) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(5);

@@ -21,8 +21,11 @@
 // is passed as its first position instead.
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/kv_quant.cuh"
+#include "kernels/cuda/rope_common.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 namespace vlm::ops::cuda::kernels {
@@ -482,3 +485,39 @@ void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const Quant
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+
+// ops::attention_with_rope's fused decode form (cuda_backend.h). VLMCHECK_CUDA_ROPE_ATTENTION=0 (read
+// once) turns it off: ops.cpp then runs rope_qk and attention as two launches.
+bool attention_rope_decode(float* q, int64_t nq, int64_t q_pos0, float* k, const float* v, const int64_t* k_pos,
+                           int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                           float softcap, const AttentionMask& mask, int64_t rotary_dim, const float* inv_freq,
+                           const int64_t* positions, const int* stream_of, float attention_scaling, float* out) {
+  using namespace kernels;
+  static const bool enabled = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_ROPE_ATTENTION");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  if (!enabled || nk < 1 || rotary_dim / 2 > kRopeMaxHalf ||
+      !decode_rope_applies(nq, n_heads, n_kv_heads, head_dim, rotary_dim))
+    return false;
+  check_shape(nq, nk, n_heads, n_kv_heads, head_dim);
+  // The new key is the last row only for consecutive positions (a standard cache).
+  if (!consecutive_positions(k_pos, nk)) return false;
+  RopeArgs r{};
+  r.half = static_cast<int>(rotary_dim / 2);
+  r.scaling = attention_scaling;
+  std::memcpy(r.inv_freq, inv_freq, sizeof(float) * static_cast<size_t>(r.half));
+  for (int s = 0; s < (stream_of != nullptr ? 3 : 1); ++s) r.positions[s] = positions[s];  // [streams, nq = 1]
+  for (int i = 0; i < r.half; ++i) r.stream_of[i] = static_cast<signed char>(stream_of != nullptr ? stream_of[i] : 0);
+  const int64_t* kp = nullptr;
+  const MaskArgs m = stage_mask(mask, k_pos, nk, kp);  // consecutive: nothing staged
+  if (!attention_decode_gqa_rope(q, q_pos0, k, v, nk, n_heads, n_kv_heads, head_dim, scale, softcap, m, r, out,
+                                 detail::stream("attention")))
+    return false;
+  VLM_CUDA_LAUNCHED("attention");
+  return true;
+}
+
+}  // namespace vlm::ops::cuda

@@ -61,6 +61,18 @@ bool attention_decode_gqa(const float* q, int64_t nq, int64_t q_pos0, const floa
                           const int64_t* k_pos_dev, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
                           float scale, float softcap, const MaskArgs& mask, float* out, cudaStream_t cs);
 
+// ops::attention_with_rope's fused form (attention_decode.cu, register kernel): whether it takes this
+// shape (one query, rotary_dim == head_dim with head_dim / 8 a power of two up to 128 dims, or 256,
+// at most 8 query heads per kv head, the register kernel selected), and the launch: q rotated on
+// load, the new key row nk - 1 (consecutive key positions: k_pos_dev null) rotated on load by the one
+// block that reads it and written back into k. False (nothing launched) when it does not apply
+// (also K/V or out not 16-byte aligned, the new key outside the mask's key range).
+struct RopeArgs;
+bool decode_rope_applies(int64_t nq, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t rotary_dim);
+bool attention_decode_gqa_rope(const float* q, int64_t q_pos0, float* k, const float* v, int64_t nk, int64_t n_heads,
+                               int64_t n_kv_heads, int64_t head_dim, float scale, float softcap, const MaskArgs& mask,
+                               const RopeArgs& rope, float* out, cudaStream_t cs);
+
 // Grouped-query decode over a quantized KV cache (attention_decode.cu; ops::attention_quantized's
 // layout): false (nothing launched) when it does not apply (head_dim not a multiple of 4 or of
 // group_size, or above 256).

@@ -66,12 +66,14 @@
 // prompt) decode is the same: 352.5 vs 354.3 tok/s with the old layout and merge forced by the
 // environment (rows per warp 1, combine) in the same call.
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/rope_common.cuh"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -95,6 +97,10 @@ struct DecodeArgs {
   // f32 rows: k, v [nk, n_kv_heads, hd]
   const float* k;
   const float* v;
+  // ops::attention_with_rope (register kernel, f32 K/V): the new key row rope_key, rotated in
+  // registers by the block that owns it and written back here (k's own rows, writable).
+  float* k_rot;
+  int64_t rope_key;
   // quantized rows (kv_quantize layout): packed [nk, words_row], scales / biases [nk, groups_row]
   const uint32_t* kq;
   const float* ks;
@@ -628,10 +634,45 @@ __device__ __forceinline__ void v2_reduce_scatter(float (&sc)[kNV], int lane) {
   if constexpr (kNV >= 32) v2_rs_half<kNV / 16, 1>(sc, lane); else sc[0] += __shfl_xor_sync(0xffffffffu, sc[0], 1);
 }
 
+// RoPE in the register kernel (ops::attention_with_rope; one query, whole heads rotated, hd / 8 a power
+// of two up to 128 dims, or 256). A lane holds dims [4c, 4c + 4) of a row, c = lane + 32 e; the
+// partner dims of a rotation pair (i, i + half) are float4 c ^ hq, hq = half / 4: lane ^ hq of the
+// same e (kE == 1) or the other e of the same lane (kE == 2, half 128). cs: the (cos, sin) of this
+// lane's four frequencies per e. rope_first / rope_second: the rope_qk kernel's arithmetic, so the
+// rotated values are its bits.
+template <int kE>
+__device__ __forceinline__ void rope_rotate_row(float4 (&x)[kE], const float2 (&cs)[kE][4], int lane, int hq) {
+  float4 other[kE];
+  if constexpr (kE == 1) {
+    other[0] = make_float4(__shfl_xor_sync(0xffffffffu, x[0].x, hq), __shfl_xor_sync(0xffffffffu, x[0].y, hq),
+                           __shfl_xor_sync(0xffffffffu, x[0].z, hq), __shfl_xor_sync(0xffffffffu, x[0].w, hq));
+  } else {
+    other[0] = x[1];
+    other[1] = x[0];
+  }
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    const bool second = ((lane + 32 * e) & hq) != 0;  // this float4 is in the second half (x2)
+    auto rot = [&](float own, float oth, float2 c) {
+      return second ? rope_second(oth, own, c) : rope_first(own, oth, c);
+    };
+    x[e] = make_float4(rot(x[e].x, other[e].x, cs[e][0]), rot(x[e].y, other[e].y, cs[e][1]),
+                       rot(x[e].z, other[e].z, cs[e][2]), rot(x[e].w, other[e].w, cs[e][3]));
+  }
+}
+
+struct NoRope {};
+template <bool kRope>
+using RopeParam = std::conditional_t<kRope, RopeArgs, NoRope>;
+
 // Grid: (split, query * row_chunks + row chunk, kv head); kRows: 2 or 8 rows of registers (a block's
-// rows <= kRows); kE: float4s per lane and row (head_dim <= 128 * kE).
-template <bool kQuant, int kRows, int kE>
-__global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(const DecodeArgs a) {
+// rows <= kRows); kE: float4s per lane and row (head_dim <= 128 * kE). kRope (f32 K/V, one query, one
+// row chunk): q is rotated after its load, and the block whose chunk holds the new key a.rope_key
+// rotates that row after its load and writes it back to a.k_rot. That block is the only reader of the
+// row in this launch (one query, one block per (split, kv head)), so the write races with nothing.
+template <bool kQuant, int kRows, int kE, bool kRope>
+__global__ void __launch_bounds__(kV2Threads, 1)
+    attention_decode_reg_kernel(const DecodeArgs a, const RopeParam<kRope> rp) {
   constexpr int kKW = V2Shape<kE>::kKW;
   constexpr int kChunk = V2Shape<kE>::kChunk;
   constexpr int kNV = kRows * kKW;  // scores per warp and chunk: 4, 8, 16 or 32
@@ -641,7 +682,13 @@ __global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(con
   __shared__ float st_ml[kV2Warps][kRows][2];
   __shared__ __align__(16) float p_s[kV2Warps][kNV];  // a chunk's probabilities, score order
   __shared__ float corr_s[kV2Warps][kRows];
+  __shared__ float2 cs_s[kRope ? kRopeMaxHalf : 1];
   detail::chain_release();  // chained launch, as attention_decode_kernel
+  if constexpr (kRope) {
+    // (cos, sin) per frequency: parameters only, so before chain_wait (under the previous kernel's tail).
+    for (int f = threadIdx.x; f < rp.half; f += kV2Threads)
+      cs_s[f] = rope_cos_sin(rp.positions[rp.stream_of[f]], rp.inv_freq[f], rp.scaling);
+  }
   detail::chain_wait();
   const int hd = a.hd, c4 = hd / 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -672,6 +719,18 @@ __global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(con
       q[r][e] = a.q_vec16 ? __ldcg(reinterpret_cast<const float4*>(src))
                           : make_float4(__ldcg(src), __ldcg(src + 1), __ldcg(src + 2), __ldcg(src + 3));
     }
+  // RoPE: this lane's (cos, sin) per e (frequencies 4 (c mod hq) .. + 3), then q rotated.
+  const int hq = kRope ? c4 / 2 : 1;
+  float2 cs[kE][4];
+  if constexpr (kRope) {
+    __syncthreads();  // cs_s
+#pragma unroll
+    for (int e = 0; e < kE; ++e)
+#pragma unroll
+      for (int d = 0; d < 4; ++d) cs[e][d] = cs_s[4 * ((lane + 32 * e) & (hq - 1)) + d];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) rope_rotate_row<kE>(q[r], cs, lane, hq);
+  }
   int shift[kE];  // quantized: bit offset of dim 4c within its first word
 #pragma unroll
   for (int e = 0; e < kE; ++e) shift[e] = kQuant ? (4 * (lane + 32 * e) * a.bits) & 31 : 0;
@@ -689,6 +748,21 @@ __global__ void __launch_bounds__(kV2Threads, 1) attention_decode_reg_kernel(con
     const int64_t jw = a.j_lo + chunk * kChunk + warp * kKW;
     float4 kn[kKW][kE], vn[kKW][kE];  // the next chunk, in flight during this one
     v2_load<kQuant, kE>(a, kvh, jw + kChunk, chunk + 1 < c_end ? j_end : 0, lane, kn, vn);
+    if constexpr (kRope) {
+      if (a.rope_key >= jw && a.rope_key < jw + kKW) {  // warp-uniform: this warp holds the new key
+#pragma unroll
+        for (int t = 0; t < kKW; ++t) {
+          if (jw + t != a.rope_key) continue;
+          rope_rotate_row<kE>(kc[t], cs, lane, hq);
+#pragma unroll
+          for (int e = 0; e < kE; ++e) {
+            const int c = lane + 32 * e;
+            if (c < c4)
+              *reinterpret_cast<float4*>(a.k_rot + (a.rope_key * a.n_kv_heads + kvh) * hd + 4 * c) = kc[t][e];
+          }
+        }
+      }
+    }
     if constexpr (kQuant) {
 #pragma unroll
       for (int t = 0; t < kKW; ++t)
@@ -1021,22 +1095,34 @@ bool& tile_kernel_flag() {
   return on;
 }
 
-template <bool kQuant, int kRows, int kE>
-void launch_reg_instance(const dim3& grid, cudaStream_t cs, const DecodeArgs& a) {
+template <bool kQuant, int kRows, int kE, bool kRope>
+void launch_reg_instance(const dim3& grid, cudaStream_t cs, const DecodeArgs& a, const RopeParam<kRope>& rp) {
   const size_t smem = sizeof(float) * kV2Warps * kRows * static_cast<size_t>(a.hd);
   static std::once_flag once;  // up to 64 KB of dynamic shared memory (8 rows of 256 dims)
   std::call_once(once, [] {
-    VLM_CUDA(cudaFuncSetAttribute(attention_decode_reg_kernel<kQuant, kRows, kE>,
+    VLM_CUDA(cudaFuncSetAttribute(attention_decode_reg_kernel<kQuant, kRows, kE, kRope>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(sizeof(float) * kV2Warps * kRows * kDecMaxHd)),
              "attention");
   });
-  detail::launch_chained("attention", attention_decode_reg_kernel<kQuant, kRows, kE>, grid, dim3(kV2Threads), smem,
-                         cs, a);
+  detail::launch_chained("attention", attention_decode_reg_kernel<kQuant, kRows, kE, kRope>, grid, dim3(kV2Threads),
+                         smem, cs, a, rp);
 }
 
+template <bool kQuant, int kRows, int kE>
+void launch_reg_pick(const dim3& grid, cudaStream_t cs, const DecodeArgs& a, const RopeArgs* rope) {
+  if constexpr (!kQuant) {
+    if (rope != nullptr) {
+      launch_reg_instance<false, kRows, kE, true>(grid, cs, a, *rope);
+      return;
+    }
+  }
+  launch_reg_instance<kQuant, kRows, kE, false>(grid, cs, a, NoRope{});
+}
+
+// rope: ops::attention_with_rope's rotation (f32 K/V, nq 1, one row chunk; decode_rope_applies).
 template <bool kQuant>
-void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs) {
+void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs, const RopeArgs* rope = nullptr) {
   const int64_t group = a.n_heads / a.n_kv_heads;
   const int kRowsPick = group <= 2 ? 2 : 8;
   const int64_t row_chunks = (group + kRowsPick - 1) / kRowsPick;
@@ -1054,9 +1140,9 @@ void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs) {
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
                   static_cast<unsigned>(a.n_kv_heads));
   if (kRowsPick == 2)
-    kE == 1 ? launch_reg_instance<kQuant, 2, 1>(grid, cs, a) : launch_reg_instance<kQuant, 2, 2>(grid, cs, a);
+    kE == 1 ? launch_reg_pick<kQuant, 2, 1>(grid, cs, a, rope) : launch_reg_pick<kQuant, 2, 2>(grid, cs, a, rope);
   else
-    kE == 1 ? launch_reg_instance<kQuant, 8, 1>(grid, cs, a) : launch_reg_instance<kQuant, 8, 2>(grid, cs, a);
+    kE == 1 ? launch_reg_pick<kQuant, 8, 1>(grid, cs, a, rope) : launch_reg_pick<kQuant, 8, 2>(grid, cs, a, rope);
   if (splits > 1 && a.counters == nullptr)
     launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
 }
@@ -1110,6 +1196,30 @@ bool attention_decode_gqa(const float* q, int64_t nq, int64_t q_pos0, const floa
     launch_decode<false>(a, nq, cs);
   else
     launch_reg<false>(a, nq, cs);
+  return true;
+}
+
+bool decode_rope_applies(int64_t nq, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t rotary_dim) {
+  const int64_t hq = head_dim / 8;  // float4s per half head
+  return nq == 1 && rotary_dim == head_dim && head_dim % 8 == 0 && (hq & (hq - 1)) == 0 &&
+         (head_dim <= 128 || head_dim == 256) && n_kv_heads > 0 && n_heads % n_kv_heads == 0 &&
+         n_heads / n_kv_heads <= kDecRows && !tile_kernel_flag();
+}
+
+bool attention_decode_gqa_rope(const float* q, int64_t q_pos0, float* k, const float* v, int64_t nk, int64_t n_heads,
+                               int64_t n_kv_heads, int64_t head_dim, float scale, float softcap, const MaskArgs& mask,
+                               const RopeArgs& rope, float* out, cudaStream_t cs) {
+  if (!decode_rope_applies(1, n_heads, n_kv_heads, head_dim, 2 * int64_t{rope.half}) || nk < 1 || !aligned16(k) ||
+      !aligned16(v) || !aligned16(out))
+    return false;
+  DecodeArgs a = common_args(q, 1, q_pos0, nullptr, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+  const int64_t j_new = nk - 1;  // the new key: the cache's last row
+  if (j_new < a.j_lo || j_new >= a.j_lo + a.n_range) return false;
+  a.k = k;
+  a.v = v;
+  a.k_rot = k;
+  a.rope_key = j_new;
+  launch_reg<false>(a, 1, cs, &rope);
   return true;
 }
 

@@ -66,6 +66,16 @@ bool profiling_enabled();
 void rope_qk(float* q, int64_t n_heads, float* k, int64_t n_kv_heads, int64_t n_tokens, int64_t head_dim,
              int64_t rotary_dim, const float* inv_freq, const int64_t* positions, const int* stream_of,
              float attention_scaling);
+// ops::attention_with_rope's fused decode form (attention.cu / attention_decode.cu): q and the new key
+// row (the last of nk) rotated inside the decode attention kernel, the key row written back into k.
+// Returns false, launching nothing, where it does not apply (nq > 1, partial rotary, head_dim or head
+// grouping the kernel does not take, non-consecutive k_pos, VLMCHECK_CUDA_ROPE_ATTENTION=0, ...): the
+// caller then runs rope_qk and attention. Arguments as ops::attention_with_rope, mrope's per-frequency
+// stream table in stream_of (null for plain RoPE), positions [streams, nq] host memory.
+bool attention_rope_decode(float* q, int64_t nq, int64_t q_pos0, float* k, const float* v, const int64_t* k_pos,
+                           int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale,
+                           float softcap, const AttentionMask& mask, int64_t rotary_dim, const float* inv_freq,
+                           const int64_t* positions, const int* stream_of, float attention_scaling, float* out);
 // Counters since the process started: run_graph steps (eager_steps of them ran uncaptured, the
 // first of each key), pieces launched, executables instantiated and updated in place; and where the
 // captured steps' host time went: in the step's own code under capture (the ops' host work and their

@@ -12,7 +12,7 @@
 // the double-precision sincos runs once per (token, frequency) instead of once per head.
 #include <algorithm>
 
-#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/rope_common.cuh"
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -28,20 +28,11 @@ struct SmallArgs {
   int stream_of[kSmallHalf];
 };
 
-// cos/sin of one (token, frequency), scaled: the reference's rounding (f32 angle, double sincos, one
-// rounding to f32, then the f32 product with the scaling).
-__device__ __forceinline__ float2 rope_cos_sin(int64_t pos, float inv_freq, float scaling) {
-  const float angle = static_cast<float>(pos) * inv_freq;
-  double s, c;
-  sincos(static_cast<double>(angle), &s, &c);
-  return make_float2(static_cast<float>(c) * scaling, static_cast<float>(s) * scaling);
-}
-
-// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin with the products rounded separately (no FMA), as the CPU.
+// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin in place (rope_common.cuh's arithmetic).
 __device__ __forceinline__ void rotate_pair(float* xh, int64_t i, int64_t half, float2 cs) {
   const float x1 = xh[i], x2 = xh[i + half];
-  xh[i] = __fsub_rn(__fmul_rn(x1, cs.x), __fmul_rn(x2, cs.y));
-  xh[i + half] = __fadd_rn(__fmul_rn(x2, cs.x), __fmul_rn(x1, cs.y));
+  xh[i] = rope_first(x1, x2, cs);
+  xh[i + half] = rope_second(x1, x2, cs);
 }
 
 // Decode: one thread per (token, head, frequency), the three arrays from `small`. Heads [0, n_heads) are

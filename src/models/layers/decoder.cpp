@@ -362,10 +362,18 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
     ops::rms_norm(k, n * KV, hd, L.k_norm, s.rms_norm_eps, s.norm_offset, k);
   }
   const RopeTable& r = ls.rope;
+  // The fused decode path (norm set: n < 8, fusions on) hands the rotation to the cache's attention:
+  // on CUDA the decode attention kernel rotates q and the new key row itself, one launch fewer per
+  // layer (KVLayer::rope_update_and_attend; other layers and shapes run rope_qk first).
+  const bool rope_in_attention = norm != nullptr;
+  ops::AttentionRope rope;
+  std::vector<float> freq_scratch;
   if (positions.dims == 3 && !r.mrope_section.empty()) {
     VLM_CHECK(r.rotary_dim == hd, ErrorKind::kUnsupported, "{}: M-RoPE with partial rotary is not supported",
               s.family);
-    if (fusion_enabled()) {
+    rope = {hd, r.inv_freq.data(), positions.data, &r.mrope_section, r.attention_scaling};
+    if (rope_in_attention) {
+    } else if (fusion_enabled()) {
       ops::mrope_qk(q, H, k, KV, n, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
     } else {
       ops::mrope(q, n, H, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
@@ -374,9 +382,10 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
   } else {
     // Text positions (dims == 1); for M-RoPE models all three rows are equal for text, use the first.
     const int64_t max_pos = *std::max_element(positions.data, positions.data + n);
-    std::vector<float> scratch;
-    const float* inv_freq = r.inv_freq_for(max_pos, scratch);
-    if (fusion_enabled()) {
+    const float* inv_freq = r.inv_freq_for(max_pos, freq_scratch);
+    rope = {r.rotary_dim, inv_freq, positions.data, nullptr, r.attention_scaling};
+    if (rope_in_attention) {
+    } else if (fusion_enabled()) {
       ops::rope_qk(q, H, k, KV, n, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
     } else {
       ops::rope(q, n, H, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
@@ -390,7 +399,10 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
   spec.scale = s.attn_scale > 0 ? s.attn_scale : 1.0f / std::sqrt(static_cast<float>(hd));
   spec.softcap = s.attn_softcap;
   spec.sliding_window = ls.sliding_window;
-  cache.layer(i).update_and_attend(q, k, v, n, spec, mask, a);
+  if (rope_in_attention)
+    cache.layer(i).rope_update_and_attend(q, k, v, n, rope, spec, mask, a);
+  else
+    cache.layer(i).update_and_attend(q, k, v, n, spec, mask, a);
   run_linear(L.o, a, n, out, nullptr, norm != nullptr);  // "o_proj" (fused: out += o_proj(a))
   if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_attn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
