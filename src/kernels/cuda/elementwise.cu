@@ -8,10 +8,8 @@
 // are the prefill's memory-bound passes (a 2048-token Qwen 3B MLP: 22.5M gate values; the Qwen2.5-VL tower
 // on a 16k-token photo: 213M per block), and one scalar per thread left them at about half the bandwidth.
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/linear_dense.cuh"
 
 #include <initializer_list>
-#include <type_traits>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -77,37 +75,6 @@ __global__ void gated_kernel(float* gate, const float* up, int64_t n, int64_t n4
         reinterpret_cast<float4*>(gate)[i] = g;
       },
       [&](int64_t i) { gate[i] = __fmul_rn(activation_value(gate[i], act), up[i]); });
-}
-
-// act(gate) · up as gated_kernel computes it, rounded to nearest even into the 16-bit T (bf16 / f16): the
-// input of a GEMM that reads the gated activation (linear_dense.cu), without the f32 product in memory.
-// Neither gate nor up is written; out is 8-byte aligned when n4 > 0.
-template <typename T>
-__global__ void gated_rounded_kernel(const float* gate, const float* up, int64_t n, int64_t n4, int act, T* out) {
-  auto round2 = [](float a, float b) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      return __floats2bfloat162_rn(a, b);
-    else
-      return __floats2half2_rn(a, b);
-  };
-  using T2 = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
-  for_each4(
-      n, n4,
-      [&](int64_t i) {
-        const float4 g = reinterpret_cast<const float4*>(gate)[i];
-        const float4 u = reinterpret_cast<const float4*>(up)[i];
-        reinterpret_cast<T2*>(out)[2 * i] =
-            round2(__fmul_rn(activation_value(g.x, act), u.x), __fmul_rn(activation_value(g.y, act), u.y));
-        reinterpret_cast<T2*>(out)[2 * i + 1] =
-            round2(__fmul_rn(activation_value(g.z, act), u.z), __fmul_rn(activation_value(g.w, act), u.w));
-      },
-      [&](int64_t i) {
-        const float v = __fmul_rn(activation_value(gate[i], act), up[i]);
-        if constexpr (std::is_same_v<T, __nv_bfloat16>)
-          out[i] = __float2bfloat16_rn(v);
-        else
-          out[i] = __float2half_rn(v);
-      });
 }
 
 enum BinaryOp : int { kAdd, kMul, kScale, kSoftcap };
@@ -253,18 +220,6 @@ void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
   const int64_t n4 = groups_of_four(n, {gate, up});
   detail::launch_chained("gated_activate", gated_kernel, dim3(blocks_for(n, n4)), dim3(kThreads), 0, st, gate, up, n,
                          n4, static_cast<int>(act));
-}
-
-void gated_rounded(const float* gate, const float* up, int64_t n, int act, void* out, int kind) {
-  if (n <= 0) return;
-  cudaStream_t st = detail::stream("gated_activate");
-  const int64_t n4 = groups_of_four(n, {gate, up, out});
-  if (kind == detail::kBF16)
-    gated_rounded_kernel<<<blocks_for(n, n4), kThreads, 0, st>>>(gate, up, n, n4, act,
-                                                                 static_cast<__nv_bfloat16*>(out));
-  else
-    gated_rounded_kernel<<<blocks_for(n, n4), kThreads, 0, st>>>(gate, up, n, n4, act, static_cast<__half*>(out));
-  VLM_CUDA_LAUNCHED("gated_activate (rounded)");
 }
 
 void softmax(float* x, int64_t n, int64_t d) {

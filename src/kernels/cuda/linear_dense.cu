@@ -397,11 +397,10 @@ void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int 
   }
 }
 
-bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int count, const LinearNorm* norm,
-                       const float* up, int act) {
+bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int count, const LinearNorm* norm) {
   constexpr int kMax = 8;
-  if (n < kGemvMaxN || count <= 0 || count > kMax || !aligned16(x) || (up != nullptr && norm != nullptr)) return false;
-  bool fused = norm != nullptr || up != nullptr;
+  if (n < kGemvMaxN || count <= 0 || count > kMax || !aligned16(x)) return false;
+  bool fused = norm != nullptr;
   for (int i = 0; i < count; ++i) fused = fused || outs[i].accumulate;
   if (!fused) return false;  // the plain group (dense_group_cublaslt) does the same
   // Every member: dense, one 16-bit dtype, one `in`, aligned weight and output (as dense_cublaslt wants).
@@ -433,12 +432,10 @@ bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int cou
   auto* base = static_cast<unsigned char*>(detail::scratch(total, "linear_group"));
   cudaStream_t st = detail::stream("linear_group");
   // The input rounded once, straight into 16 bits: rms_norm's values (norms.cu, the same kernel and block
-  // size as the materialized norm), act(x) · up (elementwise.cu, gated_activate's formula), or x itself.
+  // size as the materialized norm) or x itself.
   auto round_input = [&] {
     if (norm != nullptr)
       rms_norm_rounded(x, n, in, *norm->weight, norm->eps, norm->offset, base, kind);
-    else if (up != nullptr)
-      gated_rounded(x, up, n * in, act, base, kind);
     else
       convert_x(x, n, in, kind, base, st);
   };
@@ -473,16 +470,9 @@ bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int cou
     }
     // cuBLASLt refused this member: the general path on the f32 input. linear() may take the scratch that
     // holds the rounded input, so the next member gets it rounded again (below).
-    if (!hx.defined() && (norm != nullptr || up != nullptr)) {
+    if (!hx.defined() && norm != nullptr) {
       hx = ops::empty({n, in}, DType::kF32, MemCategory::kScratch, Device::kCuda);
-      if (norm != nullptr) {
-        kernels::rms_norm(x, n, in, *norm->weight, norm->eps, norm->offset, hx.data<float>());
-      } else {
-        VLM_CUDA(cudaMemcpyAsync(hx.data<float>(), x, sizeof(float) * static_cast<size_t>(n * in),
-                                 cudaMemcpyDeviceToDevice, st),
-                 "linear_group");
-        kernels::gated_activate(hx.data<float>(), up, n * in, static_cast<Activation>(act));
-      }
+      kernels::rms_norm(x, n, in, *norm->weight, norm->eps, norm->offset, hx.data<float>());
     }
     const float* xin = hx.defined() ? hx.data<float>() : x;
     const Tensor bias = b != nullptr ? *b : Tensor();

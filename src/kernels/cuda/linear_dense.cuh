@@ -20,14 +20,7 @@ void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int 
 // epilogue (beta = 1: no temporary, no add pass). The same values as the materialized composition up to
 // the order of y + x·Wᵀ + bias. False (nothing launched) when it does not apply: neither norm nor
 // accumulate, n < 8, or a member it does not take.
-// up (non-null, no norm then): the members read act(x) · up instead of x (ops.h LinearOut::up), rounded by
-// gated_rounded as it is computed.
-bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int count, const LinearNorm* norm,
-                       const float* up = nullptr, int act = 0);
-
-// gated_activate's act(gate) · up (elementwise.cu), rounded to nearest even into the 16-bit `kind`: out [n]
-// of that dtype; gate and up are only read.
-void gated_rounded(const float* gate, const float* up, int64_t n, int act, void* out, int kind);
+bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int count, const LinearNorm* norm);
 
 // rms_norm (norms.cu) with y rounded to nearest even into the 16-bit `kind` (bf16/f16): the same f32
 // values as rms_norm (same kernel and block size), then one rounding. y [n, d] of that dtype.
