@@ -88,12 +88,15 @@ template <Fmt F>
 inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
   if constexpr (F == Fmt::kF32) {
     const float* p = static_cast<const float*>(row) + 32 * c;
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(p + 8 * i);
   } else if constexpr (F == Fmt::kF16) {
     const uint16_t* p = static_cast<const uint16_t*>(row) + 32 * c;
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) v[i] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * i)));
   } else if constexpr (F == Fmt::kBF16) {
     const uint16_t* p = static_cast<const uint16_t*>(row) + 32 * c;
+#pragma GCC unroll 4
     for (int h = 0; h < 2; ++h) {
       __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 * h));
       v[2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
@@ -101,6 +104,7 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
     }
   } else if constexpr (F == Fmt::kQ4) {
     const uint8_t* p = static_cast<const uint8_t*>(row) + 16 * c;
+#pragma GCC unroll 4
     for (int h = 0; h < 2; ++h) {
       __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * h)));
       v[2 * h] = _mm256_cvtepi32_ps(_mm256_and_si256(w, _mm256_set1_epi32(15)));
@@ -108,6 +112,7 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
     }
   } else if constexpr (F == Fmt::kQ2) {
     const uint8_t* p = static_cast<const uint8_t*>(row) + 8 * c;
+#pragma GCC unroll 4
     for (int h = 0; h < 2; ++h) {
       __m128i b4 = _mm_loadu_si32(p + 4 * h);
       __m256i w = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b4, b4));  // lane l: byte l/2
@@ -117,6 +122,7 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
     }
   } else if constexpr (F == Fmt::kQ8) {
     const uint8_t* p = static_cast<const uint8_t*>(row) + 32 * c;
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i)
       v[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * i))));
   } else {
@@ -126,6 +132,7 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
     const uint32_t* p = static_cast<const uint32_t*>(row) + B * c;
     __m256i words = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), idx.load_mask);
     const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
+#pragma GCC unroll 4
     for (int q = 0; q < 4; ++q) {
       __m256i lo = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(words, idx.word[q]), idx.shift[q]);
       __m256i hi = _mm256_sllv_epi32(_mm256_permutevar8x32_epi32(words, idx.word_next[q]), idx.shift_next[q]);
@@ -175,6 +182,7 @@ float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const
     for (int64_t c = 0; c < chunks; ++c) {
       __m256 v[4];
       decode_chunk<F>(row, c, v);
+#pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
     }
     acc = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
@@ -182,15 +190,18 @@ float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const
   } else {
     const QuantizedMatrix& m = w.quant;
     const int64_t gs = m.spec.group_size, groups = k / gs;
+    const void *scales = m.scales.raw(), *biases = m.biases.raw();
+    const DType sd = m.scales.dtype(), bd = m.biases.dtype();
     for (int64_t g = 0; g < groups; ++g) {
       __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
       for (int64_t c = g * gs / 32; c < (g + 1) * gs / 32; ++c) {
         __m256 v[4];
         decode_chunk<F>(row, c, v);
+#pragma GCC unroll 4
         for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
       }
       const int64_t gi = r * groups + g;
-      float s = load_f32(m.scales.raw(), m.scales.dtype(), gi), b = load_f32(m.biases.raw(), m.biases.dtype(), gi);
+      float s = load_f32(scales, sd, gi), b = load_f32(biases, bd, gi);
       acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
                             acc);
       tail += b * gsum[g];
