@@ -1,7 +1,6 @@
 // Prefill attention on tensor cores (AttentionMask::bf16_matmul): flash attention with bf16
 // mma.sync.m16n8k16 (f32 accumulation) for both matmuls and an f32 online softmax. On Hopper (sm_90a) an
-// opt-in flash_wgmma_kernel (below flash_kernel; head dims 72-96) runs the same algorithm with warpgroup MMAs, and
-// an opt-in flash_pipe_kernel (head dims 80 and 128) pipelines them FlashAttention-3 style (neither is faster yet).
+// opt-in flash_wgmma_kernel (below flash_kernel; head dims 72-96) runs the same algorithm with warpgroup MMAs.
 //   1. q, k, v (f32) are rounded to bf16 into scratch once per call (one pass, ~3 µs for a 2048-token
 //      Qwen 3B layer), so the main kernel streams half the bytes and its tiles go to shared memory
 //      with cp.async, already in the MMA's input type.
@@ -121,14 +120,12 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // (gq, tq) of a warp: rows gq and gq + 8 of its 16, keys 8n + 2tq + {0, 1} of the tile): the scale (or
 // softcap, then log2 domain), the mask (cls == 1: per element, keys j0... up to j_end), the online softmax
 // (running row max m, this lane's share of the row sums l) and O rescaled when a row's max moved.
-// s: [NS][4] scores in, unnormalized probabilities out; o: [NO][4] the rows' output accumulators. softmax_tile is
-// softmax_scores (all of it but the O rescale, whose factors it returns: corr_a, corr_b, 1 when a row's max did
-// not move; the pipelined wgmma kernel rescales O only after its previous P·V has landed) and then rescale_o.
-template <int NS>
-__device__ __forceinline__ void softmax_scores(float (&s)[NS][4], bool raw, float scale, float softcap, float mul,
-                                               int cls, int64_t j0, int tq, int64_t j_end, const MaskArgs& mask,
-                                               const int64_t* k_pos, int64_t qp_a, int64_t qp_b, float& m_a,
-                                               float& m_b, float& l_a, float& l_b, float& corr_a, float& corr_b) {
+// s: [NS][4] scores in, unnormalized probabilities out; o: [NO][4] the rows' output accumulators.
+template <int NS, int NO>
+__device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&o)[NO][4], bool raw, float scale,
+                                             float softcap, float mul, int cls, int64_t j0, int tq, int64_t j_end,
+                                             const MaskArgs& mask, const int64_t* k_pos, int64_t qp_a,
+                                             int64_t qp_b, float& m_a, float& m_b, float& l_a, float& l_b) {
   // Softcap first when set (log2 domain after it); masked keys -inf.
 #pragma unroll
   for (int n = 0; n < NS; ++n) {
@@ -159,8 +156,7 @@ __device__ __forceinline__ void softmax_scores(float (&s)[NS][4], bool raw, floa
   const float new_a = fmaxf(m_a, mx_a * mul), new_b = fmaxf(m_b, mx_b * mul);  // mul > 0: -inf stays -inf
   // A row that has seen nothing yet keeps base 0 so that exp2(-inf - base) = 0, not NaN.
   const float base_a = new_a == -INFINITY ? 0.0f : new_a, base_b = new_b == -INFINITY ? 0.0f : new_b;
-  corr_a = fast_exp2(m_a - base_a);
-  corr_b = fast_exp2(m_b - base_b);
+  const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
   m_a = new_a;
   m_b = new_b;
   float sum_a = 0.0f, sum_b = 0.0f;
@@ -175,12 +171,7 @@ __device__ __forceinline__ void softmax_scores(float (&s)[NS][4], bool raw, floa
   }
   l_a = l_a * corr_a + sum_a;  // this lane's share; the quad is summed at the end
   l_b = l_b * corr_b + sum_b;
-}
-
-// O rescaled by the row factors softmax_scores returned, only when some row's max moved (after the first few
-// tiles it rarely does).
-template <int NO>
-__device__ __forceinline__ void rescale_o(float (&o)[NO][4], float corr_a, float corr_b) {
+  // Rescale O only when some row's max moved (after the first few tiles it rarely does).
   if (!__all_sync(0xffffffffu, corr_a == 1.0f && corr_b == 1.0f)) {
 #pragma unroll
     for (int n = 0; n < NO; ++n) {
@@ -190,17 +181,6 @@ __device__ __forceinline__ void rescale_o(float (&o)[NO][4], float corr_a, float
       o[n][3] *= corr_b;
     }
   }
-}
-
-template <int NS, int NO>
-__device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&o)[NO][4], bool raw, float scale,
-                                             float softcap, float mul, int cls, int64_t j0, int tq, int64_t j_end,
-                                             const MaskArgs& mask, const int64_t* k_pos, int64_t qp_a,
-                                             int64_t qp_b, float& m_a, float& m_b, float& l_a, float& l_b) {
-  float corr_a, corr_b;
-  softmax_scores(s, raw, scale, softcap, mul, cls, j0, tq, j_end, mask, k_pos, qp_a, qp_b, m_a, m_b, l_a, l_b, corr_a,
-                 corr_b);
-  rescale_o(o, corr_a, corr_b);
 }
 
 // Where a block writes: `out` directly (one split), or a split's unnormalized state for
@@ -454,19 +434,6 @@ template <int N>
 struct Wgmma;
 template <>
 struct Wgmma<32> {
-  // A (64 x 16) from shared memory too (K-major, no swizzle): the pipelined kernel's Q.
-  static __device__ __forceinline__ void run_ss(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
-        "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  }
   template <int TRANS_B>
   static __device__ __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
     asm volatile(
@@ -483,23 +450,6 @@ struct Wgmma<32> {
 };
 template <>
 struct Wgmma<64> {
-  // A (64 x 16) from shared memory too (K-major, no swizzle): the pipelined kernel's Q.
-  static __device__ __forceinline__ void run_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  }
   template <int TRANS_B>
   static __device__ __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
     asm volatile(
@@ -570,45 +520,11 @@ struct Wgmma<96> {
   }
 };
 
-template <>
-struct Wgmma<128> {
-  template <int TRANS_B>
-  static __device__ __forceinline__ void run(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-          "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-          "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-          "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-          "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
-          "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
-          "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
-          "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
-          "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
-          "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TRANS_B));
-  }
-};
-
 // (Device passes for other architectures never see the helpers: the kernel body is empty there.)
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// Waits until at most N of this warpgroup's committed wgmma groups are pending (they complete in order).
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
 // Keeps the compiler from moving reads of wgmma accumulators across the wait (the asm above does not name them).
 template <int R>
 __device__ __forceinline__ void wgmma_fence_operands(float (&d)[R][4]) {
@@ -857,242 +773,6 @@ void launch_flash_wgmma(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, cons
                                                static_cast<int>(n_kv_heads), scale, softcap, mask, dst);
 }
 
-// ---- Hopper (sm_90a): pipelined wgmma flash attention (FlashAttention-3's intra-warpgroup overlap) ------------
-// flash_pipe_kernel<HD, BN, BS, D, MINB>: the grid, rows, masking, softmax and output of flash_kernel with both
-// matmuls as asynchronous wgmmas, software-pipelined per warpgroup over steps of BS keys: step u issues
-// S_u = Q·K_uᵀ (A = Q and B = K both from shared memory by descriptor: no Q registers) and then
-// O += P_{u-1}·V_{u-1} (P from registers), waits for S_u alone, runs the softmax on it while the tensor cores
-// still work on P_{u-1}·V_{u-1}, and only then waits for that and rescales O (the rescale needs the previous
-// product in O; the factors come from softmax_scores). The last P·V is issued after the loop. Q, K and V are in
-// the no-swizzle core-matrix layout of flash_wgmma_kernel (Q as a K-major A operand: the same descriptor offsets
-// as K). K/V tiles of BN keys go through a ring of 3 buffers loaded by every thread with cp.async one tile ahead:
-// during tile t a warpgroup reads K_t, V_t and (its first step's P·V) V_{t-1}, while tile t + 1 lands in the
-// buffer of tile t - 2. A warpgroup never skips a tile (wgmma is issued by its four warps together, and the
-// pipeline keeps one P·V in flight): a tile none of its rows sees is masked per element like a partly visible
-// one (the block's key range is still cut to what its rows can see).
-template <int HD, int BN, int WGS>
-struct PipeShape {
-  static constexpr int kRows = WGS * 64;  // rows of a block: 64 per warpgroup
-  static constexpr int kTile = BN * HD;  // elements of one K or V tile (core-matrix layout)
-  static constexpr int kStages = 3;
-  static constexpr size_t kSmemBytes =
-      sizeof(__nv_bfloat16) * (static_cast<size_t>(kRows) * HD + 2 * kStages * static_cast<size_t>(kTile));
-};
-
-template <int HD, int BN, int BS, int D, int MINB, int WGS>
-__global__ void __launch_bounds__(WGS * 128, MINB)
-    flash_pipe_kernel(const __nv_bfloat16* __restrict__ q, int64_t nq, int64_t q_pos0,
-                      const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
-                      const int64_t* __restrict__ k_pos, int64_t nk, int n_heads, int n_kv_heads, float scale,
-                      float softcap, MaskArgs mask, FlashOut dst) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Shape = PipeShape<HD, BN, WGS>;
-  constexpr int kRows = Shape::kRows, kThreads = WGS * 128;
-  constexpr int kStages = Shape::kStages;
-  constexpr int kChunks = HD / 8, kDataChunks = D / 8;
-  static_assert(HD % 16 == 0 && D % 8 == 0 && D <= HD && HD - D < 16, "flash pipe: shape");
-  static_assert(BN % BS == 0 && BS % 16 == 0, "flash pipe: key tile of whole steps");
-  extern __shared__ __align__(128) unsigned char pipe_smem[];
-  __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(pipe_smem);  // [kRows * HD], core matrices
-  __nv_bfloat16* sk = sq + kRows * HD;                               // [kStages][kTile]
-  __nv_bfloat16* sv = sk + kStages * Shape::kTile;                   // [kStages][kTile]
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-  const int G = n_heads / n_kv_heads;
-  const int64_t kvh = blockIdx.y;
-  const int64_t rows_total = nq * G;
-  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kRows;
-  const int64_t row_last = (row0 + kRows < rows_total ? row0 + kRows : rows_total) - 1;
-  // Core-matrix offsets (bytes): K direction 128, M/N direction (8 rows or keys) HD * 16; V as an MN-major B.
-  constexpr uint32_t k_lbo = 128, k_sbo = kChunks * 128, v_lbo = kChunks * 128, v_sbo = 128;
-
-  // Q tile in the core-matrix layout (chunk c of row r at ((r / 8) * HD / 8 + c) * 64 + (r % 8) * 8 elements).
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int p = idx >> 1, r = p % kRows, c = (p / kRows) * 2 + (idx & 1);
-    const int64_t f = row0 + r;
-    const bool ok = f < rows_total && c < kDataChunks;
-    const int64_t i = ok ? f / G : 0, g = ok ? f % G : 0, cc = ok ? c : 0;
-    cp_async16(sq + ((r >> 3) * kChunks + c) * 64 + (r & 7) * 8, q + ((i * n_heads + kvh * G + g) * D + cc * 8), ok);
-  }
-
-  const bool consecutive = k_pos == nullptr;
-  const bool has_groups = mask.groups != nullptr;
-  const int64_t q_lo = q_pos0 + row0 / G, q_hi = q_pos0 + row_last / G;
-  int64_t j_begin = 0, j_end = nk;
-  if (consecutive) {
-    if (mask.window > 0 && q_lo - mask.window + 1 - mask.kpos0 > j_begin) j_begin = q_lo - mask.window + 1 - mask.kpos0;
-    if (mask.causal && !has_groups && q_hi - mask.kpos0 + 1 < j_end) j_end = q_hi - mask.kpos0 + 1;
-  }
-  int64_t n_tiles = j_end > j_begin ? (j_end - j_begin + BN - 1) / BN : 0;
-  if (gridDim.z > 1) {
-    const int64_t share = (n_tiles + gridDim.z - 1) / gridDim.z, t_begin = share * blockIdx.z;
-    n_tiles = t_begin < n_tiles ? (n_tiles - t_begin < share ? n_tiles - t_begin : share) : 0;
-    j_begin += t_begin * BN;
-  }
-
-  auto load_kv = [&](int64_t t) {
-    const int64_t j0 = j_begin + t * BN;
-    const int b = static_cast<int>(t % kStages);
-    __nv_bfloat16* dk = sk + b * Shape::kTile;
-    __nv_bfloat16* dv = sv + b * Shape::kTile;
-    for (int idx = tid; idx < BN * kChunks; idx += kThreads) {
-      const int p = idx >> 1, r = p % BN, c = (p / BN) * 2 + (idx & 1);
-      const int64_t j = j0 + r;
-      const bool ok = j < j_end && c < kDataChunks;
-      const int64_t off = ((ok ? j : 0) * n_kv_heads + kvh) * D + (ok ? c : 0) * 8;
-      const int so = ((r >> 3) * kChunks + c) * 64 + (r & 7) * 8;
-      cp_async16(dk + so, k + off, ok);
-      cp_async16(dv + so, v + off, ok);
-    }
-  };
-  load_kv(0);  // with Q: group 0 (n_tiles == 0 loads zeros: read by the final, empty P·V)
-  cp_async_commit();
-
-  const int gq = lane >> 2, tq = lane & 3;
-  const int64_t wrow0 = row0 + warp * 16;
-  const bool warp_live = wrow0 < rows_total;
-  const int64_t qp_a = q_pos0 + (wrow0 + gq) / G, qp_b = q_pos0 + (wrow0 + gq + 8) / G;
-  const int64_t grow0 = row0 + wg * 64;
-  const bool wg_live = grow0 < rows_total;
-  const int64_t g_last = grow0 + 63 < rows_total ? grow0 + 63 : rows_total - 1;
-  const int64_t gq_lo = q_pos0 + grow0 / G, gq_hi = q_pos0 + (wg_live ? g_last : grow0) / G;
-  const __nv_bfloat16* qw = sq + wg * 8 * kChunks * 64;  // this warpgroup's 64 rows
-
-  float o[HD / 8][4];
-#pragma unroll
-  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-  const bool raw = !(softcap > 0.0f) && scale > 0.0f;
-  const float mul = raw ? scale * kLog2e : 1.0f;
-
-  // P of the previous step (bf16 pairs: the A fragments of P·V) and that step's V keys in shared memory. Before
-  // the first step P is zero against tile 0's V (finite: data or zeros), so that every step issues the same wgmmas
-  // with no branch around them (ptxas serializes wgmmas whose accumulators a divergent path may touch).
-  uint32_t pa[BS / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < BS / 16; ++kk) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
-  const __nv_bfloat16* pv = sv;
-  for (int64_t t = 0; t < n_tiles; ++t) {
-    cp_async_wait<0>();
-    fence_proxy_async_shared();
-    __syncthreads();  // tile t visible to all (and to the tensor cores); tile t - 2's buffers are free
-    if (t + 1 < n_tiles) load_kv(t + 1);
-    cp_async_commit();
-    const int b = static_cast<int>(t % kStages);
-#pragma unroll 1
-    for (int sub = 0; sub < BN / BS; ++sub) {
-      const int64_t j0 = j_begin + t * BN + sub * BS;
-      int cls = 1;  // per warpgroup: 1 = per-element mask, 2 = every row sees every key
-      if (wg_live && consecutive && j0 + BS <= j_end) {
-        const int64_t kp_lo = mask.kpos0 + j0, kp_hi = kp_lo + BS - 1;
-        if ((!mask.causal || kp_hi <= gq_lo) && (mask.window <= 0 || gq_hi - kp_lo < mask.window)) cls = 2;
-      }
-      const __nv_bfloat16* kb = sk + b * Shape::kTile + sub * (BS / 8) * kChunks * 64;
-      float s[BS / 8][4];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < HD / 16; ++kk)
-        Wgmma<BS>::run_ss(s, wgmma_desc(qw + kk * 128, k_lbo, k_sbo), wgmma_desc(kb + kk * 128, k_lbo, k_sbo), kk);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < BS / 16; ++kk)
-        Wgmma<HD>::template run<1>(o, pa[kk], wgmma_desc(pv + 2 * kk * kChunks * 64, v_lbo, v_sbo), 1);
-      wgmma_commit();
-      wgmma_wait<1>();  // S landed; P·V may still run
-      wgmma_fence_operands(s);
-      float corr_a, corr_b;
-      softmax_scores(s, raw, scale, softcap, mul, cls, j0, tq, j_end, mask, k_pos, qp_a, qp_b, m_a, m_b, l_a, l_b,
-                     corr_a, corr_b);
-#pragma unroll
-      for (int kk = 0; kk < BS / 16; ++kk) {
-        pa[kk][0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-        pa[kk][1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-        pa[kk][2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[kk][3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      }
-      wgmma_wait<0>();
-      wgmma_fence_operands(o);
-      // Unconditional (x 1 is exact): a branch here is a divergent path touching the accumulators.
-#pragma unroll
-      for (int n = 0; n < HD / 8; ++n) {
-        o[n][0] *= corr_a;
-        o[n][1] *= corr_a;
-        o[n][2] *= corr_b;
-        o[n][3] *= corr_b;
-      }
-      pv = sv + b * Shape::kTile + sub * (BS / 8) * kChunks * 64;
-    }
-  }
-  // The last step's P·V. (Without a tile, pv is tile 0's buffer of zeros: wait for them to land.)
-  cp_async_wait<0>();
-  fence_proxy_async_shared();
-  __syncthreads();
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < BS / 16; ++kk)
-    Wgmma<HD>::template run<1>(o, pa[kk], wgmma_desc(pv + 2 * kk * kChunks * 64, v_lbo, v_sbo), 1);
-  wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(o);
-
-  if (!warp_live) return;
-#pragma unroll
-  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
-  }
-  const bool split = gridDim.z > 1;
-  const float inv_a = split ? 1.0f : l_a > 0.0f ? 1.0f / l_a : 0.0f;
-  const float inv_b = split ? 1.0f : l_b > 0.0f ? 1.0f / l_b : 0.0f;
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int64_t f = wrow0 + gq + 8 * half;
-    if (f >= rows_total) continue;
-    const int64_t i = f / G, g = f % G;
-    const int64_t qh = i * n_heads + kvh * G + g;
-    float* orow;
-    if (split) {
-      const int64_t slot = qh * gridDim.z + blockIdx.z;
-      if (tq == 0) {
-        const float m = half == 0 ? m_a : m_b;
-        dst.part_ml[2 * slot] = m == -INFINITY ? -INFINITY : m * kLn2;
-        dst.part_ml[2 * slot + 1] = half == 0 ? l_a : l_b;
-      }
-      orow = dst.part_acc + slot * D;
-    } else {
-      orow = dst.out + qh * D;
-    }
-    const float inv = half == 0 ? inv_a : inv_b;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      orow[n * 8 + 2 * tq] = o[n][2 * half] * inv;
-      orow[n * 8 + 2 * tq + 1] = o[n][2 * half + 1] * inv;
-    }
-  }
-#endif
-}
-
-template <int HD, int BN, int BS, int D, int MINB, int WGS = 2>
-void launch_flash_pipe(const __nv_bfloat16* q, int64_t nq, int64_t q_pos0, const __nv_bfloat16* k,
-                       const __nv_bfloat16* v, const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads,
-                       float scale, float softcap, const MaskArgs& mask, const FlashOut& dst, int splits,
-                       cudaStream_t cs) {
-  constexpr size_t smem = PipeShape<HD, BN, WGS>::kSmemBytes;
-  constexpr int kRows = PipeShape<HD, BN, WGS>::kRows;
-  auto* kernel = flash_pipe_kernel<HD, BN, BS, D, MINB, WGS>;
-  static std::once_flag once;
-  std::call_once(once, [kernel] {
-    VLM_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "attention");
-  });
-  const int64_t rows = nq * (n_heads / n_kv_heads);
-  const dim3 grid(static_cast<unsigned>((rows + kRows - 1) / kRows), static_cast<unsigned>(n_kv_heads),
-                  static_cast<unsigned>(splits));
-  kernel<<<grid, WGS * 128, smem, cs>>>(q, nq, q_pos0, k, v, k_pos, nk, static_cast<int>(n_heads),
-                                        static_cast<int>(n_kv_heads), scale, softcap, mask, dst);
-}
-
 }  // namespace
 
 bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v,
@@ -1130,33 +810,8 @@ bool attention_flash_bf16(const float* q, int64_t nq, int64_t q_pos0, const floa
     if (!ok || major != 9) return 0;  // the binary carries sm_90a code for 9.0 only
     return *v - '0';
   }();
-  // Hopper, opt-in (VLMCHECK_CUDA_FLASH_PIPE=1): the pipelined wgmma kernel (flash_pipe_kernel) for head dims 80
-  // and 128. Not the default: H100, bench_cuda_kernels --attention against becaddf in the same call, it tied the
-  // mma.sync kernel on the Qwen2.5-VL tower's full attention (hd 80, two blocks of two warpgroups per SM, 64-key
-  // steps: 101.6 vs 101.5 / 101.6 ms) and lost on the windows (1542 vs 1076 us) and at hd 128 (one block of three
-  // warpgroups per SM: 7B 16k 10.56 vs 9.34-9.38 ms, 3B 2k 383 vs 190 us). Other shapes measured slower on the
-  // tower: 32-key steps 113.5 ms, one block of two warpgroups 191.8 ms, of three 135.8 ms, of four 113.8 ms; with a
-  // 4-buffer ring loading two tiles ahead 107.8 ms (and one block of two warpgroups still 193.0): so not the loads'
-  // latency; per warpgroup a 64-key step takes ~6-7k cycles whatever the number of resident warpgroups.
-  static const int pipe_mode = [] {
-    const char* v = std::getenv("VLMCHECK_CUDA_FLASH_PIPE");
-    if (v == nullptr || std::string(v) != "1") return 0;
-    int dev = 0, major = 0;
-    const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
-    cudaGetLastError();
-    if (!ok || major != 9) return 0;
-    return *v - '0';
-  }();
   Launch launch = nullptr;
-  if (pipe_mode != 0) {
-    switch (head_dim) {
-      case 80: launch = launch_flash_pipe<80, 64, 64, 80, 2>; break;  // 128 registers, no spill
-      case 128: launch = launch_flash_pipe<128, 64, 64, 128, 1, 3>; break;
-      default: break;
-    }
-  }
-  if (launch == nullptr && wgmma_mode != 0) {
+  if (wgmma_mode != 0) {
     // Two blocks per SM (128 registers) need 32-key sub-tiles at hd 80 (S and P of 64 keys spilled ~110 bytes);
     // hd 96 spilled ~90 bytes even so and takes one block per SM.
     const bool one = wgmma_mode == 2;
