@@ -48,8 +48,8 @@
 //   first kStages - 1 rounds (weights only) are issued before chain_wait(), so they stream while the
 //   previous kernel drains, then x. Nothing is written before chain_wait().
 //   The global split's reduction is its own instances (template GS): the others compile without it.
-//   Launch shape (H200, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): 4 warps
-//   per block, 8 for rows of 64+ rounds; K split across blocks only where the row groups alone give
+//   Launch shape (H200/H100, bench_cuda_kernels --quant, 1/2/4/8 warps, with and without clusters): up to 8
+//   warps per block (at least 2 rounds each; 4 below 64 rounds until stop 18's H100 runs); K split across blocks only where the row groups alone give
 //   fewer blocks than SMs (rows of 64+ rounds: 2 splits through global memory, else a cluster). Before persistent blocks, prologue staging and slots: 61-66% of the copy probe on the
 //   lm_heads, 36-40% on the 7B gate/up and down at n = 1, the limit being the per-round work of a
 //   warp (ncu: ~700 instructions per warp and 2 KB round, x staging included), not DRAM.
