@@ -332,6 +332,23 @@ bool dense_cublaslt(const float* x, int64_t n, const Weight& w, const Tensor& bi
 
 }  // namespace
 
+namespace {
+
+// A group member's bias as aligned f32 for cuBLASLt's epilogue: the tensor itself when it already is, else
+// widened into `slot` (the member's scratch slot); null without a bias.
+const float* group_bias_f32(const Tensor* b, int64_t out, unsigned char* slot, cudaStream_t st) {
+  if (b == nullptr || !b->defined()) return nullptr;
+  const void* bp = detail::device_ptr(*b, "linear_group", "bias");
+  const int bkind = detail::float_kind(*b, "linear_group", "bias");
+  if (bkind == detail::kF32 && aligned16(bp)) return static_cast<const float*>(bp);
+  auto* bf = reinterpret_cast<float*>(slot);
+  bias_to_f32_kernel<<<detail::elementwise_blocks(out, 256), 256, 0, st>>>(bp, bkind, out, bf);
+  VLM_CUDA_LAUNCHED("linear_group (bias)");
+  return bf;
+}
+
+}  // namespace
+
 void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int count, bool* done) {
   for (int i = 0; i < count; ++i) done[i] = false;
   if (n < kGemvMaxN || !aligned16(x) || count <= 0) return;
@@ -374,19 +391,7 @@ void dense_group_cublaslt(const float* x, int64_t n, const LinearOut* outs, int 
     const Weight& w = *outs[i].w;
     const int64_t out = w.rows();
     const Tensor* b = outs[i].bias;
-    const float* bias_f32 = nullptr;
-    if (b != nullptr && b->defined()) {
-      const void* bp = detail::device_ptr(*b, "linear_group", "bias");
-      const int bkind = detail::float_kind(*b, "linear_group", "bias");
-      if (bkind == detail::kF32 && aligned16(bp)) {
-        bias_f32 = static_cast<const float*>(bp);
-      } else {
-        auto* bf = reinterpret_cast<float*>(base + bias_at[static_cast<size_t>(i)]);
-        bias_to_f32_kernel<<<detail::elementwise_blocks(out, 256), 256, 0, st>>>(bp, bkind, out, bf);
-        VLM_CUDA_LAUNCHED("linear_group (bias)");
-        bias_f32 = bf;
-      }
-    }
+    const float* bias_f32 = group_bias_f32(b, out, base + bias_at[static_cast<size_t>(i)], st);
     if (bias_f32 != nullptr &&
         lt_matmul_bias(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, bias_f32)) {
       done[i] = true;
@@ -447,19 +452,7 @@ bool dense_group_fused(const float* x, int64_t n, const LinearOut* outs, int cou
     const int64_t out = w.rows();
     const Tensor* b = outs[i].bias;
     const bool acc = outs[i].accumulate;
-    const float* bias_f32 = nullptr;
-    if (b != nullptr && b->defined()) {
-      const void* bp = detail::device_ptr(*b, "linear_group", "bias");
-      const int bkind = detail::float_kind(*b, "linear_group", "bias");
-      if (bkind == detail::kF32 && aligned16(bp)) {
-        bias_f32 = static_cast<const float*>(bp);
-      } else {
-        auto* bf = reinterpret_cast<float*>(base + bias_at[i]);
-        bias_to_f32_kernel<<<detail::elementwise_blocks(out, 256), 256, 0, st>>>(bp, bkind, out, bf);
-        VLM_CUDA_LAUNCHED("linear_group (bias)");
-        bias_f32 = bf;
-      }
-    }
+    const float* bias_f32 = group_bias_f32(b, out, base + bias_at[i], st);
     // y (+)= x·Wᵀ + bias in cuBLASLt's epilogue: beta = 1 reads y there (no temporary, no add pass).
     if (bias_f32 != nullptr &&
         lt_matmul_impl(w.dense.raw(), ab, base, n, in, out, outs[i].y, out, CUBLAS_COMPUTE_32F, bias_f32, acc))
