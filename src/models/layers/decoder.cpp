@@ -113,7 +113,7 @@ bool fusion_enabled() {
 }
 
 // VLMCHECK_PREFILL_FUSE=0 keeps prefill chunks on the unfused forward (separate add_rms_norm passes, f32
-// copies of the normalized input and of the gated product): the same-binary A/B switch of the fused prefill
+// copies of the normalized input, temporaries for the residual adds): the same-binary A/B switch of the fused prefill
 // (run()). Read once.
 bool prefill_fusion_enabled() {
   static const bool on = [] {
@@ -362,9 +362,10 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
     ops::rms_norm(k, n * KV, hd, L.k_norm, s.rms_norm_eps, s.norm_offset, k);
   }
   const RopeTable& r = ls.rope;
-  // The fused decode path (norm set: n < 8, fusions on) hands the rotation to the cache's attention:
-  // on CUDA the decode attention kernel rotates q and the new key row itself, one launch fewer per
-  // layer (KVLayer::rope_update_and_attend; other layers and shapes run rope_qk first).
+  // The fused path (norm set: a device, fusions on; decode steps and, for dense 16-bit weights, prefill
+  // chunks) hands the rotation to the cache's attention: on CUDA the decode attention kernel rotates q and
+  // the new key row itself, one launch fewer per layer (KVLayer::rope_update_and_attend; other layers and
+  // shapes, prefill chunks included, run rope_qk first inside ops::attention_with_rope).
   const bool rope_in_attention = norm != nullptr;
   ops::AttentionRope rope;
   std::vector<float> freq_scratch;
@@ -373,6 +374,7 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
               s.family);
     rope = {hd, r.inv_freq.data(), positions.data, &r.mrope_section, r.attention_scaling};
     if (rope_in_attention) {
+      // rotated by rope_update_and_attend below
     } else if (fusion_enabled()) {
       ops::mrope_qk(q, H, k, KV, n, hd, r.inv_freq.data(), positions.data, r.mrope_section, r.attention_scaling);
     } else {
@@ -385,6 +387,7 @@ void DecoderModel::attention_block(int i, const float* hx, int64_t n, const Posi
     const float* inv_freq = r.inv_freq_for(max_pos, freq_scratch);
     rope = {r.rotary_dim, inv_freq, positions.data, nullptr, r.attention_scaling};
     if (rope_in_attention) {
+      // rotated by rope_update_and_attend below
     } else if (fusion_enabled()) {
       ops::rope_qk(q, H, k, KV, n, hd, r.rotary_dim, inv_freq, positions.data, r.attention_scaling);
     } else {
@@ -505,7 +508,7 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
   // Not on the CPU: its backend composes the fused forms from the plain ops (a materialized norm, a
   // temporary and an add: one more pass per block than add_rms_norm), so they only cost there.
   // Prefill chunks take the fused forms where the device's GEMMs fold them in: dense 16-bit weights, whose
-  // GEMM input is rounded by the norm (or the gated activation) kernel itself and whose residual add is the
+  // GEMM input is rounded by the norm kernel itself and whose residual add is the
   // GEMM epilogue's (CUDA linear_dense.cu dense_group_fused). Quantized and f32 weights would add through a
   // temporary and normalize through a materialized copy (ops.h's fallback), one more pass over [n, hidden]
   // per block than the separate add_rms_norm below.
