@@ -1,6 +1,6 @@
 // The SIMD dispatch tables. Compiled for baseline x86-64 (no target attributes here) so building
 // the tables is safe on any CPU; the entries point into the target-attributed kernel files.
-// The AVX2 table vectorises linear, linear_group and embedding; its other ops run the scalar reference.
+// The AVX2 table leaves RoPE, LayerNorm and KV (de)quantization to the scalar reference.
 #include "kernels/cpu/cpu_dispatch.h"
 #include "kernels/cpu/simd_avx2.h"
 #include "kernels/cpu/simd_avx512.h"
@@ -43,6 +43,17 @@ const KernelTable& avx2_table() {
     k.linear = avx2::linear;
     k.linear_group = avx2::linear_group;
     k.embedding = avx2::embedding;
+    k.rms_norm = avx2::rms_norm;
+    k.add_rms_norm = avx2::add_rms_norm;
+    k.activate = avx2::activate;
+    k.gated_activate = avx2::gated_activate;
+    k.softmax = avx2::softmax;
+    k.attention = avx2::attention;
+    k.attention_quantized = avx2::attention_quantized;
+    k.add = avx2::add;
+    k.scale = avx2::scale;
+    k.mul = avx2::mul;
+    k.softcap = avx2::softcap;
     return k;
   }();
   return t;

@@ -1,0 +1,481 @@
+// AVX2 versions of the non-matrix ops a decoder runs every token: RMSNorm (plain and fused with the
+// residual add), activations, softmax, attention (f32, and over a quantized KV cache by dequantizing
+// first) and the elementwise helpers. The same algorithms as simd_ops_avx512.cpp at 8 lanes and with
+// 16 vector registers instead of 32, which changes two things:
+// - exp has no scalef: 2^n is built in the exponent bits, so inputs are clamped to [-87.3, 88.3]
+//   (exp(-87.3) ~ 1.2e-38 stands in for anything smaller; every caller subtracts a row max first, so
+//   such terms are ~1e-38 of the sum either way).
+// - Attention keeps no head_dim-long register arrays: scores take 8 keys at a time against one
+//   8-wide slice of q (8 accumulators), and P·V walks head_dim in column blocks of up to 8 vectors.
+// Tails (lengths not a multiple of 8) go through a zero-padded stack copy rather than masked
+// loads/stores, which are slow on some AMD cores. RoPE, LayerNorm and KV (de)quantization stay on the
+// reference: per token they are small next to the GEMVs (RoPE's cos/sin are per token, not per head).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/ref/ref_ops.h"
+#include "kernels/cpu/simd_avx2.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace vlm::ops::cpu::avx2 {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Lane j of the result = the sum of the lanes of v[j].
+inline __m256 sum8(const __m256* v) {
+  const __m256 a0 = _mm256_hadd_ps(v[0], v[1]), a1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 a2 = _mm256_hadd_ps(v[4], v[5]), a3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 b0 = _mm256_hadd_ps(a0, a1), b1 = _mm256_hadd_ps(a2, a3);  // lanes: (v0..v3 lo, v4..v7 lo | hi)
+  return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+
+inline __m256 exp_ps(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline __m256 tanh_ps(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 ax = _mm256_andnot_ps(sign, x);
+  const __m256 e = exp_ps(_mm256_mul_ps(ax, _mm256_set1_ps(-2.0f)));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 big = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+  // |x| < 0.125: x - x³/3 + 2x⁵/15 - 17x⁷/315, where 1 - 2/(e^{2x}+1) would cancel.
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_set1_ps(-17.0f / 315.0f);
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.0f / 15.0f));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.0f / 3.0f));
+  p = _mm256_fmadd_ps(p, x2, one);
+  const __m256 small = _mm256_mul_ps(p, ax);
+  const __m256 r = _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.125f), _CMP_LT_OQ));
+  return _mm256_or_ps(r, _mm256_and_ps(x, sign));
+}
+
+inline __m256 act_ps(__m256 x, Activation act) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  switch (act) {
+    case Activation::kSilu: return _mm256_div_ps(x, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+    case Activation::kQuickGelu:
+      return _mm256_div_ps(x, _mm256_add_ps(one, exp_ps(_mm256_mul_ps(x, _mm256_set1_ps(-1.702f)))));
+    case Activation::kGeluTanh: {
+      const __m256 inner = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                                         _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(x, x)), x, x));
+      return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, tanh_ps(inner)));
+    }
+    case Activation::kRelu: return _mm256_max_ps(x, _mm256_setzero_ps());
+    case Activation::kGeluErf: break;  // handled by the callers (scalar erf)
+  }
+  return x;
+}
+
+// The tail [i, n) (< 8 values) of up to two arrays, zero-padded to one vector, and back.
+struct Tail {
+  alignas(32) float a[8] = {}, b[8] = {};
+  int64_t len;
+  Tail(const float* x, const float* y, int64_t left) : len(left) {
+    std::memcpy(a, x, static_cast<size_t>(left) * 4);
+    if (y != nullptr) std::memcpy(b, y, static_cast<size_t>(left) * 4);
+  }
+  __m256 va() const { return _mm256_load_ps(a); }
+  __m256 vb() const { return _mm256_load_ps(b); }
+  void store(float* dst, __m256 v) {
+    _mm256_store_ps(a, v);
+    std::memcpy(dst, a, static_cast<size_t>(len) * 4);
+  }
+};
+
+// y[i] = f(x[i], z[i]) 8 at a time, z optional (nullptr: zeros).
+template <typename F>
+inline void map8(float* y, const float* x, const float* z, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, f(_mm256_loadu_ps(x + i), z ? _mm256_loadu_ps(z + i) : _mm256_setzero_ps()));
+  if (i < n) {
+    Tail t(x + i, z ? z + i : nullptr, n - i);
+    t.store(y + i, f(t.va(), t.vb()));
+  }
+}
+
+inline float sum_squares(const float* x, int64_t d) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    const __m256 u = _mm256_loadu_ps(x + c), v = _mm256_loadu_ps(x + c + 8);
+    a0 = _mm256_fmadd_ps(u, u, a0);
+    a1 = _mm256_fmadd_ps(v, v, a1);
+  }
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; c < d; ++c) s += x[c] * x[c];
+  return s;
+}
+
+// Values [c, c + 8) of a contiguous f32/f16/bf16 vector (a norm weight) as f32.
+inline __m256 load8_any(const void* p, DType dt, int64_t c) {
+  switch (dt) {
+    case DType::kBF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + c))),
+          16));
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + c)));
+    default: return _mm256_loadu_ps(static_cast<const float*>(p) + c);
+  }
+}
+
+// yi = xi · inv · (w + offset), the weight read in its stored dtype.
+inline void scale_row(const float* xi, float* yi, int64_t d, float inv, const Tensor& weight, float offset) {
+  const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset);
+  const void* w = weight.raw();
+  const DType dt = weight.dtype();
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8)
+    _mm256_storeu_ps(yi + c, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xi + c), vinv),
+                                           _mm256_add_ps(load8_any(w, dt, c), voff)));
+  for (; c < d; ++c) yi[c] = xi[c] * inv * (load_f32(w, dt, c) + offset);
+}
+
+}  // namespace
+
+void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
+  VLM_CHECK(weight.is_contiguous(), ErrorKind::kInvalidArgument, "rms_norm: the weight must be contiguous");
+  parallel_for(n, d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* xi = x + i * d;
+      scale_row(xi, y + i * d, d, 1.0f / std::sqrt(sum_squares(xi, d) / static_cast<float>(d) + eps), weight, offset);
+    }
+  });
+}
+
+void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
+                  float* y) {
+  VLM_CHECK(weight.is_contiguous(), ErrorKind::kInvalidArgument, "add_rms_norm: the weight must be contiguous");
+  // x += r, then the row (now in L1) is normalised into y; r is read in full before y (which may alias it).
+  parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* xi = x + i * d;
+      map8(xi, xi, r + i * d, d, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
+      scale_row(xi, y + i * d, d, 1.0f / std::sqrt(sum_squares(xi, d) / static_cast<float>(d) + eps), weight, offset);
+    }
+  });
+}
+
+void activate(float* x, int64_t n, Activation act) {
+  if (act == Activation::kGeluErf) return ref::activate(x, n, act);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    map8(x + i0, x + i0, nullptr, i1 - i0, [act](__m256 a, __m256) { return act_ps(a, act); });
+  });
+}
+
+void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
+  if (act == Activation::kGeluErf) return ref::gated_activate(gate, up, n, act);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    map8(gate + i0, gate + i0, up + i0, i1 - i0, [act](__m256 g, __m256 u) { return _mm256_mul_ps(act_ps(g, act), u); });
+  });
+}
+
+void softmax(float* x, int64_t n, int64_t d) {
+  parallel_for(n, d * 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* xr = x + r * d;
+      float m = kNegInf;
+      for (int64_t c = 0; c < d; ++c) m = std::max(m, xr[c]);
+      if (m == kNegInf) {
+        std::fill(xr, xr + d, 0.0f);
+        continue;
+      }
+      const __m256 vm = _mm256_set1_ps(m);
+      __m256 sum = _mm256_setzero_ps();
+      int64_t c = 0;
+      for (; c + 8 <= d; c += 8) {
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + c), vm));
+        sum = _mm256_add_ps(sum, e);
+        _mm256_storeu_ps(xr + c, e);
+      }
+      float s = hsum(sum);
+      if (c < d) {
+        Tail t(xr + c, nullptr, d - c);
+        const __m256 e = exp_ps(_mm256_sub_ps(t.va(), vm));
+        t.store(xr + c, e);
+        for (int64_t j = c; j < d; ++j) s += xr[j];
+      }
+      const float inv = 1.0f / s;
+      for (int64_t j = 0; j < d; ++j) xr[j] *= inv;
+    }
+  });
+}
+
+namespace {
+
+// ---- attention ----------------------------------------------------------------------------------------
+// One query row at a time, keys in chunks of kRowChunk (the AVX-512 row kernel's scheme): per (query,
+// kv head, key chunk) and each query head of that kv head, the chunk's scores (8 keys per step, each a
+// vector of partial sums over head_dim, reduced together), masked to -inf; the chunk max m_c,
+// p = exp(s − m_c), its sum l_c and Σ p·v. Then per (query, head) the chunks combine as
+// out = Σ_c e^(m_c − M)·o_c / Σ_c e^(m_c − M)·l_c. Decode and prefill run the same code with the same chunk
+// boundaries, so a cached decode step equals the prefill row it repeats. All query heads of a kv head
+// use the chunk's K/V rows while they are in L1.
+constexpr int64_t kRowChunk = 64;
+
+// Scores of one query against keys [j0, j0 + kn) (kn <= 8) of one head: lane jj = q · k_{j0+jj}, lanes
+// past kn 0. ld: floats between consecutive keys.
+inline __m256 scores8(const float* q, const float* kb, int64_t ld, int64_t j0, int64_t kn, int64_t nv) {
+  const float* kr[8];
+  for (int jj = 0; jj < 8; ++jj) kr[jj] = kb + (j0 + std::min<int64_t>(jj, kn - 1)) * ld;
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int jj = 0; jj < 8; ++jj) acc[jj] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < nv; ++c) {
+    const __m256 qc = _mm256_loadu_ps(q + 8 * c);
+#pragma GCC unroll 8
+    for (int jj = 0; jj < 8; ++jj) acc[jj] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kr[jj] + 8 * c), acc[jj]);
+  }
+  return sum8(acc);
+}
+
+// o[0 .. 8·CW) = Σ_j p[j] · v_j[c0 .. c0 + 8·CW) over keys [0, kn) of the chunk (vb: the chunk's first key,
+// column c0 applied). Keys with p == 0 (invisible or underflowed) are skipped, so a non-finite V row of a
+// masked key cannot leak in. With few columns two accumulator sets alternate keys (one set would chain
+// every key's FMAs on the previous key's).
+template <int CW>
+inline void pv_block(const float* p, int64_t kn, const float* vb, int64_t ld, float* o) {
+  constexpr int kSets = CW <= 4 ? 2 : 1;
+  __m256 acc[kSets][CW];
+#pragma GCC unroll 8
+  for (int s = 0; s < kSets; ++s)
+    for (int cc = 0; cc < CW; ++cc) acc[s][cc] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + kSets <= kn; j += kSets) {
+#pragma GCC unroll 2
+    for (int s = 0; s < kSets; ++s) {
+      const float pj = p[j + s];
+      if (pj == 0.0f) continue;
+      const __m256 vp = _mm256_set1_ps(pj);
+      const float* vr = vb + (j + s) * ld;
+#pragma GCC unroll 8
+      for (int cc = 0; cc < CW; ++cc) acc[s][cc] = _mm256_fmadd_ps(vp, _mm256_loadu_ps(vr + 8 * cc), acc[s][cc]);
+    }
+  }
+  for (; j < kn; ++j) {
+    if (p[j] == 0.0f) continue;
+    const __m256 vp = _mm256_set1_ps(p[j]);
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CW; ++cc) acc[0][cc] = _mm256_fmadd_ps(vp, _mm256_loadu_ps(vb + j * ld + 8 * cc), acc[0][cc]);
+  }
+#pragma GCC unroll 8
+  for (int cc = 0; cc < CW; ++cc) {
+    __m256 a = acc[0][cc];
+    if constexpr (kSets == 2) a = _mm256_add_ps(a, acc[1][cc]);
+    _mm256_storeu_ps(o + 8 * cc, a);
+  }
+}
+
+inline void pv(const float* p, int64_t kn, const float* vb, int64_t ld, int64_t nv, float* o) {
+  int64_t c = 0;
+  for (; nv - c >= 8; c += 8) pv_block<8>(p, kn, vb + 8 * c, ld, o + 8 * c);
+  switch (nv - c) {
+    case 1: return pv_block<1>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 2: return pv_block<2>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 3: return pv_block<3>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 4: return pv_block<4>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 5: return pv_block<5>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 6: return pv_block<6>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    case 7: return pv_block<7>(p, kn, vb + 8 * c, ld, o + 8 * c);
+    default: return;
+  }
+}
+
+// head_dim a multiple of 8 (attention() checks).
+void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+                   int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                   const AttentionMask& mask, float* out) {
+  const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim, nv = head_dim / 8;
+  const int64_t nch = (nk + kRowChunk - 1) / kRowChunk;
+  const bool simple = mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  // Queries per round, so the scratch stays under ~8 MB however long the prompt.
+  const int64_t qb = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t{1} << 21) / (n_heads * nch * (head_dim + 2))));
+  // Scratch of the calling thread, reached by the pool's threads through these pointers.
+  thread_local std::vector<float> store;
+  const size_t need = static_cast<size_t>(qb * n_heads * nch * (head_dim + 2));
+  if (store.size() < need) store.resize(need);
+  float* const cmax = store.data();               // [qb][n_heads][nch]
+  float* const csum = cmax + qb * n_heads * nch;  // [qb][n_heads][nch]
+  float* const part = csum + qb * n_heads * nch;  // [qb][n_heads][nch][head_dim]
+
+  for (int64_t i0 = 0; i0 < nq; i0 += qb) {
+    const int64_t nqb = std::min(qb, nq - i0);
+    parallel_for(nqb * n_kv_heads * nch, kRowChunk * head_dim * group * 2, [&](int64_t w0, int64_t w1) {
+      alignas(32) float p[kRowChunk];
+      for (int64_t w = w0; w < w1; ++w) {
+        // kv head fastest: a thread's run of items covers whole [chunk][kv head][head_dim] blocks of the cache.
+        const int64_t ii = w / (n_kv_heads * nch), c = (w / n_kv_heads) % nch, kvh = w % n_kv_heads;
+        const int64_t qp = q_pos0 + i0 + ii, j_begin = c * kRowChunk, j_end = std::min(nk, j_begin + kRowChunk);
+        const int64_t cn = j_end - j_begin;
+        const float* kb = k + j_begin * ld + kvh * head_dim;
+        const float* vb = v + j_begin * ld + kvh * head_dim;
+        // Visibility of the chunk's keys for this query: the same for every head of the group.
+        alignas(32) int32_t vis[kRowChunk];  // -1: visible, 0: masked or past the chunk
+        std::fill(vis + cn, vis + kRowChunk, 0);
+        bool any = false;
+        for (int64_t j = 0; j < cn; ++j) {
+          const int64_t kp = k_pos[j_begin + j];
+          const bool on = simple ? (!mask.causal || kp <= qp) : ref::key_visible(mask, qp, kp);
+          vis[j] = on ? -1 : 0;
+          any |= on;
+        }
+        if (!any) {  // e.g. a chunk wholly after the query in a causal prefill: the combine skips it
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t row = ii * n_heads + kvh * group + g;
+            cmax[row * nch + c] = kNegInf;
+            csum[row * nch + c] = 0.0f;
+          }
+          continue;
+        }
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t h = kvh * group + g, row = ii * n_heads + h;
+          const float* qi = q + ((i0 + ii) * n_heads + h) * head_dim;
+          __m256 vmax = _mm256_set1_ps(kNegInf);
+          for (int64_t j0 = 0; j0 < cn; j0 += 8) {
+            const int64_t kn = std::min<int64_t>(8, cn - j0);
+            __m256 s8 = _mm256_mul_ps(scores8(qi, kb, ld, j0, kn, nv), _mm256_set1_ps(scale));
+            if (softcap > 0.0f) {
+              const __m256 cap = _mm256_set1_ps(softcap);
+              s8 = _mm256_mul_ps(cap, tanh_ps(_mm256_div_ps(s8, cap)));
+            }
+            // -inf where masked (whatever the score, even NaN from a masked key's non-finite row) and past the chunk.
+            const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s8,
+                                              _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(vis + j0))));
+            _mm256_store_ps(p + j0, x);
+            vmax = _mm256_max_ps(vmax, x);
+          }
+          const float mx = hmax(vmax);
+          cmax[row * nch + c] = mx;
+          float* o = part + (row * nch + c) * head_dim;
+          float sum = 0.0f;
+          if (mx == kNegInf) {
+            std::fill(o, o + head_dim, 0.0f);
+          } else {
+            const __m256 vm = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(kNegInf);
+            __m256 vs = _mm256_setzero_ps();
+            for (int64_t j = 0; j < cn; j += 8) {
+              const __m256 x = _mm256_load_ps(p + j);
+              // Masked keys (-inf) give exactly 0.
+              const __m256 e = _mm256_and_ps(_mm256_cmp_ps(x, ninf, _CMP_NEQ_OQ), exp_ps(_mm256_sub_ps(x, vm)));
+              vs = _mm256_add_ps(vs, e);
+              _mm256_store_ps(p + j, e);
+            }
+            sum = hsum(vs);
+            pv(p, cn, vb, ld, nv, o);
+          }
+          csum[row * nch + c] = sum;
+        }
+      }
+    });
+    parallel_for(nqb * n_heads, nch * head_dim, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        float mx = kNegInf;
+        for (int64_t c = 0; c < nch; ++c) mx = std::max(mx, cmax[row * nch + c]);
+        float* oi = out + (i0 * n_heads + row) * head_dim;
+        std::fill(oi, oi + head_dim, 0.0f);
+        if (mx == kNegInf) continue;  // no visible key
+        float total = 0.0f;
+        for (int64_t c = 0; c < nch; ++c) {
+          const float m = cmax[row * nch + c];
+          if (m == kNegInf) continue;  // nothing visible in this chunk
+          const float wgt = std::exp(m - mx);
+          total += wgt * csum[row * nch + c];
+          const __m256 vw = _mm256_set1_ps(wgt);
+          const float* o = part + (row * nch + c) * head_dim;
+          for (int64_t d = 0; d < head_dim; d += 8)
+            _mm256_storeu_ps(oi + d, _mm256_fmadd_ps(vw, _mm256_loadu_ps(o + d), _mm256_loadu_ps(oi + d)));
+        }
+        const __m256 inv = _mm256_set1_ps(1.0f / total);
+        for (int64_t d = 0; d < head_dim; d += 8) _mm256_storeu_ps(oi + d, _mm256_mul_ps(_mm256_loadu_ps(oi + d), inv));
+      }
+    });
+  }
+}
+
+}  // namespace
+
+void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
+               int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+               const AttentionMask& mask, float* out) {
+  if (head_dim % 8 != 0 || nk == 0)
+    return ref::attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+  row_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+}
+
+void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
+                         int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
+                         const AttentionMask& mask, float* out) {
+  // By definition kv_dequantize of K and V, then attention (this path's kv_dequantize is the reference's).
+  const int64_t row = n_kv_heads * head_dim;
+  thread_local std::vector<float> kd, vd;
+  kd.resize(static_cast<size_t>(nk * row));
+  vd.resize(kd.size());
+  if (nk > 0) {
+    ref::kv_dequantize(kv.k_packed, kv.k_scales, kv.k_biases, nk, row, kv.bits, kv.group_size, kd.data());
+    ref::kv_dequantize(kv.v_packed, kv.v_scales, kv.v_biases, nk, row, kv.bits, kv.group_size, vd.data());
+  }
+  avx2::attention(q, nq, q_pos0, kd.data(), vd.data(), k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask,
+                  out);
+}
+
+void add(float* y, const float* x, int64_t n) {
+  map8(y, y, x, n, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
+}
+void scale(float* y, float s, int64_t n) {
+  const __m256 vs = _mm256_set1_ps(s);
+  map8(y, y, nullptr, n, [vs](__m256 a, __m256) { return _mm256_mul_ps(a, vs); });
+}
+void mul(float* y, const float* x, int64_t n) {
+  map8(y, y, x, n, [](__m256 a, __m256 b) { return _mm256_mul_ps(a, b); });
+}
+void softcap(float* x, int64_t n, float cap) {
+  const __m256 vc = _mm256_set1_ps(cap), vinv = _mm256_set1_ps(1.0f / cap);
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
+    map8(x + i0, x + i0, nullptr, i1 - i0,
+         [vc, vinv](__m256 a, __m256) { return _mm256_mul_ps(tanh_ps(_mm256_mul_ps(a, vinv)), vc); });
+  });
+}
+
+}  // namespace vlm::ops::cpu::avx2
+
+#pragma GCC pop_options
