@@ -16,8 +16,8 @@
 // Each row: warm-up, then batches timed with CUDA events (see time_median), median per call reported.
 // Weights are random (values do not change the timing), generated once on the host in a 16 MiB block
 // and tiled over the device buffer. Prints a markdown table. Usage: bench_cuda_kernels [--quick | --quant |
-// --attention] (--attention: only the tensor-core attention prefill rows; VLMCHECK_CUDA_FLASH picks the
-// flash kernel variant, attention_flash.cu)
+// --attention [TEXT]] (--attention: only the tensor-core attention prefill rows, with TEXT only those whose name
+// contains it; VLMCHECK_CUDA_FLASH picks the flash kernel variant, attention_flash.cu)
 // (--quick: decode only, fewer repetitions; --quant: only the quantized decode GEMV rows, 4-bit g64 at
 // n = 1, 2, 3, 4, 7; `--quant TEXT`: only the rows whose "model linear" name contains TEXT, e.g.
 // "7B down", for a profiler). VLMCHECK_CUDA_GEMV=legacy in the environment runs every quantized GEMV on the
@@ -571,8 +571,14 @@ int main(int argc, char** argv) {
                                  {"vision full, Qwen2.5-VL tower", 16, 16, 62208, 62208, true, 80, false},
                                  // SigLIP so400m (Gemma 3's tower, 896 px: 4096 patches), head_dim 72 padded to 80.
                                  {"vision full, SigLIP so400m", 16, 16, 4096, 4096, true, 72, false}});
-      if (attention_only) rows.erase(std::remove_if(rows.begin(), rows.end(), [](const AttnRow& r) { return !r.bf16; }),
-                                     rows.end());
+      // `--attention TEXT`: only the rows whose name contains TEXT (e.g. "vision full", for a profiler).
+      const std::string row_filter = attention_only && argc > 2 ? argv[2] : "";
+      if (attention_only)
+        rows.erase(std::remove_if(rows.begin(), rows.end(),
+                                  [&](const AttnRow& r) {
+                                    return !r.bf16 || std::string(r.what).find(row_filter) == std::string::npos;
+                                  }),
+                   rows.end());
       auto dev = [&](int64_t n) {
         std::vector<float> h(static_cast<size_t>(std::min<int64_t>(n, int64_t{1} << 22)));
         std::uniform_real_distribution<float> u(-1.0f, 1.0f);
