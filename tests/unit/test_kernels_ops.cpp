@@ -48,12 +48,16 @@ std::vector<double> linear_oracle(const std::vector<float>& x, int64_t n, const 
 // also need VBMI), which round activations to 16-bit fixed point per 32 values (simd_quant_vnni.cpp):
 // NMSE ~1e-9 on these uniform inputs, still 1,000x below bf16-rounded activations. Everything else
 // accumulates exact products in f32.
+// The AVX2 4-bit decode kernel (fewer than 8 tokens, simd_linear_avx2.cpp) rounds them the same way per
+// 64 values.
 double linear_tol(const ops::Weight& w, int64_t n) {
   const int bits = w.quantized ? w.quant.spec.bits : 0;
   const bool stream = bits == 3 || bits == 5 || bits == 6;
-  const bool vnni = bits > 0 && n < 16 && std::string(ops::cpu_kernel_path()).rfind("avx512", 0) == 0 &&
-                    __builtin_cpu_supports("avx512vnni") && (!stream || __builtin_cpu_supports("avx512vbmi"));
-  return vnni ? 1e-8 : kTol;
+  const std::string path = ops::cpu_kernel_path();
+  const bool vnni = bits > 0 && n < 16 && path.rfind("avx512", 0) == 0 && __builtin_cpu_supports("avx512vnni") &&
+                    (!stream || __builtin_cpu_supports("avx512vbmi"));
+  const bool avx2_int = bits == 4 && n < 8 && path == "avx2";
+  return vnni || avx2_int ? 1e-8 : kTol;
 }
 
 void check_linear(std::mt19937& rng, const ops::Weight& w, int64_t n, bool with_bias, const std::string& what) {

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/quant.h"
@@ -54,6 +55,13 @@ inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
@@ -166,7 +174,8 @@ void prepare_x(const float* x, int64_t k, Fmt f, int group, std::vector<float>& 
   }
   if (is_quant(f)) {
     gsum.assign(static_cast<size_t>(k / group), 0.0f);
-    for (int64_t c = 0; c < k; ++c) gsum[c / group] += x[c];
+    for (int64_t g = 0; g < k / group; ++g)
+      for (int64_t c = g * group; c < (g + 1) * group; ++c) gsum[g] += x[c];
   }
 }
 
@@ -218,6 +227,200 @@ struct GemvOut {
   int64_t row0;
 };
 
+// ---- 4-bit decode: integer dot products ---------------------------------------------------------------
+// The f32 form above turns every code into a float (widen, convert, FMA: ~18 instructions per 16 bytes);
+// here codes meet 16-bit fixed-point activations in vpmaddubsw (u8 x s8 pairs into i16) and vpmaddwd
+// (i16 pairs into i32), ~17 instructions per 32 bytes, as the AVX-512 VNNI kernel does
+// (simd_quant_vnni.cpp, which derives the arithmetic). Per token x is rounded once per 64 activations:
+// xs = max|x| / 32639, xq = round(x / xs) = 256·xh + xl with xl the low byte read as signed and both
+// bytes in [-128, 127] (hence 32639, not 32767), laid out per 64-code block as xh of the even and the odd
+// codes, then xl of the same: MLX packs code 2j in the low nibble of byte j, so the low nibbles of 32
+// bytes meet the even-code vector and the high nibbles the odd one, with no shuffles. Per block and row:
+// i32 lane i = Σ codes 8i..8i+7 times xq (exact: |pair| <= 2·15·128 fits i16, the hi/lo sums fit too),
+// then one convert and one FMA by s_g·xs (lanes 0-3 and 4-7 are the block's two halves, which matters
+// only at group size 32). Σ_c w_c·x_c = s_g·Σ q_c·x_c + b_g·X_g: the b_g·X_g part uses Σx per group in
+// f32. The only rounding is xq: |x − xs·xq| <= max|x| / 65278 per 64 values (the VNNI kernel's accuracy;
+// bf16 activations, as MLX runs bf16 models, are ~100x coarser).
+constexpr float kXMax = 32639;
+
+struct PreparedQ4 {
+  std::vector<int8_t> xb;  // [blocks][xh even 32, xh odd 32, xl even 32, xl odd 32], 32-byte aligned
+  std::vector<float> xs;   // [blocks]
+  std::vector<float> gsum; // [groups]
+  const int8_t* blocks() const {
+    return reinterpret_cast<const int8_t*>((reinterpret_cast<uintptr_t>(xb.data()) + 31) & ~uintptr_t{31});
+  }
+};
+
+void prepare_q4(const float* x, int64_t k, int group, PreparedQ4& p) {
+  const int64_t blocks = k / 64;
+  p.xb.resize(static_cast<size_t>(blocks * 128 + 32));
+  p.xs.resize(static_cast<size_t>(blocks));
+  int8_t* d0 = const_cast<int8_t*>(p.blocks());
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = x + 64 * b;
+    __m256 m = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * i), abs_mask));
+    const float mx = hmax(m);
+    const __m256 inv = _mm256_set1_ps(mx > 0.0f ? kXMax / mx : 0.0f);
+    p.xs[b] = mx / kXMax;
+    alignas(32) int32_t hi[64], lo[64];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * i), inv));  // round to nearest
+      const __m256i l = _mm256_srai_epi32(_mm256_slli_epi32(q, 24), 24);                     // low byte, signed
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lo + 8 * i), l);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hi + 8 * i), _mm256_srai_epi32(_mm256_sub_epi32(q, l), 8));
+    }
+    int8_t* d = d0 + 128 * b;
+    for (int j = 0; j < 32; ++j) {
+      d[j] = static_cast<int8_t>(hi[2 * j]);
+      d[32 + j] = static_cast<int8_t>(hi[2 * j + 1]);
+      d[64 + j] = static_cast<int8_t>(lo[2 * j]);
+      d[96 + j] = static_cast<int8_t>(lo[2 * j + 1]);
+    }
+  }
+  const int64_t groups = k / group;
+  p.gsum.resize(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t c = g * group; c < (g + 1) * group; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
+    p.gsum[g] = hsum(s);
+  }
+}
+
+template <DType D>
+inline float to_f32(const void* p, int64_t i) {
+  if constexpr (D == DType::kBF16) return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else if constexpr (D == DType::kF16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else return static_cast<const float*>(p)[i];
+}
+
+template <DType D>
+inline __m256 load8_f32(const void* p, int64_t i) {
+  if constexpr (D == DType::kBF16)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))), 16));
+  else if constexpr (D == DType::kF16)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+  else return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+}
+
+// y[r] (+ bias) for rows [r0, r0 + R) of one 4-bit matrix. D: the dtype of its scales and biases; G32:
+// group size 32 (two groups per block), else group = 64 << gshift.
+template <int R, DType D, bool G32>
+void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshift, const float* bias, float* y) {
+  const int64_t k = m.cols, blocks = k / 64, groups = k / m.spec.group_size, wpr = m.words_per_row();
+  const uint8_t* rows[R];
+  const void *sc = m.scales.raw(), *bi = m.biases.raw();
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + r) * wpr);
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const int8_t* xb = p.blocks();
+  // Rows are contiguous, so the R rows of this pass are one region of R·32·blocks bytes and the next
+  // passes follow it; interleaved, the R streams defeat the hardware prefetcher (perf: the code loads
+  // were the hot instructions). Each block step fetches R·32 bytes of the region kPrefetchPasses passes ahead.
+  constexpr int kPrefetchPasses = 2;
+  const uint8_t* pf = rows[0] + kPrefetchPasses * R * 4 * wpr;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if constexpr (R > 1)
+#pragma GCC unroll 4
+      for (int l = 0; l < R / 2; ++l) _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
+    const __m256i* xv = reinterpret_cast<const __m256i*>(xb + 128 * b);
+    const __m256i xhe = _mm256_load_si256(xv), xho = _mm256_load_si256(xv + 1);
+    const __m256i xle = _mm256_load_si256(xv + 2), xlo = _mm256_load_si256(xv + 3);
+    const float xs = p.xs[b];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 32 * b));
+      const __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
+      const __m256i ph = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xhe), _mm256_maddubs_epi16(hi, xho));
+      const __m256i pl = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xle), _mm256_maddubs_epi16(hi, xlo));
+      const __m256i i32 =
+          _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(ph, ones), 8), _mm256_madd_epi16(pl, ones));
+      const int64_t gi = (r0 + r) * groups;
+      __m256 f;
+      if constexpr (G32)
+        f = _mm256_set_m128(_mm_set1_ps(to_f32<D>(sc, gi + 2 * b + 1) * xs), _mm_set1_ps(to_f32<D>(sc, gi + 2 * b) * xs));
+      else
+        f = _mm256_set1_ps(to_f32<D>(sc, gi + (b >> gshift)) * xs);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), f, acc[r]);
+    }
+  }
+  // + Σ_g b_g·X_g per row.
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const int64_t gi = (r0 + r) * groups;
+    __m256 bx = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= groups; g += 8) bx = _mm256_fmadd_ps(load8_f32<D>(bi, gi + g), _mm256_loadu_ps(p.gsum.data() + g), bx);
+    float t = hsum(_mm256_add_ps(acc[r], bx));
+    for (; g < groups; ++g) t += to_f32<D>(bi, gi + g) * p.gsum[g];
+    y[r] = t + (bias ? bias[r] : 0.0f);
+  }
+}
+
+template <DType D, bool G32>
+void q4_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedQ4& p, int gshift,
+              const float* bias, float* y) {
+  int64_t r = r_begin;
+  for (; r + 4 <= r_end; r += 4) q4_rows<4, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
+  for (; r < r_end; ++r) q4_rows<1, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
+}
+
+// The group's 4-bit members through the integer kernel: false (nothing done) when a member's shape or
+// dtypes are outside it (columns not a multiple of 64, group size not 32/64/128, scales and biases of
+// different float dtypes).
+bool gemv_group_q4(const float* x, int64_t n, GemvOut* outs, int count, int64_t total) {
+  const QuantizedMatrix& m0 = outs[0].w->quant;
+  const int64_t k = m0.cols;
+  const int gs = m0.spec.group_size;
+  if (k % 64 != 0 || (gs != 32 && gs != 64 && gs != 128)) return false;
+  for (int o = 0; o < count; ++o) {
+    const QuantizedMatrix& m = outs[o].w->quant;
+    const DType d = m.scales.dtype();
+    if (m.biases.dtype() != d || (d != DType::kBF16 && d != DType::kF16 && d != DType::kF32)) return false;
+  }
+  const int gshift = gs == 128 ? 1 : 0;
+  thread_local PreparedQ4 prep_store;
+  PreparedQ4& prep = prep_store;  // the pool's threads reach the caller's buffers through this reference
+  for (int64_t t = 0; t < n; ++t) {
+    prepare_q4(x + t * k, k, gs, prep);
+    parallel_for(total, k / 2, [&](int64_t r0, int64_t r1) {
+      for (int o = 0; o < count; ++o) {
+        const int64_t o_end = o + 1 < count ? outs[o + 1].row0 : total;
+        const int64_t rb = std::max(r0, outs[o].row0), re = std::min(r1, o_end);
+        if (rb >= re) continue;
+        const QuantizedMatrix& m = outs[o].w->quant;
+        const int64_t a = rb - outs[o].row0, e = re - outs[o].row0;
+        float* y = outs[o].y + t * m.rows;
+        const float* bias = outs[o].bias;
+        const bool g32 = gs == 32;
+        switch (m.scales.dtype()) {
+          case DType::kBF16:
+            g32 ? q4_range<DType::kBF16, true>(m, a, e, prep, gshift, bias, y)
+                : q4_range<DType::kBF16, false>(m, a, e, prep, gshift, bias, y);
+            break;
+          case DType::kF16:
+            g32 ? q4_range<DType::kF16, true>(m, a, e, prep, gshift, bias, y)
+                : q4_range<DType::kF16, false>(m, a, e, prep, gshift, bias, y);
+            break;
+          default:
+            g32 ? q4_range<DType::kF32, true>(m, a, e, prep, gshift, bias, y)
+                : q4_range<DType::kF32, false>(m, a, e, prep, gshift, bias, y);
+            break;
+        }
+      }
+    });
+  }
+  return true;
+}
+
 // Every output of the group (format F, same cols and group size) in ONE parallel_for per token over
 // all their rows, so small decode matrices (q/k/v, gate/up) share one pool round.
 template <Fmt F>
@@ -229,6 +432,8 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
     outs[o].row0 = total;
     total += outs[o].w->rows();
   }
+  if constexpr (F == Fmt::kQ4)
+    if (gemv_group_q4(x, n, outs, count, total)) return;
   // Reused across calls, one set per calling thread. The job below runs on pool threads too, so it must
   // reach the caller's buffers through these references (naming the thread_locals there would give each
   // worker its own, empty ones).
