@@ -219,6 +219,42 @@ float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const
   return hsum(acc) + tail;
 }
 
+// Dense rows [r0, r0 + R) against one token: the dot_row arithmetic with R rows per pass sharing each
+// chunk's x loads, and the region prefetch of the 4-bit kernel below (rows are contiguous; R interleaved
+// row streams defeat the hardware prefetcher), so a pass asks for the bytes two passes ahead.
+template <Fmt F, int R>
+void dense_rows(const Weight& w, int64_t r0, const float* x, const float* xv, const float* bias, float* y) {
+  const int64_t k = w.cols(), chunks = k / 32;
+  const int64_t row_bytes = k * dtype_size(w.dense.dtype());
+  const void* rows[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) rows[r] = row_ptr(w, r0 + r);
+  const char* pf = static_cast<const char*>(rows[0]) + 2 * R * row_bytes;
+  const int64_t chunk_bytes = row_bytes / std::max<int64_t>(1, chunks);  // 32 elements
+  __m256 acc[R][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    if constexpr (R > 1)
+      for (int64_t l = 0; l < R * chunk_bytes; l += 64) _mm_prefetch(pf + R * chunk_bytes * c + l, _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      __m256 v[4];
+      decode_chunk<F>(rows[r], c, v);
+      acc[r][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xv + 32 * c), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xv + 32 * c + 8), acc[r][1]);
+      acc[r][0] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xv + 32 * c + 16), acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xv + 32 * c + 24), acc[r][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    float t = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t j = chunks * 32; j < k; ++j) t += scalar_at(rows[r], F, j) * x[j];
+    y[r] = t + (bias ? bias[r] : 0.0f);
+  }
+}
+
 // One output of a decode GEMV group: weight, f32 bias or null, output, first row in the group's numbering.
 struct GemvOut {
   const Weight* w;
@@ -444,6 +480,23 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
     const float* xt = x + t * k;
     prepare_x(xt, k, F, w0.quantized ? w0.quant.spec.group_size : 32, perm, gsum);
     const float* xv = is_paired(F) ? perm.data() : xt;
+    if constexpr (!is_quant(F)) {
+      parallel_for(total, k, [&](int64_t r0, int64_t r1) {
+        for (int o = 0; o < count; ++o) {
+          const int64_t o_end = o + 1 < count ? outs[o + 1].row0 : total;
+          const int64_t rb = std::max(r0, outs[o].row0), re = std::min(r1, o_end);
+          if (rb >= re) continue;
+          const Weight& w = *outs[o].w;
+          const float* bias = outs[o].bias;
+          float* y = outs[o].y + t * w.rows();
+          int64_t r = rb - outs[o].row0;
+          const int64_t e = re - outs[o].row0;
+          for (; r + 4 <= e; r += 4) dense_rows<F, 4>(w, r, xt, xv, bias ? bias + r : nullptr, y + r);
+          for (; r < e; ++r) dense_rows<F, 1>(w, r, xt, xv, bias ? bias + r : nullptr, y + r);
+        }
+      });
+      continue;
+    }
     parallel_for(total, k, [&](int64_t r0, int64_t r1) {
       int o = 0;
       for (int64_t g = r0; g < r1; ++g) {

@@ -133,6 +133,31 @@ inline void map8(float* y, const float* x, const float* z, int64_t n, F f) {
   }
 }
 
+// map8's operations, as named functors: a lambda nested in a pool job's lambda does not inherit this
+// file's target attribute, and passing __m256 to it would change the ABI.
+struct AddOp {
+  __m256 operator()(__m256 a, __m256 b) const { return _mm256_add_ps(a, b); }
+};
+struct MulOp {
+  __m256 operator()(__m256 a, __m256 b) const { return _mm256_mul_ps(a, b); }
+};
+struct ScaleOp {
+  __m256 s;
+  __m256 operator()(__m256 a, __m256) const { return _mm256_mul_ps(a, s); }
+};
+struct ActOp {
+  Activation act;
+  __m256 operator()(__m256 a, __m256) const { return act_ps(a, act); }
+};
+struct GatedOp {
+  Activation act;
+  __m256 operator()(__m256 g, __m256 u) const { return _mm256_mul_ps(act_ps(g, act), u); }
+};
+struct SoftcapOp {
+  __m256 cap, inv;
+  __m256 operator()(__m256 a, __m256) const { return _mm256_mul_ps(tanh_ps(_mm256_mul_ps(a, inv)), cap); }
+};
+
 inline float sum_squares(const float* x, int64_t d) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t c = 0;
@@ -190,7 +215,7 @@ void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& 
   parallel_for(n, 2 * d, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       float* xi = x + i * d;
-      map8(xi, xi, r + i * d, d, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
+      map8(xi, xi, r + i * d, d, AddOp{});
       scale_row(xi, y + i * d, d, 1.0f / std::sqrt(sum_squares(xi, d) / static_cast<float>(d) + eps), weight, offset);
     }
   });
@@ -199,14 +224,14 @@ void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& 
 void activate(float* x, int64_t n, Activation act) {
   if (act == Activation::kGeluErf) return ref::activate(x, n, act);
   parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
-    map8(x + i0, x + i0, nullptr, i1 - i0, [act](__m256 a, __m256) { return act_ps(a, act); });
+    map8(x + i0, x + i0, nullptr, i1 - i0, ActOp{act});
   });
 }
 
 void gated_activate(float* gate, const float* up, int64_t n, Activation act) {
   if (act == Activation::kGeluErf) return ref::gated_activate(gate, up, n, act);
   parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
-    map8(gate + i0, gate + i0, up + i0, i1 - i0, [act](__m256 g, __m256 u) { return _mm256_mul_ps(act_ps(g, act), u); });
+    map8(gate + i0, gate + i0, up + i0, i1 - i0, GatedOp{act});
   });
 }
 
@@ -349,6 +374,15 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         const int64_t cn = j_end - j_begin;
         const float* kb = k + j_begin * ld + kvh * head_dim;
         const float* vb = v + j_begin * ld + kvh * head_dim;
+        // One head's keys are head_dim floats every n_kv_heads·head_dim: a strided stream the hardware
+        // prefetcher follows poorly, and decode reads each layer's cache from DRAM once per token (perf:
+        // the K and V loads were the hot instructions). Ask for the whole chunk's rows of this head up
+        // front, into L2, so their misses overlap.
+        for (int64_t j = 0; j < cn; ++j)
+          for (int64_t d = 0; d < head_dim; d += 16) {
+            _mm_prefetch(reinterpret_cast<const char*>(kb + j * ld + d), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(vb + j * ld + d), _MM_HINT_T1);
+          }
         // Visibility of the chunk's keys for this query: the same for every head of the group.
         alignas(32) int32_t vis[kRowChunk];  // -1: visible, 0: masked or past the chunk
         std::fill(vis + cn, vis + kRowChunk, 0);
@@ -459,21 +493,17 @@ void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const Quant
 }
 
 void add(float* y, const float* x, int64_t n) {
-  map8(y, y, x, n, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); });
+  map8(y, y, x, n, AddOp{});
 }
 void scale(float* y, float s, int64_t n) {
-  const __m256 vs = _mm256_set1_ps(s);
-  map8(y, y, nullptr, n, [vs](__m256 a, __m256) { return _mm256_mul_ps(a, vs); });
+  map8(y, y, nullptr, n, ScaleOp{_mm256_set1_ps(s)});
 }
 void mul(float* y, const float* x, int64_t n) {
-  map8(y, y, x, n, [](__m256 a, __m256 b) { return _mm256_mul_ps(a, b); });
+  map8(y, y, x, n, MulOp{});
 }
 void softcap(float* x, int64_t n, float cap) {
-  const __m256 vc = _mm256_set1_ps(cap), vinv = _mm256_set1_ps(1.0f / cap);
-  parallel_for(n, 8, [&](int64_t i0, int64_t i1) {
-    map8(x + i0, x + i0, nullptr, i1 - i0,
-         [vc, vinv](__m256 a, __m256) { return _mm256_mul_ps(tanh_ps(_mm256_mul_ps(a, vinv)), vc); });
-  });
+  const SoftcapOp op{_mm256_set1_ps(cap), _mm256_set1_ps(1.0f / cap)};
+  parallel_for(n, 8, [&](int64_t i0, int64_t i1) { map8(x + i0, x + i0, nullptr, i1 - i0, op); });
 }
 
 }  // namespace vlm::ops::cpu::avx2
