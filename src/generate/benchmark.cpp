@@ -927,6 +927,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
         ops::argmax(logits.data(), 1, vocab, &next);
       }
       graphs_before = ops::cuda::graph_stats();
+      const ThreadPool::Stats pool_before = ThreadPool::global().stats();
       t0 = Clock::now();
       for (int64_t g = 0; g < options.gen_tokens; ++g) {
         int64_t pos = options.prompt_tokens + g;
@@ -936,6 +937,12 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       sync();
       s.decode_s = seconds_since(t0);
       graphs_after = ops::cuda::graph_stats();
+      const ThreadPool::Stats pool_after = ThreadPool::global().stats();
+      // On the CPU: how many of decode's pool jobs ran on the caller alone because the cores were shared
+      // (core/thread_pool.h), which makes more threads no faster.
+      VLM_LOG_DEBUG("bench: {} decode pool jobs: {} on {} threads, {} on the caller alone (cores shared; {} busy windows)",
+                    label, pool_after.parallel_jobs - pool_before.parallel_jobs, ThreadPool::global().num_threads(),
+                    pool_after.solo_jobs - pool_before.solo_jobs, pool_after.busy_windows - pool_before.busy_windows);
       r.kv_cache = cache->describe();
     }
     r.samples.push_back(s);
