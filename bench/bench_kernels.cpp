@@ -125,6 +125,44 @@ __attribute__((target("avx512f,fma"))) float fma_loop(int64_t iters) {
   return _mm512_reduce_add_ps(s);
 }
 
+// The same two loops on AVX2 (8 lanes), so the bench runs on CPUs without AVX-512; the callers go through
+// sum_floats / fma_loop_any / fma_loop_flops, which pick the widest the CPU has.
+__attribute__((target("avx2"))) float sum_avx2_floats(const float* p, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+
+__attribute__((target("avx2,fma"))) float fma_loop_avx2(int64_t iters) {
+  __m256 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i) * 1e-3f);
+  const __m256 m = _mm256_set1_ps(0.9999f), a = _mm256_set1_ps(1e-4f);
+  for (int64_t it = 0; it < iters; ++it)
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], m, a);
+  alignas(32) float t[8];
+  __m256 s = acc[0];
+  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
+  _mm256_store_ps(t, s);
+  return t[0] + t[7];
+}
+
+bool has_avx512() {
+  static const bool v = __builtin_cpu_supports("avx512f") != 0;
+  return v;
+}
+float sum_floats(const float* p, int64_t n) { return has_avx512() ? sum_avx512(p, n) : sum_avx2_floats(p, n); }
+float fma_loop_any(int64_t iters) { return has_avx512() ? fma_loop(iters) : fma_loop_avx2(iters); }
+// FLOPs of fma_loop_any(iters): 12 vector FMAs of 16 or 8 lanes per iteration.
+double fma_loop_flops(int64_t iters) { return 2.0 * (has_avx512() ? 16 : 8) * 12 * static_cast<double>(iters); }
+
 ops::Weight make_dense(int64_t rows, int64_t cols, DType dt, Rng& rng) {
   std::vector<float> tmp(static_cast<size_t>(cols));
   Tensor t = Tensor::empty({rows, cols}, dt, MemCategory::kWeights);
@@ -266,7 +304,7 @@ void one_core_stream_tables(int reps, Rng& rng, const float* p, int64_t probe_fl
   std::vector<double> seq;
   for (int r = 0; r < reps; ++r) {
     const double t0 = thread_cpu();
-    partial[0] = sum_avx512(p + (r % 4) * probe_floats, probe_floats);
+    partial[0] = sum_floats(p + (r % 4) * probe_floats, probe_floats);
     seq.push_back(probe_floats * 4.0 / (thread_cpu() - t0) / 1e9);
   }
   const double seq_gbs = median(seq);
@@ -446,11 +484,12 @@ int main(int argc, char** argv) {
   Stats bw = measure("read bandwidth 1 GiB", 1, reps, [&] {
     pool.run_on_all_threads([&](int t) {
       int64_t chunk = n_floats / threads;
-      partial[t] = sum_avx512(p + t * chunk, chunk);
+      partial[t] = sum_floats(p + t * chunk, chunk);
     });
   });
   const double bw_gbs = 1.073741824 / bw.median();
-  std::printf("read bandwidth (AVX-512 sum, 1 GiB, %d threads): %.1f GB/s (min %.1f, max %.1f)\n", threads, bw_gbs,
+  std::printf("read bandwidth (%s sum, 1 GiB, %d threads): %.1f GB/s (min %.1f, max %.1f)\n",
+              has_avx512() ? "AVX-512" : "AVX2", threads, bw_gbs,
               1.073741824 / bw.max(), 1.073741824 / bw.min());
 
   // Pool round trip: the fixed cost of every multithreaded kernel call.
@@ -462,9 +501,9 @@ int main(int argc, char** argv) {
   // 2. FMA peak.
   const int64_t iters = 20'000'000;
   Stats pk = measure("f32 FMA peak", 1, reps, [&] {
-    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop(iters); });
+    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(iters); });
   });
-  const double peak = 2.0 * 16 * 12 * static_cast<double>(iters) * threads / pk.median() / 1e9;
+  const double peak = fma_loop_flops(iters) * threads / pk.median() / 1e9;
   std::printf("f32 FMA peak (register-only, %d threads): %.0f GFLOP/s\n\n", threads, peak);
 
   // Paired probes: on a shared machine the limits drift from second to second, so each timed kernel
@@ -474,14 +513,14 @@ int main(int argc, char** argv) {
   auto bw_probe = [&] {  // GB/s over a 256 MiB slice (rotating, so it is not cache-warm)
     const float* base = p + (probe_slice++ % 4) * probe_floats;
     auto t0 = std::chrono::steady_clock::now();
-    pool.run_on_all_threads([&](int t) { partial[t] = sum_avx512(base + t * (probe_floats / threads), probe_floats / threads); });
+    pool.run_on_all_threads([&](int t) { partial[t] = sum_floats(base + t * (probe_floats / threads), probe_floats / threads); });
     return probe_floats * 4.0 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
   };
   auto fma_probe = [&] {  // GFLOP/s of ~20 ms of register-only FMAs
     const int64_t it = 1'000'000;
     auto t0 = std::chrono::steady_clock::now();
-    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop(it); });
-    return 2.0 * 16 * 12 * it * threads / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
+    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
+    return fma_loop_flops(it) * threads / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
   };
   // Median over reps of (work / time) / probe, for `fn` preceded by `probe` each time.
   auto paired = [&](const std::string& name, int warmup, int n, double work, const std::function<double()>& probe,
@@ -597,8 +636,8 @@ int main(int argc, char** argv) {
       double gbs_sum = 0, fma_sum = 0;
       for (int r = 0; r < reps * 3; ++r) {
         auto f0 = std::chrono::steady_clock::now();
-        partial[0] = fma_loop(500'000);
-        double fma = 2.0 * 16 * 12 * 500'000 / std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count() / 1e9;
+        partial[0] = fma_loop_any(500'000);
+        double fma = fma_loop_flops(500'000) / std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count() / 1e9;
         auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < inner; ++i) ops::linear(x.data(), 1, k.w, Tensor(), y.data());
         double gbs = static_cast<double>(k.w.nbytes()) * inner / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;

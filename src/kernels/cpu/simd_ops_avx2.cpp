@@ -375,14 +375,15 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         const float* kb = k + j_begin * ld + kvh * head_dim;
         const float* vb = v + j_begin * ld + kvh * head_dim;
         // One head's keys are head_dim floats every n_kv_heads·head_dim: a strided stream the hardware
-        // prefetcher follows poorly, and decode reads each layer's cache from DRAM once per token (perf:
-        // the K and V loads were the hot instructions). Ask for the whole chunk's rows of this head up
-        // front, into L2, so their misses overlap.
-        for (int64_t j = 0; j < cn; ++j)
-          for (int64_t d = 0; d < head_dim; d += 16) {
-            _mm_prefetch(reinterpret_cast<const char*>(kb + j * ld + d), _MM_HINT_T1);
-            _mm_prefetch(reinterpret_cast<const char*>(vb + j * ld + d), _MM_HINT_T1);
-          }
+        // prefetcher follows poorly, and decode reads each layer's cache from DRAM once per token (perf: the
+        // K and V loads were the hot instructions). The first query head's score loop fetches K 16 keys
+        // ahead and V of the keys it scores (so P·V finds them), paced with the work rather than all at
+        // once; the item starts by fetching its first 16 keys' K.
+        auto fetch_rows = [&](const float* base, int64_t j_from, int64_t j_to) {
+          for (int64_t j = j_from; j < std::min(j_to, cn); ++j)
+            for (int64_t d = 0; d < head_dim; d += 16) _mm_prefetch(reinterpret_cast<const char*>(base + j * ld + d), _MM_HINT_T0);
+        };
+        fetch_rows(kb, 0, 16);
         // Visibility of the chunk's keys for this query: the same for every head of the group.
         alignas(32) int32_t vis[kRowChunk];  // -1: visible, 0: masked or past the chunk
         std::fill(vis + cn, vis + kRowChunk, 0);
@@ -407,6 +408,10 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
           __m256 vmax = _mm256_set1_ps(kNegInf);
           for (int64_t j0 = 0; j0 < cn; j0 += 8) {
             const int64_t kn = std::min<int64_t>(8, cn - j0);
+            if (g == 0) {
+              fetch_rows(kb, j0 + 16, j0 + 24);
+              fetch_rows(vb, j0, j0 + 8);
+            }
             __m256 s8 = _mm256_mul_ps(scores8(qi, kb, ld, j0, kn, nv), _mm256_set1_ps(scale));
             if (softcap > 0.0f) {
               const __m256 cap = _mm256_set1_ps(softcap);
