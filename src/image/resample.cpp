@@ -203,16 +203,34 @@ void resample_horizontal(const Image& in, Image& out, int row_offset, const Coef
   }, 8);
 }
 
-// acc[i] += s[i] * w over a row; AVX2 takes 8 bytes at a time.
-__attribute__((target("avx2"))) void accumulate_row_avx2(int32_t* acc, const uint8_t* s, int32_t w, int n) {
-  const __m256i wv = _mm256_set1_epi32(w);
+// One output row of the vertical pass with AVX2: for each 16 bytes, the ycount taps are summed in registers
+// (u8 widened to int32, 32-bit products, the same integer sums as PIL's loop), then shifted and saturated to
+// u8 by packs/packus, which clamp to [0, 255] exactly as clip8 does. The tail bytes go through clip8.
+__attribute__((target("avx2"))) void vertical_row_avx2(const uint8_t* const* rows, const int32_t* k, int ycount,
+                                                       int n, int prec, uint8_t* dst) {
+  const __m256i init = _mm256_set1_epi32(1 << (prec - 1));
+  const __m128i shift = _mm_cvtsi32_si128(prec);
   int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)));
-    __m256i* a = reinterpret_cast<__m256i*>(acc + i);
-    _mm256_storeu_si256(a, _mm256_add_epi32(_mm256_loadu_si256(a), _mm256_mullo_epi32(v, wv)));
+  for (; i + 16 <= n; i += 16) {
+    __m256i lo = init, hi = init;
+    for (int y = 0; y < ycount; ++y) {
+      const __m128i px = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[y] + i));
+      const __m256i w = _mm256_set1_epi32(k[y]);
+      lo = _mm256_add_epi32(lo, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(px), w));
+      hi = _mm256_add_epi32(hi, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(px, 8)), w));
+    }
+    lo = _mm256_sra_epi32(lo, shift);
+    hi = _mm256_sra_epi32(hi, shift);
+    // packs interleaves the 128-bit lanes: [lo0-3 hi0-3 | lo4-7 hi4-7]; permute back to lo0-7 hi0-7.
+    const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+    const __m128i b8 = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), b8);
   }
-  for (; i < n; ++i) acc[i] += s[i] * w;
+  for (; i < n; ++i) {
+    int32_t ss = 1 << (prec - 1);
+    for (int y = 0; y < ycount; ++y) ss += rows[y][i] * k[y];
+    dst[i] = clip8(ss, prec);
+  }
 }
 
 // Vertical pass: out row yy = sum over in rows bounds[yy]... (bounds already relative to `in`).
@@ -221,22 +239,24 @@ void resample_vertical(const Image& in, Image& out, const Coeffs& c) {
   const int rowlen = out.width() * C;
   const bool simd = have_avx2();
   ThreadPool::global().parallel_for(out.height(), [&](int64_t y0, int64_t y1) {
-    std::vector<int32_t> acc(static_cast<size_t>(rowlen));
+    std::vector<int32_t> acc(simd ? 0 : static_cast<size_t>(rowlen));
+    std::vector<const uint8_t*> rows(static_cast<size_t>(c.ksize));
     for (int64_t yy = y0; yy < y1; ++yy) {
       const int ymin = c.bounds[size_t(yy) * 2], ycount = c.bounds[size_t(yy) * 2 + 1];
       const int32_t* k = &c.kk[size_t(yy) * c.ksize];
+      uint8_t* dst = out.row(static_cast<int>(yy));
+      if (simd) {
+        for (int y = 0; y < ycount; ++y) rows[size_t(y)] = in.row(ymin + y);
+        vertical_row_avx2(rows.data(), k, ycount, rowlen, c.precision, dst);
+        continue;
+      }
       std::fill(acc.begin(), acc.end(), 1 << (c.precision - 1));
       // Row-wise accumulation gives the same integer sums as PIL's per-pixel loop (integer adds
       // are exact) and streams through memory.
       for (int y = 0; y < ycount; ++y) {
         const uint8_t* s = in.row(ymin + y);
-        if (simd) {
-          accumulate_row_avx2(acc.data(), s, k[y], rowlen);
-        } else {
-          for (int i = 0; i < rowlen; ++i) acc[i] += s[i] * k[y];
-        }
+        for (int i = 0; i < rowlen; ++i) acc[i] += s[i] * k[y];
       }
-      uint8_t* dst = out.row(static_cast<int>(yy));
       for (int i = 0; i < rowlen; ++i) dst[i] = clip8(acc[i], c.precision);
     }
   }, 4);

@@ -6,14 +6,19 @@
 // typed errors that name the file.
 #include <gtest/gtest.h>
 #include <libheif/heif.h>
+#include <turbojpeg.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "image/image.h"
 #include "support/test_support.h"
 
@@ -410,6 +415,82 @@ TEST(ImageErrors, GifAndJpegBombHeaders) {
   jpg += std::string("\xff\xd9", 2);
   test::write_file(dir / "bomb.jpg", jpg);
   EXPECT_EQ(error_kind_of([&] { decode_image_file(dir / "bomb.jpg"); }), ErrorKind::kResource);
+}
+
+// ---- banded JPEG decode (photos on a pool of 4+ threads) ------------------------------------------
+
+// A photo-like W x H JPEG from TurboJPEG (gradients, edges and noise), with `subsamp` chroma and, when
+// `restart_rows` > 0, restart markers every that many MCU rows; `progressive` writes a progressive file.
+std::vector<uint8_t> make_photo_jpeg(int w, int h, int subsamp, int restart_rows, bool progressive) {
+  std::vector<uint8_t> rgb(size_t(w) * h * 3);
+  uint32_t seed = 12345;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      seed = seed * 1664525u + 1013904223u;
+      const int noise = int(seed >> 27) - 16;
+      uint8_t* p = &rgb[(size_t(y) * w + x) * 3];
+      p[0] = uint8_t(std::clamp(int(127 + 100 * std::sin(x * 0.01 + y * 0.003)) + noise, 0, 255));
+      p[1] = uint8_t(std::clamp(y * 255 / h + noise, 0, 255));
+      p[2] = uint8_t(std::clamp(((x / 37 + y / 23) & 1) * 160 + 40 + noise, 0, 255));
+    }
+  tjhandle tj = tjInitCompress();
+  unsigned char* buf = nullptr;
+  unsigned long size = 0;
+  int flags = progressive ? TJFLAG_PROGRESSIVE : 0;
+  if (restart_rows > 0) setenv("TJ_RESTART", std::to_string(restart_rows).c_str(), 1);
+  EXPECT_EQ(tjCompress2(tj, rgb.data(), w, 0, h, TJPF_RGB, &buf, &size, subsamp, 90, flags), 0) << tjGetErrorStr2(tj);
+  if (restart_rows > 0) unsetenv("TJ_RESTART");
+  std::vector<uint8_t> out(buf, buf + size);
+  tjFree(buf);
+  tjDestroy(tj);
+  return out;
+}
+
+// tjDecompress2's RGB pixels: the reference the banded path must reproduce byte for byte.
+std::vector<uint8_t> turbojpeg_rgb(const std::vector<uint8_t>& jpeg, int w, int h) {
+  std::vector<uint8_t> rgb(size_t(w) * h * 3);
+  tjhandle tj = tjInitDecompress();
+  EXPECT_EQ(tjDecompress2(tj, const_cast<uint8_t*>(jpeg.data()), jpeg.size(), rgb.data(), w, 0, h, TJPF_RGB, 0), 0);
+  tjDestroy(tj);
+  return rgb;
+}
+
+TEST(ImageJpegBands, PhotosDecodeInBandsToTurboJpegsBytes) {
+  const int threads = ThreadPool::global().num_threads();
+  ThreadPool::set_global_threads(8);  // the banded path needs 4+ threads
+  struct Case {
+    int w, h, subsamp, restart_rows;
+    bool progressive;
+  };
+  // 4:2:0 (16-row iMCUs) with a partial last iMCU row, 4:2:2 and 4:4:4 (8-row iMCUs), odd widths, restart
+  // markers, and a progressive file (which takes the TurboJPEG path).
+  for (const Case& c : {Case{2016, 1509, TJSAMP_420, 0, false}, Case{1999, 1201, TJSAMP_422, 0, false},
+                        Case{1733, 1300, TJSAMP_444, 0, false}, Case{2048, 1536, TJSAMP_420, 2, false},
+                        Case{2016, 1509, TJSAMP_420, 0, true}}) {
+    SCOPED_TRACE(::testing::Message() << c.w << "x" << c.h << " subsamp " << c.subsamp << " restart " << c.restart_rows
+                                      << (c.progressive ? " progressive" : ""));
+    const std::vector<uint8_t> jpeg = make_photo_jpeg(c.w, c.h, c.subsamp, c.restart_rows, c.progressive);
+    const DecodedImage d = decode_image_bytes(jpeg, "photo.jpg");
+    ASSERT_EQ(d.image.width(), c.w);
+    ASSERT_EQ(d.image.height(), c.h);
+    ASSERT_EQ(d.image.channels(), 3);
+    const std::vector<uint8_t> ref = turbojpeg_rgb(jpeg, c.w, c.h);
+    EXPECT_EQ(std::memcmp(d.image.data(), ref.data(), ref.size()), 0);
+  }
+  // Extra bytes between the last scan and EOI (the last band reads on to EOI, as tjDecompress2 does): the clean
+  // file's pixels.
+  const std::vector<uint8_t> clean = make_photo_jpeg(2016, 1509, TJSAMP_420, 0, false);
+  std::vector<uint8_t> extra(clean.begin(), clean.end() - 2);
+  for (uint8_t b : {0x00, 0x01, 0x02, 0xFF, 0xD9}) extra.push_back(b);
+  const DecodedImage e = decode_image_bytes(extra, "extra.jpg");
+  const std::vector<uint8_t> ref = turbojpeg_rgb(clean, 2016, 1509);
+  ASSERT_EQ(e.image.size_bytes(), ref.size());
+  EXPECT_EQ(std::memcmp(e.image.data(), ref.data(), ref.size()), 0);
+  // A truncated photo: a band meets the premature end, the TurboJPEG path then refuses it as before.
+  std::vector<uint8_t> cut = clean;
+  cut.resize(cut.size() / 2);
+  EXPECT_EQ(error_kind_of([&] { decode_image_bytes(cut, "cut.jpg"); }), ErrorKind::kFormat);
+  ThreadPool::set_global_threads(threads);
 }
 
 // ---- HEIC / AVIF via libheif's own encoders -------------------------------------------------------

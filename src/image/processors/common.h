@@ -75,6 +75,10 @@ Image backend_resize(const Image& src, int out_w, int out_h, ResampleFilter filt
 // [h, w, 3] u8 → [3, h, w] f32 by the backend's arithmetic: PIL = numpy rescale (float64 → float32) then
 // float32 normalize; torchvision = fused (mean, std scaled by 1/rescale_factor in float32).
 Tensor backend_normalize(const Image& src, const Normalization& n, PixelBackend backend);
+// backend_normalize as a table: [3, 256] f32 with lut[c * 256 + v] = the value backend_normalize gives a
+// channel-c byte v (each output depends only on its channel and byte, in every backend and rescale/normalise
+// combination), for processors that write the normalised pixels straight into their own layout.
+std::vector<float> normalization_lut(const Normalization& n, PixelBackend backend);
 // Stacks equally sized [3, h, w] f32 tiles into [n, 3, h, w].
 Tensor stack_tiles(const std::vector<Tensor>& tiles);
 // The rectangle [x, x + w) x [y, y + h) of src, clipped to the image like a numpy slice.

@@ -64,8 +64,14 @@ class Qwen2VLProcessor final : public ImageProcessor {
     VLM_CHECK(h % factor == 0 && w % factor == 0, ErrorKind::kInvalidArgument,
               "Qwen2-VL processor: a {}x{} image is not a multiple of patch_size*merge_size = {} (do_resize is off)",
               w, h, factor);
-    Image resized = (h == rgb.height() && w == rgb.width()) ? rgb.clone() : backend_resize(rgb, w, h, resample_, backend_);
-    Tensor chw = backend_normalize(resized, norm_, backend_);  // [3, h, w] f32
+    VLM_CHECK(rgb.channels() == 3, ErrorKind::kInvalidArgument, "image processor: expected an RGB image, got {} channels",
+              rgb.channels());
+    Image resized;
+    if (h != rgb.height() || w != rgb.width()) resized = backend_resize(rgb, w, h, resample_, backend_);
+    const Image& img = resized.empty() ? rgb : resized;  // [h, w, 3] u8
+    // Rescale + normalise is a per-(channel, byte) table, so the [3, h, w] f32 image is never built: the
+    // patch rows below read the u8 pixels through it (a 12 MP photo skips writing and re-reading 146 MB).
+    const std::vector<float> lut = normalization_lut(norm_, backend_);  // [3, 256]
 
     ProcessedImage out;
     out.backend = backend_;
@@ -77,26 +83,33 @@ class Qwen2VLProcessor final : public ImageProcessor {
     const int64_t C = 3, T = temporal_, P = patch_, M = merge_;
     const int64_t rows = out.grid_t * out.grid_h * out.grid_w, cols = C * T * P * P;
     out.pixels = Tensor::empty({rows, cols}, DType::kF32, MemCategory::kImage);  // [patches, C*T*P*P]
-    const float* src = chw.data<float>();
     float* dst = out.pixels.data<float>();
-    const int64_t bh_n = out.grid_h / M, bw_n = out.grid_w / M;
-    // One row of merge blocks per work item: rows bh*bw_n*M*M .. (bh+1)*bw_n*M*M of the output.
-    ThreadPool::global().parallel_for(bh_n, [&](int64_t b0, int64_t b1) {
-      for (int64_t bh = b0; bh < b1; ++bh) {
-        int64_t r = bh * bw_n * M * M;
-        for (int64_t bw = 0; bw < bw_n; ++bw)
-          for (int64_t mh = 0; mh < M; ++mh)
-            for (int64_t mw = 0; mw < M; ++mw, ++r) {
-              const int64_t y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
-              float* row = dst + r * cols;
-              for (int64_t c = 0; c < C; ++c)
-                for (int64_t t = 0; t < T; ++t)  // every temporal slot holds the same frame
-                  for (int64_t py = 0; py < P; ++py)
-                    std::memcpy(row + ((c * T + t) * P + py) * P, src + (c * h + y0 + py) * w + x0,
-                                size_t(P) * sizeof(float));
+    const int64_t bw_n = out.grid_w / M, blocks = (out.grid_h / M) * bw_n;
+    const size_t stride = img.row_bytes();
+    // One merge block (M*M consecutive output rows) per item; the first touch of the output's pages is
+    // spread over the pool with the writes.
+    ThreadPool::global().parallel_for(blocks, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t bh = b / bw_n, bw = b % bw_n;
+        int64_t r = b * M * M;
+        for (int64_t mh = 0; mh < M; ++mh)
+          for (int64_t mw = 0; mw < M; ++mw, ++r) {
+            const int64_t y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
+            float* row = dst + r * cols;
+            for (int64_t c = 0; c < C; ++c) {
+              const float* l = &lut[size_t(c) * 256];
+              float* first = row + c * T * P * P;  // temporal slot 0 of channel c: [P, P]
+              for (int64_t py = 0; py < P; ++py) {
+                const uint8_t* s = img.data() + size_t(y0 + py) * stride + size_t(x0) * C + c;
+                float* d = first + py * P;
+                for (int64_t px = 0; px < P; ++px) d[px] = l[s[px * C]];
+              }
+              for (int64_t t = 1; t < T; ++t)  // every temporal slot holds the same frame
+                std::memcpy(first + t * P * P, first, size_t(P * P) * sizeof(float));
             }
+          }
       }
-    });
+    }, 16);
     out.image_tokens = rows / (M * M);
     out.n_tiles = 1;
     return out;
