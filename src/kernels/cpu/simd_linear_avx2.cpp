@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/quant.h"
+#include "kernels/cpu/avx2_common.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/simd_avx2.h"
 
@@ -49,20 +50,6 @@ constexpr bool is_paired(Fmt f) { return f == Fmt::kBF16 || f == Fmt::kQ4 || f =
 constexpr bool is_quant(Fmt f) { return f != Fmt::kF32 && f != Fmt::kF16 && f != Fmt::kBF16; }
 constexpr int bits_of(Fmt f) {
   return f == Fmt::kQ2 ? 2 : f == Fmt::kQ3 ? 3 : f == Fmt::kQ4 ? 4 : f == Fmt::kQ5 ? 5 : f == Fmt::kQ6 ? 6 : 8;
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float hmax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // Permute/shift tables for a 32-element chunk of a B-bit stream (B dwords): lane i of quarter q

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/avx2_common.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/ref/ref_ops.h"
 #include "kernels/cpu/simd_avx2.h"
@@ -30,20 +31,6 @@ namespace vlm::ops::cpu::avx2 {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float hmax(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Lane j of the result = the sum of the lanes of v[j].
 inline __m256 sum8(const __m256* v) {
