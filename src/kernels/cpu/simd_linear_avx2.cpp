@@ -1,8 +1,10 @@
 // AVX2 linear: the same two strategies as simd_linear_avx512.cpp at 8 lanes.
-// Decode: each 32-element chunk of a row decodes into four __m256; bf16, 4-bit and 2-bit chunks come
-// out as (even, odd) element pairs per 16 elements, matched by a per-16 permuted copy of x;
-// quantized rows accumulate Σq·x per group, apply the scale once, and add b·Σx. Prefill: rows are
-// decoded to f32, transposed into 16-row panels and swept by a 6-token x 16-row microkernel
+// Decode: rows go four per pass (sharing x), each pass prefetching the region two passes ahead. 4-bit rows
+// dot codes with 16-bit fixed-point activations in integer instructions (below, "4-bit decode"); other
+// rows decode each 32-element chunk into four __m256 (bf16, 4-bit and 2-bit chunks come out as (even, odd)
+// element pairs per 16 elements, matched by a per-16 permuted copy of x) and FMA in f32; quantized rows
+// accumulate Σq·x per group, apply the scale once, and add b·Σx. Prefill: 16-row panels built in
+// registers (8 rows x 32 inputs decoded, transposed 8x8) and swept by a 6-token x 16-row microkernel
 // (12 ymm accumulators).
 #include <immintrin.h>
 
@@ -166,44 +168,41 @@ void prepare_x(const float* x, int64_t k, Fmt f, int group, std::vector<float>& 
   }
 }
 
+// One quantized row (formats without the integer kernel): Σq·x per group in f32, the scale once per group,
+// plus b·Σx. (Dense rows go through dense_rows.)
 template <Fmt F>
-float dot_row(const Weight& w, int64_t r, const float* x, const float* xv, const float* gsum) {
-  const int64_t k = w.cols();
+float dot_row(const Weight& w, int64_t r, const float* xv, const float* gsum) {
+  static_assert(is_quant(F));
+  const QuantizedMatrix& m = w.quant;
   const void* row = row_ptr(w, r);
+  const int64_t gs = m.spec.group_size, groups = w.cols() / gs;
+  const void *scales = m.scales.raw(), *biases = m.biases.raw();
+  const DType sd = m.scales.dtype(), bd = m.biases.dtype();
   __m256 acc = _mm256_setzero_ps();
   float tail = 0.0f;
-  if constexpr (!is_quant(F)) {
-    __m256 a[4] = {acc, acc, acc, acc};
-    const int64_t chunks = k / 32;
-    for (int64_t c = 0; c < chunks; ++c) {
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t c = g * gs / 32; c < (g + 1) * gs / 32; ++c) {
       __m256 v[4];
       decode_chunk<F>(row, c, v);
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
     }
-    acc = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-    for (int64_t j = chunks * 32; j < k; ++j) tail += scalar_at(row, F, j) * x[j];
-  } else {
-    const QuantizedMatrix& m = w.quant;
-    const int64_t gs = m.spec.group_size, groups = k / gs;
-    const void *scales = m.scales.raw(), *biases = m.biases.raw();
-    const DType sd = m.scales.dtype(), bd = m.biases.dtype();
-    for (int64_t g = 0; g < groups; ++g) {
-      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-      for (int64_t c = g * gs / 32; c < (g + 1) * gs / 32; ++c) {
-        __m256 v[4];
-        decode_chunk<F>(row, c, v);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xv + 32 * c + 8 * i), a[i]);
-      }
-      const int64_t gi = r * groups + g;
-      float s = load_f32(scales, sd, gi), b = load_f32(biases, bd, gi);
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
-                            acc);
-      tail += b * gsum[g];
-    }
+    const int64_t gi = r * groups + g;
+    float s = load_f32(scales, sd, gi), b = load_f32(biases, bd, gi);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
+                          acc);
+    tail += b * gsum[g];
   }
   return hsum(acc) + tail;
+}
+
+// Rows [a, e) in passes of four, then one at a time: fn(std::integral_constant<int, R>{}, r) per pass.
+template <typename Fn>
+inline void in_fours(int64_t a, int64_t e, Fn&& fn) {
+  int64_t r = a;
+  for (; r + 4 <= e; r += 4) fn(std::integral_constant<int, 4>{}, r);
+  for (; r < e; ++r) fn(std::integral_constant<int, 1>{}, r);
 }
 
 // Dense rows [r0, r0 + R) against one token: the dot_row arithmetic with R rows per pass sharing each
@@ -217,7 +216,7 @@ void dense_rows(const Weight& w, int64_t r0, const float* x, const float* xv, co
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) rows[r] = row_ptr(w, r0 + r);
   const char* pf = static_cast<const char*>(rows[0]) + 2 * R * row_bytes;
-  const int64_t chunk_bytes = row_bytes / std::max<int64_t>(1, chunks);  // 32 elements
+  const int64_t chunk_bytes = 32 * dtype_size(w.dense.dtype());
   __m256 acc[R][2];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
@@ -249,6 +248,17 @@ struct GemvOut {
   float* y;
   int64_t row0;
 };
+
+// The group's members number their rows in one range [0, total); fn(o, a, e) for each member o with rows
+// [a, e) (its own numbering) inside the pool chunk [r0, r1).
+template <typename Fn>
+inline void member_ranges(const GemvOut* outs, int count, int64_t total, int64_t r0, int64_t r1, Fn&& fn) {
+  for (int o = 0; o < count; ++o) {
+    const int64_t o_end = o + 1 < count ? outs[o + 1].row0 : total;
+    const int64_t rb = std::max(r0, outs[o].row0), re = std::min(r1, o_end);
+    if (rb < re) fn(o, rb - outs[o].row0, re - outs[o].row0);
+  }
+}
 
 // ---- 4-bit decode: integer dot products ---------------------------------------------------------------
 // The f32 form above turns every code into a float (widen, convert, FMA: ~18 instructions per 16 bytes);
@@ -325,7 +335,8 @@ template <DType D>
 inline __m256 load8_f32(const void* p, int64_t i) {
   if constexpr (D == DType::kBF16)
     return _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))), 16));
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))),
+        16));
   else if constexpr (D == DType::kF16)
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
   else return _mm256_loadu_ps(static_cast<const float*>(p) + i);
@@ -353,7 +364,8 @@ void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshi
   for (int64_t b = 0; b < blocks; ++b) {
     if constexpr (R > 1)
 #pragma GCC unroll 4
-      for (int l = 0; l < R / 2; ++l) _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
+      for (int l = 0; l < R / 2; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
     const __m256i* xv = reinterpret_cast<const __m256i*>(xb + 128 * b);
     const __m256i xhe = _mm256_load_si256(xv), xho = _mm256_load_si256(xv + 1);
     const __m256i xle = _mm256_load_si256(xv + 2), xlo = _mm256_load_si256(xv + 3);
@@ -369,7 +381,8 @@ void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshi
       const int64_t gi = (r0 + r) * groups;
       __m256 f;
       if constexpr (G32)
-        f = _mm256_set_m128(_mm_set1_ps(to_f32<D>(sc, gi + 2 * b + 1) * xs), _mm_set1_ps(to_f32<D>(sc, gi + 2 * b) * xs));
+        f = _mm256_set_m128(_mm_set1_ps(to_f32<D>(sc, gi + 2 * b + 1) * xs),
+                            _mm_set1_ps(to_f32<D>(sc, gi + 2 * b) * xs));
       else
         f = _mm256_set1_ps(to_f32<D>(sc, gi + (b >> gshift)) * xs);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), f, acc[r]);
@@ -381,7 +394,8 @@ void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshi
     const int64_t gi = (r0 + r) * groups;
     __m256 bx = _mm256_setzero_ps();
     int64_t g = 0;
-    for (; g + 8 <= groups; g += 8) bx = _mm256_fmadd_ps(load8_f32<D>(bi, gi + g), _mm256_loadu_ps(p.gsum.data() + g), bx);
+    for (; g + 8 <= groups; g += 8)
+      bx = _mm256_fmadd_ps(load8_f32<D>(bi, gi + g), _mm256_loadu_ps(p.gsum.data() + g), bx);
     float t = hsum(_mm256_add_ps(acc[r], bx));
     for (; g < groups; ++g) t += to_f32<D>(bi, gi + g) * p.gsum[g];
     y[r] = t + (bias ? bias[r] : 0.0f);
@@ -391,9 +405,9 @@ void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshi
 template <DType D, bool G32>
 void q4_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedQ4& p, int gshift,
               const float* bias, float* y) {
-  int64_t r = r_begin;
-  for (; r + 4 <= r_end; r += 4) q4_rows<4, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
-  for (; r < r_end; ++r) q4_rows<1, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
+  in_fours(r_begin, r_end, [&](auto rows, int64_t r) {
+    q4_rows<decltype(rows)::value, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
+  });
 }
 
 // The group's 4-bit members through the integer kernel: false (nothing done) when a member's shape or
@@ -415,12 +429,8 @@ bool gemv_group_q4(const float* x, int64_t n, GemvOut* outs, int count, int64_t 
   for (int64_t t = 0; t < n; ++t) {
     prepare_q4(x + t * k, k, gs, prep);
     parallel_for(total, k / 2, [&](int64_t r0, int64_t r1) {
-      for (int o = 0; o < count; ++o) {
-        const int64_t o_end = o + 1 < count ? outs[o + 1].row0 : total;
-        const int64_t rb = std::max(r0, outs[o].row0), re = std::min(r1, o_end);
-        if (rb >= re) continue;
+      member_ranges(outs, count, total, r0, r1, [&](int o, int64_t a, int64_t e) {
         const QuantizedMatrix& m = outs[o].w->quant;
-        const int64_t a = rb - outs[o].row0, e = re - outs[o].row0;
         float* y = outs[o].y + t * m.rows;
         const float* bias = outs[o].bias;
         const bool g32 = gs == 32;
@@ -438,7 +448,7 @@ bool gemv_group_q4(const float* x, int64_t n, GemvOut* outs, int count, int64_t 
                 : q4_range<DType::kF32, false>(m, a, e, prep, gshift, bias, y);
             break;
         }
-      }
+      });
     });
   }
   return true;
@@ -467,32 +477,19 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
     const float* xt = x + t * k;
     prepare_x(xt, k, F, w0.quantized ? w0.quant.spec.group_size : 32, perm, gsum);
     const float* xv = is_paired(F) ? perm.data() : xt;
-    if constexpr (!is_quant(F)) {
-      parallel_for(total, k, [&](int64_t r0, int64_t r1) {
-        for (int o = 0; o < count; ++o) {
-          const int64_t o_end = o + 1 < count ? outs[o + 1].row0 : total;
-          const int64_t rb = std::max(r0, outs[o].row0), re = std::min(r1, o_end);
-          if (rb >= re) continue;
-          const Weight& w = *outs[o].w;
-          const float* bias = outs[o].bias;
-          float* y = outs[o].y + t * w.rows();
-          int64_t r = rb - outs[o].row0;
-          const int64_t e = re - outs[o].row0;
-          for (; r + 4 <= e; r += 4) dense_rows<F, 4>(w, r, xt, xv, bias ? bias + r : nullptr, y + r);
-          for (; r < e; ++r) dense_rows<F, 1>(w, r, xt, xv, bias ? bias + r : nullptr, y + r);
+    parallel_for(total, k, [&](int64_t r0, int64_t r1) {
+      member_ranges(outs, count, total, r0, r1, [&](int o, int64_t a, int64_t e) {
+        const Weight& w = *outs[o].w;
+        const float* bias = outs[o].bias;
+        float* y = outs[o].y + t * w.rows();
+        if constexpr (!is_quant(F)) {
+          in_fours(a, e, [&](auto rows, int64_t r) {
+            dense_rows<F, decltype(rows)::value>(w, r, xt, xv, bias ? bias + r : nullptr, y + r);
+          });
+        } else {
+          for (int64_t r = a; r < e; ++r) y[r] = dot_row<F>(w, r, xv, gsum.data()) + (bias ? bias[r] : 0.0f);
         }
       });
-      continue;
-    }
-    parallel_for(total, k, [&](int64_t r0, int64_t r1) {
-      int o = 0;
-      for (int64_t g = r0; g < r1; ++g) {
-        while (g >= (o + 1 < count ? outs[o + 1].row0 : total)) ++o;
-        const Weight& w = *outs[o].w;
-        const int64_t r = g - outs[o].row0;
-        outs[o].y[t * w.rows() + r] =
-            dot_row<F>(w, r, xt, xv, gsum.data()) + (outs[o].bias ? outs[o].bias[r] : 0.0f);
-      }
     });
   }
 }

@@ -82,8 +82,8 @@ inline __m256 act_ps(__m256 x, Activation act) {
     case Activation::kQuickGelu:
       return _mm256_div_ps(x, _mm256_add_ps(one, exp_ps(_mm256_mul_ps(x, _mm256_set1_ps(-1.702f)))));
     case Activation::kGeluTanh: {
-      const __m256 inner = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
-                                         _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(x, x)), x, x));
+      const __m256 cubic = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), _mm256_mul_ps(x, x)), x, x);
+      const __m256 inner = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), cubic);
       return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, tanh_ps(inner)));
     }
     case Activation::kRelu: return _mm256_max_ps(x, _mm256_setzero_ps());
@@ -368,7 +368,8 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         // once; the item starts by fetching its first 16 keys' K.
         auto fetch_rows = [&](const float* base, int64_t j_from, int64_t j_to) {
           for (int64_t j = j_from; j < std::min(j_to, cn); ++j)
-            for (int64_t d = 0; d < head_dim; d += 16) _mm_prefetch(reinterpret_cast<const char*>(base + j * ld + d), _MM_HINT_T0);
+            for (int64_t d = 0; d < head_dim; d += 16)
+              _mm_prefetch(reinterpret_cast<const char*>(base + j * ld + d), _MM_HINT_T0);
         };
         fetch_rows(kb, 0, 16);
         // Visibility of the chunk's keys for this query: the same for every head of the group.
@@ -405,8 +406,8 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               s8 = _mm256_mul_ps(cap, tanh_ps(_mm256_div_ps(s8, cap)));
             }
             // -inf where masked (whatever the score, even NaN from a masked key's non-finite row) and past the chunk.
-            const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s8,
-                                              _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(vis + j0))));
+            const __m256 on = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(vis + j0)));
+            const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s8, on);
             _mm256_store_ps(p + j0, x);
             vmax = _mm256_max_ps(vmax, x);
           }
