@@ -39,6 +39,7 @@
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/ops.h"
+#include "kernels/probes.h"
 
 using namespace vlm;
 
@@ -103,17 +104,6 @@ struct Rng {
   float uniform() { return static_cast<float>(next() >> 40) / static_cast<float>(1 << 24) * 2.0f - 1.0f; }
 };
 
-__attribute__((target("avx512f"))) float sum_avx512(const float* p, int64_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i + 64 <= n; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
 __attribute__((target("avx512f,fma"))) float fma_loop(int64_t iters) {
   __m512 acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
@@ -125,21 +115,8 @@ __attribute__((target("avx512f,fma"))) float fma_loop(int64_t iters) {
   return _mm512_reduce_add_ps(s);
 }
 
-// The same two loops on AVX2 (8 lanes), so the bench runs on CPUs without AVX-512; the callers go through
-// sum_floats / fma_loop_any / fma_loop_flops, which pick the widest the CPU has.
-__attribute__((target("avx2"))) float sum_avx2_floats(const float* p, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i + 32 <= n; i += 32) {
-    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-  }
-  alignas(32) float t[8];
-  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-}
-
+// The same loop on AVX2 (8 lanes), so the bench runs on CPUs without AVX-512; callers go through fma_loop_any /
+// fma_loop_flops, which pick the widest the CPU has. (Reads go through the read probe's sum_words.)
 __attribute__((target("avx2,fma"))) float fma_loop_avx2(int64_t iters) {
   __m256 acc[12];
   for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i) * 1e-3f);
@@ -158,7 +135,10 @@ bool has_avx512() {
   static const bool v = __builtin_cpu_supports("avx512f") != 0;
   return v;
 }
-float sum_floats(const float* p, int64_t n) { return has_avx512() ? sum_avx512(p, n) : sum_avx2_floats(p, n); }
+// n floats (a multiple of 16, 64-byte aligned) read as words; the result only keeps the loads alive.
+float sum_floats(const float* p, int64_t n) {
+  return static_cast<float>(sum_words(reinterpret_cast<const uint64_t*>(p), n / 2));
+}
 float fma_loop_any(int64_t iters) { return has_avx512() ? fma_loop(iters) : fma_loop_avx2(iters); }
 // FLOPs of fma_loop_any(iters): 12 vector FMAs of 16 or 8 lanes per iteration.
 double fma_loop_flops(int64_t iters) { return 2.0 * (has_avx512() ? 16 : 8) * 12 * static_cast<double>(iters); }

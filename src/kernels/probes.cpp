@@ -59,6 +59,8 @@ __attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n_w
   return out;
 }
 
+}  // namespace
+
 uint64_t sum_words(const uint64_t* p, int64_t n) {
   if (__builtin_cpu_supports("avx512f")) return sum_avx512(p, n);
   if (__builtin_cpu_supports("avx2")) return sum_avx2(p, n);
@@ -66,6 +68,8 @@ uint64_t sum_words(const uint64_t* p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s += p[i];
   return s;
 }
+
+namespace {
 
 constexpr int64_t kFmaIters = 20'000'000;
 

@@ -34,6 +34,9 @@ BandwidthProbe probe_read_bandwidth(int64_t bytes = 0, int trials = 9);
 // probe (this VM's read rate jumps from ~30 to 45-58 GB/s for a few hundred ms at a time) moves at
 // most half the samples instead of the whole figure.
 BandwidthProbe pooled_bandwidth(const BandwidthProbe& a, const BandwidthProbe& b);
+// The sum of n 64-bit words read with the widest loads this CPU has (AVX-512, AVX2, else scalar): the read
+// probe's loop, for benchmarks that time their own reads. p must be 64-byte aligned.
+uint64_t sum_words(const uint64_t* p, int64_t n);
 // The last-level cache in bytes: the larger of what sysfs (CPU 0's highest data/unified level) and
 // cpuid (sysconf) report; 0 if neither does.
 int64_t last_level_cache_bytes();
