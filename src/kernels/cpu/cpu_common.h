@@ -3,6 +3,7 @@
 // the global pool that stays serial for work too small to be worth waking the workers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -46,5 +47,25 @@ inline void parallel_for(int64_t n, int64_t cost_per_item, const std::function<v
   int64_t grain = std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, cost_per_item));
   ThreadPool::global().parallel_for(n, fn, std::min(grain, std::max<int64_t>(1, n / 2)));
 }
+
+// Scratch of the row attention kernels (simd_ops_avx512.cpp, simd_ops_avx2.cpp): per round of qb queries,
+// each (query, head, key chunk)'s max, sum and partial output. qb keeps it under ~8 MB however long the
+// prompt. The buffer is the calling thread's; the pool's threads reach it through the pointers.
+struct RowAttentionScratch {
+  int64_t qb;
+  float* cmax;  // [qb][n_heads][nch]
+  float* csum;  // [qb][n_heads][nch]
+  float* part;  // [qb][n_heads][nch][head_dim]
+  RowAttentionScratch(int64_t nq, int64_t n_heads, int64_t nch, int64_t head_dim) {
+    const int64_t per_query = n_heads * nch * (head_dim + 2);
+    qb = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t{1} << 21) / per_query));
+    thread_local std::vector<float> store;
+    const size_t need = static_cast<size_t>(qb * per_query);
+    if (store.size() < need) store.resize(need);
+    cmax = store.data();
+    csum = cmax + qb * n_heads * nch;
+    part = csum + qb * n_heads * nch;
+  }
+};
 
 }  // namespace vlm::ops::cpu

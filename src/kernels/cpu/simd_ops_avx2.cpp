@@ -340,15 +340,11 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
   const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim, nv = head_dim / 8;
   const int64_t nch = (nk + kRowChunk - 1) / kRowChunk;
   const bool simple = mask.sliding_window <= 0 && mask.group_of_position == nullptr;
-  // Queries per round, so the scratch stays under ~8 MB however long the prompt.
-  const int64_t qb = std::max<int64_t>(1, std::min<int64_t>(nq, (int64_t{1} << 21) / (n_heads * nch * (head_dim + 2))));
-  // Scratch of the calling thread, reached by the pool's threads through these pointers.
-  thread_local std::vector<float> store;
-  const size_t need = static_cast<size_t>(qb * n_heads * nch * (head_dim + 2));
-  if (store.size() < need) store.resize(need);
-  float* const cmax = store.data();               // [qb][n_heads][nch]
-  float* const csum = cmax + qb * n_heads * nch;  // [qb][n_heads][nch]
-  float* const part = csum + qb * n_heads * nch;  // [qb][n_heads][nch][head_dim]
+  const RowAttentionScratch scratch(nq, n_heads, nch, head_dim);
+  const int64_t qb = scratch.qb;
+  float* const cmax = scratch.cmax;
+  float* const csum = scratch.csum;
+  float* const part = scratch.part;
 
   for (int64_t i0 = 0; i0 < nq; i0 += qb) {
     const int64_t nqb = std::min(qb, nq - i0);
