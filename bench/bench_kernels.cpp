@@ -493,14 +493,16 @@ int main(int argc, char** argv) {
   auto bw_probe = [&] {  // GB/s over a 256 MiB slice (rotating, so it is not cache-warm)
     const float* base = p + (probe_slice++ % 4) * probe_floats;
     auto t0 = std::chrono::steady_clock::now();
-    pool.run_on_all_threads([&](int t) { partial[t] = sum_floats(base + t * (probe_floats / threads), probe_floats / threads); });
+    pool.run_on_all_threads(
+        [&](int t) { partial[t] = sum_floats(base + t * (probe_floats / threads), probe_floats / threads); });
     return probe_floats * 4.0 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
   };
   auto fma_probe = [&] {  // GFLOP/s of ~20 ms of register-only FMAs
     const int64_t it = 1'000'000;
     auto t0 = std::chrono::steady_clock::now();
     pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
-    return fma_loop_flops(it) * threads / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return fma_loop_flops(it) * threads / s / 1e9;
   };
   // Median over reps of (work / time) / probe, for `fn` preceded by `probe` each time.
   auto paired = [&](const std::string& name, int warmup, int n, double work, const std::function<double()>& probe,
@@ -617,7 +619,8 @@ int main(int argc, char** argv) {
       for (int r = 0; r < reps * 3; ++r) {
         auto f0 = std::chrono::steady_clock::now();
         partial[0] = fma_loop_any(500'000);
-        double fma = fma_loop_flops(500'000) / std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count() / 1e9;
+        double fma =
+            fma_loop_flops(500'000) / std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count() / 1e9;
         auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < inner; ++i) ops::linear(x.data(), 1, k.w, Tensor(), y.data());
         double gbs = static_cast<double>(k.w.nbytes()) * inner / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;

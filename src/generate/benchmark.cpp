@@ -940,7 +940,8 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       const ThreadPool::Stats pool_after = ThreadPool::global().stats();
       // On the CPU: how many of decode's pool jobs ran on the caller alone because the cores were shared
       // (core/thread_pool.h), which makes more threads no faster.
-      VLM_LOG_DEBUG("bench: {} decode pool jobs: {} on {} threads, {} on the caller alone (cores shared; {} busy windows)",
+      VLM_LOG_DEBUG("bench: {} decode pool jobs: {} on {} threads, {} on the caller alone (cores shared; {} busy "
+                    "windows)",
                     label, pool_after.parallel_jobs - pool_before.parallel_jobs, ThreadPool::global().num_threads(),
                     pool_after.solo_jobs - pool_before.solo_jobs, pool_after.busy_windows - pool_before.busy_windows);
       r.kv_cache = cache->describe();

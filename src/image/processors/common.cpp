@@ -166,7 +166,8 @@ Tensor backend_normalize(const Image& src, const Normalization& n, PixelBackend 
 std::vector<float> normalization_lut(const Normalization& n, PixelBackend backend) {
   // backend_normalize itself on a 256 x 1 ramp (pixel v = (v, v, v)): the table holds its exact values.
   Image ramp(256, 1, 3);
-  for (int v = 0; v < 256; ++v) ramp.row(0)[v * 3] = ramp.row(0)[v * 3 + 1] = ramp.row(0)[v * 3 + 2] = static_cast<uint8_t>(v);
+  for (int v = 0; v < 256; ++v)
+    for (int c = 0; c < 3; ++c) ramp.row(0)[v * 3 + c] = static_cast<uint8_t>(v);
   const Tensor chw = backend_normalize(ramp, n, backend);  // [3, 1, 256]
   const float* p = chw.data<float>();
   return std::vector<float>(p, p + 3 * 256);

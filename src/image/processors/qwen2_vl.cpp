@@ -64,8 +64,8 @@ class Qwen2VLProcessor final : public ImageProcessor {
     VLM_CHECK(h % factor == 0 && w % factor == 0, ErrorKind::kInvalidArgument,
               "Qwen2-VL processor: a {}x{} image is not a multiple of patch_size*merge_size = {} (do_resize is off)",
               w, h, factor);
-    VLM_CHECK(rgb.channels() == 3, ErrorKind::kInvalidArgument, "image processor: expected an RGB image, got {} channels",
-              rgb.channels());
+    VLM_CHECK(rgb.channels() == 3, ErrorKind::kInvalidArgument,
+              "image processor: expected an RGB image, got {} channels", rgb.channels());
     Image resized;
     if (h != rgb.height() || w != rgb.width()) resized = backend_resize(rgb, w, h, resample_, backend_);
     const Image& img = resized.empty() ? rgb : resized;  // [h, w, 3] u8
