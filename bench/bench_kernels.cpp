@@ -1,5 +1,6 @@
 // Kernel benchmark: the machine's measured limits and how close the CPU kernels get to them.
-//   1. read bandwidth: AVX-512 sum over a 1 GiB buffer on all pool threads (the decode roofline);
+//   1. read bandwidth: a sum with the widest loads the CPU has (AVX-512 or AVX2, sum_words) over a 1 GiB
+//      buffer on all pool threads (the decode roofline);
 //   2. FMA peak: register-only f32 FMAs on all threads (the compute roofline);
 //   3. matrix throughput: ops::linear as GEMM at a prefill-like size (f32, bf16, 4-bit g64);
 //   4. decode GEMV: one token through every linear of a SmolLM2-135M-shaped and a
