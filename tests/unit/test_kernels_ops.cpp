@@ -2,7 +2,7 @@
 // random inputs, on both the scalar reference and the SIMD path of this CPU (the suite is
 // parameterised by force_scalar_kernels). Tolerances are NMSE bounds: f32 accumulation over a few
 // hundred terms gives ~1e-13; we allow 1e-10 (weights in f16/bf16/quantized are read exactly, so
-// their bound is the same; the one exception, quantized decode on AVX-512 VNNI, is noted at linear_tol).
+// their bound is the same; the exceptions, quantized decode on AVX-512 VNNI and AVX2, are noted at linear_tol).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -48,15 +48,15 @@ std::vector<double> linear_oracle(const std::vector<float>& x, int64_t n, const 
 // also need VBMI), which round activations to 16-bit fixed point per 32 values (simd_quant_vnni.cpp):
 // NMSE ~1e-9 on these uniform inputs, still 1,000x below bf16-rounded activations. Everything else
 // accumulates exact products in f32.
-// The AVX2 4-bit decode kernel (fewer than 8 tokens, simd_linear_avx2.cpp) rounds them the same way per
-// 64 values.
+// The AVX2 quantized decode kernels (every bit width, fewer than 8 tokens, simd_linear_avx2.cpp) round
+// them the same way per 64 values.
 double linear_tol(const ops::Weight& w, int64_t n) {
   const int bits = w.quantized ? w.quant.spec.bits : 0;
   const bool stream = bits == 3 || bits == 5 || bits == 6;
   const std::string path = ops::cpu_kernel_path();
   const bool vnni = bits > 0 && n < 16 && path.rfind("avx512", 0) == 0 && __builtin_cpu_supports("avx512vnni") &&
                     (!stream || __builtin_cpu_supports("avx512vbmi"));
-  const bool avx2_int = bits == 4 && n < 8 && path == "avx2";
+  const bool avx2_int = bits > 0 && n < 8 && path == "avx2";
   return vnni || avx2_int ? 1e-8 : kTol;
 }
 
@@ -93,7 +93,9 @@ TEST_P(KernelOps, LinearQuantizedEveryBitWidthAndGroupSize) {
 // 64 bytes per row (the half-block path; also 608 at 8-bit and 384 at 2-bit), 1536 inputs at g32 are
 // 48 groups (three windows of 16 group scales), 61 rows are passes of eight plus a tail of five; dense
 // bf16 rows of 576, 1536 (3,072 bytes, SmolLM2's down_proj) and 1544 (a tail of 8 past the last 32)
-// take the one-row path, 2080 (4,160 bytes) the four-row one. Single tokens and a four-token pass,
+// take the one-row path, 2080 (4,160 bytes) the four-row one. 3-bit at 4864 inputs (76 blocks of 64) and
+// 5-bit at 4352 cross the AVX2 integer kernels' 64-block span with a tail of factors; 6-bit g32 at 1216
+// (19 blocks) has an odd tail. Single tokens and a four-token pass,
 // through linear_group as q/k/v-like members with biases.
 TEST_P(KernelOps, LinearDecodeModelShapesThroughTheGroup) {
   struct Shape {
@@ -101,7 +103,8 @@ TEST_P(KernelOps, LinearDecodeModelShapesThroughTheGroup) {
     int64_t cols;
   };
   for (Shape s : {Shape{4, 64, 576}, Shape{8, 32, 1536}, Shape{2, 32, 1536}, Shape{4, 128, 896}, Shape{8, 32, 608},
-                  Shape{2, 64, 384}, Shape{16, 0, 576}, Shape{16, 0, 1536}, Shape{16, 0, 1544}, Shape{16, 0, 2080}})
+                  Shape{2, 64, 384}, Shape{3, 64, 4864}, Shape{5, 128, 4352}, Shape{6, 32, 1216}, Shape{16, 0, 576},
+                  Shape{16, 0, 1536}, Shape{16, 0, 1544}, Shape{16, 0, 2080}})
     for (int64_t n : {1, 4}) {
       std::vector<ops::Weight> ws;
       std::vector<Tensor> biases;

@@ -1,7 +1,8 @@
 // AVX2 + FMA + F16C kernels for CPUs without AVX-512 (compiled with function-level target
 // attributes): linear (and linear_group) and embedding (simd_linear_avx2.cpp), and the per-token
 // non-matrix ops a decoder runs — norms, activations, softmax, attention, elementwise helpers
-// (simd_ops_avx2.cpp). RoPE, LayerNorm and KV-cache (de)quantization run the scalar reference.
+// and KV-cache dequantization (simd_ops_avx2.cpp). RoPE, LayerNorm and KV-cache quantization run the scalar
+// reference.
 #pragma once
 
 #include "kernels/ops.h"
@@ -20,6 +21,8 @@ void softmax(float* x, int64_t n, int64_t d);
 void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                const AttentionMask& mask, float* out);
+void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
+                   int group_size, float* out);
 void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
                          int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                          const AttentionMask& mask, float* out);

@@ -342,11 +342,83 @@ inline __m256 load8_f32(const void* p, int64_t i) {
   else return _mm256_loadu_ps(static_cast<const float*>(p) + i);
 }
 
-// y[r] (+ bias) for rows [r0, r0 + R) of one 4-bit matrix. D: the dtype of its scales and biases; G32:
-// group size 32 (two groups per block), else group = 64 << gshift.
-template <int R, DType D, bool G32>
-void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshift, const float* bias, float* y) {
-  const int64_t k = m.cols, blocks = k / 64, groups = k / m.spec.group_size, wpr = m.words_per_row();
+template <DType D>
+inline __m128 load4_f32(const void* p, int64_t i) {
+  if constexpr (D == DType::kBF16)
+    return _mm_castsi128_ps(_mm_slli_epi32(
+        _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))), 16));
+  else if constexpr (D == DType::kF16)
+    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+  else return _mm_loadu_ps(static_cast<const float*>(p) + i);
+}
+
+// The integer kernels work through a row's blocks (64 codes) in spans of kSpan blocks; before a span each
+// row's factors s_g·xs_b are formed eight blocks at a time, so the block loop reads one broadcast per
+// block instead of converting a scale and multiplying it in scalar code (which with its index arithmetic
+// was a third of the loop's instructions).
+constexpr int64_t kSpan = 64;
+
+// Factors of one row (first group gi) for blocks [b0, b0 + nb), b0 even: fs[b - b0] = s_g·xs_b (G groups of
+// 64 or 128 codes) or, for groups of 32, fs[2(b - b0) + h] = s_{2b+h}·xs_b for the block's two halves.
+template <DType D, int G>
+void block_factors(const void* sc, int64_t gi, const float* xs, int64_t b0, int64_t nb, float* fs) {
+  int64_t j = 0;
+  for (; j + 8 <= nb; j += 8) {
+    const __m256 xv = _mm256_loadu_ps(xs + b0 + j);
+    if constexpr (G == 64) {
+      _mm256_storeu_ps(fs + j, _mm256_mul_ps(load8_f32<D>(sc, gi + b0 + j), xv));
+    } else if constexpr (G == 128) {
+      const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(load4_f32<D>(sc, gi + (b0 + j) / 2)),
+                                                _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+      _mm256_storeu_ps(fs + j, _mm256_mul_ps(s, xv));
+    } else {
+      const __m256 xa = _mm256_permutevar8x32_ps(xv, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+      const __m256 xb = _mm256_permutevar8x32_ps(xv, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+      _mm256_storeu_ps(fs + 2 * j, _mm256_mul_ps(load8_f32<D>(sc, gi + 2 * (b0 + j)), xa));
+      _mm256_storeu_ps(fs + 2 * j + 8, _mm256_mul_ps(load8_f32<D>(sc, gi + 2 * (b0 + j) + 8), xb));
+    }
+  }
+  for (; j < nb; ++j) {
+    const int64_t b = b0 + j;
+    if constexpr (G == 32) {
+      fs[2 * j] = to_f32<D>(sc, gi + 2 * b) * xs[b];
+      fs[2 * j + 1] = to_f32<D>(sc, gi + 2 * b + 1) * xs[b];
+    } else {
+      fs[j] = to_f32<D>(sc, gi + b / (G / 64)) * xs[b];
+    }
+  }
+}
+
+// The block's factor as a vector: one broadcast, or for groups of 32 the two halves' (lanes 0-3, 4-7).
+template <int G>
+inline __m256 block_factor(const float* fs, int64_t j) {
+  if constexpr (G == 32)
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(fs + 2 * j)), _mm_broadcast_ss(fs + 2 * j + 1),
+                                1);
+  else return _mm256_broadcast_ss(fs + j);
+}
+
+// y[r] = hsum(acc) + Σ_g b_g·X_g (+ bias): the bias term of an affine row.
+template <DType D>
+inline float finish_row(__m256 acc, const void* bi, int64_t gi, int64_t groups, const float* gsum, const float* bias) {
+  __m256 bx = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) bx = _mm256_fmadd_ps(load8_f32<D>(bi, gi + g), _mm256_loadu_ps(gsum + g), bx);
+  float t = hsum(_mm256_add_ps(acc, bx));
+  for (; g < groups; ++g) t += to_f32<D>(bi, gi + g) * gsum[g];
+  return t + (bias ? *bias : 0.0f);
+}
+
+// Rows are contiguous, so the R rows of a pass are one region of R·row_bytes and the next passes follow it;
+// interleaved, the R streams defeat the hardware prefetcher (perf: the code loads were the hot
+// instructions). Each block step fetches the R·block_bytes of the region kPrefetchPasses passes ahead.
+constexpr int kPrefetchPasses = 2;
+
+// y[r] (+ bias) for rows [r0, r0 + R) of one 4-bit matrix. D: the dtype of its scales and biases; G: the
+// group size.
+template <int R, DType D, int G>
+void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, const float* bias, float* y) {
+  const int64_t k = m.cols, blocks = k / 64, groups = k / G, wpr = m.words_per_row();
   const uint8_t* rows[R];
   const void *sc = m.scales.raw(), *bi = m.biases.raw();
 #pragma GCC unroll 4
@@ -354,66 +426,183 @@ void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, int gshi
   __m256 acc[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), c256 = _mm256_set1_epi16(256);
   const int8_t* xb = p.blocks();
-  // Rows are contiguous, so the R rows of this pass are one region of R·32·blocks bytes and the next
-  // passes follow it; interleaved, the R streams defeat the hardware prefetcher (perf: the code loads
-  // were the hot instructions). Each block step fetches R·32 bytes of the region kPrefetchPasses passes ahead.
-  constexpr int kPrefetchPasses = 2;
   const uint8_t* pf = rows[0] + kPrefetchPasses * R * 4 * wpr;
-  for (int64_t b = 0; b < blocks; ++b) {
-    if constexpr (R > 1)
+  alignas(32) float fs[R][2 * kSpan];
+  for (int64_t b0 = 0; b0 < blocks; b0 += kSpan) {
+    const int64_t nb = std::min(kSpan, blocks - b0);
 #pragma GCC unroll 4
-      for (int l = 0; l < R / 2; ++l)
-        _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
-    const __m256i* xv = reinterpret_cast<const __m256i*>(xb + 128 * b);
-    const __m256i xhe = _mm256_load_si256(xv), xho = _mm256_load_si256(xv + 1);
-    const __m256i xle = _mm256_load_si256(xv + 2), xlo = _mm256_load_si256(xv + 3);
-    const float xs = p.xs[b];
+    for (int r = 0; r < R; ++r) block_factors<D, G>(sc, (r0 + r) * groups, p.xs.data(), b0, nb, fs[r]);
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t b = b0 + j;
+      if constexpr (R > 1)
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 32 * b));
-      const __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
-      const __m256i ph = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xhe), _mm256_maddubs_epi16(hi, xho));
-      const __m256i pl = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xle), _mm256_maddubs_epi16(hi, xlo));
-      const __m256i i32 =
-          _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(ph, ones), 8), _mm256_madd_epi16(pl, ones));
-      const int64_t gi = (r0 + r) * groups;
-      __m256 f;
-      if constexpr (G32)
-        f = _mm256_set_m128(_mm_set1_ps(to_f32<D>(sc, gi + 2 * b + 1) * xs),
-                            _mm_set1_ps(to_f32<D>(sc, gi + 2 * b) * xs));
-      else
-        f = _mm256_set1_ps(to_f32<D>(sc, gi + (b >> gshift)) * xs);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), f, acc[r]);
+        for (int l = 0; l < R / 2; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
+      const __m256i* xv = reinterpret_cast<const __m256i*>(xb + 128 * b);
+      const __m256i xhe = _mm256_load_si256(xv), xho = _mm256_load_si256(xv + 1);
+      const __m256i xle = _mm256_load_si256(xv + 2), xlo = _mm256_load_si256(xv + 3);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 32 * b));
+        const __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
+        const __m256i ph = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xhe), _mm256_maddubs_epi16(hi, xho));
+        const __m256i pl = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xle), _mm256_maddubs_epi16(hi, xlo));
+        // 256·Σ(hi pairs) + Σ(lo pairs) in two vpmaddwd (|ph| <= 7680, so 2·256·7680 fits i32).
+        const __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(ph, c256), _mm256_madd_epi16(pl, ones));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), block_factor<G>(fs[r], j), acc[r]);
+      }
     }
   }
-  // + Σ_g b_g·X_g per row.
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-    const int64_t gi = (r0 + r) * groups;
-    __m256 bx = _mm256_setzero_ps();
-    int64_t g = 0;
-    for (; g + 8 <= groups; g += 8)
-      bx = _mm256_fmadd_ps(load8_f32<D>(bi, gi + g), _mm256_loadu_ps(p.gsum.data() + g), bx);
-    float t = hsum(_mm256_add_ps(acc[r], bx));
-    for (; g < groups; ++g) t += to_f32<D>(bi, gi + g) * p.gsum[g];
-    y[r] = t + (bias ? bias[r] : 0.0f);
-  }
+  for (int r = 0; r < R; ++r)
+    y[r] = finish_row<D>(acc[r], bi, (r0 + r) * groups, groups, p.gsum.data(), bias ? bias + r : nullptr);
 }
 
-template <DType D, bool G32>
-void q4_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedQ4& p, int gshift,
-              const float* bias, float* y) {
+template <DType D, int G>
+void q4_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedQ4& p, const float* bias,
+              float* y) {
   in_fours(r_begin, r_end, [&](auto rows, int64_t r) {
-    q4_rows<decltype(rows)::value, D, G32>(m, r, p, gshift, bias ? bias + r : nullptr, y + r);
+    q4_rows<decltype(rows)::value, D, G>(m, r, p, bias ? bias + r : nullptr, y + r);
   });
 }
 
-// The group's 4-bit members through the integer kernel: false (nothing done) when a member's shape or
-// dtypes are outside it (columns not a multiple of 64, group size not 32/64/128, scales and biases of
+// ---- 2/3/5/6/8-bit decode: integer dot products on 16-bit lanes -------------------------------------------
+// These codes do not split into nibbles, so each 16 codes become 16 u16 lanes and meet x as plain 16-bit
+// fixed point in one vpmaddwd (i16 pairs into i32): xs = max|x| / 32767 per 64 activations, xq = round(x /
+// xs) — the 4-bit kernel's accuracy (|x − xs·xq| <= max|x| / 65534), exact integer sums per block (64 codes
+// · 255 · 32767 < 2^31); codes16 (avx2_common.h) turns 16 codes into u16 lanes. Its 16-byte load reads up to
+// 16 − 2B bytes past a 16-code block, so a matrix's last row goes through a padded copy.
+struct PreparedX16 {
+  std::vector<int16_t> xq;  // [k], natural order
+  std::vector<float> xs;    // [blocks]
+  std::vector<float> gsum;  // [groups]
+};
+
+void prepare_x16(const float* x, int64_t k, int group, PreparedX16& p) {
+  const int64_t blocks = k / 64;
+  p.xq.resize(static_cast<size_t>(k));
+  p.xs.resize(static_cast<size_t>(blocks));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = x + 64 * b;
+    __m256 m = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * i), abs_mask));
+    const float mx = hmax(m);
+    const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 32767.0f / mx : 0.0f);
+    p.xs[b] = mx / 32767.0f;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * i), inv));
+      const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * i + 8), inv));
+      // packs interleaves 128-bit lanes: (a0..3, c0..3, a4..7, c4..7); the permute restores the order.
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.xq.data() + 64 * b + 16 * i),
+                          _mm256_permute4x64_epi64(_mm256_packs_epi32(a, c), 0xd8));
+    }
+  }
+  const int64_t groups = k / group;
+  p.gsum.resize(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t c = g * group; c < (g + 1) * group; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
+    p.gsum[g] = hsum(s);
+  }
+}
+
+// y[r] (+ bias) for R rows of one B-bit matrix (rows[r]: the row's codes), first row r0.
+template <int B, int R, DType D, int G>
+void qx_rows(const QuantizedMatrix& m, const uint8_t* const* rows, int64_t r0, const PreparedX16& p,
+             const float* bias, float* y) {
+  static const Unpack16<B> u;
+  const int64_t k = m.cols, blocks = k / 64, groups = k / G;
+  constexpr int64_t kBlockBytes = 8 * B;
+  const void *sc = m.scales.raw(), *bi = m.biases.raw();
+  __m256 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const uint8_t* pf = rows[0] + kPrefetchPasses * R * kBlockBytes * blocks;
+  alignas(32) float fs[R][2 * kSpan];
+  for (int64_t b0 = 0; b0 < blocks; b0 += kSpan) {
+    const int64_t nb = std::min(kSpan, blocks - b0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) block_factors<D, G>(sc, (r0 + r) * groups, p.xs.data(), b0, nb, fs[r]);
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t b = b0 + j;
+      if constexpr (R > 1)
+        for (int64_t l = 0; l < R * kBlockBytes; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(pf + R * kBlockBytes * b + l), _MM_HINT_T0);
+      const __m256i* xv = reinterpret_cast<const __m256i*>(p.xq.data() + 64 * b);
+      const __m256i x0 = _mm256_loadu_si256(xv), x1 = _mm256_loadu_si256(xv + 1);
+      const __m256i x2 = _mm256_loadu_si256(xv + 2), x3 = _mm256_loadu_si256(xv + 3);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* src = rows[r] + kBlockBytes * b;
+        const __m256i lo = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src, u), x0),
+                                            _mm256_madd_epi16(codes16<B>(src + 2 * B, u), x1));
+        const __m256i hi = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src + 4 * B, u), x2),
+                                            _mm256_madd_epi16(codes16<B>(src + 6 * B, u), x3));
+        if constexpr (G == 32) {
+          // codes 0-31 are the block's first group, 32-63 its second.
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_broadcast_ss(fs[r] + 2 * j), acc[r]);
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_broadcast_ss(fs[r] + 2 * j + 1), acc[r]);
+        } else {
+          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), _mm256_broadcast_ss(fs[r] + j),
+                                   acc[r]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+    y[r] = finish_row<D>(acc[r], bi, (r0 + r) * groups, groups, p.gsum.data(), bias ? bias + r : nullptr);
+}
+
+template <int B, DType D, int G>
+void qx_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedX16& p, const float* bias,
+              float* y) {
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>());
+  const int64_t row_bytes = m.cols * B / 8;
+  // The broadcast loads of the matrix's last row would read past its end: that row goes through a copy.
+  const int64_t safe_end = B == 8 ? r_end : std::min(r_end, m.rows - 1);
+  in_fours(r_begin, safe_end, [&](auto rows, int64_t r) {
+    constexpr int R = decltype(rows)::value;
+    const uint8_t* ptrs[R];
+    for (int i = 0; i < R; ++i) ptrs[i] = base + (r + i) * row_bytes;
+    qx_rows<B, R, D, G>(m, ptrs, r, p, bias ? bias + r : nullptr, y + r);
+  });
+  if (safe_end < r_end) {
+    thread_local std::vector<uint8_t> padded;
+    padded.assign(static_cast<size_t>(row_bytes + 16), 0);
+    std::copy_n(base + safe_end * row_bytes, row_bytes, padded.data());
+    const uint8_t* ptr = padded.data();
+    qx_rows<B, 1, D, G>(m, &ptr, safe_end, p, bias ? bias + safe_end : nullptr, y + safe_end);
+  }
+}
+
+// fn(dtype tag, group tag) for a matrix's scale dtype and group size (32/64/128).
+template <typename Fn>
+void with_scales(DType d, int group, Fn&& fn) {
+  auto by_group = [&](auto dt) {
+    switch (group) {
+      case 32: return fn(dt, std::integral_constant<int, 32>{});
+      case 64: return fn(dt, std::integral_constant<int, 64>{});
+      default: return fn(dt, std::integral_constant<int, 128>{});
+    }
+  };
+  switch (d) {
+    case DType::kBF16: return by_group(std::integral_constant<DType, DType::kBF16>{});
+    case DType::kF16: return by_group(std::integral_constant<DType, DType::kF16>{});
+    default: return by_group(std::integral_constant<DType, DType::kF32>{});
+  }
+}
+
+// The group's B-bit members through the integer kernels: false (nothing done) when a member's shape or
+// dtypes are outside them (columns not a multiple of 64, group size not 32/64/128, scales and biases of
 // different float dtypes).
-bool gemv_group_q4(const float* x, int64_t n, GemvOut* outs, int count, int64_t total) {
+template <int B>
+bool gemv_group_int(const float* x, int64_t n, GemvOut* outs, int count, int64_t total) {
   const QuantizedMatrix& m0 = outs[0].w->quant;
   const int64_t k = m0.cols;
   const int gs = m0.spec.group_size;
@@ -423,31 +612,23 @@ bool gemv_group_q4(const float* x, int64_t n, GemvOut* outs, int count, int64_t 
     const DType d = m.scales.dtype();
     if (m.biases.dtype() != d || (d != DType::kBF16 && d != DType::kF16 && d != DType::kF32)) return false;
   }
-  const int gshift = gs == 128 ? 1 : 0;
-  thread_local PreparedQ4 prep_store;
-  PreparedQ4& prep = prep_store;  // the pool's threads reach the caller's buffers through this reference
+  using Prepared = std::conditional_t<B == 4, PreparedQ4, PreparedX16>;
+  thread_local Prepared prep_store;
+  Prepared& prep = prep_store;  // the pool's threads reach the caller's buffers through this reference
   for (int64_t t = 0; t < n; ++t) {
-    prepare_q4(x + t * k, k, gs, prep);
-    parallel_for(total, k / 2, [&](int64_t r0, int64_t r1) {
+    if constexpr (B == 4) prepare_q4(x + t * k, k, gs, prep);
+    else prepare_x16(x + t * k, k, gs, prep);
+    parallel_for(total, k * B / 8, [&](int64_t r0, int64_t r1) {
       member_ranges(outs, count, total, r0, r1, [&](int o, int64_t a, int64_t e) {
         const QuantizedMatrix& m = outs[o].w->quant;
         float* y = outs[o].y + t * m.rows;
         const float* bias = outs[o].bias;
-        const bool g32 = gs == 32;
-        switch (m.scales.dtype()) {
-          case DType::kBF16:
-            g32 ? q4_range<DType::kBF16, true>(m, a, e, prep, gshift, bias, y)
-                : q4_range<DType::kBF16, false>(m, a, e, prep, gshift, bias, y);
-            break;
-          case DType::kF16:
-            g32 ? q4_range<DType::kF16, true>(m, a, e, prep, gshift, bias, y)
-                : q4_range<DType::kF16, false>(m, a, e, prep, gshift, bias, y);
-            break;
-          default:
-            g32 ? q4_range<DType::kF32, true>(m, a, e, prep, gshift, bias, y)
-                : q4_range<DType::kF32, false>(m, a, e, prep, gshift, bias, y);
-            break;
-        }
+        with_scales(m.scales.dtype(), gs, [&](auto dt, auto gt) {
+          constexpr DType D = decltype(dt)::value;
+          constexpr int G = decltype(gt)::value;
+          if constexpr (B == 4) q4_range<D, G>(m, a, e, prep, bias, y);
+          else qx_range<B, D, G>(m, a, e, prep, bias, y);
+        });
       });
     });
   }
@@ -465,8 +646,8 @@ void gemv_group(const float* x, int64_t n, GemvOut* outs, int count) {
     outs[o].row0 = total;
     total += outs[o].w->rows();
   }
-  if constexpr (F == Fmt::kQ4)
-    if (gemv_group_q4(x, n, outs, count, total)) return;
+  if constexpr (is_quant(F))
+    if (gemv_group_int<bits_of(F)>(x, n, outs, count, total)) return;
   // Reused across calls, one set per calling thread. The job below runs on pool threads too, so it must
   // reach the caller's buffers through these references (naming the thread_locals there would give each
   // worker its own, empty ones).

@@ -49,6 +49,7 @@ const KernelTable& avx2_table() {
     k.gated_activate = avx2::gated_activate;
     k.softmax = avx2::softmax;
     k.attention = avx2::attention;
+    k.kv_dequantize = avx2::kv_dequantize;
     k.attention_quantized = avx2::attention_quantized;
     k.add = avx2::add;
     k.scale = avx2::scale;
