@@ -264,6 +264,9 @@ namespace {
 // boundaries, so a cached decode step equals the prefill row it repeats. All query heads of a kv head
 // use the chunk's K/V rows while they are in L1.
 constexpr int64_t kRowChunk = 64;
+// attention_quantized dequantizes inside the row kernel below this many queries: every query row's items
+// dequantize their chunk again, which a prefill would repeat per row.
+constexpr int64_t kFusedQuantQueries = 8;
 
 // Scores of one query against keys [j0, j0 + kn) (kn <= 8) of one head: lane jj = q · k_{j0+jj}, lanes
 // past kn 0. ld: floats between consecutive keys.
@@ -333,11 +336,76 @@ inline void pv(const float* p, int64_t kn, const float* vb, int64_t ld, int64_t 
   }
 }
 
-// head_dim a multiple of 8 (attention() checks).
+// s·q + b with the product rounded before the add, as the reference computes it: the empty asm hides the
+// product from GCC, which otherwise contracts the two intrinsics into an FMA.
+inline __m256 mul_then_add(__m256 q, __m256 s, __m256 b) {
+  __m256 p = _mm256_mul_ps(q, s);
+  asm("" : "+x"(p));
+  return _mm256_add_ps(p, b);
+}
+
+// Values [16m, 16m + 16) of one quantized row (codes at `row`, scale s, bias b) into dst, as kv_dequantize
+// computes them. `end`: the plane's end; a 16-byte load that would pass it reads a copy.
+template <int B>
+inline void dequantize16(const uint8_t* row, const uint8_t* end, int64_t m, float s, float b, const Unpack16<B>& u,
+                         float* dst) {
+  const uint8_t* src = row + 2 * B * m;
+  alignas(16) uint8_t tail[16];
+  if (src + 16 > end) {
+    std::fill(tail, tail + 16, uint8_t{0});
+    std::copy(src, src + 2 * B, tail);
+    src = tail;
+  }
+  const __m256i c = codes16<B>(src, u);
+  const __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(b);
+  _mm256_storeu_ps(dst, mul_then_add(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(c))), vs, vb));
+  _mm256_storeu_ps(dst + 8,
+                   mul_then_add(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(c, 1))), vs, vb));
+}
+
+// Keys [j0, j1) of kv head kvh (head_dim hd, a multiple of 16; the plane's rows hold n = n_kv_heads·hd values
+// of nk keys) from K and V into kd, vd [j1 - j0][hd]: the rows kv_dequantize would give, for one chunk.
+template <int B>
+void dequantize_head_rows(const QuantizedKV& kv, int64_t n, int64_t nk, int64_t kvh, int64_t hd, int64_t j0,
+                          int64_t j1, float* kd, float* vd) {
+  static const Unpack16<B> u;
+  const int64_t row_bytes = n * B / 8, groups = n / kv.group_size;
+  const uint8_t* const kbase = reinterpret_cast<const uint8_t*>(kv.k_packed);
+  const uint8_t* const vbase = reinterpret_cast<const uint8_t*>(kv.v_packed);
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t m = kvh * hd / 16; m < (kvh + 1) * hd / 16; ++m) {
+      const int64_t g = j * groups + 16 * m / kv.group_size, d = 16 * m - kvh * hd;
+      dequantize16<B>(kbase + j * row_bytes, kbase + nk * row_bytes, m, kv.k_scales[g], kv.k_biases[g], u,
+                      kd + (j - j0) * hd + d);
+      dequantize16<B>(vbase + j * row_bytes, vbase + nk * row_bytes, m, kv.v_scales[g], kv.v_biases[g], u,
+                      vd + (j - j0) * hd + d);
+    }
+  }
+}
+
+using DequantizeHeadRows = void (*)(const QuantizedKV&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*,
+                                    float*);
+
+DequantizeHeadRows dequantize_head_rows_for(int bits) {
+  switch (bits) {
+    case 2: return dequantize_head_rows<2>;
+    case 3: return dequantize_head_rows<3>;
+    case 4: return dequantize_head_rows<4>;
+    case 5: return dequantize_head_rows<5>;
+    case 6: return dequantize_head_rows<6>;
+    case 7: return dequantize_head_rows<7>;
+    default: return dequantize_head_rows<8>;
+  }
+}
+
+// head_dim a multiple of 8 (attention() checks). With `qkv` (K and V quantized; head_dim a multiple of 16)
+// each item dequantizes its chunk's rows of its kv head into the thread's L1-sized buffers (k, v unused):
+// the values kv_dequantize gives, so the output is bit for bit kv_dequantize + attention.
 void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v, const int64_t* k_pos,
                    int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
-                   const AttentionMask& mask, float* out) {
+                   const AttentionMask& mask, float* out, const QuantizedKV* qkv = nullptr) {
   const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim, nv = head_dim / 8;
+  const DequantizeHeadRows dequantize = qkv ? dequantize_head_rows_for(qkv->bits) : nullptr;
   const int64_t nch = (nk + kRowChunk - 1) / kRowChunk;
   const bool simple = mask.sliding_window <= 0 && mask.group_of_position == nullptr;
   const RowAttentionScratch scratch(nq, n_heads, nch, head_dim);
@@ -355,14 +423,16 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         const int64_t ii = w / (n_kv_heads * nch), c = (w / n_kv_heads) % nch, kvh = w % n_kv_heads;
         const int64_t qp = q_pos0 + i0 + ii, j_begin = c * kRowChunk, j_end = std::min(nk, j_begin + kRowChunk);
         const int64_t cn = j_end - j_begin;
-        const float* kb = k + j_begin * ld + kvh * head_dim;
-        const float* vb = v + j_begin * ld + kvh * head_dim;
+        const float* kb = qkv ? nullptr : k + j_begin * ld + kvh * head_dim;
+        const float* vb = qkv ? nullptr : v + j_begin * ld + kvh * head_dim;
+        int64_t lk = ld;  // floats between consecutive keys of kb / vb
         // One head's keys are head_dim floats every n_kv_heads·head_dim: a strided stream the hardware
         // prefetcher follows poorly, and decode reads each layer's cache from DRAM once per token (perf: the
         // K and V loads were the hot instructions). The first query head's score loop fetches K 16 keys
         // ahead and V of the keys it scores (so P·V finds them), paced with the work rather than all at
         // once; the item starts by fetching its first 16 keys' K.
         auto fetch_rows = [&](const float* base, int64_t j_from, int64_t j_to) {
+          if (qkv) return;  // the chunk's rows are in the thread's buffers
           for (int64_t j = j_from; j < std::min(j_to, cn); ++j)
             for (int64_t d = 0; d < head_dim; d += 16)
               _mm_prefetch(reinterpret_cast<const char*>(base + j * ld + d), _MM_HINT_T0);
@@ -386,6 +456,15 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
           }
           continue;
         }
+        if (qkv) {
+          thread_local std::vector<float> kd, vd;
+          kd.resize(static_cast<size_t>(kRowChunk * head_dim));
+          vd.resize(kd.size());
+          dequantize(*qkv, ld, nk, kvh, head_dim, j_begin, j_end, kd.data(), vd.data());
+          kb = kd.data();
+          vb = vd.data();
+          lk = head_dim;
+        }
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = kvh * group + g, row = ii * n_heads + h;
           const float* qi = q + ((i0 + ii) * n_heads + h) * head_dim;
@@ -396,7 +475,7 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               fetch_rows(kb, j0 + 16, j0 + 24);
               fetch_rows(vb, j0, j0 + 8);
             }
-            __m256 s8 = _mm256_mul_ps(scores8(qi, kb, ld, j0, kn, nv), _mm256_set1_ps(scale));
+            __m256 s8 = _mm256_mul_ps(scores8(qi, kb, lk, j0, kn, nv), _mm256_set1_ps(scale));
             if (softcap > 0.0f) {
               const __m256 cap = _mm256_set1_ps(softcap);
               s8 = _mm256_mul_ps(cap, tanh_ps(_mm256_div_ps(s8, cap)));
@@ -424,7 +503,7 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
               _mm256_store_ps(p + j, e);
             }
             sum = hsum(vs);
-            pv(p, cn, vb, ld, nv, o);
+            pv(p, cn, vb, lk, nv, o);
           }
           csum[row * nch + c] = sum;
         }
@@ -467,43 +546,19 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
 
 namespace {
 
-// s·q + b with the product rounded before the add, as the reference computes it: the empty asm hides the
-// product from GCC, which otherwise contracts the two intrinsics into an FMA.
-inline __m256 mul_then_add(__m256 q, __m256 s, __m256 b) {
-  __m256 p = _mm256_mul_ps(q, s);
-  asm("" : "+x"(p));
-  return _mm256_add_ps(p, b);
-}
-
-// kv_dequantize for B-bit codes, 16 values per step (codes16). A step's 16-byte load may pass the end of the
-// buffer only on its last row: there the step reads from a copy.
+// kv_dequantize for B-bit codes, 16 values per step.
 template <int B>
 void kv_dequantize_bits(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n,
                         int group_size, float* out) {
   static const Unpack16<B> u;
   const int64_t row_bytes = n * B / 8, groups = n / group_size;
   const uint8_t* const base = reinterpret_cast<const uint8_t*>(packed);
-  const uint8_t* const end = base + rows * row_bytes;
   parallel_for(rows, 2 * n, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* row = base + r * row_bytes;
-      alignas(16) uint8_t tail[16];
+    for (int64_t r = r0; r < r1; ++r)
       for (int64_t m = 0; m < n / 16; ++m) {
-        const uint8_t* src = row + 2 * B * m;
-        if (src + 16 > end) {
-          std::fill(tail, tail + 16, uint8_t{0});
-          std::copy(src, src + 2 * B, tail);
-          src = tail;
-        }
-        const __m256i c = codes16<B>(src, u);
         const int64_t g = r * groups + 16 * m / group_size;
-        const __m256 vs = _mm256_set1_ps(scales[g]), vb = _mm256_set1_ps(biases[g]);
-        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(c)));
-        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(c, 1)));
-        _mm256_storeu_ps(out + r * n + 16 * m, mul_then_add(lo, vs, vb));
-        _mm256_storeu_ps(out + r * n + 16 * m + 8, mul_then_add(hi, vs, vb));
+        dequantize16<B>(base + r * row_bytes, base + rows * row_bytes, m, scales[g], biases[g], u, out + r * n + 16 * m);
       }
-    }
   });
 }
 
@@ -526,7 +581,12 @@ void kv_dequantize(const uint32_t* packed, const float* scales, const float* bia
 void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
                          int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float scale, float softcap,
                          const AttentionMask& mask, float* out) {
-  // By definition kv_dequantize of K and V, then attention.
+  // By definition kv_dequantize of K and V, then attention. Decode-sized calls (the row kernel's path,
+  // head_dim a multiple of 16) dequantize chunk by chunk inside it, so the cache is read in its packed form
+  // and no f32 copy of it is written; otherwise the whole range is dequantized first.
+  if (nk > 0 && nq < kFusedQuantQueries && head_dim % 16 == 0)
+    return row_attention(q, nq, q_pos0, nullptr, nullptr, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap,
+                         mask, out, &kv);
   const int64_t row = n_kv_heads * head_dim;
   thread_local std::vector<float> kd, vd;
   kd.resize(static_cast<size_t>(nk * row));
