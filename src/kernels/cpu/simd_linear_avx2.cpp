@@ -780,11 +780,20 @@ void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, f
                   const float* init, bool first) {
   __m256 c0[MT], c1[MT];
   alignas(32) float buf[MT][16];
+  if (nr == kNr) {  // whole panels (all but a matrix's last): straight vector loads
 #pragma GCC unroll 8
-  for (int t = 0; t < MT; ++t) {
-    for (int i = 0; i < 16; ++i) buf[t][i] = i < nr ? (first ? (init ? init[i] : 0.0f) : y[t * ldy + i]) : 0.0f;
-    c0[t] = _mm256_load_ps(buf[t]);
-    c1[t] = _mm256_load_ps(buf[t] + 8);
+    for (int t = 0; t < MT; ++t) {
+      const float* src = first ? init : y + t * ldy;
+      c0[t] = src ? _mm256_loadu_ps(src) : _mm256_setzero_ps();
+      c1[t] = src ? _mm256_loadu_ps(src + 8) : _mm256_setzero_ps();
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; ++t) {
+      for (int i = 0; i < 16; ++i) buf[t][i] = i < nr ? (first ? (init ? init[i] : 0.0f) : y[t * ldy + i]) : 0.0f;
+      c0[t] = _mm256_load_ps(buf[t]);
+      c1[t] = _mm256_load_ps(buf[t] + 8);
+    }
   }
   for (int64_t k = 0; k < kc; ++k) {
     __m256 w0 = _mm256_load_ps(panel + k * kNr), w1 = _mm256_load_ps(panel + k * kNr + 8);
@@ -794,6 +803,14 @@ void micro_kernel(const float* panel, int64_t kc, const float* x, int64_t ldx, f
       c0[t] = _mm256_fmadd_ps(xb, w0, c0[t]);
       c1[t] = _mm256_fmadd_ps(xb, w1, c1[t]);
     }
+  }
+  if (nr == kNr) {
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; ++t) {
+      _mm256_storeu_ps(y + t * ldy, c0[t]);
+      _mm256_storeu_ps(y + t * ldy + 8, c1[t]);
+    }
+    return;
   }
 #pragma GCC unroll 8
   for (int t = 0; t < MT; ++t) {
