@@ -469,6 +469,7 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
 
 }  // namespace
 
+#ifdef VLMCHECK_WITH_CUDA
 // The Qwen2.5-VL tower's prefill GEMMs on a 16k-token photo (62,208 patch rows, bf16 weights, f32 x and y as the
 // tower runs them): q/k/v/proj 1280x1280, and the MLP at its stored width 3420 against the multiple of 64 that a
 // device tower pads it to (qwen_vision_encoder.cpp: down_proj's 3420-wide bf16 rows are only 8-byte aligned).
@@ -493,12 +494,13 @@ void bench_tower_gemms(const ops::cpu::KernelTable& table, double bf16_gflops, s
     std::fflush(stdout);
   }
 }
+#endif
 
 int main(int argc, char** argv) {
   const bool quant_only = argc > 1 && std::strcmp(argv[1], "--quant") == 0;
-  const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
+  [[maybe_unused]] const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool quick = quant_only || (argc > 1 && std::strcmp(argv[1], "--quick") == 0);
-  const bool decode_attention_only = argc > 1 && std::strcmp(argv[1], "--decode-attention") == 0;
+  [[maybe_unused]] const bool decode_attention_only = argc > 1 && std::strcmp(argv[1], "--decode-attention") == 0;
   if (!cuda::available()) {
     std::printf("bench_cuda_kernels: no usable CUDA device (%s)\n", cuda_unavailable_reason().c_str());
     return 0;
