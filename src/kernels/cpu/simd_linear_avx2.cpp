@@ -414,59 +414,32 @@ inline float finish_row(__m256 acc, const void* bi, int64_t gi, int64_t groups, 
 // instructions). Each block step fetches the R·block_bytes of the region kPrefetchPasses passes ahead.
 constexpr int kPrefetchPasses = 2;
 
-// y[r] (+ bias) for rows [r0, r0 + R) of one 4-bit matrix. D: the dtype of its scales and biases; G: the
-// group size.
-template <int R, DType D, int G>
-void q4_rows(const QuantizedMatrix& m, int64_t r0, const PreparedQ4& p, const float* bias, float* y) {
-  const int64_t k = m.cols, blocks = k / 64, groups = k / G, wpr = m.words_per_row();
-  const uint8_t* rows[R];
-  const void *sc = m.scales.raw(), *bi = m.biases.raw();
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) rows[r] = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>() + (r0 + r) * wpr);
-  __m256 acc[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const __m256i m0f = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1), c256 = _mm256_set1_epi16(256);
-  const int8_t* xb = p.blocks();
-  const uint8_t* pf = rows[0] + kPrefetchPasses * R * 4 * wpr;
-  alignas(32) float fs[R][2 * kSpan];
-  for (int64_t b0 = 0; b0 < blocks; b0 += kSpan) {
-    const int64_t nb = std::min(kSpan, blocks - b0);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) block_factors<D, G>(sc, (r0 + r) * groups, p.xs.data(), b0, nb, fs[r]);
-    for (int64_t j = 0; j < nb; ++j) {
-      const int64_t b = b0 + j;
-      if constexpr (R > 1)
-#pragma GCC unroll 4
-        for (int l = 0; l < R / 2; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(pf + R * 32 * b + 64 * l), _MM_HINT_T0);
-      const __m256i* xv = reinterpret_cast<const __m256i*>(xb + 128 * b);
-      const __m256i xhe = _mm256_load_si256(xv), xho = _mm256_load_si256(xv + 1);
-      const __m256i xle = _mm256_load_si256(xv + 2), xlo = _mm256_load_si256(xv + 3);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + 32 * b));
-        const __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
-        const __m256i ph = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xhe), _mm256_maddubs_epi16(hi, xho));
-        const __m256i pl = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xle), _mm256_maddubs_epi16(hi, xlo));
-        // 256·Σ(hi pairs) + Σ(lo pairs) in two vpmaddwd (|ph| <= 7680, so 2·256·7680 fits i32).
-        const __m256i i32 = _mm256_add_epi32(_mm256_madd_epi16(ph, c256), _mm256_madd_epi16(pl, ones));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), block_factor<G>(fs[r], j), acc[r]);
-      }
-    }
+// The 4-bit codes of a block (32 bytes) against x: i32 lanes of Σ q·xq, lane i over codes 8i..8i+7 (so lanes
+// 0-3 and 4-7 are the block's halves).
+struct Q4Codes {
+  using Prepared = PreparedQ4;
+  static constexpr int64_t kBlockBytes = 32;
+  static constexpr bool kReadsPast = false;
+  struct Ctl {};
+  static Ctl controls() { return {}; }
+  struct X {
+    __m256i he, ho, le, lo;
+  };
+  static X load_x(const Prepared& p, int64_t b) {
+    const __m256i* xv = reinterpret_cast<const __m256i*>(p.blocks() + 128 * b);
+    return {_mm256_load_si256(xv), _mm256_load_si256(xv + 1), _mm256_load_si256(xv + 2), _mm256_load_si256(xv + 3)};
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r)
-    y[r] = finish_row<D>(acc[r], bi, (r0 + r) * groups, groups, p.gsum.data(), bias ? bias + r : nullptr);
-}
-
-template <DType D, int G>
-void q4_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedQ4& p, const float* bias,
-              float* y) {
-  in_fours(r_begin, r_end, [&](auto rows, int64_t r) {
-    q4_rows<decltype(rows)::value, D, G>(m, r, p, bias ? bias + r : nullptr, y + r);
-  });
-}
+  template <int G>
+  static __m256i dot(const X& x, Ctl, const uint8_t* src) {
+    const __m256i m0f = _mm256_set1_epi8(0x0f);
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    const __m256i lo = _mm256_and_si256(w, m0f), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0f);
+    const __m256i ph = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x.he), _mm256_maddubs_epi16(hi, x.ho));
+    const __m256i pl = _mm256_add_epi16(_mm256_maddubs_epi16(lo, x.le), _mm256_maddubs_epi16(hi, x.lo));
+    // 256·Σ(hi pairs) + Σ(lo pairs) in two vpmaddwd (|ph| <= 7680, so 2·256·7680 fits i32).
+    return _mm256_add_epi32(_mm256_madd_epi16(ph, _mm256_set1_epi16(256)), _mm256_madd_epi16(pl, _mm256_set1_epi16(1)));
+  }
+};
 
 // ---- 2/3/5/6/8-bit decode: integer dot products on 16-bit lanes -------------------------------------------
 // These codes do not split into nibbles, so each 16 codes become 16 u16 lanes and meet x as plain 16-bit
@@ -511,19 +484,53 @@ void prepare_x16(const float* x, int64_t k, int group, PreparedX16& p) {
   }
 }
 
-// y[r] (+ bias) for R rows of one B-bit matrix (rows[r]: the row's codes), first row r0.
-template <int B, int R, DType D, int G>
-void qx_rows(const QuantizedMatrix& m, const uint8_t* const* rows, int64_t r0, const PreparedX16& p,
-             const float* bias, float* y) {
-  static const Unpack16<B> u;
+// B-bit codes of a block (8B bytes) against x: i32 lanes of Σ q·xq; for groups of 32, lanes 0-3 over the
+// block's first 32 codes and 4-7 over its second.
+template <int B>
+struct X16Codes {
+  using Prepared = PreparedX16;
+  static constexpr int64_t kBlockBytes = 8 * B;
+  static constexpr bool kReadsPast = B != 8;
+  using Ctl = Unpack16<B>;
+  // Built on first use (a function-local static: never on a CPU without AVX2); a pass copies it to registers.
+  static const Ctl& controls() {
+    static const Ctl u;
+    return u;
+  }
+  struct X {
+    __m256i x0, x1, x2, x3;
+  };
+  static X load_x(const Prepared& p, int64_t b) {
+    const __m256i* xv = reinterpret_cast<const __m256i*>(p.xq.data() + 64 * b);
+    return {_mm256_loadu_si256(xv), _mm256_loadu_si256(xv + 1), _mm256_loadu_si256(xv + 2),
+            _mm256_loadu_si256(xv + 3)};
+  }
+  template <int G>
+  static __m256i dot(const X& x, const Ctl& u, const uint8_t* src) {
+    const __m256i lo = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src, u), x.x0),
+                                        _mm256_madd_epi16(codes16<B>(src + 2 * B, u), x.x1));
+    const __m256i hi = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src + 4 * B, u), x.x2),
+                                        _mm256_madd_epi16(codes16<B>(src + 6 * B, u), x.x3));
+    if constexpr (G == 32)
+      return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+    else return _mm256_add_epi32(lo, hi);
+  }
+};
+
+// y[r] (+ bias) for R rows of one quantized matrix (rows[r]: the row's codes, first row r0) through the
+// Codes kernel. D: the dtype of its scales and biases; G: the group size.
+template <typename Codes, int R, DType D, int G>
+void int_rows(const QuantizedMatrix& m, const uint8_t* const* rows, int64_t r0, const typename Codes::Prepared& p,
+              const float* bias, float* y) {
+  constexpr int64_t kBlockBytes = Codes::kBlockBytes;
   const int64_t k = m.cols, blocks = k / 64, groups = k / G;
-  constexpr int64_t kBlockBytes = 8 * B;
   const void *sc = m.scales.raw(), *bi = m.biases.raw();
   __m256 acc[R];
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const uint8_t* pf = rows[0] + kPrefetchPasses * R * kBlockBytes * blocks;
   alignas(32) float fs[R][2 * kSpan];
+  const typename Codes::Ctl ctl = Codes::controls();
   for (int64_t b0 = 0; b0 < blocks; b0 += kSpan) {
     const int64_t nb = std::min(kSpan, blocks - b0);
 #pragma GCC unroll 4
@@ -531,27 +538,14 @@ void qx_rows(const QuantizedMatrix& m, const uint8_t* const* rows, int64_t r0, c
     for (int64_t j = 0; j < nb; ++j) {
       const int64_t b = b0 + j;
       if constexpr (R > 1)
+#pragma GCC unroll 4
         for (int64_t l = 0; l < R * kBlockBytes; l += 64)
           _mm_prefetch(reinterpret_cast<const char*>(pf + R * kBlockBytes * b + l), _MM_HINT_T0);
-      const __m256i* xv = reinterpret_cast<const __m256i*>(p.xq.data() + 64 * b);
-      const __m256i x0 = _mm256_loadu_si256(xv), x1 = _mm256_loadu_si256(xv + 1);
-      const __m256i x2 = _mm256_loadu_si256(xv + 2), x3 = _mm256_loadu_si256(xv + 3);
+      const typename Codes::X x = Codes::load_x(p, b);
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* src = rows[r] + kBlockBytes * b;
-        const __m256i lo = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src, u), x0),
-                                            _mm256_madd_epi16(codes16<B>(src + 2 * B, u), x1));
-        const __m256i hi = _mm256_add_epi32(_mm256_madd_epi16(codes16<B>(src + 4 * B, u), x2),
-                                            _mm256_madd_epi16(codes16<B>(src + 6 * B, u), x3));
-        if constexpr (G == 32) {
-          // codes 0-31 are the block's first group, 32-63 its second.
-          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_broadcast_ss(fs[r] + 2 * j), acc[r]);
-          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_broadcast_ss(fs[r] + 2 * j + 1), acc[r]);
-        } else {
-          acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), _mm256_broadcast_ss(fs[r] + j),
-                                   acc[r]);
-        }
-      }
+      for (int r = 0; r < R; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(Codes::template dot<G>(x, ctl, rows[r] + kBlockBytes * b)),
+                                 block_factor<G>(fs[r], j), acc[r]);
     }
   }
 #pragma GCC unroll 4
@@ -559,25 +553,26 @@ void qx_rows(const QuantizedMatrix& m, const uint8_t* const* rows, int64_t r0, c
     y[r] = finish_row<D>(acc[r], bi, (r0 + r) * groups, groups, p.gsum.data(), bias ? bias + r : nullptr);
 }
 
-template <int B, DType D, int G>
-void qx_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const PreparedX16& p, const float* bias,
-              float* y) {
+// Rows [r_begin, r_end) of one matrix, four per pass. Where the kernel's loads read past a block, the
+// matrix's last row goes through a padded copy.
+template <typename Codes, DType D, int G>
+void int_range(const QuantizedMatrix& m, int64_t r_begin, int64_t r_end, const typename Codes::Prepared& p,
+               const float* bias, float* y) {
   const uint8_t* base = reinterpret_cast<const uint8_t*>(m.packed.data<uint32_t>());
-  const int64_t row_bytes = m.cols * B / 8;
-  // The broadcast loads of the matrix's last row would read past its end: that row goes through a copy.
-  const int64_t safe_end = B == 8 ? r_end : std::min(r_end, m.rows - 1);
+  const int64_t row_bytes = m.cols / 64 * Codes::kBlockBytes;
+  const int64_t safe_end = Codes::kReadsPast ? std::min(r_end, m.rows - 1) : r_end;
   in_fours(r_begin, safe_end, [&](auto rows, int64_t r) {
     constexpr int R = decltype(rows)::value;
     const uint8_t* ptrs[R];
     for (int i = 0; i < R; ++i) ptrs[i] = base + (r + i) * row_bytes;
-    qx_rows<B, R, D, G>(m, ptrs, r, p, bias ? bias + r : nullptr, y + r);
+    int_rows<Codes, R, D, G>(m, ptrs, r, p, bias ? bias + r : nullptr, y + r);
   });
   if (safe_end < r_end) {
     thread_local std::vector<uint8_t> padded;
     padded.assign(static_cast<size_t>(row_bytes + 16), 0);
     std::copy_n(base + safe_end * row_bytes, row_bytes, padded.data());
     const uint8_t* ptr = padded.data();
-    qx_rows<B, 1, D, G>(m, &ptr, safe_end, p, bias ? bias + safe_end : nullptr, y + safe_end);
+    int_rows<Codes, 1, D, G>(m, &ptr, safe_end, p, bias ? bias + safe_end : nullptr, y + safe_end);
   }
 }
 
@@ -626,8 +621,7 @@ bool gemv_group_int(const float* x, int64_t n, GemvOut* outs, int count, int64_t
         with_scales(m.scales.dtype(), gs, [&](auto dt, auto gt) {
           constexpr DType D = decltype(dt)::value;
           constexpr int G = decltype(gt)::value;
-          if constexpr (B == 4) q4_range<D, G>(m, a, e, prep, bias, y);
-          else qx_range<B, D, G>(m, a, e, prep, bias, y);
+          int_range<std::conditional_t<B == 4, Q4Codes, X16Codes<B>>, D, G>(m, a, e, prep, bias, y);
         });
       });
     });
