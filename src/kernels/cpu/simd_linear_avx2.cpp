@@ -276,6 +276,16 @@ inline void member_ranges(const GemvOut* outs, int count, int64_t total, int64_t
 // bf16 activations, as MLX runs bf16 models, are ~100x coarser).
 constexpr float kXMax = 32639;
 
+// Σx per group of `group` values (the b_g·X_g term of an affine row).
+void group_sums(const float* x, int64_t k, int group, std::vector<float>& gsum) {
+  gsum.resize(static_cast<size_t>(k / group));
+  for (int64_t g = 0; g < k / group; ++g) {
+    __m256 s = _mm256_setzero_ps();
+    for (int64_t c = g * group; c < (g + 1) * group; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
+    gsum[g] = hsum(s);
+  }
+}
+
 struct PreparedQ4 {
   std::vector<int8_t> xb;  // [blocks][xh even 32, xh odd 32, xl even 32, xl odd 32], 32-byte aligned
   std::vector<float> xs;   // [blocks]
@@ -315,13 +325,7 @@ void prepare_q4(const float* x, int64_t k, int group, PreparedQ4& p) {
       d[96 + j] = static_cast<int8_t>(lo[2 * j + 1]);
     }
   }
-  const int64_t groups = k / group;
-  p.gsum.resize(static_cast<size_t>(groups));
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t c = g * group; c < (g + 1) * group; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
-    p.gsum[g] = hsum(s);
-  }
+  group_sums(x, k, group, p.gsum);
 }
 
 template <DType D>
@@ -475,13 +479,7 @@ void prepare_x16(const float* x, int64_t k, int group, PreparedX16& p) {
                           _mm256_permute4x64_epi64(_mm256_packs_epi32(a, c), 0xd8));
     }
   }
-  const int64_t groups = k / group;
-  p.gsum.resize(static_cast<size_t>(groups));
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 s = _mm256_setzero_ps();
-    for (int64_t c = g * group; c < (g + 1) * group; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
-    p.gsum[g] = hsum(s);
-  }
+  group_sums(x, k, group, p.gsum);
 }
 
 // B-bit codes of a block (8B bytes) against x: i32 lanes of Σ q·xq; for groups of 32, lanes 0-3 over the
