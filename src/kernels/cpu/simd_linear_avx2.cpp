@@ -1,10 +1,11 @@
 // AVX2 linear: the same two strategies as simd_linear_avx512.cpp at 8 lanes.
-// Decode: rows go four per pass (sharing x), each pass prefetching the region two passes ahead. 4-bit rows
-// dot codes with 16-bit fixed-point activations in integer instructions (below, "4-bit decode"); other
-// rows decode each 32-element chunk into four __m256 (bf16, 4-bit and 2-bit chunks come out as (even, odd)
-// element pairs per 16 elements, matched by a per-16 permuted copy of x) and FMA in f32; quantized rows
-// accumulate Σq·x per group, apply the scale once, and add b·Σx. Prefill: 16-row panels built in
-// registers (8 rows x 32 inputs decoded, transposed 8x8) and swept by a 6-token x 16-row microkernel
+// Decode: rows go four per pass (sharing x), each pass prefetching the region two passes ahead. Quantized
+// rows (columns a multiple of 64, groups of 32/64/128) dot codes with 16-bit fixed-point activations in
+// integer instructions (below, "4-bit decode" and "2/3/5/6/8-bit decode"); dense rows, and quantized rows
+// outside those shapes, decode each 32-element chunk into four __m256 (bf16, 4-bit and 2-bit chunks come out
+// as (even, odd) element pairs per 16 elements, matched by a per-16 permuted copy of x) and FMA in f32.
+// Quantized rows accumulate Σq·x per group, apply the scale once, and add b·Σx. Prefill: 16-row panels built
+// in registers (8 rows x 32 inputs decoded, transposed 8x8) and swept by a 6-token x 16-row microkernel
 // (12 ymm accumulators).
 #include <immintrin.h>
 
