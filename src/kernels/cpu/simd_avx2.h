@@ -1,7 +1,7 @@
 // AVX2 + FMA + F16C kernels for CPUs without AVX-512 (compiled with function-level target
 // attributes): linear (and linear_group) and embedding (simd_linear_avx2.cpp), and the per-token
-// non-matrix ops a decoder runs — norms, activations, softmax, attention, elementwise helpers
-// and KV-cache dequantization (simd_ops_avx2.cpp). RoPE, LayerNorm and KV-cache quantization run the scalar
+// non-matrix ops a decoder runs — norms, activations, softmax, attention, elementwise helpers — plus
+// LayerNorm and KV-cache dequantization (simd_ops_avx2.cpp). RoPE and KV-cache quantization run the scalar
 // reference.
 #pragma once
 
@@ -15,6 +15,7 @@ void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, 
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y);
 void add_rms_norm(float* x, const float* r, int64_t n, int64_t d, const Tensor& weight, float eps, float offset,
                   float* y);
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y);
 void activate(float* x, int64_t n, Activation act);
 void gated_activate(float* gate, const float* up, int64_t n, Activation act);
 void softmax(float* x, int64_t n, int64_t d);

@@ -171,6 +171,31 @@ inline __m256 load8_any(const void* p, DType dt, int64_t c) {
   }
 }
 
+// One LayerNorm row: the reference's two passes (mean, then Σ(x − mean)²), 8 lanes at a time; w and b are f32
+// (ones and zeros where the op has none).
+inline void layer_norm_row(const float* xi, float* yi, int64_t d, const float* w, const float* b, float eps) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(xi + c));
+  float sum = hsum(s);
+  for (; c < d; ++c) sum += xi[c];
+  const float mean = sum / static_cast<float>(d);
+  const __m256 vm = _mm256_set1_ps(mean);
+  __m256 v2 = _mm256_setzero_ps();
+  for (c = 0; c + 8 <= d; c += 8) {
+    const __m256 dv = _mm256_sub_ps(_mm256_loadu_ps(xi + c), vm);
+    v2 = _mm256_fmadd_ps(dv, dv, v2);
+  }
+  float var = hsum(v2);
+  for (; c < d; ++c) var += (xi[c] - mean) * (xi[c] - mean);
+  const float inv = 1.0f / std::sqrt(var / static_cast<float>(d) + eps);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (c = 0; c + 8 <= d; c += 8)
+    _mm256_storeu_ps(yi + c, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xi + c), vm), vinv),
+                                             _mm256_loadu_ps(w + c), _mm256_loadu_ps(b + c)));
+  for (; c < d; ++c) yi[c] = (xi[c] - mean) * inv * w[c] + b[c];
+}
+
 // yi = xi · inv · (w + offset), the weight read in its stored dtype.
 inline void scale_row(const float* xi, float* yi, int64_t d, float inv, const Tensor& weight, float offset) {
   const __m256 vinv = _mm256_set1_ps(inv), voff = _mm256_set1_ps(offset);
@@ -192,6 +217,15 @@ void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float 
       const float* xi = x + i * d;
       scale_row(xi, y + i * d, d, 1.0f / std::sqrt(sum_squares(xi, d) / static_cast<float>(d) + eps), weight, offset);
     }
+  });
+}
+
+void layer_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, const Tensor& bias, float eps, float* y) {
+  std::vector<float> w = vector_f32(weight), b = vector_f32(bias);
+  if (w.empty()) w.assign(static_cast<size_t>(d), 1.0f);
+  if (b.empty()) b.assign(static_cast<size_t>(d), 0.0f);
+  parallel_for(n, 3 * d, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) layer_norm_row(x + i * d, y + i * d, d, w.data(), b.data(), eps);
   });
 }
 

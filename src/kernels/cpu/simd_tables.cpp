@@ -45,6 +45,7 @@ const KernelTable& avx2_table() {
     k.embedding = avx2::embedding;
     k.rms_norm = avx2::rms_norm;
     k.add_rms_norm = avx2::add_rms_norm;
+    k.layer_norm = avx2::layer_norm;
     k.activate = avx2::activate;
     k.gated_activate = avx2::gated_activate;
     k.softmax = avx2::softmax;
