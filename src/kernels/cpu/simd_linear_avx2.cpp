@@ -277,6 +277,15 @@ inline void member_ranges(const GemvOut* outs, int count, int64_t total, int64_t
 // bf16 activations, as MLX runs bf16 models, are ~100x coarser).
 constexpr float kXMax = 32639;
 
+// max|x| over 64 activations (one block's fixed-point range).
+inline float abs_max64(const float* x) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + 8 * i), abs_mask));
+  return hmax(m);
+}
+
 // Σx per group of `group` values (the b_g·X_g term of an affine row).
 void group_sums(const float* x, int64_t k, int group, std::vector<float>& gsum) {
   gsum.resize(static_cast<size_t>(k / group));
@@ -301,13 +310,9 @@ void prepare_q4(const float* x, int64_t k, int group, PreparedQ4& p) {
   p.xb.resize(static_cast<size_t>(blocks * 128 + 32));
   p.xs.resize(static_cast<size_t>(blocks));
   int8_t* d0 = const_cast<int8_t*>(p.blocks());
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + 64 * b;
-    __m256 m = _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * i), abs_mask));
-    const float mx = hmax(m);
+    const float mx = abs_max64(xb);
     const __m256 inv = _mm256_set1_ps(mx > 0.0f ? kXMax / mx : 0.0f);
     p.xs[b] = mx / kXMax;
     alignas(32) int32_t hi[64], lo[64];
@@ -351,7 +356,8 @@ template <DType D>
 inline __m128 load4_f32(const void* p, int64_t i) {
   if constexpr (D == DType::kBF16)
     return _mm_castsi128_ps(_mm_slli_epi32(
-        _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))), 16));
+        _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i))),
+        16));
   else if constexpr (D == DType::kF16)
     return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
   else return _mm_loadu_ps(static_cast<const float*>(p) + i);
@@ -462,13 +468,9 @@ void prepare_x16(const float* x, int64_t k, int group, PreparedX16& p) {
   const int64_t blocks = k / 64;
   p.xq.resize(static_cast<size_t>(k));
   p.xs.resize(static_cast<size_t>(blocks));
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + 64 * b;
-    __m256 m = _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xb + 8 * i), abs_mask));
-    const float mx = hmax(m);
+    const float mx = abs_max64(xb);
     const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 32767.0f / mx : 0.0f);
     p.xs[b] = mx / 32767.0f;
 #pragma GCC unroll 4

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -420,16 +421,22 @@ void dequantize_head_rows(const QuantizedKV& kv, int64_t n, int64_t nk, int64_t 
 using DequantizeHeadRows = void (*)(const QuantizedKV&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*,
                                     float*);
 
-DequantizeHeadRows dequantize_head_rows_for(int bits) {
+// fn(std::integral_constant<int, B>) for a KV cache's bit width (2-8, ops.cpp checks).
+template <typename Fn>
+decltype(auto) with_kv_bits(int bits, Fn&& fn) {
   switch (bits) {
-    case 2: return dequantize_head_rows<2>;
-    case 3: return dequantize_head_rows<3>;
-    case 4: return dequantize_head_rows<4>;
-    case 5: return dequantize_head_rows<5>;
-    case 6: return dequantize_head_rows<6>;
-    case 7: return dequantize_head_rows<7>;
-    default: return dequantize_head_rows<8>;
+    case 2: return fn(std::integral_constant<int, 2>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 7: return fn(std::integral_constant<int, 7>{});
+    default: return fn(std::integral_constant<int, 8>{});
   }
+}
+
+DequantizeHeadRows dequantize_head_rows_for(int bits) {
+  return with_kv_bits(bits, [](auto b) -> DequantizeHeadRows { return dequantize_head_rows<decltype(b)::value>; });
 }
 
 // head_dim a multiple of 8 (attention() checks). With `qkv` (K and V quantized; head_dim a multiple of 16)
@@ -591,7 +598,8 @@ void kv_dequantize_bits(const uint32_t* packed, const float* scales, const float
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t m = 0; m < n / 16; ++m) {
         const int64_t g = r * groups + 16 * m / group_size;
-        dequantize16<B>(base + r * row_bytes, base + rows * row_bytes, m, scales[g], biases[g], u, out + r * n + 16 * m);
+        dequantize16<B>(base + r * row_bytes, base + rows * row_bytes, m, scales[g], biases[g], u,
+                        out + r * n + 16 * m);
       }
   });
 }
@@ -601,15 +609,9 @@ void kv_dequantize_bits(const uint32_t* packed, const float* scales, const float
 void kv_dequantize(const uint32_t* packed, const float* scales, const float* biases, int64_t rows, int64_t n, int bits,
                    int group_size, float* out) {
   // n is a multiple of group_size >= 32 (ops.cpp), so rows are whole 16-value steps.
-  switch (bits) {
-    case 2: return kv_dequantize_bits<2>(packed, scales, biases, rows, n, group_size, out);
-    case 3: return kv_dequantize_bits<3>(packed, scales, biases, rows, n, group_size, out);
-    case 4: return kv_dequantize_bits<4>(packed, scales, biases, rows, n, group_size, out);
-    case 5: return kv_dequantize_bits<5>(packed, scales, biases, rows, n, group_size, out);
-    case 6: return kv_dequantize_bits<6>(packed, scales, biases, rows, n, group_size, out);
-    case 7: return kv_dequantize_bits<7>(packed, scales, biases, rows, n, group_size, out);
-    default: return kv_dequantize_bits<8>(packed, scales, biases, rows, n, group_size, out);
-  }
+  with_kv_bits(bits, [&](auto b) {
+    kv_dequantize_bits<decltype(b)::value>(packed, scales, biases, rows, n, group_size, out);
+  });
 }
 
 void attention_quantized(const float* q, int64_t nq, int64_t q_pos0, const QuantizedKV& kv, const int64_t* k_pos,
