@@ -17,6 +17,7 @@
 #include "kernels/cpu/avx2_common.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/simd_avx2.h"
+#include "kernels/cpu/weight_format.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -28,32 +29,6 @@ constexpr int64_t kGemmMinTokens = 8;
 constexpr int64_t kKc = 256;
 constexpr int kNr = 16;
 constexpr int kMr = 6;
-
-enum class Fmt { kF32, kF16, kBF16, kQ2, kQ3, kQ4, kQ5, kQ6, kQ8 };
-
-Fmt format_of(const Weight& w) {
-  if (!w.quantized) {
-    switch (w.dense.dtype()) {
-      case DType::kF16: return Fmt::kF16;
-      case DType::kBF16: return Fmt::kBF16;
-      default: return Fmt::kF32;
-    }
-  }
-  switch (w.quant.spec.bits) {
-    case 2: return Fmt::kQ2;
-    case 3: return Fmt::kQ3;
-    case 4: return Fmt::kQ4;
-    case 5: return Fmt::kQ5;
-    case 6: return Fmt::kQ6;
-    default: return Fmt::kQ8;
-  }
-}
-
-constexpr bool is_paired(Fmt f) { return f == Fmt::kBF16 || f == Fmt::kQ4 || f == Fmt::kQ2; }
-constexpr bool is_quant(Fmt f) { return f != Fmt::kF32 && f != Fmt::kF16 && f != Fmt::kBF16; }
-constexpr int bits_of(Fmt f) {
-  return f == Fmt::kQ2 ? 2 : f == Fmt::kQ3 ? 3 : f == Fmt::kQ4 ? 4 : f == Fmt::kQ5 ? 5 : f == Fmt::kQ6 ? 6 : 8;
-}
 
 // Permute/shift tables for a 32-element chunk of a B-bit stream (B dwords): lane i of quarter q
 // starts at bit (8q + i) * B; only the chunk's B dwords are loaded (masked: never past the row).
@@ -136,19 +111,6 @@ inline void decode_chunk(const void* row, int64_t c, __m256 v[4]) {
       __m256i hi = _mm256_sllv_epi32(_mm256_permutevar8x32_epi32(words, idx.word_next[q]), idx.shift_next[q]);
       v[q] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_or_si256(lo, hi), mask));
     }
-  }
-}
-
-const void* row_ptr(const Weight& w, int64_t r) {
-  if (w.quantized) return w.quant.packed.data<uint32_t>() + r * w.quant.words_per_row();
-  return static_cast<const char*>(w.dense.raw()) + r * w.cols() * dtype_size(w.dense.dtype());
-}
-
-float scalar_at(const void* row, Fmt f, int64_t i) {
-  switch (f) {
-    case Fmt::kF16: return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
-    case Fmt::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
-    default: return static_cast<const float*>(row)[i];
   }
 }
 
@@ -846,21 +808,6 @@ void linear_fmt(const float* x, int64_t n, const Weight& w, const float* bias, f
     gemm<F>(x, n, w, bias, y);
   else
     gemv<F>(x, n, w, bias, y);
-}
-
-template <typename Fn>
-void with_format(const Weight& w, Fn&& fn) {
-  switch (format_of(w)) {
-    case Fmt::kF32: return fn(std::integral_constant<Fmt, Fmt::kF32>{});
-    case Fmt::kF16: return fn(std::integral_constant<Fmt, Fmt::kF16>{});
-    case Fmt::kBF16: return fn(std::integral_constant<Fmt, Fmt::kBF16>{});
-    case Fmt::kQ2: return fn(std::integral_constant<Fmt, Fmt::kQ2>{});
-    case Fmt::kQ3: return fn(std::integral_constant<Fmt, Fmt::kQ3>{});
-    case Fmt::kQ4: return fn(std::integral_constant<Fmt, Fmt::kQ4>{});
-    case Fmt::kQ5: return fn(std::integral_constant<Fmt, Fmt::kQ5>{});
-    case Fmt::kQ6: return fn(std::integral_constant<Fmt, Fmt::kQ6>{});
-    case Fmt::kQ8: return fn(std::integral_constant<Fmt, Fmt::kQ8>{});
-  }
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "core/quant.h"
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/simd_avx512.h"
+#include "kernels/cpu/weight_format.h"
 
 // GCC 12 reports a false -Wmaybe-uninitialized inside its own _mm512_reduce_* helpers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -38,40 +39,6 @@ constexpr int64_t kGemmMinTokens = 8;
 constexpr int64_t kKc = 256;  // panel depth: 256 x 32 f32 = 32 KiB
 constexpr int kNr = 32;       // panel width (output rows)
 constexpr int kMr = 6;        // microkernel tokens
-
-enum class Fmt { kF32, kF16, kBF16, kQ2, kQ3, kQ4, kQ5, kQ6, kQ8 };
-
-Fmt format_of(const Weight& w) {
-  if (!w.quantized) {
-    switch (w.dense.dtype()) {
-      case DType::kF16: return Fmt::kF16;
-      case DType::kBF16: return Fmt::kBF16;
-      default: return Fmt::kF32;
-    }
-  }
-  switch (w.quant.spec.bits) {
-    case 2: return Fmt::kQ2;
-    case 3: return Fmt::kQ3;
-    case 4: return Fmt::kQ4;
-    case 5: return Fmt::kQ5;
-    case 6: return Fmt::kQ6;
-    default: return Fmt::kQ8;
-  }
-}
-
-constexpr bool is_paired(Fmt f) { return f == Fmt::kBF16 || f == Fmt::kQ4 || f == Fmt::kQ2; }
-constexpr bool is_quant(Fmt f) { return f != Fmt::kF32 && f != Fmt::kF16 && f != Fmt::kBF16; }
-constexpr int bits_of(Fmt f) {
-  switch (f) {
-    case Fmt::kQ2: return 2;
-    case Fmt::kQ3: return 3;
-    case Fmt::kQ4: return 4;
-    case Fmt::kQ5: return 5;
-    case Fmt::kQ6: return 6;
-    case Fmt::kQ8: return 8;
-    default: return 0;
-  }
-}
 
 // Lane i of half h of a 32-element bit-stream chunk starts at bit p = (16h + i) * bits: dword
 // p / 32 of the chunk, shift p % 32.
@@ -172,19 +139,6 @@ void prepare_x(const float* x, int64_t k, Fmt f, int group, PreparedX& p) {
       for (int j = 0; j < group; ++j) s += x[g * group + j];
       p.group_sum[g] = s;
     }
-  }
-}
-
-const void* row_ptr(const Weight& w, int64_t r) {
-  if (w.quantized) return w.quant.packed.data<uint32_t>() + r * w.quant.words_per_row();
-  return static_cast<const char*>(w.dense.raw()) + r * w.cols() * dtype_size(w.dense.dtype());
-}
-
-float scalar_at(const void* row, Fmt f, int64_t i) {
-  switch (f) {
-    case Fmt::kF16: return f16_to_f32(static_cast<const uint16_t*>(row)[i]);
-    case Fmt::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(row)[i]);
-    default: return static_cast<const float*>(row)[i];
   }
 }
 
@@ -543,17 +497,7 @@ void linear_one(const float* x, int64_t n, const Weight& w, const float* b, floa
     float* ys[1] = {y};
     if (quant_gemv_vnni(x, n, ws, bs, ys, 1)) return;
   }
-  switch (format_of(w)) {
-    case Fmt::kF32: return linear_fmt<Fmt::kF32>(x, n, w, b, y);
-    case Fmt::kF16: return linear_fmt<Fmt::kF16>(x, n, w, b, y);
-    case Fmt::kBF16: return linear_fmt<Fmt::kBF16>(x, n, w, b, y);
-    case Fmt::kQ2: return linear_fmt<Fmt::kQ2>(x, n, w, b, y);
-    case Fmt::kQ3: return linear_fmt<Fmt::kQ3>(x, n, w, b, y);
-    case Fmt::kQ4: return linear_fmt<Fmt::kQ4>(x, n, w, b, y);
-    case Fmt::kQ5: return linear_fmt<Fmt::kQ5>(x, n, w, b, y);
-    case Fmt::kQ6: return linear_fmt<Fmt::kQ6>(x, n, w, b, y);
-    case Fmt::kQ8: return linear_fmt<Fmt::kQ8>(x, n, w, b, y);
-  }
+  with_format(w, [&](auto tag) { linear_fmt<decltype(tag)::value>(x, n, w, b, y); });
 }
 
 // Whether two weights can share one GEMV pass: same stored format, inputs and (quantized) group size.
@@ -597,17 +541,7 @@ void linear_group(const float* x, int64_t n, const LinearOut* outs, int count) {
     go[i] = GemvOut{ws[i], bs[i], ys[i], 0};
   }
   if (w0.quantized && quant_gemv_vnni(x, n, ws, bs, ys, count)) return;
-  switch (format_of(w0)) {
-    case Fmt::kF32: return gemv_group<Fmt::kF32>(x, n, go, count);
-    case Fmt::kF16: return gemv_group<Fmt::kF16>(x, n, go, count);
-    case Fmt::kBF16: return gemv_group<Fmt::kBF16>(x, n, go, count);
-    case Fmt::kQ2: return gemv_group<Fmt::kQ2>(x, n, go, count);
-    case Fmt::kQ3: return gemv_group<Fmt::kQ3>(x, n, go, count);
-    case Fmt::kQ4: return gemv_group<Fmt::kQ4>(x, n, go, count);
-    case Fmt::kQ5: return gemv_group<Fmt::kQ5>(x, n, go, count);
-    case Fmt::kQ6: return gemv_group<Fmt::kQ6>(x, n, go, count);
-    case Fmt::kQ8: return gemv_group<Fmt::kQ8>(x, n, go, count);
-  }
+  with_format(w0, [&](auto tag) { gemv_group<decltype(tag)::value>(x, n, go, count); });
 }
 
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out) {
@@ -623,17 +557,7 @@ void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, 
       }
     });
   };
-  switch (format_of(table)) {
-    case Fmt::kF32: return run(std::integral_constant<Fmt, Fmt::kF32>{});
-    case Fmt::kF16: return run(std::integral_constant<Fmt, Fmt::kF16>{});
-    case Fmt::kBF16: return run(std::integral_constant<Fmt, Fmt::kBF16>{});
-    case Fmt::kQ2: return run(std::integral_constant<Fmt, Fmt::kQ2>{});
-    case Fmt::kQ3: return run(std::integral_constant<Fmt, Fmt::kQ3>{});
-    case Fmt::kQ4: return run(std::integral_constant<Fmt, Fmt::kQ4>{});
-    case Fmt::kQ5: return run(std::integral_constant<Fmt, Fmt::kQ5>{});
-    case Fmt::kQ6: return run(std::integral_constant<Fmt, Fmt::kQ6>{});
-    case Fmt::kQ8: return run(std::integral_constant<Fmt, Fmt::kQ8>{});
-  }
+  with_format(table, run);
 }
 
 }  // namespace vlm::ops::cpu::avx512
