@@ -19,15 +19,17 @@
 // Kernel timings are also paired with a short probe of the relevant limit (256 MiB read, ~20 ms of
 // FMAs) run just before each repetition; the median per-pair ratio is the robust figure on a
 // machine shared with other work, where the limits themselves move during the run.
-// Usage: bench_kernels [--reps N] [--quick] [--kernels-only] [--gemv] [--stream]
+// Usage: bench_kernels [--reps N] [--quick] [--kernels-only] [--gemv] [--stream] [--attention]
 //   --stream: only sections 7 and 8 (one core streamed from DRAM, thread CPU time), for A/B runs.
 //   --gemv: only the one-core quantized decode GEMV table (every bit width, L2-resident and streamed
 //   from DRAM, thread CPU time), quick enough to alternate two binaries for an A/B comparison.
+//   --attention: only causal prefill attention at model head shapes against paired FMA probes (A/B runs).
 //   --quick: fewer reps, skips the Qwen prefill; --kernels-only: skips the model-shaped runs (4, 5).
 #include <immintrin.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -421,6 +423,63 @@ void one_core_stream_tables(int reps, Rng& rng, const float* p, int64_t probe_fl
     }
 }
 
+// --attention: causal prefill attention (ops::attention, every query of a prompt against its keys, all
+// pool threads) at SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-VL-3B head shapes, 256 and 1024 queries (the
+// latter about an image prompt). Each repetition follows ~20 ms of register-only FMAs on all threads; the
+// figure to read is the median per-pair ratio of the attention's GFLOP/s (4·head_dim per visible (query,
+// key, head): q·k and p·v, as vlmcheck bench counts them) to that probe's.
+void attention_table(int reps, Rng& rng) {
+  struct Shape {
+    const char* name;
+    int64_t heads, kv_heads, head_dim;
+  };
+  const Shape shapes[] = {{"SmolLM2-135M", 9, 3, 64}, {"Qwen2.5-0.5B", 14, 2, 64}, {"Qwen2.5-VL-3B", 16, 2, 128}};
+  ThreadPool& pool = ThreadPool::global();
+  const int threads = pool.num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads));
+  auto fma_probe = [&] {
+    const int64_t it = 1'000'000;
+    auto t0 = std::chrono::steady_clock::now();
+    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return fma_loop_flops(it) * threads / s / 1e9;
+  };
+  std::printf("| causal prefill attention, %d threads | ms median (min-max) | GFLOP/s | paired ratio to FMA probe |\n"
+              "|---|---:|---:|---:|\n", threads);
+  for (const Shape& m : shapes)
+    for (int64_t n : {256, 1024}) {
+      std::vector<float> q(static_cast<size_t>(n * m.heads * m.head_dim)), out(q.size());
+      std::vector<float> k(static_cast<size_t>(n * m.kv_heads * m.head_dim)), v(k.size());
+      for (float& x : q) x = rng.uniform();
+      for (float& x : k) x = rng.uniform();
+      for (float& x : v) x = rng.uniform();
+      std::vector<int64_t> pos(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = i;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
+      auto run = [&] {
+        ops::attention(q.data(), n, 0, k.data(), v.data(), pos.data(), n, m.heads, m.kv_heads, m.head_dim, scale, 0.0f,
+                       ops::AttentionMask{}, out.data());
+      };
+      const double flops = 4.0 * static_cast<double>(m.head_dim * m.heads) * static_cast<double>(n * (n + 1) / 2);
+      run();
+      Stats st{std::string("prefill attention ") + m.name + " " + std::to_string(n), {}, {}};
+      std::vector<double> ratios;
+      for (int r = 0; r < reps; ++r) {
+        const double limit = fma_probe();
+        auto t0 = std::chrono::steady_clock::now();
+        run();
+        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        st.samples.push_back(t);
+        ratios.push_back(flops / t / 1e9 / limit);
+      }
+      std::sort(ratios.begin(), ratios.end());
+      std::printf("| %s, %lld queries | %.2f (%.2f-%.2f) | %.1f | %.0f%% (%.0f-%.0f%%) |\n", m.name,
+                  static_cast<long long>(n), st.median() * 1e3, st.min() * 1e3, st.max() * 1e3,
+                  flops / st.median() / 1e9, 100 * ratios[ratios.size() / 2], 100 * ratios.front(),
+                  100 * ratios.back());
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -435,6 +494,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--gemv")) {
       Rng rng;
       gemv_table(reps, rng);
+      return 0;
+    }
+    if (!std::strcmp(argv[i], "--attention")) {
+      Rng rng;
+      attention_table(reps, rng);
       return 0;
     }
   }
