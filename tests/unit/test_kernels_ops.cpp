@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "core/error.h"
@@ -406,6 +407,59 @@ TEST_P(KernelOps, AttentionMasksGqaSoftcapAndRingPositions) {
         }
       }
     EXPECT_LT(nmse(out.data(), want), kTol) << c.name;
+  }
+}
+
+// A prefill (many queries at once: the AVX2 kernel's query blocks) gives every query exactly what a call for
+// that query alone gives (the row kernel, as a cached decode step runs it), bit for bit. This is what makes a
+// decode step after a cached prompt equal the prefill row it repeats. Causal cases give each lone query the
+// keys a decode step would have (up to its own position); GQA, head sizes whose P·V splits differ (16, 40, 64,
+// 72, 80, 104, 120, 128), odd query counts, several 64-key chunks and a partial one, a prompt-cache offset, a
+// sliding window, softcap and image groups. Unmasked attention only on paths whose prefill keeps the row
+// arithmetic (AVX-512 runs its flash kernel there, equal to the rows only within rounding).
+TEST_P(KernelOps, AttentionPrefillEqualsItsRows) {
+  static const int32_t groups[24] = {0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 0};
+  std::vector<AttnCase> cases = {
+      {"causal gqa hd64", 37, 37, 0, 9, 3, 64, 0.0f, {}, {}},
+      {"causal hd80 after a cached prefix", 21, 150, 129, 4, 2, 80, 0.0f, {}, {}},
+      {"causal hd128 group 7", 13, 77, 64, 14, 2, 128, 0.0f, {}, {}},
+      {"causal hd72 mha", 11, 75, 64, 3, 3, 72, 0.0f, {}, {}},
+      {"causal hd104", 9, 9, 0, 2, 1, 104, 0.0f, {}, {}},
+      {"causal hd120", 17, 140, 123, 2, 2, 120, 0.0f, {}, {}},
+      {"causal hd40", 10, 10, 0, 4, 1, 40, 0.0f, {}, {}},
+      {"causal hd16", 33, 33, 0, 2, 1, 16, 0.0f, {}, {}},
+      {"sliding window", 70, 70, 0, 4, 1, 64, 0.0f, {true, 20, nullptr, 0}, {}},
+      {"softcap", 19, 83, 64, 6, 2, 64, 30.0f, {}, {}},
+      {"image groups", 24, 24, 0, 2, 1, 80, 0.0f, {true, 0, groups, 24}, {}},
+      {"unmasked (vision tower)", 25, 130, 0, 4, 2, 80, 0.0f, {false, 0, nullptr, 0}, {}},
+  };
+  const bool flash_prefill = GetParam().rfind("avx512", 0) == 0;
+  for (const AttnCase& c : cases) {
+    if (!c.mask.causal && flash_prefill) continue;
+    std::vector<float> q = random_vec(rng_, static_cast<size_t>(c.nq * c.n_heads * c.hd), -2.0f, 2.0f);
+    std::vector<float> k = random_vec(rng_, static_cast<size_t>(c.nk * c.n_kv * c.hd), -2.0f, 2.0f);
+    std::vector<float> v = random_vec(rng_, static_cast<size_t>(c.nk * c.n_kv * c.hd));
+    std::vector<int64_t> kpos(static_cast<size_t>(c.nk));
+    std::iota(kpos.begin(), kpos.end(), int64_t{0});
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    const int64_t row = c.n_heads * c.hd;
+    std::vector<float> all(q.size(), NAN), one(static_cast<size_t>(row));
+    ops::attention(q.data(), c.nq, c.q_pos0, k.data(), v.data(), kpos.data(), c.nk, c.n_heads, c.n_kv, c.hd, scale,
+                   c.softcap, c.mask, all.data());
+    for (int64_t i = 0; i < c.nq; ++i) {
+      // A decode step's cache ends at its own position (an image group can see ahead, so it keeps every key).
+      const int64_t nk = c.mask.causal && c.mask.group_of_position == nullptr ? c.q_pos0 + i + 1 : c.nk;
+      std::fill(one.begin(), one.end(), NAN);
+      ops::attention(q.data() + i * row, 1, c.q_pos0 + i, k.data(), v.data(), kpos.data(), nk, c.n_heads, c.n_kv,
+                     c.hd, scale, c.softcap, c.mask, one.data());
+      const float* got = all.data() + i * row;
+      const auto diff = std::mismatch(one.begin(), one.end(), got, [](float a, float b) {
+        return std::memcmp(&a, &b, sizeof a) == 0;
+      });
+      ASSERT_TRUE(diff.first == one.end())
+          << c.name << ": query " << i << ", value " << (diff.first - one.begin()) << ": alone " << *diff.first
+          << ", in the prefill " << *diff.second;
+    }
   }
 }
 

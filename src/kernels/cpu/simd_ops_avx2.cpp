@@ -7,6 +7,9 @@
 //   such terms are ~1e-38 of the sum either way).
 // - Attention keeps no head_dim-long register arrays: scores take 8 keys at a time against one
 //   8-wide slice of q (8 accumulators), and P·V walks head_dim in column blocks of up to 8 vectors.
+//   Prefill (8+ queries) runs blocks of queries over each L1-resident K/V chunk, two rows per load,
+//   with every row's arithmetic the row kernel's (the AVX-512 file has a flash kernel instead for
+//   unmasked attention and the row kernel for masked prefill).
 // Tails (lengths not a multiple of 8) go through a zero-padded stack copy rather than masked
 // loads/stores, which are slow on some AMD cores. RoPE, LayerNorm and KV (de)quantization stay on the
 // reference: per token they are small next to the GEMVs (RoPE's cos/sin are per token, not per head).
@@ -371,6 +374,208 @@ inline void pv(const float* p, int64_t kn, const float* vb, int64_t ld, int64_t 
   }
 }
 
+// Two rows' scores8 against the same keys, each K load feeding both: per (row, key) the same accumulator over
+// head_dim in the same order, and sum8's reduction tree (its two halves of four keys, then the cross-lane add),
+// so each row's eight lanes equal what scores8 gives it, bit for bit. Stored to pa[0..8), pb[0..8).
+inline void scores8x2(const float* qa, const float* qb, const float* kb, int64_t ld, int64_t j0, int64_t kn,
+                      int64_t nv, float* pa, float* pb) {
+  const float* kr[8];
+  for (int jj = 0; jj < 8; ++jj) kr[jj] = kb + (j0 + std::min<int64_t>(jj, kn - 1)) * ld;
+  __m256 ha[2], hb[2];  // sum8's b0 / b1 of each row
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    __m256 a[4], b[4];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) a[jj] = b[jj] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nv; ++c) {
+      const __m256 qa_c = _mm256_loadu_ps(qa + 8 * c), qb_c = _mm256_loadu_ps(qb + 8 * c);
+#pragma GCC unroll 4
+      for (int jj = 0; jj < 4; ++jj) {
+        const __m256 kc = _mm256_loadu_ps(kr[4 * h + jj] + 8 * c);
+        a[jj] = _mm256_fmadd_ps(qa_c, kc, a[jj]);
+        b[jj] = _mm256_fmadd_ps(qb_c, kc, b[jj]);
+      }
+    }
+    ha[h] = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    hb[h] = _mm256_hadd_ps(_mm256_hadd_ps(b[0], b[1]), _mm256_hadd_ps(b[2], b[3]));
+  }
+  _mm256_storeu_ps(pa, _mm256_add_ps(_mm256_permute2f128_ps(ha[0], ha[1], 0x20),
+                                     _mm256_permute2f128_ps(ha[0], ha[1], 0x31)));
+  _mm256_storeu_ps(pb, _mm256_add_ps(_mm256_permute2f128_ps(hb[0], hb[1], 0x20),
+                                     _mm256_permute2f128_ps(hb[0], hb[1], 0x31)));
+}
+
+// One key of pv2_block: x·v into a, y·v into b, each skipped where its weight is 0 (as pv_block skips it).
+template <int CW>
+inline void pv2_key(float x, float y, const float* vr, __m256 (&a)[CW], __m256 (&b)[CW]) {
+  if (x != 0.0f && y != 0.0f) {
+    const __m256 vx = _mm256_set1_ps(x), vy = _mm256_set1_ps(y);
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CW; ++cc) {
+      const __m256 vc = _mm256_loadu_ps(vr + 8 * cc);
+      a[cc] = _mm256_fmadd_ps(vx, vc, a[cc]);
+      b[cc] = _mm256_fmadd_ps(vy, vc, b[cc]);
+    }
+  } else if (x != 0.0f) {
+    const __m256 vx = _mm256_set1_ps(x);
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CW; ++cc) a[cc] = _mm256_fmadd_ps(vx, _mm256_loadu_ps(vr + 8 * cc), a[cc]);
+  } else if (y != 0.0f) {
+    const __m256 vy = _mm256_set1_ps(y);
+#pragma GCC unroll 8
+    for (int cc = 0; cc < CW; ++cc) b[cc] = _mm256_fmadd_ps(vy, _mm256_loadu_ps(vr + 8 * cc), b[cc]);
+  }
+}
+
+// pv_block for two rows (weights pa, pb) over CW columns, each V load feeding both. kSets is the set count
+// pv_block uses for the column block these columns belong to (it depends on that block's width, not on CW):
+// key j goes to set j % kSets, a last odd key to set 0, the sets added at the end, so every output column
+// sees pv_block's additions in pv_block's order.
+template <int CW, int kSets>
+inline void pv2_block(const float* pa, const float* pb, int64_t kn, const float* vb, int64_t ld, float* oa,
+                      float* ob) {
+  __m256 a[kSets][CW], b[kSets][CW];
+#pragma GCC unroll 8
+  for (int s = 0; s < kSets; ++s)
+    for (int cc = 0; cc < CW; ++cc) a[s][cc] = b[s][cc] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + kSets <= kn; j += kSets) {
+#pragma GCC unroll 2
+    for (int s = 0; s < kSets; ++s) pv2_key<CW>(pa[j + s], pb[j + s], vb + (j + s) * ld, a[s], b[s]);
+  }
+  for (; j < kn; ++j) pv2_key<CW>(pa[j], pb[j], vb + j * ld, a[0], b[0]);
+#pragma GCC unroll 8
+  for (int cc = 0; cc < CW; ++cc) {
+    __m256 x = a[0][cc], y = b[0][cc];
+    if constexpr (kSets == 2) {
+      x = _mm256_add_ps(x, a[1][cc]);
+      y = _mm256_add_ps(y, b[1][cc]);
+    }
+    _mm256_storeu_ps(oa + 8 * cc, x);
+    _mm256_storeu_ps(ob + 8 * cc, y);
+  }
+}
+
+// pv for two rows: pv's column blocks (whole 8-vector blocks with one set, then the rest: two sets up to 4
+// vectors, else one), each split so that no more than 8 accumulators are live.
+inline void pv2(const float* pa, const float* pb, int64_t kn, const float* vb, int64_t ld, int64_t nv, float* oa,
+                float* ob) {
+  int64_t c = 0;
+  for (; nv - c >= 8; c += 8) {
+    pv2_block<4, 1>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+    pv2_block<4, 1>(pa, pb, kn, vb + 8 * c + 32, ld, oa + 8 * c + 32, ob + 8 * c + 32);
+  }
+  if (nv - c >= 5) {  // pv's last block has one set
+    pv2_block<4, 1>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+    c += 4;
+    switch (nv - c) {
+      case 1: return pv2_block<1, 1>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+      case 2: return pv2_block<2, 1>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+      default: return pv2_block<3, 1>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+    }
+  }
+  for (; nv - c >= 2; c += 2) pv2_block<2, 2>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);  // two sets
+  if (c < nv) pv2_block<1, 2>(pa, pb, kn, vb + 8 * c, ld, oa + 8 * c, ob + 8 * c);
+}
+
+// vis[j] = -1 where key j (position kp[j], j < cn) is visible from query position qp, else 0, and 0 for j in
+// [cn, kRowChunk); returns whether any key is visible. `simple`: plain causal or no mask.
+inline bool chunk_visibility(const AttentionMask& mask, bool simple, int64_t qp, const int64_t* kp, int64_t cn,
+                             int32_t* vis) {
+  std::fill(vis + cn, vis + kRowChunk, 0);
+  if (!simple) {
+    bool any = false;
+    for (int64_t j = 0; j < cn; ++j) {
+      const bool on = ref::key_visible(mask, qp, kp[j]);
+      vis[j] = on ? -1 : 0;
+      any |= on;
+    }
+    return any;
+  }
+  if (!mask.causal) {
+    std::fill(vis, vis + cn, -1);
+    return cn > 0;
+  }
+  // kp[j] <= qp, 8 keys per step: two 4 × i64 compares packed to 8 × i32 (lane order kept).
+  const __m256i vq = _mm256_set1_epi64x(qp), lo32 = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  __m256i seen = _mm256_setzero_si256();
+  int64_t j = 0;
+  for (; j + 8 <= cn; j += 8) {
+    const __m256i a = _mm256_cmpgt_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kp + j)), vq);
+    const __m256i b = _mm256_cmpgt_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kp + j + 4)), vq);
+    const __m256i late = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, lo32),
+                                                   _mm256_permutevar8x32_epi32(b, lo32), 0x20);
+    const __m256i on = _mm256_xor_si256(late, _mm256_set1_epi32(-1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(vis + j), on);
+    seen = _mm256_or_si256(seen, on);
+  }
+  bool any = !_mm256_testz_si256(seen, seen);
+  for (; j < cn; ++j) {
+    vis[j] = kp[j] <= qp ? -1 : 0;
+    any |= kp[j] <= qp;
+  }
+  return any;
+}
+
+// One row's chunk after its scores: p[0, cn) holds q·k (8-lane groups up to cn rounded up); they are scaled,
+// softcapped and masked to -inf (vis 0: also the lanes past cn), then replaced by p = exp(s − m) (0 where
+// masked). Returns the chunk max m (−inf: nothing visible; p is then left as the masked scores) and the sum of
+// p in *sum. Not inlined: the row and the query-block kernels run this one copy, so GCC's contraction choices
+// cannot differ between them.
+__attribute__((noinline)) float chunk_softmax(float* p, int64_t cn, const int32_t* vis, float scale, float softcap,
+                                              float* sum) {
+  __m256 vmax = _mm256_set1_ps(kNegInf);
+  for (int64_t j0 = 0; j0 < cn; j0 += 8) {
+    __m256 s8 = _mm256_mul_ps(_mm256_loadu_ps(p + j0), _mm256_set1_ps(scale));
+    if (softcap > 0.0f) {
+      const __m256 cap = _mm256_set1_ps(softcap);
+      s8 = _mm256_mul_ps(cap, tanh_ps(_mm256_div_ps(s8, cap)));
+    }
+    // -inf where masked (whatever the score, even NaN from a masked key's non-finite row) and past the chunk.
+    const __m256 on = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vis + j0)));
+    const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s8, on);
+    _mm256_storeu_ps(p + j0, x);
+    vmax = _mm256_max_ps(vmax, x);
+  }
+  const float mx = hmax(vmax);
+  *sum = 0.0f;
+  if (mx == kNegInf) return mx;
+  const __m256 vm = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(kNegInf);
+  __m256 vs = _mm256_setzero_ps();
+  for (int64_t j = 0; j < cn; j += 8) {
+    const __m256 x = _mm256_loadu_ps(p + j);
+    // Masked keys (-inf) give exactly 0.
+    const __m256 e = _mm256_and_ps(_mm256_cmp_ps(x, ninf, _CMP_NEQ_OQ), exp_ps(_mm256_sub_ps(x, vm)));
+    vs = _mm256_add_ps(vs, e);
+    _mm256_storeu_ps(p + j, e);
+  }
+  *sum = hsum(vs);
+  return mx;
+}
+
+// One (query, head)'s output from its chunks (cmax, csum [nch], part [nch][head_dim]):
+// oi = Σ_c e^(m_c − M)·o_c / Σ_c e^(m_c − M)·l_c, zeros where no key is visible. Not inlined, as chunk_softmax.
+__attribute__((noinline)) void combine_chunks(const float* cmax, const float* csum, const float* part, int64_t nch,
+                                              int64_t head_dim, float* oi) {
+  float mx = kNegInf;
+  for (int64_t c = 0; c < nch; ++c) mx = std::max(mx, cmax[c]);
+  std::fill(oi, oi + head_dim, 0.0f);
+  if (mx == kNegInf) return;  // no visible key
+  float total = 0.0f;
+  for (int64_t c = 0; c < nch; ++c) {
+    const float m = cmax[c];
+    if (m == kNegInf) continue;  // nothing visible in this chunk
+    const float wgt = std::exp(m - mx);
+    total += wgt * csum[c];
+    const __m256 vw = _mm256_set1_ps(wgt);
+    const float* o = part + c * head_dim;
+    for (int64_t d = 0; d < head_dim; d += 8)
+      _mm256_storeu_ps(oi + d, _mm256_fmadd_ps(vw, _mm256_loadu_ps(o + d), _mm256_loadu_ps(oi + d)));
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / total);
+  for (int64_t d = 0; d < head_dim; d += 8) _mm256_storeu_ps(oi + d, _mm256_mul_ps(_mm256_loadu_ps(oi + d), inv));
+}
+
 // s·q + b with the product rounded before the add, as the reference computes it: the empty asm hides the
 // product from GCC, which otherwise contracts the two intrinsics into an FMA.
 inline __m256 mul_then_add(__m256 q, __m256 s, __m256 b) {
@@ -459,6 +664,7 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
     const int64_t nqb = std::min(qb, nq - i0);
     parallel_for(nqb * n_kv_heads * nch, kRowChunk * head_dim * group * 2, [&](int64_t w0, int64_t w1) {
       alignas(32) float p[kRowChunk];
+      alignas(32) int32_t vis[kRowChunk];  // -1: visible, 0: masked or past the chunk
       for (int64_t w = w0; w < w1; ++w) {
         // kv head fastest: a thread's run of items covers whole [chunk][kv head][head_dim] blocks of the cache.
         const int64_t ii = w / (n_kv_heads * nch), c = (w / n_kv_heads) % nch, kvh = w % n_kv_heads;
@@ -480,16 +686,8 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         };
         fetch_rows(kb, 0, 16);
         // Visibility of the chunk's keys for this query: the same for every head of the group.
-        alignas(32) int32_t vis[kRowChunk];  // -1: visible, 0: masked or past the chunk
-        std::fill(vis + cn, vis + kRowChunk, 0);
-        bool any = false;
-        for (int64_t j = 0; j < cn; ++j) {
-          const int64_t kp = k_pos[j_begin + j];
-          const bool on = simple ? (!mask.causal || kp <= qp) : ref::key_visible(mask, qp, kp);
-          vis[j] = on ? -1 : 0;
-          any |= on;
-        }
-        if (!any) {  // e.g. a chunk wholly after the query in a causal prefill: the combine skips it
+        if (!chunk_visibility(mask, simple, qp, k_pos + j_begin, cn, vis)) {
+          // e.g. a chunk wholly after the query in a causal prefill: the combine skips it
           for (int64_t g = 0; g < group; ++g) {
             const int64_t row = ii * n_heads + kvh * group + g;
             cmax[row * nch + c] = kNegInf;
@@ -509,70 +707,129 @@ void row_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, c
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = kvh * group + g, row = ii * n_heads + h;
           const float* qi = q + ((i0 + ii) * n_heads + h) * head_dim;
-          __m256 vmax = _mm256_set1_ps(kNegInf);
           for (int64_t j0 = 0; j0 < cn; j0 += 8) {
-            const int64_t kn = std::min<int64_t>(8, cn - j0);
             if (g == 0) {
               fetch_rows(kb, j0 + 16, j0 + 24);
               fetch_rows(vb, j0, j0 + 8);
             }
-            __m256 s8 = _mm256_mul_ps(scores8(qi, kb, lk, j0, kn, nv), _mm256_set1_ps(scale));
-            if (softcap > 0.0f) {
-              const __m256 cap = _mm256_set1_ps(softcap);
-              s8 = _mm256_mul_ps(cap, tanh_ps(_mm256_div_ps(s8, cap)));
-            }
-            // -inf where masked (whatever the score, even NaN from a masked key's non-finite row) and past the chunk.
-            const __m256 on = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(vis + j0)));
-            const __m256 x = _mm256_blendv_ps(_mm256_set1_ps(kNegInf), s8, on);
-            _mm256_store_ps(p + j0, x);
-            vmax = _mm256_max_ps(vmax, x);
+            _mm256_store_ps(p + j0, scores8(qi, kb, lk, j0, std::min<int64_t>(8, cn - j0), nv));
           }
-          const float mx = hmax(vmax);
+          float sum;
+          const float mx = chunk_softmax(p, cn, vis, scale, softcap, &sum);
           cmax[row * nch + c] = mx;
+          csum[row * nch + c] = sum;
           float* o = part + (row * nch + c) * head_dim;
-          float sum = 0.0f;
           if (mx == kNegInf) {
             std::fill(o, o + head_dim, 0.0f);
           } else {
-            const __m256 vm = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(kNegInf);
-            __m256 vs = _mm256_setzero_ps();
-            for (int64_t j = 0; j < cn; j += 8) {
-              const __m256 x = _mm256_load_ps(p + j);
-              // Masked keys (-inf) give exactly 0.
-              const __m256 e = _mm256_and_ps(_mm256_cmp_ps(x, ninf, _CMP_NEQ_OQ), exp_ps(_mm256_sub_ps(x, vm)));
-              vs = _mm256_add_ps(vs, e);
-              _mm256_store_ps(p + j, e);
-            }
-            sum = hsum(vs);
             pv(p, cn, vb, lk, nv, o);
           }
-          csum[row * nch + c] = sum;
         }
       }
     });
     parallel_for(nqb * n_heads, nch * head_dim, [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        float mx = kNegInf;
-        for (int64_t c = 0; c < nch; ++c) mx = std::max(mx, cmax[row * nch + c]);
-        float* oi = out + (i0 * n_heads + row) * head_dim;
-        std::fill(oi, oi + head_dim, 0.0f);
-        if (mx == kNegInf) continue;  // no visible key
-        float total = 0.0f;
-        for (int64_t c = 0; c < nch; ++c) {
-          const float m = cmax[row * nch + c];
-          if (m == kNegInf) continue;  // nothing visible in this chunk
-          const float wgt = std::exp(m - mx);
-          total += wgt * csum[row * nch + c];
-          const __m256 vw = _mm256_set1_ps(wgt);
-          const float* o = part + (row * nch + c) * head_dim;
-          for (int64_t d = 0; d < head_dim; d += 8)
-            _mm256_storeu_ps(oi + d, _mm256_fmadd_ps(vw, _mm256_loadu_ps(o + d), _mm256_loadu_ps(oi + d)));
-        }
-        const __m256 inv = _mm256_set1_ps(1.0f / total);
-        for (int64_t d = 0; d < head_dim; d += 8) _mm256_storeu_ps(oi + d, _mm256_mul_ps(_mm256_loadu_ps(oi + d), inv));
-      }
+      for (int64_t row = r0; row < r1; ++row)
+        combine_chunks(cmax + row * nch, csum + row * nch, part + row * nch * head_dim, nch, head_dim,
+                       out + (i0 * n_heads + row) * head_dim);
     });
   }
+}
+
+// ---- prefill: blocks of queries -----------------------------------------------------------------------
+// With many queries (prefill, a vision tower) and K/V in f32, one pool item is (a block of up to
+// kQueryBlock queries, kv head) over every key chunk. Its rows (query × query head of that kv head) meet
+// each chunk's K and V rows in pairs (scores8x2, pv2: every load feeds two rows) while the chunk is in L1,
+// so K/V are read once per block instead of once per query, and the item combines its rows' chunks itself
+// (its partials stay in the thread's cache; the row kernel's round-wide scratch went through DRAM). Per
+// row the arithmetic is the row kernel's: the same chunks, the same per-key sums over head_dim and
+// reduction tree, chunk_softmax, P·V's per-column order and combine_chunks, so a cached decode step still
+// equals the prefill row it repeats, bit for bit (test_kernels_ops: AttentionPrefillEqualsItsRows).
+constexpr int64_t kQueryBlock = 8;
+constexpr int64_t kBlockMinQueries = 8;
+// A block's partials (rows × chunks × (head_dim + 2) floats) are kept under this; the block shrinks for
+// long contexts and large groups, and past one query's worth the row kernel runs instead.
+constexpr int64_t kBlockScratchBytes = int64_t{1} << 20;
+
+// Queries per block for a call (0: use the row kernel).
+int64_t query_block(int64_t nq, int64_t group, int64_t nk, int64_t head_dim) {
+  if (nq < kBlockMinQueries) return 0;
+  const int64_t per_query = group * ((nk + kRowChunk - 1) / kRowChunk) * (head_dim + 2) * 4;
+  return std::min(kQueryBlock, kBlockScratchBytes / per_query);
+}
+
+void block_attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const float* v,
+                     const int64_t* k_pos, int64_t nk, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                     float scale, float softcap, const AttentionMask& mask, float* out, int64_t qblock) {
+  const int64_t group = n_heads / n_kv_heads, ld = n_kv_heads * head_dim, nv = head_dim / 8;
+  const int64_t nch = (nk + kRowChunk - 1) / kRowChunk, rows = qblock * group;
+  const int64_t nblk = (nq + qblock - 1) / qblock;
+  const bool simple = mask.sliding_window <= 0 && mask.group_of_position == nullptr;
+  parallel_for(nblk * n_kv_heads, qblock * group * nk * head_dim * 2, [&](int64_t w0, int64_t w1) {
+    thread_local std::vector<float> store;
+    const size_t need = static_cast<size_t>(rows * (kRowChunk + nch * (head_dim + 2)));
+    if (store.size() < need) store.resize(need);
+    float* const p = store.data();         // [rows][kRowChunk]: one chunk's scores, then weights
+    float* const cmax = p + rows * kRowChunk;  // [rows][nch]
+    float* const csum = cmax + rows * nch;     // [rows][nch]
+    float* const part = csum + rows * nch;     // [rows][nch][head_dim]
+    alignas(32) int32_t vis[kQueryBlock][kRowChunk];
+    std::vector<int64_t> seen(static_cast<size_t>(rows)), live(static_cast<size_t>(rows));
+    for (int64_t w = w0; w < w1; ++w) {
+      // Last blocks first: under a causal mask they see the most keys, and the pool hands out chunks in order.
+      const int64_t blk = nblk - 1 - w / n_kv_heads, kvh = w % n_kv_heads;
+      const int64_t i_begin = blk * qblock, nr = std::min(qblock, nq - i_begin) * group;
+      // Row r is query i_begin + r / group, head kvh·group + r % group.
+      auto q_row = [&](int64_t r) {
+        return q + ((i_begin + r / group) * n_heads + kvh * group + r % group) * head_dim;
+      };
+      for (int64_t c = 0; c < nch; ++c) {
+        const int64_t j_begin = c * kRowChunk, cn = std::min(nk, j_begin + kRowChunk) - j_begin;
+        const float* kb = k + j_begin * ld + kvh * head_dim;
+        const float* vb = v + j_begin * ld + kvh * head_dim;
+        int64_t ns = 0, nl = 0;  // rows whose query sees a key of the chunk; those with a finite max
+        for (int64_t r = 0; r < nr; r += group) {
+          const bool any = chunk_visibility(mask, simple, q_pos0 + i_begin + r / group, k_pos + j_begin, cn,
+                                            vis[r / group]);
+          for (int64_t g = r; g < r + group; ++g) {
+            if (any) {
+              seen[ns++] = g;
+            } else {
+              cmax[g * nch + c] = kNegInf;
+              csum[g * nch + c] = 0.0f;
+            }
+          }
+        }
+        int64_t m = 0;
+        for (; m + 2 <= ns; m += 2) {
+          const int64_t a = seen[m], b = seen[m + 1];
+          for (int64_t j0 = 0; j0 < cn; j0 += 8)
+            scores8x2(q_row(a), q_row(b), kb, ld, j0, std::min<int64_t>(8, cn - j0), nv, p + a * kRowChunk + j0,
+                      p + b * kRowChunk + j0);
+        }
+        if (m < ns)
+          for (int64_t j0 = 0; j0 < cn; j0 += 8)
+            _mm256_storeu_ps(p + seen[m] * kRowChunk + j0,
+                             scores8(q_row(seen[m]), kb, ld, j0, std::min<int64_t>(8, cn - j0), nv));
+        for (m = 0; m < ns; ++m) {
+          const int64_t r = seen[m];
+          float sum;
+          const float mx = chunk_softmax(p + r * kRowChunk, cn, vis[r / group], scale, softcap, &sum);
+          cmax[r * nch + c] = mx;
+          csum[r * nch + c] = sum;
+          if (mx != kNegInf) live[nl++] = r;  // else the combine skips the chunk, as the row kernel's does
+        }
+        for (m = 0; m + 2 <= nl; m += 2) {
+          const int64_t a = live[m], b = live[m + 1];
+          pv2(p + a * kRowChunk, p + b * kRowChunk, cn, vb, ld, nv, part + (a * nch + c) * head_dim,
+              part + (b * nch + c) * head_dim);
+        }
+        if (m < nl) pv(p + live[m] * kRowChunk, cn, vb, ld, nv, part + (live[m] * nch + c) * head_dim);
+      }
+      for (int64_t r = 0; r < nr; ++r)
+        combine_chunks(cmax + r * nch, csum + r * nch, part + r * nch * head_dim, nch, head_dim,
+                       out + ((i_begin + r / group) * n_heads + kvh * group + r % group) * head_dim);
+    }
+  });
 }
 
 }  // namespace
@@ -582,6 +839,9 @@ void attention(const float* q, int64_t nq, int64_t q_pos0, const float* k, const
                const AttentionMask& mask, float* out) {
   if (head_dim % 8 != 0 || nk == 0)
     return ref::attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
+  if (const int64_t qblock = query_block(nq, n_heads / n_kv_heads, nk, head_dim); qblock > 0)
+    return block_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out,
+                           qblock);
   row_attention(q, nq, q_pos0, k, v, k_pos, nk, n_heads, n_kv_heads, head_dim, scale, softcap, mask, out);
 }
 
