@@ -423,6 +423,40 @@ void one_core_stream_tables(int reps, Rng& rng, const float* p, int64_t probe_fl
     }
 }
 
+// GFLOP/s of ~20 ms of register-only FMAs on every pool thread: the paired probe of compute-bound rows.
+double fma_probe() {
+  ThreadPool& pool = ThreadPool::global();
+  const int threads = pool.num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads));
+  const int64_t it = 1'000'000;
+  auto t0 = std::chrono::steady_clock::now();
+  pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return fma_loop_flops(it) * threads / s / 1e9;
+}
+
+// Paired probes: on a shared machine the limits drift from second to second, so each timed kernel
+// repetition is preceded by a short probe of the same limit and the ratio is taken per pair. Returns the
+// timings (also recorded in g_all); `ratios` gets (work / time) / probe per repetition, sorted.
+Stats paired(const std::string& name, int warmup, int n, double work, const std::function<double()>& probe,
+             const std::function<void()>& fn, std::vector<double>& ratios) {
+  for (int i = 0; i < warmup; ++i) fn();
+  Stats st{name, {}, {}};
+  ratios.clear();
+  for (int i = 0; i < n; ++i) {
+    double limit = probe();
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.samples.push_back(t);
+    ratios.push_back(work / t / limit);
+  }
+  st.cpu_samples = st.samples;
+  g_all.push_back(st);
+  std::sort(ratios.begin(), ratios.end());
+  return st;
+}
+
 // --attention: causal prefill attention (ops::attention, every query of a prompt against its keys, all
 // pool threads) at SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-VL-3B head shapes, 256 and 1024 queries (the
 // latter about an image prompt). Each repetition follows ~20 ms of register-only FMAs on all threads; the
@@ -434,16 +468,7 @@ void attention_table(int reps, Rng& rng) {
     int64_t heads, kv_heads, head_dim;
   };
   const Shape shapes[] = {{"SmolLM2-135M", 9, 3, 64}, {"Qwen2.5-0.5B", 14, 2, 64}, {"Qwen2.5-VL-3B", 16, 2, 128}};
-  ThreadPool& pool = ThreadPool::global();
-  const int threads = pool.num_threads();
-  std::vector<float> partial(static_cast<size_t>(threads));
-  auto fma_probe = [&] {
-    const int64_t it = 1'000'000;
-    auto t0 = std::chrono::steady_clock::now();
-    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return fma_loop_flops(it) * threads / s / 1e9;
-  };
+  const int threads = ThreadPool::global().num_threads();
   std::printf("| causal prefill attention, %d threads | ms median (min-max) | GFLOP/s | paired ratio to FMA probe |\n"
               "|---|---:|---:|---:|\n", threads);
   for (const Shape& m : shapes)
@@ -461,18 +486,9 @@ void attention_table(int reps, Rng& rng) {
                        ops::AttentionMask{}, out.data());
       };
       const double flops = 4.0 * static_cast<double>(m.head_dim * m.heads) * static_cast<double>(n * (n + 1) / 2);
-      run();
-      Stats st{std::string("prefill attention ") + m.name + " " + std::to_string(n), {}, {}};
       std::vector<double> ratios;
-      for (int r = 0; r < reps; ++r) {
-        const double limit = fma_probe();
-        auto t0 = std::chrono::steady_clock::now();
-        run();
-        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        st.samples.push_back(t);
-        ratios.push_back(flops / t / 1e9 / limit);
-      }
-      std::sort(ratios.begin(), ratios.end());
+      const Stats st = paired(std::string("prefill attention ") + m.name + " " + std::to_string(n), 1, reps, flops / 1e9,
+                              fma_probe, run, ratios);
       std::printf("| %s, %lld queries | %.2f (%.2f-%.2f) | %.1f | %.0f%% (%.0f-%.0f%%) |\n", m.name,
                   static_cast<long long>(n), st.median() * 1e3, st.min() * 1e3, st.max() * 1e3,
                   flops / st.median() / 1e9, 100 * ratios[ratios.size() / 2], 100 * ratios.front(),
@@ -551,8 +567,7 @@ int main(int argc, char** argv) {
   const double peak = fma_loop_flops(iters) * threads / pk.median() / 1e9;
   std::printf("f32 FMA peak (register-only, %d threads): %.0f GFLOP/s\n\n", threads, peak);
 
-  // Paired probes: on a shared machine the limits drift from second to second, so each timed kernel
-  // repetition is preceded by a short probe of the same limit and the ratio is taken per pair.
+  // Paired probes (paired() above); the read probe needs main's buffer.
   const int64_t probe_floats = n_floats / 4;  // 256 MiB
   int probe_slice = 0;
   auto bw_probe = [&] {  // GB/s over a 256 MiB slice (rotating, so it is not cache-warm)
@@ -561,32 +576,6 @@ int main(int argc, char** argv) {
     pool.run_on_all_threads(
         [&](int t) { partial[t] = sum_floats(base + t * (probe_floats / threads), probe_floats / threads); });
     return probe_floats * 4.0 / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 1e9;
-  };
-  auto fma_probe = [&] {  // GFLOP/s of ~20 ms of register-only FMAs
-    const int64_t it = 1'000'000;
-    auto t0 = std::chrono::steady_clock::now();
-    pool.run_on_all_threads([&](int t) { partial[t] = fma_loop_any(it); });
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return fma_loop_flops(it) * threads / s / 1e9;
-  };
-  // Median over reps of (work / time) / probe, for `fn` preceded by `probe` each time.
-  auto paired = [&](const std::string& name, int warmup, int n, double work, const std::function<double()>& probe,
-                    const std::function<void()>& fn, std::vector<double>& ratios) {
-    for (int i = 0; i < warmup; ++i) fn();
-    Stats st{name, {}, {}};
-    ratios.clear();
-    for (int i = 0; i < n; ++i) {
-      double limit = probe();
-      auto t0 = std::chrono::steady_clock::now();
-      fn();
-      double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      st.samples.push_back(t);
-      ratios.push_back(work / t / limit);
-    }
-    st.cpu_samples = st.samples;
-    g_all.push_back(st);
-    std::sort(ratios.begin(), ratios.end());
-    return st;
   };
 
   // 3. GEMM at a prefill-like size: 512 tokens through a 4864 x 896 matrix (Qwen2.5-0.5B MLP up).
