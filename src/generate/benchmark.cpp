@@ -919,7 +919,8 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       for (float v : logits)
         VLM_CHECK(std::isfinite(v), ErrorKind::kInternal, "bench: non-finite logits from {}", label);
 
-      // Greedy decode as generate runs it: forward_argmax (on a device only the id comes back).
+      // Greedy decode as generate runs it: queued one step ahead where the model queues (a GPU), else
+      // forward_argmax (on a device only the id comes back).
       std::vector<float> emb(static_cast<size_t>(hidden));
       int32_t next = 0;
       {
@@ -929,10 +930,20 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
       graphs_before = ops::cuda::graph_stats();
       const ThreadPool::Stats pool_before = ThreadPool::global().stats();
       t0 = Clock::now();
-      for (int64_t g = 0; g < options.gen_tokens; ++g) {
-        int64_t pos = options.prompt_tokens + g;
-        lm.embed(&next, 1, emb.data());
-        next = lm.forward_argmax(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{});
+      if (queued_decode(lm)) {  // as generate() runs it there: step g queued before step g - 1's token is read
+        lm.begin_queued(next);
+        for (int64_t g = 0; g < options.gen_tokens; ++g) {
+          int64_t pos = options.prompt_tokens + g;
+          lm.queue_greedy(Positions{&pos, 1, 1}, *cache);
+          if (g > 0) next = lm.next_queued();
+        }
+        if (options.gen_tokens > 0) next = lm.next_queued();
+      } else {
+        for (int64_t g = 0; g < options.gen_tokens; ++g) {
+          int64_t pos = options.prompt_tokens + g;
+          lm.embed(&next, 1, emb.data());
+          next = lm.forward_argmax(emb.data(), 1, Positions{&pos, 1, 1}, *cache, ops::AttentionMask{});
+        }
       }
       sync();
       s.decode_s = seconds_since(t0);

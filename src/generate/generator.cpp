@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -177,6 +178,12 @@ KVCacheOptions kv_cache_options(const GenerationParams& p) {
   return o;
 }
 
+bool queued_decode(const LanguageModel& model) {
+  const char* env = std::getenv("VLMCHECK_QUEUED_DECODE");
+  if (env != nullptr && *env != '\0') return std::string(env) != "0";
+  return model.queues_ahead();
+}
+
 GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, const std::vector<int32_t>& eos_ids,
                           const GenerateRequest& request, const GenerationParams& params,
                           const StreamCallback& on_piece, PromptCache* prompt_cache) {
@@ -322,7 +329,34 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (on_piece && !piece.empty()) return on_piece(piece, id);
     return true;
   };
+  // Greedy decode on a device that runs asynchronously is queued one step ahead of the host
+  // (LanguageModel::queue_greedy): step n + 1 is queued before the host reads token n + 1 from step n,
+  // so the device goes on while the host handles a token. The same tokens as the loop below; a stop
+  // after token n (EOS, the streaming callback) leaves one speculative step that fed token n, whose
+  // K/V entry the cache keeps and whose result is not read into the output. Not with thinking budgets
+  // (they replace tokens the next step would already have fed) nor with a prompt cache (it must hold
+  // exactly the fed ids). VLMCHECK_QUEUED_DECODE=1 forces it (tests run it on the CPU), =0 turns it off.
+  const bool queued = greedy && !thinking && !prompt_cache && queued_decode(model);
+  auto decode_positions = [&]() -> Positions {
+    if (mm) {
+      const int64_t p = cache->offset() + mm->rope_delta;
+      for (int r = 0; r < mm->dims; ++r) positions[static_cast<size_t>(r)] = p;
+      return Positions{positions.data(), 1, mm->dims};
+    }
+    positions[0] = cache->offset();
+    return Positions{positions.data(), 1, 1};
+  };
+  int64_t unread = 0;  // queued steps whose token was not read
+  if (queued) model.begin_queued(token);
   for (int64_t n = 0; n < params.max_tokens; ++n) {
+    if (queued && n > 0) {
+      if (n + 1 < params.max_tokens) {  // step n, fed token n before the host has seen it
+        model.queue_greedy(decode_positions(), *cache);
+        ++unread;
+      }
+      token = model.next_queued();  // token n, from step n - 1
+      --unread;
+    }
     if (std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) {
       res.finish_reason = "stop";
       break;
@@ -336,6 +370,13 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       break;
     }
     if (n + 1 == params.max_tokens) break;
+    if (queued) {
+      if (n == 0) {
+        model.queue_greedy(decode_positions(), *cache);
+        ++unread;
+      }
+      continue;
+    }
     if (mm)
       feed_decode_multimodal(token);
     else
@@ -354,6 +395,10 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (on_piece) on_piece(tail, res.tokens.empty() ? -1 : res.tokens.back());
   }
   res.times.decode_s = seconds_since(t_decode);
+  while (unread > 0) {  // a speculative step past a stop: let it finish before the cache goes
+    model.next_queued();
+    --unread;
+  }
   res.generation_tokens = static_cast<int64_t>(res.tokens.size());
   res.generation_tps = res.times.decode_s > 0 ? static_cast<double>(res.generation_tokens) / res.times.decode_s : 0;
 

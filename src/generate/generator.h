@@ -57,6 +57,11 @@ Device resolve_device(const std::string& name);
 // device).
 KVCacheOptions kv_cache_options(const GenerationParams& params);
 
+// Whether greedy decode runs queued one step ahead of the host (LanguageModel::queue_greedy; generate()
+// and vlmcheck bench): where the model's steps run asynchronously (a GPU), unless
+// VLMCHECK_QUEUED_DECODE says otherwise (1 forces it, so tests run it on the CPU; 0 turns it off).
+bool queued_decode(const LanguageModel& model);
+
 // Runs one generation. `prompt_cache` (optional) is reused and updated (see prompt_cache.h);
 // without it a fresh cache lives for this call. Throws Error(kInvalidArgument) for bad params or an
 // empty prompt; kCancelled is never thrown (a callback returning false ends with finish "stop").

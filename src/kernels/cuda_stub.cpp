@@ -27,6 +27,10 @@ void copy(void*, Device, const void*, Device, size_t) { unavailable(); }
 void copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { unavailable(); }
 void synchronize() {}
 void run_graph(const void*, const std::function<void()>&) { unavailable(); }
+uint64_t run_graph_async(const void*, const std::function<void()>&) { unavailable(); }
+void graph_wait(uint64_t) {}
+void argmax_device(const float*, int64_t, int64_t, int32_t*) { unavailable(); }
+void embedding_device_ids(const Weight&, const int32_t*, int64_t, float, float*) { unavailable(); }
 void graph_op_boundary() {}
 bool graphs_enabled() { return false; }
 void set_graph_options(bool, int) {}

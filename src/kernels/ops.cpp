@@ -6,6 +6,7 @@
 // at the end: the thread's current device, device memory, copies and uploads.
 #include "kernels/ops.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -286,6 +287,23 @@ void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, 
   pick(&cpu::KernelTable::embedding)(table, ids, n, scale, out);
 }
 
+void embedding_device_ids(const Weight& table, const int32_t* device_ids, int64_t n, float scale, float* out) {
+  check_weight(table, "embedding_device_ids");
+  if (n <= 0) return;
+  if (t_current_device == Device::kCuda) {
+    cuda::graph_op_boundary();
+    cuda::embedding_device_ids(table, device_ids, n, scale, out);
+    return;
+  }
+  // Host memory here: the same gather, with out-of-table rows as zeros (the device kernel's rule).
+  for (int64_t i = 0; i < n; ++i) {
+    if (device_ids[i] >= 0 && device_ids[i] < table.rows())
+      pick(&cpu::KernelTable::embedding)(table, device_ids + i, 1, scale, out + i * table.cols());
+    else
+      std::fill(out + i * table.cols(), out + (i + 1) * table.cols(), 0.0f);
+  }
+}
+
 void rms_norm(const float* x, int64_t n, int64_t d, const Tensor& weight, float eps, float offset, float* y) {
   VLM_CHECK(weight.defined(), ErrorKind::kInvalidArgument, "[rms_norm] weight is undefined");
   check_vector(weight, d, "rms_norm", "weight");
@@ -418,6 +436,18 @@ void softmax(float* x, int64_t n, int64_t d) {
 void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
   VLM_CHECK(d > 0 && d <= INT32_MAX, ErrorKind::kInvalidArgument, "[argmax] row length {} must be in [1, 2^31)", d);
   if (n > 0) pick(&cpu::KernelTable::argmax)(x, n, d, ids);
+}
+
+void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids) {
+  VLM_CHECK(d > 0 && d <= INT32_MAX, ErrorKind::kInvalidArgument, "[argmax_device] row length {} must be in [1, 2^31)",
+            d);
+  if (n <= 0) return;
+  if (t_current_device == Device::kCuda) {
+    cuda::graph_op_boundary();
+    cuda::argmax_device(x, n, d, device_ids);
+    return;
+  }
+  pick(&cpu::KernelTable::argmax)(x, n, d, device_ids);  // host memory on the CPU
 }
 
 void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
@@ -605,6 +635,16 @@ void run_graph(const void* key, const std::function<void()>& step) {
     cuda::run_graph(key, step);
   else
     step();
+}
+
+uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
+  if (t_current_device == Device::kCuda) return cuda::run_graph_async(key, step);
+  step();
+  return 0;
+}
+
+void graph_wait(uint64_t ticket) {
+  if (ticket != 0) cuda::graph_wait(ticket);
 }
 
 Tensor to_device(const Tensor& t, Device device, MemCategory category) {

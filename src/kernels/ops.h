@@ -64,6 +64,10 @@ void linear_group(const float* x, int64_t n, const LinearOut* outs, int count);
 
 // out[i, :] = row ids[i] of the table (dense or quantized), as f32, times `scale`.
 void embedding(const Weight& table, const int32_t* ids, int64_t n, float scale, float* out);
+// embedding() with the ids in memory of the current device (e.g. argmax_device's output of the step
+// before), so a decode step can be queued before the host knows its token. The ids are not checked on
+// the host: a row outside the table gives zeros.
+void embedding_device_ids(const Weight& table, const int32_t* device_ids, int64_t n, float scale, float* out);
 
 // y = x / sqrt(mean(x²) + eps) * (weight + offset); offset is 1 for Gemma's (1 + w) norms, else 0.
 // x, y: [n, d]; weight [d] any float dtype. In-place (x == y) allowed.
@@ -112,6 +116,9 @@ void softmax(float* x, int64_t n, int64_t d);
 // run_graph: written when run_graph returns), so greedy decoding copies one id per token instead of
 // the logits.
 void argmax(const float* x, int64_t n, int64_t d, int32_t* ids);
+// argmax() into memory of the current device (no wait on CUDA): the ids stay where the next step's
+// embedding_device_ids reads them; copy them to the host to see them.
+void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids);
 
 // ---- sampling (the built-in sampler chain of generate/sampler.h as one op) ------------------------
 // The knobs of mlx-vlm's make_logits_processors + make_sampler. Disabled values are the mlx ones:
@@ -286,6 +293,14 @@ Weight to_device(const Weight& w, Device device);
 // If an op throws inside step, the ops before it still run (as without graphs) and the error
 // propagates; the step's host state (e.g. KV cache lengths) has advanced like any failed step's.
 void run_graph(const void* key, const std::function<void()>& step);
+// run_graph without the wait: the step is queued (CUDA: captured and launched) and the call returns a
+// ticket; graph_wait(ticket) waits for the step and writes its host outputs, which are not valid
+// before. 0 means nothing to wait for (the CPU, and steps that ran uncaptured, whose outputs are
+// already written). The host may capture the next step while a step runs (greedy decode queues step
+// t + 1 before it reads step t's token); at most two steps are in flight: queueing a third waits for
+// the oldest and writes its outputs. graph_wait of a ticket already delivered is a no-op.
+uint64_t run_graph_async(const void* key, const std::function<void()>& step);
+void graph_wait(uint64_t ticket);
 
 // Which SIMD path the CPU backend uses ("avx512bf16", "avx512", "avx2", "scalar"); VLMCHECK_KERNELS
 // =scalar forces the reference path (the conformance tests compare the two).

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,6 +71,32 @@ class LanguageModel {
     ops::sample(logits.data(), vocab_size(), spec, history, n_history, u, &id);
     return id;
   }
+  // Greedy decoding with the host one step behind the device (generate() on a GPU): begin_queued(id)
+  // starts from a known token; each queue_greedy() appends one decode step that feeds the id the step
+  // before produced (the first: begin_queued's) at `positions`, appending to `cache`, and leaves its
+  // argmax for the next; next_queued() returns the oldest unread step's argmax, waiting for it. So the
+  // host can queue step t + 1 before it reads step t's token, and the device never waits for the host
+  // in between. At most two steps may be queued and unread. Same ids, in the same order, as
+  // forward_argmax on the embedding of the previous id. The default runs each step at once.
+  virtual void begin_queued(int32_t id) {
+    queued_last_ = id;
+    queued_.clear();
+  }
+  virtual void queue_greedy(const Positions& positions, KVCache& cache) {
+    std::vector<float> e(static_cast<size_t>(hidden_size()));
+    embed(&queued_last_, 1, e.data());
+    queued_last_ = forward_argmax(e.data(), 1, positions, cache, ops::AttentionMask{});
+    queued_.push_back(queued_last_);
+  }
+  virtual int32_t next_queued() {
+    VLM_CHECK(!queued_.empty(), ErrorKind::kInternal, "next_queued: no decode step is queued");
+    const int32_t id = queued_.front();
+    queued_.pop_front();
+    return id;
+  }
+  // Whether queue_greedy returns before its step has run (a device that runs asynchronously), which is
+  // what makes queueing ahead pay.
+  virtual bool queues_ahead() const { return false; }
   // Bytes of weights held (stored format).
   virtual size_t weight_bytes() const = 0;
   // Where the weights live and forward() runs.
@@ -80,6 +107,10 @@ class LanguageModel {
     VLM_CHECK(device == Device::kCpu, ErrorKind::kUnsupported, "this language model runs on the cpu only, not on {}",
               device_name(device));
   }
+
+ private:
+  int32_t queued_last_ = 0;     // the default queue: the id the next step feeds
+  std::deque<int32_t> queued_;  // and the ids produced, not read yet
 };
 
 }  // namespace vlm

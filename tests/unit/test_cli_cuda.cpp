@@ -334,6 +334,15 @@ TEST_P(CudaTextParity, LogitsAndGreedyTokensMatchTransformers) {
   if (ops::cuda::graphs_enabled() && greedy.size() > 2) {
     EXPECT_GT(ops::cuda::graph_stats().pieces, graphs_before.pieces) << "no decode step was captured";
   }
+  // generate()'s greedy path on a GPU: steps queued one ahead of the host (graph_wait reads each token), the
+  // embedding gathered on the GPU from the argmax the step before left there.
+  ASSERT_TRUE(lm.queues_ahead());
+  const ops::cuda::GraphStats queued_before = ops::cuda::graph_stats();
+  EXPECT_EQ(run_text(lm, ids, static_cast<int>(greedy.size()), 0, {}, false, true).greedy, run.greedy)
+      << "queued decode differs from forward's logits";
+  if (ops::cuda::graphs_enabled() && greedy.size() > 3) {
+    EXPECT_GT(ops::cuda::graph_stats().pieces, queued_before.pieces) << "no queued step was captured";
+  }
 
   // Chunked prefill (chunks straddle the fixtures' sliding windows of 8) and a rotating cache (ring moves are
   // device copies), each against the same model on the CPU run the same way (dynamic RoPE scalings depend on

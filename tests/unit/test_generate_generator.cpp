@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
+#include <tuple>
 
 #include "core/error.h"
 #include "generate/generator.h"
@@ -187,6 +189,71 @@ TEST(Generator, StopsOnEosAndExcludesIt) {
   });
   EXPECT_EQ(cut.finish_reason, "stop");
   EXPECT_LT(cut.tokens.size(), full.tokens.size());
+}
+
+// Greedy decode queued one step ahead of the host (what generate() runs on a GPU; forced here on the CPU
+// with the model's default queue): the same tokens, text and finish reasons, and a stop costs at most the
+// one speculative step that fed the stopping token.
+TEST(Generator, QueuedDecodeGivesTheSameTokensAndStops) {
+  Fixture f;
+  TinyAttentionLM lm(f.tok->vocab_size());
+  struct EnvGuard {
+    ~EnvGuard() { unsetenv("VLMCHECK_QUEUED_DECODE"); }
+  } guard;
+  GenerationParams p;
+  p.max_tokens = 10;
+  std::vector<int32_t> prompt;
+  auto run = [&](bool queued, const std::vector<int32_t>& eos, int stop_after) {
+    setenv("VLMCHECK_QUEUED_DECODE", queued ? "1" : "0", 1);
+    lm.forward_calls = 0;
+    int calls = 0;
+    GenerationResult r = generate(lm, *f.tok, eos, GenerateRequest{prompt, {}}, p, [&](const std::string&, int32_t) {
+      return stop_after <= 0 || ++calls < stop_after;
+    });
+    return std::make_pair(r, lm.forward_calls);
+  };
+  // A prompt (a prefix of the fixture's) whose continuation has a token not seen before after the first, so
+  // that an EOS can stop the generation past its first step.
+  GenerationResult full;
+  int64_t full_calls = 0;
+  size_t first = 0;
+  for (size_t len = f.prompt.size(); len >= 2 && first == 0; --len) {
+    prompt.assign(f.prompt.begin(), f.prompt.begin() + static_cast<long>(len));
+    std::tie(full, full_calls) = run(false, {}, 0);
+    for (size_t i = 1; i < full.tokens.size() && first == 0; ++i)
+      if (std::find(full.tokens.begin(), full.tokens.begin() + static_cast<long>(i), full.tokens[i]) ==
+          full.tokens.begin() + static_cast<long>(i))
+        first = i;
+  }
+  ASSERT_GT(first, 0u) << "no prompt prefix gives two distinct tokens";
+  const auto [queued_full, queued_full_calls] = run(true, {}, 0);
+  ASSERT_EQ(full.tokens.size(), 10u);
+  EXPECT_EQ(queued_full.tokens, full.tokens);
+  EXPECT_EQ(queued_full.text, full.text);
+  EXPECT_EQ(queued_full.finish_reason, "length");
+  EXPECT_EQ(queued_full_calls, full_calls);  // no step past max_tokens
+  // EOS at that token: the same output; the queued loop had fed the EOS token once more (unless it was the
+  // last token max_tokens allows, which no step feeds).
+  const auto [eos, eos_calls] = run(false, {full.tokens[first]}, 0);
+  const auto [queued_eos, queued_eos_calls] = run(true, {full.tokens[first]}, 0);
+  EXPECT_EQ(eos.finish_reason, "stop");
+  EXPECT_EQ(eos.tokens.size(), first);
+  EXPECT_EQ(queued_eos.finish_reason, "stop");
+  EXPECT_EQ(queued_eos.tokens, eos.tokens);
+  EXPECT_EQ(queued_eos.text, eos.text);
+  EXPECT_EQ(queued_eos_calls, eos_calls + (static_cast<int64_t>(first) + 1 < p.max_tokens ? 1 : 0));
+  // The stream callback stopping after its second piece.
+  const auto [cut, cut_calls] = run(false, {}, 2);
+  const auto [queued_cut, queued_cut_calls] = run(true, {}, 2);
+  EXPECT_EQ(queued_cut.finish_reason, "stop");
+  EXPECT_EQ(queued_cut.tokens, cut.tokens);
+  ASSERT_FALSE(cut.tokens.empty());
+  const int64_t stop_index = static_cast<int64_t>(cut.tokens.size()) - 1;  // the token whose piece said stop
+  EXPECT_EQ(queued_cut_calls, cut_calls + (stop_index >= 1 && stop_index + 1 < p.max_tokens ? 1 : 0));
+  // A first token that is EOS: nothing was queued.
+  const auto [none, none_calls] = run(true, {full.tokens[0]}, 0);
+  EXPECT_TRUE(none.tokens.empty());
+  EXPECT_EQ(none_calls, run(false, {full.tokens[0]}, 0).second);  // the prompt only
 }
 
 TEST(Generator, SeededSamplingReproducesAndCustomHooksAreUsed) {

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 #include "core/error.h"
@@ -341,6 +342,17 @@ TEST(GenerateMultimodal, MropePositionsAreSlicedPerChunkAndDecodeContinuesAtRope
     if (step == 2048) tokens_one_chunk = r.tokens;
     EXPECT_EQ(r.tokens, tokens_one_chunk);
   }
+  // Greedy decode queued one step ahead (generate()'s loop on a GPU, forced here): the same tokens, and the
+  // same decode positions, passed to each step when it is queued.
+  setenv("VLMCHECK_QUEUED_DECODE", "1", 1);
+  GenerationResult q = run(lm, f, &mm, 2048, 5);
+  unsetenv("VLMCHECK_QUEUED_DECODE");
+  EXPECT_EQ(q.tokens, tokens_one_chunk);
+  ASSERT_GE(lm.calls.size(), static_cast<size_t>(q.generation_tokens - 1));
+  const size_t first_decode = lm.calls.size() - static_cast<size_t>(q.generation_tokens - 1);
+  for (size_t d = first_decode; d < lm.calls.size(); ++d)
+    EXPECT_EQ(lm.calls[d].positions, std::vector<int64_t>(3, n + static_cast<int64_t>(d - first_decode) + mm.rope_delta))
+        << "queued decode step " << d - first_decode;
 }
 
 TEST(GenerateMultimodal, MalformedPromptsAreRefusedNamingTheField) {

@@ -84,6 +84,11 @@ TEST_P(TextParity, LogitsAndGreedyTokensMatchTransformers) {
                                                   ref.greedy.size()));
   test::TextRun run = test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()));
   expect_matches_reference(run, ref, m.language_model->vocab_size(), name);
+  // The queued greedy steps a GPU runs (embedding gathered from the previous step's argmax in device memory,
+  // here host memory) give the same tokens.
+  EXPECT_EQ(test::run_text(*m.language_model, ref.ids, static_cast<int>(ref.greedy.size()), 0, {}, false, true).greedy,
+            run.greedy)
+      << name << ": queued decode";
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TextParity,

@@ -1,8 +1,10 @@
 // Runs a language model the way the parity tests compare it with transformers: prefill (in chunks of
 // `chunk` tokens, 0 = all at once) keeping every position's logits, then a plain greedy loop of `steps`
 // tokens through the same KV cache, which lives on the model's device — with `device_argmax`, the loop
-// takes each token from forward_argmax (generation's greedy path: on a GPU the argmax runs there and the
-// decode steps are captured as CUDA graphs) instead of the host argmax of forward's logits. Shared by
+// takes each token from forward_argmax (on a GPU the argmax runs there and the decode steps are captured
+// as CUDA graphs) instead of the host argmax of forward's logits; with `queued`, from the queued greedy
+// steps generation runs on a GPU (LanguageModel::queue_greedy: step s + 1 queued before step s's token
+// is read, the embedding gathered on the device from the id the step before left there). Shared by
 // test_generate_parity_text (CPU) and test_cli_cuda (the same fixtures on the GPU).
 #pragma once
 
@@ -24,7 +26,7 @@ struct TextRun {
 };
 
 inline TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int steps, int64_t chunk = 0,
-                        KVCacheOptions options = {}, bool device_argmax = false) {
+                        KVCacheOptions options = {}, bool device_argmax = false, bool queued = false) {
   const int64_t n = static_cast<int64_t>(ids.size()), V = lm.vocab_size(), H = lm.hidden_size();
   options.device = lm.device();
   std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), options);
@@ -43,6 +45,17 @@ inline TextRun run_text(LanguageModel& lm, const std::vector<int32_t>& ids, int 
   std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
   std::vector<float> x(static_cast<size_t>(H));
   int32_t next = argmax(logits.data(), V);
+  if (queued) {
+    r.greedy.push_back(next);
+    lm.begin_queued(next);
+    for (int s = 1; s < steps; ++s) {
+      int64_t p = n + s - 1;
+      lm.queue_greedy(Positions{&p, 1, 1}, *cache);  // feeds token s - 1, produces token s
+      if (s > 1) r.greedy.push_back(lm.next_queued());
+    }
+    if (steps > 1) r.greedy.push_back(lm.next_queued());
+    return r;
+  }
   for (int s = 0; s < steps; ++s) {
     const int32_t tok = next;
     r.greedy.push_back(tok);

@@ -37,6 +37,12 @@ void synchronize();
 // ops::run_graph on the GPU (graph.cu; rules in ops.h "captured steps"): step() captured into CUDA
 // graphs, one executable per (key, piece), updated in place each step and launched.
 void run_graph(const void* key, const std::function<void()>& step);
+// ops::run_graph_async / graph_wait on the GPU (graph.cu "queued steps").
+uint64_t run_graph_async(const void* key, const std::function<void()>& step);
+void graph_wait(uint64_t ticket);
+// ops::argmax_device and ops::embedding_device_ids on the GPU (elementwise.cu, embedding.cu).
+void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids);
+void embedding_device_ids(const Weight& table, const int32_t* device_ids, int64_t n, float scale, float* out);
 // Called by ops.cpp before every CUDA op: under run_graph, ends and launches the piece captured so far
 // once it holds its share of ops (8, 16, 32, ... up to the piece size), so the GPU starts early.
 void graph_op_boundary();

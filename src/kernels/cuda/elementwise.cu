@@ -235,25 +235,39 @@ void scale(float* y, float s, int64_t n) { binary("scale", y, nullptr, s, n, kSc
 void mul(float* y, const float* x, int64_t n) { binary("mul", y, x, 0.0f, n, kMul); }
 void softcap(float* x, int64_t n, float cap) { binary("softcap", x, nullptr, cap, n, kSoftcap); }
 
-void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
-  if (n <= 0) return;
+// Both argmax kernels on the backend stream, into `out` (device memory) or, when null, into ids in the
+// op's scratch; returns where the ids are.
+int32_t* launch_argmax(const char* op, const float* x, int64_t n, int64_t d, int32_t* out) {
   const int64_t chunks = (d + kArgmaxChunk - 1) / kArgmaxChunk;
   if (n > 65535 || chunks > 0x7fffffff)
-    detail::fail(ErrorKind::kInvalidArgument, "[cuda argmax] at most 65535 rows, got " + std::to_string(n));
-  // Scratch: ids [n] | chunk values [n, chunks] | chunk indices [n, chunks].
-  const size_t parts = static_cast<size_t>(n * chunks);
-  auto* base = static_cast<char*>(detail::scratch(static_cast<size_t>(n) * 4 + parts * 8, "argmax"));
-  auto* dev_ids = reinterpret_cast<int32_t*>(base);
-  auto* part_v = reinterpret_cast<float*>(base + n * 4);
-  auto* part_i = reinterpret_cast<int32_t*>(base + n * 4 + parts * 4);
-  cudaStream_t st = detail::stream("argmax");
-  detail::launch_chained("argmax", argmax_chunk_kernel, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(n)),
+    detail::fail(ErrorKind::kInvalidArgument,
+                 std::string("[cuda ") + op + "] at most 65535 rows, got " + std::to_string(n));
+  // Scratch: ids [n] (unless out) | chunk values [n, chunks] | chunk indices [n, chunks].
+  const size_t parts = static_cast<size_t>(n * chunks), id_bytes = out == nullptr ? static_cast<size_t>(n) * 4 : 0;
+  auto* base = static_cast<char*>(detail::scratch(id_bytes + parts * 8, op));
+  int32_t* dev_ids = out != nullptr ? out : reinterpret_cast<int32_t*>(base);
+  auto* part_v = reinterpret_cast<float*>(base + id_bytes);
+  auto* part_i = reinterpret_cast<int32_t*>(base + id_bytes + parts * 4);
+  cudaStream_t st = detail::stream(op);
+  detail::launch_chained(op, argmax_chunk_kernel, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(n)),
                          dim3(kArgmaxThreads), 0, st, x, d, part_v, part_i);
-  detail::launch_chained("argmax", argmax_final_kernel, dim3(static_cast<unsigned>(n)), dim3(32), 0, st, part_v, part_i,
+  detail::launch_chained(op, argmax_final_kernel, dim3(static_cast<unsigned>(n)), dim3(32), 0, st, part_v, part_i,
                          static_cast<int>(chunks), dev_ids);
+  return dev_ids;
+}
+
+void argmax(const float* x, int64_t n, int64_t d, int32_t* ids) {
+  if (n <= 0) return;
+  int32_t* dev_ids = launch_argmax("argmax", x, n, d, nullptr);
   // The ids go to host memory: this waits for the stream (ops.h); under ops::run_graph the copy is
   // captured into pinned memory and the ids reach `ids` when run_graph returns (memory.cu copy()).
   vlm::ops::cuda::copy(ids, Device::kCpu, dev_ids, Device::kCuda, static_cast<size_t>(n) * sizeof(int32_t));
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids) {
+  kernels::launch_argmax("argmax_device", x, n, d, device_ids);
+}
+}  // namespace vlm::ops::cuda

@@ -15,6 +15,14 @@
 // the piece that reads them is launched; device-to-host copies (argmax's ids) land in pinned memory
 // and are copied to their destination after the last piece, when run_graph waits for the stream.
 //
+// Queued steps (run_graph_async): the step is captured and launched as above, but the host does not
+// wait for it; its readbacks reach their destinations in graph_wait(ticket). So that the host can
+// capture step t + 1 while the GPU still runs step t, everything a step's launches read later lives in
+// one of two step sets used alternately (staging arena, readback arena, and the executables of every
+// piece of every key): capturing step t + 1 never rewrites what step t's pending uploads and launches
+// read. A set is reused two steps later; if that step's ticket was never waited for, the reuse waits
+// for it first (and delivers its readbacks), so at most two steps are in flight.
+//
 // Failure: everything capture cannot do (a host wait, a pageable copy, cudaFree, profiler events) is
 // routed around above or ruled out before capture starts (VLMCHECK_CUDA_PROFILE turns graphs off),
 // because once the step ran on the host its state (KV cache lengths) has advanced and it cannot run
@@ -60,11 +68,27 @@ struct Readback {
   size_t bytes;
 };
 
+constexpr int kSets = 2;  // step sets used alternately (queued steps, above)
+
 struct Entry {
   const void* key = nullptr;
-  std::vector<cudaGraphExec_t> pieces;  // one executable per piece index
+  std::vector<cudaGraphExec_t> pieces[kSets];  // per step set, one executable per piece index
   uint64_t last_used = 0;
   bool warm = false;  // the first step of a key runs eagerly (lazy initialisation, module loading)
+};
+
+// What one captured step leaves for later: its staged bytes (read by its uploads), its readback
+// buffers and destinations, and the events that say when the host may reuse them.
+struct StepSet {
+  std::vector<Chunk> stage;  // staging arena (pinned + device mirror)
+  size_t stage_cur = 0;
+  std::vector<Chunk> readback;  // readback arena (pinned only)
+  size_t readback_cur = 0;
+  std::vector<Readback> readbacks;
+  cudaEvent_t uploaded = nullptr;  // after the last upload: the host may rewrite the staging arena
+  bool upload_pending = false;
+  cudaEvent_t done = nullptr;  // after the step's last piece: its readbacks have landed
+  uint64_t ticket = 0;         // nonzero while the step's readbacks wait for graph_wait
 };
 
 struct GraphState {
@@ -75,16 +99,12 @@ struct GraphState {
   // Per step.
   bool capturing = false;
   Entry* entry = nullptr;
+  int set = 0;  // the step set of the step being captured
   size_t piece = 0;
   int ops_in_piece = 0, piece_limit = 0;
 
-  std::vector<Chunk> stage;  // staging arena (pinned + device mirror)
-  size_t stage_cur = 0;
-  std::vector<Chunk> readback;  // readback arena (pinned only)
-  size_t readback_cur = 0;
-  std::vector<Readback> readbacks;
-  cudaEvent_t uploaded = nullptr;  // after the last upload: the host may rewrite the staging arena
-  bool upload_pending = false;
+  StepSet sets[kSets];
+  uint64_t next_ticket = 1;
 
   std::list<Entry> entries;
   uint64_t clock = 0;
@@ -123,8 +143,9 @@ Chunk& bump(std::vector<Chunk>& arena, size_t& cur, size_t bytes, size_t chunk_b
 // Copies what the host staged since the last upload to the device mirrors (before a piece launches;
 // stream order puts it after every earlier piece, which read other ranges).
 void upload_staged(GraphState& g, cudaStream_t s) {
+  StepSet& st = g.sets[g.set];
   bool any = false;
-  for (Chunk& c : g.stage) {
+  for (Chunk& c : st.stage) {
     if (c.used <= c.uploaded) continue;
     VLM_CUDA(cudaMemcpyAsync(c.device + c.uploaded, c.host + c.uploaded, c.used - c.uploaded, cudaMemcpyHostToDevice,
                              s),
@@ -133,9 +154,9 @@ void upload_staged(GraphState& g, cudaStream_t s) {
     any = true;
   }
   if (!any) return;
-  if (g.uploaded == nullptr) VLM_CUDA(cudaEventCreateWithFlags(&g.uploaded, cudaEventDisableTiming), "run_graph");
-  VLM_CUDA(cudaEventRecord(g.uploaded, s), "run_graph");
-  g.upload_pending = true;
+  if (st.uploaded == nullptr) VLM_CUDA(cudaEventCreateWithFlags(&st.uploaded, cudaEventDisableTiming), "run_graph");
+  VLM_CUDA(cudaEventRecord(st.uploaded, s), "run_graph");
+  st.upload_pending = true;
 }
 
 void begin_capture(cudaStream_t s) {
@@ -156,9 +177,9 @@ void end_piece(GraphState& g, cudaStream_t s) {
   VLM_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes), "run_graph");
   upload_staged(g, s);  // even for an empty piece: a later piece may read what this one staged
   if (nodes == 0) return;
-  Entry& en = *g.entry;
-  if (en.pieces.size() <= g.piece) en.pieces.resize(g.piece + 1, nullptr);
-  cudaGraphExec_t& exec = en.pieces[g.piece];
+  std::vector<cudaGraphExec_t>& pieces = g.entry->pieces[g.set];
+  if (pieces.size() <= g.piece) pieces.resize(g.piece + 1, nullptr);
+  cudaGraphExec_t& exec = pieces[g.piece];
   if (exec != nullptr) {
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(exec, graph, &info) == cudaSuccess) {
@@ -189,22 +210,39 @@ Entry& entry_for(GraphState& g, const void* key) {
     return g.entries.front();
   }
   if (g.entries.size() >= kMaxKeys) {
-    for (cudaGraphExec_t x : g.entries.back().pieces)
-      if (x != nullptr) cudaGraphExecDestroy(x);
+    // An executable may still run (a queued step): cudaGraphExecDestroy waits for nothing, so the
+    // stream must have finished with it first.
+    VLM_CUDA(cudaStreamSynchronize(stream("run_graph")), "run_graph");
+    for (auto& set : g.entries.back().pieces)
+      for (cudaGraphExec_t x : set)
+        if (x != nullptr) cudaGraphExecDestroy(x);
     g.entries.pop_back();
   }
   g.entries.push_front(Entry{key, {}, g.clock, false});
   return g.entries.front();
 }
 
-// Before a capture: the previous step's uploads have left the staging arena, readbacks are done.
-void reset_arenas(GraphState& g) {
-  if (g.upload_pending) VLM_CUDA(cudaEventSynchronize(g.uploaded), "run_graph");
-  g.upload_pending = false;
-  for (Chunk& c : g.stage) c.used = c.uploaded = 0;
-  for (Chunk& c : g.readback) c.used = 0;
-  g.stage_cur = g.readback_cur = 0;
-  g.readbacks.clear();
+// Waits for the step that used set `st` and copies its readbacks to their destinations.
+void finish(GraphState& g, StepSet& st) {
+  if (st.ticket == 0) return;
+  const auto t0 = Clock::now();
+  VLM_CUDA(cudaEventSynchronize(st.done), "run_graph");
+  for (const Readback& r : st.readbacks) std::memcpy(r.dst, r.pinned, r.bytes);
+  st.readbacks.clear();
+  st.ticket = 0;
+  g.stats.wait_s += seconds(Clock::now() - t0);
+}
+
+// Before a capture into set `st`: the step that used it last has delivered its readbacks and its
+// uploads have left the staging arena.
+void reset_arenas(GraphState& g, StepSet& st) {
+  finish(g, st);
+  if (st.upload_pending) VLM_CUDA(cudaEventSynchronize(st.uploaded), "run_graph");
+  st.upload_pending = false;
+  for (Chunk& c : st.stage) c.used = c.uploaded = 0;
+  for (Chunk& c : st.readback) c.used = 0;
+  st.stage_cur = st.readback_cur = 0;
+  st.readbacks.clear();
 }
 
 void disable_after_failure(GraphState& g, const char* why) {
@@ -218,8 +256,9 @@ bool capturing() { return state().capturing; }
 
 StagedBytes capture_stage(size_t bytes) {
   GraphState& g = state();
+  StepSet& st = g.sets[g.set];
   const size_t b = round16(std::max<size_t>(bytes, 1));
-  Chunk& c = bump(g.stage, g.stage_cur, b, kStageChunk, true, "run_graph staging");
+  Chunk& c = bump(st.stage, st.stage_cur, b, kStageChunk, true, "run_graph staging");
   StagedBytes out{c.host + c.used, c.device + c.used};
   c.used += b;
   return out;
@@ -227,23 +266,25 @@ StagedBytes capture_stage(size_t bytes) {
 
 void* capture_readback(void* dst, size_t bytes) {
   GraphState& g = state();
+  StepSet& st = g.sets[g.set];
   const size_t b = round16(std::max<size_t>(bytes, 1));
-  Chunk& c = bump(g.readback, g.readback_cur, b, kReadbackChunk, false, "run_graph readback");
+  Chunk& c = bump(st.readback, st.readback_cur, b, kReadbackChunk, false, "run_graph readback");
   char* p = c.host + c.used;
   c.used += b;
-  g.readbacks.push_back({p, dst, bytes});
+  st.readbacks.push_back({p, dst, bytes});
   return p;
 }
 
 }  // namespace detail
 
-void run_graph(const void* key, const std::function<void()>& step) {
+uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
   using namespace detail;
   GraphState& g = state();
-  // Nested: part of the enclosing capture. Off, or profiling (events cannot be captured): eagerly.
+  // Nested: part of the enclosing capture. Off, or profiling (events cannot be captured): eagerly, and
+  // the host outputs are already written (their copies waited).
   if (g.capturing || !g.enabled || profiling()) {
     step();
-    return;
+    return 0;
   }
   cudaStream_t s = stream("run_graph");
   Entry& en = entry_for(g, key);
@@ -252,11 +293,13 @@ void run_graph(const void* key, const std::function<void()>& step) {
     en.warm = true;
     ++g.stats.eager_steps;
     step();
-    return;
+    return 0;
   }
   const auto t_begin = Clock::now();
-  const double api_before = g.stats.graph_api_s;
-  reset_arenas(g);
+  const double api_before = g.stats.graph_api_s, wait_before = g.stats.wait_s;
+  g.set = (g.set + 1) % kSets;
+  StepSet& set = g.sets[g.set];
+  reset_arenas(g, set);
   g.entry = &en;
   g.piece = 0;
   g.ops_in_piece = 0;
@@ -284,27 +327,39 @@ void run_graph(const void* key, const std::function<void()>& step) {
       cudaGetLastError();
       disable_after_failure(g, "an operation invalidated the stream capture");
     }
-    g.readbacks.clear();
+    set.readbacks.clear();
     throw;
   }
   g.capturing = false;
   const auto t_captured = Clock::now();
-  // The step's own time, less the piece ends graph_op_boundary made inside it.
-  g.stats.capture_s += seconds(t_captured - t_begin) - (g.stats.graph_api_s - api_before);
+  // The step's own time, less the piece ends graph_op_boundary made inside it and the wait for the
+  // step set's previous user.
+  g.stats.capture_s +=
+      seconds(t_captured - t_begin) - (g.stats.graph_api_s - api_before) - (g.stats.wait_s - wait_before);
   try {
     end_piece(g, s);
   } catch (...) {
     disable_after_failure(g, "the captured step could not be instantiated or launched");
     throw;
   }
-  const auto t_launched = Clock::now();
-  g.stats.graph_api_s += seconds(t_launched - t_captured);
-  if (g.readbacks.empty()) return;
-  VLM_CUDA(cudaStreamSynchronize(s), "run_graph");
-  for (const Readback& r : g.readbacks) std::memcpy(r.dst, r.pinned, r.bytes);
-  g.readbacks.clear();
-  g.stats.wait_s += seconds(Clock::now() - t_launched);
+  if (!set.readbacks.empty()) {
+    if (set.done == nullptr) VLM_CUDA(cudaEventCreateWithFlags(&set.done, cudaEventDisableTiming), "run_graph");
+    VLM_CUDA(cudaEventRecord(set.done, s), "run_graph");
+    set.ticket = g.next_ticket++;
+  }
+  g.stats.graph_api_s += seconds(Clock::now() - t_captured);
+  return set.ticket;
 }
+
+void graph_wait(uint64_t ticket) {
+  if (ticket == 0) return;
+  detail::GraphState& g = detail::state();
+  VLM_CHECK(!g.capturing, ErrorKind::kInvalidArgument, "[cuda graph_wait] called inside run_graph");
+  for (detail::StepSet& st : g.sets)
+    if (st.ticket == ticket) detail::finish(g, st);  // else: already delivered (its set was reused)
+}
+
+void run_graph(const void* key, const std::function<void()>& step) { graph_wait(run_graph_async(key, step)); }
 
 void graph_op_boundary() {
   detail::GraphState& g = detail::state();

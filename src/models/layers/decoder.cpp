@@ -257,11 +257,17 @@ void DecoderModel::to_device(Device device) {
   table_->to_device(device, stay);
   device_ = device;
   lora_on_device_.clear();
+  queued_ids_ = Tensor();
+  embed_device_ = ops::Weight();
   try {
     bind();
-  } catch (...) {  // the LoRA upload failed: back to the old device, whole
+    // Queued decode steps gather their embedding on the device (queue_greedy): untied, the table goes
+    // there too (tracked as weights; decode reads one row of it per token, so weight_bytes leaves it out).
+    if (device != Device::kCpu && !stay.empty()) embed_device_ = ops::to_device(embed_host_, device);
+  } catch (...) {  // an upload failed: back to the old device, whole
     device_ = previous;
     lora_on_device_.clear();
+    embed_device_ = ops::Weight();
     table_->to_device(previous, stay);
     bind();
     throw;
@@ -484,8 +490,52 @@ int32_t DecoderModel::forward_sample(const float* embeds, int64_t n, const Posit
   return id;
 }
 
+void DecoderModel::begin_queued(int32_t id) {
+  VLM_CHECK(id >= 0 && id < spec_.vocab_size, ErrorKind::kInvalidArgument,
+            "{}: token id {} is outside the vocabulary [0, {})", spec_.family, id, spec_.vocab_size);
+  ops::DeviceScope scope(device_);
+  while (!queued_unread_.empty()) next_queued();  // steps an interrupted generation left unread
+  if (!queued_ids_.defined()) queued_ids_ = ops::empty({2}, DType::kI32, MemCategory::kScratch, device_);
+  queued_steps_ = 0;
+  ops::copy(queued_ids_.data<int32_t>(), device_, &id, Device::kCpu, sizeof(int32_t));
+}
+
+void DecoderModel::queue_greedy(const Positions& positions, KVCache& cache) {
+  VLM_CHECK(queued_ids_.defined(), ErrorKind::kInternal, "{}: queue_greedy before begin_queued", spec_.family);
+  VLM_CHECK(queued_unread_.size() < 2, ErrorKind::kInternal, "{}: more than two queued decode steps unread",
+            spec_.family);
+  ops::DeviceScope scope(device_);
+  int32_t* ids = queued_ids_.data<int32_t>();
+  const int32_t* in = ids + queued_steps_ % 2;
+  int32_t* out = ids + (queued_steps_ + 1) % 2;
+  const int slot = static_cast<int>(queued_steps_ % 4);
+  int32_t* host = &queued_host_[slot];
+  auto step = [&] {
+    Tensor keep;
+    const float* logits = run(nullptr, 1, positions, cache, ops::AttentionMask{}, 1, nullptr, keep, in);
+    ops::argmax_device(logits, 1, spec_.vocab_size, out);
+    // The host copy: under run_graph_async written at graph_wait (next_queued), else at once.
+    ops::copy(host, Device::kCpu, out, device_, sizeof(int32_t));
+  };
+  // Its own graph key: the step differs from forward_argmax's (gather and argmax on the device), which
+  // the last prompt token runs, so sharing `this` would rebuild the executables every generation.
+  const void* key = reinterpret_cast<const char*>(this) + 1;
+  const uint64_t ticket = device_ != Device::kCpu ? ops::run_graph_async(key, step) : (step(), uint64_t{0});
+  ++queued_steps_;
+  queued_unread_.emplace_back(ticket, slot);
+}
+
+int32_t DecoderModel::next_queued() {
+  VLM_CHECK(!queued_unread_.empty(), ErrorKind::kInternal, "{}: next_queued: no decode step is queued", spec_.family);
+  const auto [ticket, slot] = queued_unread_.front();
+  queued_unread_.pop_front();
+  ops::graph_wait(ticket);
+  return queued_host_[slot];
+}
+
 float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
-                         const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep) {
+                         const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
+                         const int32_t* device_ids) {
   const DecoderSpec& s = spec_;
   VLM_CHECK(n > 0, ErrorKind::kInvalidArgument, "{}: forward needs at least one token", s.family);
   VLM_CHECK(positions.n == n && positions.data && (positions.dims == 1 || positions.dims == 3),
@@ -500,7 +550,13 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
   // x: the residual stream; hx: the normalized input of the next block; r: a block's output.
   Tensor xb = scratch({n, h});
   float* x = xb.data<float>();
-  ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
+  if (device_ids != nullptr) {  // queued decode: the previous step's argmax, still on the device
+    const bool copy = embed_device_.quantized || embed_device_.dense.defined();
+    const ops::Weight& table = copy ? embed_device_ : *embed_;
+    ops::embedding_device_ids(table, device_ids, n, spec_.embed_scale, x);
+  } else {
+    ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
+  }
   // bf16 models run attention's matmuls at bf16 on a device with tensor cores (ops.h AttentionMask).
   ops::AttentionMask m = mask;
   m.bf16_matmul = !on_host && !f32_weights_;

@@ -31,6 +31,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <deque>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -106,6 +107,13 @@ class DecoderModel final : public LanguageModel {
   int32_t forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask, const ops::SamplingSpec& spec, const int32_t* history,
                          int64_t n_history, double u) override;
+  // Queued greedy decode (language_model.h): on a device each step is one ops::run_graph_async whose
+  // embedding is gathered from the id the step before left in device memory (embedding_device_ids) and
+  // whose argmax stays there (argmax_device), with a readback of it for next_queued.
+  void begin_queued(int32_t id) override;
+  void queue_greedy(const Positions& positions, KVCache& cache) override;
+  int32_t next_queued() override;
+  bool queues_ahead() const override { return device_ != Device::kCpu; }
   size_t weight_bytes() const override;
   Device device() const override { return device_; }
   // Throws Error(kUnsupported) naming the reason when `device` cannot run (no CUDA); the model then
@@ -150,8 +158,11 @@ class DecoderModel final : public LanguageModel {
   void mlp_block(int i, const float* hx, int64_t n, float* out, const ops::LinearNorm* norm = nullptr);
   // The layers and the head: the logits of the last `rows` positions on device_ ([rows, vocab]; the
   // caller's host `logits` when on the CPU, else a device buffer kept alive by `keep`).
+  // device_ids: when set, the n inputs are the embeddings of these ids in device_ memory, gathered
+  // there (embeds is then unused).
   float* run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
-             const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep);
+             const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
+             const int32_t* device_ids = nullptr);
 
   DecoderSpec spec_;
   std::unique_ptr<TensorTable> table_;
@@ -160,6 +171,15 @@ class DecoderModel final : public LanguageModel {
   Device device_ = Device::kCpu;
   ops::Weight embed_host_;  // the embedding table's host view, for embed() on any device
   const ops::Weight* embed_ = nullptr;
+  // Untied on a device: a copy of the table there, for queued steps' gathers (tied, the head is it).
+  ops::Weight embed_device_;
+  // Queued greedy decode: ids in device_ memory (slot k % 2 is what step k feeds, the next slot what
+  // it produces), host copies read by next_queued (a ring: at most two steps are unread), and per
+  // unread step its run_graph_async ticket and host slot.
+  Tensor queued_ids_;
+  int64_t queued_steps_ = 0;
+  int32_t queued_host_[4] = {};
+  std::deque<std::pair<uint64_t, int>> queued_unread_;
   Linear head_;
   Tensor final_norm_;
   std::vector<Layer> layers_;
