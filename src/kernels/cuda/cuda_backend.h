@@ -49,7 +49,8 @@ void graph_op_boundary();
 // Whether run_graph captures (VLMCHECK_CUDA_GRAPHS=0 turns it off; so does VLMCHECK_CUDA_PROFILE).
 bool graphs_enabled();
 // Tests and benchmarks: overrides VLMCHECK_CUDA_GRAPHS (on/off) and VLMCHECK_CUDA_GRAPH_OPS (the
-// most ops per captured piece, default 64; 0 = the whole step as one graph). Not inside run_graph.
+// most ops per captured piece, default 64 for run_graph and 0 = the whole step as one graph for
+// run_graph_async; either sets both). Not inside run_graph.
 void set_graph_options(bool enabled, int piece_ops);
 // Decode attention's split merge: true (the default) = the last block of each team of splits merges
 // them in the same launch, false = a second launch (attention_combine). VLMCHECK_CUDA_DECODE_MERGE=combine

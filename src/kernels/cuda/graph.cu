@@ -94,6 +94,7 @@ struct StepSet {
 struct GraphState {
   bool enabled = true;
   int piece_ops = kDefaultPieceOps;
+  int queued_piece_ops = 0;  // run_graph_async's steps: one graph unless VLMCHECK_CUDA_GRAPH_OPS says otherwise
   GraphStats stats;
 
   // Per step.
@@ -101,6 +102,7 @@ struct GraphState {
   Entry* entry = nullptr;
   int set = 0;  // the step set of the step being captured
   size_t piece = 0;
+  int step_piece_ops = 0;  // piece_ops or queued_piece_ops, for the step being captured
   int ops_in_piece = 0, piece_limit = 0;
 
   StepSet sets[kSets];
@@ -113,7 +115,7 @@ struct GraphState {
     const char* on = std::getenv("VLMCHECK_CUDA_GRAPHS");
     enabled = !(on != nullptr && std::string(on) == "0");
     if (const char* ops = std::getenv("VLMCHECK_CUDA_GRAPH_OPS"); ops != nullptr && *ops != '\0')
-      piece_ops = std::max(0, std::atoi(ops));
+      piece_ops = queued_piece_ops = std::max(0, std::atoi(ops));
   }
 };
 
@@ -277,8 +279,11 @@ void* capture_readback(void* dst, size_t bytes) {
 
 }  // namespace detail
 
-uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
-  using namespace detail;
+namespace detail {
+namespace {
+
+// run_graph / run_graph_async: the step captured in pieces of up to piece_ops ops (0: one graph).
+uint64_t capture_step(const void* key, const std::function<void()>& step, int piece_ops) {
   GraphState& g = state();
   // Nested: part of the enclosing capture. Off, or profiling (events cannot be captured): eagerly, and
   // the host outputs are already written (their copies waited).
@@ -303,7 +308,8 @@ uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
   g.entry = &en;
   g.piece = 0;
   g.ops_in_piece = 0;
-  g.piece_limit = g.piece_ops > 0 ? std::min(kFirstPieceOps, g.piece_ops) : 0;
+  g.step_piece_ops = piece_ops;
+  g.piece_limit = piece_ops > 0 ? std::min(kFirstPieceOps, piece_ops) : 0;
   begin_capture(s);
   g.capturing = true;
   try {
@@ -351,6 +357,13 @@ uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
   return set.ticket;
 }
 
+}  // namespace
+}  // namespace detail
+
+uint64_t run_graph_async(const void* key, const std::function<void()>& step) {
+  return detail::capture_step(key, step, detail::state().queued_piece_ops);
+}
+
 void graph_wait(uint64_t ticket) {
   if (ticket == 0) return;
   detail::GraphState& g = detail::state();
@@ -359,11 +372,13 @@ void graph_wait(uint64_t ticket) {
     if (st.ticket == ticket) detail::finish(g, st);  // else: already delivered (its set was reused)
 }
 
-void run_graph(const void* key, const std::function<void()>& step) { graph_wait(run_graph_async(key, step)); }
+void run_graph(const void* key, const std::function<void()>& step) {
+  graph_wait(detail::capture_step(key, step, detail::state().piece_ops));
+}
 
 void graph_op_boundary() {
   detail::GraphState& g = detail::state();
-  if (!g.capturing || g.piece_ops <= 0) return;
+  if (!g.capturing || g.step_piece_ops <= 0) return;
   if (g.ops_in_piece >= g.piece_limit) {
     const auto t0 = detail::Clock::now();
     cudaStream_t s = detail::stream("run_graph");
@@ -371,7 +386,7 @@ void graph_op_boundary() {
     detail::begin_capture(s);
     g.stats.graph_api_s += detail::seconds(detail::Clock::now() - t0);
     g.ops_in_piece = 0;
-    g.piece_limit = std::min(g.piece_limit * 2, g.piece_ops);
+    g.piece_limit = std::min(g.piece_limit * 2, g.step_piece_ops);
   }
   ++g.ops_in_piece;
 }
@@ -400,7 +415,7 @@ void set_graph_options(bool enabled, int piece_ops) {
   detail::GraphState& g = detail::state();
   VLM_CHECK(!g.capturing, ErrorKind::kInvalidArgument, "[cuda set_graph_options] called inside run_graph");
   g.enabled = enabled;
-  g.piece_ops = std::max(0, piece_ops);
+  g.piece_ops = g.queued_piece_ops = std::max(0, piece_ops);
 }
 
 bool graphs_enabled() { return detail::state().enabled && !detail::profiling(); }
