@@ -329,29 +329,37 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (on_piece && !piece.empty()) return on_piece(piece, id);
     return true;
   };
-  // Greedy decode on a device that runs asynchronously is queued one step ahead of the host
-  // (LanguageModel::queue_greedy): step n + 1 is queued before the host reads token n + 1 from step n,
-  // so the device goes on while the host handles a token. The same tokens as the loop below; a stop
-  // after token n (EOS, the streaming callback) leaves one speculative step that fed token n, whose
-  // K/V entry the cache keeps and whose result is not read into the output. Not with thinking budgets
-  // (they replace tokens the next step would already have fed) nor with a prompt cache (it must hold
-  // exactly the fed ids). VLMCHECK_QUEUED_DECODE=1 forces it (tests run it on the CPU), =0 turns it off.
-  const bool queued = greedy && !thinking && !prompt_cache && queued_decode(model);
-  auto decode_positions = [&]() -> Positions {
+  // Decode on a device that runs asynchronously is queued one step ahead of the host
+  // (LanguageModel::queue_greedy / queue_sample): step n + 1 is queued before the host reads token n + 1
+  // from step n, so the device goes on while the host handles a token. The same tokens as the loop below
+  // (sampled steps draw their u in the same order); a stop after token n (EOS, the streaming callback)
+  // leaves one speculative step that fed token n, whose K/V entry the cache keeps and whose result is not
+  // read into the output. Greedy, or the built-in chain on the model without penalties (they read the
+  // history); not with thinking budgets (they replace tokens the next step would already have fed) nor
+  // with a prompt cache (it must hold exactly the fed ids). VLMCHECK_QUEUED_DECODE=1 forces it (tests run
+  // it on the CPU), =0 turns it off.
+  const bool queued = (greedy || (sample_on_model && !chain.spec().reads_history())) && !thinking && !prompt_cache &&
+                      queued_decode(model);
+  auto queue_next = [&] {  // the step after the last queued one, at the cache's next position
+    Positions pos{positions.data(), 1, 1};
     if (mm) {
       const int64_t p = cache->offset() + mm->rope_delta;
       for (int r = 0; r < mm->dims; ++r) positions[static_cast<size_t>(r)] = p;
-      return Positions{positions.data(), 1, mm->dims};
+      pos.dims = mm->dims;
+    } else {
+      positions[0] = cache->offset();
     }
-    positions[0] = cache->offset();
-    return Positions{positions.data(), 1, 1};
+    if (greedy)
+      model.queue_greedy(pos, *cache);
+    else
+      model.queue_sample(pos, *cache, chain.spec(), chain.draw());
   };
   int64_t unread = 0;  // queued steps whose token was not read
   if (queued) model.begin_queued(token);
   for (int64_t n = 0; n < params.max_tokens; ++n) {
     if (queued && n > 0) {
       if (n + 1 < params.max_tokens) {  // step n, fed token n before the host has seen it
-        model.queue_greedy(decode_positions(), *cache);
+        queue_next();
         ++unread;
       }
       token = model.next_queued();  // token n, from step n - 1
@@ -372,7 +380,7 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
     if (n + 1 == params.max_tokens) break;
     if (queued) {
       if (n == 0) {
-        model.queue_greedy(decode_positions(), *cache);
+        queue_next();
         ++unread;
       }
       continue;

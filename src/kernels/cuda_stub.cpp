@@ -31,6 +31,9 @@ uint64_t run_graph_async(const void*, const std::function<void()>&) { unavailabl
 void graph_wait(uint64_t) {}
 void argmax_device(const float*, int64_t, int64_t, int32_t*) { unavailable(); }
 void embedding_device_ids(const Weight&, const int32_t*, int64_t, float, float*) { unavailable(); }
+void sample_device(const float*, int64_t, const SamplingSpec&, const int32_t*, int64_t, double, int32_t*) {
+  unavailable();
+}
 void graph_op_boundary() {}
 bool graphs_enabled() { return false; }
 void set_graph_options(bool, int) {}

@@ -450,8 +450,9 @@ void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids) {
   pick(&cpu::KernelTable::argmax)(x, n, d, device_ids);  // host memory on the CPU
 }
 
-void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
-            double u, int32_t* id) {
+namespace {
+// The arguments sample and sample_device share.
+void check_sample(const SamplingSpec& spec, int64_t vocab, const int32_t* history, int64_t n_history, double u) {
   VLM_CHECK(vocab > 0 && vocab <= INT32_MAX, ErrorKind::kInvalidArgument, "[sample] vocab {} must be in [1, 2^31)",
             vocab);
   VLM_CHECK(spec.temperature >= 0.0f, ErrorKind::kInvalidArgument, "[sample] temperature must be >= 0, got {}",
@@ -469,7 +470,24 @@ void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const 
   VLM_CHECK(u >= 0.0 && u < 1.0, ErrorKind::kInvalidArgument, "[sample] u must be in [0, 1), got {}", u);
   VLM_CHECK(n_history >= 0 && (n_history == 0 || history != nullptr), ErrorKind::kInvalidArgument,
             "[sample] history of {} ids without data", n_history);
+}
+}  // namespace
+
+void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
+            double u, int32_t* id) {
+  check_sample(spec, vocab, history, n_history, u);
   pick(&cpu::KernelTable::sample)(logits, vocab, spec, history, n_history, u, id);
+}
+
+void sample_device(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history,
+                   int64_t n_history, double u, int32_t* device_id) {
+  check_sample(spec, vocab, history, n_history, u);
+  if (t_current_device == Device::kCuda) {
+    cuda::graph_op_boundary();
+    cuda::sample_device(logits, vocab, spec, history, n_history, u, device_id);
+    return;
+  }
+  pick(&cpu::KernelTable::sample)(logits, vocab, spec, history, n_history, u, device_id);  // host memory on the CPU
 }
 
 namespace {

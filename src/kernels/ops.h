@@ -135,6 +135,11 @@ struct SamplingSpec {
   int64_t presence_context = 20;
   float frequency_penalty = 0.0f;  // subtracted once per occurrence in its window
   int64_t frequency_context = 20;
+  // Whether a penalty reads the history, so that a step needs the token before it on the host (a
+  // queued decode step cannot sample with it).
+  bool reads_history() const {
+    return repetition_penalty != 0.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
 };
 // One token from one logits row [vocab], mlx-vlm's chain in its order: logit_bias, repetition,
 // presence and frequency penalties over the history (prompt then generated ids), log-softmax, then
@@ -150,6 +155,11 @@ struct SamplingSpec {
 // must check.
 void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
             double u, int32_t* id);
+// sample() leaving the id in memory of the current device (no wait on CUDA), where a queued decode step's
+// embedding_device_ids reads it; copy it to the host to see it. On CUDA a row whose every logit is masked
+// gives -1 there (the caller checks the copy); on the CPU it throws as sample() does.
+void sample_device(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history,
+                   int64_t n_history, double u, int32_t* device_id);
 
 // Attention of q over k/v already laid out as [tokens, heads, head_dim] (keys contiguous per token).
 // q: [nq, n_heads, hd]; k, v: [nk, n_kv_heads, hd]; out: [nq, n_heads, hd]. GQA: query head h reads

@@ -77,7 +77,8 @@ class LanguageModel {
   // argmax for the next; next_queued() returns the oldest unread step's argmax, waiting for it. So the
   // host can queue step t + 1 before it reads step t's token, and the device never waits for the host
   // in between. At most two steps may be queued and unread. Same ids, in the same order, as
-  // forward_argmax on the embedding of the previous id. The default runs each step at once.
+  // forward_argmax on the embedding of the previous id (queue_sample: forward_sample). The default runs
+  // each step at once.
   virtual void begin_queued(int32_t id) {
     queued_last_ = id;
     queued_.clear();
@@ -86,6 +87,15 @@ class LanguageModel {
     std::vector<float> e(static_cast<size_t>(hidden_size()));
     embed(&queued_last_, 1, e.data());
     queued_last_ = forward_argmax(e.data(), 1, positions, cache, ops::AttentionMask{});
+    queued_.push_back(queued_last_);
+  }
+  // queue_greedy with a sampled id instead of the argmax: ops::sample with the built-in chain `spec`
+  // (which must not read the history: !spec.reads_history()) at the uniform u. next_queued throws for a
+  // row whose every logit was masked, as forward_sample does.
+  virtual void queue_sample(const Positions& positions, KVCache& cache, const ops::SamplingSpec& spec, double u) {
+    std::vector<float> e(static_cast<size_t>(hidden_size()));
+    embed(&queued_last_, 1, e.data());
+    queued_last_ = forward_sample(e.data(), 1, positions, cache, ops::AttentionMask{}, spec, nullptr, 0, u);
     queued_.push_back(queued_last_);
   }
   virtual int32_t next_queued() {

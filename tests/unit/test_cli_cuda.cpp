@@ -135,6 +135,20 @@ TEST(CliCuda, SeededSamplingOnCudaGivesTheCpuTokens) {
       distinct.insert(cpu);
     }
   EXPECT_GE(distinct.size(), 7u) << "seeds should give different samples";
+  // Without a penalty the CUDA decode steps are queued one ahead of the host (ops::sample_device feeding the
+  // next step's embedding on the GPU): still the CPU's tokens.
+  for (const char* fixture : {"qwen2", "llama", "gemma3_text"}) {
+    auto run = [&](const char* device) {
+      auto r = test::run_vlmcheck({"generate", "--model", text_fixture(fixture), "--prompt", "Once upon a time",
+                                   "--max-tokens", "24", "--temperature", "0.7", "--top-p", "0.95", "--top-k", "40",
+                                   "--seed", "5", "--device", device, "--json"});
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      return Json::parse(r.out)["tokens"].get<std::vector<int32_t>>();
+    };
+    const std::vector<int32_t> cpu = run("cpu");
+    EXPECT_FALSE(cpu.empty()) << fixture;
+    EXPECT_EQ(run("cuda"), cpu) << fixture << " (queued sampled decode)";
+  }
 }
 
 TEST(CliCuda, TheDefaultDeviceIsCudaExactlyWhenAGpuIsUsable) {

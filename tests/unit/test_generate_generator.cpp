@@ -254,6 +254,24 @@ TEST(Generator, QueuedDecodeGivesTheSameTokensAndStops) {
   const auto [none, none_calls] = run(true, {full.tokens[0]}, 0);
   EXPECT_TRUE(none.tokens.empty());
   EXPECT_EQ(none_calls, run(false, {full.tokens[0]}, 0).second);  // the prompt only
+  // Seeded sampling with the built-in chain is queued too (the same u per step, drawn when it is queued) ...
+  p.temperature = 0.8f;
+  p.top_p = 0.9f;
+  p.top_k = 20;
+  p.seed = 7;
+  const auto [sampled, sampled_calls] = run(false, {}, 0);
+  const auto [queued_sampled, queued_sampled_calls] = run(true, {}, 0);
+  ASSERT_EQ(sampled.tokens.size(), 10u);
+  EXPECT_EQ(queued_sampled.tokens, sampled.tokens);
+  EXPECT_EQ(queued_sampled_calls, sampled_calls);
+  EXPECT_NE(sampled.tokens, full.tokens);  // the draws mattered
+  // ... but not with a penalty, which reads the history the host has not seen yet: the plain loop runs, with
+  // the same tokens and no speculative step at a stop.
+  p.repetition_penalty = 1.3f;
+  const auto [penalized, penalized_calls] = run(false, {}, 3);
+  const auto [queued_penalized, queued_penalized_calls] = run(true, {}, 3);
+  EXPECT_EQ(queued_penalized.tokens, penalized.tokens);
+  EXPECT_EQ(queued_penalized_calls, penalized_calls);
 }
 
 TEST(Generator, SeededSamplingReproducesAndCustomHooksAreUsed) {

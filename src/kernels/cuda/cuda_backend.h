@@ -40,9 +40,12 @@ void run_graph(const void* key, const std::function<void()>& step);
 // ops::run_graph_async / graph_wait on the GPU (graph.cu "queued steps").
 uint64_t run_graph_async(const void* key, const std::function<void()>& step);
 void graph_wait(uint64_t ticket);
-// ops::argmax_device and ops::embedding_device_ids on the GPU (elementwise.cu, embedding.cu).
+// ops::argmax_device, ops::embedding_device_ids and ops::sample_device on the GPU (elementwise.cu,
+// embedding.cu, sample.cu).
 void argmax_device(const float* x, int64_t n, int64_t d, int32_t* device_ids);
 void embedding_device_ids(const Weight& table, const int32_t* device_ids, int64_t n, float scale, float* out);
+void sample_device(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history,
+                   int64_t n_history, double u, int32_t* device_id);
 // Called by ops.cpp before every CUDA op: under run_graph, ends and launches the piece captured so far
 // once it holds its share of ops (8, 16, 32, ... up to the piece size), so the GPU starts early.
 void graph_op_boundary();

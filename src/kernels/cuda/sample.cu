@@ -565,9 +565,11 @@ __global__ void finish_kernel(const float* work, int64_t vocab, int64_t chunk, i
 
 }  // namespace
 
-void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
-            double u, int32_t* id) {
-  const char* op = "sample";
+namespace {
+
+// The chain's kernels on the backend stream; returns the device State whose `out` holds (id, status).
+State* launch_sample(const char* op, const float* logits, int64_t vocab, const SamplingSpec& spec,
+                     const int32_t* history, int64_t n_history, double u) {
   // The processors' edits, planned on the host from the host history (and checked there, with the
   // CPU's messages); a few dozen entries per token.
   const std::vector<LogitEdit> edits = sampling::plan_logit_edits(spec, history, n_history, vocab);
@@ -640,6 +642,14 @@ void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const 
   }
   finish_kernel<<<1, kThreads, 0, s>>>(work, vocab, chunk, chunks, st, draw, buf, inv_t, d_u);
   VLM_CUDA_LAUNCHED(op);
+  return st;
+}
+
+}  // namespace
+
+void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history, int64_t n_history,
+            double u, int32_t* id) {
+  State* st = launch_sample("sample", logits, vocab, spec, history, n_history, u);
   // Inside a captured step (ops::run_graph) the copy lands when run_graph returns, so only the id
   // goes, -1 standing for "every logit masked"; the caller checks it then (ops.h).
   if (detail::capturing()) {
@@ -656,3 +666,12 @@ void sample(const float* logits, int64_t vocab, const SamplingSpec& spec, const 
 }
 
 }  // namespace vlm::ops::cuda::kernels
+
+namespace vlm::ops::cuda {
+void sample_device(const float* logits, int64_t vocab, const SamplingSpec& spec, const int32_t* history,
+                   int64_t n_history, double u, int32_t* device_id) {
+  kernels::State* st = kernels::launch_sample("sample_device", logits, vocab, spec, history, n_history, u);
+  // The id (-1: every logit masked) where the next step reads it; the State is scratch the next op reuses.
+  vlm::ops::cuda::copy(device_id, Device::kCuda, st->out, Device::kCuda, sizeof(int32_t));
+}
+}  // namespace vlm::ops::cuda

@@ -501,6 +501,16 @@ void DecoderModel::begin_queued(int32_t id) {
 }
 
 void DecoderModel::queue_greedy(const Positions& positions, KVCache& cache) {
+  queue_step(positions, cache, nullptr, 0.0);
+}
+
+void DecoderModel::queue_sample(const Positions& positions, KVCache& cache, const ops::SamplingSpec& spec, double u) {
+  VLM_CHECK(!spec.reads_history(), ErrorKind::kInternal,
+            "{}: queue_sample with penalties (they read the history the host does not have yet)", spec_.family);
+  queue_step(positions, cache, &spec, u);
+}
+
+void DecoderModel::queue_step(const Positions& positions, KVCache& cache, const ops::SamplingSpec* spec, double u) {
   VLM_CHECK(queued_ids_.defined(), ErrorKind::kInternal, "{}: queue_greedy before begin_queued", spec_.family);
   VLM_CHECK(queued_unread_.size() < 2, ErrorKind::kInternal, "{}: more than two queued decode steps unread",
             spec_.family);
@@ -513,13 +523,17 @@ void DecoderModel::queue_greedy(const Positions& positions, KVCache& cache) {
   auto step = [&] {
     Tensor keep;
     const float* logits = run(nullptr, 1, positions, cache, ops::AttentionMask{}, 1, nullptr, keep, in);
-    ops::argmax_device(logits, 1, spec_.vocab_size, out);
+    if (spec != nullptr)
+      ops::sample_device(logits, spec_.vocab_size, *spec, nullptr, 0, u, out);
+    else
+      ops::argmax_device(logits, 1, spec_.vocab_size, out);
     // The host copy: under run_graph_async written at graph_wait (next_queued), else at once.
     ops::copy(host, Device::kCpu, out, device_, sizeof(int32_t));
   };
-  // Its own graph key: the step differs from forward_argmax's (gather and argmax on the device), which
-  // the last prompt token runs, so sharing `this` would rebuild the executables every generation.
-  const void* key = reinterpret_cast<const char*>(this) + 1;
+  // Its own graph keys: the step differs from forward_argmax's / forward_sample's (gather, argmax or sample on
+  // the device), which the last prompt token runs, so sharing `this` would rebuild the executables every
+  // generation.
+  const void* key = reinterpret_cast<const char*>(this) + (spec != nullptr ? 2 : 1);
   const uint64_t ticket = device_ != Device::kCpu ? ops::run_graph_async(key, step) : (step(), uint64_t{0});
   ++queued_steps_;
   queued_unread_.emplace_back(ticket, slot);
@@ -530,7 +544,11 @@ int32_t DecoderModel::next_queued() {
   const auto [ticket, slot] = queued_unread_.front();
   queued_unread_.pop_front();
   ops::graph_wait(ticket);
-  return queued_host_[slot];
+  const int32_t id = queued_host_[slot];
+  // A sampled step whose every logit was masked (ops::sample_device on CUDA), raised as forward_sample does.
+  VLM_CHECK(id >= 0, ErrorKind::kInvalidArgument,
+            "{}: sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)", spec_.family);
+  return id;
 }
 
 float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,

@@ -112,6 +112,7 @@ class DecoderModel final : public LanguageModel {
   // whose argmax stays there (argmax_device), with a readback of it for next_queued.
   void begin_queued(int32_t id) override;
   void queue_greedy(const Positions& positions, KVCache& cache) override;
+  void queue_sample(const Positions& positions, KVCache& cache, const ops::SamplingSpec& spec, double u) override;
   int32_t next_queued() override;
   bool queues_ahead() const override { return device_ != Device::kCpu; }
   size_t weight_bytes() const override;
@@ -163,6 +164,8 @@ class DecoderModel final : public LanguageModel {
   float* run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
              const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
              const int32_t* device_ids = nullptr);
+  // One queued decode step (queue_greedy: spec null; queue_sample).
+  void queue_step(const Positions& positions, KVCache& cache, const ops::SamplingSpec* spec, double u);
 
   DecoderSpec spec_;
   std::unique_ptr<TensorTable> table_;
