@@ -228,7 +228,11 @@ Entry& entry_for(GraphState& g, const void* key) {
 void finish(GraphState& g, StepSet& st) {
   if (st.ticket == 0) return;
   const auto t0 = Clock::now();
-  VLM_CUDA(cudaEventSynchronize(st.done), "run_graph");
+  if (const cudaError_t e = cudaEventSynchronize(st.done); e != cudaSuccess) {
+    st.readbacks.clear();  // never delivered later, when their destinations may be gone
+    st.ticket = 0;
+    fail_cuda(e, "run_graph", "cudaEventSynchronize");
+  }
   for (const Readback& r : st.readbacks) std::memcpy(r.dst, r.pinned, r.bytes);
   st.readbacks.clear();
   st.ticket = 0;

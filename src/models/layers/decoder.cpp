@@ -490,6 +490,15 @@ int32_t DecoderModel::forward_sample(const float* embeds, int64_t n, const Posit
   return id;
 }
 
+DecoderModel::~DecoderModel() {
+  for (const auto& [ticket, slot] : queued_unread_) {
+    try {
+      ops::graph_wait(ticket);
+    } catch (...) {  // a device fault already reported elsewhere; nothing to deliver into
+    }
+  }
+}
+
 void DecoderModel::begin_queued(int32_t id) {
   VLM_CHECK(id >= 0 && id < spec_.vocab_size, ErrorKind::kInvalidArgument,
             "{}: token id {} is outside the vocabulary [0, {})", spec_.family, id, spec_.vocab_size);

@@ -95,6 +95,8 @@ class DecoderModel final : public LanguageModel {
   // outlive the model.
   DecoderModel(DecoderSpec spec, const ModelConfig& config, const Checkpoint& checkpoint,
                const std::string& adapter_path);
+  // Waits for queued decode steps nobody read (a generation that threw): their readbacks target this object.
+  ~DecoderModel() override;
 
   int64_t vocab_size() const override { return spec_.vocab_size; }
   int64_t hidden_size() const override { return spec_.hidden_size; }
