@@ -126,9 +126,10 @@ std::vector<std::pair<int64_t, int64_t>> multimodal_chunks(const std::vector<int
 
 void check_multimodal(const MultimodalPrompt& mm, int64_t n, int64_t hidden) {
   VLM_CHECK(mm.embeds.defined() && mm.embeds.dtype() == DType::kF32 && mm.embeds.ndim() == 2 &&
-                mm.embeds.dim(0) == n && mm.embeds.dim(1) == hidden,
+                mm.embeds.dim(0) == n && mm.embeds.dim(1) == hidden && mm.embeds.is_contiguous(),
             ErrorKind::kInvalidArgument,
-            "generate: the multimodal prompt's embeds must be [{} prompt tokens, {} hidden] f32, got {}", n, hidden,
+            "generate: the multimodal prompt's embeds must be contiguous [{} prompt tokens, {} hidden] f32, got {}", n,
+            hidden,
             mm.embeds.defined() ? mm.embeds.describe() : std::string("none"));
   VLM_CHECK(mm.dims == 1 || mm.dims == 3, ErrorKind::kInvalidArgument,
             "generate: multimodal positions must have 1 or 3 rows (M-RoPE), got {}", mm.dims);
@@ -250,7 +251,7 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
   int32_t model_id = 0;
   // Penalties see the prompt followed by the generated ids.
   std::vector<int32_t> history = prompt;
-  auto run = [&](const float* x, int64_t n, const Positions& pos, const ops::AttentionMask& mask, bool last) {
+  auto run = [&](Embeds x, int64_t n, const Positions& pos, const ops::AttentionMask& mask, bool last) {
     if (greedy || (sample_on_model && !last))
       model_id = model.forward_argmax(x, n, pos, *cache, mask);
     else if (sample_on_model)
@@ -290,7 +291,8 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, cons
       mask.group_of_position = mm->groups.data();
       mask.group_positions = total;
     }
-    run(mm->embeds.data<float>() + begin * hidden, n, Positions{pos, n, mm->dims}, mask, end == total);
+    run(Embeds{mm->embeds.data<float>() + begin * hidden, mm->embeds.device()}, n, Positions{pos, n, mm->dims}, mask,
+        end == total);
   };
   // Decode positions continue at (tokens so far + rope_delta), the same value in every RoPE row.
   auto feed_decode_multimodal = [&](int32_t id) {

@@ -4,8 +4,9 @@
 //
 // Devices: a model loads on the host; to_device(kCuda) moves its weights to the GPU, after which
 // forward() runs there (under its own DeviceScope) while the interface stays host-facing: embed()
-// writes host floats, forward() reads host embeddings and writes host logits, and the KV cache passed
-// in must hold its storage on device() (KVCacheOptions::device).
+// writes host floats, forward() reads embeddings (host floats, or a multimodal prompt's rows already in
+// device memory: Embeds) and writes host logits, and the KV cache passed in must hold its storage on
+// device() (KVCacheOptions::device).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,16 @@ struct Positions {
   int dims = 1;
 };
 
+// The input embeddings of a forward call, [n, hidden] f32: host floats (a `const float*` converts), or rows
+// in a device's memory (a multimodal prompt built where its vision tower ran, MultimodalPrompt::embeds),
+// which a model on that device reads in place instead of uploading.
+struct Embeds {
+  const float* data = nullptr;
+  Device device = Device::kCpu;
+  Embeds(const float* host) : data(host) {}  // NOLINT(google-explicit-constructor): host floats
+  Embeds(const float* rows, Device where) : data(rows), device(where) {}
+};
+
 struct LayerCacheInfo {
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
@@ -43,12 +54,12 @@ class LanguageModel {
   virtual void embed(const int32_t* ids, int64_t n, float* out) const = 0;
   // Runs the decoder on n embeddings [n, hidden] at `positions`, appending to `cache`. Writes logits
   // [n, vocab] when all_logits, else only the last position's [vocab].
-  virtual void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  virtual void forward(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                        const ops::AttentionMask& mask, float* logits, bool all_logits) = 0;
   // forward() with all_logits = false for greedy decoding: returns the argmax of the last position's
   // logits (ops::argmax: ties go to the lowest id), taken on the model's device so that only the id
   // crosses to the host. The default runs forward() into a host buffer.
-  virtual int32_t forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  virtual int32_t forward_argmax(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                                  const ops::AttentionMask& mask) {
     std::vector<float> logits(static_cast<size_t>(vocab_size()));
     forward(embeds, n, positions, cache, mask, logits.data(), false);
@@ -61,7 +72,7 @@ class LanguageModel {
   // built-in sampler chain `spec` (history [n_history] and the uniform u as ops::sample takes them),
   // on the model's device so that only the id crosses to the host. The default runs forward() into a
   // host buffer and samples on the CPU.
-  virtual int32_t forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  virtual int32_t forward_sample(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                                  const ops::AttentionMask& mask, const ops::SamplingSpec& spec,
                                  const int32_t* history, int64_t n_history, double u) {
     std::vector<float> logits(static_cast<size_t>(vocab_size()));

@@ -27,7 +27,10 @@ namespace vlm {
 
 // The prompt as the language model must see it.
 struct MultimodalPrompt {
-  Tensor embeds;                     // [n, hidden] f32: text embeddings (family scaling included) + image features
+  // [n, hidden] f32: text embeddings (family scaling included) + image features, on the device the features
+  // were computed on (the vision model's; generate() hands the rows to a language model there without a copy
+  // through the host).
+  Tensor embeds;
   std::vector<int64_t> positions;    // dims == 1: [n]; dims == 3: [3, n] (t, h, w rows, Qwen M-RoPE)
   int dims = 1;
   // Decode continues at position (prompt length + rope_delta) for every RoPE row (Qwen's rope_deltas; 0 else).
@@ -41,8 +44,8 @@ struct MultimodalPrompt {
 class VisionModel {
  public:
   virtual ~VisionModel() = default;
-  // Features for one processed image, in prompt order: [image.image_tokens, lm_hidden] f32 on the host (computed
-  // on device()). Throws
+  // Features for one processed image, in prompt order: [image.image_tokens, lm_hidden] f32 on device(), where
+  // they were computed (vision::to_host makes a host copy). Throws
   // Error(kInvalidArgument) when the image's layout does not match the tower (wrong tile size, ...).
   virtual Tensor encode(const ProcessedImage& image) const = 0;
   // The id of the token that carries image features (config image_token_id / image_token_index).

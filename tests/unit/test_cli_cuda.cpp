@@ -415,10 +415,11 @@ TEST_P(CudaVlmParity, AnUnusableDeviceIsRefusedAndTheVisionModelStaysWhole) {
   EXPECT_TRUE(std::equal(before.data<float>(), before.data<float>() + before.numel(), after.data<float>()));
 }
 
-// The vision tower and projector on CUDA with the language model: encode() runs there and returns host
-// features, which must match transformers' image features and the same model's features on the CPU; the
-// prompt's multimodal embeddings are host floats the model uploads. Moved back to the CPU, the model encodes
-// bit-identically to one that never left it.
+// The vision tower and projector on CUDA with the language model: encode() runs there and returns its features
+// in device memory, which must match transformers' image features and the same model's features on the CPU; the
+// prompt's multimodal embeddings are built on the GPU too (bit for bit the prompt built on the host from the same
+// features) and the model reads them in place. Moved back to the CPU, the model encodes bit-identically to one
+// that never left it.
 TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
   if (!gpu()) GTEST_SKIP() << cuda_unavailable_reason();
   vlmtest::VlmFixture f = vlmtest::load_vision_fixture(GetParam());
@@ -433,14 +434,15 @@ TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
   for (const vlmtest::VlmCase& c : f.cases) {
     SCOPED_TRACE(GetParam() + " " + c.name);
     std::vector<ProcessedImage> images = vlmtest::reference_images(f, c);
-    std::vector<Tensor> feats;
+    std::vector<Tensor> feats, feats_host;
     double worst_cpu = 0, worst_ref = 0;
     int64_t row = 0;
     for (const ProcessedImage& im : images) {
       const auto t0 = std::chrono::steady_clock::now();
-      Tensor g = m.vision->encode(im);
+      Tensor gd = m.vision->encode(im);
+      ASSERT_EQ(gd.device(), Device::kCuda);  // the features stay where the tower ran
+      Tensor g = ops::to_device(gd, Device::kCpu, MemCategory::kScratch);
       const double gpu_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ASSERT_EQ(g.device(), Device::kCpu);  // host features on every device
       const auto t1 = std::chrono::steady_clock::now();
       const Tensor cpu = host.vision->encode(im);
       const double cpu_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
@@ -454,12 +456,25 @@ TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
       row += g.dim(0);
       std::printf("[cuda vlm encode] %-14s %-10s %5lld rows: cuda %.2f ms, cpu %.2f ms\n", GetParam().c_str(),
                   c.name.c_str(), static_cast<long long>(g.dim(0)), gpu_s * 1e3, cpu_s * 1e3);
-      feats.push_back(std::move(g));
+      feats.push_back(std::move(gd));
+      feats_host.push_back(std::move(g));
     }
     EXPECT_LE(worst_cpu, kF32DeviceNmse);
     EXPECT_LE(worst_ref, kFeatureTol);
     MultimodalPrompt p = m.vision->build_prompt(lm, c.ids, images, feats);
     const int64_t n = static_cast<int64_t>(c.ids.size());
+    // Built where the features are; a case without images has none, and its prompt is built on the host.
+    ASSERT_EQ(p.embeds.device(), feats.empty() ? Device::kCpu : Device::kCuda);
+    {
+      const MultimodalPrompt ph = m.vision->build_prompt(lm, c.ids, images, feats_host);
+      ASSERT_EQ(ph.embeds.device(), Device::kCpu);
+      const Tensor pd = ops::to_device(p.embeds, Device::kCpu, MemCategory::kScratch);
+      ASSERT_EQ(pd.shape(), ph.embeds.shape());
+      EXPECT_EQ(std::memcmp(pd.data<float>(), ph.embeds.data<float>(), sizeof(float) * pd.numel()), 0)
+          << "the prompt built on the GPU differs from the one built on the host from the same features";
+      EXPECT_EQ(p.positions, ph.positions);
+      EXPECT_EQ(p.groups, ph.groups);
+    }
     KVCacheOptions o;
     o.device = Device::kCuda;
     std::unique_ptr<KVCache> cache = make_kv_cache(lm.cache_layout(), o);
@@ -469,8 +484,8 @@ TEST_P(CudaVlmParity, ImagePromptsMatchTransformers) {
       mask.group_positions = static_cast<int64_t>(p.groups.size());
     }
     std::vector<float> logits(static_cast<size_t>(V));
-    lm.forward(p.embeds.data<float>(), n, Positions{p.positions.data(), n, p.dims}, *cache, mask, logits.data(),
-               false);
+    lm.forward(Embeds{p.embeds.data<float>(), p.embeds.device()}, n, Positions{p.positions.data(), n, p.dims}, *cache,
+               mask, logits.data(), false);
     Tensor ref = f.get(c, "logits").to_f32();
     ASSERT_EQ(ref.numel(), V);
     const double diff = vlmtest::rel_diff(logits.data(), ref.data<float>(), V);

@@ -50,11 +50,12 @@ class TinyAttentionLM final : public LanguageModel {
     for (int64_t i = 0; i < n; ++i)
       std::copy_n(embed_.data() + ids[i] * kHidden, kHidden, out + i * kHidden);
   }
-  void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  void forward(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                const ops::AttentionMask& mask, float* logits, bool all_logits) override {
     ++forward_calls;
     tokens_forwarded += n;
-    std::vector<float> x(embeds, embeds + n * kHidden);
+    EXPECT_EQ(embeds.device, Device::kCpu);  // a host model gets host rows
+    std::vector<float> x(embeds.data, embeds.data + n * kHidden);
     std::vector<float> q(n * kHeads * kHd), k(n * kKvHeads * kHd), v(n * kKvHeads * kHd), a(n * kHeads * kHd);
     for (int l = 0; l < kLayers; ++l) {
       for (int64_t t = 0; t < n; ++t) {

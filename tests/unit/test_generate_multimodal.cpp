@@ -57,11 +57,12 @@ class RecordingAttentionLM final : public LanguageModel {
   void embed(const int32_t* ids, int64_t n, float* out) const override {
     for (int64_t i = 0; i < n; ++i) std::copy_n(embed_.data() + ids[i] * kHidden, kHidden, out + i * kHidden);
   }
-  void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  void forward(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                const ops::AttentionMask& mask, float* logits, bool all_logits) override {
     calls.push_back({n, positions.dims, std::vector<int64_t>(positions.data, positions.data + positions.dims * n),
                      mask.group_of_position != nullptr});
-    std::vector<float> x(embeds, embeds + n * kHidden);
+    EXPECT_EQ(embeds.device, Device::kCpu);  // a host model gets host rows
+    std::vector<float> x(embeds.data, embeds.data + n * kHidden);
     std::vector<float> q(n * kHeads * kHd), k(n * kKvHeads * kHd), v(n * kKvHeads * kHd), a(n * kHeads * kHd);
     for (int l = 0; l < kLayers; ++l) {
       for (int64_t t = 0; t < n; ++t) {

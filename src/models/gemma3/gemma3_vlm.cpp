@@ -97,7 +97,7 @@ class Gemma3Vision final : public vlm_common::TowerVisionModel {
       ops::rms_norm(pooled.data<float>(), per_tile, dv, norm_, eps_, 1.0f, pooled.data<float>());
       ops::linear(pooled.data<float>(), per_tile, proj_, Tensor(), out.data<float>() + t * per_tile * text_hidden_);
     }
-    return vision::to_host(out);
+    return out;  // on device_
   }
 
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,

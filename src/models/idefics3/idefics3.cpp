@@ -76,7 +76,7 @@ class Idefics3Vision final : public vlm_common::TowerVisionModel {
                 shape_str(pm.shape()));
     }
     ops::DeviceScope scope(device_);
-    Tensor all;  // [tiles * rows per tile, text_hidden] on device_, downloaded once
+    Tensor all;  // [tiles * rows per tile, text_hidden] on device_
     int64_t rows = 0;
     for (int64_t t = 0; t < tiles; ++t) {
       // HF: a patch is attended iff any of its pixels is real (pixel_attention_mask summed over the patch).
@@ -99,7 +99,7 @@ class Idefics3Vision final : public vlm_common::TowerVisionModel {
       if (!all.defined()) all = vision::scratch(tiles * rows, text_hidden_, device_);
       ops::linear(shuffled.data<float>(), rows, proj_, Tensor(), all.data<float>() + t * rows * text_hidden_);
     }
-    return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
+    return all.defined() ? all : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,

@@ -437,7 +437,7 @@ void DecoderModel::mlp_block(int i, const float* hx, int64_t n, float* out, cons
   if (s.sandwich_norms) ops::rms_norm(out, n, h, L.post_ffn_norm, s.rms_norm_eps, s.norm_offset, out);
 }
 
-void DecoderModel::forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+void DecoderModel::forward(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                            const ops::AttentionMask& mask, float* logits, bool all_logits) {
   const int64_t rows = all_logits ? n : 1;
   Tensor keep;
@@ -449,7 +449,7 @@ void DecoderModel::forward(const float* embeds, int64_t n, const Positions& posi
   }
 }
 
-int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+int32_t DecoderModel::forward_argmax(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                                      const ops::AttentionMask& mask) {
   ops::DeviceScope scope(device_);
   int32_t id = 0;
@@ -467,7 +467,7 @@ int32_t DecoderModel::forward_argmax(const float* embeds, int64_t n, const Posit
   return id;
 }
 
-int32_t DecoderModel::forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+int32_t DecoderModel::forward_sample(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                                      const ops::AttentionMask& mask, const ops::SamplingSpec& spec,
                                      const int32_t* history, int64_t n_history, double u) {
   ops::DeviceScope scope(device_);
@@ -560,7 +560,7 @@ int32_t DecoderModel::next_queued() {
   return id;
 }
 
-float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+float* DecoderModel::run(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
                          const int32_t* device_ids) {
   const DecoderSpec& s = spec_;
@@ -582,7 +582,9 @@ float* DecoderModel::run(const float* embeds, int64_t n, const Positions& positi
     const ops::Weight& table = copy ? embed_device_ : *embed_;
     ops::embedding_device_ids(table, device_ids, n, spec_.embed_scale, x);
   } else {
-    ops::copy(x, device_, embeds, Device::kCpu, sizeof(float) * n * h);  // the one upload per call
+    // The one upload per call; rows already on device_ (a multimodal prompt built there) are copied in place.
+    VLM_CHECK(embeds.data != nullptr, ErrorKind::kInvalidArgument, "{}: forward needs its input embeddings", s.family);
+    ops::copy(x, device_, embeds.data, embeds.device, sizeof(float) * n * h);
   }
   // bf16 models run attention's matmuls at bf16 on a device with tensor cores (ops.h AttentionMask).
   ops::AttentionMask m = mask;

@@ -102,11 +102,11 @@ class DecoderModel final : public LanguageModel {
   int64_t hidden_size() const override { return spec_.hidden_size; }
   std::vector<LayerCacheInfo> cache_layout() const override;
   void embed(const int32_t* ids, int64_t n, float* out) const override;
-  void forward(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  void forward(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                const ops::AttentionMask& mask, float* logits, bool all_logits) override;
-  int32_t forward_argmax(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  int32_t forward_argmax(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask) override;
-  int32_t forward_sample(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  int32_t forward_sample(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
                          const ops::AttentionMask& mask, const ops::SamplingSpec& spec, const int32_t* history,
                          int64_t n_history, double u) override;
   // Queued greedy decode (language_model.h): on a device each step is one ops::run_graph_async whose
@@ -163,7 +163,7 @@ class DecoderModel final : public LanguageModel {
   // caller's host `logits` when on the CPU, else a device buffer kept alive by `keep`).
   // device_ids: when set, the n inputs are the embeddings of these ids in device_ memory, gathered
   // there (embeds is then unused).
-  float* run(const float* embeds, int64_t n, const Positions& positions, KVCache& cache,
+  float* run(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
              const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
              const int32_t* device_ids = nullptr);
   // One queued decode step (queue_greedy: spec null; queue_sample).

@@ -101,7 +101,7 @@ class LlavaVision final : public vlm_common::TowerVisionModel {
       ops::linear(cat.data<float>(), n_sel, linear_1_, bias_1_, mid.data<float>());
       ops::activate(mid.data<float>(), n_sel * text_hidden_, act_);
       ops::linear(mid.data<float>(), n_sel, linear_2_, bias_2_, out.data<float>());
-      per_tile.push_back(vision::to_host(out));
+      per_tile.push_back(std::move(out));
     }
     return vlm_common::concat_rows(per_tile, text_hidden_);
   }

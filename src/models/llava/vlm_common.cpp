@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "kernels/ops.h"
 #include "models/families.h"
 #include "models/layers/tensor_table.h"
 
@@ -155,42 +156,57 @@ Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& id
                          const std::vector<Tensor>& features, float feature_scale, const std::string& what,
                          int64_t* image_tokens) {
   const int64_t n = static_cast<int64_t>(ids.size()), h = lm.hidden_size();
-  std::vector<int32_t> llm_ids(ids);
-  int64_t count = 0;
-  for (int32_t& id : llm_ids) {
-    if (id == image_token_id) {
-      id = 0;
-      ++count;
-    }
-  }
+  const int64_t count = std::count(ids.begin(), ids.end(), image_token_id);
+  // The features stay where the tower computed them: the prompt is built on that device.
+  const Device device = features.empty() ? Device::kCpu : features.front().device();
   int64_t rows = 0;
   for (const Tensor& f : features) {
     VLM_CHECK(f.ndim() == 2 && f.dim(1) == h && f.dtype() == DType::kF32 && f.is_contiguous(),
               ErrorKind::kInvalidArgument, "{}: image features must be f32 [rows, {}], got {}{}", what, h,
               dtype_name(f.dtype()), shape_str(f.shape()));
+    VLM_CHECK(f.device() == device, ErrorKind::kInvalidArgument,
+              "{}: image features must all be on one device, got {} and {}", what, device_name(device),
+              device_name(f.device()));
     rows += f.dim(0);
   }
   VLM_CHECK(rows == count, ErrorKind::kInvalidArgument,
             "{}: the prompt has {} image tokens but the images give {} feature rows", what, count, rows);
-  Tensor embeds = Tensor::empty({n, h}, DType::kF32);
+  ops::DeviceScope scope(device);
+  Tensor embeds = device == Device::kCpu ? Tensor::empty({n, h}, DType::kF32)
+                                         : ops::empty({n, h}, DType::kF32, MemCategory::kScratch, device);
   float* e = embeds.data<float>();
-  if (n > 0) lm.embed(llm_ids.data(), n, e);
+  const size_t row_bytes = sizeof(float) * static_cast<size_t>(h);
+  std::vector<float> staged;  // text rows embedded on the host, for a prompt built on a device
   size_t fi = 0;
-  int64_t fr = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[static_cast<size_t>(i)] != image_token_id) continue;
-    while (fr == features[fi].dim(0)) {
-      ++fi;
-      fr = 0;
+  int64_t fr = 0;  // next row of features[fi]
+  for (int64_t i = 0; i < n;) {
+    const bool image = ids[static_cast<size_t>(i)] == image_token_id;
+    int64_t j = i;
+    while (j < n && (ids[static_cast<size_t>(j)] == image_token_id) == image) ++j;
+    if (!image) {  // a run of text tokens: their embeddings (family scaling included)
+      const int32_t* run_ids = ids.data() + i;
+      if (device == Device::kCpu) {
+        lm.embed(run_ids, j - i, e + i * h);
+      } else {
+        staged.resize(static_cast<size_t>((j - i) * h));
+        lm.embed(run_ids, j - i, staged.data());
+        ops::copy(e + i * h, device, staged.data(), Device::kCpu, row_bytes * static_cast<size_t>(j - i));
+      }
+    } else {  // a run of image tokens: the next feature rows, in pieces that stay inside one image's features
+      for (int64_t k = i; k < j;) {
+        while (fr == features[fi].dim(0)) {
+          ++fi;
+          fr = 0;
+        }
+        const int64_t take = std::min(j - k, features[fi].dim(0) - fr);
+        ops::copy(e + k * h, device, features[fi].data<float>() + fr * h, device,
+                  row_bytes * static_cast<size_t>(take));
+        if (feature_scale != 1.0f) ops::scale(e + k * h, feature_scale, take * h);
+        fr += take;
+        k += take;
+      }
     }
-    const float* src = features[fi].data<float>() + fr * h;
-    float* dst = e + i * h;
-    if (feature_scale == 1.0f) {
-      std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(h));
-    } else {
-      for (int64_t c = 0; c < h; ++c) dst[c] = src[c] * feature_scale;
-    }
-    ++fr;
+    i = j;
   }
   if (image_tokens) *image_tokens = count;
   return embeds;
@@ -222,12 +238,15 @@ void check_tiles(const ProcessedImage& image, const std::string& what) {
 
 Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols) {
   if (parts.size() == 1) return parts[0];
+  const Device device = parts.empty() ? Device::kCpu : parts.front().device();
   int64_t total = 0;
   for (const Tensor& t : parts) total += t.dim(0);
-  Tensor all = Tensor::empty({total, cols}, DType::kF32);
+  ops::DeviceScope scope(device);
+  Tensor all = device == Device::kCpu ? Tensor::empty({total, cols}, DType::kF32)
+                                      : ops::empty({total, cols}, DType::kF32, MemCategory::kScratch, device);
   int64_t row = 0;
   for (const Tensor& t : parts) {
-    std::copy_n(t.data<float>(), t.numel(), all.data<float>() + row * cols);
+    ops::copy(all.data<float>() + row * cols, device, t.data<float>(), t.device(), sizeof(float) * t.numel());
     row += t.dim(0);
   }
   return all;

@@ -67,10 +67,11 @@ std::string find_prefix(const Checkpoint& checkpoint, const std::vector<std::str
 // The config's image token id: image_token_id, else image_token_index (older LLaVA / PaliGemma / Gemma 3).
 int32_t read_image_token_id(const Json& config, const std::string& what);
 
-// Embeds `ids` (image tokens embedded as id 0, as transformers does when the image token lies outside the
-// vocabulary — the rows are overwritten anyway) and writes the rows of `features` (concatenated, in order)
-// at the positions holding `image_token_id`, each multiplied by `feature_scale`. Error(kInvalidArgument)
-// naming both counts when rows and image tokens differ.
+// [ids.size(), hidden] f32: the embeddings of the text tokens of `ids` and, at the positions holding
+// `image_token_id`, the rows of `features` (concatenated, in order), each multiplied by `feature_scale`. Built on
+// the features' device (all must share one; the host without features): text rows are embedded on the host and
+// uploaded, feature rows copied in place, so a prompt whose tower ran on a GPU never crosses to the host.
+// Error(kInvalidArgument) naming both counts when rows and image tokens differ.
 Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& ids, int32_t image_token_id,
                          const std::vector<Tensor>& features, float feature_scale, const std::string& what,
                          int64_t* image_tokens);
@@ -89,8 +90,8 @@ std::vector<int32_t> run_groups(int64_t n, const std::function<bool(int64_t)>& i
 // Features of an image tile-by-tile: `pixels` [n_tiles, 3, h, w] f32 (Error(kInvalidArgument) otherwise).
 void check_tiles(const ProcessedImage& image, const std::string& what);
 
-// Per-tile feature blocks [n_i, cols] f32 stacked in order into one [sum n_i, cols] (the single block itself when
-// there is one).
+// Per-tile feature blocks [n_i, cols] f32 stacked in order into one [sum n_i, cols] on the first block's device
+// (the single block itself when there is one).
 Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols);
 
 // The ViT-tower families (LLaVA, Idefics3, Gemma 3, PaliGemma): a ViTEncoder and the family's projector. Their

@@ -50,14 +50,14 @@ class PaliGemmaVision final : public vlm_common::TowerVisionModel {
     const Tensor& px = image.pixels;
     const int64_t tiles = px.dim(0), h = px.dim(2), w = px.dim(3);
     ops::DeviceScope scope(device_);
-    Tensor all;  // [tiles * n_patches, text_hidden] on device_, downloaded once
+    Tensor all;  // [tiles * n_patches, text_hidden] on device_
     for (int64_t t = 0; t < tiles; ++t) {
       Tensor hs = tower_->forward(px.data<float>() + t * 3 * h * w, h, w, -1, true);  // [n_patches, dv]
       const int64_t rows = hs.dim(0);  // every tile has the same size
       if (!all.defined()) all = vision::scratch(tiles * rows, text_hidden_, device_);
       ops::linear(hs.data<float>(), rows, linear_, bias_, all.data<float>() + t * rows * text_hidden_);
     }
-    return all.defined() ? vision::to_host(all) : Tensor::empty({0, text_hidden_}, DType::kF32);
+    return all.defined() ? all : Tensor::empty({0, text_hidden_}, DType::kF32);
   }
 
   MultimodalPrompt build_prompt(const LanguageModel& lm, const std::vector<int32_t>& ids,

@@ -14,7 +14,6 @@
 #include "models/families.h"
 #include "models/layers/decoder.h"
 #include "models/llava/vlm_common.h"
-#include "models/vision/vision_device.h"
 #include "models/vision/vision_encoder.h"
 
 namespace vlm::families {
@@ -40,7 +39,7 @@ class QwenVision final : public VisionModel {
                   image.grid_t * image.grid_h * image.grid_w == px.dim(0),
               ErrorKind::kInvalidArgument, "{}: Qwen2-VL pixels must be f32 [grid_t*grid_h*grid_w = {}, patch], got {}{}",
               what_, image.grid_t * image.grid_h * image.grid_w, dtype_name(px.dtype()), shape_str(px.shape()));
-    return vision::to_host(tower_->forward(px, image.grid_t, image.grid_h, image.grid_w));
+    return tower_->forward(px, image.grid_t, image.grid_h, image.grid_w);  // on device(), as encode() promises
   }
 
   int32_t image_token_id() const override { return image_token_id_; }
