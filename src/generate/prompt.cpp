@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "image/image.h"
 #include "io/config.h"
+#include "kernels/ops.h"
 #include "text/chat_template.h"
 
 namespace vlm {
@@ -289,6 +290,12 @@ PreparedPrompt prepare_prompt(const std::string& folder, const Tokenizer& tok, c
     features.reserve(n_images);
     for (const ProcessedImage& img : out.images) features.push_back(vision->encode(img));
     out.multimodal = vision->build_prompt(*lm, out.ids, out.images, features);
+    // The features and the prompt stay on the tower's device, so nothing above waited for its queued work:
+    // wait here, or vision_encode_s would count only the launches and the LM prefill the tower's time.
+    if (vision->device() != Device::kCpu) {
+      ops::DeviceScope scope(vision->device());
+      ops::synchronize();
+    }
     out.vision_encode_s = seconds_since(t_vision);
   }
   return out;

@@ -1,6 +1,6 @@
 // A kernel timeline for any CUDA program, graph nodes included: an LD_PRELOAD library that turns on CUPTI's
-// kernel activity records and writes one CSV row per kernel (start and end in ns on the GPU's clock, the graph
-// node, grid and block) when the program exits. It exists because the device machine's nsys cannot import its
+// kernel and memcpy activity records and writes one CSV row per kernel or copy (start and end in ns on the GPU's
+// clock, the graph node, grid and block; a copy's name is "memcpy <direction> <bytes> B") when the program exits. It exists because the device machine's nsys cannot import its
 // own traces; what it measures is what `nsys --cuda-graph-trace=node` shows.
 //
 //   g++ -O2 -shared -fPIC -I/usr/local/cuda/include tools/cuda/kernel_trace.cpp -o kernel_trace.so
@@ -41,6 +41,14 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   CUpti_Activity* record = nullptr;
   std::lock_guard<std::mutex> lock(g_mutex);
   while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+    if (record->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {  // a copy: its row names the direction and the bytes
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(record);
+      static const char* const kinds[] = {"?", "h2d", "d2h", "h2a", "a2h", "a2a", "a2d", "d2a", "d2d", "h2h", "p2p"};
+      const char* kind = m->copyKind < sizeof(kinds) / sizeof(kinds[0]) ? kinds[m->copyKind] : "?";
+      g_rows->push_back({m->start, m->end, m->graphNodeId, m->graphId, m->streamId, 0, 0,
+                         std::string("memcpy ") + kind + " " + std::to_string(m->bytes) + " B"});
+      continue;
+    }
     if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && record->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
     const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
     g_rows->push_back({k->start, k->end, k->graphNodeId, k->graphId, k->streamId, k->gridX * k->gridY * k->gridZ,
@@ -62,7 +70,7 @@ void write_rows() {
                  static_cast<unsigned long long>(r.end), r.graph, static_cast<unsigned long long>(r.graph_node),
                  r.stream, r.grid, r.block, r.name.c_str());
   std::fclose(f);
-  std::fprintf(stderr, "kernel_trace: %zu kernels written to %s\n", g_rows->size(), path && *path ? path : "kernel_trace.csv");
+  std::fprintf(stderr, "kernel_trace: %zu kernels and copies written to %s\n", g_rows->size(), path && *path ? path : "kernel_trace.csv");
 }
 
 // The runtime may tear its context down before our atexit runs: flush while the context still exists.
@@ -74,7 +82,8 @@ __attribute__((constructor)) void start_trace() {
   g_rows = new std::vector<Row>();
   g_rows->reserve(1 << 20);
   if (cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed) != CUPTI_SUCCESS ||
-      cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS) {
+      cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS ||
+      cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY) != CUPTI_SUCCESS) {
     std::fprintf(stderr, "kernel_trace: CUPTI refused kernel activity records\n");
     return;
   }
