@@ -363,6 +363,8 @@ void bench_decode_attention(const ops::cpu::KernelTable& table, double copy_gbs,
       // The 3B decode after a 2048-token prompt: 65 splits on 132 SMs, which the register kernel merges in
       // two levels (teams of at most 64 states); the 2048-key rows (64 splits) take one.
       {"Qwen2.5-VL-3B", 16, 2, 128, 2080, 0, 0},    {"Qwen2.5-VL-3B", 16, 2, 128, 2080, 0, 4},
+      // Short contexts (a few chunks: fewer splits of two chunks each since stop 23) and SmolVLM's hd 64.
+      {"Qwen2.5-VL-3B", 16, 2, 128, 256, 0, 0},     {"SmolVLM-256M", 9, 3, 64, 2080, 0, 0},
   };
   const int group = 64;
   const size_t pool_target = size_t{256} << 20;

@@ -1095,6 +1095,25 @@ bool& tile_kernel_flag() {
   return on;
 }
 
+// Chunks each split of the register kernel walks at least, once the keys are enough for one-chunk splits to
+// fill half the blocks the launch aims at (launch_reg): 2, so every block has its second chunk's K/V in flight
+// while it computes the first (one chunk per split leaves that prefetch idle) and, at 2 kv heads, a 2k context
+// runs ~33 splits merged in one level instead of 65 in two. Shorter contexts keep one chunk per split: their
+// few blocks need the parallelism. H100, same binary with VLMCHECK_CUDA_DECODE_MIN_CHUNKS=1 (one chunk per split
+// everywhere) vs 2 everywhere: bench_cuda_kernels --decode-attention, 3B f32 2048 keys 11.8 -> 10.5 µs, 2080 keys
+// 12.3 -> 10.9, but 256 keys 8.0 -> 9.0; decode inside the graph, synthetic Qwen2.5-VL-3B bf16, 2048-token
+// prompt, 330.7 / 315.6 -> 339.6 / 326.6 tok/s, 256-token prompt 352.5 / 354.0 -> 346.7 / 347.5 (hence the
+// threshold). The 7B, Gemma 3 and SmolVLM shapes (3-4 kv heads) already ran two or more chunks per split at 2k.
+// VLMCHECK_CUDA_DECODE_MIN_CHUNKS=1..64 overrides it for tuning runs (read once).
+int64_t min_chunks_per_split() {
+  static const int64_t n = [] {
+    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_MIN_CHUNKS");
+    const int64_t v = e != nullptr ? std::atoll(e) : 0;
+    return v >= 1 && v <= 64 ? v : int64_t{2};
+  }();
+  return n;
+}
+
 template <bool kQuant, int kRows, int kE, bool kRope>
 void launch_reg_instance(const dim3& grid, cudaStream_t cs, const DecodeArgs& a, const RopeParam<kRope>& rp) {
   const size_t smem = sizeof(float) * kV2Warps * kRows * static_cast<size_t>(a.hd);
@@ -1133,6 +1152,7 @@ void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs, const RopeArgs* rope 
   int64_t splits = std::clamp<int64_t>((reg_blocks_target() + base - 1) / base, 1, chunks);
   int64_t per_split = (chunks + splits - 1) / splits;
   per_split = std::max(per_split, (chunks + kDecMaxSplits - 1) / kDecMaxSplits);
+  if (2 * chunks * base >= reg_blocks_target()) per_split = std::max(per_split, std::min(min_chunks_per_split(), chunks));
   splits = (chunks + per_split - 1) / per_split;  // no empty split
   a.row_chunks = static_cast<int>(row_chunks);
   a.chunks_per_split = per_split;
