@@ -921,7 +921,6 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
 
       // Greedy decode as generate runs it: queued one step ahead where the model queues (a GPU), else
       // forward_argmax (on a device only the id comes back).
-      std::vector<float> emb(static_cast<size_t>(hidden));
       int32_t next = 0;
       {
         ops::DeviceScope host(Device::kCpu);
@@ -939,6 +938,7 @@ BenchResult run_benchmark(const std::string& folder, const std::string& label, c
         }
         if (options.gen_tokens > 0) next = lm.next_queued();
       } else {
+        std::vector<float> emb(static_cast<size_t>(hidden));
         for (int64_t g = 0; g < options.gen_tokens; ++g) {
           int64_t pos = options.prompt_tokens + g;
           lm.embed(&next, 1, emb.data());

@@ -482,12 +482,18 @@ int32_t DecoderModel::forward_sample(Embeds embeds, int64_t n, const Positions& 
   // every logit is masked comes back as id -1 instead of an error (ops.h), raised here.
   if (device_ != Device::kCpu && n < kGraphMaxTokens) {
     ops::run_graph(this, step);
-    VLM_CHECK(id >= 0, ErrorKind::kInvalidArgument,
-              "{}: sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)", spec_.family);
+    require_sampled(id);
   } else {
     step();
   }
   return id;
+}
+
+// On a device, a sampled row whose every logit is masked comes back as id -1 (ops.h sample / sample_device)
+// instead of the CPU's error; raised here with the same message.
+void DecoderModel::require_sampled(int32_t id) const {
+  VLM_CHECK(id >= 0, ErrorKind::kInvalidArgument,
+            "{}: sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)", spec_.family);
 }
 
 DecoderModel::~DecoderModel() {
@@ -520,7 +526,8 @@ void DecoderModel::queue_sample(const Positions& positions, KVCache& cache, cons
 }
 
 void DecoderModel::queue_step(const Positions& positions, KVCache& cache, const ops::SamplingSpec* spec, double u) {
-  VLM_CHECK(queued_ids_.defined(), ErrorKind::kInternal, "{}: queue_greedy before begin_queued", spec_.family);
+  VLM_CHECK(queued_ids_.defined(), ErrorKind::kInternal, "{}: a decode step queued before begin_queued",
+            spec_.family);
   VLM_CHECK(queued_unread_.size() < 2, ErrorKind::kInternal, "{}: more than two queued decode steps unread",
             spec_.family);
   ops::DeviceScope scope(device_);
@@ -554,9 +561,7 @@ int32_t DecoderModel::next_queued() {
   queued_unread_.pop_front();
   ops::graph_wait(ticket);
   const int32_t id = queued_host_[slot];
-  // A sampled step whose every logit was masked (ops::sample_device on CUDA), raised as forward_sample does.
-  VLM_CHECK(id >= 0, ErrorKind::kInvalidArgument,
-            "{}: sampling: every logit is -inf or NaN (were all tokens banned by logit_bias?)", spec_.family);
+  require_sampled(id);  // a sampled step whose every logit was masked (ops::sample_device on CUDA)
   return id;
 }
 

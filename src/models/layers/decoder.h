@@ -166,6 +166,8 @@ class DecoderModel final : public LanguageModel {
   float* run(Embeds embeds, int64_t n, const Positions& positions, KVCache& cache,
              const ops::AttentionMask& mask, int64_t rows, float* logits, Tensor& keep,
              const int32_t* device_ids = nullptr);
+  // Raises forward_sample's error for a sampled id of -1 (a device's all-masked row).
+  void require_sampled(int32_t id) const;
   // One queued decode step (queue_greedy: spec null; queue_sample).
   void queue_step(const Positions& positions, KVCache& cache, const ops::SamplingSpec* spec, double u);
 
