@@ -1,11 +1,13 @@
 // A kernel timeline for any CUDA program, graph nodes included: an LD_PRELOAD library that turns on CUPTI's
 // kernel and memcpy activity records and writes one CSV row per kernel or copy (start and end in ns on the GPU's
-// clock, the graph node, grid and block; a copy's name is "memcpy <direction> <bytes> B") when the program exits. It exists because the device machine's nsys cannot import its
-// own traces; what it measures is what `nsys --cuda-graph-trace=node` shows.
+// clock, the graph node, grid and block; a copy's name is "memcpy <direction> <bytes> B") when the program
+// exits. It exists because the device machine's nsys cannot import its own traces; what it measures is what
+// `nsys --cuda-graph-trace=node` shows.
 //
+// Built by the CUDA build as libkernel_trace.so (CMake target kernel_trace), or alone:
 //   g++ -O2 -shared -fPIC -I/usr/local/cuda/include tools/cuda/kernel_trace.cpp -o kernel_trace.so
 //       -L/usr/local/cuda/lib64 -lcupti   (one line)
-//   VLMCHECK_KERNEL_TRACE=trace.csv LD_PRELOAD=$PWD/kernel_trace.so vlmcheck bench --device cuda ...
+//   VLMCHECK_KERNEL_TRACE=trace.csv LD_PRELOAD=$PWD/build/libkernel_trace.so vlmcheck bench --device cuda ...
 //
 // Tracing kernels one by one costs some overlap between chained launches; read the gaps between kernels as
 // upper bounds.
