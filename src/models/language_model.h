@@ -94,20 +94,12 @@ class LanguageModel {
     queued_last_ = id;
     queued_.clear();
   }
-  virtual void queue_greedy(const Positions& positions, KVCache& cache) {
-    std::vector<float> e(static_cast<size_t>(hidden_size()));
-    embed(&queued_last_, 1, e.data());
-    queued_last_ = forward_argmax(e.data(), 1, positions, cache, ops::AttentionMask{});
-    queued_.push_back(queued_last_);
-  }
+  virtual void queue_greedy(const Positions& positions, KVCache& cache) { run_queued(positions, cache, nullptr, 0); }
   // queue_greedy with a sampled id instead of the argmax: ops::sample with the built-in chain `spec`
   // (which must not read the history: !spec.reads_history()) at the uniform u. next_queued throws for a
   // row whose every logit was masked, as forward_sample does.
   virtual void queue_sample(const Positions& positions, KVCache& cache, const ops::SamplingSpec& spec, double u) {
-    std::vector<float> e(static_cast<size_t>(hidden_size()));
-    embed(&queued_last_, 1, e.data());
-    queued_last_ = forward_sample(e.data(), 1, positions, cache, ops::AttentionMask{}, spec, nullptr, 0, u);
-    queued_.push_back(queued_last_);
+    run_queued(positions, cache, &spec, u);
   }
   virtual int32_t next_queued() {
     VLM_CHECK(!queued_.empty(), ErrorKind::kInternal, "next_queued: no decode step is queued");
@@ -130,6 +122,17 @@ class LanguageModel {
   }
 
  private:
+  // The default queue's step, run at once: the last id's embedding through forward_argmax (spec null) or
+  // forward_sample.
+  void run_queued(const Positions& positions, KVCache& cache, const ops::SamplingSpec* spec, double u) {
+    std::vector<float> e(static_cast<size_t>(hidden_size()));
+    embed(&queued_last_, 1, e.data());
+    queued_last_ = spec != nullptr
+                       ? forward_sample(e.data(), 1, positions, cache, ops::AttentionMask{}, *spec, nullptr, 0, u)
+                       : forward_argmax(e.data(), 1, positions, cache, ops::AttentionMask{});
+    queued_.push_back(queued_last_);
+  }
+
   int32_t queued_last_ = 0;     // the default queue: the id the next step feeds
   std::deque<int32_t> queued_;  // and the ids produced, not read yet
 };

@@ -945,15 +945,18 @@ bool& last_block_merge_flag() {
 }
 bool last_block_merge() { return last_block_merge_flag(); }
 
+// A tuning switch: the integer in environment variable `name` when it lies in [lo, hi], else `fallback`.
+int64_t env_in_range(const char* name, int64_t lo, int64_t hi, int64_t fallback) {
+  const char* e = std::getenv(name);
+  const int64_t v = e != nullptr ? std::atoll(e) : 0;
+  return v >= lo && v <= hi ? v : fallback;
+}
+
 // Blocks per SM the split count aims at: 2 (measured on the H200 against 4 and 8 with the two-launch
 // merge: 36 vs 45 / 57 µs at 16k keys on the 3B shape, the same at 2k).
 // VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM=1..16 overrides it for tuning runs (read once).
 int64_t blocks_per_sm() {
-  static const int64_t n = [] {
-    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM");
-    const int64_t v = e != nullptr ? std::atoll(e) : 0;
-    return v >= 1 && v <= 16 ? v : int64_t{2};
-  }();
+  static const int64_t n = env_in_range("VLMCHECK_CUDA_DECODE_BLOCKS_PER_SM", 1, 16, 2);
   return n;
 }
 
@@ -961,11 +964,7 @@ int64_t blocks_per_sm() {
 // per two rows), else 1 (Gemma 3's 2 heads per kv head keep one warp per head).
 // VLMCHECK_CUDA_DECODE_ROWS_PER_WARP=1|2 forces it for tuning runs (read once).
 int rows_per_warp(int64_t block_rows) {
-  static const int forced = [] {
-    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_ROWS_PER_WARP");
-    const int v = e != nullptr ? std::atoi(e) : 0;
-    return v == 1 || v == 2 ? v : 0;
-  }();
+  static const int forced = static_cast<int>(env_in_range("VLMCHECK_CUDA_DECODE_ROWS_PER_WARP", 1, 2, 0));
   if (forced != 0) return forced;
   return block_rows >= 4 ? 2 : 1;
 }
@@ -1003,11 +1002,7 @@ void launch_kernel(const dim3& grid, size_t smem, cudaStream_t cs, const DecodeA
 // reading 4x the states.
 constexpr int kRegTeam = 64;
 int team_limit(int fallback) {
-  static const int forced = [] {
-    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_TEAM");
-    const int v = e != nullptr ? std::atoi(e) : 0;
-    return v >= 2 && v <= kDecMaxMerge ? v : 0;
-  }();
+  static const int forced = static_cast<int>(env_in_range("VLMCHECK_CUDA_DECODE_TEAM", 2, kDecMaxMerge, 0));
   return forced != 0 ? forced : fallback;
 }
 
@@ -1077,11 +1072,7 @@ void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
 // Blocks the register kernel aims at: one per SM, one wave (~180 registers a thread: one 8-warp block
 // fits an SM). VLMCHECK_CUDA_DECODE_BLOCKS=n overrides it for tuning runs (read once).
 int64_t reg_blocks_target() {
-  static const int64_t n = [] {
-    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_BLOCKS");
-    const int64_t v = e != nullptr ? std::atoll(e) : 0;
-    return v >= 1 && v <= 65536 ? v : sm_count();
-  }();
+  static const int64_t n = env_in_range("VLMCHECK_CUDA_DECODE_BLOCKS", 1, 65536, sm_count());
   return n;
 }
 
@@ -1106,11 +1097,7 @@ bool& tile_kernel_flag() {
 // threshold). The 7B, Gemma 3 and SmolVLM shapes (3-4 kv heads) already ran two or more chunks per split at 2k.
 // VLMCHECK_CUDA_DECODE_MIN_CHUNKS=1..64 overrides it for tuning runs (read once).
 int64_t min_chunks_per_split() {
-  static const int64_t n = [] {
-    const char* e = std::getenv("VLMCHECK_CUDA_DECODE_MIN_CHUNKS");
-    const int64_t v = e != nullptr ? std::atoll(e) : 0;
-    return v >= 1 && v <= 64 ? v : int64_t{2};
-  }();
+  static const int64_t n = env_in_range("VLMCHECK_CUDA_DECODE_MIN_CHUNKS", 1, 64, 2);
   return n;
 }
 
@@ -1152,7 +1139,8 @@ void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs, const RopeArgs* rope 
   int64_t splits = std::clamp<int64_t>((reg_blocks_target() + base - 1) / base, 1, chunks);
   int64_t per_split = (chunks + splits - 1) / splits;
   per_split = std::max(per_split, (chunks + kDecMaxSplits - 1) / kDecMaxSplits);
-  if (2 * chunks * base >= reg_blocks_target()) per_split = std::max(per_split, std::min(min_chunks_per_split(), chunks));
+  if (2 * chunks * base >= reg_blocks_target())
+    per_split = std::max(per_split, std::min(min_chunks_per_split(), chunks));
   splits = (chunks + per_split - 1) / per_split;  // no empty split
   a.row_chunks = static_cast<int>(row_chunks);
   a.chunks_per_split = per_split;

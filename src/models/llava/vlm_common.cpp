@@ -172,8 +172,7 @@ Tensor embed_and_scatter(const LanguageModel& lm, const std::vector<int32_t>& id
   VLM_CHECK(rows == count, ErrorKind::kInvalidArgument,
             "{}: the prompt has {} image tokens but the images give {} feature rows", what, count, rows);
   ops::DeviceScope scope(device);
-  Tensor embeds = device == Device::kCpu ? Tensor::empty({n, h}, DType::kF32)
-                                         : ops::empty({n, h}, DType::kF32, MemCategory::kScratch, device);
+  Tensor embeds = ops::empty({n, h}, DType::kF32, MemCategory::kScratch, device);
   float* e = embeds.data<float>();
   const size_t row_bytes = sizeof(float) * static_cast<size_t>(h);
   std::vector<float> staged;  // text rows embedded on the host, for a prompt built on a device
@@ -242,8 +241,7 @@ Tensor concat_rows(const std::vector<Tensor>& parts, int64_t cols) {
   int64_t total = 0;
   for (const Tensor& t : parts) total += t.dim(0);
   ops::DeviceScope scope(device);
-  Tensor all = device == Device::kCpu ? Tensor::empty({total, cols}, DType::kF32)
-                                      : ops::empty({total, cols}, DType::kF32, MemCategory::kScratch, device);
+  Tensor all = ops::empty({total, cols}, DType::kF32, MemCategory::kScratch, device);
   int64_t row = 0;
   for (const Tensor& t : parts) {
     ops::copy(all.data<float>() + row * cols, device, t.data<float>(), t.device(), sizeof(float) * t.numel());
