@@ -73,7 +73,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <cstdio>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 namespace vlm::ops::cuda::kernels {
 namespace {
@@ -129,6 +132,7 @@ struct DecodeArgs {
   float* team_ml;   // [nq * n_heads, teams, 2]
   float* team_acc;  // [nq * n_heads, teams, hd]
   int* counters;    // [nq * row_chunks * n_kv_heads, teams + 1], zero between calls
+  unsigned long long* dbg;  // diagnostics (VLMCHECK_CUDA_DECODE_TIMES): per block 8 globaltimer stamps
 };
 
 // Shared memory: q rows, the f32 K/V tiles of a chunk (rows padded to hd + 4 floats: 16-byte
@@ -140,6 +144,15 @@ size_t decode_smem_bytes(int64_t hd, int64_t slices, bool quant, int bits, int g
   size_t floats = static_cast<size_t>(kDecRows * hd + 2 * keys * (hd + 4));
   if (quant) floats += static_cast<size_t>(2 * keys * (hd * bits / 32 + 2 * (hd / group)));
   return sizeof(float) * floats;
+}
+
+__device__ __forceinline__ void dbg_stamp(unsigned long long* dbg, int k) {
+  if (dbg == nullptr || threadIdx.x != 0) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  const unsigned long long b =
+      (static_cast<unsigned long long>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  dbg[b * 8 + k] = t;
 }
 
 // Merges `count` states (m, l, acc) of the block's `rows` rows into one per row: states of row r are
@@ -290,10 +303,13 @@ __device__ void merge_splits(const DecodeArgs& a, int rows, int64_t qh0, int64_t
   const int team_id = static_cast<int>(split / a.team);
   const int first = team_id * a.team;
   const int team_size = static_cast<int>(a.team < splits - first ? a.team : splits - first);
-  if (!arrive_last(counters + team_id, team_size)) return;
+  const bool last = arrive_last(counters + team_id, team_size);
+  dbg_stamp(a.dbg, 4);
+  if (!last) return;
   if (a.teams == 1) {
     merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, true, a.out, nullptr, nullptr, 0, 0,
                  prefetch);
+    dbg_stamp(a.dbg, 5);
     return;
   }
   merge_states(a.part_ml, a.part_acc, splits, first, team_size, rows, qh0, hd, false, nullptr, a.team_ml, a.team_acc,
@@ -683,6 +699,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
   __shared__ __align__(16) float p_s[kV2Warps][kNV];  // a chunk's probabilities, score order
   __shared__ float corr_s[kV2Warps][kRows];
   __shared__ float2 cs_s[kRope ? kRopeMaxHalf : 1];
+  dbg_stamp(a.dbg, 0);
   detail::chain_release();  // chained launch, as attention_decode_kernel
   if constexpr (kRope) {
     // (cos, sin) per frequency: parameters only, so before chain_wait (under the previous kernel's tail).
@@ -690,6 +707,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
       cs_s[f] = rope_cos_sin(rp.positions[rp.stream_of[f]], rp.inv_freq[f], rp.scaling);
   }
   detail::chain_wait();
+  dbg_stamp(a.dbg, 1);
   const int hd = a.hd, c4 = hd / 4;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int G = a.n_heads / a.n_kv_heads;
@@ -851,6 +869,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
       }
   }
 
+  dbg_stamp(a.dbg, 2);
   // The warps' states -> shared memory, merged per row (a warp that saw no key of a row: m = -inf,
   // weight 0).
   float* st_acc = reg_smem;
@@ -899,6 +918,7 @@ __global__ void __launch_bounds__(kV2Threads, 1)
       }
     }
   }
+  dbg_stamp(a.dbg, 3);
   merge_splits(a, rows, qh0, split, splits, true);
 }
 
@@ -1069,6 +1089,59 @@ void launch_decode(DecodeArgs a, int64_t nq, cudaStream_t cs) {
     launch_attention_combine(a.part_ml, a.part_acc, nq * a.n_heads, splits, a.hd, a.out, cs);
 }
 
+// Diagnostics: VLMCHECK_CUDA_DECODE_TIMES=file gives every register-kernel launch a slice of a device
+// buffer for its blocks' globaltimer stamps (0 entry, 1 after chain_wait, 2 after the walk, 3 state
+// written, 4 counted, 5 merged), written to `file` as CSV at exit.
+struct DbgCall {
+  size_t offset;
+  int64_t blocks, keys;
+};
+struct DbgState {
+  unsigned long long* buf = nullptr;
+  size_t cap = 0, used = 0;
+  std::vector<DbgCall> calls;
+  std::string path;
+};
+DbgState& dbg_state() {
+  static DbgState s;
+  return s;
+}
+void dbg_dump() {
+  DbgState& s = dbg_state();
+  if (s.buf == nullptr) return;
+  cudaDeviceSynchronize();
+  std::vector<unsigned long long> h(s.used);
+  cudaMemcpy(h.data(), s.buf, s.used * sizeof(unsigned long long), cudaMemcpyDeviceToHost);
+  FILE* f = std::fopen(s.path.c_str(), "w");
+  if (f == nullptr) return;
+  std::fprintf(f, "call,keys,block,t0,t1,t2,t3,t4,t5\n");
+  for (size_t c = 0; c < s.calls.size(); ++c)
+    for (int64_t b = 0; b < s.calls[c].blocks; ++b) {
+      const unsigned long long* t = h.data() + s.calls[c].offset + b * 8;
+      std::fprintf(f, "%zu,%lld,%lld,%llu,%llu,%llu,%llu,%llu,%llu\n", c, static_cast<long long>(s.calls[c].keys),
+                   static_cast<long long>(b), t[0], t[1], t[2], t[3], t[4], t[5]);
+    }
+  std::fclose(f);
+}
+unsigned long long* dbg_slot(int64_t blocks, int64_t keys, cudaStream_t cs) {
+  static const char* path = std::getenv("VLMCHECK_CUDA_DECODE_TIMES");
+  if (path == nullptr || *path == '\0') return nullptr;
+  DbgState& s = dbg_state();
+  if (s.buf == nullptr) {
+    s.cap = size_t{8} << 20;  // stamps (64 MB, kept until exit)
+    s.buf = static_cast<unsigned long long*>(device_alloc(s.cap * sizeof(unsigned long long), MemCategory::kScratch));
+    VLM_CUDA(cudaMemsetAsync(s.buf, 0, s.cap * sizeof(unsigned long long), cs), "attention");
+    s.path = path;
+    std::atexit(dbg_dump);
+  }
+  const size_t need = static_cast<size_t>(blocks) * 8;
+  if (s.used + need > s.cap) return nullptr;
+  s.calls.push_back({s.used, blocks, keys});
+  unsigned long long* p = s.buf + s.used;
+  s.used += need;
+  return p;
+}
+
 // Blocks the register kernel aims at: one per SM, one wave (~180 registers a thread: one 8-warp block
 // fits an SM). VLMCHECK_CUDA_DECODE_BLOCKS=n overrides it for tuning runs (read once).
 int64_t reg_blocks_target() {
@@ -1144,6 +1217,7 @@ void launch_reg(DecodeArgs a, int64_t nq, cudaStream_t cs, const RopeArgs* rope 
   splits = (chunks + per_split - 1) / per_split;  // no empty split
   a.row_chunks = static_cast<int>(row_chunks);
   a.chunks_per_split = per_split;
+  a.dbg = dbg_slot(splits * nq * row_chunks * a.n_kv_heads, a.n_range, cs);
   setup_splits(a, nq, splits, base, team_limit(kRegTeam), cs);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(nq * row_chunks),
                   static_cast<unsigned>(a.n_kv_heads));

@@ -118,9 +118,11 @@ void* capture_readback(void* dst, size_t bytes);
 // weight stream) and tail are paid one after the other. A kernel launched with launch_chained() may
 // be scheduled while the kernel ahead of it still runs. Its shape:
 //   chain_release();   first thing: the NEXT chained kernel may be scheduled as soon as every block
-//                      of this grid has passed here (i.e. its last wave is resident);
+//                      of this grid has passed here (i.e. its last wave is resident); the GEMVs
+//                      release right after their chain_wait() instead (linear_gemv.cuh
+//                      gemv_release_late), so the chain runs about one kernel ahead;
 //   ...                work that reads only what no kernel of the step writes (weights, parameters):
-//                      the GEMVs issue their first round of weight loads here;
+//                      the 4-bit tensor-core GEMV issues its first rounds of weight copies here;
 //   chain_wait();      returns once the previous kernel has completed and its writes are visible;
 //                      since that kernel itself waited for its predecessor, every earlier kernel of
 //                      the stream has then completed;

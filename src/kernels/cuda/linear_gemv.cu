@@ -89,6 +89,8 @@ struct GemvParams {
   const void* norm_w;
   int norm_kind;
   float norm_eps, norm_offset;
+  int early;         // dense block kernel: first weight round before chain_wait (gemv_dense_early())
+  int release_late;  // chain_release() after chain_wait() (gemv_release_late())
 };
 
 // Streaming loads: read once, not kept in L1 (x, which every warp re-reads, stays there).
@@ -313,10 +315,10 @@ __device__ __forceinline__ void dense_unit(const uint4 (&wv)[R], const float* __
 
 template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(const __grid_constant__ GemvParams p) {
-  // Chained launch (common.cuh): the successor may be scheduled once this grid is resident; the first
-  // round of weight loads (weights do not depend on the kernels before) goes out before chain_wait,
-  // so it overlaps the previous kernel's tail; x, y and the bias are only touched after it.
-  detail::chain_release();
+  // Chained launch (common.cuh): the successor is released once this grid has passed chain_wait
+  // (gemv_release_late); the first round of weight loads goes out after chain_wait too unless p.early
+  // (gemv_dense_early); x, y and the bias are only touched after it.
+  if (!p.release_late) detail::chain_release();
   constexpr Config c = dense_config();
   constexpr int R = c.rows, U = c.units, V = Dense<WT>::kN, WARPS = c.threads / 32;
   const Slot sl = locate<R, WARPS>(p);
@@ -344,8 +346,10 @@ __global__ void __launch_bounds__(dense_config().threads) gemv_dense_kernel(cons
       for (int r = 0; r < R; ++r) wv[k][r] = ld_stream16(rowp[r] + u + k * step);
   };
   bool full = u + (U - 1) * step < p.units;
-  if (full) load_round();
+  if (full && p.early) load_round();
   detail::chain_wait();
+  if (p.release_late) detail::chain_release();
+  if (full && !p.early) load_round();
   if constexpr (NORM) norm_scales<NT, WARPS>(p, inv);
   while (full) {
 #pragma unroll
@@ -381,7 +385,9 @@ constexpr int kStreamR = 4, kStreamU = 2, kStreamThreads = 128;
 
 template <typename WT, int NT, bool NORM>
 __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const __grid_constant__ GemvParams p) {
-  detail::chain_release();  // chained launch (common.cuh): first weight round before chain_wait, as above
+  // Chained launch (common.cuh): released as the block kernel; the first weight round goes out before
+  // chain_wait.
+  if (!p.release_late) detail::chain_release();
   constexpr int R = kStreamR, U = kStreamU, V = Dense<WT>::kN;
   const int lane = threadIdx.x & 31;
   const unsigned total = p.block_end[p.count - 1];  // row groups of R rows, numbered through the members
@@ -476,6 +482,7 @@ __global__ void __launch_bounds__(kStreamThreads) gemv_dense_stream_kernel(const
     advance_load();
   }
   detail::chain_wait();
+  if (p.release_late) detail::chain_release();
   if constexpr (NORM) norm_scales<NT, kStreamThreads / 32>(p, inv);
   if (!active) return;
   while (step(b0, b1) && step(b1, b0)) {
@@ -602,8 +609,10 @@ __device__ __forceinline__ void quant_unit(uint32_t (&w)[R][BITS], const float (
 template <int BITS, int NT>
 __global__ void __launch_bounds__(quant_config(BITS, NT).threads)
     gemv_quant_kernel(const __grid_constant__ GemvParams p) {
-  detail::chain_release();  // chained launch (common.cuh): release first, wait before touching x
+  // Chained launch (common.cuh): released as the block kernel; x is touched after chain_wait.
+  if (!p.release_late) detail::chain_release();
   detail::chain_wait();
+  if (p.release_late) detail::chain_release();
   constexpr Config c = quant_config(BITS, NT);
   constexpr int R = c.rows, U = c.units, WARPS = c.threads / 32;
   constexpr bool ROT = c.rot;
@@ -661,6 +670,22 @@ __global__ void __launch_bounds__(quant_config(BITS, NT).threads)
 }
 
 // ---- host -----------------------------------------------------------------------------------------
+}  // namespace
+bool gemv_release_late() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_RELEASE");
+    return !(v != nullptr && std::strcmp(v, "early") == 0);
+  }();
+  return on;
+}
+bool gemv_dense_early() {
+  static const bool on = [] {
+    const char* v = std::getenv("VLMCHECK_CUDA_GEMV_DENSE_EARLY");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+namespace {
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
 
 int log2_exact(int64_t v) {
@@ -852,6 +877,8 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;
+  p.early = gemv_dense_early() ? 1 : 0;
+  p.release_late = gemv_release_late() ? 1 : 0;
   if (norm != nullptr) {
     p.norm_w = norm->w;
     p.norm_kind = norm->kind;

@@ -69,6 +69,25 @@ bool gemv_mma_supported(const float* x, const Weight& w);
 bool gemv_mma_norm_enabled();
 void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int count, const GemvNorm* norm = nullptr);
 bool gemv_legacy_requested();
+// Where a chained GEMV (common.cuh) releases its successor: after its own chain_wait() (the default),
+// not first thing. The kernel after a GEMV is then launched once the kernel before the GEMV has
+// completed, so the chain runs about one kernel ahead instead of as far as SM room allows. Reason:
+// in a decode step the decode attention is followed by o_proj and gate+up; released first thing,
+// gate+up's blocks issued their first weight copies while the attention's split merge ran, and that
+// merge (one block's instruction fetches and L2 round trips) took ~11 µs instead of ~9 on the 3B
+// 4-bit (VLMCHECK_CUDA_DECODE_TIMES stamps). H100, synthetic Qwen2.5-VL-3B 4-bit, 2048-token prompt,
+// decode tok/s, first thing vs late, alternating in one call each: 425 / 449 vs 461 / 459, 464 / 453 /
+// 462 vs 482 / 482 / 458, 475 / 473 vs 475 / 472; the bf16 3B is unchanged by it.
+// VLMCHECK_CUDA_GEMV_RELEASE=early restores the first-thing release (read once).
+bool gemv_release_late();
+// Whether the dense CUDA-core block kernel issues its first weight round before chain_wait() (off by
+// default; VLMCHECK_CUDA_GEMV_DENSE_EARLY=1 turns it on, read once). Off measured faster on the 3B
+// bf16 decode in four H100 calls (2048-token prompt, tok/s, on vs off: 324 / 325 vs 330 / 332; 322 /
+// 324 vs 327 / 330; 325 / 313 vs 332 / 331 with the late release; 323 / 326 with the first-thing
+// release vs 331 / 330, both defaults). The 4-bit tensor-core kernel
+// keeps its ring prologue before chain_wait: without it the 3B 4-bit decode lost ~10 % (421 / 414 vs
+// 475 / 471).
+bool gemv_dense_early();
 // VLMCHECK_CUDA_GEMV=mma: every 4-bit launch the tensor-core kernel takes goes to it, also those that
 // gemv_launch's rule keeps on the CUDA-core kernel (the tuning switch for that rule).
 bool gemv_mma_everywhere();

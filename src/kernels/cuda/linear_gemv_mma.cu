@@ -103,6 +103,7 @@ struct MmaParams {
   int norm_kind;
   float norm_eps, norm_offset;
   int chained;  // launched chained (common.cuh): the ring's first copies go out before chain_wait()
+  int release_late;  // chain_release() after chain_wait() (gemv_release_late(), linear_gemv.cuh)
 };
 
 // Group-size dependent layout of one round (16 words of a row).
@@ -306,9 +307,10 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float block_sum[kRowsPerBlock * 2];  // this block's partial y [token][row]
 
-  // Chained launch (common.cuh): the successor may be scheduled as soon as every block got here; it
-  // waits for this grid's completion itself before touching memory.
-  detail::chain_release();
+  // Chained launch (common.cuh): the successor may be scheduled once every block has released it
+  // (after chain_wait with release_late, else here); it waits for this grid's completion itself
+  // before touching memory.
+  if (!p.release_late) detail::chain_release();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   constexpr int nc = CL::kNc;
@@ -334,6 +336,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) gemv_q4_mma_kernel(const __
   // x is the previous kernel's output.
   auto copy_x = [&] {
     detail::chain_wait();
+    if (p.release_late) detail::chain_release();
     const int x_chunks = nr * NT * 32;  // 16-byte pieces
     for (int c = lane; c < x_chunks; c += 32) {
       const int k = c / (NT * 32), rem = c % (NT * 32), tk = rem >> 5, q = rem & 31;
@@ -1016,6 +1019,7 @@ void gemv_mma_launch(const float* x, int64_t n, const GemvTarget* targets, int c
     p.norm_offset = norm->offset;
   }
   p.chained = detail::chained_launches_enabled() ? 1 : 0;
+  p.release_late = gemv_release_late() ? 1 : 0;
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const Weight& w = *targets[i].w;
