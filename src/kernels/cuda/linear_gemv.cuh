@@ -84,9 +84,8 @@ bool gemv_release_late();
 // default; VLMCHECK_CUDA_GEMV_DENSE_EARLY=1 turns it on, read once). Off measured faster on the 3B
 // bf16 decode in four H100 calls (2048-token prompt, tok/s, on vs off: 324 / 325 vs 330 / 332; 322 /
 // 324 vs 327 / 330; 325 / 313 vs 332 / 331 with the late release; 323 / 326 with the first-thing
-// release vs 331 / 330, both defaults). The 4-bit tensor-core kernel
-// keeps its ring prologue before chain_wait: without it the 3B 4-bit decode lost ~10 % (421 / 414 vs
-// 475 / 471).
+// release vs 331 / 330, both defaults). The 4-bit tensor-core kernel keeps its ring prologue before
+// chain_wait: without it the 3B 4-bit decode lost ~10 % (421 / 414 vs 475 / 471).
 bool gemv_dense_early();
 // VLMCHECK_CUDA_GEMV=mma: every 4-bit launch the tensor-core kernel takes goes to it, also those that
 // gemv_launch's rule keeps on the CUDA-core kernel (the tuning switch for that rule).
