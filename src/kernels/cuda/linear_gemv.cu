@@ -678,12 +678,16 @@ bool gemv_release_late() {
   }();
   return on;
 }
-bool gemv_dense_early() {
-  static const bool on = [] {
+int gemv_dense_early() {
+  static const int mode = [] {
     const char* v = std::getenv("VLMCHECK_CUDA_GEMV_DENSE_EARLY");
-    return v != nullptr && std::strcmp(v, "1") == 0;
+    if (v == nullptr) return 3;
+    if (std::strcmp(v, "0") == 0) return 0;
+    if (std::strcmp(v, "1") == 0) return 1;
+    if (std::strcmp(v, "norm") == 0) return 2;
+    return 3;
   }();
-  return on;
+  return mode;
 }
 namespace {
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
@@ -877,7 +881,12 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;
-  p.early = gemv_dense_early() ? 1 : 0;
+  {
+    const int early = gemv_dense_early();
+    bool acc = false;
+    for (int i = 0; i < count; ++i) acc = acc || targets[i].accumulate;
+    p.early = early == 1 || (early == 2 && norm != nullptr) || (early == 3 && acc) ? 1 : 0;
+  }
   p.release_late = gemv_release_late() ? 1 : 0;
   if (norm != nullptr) {
     p.norm_w = norm->w;
