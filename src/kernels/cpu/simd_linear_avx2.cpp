@@ -168,11 +168,9 @@ inline void in_fours(int64_t a, int64_t e, Fn&& fn) {
   for (; r < e; ++r) fn(std::integral_constant<int, 1>{}, r);
 }
 
-// Dense rows [r0, r0 + R) against one token: the dot_row arithmetic with R rows per pass sharing each
-// chunk's x loads, and the region prefetch of the 4-bit kernel below (rows are contiguous; R interleaved
-// row streams defeat the hardware prefetcher), so a pass asks for the bytes two passes ahead.
-// A dense matrix's rows as dense_rows reads them, looked up once per pool chunk (per call, Tensor::raw, dim
-// and dtype_size, which are out of line, were ~3 % of a SmolLM2 bf16 decode's samples).
+// A dense matrix's base, row bytes and element size, looked up once per pool chunk for dense_rows (looked
+// up per 4-row pass, the out-of-line Tensor::raw, dim and dtype_size were ~2.5 % of a SmolLM2 bf16
+// decode's samples).
 struct DenseView {
   const char* base;
   int64_t k, elem, row_bytes;
@@ -183,6 +181,9 @@ struct DenseView {
         row_bytes(k * elem) {}
 };
 
+// Dense rows [r0, r0 + R) against one token: the dot_row arithmetic with R rows per pass sharing each
+// chunk's x loads, and the region prefetch of the 4-bit kernel below (rows are contiguous; R interleaved
+// row streams defeat the hardware prefetcher), so a pass asks for the bytes two passes ahead.
 template <Fmt F, int R>
 void dense_rows(const DenseView& w, int64_t r0, const float* x, const float* xv, const float* bias, float* y) {
   const int64_t k = w.k, chunks = k / 32;

@@ -85,7 +85,7 @@ bool gemv_release_late();
 // down_proj, which add into the residual; the default). VLMCHECK_CUDA_GEMV_DENSE_EARLY=0|1|norm|accum
 // (read once). H100, synthetic Qwen2.5-VL-3B bf16, 2048-token prompt, decode tok/s, one call, three
 // alternating rounds: none 326.7 / 324.1 / 328.8, accum 330.3 / 334.5 / 333.6, norm 310.5 / 312.6 /
-// 312.6, all 320.4 / 318.0 / 318.8. Earlier calls measured none against all (324 / 325 vs 330 / 332;
+// 312.6, all 320.4 / 318.0 / 318.8. Earlier calls measured all against none (324 / 325 vs 330 / 332;
 // 322 / 324 vs 327 / 330; 325 / 313 vs 332 / 331; 323 / 326 vs 331 / 330). The norm-fused launches
 // follow weight-streaming GEMVs (q/k/v after down_proj, gate+up after o_proj), so their early loads
 // compete with them; the accumulating ones follow kernels light on memory traffic (the decode
