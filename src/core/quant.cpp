@@ -22,14 +22,19 @@ void QuantizedMatrix::validate(const char* what) const {
   if (cols % spec.group_size != 0 || (cols * spec.bits) % 32 != 0)
     throw_error(ErrorKind::kFormat, "{}: input dimension {} is not a multiple of group size {}", what, cols,
                 spec.group_size);
-  Shape want_packed{rows, cols * spec.bits / 32};
-  Shape want_groups{rows, cols / spec.group_size};
-  if (packed.dtype() != DType::kU32 || packed.shape() != want_packed)
+  // Shapes compared in place: every quantized op's weight check calls this, so no vector is built unless
+  // an error message needs it.
+  const int64_t words = cols * spec.bits / 32, groups = cols / spec.group_size;
+  auto is = [](const Tensor& t, int64_t r, int64_t c) {
+    const Shape& sh = t.shape();
+    return sh.size() == 2 && sh[0] == r && sh[1] == c;
+  };
+  if (packed.dtype() != DType::kU32 || !is(packed, rows, words))
     throw_error(ErrorKind::kFormat, "{}: packed weight is {}, expected u32{}", what, packed.describe(),
-                shape_str(want_packed));
-  if (scales.shape() != want_groups || biases.shape() != want_groups)
+                shape_str(Shape{rows, words}));
+  if (!is(scales, rows, groups) || !is(biases, rows, groups))
     throw_error(ErrorKind::kFormat, "{}: scales {} / biases {}, expected {}", what, scales.describe(),
-                biases.describe(), shape_str(want_groups));
+                biases.describe(), shape_str(Shape{rows, groups}));
   if (scales.dtype() != biases.dtype() || !dtype_is_float(scales.dtype()))
     throw_error(ErrorKind::kFormat, "{}: scales {} and biases {} must share a float dtype", what,
                 dtype_name(scales.dtype()), dtype_name(biases.dtype()));

@@ -98,7 +98,16 @@ int64_t Tensor::dim(int i) const {
   return shape_[i];
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+// strides_ == contiguous_strides(shape_), without building that vector (every op's weight check calls this).
+bool Tensor::is_contiguous() const {
+  if (strides_.size() != shape_.size()) return false;
+  int64_t acc = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (strides_[i] != acc) return false;
+    acc *= shape_[i];
+  }
+  return true;
+}
 
 void* Tensor::raw() const {
   if (!storage_) throw_error(ErrorKind::kInternal, "access to an undefined tensor");
