@@ -70,10 +70,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <cstdio>
 #include <string>
 #include <type_traits>
 #include <vector>

@@ -678,16 +678,17 @@ bool gemv_release_late() {
   }();
   return on;
 }
-int gemv_dense_early() {
-  static const int mode = [] {
+bool gemv_dense_early(bool norm_fused, bool accumulating) {
+  enum class Early { kNone, kAll, kNorm, kAccum };
+  static const Early mode = [] {
     const char* v = std::getenv("VLMCHECK_CUDA_GEMV_DENSE_EARLY");
-    if (v == nullptr) return 3;
-    if (std::strcmp(v, "0") == 0) return 0;
-    if (std::strcmp(v, "1") == 0) return 1;
-    if (std::strcmp(v, "norm") == 0) return 2;
-    return 3;
+    if (v == nullptr) return Early::kAccum;
+    if (std::strcmp(v, "0") == 0) return Early::kNone;
+    if (std::strcmp(v, "1") == 0) return Early::kAll;
+    if (std::strcmp(v, "norm") == 0) return Early::kNorm;
+    return Early::kAccum;
   }();
-  return mode;
+  return mode == Early::kAll || (mode == Early::kNorm && norm_fused) || (mode == Early::kAccum && accumulating);
 }
 namespace {
 bool aligned(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0; }
@@ -881,12 +882,9 @@ void gemv_launch(const float* x, int64_t n, const GemvTarget* targets, int count
   GemvParams p{};
   p.in = w0.cols();
   p.count = count;
-  {
-    const int early = gemv_dense_early();
-    bool acc = false;
-    for (int i = 0; i < count; ++i) acc = acc || targets[i].accumulate;
-    p.early = early == 1 || (early == 2 && norm != nullptr) || (early == 3 && acc) ? 1 : 0;
-  }
+  bool accumulating = false;
+  for (int i = 0; i < count; ++i) accumulating = accumulating || targets[i].accumulate;
+  p.early = gemv_dense_early(norm != nullptr, accumulating) ? 1 : 0;
   p.release_late = gemv_release_late() ? 1 : 0;
   if (norm != nullptr) {
     p.norm_w = norm->w;

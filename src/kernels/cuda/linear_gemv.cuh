@@ -80,10 +80,10 @@ bool gemv_legacy_requested();
 // 462 vs 482 / 482 / 458, 475 / 473 vs 475 / 472; the bf16 3B is unchanged by it.
 // VLMCHECK_CUDA_GEMV_RELEASE=early restores the first-thing release (read once).
 bool gemv_release_late();
-// Which dense CUDA-core block GEMV launches issue their first weight round before chain_wait(): 0 none,
-// 1 all, 2 the norm-fused ones (q/k/v, gate+up in a decode step), 3 the accumulating ones (o_proj and
-// down_proj, which add into the residual; the default). VLMCHECK_CUDA_GEMV_DENSE_EARLY=0|1|norm|accum
-// (read once). H100, synthetic Qwen2.5-VL-3B bf16, 2048-token prompt, decode tok/s, one call, three
+// Whether a dense CUDA-core block GEMV launch issues its first weight round before chain_wait(), by the
+// launch's kind: VLMCHECK_CUDA_GEMV_DENSE_EARLY=0 none, 1 all, norm the norm-fused ones (q/k/v, gate+up
+// in a decode step), accum the accumulating ones (o_proj and down_proj, which add into the residual; the
+// default; read once). H100, synthetic Qwen2.5-VL-3B bf16, 2048-token prompt, decode tok/s, one call, three
 // alternating rounds: none 326.7 / 324.1 / 328.8, accum 330.3 / 334.5 / 333.6, norm 310.5 / 312.6 /
 // 312.6, all 320.4 / 318.0 / 318.8. Earlier calls measured all against none (324 / 325 vs 330 / 332;
 // 322 / 324 vs 327 / 330; 325 / 313 vs 332 / 331; 323 / 326 vs 331 / 330). The norm-fused launches
@@ -93,7 +93,7 @@ bool gemv_release_late();
 // ring prologue before chain_wait in every launch: without it the 3B 4-bit decode lost ~10 % (421 /
 // 414 vs 475 / 471), and ~8 % with it moved after chain_wait for only the accumulating or only the
 // norm-fused launches (473 / 468 / 465 vs 426 / 437 / 435 and 421 / 426 / 430).
-int gemv_dense_early();
+bool gemv_dense_early(bool norm_fused, bool accumulating);
 // VLMCHECK_CUDA_GEMV=mma: every 4-bit launch the tensor-core kernel takes goes to it, also those that
 // gemv_launch's rule keeps on the CUDA-core kernel (the tuning switch for that rule).
 bool gemv_mma_everywhere();
